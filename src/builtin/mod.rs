@@ -1,0 +1,60 @@
+//! Servers built into weir, so the shipped config runs with nothing else started.
+//!
+//! Cold path: `Builtins::bind` binds one loopback listener per built-in kind the config uses
+//! (before the pools are built, so pools can name its address); `services` returns the
+//! background services that serve them. Today there is `echo`; the built-in objects of the
+//! objects issue (echo and room terminated inside weir) plug in here as more `BuiltinKind`s.
+
+pub mod echo;
+
+use crate::config::{Backend, BuiltinKind, Config};
+use pingora_core::services::ServiceWithDependents;
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+
+/// The built-in servers of one process.
+pub struct Builtins {
+    bound: HashMap<BuiltinKind, (SocketAddr, TcpListener)>,
+}
+
+impl Builtins {
+    /// Bind a loopback listener on an ephemeral port for every built-in kind `config` uses.
+    pub fn bind(config: &Config) -> std::io::Result<Builtins> {
+        let mut bound = HashMap::new();
+        for pool in &config.pools {
+            for b in &pool.backends {
+                if let Backend::Builtin(kind) = b {
+                    if !bound.contains_key(kind) {
+                        let l = TcpListener::bind("127.0.0.1:0")?;
+                        l.set_nonblocking(true)?;
+                        bound.insert(*kind, (l.local_addr()?, l));
+                    }
+                }
+            }
+        }
+        Ok(Builtins { bound })
+    }
+
+    /// The address a backend is reached at (built-ins resolve to their loopback listener).
+    pub fn resolve(&self, backend: &Backend) -> SocketAddr {
+        match backend {
+            Backend::Addr(a) => *a,
+            Backend::Builtin(kind) => match self.bound.get(kind) {
+                Some((addr, _)) => *addr,
+                None => SocketAddr::from(([127, 0, 0, 1], 0)),
+            },
+        }
+    }
+
+    /// The services that serve the bound listeners.
+    pub fn services(self) -> Vec<Box<dyn ServiceWithDependents>> {
+        self.bound
+            .into_iter()
+            .map(|(kind, (_, listener))| -> Box<dyn ServiceWithDependents> {
+                match kind {
+                    BuiltinKind::Echo => Box::new(echo::service(listener)),
+                }
+            })
+            .collect()
+    }
+}

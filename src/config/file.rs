@@ -1,0 +1,153 @@
+//! The serde mirror of `config.yaml`: what the operator writes, nothing more.
+//!
+//! Cold path (startup, `weir check`). Every struct denies unknown fields so a misspelt key fails
+//! loudly. Values stay as written (strings for addresses and durations) so that validation can
+//! report the key path, the bad value and the fix for every problem at once (see `validate.rs`).
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Process-wide settings handed to Pingora (worker threads, shutdown grace).
+    #[serde(default)]
+    pub server: FileServer,
+    /// Logging: level and format.
+    #[serde(default)]
+    pub log: FileLog,
+    /// Public listeners that accept client connections (at least one).
+    #[serde(default)]
+    pub listeners: Vec<FileListener>,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+    pub admin: Option<FileAdmin>,
+    /// Timeouts for the handshake phase.
+    #[serde(default)]
+    pub timeouts: FileTimeouts,
+    /// Where usage (billing) records go.
+    #[serde(default)]
+    pub usage: FileUsage,
+    /// Serve the built-in demo page at `GET /` on every listener.
+    #[serde(default)]
+    pub demo_page: bool,
+    /// Named backend pools.
+    #[serde(default)]
+    pub pools: Vec<FilePool>,
+    /// Routes from (host, path prefix) to a pool, tried longest prefix first.
+    #[serde(default)]
+    pub routes: Vec<FileRoute>,
+}
+
+/// `server:` process settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    /// Worker threads for the gateway listeners (count). Default: 2.
+    pub threads: Option<u64>,
+    /// How long open WebSockets get after SIGTERM before weir closes them with 1001 (duration,
+    /// e.g. `10s`). Default: 10s.
+    pub grace_period: Option<String>,
+}
+
+/// `log:` settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    /// Minimum level: error, warn, info, debug or trace; `RUST_LOG` overrides it. Default: info.
+    pub level: Option<String>,
+    /// `text` (human) or `json` (one object per line). Default: text.
+    pub format: Option<String>,
+}
+
+/// One `listeners[]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListener {
+    /// `host:port` to bind, e.g. `127.0.0.1:8080`.
+    pub address: String,
+    /// Terminate TLS on this listener (rustls).
+    pub tls: Option<FileTls>,
+}
+
+/// TLS certificate and key (PEM files).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// Path of the PEM certificate chain.
+    pub cert: String,
+    /// Path of the PEM private key.
+    pub key: String,
+}
+
+/// `admin:` listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    /// `host:port` to bind the admin endpoints on.
+    pub address: String,
+}
+
+/// `timeouts:` (durations such as `500ms`, `10s`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    /// Time a client has to send its whole request head. Default: 10s.
+    pub request_head: Option<String>,
+    /// Time to open the TCP (or TLS) connection to a backend. Default: 3s.
+    pub backend_connect: Option<String>,
+    /// Time the backend has to answer the upgrade request. Default: 10s.
+    pub backend_handshake: Option<String>,
+}
+
+/// `usage:` output.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUsage {
+    /// Path of the JSON-lines file usage records are appended to. Default: `weir-usage.jsonl`.
+    pub file: Option<String>,
+}
+
+/// One `pools[]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePool {
+    /// Pool name, referenced by routes and used as a metric label.
+    pub name: String,
+    /// Backends as `host:port`, or `builtin:echo` for weir's own echo server.
+    #[serde(default)]
+    pub backends: Vec<String>,
+    /// `round_robin` (default), `random` or `ip_hash` (same client IP → same backend).
+    pub selection: Option<String>,
+    /// How backend health is probed. Default: tcp every 5s.
+    pub health_check: Option<FileHealthCheck>,
+}
+
+/// A pool's `health_check:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    /// `tcp` (connect), `http` (GET `path`, expect 2xx), `handshake` (WebSocket upgrade on
+    /// `path`, expect 101) or `none`.
+    pub kind: String,
+    /// Time between probes (duration). Default: 5s.
+    pub interval: Option<String>,
+    /// Request path for `http` and `handshake` probes. Default: `/`.
+    pub path: Option<String>,
+}
+
+/// One `routes[]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    /// Metric label and log name of the route. Default: the path prefix.
+    pub name: Option<String>,
+    /// Only match requests whose `Host` (without port) equals this, case-insensitively.
+    pub host: Option<String>,
+    /// Match request paths that start with this prefix (segment-wise: `/chat` matches
+    /// `/chat` and `/chat/x`, not `/chatter`).
+    pub path_prefix: String,
+    /// `websocket` (upgrades only; other requests get 400) or `http` (plain HTTP is proxied too).
+    pub kind: Option<String>,
+    /// The pool that serves this route.
+    pub pool: String,
+}

@@ -1,0 +1,179 @@
+//! Validated runtime configuration: what the rest of weir reads. Never serde.
+//!
+//! Cold path: built once at startup by `validate.rs`, then shared read-only (`Arc<Config>`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Worker threads for the gateway listeners (count, ≥ 1).
+    pub threads: usize,
+    /// Time open WebSockets get after SIGTERM before weir closes them with 1001.
+    pub grace_period: Duration,
+    /// Logging settings.
+    pub log: LogConfig,
+    /// Public listeners (at least one).
+    pub listeners: Vec<Listener>,
+    /// Admin listener address, if any.
+    pub admin: Option<SocketAddr>,
+    /// Handshake-phase timeouts.
+    pub timeouts: Timeouts,
+    /// Path usage records are appended to (JSON lines).
+    pub usage_file: PathBuf,
+    /// Serve the demo page at `GET /`.
+    pub demo_page: bool,
+    /// Backend pools, in file order.
+    pub pools: Vec<Pool>,
+    /// Routes, in file order (matching picks the longest prefix).
+    pub routes: Vec<Route>,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Level filter directive (`info`, `debug`, …); `RUST_LOG` overrides it.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A public listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// TLS certificate and key paths, when TLS is terminated here.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM certificate chain and key paths.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain path.
+    pub cert: PathBuf,
+    /// Private key path.
+    pub key: PathBuf,
+}
+
+/// Handshake-phase timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Time a client has to send its whole request head.
+    pub request_head: Duration,
+    /// Time to connect to a backend.
+    pub backend_connect: Duration,
+    /// Time a backend has to answer the upgrade.
+    pub backend_handshake: Duration,
+}
+
+/// A backend pool.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// Pool name (metric label).
+    pub name: String,
+    /// Its backends.
+    pub backends: Vec<Backend>,
+    /// How a backend is picked.
+    pub selection: Selection,
+    /// Health probing.
+    pub health: HealthCheck,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A network address (`host:port`, resolved at startup).
+    Addr(SocketAddr),
+    /// A server built into weir.
+    Builtin(BuiltinKind),
+}
+
+/// The servers weir can run itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BuiltinKind {
+    /// Echoes every message back.
+    Echo,
+}
+
+/// Backend selection policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// Rotate through healthy backends.
+    RoundRobin,
+    /// Pick a healthy backend at random.
+    Random,
+    /// Consistent hash of the client IP (same client → same backend while healthy).
+    IpHash,
+}
+
+/// Health probing of a pool's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// No probing: every backend is always healthy.
+    None,
+    /// TCP connect succeeds, every `interval`.
+    Tcp {
+        /// Time between probes.
+        interval: Duration,
+    },
+    /// `GET path` answers 2xx, every `interval`.
+    Http {
+        /// Time between probes.
+        interval: Duration,
+        /// Request path.
+        path: String,
+    },
+    /// A WebSocket upgrade on `path` answers 101, every `interval`.
+    Handshake {
+        /// Time between probes.
+        interval: Duration,
+        /// Request path.
+        path: String,
+    },
+}
+
+/// What a route accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// WebSocket upgrades only; anything else gets 400 `Expected websocket`.
+    WebSocket,
+    /// Plain HTTP is proxied through Pingora as well as upgrades.
+    Http,
+}
+
+impl RouteKind {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::WebSocket => "websocket",
+            RouteKind::Http => "http",
+        }
+    }
+}
+
+/// A route from (host, path prefix) to a pool.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Route name (metric label).
+    pub name: String,
+    /// Lower-cased host to match, if restricted.
+    pub host: Option<String>,
+    /// Path prefix to match (segment-wise).
+    pub path_prefix: String,
+    /// What the route accepts.
+    pub kind: RouteKind,
+    /// Index into `Config::pools`.
+    pub pool: usize,
+}

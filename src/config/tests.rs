@@ -1,0 +1,92 @@
+//! Config loading and validation: the shipped file, defaults, and every error at once.
+
+use super::*;
+use std::time::Duration;
+
+fn errors(yaml: &str) -> Vec<String> {
+    match parse(yaml, "test.yaml") {
+        Ok(_) => panic!("expected errors for:\n{yaml}"),
+        Err(e) => e.errors.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn shipped_config_yaml_loads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
+    let c = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.listeners.len(), 1);
+    assert!(c.admin.is_some());
+    assert!(c.demo_page);
+    assert_eq!(c.pools[0].backends, vec![Backend::Builtin(BuiltinKind::Echo)]);
+    assert_eq!(c.routes[0].kind, RouteKind::WebSocket);
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse(
+        "listeners: [{address: \"127.0.0.1:8080\"}]\npools: [{name: p, backends: [\"127.0.0.1:9000\"]}]\nroutes: [{path_prefix: /, pool: p}]\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(c.threads, 2);
+    assert_eq!(c.timeouts.backend_connect, Duration::from_secs(3));
+    assert_eq!(c.pools[0].selection, Selection::RoundRobin);
+    assert_eq!(c.pools[0].health, HealthCheck::Tcp { interval: Duration::from_secs(5) });
+    assert_eq!(c.routes[0].name, "/");
+    assert_eq!(c.usage_file, std::path::PathBuf::from("weir-usage.jsonl"));
+}
+
+#[test]
+fn every_error_is_reported_with_key_value_and_fix() {
+    let e = errors(
+        r#"
+server: {threads: 0, grace_period: soon}
+listeners: [{address: "127.0.0.1"}, {address: "127.0.0.1:80"}, {address: "127.0.0.1:80"}]
+admin: {address: "127.0.0.1:80"}
+timeouts: {backend_connect: 0s}
+log: {format: xml}
+pools:
+  - {name: chat, backends: ["10.0.0.7", "builtin:room", "127.0.0.1:1", "127.0.0.1:1"], selection: least_conn, health_check: {kind: ping}}
+  - {name: chat, backends: []}
+routes:
+  - {path_prefix: chat, pool: nope, kind: tcp}
+"#,
+    );
+    let all = e.join("\n");
+    for needle in [
+        "server.threads: \"0\": must be between 1 and 256",
+        "server.grace_period: \"soon\": is not a duration",
+        "listeners[0].address: \"127.0.0.1\": is not host:port; write it as \"127.0.0.1:8080\"",
+        "listeners[2].address: \"127.0.0.1:80\": is already used",
+        "admin.address: \"127.0.0.1:80\": is also a public listener",
+        "timeouts.backend_connect: \"0s\": must be greater than zero",
+        "log.format: \"xml\": must be `text` or `json`",
+        "pools[0].backends[0]: \"10.0.0.7\": is not host:port; write it as \"10.0.0.7:8080\"",
+        "pools[0].backends[1]: \"builtin:room\": `room` is not a built-in server",
+        "pools[0].backends[3]: \"127.0.0.1:1\": is listed twice",
+        "pools[0].selection: \"least_conn\": must be round_robin, random or ip_hash",
+        "pools[0].health_check.kind: \"ping\": must be tcp, http, handshake or none",
+        "pools[1].name: \"chat\": is used by an earlier pool",
+        "pools[1].backends: a pool needs at least one backend",
+        "routes[0].path_prefix: \"chat\": must start with `/`",
+        "routes[0].kind: \"tcp\": must be `websocket`",
+        "routes[0].pool: \"nope\": no pool has this name; use one of: chat, chat",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    assert_eq!(e.len(), 17, "{all}");
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_position() {
+    let e = errors("listeners: [{address: \"127.0.0.1:1\", tsl: {}}]\n");
+    assert!(e[0].contains("unknown field `tsl`"), "{e:?}");
+    assert!(e[0].starts_with("line 1"), "{e:?}");
+}
+
+#[test]
+fn missing_sections_are_named() {
+    let e = errors("log: {level: info}\n");
+    assert!(e.iter().any(|e| e.starts_with("listeners: at least one listener")), "{e:?}");
+    assert!(e.iter().any(|e| e.starts_with("routes: at least one route")), "{e:?}");
+}

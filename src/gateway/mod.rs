@@ -1,0 +1,288 @@
+//! The gateway: Pingora's HTTP server app that accepts requests, routes them, runs the WebSocket
+//! handshake on both sides and hands the two raw streams to the relay.
+//!
+//! - `head.rs`: reads the request head (bounded), keeping early bytes (warm path).
+//! - `handshake.rs`: RFC 6455 client checks, accept key, extension → RSV bits (warm, pure).
+//! - `reject.rs`: `RejectReason` → status, body, metric label (warm, pure).
+//! - `upstream.rs`: connect (Pingora's connector), forward the upgrade, read the answer (warm).
+//! - `http.rs`: Pingora's `ProxyHttp` pipeline for plain HTTP on `http` routes (warm).
+//! - `demo.rs`: the demo page served at `GET /` when enabled (warm).
+//!
+//! Pingora calls `Gateway::process_new_http` once per request on a client connection (its
+//! listener, TLS and HTTP/1 session handling stay Pingora's). For an upgrade, this function runs
+//! for the whole life of the WebSocket: the relay is an async state machine inside it, so a
+//! connection costs one parked task and no timers while idle.
+
+pub mod demo;
+pub mod handshake;
+pub mod head;
+pub mod http;
+pub mod reject;
+pub mod upstream;
+
+use crate::config::{Config, Timeouts};
+use crate::metering::{Meter, UsageLog};
+use crate::metrics::Metrics;
+use crate::pools::{Pools, MAX_CONNECT_ATTEMPTS};
+use crate::relay::pump::{code_class, Relay, RelayReport};
+use crate::relay::scanner::{Role, ScanPolicy};
+use crate::routing::RouteTable;
+use async_trait::async_trait;
+use head::{HeadError, RequestHead};
+use pingora_core::apps::{HttpServerApp, ReusedHttpStream};
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use reject::RejectReason;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use upstream::UpstreamError;
+
+/// The route label used for requests that matched no route.
+const NO_ROUTE: &str = "none";
+
+/// Everything a request needs, built once at startup and shared by every connection.
+pub struct Gateway {
+    routes: Arc<RouteTable>,
+    pools: Arc<Pools>,
+    pool_names: Vec<String>,
+    timeouts: Timeouts,
+    grace_period: Duration,
+    demo_page: bool,
+    connector: TransportConnector,
+    metrics: Metrics,
+    usage: Arc<UsageLog>,
+    http: Arc<HttpProxy<http::HttpRoutes>>,
+}
+
+impl Gateway {
+    /// Assemble the gateway from the validated config and the shared parts.
+    pub fn new(
+        config: &Config,
+        routes: Arc<RouteTable>,
+        pools: Arc<Pools>,
+        metrics: Metrics,
+        usage: Arc<UsageLog>,
+        http: Arc<HttpProxy<http::HttpRoutes>>,
+    ) -> Gateway {
+        Gateway {
+            routes,
+            pools,
+            pool_names: config.pools.iter().map(|p| p.name.clone()).collect(),
+            timeouts: config.timeouts,
+            grace_period: config.grace_period,
+            demo_page: config.demo_page,
+            connector: TransportConnector::new(None),
+            metrics,
+            usage,
+            http,
+        }
+    }
+
+    /// Serve one request on `stream`: a WebSocket (relayed to its end), plain HTTP on an `http`
+    /// route (Pingora's proxy; the stream may come back for the next request), the demo page, or
+    /// a rejection.
+    async fn serve(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
+        let client = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let tls = stream.get_ssl_digest().is_some();
+        let mut meter = Meter::start(client);
+        let mut watch = shutdown.clone();
+        let head = tokio::select! {
+            head = head::read_head(&mut stream, self.timeouts.request_head) => head,
+            _ = watch.wait_for(|down| *down) => return None,
+        };
+        let head = match head {
+            Ok(h) => h,
+            Err(HeadError::Closed | HeadError::TimedOut | HeadError::Io(_)) => return None,
+            Err(HeadError::TooLarge) => {
+                self.reject(&mut stream, RejectReason::HeadTooLarge, None, None).await;
+                return None;
+            }
+            Err(HeadError::Malformed(why)) => {
+                tracing::debug!(client = ?client, %why, "malformed request head");
+                self.reject(&mut stream, RejectReason::MalformedRequest, None, None).await;
+                return None;
+            }
+        };
+        let wants_ws = handshake::wants_websocket(&head);
+        if self.demo_page && !wants_ws && head.method == "GET" && head.path() == "/" {
+            let _ = stream.write_all(&demo::response()).await;
+            let _ = stream.flush().await;
+            return None;
+        }
+        let Some(route) = self.routes.resolve(head.host().as_deref(), head.path()) else {
+            let record = wants_ws.then_some(meter);
+            self.reject(&mut stream, RejectReason::UnknownRoute, None, record).await;
+            return None;
+        };
+        let pool = self.pool_names.get(route.pool).cloned().unwrap_or_default();
+        meter.route = Some(route.name.clone());
+        meter.pool = Some(pool.clone());
+        if route.kind == crate::config::RouteKind::Http && !wants_ws {
+            self.metrics.http_requests.with_label_values(&[&route.name]).inc();
+            let mut session = ServerSession::new_http1(stream);
+            session.set_pipelined_prefix(head.buf);
+            session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+            return self.http.process_new_http(session, shutdown).await;
+        }
+        let route_name = route.name.clone();
+        let ws = match handshake::check_client(&head) {
+            Ok(ws) => ws,
+            Err(reason) => {
+                self.reject(&mut stream, reason, Some(&route_name), Some(meter)).await;
+                return None;
+            }
+        };
+        let (backend_addr, mut backend, connect_started) = match self.connect(route.pool, client.map(|a| a.ip())).await {
+            Ok(b) => b,
+            Err(reason) => {
+                self.reject(&mut stream, reason, Some(&route_name), Some(meter)).await;
+                return None;
+            }
+        };
+        meter.backend = Some(backend_addr.to_string());
+        let request = upstream::upgrade_request(&head, client.map(|a| a.ip()), tls, &meter.id.to_string());
+        let answer = match upstream::handshake(&mut backend, &request, self.timeouts.backend_handshake).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(route = %route_name, backend = %backend_addr, error = %e, "backend handshake failed");
+                self.reject(&mut stream, upstream_reason(&e), Some(&route_name), Some(meter)).await;
+                return None;
+            }
+        };
+        if answer.status != 101 {
+            self.refused(answer, backend, stream, &route_name, meter).await;
+            return None;
+        }
+        let accept_ok = answer.get("sec-websocket-accept").as_deref() == Some(handshake::accept_key(&ws.key).as_str());
+        if !accept_ok || !answer.has_token("upgrade", "websocket") {
+            tracing::warn!(route = %route_name, backend = %backend_addr, "backend answered 101 without a valid Sec-WebSocket-Accept/Upgrade");
+            self.reject(&mut stream, RejectReason::BackendBadHandshake, Some(&route_name), Some(meter)).await;
+            return None;
+        }
+        self.metrics.backend_connect.with_label_values(&[&pool]).observe(connect_started.elapsed().as_secs_f64());
+        meter.subprotocol = answer.get("sec-websocket-protocol");
+        let head_101 = answer.buf.get(..answer.head_len).unwrap_or(&[]);
+        if stream.write_all(head_101).await.is_err() || stream.flush().await.is_err() {
+            let record = meter.rejected(101, "client_gone", "client closed during the handshake");
+            self.usage.write(&record, "connection");
+            return None;
+        }
+        let rsv = handshake::allowed_rsv(answer.get("sec-websocket-extensions").as_deref());
+        let report = self
+            .relay(stream, backend, &head, answer.early(), rsv, &route_name, &pool, shutdown)
+            .await;
+        let record = meter.relayed(&report);
+        tracing::debug!(
+            connection_id = %record.connection_id, route = %route_name, outcome = %record.outcome,
+            duration_ms = record.duration_ms, close_code = ?report.close_code, initiator = report.initiator.as_str(),
+            "connection ended"
+        );
+        self.usage.write(&record, "connection");
+        None
+    }
+
+    /// Relay an upgraded connection to its end and export its metrics.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &self,
+        client: Stream,
+        backend: Stream,
+        head: &RequestHead,
+        backend_early: &[u8],
+        rsv: u8,
+        route: &str,
+        pool: &str,
+        shutdown: &ShutdownWatch,
+    ) -> RelayReport {
+        let mut conn = self.metrics.connection(route, pool);
+        conn.active.inc();
+        let started = Instant::now();
+        let client_policy = ScanPolicy { sender: Role::Client, allowed_rsv: rsv };
+        let backend_policy = ScanPolicy { sender: Role::Server, allowed_rsv: rsv };
+        let relay = Relay::new(client, backend, client_policy, backend_policy, head.early(), backend_early, &mut conn);
+        let report = relay.run(shutdown.clone(), self.grace_period).await;
+        conn.active.dec();
+        conn.duration.observe(started.elapsed().as_secs_f64());
+        let m = &self.metrics;
+        m.connections_total.with_label_values(&[route, pool, report.outcome.as_str()]).inc();
+        m.closes.with_label_values(&[route, report.initiator.as_str(), code_class(report.close_code)]).inc();
+        if let Some((d, v)) = report.violation {
+            m.protocol_violations.with_label_values(&[route, d.as_str(), v.as_str()]).inc();
+            tracing::info!(route, direction = d.as_str(), violation = v.as_str(), "closed a connection for a protocol violation");
+        }
+        report
+    }
+
+    /// Pick a backend and connect, trying up to `MAX_CONNECT_ATTEMPTS` backends.
+    async fn connect(&self, pool: usize, client: Option<IpAddr>) -> Result<(SocketAddr, Stream, Instant), RejectReason> {
+        let started = Instant::now();
+        let mut tried = Vec::new();
+        let mut last = RejectReason::NoHealthyBackend;
+        while tried.len() < MAX_CONNECT_ATTEMPTS {
+            let Some(addr) = self.pools.select(pool, client, &tried) else { break };
+            tried.push(addr);
+            match upstream::connect(&self.connector, addr, self.timeouts.backend_connect).await {
+                Ok(s) => return Ok((addr, s, started)),
+                Err(e) => {
+                    tracing::warn!(backend = %addr, error = %e, "cannot connect to backend");
+                    last = upstream_reason(&e);
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Answer `reason`, count it, and record it when `meter` is given.
+    async fn reject(&self, stream: &mut Stream, reason: RejectReason, route: Option<&str>, meter: Option<Meter>) {
+        let _ = stream.write_all(&reason.response()).await;
+        let _ = stream.flush().await;
+        let route = route.unwrap_or(NO_ROUTE);
+        self.metrics.handshake_rejections.with_label_values(&[route, reason.as_str()]).inc();
+        if let Some(meter) = meter {
+            tracing::debug!(route, reason = reason.as_str(), status = reason.status(), "handshake rejected");
+            self.usage.write(&meter.rejected(reason.status(), reason.outcome(), reason.as_str()), "rejection");
+        }
+    }
+
+    /// The backend answered the upgrade with something other than 101: pass it on unchanged.
+    async fn refused(&self, answer: upstream::ResponseHead, mut backend: Stream, mut client: Stream, route: &str, meter: Meter) {
+        let status = answer.status;
+        tracing::debug!(route, status, "backend refused the upgrade; passing its answer through");
+        let _ = upstream::pass_through(answer, &mut backend, &mut client, self.timeouts.backend_handshake).await;
+        self.metrics.handshake_rejections.with_label_values(&[route, reject::BACKEND_REFUSED]).inc();
+        let reason = format!("backend answered {status}");
+        self.usage.write(&meter.rejected(status, reject::BACKEND_REFUSED, &reason), "rejection");
+    }
+}
+
+fn upstream_reason(e: &UpstreamError) -> RejectReason {
+    match e {
+        UpstreamError::Unreachable(_) => RejectReason::BackendUnreachable,
+        UpstreamError::TimedOut(_) => RejectReason::BackendTimeout,
+        UpstreamError::BadResponse(_) => RejectReason::BackendBadHandshake,
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for Gateway {
+    /// Runs once per request on a client connection, after Pingora's listener (and TLS) accepted
+    /// it. Returns the stream when an `http` route's keep-alive connection can take another request.
+    async fn process_new_http(self: &Arc<Self>, session: ServerSession, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
+        match session {
+            ServerSession::H1(h1) => self.serve(h1.into_inner(), shutdown).await,
+            // HTTP/2 is never negotiated on weir's listeners (no ALPN h2, no h2c).
+            _ => None,
+        }
+    }
+
+    async fn http_cleanup(&self) {
+        self.http.http_cleanup().await;
+    }
+}

@@ -1,0 +1,161 @@
+//! `RejectReason`: every way weir refuses a request, mapped in one place to one HTTP status,
+//! one response body and one metric label.
+//!
+//! Warm path. The label is the `reason` on `weir_handshake_rejections_total` and in usage
+//! records, so responses, metrics and records always agree.
+
+/// Why weir refused a request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Not a WebSocket upgrade on a `websocket` route.
+    NotWebSocket,
+    /// Upgrade with a method other than GET.
+    MethodNotGet,
+    /// Upgrade over HTTP/1.0.
+    HttpVersion,
+    /// `Connection` does not contain `upgrade`.
+    ConnectionHeader,
+    /// `Sec-WebSocket-Version` is not 13.
+    UnsupportedVersion,
+    /// `Sec-WebSocket-Key` missing or not base64 of 16 bytes.
+    BadKey,
+    /// The upgrade request carries a body.
+    RequestBody,
+    /// The request head is not valid HTTP/1.x.
+    MalformedRequest,
+    /// The request head is over the size limit.
+    HeadTooLarge,
+    /// No route matches the host and path.
+    UnknownRoute,
+    /// Every backend of the pool is failing its health check.
+    NoHealthyBackend,
+    /// The backend refused or reset the connection.
+    BackendUnreachable,
+    /// The backend did not accept the connection or answer the upgrade in time.
+    BackendTimeout,
+    /// The backend answered 101 with a wrong `Sec-WebSocket-Accept`, or no valid response.
+    BackendBadHandshake,
+}
+
+impl RejectReason {
+    /// The HTTP status sent to the client.
+    pub fn status(self) -> u16 {
+        use RejectReason::*;
+        match self {
+            NotWebSocket | MethodNotGet | HttpVersion | ConnectionHeader | BadKey | RequestBody | MalformedRequest => 400,
+            UnsupportedVersion => 426,
+            HeadTooLarge => 431,
+            UnknownRoute => 404,
+            NoHealthyBackend => 503,
+            BackendUnreachable | BackendBadHandshake => 502,
+            BackendTimeout => 504,
+        }
+    }
+
+    /// The response body (short text).
+    pub fn body(self) -> &'static str {
+        use RejectReason::*;
+        match self {
+            NotWebSocket => "Expected websocket",
+            MethodNotGet => "WebSocket upgrade requires GET",
+            HttpVersion => "WebSocket upgrade requires HTTP/1.1",
+            ConnectionHeader => "Connection header must contain upgrade",
+            UnsupportedVersion => "Unsupported Sec-WebSocket-Version; this gateway speaks 13",
+            BadKey => "Sec-WebSocket-Key must be the base64 encoding of 16 bytes",
+            RequestBody => "WebSocket upgrade request must not have a body",
+            MalformedRequest => "Malformed request",
+            HeadTooLarge => "Request header fields too large",
+            UnknownRoute => "No route",
+            NoHealthyBackend => "No healthy backend",
+            BackendUnreachable => "Backend unreachable",
+            BackendTimeout => "Backend timed out",
+            BackendBadHandshake => "Backend sent an invalid WebSocket handshake",
+        }
+    }
+
+    /// The metric label and usage-record `reason`.
+    pub fn as_str(self) -> &'static str {
+        use RejectReason::*;
+        match self {
+            NotWebSocket => "not_websocket",
+            MethodNotGet => "method_not_get",
+            HttpVersion => "http_version",
+            ConnectionHeader => "connection_header",
+            UnsupportedVersion => "unsupported_version",
+            BadKey => "bad_key",
+            RequestBody => "request_body",
+            MalformedRequest => "malformed_request",
+            HeadTooLarge => "head_too_large",
+            UnknownRoute => "unknown_route",
+            NoHealthyBackend => "no_healthy_backend",
+            BackendUnreachable => "backend_unreachable",
+            BackendTimeout => "backend_timeout",
+            BackendBadHandshake => "backend_bad_handshake",
+        }
+    }
+
+    /// The usage-record `outcome`: backend failures keep their own name, client errors are
+    /// `rejected`.
+    pub fn outcome(self) -> &'static str {
+        use RejectReason::*;
+        match self {
+            NoHealthyBackend | BackendUnreachable | BackendTimeout | BackendBadHandshake => self.as_str(),
+            _ => "rejected",
+        }
+    }
+
+    /// Extra response headers.
+    pub fn extra_headers(self) -> &'static str {
+        match self {
+            RejectReason::UnsupportedVersion => "Sec-WebSocket-Version: 13\r\n",
+            _ => "",
+        }
+    }
+
+    /// The complete HTTP/1.1 response (the connection is closed after it).
+    pub fn response(self) -> Vec<u8> {
+        let (status, body) = (self.status(), self.body());
+        format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n{body}",
+            reason_phrase(status),
+            body.len(),
+            self.extra_headers()
+        )
+        .into_bytes()
+    }
+}
+
+/// The label used for a backend's non-101 answer passed through to the client.
+pub const BACKEND_REFUSED: &str = "backend_refused";
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RejectReason;
+
+    #[test]
+    fn expected_websocket_body_is_exact() {
+        let r = String::from_utf8(RejectReason::NotWebSocket.response()).unwrap();
+        assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+        assert!(r.ends_with("\r\n\r\nExpected websocket"));
+    }
+
+    #[test]
+    fn version_rejection_names_13() {
+        let r = String::from_utf8(RejectReason::UnsupportedVersion.response()).unwrap();
+        assert!(r.starts_with("HTTP/1.1 426 "));
+        assert!(r.contains("\r\nSec-WebSocket-Version: 13\r\n"));
+    }
+}

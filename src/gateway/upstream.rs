@@ -1,0 +1,242 @@
+//! The backend half of the handshake: connect with Pingora's connector, forward the upgrade,
+//! read and check the backend's answer.
+//!
+//! Warm path (once per connection). End-to-end headers (Sec-WebSocket-Protocol, -Extensions,
+//! cookies, Authorization, Origin, Host) are forwarded as sent. Hop-by-hop headers are dropped per
+//! RFC 9110 §7.6.1 (`Connection`, the headers it names, `Keep-Alive`, `Proxy-Connection`, `TE`,
+//! `Transfer-Encoding`, `Upgrade`) and the upgrade is re-stated as `Connection: Upgrade` +
+//! `Upgrade: websocket`. weir adds `X-Forwarded-For` (appended), `X-Forwarded-Proto` and
+//! `X-Weir-Connection-Id` (both replaced, so clients cannot spoof them).
+
+use super::head::{RequestHead, MAX_HEADERS, MAX_HEAD_BYTES};
+use bytes::BytesMut;
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::Stream;
+use pingora_core::upstreams::peer::BasicPeer;
+use pingora_error::ErrorType;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How connecting or handshaking with a backend failed.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// Connection refused, reset, or the backend closed before answering.
+    Unreachable(String),
+    /// Connect or answer took longer than its timeout.
+    TimedOut(String),
+    /// The answer is not a valid HTTP/1.1 response head.
+    BadResponse(String),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Unreachable(s) => write!(f, "backend unreachable: {s}"),
+            UpstreamError::TimedOut(s) => write!(f, "backend timed out: {s}"),
+            UpstreamError::BadResponse(s) => write!(f, "backend answered badly: {s}"),
+        }
+    }
+}
+
+/// Open a connection to `addr` within `timeout` (TCP through Pingora's connector).
+pub async fn connect(connector: &TransportConnector, addr: SocketAddr, timeout: Duration) -> Result<Stream, UpstreamError> {
+    let mut peer = BasicPeer::new(&addr.to_string());
+    peer.options.connection_timeout = Some(timeout);
+    peer.options.total_connection_timeout = Some(timeout);
+    connector.new_stream(&peer).await.map_err(|e| match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => UpstreamError::TimedOut(e.to_string()),
+        _ => UpstreamError::Unreachable(e.to_string()),
+    })
+}
+
+/// True for headers that describe one connection only (RFC 9110 §7.6.1).
+fn hop_by_hop(name: &str, nominated: &[String]) -> bool {
+    const FIXED: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"];
+    FIXED.iter().any(|h| name.eq_ignore_ascii_case(h)) || nominated.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// The upgrade request weir sends to the backend for `head`.
+pub fn upgrade_request(head: &RequestHead, client_ip: Option<IpAddr>, tls: bool, connection_id: &str) -> Vec<u8> {
+    let nominated: Vec<String> = head
+        .all("connection")
+        .flat_map(|v| String::from_utf8_lossy(v).split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let mut out = Vec::with_capacity(head.head_len + 160);
+    out.extend_from_slice(format!("{} {} HTTP/1.1\r\n", head.method, head.target).as_bytes());
+    let mut forwarded_for: Option<String> = None;
+    for (name, value) in &head.headers {
+        if hop_by_hop(name, &nominated)
+            || name.eq_ignore_ascii_case("x-forwarded-proto")
+            || name.eq_ignore_ascii_case("x-weir-connection-id")
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            let v = String::from_utf8_lossy(value).trim().to_string();
+            forwarded_for = Some(match forwarded_for {
+                Some(prev) => format!("{prev}, {v}"),
+                None => v,
+            });
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
+    let xff = match (forwarded_for, client_ip) {
+        (Some(prev), Some(ip)) => Some(format!("{prev}, {ip}")),
+        (None, Some(ip)) => Some(ip.to_string()),
+        (prev, None) => prev,
+    };
+    if let Some(xff) = xff {
+        out.extend_from_slice(format!("X-Forwarded-For: {xff}\r\n").as_bytes());
+    }
+    let proto = if tls { "https" } else { "http" };
+    out.extend_from_slice(format!("X-Forwarded-Proto: {proto}\r\nX-Weir-Connection-Id: {connection_id}\r\n\r\n").as_bytes());
+    out
+}
+
+/// A backend's response head plus the bytes read after it.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// Status code.
+    pub status: u16,
+    /// Header fields in order, names as sent.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Everything read: the head, then early bytes (frames sent right after the 101, or the
+    /// start of an error body).
+    pub buf: BytesMut,
+    /// Length of the head inside `buf`, bytes.
+    pub head_len: usize,
+}
+
+impl ResponseHead {
+    /// The first header named `name` (case-insensitive), as trimmed text.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).trim().to_string())
+    }
+
+    /// Whether any `name` header lists `token` (case-insensitive).
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).any(|(_, v)| {
+            String::from_utf8_lossy(v).split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    }
+
+    /// Bytes after the head.
+    pub fn early(&self) -> &[u8] {
+        self.buf.get(self.head_len..).unwrap_or(&[])
+    }
+}
+
+/// Send `request` and read the backend's response head, both within `timeout`.
+pub async fn handshake(backend: &mut Stream, request: &[u8], timeout: Duration) -> Result<ResponseHead, UpstreamError> {
+    let io = async {
+        backend.write_all(request).await.map_err(|e| UpstreamError::Unreachable(format!("writing the upgrade: {e}")))?;
+        backend.flush().await.map_err(|e| UpstreamError::Unreachable(format!("writing the upgrade: {e}")))?;
+        read_response_head(backend).await
+    };
+    match tokio::time::timeout(timeout, io).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamError::TimedOut(format!("no answer to the upgrade within {timeout:?}"))),
+    }
+}
+
+async fn read_response_head(backend: &mut Stream) -> Result<ResponseHead, UpstreamError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if buf.len() >= MAX_HEAD_BYTES {
+            return Err(UpstreamError::BadResponse(format!("response head larger than {MAX_HEAD_BYTES} bytes")));
+        }
+        buf.reserve(1024);
+        let n = backend.read_buf(&mut buf).await.map_err(|e| UpstreamError::Unreachable(format!("reading the answer: {e}")))?;
+        if n == 0 {
+            return Err(UpstreamError::Unreachable("closed before answering the upgrade".into()));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Complete(head_len)) => {
+                let status = resp.code.unwrap_or(0);
+                let headers = resp.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect();
+                return Ok(ResponseHead { status, headers, buf, head_len });
+            }
+            Err(e) => return Err(UpstreamError::BadResponse(e.to_string())),
+        }
+    }
+}
+
+/// Copy a non-101 answer to the client unchanged: the head and its body (by Content-Length,
+/// until EOF, or for chunked bodies until the final chunk), within `timeout`.
+pub async fn pass_through(resp: ResponseHead, backend: &mut Stream, client: &mut Stream, timeout: Duration) -> std::io::Result<()> {
+    let copy = async {
+        client.write_all(&resp.buf).await?;
+        let already = resp.buf.len() - resp.head_len;
+        let chunked = resp.has_token("transfer-encoding", "chunked");
+        let length = resp.get("content-length").and_then(|v| v.parse::<u64>().ok());
+        let mut tail = resp.buf.get(resp.buf.len().saturating_sub(5)..).unwrap_or(&[]).to_vec();
+        let mut remaining = length.map(|l| l.saturating_sub(already as u64));
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            if remaining == Some(0) || (chunked && tail.ends_with(b"0\r\n\r\n")) {
+                break;
+            }
+            let want = remaining.map_or(chunk.len(), |r| r.min(chunk.len() as u64) as usize);
+            let n = backend.read(&mut chunk[..want]).await?;
+            if n == 0 {
+                break;
+            }
+            client.write_all(&chunk[..n]).await?;
+            remaining = remaining.map(|r| r - n as u64);
+            tail.extend_from_slice(&chunk[..n]);
+            let keep = tail.len().saturating_sub(5);
+            tail.drain(..keep);
+        }
+        client.flush().await
+    };
+    tokio::time::timeout(timeout, copy).await.unwrap_or(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_replaced_and_forwarding_headers_added() {
+        let raw = "GET /chat HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade, X-Secret\r\nUpgrade: websocket\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nCookie: s=1\r\nAuthorization: Bearer t\r\nSec-WebSocket-Protocol: chat\r\nX-Forwarded-For: 10.0.0.1\r\nX-Weir-Connection-Id: spoof\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        let len = match req.parse(raw.as_bytes()).unwrap() {
+            httparse::Status::Complete(l) => l,
+            httparse::Status::Partial => panic!("partial"),
+        };
+        let head = RequestHead {
+            method: "GET".into(),
+            target: "/chat".into(),
+            minor_version: 1,
+            headers: req.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect(),
+            buf: BytesMut::from(raw),
+            head_len: len,
+        };
+        let out = String::from_utf8(upgrade_request(&head, Some("127.0.0.9".parse().unwrap()), false, "id-1")).unwrap();
+        assert!(out.starts_with("GET /chat HTTP/1.1\r\nHost: a\r\n"));
+        assert!(!out.contains("X-Secret"), "{out}");
+        assert!(!out.contains("Keep-Alive"), "{out}");
+        assert!(!out.contains("spoof"), "{out}");
+        assert!(out.contains("Cookie: s=1\r\n"));
+        assert!(out.contains("Authorization: Bearer t\r\n"));
+        assert!(out.contains("Sec-WebSocket-Protocol: chat\r\n"));
+        assert!(out.contains("Connection: Upgrade\r\nUpgrade: websocket\r\n"));
+        assert!(out.contains("X-Forwarded-For: 10.0.0.1, 127.0.0.9\r\n"));
+        assert!(out.contains("X-Forwarded-Proto: http\r\n"));
+        assert!(out.ends_with("X-Weir-Connection-Id: id-1\r\n\r\n"));
+    }
+}

@@ -1,0 +1,28 @@
+//! weir: a WebSocket gateway that relays connections byte for byte and meters every one.
+//!
+//! # Layout
+//! Each module's own doc says whether it runs on the hot path (per chunk/frame), the warm path
+//! (per connection or request) or the cold path (startup).
+//! - `config`: `config.yaml` → file types → validated `Config`; every error at once (cold).
+//! - `server`: builds Pingora's `Server` and services from a `Config` (cold).
+//! - `gateway`: Pingora HTTP app: head, routing, handshake on both sides, rejections (warm).
+//! - `routing`: (host, path) → route (warm, pure).
+//! - `pools`: Pingora load balancers and health probes per backend pool (warm / background).
+//! - `relay`: frame scanner and the relay state machine after the 101 (hot).
+//! - `metering`: per-connection `Meter` → `UsageRecord` → usage file (warm).
+//! - `metrics`: Prometheus families, names in `metrics::names` (hot updates, cold setup).
+//! - `admin`: `/metrics`, `/healthz`, `/readyz` on the admin listener.
+//! - `builtin`: servers built into weir (the echo backend of the shipped config).
+//!
+//! The README's "Code map" and `../shared/DESIGN.md` describe the data flow.
+
+pub mod admin;
+pub mod builtin;
+pub mod config;
+pub mod gateway;
+pub mod metering;
+pub mod metrics;
+pub mod pools;
+pub mod relay;
+pub mod routing;
+pub mod server;

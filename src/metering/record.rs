@@ -1,0 +1,96 @@
+//! `UsageRecord`: the billing unit, one JSON object per line in the usage file.
+//!
+//! Warm path (serialised once per connection). The README's "Usage records" section documents
+//! every field; change both together.
+
+use crate::relay::scanner::DirectionCounts;
+use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
+
+/// One connection's usage: written once, when the connection (or its failed handshake) ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// Sortable unique id (UUIDv7 text).
+    pub connection_id: String,
+    /// Route name, when the request matched a route.
+    pub route: Option<String>,
+    /// Pool name, when the request matched a route.
+    pub pool: Option<String>,
+    /// Backend `host:port`, when one was picked.
+    pub backend: Option<String>,
+    /// Client `ip:port`.
+    pub client_addr: Option<String>,
+    /// When the request head started arriving (RFC 3339 UTC, milliseconds).
+    pub started_at: String,
+    /// When the connection ended (RFC 3339 UTC, milliseconds).
+    pub ended_at: String,
+    /// Wall-clock lifetime, milliseconds (monotonic clock).
+    pub duration_ms: u64,
+    /// HTTP requests on the connection: 1 (the upgrade).
+    pub requests: u64,
+    /// HTTP status weir answered the upgrade with (101, or the rejection status).
+    pub status: u16,
+    /// Subprotocol the backend selected (`Sec-WebSocket-Protocol`), if any.
+    pub subprotocol: Option<String>,
+    /// Traffic from the client to the backend.
+    pub client_to_backend: DirectionUsage,
+    /// Traffic from the backend to the client.
+    pub backend_to_client: DirectionUsage,
+    /// How the WebSocket closed; absent when the handshake failed.
+    pub close: Option<CloseUsage>,
+    /// How the connection ended: completed, client_gone, backend_gone, protocol_error,
+    /// shutdown, or for failed handshakes rejected, backend_unreachable, backend_timeout,
+    /// no_healthy_backend, backend_refused, backend_bad_handshake.
+    pub outcome: String,
+    /// Detail for failures: the reject reason or the protocol violation.
+    pub reason: Option<String>,
+}
+
+/// Traffic in one direction (relayed bytes only; frames weir sends itself are not counted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectionUsage {
+    /// Frames (data and control).
+    pub frames: u64,
+    /// Complete data messages.
+    pub messages: u64,
+    /// Frame payload bytes (compressed size when permessage-deflate is on).
+    pub payload_bytes: u64,
+    /// Bytes on the wire, frame headers included.
+    pub wire_bytes: u64,
+    /// Ping frames.
+    pub pings: u64,
+    /// Pong frames.
+    pub pongs: u64,
+    /// Payload bytes of the largest complete message.
+    pub largest_message_bytes: u64,
+}
+
+impl From<&DirectionCounts> for DirectionUsage {
+    fn from(c: &DirectionCounts) -> Self {
+        DirectionUsage {
+            frames: c.frames,
+            messages: c.messages,
+            payload_bytes: c.payload_bytes,
+            wire_bytes: c.wire_bytes,
+            pings: c.pings,
+            pongs: c.pongs,
+            largest_message_bytes: c.largest_message_bytes,
+        }
+    }
+}
+
+/// How a relayed WebSocket closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseUsage {
+    /// Code of the first close frame (or the one weir sent when it closed first); null if none.
+    pub code: Option<u16>,
+    /// Who started the close: client, backend or gateway.
+    pub initiator: String,
+    /// Both sides sent close frames and neither connection failed.
+    pub clean: bool,
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T14:05:06.123Z`.
+pub fn rfc3339_ms(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}

@@ -1,0 +1,167 @@
+//! Prometheus metrics: one `Metrics` struct registered on a registry passed in.
+//!
+//! Cold path: `Metrics::register` at startup. Warm path: `Metrics::connection` resolves the
+//! labelled children once per connection into `ConnMetrics`. Hot path: `ConnMetrics` handles are
+//! plain atomic adds, applied per relayed chunk so counters move while a connection is open.
+//! Labels come from config (route, pool, backend) or closed enums, never from request data, so
+//! cardinality is bounded. Names live in `names.rs`.
+
+pub mod names;
+
+use crate::relay::scanner::DirectionCounts;
+use crate::relay::Direction;
+use names::*;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Connection-duration buckets, seconds: from a failed page load to a three-day session.
+const DURATION_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0, 72.0 * 3600.0,
+];
+/// Backend connect+upgrade buckets, seconds: loopback (sub-ms) to a timing-out backend.
+const CONNECT_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Every metric family weir exports.
+#[derive(Clone)]
+pub struct Metrics {
+    /// See `names::CONNECTIONS_ACTIVE`.
+    pub connections_active: IntGaugeVec,
+    /// See `names::CONNECTIONS_TOTAL`.
+    pub connections_total: IntCounterVec,
+    /// See `names::HANDSHAKE_REJECTIONS_TOTAL`.
+    pub handshake_rejections: IntCounterVec,
+    /// See `names::CONNECTION_DURATION_SECONDS`.
+    pub connection_duration: HistogramVec,
+    /// See `names::FRAMES_TOTAL`.
+    pub frames: IntCounterVec,
+    /// See `names::MESSAGES_TOTAL`.
+    pub messages: IntCounterVec,
+    /// See `names::PAYLOAD_BYTES_TOTAL`.
+    pub payload_bytes: IntCounterVec,
+    /// See `names::WIRE_BYTES_TOTAL`.
+    pub wire_bytes: IntCounterVec,
+    /// See `names::CLOSES_TOTAL`.
+    pub closes: IntCounterVec,
+    /// See `names::PROTOCOL_VIOLATIONS_TOTAL`.
+    pub protocol_violations: IntCounterVec,
+    /// See `names::BACKEND_CONNECT_SECONDS`.
+    pub backend_connect: HistogramVec,
+    /// See `names::BACKEND_HEALTHY`.
+    pub backend_healthy: IntGaugeVec,
+    /// See `names::USAGE_RECORDS_TOTAL`.
+    pub usage_records: IntCounterVec,
+    /// See `names::USAGE_WRITE_ERRORS_TOTAL`.
+    pub usage_write_errors: IntCounterVec,
+    /// See `names::HTTP_REQUESTS_TOTAL`.
+    pub http_requests: IntCounterVec,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram(reg: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> prometheus::Result<HistogramVec> {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+    reg.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    /// Create every family and register it on `reg`.
+    pub fn register(reg: &Registry) -> prometheus::Result<Metrics> {
+        Ok(Metrics {
+            connections_active: gauge(reg, CONNECTIONS_ACTIVE, "WebSocket connections currently relayed", &[ROUTE, POOL])?,
+            connections_total: counter(reg, CONNECTIONS_TOTAL, "Relayed WebSocket connections that ended, by outcome", &[ROUTE, POOL, OUTCOME])?,
+            handshake_rejections: counter(reg, HANDSHAKE_REJECTIONS_TOTAL, "Upgrade requests refused, by reason", &[ROUTE, REASON])?,
+            connection_duration: histogram(reg, CONNECTION_DURATION_SECONDS, "Lifetime of relayed WebSocket connections in seconds", &[ROUTE, POOL], DURATION_BUCKETS)?,
+            frames: counter(reg, FRAMES_TOTAL, "WebSocket frames relayed", &[ROUTE, DIRECTION, KIND])?,
+            messages: counter(reg, MESSAGES_TOTAL, "Complete WebSocket data messages relayed", &[ROUTE, DIRECTION])?,
+            payload_bytes: counter(reg, PAYLOAD_BYTES_TOTAL, "WebSocket frame payload bytes relayed", &[ROUTE, DIRECTION])?,
+            wire_bytes: counter(reg, WIRE_BYTES_TOTAL, "Bytes relayed after the upgrade, frame headers included", &[ROUTE, DIRECTION])?,
+            closes: counter(reg, CLOSES_TOTAL, "Connection closes by initiator and close-code class", &[ROUTE, INITIATOR, CODE_CLASS])?,
+            protocol_violations: counter(reg, PROTOCOL_VIOLATIONS_TOTAL, "RFC 6455 violations that closed a connection", &[ROUTE, DIRECTION, REASON])?,
+            backend_connect: histogram(reg, BACKEND_CONNECT_SECONDS, "Time to connect to a backend and complete its upgrade, seconds", &[POOL], CONNECT_BUCKETS)?,
+            backend_healthy: gauge(reg, BACKEND_HEALTHY, "1 when the backend passes its health check", &[POOL, BACKEND])?,
+            usage_records: counter(reg, USAGE_RECORDS_TOTAL, "Usage records written", &[KIND])?,
+            usage_write_errors: counter(reg, USAGE_WRITE_ERRORS_TOTAL, "Usage records that could not be written", &[KIND])?,
+            http_requests: counter(reg, HTTP_REQUESTS_TOTAL, "Plain HTTP requests proxied on http routes", &[ROUTE])?,
+        })
+    }
+
+    /// Resolve the per-connection handles for `route` and `pool` (warm path, once per connection).
+    pub fn connection(&self, route: &str, pool: &str) -> ConnMetrics {
+        let dir = |d: Direction| DirMetrics {
+            frames: FRAME_KINDS.map(|k| self.frames.with_label_values(&[route, d.as_str(), k])),
+            messages: self.messages.with_label_values(&[route, d.as_str()]),
+            payload_bytes: self.payload_bytes.with_label_values(&[route, d.as_str()]),
+            wire_bytes: self.wire_bytes.with_label_values(&[route, d.as_str()]),
+            reported: DirectionCounts::default(),
+        };
+        ConnMetrics {
+            active: self.connections_active.with_label_values(&[route, pool]),
+            duration: self.connection_duration.with_label_values(&[route, pool]),
+            dirs: [dir(Direction::ClientToBackend), dir(Direction::BackendToClient)],
+        }
+    }
+}
+
+/// Values of the `kind` label on `weir_frames_total`: data frames (text, binary and
+/// continuation) and the three control frames.
+pub const FRAME_KINDS: [&str; 4] = ["data", "ping", "pong", "close"];
+
+/// Per-direction counters already resolved for one connection.
+struct DirMetrics {
+    frames: [IntCounter; 4],
+    messages: IntCounter,
+    payload_bytes: IntCounter,
+    wire_bytes: IntCounter,
+    /// What has been added to the counters so far (deltas are pushed, never totals).
+    reported: DirectionCounts,
+}
+
+/// Label handles of one connection (warm path to create, hot path to update).
+pub struct ConnMetrics {
+    /// The active-connections gauge child.
+    pub active: IntGauge,
+    /// The duration histogram child.
+    pub duration: Histogram,
+    dirs: [DirMetrics; 2],
+}
+
+fn add(c: &IntCounter, now: u64, before: u64) {
+    if now > before {
+        c.inc_by(now - before);
+    }
+}
+
+impl ConnMetrics {
+    /// Push what `c` gained since the last call for direction `d`. Hot path: returns at once
+    /// when nothing moved, otherwise a few atomic adds.
+    pub fn update(&mut self, d: Direction, c: &DirectionCounts) {
+        let m = &mut self.dirs[d.index()];
+        let r = m.reported;
+        if c.wire_bytes == r.wire_bytes {
+            return;
+        }
+        add(&m.wire_bytes, c.wire_bytes, r.wire_bytes);
+        add(&m.payload_bytes, c.payload_bytes, r.payload_bytes);
+        if c.frames != r.frames {
+            add(&m.frames[0], c.data_frames, r.data_frames);
+            add(&m.frames[1], c.pings, r.pings);
+            add(&m.frames[2], c.pongs, r.pongs);
+            add(&m.frames[3], c.closes, r.closes);
+            add(&m.messages, c.messages, r.messages);
+        }
+        m.reported = *c;
+    }
+}

@@ -1,0 +1,75 @@
+//! Every Prometheus metric and label name weir exports, as constants.
+//!
+//! Dashboards (`dashboards/`), the README metrics table and the tests use only these names, so
+//! a rename here is the one place a scraper-visible name changes. When adding a metric: add the
+//! constant here, register it in `metrics/mod.rs`, and add a row to the README metrics table.
+
+/// Gauge: WebSocket connections currently relayed {route, pool}.
+pub const CONNECTIONS_ACTIVE: &str = "weir_connections_active";
+/// Counter: relayed WebSocket connections that ended, by outcome {route, pool, outcome}.
+pub const CONNECTIONS_TOTAL: &str = "weir_connections_total";
+/// Counter: upgrade requests refused before or during the handshake {route, reason}.
+pub const HANDSHAKE_REJECTIONS_TOTAL: &str = "weir_handshake_rejections_total";
+/// Histogram: lifetime of relayed connections, seconds {route, pool}.
+pub const CONNECTION_DURATION_SECONDS: &str = "weir_connection_duration_seconds";
+/// Counter: frames relayed {route, direction, kind}.
+pub const FRAMES_TOTAL: &str = "weir_frames_total";
+/// Counter: complete data messages relayed {route, direction}.
+pub const MESSAGES_TOTAL: &str = "weir_messages_total";
+/// Counter: frame payload bytes relayed {route, direction}.
+pub const PAYLOAD_BYTES_TOTAL: &str = "weir_payload_bytes_total";
+/// Counter: bytes relayed on the wire, headers included {route, direction}.
+pub const WIRE_BYTES_TOTAL: &str = "weir_wire_bytes_total";
+/// Counter: connection closes {route, initiator, code_class}.
+pub const CLOSES_TOTAL: &str = "weir_closes_total";
+/// Counter: RFC 6455 violations that closed a connection {route, direction, reason}.
+pub const PROTOCOL_VIOLATIONS_TOTAL: &str = "weir_protocol_violations_total";
+/// Histogram: time to connect to a backend and complete its upgrade, seconds {pool}.
+pub const BACKEND_CONNECT_SECONDS: &str = "weir_backend_connect_seconds";
+/// Gauge: 1 when a backend passes its health check, else 0 {pool, backend}.
+pub const BACKEND_HEALTHY: &str = "weir_backend_healthy";
+/// Counter: usage records written to the usage file {kind}.
+pub const USAGE_RECORDS_TOTAL: &str = "weir_usage_records_total";
+/// Counter: usage records that could not be written {kind}.
+pub const USAGE_WRITE_ERRORS_TOTAL: &str = "weir_usage_write_errors_total";
+/// Counter: plain HTTP requests proxied on `http` routes {route}.
+pub const HTTP_REQUESTS_TOTAL: &str = "weir_http_requests_total";
+
+/// Label: route name from config.
+pub const ROUTE: &str = "route";
+/// Label: pool name from config.
+pub const POOL: &str = "pool";
+/// Label: backend address from config.
+pub const BACKEND: &str = "backend";
+/// Label: `client_to_backend` or `backend_to_client`.
+pub const DIRECTION: &str = "direction";
+/// Label: frame kind (text, binary, continuation, ping, pong, close).
+pub const KIND: &str = "kind";
+/// Label: a reject or violation reason from a closed set.
+pub const REASON: &str = "reason";
+/// Label: who closed first: client, backend or gateway.
+pub const INITIATOR: &str = "initiator";
+/// Label: close code class: normal (1000), going_away (1001), error (1002–1015), app (3000–4999),
+/// none (no close frame).
+pub const CODE_CLASS: &str = "code_class";
+/// Label: how a connection ended (see `metering::Outcome`).
+pub const OUTCOME: &str = "outcome";
+
+/// Every metric name above, for tests that check dashboards and docs use only known names.
+pub const ALL: &[&str] = &[
+    CONNECTIONS_ACTIVE,
+    CONNECTIONS_TOTAL,
+    HANDSHAKE_REJECTIONS_TOTAL,
+    CONNECTION_DURATION_SECONDS,
+    FRAMES_TOTAL,
+    MESSAGES_TOTAL,
+    PAYLOAD_BYTES_TOTAL,
+    WIRE_BYTES_TOTAL,
+    CLOSES_TOTAL,
+    PROTOCOL_VIOLATIONS_TOTAL,
+    BACKEND_CONNECT_SECONDS,
+    BACKEND_HEALTHY,
+    USAGE_RECORDS_TOTAL,
+    USAGE_WRITE_ERRORS_TOTAL,
+    HTTP_REQUESTS_TOTAL,
+];

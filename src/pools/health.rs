@@ -1,0 +1,120 @@
+//! Health probes for pool backends, run by Pingora's load balancer every `interval`.
+//!
+//! Cold/background path: one probe per backend per interval, never on a client's path.
+//! Kinds: `tcp` (connect succeeds), `http` (`GET path` answers 2xx) and `handshake` (a WebSocket
+//! upgrade on `path` answers 101 with the right `Sec-WebSocket-Accept`). A change of health is
+//! logged and exported as `weir_backend_healthy{pool,backend}`.
+
+use crate::config::{HealthCheck, Pool};
+use crate::gateway::handshake::accept_key;
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_load_balancing::Backend;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longest time one probe may take (connect plus answer).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Key sent by handshake probes (any valid key works; the answer is checked against it).
+const PROBE_KEY: &str = "d2Vpci1oZWFsdGgtcHJvYmU=";
+
+/// The probe of one pool.
+pub struct Probe {
+    pool: String,
+    check: HealthCheck,
+    metrics: Metrics,
+}
+
+impl Probe {
+    /// The probe configured for `pool`.
+    pub fn new(pool: &Pool, metrics: Metrics) -> Probe {
+        Probe { pool: pool.name.clone(), check: pool.health.clone(), metrics }
+    }
+
+    /// Time between probes, or `None` when probing is off.
+    pub fn interval(&self) -> Option<Duration> {
+        self.check.interval()
+    }
+
+    async fn probe(&self, addr: std::net::SocketAddr) -> std::result::Result<(), String> {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let (path, request) = match &self.check {
+            HealthCheck::None | HealthCheck::Tcp { .. } => return Ok(()),
+            HealthCheck::Http { path, .. } => {
+                (path, format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: weir-health\r\nConnection: close\r\n\r\n"))
+            }
+            HealthCheck::Handshake { path, .. } => (
+                path,
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: weir-health\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {PROBE_KEY}\r\n\r\n"
+                ),
+            ),
+        };
+        s.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err(format!("closed without an answer to GET {path}"));
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&buf) {
+                Ok(httparse::Status::Partial) if buf.len() < 16 * 1024 => continue,
+                Ok(httparse::Status::Complete(_)) => {
+                    let code = resp.code.unwrap_or(0);
+                    return match &self.check {
+                        HealthCheck::Handshake { .. } => {
+                            let accept = resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"));
+                            let ok = code == 101 && accept.is_some_and(|h| h.value == accept_key(PROBE_KEY).as_bytes());
+                            if ok {
+                                let _ = s.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9]).await; // close 1001, zero mask
+                                Ok(())
+                            } else {
+                                Err(format!("upgrade on {path} answered {code}, expected 101 with a valid accept key"))
+                            }
+                        }
+                        _ if (200..300).contains(&code) => Ok(()),
+                        _ => Err(format!("GET {path} answered {code}, expected 2xx")),
+                    };
+                }
+                _ => return Err("the answer is not an HTTP/1.1 response".into()),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl pingora_load_balancing::health_check::HealthCheck for Probe {
+    async fn check(&self, target: &Backend) -> Result<()> {
+        let Some(addr) = target.addr.as_inet().copied() else {
+            return Error::e_explain(ErrorType::InternalError, "weir probes only inet backends");
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, self.probe(addr)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => {
+                tracing::debug!(pool = %self.pool, backend = %addr, %why, "health probe failed");
+                Error::e_explain(ErrorType::ConnectError, why)
+            }
+            Err(_) => Error::e_explain(ErrorType::ConnectTimedout, "health probe timed out"),
+        }
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        let addr = target.addr.to_string();
+        if healthy {
+            tracing::info!(pool = %self.pool, backend = %addr, "backend is healthy again");
+        } else {
+            tracing::warn!(pool = %self.pool, backend = %addr, "backend failed its health check; no new connections go to it");
+        }
+        self.metrics.backend_healthy.with_label_values(&[&self.pool, &addr]).set(i64::from(healthy));
+    }
+
+    fn health_threshold(&self, _success: bool) -> usize {
+        1
+    }
+}

@@ -1,0 +1,95 @@
+//! Backend pools: Pingora load balancers with weir's health probes.
+//!
+//! Cold path: `Pools::build` at startup creates one `LoadBalancer` per pool and returns the
+//! background services that run its health checks. Warm path: `Pools::select` picks a healthy
+//! backend once per connection (lock-free reads inside Pingora's selector).
+
+pub mod health;
+
+use crate::config::{Backend as ConfBackend, HealthCheck, Pool, Selection};
+use crate::metrics::Metrics;
+use pingora_core::services::background::GenBackgroundService;
+use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
+use pingora_load_balancing::{Backend, LoadBalancer};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// Most backends tried for one connection when connecting fails.
+pub const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// One pool's balancer, by selection policy.
+enum Balancer {
+    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
+    Random(Arc<LoadBalancer<Random>>),
+    IpHash(Arc<LoadBalancer<Consistent>>),
+}
+
+/// All pools, indexed like `Config::pools`.
+pub struct Pools {
+    balancers: Vec<Balancer>,
+}
+
+/// A background service that runs health checks for a pool.
+pub type HealthService = Box<dyn pingora_core::services::ServiceWithDependents>;
+
+/// The resolved address of each backend: built-in backends are bound before the pools are built.
+pub type Resolve<'a> = &'a dyn Fn(&ConfBackend) -> SocketAddr;
+
+impl Pools {
+    /// Build the balancers; returns them with the services that probe backend health.
+    pub fn build(pools: &[Pool], resolve: Resolve<'_>, metrics: &Metrics) -> std::io::Result<(Pools, Vec<HealthService>)> {
+        let mut balancers = Vec::new();
+        let mut services: Vec<HealthService> = Vec::new();
+        for pool in pools {
+            let addrs: Vec<String> = pool.backends.iter().map(|b| resolve(b).to_string()).collect();
+            for a in &addrs {
+                metrics.backend_healthy.with_label_values(&[&pool.name, a]).set(1);
+            }
+            macro_rules! lb {
+                ($variant:ident, $sel:ty) => {{
+                    let mut lb = LoadBalancer::<$sel>::try_from_iter(addrs.iter().map(String::as_str))?;
+                    let probe = health::Probe::new(pool, metrics.clone());
+                    let interval = probe.interval();
+                    if let Some(interval) = interval {
+                        lb.set_health_check(Box::new(probe));
+                        lb.health_check_frequency = Some(interval);
+                    }
+                    let service = GenBackgroundService::new(format!("health check {}", pool.name), Arc::new(lb));
+                    let task = service.task();
+                    if interval.is_some() {
+                        services.push(Box::new(service));
+                    }
+                    Balancer::$variant(task)
+                }};
+            }
+            balancers.push(match pool.selection {
+                Selection::RoundRobin => lb!(RoundRobin, RoundRobin),
+                Selection::Random => lb!(Random, Random),
+                Selection::IpHash => lb!(IpHash, Consistent),
+            });
+        }
+        Ok((Pools { balancers }, services))
+    }
+
+    /// Pick a healthy backend of pool `pool` not in `tried`; `client` keys `ip_hash`.
+    pub fn select(&self, pool: usize, client: Option<IpAddr>, tried: &[SocketAddr]) -> Option<SocketAddr> {
+        let key = client.map(|ip| ip.to_string()).unwrap_or_default();
+        let accept = |b: &Backend, healthy: bool| healthy && !b.addr.as_inet().is_some_and(|a| tried.contains(a));
+        let backend = match self.balancers.get(pool)? {
+            Balancer::RoundRobin(lb) => lb.select_with(key.as_bytes(), 256, accept),
+            Balancer::Random(lb) => lb.select_with(key.as_bytes(), 256, accept),
+            Balancer::IpHash(lb) => lb.select_with(key.as_bytes(), 256, accept),
+        }?;
+        backend.addr.as_inet().copied()
+    }
+}
+
+impl HealthCheck {
+    /// Time between probes, or `None` when probing is off.
+    pub fn interval(&self) -> Option<std::time::Duration> {
+        match self {
+            HealthCheck::None => None,
+            HealthCheck::Tcp { interval } | HealthCheck::Http { interval, .. } | HealthCheck::Handshake { interval, .. } => Some(*interval),
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! `Relay`: one state machine per connection that drives both directions after the 101.
+//!
+//! Hot path (per chunk): read from one side into a per-thread scratch buffer, feed the frame
+//! scanner, write the same bytes to the other side straight from that buffer, push metric
+//! deltas. Only when the other side cannot take everything at once are the leftover bytes copied
+//! into a per-connection buffer, and the side they came from is not read again until they are
+//! written: that is the backpressure, and it bounds memory per connection to one read (64 KiB)
+//! per direction. An idle connection holds no buffer, no timer and no task wakeup: the future is
+//! parked on the two sockets' readiness.
+//!
+//! Warm path (the ends): EOF, errors, protocol violations and shutdown. When one side goes away
+//! without a close frame, the other side gets one (`CLOSE_BACKEND_GONE` toward the client,
+//! `CLOSE_CLIENT_GONE` toward the backend) if its stream is at a frame boundary, its write half
+//! is shut down, and the connection ends when both sides have finished or `LINGER` after the
+//! first end, whichever comes first. Gateway frames are never counted as relayed traffic.
+
+use super::frame::{encode_close_frame, Violation};
+use super::scanner::{DirectionCounts, Feed, FrameScanner, ScanPolicy};
+use super::Direction;
+use crate::metrics::ConnMetrics;
+use pingora_core::protocols::Stream;
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::{sleep, Sleep};
+
+/// Size of the per-thread read buffer, bytes: the largest chunk read from a socket at once.
+pub const SCRATCH_SIZE: usize = 64 * 1024;
+/// Longest time a connection stays open after its first side ended (EOF, error or a gateway
+/// close): the other side has this long to finish its close.
+pub const LINGER: Duration = Duration::from_secs(1);
+/// Close code sent to the client when the backend connection ends without a close frame:
+/// 1014 "Bad Gateway" (RFC 6455 §7.4.1 registry: the gateway got an invalid response upstream).
+pub const CLOSE_BACKEND_GONE: u16 = 1014;
+/// Close code sent to the backend when the client connection ends without a close frame:
+/// 1001 "Going Away" (the client endpoint is gone).
+pub const CLOSE_CLIENT_GONE: u16 = 1001;
+/// Close code sent to both sides when weir shuts down: 1001 "Going Away".
+pub const CLOSE_SHUTDOWN: u16 = 1001;
+/// Close code sent when a side breaks RFC 6455: 1002 "Protocol Error".
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Iterations of the relay loop per poll before yielding to other tasks.
+const MAX_ROUNDS_PER_POLL: usize = 32;
+
+thread_local! {
+    /// The read buffer shared by every connection polled on this thread. A connection borrows it
+    /// only inside one synchronous poll, never across an await.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
+}
+
+/// Who started the end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    /// The client sent the first close frame, or went away first.
+    Client,
+    /// The backend sent the first close frame, or went away first.
+    Backend,
+    /// weir closed the connection (protocol violation, shutdown).
+    Gateway,
+}
+
+impl Party {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Party::Client => "client",
+            Party::Backend => "backend",
+            Party::Gateway => "gateway",
+        }
+    }
+
+    fn of_side(side: usize) -> Party {
+        if side == CLIENT {
+            Party::Client
+        } else {
+            Party::Backend
+        }
+    }
+}
+
+/// How a relayed connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both sides sent close frames.
+    Completed,
+    /// The client went away without completing the close handshake.
+    ClientGone,
+    /// The backend went away without completing the close handshake.
+    BackendGone,
+    /// A side broke RFC 6455 and weir closed the connection.
+    ProtocolError,
+    /// weir closed the connection because it was shutting down.
+    Shutdown,
+}
+
+impl Outcome {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::ClientGone => "client_gone",
+            Outcome::BackendGone => "backend_gone",
+            Outcome::ProtocolError => "protocol_error",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What a finished relay reports for metering.
+#[derive(Debug, Clone)]
+pub struct RelayReport {
+    /// Relayed traffic per direction, indexed by `Direction::index`.
+    pub counts: [DirectionCounts; 2],
+    /// Code of the first close frame (from either side, or weir's own when it initiated).
+    pub close_code: Option<u16>,
+    /// Who started the end.
+    pub initiator: Party,
+    /// Both sides sent close frames and neither connection failed.
+    pub clean: bool,
+    /// How the connection ended.
+    pub outcome: Outcome,
+    /// The RFC 6455 violation that closed the connection, if any, and its direction.
+    pub violation: Option<(Direction, Violation)>,
+}
+
+const CLIENT: usize = 0;
+const BACKEND: usize = 1;
+
+/// A whole frame weir writes on its own (a close), queued after the relayed bytes.
+struct Injected {
+    buf: [u8; 131],
+    len: usize,
+    sent: usize,
+}
+
+/// One direction: bytes read from `src` and written to `dst`.
+struct Half {
+    scanner: FrameScanner,
+    /// Bytes read but not yet written to `dst` (empty and unallocated unless `dst` pushed back).
+    pending: Vec<u8>,
+    /// How much of `pending` is written.
+    sent: usize,
+    /// A gateway frame to write once `pending` is empty.
+    inject: Option<Injected>,
+    /// `dst` needs a flush (bytes went into its write path since the last flush).
+    need_flush: bool,
+    /// `src` is finished: EOF, error, or weir stopped reading it.
+    src_done: bool,
+    /// A write to `dst` failed: drop whatever is still meant for it.
+    dst_dead: bool,
+    /// `dst`'s write half is shut down.
+    dst_shut: bool,
+    /// `dst` has been sent a close frame (relayed or injected): inject no other.
+    dst_has_close: bool,
+}
+
+impl Half {
+    fn new(policy: ScanPolicy) -> Half {
+        Half {
+            scanner: FrameScanner::new(policy),
+            pending: Vec::new(),
+            sent: 0,
+            inject: None,
+            need_flush: false,
+            src_done: false,
+            dst_dead: false,
+            dst_shut: false,
+            dst_has_close: false,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.src_done && self.pending.is_empty() && self.inject.is_none() && (self.dst_shut || self.dst_dead)
+    }
+
+    /// Queue a close frame for `dst` if its stream is at a frame boundary and it has none yet.
+    fn inject_close(&mut self, code: u16, to_backend: bool) {
+        if self.dst_has_close || self.dst_dead || !self.scanner.at_frame_boundary() {
+            return;
+        }
+        let mut buf = [0u8; 131];
+        let mask = to_backend.then(mask_key);
+        let len = encode_close_frame(code, b"", mask, &mut buf);
+        self.inject = Some(Injected { buf, len, sent: 0 });
+        self.dst_has_close = true;
+    }
+
+    /// Write `pending`, then any injected frame, then flush. `Ready` when all is written.
+    fn drain(&mut self, dst: &mut Stream, cx: &mut Context<'_>, progress: &mut bool) -> Poll<()> {
+        while self.sent < self.pending.len() && !self.dst_dead {
+            match Pin::new(&mut *dst).poll_write(cx, &self.pending[self.sent..]) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    self.sent += n;
+                    self.need_flush = true;
+                    *progress = true;
+                }
+                Poll::Ready(_) => self.dst_dead = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if !self.pending.is_empty() {
+            // Release the buffer: a connection that is not pushing back holds none.
+            self.pending = Vec::new();
+            self.sent = 0;
+        }
+        if let Some(inj) = &mut self.inject {
+            while inj.sent < inj.len && !self.dst_dead {
+                match Pin::new(&mut *dst).poll_write(cx, &inj.buf[inj.sent..inj.len]) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        inj.sent += n;
+                        self.need_flush = true;
+                        *progress = true;
+                    }
+                    Poll::Ready(_) => self.dst_dead = true,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            self.inject = None;
+        }
+        if self.need_flush && !self.dst_dead {
+            match Pin::new(&mut *dst).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.need_flush = false,
+                Poll::Ready(Err(_)) => self.dst_dead = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
+/// A random masking key for frames weir sends to a backend (RFC 6455 §5.3: unpredictable).
+fn mask_key() -> [u8; 4] {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    (h.finish() as u32).to_ne_bytes()
+}
+
+/// The relay of one upgraded connection. Build it with `Relay::new`, run it with `run`.
+pub struct Relay<'m> {
+    /// `[client, backend]`.
+    io: [Stream; 2],
+    /// Indexed by `Direction::index`.
+    halves: [Half; 2],
+    metrics: &'m mut ConnMetrics,
+    /// Who sent the first close frame.
+    first_close: Option<Party>,
+    /// Which side ended (EOF, error, failed write) first.
+    first_end: Option<Party>,
+    /// Close code weir sent when it started the end itself.
+    gateway_code: Option<u16>,
+    /// A read or write failed (as opposed to a clean EOF).
+    errored: bool,
+    draining: bool,
+    violation: Option<(Direction, Violation)>,
+    linger: Option<Pin<Box<Sleep>>>,
+}
+
+impl<'m> Relay<'m> {
+    /// A relay between `client` and `backend`. `client_early` and `backend_early` are bytes each
+    /// side sent after its handshake head that were already read; they are scanned and
+    /// forwarded first.
+    pub fn new(
+        client: Stream,
+        backend: Stream,
+        client_policy: ScanPolicy,
+        backend_policy: ScanPolicy,
+        client_early: &[u8],
+        backend_early: &[u8],
+        metrics: &'m mut ConnMetrics,
+    ) -> Relay<'m> {
+        let mut relay = Relay {
+            io: [client, backend],
+            halves: [Half::new(client_policy), Half::new(backend_policy)],
+            metrics,
+            first_close: None,
+            first_end: None,
+            gateway_code: None,
+            errored: false,
+            draining: false,
+            violation: None,
+            linger: None,
+        };
+        for (d, early) in [(Direction::ClientToBackend, client_early), (Direction::BackendToClient, backend_early)] {
+            if !early.is_empty() {
+                let n = relay.ingest(d, early);
+                relay.halves[d.index()].pending.extend_from_slice(&early[..n]);
+            }
+        }
+        relay
+    }
+
+    /// Relay until both sides are finished. When `shutdown` turns true, the connection gets
+    /// `grace` more time and is then closed with `CLOSE_SHUTDOWN` on both sides.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) -> RelayReport {
+        let mut drain_at: Option<Pin<Box<Sleep>>> = None;
+        let mut watching = true;
+        if *shutdown.borrow() {
+            drain_at = Some(Box::pin(sleep(grace)));
+        }
+        loop {
+            tokio::select! {
+                biased;
+                () = poll_fn(|cx| self.poll_relay(cx)) => break,
+                changed = shutdown.changed(), if watching && drain_at.is_none() => match changed {
+                    Ok(()) if *shutdown.borrow() => drain_at = Some(Box::pin(sleep(grace))),
+                    Ok(()) => {}
+                    Err(_) => watching = false,
+                },
+                () = async { if let Some(t) = drain_at.as_mut() { t.await } }, if drain_at.is_some() && !self.draining => {
+                    self.begin_drain();
+                }
+            }
+        }
+        self.report()
+    }
+
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..MAX_ROUNDS_PER_POLL {
+            let mut progress = false;
+            for d in Direction::BOTH {
+                self.poll_half(d, cx, &mut progress);
+            }
+            if self.halves.iter().all(Half::finished) {
+                return Poll::Ready(());
+            }
+            if let Some(linger) = self.linger.as_mut() {
+                if linger.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn poll_half(&mut self, d: Direction, cx: &mut Context<'_>, progress: &mut bool) {
+        let (s, t) = (d.index(), 1 - d.index());
+        let h = &mut self.halves[s];
+        let was_dead = h.dst_dead;
+        let drained = h.drain(&mut self.io[t], cx, progress);
+        if h.dst_dead && !was_dead {
+            self.side_ended(t, true);
+        }
+        if drained.is_pending() {
+            return;
+        }
+        let h = &mut self.halves[s];
+        if h.src_done {
+            if !h.dst_shut && !h.dst_dead {
+                if let Poll::Ready(_) = Pin::new(&mut self.io[t]).poll_shutdown(cx) {
+                    h.dst_shut = true;
+                    *progress = true;
+                }
+            }
+            return;
+        }
+        let read = SCRATCH.with(|cell| {
+            let Ok(mut buf) = cell.try_borrow_mut() else { return None };
+            let mut rb = ReadBuf::new(&mut buf[..]);
+            match Pin::new(&mut self.io[s]).poll_read(cx, &mut rb) {
+                Poll::Pending => None,
+                Poll::Ready(Err(_)) => Some(Err(())),
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        return Some(Ok(0));
+                    }
+                    let fwd = self.ingest(d, &buf[..n]);
+                    self.forward(d, &buf[..fwd], cx);
+                    Some(Ok(n))
+                }
+            }
+        });
+        match read {
+            None => {}
+            Some(Ok(0)) => {
+                *progress = true;
+                self.src_ended(d, false);
+            }
+            Some(Ok(_)) => *progress = true,
+            Some(Err(())) => {
+                *progress = true;
+                self.src_ended(d, true);
+            }
+        }
+    }
+
+    /// Scan a chunk read in direction `d`; returns how many of its bytes may be forwarded.
+    fn ingest(&mut self, d: Direction, chunk: &[u8]) -> usize {
+        let h = &mut self.halves[d.index()];
+        let boundary_before = h.scanner.at_frame_boundary();
+        let had_close = h.scanner.close().is_some();
+        let fwd = match h.scanner.feed(chunk) {
+            Feed::Ok => chunk.len(),
+            Feed::Violation { valid_up_to, violation } => {
+                let dst_at_boundary = valid_up_to > 0 || boundary_before;
+                self.on_violation(d, violation, dst_at_boundary);
+                valid_up_to.min(chunk.len())
+            }
+        };
+        let h = &mut self.halves[d.index()];
+        if !had_close && h.scanner.close().is_some() {
+            h.dst_has_close = true;
+            self.first_close.get_or_insert(Party::of_side(d.index()));
+        }
+        self.metrics.update(d, h.scanner.counts());
+        fwd
+    }
+
+    /// Write freshly read bytes straight from the read buffer; keep what `dst` did not take.
+    fn forward(&mut self, d: Direction, bytes: &[u8], cx: &mut Context<'_>) {
+        let t = 1 - d.index();
+        let h = &mut self.halves[d.index()];
+        if h.dst_dead || bytes.is_empty() {
+            return;
+        }
+        let mut off = 0;
+        while off < bytes.len() {
+            match Pin::new(&mut self.io[t]).poll_write(cx, &bytes[off..]) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    off += n;
+                    h.need_flush = true;
+                }
+                Poll::Ready(_) => {
+                    h.dst_dead = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if h.dst_dead {
+            self.side_ended(t, true);
+        } else if off < bytes.len() {
+            h.pending.extend_from_slice(&bytes[off..]);
+            h.sent = 0;
+        } else if h.need_flush {
+            if let Poll::Ready(Ok(())) = Pin::new(&mut self.io[t]).poll_flush(cx) {
+                h.need_flush = false;
+            }
+        }
+    }
+
+    /// `src` of direction `d` ended (EOF or error).
+    fn src_ended(&mut self, d: Direction, error: bool) {
+        let h = &mut self.halves[d.index()];
+        h.src_done = true;
+        let sent_close = h.scanner.close().is_some();
+        if !sent_close {
+            let (code, to_backend) = match d {
+                Direction::BackendToClient => (CLOSE_BACKEND_GONE, false),
+                Direction::ClientToBackend => (CLOSE_CLIENT_GONE, true),
+            };
+            h.inject_close(code, to_backend);
+        }
+        self.side_ended(d.index(), error);
+    }
+
+    /// Note that `side` ended (its read ended or a write to it failed) and start the linger.
+    fn side_ended(&mut self, side: usize, error: bool) {
+        self.errored |= error;
+        self.first_end.get_or_insert(Party::of_side(side));
+        self.start_linger();
+    }
+
+    fn start_linger(&mut self) {
+        if self.linger.is_none() {
+            self.linger = Some(Box::pin(sleep(LINGER)));
+        }
+    }
+
+    fn on_violation(&mut self, d: Direction, v: Violation, dst_at_boundary: bool) {
+        tracing::debug!(direction = d.as_str(), violation = v.as_str(), "protocol violation; closing with 1002");
+        self.violation = Some((d, v));
+        self.gateway_close(CLOSE_PROTOCOL_ERROR, [dst_at_boundary, true]);
+    }
+
+    /// weir ends the connection itself: queue `code` to each side that can take a frame, stop
+    /// reading, and let the writes drain. `allow[i]` gates the frame for direction `i`.
+    fn gateway_close(&mut self, code: u16, allow: [bool; 2]) {
+        if self.first_close.is_none() && self.gateway_code.is_none() {
+            self.gateway_code = Some(code);
+        }
+        for d in Direction::BOTH {
+            let h = &mut self.halves[d.index()];
+            if allow[d.index()] {
+                h.inject_close(code, d == Direction::ClientToBackend);
+            }
+            h.src_done = true;
+        }
+        self.start_linger();
+    }
+
+    fn begin_drain(&mut self) {
+        self.draining = true;
+        tracing::debug!("shutdown grace over; closing with 1001");
+        self.gateway_close(CLOSE_SHUTDOWN, [true, true]);
+    }
+
+    fn report(self) -> RelayReport {
+        let counts = [*self.halves[0].scanner.counts(), *self.halves[1].scanner.counts()];
+        let closes = [self.halves[0].scanner.close(), self.halves[1].scanner.close()];
+        let both_closed = closes.iter().all(Option::is_some);
+        let first_close_code = match self.first_close {
+            Some(Party::Client) => closes[CLIENT].and_then(|c| c.code),
+            Some(Party::Backend) => closes[BACKEND].and_then(|c| c.code),
+            _ => None,
+        };
+        let initiator = self
+            .first_close
+            .or(self.gateway_code.map(|_| Party::Gateway))
+            .or(self.first_end)
+            .unwrap_or(Party::Gateway);
+        let outcome = if self.violation.is_some() {
+            Outcome::ProtocolError
+        } else if self.draining && !both_closed {
+            Outcome::Shutdown
+        } else if both_closed {
+            Outcome::Completed
+        } else if self.first_end == Some(Party::Client) {
+            Outcome::ClientGone
+        } else {
+            Outcome::BackendGone
+        };
+        RelayReport {
+            counts,
+            close_code: if self.first_close.is_some() { first_close_code } else { self.gateway_code },
+            initiator,
+            clean: both_closed && !self.errored && self.violation.is_none() && self.gateway_code.is_none(),
+            outcome,
+            violation: self.violation,
+        }
+    }
+}
+
+/// Class of a close code for the `code_class` label.
+pub fn code_class(code: Option<u16>) -> &'static str {
+    match code {
+        None => "none",
+        Some(1000) => "normal",
+        Some(1001) => "going_away",
+        Some(1002..=1015) => "error",
+        Some(3000..=4999) => "app",
+        Some(_) => "other",
+    }
+}

@@ -1,0 +1,80 @@
+//! Routing: (host, path) → route, longest path prefix first.
+//!
+//! Warm path (once per request), pure and table-driven. The table is built once at startup
+//! from the validated config and shared read-only.
+
+use crate::config::{Config, Route};
+
+/// The compiled routes, sorted so the first match is the most specific.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Build the table from a validated config.
+    pub fn new(config: &Config) -> RouteTable {
+        let mut routes = config.routes.clone();
+        // Host-specific routes before host-less ones, then longer prefixes first.
+        routes.sort_by(|a, b| {
+            b.host.is_some().cmp(&a.host.is_some()).then(b.path_prefix.len().cmp(&a.path_prefix.len()))
+        });
+        RouteTable { routes }
+    }
+
+    /// The route for a request to `host` (lower-case, no port) and `path`.
+    pub fn resolve(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| {
+            let host_ok = match (&r.host, host) {
+                (None, _) => true,
+                (Some(want), Some(h)) => want == h,
+                (Some(_), None) => false,
+            };
+            host_ok && prefix_matches(&r.path_prefix, path)
+        })
+    }
+}
+
+/// Segment-wise prefix match: `/chat` matches `/chat`, `/chat/`, `/chat/x`, not `/chatter`.
+/// The empty prefix (route `/`) matches everything.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.is_empty() || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(yaml: &str) -> RouteTable {
+        RouteTable::new(&crate::config::parse(yaml, "test").unwrap())
+    }
+
+    const YAML: &str = r#"
+listeners: [{address: "127.0.0.1:0"}]
+pools: [{name: p, backends: ["127.0.0.1:1"], health_check: {kind: none}}]
+routes:
+  - {path_prefix: /, pool: p, name: root}
+  - {path_prefix: /chat, pool: p, name: chat}
+  - {path_prefix: /chat, host: Example.COM, pool: p, name: chat-example}
+"#;
+
+    #[test]
+    fn longest_prefix_and_host_win() {
+        let t = table(YAML);
+        assert_eq!(t.resolve(None, "/chat/room").unwrap().name, "chat");
+        assert_eq!(t.resolve(Some("example.com"), "/chat").unwrap().name, "chat-example");
+        assert_eq!(t.resolve(Some("other"), "/chatter").unwrap().name, "root");
+        assert_eq!(t.resolve(None, "/").unwrap().name, "root");
+    }
+
+    #[test]
+    fn segment_wise_prefix() {
+        assert!(prefix_matches("/chat", "/chat"));
+        assert!(prefix_matches("/chat", "/chat/1"));
+        assert!(!prefix_matches("/chat", "/chatter"));
+        assert!(prefix_matches("", "/anything"));
+    }
+}

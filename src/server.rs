@@ -1,0 +1,94 @@
+//! Startup: turn a validated `Config` into a running Pingora `Server`.
+//!
+//! Cold path, once per process. Order matters: metrics first (everything registers on them),
+//! then the usage file, the built-in backends (bound before pools, which name their addresses),
+//! the pools with their health services, the gateway and admin services. `run` never returns:
+//! Pingora owns the process until SIGTERM (graceful: listeners stop, open WebSockets get
+//! `server.grace_period`, then a 1001 close) or SIGINT (immediate).
+
+use crate::admin::Admin;
+use crate::builtin::Builtins;
+use crate::config::Config;
+use crate::gateway::http::HttpRoutes;
+use crate::gateway::Gateway;
+use crate::metering::UsageLog;
+use crate::metrics::Metrics;
+use crate::pools::Pools;
+use crate::routing::RouteTable;
+use anyhow::Context;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Extra time Pingora waits after weir's own grace period, so relays can send their 1001 and
+/// write their usage records before Pingora drops what is left.
+const PINGORA_GRACE_MARGIN: Duration = Duration::from_secs(2);
+
+/// Build every service and run until shutdown. Never returns on success.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let registry = prometheus::default_registry().clone();
+    let metrics = Metrics::register(&registry).context("registering metrics")?;
+    let usage = Arc::new(
+        UsageLog::open(&config.usage_file, metrics.clone())
+            .with_context(|| format!("usage.file: cannot open {}", config.usage_file.display()))?,
+    );
+    let builtins = Builtins::bind(&config).context("binding the built-in backends on 127.0.0.1")?;
+    let (pools, health_services) =
+        Pools::build(&config.pools, &|b| builtins.resolve(b), &metrics).context("building the backend pools")?;
+    for pool in &config.pools {
+        let addrs: Vec<String> = pool.backends.iter().map(|b| builtins.resolve(b).to_string()).collect();
+        tracing::info!(pool = %pool.name, backends = ?addrs, "pool");
+    }
+    let pools = Arc::new(pools);
+    let routes = Arc::new(RouteTable::new(&config));
+
+    let mut conf = ServerConf::default();
+    conf.threads = config.threads;
+    conf.grace_period_seconds = Some((config.grace_period + PINGORA_GRACE_MARGIN).as_secs().max(1));
+    conf.graceful_shutdown_timeout_seconds = Some(1);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let http = Arc::new(pingora_proxy::http_proxy(
+        &server.configuration,
+        HttpRoutes::new(routes.clone(), pools.clone(), config.timeouts),
+    ));
+    let gateway = Gateway::new(&config, routes, pools, metrics, usage, http);
+    let mut gateway_service = Service::new("weir gateway".to_string(), gateway);
+    for l in &config.listeners {
+        // Unbuffered: weir reads the head itself and relays from its own per-thread buffer, so a
+        // Pingora read buffer per connection would only cost memory.
+        let mut listener = ListenerConfig::tcp(l.address.to_string()).l4_buffer(L4BufferSettings::unbuffered());
+        if let Some(tls) = &l.tls {
+            let cert = tls.cert.to_string_lossy();
+            let key = tls.key.to_string_lossy();
+            let settings = TlsSettings::intermediate(&cert, &key)
+                .map_err(|e| anyhow::anyhow!("listeners: TLS for {}: cannot load {cert} / {key}: {e}", l.address))?;
+            listener = listener.tls(settings);
+        }
+        gateway_service.add_listener(listener);
+        tracing::info!(address = %l.address, tls = l.tls.is_some(), "listening");
+    }
+    server.add_service(gateway_service);
+
+    if let Some(admin) = config.admin {
+        let listeners = config.listeners.iter().map(|l| l.address).collect();
+        let mut admin_service = Service::new("weir admin".to_string(), HttpServer::new_app(Admin::new(registry, listeners)));
+        admin_service.add_tcp(&admin.to_string());
+        server.add_service(admin_service);
+        tracing::info!(address = %admin, "admin listening (/metrics, /healthz, /readyz)");
+    }
+    for s in health_services {
+        server.add_boxed_service(s);
+    }
+    for s in builtins.services() {
+        server.add_boxed_service(s);
+    }
+    tracing::info!(usage_file = %config.usage_file.display(), "weir started");
+    server.run_forever()
+}
