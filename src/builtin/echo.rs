@@ -10,7 +10,6 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::{background_service, BackgroundService, GenBackgroundService};
 use std::sync::Mutex;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Largest message the echo server accepts, bytes.
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -51,15 +50,12 @@ async fn serve(stream: tokio::net::TcpStream) {
     let _ = stream.set_nodelay(true);
     let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
     let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else { return };
+    // Reading on after a Close lets tungstenite send its close reply; the stream then ends.
     while let Some(Ok(msg)) = ws.next().await {
-        let reply = match msg {
-            Message::Text(_) | Message::Binary(_) => msg,
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        if ws.send(reply).await.is_err() {
-            return;
+        if msg.is_text() || msg.is_binary() {
+            if ws.send(msg).await.is_err() {
+                return;
+            }
         }
     }
-    let _ = ws.close(None).await;
 }

@@ -62,14 +62,15 @@ impl Validator {
         if f.listeners.is_empty() {
             self.err("listeners", "", "at least one listener is required, e.g. `listeners: [{address: \"127.0.0.1:8080\"}]`");
         }
-        let listeners: Vec<Listener> = f
+        let listeners: Vec<(usize, Listener)> = f
             .listeners
             .iter()
             .enumerate()
-            .filter_map(|(i, l)| self.listener(i, l))
+            .filter_map(|(i, l)| Some((i, self.listener(i, l)?)))
             .collect();
         let admin = f.admin.as_ref().and_then(|a| self.addr("admin.address", &a.address));
         self.distinct_addresses(&listeners, admin);
+        let listeners = listeners.into_iter().map(|(_, l)| l).collect();
 
         let t = &f.timeouts;
         let timeouts = Timeouts {
@@ -150,9 +151,10 @@ impl Validator {
         PathBuf::from(path)
     }
 
-    fn distinct_addresses(&mut self, listeners: &[Listener], admin: Option<SocketAddr>) {
+    /// `listeners` carries each listener's index in the file, for the error's key path.
+    fn distinct_addresses(&mut self, listeners: &[(usize, Listener)], admin: Option<SocketAddr>) {
         let mut seen = HashSet::new();
-        for (i, l) in listeners.iter().enumerate() {
+        for (i, l) in listeners {
             if !seen.insert(l.address) {
                 self.err(format!("listeners[{i}].address"), l.address, "is already used by an earlier listener; use another port");
             }

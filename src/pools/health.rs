@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 /// Longest time one probe may take (connect plus answer).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Key sent by handshake probes (any valid key works; the answer is checked against it).
-const PROBE_KEY: &str = "d2Vpci1oZWFsdGgtcHJvYmU=";
+const PROBE_KEY: &str = "d2Vpci1oZWFsdGgtcHJvYg=="; // base64 of the 16 bytes "weir-health-prob"
 
 /// The probe of one pool.
 pub struct Probe {

@@ -1,13 +1,756 @@
-//! PLACEHOLDER until the scanner lands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Opcode { Continuation, Text, Binary, Close, Ping, Pong }
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Violation { ReservedOpcode }
-impl Violation { pub fn as_str(self) -> &'static str { "reserved_opcode" } }
-pub fn encode_close_frame(code: u16, _reason: &[u8], mask: Option<[u8; 4]>, out: &mut [u8; 131]) -> usize {
-    out[0] = 0x88;
-    match mask {
-        Some(m) => { out[1] = 0x82; out[2..6].copy_from_slice(&m); let c = code.to_be_bytes(); out[6] = c[0] ^ m[0]; out[7] = c[1] ^ m[1]; 8 }
-        None => { out[1] = 2; out[2..4].copy_from_slice(&code.to_be_bytes()); 4 }
+//! RFC 6455 frame headers for the relay: the opcode set, the header layout, the protocol
+//! [`Violation`]s the frame scanner can report, close-code validity, and the close-frame encoder
+//! the gateway uses to inject a close toward a client or a backend.
+//!
+//! Sans-io and allocation-free; it reads only header bytes, never a payload.
+//! Hot path: called once per frame header.
+//!
+//! [`parse_header`] follows tungstenite's `FrameHeader::parse`: it answers `Ok(None)` until the
+//! whole 2–14 byte header is present, and it checks a header only once it is complete, so the
+//! verdict on a header never depends on how the stream was split into chunks.
+
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+use std::fmt;
+
+/// Longest frame header in bytes: 2 fixed, 8 extended length and 4 mask-key bytes.
+pub const MAX_HEADER_LEN: usize = 14;
+
+/// Largest payload a control frame may carry, in bytes (RFC 6455 section 5.5).
+pub const MAX_CONTROL_PAYLOAD: u64 = 125;
+
+/// Length of the buffer [`encode_close_frame`] writes into, in bytes: 2 header, 4 mask, 125 payload.
+pub const MAX_CLOSE_FRAME_LEN: usize = 2 + 4 + 125;
+
+/// Longest close reason [`encode_close_frame`] keeps, in bytes (125 payload minus the 2-byte code).
+pub const MAX_CLOSE_REASON_LEN: usize = 125 - 2;
+
+/// First-byte flag: this frame is the last one of its message.
+const FIN_BIT: u8 = 0x80;
+/// Second-byte flag: a 4-byte mask key follows the length.
+const MASK_BIT: u8 = 0x80;
+/// 7-bit length value announcing a 16-bit extended length.
+const LEN_16: u8 = 126;
+/// 7-bit length value announcing a 64-bit extended length.
+const LEN_64: u8 = 127;
+
+/// A frame opcode (RFC 6455 section 5.2); reserved values never get this far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Opcode {
+    /// 0x0: carries the next fragment of a fragmented data message.
+    Continuation,
+    /// 0x1: first frame of a text message.
+    Text,
+    /// 0x2: first frame of a binary message.
+    Binary,
+    /// 0x8: closing handshake.
+    Close,
+    /// 0x9: ping.
+    Ping,
+    /// 0xA: pong.
+    Pong,
+}
+
+impl Opcode {
+    /// Decodes a 4-bit opcode value; `None` for the reserved values 0x3–0x7 and 0xB–0xF (and > 0xF).
+    #[must_use]
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0x0 => Some(Self::Continuation),
+            0x1 => Some(Self::Text),
+            0x2 => Some(Self::Binary),
+            0x8 => Some(Self::Close),
+            0x9 => Some(Self::Ping),
+            0xA => Some(Self::Pong),
+            _ => None,
+        }
+    }
+
+    /// The 4-bit wire value of this opcode.
+    #[must_use]
+    pub fn as_u8(self) -> u8 {
+        match self {
+            Self::Continuation => 0x0,
+            Self::Text => 0x1,
+            Self::Binary => 0x2,
+            Self::Close => 0x8,
+            Self::Ping => 0x9,
+            Self::Pong => 0xA,
+        }
+    }
+
+    /// True for close, ping and pong (opcodes >= 0x8).
+    #[must_use]
+    pub fn is_control(self) -> bool {
+        matches!(self, Self::Close | Self::Ping | Self::Pong)
+    }
+
+    /// Lowercase name, usable as a metric label value.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Continuation => "continuation",
+            Self::Text => "text",
+            Self::Binary => "binary",
+            Self::Close => "close",
+            Self::Ping => "ping",
+            Self::Pong => "pong",
+        }
+    }
+}
+
+impl fmt::Display for Opcode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A complete, well-formed frame header as it appeared on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// FIN bit: this frame ends its message.
+    pub fin: bool,
+    /// RSV bits as `0b100` = RSV1, `0b010` = RSV2, `0b001` = RSV3.
+    pub rsv: u8,
+    /// The frame's opcode.
+    pub opcode: Opcode,
+    /// The 4-byte masking key, present when the mask bit is set.
+    pub mask: Option<[u8; 4]>,
+    /// Payload length in bytes, as announced by the header.
+    pub payload_len: u64,
+    /// Length of this header on the wire in bytes (2..=14).
+    pub header_len: u8,
+}
+
+/// A breach of RFC 6455 found in one direction of a connection; also the scanner's error type.
+///
+/// Every variant maps to a fixed `snake_case` label ([`Violation::as_str`]) for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Violation {
+    /// The opcode is one of the reserved values 0x3–0x7 or 0xB–0xF.
+    ReservedOpcode,
+    /// The payload length used a longer encoding than needed (16-bit form below 126, 64-bit form below 65536).
+    NonMinimalLength,
+    /// The 64-bit payload length has its most significant bit set.
+    LengthTooLarge,
+    /// A control frame announced more than 125 payload bytes.
+    ControlFrameTooLong,
+    /// A control frame had FIN clear.
+    FragmentedControlFrame,
+    /// A frame sent by a client was not masked.
+    UnmaskedClientFrame,
+    /// A frame sent by a server was masked.
+    MaskedServerFrame,
+    /// An RSV bit was set that no negotiated extension allows on this frame.
+    ReservedBits,
+    /// A continuation frame arrived while no fragmented message was open.
+    UnexpectedContinuation,
+    /// A text or binary frame arrived while a fragmented message was still open.
+    ExpectedContinuation,
+    /// A close frame carried exactly one payload byte.
+    InvalidClosePayload,
+    /// A close frame carried a status code that may not appear on the wire.
+    InvalidCloseCode,
+    /// A data frame followed this direction's close frame.
+    DataAfterClose,
+}
+
+impl Violation {
+    /// Every variant, in declaration order (for label pre-registration and tests).
+    pub const ALL: [Violation; 13] = [
+        Self::ReservedOpcode,
+        Self::NonMinimalLength,
+        Self::LengthTooLarge,
+        Self::ControlFrameTooLong,
+        Self::FragmentedControlFrame,
+        Self::UnmaskedClientFrame,
+        Self::MaskedServerFrame,
+        Self::ReservedBits,
+        Self::UnexpectedContinuation,
+        Self::ExpectedContinuation,
+        Self::InvalidClosePayload,
+        Self::InvalidCloseCode,
+        Self::DataAfterClose,
+    ];
+
+    /// Short `snake_case` label for a Prometheus label value (a fixed set of 13).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReservedOpcode => "reserved_opcode",
+            Self::NonMinimalLength => "non_minimal_length",
+            Self::LengthTooLarge => "length_too_large",
+            Self::ControlFrameTooLong => "control_frame_too_long",
+            Self::FragmentedControlFrame => "fragmented_control_frame",
+            Self::UnmaskedClientFrame => "unmasked_client_frame",
+            Self::MaskedServerFrame => "masked_server_frame",
+            Self::ReservedBits => "reserved_bits",
+            Self::UnexpectedContinuation => "unexpected_continuation",
+            Self::ExpectedContinuation => "expected_continuation",
+            Self::InvalidClosePayload => "invalid_close_payload",
+            Self::InvalidCloseCode => "invalid_close_code",
+            Self::DataAfterClose => "data_after_close",
+        }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ReservedOpcode => "frame uses a reserved opcode",
+            Self::NonMinimalLength => "frame payload length is not minimally encoded",
+            Self::LengthTooLarge => "frame payload length has its most significant bit set",
+            Self::ControlFrameTooLong => "control frame payload is longer than 125 bytes",
+            Self::FragmentedControlFrame => "control frame is fragmented (FIN clear)",
+            Self::UnmaskedClientFrame => "client frame is not masked",
+            Self::MaskedServerFrame => "server frame is masked",
+            Self::ReservedBits => "frame sets RSV bits that no negotiated extension allows",
+            Self::UnexpectedContinuation => {
+                "continuation frame without a fragmented message to continue"
+            }
+            Self::ExpectedContinuation => {
+                "new data message started before the fragmented one ended"
+            }
+            Self::InvalidClosePayload => "close frame payload is one byte long",
+            Self::InvalidCloseCode => "close frame carries a status code not allowed on the wire",
+            Self::DataAfterClose => "data frame sent after the close frame",
+        })
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// Header length in bytes (2..=14) implied by a header's second byte (mask bit and 7-bit length).
+#[must_use]
+pub fn header_len(second_byte: u8) -> u8 {
+    let extended = match second_byte & !MASK_BIT {
+        LEN_16 => 2,
+        LEN_64 => 8,
+        _ => 0,
+    };
+    let mask = if second_byte & MASK_BIT != 0 { 4 } else { 0 };
+    2 + extended + mask
+}
+
+/// Parses the frame header at the start of `buf`; `Ok(None)` (nothing consumed) until all of it is there.
+///
+/// Bytes after the header are ignored. A complete header is checked in this order: reserved
+/// opcode, 64-bit length with its top bit set, non-minimal length encoding, control frame longer
+/// than 125 bytes, fragmented control frame. Per-direction rules (masking, RSV bits, message
+/// sequencing, close payloads) belong to the scanner.
+///
+/// # Errors
+///
+/// The first broken rule of a complete header, as listed above.
+pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, Violation> {
+    let Some(&[b0, b1]) = buf.first_chunk::<2>() else {
+        return Ok(None);
+    };
+    let header_len = header_len(b1);
+    let Some(header) = buf.get(..usize::from(header_len)) else {
+        return Ok(None);
+    };
+    let opcode = Opcode::from_u8(b0 & 0x0F).ok_or(Violation::ReservedOpcode)?;
+    let rest = header.get(2..).unwrap_or_default();
+    // `header` is exactly `header_len` bytes, so the `else` arms below cannot be taken; they
+    // answer "need more bytes" rather than panic.
+    let (payload_len, rest) = match b1 & !MASK_BIT {
+        LEN_16 => {
+            let Some((ext, rest)) = rest.split_first_chunk::<2>() else {
+                return Ok(None);
+            };
+            let len = u16::from_be_bytes(*ext);
+            if len < u16::from(LEN_16) {
+                return Err(Violation::NonMinimalLength);
+            }
+            (u64::from(len), rest)
+        }
+        LEN_64 => {
+            let Some((ext, rest)) = rest.split_first_chunk::<8>() else {
+                return Ok(None);
+            };
+            let len = u64::from_be_bytes(*ext);
+            if len >> 63 != 0 {
+                return Err(Violation::LengthTooLarge);
+            }
+            if u16::try_from(len).is_ok() {
+                return Err(Violation::NonMinimalLength);
+            }
+            (len, rest)
+        }
+        short => (u64::from(short), rest),
+    };
+    let mask = if b1 & MASK_BIT != 0 {
+        let Some(key) = rest.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        Some(*key)
+    } else {
+        None
+    };
+    let fin = b0 & FIN_BIT != 0;
+    if opcode.is_control() {
+        if payload_len > MAX_CONTROL_PAYLOAD {
+            return Err(Violation::ControlFrameTooLong);
+        }
+        if !fin {
+            return Err(Violation::FragmentedControlFrame);
+        }
+    }
+    Ok(Some(FrameHeader {
+        fin,
+        rsv: (b0 >> 4) & 0b111,
+        opcode,
+        mask,
+        payload_len,
+        header_len,
+    }))
+}
+
+/// True when `code` may appear in a close frame (RFC 6455 section 7.4): 1000–1003, 1007–1014, 3000–4999.
+#[must_use]
+pub fn close_code_is_valid(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Writes a complete close frame (FIN, opcode 0x8, `code` big-endian, then `reason`) into `out`
+/// and returns its length in bytes.
+///
+/// `mask` is `None` toward a client (servers send unmasked frames) and `Some(key)` toward a
+/// backend (clients must mask). `reason` is cut to [`MAX_CLOSE_REASON_LEN`] bytes, backing off up
+/// to 3 bytes so that a UTF-8 character is not split. `code` is written as given: pass one for
+/// which [`close_code_is_valid`] holds (the gateway uses 1001, 1002 and 1011).
+pub fn encode_close_frame(
+    code: u16,
+    reason: &[u8],
+    mask: Option<[u8; 4]>,
+    out: &mut [u8; MAX_CLOSE_FRAME_LEN],
+) -> usize {
+    let reason = truncate_reason(reason);
+    // At most 2 + 123 = 125, so the 7-bit length form applies and the conversion cannot fail.
+    let payload_len = u8::try_from(2 + reason.len()).unwrap_or(125);
+    let mask_bit = if mask.is_some() { MASK_BIT } else { 0 };
+    let key = mask.unwrap_or([0; 4]);
+    let header = [FIN_BIT | Opcode::Close.as_u8(), mask_bit | payload_len];
+    let payload = code
+        .to_be_bytes()
+        .into_iter()
+        .chain(reason.iter().copied())
+        .zip(key.into_iter().cycle())
+        .map(|(byte, k)| byte ^ k);
+    let frame = header
+        .into_iter()
+        .chain(mask.into_iter().flatten())
+        .chain(payload);
+    let mut written = 0;
+    for (slot, byte) in out.iter_mut().zip(frame) {
+        *slot = byte;
+        written += 1;
+    }
+    written
+}
+
+/// Cuts a close reason to [`MAX_CLOSE_REASON_LEN`] bytes without splitting a UTF-8 character.
+fn truncate_reason(reason: &[u8]) -> &[u8] {
+    if reason.len() <= MAX_CLOSE_REASON_LEN {
+        return reason;
+    }
+    let is_continuation = |i: usize| reason.get(i).is_some_and(|b| b & 0xC0 == 0x80);
+    let mut cut = MAX_CLOSE_REASON_LEN;
+    // A UTF-8 character is at most 4 bytes, so at most 3 steps back reach its first byte; the
+    // bound also keeps non-UTF-8 reasons from being cut to nothing.
+    while cut > MAX_CLOSE_REASON_LEN - 3 && is_continuation(cut) {
+        cut -= 1;
+    }
+    reason.get(..cut).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEY: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
+
+    fn header(
+        fin: bool,
+        rsv: u8,
+        opcode: Opcode,
+        mask: Option<[u8; 4]>,
+        payload_len: u64,
+        header_len: u8,
+    ) -> FrameHeader {
+        FrameHeader {
+            fin,
+            rsv,
+            opcode,
+            mask,
+            payload_len,
+            header_len,
+        }
+    }
+
+    /// Asserts that every strict prefix of `bytes` needs more data, and the full header parses to `want`.
+    fn assert_parses(bytes: &[u8], want: Result<FrameHeader, Violation>) {
+        for i in 0..bytes.len() {
+            assert_eq!(
+                parse_header(&bytes[..i]),
+                Ok(None),
+                "prefix {i} of {bytes:02x?}"
+            );
+        }
+        assert_eq!(parse_header(bytes), want.map(Some), "{bytes:02x?}");
+        // Trailing payload bytes never change the verdict.
+        let mut longer = bytes.to_vec();
+        longer.extend_from_slice(&[0xFF; 20]);
+        assert_eq!(
+            parse_header(&longer),
+            want.map(Some),
+            "{bytes:02x?} + payload"
+        );
+    }
+
+    #[test]
+    fn seven_bit_lengths() {
+        assert_parses(&[0x81, 0x05], Ok(header(true, 0, Opcode::Text, None, 5, 2)));
+        assert_parses(
+            &[0x82, 0x00],
+            Ok(header(true, 0, Opcode::Binary, None, 0, 2)),
+        );
+        assert_parses(
+            &[0x02, 0x7D],
+            Ok(header(false, 0, Opcode::Binary, None, 125, 2)),
+        );
+        assert_parses(
+            &[0x81, 0x85, 0x37, 0xFA, 0x21, 0x3D],
+            Ok(header(true, 0, Opcode::Text, Some(KEY), 5, 6)),
+        );
+    }
+
+    #[test]
+    fn sixteen_bit_lengths() {
+        assert_parses(
+            &[0x82, 0x7E, 0x00, 0x7E],
+            Ok(header(true, 0, Opcode::Binary, None, 126, 4)),
+        );
+        assert_parses(
+            &[0x82, 0x7E, 0x01, 0x00],
+            Ok(header(true, 0, Opcode::Binary, None, 256, 4)),
+        );
+        assert_parses(
+            &[0x00, 0xFE, 0xFF, 0xFF, 0x37, 0xFA, 0x21, 0x3D],
+            Ok(header(false, 0, Opcode::Continuation, Some(KEY), 0xFFFF, 8)),
+        );
+    }
+
+    #[test]
+    fn sixty_four_bit_lengths() {
+        assert_parses(
+            &[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0],
+            Ok(header(true, 0, Opcode::Binary, None, 0x1_0000, 10)),
+        );
+        assert_parses(
+            &[
+                0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x37, 0xFA, 0x21, 0x3D,
+            ],
+            Ok(header(
+                true,
+                0,
+                Opcode::Binary,
+                Some(KEY),
+                0x7FFF_FFFF_FFFF_FFFF,
+                14,
+            )),
+        );
+    }
+
+    #[test]
+    fn flags_and_opcodes() {
+        assert_parses(
+            &[0xC1, 0x00],
+            Ok(header(true, 0b100, Opcode::Text, None, 0, 2)),
+        );
+        assert_parses(
+            &[0x22, 0x00],
+            Ok(header(false, 0b010, Opcode::Binary, None, 0, 2)),
+        );
+        assert_parses(
+            &[0x90, 0x00],
+            Ok(header(true, 0b001, Opcode::Continuation, None, 0, 2)),
+        );
+        assert_parses(
+            &[0xF8, 0x00],
+            Ok(header(true, 0b111, Opcode::Close, None, 0, 2)),
+        );
+        assert_parses(
+            &[0x89, 0x7D],
+            Ok(header(true, 0, Opcode::Ping, None, 125, 2)),
+        );
+        assert_parses(
+            &[0x8A, 0x80, 1, 2, 3, 4],
+            Ok(header(true, 0, Opcode::Pong, Some([1, 2, 3, 4]), 0, 6)),
+        );
+        for value in 0..=0xFF_u8 {
+            match Opcode::from_u8(value) {
+                Some(op) => {
+                    assert_eq!(op.as_u8(), value);
+                    assert_eq!(op.is_control(), value >= 8);
+                    assert_eq!(op.to_string(), op.as_str());
+                }
+                None => assert!(matches!(value, 0x3..=0x7 | 0xB..), "{value:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn reserved_opcodes() {
+        for op in (0x3..=0x7).chain(0xB..=0xF) {
+            assert_parses(&[0x80 | op, 0x00], Err(Violation::ReservedOpcode));
+            assert_parses(&[op, 0x80, 1, 2, 3, 4], Err(Violation::ReservedOpcode));
+        }
+    }
+
+    #[test]
+    fn non_minimal_lengths() {
+        assert_parses(&[0x82, 0x7E, 0x00, 0x00], Err(Violation::NonMinimalLength));
+        assert_parses(&[0x82, 0x7E, 0x00, 0x7D], Err(Violation::NonMinimalLength));
+        assert_parses(
+            &[0x82, 0x7F, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF],
+            Err(Violation::NonMinimalLength),
+        );
+        assert_parses(
+            &[0x82, 0x7F, 0, 0, 0, 0, 0, 0, 0, 0x05],
+            Err(Violation::NonMinimalLength),
+        );
+        assert_parses(
+            &[0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],
+            Err(Violation::NonMinimalLength),
+        );
+    }
+
+    #[test]
+    fn length_with_top_bit() {
+        assert_parses(
+            &[0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0],
+            Err(Violation::LengthTooLarge),
+        );
+        assert_parses(
+            &[0x02, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF],
+            Err(Violation::LengthTooLarge),
+        );
+        assert_parses(
+            &[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4],
+            Err(Violation::LengthTooLarge),
+        );
+    }
+
+    #[test]
+    fn control_frame_rules() {
+        assert_parses(
+            &[0x89, 0x7E, 0x00, 0x7E],
+            Err(Violation::ControlFrameTooLong),
+        );
+        assert_parses(
+            &[0x88, 0x7E, 0xFF, 0xFF],
+            Err(Violation::ControlFrameTooLong),
+        );
+        assert_parses(
+            &[0x8A, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0],
+            Err(Violation::ControlFrameTooLong),
+        );
+        assert_parses(&[0x09, 0x00], Err(Violation::FragmentedControlFrame));
+        assert_parses(
+            &[0x08, 0x82, 1, 2, 3, 4],
+            Err(Violation::FragmentedControlFrame),
+        );
+        assert_parses(&[0x0A, 0x7D], Err(Violation::FragmentedControlFrame));
+        // A fragmented *and* too long control frame reports the length first.
+        assert_parses(
+            &[0x09, 0x7E, 0x00, 0x7E],
+            Err(Violation::ControlFrameTooLong),
+        );
+    }
+
+    #[test]
+    fn check_order_is_fixed() {
+        // Reserved opcode wins over a bad length; top bit wins over non-minimal; length over control rules.
+        assert_parses(&[0x83, 0x7E, 0x00, 0x01], Err(Violation::ReservedOpcode));
+        assert_parses(&[0x09, 0x7E, 0x00, 0x01], Err(Violation::NonMinimalLength));
+        assert_parses(
+            &[0x09, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0],
+            Err(Violation::LengthTooLarge),
+        );
+    }
+
+    #[test]
+    fn header_len_matches_every_second_byte() {
+        for b1 in 0..=0xFF_u8 {
+            let want =
+                2 + match b1 & 0x7F {
+                    126 => 2,
+                    127 => 8,
+                    _ => 0,
+                } + if b1 & 0x80 != 0 { 4 } else { 0 };
+            assert_eq!(header_len(b1), want);
+            assert!(usize::from(header_len(b1)) <= MAX_HEADER_LEN);
+        }
+    }
+
+    #[test]
+    fn close_codes() {
+        let valid: Vec<u16> = (0..=u16::MAX).filter(|&c| close_code_is_valid(c)).collect();
+        let want: Vec<u16> = (1000..=1003)
+            .chain(1007..=1014)
+            .chain(3000..=4999)
+            .collect();
+        assert_eq!(valid, want);
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
+            assert!(!close_code_is_valid(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn violation_labels_are_unique_snake_case() {
+        let labels: std::collections::HashSet<&str> =
+            Violation::ALL.iter().map(|v| v.as_str()).collect();
+        assert_eq!(labels.len(), Violation::ALL.len());
+        for v in Violation::ALL {
+            assert!(
+                v.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{v:?}"
+            );
+            assert!(!v.to_string().is_empty());
+            let _: &dyn std::error::Error = &v;
+        }
+    }
+
+    fn unmask(payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
+        let key = key.unwrap_or([0; 4]);
+        payload
+            .iter()
+            .zip(key.iter().cycle())
+            .map(|(b, k)| b ^ k)
+            .collect()
+    }
+
+    /// Encodes, parses back and returns (header, unmasked payload).
+    fn round_trip(code: u16, reason: &[u8], mask: Option<[u8; 4]>) -> (FrameHeader, Vec<u8>) {
+        let mut out = [0u8; MAX_CLOSE_FRAME_LEN];
+        let len = encode_close_frame(code, reason, mask, &mut out);
+        let hdr = parse_header(&out[..len]).unwrap().unwrap();
+        assert_eq!(hdr.opcode, Opcode::Close);
+        assert!(hdr.fin);
+        assert_eq!(hdr.rsv, 0);
+        assert_eq!(hdr.mask, mask);
+        assert_eq!(usize::from(hdr.header_len) + hdr.payload_len as usize, len);
+        (hdr, unmask(&out[usize::from(hdr.header_len)..len], mask))
+    }
+
+    #[test]
+    fn close_frame_round_trip() {
+        let (hdr, payload) = round_trip(1001, b"going away", None);
+        assert_eq!(hdr.header_len, 2);
+        assert_eq!(payload, b"\x03\xE9going away");
+
+        let (hdr, payload) = round_trip(1011, b"internal error", Some(KEY));
+        assert_eq!(hdr.header_len, 6);
+        assert_eq!(payload, b"\x03\xF3internal error");
+
+        let (_, payload) = round_trip(1002, b"", Some(KEY));
+        assert_eq!(payload, [0x03, 0xEA]);
+
+        // The masked bytes on the wire really are masked.
+        let mut out = [0u8; MAX_CLOSE_FRAME_LEN];
+        let len = encode_close_frame(1000, b"x", Some(KEY), &mut out);
+        assert_eq!(
+            &out[..len],
+            &[
+                0x88,
+                0x83,
+                0x37,
+                0xFA,
+                0x21,
+                0x3D,
+                0x03 ^ 0x37,
+                0xE8 ^ 0xFA,
+                b'x' ^ 0x21
+            ]
+        );
+    }
+
+    #[test]
+    fn close_reason_is_truncated_to_fit() {
+        let long = [b'r'; 300];
+        for mask in [None, Some(KEY)] {
+            let (hdr, payload) = round_trip(1011, &long, mask);
+            assert_eq!(hdr.payload_len, 125);
+            assert_eq!(&payload[..2], &[0x03, 0xF3]);
+            assert_eq!(&payload[2..], &long[..MAX_CLOSE_REASON_LEN]);
+        }
+        // Exactly 123 bytes fits untouched.
+        let (hdr, _) = round_trip(1000, &long[..123], None);
+        assert_eq!(hdr.payload_len, 125);
+        // A multi-byte character straddling the limit is dropped whole.
+        let reason = format!("{}€tail", "a".repeat(121));
+        let (hdr, payload) = round_trip(1000, reason.as_bytes(), None);
+        assert_eq!(hdr.payload_len, 2 + 121);
+        assert_eq!(std::str::from_utf8(&payload[2..]).unwrap(), "a".repeat(121));
+        // Non-UTF-8 reasons are cut at most 3 bytes short.
+        let (hdr, _) = round_trip(1000, &[0x80; 200], None);
+        assert_eq!(hdr.payload_len, 2 + 120);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Headers written by tungstenite's encoder parse back to the same fields.
+        #[test]
+        fn agrees_with_tungstenite_encoder(
+            fin in any::<bool>(),
+            rsv in 0u8..8,
+            opcode in prop::sample::select(vec![0u8, 1, 2, 8, 9, 10]),
+            mask in any::<Option<[u8; 4]>>(),
+            len in prop_oneof![0u64..=125, 126u64..=0xFFFF, 0x1_0000u64..=0x7FFF_FFFF_FFFF_FFFF],
+        ) {
+            use tungstenite::protocol::frame::{coding::OpCode, FrameHeader as TgHeader};
+            let op = Opcode::from_u8(opcode).unwrap();
+            let fin = fin || op.is_control();
+            let len = if op.is_control() { len % 126 } else { len };
+            let tg = TgHeader {
+                is_final: fin,
+                rsv1: rsv & 0b100 != 0,
+                rsv2: rsv & 0b010 != 0,
+                rsv3: rsv & 0b001 != 0,
+                opcode: OpCode::from(opcode),
+                mask,
+            };
+            let mut bytes = Vec::new();
+            tg.format(len, &mut bytes).unwrap();
+            prop_assert_eq!(bytes.len(), tg.len(len));
+            let parsed = parse_header(&bytes).unwrap().unwrap();
+            prop_assert_eq!(parsed, header(fin, rsv, op, mask, len, bytes.len() as u8));
+            for i in 0..bytes.len() {
+                prop_assert_eq!(parse_header(&bytes[..i]), Ok(None));
+            }
+        }
+
+        /// Arbitrary bytes never panic, and a parsed header fits in the input.
+        #[test]
+        fn never_panics(bytes in prop::collection::vec(any::<u8>(), 0..=20)) {
+            if let Ok(Some(h)) = parse_header(&bytes) {
+                prop_assert!(usize::from(h.header_len) <= bytes.len());
+                prop_assert!(usize::from(h.header_len) <= MAX_HEADER_LEN);
+            }
+        }
     }
 }
