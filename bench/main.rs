@@ -1,0 +1,1705 @@
+//! `weir-bench`: a loopback benchmark that compares weir with a direct connection and
+//! with the cheapest possible relay, in one run, and prints one Markdown table.
+//!
+//! # Running
+//!
+//! ```text
+//! cargo build --release            # builds both `weir` and `weir-bench`
+//! cargo run --release --bin weir-bench -- [--quick]
+//!     [--only direct,weir,floor] [--scenarios small,bulk,handshake,idle] [--weir-bin PATH]
+//! ```
+//!
+//! The table goes to stdout, progress to stderr. `--quick` is a smoke test (at most 1 s per
+//! throughput scenario, 1 000 idle connections); without it a full run takes a few minutes.
+//! The exit status is 0 whenever the benchmark ran, whether or not weir meets its targets
+//! (this is a report, not a test); it is non-zero only if something failed.
+//!
+//! # Targets
+//!
+//! Every target is measured with the same client load against the same echo server:
+//!
+//! * `direct`: client → echo server.
+//! * `weir`:   client → weir (1 worker thread, metering on) → echo server.
+//! * `floor`:  client → plain TCP relay (`tokio::io::copy_bidirectional` per connection,
+//!   nothing else, 1 worker thread) → echo server. This is the floor weir is compared with.
+//!
+//! The echo server and the floor relay are this binary re-executed with hidden subcommands
+//! (`weir-bench echo --listen 127.0.0.1:0 --port-file F`, `weir-bench floor --listen ..
+//! --upstream .. --port-file F`); each writes its bound port to `F`, which the parent polls
+//! with a deadline. Both use a multi-thread Tokio runtime with one worker thread, so their load
+//! is comparable to weir configured with `server.threads: 1`. weir is started as
+//! `<directory of this executable>/weir run --config <tmp>/weir-N.yaml` (or `--weir-bin`) and is
+//! ready when its listener accepts TCP and its admin `GET /readyz` answers 200. Each scenario
+//! gets a fresh echo server and a fresh relay, so no scenario inherits another's heap. Every
+//! child is killed by PID when its scenario ends, on error and on Ctrl-C (a Drop guard), and
+//! also gets `PR_SET_PDEATHSIG` in case the bench itself is killed. Everything listens on
+//! 127.0.0.1 only, and `RLIMIT_NOFILE` is raised to the hard limit in the bench and its children.
+//!
+//! "Relay process" below means weir or the floor relay; for `direct`, which has no relay, the
+//! CPU and RSS figures are the echo server's and are marked with †. CPU time is
+//! utime + stime from `/proc/<pid>/stat` (all threads, in `sysconf(_SC_CLK_TCK)` ticks, so
+//! about 10 ms of resolution); RSS is `VmRSS` from `/proc/<pid>/status`.
+//!
+//! # Scenarios
+//!
+//! Every scenario is bounded by a message/handshake count and by time, whichever comes first.
+//!
+//! * `small`: 50 connections, each with a writer and a reader half, pipelining 64-byte binary
+//!   messages with up to 64 in flight, for 100 000 messages per connection or 10 s. Every echo
+//!   is checked (length and sequence number). `msgs/s` = round trips completed / wall time;
+//!   `CPU µs/msg` = relay CPU time over the run / messages relayed, where a round trip is two
+//!   messages through the relay (one each way).
+//! * `bulk`: 4 connections sending 64 KiB binary messages, 4 in flight each, for 5 000
+//!   messages per connection or 10 s. `MB/s` = payload echoed back (10^6 bytes) / wall time;
+//!   `CPU µs/MB` = relay CPU time / MB relayed, where each echoed MB crosses the relay twice and
+//!   so counts as 2 MB (the same convention as `small`).
+//! * `handshake`: 8 concurrent loops of TCP connect + WebSocket handshake + one 16-byte echo +
+//!   close handshake, for 5 s or 5 000 handshakes. `handshakes/s` = completed / wall time.
+//! * `idle`: opens N = 9 900 idle WebSocket connections (200 handshakes in flight at a time),
+//!   each after one 16-byte echo. N is limited by `RLIMIT_NOFILE` (20 000 here): a proxied
+//!   connection costs the relay two descriptors. RSS is read before opening, at N/10 and at N,
+//!   each after it settles (two reads 500 ms apart differ by ≤ 64 KiB, at most 10 s).
+//!   `KiB/conn` = (RSS at N − RSS before) / N; `slope` = (RSS at N − RSS at N/10) / (N − N/10),
+//!   which leaves out one-off warm-up allocations. If the hard `RLIMIT_NOFILE` is lower, N is
+//!   lowered to fit and a note is printed. RSS is user-space memory only: kernel socket buffers
+//!   are not in it. The echo server uses tokio-tungstenite's default config, whose 128 KiB read
+//!   buffer is zero-filled on first read, so `direct`'s idle figure is mostly that buffer.
+//!
+//! The `weir / floor` column is computed from the same run. After the table the tool checks
+//! the issue's targets: CPU per small message ≤ 1.3× floor, bulk MB/s ≥ 0.8× floor, and
+//! ≤ 16 KiB RSS per idle connection for weir (judged on `KiB/conn`).
+//!
+//! The host is small and shared: treat differences of a few percent as noise, and compare
+//! columns of one run rather than numbers from different runs.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::future::Future;
+use std::io::{self, Read as _, Seek as _, SeekFrom};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// How long a child may take to report its port or become ready.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// Interval between readiness polls (port file, weir listener and /readyz).
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Bound on any single network operation outside the measured loops (connect, handshake,
+/// probe echo, close handshake).
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a pipelined run's deadline, how long in-flight echoes may take to come back.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on opening all idle connections of one step.
+const IDLE_OPEN_TIMEOUT: Duration = Duration::from_secs(180);
+/// RSS is settled when two reads this far apart differ by at most `SETTLE_TOLERANCE_KIB`.
+const SETTLE_INTERVAL: Duration = Duration::from_millis(500);
+const SETTLE_TOLERANCE_KIB: u64 = 64;
+const SETTLE_MAX_READS: usize = 20;
+/// File descriptors kept in reserve (stdio, listeners, admin, log and usage files, ...).
+const FD_RESERVE: u64 = 200;
+/// In the echo server: at most this many already-buffered messages are echoed before a flush.
+const ECHO_BATCH_MAX: usize = 256;
+/// Back-off after a failed accept() (e.g. EMFILE), so the accept loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// Payload of the probe echo done on every connection before it is used.
+const PROBE: &[u8; 16] = b"weir-bench-probe";
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weir-bench",
+    version,
+    about = "Loopback benchmark: direct vs weir vs a plain TCP relay (floor); prints a Markdown table",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    helper: Option<Helper>,
+
+    /// Targets to measure, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "direct,weir,floor"
+    )]
+    only: Vec<Target>,
+
+    /// Scenarios to run, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "small,bulk,handshake,idle"
+    )]
+    scenarios: Vec<Scenario>,
+
+    /// Smoke test: short durations and 1000 idle connections.
+    #[arg(long)]
+    quick: bool,
+
+    /// The weir binary [default: `weir` in the directory of this executable].
+    #[arg(long, value_name = "PATH")]
+    weir_bin: Option<PathBuf>,
+}
+
+/// Processes the benchmark starts by re-executing itself.
+#[derive(Subcommand, Debug)]
+enum Helper {
+    /// WebSocket echo server.
+    #[command(hide = true)]
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        port_file: PathBuf,
+    },
+    /// Plain TCP relay: copy_bidirectional per connection.
+    #[command(hide = true)]
+    Floor {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+        #[arg(long)]
+        port_file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+enum Target {
+    Direct,
+    Weir,
+    Floor,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Weir => "weir",
+            Target::Floor => "floor",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+enum Scenario {
+    Small,
+    Bulk,
+    Handshake,
+    Idle,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Small => "small",
+            Scenario::Bulk => "bulk",
+            Scenario::Handshake => "handshake",
+            Scenario::Idle => "idle",
+        }
+    }
+
+    fn rows(self) -> &'static [Row] {
+        match self {
+            Scenario::Small => &[Row::SmallRate, Row::SmallCpu],
+            Scenario::Bulk => &[Row::BulkRate, Row::BulkCpu],
+            Scenario::Handshake => &[Row::Handshakes],
+            Scenario::Idle => &[Row::IdleKib, Row::IdleSlope],
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.helper {
+        Some(Helper::Echo {
+            listen,
+            ref port_file,
+        }) => serve(listen, port_file, "echo server", echo_conn).map(|()| ExitCode::SUCCESS),
+        Some(Helper::Floor {
+            listen,
+            upstream,
+            ref port_file,
+        }) => {
+            if upstream.ip().is_loopback() {
+                serve(listen, port_file, "floor relay", move |tcp| {
+                    floor_conn(tcp, upstream)
+                })
+                .map(|()| ExitCode::SUCCESS)
+            } else {
+                Err(anyhow!("refusing non-loopback upstream {upstream}"))
+            }
+        }
+        None => run_bench(cli),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("weir-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------------------------
+
+/// A pipelined load: `conns` connections, each keeping up to `window` messages of `size`
+/// bytes in flight, until `per_conn` round trips or `dur` have passed.
+#[derive(Clone, Copy, Debug)]
+struct PipeLoad {
+    conns: usize,
+    size: usize,
+    window: usize,
+    per_conn: u64,
+    dur: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Params {
+    small: PipeLoad,
+    bulk: PipeLoad,
+    hs_loops: usize,
+    hs_max: u64,
+    hs_dur: Duration,
+    idle_n: usize,
+    idle_concurrency: usize,
+}
+
+impl Params {
+    fn new(quick: bool) -> Self {
+        let secs = |full: u64, quick_ms: u64| {
+            if quick {
+                Duration::from_millis(quick_ms)
+            } else {
+                Duration::from_secs(full)
+            }
+        };
+        Params {
+            small: PipeLoad {
+                conns: 50,
+                size: 64,
+                window: 64,
+                per_conn: if quick { 10_000 } else { 100_000 },
+                dur: secs(10, 1_000),
+            },
+            bulk: PipeLoad {
+                conns: 4,
+                size: 64 * 1024,
+                window: 4,
+                per_conn: if quick { 500 } else { 5_000 },
+                dur: secs(10, 1_000),
+            },
+            hs_loops: 8,
+            hs_max: if quick { 1_000 } else { 5_000 },
+            hs_dur: secs(5, 1_000),
+            idle_n: if quick { 1_000 } else { 9_900 },
+            idle_concurrency: 200,
+        }
+    }
+
+    fn describe(&self, scenario: Scenario) -> String {
+        let pipe = |p: &PipeLoad| {
+            format!(
+                "{} conns × {} B binary, window {}, ≤ {} msgs/conn or {:?}",
+                p.conns, p.size, p.window, p.per_conn, p.dur
+            )
+        };
+        match scenario {
+            Scenario::Small => pipe(&self.small),
+            Scenario::Bulk => pipe(&self.bulk),
+            Scenario::Handshake => format!(
+                "{} loops of connect + handshake + 16 B echo + close, ≤ {} or {:?}",
+                self.hs_loops, self.hs_max, self.hs_dur
+            ),
+            Scenario::Idle => format!(
+                "N = {} idle conns (RSS at N/10 and N), {} handshakes in flight",
+                self.idle_n, self.idle_concurrency
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark driver
+// ---------------------------------------------------------------------------------------------
+
+fn run_bench(cli: Cli) -> Result<ExitCode> {
+    let nofile = raise_nofile().context("raising RLIMIT_NOFILE")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the Tokio runtime")?;
+    rt.block_on(async {
+        tokio::select! {
+            r = bench(cli, nofile) => r,
+            r = tokio::signal::ctrl_c() => {
+                r.context("waiting for Ctrl-C")?;
+                // Dropping `bench` runs the guards, which kill every child.
+                bail!("interrupted")
+            }
+        }
+    })
+}
+
+/// Shared state of one benchmark run.
+struct Ctx {
+    exe: PathBuf,
+    weir: Option<PathBuf>,
+    tmp: TempDir,
+    clk_tck: f64,
+    params: Params,
+    next_tag: AtomicU32,
+}
+
+impl Ctx {
+    fn tag(&self) -> u32 {
+        self.next_tag.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+type Cell = Result<f64, String>;
+
+async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
+    let mut targets = cli.only.clone();
+    targets.sort();
+    targets.dedup();
+    let mut scenarios = cli.scenarios.clone();
+    scenarios.sort();
+    scenarios.dedup();
+    ensure!(!targets.is_empty(), "--only selects no target");
+    ensure!(!scenarios.is_empty(), "--scenarios selects no scenario");
+
+    let exe = std::env::current_exe().context("locating the current executable")?;
+    let weir = if targets.contains(&Target::Weir) {
+        Some(resolve_weir(cli.weir_bin.as_deref(), &exe)?)
+    } else {
+        None
+    };
+
+    // SAFETY: sysconf has no preconditions.
+    let clk_tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ensure!(clk_tck > 0, "sysconf(_SC_CLK_TCK) failed");
+
+    let mut params = Params::new(cli.quick);
+    // A proxied connection costs the relay two descriptors (client side and upstream side).
+    let max_idle = (nofile.saturating_sub(FD_RESERVE) / 2) as usize;
+    if scenarios.contains(&Scenario::Idle) && params.idle_n > max_idle {
+        eprintln!(
+            "weir-bench: RLIMIT_NOFILE is {nofile}: idle scenario lowered from {} to {max_idle} connections",
+            params.idle_n
+        );
+        params.idle_n = max_idle;
+    }
+    ensure!(
+        params.idle_n >= 100 || !scenarios.contains(&Scenario::Idle),
+        "RLIMIT_NOFILE {nofile} is too low for the idle scenario"
+    );
+
+    let mut ctx = Ctx {
+        exe,
+        weir,
+        tmp: TempDir::new().context("creating a temporary directory")?,
+        clk_tck: clk_tck as f64,
+        params,
+        next_tag: AtomicU32::new(0),
+    };
+    eprintln!(
+        "weir-bench: {} run, targets {}, scenarios {}, scratch dir {}",
+        if cli.quick { "quick" } else { "full" },
+        join(targets.iter().map(|t| t.name())),
+        join(scenarios.iter().map(|s| s.name())),
+        ctx.tmp.path().display()
+    );
+
+    // Targets run in the order direct, floor, weir for every scenario, so that slow drifts on the
+    // shared host hit all columns of a row alike.
+    let run_order: Vec<Target> = [Target::Direct, Target::Floor, Target::Weir]
+        .into_iter()
+        .filter(|t| targets.contains(t))
+        .collect();
+    let mut results: BTreeMap<(Row, Target), Cell> = BTreeMap::new();
+    let mut failures = 0usize;
+    for &scenario in &scenarios {
+        for &target in &run_order {
+            let label = format!("{}/{}", scenario.name(), target.name());
+            eprintln!("[{label}] {}", ctx.params.describe(scenario));
+            let backstop = backstop(&ctx.params, scenario);
+            let outcome = match timeout(backstop, run_one(&ctx, scenario, target, &label)).await {
+                Ok(r) => r,
+                Err(_) => Err(anyhow!(
+                    "scenario exceeded its overall limit of {backstop:?}"
+                )),
+            };
+            match outcome {
+                Ok(values) => {
+                    for (row, v) in values {
+                        results.insert((row, target), Ok(v));
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("[{label}] error: {e:#}");
+                    for &row in scenario.rows() {
+                        results.insert((row, target), Err(format!("{e:#}")));
+                    }
+                }
+            }
+        }
+    }
+
+    print!("{}", report(&ctx, &targets, &scenarios, &results));
+    if failures > 0 {
+        ctx.tmp.keep();
+        eprintln!(
+            "weir-bench: {failures} scenario run(s) failed; see the errors above (logs and configs \
+             kept in {})",
+            ctx.tmp.path().display()
+        );
+        Ok(ExitCode::FAILURE)
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn resolve_weir(explicit: Option<&Path>, exe: &Path) -> Result<PathBuf> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => exe
+            .parent()
+            .context("the current executable has no parent directory")?
+            .join("weir"),
+    };
+    if !path.is_file() {
+        bail!(
+            "weir binary not found at {}: build it with `cargo build --release` (builds both \
+             `weir` and `weir-bench`), point --weir-bin at it, or leave it out with \
+             `--only direct,floor`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Upper bound on one (scenario, target) run, including process start-up and teardown.
+fn backstop(p: &Params, scenario: Scenario) -> Duration {
+    let slack = STARTUP_TIMEOUT + 2 * OP_TIMEOUT + DRAIN_TIMEOUT;
+    match scenario {
+        Scenario::Small => p.small.dur + slack + OP_TIMEOUT * 2,
+        Scenario::Bulk => p.bulk.dur + slack + OP_TIMEOUT * 2,
+        Scenario::Handshake => p.hs_dur + slack,
+        Scenario::Idle => {
+            2 * IDLE_OPEN_TIMEOUT + 3 * SETTLE_INTERVAL * SETTLE_MAX_READS as u32 + slack
+        }
+    }
+}
+
+async fn run_one(
+    ctx: &Ctx,
+    scenario: Scenario,
+    target: Target,
+    label: &str,
+) -> Result<Vec<(Row, f64)>> {
+    let dep = deploy(ctx, target).await?;
+    eprintln!(
+        "[{label}] ready on {} (measuring {} pid {})",
+        dep.addr,
+        dep.measured_name(),
+        dep.pid
+    );
+    let p = &ctx.params;
+    let values = match scenario {
+        Scenario::Small => {
+            let out = run_pipelined(ctx, &dep, &p.small, label).await?;
+            let msgs = 2.0 * out.round_trips as f64;
+            let rate = out.round_trips as f64 / out.elapsed.as_secs_f64();
+            let cpu = out.cpu.as_secs_f64() * 1e6 / msgs;
+            eprintln!(
+                "[{label}] {} round trips in {:.2?}: {rate:.0} msgs/s, {} CPU {:.2?} = {cpu:.3} µs/msg",
+                out.round_trips,
+                out.elapsed,
+                dep.measured_name(),
+                out.cpu
+            );
+            vec![(Row::SmallRate, rate), (Row::SmallCpu, cpu)]
+        }
+        Scenario::Bulk => {
+            let out = run_pipelined(ctx, &dep, &p.bulk, label).await?;
+            let mb = out.round_trips as f64 * p.bulk.size as f64 / 1e6;
+            let rate = mb / out.elapsed.as_secs_f64();
+            let cpu = out.cpu.as_secs_f64() * 1e6 / (2.0 * mb);
+            eprintln!(
+                "[{label}] {mb:.1} MB echoed in {:.2?}: {rate:.1} MB/s, {} CPU {:.2?} = {cpu:.1} µs/MB relayed",
+                out.elapsed,
+                dep.measured_name(),
+                out.cpu
+            );
+            vec![(Row::BulkRate, rate), (Row::BulkCpu, cpu)]
+        }
+        Scenario::Handshake => {
+            let (n, elapsed) = run_handshakes(&dep, p).await?;
+            let rate = n as f64 / elapsed.as_secs_f64();
+            eprintln!("[{label}] {n} handshakes in {elapsed:.2?}: {rate:.0}/s");
+            vec![(Row::Handshakes, rate)]
+        }
+        Scenario::Idle => {
+            let (at_n, slope) = run_idle(&dep, p, label).await?;
+            vec![(Row::IdleKib, at_n), (Row::IdleSlope, slope)]
+        }
+    };
+    drop(dep);
+    Ok(values)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------------
+
+/// A child process, killed (SIGKILL, by PID) and reaped when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    /// Call from the thread that runs the benchmark (the runtime's `block_on` thread, which
+    /// lives as long as the process): `PR_SET_PDEATHSIG` fires when the *thread* that forked
+    /// the child exits.
+    fn spawn(name: &str, mut cmd: Command) -> Result<Proc> {
+        let parent = std::process::id();
+        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+        // system calls (prctl, getppid, _exit).
+        unsafe {
+            cmd.pre_exec(move || {
+                // Die with the bench even if it is SIGKILLed and its Drop guards never run.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent may have died before prctl took effect.
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| {
+            format!("starting {name} ({})", cmd.get_program().to_string_lossy())
+        })?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => bail!("{} (pid {}) exited: {status}", self.name, self.pid()),
+            Err(e) => {
+                Err(e).with_context(|| format!("checking on {} (pid {})", self.name, self.pid()))
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // Child::kill sends SIGKILL to this child's PID only.
+            if let Err(e) = self.child.kill() {
+                eprintln!(
+                    "weir-bench: killing {} (pid {}): {e}",
+                    self.name,
+                    self.pid()
+                );
+            }
+        }
+        // Reap it; after SIGKILL this returns promptly.
+        let _ = self.child.wait();
+    }
+}
+
+/// The processes behind one target and where clients connect.
+struct Deployment {
+    target: Target,
+    /// Address clients connect to.
+    addr: SocketAddr,
+    /// PID whose CPU and RSS are reported: the relay, or the echo server for `direct`.
+    pid: u32,
+    /// Dropping these kills them.
+    _procs: Vec<Proc>,
+}
+
+impl Deployment {
+    fn measured_name(&self) -> &'static str {
+        match self.target {
+            Target::Direct => "echo server",
+            Target::Weir => "weir",
+            Target::Floor => "floor relay",
+        }
+    }
+}
+
+async fn deploy(ctx: &Ctx, target: Target) -> Result<Deployment> {
+    let tag = ctx.tag();
+    let dir = ctx.tmp.path();
+
+    let echo_port_file = dir.join(format!("echo-{tag}.port"));
+    let mut echo = spawn_helper(
+        ctx,
+        "echo server",
+        &[
+            OsStr::new("echo"),
+            OsStr::new("--listen"),
+            OsStr::new("127.0.0.1:0"),
+            OsStr::new("--port-file"),
+            echo_port_file.as_os_str(),
+        ],
+    )?;
+    let echo_addr = loopback(wait_port_file(&mut echo, &echo_port_file).await?);
+    let echo_pid = echo.pid();
+    let mut procs = vec![echo];
+
+    match target {
+        Target::Direct => Ok(Deployment {
+            target,
+            addr: echo_addr,
+            pid: echo_pid,
+            _procs: procs,
+        }),
+        Target::Floor => {
+            let port_file = dir.join(format!("floor-{tag}.port"));
+            let upstream = echo_addr.to_string();
+            let mut floor = spawn_helper(
+                ctx,
+                "floor relay",
+                &[
+                    OsStr::new("floor"),
+                    OsStr::new("--listen"),
+                    OsStr::new("127.0.0.1:0"),
+                    OsStr::new("--upstream"),
+                    OsStr::new(&upstream),
+                    OsStr::new("--port-file"),
+                    port_file.as_os_str(),
+                ],
+            )?;
+            let addr = loopback(wait_port_file(&mut floor, &port_file).await?);
+            let pid = floor.pid();
+            procs.push(floor);
+            Ok(Deployment {
+                target,
+                addr,
+                pid,
+                _procs: procs,
+            })
+        }
+        Target::Weir => {
+            let bin = ctx.weir.as_ref().context("weir binary was not resolved")?;
+            let (listen, admin) = free_loopback_ports()?;
+            let config_path = dir.join(format!("weir-{tag}.yaml"));
+            let usage_path = dir.join(format!("usage-{tag}.jsonl"));
+            let log_path = dir.join(format!("weir-{tag}.log"));
+            let config = weir_config(listen, admin, echo_addr, &usage_path)?;
+            fs::write(&config_path, config)
+                .with_context(|| format!("writing {}", config_path.display()))?;
+            let log = File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?;
+            let mut cmd = Command::new(bin);
+            cmd.arg("run")
+                .arg("--config")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().context("duplicating the weir log handle")?)
+                .stderr(log);
+            let mut weir = Proc::spawn("weir", cmd)?;
+            wait_weir_ready(&mut weir, listen, admin, &log_path).await?;
+            let pid = weir.pid();
+            procs.push(weir);
+            Ok(Deployment {
+                target,
+                addr: listen,
+                pid,
+                _procs: procs,
+            })
+        }
+    }
+}
+
+fn spawn_helper(ctx: &Ctx, name: &str, args: &[&OsStr]) -> Result<Proc> {
+    let mut cmd = Command::new(&ctx.exe);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    Proc::spawn(name, cmd)
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Polls `path` for the port a helper writes once it has bound, until `STARTUP_TIMEOUT`.
+async fn wait_port_file(proc: &mut Proc, path: &Path) -> Result<u16> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        proc.check_running()
+            .context("helper failed during start-up")?;
+        match fs::read_to_string(path) {
+            Ok(text) => {
+                if let Ok(port) = text.trim().parse::<u16>() {
+                    if port != 0 {
+                        return Ok(port);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} (pid {}) did not write its port to {} within {STARTUP_TIMEOUT:?}",
+                proc.name,
+                proc.pid(),
+                path.display()
+            );
+        }
+        sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Writes the port atomically (write + rename) so the parent never reads a partial file.
+fn write_port_file(path: &Path, port: u16) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, format!("{port}\n")).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Two distinct free loopback ports: bound together on 127.0.0.1:0, then released.
+fn free_loopback_ports() -> Result<(SocketAddr, SocketAddr)> {
+    let a = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("picking a free port")?;
+    let b = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("picking a free port")?;
+    Ok((a.local_addr()?, b.local_addr()?))
+}
+
+fn weir_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    echo: SocketAddr,
+    usage: &Path,
+) -> Result<String> {
+    // A JSON string literal is also a valid YAML double-quoted scalar.
+    let usage =
+        serde_json::to_string(&usage.to_string_lossy()).context("quoting the usage path")?;
+    Ok(format!(
+        r#"# Generated by weir-bench.
+server:
+  threads: 1
+  grace_period: 1s
+log:
+  level: warn
+  format: text
+listeners:
+  - address: "{listen}"
+admin:
+  address: "{admin}"
+timeouts:
+  request_head: 10s
+  backend_connect: 3s
+  backend_handshake: 10s
+usage:
+  file: {usage}
+pools:
+  - name: echo
+    backends: ["{echo}"]
+    selection: round_robin
+    health_check:
+      kind: none
+routes:
+  - path_prefix: /
+    kind: websocket
+    pool: echo
+"#
+    ))
+}
+
+/// Waits until weir accepts TCP on its listener and its admin `/readyz` answers 200.
+async fn wait_weir_ready(
+    weir: &mut Proc,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    log: &Path,
+) -> Result<()> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Err(e) = weir.check_running() {
+            bail!(
+                "during start-up, {e:#}; end of its log ({}):\n{}",
+                log.display(),
+                log_tail(log)
+            );
+        }
+        let last = match timeout(POLL_INTERVAL * 10, TcpStream::connect(listen)).await {
+            Ok(Ok(_)) => match http_get_status(admin, "/readyz").await {
+                Ok(200) => return Ok(()),
+                Ok(status) => format!("/readyz answered {status}"),
+                Err(e) => format!("/readyz: {e:#}"),
+            },
+            Ok(Err(e)) => format!("listener {listen}: {e}"),
+            Err(_) => format!("listener {listen}: connect timed out"),
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "weir (pid {}) not ready within {STARTUP_TIMEOUT:?} (last: {last}); end of its log ({}):\n{}",
+                weir.pid(),
+                log.display(),
+                log_tail(log)
+            );
+        }
+        sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Minimal HTTP/1.1 GET returning the status code.
+async fn http_get_status(addr: SocketAddr, path: &str) -> Result<u16> {
+    timeout(Duration::from_secs(2), async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .context("sending the request")?;
+        let mut buf = Vec::with_capacity(512);
+        let mut chunk = [0u8; 512];
+        while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 8192 {
+            let n = s.read(&mut chunk).await.context("reading the response")?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8_lossy(&buf);
+        let mut parts = head.split_whitespace();
+        match (parts.next(), parts.next().map(str::parse::<u16>)) {
+            (Some(v), Some(Ok(code))) if v.starts_with("HTTP/1.") => Ok(code),
+            _ => bail!(
+                "malformed response from {addr}{path}: {:?}",
+                head.lines().next().unwrap_or("")
+            ),
+        }
+    })
+    .await
+    .with_context(|| format!("GET {addr}{path} timed out"))?
+}
+
+/// The last 4 KiB of a log file, for error messages.
+fn log_tail(path: &Path) -> String {
+    let read = || -> io::Result<String> {
+        let mut f = File::open(path)?;
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(4096)))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    match read() {
+        Ok(s) if s.trim().is_empty() => "(empty)".into(),
+        Ok(s) => s,
+        Err(e) => format!("(cannot read: {e})"),
+    }
+}
+
+/// A scratch directory, removed on drop unless `keep` was called.
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!("weir-bench-{}-{nanos}", std::process::id()));
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir { path, keep: false })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Leaves the directory (logs, configs) in place for a post-mortem.
+    fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc and rlimits
+// ---------------------------------------------------------------------------------------------
+
+/// utime + stime of a process, all threads included.
+fn cpu_time(ctx: &Ctx, pid: u32) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) is in parentheses and may contain spaces: split after it.
+    let rest = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 1..))
+        .with_context(|| format!("malformed {path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("field {i} of {path}"))
+    };
+    let total = ticks(14)? + ticks(15)?;
+    Ok(Duration::from_secs_f64(total as f64 / ctx.clk_tck))
+}
+
+/// VmRSS of a process in KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no VmRSS in {path}"))
+}
+
+/// Reads RSS every `SETTLE_INTERVAL` until two reads agree within `SETTLE_TOLERANCE_KIB`
+/// (at most `SETTLE_MAX_READS` reads).
+async fn settled_rss_kib(pid: u32) -> Result<u64> {
+    let mut prev = rss_kib(pid)?;
+    for _ in 0..SETTLE_MAX_READS {
+        sleep(SETTLE_INTERVAL).await;
+        let cur = rss_kib(pid)?;
+        if cur.abs_diff(prev) <= SETTLE_TOLERANCE_KIB {
+            return Ok(cur);
+        }
+        prev = cur;
+    }
+    eprintln!(
+        "weir-bench: warning: RSS of pid {pid} still moving after {:?}; using the last reading",
+        SETTLE_INTERVAL * SETTLE_MAX_READS as u32
+    );
+    Ok(prev)
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+fn raise_nofile() -> Result<u64> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `rl` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return Err(io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    let mut want = rl.rlim_max;
+    if want == libc::RLIM_INFINITY {
+        // An infinite soft limit is refused; the kernel's ceiling is fs.nr_open.
+        want = fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20);
+    }
+    if rl.rlim_cur < want {
+        rl.rlim_cur = want;
+        // SAFETY: `rl` is a valid rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
+            return Err(io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
+        }
+    }
+    Ok(rl.rlim_cur)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side
+// ---------------------------------------------------------------------------------------------
+
+/// Client config for connections that carry little data (handshake and idle scenarios):
+/// a small read buffer keeps the bench's own memory and allocation cost down.
+fn light_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4096)
+}
+
+/// Connects, performs the WebSocket handshake and one probe echo.
+async fn open_ws(addr: SocketAddr, config: WebSocketConfig) -> Result<Ws> {
+    timeout(OP_TIMEOUT, async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        tcp.set_nodelay(true).context("setting TCP_NODELAY")?;
+        let (mut ws, _response) =
+            tokio_tungstenite::client_async_with_config(format!("ws://{addr}/"), tcp, Some(config))
+                .await
+                .with_context(|| format!("WebSocket handshake with {addr}"))?;
+        probe_echo(&mut ws).await?;
+        Ok(ws)
+    })
+    .await
+    .with_context(|| format!("opening a WebSocket to {addr} timed out after {OP_TIMEOUT:?}"))?
+}
+
+/// Sends `PROBE` and waits for it to come back unchanged.
+async fn probe_echo(ws: &mut Ws) -> Result<()> {
+    ws.send(Message::binary(PROBE.to_vec()))
+        .await
+        .context("sending the probe")?;
+    // Control frames may precede the echo; a handful is plenty.
+    for _ in 0..16 {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => {
+                ensure!(
+                    b.as_ref() == PROBE,
+                    "probe echo corrupted ({} bytes)",
+                    b.len()
+                );
+                return Ok(());
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(other)) => bail!("unexpected reply to the probe: {other:?}"),
+            Some(Err(e)) => return Err(e).context("reading the probe echo"),
+            None => bail!("connection closed before the probe echo"),
+        }
+    }
+    bail!("no probe echo among the first 16 frames")
+}
+
+/// Close handshake: send Close, then read until the peer's Close / end of stream.
+async fn close_ws(mut ws: Ws) -> Result<()> {
+    timeout(OP_TIMEOUT, async {
+        ws.close(None).await.context("sending Close")?;
+        for _ in 0..64 {
+            match ws.next().await {
+                None | Some(Ok(Message::Close(_))) => return Ok(()),
+                Some(Ok(_)) => continue,
+                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => return Ok(()),
+                Some(Err(e)) => return Err(e).context("waiting for the peer's Close"),
+            }
+        }
+        bail!("no Close from the peer among 64 frames")
+    })
+    .await
+    .context("close handshake timed out")?
+}
+
+/// A binary message of `size` bytes whose first 8 bytes are `seq` (little endian).
+fn payload(seq: u64, size: usize) -> Message {
+    let mut v = vec![0u8; size];
+    v[..8].copy_from_slice(&seq.to_le_bytes());
+    Message::Binary(v.into())
+}
+
+struct PipeOut {
+    round_trips: u64,
+    elapsed: Duration,
+    /// CPU time of the measured process between start and end of the run.
+    cpu: Duration,
+}
+
+async fn run_pipelined(
+    ctx: &Ctx,
+    dep: &Deployment,
+    load: &PipeLoad,
+    label: &str,
+) -> Result<PipeOut> {
+    ensure!(load.size >= 16 && load.window > 0, "bad load parameters");
+    let mut conns = Vec::with_capacity(load.conns);
+    for _ in 0..load.conns {
+        conns.push(open_ws(dep.addr, WebSocketConfig::default()).await?);
+    }
+    eprintln!("[{label}] {} connections open, running", conns.len());
+
+    let cpu0 = cpu_time(ctx, dep.pid)?;
+    let t0 = Instant::now();
+    let deadline = t0 + load.dur;
+    let hard = deadline + DRAIN_TIMEOUT;
+    let mut tasks = JoinSet::new();
+    for ws in conns {
+        tasks.spawn(pipeline_conn(ws, *load, deadline, hard));
+    }
+    let mut round_trips = 0u64;
+    let mut finished = Vec::with_capacity(load.conns);
+    let mut first_err: Option<anyhow::Error> = None;
+    // Each task ends by `hard` at the latest, so this loop is bounded.
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok((ws, n))) => {
+                round_trips += n;
+                finished.push(ws);
+            }
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(anyhow!("connection task failed: {e}"));
+            }
+        }
+    }
+    let elapsed = t0.elapsed();
+    let cpu1 = cpu_time(ctx, dep.pid)?;
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    ensure!(round_trips > 0, "no round trip completed");
+
+    let closes = futures_util::future::join_all(finished.into_iter().map(close_ws)).await;
+    if let Some(Err(e)) = closes.into_iter().find(Result::is_err) {
+        eprintln!("[{label}] warning: close handshake after the run: {e:#}");
+    }
+    Ok(PipeOut {
+        round_trips,
+        elapsed,
+        cpu: cpu1.saturating_sub(cpu0),
+    })
+}
+
+/// One pipelined connection: a writer half keeps up to `window` messages in flight, a reader
+/// half checks every echo (length and sequence number) and reopens the window. Returns the
+/// connection and the number of round trips completed.
+async fn pipeline_conn(
+    ws: Ws,
+    load: PipeLoad,
+    deadline: Instant,
+    hard: Instant,
+) -> Result<(Ws, u64)> {
+    let (mut sink, mut stream) = ws.split();
+    let window = Semaphore::new(load.window);
+    // Shared by the two halves below, which run in the same task; atomic only for `Send`.
+    let sent = AtomicU64::new(0);
+    let writer_done = Notify::new();
+
+    let writer = async {
+        let result: Result<()> = async {
+            let stop = sleep_until(deadline);
+            tokio::pin!(stop);
+            while sent.load(Ordering::Relaxed) < load.per_conn {
+                let permit = tokio::select! {
+                    biased;
+                    p = window.acquire() => p.context("window semaphore closed")?,
+                    _ = &mut stop => break,
+                };
+                permit.forget();
+                // Queue everything the window allows, then flush once.
+                loop {
+                    timeout_at(
+                        hard,
+                        sink.feed(payload(sent.load(Ordering::Relaxed), load.size)),
+                    )
+                    .await
+                    .context("write timed out")?
+                    .context("writing")?;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if sent.load(Ordering::Relaxed) >= load.per_conn {
+                        break;
+                    }
+                    match window.try_acquire() {
+                        Ok(p) => p.forget(),
+                        Err(_) => break,
+                    }
+                }
+                timeout_at(hard, sink.flush())
+                    .await
+                    .context("flush timed out")?
+                    .context("flushing")?;
+            }
+            Ok(())
+        }
+        .await;
+        // Stored as a permit if the reader is not waiting yet, so it cannot be missed.
+        writer_done.notify_one();
+        result
+    };
+
+    let reader = async {
+        let mut received = 0u64;
+        let mut writer_finished = false;
+        let give_up = sleep_until(hard);
+        tokio::pin!(give_up);
+        let done = writer_done.notified();
+        tokio::pin!(done);
+        loop {
+            if received >= load.per_conn
+                || (writer_finished && received >= sent.load(Ordering::Relaxed))
+            {
+                return Ok::<u64, anyhow::Error>(received);
+            }
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(Ok(Message::Binary(b))) => {
+                        ensure!(
+                            b.len() == load.size && b[..8] == received.to_le_bytes(),
+                            "echo {received} corrupted or out of order ({} bytes)",
+                            b.len()
+                        );
+                        received += 1;
+                        window.add_permits(1);
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(other)) => bail!("unexpected message: {other:?}"),
+                    Some(Err(e)) => return Err(e).context("reading echoes"),
+                    None => bail!("connection closed by the peer after {received} echoes"),
+                },
+                _ = &mut done, if !writer_finished => writer_finished = true,
+                _ = &mut give_up => bail!(
+                    "timed out waiting for echoes ({} of {} outstanding)",
+                    sent.load(Ordering::Relaxed) - received,
+                    sent.load(Ordering::Relaxed)
+                ),
+            }
+        }
+    };
+
+    let ((), received) = tokio::try_join!(writer, reader)?;
+    let ws = sink
+        .reunite(stream)
+        .map_err(|_| anyhow!("cannot reunite the WebSocket halves"))?;
+    Ok((ws, received))
+}
+
+async fn run_handshakes(dep: &Deployment, p: &Params) -> Result<(u64, Duration)> {
+    let claimed = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let deadline = t0 + p.hs_dur;
+    let mut tasks = JoinSet::new();
+    for _ in 0..p.hs_loops {
+        let claimed = Arc::clone(&claimed);
+        let (addr, max) = (dep.addr, p.hs_max);
+        tasks.spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < deadline && claimed.fetch_add(1, Ordering::Relaxed) < max {
+                let ws = open_ws(addr, light_config()).await?;
+                close_ws(ws).await.context("close handshake")?;
+                done += 1;
+            }
+            Ok::<u64, anyhow::Error>(done)
+        });
+    }
+    let mut total = 0;
+    let mut first_err = None;
+    // Each loop stops at `deadline` plus at most 2 × OP_TIMEOUT for its last iteration.
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(n)) => total += n,
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(anyhow!("handshake task failed: {e}"));
+            }
+        }
+    }
+    let elapsed = t0.elapsed();
+    if let Some(e) = first_err {
+        return Err(e.context(format!("after {total} successful handshakes")));
+    }
+    ensure!(total > 0, "no handshake completed");
+    Ok((total, elapsed))
+}
+
+/// Returns (KiB per connection at N, KiB per connection between N/10 and N).
+async fn run_idle(dep: &Deployment, p: &Params, label: &str) -> Result<(f64, f64)> {
+    let n = p.idle_n;
+    let n1 = n / 10;
+    let rss0 = settled_rss_kib(dep.pid).await?;
+    let mut conns: Vec<Ws> = Vec::with_capacity(n);
+    open_idle(dep.addr, n1, p.idle_concurrency, &mut conns, label).await?;
+    let rss1 = settled_rss_kib(dep.pid).await?;
+    open_idle(dep.addr, n - n1, p.idle_concurrency, &mut conns, label).await?;
+    let rss2 = settled_rss_kib(dep.pid).await?;
+
+    let per = |rss: u64, base: u64, count: usize| (rss as f64 - base as f64) / count as f64;
+    let at_n1 = per(rss1, rss0, n1);
+    let at_n = per(rss2, rss0, n);
+    let slope = per(rss2, rss1, n - n1);
+    eprintln!(
+        "[{label}] {} RSS: {rss0} KiB before, {rss1} KiB at {n1} ({at_n1:.2} KiB/conn), \
+         {rss2} KiB at {n} ({at_n:.2} KiB/conn), slope {slope:.2} KiB/conn",
+        dep.measured_name()
+    );
+    // The connections are dropped here (TCP FIN); the processes are killed right after.
+    drop(conns);
+    Ok((at_n, slope))
+}
+
+/// Opens `count` idle connections, at most `concurrency` handshakes at a time.
+async fn open_idle(
+    addr: SocketAddr,
+    count: usize,
+    concurrency: usize,
+    out: &mut Vec<Ws>,
+    label: &str,
+) -> Result<()> {
+    let deadline = Instant::now() + IDLE_OPEN_TIMEOUT;
+    let target = out.len() + count;
+    let mut opening = futures_util::stream::iter(0..count)
+        .map(|_| open_ws(addr, light_config()))
+        .buffer_unordered(concurrency);
+    while let Some(opened) = timeout_at(deadline, opening.next())
+        .await
+        .with_context(|| {
+            format!("opening idle connections timed out after {IDLE_OPEN_TIMEOUT:?}")
+        })?
+    {
+        out.push(opened.with_context(|| format!("opening idle connection {}", out.len() + 1))?);
+        if out.len() % 2000 == 0 || out.len() == target {
+            eprintln!("[{label}] {} idle connections open", out.len());
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helper processes: echo server and floor relay
+// ---------------------------------------------------------------------------------------------
+
+/// Runs an accept loop on a one-worker multi-thread runtime, handling each connection with
+/// `handle`. Writes the bound port to `port_file` and then runs until killed.
+fn serve<F, Fut>(listen: SocketAddr, port_file: &Path, name: &str, handle: F) -> Result<()>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    ensure!(
+        listen.ip().is_loopback(),
+        "refusing to listen on non-loopback {listen}"
+    );
+    raise_nofile().context("raising RLIMIT_NOFILE")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("building the Tokio runtime")?;
+    let name = name.to_string();
+    rt.block_on(async move {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        let port = listener
+            .local_addr()
+            .context("reading the bound address")?
+            .port();
+        write_port_file(port_file, port)?;
+        // The accept loop runs as a task so that all work happens on the one worker thread.
+        // It serves until the bench kills this process.
+        let accept = tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((tcp, _)) => {
+                        tokio::spawn(handle(tcp));
+                    }
+                    Err(e) => {
+                        eprintln!("weir-bench {name}: accept: {e}");
+                        sleep(ACCEPT_BACKOFF).await;
+                    }
+                }
+            }
+        });
+        accept.await.context("accept loop failed")
+    })
+}
+
+async fn echo_conn(tcp: TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let ws = match timeout(OP_TIMEOUT, tokio_tungstenite::accept_async(tcp)).await {
+        Ok(Ok(ws)) => ws,
+        _ => return,
+    };
+    // Errors here are resets and closes by the client: nothing to report.
+    let _ = echo_loop(ws).await;
+}
+
+/// Echoes Text and Binary messages until the peer closes. Messages already buffered are
+/// echoed before a single flush, so a pipelining client gets batched writes; Close and Ping
+/// are answered by tungstenite on the next flush or read.
+async fn echo_loop(mut ws: Ws) -> Result<(), WsError> {
+    while let Some(msg) = ws.next().await {
+        echo_one(&mut ws, msg?).await?;
+        for _ in 0..ECHO_BATCH_MAX {
+            match ws.next().now_or_never() {
+                Some(Some(msg)) => echo_one(&mut ws, msg?).await?,
+                Some(None) => return Ok(()),
+                None => break,
+            }
+        }
+        ws.flush().await?;
+    }
+    Ok(())
+}
+
+async fn echo_one(ws: &mut Ws, msg: Message) -> Result<(), WsError> {
+    match msg {
+        Message::Text(_) | Message::Binary(_) => ws.feed(msg).await,
+        _ => Ok(()),
+    }
+}
+
+async fn floor_conn(client: TcpStream, upstream: SocketAddr) {
+    // Failures are the client going away or the echo server being killed: nothing to report.
+    let _ = floor_relay(client, upstream).await;
+}
+
+async fn floor_relay(mut client: TcpStream, upstream: SocketAddr) -> io::Result<()> {
+    client.set_nodelay(true)?;
+    let mut up = timeout(OP_TIMEOUT, TcpStream::connect(upstream))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "upstream connect timed out"))??;
+    up.set_nodelay(true)?;
+    tokio::io::copy_bidirectional(&mut client, &mut up).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Row {
+    SmallRate,
+    SmallCpu,
+    BulkRate,
+    BulkCpu,
+    Handshakes,
+    IdleKib,
+    IdleSlope,
+}
+
+impl Row {
+    fn scenario(self) -> &'static str {
+        match self {
+            Row::SmallRate | Row::SmallCpu => "small",
+            Row::BulkRate | Row::BulkCpu => "bulk",
+            Row::Handshakes => "handshake",
+            Row::IdleKib | Row::IdleSlope => "idle",
+        }
+    }
+
+    fn metric(self) -> &'static str {
+        match self {
+            Row::SmallRate => "msgs/s",
+            Row::SmallCpu => "CPU µs/msg",
+            Row::BulkRate => "MB/s",
+            Row::BulkCpu => "CPU µs/MB relayed",
+            Row::Handshakes => "handshakes/s",
+            Row::IdleKib => "RSS KiB/conn",
+            Row::IdleSlope => "RSS KiB/conn slope N/10→N",
+        }
+    }
+
+    /// Whether the figure is read from the measured process (echo server for `direct`).
+    fn per_process(self) -> bool {
+        matches!(
+            self,
+            Row::SmallCpu | Row::BulkCpu | Row::IdleKib | Row::IdleSlope
+        )
+    }
+
+    fn format(self, v: f64) -> String {
+        match self {
+            Row::SmallRate | Row::Handshakes => format!("{v:.0}"),
+            Row::SmallCpu => format!("{v:.3}"),
+            Row::IdleKib | Row::IdleSlope => format!("{v:.2}"),
+            Row::BulkRate | Row::BulkCpu => format!("{v:.1}"),
+        }
+    }
+}
+
+fn report(
+    ctx: &Ctx,
+    targets: &[Target],
+    scenarios: &[Scenario],
+    results: &BTreeMap<(Row, Target), Cell>,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let weir = match &ctx.weir {
+        Some(p) => format!("`{}`", p.display()),
+        None => "not measured".into(),
+    };
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "weir-bench · {} · nproc {nproc} · kernel {kernel} · weir: {weir}",
+        utc_now()
+    );
+    let _ = writeln!(out);
+    for &s in scenarios {
+        let _ = writeln!(out, "- {}: {}", s.name(), ctx.params.describe(s));
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| scenario | metric | direct | weir | floor | weir / floor |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+    let value = |row: Row, t: Target| match results.get(&(row, t)) {
+        Some(Ok(v)) => Some(*v),
+        _ => None,
+    };
+    for &s in scenarios {
+        for &row in s.rows() {
+            let cell = |t: Target| -> String {
+                if !targets.contains(&t) {
+                    return "-".into();
+                }
+                match results.get(&(row, t)) {
+                    Some(Ok(v)) if t == Target::Direct && row.per_process() => {
+                        format!("{} †", row.format(*v))
+                    }
+                    Some(Ok(v)) => row.format(*v),
+                    Some(Err(_)) => "error".into(),
+                    None => "-".into(),
+                }
+            };
+            let ratio = match (value(row, Target::Weir), value(row, Target::Floor)) {
+                (Some(w), Some(f)) if f != 0.0 => format!("{:.2}", w / f),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {ratio} |",
+                row.scenario(),
+                row.metric(),
+                cell(Target::Direct),
+                cell(Target::Weir),
+                cell(Target::Floor)
+            );
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "† direct has no relay: the figure is the echo server's. CPU and RSS are otherwise the \
+         relay process's (weir or floor). small msgs/s counts round trips; for CPU a round trip \
+         is 2 messages relayed and an echoed MB is 2 MB relayed."
+    );
+    let _ = writeln!(out);
+
+    let _ = writeln!(out, "Targets:");
+    let verdict = |ok: bool| if ok { "MET" } else { "NOT MET" };
+    let cpu = match (
+        value(Row::SmallCpu, Target::Weir),
+        value(Row::SmallCpu, Target::Floor),
+    ) {
+        (Some(w), Some(f)) if f > 0.0 => format!(
+            "weir {w:.3} vs floor {f:.3} µs/msg = {:.2}× — {}",
+            w / f,
+            verdict(w <= 1.3 * f)
+        ),
+        _ => "not measured (needs small on weir and floor)".into(),
+    };
+    let _ = writeln!(out, "- CPU per small message ≤ 1.3× floor: {cpu}");
+    let bulk = match (
+        value(Row::BulkRate, Target::Weir),
+        value(Row::BulkRate, Target::Floor),
+    ) {
+        (Some(w), Some(f)) if f > 0.0 => format!(
+            "weir {w:.1} vs floor {f:.1} MB/s = {:.2}× — {}",
+            w / f,
+            verdict(w >= 0.8 * f)
+        ),
+        _ => "not measured (needs bulk on weir and floor)".into(),
+    };
+    let _ = writeln!(out, "- bulk MB/s ≥ 0.8× floor: {bulk}");
+    let idle = match (
+        value(Row::IdleKib, Target::Weir),
+        value(Row::IdleSlope, Target::Weir),
+    ) {
+        (Some(k), slope) => format!(
+            "weir {k:.2} KiB/conn (slope {}) — {}",
+            slope
+                .map(|s| format!("{s:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            verdict(k <= 16.0)
+        ),
+        _ => "not measured (needs idle on weir)".into(),
+    };
+    let _ = writeln!(out, "- ≤ 16 KiB RSS per idle connection (weir): {idle}");
+    out
+}
+
+fn join<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    items.collect::<Vec<_>>().join(",")
+}
+
+/// Current time as `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}

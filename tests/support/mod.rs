@@ -1,0 +1,282 @@
+//! Shared test helpers: start the real `weir` binary on free loopback ports with a generated
+//! config, real backends (tokio-tungstenite and raw TCP), raw HTTP, metric and usage-record
+//! readers. Every wait is a poll with a deadline; nothing sleeps as synchronisation.
+
+#![allow(dead_code)]
+
+pub mod backends;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weir::metering::UsageRecord;
+
+/// Longest time any single wait in the tests may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+static ISSUED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// A loopback port that was free a moment ago and was never handed out before in this process.
+pub fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind :0");
+        let mut issued = ISSUED.lock().unwrap_or_else(|p| p.into_inner());
+        if issued.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// Poll `f` until it returns `Some`, or panic with `what` after `DEADLINE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(delay).await; // poll interval, not synchronisation: the loop re-checks
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A running `weir` process (killed on drop).
+pub struct Weir {
+    child: Child,
+    /// The public listener.
+    pub addr: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// The usage file.
+    pub usage: PathBuf,
+    /// The config file used.
+    pub config: PathBuf,
+    /// Temporary directory holding config, usage file and log.
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Weir {
+    /// Start weir with `pools_and_routes` (YAML for `pools:` and `routes:`, plus any other
+    /// top-level keys) and the harness's listener, admin, usage and timeouts.
+    pub async fn start(pools_and_routes: &str) -> Weir {
+        Self::start_with(pools_and_routes, "").await
+    }
+
+    /// Like `start`, with `extra` YAML appended (e.g. `timeouts:` or `server:` overrides).
+    pub async fn start_with(pools_and_routes: &str, extra: &str) -> Weir {
+        let mut last_log = String::new();
+        for _attempt in 0..3 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (port, admin_port) = (free_port(), free_port());
+            let usage = dir.path().join("usage.jsonl");
+            let has = |k: &str| extra.lines().any(|l| l.starts_with(k));
+            let mut yaml = format!(
+                "listeners:\n  - address: \"127.0.0.1:{port}\"\nadmin:\n  address: \"127.0.0.1:{admin_port}\"\nusage:\n  file: \"{}\"\nlog:\n  level: debug\n",
+                usage.display()
+            );
+            if !has("server:") {
+                yaml.push_str("server:\n  threads: 2\n  grace_period: 1s\n");
+            }
+            if !has("timeouts:") {
+                yaml.push_str("timeouts:\n  request_head: 5s\n  backend_connect: 2s\n  backend_handshake: 3s\n");
+            }
+            yaml.push_str(extra);
+            yaml.push('\n');
+            yaml.push_str(pools_and_routes);
+            let config = dir.path().join("weir.yaml");
+            std::fs::write(&config, &yaml).expect("write config");
+            let log = dir.path().join("weir.log");
+            let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .current_dir(dir.path())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file"))
+                .spawn()
+                .expect("spawn weir");
+            let mut weir = Weir {
+                child,
+                addr: format!("127.0.0.1:{port}").parse().unwrap(),
+                admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+                usage,
+                config,
+                dir,
+                log,
+            };
+            if weir.wait_ready().await {
+                return weir;
+            }
+            last_log = weir.log();
+        }
+        panic!("weir did not become ready; last log:\n{last_log}");
+    }
+
+    /// Wait for `/readyz` to answer 200; false if the process exited first (e.g. a port race).
+    async fn wait_ready(&mut self) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok((200, _, _)) = http_get(self.admin, "/readyz").await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// weir's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `ws://` URL for `path` on the public listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Send SIGTERM and wait (bounded) for the process to exit; returns its exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        signal(self.child.id(), "TERM");
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The current `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        match http_get(self.admin, "/metrics").await {
+            Ok((200, _, body)) => body,
+            other => panic!("GET /metrics failed: {other:?}"),
+        }
+    }
+
+    /// Wait until the metric `name{labels}` satisfies `ok`, returning its value.
+    pub async fn metric_eventually(&self, name: &str, labels: &[(&str, &str)], ok: impl Fn(f64) -> bool) -> f64 {
+        let what = format!("{name}{labels:?}");
+        eventually(&what, || async {
+            let text = self.metrics().await;
+            metric(&text, name, labels).filter(|v| ok(*v))
+        })
+        .await
+    }
+
+    /// Every usage record written so far.
+    pub fn records(&self) -> Vec<UsageRecord> {
+        let Ok(f) = std::fs::File::open(&self.usage) else { return Vec::new() };
+        BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad usage line {l}: {e}")))
+            .collect()
+    }
+
+    /// Wait until at least `n` usage records exist; returns all of them.
+    pub async fn records_eventually(&self, n: usize) -> Vec<UsageRecord> {
+        eventually(&format!("{n} usage records"), || async {
+            let r = self.records();
+            (r.len() >= n).then_some(r)
+        })
+        .await
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Send `signal` (e.g. `TERM`) to a process the test started, via the `kill` command.
+pub fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}
+
+/// The value of `name{labels…}` in Prometheus text (labels are a subset match), if present.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (label_part, value) = if let Some(r) = rest.strip_prefix('{') {
+            let Some((l, v)) = r.split_once('}') else { continue };
+            (l, v)
+        } else if rest.starts_with(' ') {
+            ("", rest)
+        } else {
+            continue;
+        };
+        let matches = labels.iter().all(|(k, v)| label_part.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+        if matches {
+            if let Ok(v) = value.trim().parse::<f64>() {
+                *total.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    total
+}
+
+/// A raw HTTP/1.1 GET; returns (status, head text, body). Reads until the peer closes.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
+    raw_request(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")).await
+}
+
+/// Send `request` as is, read the whole answer until EOF (bounded by `DEADLINE`).
+pub async fn raw_request(addr: SocketAddr, request: &str) -> std::io::Result<(u16, String, String)> {
+    let io = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(request.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(DEADLINE, io).await.map_err(|_| std::io::Error::other("timed out"))??;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, head.to_string(), body.to_string()))
+}
+
+/// A valid upgrade request for `path` with `extra` header lines (each ending in `\r\n`).
+pub fn upgrade_request(addr: SocketAddr, path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// YAML for one pool named `name` with `backends` and no health probing, and a websocket route
+/// at `prefix` to it.
+pub fn pool_and_route(name: &str, backends: &[SocketAddr], prefix: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    format!(
+        "pools:\n  - name: {name}\n    backends: [{}]\n    health_check: {{kind: none}}\nroutes:\n  - name: {name}\n    path_prefix: {prefix}\n    pool: {name}\n",
+        list.join(", ")
+    )
+}
