@@ -6,3 +6,18 @@ mod support;
 
 // The handshake: client checks, rejections, backend answers (400/426/404/502/503/504/403).
 mod handshake;
+
+// TLS termination on a public listener.
+mod tls;
+
+// The demo page in headless Chromium, against the built-in echo backend.
+mod demo_page;
+
+// The relay: messages, fragments, control frames, closes, headers, extensions, ends, backpressure.
+mod relay;
+
+// The usage record compared with ground truth, frame by frame.
+mod metering;
+
+// /metrics during and after a connection.
+mod metrics;

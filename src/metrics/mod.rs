@@ -165,3 +165,70 @@ impl ConnMetrics {
         m.reported = *c;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::names::ALL;
+    use super::*;
+
+    /// Every `weir_*` name in `text` (a metric name ends at a non-identifier character).
+    fn names_in(text: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("weir_") {
+            let tail = &rest[i..];
+            let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+            found.push(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+        found
+    }
+
+    fn known(name: &str) -> bool {
+        let base = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        ALL.contains(&base)
+    }
+
+    #[test]
+    fn every_name_registers_and_is_prefixed() {
+        let reg = Registry::new();
+        let m = Metrics::register(&reg).unwrap();
+        m.connection("r", "p").active.inc();
+        m.handshake_rejections.with_label_values(&["r", "x"]).inc();
+        for name in ALL {
+            assert!(name.starts_with("weir_"), "{name}");
+        }
+        let registered: Vec<String> = reg.gather().iter().map(|f| f.name().to_string()).collect();
+        assert!(registered.iter().all(|n| known(n)), "{registered:?}");
+    }
+
+    #[test]
+    fn dashboards_use_only_known_metrics() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                serde_json::from_str::<serde_json::Value>(&text).unwrap();
+                for n in names_in(&text) {
+                    assert!(known(&n), "{} uses unknown metric {n}", path.display());
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 0, "no dashboard metrics found");
+    }
+
+    #[test]
+    fn readme_metrics_table_lists_exactly_the_known_metrics() {
+        let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+        let section = readme.split("## Metrics").nth(1).unwrap().split("\n## ").next().unwrap();
+        for n in names_in(section) {
+            assert!(known(&n), "README names unknown metric {n}");
+        }
+        for name in ALL {
+            assert!(section.contains(&format!("`{name}`")), "README metrics table misses {name}");
+        }
+    }
+}

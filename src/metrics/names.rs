@@ -43,7 +43,7 @@ pub const POOL: &str = "pool";
 pub const BACKEND: &str = "backend";
 /// Label: `client_to_backend` or `backend_to_client`.
 pub const DIRECTION: &str = "direction";
-/// Label: frame kind (text, binary, continuation, ping, pong, close).
+/// Label: frame kind: `data` (text, binary, continuation), `ping`, `pong`, `close`.
 pub const KIND: &str = "kind";
 /// Label: a reject or violation reason from a closed set.
 pub const REASON: &str = "reason";

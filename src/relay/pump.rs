@@ -396,13 +396,13 @@ impl<'m> Relay<'m> {
     /// Scan a chunk read in direction `d`; returns how many of its bytes may be forwarded.
     fn ingest(&mut self, d: Direction, chunk: &[u8]) -> usize {
         let h = &mut self.halves[d.index()];
-        let boundary_before = h.scanner.at_frame_boundary();
         let had_close = h.scanner.close().is_some();
         let fwd = match h.scanner.feed(chunk) {
             Feed::Ok => chunk.len(),
             Feed::Violation { valid_up_to, violation } => {
-                let dst_at_boundary = valid_up_to > 0 || boundary_before;
-                self.on_violation(d, violation, dst_at_boundary);
+                // The scanner now reports whether everything forwarded (earlier chunks plus
+                // `chunk[..valid_up_to]`) ends on a frame boundary; `inject_close` relies on it.
+                self.on_violation(d, violation);
                 valid_up_to.min(chunk.len())
             }
         };
@@ -476,23 +476,21 @@ impl<'m> Relay<'m> {
         }
     }
 
-    fn on_violation(&mut self, d: Direction, v: Violation, dst_at_boundary: bool) {
+    fn on_violation(&mut self, d: Direction, v: Violation) {
         tracing::debug!(direction = d.as_str(), violation = v.as_str(), "protocol violation; closing with 1002");
         self.violation = Some((d, v));
-        self.gateway_close(CLOSE_PROTOCOL_ERROR, [dst_at_boundary, true]);
+        self.gateway_close(CLOSE_PROTOCOL_ERROR);
     }
 
-    /// weir ends the connection itself: queue `code` to each side that can take a frame, stop
-    /// reading, and let the writes drain. `allow[i]` gates the frame for direction `i`.
-    fn gateway_close(&mut self, code: u16, allow: [bool; 2]) {
+    /// weir ends the connection itself: queue `code` to each side whose stream is at a frame
+    /// boundary, stop reading, and let the writes drain.
+    fn gateway_close(&mut self, code: u16) {
         if self.first_close.is_none() && self.gateway_code.is_none() {
             self.gateway_code = Some(code);
         }
         for d in Direction::BOTH {
             let h = &mut self.halves[d.index()];
-            if allow[d.index()] {
-                h.inject_close(code, d == Direction::ClientToBackend);
-            }
+            h.inject_close(code, d == Direction::ClientToBackend);
             h.src_done = true;
         }
         self.start_linger();
@@ -501,7 +499,7 @@ impl<'m> Relay<'m> {
     fn begin_drain(&mut self) {
         self.draining = true;
         tracing::debug!("shutdown grace over; closing with 1001");
-        self.gateway_close(CLOSE_SHUTDOWN, [true, true]);
+        self.gateway_close(CLOSE_SHUTDOWN);
     }
 
     fn report(self) -> RelayReport {

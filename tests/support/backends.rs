@@ -108,8 +108,15 @@ where
 /// The echo handler: sends every text and binary message back. Magic text messages:
 /// `close:CODE:REASON` makes the backend close with that code; `drop` makes it drop the TCP
 /// connection without a close frame.
-pub async fn echo(mut ws: Ws) {
+pub async fn echo(ws: Ws) {
+    echo_reporting(ws, |_| {}).await
+}
+
+/// The echo handler, calling `seen` with every message received (control messages too) before
+/// acting on it.
+pub async fn echo_reporting(mut ws: Ws, mut seen: impl FnMut(&Message)) {
     while let Some(Ok(msg)) = ws.next().await {
+        seen(&msg);
         match msg {
             Message::Text(t) if t.as_str() == "drop" => return,
             Message::Text(t) if t.as_str().starts_with("close:") => {
@@ -154,4 +161,40 @@ where
 /// A loopback address nothing listens on (bound then released).
 pub fn dead_addr() -> SocketAddr {
     format!("127.0.0.1:{}", super::free_port()).parse().unwrap()
+}
+
+/// What a recording backend saw on one connection, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A message (data or control) the backend received.
+    Msg(Message),
+    /// The connection ended (after the last message).
+    End,
+}
+
+/// An echo backend (magic messages included) that reports every message each connection
+/// receives, then `Event::End`, on the returned channel.
+pub async fn recording_echo_backend(subprotocol: Option<&'static str>) -> (Backend, tokio::sync::mpsc::UnboundedReceiver<Event>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let backend = ws_backend(subprotocol, move |ws| {
+        let tx = tx.clone();
+        async move {
+            echo_reporting(ws, |m| {
+                let _ = tx.send(Event::Msg(m.clone()));
+            })
+            .await;
+            let _ = tx.send(Event::End);
+        }
+    })
+    .await;
+    (backend, rx)
+}
+
+/// The next event within `DEADLINE`, or panic.
+pub async fn next_event(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Event {
+    match tokio::time::timeout(super::DEADLINE, rx.recv()).await {
+        Ok(Some(e)) => e,
+        Ok(None) => panic!("backend event channel closed"),
+        Err(_) => panic!("no backend event within {:?}", super::DEADLINE),
+    }
 }

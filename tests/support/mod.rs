@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod wire;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -15,7 +16,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use weir::metering::UsageRecord;
+
+/// A tokio-tungstenite client connection through weir.
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Longest time any single wait in the tests may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -76,14 +82,26 @@ impl Weir {
 
     /// Like `start`, with `extra` YAML appended (e.g. `timeouts:` or `server:` overrides).
     pub async fn start_with(pools_and_routes: &str, extra: &str) -> Weir {
+        Self::start_full(pools_and_routes, extra, None).await
+    }
+
+    /// Like `start`, with TLS terminated on the public listener with these PEM files.
+    pub async fn start_tls(pools_and_routes: &str, cert: &std::path::Path, key: &std::path::Path) -> Weir {
+        Self::start_full(pools_and_routes, "", Some((cert, key))).await
+    }
+
+    async fn start_full(pools_and_routes: &str, extra: &str, tls: Option<(&std::path::Path, &std::path::Path)>) -> Weir {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let dir = tempfile::tempdir().expect("tempdir");
             let (port, admin_port) = (free_port(), free_port());
             let usage = dir.path().join("usage.jsonl");
             let has = |k: &str| extra.lines().any(|l| l.starts_with(k));
+            let tls_yaml = tls
+                .map(|(c, k)| format!("    tls:\n      cert: \"{}\"\n      key: \"{}\"\n", c.display(), k.display()))
+                .unwrap_or_default();
             let mut yaml = format!(
-                "listeners:\n  - address: \"127.0.0.1:{port}\"\nadmin:\n  address: \"127.0.0.1:{admin_port}\"\nusage:\n  file: \"{}\"\nlog:\n  level: debug\n",
+                "listeners:\n  - address: \"127.0.0.1:{port}\"\n{tls_yaml}admin:\n  address: \"127.0.0.1:{admin_port}\"\nusage:\n  file: \"{}\"\nlog:\n  level: debug\n",
                 usage.display()
             );
             if !has("server:") {
@@ -279,4 +297,59 @@ pub fn pool_and_route(name: &str, backends: &[SocketAddr], prefix: &str) -> Stri
         "pools:\n  - name: {name}\n    backends: [{}]\n    health_check: {{kind: none}}\nroutes:\n  - name: {name}\n    path_prefix: {prefix}\n    pool: {name}\n",
         list.join(", ")
     )
+}
+
+/// Connect a tokio-tungstenite client to `path` on weir (large-message config), or panic.
+pub async fn connect(weir: &Weir, path: &str) -> Client {
+    let (ws, resp) = tokio::time::timeout(
+        DEADLINE,
+        tokio_tungstenite::connect_async_with_config(weir.url(path), Some(backends::ws_config()), false),
+    )
+    .await
+    .expect("connect timed out")
+    .unwrap_or_else(|e| panic!("connect to {path} failed: {e}\n{}", weir.log()));
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// The next message from `ws` within `DEADLINE`; panics on the end of the stream or an error.
+pub async fn recv<S>(ws: &mut S) -> Message
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    use futures_util::StreamExt;
+    match tokio::time::timeout(DEADLINE, ws.next()).await {
+        Ok(Some(Ok(m))) => m,
+        Ok(other) => panic!("expected a message, got {other:?}"),
+        Err(_) => panic!("no message within {DEADLINE:?}"),
+    }
+}
+
+/// Read until the stream ends (None or an error) within `within`; returns every message read
+/// before the end. Panics if the stream is still open after `within` or after 100 000 messages.
+pub async fn drain_until_end<S>(ws: &mut S, within: Duration) -> Vec<Message>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut got = Vec::new();
+    for _ in 0..100_000 {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(m))) => got.push(m),
+            Ok(Some(Err(_))) | Ok(None) => return got,
+            Err(_) => panic!("stream still open after {within:?}; read {got:?}"),
+        }
+    }
+    panic!("stream did not end after 100000 messages");
+}
+
+/// Resident set size of process `pid`, KiB (`VmRSS` in /proc/PID/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
 }

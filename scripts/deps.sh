@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what building weir needs and a fresh machine may lack: cmake and a C compiler
+# (Pingora builds zlib-ng and ring from C), plus pkg-config. Idempotent; sourced by run.sh and
+# test.sh. Uses apt-get (Debian/Ubuntu), as root or through sudo.
+set -euo pipefail
+
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v cc >/dev/null 2>&1 || missing+=(gcc g++)
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+if ((${#missing[@]})); then
+  echo "weir: installing ${missing[*]} (needed to build Pingora)" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "weir: cargo is missing; install the Rust toolchain (https://rustup.rs) first" >&2
+  exit 1
+fi

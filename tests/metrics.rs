@@ -1,0 +1,51 @@
+//! `/metrics` while a connection is open and after it ends.
+
+use crate::support::backends::echo_backend;
+use crate::support::{connect, drain_until_end, pool_and_route, recv, Weir, DEADLINE};
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn metrics_count_during_and_after_a_connection() {
+    let backend = echo_backend().await;
+    let weir = Weir::start(&pool_and_route("p", &[backend.addr], "/ws")).await;
+    let mut ws = connect(&weir, "/ws").await;
+    let messages = ["one", "two two", &"three".repeat(40)]; // 3, 7 and 200 bytes (a 16-bit length)
+    for m in messages {
+        ws.send(Message::text(m)).await.unwrap();
+        assert_eq!(recv(&mut ws).await, Message::text(m));
+    }
+    let payload: usize = messages.iter().map(|m| m.len()).sum();
+    let wire_up: usize = messages.iter().map(|m| m.len() + if m.len() < 126 { 6 } else { 8 }).sum();
+    let wire_down: usize = messages.iter().map(|m| m.len() + if m.len() < 126 { 2 } else { 4 }).sum();
+    let up = [("route", "p"), ("direction", "client_to_backend")];
+    let down = [("route", "p"), ("direction", "backend_to_client")];
+
+    // While the connection is open.
+    weir.metric_eventually("weir_connections_active", &[("route", "p"), ("pool", "p")], |v| v == 1.0).await;
+    weir.metric_eventually("weir_messages_total", &up, |v| v == 3.0).await;
+    weir.metric_eventually("weir_messages_total", &down, |v| v == 3.0).await;
+    weir.metric_eventually("weir_payload_bytes_total", &up, |v| v == payload as f64).await;
+    weir.metric_eventually("weir_payload_bytes_total", &down, |v| v == payload as f64).await;
+    weir.metric_eventually("weir_wire_bytes_total", &up, |v| v == wire_up as f64).await;
+    weir.metric_eventually("weir_wire_bytes_total", &down, |v| v == wire_down as f64).await;
+    weir.metric_eventually("weir_frames_total", &[up[0], up[1], ("kind", "data")], |v| v == 3.0).await;
+    weir.metric_eventually("weir_frames_total", &[down[0], down[1], ("kind", "data")], |v| v == 3.0).await;
+    let text = weir.metrics().await;
+    assert_eq!(crate::support::metric(&text, "weir_connections_total", &[("route", "p")]).unwrap_or(0.0), 0.0, "nothing ended yet");
+
+    // After the client closes with 1000.
+    ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await.unwrap();
+    drain_until_end(&mut ws, DEADLINE).await;
+    weir.metric_eventually("weir_connections_active", &[("route", "p"), ("pool", "p")], |v| v == 0.0).await;
+    weir.metric_eventually("weir_connections_total", &[("route", "p"), ("pool", "p"), ("outcome", "completed")], |v| v == 1.0).await;
+    weir.metric_eventually("weir_closes_total", &[("route", "p"), ("initiator", "client"), ("code_class", "normal")], |v| v == 1.0).await;
+    weir.metric_eventually("weir_connection_duration_seconds_count", &[("route", "p"), ("pool", "p")], |v| v == 1.0).await;
+    weir.metric_eventually("weir_frames_total", &[up[0], up[1], ("kind", "close")], |v| v == 1.0).await;
+    weir.metric_eventually("weir_frames_total", &[down[0], down[1], ("kind", "close")], |v| v == 1.0).await;
+    weir.metric_eventually("weir_messages_total", &up, |v| v == 3.0).await;
+    let text = weir.metrics().await;
+    assert_eq!(crate::support::metric(&text, "weir_connections_total", &[("route", "p")]), Some(1.0), "exactly one outcome");
+}
