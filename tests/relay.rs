@@ -383,10 +383,10 @@ async fn two_hundred_concurrent_connections_each_get_their_own_messages_in_order
 }
 
 #[tokio::test]
-async fn backend_gone_mid_stream_gives_client_1014_and_ends() {
+async fn backend_gone_mid_stream_gives_client_1011_and_ends() {
     let backend = echo_backend().await;
     let weir = Weir::start(&pool_and_route("p", &[backend.addr], "/ws")).await;
-    // A raw client: tungstenite would rewrite 1014 (not in its list of codes) to 1002.
+    // A raw client, to see the exact frame: unmasked, at a frame boundary, code 1011.
     let (mut c, head) = raw_client(weir.addr, "/ws", "", b"").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     c.write(&frame(FIN | TEXT, Some(MASK), b"before")).await;
@@ -397,15 +397,16 @@ async fn backend_gone_mid_stream_gives_client_1014_and_ends() {
         .await
         .expect("a close frame within 3 s")
         .expect("a close frame, not EOF");
-    assert_eq!((f.opcode(), f.close_code(), f.masked), (CLOSE, Some(1014), false), "{f:?}");
+    assert_eq!((f.opcode(), f.close_code(), f.masked), (CLOSE, Some(1011), false), "{f:?}");
     // A well-behaved client answers the close (weir may already have closed); then the stream ends.
-    let _ = c.try_write(&frame(FIN | CLOSE, Some(MASK), &close_payload(1014, ""))).await;
+    let _ = c.try_write(&frame(FIN | CLOSE, Some(MASK), &close_payload(1011, ""))).await;
     let rest = tokio::time::timeout(Duration::from_secs(3), c.read_to_end()).await.expect("the stream ends within 3 s");
     assert!(rest.is_empty(), "nothing after the close frame: {rest:?}");
     assert!(sent.elapsed() < Duration::from_secs(6));
     let r = weir.records_eventually(1).await.remove(0);
     assert_eq!(r.outcome, "backend_gone", "{r:?}");
     assert_eq!(r.close.as_ref().map(|c| c.initiator.as_str()), Some("backend"), "the side that went away: {r:?}");
+    assert_eq!(r.close.as_ref().and_then(|c| c.code), Some(1011), "the code weir sent: {r:?}");
 }
 
 #[tokio::test]
@@ -423,6 +424,7 @@ async fn client_vanishing_gives_backend_1001() {
     let r = weir.records_eventually(1).await.remove(0);
     assert_eq!(r.outcome, "client_gone", "{r:?}");
     assert_eq!(r.close.as_ref().map(|c| c.initiator.as_str()), Some("client"), "the side that went away: {r:?}");
+    assert_eq!(r.close.as_ref().and_then(|c| c.code), Some(1001), "the code weir sent: {r:?}");
 }
 
 /// What the flooding backend of the slow-reader test reports.

@@ -82,7 +82,8 @@ impl From<&DirectionCounts> for DirectionUsage {
 /// How a relayed WebSocket closed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloseUsage {
-    /// Code of the first close frame (or the one weir sent when it closed first); null if none.
+    /// Code of the first close frame; when weir closed first or a side went away, the code weir
+    /// sent; null if none.
     pub code: Option<u16>,
     /// Who started the close: client, backend or gateway.
     pub initiator: String,

@@ -1,8 +1,8 @@
 //! `Relay`: one state machine per connection that drives both directions after the 101.
 //!
 //! Hot path (per chunk): read from one side into a per-thread scratch buffer, feed the frame
-//! scanner, write the same bytes to the other side straight from that buffer, push metric
-//! deltas. Only when the other side cannot take everything at once are the leftover bytes copied
+//! scanner, write the same bytes to the other side straight from that buffer; metric deltas are
+//! pushed once per wakeup, before the relay parks. Only when the other side cannot take everything at once are the leftover bytes copied
 //! into a per-connection buffer, and the side they came from is not read again until they are
 //! written: that is the backpressure, and it bounds memory per connection to one read (64 KiB)
 //! per direction. An idle connection holds no buffer, no timer and no task wakeup: the future is
@@ -35,8 +35,10 @@ pub const SCRATCH_SIZE: usize = 64 * 1024;
 /// close): the other side has this long to finish its close.
 pub const LINGER: Duration = Duration::from_secs(1);
 /// Close code sent to the client when the backend connection ends without a close frame:
-/// 1014 "Bad Gateway" (RFC 6455 §7.4.1 registry: the gateway got an invalid response upstream).
-pub const CLOSE_BACKEND_GONE: u16 = 1014;
+/// 1011 "Internal Error" (the server side could not complete the conversation). Not 1014
+/// "Bad Gateway": common client libraries (tungstenite among them) reject 1014 as an invalid
+/// code and report a protocol error instead.
+pub const CLOSE_BACKEND_GONE: u16 = 1011;
 /// Close code sent to the backend when the client connection ends without a close frame:
 /// 1001 "Going Away" (the client endpoint is gone).
 pub const CLOSE_CLIENT_GONE: u16 = 1001;
@@ -178,16 +180,18 @@ impl Half {
         self.src_done && self.pending.is_empty() && self.inject.is_none() && (self.dst_shut || self.dst_dead)
     }
 
-    /// Queue a close frame for `dst` if its stream is at a frame boundary and it has none yet.
-    fn inject_close(&mut self, code: u16, to_backend: bool) {
+    /// Queue a close frame for `dst` if its stream is at a frame boundary and it has none yet;
+    /// returns whether it did.
+    fn inject_close(&mut self, code: u16, to_backend: bool) -> bool {
         if self.dst_has_close || self.dst_dead || !self.scanner.at_frame_boundary() {
-            return;
+            return false;
         }
         let mut buf = [0u8; 131];
         let mask = to_backend.then(mask_key);
         let len = encode_close_frame(code, b"", mask, &mut buf);
         self.inject = Some(Injected { buf, len, sent: 0 });
         self.dst_has_close = true;
+        true
     }
 
     /// Write `pending`, then any injected frame, then flush. `Ready` when all is written.
@@ -253,6 +257,8 @@ pub struct Relay<'m> {
     first_end: Option<Party>,
     /// Close code weir sent when it started the end itself.
     gateway_code: Option<u16>,
+    /// Close code weir sent to the surviving side when the other side went away.
+    injected_code: Option<u16>,
     /// A read or write failed (as opposed to a clean EOF).
     errored: bool,
     draining: bool,
@@ -280,6 +286,7 @@ impl<'m> Relay<'m> {
             first_close: None,
             first_end: None,
             gateway_code: None,
+            injected_code: None,
             errored: false,
             draining: false,
             violation: None,
@@ -320,6 +327,16 @@ impl<'m> Relay<'m> {
     }
 
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let poll = self.poll_rounds(cx);
+        // Metric deltas go out once per wakeup, before the relay parks (or ends): counters
+        // still move while the connection is open, at a fraction of the per-chunk cost.
+        for d in Direction::BOTH {
+            self.metrics.update(d, self.halves[d.index()].scanner.counts());
+        }
+        poll
+    }
+
+    fn poll_rounds(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..MAX_ROUNDS_PER_POLL {
             let mut progress = false;
             for d in Direction::BOTH {
@@ -409,9 +426,12 @@ impl<'m> Relay<'m> {
         let h = &mut self.halves[d.index()];
         if !had_close && h.scanner.close().is_some() {
             h.dst_has_close = true;
-            self.first_close.get_or_insert(Party::of_side(d.index()));
+            // A close read after a side already ended is a reply to weir's own close frame, not
+            // the start of the end.
+            if self.first_end.is_none() {
+                self.first_close.get_or_insert(Party::of_side(d.index()));
+            }
         }
-        self.metrics.update(d, h.scanner.counts());
         fwd
     }
 
@@ -458,7 +478,9 @@ impl<'m> Relay<'m> {
                 Direction::BackendToClient => (CLOSE_BACKEND_GONE, false),
                 Direction::ClientToBackend => (CLOSE_CLIENT_GONE, true),
             };
-            h.inject_close(code, to_backend);
+            if h.inject_close(code, to_backend) {
+                self.injected_code.get_or_insert(code);
+            }
         }
         self.side_ended(d.index(), error);
     }
@@ -529,7 +551,11 @@ impl<'m> Relay<'m> {
         };
         RelayReport {
             counts,
-            close_code: if self.first_close.is_some() { first_close_code } else { self.gateway_code },
+            close_code: if self.first_close.is_some() {
+                first_close_code
+            } else {
+                self.gateway_code.or(self.injected_code)
+            },
             initiator,
             clean: both_closed && !self.errored && self.violation.is_none() && self.gateway_code.is_none(),
             outcome,
