@@ -121,3 +121,30 @@ async fn backend_that_never_answers_is_504() {
     let (status, _, body) = raw_request(weir.addr, &upgrade_request(weir.addr, "/ws", "")).await.unwrap();
     assert_eq!((status, body.as_str()), (504, "Backend timed out"));
 }
+
+#[tokio::test]
+async fn backend_connect_timeout_is_504() {
+    // A listener that never accepts, with its accept queue filled: the kernel drops further SYNs,
+    // so connecting to it hangs until the connect timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        match tokio::time::timeout(std::time::Duration::from_millis(300), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => held.push(s),
+            _ => break,
+        }
+    }
+    assert!(held.len() < 64, "the accept queue never filled");
+    let weir = Weir::start_with(
+        &pool_and_route("p", &[addr], "/ws"),
+        "timeouts:\n  request_head: 5s\n  backend_connect: 300ms\n  backend_handshake: 3s\n",
+    )
+    .await;
+    let (status, _, body) = raw_request(weir.addr, &upgrade_request(weir.addr, "/ws", "")).await.unwrap();
+    assert_eq!((status, body.as_str()), (504, "Backend timed out"));
+    let records = weir.records_eventually(1).await;
+    assert_eq!((records[0].status, records[0].outcome.as_str()), (504, "backend_timeout"));
+}

@@ -4,6 +4,9 @@
 // Harness: the weir process, backends, raw HTTP, metrics and usage-record readers.
 mod support;
 
+// The command line: --version, check, run with a bad config.
+mod cli;
+
 // The handshake: client checks, rejections, backend answers (400/426/404/502/503/504/403).
 mod handshake;
 
