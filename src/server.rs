@@ -47,10 +47,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let pools = Arc::new(pools);
     let routes = Arc::new(RouteTable::new(&config));
 
-    let mut conf = ServerConf::default();
-    conf.threads = config.threads;
-    conf.grace_period_seconds = Some((config.grace_period + PINGORA_GRACE_MARGIN).as_secs().max(1));
-    conf.graceful_shutdown_timeout_seconds = Some(1);
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some((config.grace_period + PINGORA_GRACE_MARGIN).as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

@@ -52,10 +52,8 @@ async fn serve(stream: tokio::net::TcpStream) {
     let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else { return };
     // Reading on after a Close lets tungstenite send its close reply; the stream then ends.
     while let Some(Ok(msg)) = ws.next().await {
-        if msg.is_text() || msg.is_binary() {
-            if ws.send(msg).await.is_err() {
-                return;
-            }
+        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+            return;
         }
     }
 }

@@ -371,11 +371,9 @@ impl<'m> Relay<'m> {
         }
         let h = &mut self.halves[s];
         if h.src_done {
-            if !h.dst_shut && !h.dst_dead {
-                if let Poll::Ready(_) = Pin::new(&mut self.io[t]).poll_shutdown(cx) {
-                    h.dst_shut = true;
-                    *progress = true;
-                }
+            if !h.dst_shut && !h.dst_dead && Pin::new(&mut self.io[t]).poll_shutdown(cx).is_ready() {
+                h.dst_shut = true;
+                *progress = true;
             }
             return;
         }

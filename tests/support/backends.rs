@@ -80,6 +80,8 @@ where
         while let Ok((stream, _)) = listener.accept().await {
             let (seen, handler) = (seen2.clone(), handler.clone());
             tokio::spawn(async move {
+                // The callback's error type is tungstenite's own (a whole HTTP response).
+                #[allow(clippy::result_large_err)]
                 let callback = |req: &Request, mut resp: Response| {
                     let s = Seen {
                         path: req.uri().path().to_string(),
@@ -126,9 +128,7 @@ pub async fn echo_reporting(mut ws: Ws, mut seen: impl FnMut(&Message)) {
                 let _ = ws.send(Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() }))).await;
             }
             Message::Text(_) | Message::Binary(_) => {
-                if ws.send(msg).await.is_err() {
-                    return;
-                }
+                let Ok(()) = ws.send(msg).await else { return };
             }
             _ => {}
         }
