@@ -72,6 +72,9 @@
 //! The host is small and shared: treat differences of a few percent as noise, and compare
 //! columns of one run rather than numbers from different runs.
 
+// libc calls for RLIMIT_NOFILE, the clock tick and PR_SET_PDEATHSIG; each block is one FFI call.
+#![allow(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};

@@ -15,6 +15,9 @@
 //! end at the 101. A WebSocket therefore costs one parked task of about 2 KB, no timer and no
 //! wakeup while idle (measured: README "Benchmark").
 
+// Bytes from the network never panic here: every failure is a value (see the module doc).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod demo;
 pub mod handshake;
 pub mod head;

@@ -6,6 +6,9 @@
 //! cannot be billed twice. `record.rs` defines the record (the README documents its schema);
 //! `log.rs` appends records to the usage file.
 
+// Bytes from the network never panic here: every failure is a value (see the module doc).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod log;
 pub mod record;
 

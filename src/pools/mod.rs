@@ -4,6 +4,9 @@
 //! background services that run its health checks. Warm path: `Pools::select` picks a healthy
 //! backend once per connection (lock-free reads inside Pingora's selector).
 
+// Bytes from the network never panic here: every failure is a value (see the module doc).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod health;
 
 use crate::config::{Backend as ConfBackend, HealthCheck, Pool, Selection};

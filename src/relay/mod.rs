@@ -10,6 +10,9 @@
 //! Nothing here may panic on bytes from the network: malformed input becomes a `Violation`, a
 //! close frame, a metric and a log line.
 
+// Bytes from the network never panic here: every failure is a value (see the module doc).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod frame;
 pub mod pump;
 pub mod scanner;

@@ -3,6 +3,9 @@
 //! Warm path (once per request), pure and table-driven. The table is built once at startup
 //! from the validated config and shared read-only.
 
+// Bytes from the network never panic here: every failure is a value (see the module doc).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 use crate::config::{Config, Route};
 
 /// The compiled routes, sorted so the first match is the most specific.
