@@ -33,7 +33,7 @@ use crate::relay::pump::{code_class, Relay, RelayReport};
 use crate::relay::scanner::{Role, ScanPolicy};
 use crate::routing::RouteTable;
 use async_trait::async_trait;
-use head::HeadError;
+use head::{HeadError, RequestHead};
 use pingora_core::apps::{HttpServerApp, ReusedHttpStream};
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::ServerSession;
@@ -148,59 +148,67 @@ impl Gateway {
             session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
             return self.http.process_new_http(session, shutdown).await;
         }
-        let route_name = route.name.clone();
+        self.upgrade(stream, head, route.name.clone(), route.pool, pool, meter, tls, shutdown).await;
+        None
+    }
+
+    /// The WebSocket path: check the client's upgrade, connect to a backend and forward it,
+    /// answer the client, and start the relay. Every failure is answered, counted and recorded
+    /// here.
+    #[allow(clippy::too_many_arguments)]
+    async fn upgrade(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        head: RequestHead,
+        route: String,
+        pool_index: usize,
+        pool: String,
+        mut meter: Meter,
+        tls: bool,
+        shutdown: &ShutdownWatch,
+    ) {
         let ws = match handshake::check_client(&head) {
             Ok(ws) => ws,
-            Err(reason) => {
-                self.reject(&mut stream, reason, Some(&route_name), Some(meter)).await;
-                return None;
-            }
+            Err(reason) => return self.reject(&mut stream, reason, Some(&route), Some(meter)).await,
         };
-        let (backend_addr, mut backend, connect_started) = match self.connect(route.pool, client.map(|a| a.ip())).await {
+        let client_ip = meter.client.map(|a| a.ip());
+        let (backend_addr, mut backend, connect_started) = match self.connect(pool_index, client_ip).await {
             Ok(b) => b,
-            Err(reason) => {
-                self.reject(&mut stream, reason, Some(&route_name), Some(meter)).await;
-                return None;
-            }
+            Err(reason) => return self.reject(&mut stream, reason, Some(&route), Some(meter)).await,
         };
         meter.backend = Some(backend_addr.to_string());
-        let request = upstream::upgrade_request(&head, client.map(|a| a.ip()), tls, &meter.id.to_string());
+        let request = upstream::upgrade_request(&head, client_ip, tls, &meter.id.to_string());
         let answer = match upstream::handshake(&mut backend, &request, self.timeouts.backend_handshake).await {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(route = %route_name, backend = %backend_addr, error = %e, "backend handshake failed");
-                self.reject(&mut stream, upstream_reason(&e), Some(&route_name), Some(meter)).await;
-                return None;
+                tracing::warn!(%route, backend = %backend_addr, error = %e, "backend handshake failed");
+                return self.reject(&mut stream, upstream_reason(&e), Some(&route), Some(meter)).await;
             }
         };
         if answer.status != 101 {
-            self.refused(answer, backend, stream, &route_name, meter).await;
-            return None;
+            return self.refused(answer, backend, stream, &route, meter).await;
         }
         let accept_ok = answer.get("sec-websocket-accept").as_deref() == Some(handshake::accept_key(&ws.key).as_str());
         if !accept_ok || !answer.has_token("upgrade", "websocket") {
-            tracing::warn!(route = %route_name, backend = %backend_addr, "backend answered 101 without a valid Sec-WebSocket-Accept/Upgrade");
-            self.reject(&mut stream, RejectReason::BackendBadHandshake, Some(&route_name), Some(meter)).await;
-            return None;
+            tracing::warn!(%route, backend = %backend_addr, "backend answered 101 without a valid Sec-WebSocket-Accept/Upgrade");
+            return self.reject(&mut stream, RejectReason::BackendBadHandshake, Some(&route), Some(meter)).await;
         }
         self.metrics.backend_connect.with_label_values(&[&pool]).observe(connect_started.elapsed().as_secs_f64());
         meter.subprotocol = answer.get("sec-websocket-protocol");
         let head_101 = answer.buf.get(..answer.head_len).unwrap_or(&[]);
         if stream.write_all(head_101).await.is_err() || stream.flush().await.is_err() {
             let record = meter.rejected(101, "client_gone", "client closed during the handshake");
-            self.usage.write(&record, "connection");
-            return None;
+            return self.usage.write(&record, "connection");
         }
         let rsv = handshake::allowed_rsv(answer.get("sec-websocket-extensions").as_deref());
         // Keep only the early bytes (usually none) and hand the two streams to a task of their
         // own: Pingora's per-request task and this handshake's state (heads, buffers, the
         // connector's future) end here, so a long-lived connection carries nothing from its
-        // handshake, only the relay (see "Idle cost" in the README).
+        // handshake, only the relay (README, "Idle cost").
         let early = [head.early().to_vec(), answer.early().to_vec()];
         drop((head, answer, request));
-        let relayed = Relayed { client: stream, backend, early, rsv, route: route_name, pool, meter };
+        let relayed = Relayed { client: stream, backend, early, rsv, route, pool, meter };
         tokio::spawn(self.clone().relay_to_end(relayed, shutdown.clone()));
-        None
     }
 
     /// Relay a connection to its end, then write its usage record (the connection's only task).
