@@ -3,6 +3,8 @@
 //! Warm path (once per connection), pure: no I/O, testable with literal heads.
 
 use super::head::RequestHead;
+#[cfg(test)]
+use super::head::Fields;
 use super::reject::RejectReason;
 use base64::Engine;
 use sha1::{Digest, Sha1};
@@ -19,7 +21,7 @@ pub struct ClientHandshake {
 
 /// Whether the request asks for a WebSocket upgrade at all (`Upgrade` lists `websocket`).
 pub fn wants_websocket(head: &RequestHead) -> bool {
-    head.has_token("upgrade", "websocket")
+    head.headers.has_token("upgrade", "websocket")
 }
 
 /// Check a client's upgrade request (RFC 6455 §4.2.1).
@@ -33,18 +35,18 @@ pub fn check_client(head: &RequestHead) -> Result<ClientHandshake, RejectReason>
     if head.minor_version != 1 {
         return Err(RejectReason::HttpVersion);
     }
-    if !head.has_token("connection", "upgrade") {
+    if !head.headers.has_token("connection", "upgrade") {
         return Err(RejectReason::ConnectionHeader);
     }
-    if head.get("sec-websocket-version").as_deref() != Some("13") || head.all("sec-websocket-version").count() != 1 {
+    if head.headers.get("sec-websocket-version").as_deref() != Some("13") || head.headers.all("sec-websocket-version").count() != 1 {
         return Err(RejectReason::UnsupportedVersion);
     }
-    let key = head.get("sec-websocket-key").unwrap_or_default();
+    let key = head.headers.get("sec-websocket-key").unwrap_or_default();
     let decoded = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
-    if head.all("sec-websocket-key").count() != 1 || !matches!(decoded, Ok(ref k) if k.len() == 16) {
+    if head.headers.all("sec-websocket-key").count() != 1 || !matches!(decoded, Ok(ref k) if k.len() == 16) {
         return Err(RejectReason::BadKey);
     }
-    let has_body = head.get("content-length").is_some_and(|v| v != "0") || head.get("transfer-encoding").is_some();
+    let has_body = head.headers.get("content-length").is_some_and(|v| v != "0") || head.headers.get("transfer-encoding").is_some();
     if has_body {
         return Err(RejectReason::RequestBody);
     }
@@ -82,7 +84,7 @@ mod tests {
             method: method.into(),
             target: "/".into(),
             minor_version: minor,
-            headers: headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect(),
+            headers: Fields(headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect()),
             buf: BytesMut::new(),
             head_len: 0,
         }

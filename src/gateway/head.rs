@@ -28,31 +28,45 @@ pub struct RequestHead {
     /// HTTP minor version: 1 for HTTP/1.1, 0 for HTTP/1.0.
     pub minor_version: u8,
     /// Header fields in order, names as sent.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Fields,
     /// Everything read so far: the head, then any early bytes.
     pub buf: BytesMut,
     /// Length of the head inside `buf`, bytes.
     pub head_len: usize,
 }
 
-impl RequestHead {
-    /// Values of every header named `name` (case-insensitive), in order.
-    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+/// Header fields of a request or response head, in order, names as sent.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Fields(pub Vec<(String, Vec<u8>)>);
+
+impl Fields {
+    /// Copy the fields httparse found.
+    pub fn from_parsed(parsed: &[httparse::Header<'_>]) -> Fields {
+        Fields(parsed.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect())
     }
 
-    /// The first header named `name`, as text (lossy), trimmed.
+    /// Every field, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &(String, Vec<u8>)> {
+        self.0.iter()
+    }
+
+    /// Values of every field named `name` (case-insensitive), in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.0.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+    }
+
+    /// The first field named `name`, as text (lossy), trimmed.
     pub fn get(&self, name: &str) -> Option<String> {
         self.all(name).next().map(|v| String::from_utf8_lossy(v).trim().to_string())
     }
 
-    /// Whether any `name` header contains `token` in its comma-separated list (case-insensitive).
+    /// Whether any `name` field contains `token` in its comma-separated list (case-insensitive).
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.all(name).any(|v| {
-            String::from_utf8_lossy(v).split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
+        self.all(name).any(|v| String::from_utf8_lossy(v).split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     }
+}
 
+impl RequestHead {
     /// The path part of the target (before `?`).
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
@@ -60,7 +74,7 @@ impl RequestHead {
 
     /// The `Host` header without its port, lower-cased.
     pub fn host(&self) -> Option<String> {
-        self.get("host").map(|h| host_without_port(&h))
+        self.headers.get("host").map(|h| host_without_port(&h))
     }
 
     /// Bytes the client sent after the head.
@@ -123,7 +137,7 @@ async fn read_head_inner(stream: &mut Stream) -> Result<RequestHead, HeadError> 
     }
 }
 
-type Parsed = (String, String, u8, Vec<(String, Vec<u8>)>, usize);
+type Parsed = (String, String, u8, Fields, usize);
 
 fn parse(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -134,8 +148,7 @@ fn parse(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
             let method = req.method.unwrap_or("").to_string();
             let target = req.path.unwrap_or("").to_string();
             let minor = req.version.unwrap_or(0);
-            let fields = req.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect();
-            Ok(Some((method, target, minor, fields, len)))
+            Ok(Some((method, target, minor, Fields::from_parsed(req.headers), len)))
         }
         Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
         Err(e) => Err(HeadError::Malformed(e.to_string())),
@@ -154,7 +167,7 @@ mod tests {
         assert_eq!(head.method, "GET");
         assert_eq!(head.path(), "/chat");
         assert_eq!(head.host().as_deref(), Some("example.com"));
-        assert!(head.has_token("upgrade", "WebSocket"));
+        assert!(head.headers.has_token("upgrade", "WebSocket"));
         assert_eq!(head.early(), b"\x81\x80abcd");
     }
 

@@ -188,19 +188,19 @@ impl Gateway {
         if answer.status != 101 {
             return self.refused(answer, backend, stream, &route, meter).await;
         }
-        let accept_ok = answer.get("sec-websocket-accept").as_deref() == Some(handshake::accept_key(&ws.key).as_str());
-        if !accept_ok || !answer.has_token("upgrade", "websocket") {
+        let accept_ok = answer.headers.get("sec-websocket-accept").as_deref() == Some(handshake::accept_key(&ws.key).as_str());
+        if !accept_ok || !answer.headers.has_token("upgrade", "websocket") {
             tracing::warn!(%route, backend = %backend_addr, "backend answered 101 without a valid Sec-WebSocket-Accept/Upgrade");
             return self.reject(&mut stream, RejectReason::BackendBadHandshake, Some(&route), Some(meter)).await;
         }
         self.metrics.backend_connect.with_label_values(&[&pool]).observe(connect_started.elapsed().as_secs_f64());
-        meter.subprotocol = answer.get("sec-websocket-protocol");
+        meter.subprotocol = answer.headers.get("sec-websocket-protocol");
         let head_101 = answer.buf.get(..answer.head_len).unwrap_or(&[]);
         if stream.write_all(head_101).await.is_err() || stream.flush().await.is_err() {
             let record = meter.rejected(101, "client_gone", "client closed during the handshake");
             return self.usage.write(&record, "connection");
         }
-        let rsv = handshake::allowed_rsv(answer.get("sec-websocket-extensions").as_deref());
+        let rsv = handshake::allowed_rsv(answer.headers.get("sec-websocket-extensions").as_deref());
         // Keep only the early bytes (usually none) and hand the two streams to a task of their
         // own: Pingora's per-request task and this handshake's state (heads, buffers, the
         // connector's future) end here, so a long-lived connection carries nothing from its

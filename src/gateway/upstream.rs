@@ -8,7 +8,7 @@
 //! `Upgrade: websocket`. weir adds `X-Forwarded-For` (appended), `X-Forwarded-Proto` and
 //! `X-Weir-Connection-Id` (both replaced, so clients cannot spoof them).
 
-use super::head::{RequestHead, MAX_HEADERS, MAX_HEAD_BYTES};
+use super::head::{Fields, RequestHead, MAX_HEADERS, MAX_HEAD_BYTES};
 use bytes::BytesMut;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::Stream;
@@ -16,7 +16,7 @@ use pingora_core::upstreams::peer::BasicPeer;
 use pingora_error::ErrorType;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// How connecting or handshaking with a backend failed.
 #[derive(Debug)]
@@ -59,6 +59,7 @@ fn hop_by_hop(name: &str, nominated: &[String]) -> bool {
 /// The upgrade request weir sends to the backend for `head`.
 pub fn upgrade_request(head: &RequestHead, client_ip: Option<IpAddr>, tls: bool, connection_id: &str) -> Vec<u8> {
     let nominated: Vec<String> = head
+        .headers
         .all("connection")
         .flat_map(|v| String::from_utf8_lossy(v).split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
         .filter(|t| !t.is_empty())
@@ -66,7 +67,7 @@ pub fn upgrade_request(head: &RequestHead, client_ip: Option<IpAddr>, tls: bool,
     let mut out = Vec::with_capacity(head.head_len + 160);
     out.extend_from_slice(format!("{} {} HTTP/1.1\r\n", head.method, head.target).as_bytes());
     let mut forwarded_for: Option<String> = None;
-    for (name, value) in &head.headers {
+    for (name, value) in head.headers.iter() {
         if hop_by_hop(name, &nominated)
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || name.eq_ignore_ascii_case("x-weir-connection-id")
@@ -106,7 +107,7 @@ pub struct ResponseHead {
     /// Status code.
     pub status: u16,
     /// Header fields in order, names as sent.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Fields,
     /// Everything read: the head, then early bytes (frames sent right after the 101, or the
     /// start of an error body).
     pub buf: BytesMut,
@@ -115,21 +116,6 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
-    /// The first header named `name` (case-insensitive), as trimmed text.
-    pub fn get(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| String::from_utf8_lossy(v).trim().to_string())
-    }
-
-    /// Whether any `name` header lists `token` (case-insensitive).
-    pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).any(|(_, v)| {
-            String::from_utf8_lossy(v).split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
-    }
-
     /// Bytes after the head.
     pub fn early(&self) -> &[u8] {
         self.buf.get(self.head_len..).unwrap_or(&[])
@@ -149,14 +135,16 @@ pub async fn handshake(backend: &mut Stream, request: &[u8], timeout: Duration) 
     }
 }
 
-async fn read_response_head(backend: &mut Stream) -> Result<ResponseHead, UpstreamError> {
+/// Read one HTTP/1.x response head (at most `MAX_HEAD_BYTES`) from `io`, keeping what follows
+/// it. Used for backends' upgrade answers and by the health probes.
+pub async fn read_response_head<S: AsyncRead + Unpin>(io: &mut S) -> Result<ResponseHead, UpstreamError> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         if buf.len() >= MAX_HEAD_BYTES {
             return Err(UpstreamError::BadResponse(format!("response head larger than {MAX_HEAD_BYTES} bytes")));
         }
         buf.reserve(1024);
-        let n = backend.read_buf(&mut buf).await.map_err(|e| UpstreamError::Unreachable(format!("reading the answer: {e}")))?;
+        let n = io.read_buf(&mut buf).await.map_err(|e| UpstreamError::Unreachable(format!("reading the answer: {e}")))?;
         if n == 0 {
             return Err(UpstreamError::Unreachable("closed before answering the upgrade".into()));
         }
@@ -166,8 +154,7 @@ async fn read_response_head(backend: &mut Stream) -> Result<ResponseHead, Upstre
             Ok(httparse::Status::Partial) => continue,
             Ok(httparse::Status::Complete(head_len)) => {
                 let status = resp.code.unwrap_or(0);
-                let headers = resp.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect();
-                return Ok(ResponseHead { status, headers, buf, head_len });
+                return Ok(ResponseHead { status, headers: Fields::from_parsed(resp.headers), buf, head_len });
             }
             Err(e) => return Err(UpstreamError::BadResponse(e.to_string())),
         }
@@ -180,8 +167,8 @@ pub async fn pass_through(resp: ResponseHead, backend: &mut Stream, client: &mut
     let copy = async {
         client.write_all(&resp.buf).await?;
         let already = resp.buf.len() - resp.head_len;
-        let chunked = resp.has_token("transfer-encoding", "chunked");
-        let length = resp.get("content-length").and_then(|v| v.parse::<u64>().ok());
+        let chunked = resp.headers.has_token("transfer-encoding", "chunked");
+        let length = resp.headers.get("content-length").and_then(|v| v.parse::<u64>().ok());
         let mut tail = resp.buf.get(resp.buf.len().saturating_sub(5)..).unwrap_or(&[]).to_vec();
         let mut remaining = length.map(|l| l.saturating_sub(already as u64));
         let mut chunk = vec![0u8; 16 * 1024];
@@ -222,7 +209,7 @@ mod tests {
             method: "GET".into(),
             target: "/chat".into(),
             minor_version: 1,
-            headers: req.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect(),
+            headers: Fields::from_parsed(req.headers),
             buf: BytesMut::from(raw),
             head_len: len,
         };

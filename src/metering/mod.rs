@@ -53,11 +53,6 @@ impl Meter {
         }
     }
 
-    /// Time since the connection started.
-    pub fn elapsed(&self) -> std::time::Duration {
-        self.started.elapsed()
-    }
-
     /// The record of a connection whose handshake failed with `status` for `reason`.
     pub fn rejected(self, status: u16, outcome: &str, reason: &str) -> UsageRecord {
         self.record(status, None, outcome.to_string(), Some(reason.to_string()))

@@ -7,12 +7,13 @@
 
 use crate::config::{HealthCheck, Pool};
 use crate::gateway::handshake::accept_key;
+use crate::gateway::upstream::read_response_head;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_load_balancing::Backend;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Longest time one probe may take (connect plus answer).
@@ -53,37 +54,20 @@ impl Probe {
             ),
         };
         s.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err(format!("closed without an answer to GET {path}"));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&buf) {
-                Ok(httparse::Status::Partial) if buf.len() < 16 * 1024 => continue,
-                Ok(httparse::Status::Complete(_)) => {
-                    let code = resp.code.unwrap_or(0);
-                    return match &self.check {
-                        HealthCheck::Handshake { .. } => {
-                            let accept = resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"));
-                            let ok = code == 101 && accept.is_some_and(|h| h.value == accept_key(PROBE_KEY).as_bytes());
-                            if ok {
-                                let _ = s.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9]).await; // close 1001, zero mask
-                                Ok(())
-                            } else {
-                                Err(format!("upgrade on {path} answered {code}, expected 101 with a valid accept key"))
-                            }
-                        }
-                        _ if (200..300).contains(&code) => Ok(()),
-                        _ => Err(format!("GET {path} answered {code}, expected 2xx")),
-                    };
+        let answer = read_response_head(&mut s).await.map_err(|e| e.to_string())?;
+        let code = answer.status;
+        match &self.check {
+            HealthCheck::Handshake { .. } => {
+                let accepted = answer.headers.get("sec-websocket-accept").as_deref() == Some(accept_key(PROBE_KEY).as_str());
+                if code == 101 && accepted {
+                    let _ = s.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9]).await; // close 1001, zero mask
+                    Ok(())
+                } else {
+                    Err(format!("upgrade on {path} answered {code}, expected 101 with a valid accept key"))
                 }
-                _ => return Err("the answer is not an HTTP/1.1 response".into()),
             }
+            _ if (200..300).contains(&code) => Ok(()),
+            _ => Err(format!("GET {path} answered {code}, expected 2xx")),
         }
     }
 }
