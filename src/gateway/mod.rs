@@ -29,7 +29,7 @@ use crate::config::{Config, Timeouts};
 use crate::metering::{Meter, UsageLog};
 use crate::metrics::Metrics;
 use crate::pools::{Pools, MAX_CONNECT_ATTEMPTS};
-use crate::relay::pump::{code_class, Relay, RelayReport};
+use crate::relay::pump::{code_class, Relay};
 use crate::relay::scanner::{Role, ScanPolicy};
 use crate::routing::RouteTable;
 use async_trait::async_trait;
@@ -211,37 +211,18 @@ impl Gateway {
         tokio::spawn(self.clone().relay_to_end(relayed, shutdown.clone()));
     }
 
-    /// Relay a connection to its end, then write its usage record (the connection's only task).
+    /// Relay a connection to its end (the connection's only task), export its metrics and
+    /// write its usage record.
     async fn relay_to_end(self: Arc<Self>, c: Relayed, shutdown: ShutdownWatch) {
-        let report = self.relay(c.client, c.backend, &c.early, c.rsv, &c.route, &c.pool, &shutdown).await;
-        let record = c.meter.relayed(&report);
-        tracing::debug!(
-            connection_id = %record.connection_id, route = %c.route, outcome = %record.outcome,
-            duration_ms = record.duration_ms, close_code = ?report.close_code, initiator = report.initiator.as_str(),
-            "connection ended"
-        );
-        self.usage.write(&record, "connection");
-    }
-
-    /// Relay an upgraded connection to its end and export its metrics.
-    #[allow(clippy::too_many_arguments)]
-    async fn relay(
-        &self,
-        client: Stream,
-        backend: Stream,
-        early: &[Vec<u8>; 2],
-        rsv: u8,
-        route: &str,
-        pool: &str,
-        shutdown: &ShutdownWatch,
-    ) -> RelayReport {
+        let (route, pool) = (c.route.as_str(), c.pool.as_str());
         let mut conn = self.metrics.connection(route, pool);
         conn.active.inc();
         let started = Instant::now();
-        let client_policy = ScanPolicy { sender: Role::Client, allowed_rsv: rsv };
-        let backend_policy = ScanPolicy { sender: Role::Server, allowed_rsv: rsv };
-        let relay = Relay::new(client, backend, client_policy, backend_policy, &early[0], &early[1], &mut conn);
-        let report = relay.run(shutdown.clone(), self.grace_period).await;
+        let client_policy = ScanPolicy { sender: Role::Client, allowed_rsv: c.rsv };
+        let backend_policy = ScanPolicy { sender: Role::Server, allowed_rsv: c.rsv };
+        let [client_early, backend_early] = &c.early;
+        let relay = Relay::new(c.client, c.backend, client_policy, backend_policy, client_early, backend_early, &mut conn);
+        let report = relay.run(shutdown, self.grace_period).await;
         conn.active.dec();
         conn.duration.observe(started.elapsed().as_secs_f64());
         let m = &self.metrics;
@@ -251,7 +232,13 @@ impl Gateway {
             m.protocol_violations.with_label_values(&[route, d.as_str(), v.as_str()]).inc();
             tracing::info!(route, direction = d.as_str(), violation = v.as_str(), "closed a connection for a protocol violation");
         }
-        report
+        let record = c.meter.relayed(&report);
+        tracing::debug!(
+            connection_id = %record.connection_id, route, outcome = %record.outcome,
+            duration_ms = record.duration_ms, close_code = ?report.close_code, initiator = report.initiator.as_str(),
+            "connection ended"
+        );
+        self.usage.write(&record, "connection");
     }
 
     /// Pick a backend and connect, trying up to `MAX_CONNECT_ATTEMPTS` backends.

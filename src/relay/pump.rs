@@ -194,17 +194,28 @@ impl Half {
         true
     }
 
+    /// Note the result of a `write_from` to `dst`: progress, a needed flush, a dead `dst`.
+    /// `Pending` while `dst` is blocked.
+    fn settle(&mut self, (wrote, poll): (bool, Poll<Result<(), ()>>), progress: &mut bool) -> Poll<()> {
+        if wrote {
+            self.need_flush = true;
+            *progress = true;
+        }
+        match poll {
+            Poll::Ready(result) => {
+                self.dst_dead |= result.is_err();
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     /// Write `pending`, then any injected frame, then flush. `Ready` when all is written.
     fn drain(&mut self, dst: &mut Stream, cx: &mut Context<'_>, progress: &mut bool) -> Poll<()> {
-        while self.sent < self.pending.len() && !self.dst_dead {
-            match Pin::new(&mut *dst).poll_write(cx, &self.pending[self.sent..]) {
-                Poll::Ready(Ok(n)) if n > 0 => {
-                    self.sent += n;
-                    self.need_flush = true;
-                    *progress = true;
-                }
-                Poll::Ready(_) => self.dst_dead = true,
-                Poll::Pending => return Poll::Pending,
+        if !self.dst_dead {
+            let written = write_from(dst, cx, &self.pending, &mut self.sent);
+            if self.settle(written, progress).is_pending() {
+                return Poll::Pending;
             }
         }
         if !self.pending.is_empty() {
@@ -212,19 +223,14 @@ impl Half {
             self.pending = Vec::new();
             self.sent = 0;
         }
-        if let Some(inj) = &mut self.inject {
-            while inj.sent < inj.len && !self.dst_dead {
-                match Pin::new(&mut *dst).poll_write(cx, &inj.buf[inj.sent..inj.len]) {
-                    Poll::Ready(Ok(n)) if n > 0 => {
-                        inj.sent += n;
-                        self.need_flush = true;
-                        *progress = true;
-                    }
-                    Poll::Ready(_) => self.dst_dead = true,
-                    Poll::Pending => return Poll::Pending,
+        if let Some(mut inj) = self.inject.take() {
+            if !self.dst_dead {
+                let written = write_from(dst, cx, inj.buf.get(..inj.len).unwrap_or(&[]), &mut inj.sent);
+                if self.settle(written, progress).is_pending() {
+                    self.inject = Some(inj);
+                    return Poll::Pending;
                 }
             }
-            self.inject = None;
         }
         if self.need_flush && !self.dst_dead {
             match Pin::new(&mut *dst).poll_flush(cx) {
@@ -235,6 +241,21 @@ impl Half {
         }
         Poll::Ready(())
     }
+}
+
+/// Write `buf[*sent..]` to `dst` until all of it is written or `dst` blocks or fails; `*sent`
+/// advances by what was written. Returns whether any byte went out, and `Ready(Err(()))` when
+/// `dst` failed, `Pending` when it blocked.
+fn write_from(dst: &mut Stream, cx: &mut Context<'_>, buf: &[u8], sent: &mut usize) -> (bool, Poll<Result<(), ()>>) {
+    let before = *sent;
+    while let Some(rest) = buf.get(*sent..).filter(|r| !r.is_empty()) {
+        match Pin::new(&mut *dst).poll_write(cx, rest) {
+            Poll::Ready(Ok(n)) if n > 0 => *sent += n,
+            Poll::Ready(_) => return (*sent > before, Poll::Ready(Err(()))),
+            Poll::Pending => return (*sent > before, Poll::Pending),
+        }
+    }
+    (*sent > before, Poll::Ready(Ok(())))
 }
 
 /// A random masking key for frames weir sends to a backend (RFC 6455 §5.3: unpredictable).
@@ -441,19 +462,9 @@ impl<'m> Relay<'m> {
             return;
         }
         let mut off = 0;
-        while off < bytes.len() {
-            match Pin::new(&mut self.io[t]).poll_write(cx, &bytes[off..]) {
-                Poll::Ready(Ok(n)) if n > 0 => {
-                    off += n;
-                    h.need_flush = true;
-                }
-                Poll::Ready(_) => {
-                    h.dst_dead = true;
-                    break;
-                }
-                Poll::Pending => break,
-            }
-        }
+        let written = write_from(&mut self.io[t], cx, bytes, &mut off);
+        // The caller already counts this round as progress.
+        let _ = h.settle(written, &mut false);
         if h.dst_dead {
             self.side_ended(t, true);
         } else if off < bytes.len() {
