@@ -12,7 +12,8 @@
 //! - `metering`: per-connection `Meter` → `UsageRecord` → usage file (warm).
 //! - `metrics`: Prometheus families, names in `metrics::names` (hot updates, cold setup).
 //! - `admin`: `/metrics`, `/healthz`, `/readyz` on the admin listener.
-//! - `builtin`: servers built into weir (the echo backend of the shipped config).
+//! - `objects`: object namespaces: id → one owner (rendezvous), leases, eviction, accounting (warm).
+//! - `builtin`: servers and objects built into weir: the echo backend, the echo and room objects.
 //!
 //! The README's "Code map" and `../shared/DESIGN.md` describe the data flow.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod gateway;
 pub mod metering;
 pub mod metrics;
+pub mod objects;
 pub mod pools;
 pub mod relay;
 pub mod routing;

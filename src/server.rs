@@ -2,7 +2,8 @@
 //!
 //! Cold path, once per process. Order matters: metrics first (everything registers on them),
 //! then the usage file, the built-in backends (bound before pools, which name their addresses),
-//! the pools with their health services, the gateway and admin services. `run` never returns:
+//! the pools with their health services, the object namespaces (room stores opened, host
+//! health services), the gateway and admin services. `run` never returns:
 //! Pingora owns the process until SIGTERM (graceful: listeners stop, open WebSockets get
 //! `server.grace_period`, then a 1001 close) or SIGINT (immediate).
 
@@ -13,6 +14,7 @@ use crate::gateway::http::HttpRoutes;
 use crate::gateway::Gateway;
 use crate::metering::UsageLog;
 use crate::metrics::Metrics;
+use crate::objects::Objects;
 use crate::pools::Pools;
 use crate::routing::RouteTable;
 use anyhow::Context;
@@ -45,6 +47,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(pool = %pool.name, backends = ?addrs, "pool");
     }
     let pools = Arc::new(pools);
+    let (objects, object_health) = Objects::build(&config, &usage, &metrics).context("building the object namespaces")?;
+    let objects = Arc::new(objects);
     let routes = Arc::new(RouteTable::new(&config));
 
     let conf = ServerConf {
@@ -60,7 +64,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         &server.configuration,
         HttpRoutes::new(routes.clone(), pools.clone(), config.timeouts),
     ));
-    let gateway = Gateway::new(&config, routes, pools, metrics, usage, http);
+    let gateway = Gateway::new(&config, routes, pools, objects, metrics, usage, http);
     let mut gateway_service = Service::new("weir gateway".to_string(), gateway);
     for l in &config.listeners {
         // Unbuffered: weir reads the head itself and relays from its own per-thread buffer, so a
@@ -85,7 +89,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         server.add_service(admin_service);
         tracing::info!(address = %admin, "admin listening (/metrics, /healthz, /readyz)");
     }
-    for s in health_services {
+    for s in health_services.into_iter().chain(object_health) {
         server.add_boxed_service(s);
     }
     for s in builtins.services() {

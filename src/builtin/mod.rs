@@ -2,10 +2,17 @@
 //!
 //! Cold path: `Builtins::bind` binds one loopback listener per built-in kind the config uses
 //! (before the pools are built, so pools can name its address); `services` returns the
-//! background services that serve them. Today there is `echo`; the built-in objects of the
-//! objects issue (echo and room terminated inside weir) plug in here as more `BuiltinKind`s.
+//! background services that serve them: the `echo` backend (`builtin:echo` in a pool, a real
+//! server behind the relay).
+//!
+//! Built-in *objects* (`objects[].builtin`) are not servers: weir terminates their WebSockets
+//! itself. `session.rs` answers the upgrade and runs them over a metered stream; `room.rs` is
+//! the broadcast room and `history.rs` its durable history store.
 
 pub mod echo;
+pub mod history;
+pub mod room;
+pub mod session;
 
 use crate::config::{Backend, BuiltinKind, Config};
 use pingora_core::services::ServiceWithDependents;

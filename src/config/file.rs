@@ -30,6 +30,13 @@ pub struct FileConfig {
     /// Serve the built-in demo page at `GET /` on every listener.
     #[serde(default)]
     pub demo_page: bool,
+    /// Directory where weir keeps state that must survive a restart (room history). Default:
+    /// `weir-data`.
+    pub data_dir: Option<String>,
+    /// Object namespaces: named, stateful endpoints where every client of one id reaches one
+    /// instance.
+    #[serde(default)]
+    pub objects: Vec<FileObject>,
     /// Named backend pools.
     #[serde(default)]
     pub pools: Vec<FilePool>,
@@ -148,6 +155,62 @@ pub struct FileRoute {
     pub path_prefix: String,
     /// `websocket` (upgrades only; other requests get 400) or `http` (plain HTTP is proxied too).
     pub kind: Option<String>,
-    /// The pool that serves this route.
-    pub pool: String,
+    /// The pool that serves this route (set this or `object`).
+    pub pool: Option<String>,
+    /// The object namespace that serves this route (set this or `pool`); WebSocket only.
+    pub object: Option<String>,
+}
+
+/// One `objects[]` entry: an object namespace.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileObject {
+    /// Namespace name, referenced by routes and used as a metric label.
+    pub name: String,
+    /// Where the object id comes from and what ids are allowed.
+    pub id: FileObjectId,
+    /// A built-in object kind served inside weir: `echo` or `room` (set this or `hosts`).
+    pub builtin: Option<String>,
+    /// Object hosts as `host:port` (set this or `builtin`); each id lives on one of them.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// How object hosts' health is probed (hosts only). Default: tcp every 5s.
+    pub health_check: Option<FileHealthCheck>,
+    /// Path sent to the object host: a template with `{namespace}` and `{id}`, e.g.
+    /// `/objects/{namespace}/{id}` (the query string is kept). Default: the path as received.
+    pub forward_path: Option<String>,
+    /// Window after a message during which an object counts as active (duration). Default: 10s.
+    pub idle_window: Option<String>,
+    /// Settings of the built-in `room` object.
+    pub room: Option<FileRoom>,
+}
+
+/// An object namespace's `id:` source and rules.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileObjectId {
+    /// Path template with one `{id}` segment, e.g. `/rooms/{id}` (set exactly one of path,
+    /// query, header).
+    pub path: Option<String>,
+    /// Query parameter that carries the id, e.g. `room`.
+    pub query: Option<String>,
+    /// Request header that carries the id, e.g. `X-Room-Id`.
+    pub header: Option<String>,
+    /// Longest id, bytes (after percent-decoding). Default: 128.
+    pub max_length: Option<u64>,
+    /// Allowed characters as ASCII ranges and literals, e.g. `A-Za-z0-9_.-`. Default:
+    /// `A-Za-z0-9_.-`.
+    pub allowed: Option<String>,
+}
+
+/// `room:` settings of the built-in room object.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoom {
+    /// Messages kept per room and replayed to a joining client (count). Default: 50.
+    pub history: Option<u64>,
+    /// Messages queued for one client before it is closed as too slow (count). Default: 256.
+    pub send_queue: Option<u64>,
+    /// Largest message a client may send, bytes. Default: 65536.
+    pub max_message: Option<u64>,
 }

@@ -25,6 +25,10 @@ pub struct Config {
     pub usage_file: PathBuf,
     /// Serve the demo page at `GET /`.
     pub demo_page: bool,
+    /// Directory for state that survives a restart (room history).
+    pub data_dir: PathBuf,
+    /// Object namespaces, in file order.
+    pub objects: Vec<Namespace>,
     /// Backend pools, in file order.
     pub pools: Vec<Pool>,
     /// Routes, in file order (matching picks the longest prefix).
@@ -174,6 +178,93 @@ pub struct Route {
     pub path_prefix: String,
     /// What the route accepts.
     pub kind: RouteKind,
-    /// Index into `Config::pools`.
-    pub pool: usize,
+    /// What serves the route.
+    pub target: Target,
+}
+
+/// What serves a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A backend pool: index into `Config::pools`.
+    Pool(usize),
+    /// An object namespace: index into `Config::objects`.
+    Object(usize),
+}
+
+/// An object namespace: every client of one id reaches one instance.
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    /// Namespace name (metric label, `X-Weir-Object-Namespace`).
+    pub name: String,
+    /// Where the id comes from.
+    pub id_source: IdSource,
+    /// What ids are allowed.
+    pub id_rules: IdRules,
+    /// What serves the objects.
+    pub kind: ObjectKind,
+    /// Path template sent to hosts (`{namespace}`, `{id}`); `None` keeps the request path.
+    pub forward_path: Option<String>,
+    /// Window after a message during which an object counts as active.
+    pub idle_window: Duration,
+}
+
+/// Where an object id is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdSource {
+    /// A path segment: the path is `prefix` + id + `suffix` (the template `prefix{id}suffix`).
+    Path {
+        /// Template text before `{id}` (ends with `/`).
+        prefix: String,
+        /// Template text after `{id}` (empty or starts with `/`).
+        suffix: String,
+    },
+    /// A query parameter with this name.
+    Query(String),
+    /// A request header with this (lower-case) name.
+    Header(String),
+}
+
+/// Rules an object id must pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdRules {
+    /// Longest id, bytes.
+    pub max_length: usize,
+    /// Allowed ASCII bytes (`allowed[b]` for byte `b < 128`).
+    pub allowed: [bool; 128],
+    /// The `allowed` setting as written, for error messages.
+    pub allowed_text: String,
+}
+
+/// What serves a namespace's objects.
+#[derive(Debug, Clone)]
+pub enum ObjectKind {
+    /// A built-in object terminated inside weir.
+    Builtin(BuiltinObject),
+    /// Object hosts; each id is owned by one of them (rendezvous hashing).
+    Hosts {
+        /// The hosts as written (the rendezvous key) with their resolved addresses.
+        hosts: Vec<(String, SocketAddr)>,
+        /// Health probing of the hosts.
+        health: HealthCheck,
+    },
+}
+
+/// The built-in object kinds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuiltinObject {
+    /// Echoes every message.
+    Echo,
+    /// A broadcast room with history.
+    Room(RoomConfig),
+}
+
+/// Settings of the built-in room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomConfig {
+    /// Messages kept per room and replayed to joining clients (count).
+    pub history: usize,
+    /// Messages queued for one client before it is closed as too slow (count).
+    pub send_queue: usize,
+    /// Largest message a client may send, bytes.
+    pub max_message: usize,
 }

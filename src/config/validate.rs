@@ -25,6 +25,20 @@ pub const DEFAULT_BACKEND_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// Default usage file.
 pub const DEFAULT_USAGE_FILE: &str = "weir-usage.jsonl";
+/// Default state directory.
+pub const DEFAULT_DATA_DIR: &str = "weir-data";
+/// Default longest object id, bytes.
+pub const DEFAULT_ID_MAX_LENGTH: usize = 128;
+/// Default allowed object-id characters.
+pub const DEFAULT_ID_ALLOWED: &str = "A-Za-z0-9_.-";
+/// Default active-time window after an object's message.
+pub const DEFAULT_IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// Default room history, messages.
+pub const DEFAULT_ROOM_HISTORY: usize = 50;
+/// Default room send queue per client, messages.
+pub const DEFAULT_ROOM_SEND_QUEUE: usize = 256;
+/// Default largest room message, bytes.
+pub const DEFAULT_ROOM_MAX_MESSAGE: usize = 64 * 1024;
 
 /// Validate a parsed file; `Err` holds every problem found.
 pub fn validate(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
@@ -94,11 +108,18 @@ impl Validator {
                 self.err(format!("pools[{i}].name"), &p.name, "is used by an earlier pool; give every pool a unique name");
             }
         }
+        let objects: Vec<Namespace> = f.objects.iter().enumerate().filter_map(|(i, o)| self.object(i, o)).collect();
+        let mut seen = HashSet::new();
+        for (i, o) in f.objects.iter().enumerate() {
+            if !seen.insert(o.name.clone()) {
+                self.err(format!("objects[{i}].name"), &o.name, "is used by an earlier object namespace; give every namespace a unique name");
+            }
+        }
         if f.routes.is_empty() {
             self.err("routes", "", "at least one route is required, e.g. `routes: [{path_prefix: /, pool: NAME}]`");
         }
         let routes: Vec<Route> =
-            f.routes.iter().enumerate().filter_map(|(i, r)| self.route(i, r, &f.pools)).collect();
+            f.routes.iter().enumerate().filter_map(|(i, r)| self.route(i, r, &f.pools, &f.objects, &objects)).collect();
         let mut seen = HashSet::new();
         for (i, r) in routes.iter().enumerate() {
             if !seen.insert((r.host.clone(), r.path_prefix.clone())) {
@@ -114,6 +135,15 @@ impl Validator {
             timeouts,
             usage_file,
             demo_page: f.demo_page,
+            data_dir: match f.data_dir.as_deref() {
+                None => PathBuf::from(DEFAULT_DATA_DIR),
+                Some("") => {
+                    self.err("data_dir", "", "must not be empty; name a directory such as weir-data");
+                    PathBuf::from(DEFAULT_DATA_DIR)
+                }
+                Some(d) => PathBuf::from(d),
+            },
+            objects,
             pools,
             routes,
         }
@@ -237,19 +267,20 @@ impl Validator {
         };
         let health = match &p.health_check {
             None => HealthCheck::Tcp { interval: DEFAULT_HEALTH_INTERVAL },
-            Some(h) => self.health(i, h),
+            Some(h) => self.health(&format!("pools[{i}].health_check"), h),
         };
         Pool { name: p.name.clone(), backends, selection, health }
     }
 
-    fn health(&mut self, i: usize, h: &FileHealthCheck) -> HealthCheck {
-        let interval = self.duration(&format!("pools[{i}].health_check.interval"), h.interval.as_deref(), DEFAULT_HEALTH_INTERVAL);
+    /// A `health_check:` at key path `at` (e.g. `pools[0].health_check`).
+    fn health(&mut self, at: &str, h: &FileHealthCheck) -> HealthCheck {
+        let interval = self.duration(&format!("{at}.interval"), h.interval.as_deref(), DEFAULT_HEALTH_INTERVAL);
         let path = h.path.clone().unwrap_or_else(|| "/".into());
         if !path.starts_with('/') {
-            self.err(format!("pools[{i}].health_check.path"), &path, "must start with `/`, e.g. \"/healthz\"");
+            self.err(format!("{at}.path"), &path, "must start with `/`, e.g. \"/healthz\"");
         }
         let unused = |v: &mut Self, what: &str| {
-            v.err(format!("pools[{i}].health_check.{what}"), "", format!("does not apply to kind `{}`; remove it", h.kind));
+            v.err(format!("{at}.{what}"), "", format!("does not apply to kind `{}`; remove it", h.kind));
         };
         match h.kind.as_str() {
             "none" => {
@@ -270,13 +301,13 @@ impl Validator {
             "http" => HealthCheck::Http { interval, path },
             "handshake" => HealthCheck::Handshake { interval, path },
             other => {
-                self.err(format!("pools[{i}].health_check.kind"), other, "must be tcp, http, handshake or none");
+                self.err(format!("{at}.kind"), other, "must be tcp, http, handshake or none");
                 HealthCheck::None
             }
         }
     }
 
-    fn route(&mut self, i: usize, r: &FileRoute, pools: &[FilePool]) -> Option<Route> {
+    fn route(&mut self, i: usize, r: &FileRoute, pools: &[FilePool], files: &[FileObject], objects: &[Namespace]) -> Option<Route> {
         if !r.path_prefix.starts_with('/') {
             self.err(format!("routes[{i}].path_prefix"), &r.path_prefix, "must start with `/`, e.g. \"/chat\"");
         }
@@ -295,11 +326,211 @@ impl Validator {
             }
         }
         let name = r.name.clone().unwrap_or_else(|| r.path_prefix.clone());
-        let pool = pools.iter().position(|p| p.name == r.pool);
-        if pool.is_none() {
-            let known: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
-            self.err(format!("routes[{i}].pool"), &r.pool, format!("no pool has this name; use one of: {}", known.join(", ")));
-        }
-        Some(Route { name, host, path_prefix: r.path_prefix.trim_end_matches('/').to_string(), kind, pool: pool? })
+        let path_prefix = r.path_prefix.trim_end_matches('/').to_string();
+        let target = match (&r.pool, &r.object) {
+            (Some(pool), None) => {
+                let found = pools.iter().position(|p| &p.name == pool);
+                if found.is_none() {
+                    let known: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+                    self.err(format!("routes[{i}].pool"), pool, format!("no pool has this name; use one of: {}", known.join(", ")));
+                }
+                Target::Pool(found?)
+            }
+            (None, Some(object)) => {
+                let found = files.iter().position(|o| &o.name == object);
+                if found.is_none() {
+                    let known: Vec<&str> = files.iter().map(|o| o.name.as_str()).collect();
+                    self.err(format!("routes[{i}].object"), object, format!("no object namespace has this name; use one of: {}", known.join(", ")));
+                }
+                if kind == RouteKind::Http {
+                    self.err(format!("routes[{i}].kind"), "http", "object routes carry WebSockets only; remove `kind` or set it to websocket");
+                }
+                let ns = objects.iter().find(|n| &n.name == object);
+                if let Some(IdSource::Path { prefix, .. }) = ns.map(|n| &n.id_source) {
+                    if !crate::routing::prefix_matches(&path_prefix, prefix.trim_end_matches('/')) {
+                        self.err(
+                            format!("routes[{i}].path_prefix"),
+                            &r.path_prefix,
+                            format!("never matches the paths of object namespace `{object}` (template prefix {prefix}); use a prefix of it, e.g. {}", prefix.trim_end_matches('/')),
+                        );
+                    }
+                }
+                Target::Object(found?)
+            }
+            _ => {
+                self.err(format!("routes[{i}]"), &name, "set exactly one of `pool` (a backend pool) or `object` (an object namespace)");
+                return None;
+            }
+        };
+        Some(Route { name, host, path_prefix, kind, target })
     }
+
+    fn object(&mut self, i: usize, o: &FileObject) -> Option<Namespace> {
+        let key = |k: &str| format!("objects[{i}].{k}");
+        if o.name.is_empty() || !o.name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+            self.err(key("name"), &o.name, "must be non-empty and use only letters, digits, `_`, `-` and `.`");
+        }
+        let id_source = self.id_source(i, &o.id);
+        let max_length = match o.id.max_length {
+            None => DEFAULT_ID_MAX_LENGTH,
+            Some(n) if (1..=4096).contains(&n) => n as usize,
+            Some(n) => {
+                self.err(key("id.max_length"), n, "must be between 1 and 4096 bytes; the default is 128");
+                DEFAULT_ID_MAX_LENGTH
+            }
+        };
+        let allowed_text = o.id.allowed.clone().unwrap_or_else(|| DEFAULT_ID_ALLOWED.to_string());
+        let allowed = match parse_charset(&allowed_text) {
+            Ok(set) => set,
+            Err(why) => {
+                self.err(key("id.allowed"), &allowed_text, format!("{why}; write ASCII ranges and characters such as \"{DEFAULT_ID_ALLOWED}\""));
+                [false; 128]
+            }
+        };
+        let idle_window = self.duration(&key("idle_window"), o.idle_window.as_deref(), DEFAULT_IDLE_WINDOW);
+        if let Some(t) = &o.forward_path {
+            if !t.starts_with('/') || !t.contains("{id}") {
+                self.err(key("forward_path"), t, "must start with `/` and contain {id}, e.g. \"/objects/{namespace}/{id}\"");
+            }
+        }
+        let kind = match (o.builtin.as_deref(), o.hosts.is_empty()) {
+            (Some(b), true) => {
+                if o.health_check.is_some() {
+                    self.err(key("health_check"), "", "built-in objects are not probed; remove health_check");
+                }
+                if o.forward_path.is_some() {
+                    self.err(key("forward_path"), "", "built-in objects do not forward requests; remove forward_path");
+                }
+                match b {
+                    "echo" => {
+                        if o.room.is_some() {
+                            self.err(key("room"), "", "applies to `builtin: room` only; remove it");
+                        }
+                        ObjectKind::Builtin(BuiltinObject::Echo)
+                    }
+                    "room" => ObjectKind::Builtin(BuiltinObject::Room(self.room(i, o.room.as_ref()))),
+                    other => {
+                        self.err(key("builtin"), other, "must be `echo` or `room`");
+                        return None;
+                    }
+                }
+            }
+            (None, false) => {
+                if o.room.is_some() {
+                    self.err(key("room"), "", "applies to `builtin: room` only; remove it");
+                }
+                let mut hosts: Vec<(String, SocketAddr)> = Vec::new();
+                for (j, h) in o.hosts.iter().enumerate() {
+                    if let Some(a) = self.addr(&key(&format!("hosts[{j}]")), h) {
+                        if hosts.iter().any(|(k, _)| k == h) {
+                            self.err(key(&format!("hosts[{j}]")), h, "is listed twice; list each host once");
+                        } else {
+                            hosts.push((h.clone(), a));
+                        }
+                    }
+                }
+                let health = match &o.health_check {
+                    None => HealthCheck::Tcp { interval: DEFAULT_HEALTH_INTERVAL },
+                    Some(h) => self.health(&key("health_check"), h),
+                };
+                ObjectKind::Hosts { hosts, health }
+            }
+            _ => {
+                self.err(key("builtin"), o.builtin.as_deref().unwrap_or(""), "set exactly one of `builtin` (echo or room) or `hosts` (a list of host:port)");
+                return None;
+            }
+        };
+        Some(Namespace {
+            name: o.name.clone(),
+            id_source: id_source?,
+            id_rules: IdRules { max_length, allowed, allowed_text },
+            kind,
+            forward_path: o.forward_path.clone(),
+            idle_window,
+        })
+    }
+
+    fn id_source(&mut self, i: usize, id: &FileObjectId) -> Option<IdSource> {
+        let key = format!("objects[{i}].id");
+        let named = |v: &mut Self, k: &str, name: &str| {
+            let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && !b"=&?#:".contains(&b));
+            if !ok {
+                v.err(format!("{key}.{k}"), name, "must be a non-empty name without spaces, `=`, `&`, `?`, `#` or `:`");
+            }
+        };
+        match (&id.path, &id.query, &id.header) {
+            (Some(t), None, None) => {
+                let Some((prefix, suffix)) = t.split_once("{id}") else {
+                    self.err(format!("{key}.path"), t, "must contain {id} as a whole segment, e.g. \"/rooms/{id}\"");
+                    return None;
+                };
+                if !prefix.starts_with('/') || !prefix.ends_with('/') || !(suffix.is_empty() || suffix.starts_with('/')) || suffix.contains("{id}") || prefix.contains(['?', '#']) || suffix.contains(['?', '#']) {
+                    self.err(format!("{key}.path"), t, "must start with `/` and contain {id} once, as a whole segment, e.g. \"/rooms/{id}\" or \"/o/{id}/ws\"");
+                    return None;
+                }
+                Some(IdSource::Path { prefix: prefix.to_string(), suffix: suffix.to_string() })
+            }
+            (None, Some(q), None) => {
+                named(self, "query", q);
+                Some(IdSource::Query(q.clone()))
+            }
+            (None, None, Some(h)) => {
+                named(self, "header", h);
+                Some(IdSource::Header(h.to_ascii_lowercase()))
+            }
+            _ => {
+                self.err(key, "", "set exactly one of `path` (e.g. /rooms/{id}), `query` (a parameter name) or `header` (a header name)");
+                None
+            }
+        }
+    }
+
+    fn room(&mut self, i: usize, r: Option<&FileRoom>) -> RoomConfig {
+        let default = FileRoom::default();
+        let r = r.unwrap_or(&default);
+        let mut count = |k: &str, v: Option<u64>, default: usize, range: std::ops::RangeInclusive<u64>| match v {
+            None => default,
+            Some(n) if range.contains(&n) => n as usize,
+            Some(n) => {
+                self.err(format!("objects[{i}].room.{k}"), n, format!("must be between {} and {}; the default is {default}", range.start(), range.end()));
+                default
+            }
+        };
+        RoomConfig {
+            history: count("history", r.history, DEFAULT_ROOM_HISTORY, 0..=100_000),
+            send_queue: count("send_queue", r.send_queue, DEFAULT_ROOM_SEND_QUEUE, 1..=1_000_000),
+            max_message: count("max_message", r.max_message, DEFAULT_ROOM_MAX_MESSAGE, 1..=(64 << 20)),
+        }
+    }
+}
+
+/// Parse an allowed-characters set such as `A-Za-z0-9_.-`: ASCII ranges `x-y` and literal
+/// characters (a `-` first or last is literal).
+pub fn parse_charset(text: &str) -> Result<[bool; 128], String> {
+    let mut set = [false; 128];
+    let bytes = text.as_bytes();
+    if text.is_empty() {
+        return Err("must allow at least one character".into());
+    }
+    if !text.is_ascii() || bytes.iter().any(|b| !b.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces".into());
+    }
+    let mut k = 0;
+    while k < bytes.len() {
+        let lo = bytes[k];
+        if k + 2 < bytes.len() && bytes[k + 1] == b'-' {
+            let hi = bytes[k + 2];
+            if hi < lo {
+                return Err(format!("range {}-{} is reversed", lo as char, hi as char));
+            }
+            for b in lo..=hi {
+                set[b as usize] = true;
+            }
+            k += 3;
+        } else {
+            set[lo as usize] = true;
+            k += 1;
+        }
+    }
+    Ok(set)
 }

@@ -50,10 +50,13 @@ impl ProxyHttp for HttpRoutes {
             .routes
             .resolve(host.as_deref(), &path)
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(404), "no route"))?;
+        let crate::config::Target::Pool(pool) = route.target else {
+            return Err(Error::explain(ErrorType::HTTPStatus(400), "object routes carry WebSockets only"));
+        };
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let addr = self
             .pools
-            .select(route.pool, client, &[])
+            .select(pool, client, &[])
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no healthy backend"))?;
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.timeouts.backend_connect);

@@ -25,11 +25,15 @@ pub mod http;
 pub mod reject;
 pub mod upstream;
 
-use crate::config::{Config, Timeouts};
-use crate::metering::{Meter, UsageLog};
+use crate::builtin::session;
+use crate::config::{Config, Target, Timeouts};
+use crate::metering::{Meter, ObjectRef, UsageLog};
 use crate::metrics::Metrics;
+use crate::objects::registry::{Lease, PlaceError};
+use crate::objects::{Namespace, Objects};
 use crate::pools::{Pools, MAX_CONNECT_ATTEMPTS};
-use crate::relay::pump::{code_class, Relay};
+use crate::relay::pump::{code_class, ObjectLink, Relay, RelayReport};
+use crate::relay::tap::Tap;
 use crate::relay::scanner::{Role, ScanPolicy};
 use crate::routing::RouteTable;
 use async_trait::async_trait;
@@ -57,6 +61,25 @@ struct Relayed {
     route: String,
     pool: String,
     meter: Meter,
+    /// The object placement, on object routes.
+    lease: Option<Lease>,
+}
+
+/// A connected backend: its address, the stream, and when connecting started.
+type Connected = (SocketAddr, Stream, Instant);
+
+/// A client upgrade on its way to a backend, object host or built-in object.
+struct Upgrade<'a> {
+    stream: Stream,
+    head: RequestHead,
+    ws: handshake::ClientHandshake,
+    route: String,
+    /// Pool name, or namespace name on object routes (the `pool` metric label).
+    pool: String,
+    meter: Meter,
+    tls: bool,
+    /// The namespace and id, on object routes.
+    object: Option<(&'a Namespace, String)>,
 }
 
 /// The route label used for requests that matched no route.
@@ -67,6 +90,7 @@ pub struct Gateway {
     routes: Arc<RouteTable>,
     pools: Arc<Pools>,
     pool_names: Vec<String>,
+    objects: Arc<Objects>,
     timeouts: Timeouts,
     grace_period: Duration,
     demo_page: bool,
@@ -82,6 +106,7 @@ impl Gateway {
         config: &Config,
         routes: Arc<RouteTable>,
         pools: Arc<Pools>,
+        objects: Arc<Objects>,
         metrics: Metrics,
         usage: Arc<UsageLog>,
         http: Arc<HttpProxy<http::HttpRoutes>>,
@@ -89,6 +114,7 @@ impl Gateway {
         Gateway {
             routes,
             pools,
+            objects,
             pool_names: config.pools.iter().map(|p| p.name.clone()).collect(),
             timeouts: config.timeouts,
             grace_period: config.grace_period,
@@ -138,8 +164,18 @@ impl Gateway {
             self.reject(&mut stream, RejectReason::UnknownRoute, None, record).await;
             return None;
         };
-        let pool = self.pool_names.get(route.pool).cloned().unwrap_or_default();
         meter.route = Some(route.name.clone());
+        let Target::Pool(pool_index) = route.target else {
+            let ns = match route.target {
+                Target::Object(n) => self.objects.get(n),
+                Target::Pool(_) => None,
+            };
+            if let Some(ns) = ns {
+                self.object_upgrade(stream, head, route.name.clone(), ns, meter, tls, shutdown).await;
+            }
+            return None;
+        };
+        let pool = self.pool_names.get(pool_index).cloned().unwrap_or_default();
         meter.pool = Some(pool.clone());
         if route.kind == crate::config::RouteKind::Http && !wants_ws {
             self.metrics.http_requests.with_label_values(&[&route.name]).inc();
@@ -148,7 +184,7 @@ impl Gateway {
             session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
             return self.http.process_new_http(session, shutdown).await;
         }
-        self.upgrade(stream, head, route.name.clone(), route.pool, pool, meter, tls, shutdown).await;
+        self.upgrade(stream, head, route.name.clone(), pool_index, pool, meter, tls, shutdown).await;
         None
     }
 
@@ -163,7 +199,7 @@ impl Gateway {
         route: String,
         pool_index: usize,
         pool: String,
-        mut meter: Meter,
+        meter: Meter,
         tls: bool,
         shutdown: &ShutdownWatch,
     ) {
@@ -172,12 +208,68 @@ impl Gateway {
             Err(reason) => return self.reject(&mut stream, reason, Some(&route), Some(meter)).await,
         };
         let client_ip = meter.client.map(|a| a.ip());
-        let (backend_addr, mut backend, connect_started) = match self.connect(pool_index, client_ip).await {
+        let connected = match self.connect(pool_index, client_ip).await {
             Ok(b) => b,
             Err(reason) => return self.reject(&mut stream, reason, Some(&route), Some(meter)).await,
         };
+        let upgrade = Upgrade { stream, head, ws, route, pool, meter, tls, object: None };
+        self.backend_upgrade(upgrade, connected, None, shutdown).await;
+    }
+
+    /// The WebSocket path of an object route: check the client's upgrade and the object id,
+    /// then run a built-in object or place the id on a host and relay to it.
+    #[allow(clippy::too_many_arguments)]
+    async fn object_upgrade(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        head: RequestHead,
+        route: String,
+        ns: &Namespace,
+        mut meter: Meter,
+        tls: bool,
+        shutdown: &ShutdownWatch,
+    ) {
+        let ws = match handshake::check_client(&head) {
+            Ok(ws) => ws,
+            Err(reason) => return self.reject(&mut stream, reason, Some(&route), Some(meter)).await,
+        };
+        let c = &ns.config;
+        let id = match crate::objects::id::extract(&c.id_source, &c.id_rules, &head.target, &head.headers) {
+            Ok(id) => id,
+            Err(e) => {
+                let detail = e.to_string();
+                tracing::debug!(route, namespace = %c.name, error = %detail, "bad object id");
+                return self.reject_with(&mut stream, RejectReason::BadObjectId, &detail, Some(&route), Some(meter)).await;
+            }
+        };
+        meter.object = Some(ObjectRef { namespace: c.name.clone(), id: id.clone() });
+        let upgrade = Upgrade { stream, head, ws, route, pool: c.name.clone(), meter, tls, object: Some((ns, id)) };
+        if let Some(object) = &ns.builtin {
+            return self.builtin_upgrade(upgrade, object.clone(), shutdown).await;
+        }
+        let Some((_, id)) = &upgrade.object else { return };
+        match self.connect_object(ns, id).await {
+            Ok((connected, lease)) => self.backend_upgrade(upgrade, connected, Some(lease), shutdown).await,
+            Err(reason) => {
+                let mut u = upgrade;
+                self.reject(&mut u.stream, reason, Some(&u.route), Some(u.meter)).await
+            }
+        }
+    }
+
+    /// Forward the upgrade to the connected backend (or object host), check its answer, answer
+    /// the client and start the relay.
+    async fn backend_upgrade(self: &Arc<Self>, u: Upgrade<'_>, connected: Connected, lease: Option<Lease>, shutdown: &ShutdownWatch) {
+        let Upgrade { mut stream, head, ws, route, pool, mut meter, tls, object } = u;
+        let (backend_addr, mut backend, connect_started) = connected;
+        let client_ip = meter.client.map(|a| a.ip());
         meter.backend = Some(backend_addr.to_string());
-        let request = upstream::upgrade_request(&head, client_ip, tls, &meter.id.to_string());
+        let target = object.as_ref().map(|(ns, id)| upstream::ObjectTarget {
+            namespace: &ns.config.name,
+            id,
+            forward_path: ns.config.forward_path.as_deref(),
+        });
+        let request = upstream::upgrade_request(&head, client_ip, tls, &meter.id.to_string(), target);
         let answer = match upstream::handshake(&mut backend, &request, self.timeouts.backend_handshake).await {
             Ok(a) => a,
             Err(e) => {
@@ -207,8 +299,72 @@ impl Gateway {
         // handshake, only the relay (README, "Idle cost").
         let early = [head.early().to_vec(), answer.early().to_vec()];
         drop((head, answer, request));
-        let relayed = Relayed { client: stream, backend, early, rsv, route, pool, meter };
+        let mut lease = lease;
+        if let Some(l) = lease.as_mut() {
+            l.connected();
+        }
+        let relayed = Relayed { client: stream, backend, early, rsv, route, pool, meter, lease };
         tokio::spawn(self.clone().relay_to_end(relayed, shutdown.clone()));
+    }
+
+    /// Answer the client's upgrade and run a built-in object in a task of its own.
+    async fn builtin_upgrade(self: &Arc<Self>, u: Upgrade<'_>, object: session::Object, shutdown: &ShutdownWatch) {
+        let Upgrade { mut stream, head, ws, route, pool, meter, object: target, .. } = u;
+        let Some((ns, id)) = target else { return };
+        let mut lease = match ns.registry.place(&id, &[], self.timeouts.backend_connect).await {
+            Ok(l) => l,
+            Err(_) => return self.reject(&mut stream, RejectReason::ObjectMoving, Some(&route), Some(meter)).await,
+        };
+        let answer = session::switching_protocols(&handshake::accept_key(&ws.key));
+        if stream.write_all(&answer).await.is_err() || stream.flush().await.is_err() {
+            let record = meter.rejected(101, "client_gone", "client closed during the handshake");
+            return self.usage.write(&record, "connection");
+        }
+        lease.connected();
+        let early = head.early().to_vec();
+        drop(head);
+        let this = self.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let conn = this.metrics.connection(&route, &pool);
+            let (active, duration) = (conn.active.clone(), conn.duration.clone());
+            active.inc();
+            let started = Instant::now();
+            let tap = Tap::new(stream, early, ScanPolicy { sender: Role::Client, allowed_rsv: 0 }, ScanPolicy { sender: Role::Server, allowed_rsv: 0 }, conn);
+            let handle = lease.object().clone();
+            let report = session::run(object, &id, tap, handle, shutdown, this.grace_period).await;
+            active.dec();
+            duration.observe(started.elapsed().as_secs_f64());
+            match report {
+                Some(report) => this.connection_ended(&route, &pool, meter, Some(lease), &report),
+                None => tracing::warn!(route, "built-in object session lost its stream; no usage record"),
+            }
+        });
+    }
+
+    /// Place `id` on a host of `ns` and connect, moving the id off hosts that refuse.
+    async fn connect_object(&self, ns: &Namespace, id: &str) -> Result<(Connected, Lease), RejectReason> {
+        let started = Instant::now();
+        let mut tried = Vec::new();
+        let mut last = RejectReason::NoHealthyBackend;
+        while tried.len() < MAX_CONNECT_ATTEMPTS {
+            let lease = match ns.registry.place(id, &tried, self.timeouts.backend_connect).await {
+                Ok(l) => l,
+                Err(PlaceError::NoHost) => break,
+                Err(PlaceError::Moving) => return Err(RejectReason::ObjectMoving),
+            };
+            let (Some(addr), Some(host)) = (lease.addr(), lease.host_index()) else { break };
+            tried.push(host);
+            match upstream::connect(&self.connector, addr, self.timeouts.backend_connect).await {
+                Ok(s) => return Ok(((addr, s, started), lease)),
+                Err(e) => {
+                    tracing::warn!(namespace = %ns.config.name, host = %addr, error = %e, "cannot connect to object host");
+                    last = upstream_reason(&e);
+                    lease.connect_failed();
+                }
+            }
+        }
+        Err(last)
     }
 
     /// Relay a connection to its end (the connection's only task), export its metrics and
@@ -221,10 +377,19 @@ impl Gateway {
         let client_policy = ScanPolicy { sender: Role::Client, allowed_rsv: c.rsv };
         let backend_policy = ScanPolicy { sender: Role::Server, allowed_rsv: c.rsv };
         let [client_early, backend_early] = &c.early;
-        let relay = Relay::new(c.client, c.backend, client_policy, backend_policy, client_early, backend_early, &mut conn);
+        let mut relay = Relay::new(c.client, c.backend, client_policy, backend_policy, client_early, backend_early, &mut conn);
+        if let Some(lease) = &c.lease {
+            let object = lease.object().clone();
+            relay.link_object(ObjectLink { on_message: Box::new(move || object.touch()), moved: lease.evicted() });
+        }
         let report = relay.run(shutdown, self.grace_period).await;
         conn.active.dec();
         conn.duration.observe(started.elapsed().as_secs_f64());
+        self.connection_ended(route, pool, c.meter, c.lease, &report);
+    }
+
+    /// Count a finished connection, write its usage record and release its object lease.
+    fn connection_ended(&self, route: &str, pool: &str, meter: Meter, lease: Option<Lease>, report: &RelayReport) {
         let m = &self.metrics;
         m.connections_total.with_label_values(&[route, pool, report.outcome.as_str()]).inc();
         m.closes.with_label_values(&[route, report.initiator.as_str(), code_class(report.close_code)]).inc();
@@ -232,17 +397,23 @@ impl Gateway {
             m.protocol_violations.with_label_values(&[route, d.as_str(), v.as_str()]).inc();
             tracing::info!(route, direction = d.as_str(), violation = v.as_str(), "closed a connection for a protocol violation");
         }
-        let record = c.meter.relayed(&report);
+        if report.outcome == crate::relay::pump::Outcome::Moved {
+            m.object_evictions.with_label_values(&[pool]).inc();
+        }
+        let record = meter.relayed(report);
         tracing::debug!(
             connection_id = %record.connection_id, route, outcome = %record.outcome,
             duration_ms = record.duration_ms, close_code = ?report.close_code, initiator = report.initiator.as_str(),
             "connection ended"
         );
         self.usage.write(&record, "connection");
+        if let Some(lease) = lease {
+            lease.finish(&report.counts);
+        }
     }
 
     /// Pick a backend and connect, trying up to `MAX_CONNECT_ATTEMPTS` backends.
-    async fn connect(&self, pool: usize, client: Option<IpAddr>) -> Result<(SocketAddr, Stream, Instant), RejectReason> {
+    async fn connect(&self, pool: usize, client: Option<IpAddr>) -> Result<Connected, RejectReason> {
         let started = Instant::now();
         let mut tried = Vec::new();
         let mut last = RejectReason::NoHealthyBackend;
@@ -262,13 +433,19 @@ impl Gateway {
 
     /// Answer `reason`, count it, and record it when `meter` is given.
     async fn reject(&self, stream: &mut Stream, reason: RejectReason, route: Option<&str>, meter: Option<Meter>) {
-        let _ = stream.write_all(&reason.response()).await;
+        self.reject_with(stream, reason, reason.body(), route, meter).await;
+    }
+
+    /// `reject` with `body` as the response body and the record's reason (e.g. which id rule broke).
+    async fn reject_with(&self, stream: &mut Stream, reason: RejectReason, body: &str, route: Option<&str>, meter: Option<Meter>) {
+        let _ = stream.write_all(&reason.response_with(body)).await;
         let _ = stream.flush().await;
         let route = route.unwrap_or(NO_ROUTE);
         self.metrics.handshake_rejections.with_label_values(&[route, reason.as_str()]).inc();
         if let Some(meter) = meter {
             tracing::debug!(route, reason = reason.as_str(), status = reason.status(), "handshake rejected");
-            self.usage.write(&meter.rejected(reason.status(), reason.outcome(), reason.as_str()), "rejection");
+            let detail = if body == reason.body() { reason.as_str() } else { body };
+            self.usage.write(&meter.rejected(reason.status(), reason.outcome(), detail), "rejection");
         }
     }
 

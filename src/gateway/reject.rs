@@ -35,6 +35,10 @@ pub enum RejectReason {
     BackendTimeout,
     /// The backend answered 101 with a wrong `Sec-WebSocket-Accept`, or no valid response.
     BackendBadHandshake,
+    /// The object id is missing or breaks the namespace's id rules (the body names the rule).
+    BadObjectId,
+    /// The object's previous host failed and its connections have not ended yet.
+    ObjectMoving,
 }
 
 impl RejectReason {
@@ -42,11 +46,11 @@ impl RejectReason {
     pub fn status(self) -> u16 {
         use RejectReason::*;
         match self {
-            NotWebSocket | MethodNotGet | HttpVersion | ConnectionHeader | BadKey | RequestBody | MalformedRequest => 400,
+            NotWebSocket | MethodNotGet | HttpVersion | ConnectionHeader | BadKey | RequestBody | MalformedRequest | BadObjectId => 400,
             UnsupportedVersion => 426,
             HeadTooLarge => 431,
             UnknownRoute => 404,
-            NoHealthyBackend => 503,
+            NoHealthyBackend | ObjectMoving => 503,
             BackendUnreachable | BackendBadHandshake => 502,
             BackendTimeout => 504,
         }
@@ -70,6 +74,8 @@ impl RejectReason {
             BackendUnreachable => "Backend unreachable",
             BackendTimeout => "Backend timed out",
             BackendBadHandshake => "Backend sent an invalid WebSocket handshake",
+            BadObjectId => "Bad object id",
+            ObjectMoving => "Object is moving to another host; retry",
         }
     }
 
@@ -91,6 +97,8 @@ impl RejectReason {
             BackendUnreachable => "backend_unreachable",
             BackendTimeout => "backend_timeout",
             BackendBadHandshake => "backend_bad_handshake",
+            BadObjectId => "bad_object_id",
+            ObjectMoving => "object_moving",
         }
     }
 
@@ -99,7 +107,7 @@ impl RejectReason {
     pub fn outcome(self) -> &'static str {
         use RejectReason::*;
         match self {
-            NoHealthyBackend | BackendUnreachable | BackendTimeout | BackendBadHandshake => self.as_str(),
+            NoHealthyBackend | BackendUnreachable | BackendTimeout | BackendBadHandshake | ObjectMoving => self.as_str(),
             _ => "rejected",
         }
     }
@@ -114,7 +122,12 @@ impl RejectReason {
 
     /// The complete HTTP/1.1 response (the connection is closed after it).
     pub fn response(self) -> Vec<u8> {
-        let (status, body) = (self.status(), self.body());
+        self.response_with(self.body())
+    }
+
+    /// The response with `body` in place of the standard one (e.g. which id rule broke).
+    pub fn response_with(self, body: &str) -> Vec<u8> {
+        let status = self.status();
         format!(
             "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n{body}",
             reason_phrase(status),

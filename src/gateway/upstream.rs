@@ -56,8 +56,31 @@ fn hop_by_hop(name: &str, nominated: &[String]) -> bool {
     FIXED.iter().any(|h| name.eq_ignore_ascii_case(h)) || nominated.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
-/// The upgrade request weir sends to the backend for `head`.
-pub fn upgrade_request(head: &RequestHead, client_ip: Option<IpAddr>, tls: bool, connection_id: &str) -> Vec<u8> {
+/// What an object host is told about the object a connection is for.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectTarget<'a> {
+    /// Namespace name, sent as `X-Weir-Object-Namespace`.
+    pub namespace: &'a str,
+    /// Object id, sent as `X-Weir-Object-Id`.
+    pub id: &'a str,
+    /// Path template (`{namespace}`, `{id}`) replacing the request path; `None` keeps it.
+    pub forward_path: Option<&'a str>,
+}
+
+impl ObjectTarget<'_> {
+    /// The request target sent to the host for a client request to `target`.
+    fn rewrite(&self, target: &str) -> String {
+        let Some(template) = self.forward_path else { return target.to_string() };
+        let path = template.replace("{namespace}", &crate::objects::id::percent_encode(self.namespace)).replace("{id}", &crate::objects::id::percent_encode(self.id));
+        match target.split_once('?') {
+            Some((_, query)) => format!("{path}?{query}"),
+            None => path,
+        }
+    }
+}
+
+/// The upgrade request weir sends to the backend for `head` (to an object host when `object`).
+pub fn upgrade_request(head: &RequestHead, client_ip: Option<IpAddr>, tls: bool, connection_id: &str, object: Option<ObjectTarget<'_>>) -> Vec<u8> {
     let nominated: Vec<String> = head
         .headers
         .all("connection")
@@ -65,12 +88,15 @@ pub fn upgrade_request(head: &RequestHead, client_ip: Option<IpAddr>, tls: bool,
         .filter(|t| !t.is_empty())
         .collect();
     let mut out = Vec::with_capacity(head.head_len + 160);
-    out.extend_from_slice(format!("{} {} HTTP/1.1\r\n", head.method, head.target).as_bytes());
+    let target = object.map_or_else(|| head.target.clone(), |o| o.rewrite(&head.target));
+    out.extend_from_slice(format!("{} {target} HTTP/1.1\r\n", head.method).as_bytes());
     let mut forwarded_for: Option<String> = None;
     for (name, value) in head.headers.iter() {
         if hop_by_hop(name, &nominated)
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || name.eq_ignore_ascii_case("x-weir-connection-id")
+            || name.eq_ignore_ascii_case("x-weir-object-namespace")
+            || name.eq_ignore_ascii_case("x-weir-object-id")
         {
             continue;
         }
@@ -97,7 +123,12 @@ pub fn upgrade_request(head: &RequestHead, client_ip: Option<IpAddr>, tls: bool,
         out.extend_from_slice(format!("X-Forwarded-For: {xff}\r\n").as_bytes());
     }
     let proto = if tls { "https" } else { "http" };
-    out.extend_from_slice(format!("X-Forwarded-Proto: {proto}\r\nX-Weir-Connection-Id: {connection_id}\r\n\r\n").as_bytes());
+    out.extend_from_slice(format!("X-Forwarded-Proto: {proto}\r\nX-Weir-Connection-Id: {connection_id}\r\n").as_bytes());
+    if let Some(o) = object {
+        // Ids pass the namespace's `allowed` set (printable ASCII), so they are valid header values.
+        out.extend_from_slice(format!("X-Weir-Object-Namespace: {}\r\nX-Weir-Object-Id: {}\r\n", o.namespace, o.id).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
     out
 }
 
@@ -213,7 +244,7 @@ mod tests {
             buf: BytesMut::from(raw),
             head_len: len,
         };
-        let out = String::from_utf8(upgrade_request(&head, Some("127.0.0.9".parse().unwrap()), false, "id-1")).unwrap();
+        let out = String::from_utf8(upgrade_request(&head, Some("127.0.0.9".parse().unwrap()), false, "id-1", None)).unwrap();
         assert!(out.starts_with("GET /chat HTTP/1.1\r\nHost: a\r\n"));
         assert!(!out.contains("X-Secret"), "{out}");
         assert!(!out.contains("Keep-Alive"), "{out}");

@@ -6,7 +6,8 @@
 //! write is logged and counted (`weir_usage_write_errors_total`); the durable spool with retries
 //! is the billing pipeline's job (a later issue).
 
-use super::record::UsageRecord;
+use super::record::{ObjectRecord, UsageRecord};
+use serde::Serialize;
 use crate::metrics::Metrics;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -30,8 +31,18 @@ impl UsageLog {
         Ok(UsageLog { path: path.to_path_buf(), file: Mutex::new(file), metrics })
     }
 
-    /// Append one record (`kind` labels the counters: `connection` or `rejection`).
+    /// Append one connection record (`kind` labels the counters: `connection` or `rejection`).
     pub fn write(&self, record: &UsageRecord, kind: &str) {
+        self.append(record, kind, &record.connection_id);
+    }
+
+    /// Append one object record (counted as kind `object`).
+    pub fn write_object(&self, record: &ObjectRecord) {
+        self.append(record, "object", &record.object_id);
+    }
+
+    /// Append any record as one line; `subject` names it in error logs.
+    fn append<T: Serialize>(&self, record: &T, kind: &str, subject: &str) {
         let mut line = match serde_json::to_vec(record) {
             Ok(l) => l,
             Err(e) => {
@@ -48,7 +59,7 @@ impl UsageLog {
         match result {
             Ok(()) => self.metrics.usage_records.with_label_values(&[kind]).inc(),
             Err(e) => {
-                tracing::error!(path = %self.path.display(), error = %e, connection_id = %record.connection_id, "cannot write a usage record");
+                tracing::error!(path = %self.path.display(), error = %e, subject, "cannot write a usage record");
                 self.metrics.usage_write_errors.with_label_values(&[kind]).inc();
             }
         }

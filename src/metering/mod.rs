@@ -13,7 +13,7 @@ pub mod log;
 pub mod record;
 
 pub use log::UsageLog;
-pub use record::{CloseUsage, DirectionUsage, UsageRecord};
+pub use record::{CloseUsage, DirectionUsage, ObjectRecord, ObjectRef, UsageRecord};
 
 use crate::relay::pump::RelayReport;
 use std::net::SocketAddr;
@@ -30,8 +30,10 @@ pub struct Meter {
     pub client: Option<SocketAddr>,
     /// Route name, once routed.
     pub route: Option<String>,
-    /// Pool name, once routed.
+    /// Pool name, once routed to a pool.
     pub pool: Option<String>,
+    /// Object addressed, once routed to an object namespace.
+    pub object: Option<ObjectRef>,
     /// Backend address, once picked.
     pub backend: Option<String>,
     /// Subprotocol the backend chose, if any.
@@ -48,6 +50,7 @@ impl Meter {
             client,
             route: None,
             pool: None,
+            object: None,
             backend: None,
             subprotocol: None,
         }
@@ -69,9 +72,11 @@ impl Meter {
         let ended_wall = self.started_wall + duration;
         let dir = |i: usize| report.map(|r| DirectionUsage::from(&r.counts[i])).unwrap_or_default();
         UsageRecord {
+            record: "connection".into(),
             connection_id: self.id.to_string(),
             route: self.route,
             pool: self.pool,
+            object: self.object,
             backend: self.backend,
             client_addr: self.client.map(|a| a.to_string()),
             started_at: record::rfc3339_ms(self.started_wall),

@@ -10,12 +10,16 @@ use std::time::SystemTime;
 /// One connection's usage: written once, when the connection (or its failed handshake) ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {
+    /// Record type: always `connection`.
+    pub record: String,
     /// Sortable unique id (UUIDv7 text).
     pub connection_id: String,
     /// Route name, when the request matched a route.
     pub route: Option<String>,
-    /// Pool name, when the request matched a route.
+    /// Pool name, when the request matched a pool route.
     pub pool: Option<String>,
+    /// The object the connection addressed, on object routes.
+    pub object: Option<ObjectRef>,
     /// Backend `host:port`, when one was picked.
     pub backend: Option<String>,
     /// Client `ip:port`.
@@ -44,6 +48,54 @@ pub struct UsageRecord {
     pub outcome: String,
     /// Detail for failures: the reject reason or the protocol violation.
     pub reason: Option<String>,
+}
+
+/// The object a connection addressed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    /// Namespace name.
+    pub namespace: String,
+    /// Object id (after percent-decoding).
+    pub id: String,
+}
+
+/// One object's usage over one occupancy (first connection to empty), written when it becomes
+/// empty. Durable Objects-style: wall time with at least one connection, and active time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    /// Record type: always `object`.
+    pub record: String,
+    /// Namespace name.
+    pub namespace: String,
+    /// Object id.
+    pub object_id: String,
+    /// Owner that served it: `host:port` as configured, or `builtin:<kind>`.
+    pub host: String,
+    /// When its first connection was placed (RFC 3339 UTC, milliseconds).
+    pub started_at: String,
+    /// When it became empty (RFC 3339 UTC, milliseconds).
+    pub ended_at: String,
+    /// Time with at least one connection, milliseconds.
+    pub connected_ms: u64,
+    /// Time in which it processed a message (union of `idle_window` after each message, on any
+    /// socket), milliseconds.
+    pub active_ms: u64,
+    /// The namespace's idle window, milliseconds.
+    pub idle_window_ms: u64,
+    /// Connections established during the occupancy.
+    pub connections: u64,
+    /// Most connections open at once.
+    pub peak_connections: u64,
+    /// Data messages from clients to the object.
+    pub messages_in: u64,
+    /// Data messages from the object to clients.
+    pub messages_out: u64,
+    /// Payload bytes from clients to the object.
+    pub payload_bytes_in: u64,
+    /// Payload bytes from the object to clients.
+    pub payload_bytes_out: u64,
+    /// The occupancy ended because its host failed (clients were closed with 1012).
+    pub moved: bool,
 }
 
 /// Traffic in one direction (relayed bytes only; frames weir sends itself are not counted).

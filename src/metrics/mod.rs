@@ -56,6 +56,18 @@ pub struct Metrics {
     pub usage_write_errors: IntCounterVec,
     /// See `names::HTTP_REQUESTS_TOTAL`.
     pub http_requests: IntCounterVec,
+    /// See `names::OBJECTS_ACTIVE`.
+    pub objects_active: IntGaugeVec,
+    /// See `names::OBJECT_PLACEMENTS_TOTAL`.
+    pub object_placements: IntCounterVec,
+    /// See `names::OBJECT_MOVES_TOTAL`.
+    pub object_moves: IntCounterVec,
+    /// See `names::OBJECT_EVICTIONS_TOTAL`.
+    pub object_evictions: IntCounterVec,
+    /// See `names::ROOM_SLOW_CLIENTS_TOTAL`.
+    pub room_slow_clients: IntCounterVec,
+    /// See `names::ROOM_STORE_ERRORS_TOTAL`.
+    pub room_store_errors: IntCounterVec,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -95,6 +107,12 @@ impl Metrics {
             usage_records: counter(reg, USAGE_RECORDS_TOTAL, "Usage records written", &[KIND])?,
             usage_write_errors: counter(reg, USAGE_WRITE_ERRORS_TOTAL, "Usage records that could not be written", &[KIND])?,
             http_requests: counter(reg, HTTP_REQUESTS_TOTAL, "Plain HTTP requests proxied on http routes", &[ROUTE])?,
+            objects_active: gauge(reg, OBJECTS_ACTIVE, "Objects with at least one connection", &[NAMESPACE])?,
+            object_placements: counter(reg, OBJECT_PLACEMENTS_TOTAL, "Object ids placed on an owner", &[NAMESPACE])?,
+            object_moves: counter(reg, OBJECT_MOVES_TOTAL, "Object ids moved off a failed owner, by reason", &[NAMESPACE, REASON])?,
+            object_evictions: counter(reg, OBJECT_EVICTIONS_TOTAL, "Client connections closed with 1012 because their object moved", &[NAMESPACE])?,
+            room_slow_clients: counter(reg, ROOM_SLOW_CLIENTS_TOTAL, "Room clients closed because their send queue was full", &[NAMESPACE])?,
+            room_store_errors: counter(reg, ROOM_STORE_ERRORS_TOTAL, "Room messages that could not be written to the history store", &[NAMESPACE])?,
         })
     }
 

@@ -34,6 +34,18 @@ pub const USAGE_RECORDS_TOTAL: &str = "weir_usage_records_total";
 pub const USAGE_WRITE_ERRORS_TOTAL: &str = "weir_usage_write_errors_total";
 /// Counter: plain HTTP requests proxied on `http` routes {route}.
 pub const HTTP_REQUESTS_TOTAL: &str = "weir_http_requests_total";
+/// Gauge: objects with at least one connection {namespace}.
+pub const OBJECTS_ACTIVE: &str = "weir_objects_active";
+/// Counter: object ids placed on an owner (an id with no live connection got one) {namespace}.
+pub const OBJECT_PLACEMENTS_TOTAL: &str = "weir_object_placements_total";
+/// Counter: object ids moved off a failed owner {namespace, reason}.
+pub const OBJECT_MOVES_TOTAL: &str = "weir_object_moves_total";
+/// Counter: client connections closed with 1012 because their object moved {namespace}.
+pub const OBJECT_EVICTIONS_TOTAL: &str = "weir_object_evictions_total";
+/// Counter: room clients closed because their send queue was full {namespace}.
+pub const ROOM_SLOW_CLIENTS_TOTAL: &str = "weir_room_slow_clients_total";
+/// Counter: room messages that could not be written to the history store {namespace}.
+pub const ROOM_STORE_ERRORS_TOTAL: &str = "weir_room_store_errors_total";
 
 /// Label: route name from config.
 pub const ROUTE: &str = "route";
@@ -52,6 +64,8 @@ pub const INITIATOR: &str = "initiator";
 /// Label: close code class: normal (1000), going_away (1001), error (1002–1015), app (3000–4999),
 /// none (no close frame).
 pub const CODE_CLASS: &str = "code_class";
+/// Label: object namespace name from config.
+pub const NAMESPACE: &str = "namespace";
 /// Label: how a connection ended (see `metering::Outcome`).
 pub const OUTCOME: &str = "outcome";
 
@@ -72,4 +86,10 @@ pub const ALL: &[&str] = &[
     USAGE_RECORDS_TOTAL,
     USAGE_WRITE_ERRORS_TOTAL,
     HTTP_REQUESTS_TOTAL,
+    OBJECTS_ACTIVE,
+    OBJECT_PLACEMENTS_TOTAL,
+    OBJECT_MOVES_TOTAL,
+    OBJECT_EVICTIONS_TOTAL,
+    ROOM_SLOW_CLIENTS_TOTAL,
+    ROOM_STORE_ERRORS_TOTAL,
 ];

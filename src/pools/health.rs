@@ -26,12 +26,13 @@ pub struct Probe {
     pool: String,
     check: HealthCheck,
     metrics: Metrics,
+    listener: Option<super::HealthListener>,
 }
 
 impl Probe {
-    /// The probe configured for `pool`.
-    pub fn new(pool: &Pool, metrics: Metrics) -> Probe {
-        Probe { pool: pool.name.clone(), check: pool.health.clone(), metrics }
+    /// The probe configured for `pool`; `listener` hears every change of health.
+    pub fn new(pool: &Pool, metrics: Metrics, listener: Option<super::HealthListener>) -> Probe {
+        Probe { pool: pool.name.clone(), check: pool.health.clone(), metrics, listener }
     }
 
     /// Time between probes, or `None` when probing is off.
@@ -96,6 +97,9 @@ impl pingora_load_balancing::health_check::HealthCheck for Probe {
             tracing::warn!(pool = %self.pool, backend = %addr, "backend failed its health check; no new connections go to it");
         }
         self.metrics.backend_healthy.with_label_values(&[&self.pool, &addr]).set(i64::from(healthy));
+        if let (Some(listener), Some(inet)) = (&self.listener, target.addr.as_inet()) {
+            listener(*inet, healthy);
+        }
     }
 
     fn health_threshold(&self, _success: bool) -> usize {

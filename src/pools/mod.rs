@@ -38,12 +38,26 @@ pub type HealthService = Box<dyn pingora_core::services::ServiceWithDependents>;
 /// The resolved address of each backend: built-in backends are bound before the pools are built.
 pub type Resolve<'a> = &'a dyn Fn(&ConfBackend) -> SocketAddr;
 
+/// Told of every change of a backend's health (address, healthy).
+pub type HealthListener = std::sync::Arc<dyn Fn(SocketAddr, bool) + Send + Sync>;
+
 impl Pools {
     /// Build the balancers; returns them with the services that probe backend health.
     pub fn build(pools: &[Pool], resolve: Resolve<'_>, metrics: &Metrics) -> std::io::Result<(Pools, Vec<HealthService>)> {
+        Pools::build_with(pools, resolve, metrics, &[])
+    }
+
+    /// `build`, with a health listener per pool (`listeners[i]` for `pools[i]`, if any).
+    pub fn build_with(
+        pools: &[Pool],
+        resolve: Resolve<'_>,
+        metrics: &Metrics,
+        listeners: &[Option<HealthListener>],
+    ) -> std::io::Result<(Pools, Vec<HealthService>)> {
         let mut balancers = Vec::new();
         let mut services: Vec<HealthService> = Vec::new();
-        for pool in pools {
+        for (i, pool) in pools.iter().enumerate() {
+            let listener = listeners.get(i).cloned().flatten();
             let addrs: Vec<String> = pool.backends.iter().map(|b| resolve(b).to_string()).collect();
             for a in &addrs {
                 metrics.backend_healthy.with_label_values(&[&pool.name, a]).set(1);
@@ -51,7 +65,7 @@ impl Pools {
             macro_rules! lb {
                 ($variant:ident, $sel:ty) => {{
                     let mut lb = LoadBalancer::<$sel>::try_from_iter(addrs.iter().map(String::as_str))?;
-                    let probe = health::Probe::new(pool, metrics.clone());
+                    let probe = health::Probe::new(pool, metrics.clone(), listener.clone());
                     let interval = probe.interval();
                     if let Some(interval) = interval {
                         lb.set_health_check(Box::new(probe));

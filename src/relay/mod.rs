@@ -3,6 +3,8 @@
 //! - `frame.rs`: sans-io RFC 6455 frame-header parser and close-frame encoder (hot path).
 //! - `scanner.rs`: `FrameScanner`, fed chunks split anywhere; counts and validates one direction
 //!   without touching payload bytes (hot path).
+//! - `tap.rs`: `Tap`, the scanners around a stream weir terminates itself (built-in objects;
+//!   hot path).
 //! - `pump.rs`: `Relay`, one state machine that drives both directions of a connection, forwards
 //!   bytes from the buffer they were read into, applies backpressure, and injects close frames at
 //!   frame boundaries (hot path per chunk; warm path at the ends).
@@ -16,6 +18,7 @@
 pub mod frame;
 pub mod pump;
 pub mod scanner;
+pub mod tap;
 
 /// One direction of a relayed connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

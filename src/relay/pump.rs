@@ -46,6 +46,10 @@ pub const CLOSE_CLIENT_GONE: u16 = 1001;
 pub const CLOSE_SHUTDOWN: u16 = 1001;
 /// Close code sent when a side breaks RFC 6455: 1002 "Protocol Error".
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code sent to an object's clients when the object moves to another host, and instead of
+/// `CLOSE_BACKEND_GONE` when an object host goes away: 1012 "Service Restart" (reconnect and
+/// land on the new owner).
+pub const CLOSE_OBJECT_MOVED: u16 = 1012;
 /// Iterations of the relay loop per poll before yielding to other tasks.
 const MAX_ROUNDS_PER_POLL: usize = 32;
 
@@ -98,6 +102,8 @@ pub enum Outcome {
     ProtocolError,
     /// weir closed the connection because it was shutting down.
     Shutdown,
+    /// weir closed the connection with 1012 because its object moved to another host.
+    Moved,
 }
 
 impl Outcome {
@@ -109,6 +115,7 @@ impl Outcome {
             Outcome::BackendGone => "backend_gone",
             Outcome::ProtocolError => "protocol_error",
             Outcome::Shutdown => "shutdown",
+            Outcome::Moved => "moved",
         }
     }
 }
@@ -128,6 +135,16 @@ pub struct RelayReport {
     pub outcome: Outcome,
     /// The RFC 6455 violation that closed the connection, if any, and its direction.
     pub violation: Option<(Direction, Violation)>,
+}
+
+/// What a relay to an object host adds to a plain relay.
+pub struct ObjectLink {
+    /// Called once per wakeup that relayed at least one complete message (the object's
+    /// active-time accounting).
+    pub on_message: Box<dyn Fn() + Send + Sync>,
+    /// Turns true when the object moves off its host: weir closes both sides with
+    /// `CLOSE_OBJECT_MOVED` at once.
+    pub moved: watch::Receiver<bool>,
 }
 
 const CLIENT: usize = 0;
@@ -285,6 +302,12 @@ pub struct Relay<'m> {
     draining: bool,
     violation: Option<(Direction, Violation)>,
     linger: Option<Pin<Box<Sleep>>>,
+    /// Set when the backend is an object host.
+    object: Option<ObjectLink>,
+    /// Messages (both directions) seen at the last `on_message` call.
+    messages_seen: u64,
+    /// weir closed the connection because its object moved.
+    moved: bool,
 }
 
 impl<'m> Relay<'m> {
@@ -312,6 +335,9 @@ impl<'m> Relay<'m> {
             draining: false,
             violation: None,
             linger: None,
+            object: None,
+            messages_seen: 0,
+            moved: false,
         };
         for (d, early) in [(Direction::ClientToBackend, client_early), (Direction::BackendToClient, backend_early)] {
             if !early.is_empty() {
@@ -322,6 +348,11 @@ impl<'m> Relay<'m> {
         relay
     }
 
+    /// Make this the relay to an object host (before `run`).
+    pub fn link_object(&mut self, link: ObjectLink) {
+        self.object = Some(link);
+    }
+
     /// Relay until both sides are finished. When `shutdown` turns true, the connection gets
     /// `grace` more time and is then closed with `CLOSE_SHUTDOWN` on both sides.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) -> RelayReport {
@@ -330,10 +361,19 @@ impl<'m> Relay<'m> {
         if *shutdown.borrow() {
             drain_at = Some(Box::pin(sleep(grace)));
         }
+        let mut moved = self.object.as_ref().map(|o| o.moved.clone());
+        if moved.as_mut().is_some_and(|m| *m.borrow_and_update()) {
+            self.object_moved();
+        }
         loop {
             tokio::select! {
                 biased;
                 () = poll_fn(|cx| self.poll_relay(cx)) => break,
+                changed = async { moved.as_mut()?.changed().await.ok() }, if moved.is_some() && !self.moved => match changed {
+                    Some(()) if moved.as_mut().is_some_and(|m| *m.borrow_and_update()) => self.object_moved(),
+                    Some(()) => {}
+                    None => moved = None,
+                },
                 changed = shutdown.changed(), if watching && drain_at.is_none() => match changed {
                     Ok(()) if *shutdown.borrow() => drain_at = Some(Box::pin(sleep(grace))),
                     Ok(()) => {}
@@ -353,6 +393,13 @@ impl<'m> Relay<'m> {
         // still move while the connection is open, at a fraction of the per-chunk cost.
         for d in Direction::BOTH {
             self.metrics.update(d, self.halves[d.index()].scanner.counts());
+        }
+        if let Some(link) = &self.object {
+            let messages = self.halves.iter().map(|h| h.scanner.counts().messages).sum();
+            if messages != self.messages_seen {
+                self.messages_seen = messages;
+                (link.on_message)();
+            }
         }
         poll
     }
@@ -483,8 +530,10 @@ impl<'m> Relay<'m> {
         h.src_done = true;
         let sent_close = h.scanner.close().is_some();
         if !sent_close {
+            let backend_gone = if self.object.is_some() { CLOSE_OBJECT_MOVED } else { CLOSE_BACKEND_GONE };
+            let h = &mut self.halves[d.index()];
             let (code, to_backend) = match d {
-                Direction::BackendToClient => (CLOSE_BACKEND_GONE, false),
+                Direction::BackendToClient => (backend_gone, false),
                 Direction::ClientToBackend => (CLOSE_CLIENT_GONE, true),
             };
             if h.inject_close(code, to_backend) {
@@ -527,6 +576,12 @@ impl<'m> Relay<'m> {
         self.start_linger();
     }
 
+    fn object_moved(&mut self) {
+        tracing::debug!("object moved; closing with 1012");
+        self.moved = true;
+        self.gateway_close(CLOSE_OBJECT_MOVED);
+    }
+
     fn begin_drain(&mut self) {
         self.draining = true;
         tracing::debug!("shutdown grace over; closing with 1001");
@@ -549,6 +604,8 @@ impl<'m> Relay<'m> {
             .unwrap_or(Party::Gateway);
         let outcome = if self.violation.is_some() {
             Outcome::ProtocolError
+        } else if self.moved {
+            Outcome::Moved
         } else if self.draining && !both_closed {
             Outcome::Shutdown
         } else if both_closed {

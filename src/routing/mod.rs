@@ -40,7 +40,7 @@ impl RouteTable {
 
 /// Segment-wise prefix match: `/chat` matches `/chat`, `/chat/`, `/chat/x`, not `/chatter`.
 /// The empty prefix (route `/`) matches everything.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => prefix.is_empty() || rest.is_empty() || rest.starts_with('/'),
         None => false,

@@ -1,0 +1,846 @@
+//! Durable message history of the built-in `room` object: one append-only log file per room.
+//!
+//! It owns the history directory of one namespace (`HistoryStore`) and, per joined room, the open
+//! log file plus the in-memory copy of the last `keep` messages (`RoomLog`).
+//!
+//! Warm path: `RoomLog::append` runs once per room message, under the room's lock;
+//! `HistoryStore::load` runs once when a room is first joined (it reads the whole log).
+//!
+//! File format: the file of room `id` is `<lowercase hex of id's bytes>.log` in the store's
+//! directory, so any id is a safe file name (ids longer than 100 bytes are split into
+//! directories of 200 hex digits each, `<hex>/<hex>.log`, to stay under the 255-byte name limit).
+//! The file starts with the 8-byte header `WEIRHST1`, followed by records:
+//! `u32 LE payload length | u8 kind (0 text, 1 binary) | u32 LE checksum | payload`, where the
+//! checksum is FNV-1a 32-bit over the kind byte followed by the payload. On load, a record that is
+//! partial, longer than 64 MiB, of unknown kind or with a bad checksum ends the log: the file is
+//! truncated to the end of the last valid record (with a warning). A file with a wrong header is
+//! renamed to `<name>.corrupt-<unix-seconds>` (with a warning) and a fresh log is started.
+//!
+//! Durability: every append is a single `write(2)` of the whole record to a file opened with
+//! `O_APPEND`, without fsync. A message whose append returned is therefore kept if the process
+//! crashes or is killed (the kernel has it), but may be lost if the machine crashes or loses
+//! power; a record torn by such a crash is cut off on the next load.
+//!
+//! Compaction: when the log holds more than `2 * keep` records, the kept messages are written to
+//! `<file>.tmp`, which is fsynced and renamed over the log (then the directory is fsynced), and
+//! the log is reopened for appending. So a log never holds more than `2 * keep` records.
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// First bytes of every history log.
+const HEADER: &[u8; 8] = b"WEIRHST1";
+/// Bytes before a record's payload: length, kind, checksum.
+const RECORD_HEAD: usize = 9;
+/// Largest payload a record may hold, bytes.
+const MAX_PAYLOAD: usize = 64 << 20;
+/// Id bytes per path component (200 hex digits, leaving room for the suffixes).
+const ID_CHUNK: usize = 100;
+/// Kind byte of a text message.
+const KIND_TEXT: u8 = 0;
+/// Kind byte of a binary message.
+const KIND_BINARY: u8 = 1;
+
+/// Whether a stored message was a text or a binary WebSocket message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A text message (the caller only stores valid UTF-8).
+    Text,
+    /// A binary message.
+    Binary,
+}
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Text or binary.
+    pub kind: MessageKind,
+    /// The message payload.
+    pub data: Bytes,
+}
+
+/// Where all rooms of one namespace keep their history: one file per room id in `dir`.
+#[derive(Debug)]
+pub struct HistoryStore {
+    dir: PathBuf,
+    keep: usize,
+}
+
+impl HistoryStore {
+    /// Create `dir` (and parents) if missing; `keep` is the number of messages kept per room.
+    pub fn open(dir: &Path, keep: usize) -> io::Result<HistoryStore> {
+        std::fs::create_dir_all(dir)?;
+        Ok(HistoryStore { dir: dir.to_path_buf(), keep })
+    }
+
+    /// Open (creating if missing) the log of room `id` and load its last `keep` messages.
+    pub fn load(&self, id: &str) -> io::Result<RoomLog> {
+        let path = room_path(&self.dir, id);
+        let mut log = RoomLog {
+            file: None,
+            path,
+            history: VecDeque::new(),
+            records: 0,
+            disk_len: 0,
+            keep: self.keep,
+        };
+        if self.keep == 0 {
+            return Ok(log);
+        }
+        if let Some(parent) = log.path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        log.open_and_scan()?;
+        if log.records > log.limit() {
+            if let Err(e) = log.compact() {
+                tracing::warn!(path = %log.path.display(), error = %e, "room history: compaction on load failed");
+            }
+        }
+        Ok(log)
+    }
+
+    /// Messages kept per room.
+    pub fn keep(&self) -> usize {
+        self.keep
+    }
+}
+
+/// One room's open log plus its in-memory history (the last `keep` messages, oldest first).
+#[derive(Debug)]
+pub struct RoomLog {
+    /// The log opened for reading and appending; `None` if it must be reopened (or `keep` is 0).
+    file: Option<File>,
+    path: PathBuf,
+    history: VecDeque<StoredMessage>,
+    /// Valid records in the file.
+    records: u64,
+    /// Length of the file up to the end of the last valid record.
+    disk_len: u64,
+    keep: usize,
+}
+
+impl RoomLog {
+    /// The kept messages, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = &StoredMessage> + '_ {
+        self.history.iter()
+    }
+
+    /// Number of kept messages.
+    pub fn len(&self) -> usize {
+        self.history.len()
+    }
+
+    /// Whether no message is kept.
+    pub fn is_empty(&self) -> bool {
+        self.history.is_empty()
+    }
+
+    /// Append one message to the log and the in-memory history; compacts the log when due.
+    pub fn append(&mut self, msg: StoredMessage) -> io::Result<()> {
+        if self.keep == 0 {
+            return Ok(());
+        }
+        let record = encode(&msg);
+        self.push(msg);
+        self.write_record(&record?)?;
+        if self.records > self.limit() {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Most records the file may hold before it is compacted.
+    fn limit(&self) -> u64 {
+        u64::try_from(self.keep).unwrap_or(u64::MAX).saturating_mul(2)
+    }
+
+    /// Push `msg` to the in-memory history, dropping the oldest beyond `keep`.
+    fn push(&mut self, msg: StoredMessage) {
+        self.history.push_back(msg);
+        while self.history.len() > self.keep {
+            self.history.pop_front();
+        }
+    }
+
+    /// Write one encoded record with a single `write(2)`; a short write is cut back off.
+    fn write_record(&mut self, record: &[u8]) -> io::Result<()> {
+        self.ensure_open()?;
+        let Some(mut file) = self.file.as_ref() else {
+            return Err(io::Error::other("room history: log not open"));
+        };
+        let written = file.write(record)?;
+        if written != record.len() {
+            let _ = file.set_len(self.disk_len);
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write to {}: {written} of {} bytes", self.path.display(), record.len()),
+            ));
+        }
+        self.disk_len += record.len() as u64;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Reopen the log in append mode if an earlier compaction left it closed.
+    fn ensure_open(&mut self) -> io::Result<()> {
+        if self.file.is_none() {
+            let file = open_append(&self.path, false)?;
+            self.disk_len = file.metadata()?.len();
+            self.file = Some(file);
+        }
+        Ok(())
+    }
+
+    /// Open (creating if missing) the log, check its header and load its valid records.
+    fn open_and_scan(&mut self) -> io::Result<()> {
+        let mut file = open_append(&self.path, true)?;
+        let file_len = file.metadata()?.len();
+        let mut header = Vec::with_capacity(HEADER.len());
+        (&mut file).take(HEADER.len() as u64).read_to_end(&mut header)?;
+        if header.as_slice() != HEADER.as_slice() {
+            let mut torn_len = file_len;
+            if !HEADER.starts_with(&header) {
+                drop(file);
+                file = self.set_aside()?;
+                torn_len = 0;
+            }
+            start_fresh(&file, &self.path, torn_len)?;
+            self.disk_len = HEADER.len() as u64;
+            self.file = Some(file);
+            return Ok(());
+        }
+        let scan = scan_records(&file, file_len, self.keep)?;
+        if scan.valid_end < file_len {
+            tracing::warn!(
+                path = %self.path.display(),
+                dropped_bytes = file_len - scan.valid_end,
+                reason = scan.stop,
+                "room history: cutting off torn or corrupt tail"
+            );
+            file.set_len(scan.valid_end)?;
+        }
+        self.history = scan.messages;
+        self.records = scan.records;
+        self.disk_len = scan.valid_end;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Rename a log with a wrong header to `<name>.corrupt-<unix-seconds>`; open a new empty one.
+    fn set_aside(&self) -> io::Result<File> {
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let aside = with_suffix(&self.path, &format!(".corrupt-{secs}"));
+        std::fs::rename(&self.path, &aside)?;
+        tracing::warn!(
+            path = %self.path.display(),
+            moved_to = %aside.display(),
+            "room history: log has a wrong header; set aside, starting a fresh log"
+        );
+        open_append(&self.path, true)
+    }
+
+    /// Rewrite the log to hold only the kept messages (tmp file, fsync, rename, fsync dir).
+    fn compact(&mut self) -> io::Result<()> {
+        let tmp = with_suffix(&self.path, ".tmp");
+        let len = match write_compacted(&tmp, &self.history) {
+            Ok(len) => len,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if let Err(e) = std::fs::rename(&tmp, &self.path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.file = None;
+        self.records = self.history.len() as u64;
+        self.disk_len = len;
+        sync_parent(&self.path)?;
+        self.ensure_open()
+    }
+}
+
+/// Valid records found by a scan of a log.
+struct Scan {
+    /// The last `keep` messages, oldest first.
+    messages: VecDeque<StoredMessage>,
+    /// Number of valid records.
+    records: u64,
+    /// File offset just past the last valid record.
+    valid_end: u64,
+    /// Why the scan stopped before the end of the file, if it did.
+    stop: &'static str,
+}
+
+/// Read the records after the header of `file` (`file_len` bytes), keeping the last `keep`.
+fn scan_records(file: &File, file_len: u64, keep: usize) -> io::Result<Scan> {
+    let mut reader = BufReader::with_capacity(64 << 10, file);
+    let mut scan = Scan {
+        messages: VecDeque::new(),
+        records: 0,
+        valid_end: HEADER.len() as u64,
+        stop: "",
+    };
+    loop {
+        match read_record(&mut reader, file_len.saturating_sub(scan.valid_end))? {
+            Ok(None) => return Ok(scan),
+            Ok(Some(msg)) => {
+                scan.valid_end += (RECORD_HEAD + msg.data.len()) as u64;
+                scan.records += 1;
+                scan.messages.push_back(msg);
+                if scan.messages.len() > keep {
+                    scan.messages.pop_front();
+                }
+            }
+            Err(reason) => {
+                scan.stop = reason;
+                return Ok(scan);
+            }
+        }
+    }
+}
+
+/// Read one record with `remaining` bytes left in the file: `Ok(None)` at a clean end,
+/// `Err(reason)` for a torn or corrupt record.
+fn read_record(
+    reader: &mut impl Read,
+    remaining: u64,
+) -> io::Result<Result<Option<StoredMessage>, &'static str>> {
+    let mut head = [0u8; RECORD_HEAD];
+    let got = read_full(reader, &mut head)?;
+    if got == 0 {
+        return Ok(Ok(None));
+    }
+    if got < RECORD_HEAD {
+        return Ok(Err("partial record header"));
+    }
+    let [l0, l1, l2, l3, kind, c0, c1, c2, c3] = head;
+    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    if len > MAX_PAYLOAD {
+        return Ok(Err("record length over 64 MiB"));
+    }
+    let Some(kind) = kind_of(kind) else {
+        return Ok(Err("unknown record kind"));
+    };
+    if (RECORD_HEAD + len) as u64 > remaining {
+        return Ok(Err("partial record payload"));
+    }
+    let mut payload = vec![0u8; len];
+    if read_full(reader, &mut payload)? < len {
+        return Ok(Err("partial record payload"));
+    }
+    if checksum(head[4], &payload) != u32::from_le_bytes([c0, c1, c2, c3]) {
+        return Ok(Err("record checksum mismatch"));
+    }
+    Ok(Ok(Some(StoredMessage { kind, data: Bytes::from(payload) })))
+}
+
+/// Read into `buf` until it is full or the reader ends; returns the bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The message kind of a kind byte, if it is a known one.
+fn kind_of(byte: u8) -> Option<MessageKind> {
+    match byte {
+        KIND_TEXT => Some(MessageKind::Text),
+        KIND_BINARY => Some(MessageKind::Binary),
+        _ => None,
+    }
+}
+
+/// The kind byte of a message kind.
+fn kind_byte(kind: MessageKind) -> u8 {
+    match kind {
+        MessageKind::Text => KIND_TEXT,
+        MessageKind::Binary => KIND_BINARY,
+    }
+}
+
+/// FNV-1a 32-bit over the kind byte followed by the payload.
+fn checksum(kind: u8, payload: &[u8]) -> u32 {
+    const OFFSET: u32 = 0x811c_9dc5;
+    const PRIME: u32 = 0x0100_0193;
+    std::iter::once(&kind)
+        .chain(payload)
+        .fold(OFFSET, |hash, &b| (hash ^ u32::from(b)).wrapping_mul(PRIME))
+}
+
+/// The head (length, kind, checksum) of the record of `msg`; errors if the payload is too long.
+fn record_head(msg: &StoredMessage) -> io::Result<[u8; RECORD_HEAD]> {
+    let len = u32::try_from(msg.data.len())
+        .ok()
+        .filter(|&l| l as usize <= MAX_PAYLOAD)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("room history: message of {} bytes is over 64 MiB, not stored", msg.data.len()),
+            )
+        })?;
+    let kind = kind_byte(msg.kind);
+    let mut head = [0u8; RECORD_HEAD];
+    head[..4].copy_from_slice(&len.to_le_bytes());
+    head[4] = kind;
+    head[5..].copy_from_slice(&checksum(kind, &msg.data).to_le_bytes());
+    Ok(head)
+}
+
+/// The whole encoded record of `msg`, ready for a single write.
+fn encode(msg: &StoredMessage) -> io::Result<Vec<u8>> {
+    let head = record_head(msg)?;
+    let mut record = Vec::with_capacity(RECORD_HEAD + msg.data.len());
+    record.extend_from_slice(&head);
+    record.extend_from_slice(&msg.data);
+    Ok(record)
+}
+
+/// Write a complete log holding `messages` to `tmp` and fsync it; returns its length.
+fn write_compacted(tmp: &Path, messages: &VecDeque<StoredMessage>) -> io::Result<u64> {
+    let file = OpenOptions::new().write(true).create(true).truncate(true).open(tmp)?;
+    let mut out = BufWriter::with_capacity(64 << 10, file);
+    out.write_all(HEADER)?;
+    let mut len = HEADER.len() as u64;
+    for msg in messages {
+        out.write_all(&record_head(msg)?)?;
+        out.write_all(&msg.data)?;
+        len += (RECORD_HEAD + msg.data.len()) as u64;
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(len)
+}
+
+/// Make a log with a missing or torn header (a prefix of it, `file_len` bytes) a fresh empty log.
+fn start_fresh(file: &File, path: &Path, file_len: u64) -> io::Result<()> {
+    if file_len > 0 {
+        tracing::warn!(path = %path.display(), dropped_bytes = file_len, "room history: torn header, starting a fresh log");
+        file.set_len(0)?;
+    }
+    let mut writer: &File = file;
+    let written = writer.write(HEADER)?;
+    if written != HEADER.len() {
+        let _ = file.set_len(0);
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write of history header"));
+    }
+    Ok(())
+}
+
+/// Open `path` for reading and appending (`O_APPEND`), creating it if `create`.
+fn open_append(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new().read(true).append(true).create(create).open(path)
+}
+
+/// Fsync the directory holding `path`, so a rename in it is durable.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// `path` with `suffix` appended to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The log path of room `id` in `dir`: lowercase hex of the id's bytes plus `.log`, split into
+/// directories of `ID_CHUNK` id bytes so no path component exceeds the file-name limit.
+fn room_path(dir: &Path, id: &str) -> PathBuf {
+    let chunks: Vec<&[u8]> = id.as_bytes().chunks(ID_CHUNK).collect();
+    let mut path = dir.to_path_buf();
+    let Some((last, dirs)) = chunks.split_last() else {
+        path.push(".log");
+        return path;
+    };
+    for chunk in dirs {
+        path.push(hex(chunk));
+    }
+    path.push(format!("{}.log", hex(last)));
+    path
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Level, Metadata};
+
+    /// A tracing subscriber that collects the fields of every WARN event as text.
+    struct Capture(Arc<Mutex<Vec<String>>>);
+
+    /// Appends `name=value ` for every field of an event.
+    struct Fields<'a>(&'a mut String);
+
+    impl Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={:?} ", field.name(), value));
+        }
+    }
+
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            if *event.metadata().level() == Level::WARN {
+                let mut line = String::new();
+                event.record(&mut Fields(&mut line));
+                self.0.lock().unwrap().push(line);
+            }
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    /// Run `f` with WARN events captured; returns its result and the warnings.
+    fn with_warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let out = tracing::subscriber::with_default(Capture(seen.clone()), f);
+        let warnings = seen.lock().unwrap().clone();
+        (out, warnings)
+    }
+
+    fn text(s: &str) -> StoredMessage {
+        StoredMessage { kind: MessageKind::Text, data: Bytes::copy_from_slice(s.as_bytes()) }
+    }
+
+    fn binary(b: &[u8]) -> StoredMessage {
+        StoredMessage { kind: MessageKind::Binary, data: Bytes::copy_from_slice(b) }
+    }
+
+    fn history(log: &RoomLog) -> Vec<StoredMessage> {
+        log.history().cloned().collect()
+    }
+
+    /// Independent parse of a log file: the records after the header, checksums verified.
+    fn parse_file(bytes: &[u8]) -> Vec<StoredMessage> {
+        assert_eq!(&bytes[..8], b"WEIRHST1");
+        let mut out = Vec::new();
+        let mut at = 8;
+        while at < bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            let kind = bytes[at + 4];
+            let sum = u32::from_le_bytes(bytes[at + 5..at + 9].try_into().unwrap());
+            let payload = &bytes[at + 9..at + 9 + len];
+            let mut h: u32 = 0x811c9dc5;
+            for &b in std::iter::once(&kind).chain(payload) {
+                h ^= u32::from(b);
+                h = h.wrapping_mul(16777619);
+            }
+            assert_eq!(h, sum, "checksum of record at {at}");
+            let kind = match kind {
+                0 => MessageKind::Text,
+                1 => MessageKind::Binary,
+                k => panic!("kind {k}"),
+            };
+            out.push(StoredMessage { kind, data: Bytes::copy_from_slice(payload) });
+            at += 9 + len;
+        }
+        assert_eq!(at, bytes.len());
+        out
+    }
+
+    #[test]
+    fn fnv1a_known_values() {
+        // FNV-1a 32 of "a" is 0xe40c292c; of "" is the offset basis.
+        assert_eq!(checksum(b'a', b""), 0xe40c_292c);
+        assert_eq!(checksum(b'f', b"oobar"), 0xbf9c_f968);
+    }
+
+    #[test]
+    fn round_trip_text_and_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + 3) as u8).collect();
+        let msgs = vec![
+            text("hello"),
+            binary(&[0, 1, 2, 255]),
+            text(""),
+            binary(b""),
+            binary(&big),
+            text("héllo wörld"),
+        ];
+        {
+            let store = HistoryStore::open(&dir.path().join("a/b"), 10).unwrap();
+            let mut log = store.load("room-1").unwrap();
+            assert!(log.is_empty());
+            for m in &msgs {
+                log.append(m.clone()).unwrap();
+            }
+            assert_eq!(history(&log), msgs);
+        }
+        let store = HistoryStore::open(&dir.path().join("a/b"), 10).unwrap();
+        assert_eq!(store.keep(), 10);
+        let log = store.load("room-1").unwrap();
+        assert_eq!(log.len(), msgs.len());
+        assert_eq!(history(&log), msgs);
+        let file = std::fs::read(dir.path().join("a/b").join(format!("{}.log", hex(b"room-1")))).unwrap();
+        assert_eq!(parse_file(&file), msgs);
+    }
+
+    #[test]
+    fn keep_bound_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = 5;
+        let store = HistoryStore::open(dir.path(), keep).unwrap();
+        let mut log = store.load("r").unwrap();
+        let all: Vec<StoredMessage> = (0..3 * keep + 1).map(|i| text(&format!("m{i}"))).collect();
+        for m in &all {
+            log.append(m.clone()).unwrap();
+            let records = parse_file(&std::fs::read(&log.path).unwrap());
+            assert!(records.len() <= 2 * keep, "{} records on disk", records.len());
+            assert!(log.len() <= keep);
+        }
+        let last = all[all.len() - keep..].to_vec();
+        assert_eq!(history(&log), last);
+        // The on-disk records end with the kept ones.
+        let records = parse_file(&std::fs::read(&log.path).unwrap());
+        assert_eq!(records[records.len() - keep..].to_vec(), last);
+        assert!(!with_suffix(&log.path, ".tmp").exists());
+        drop(log);
+        let log = HistoryStore::open(dir.path(), keep).unwrap().load("r").unwrap();
+        assert_eq!(history(&log), last);
+    }
+
+    #[test]
+    fn smaller_keep_compacts_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let all: Vec<StoredMessage> = (0..10).map(|i| binary(&[i])).collect();
+        let mut log = HistoryStore::open(dir.path(), 10).unwrap().load("r").unwrap();
+        for m in &all {
+            log.append(m.clone()).unwrap();
+        }
+        drop(log);
+        let mut log = HistoryStore::open(dir.path(), 2).unwrap().load("r").unwrap();
+        assert_eq!(history(&log), all[8..].to_vec());
+        assert_eq!(parse_file(&std::fs::read(&log.path).unwrap()), all[8..].to_vec());
+        log.append(text("x")).unwrap();
+        assert_eq!(history(&log), vec![all[9].clone(), text("x")]);
+    }
+
+    #[test]
+    fn torn_tail_at_every_offset_of_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HistoryStore::open(dir.path(), 10).unwrap();
+        let msgs = vec![text("first"), binary(&[9, 8, 7]), text("third!")];
+        let mut log = store.load("orig").unwrap();
+        let mut ends = Vec::new();
+        for m in &msgs {
+            log.append(m.clone()).unwrap();
+            ends.push(std::fs::metadata(&log.path).unwrap().len());
+        }
+        let full = std::fs::read(&log.path).unwrap();
+        assert_eq!(full.len() as u64, ends[2]);
+        let (end2, end3) = (ends[1] as usize, ends[2] as usize);
+        for cut in end2 + 1..end3 {
+            let id = format!("cut{cut}");
+            let path = room_path(dir.path(), &id);
+            std::fs::write(&path, &full[..cut]).unwrap();
+            let (log, warnings) = with_warnings(|| store.load(&id).unwrap());
+            assert_eq!(history(&log), msgs[..2].to_vec(), "cut at {cut}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), end2 as u64, "cut at {cut}");
+            let dropped = format!("dropped_bytes={}", cut - end2);
+            assert!(
+                warnings.iter().any(|w| w.contains(&dropped) && w.contains(&path.display().to_string())),
+                "cut at {cut}: {warnings:?}"
+            );
+            let mut log = log;
+            log.append(text("again")).unwrap();
+            drop(log);
+            let log = store.load(&id).unwrap();
+            assert_eq!(history(&log), vec![msgs[0].clone(), msgs[1].clone(), text("again")]);
+        }
+    }
+
+    #[test]
+    fn corrupt_middle_record_drops_it_and_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HistoryStore::open(dir.path(), 10).unwrap();
+        let msgs = vec![text("one"), text("two"), binary(b"three")];
+        let mut log = store.load("orig").unwrap();
+        for m in &msgs {
+            log.append(m.clone()).unwrap();
+        }
+        let full = std::fs::read(&log.path).unwrap();
+        let end1 = 8 + 9 + 3;
+        // (what, byte offset in record 2, new value)
+        let corruptions: [(&str, usize, u8); 6] = [
+            ("checksum", 6, 0x55),
+            ("payload", 10, b'X'),
+            ("kind flipped to other valid kind", 4, 1),
+            ("unknown kind", 4, 7),
+            ("length over 64 MiB", 3, 0xff),
+            ("length past end of file", 0, 200),
+        ];
+        for (what, offset, value) in corruptions {
+            let mut bytes = full.clone();
+            assert_ne!(bytes[end1 + offset], value, "{what}");
+            bytes[end1 + offset] = value;
+            let id = format!("corrupt-{offset}-{value}");
+            let path = room_path(dir.path(), &id);
+            std::fs::write(&path, &bytes).unwrap();
+            let (log, warnings) = with_warnings(|| store.load(&id).unwrap());
+            assert_eq!(history(&log), msgs[..1].to_vec(), "{what}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), end1 as u64, "{what}");
+            let dropped = format!("dropped_bytes={}", full.len() - end1);
+            assert!(warnings.iter().any(|w| w.contains(&dropped)), "{what}: {warnings:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_header_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HistoryStore::open(dir.path(), 4).unwrap();
+        let path = room_path(dir.path(), "room");
+        let junk = b"NOTWEIR!\x05\x00\x00\x00\x00garbage";
+        std::fs::write(&path, junk).unwrap();
+        let (log, warnings) = with_warnings(|| store.load("room").unwrap());
+        assert!(log.is_empty());
+        assert!(warnings.iter().any(|w| w.contains("corrupt-")), "{warnings:?}");
+        let aside: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".log.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(std::fs::read(&aside[0]).unwrap(), junk);
+        assert_eq!(std::fs::read(&path).unwrap(), HEADER);
+        let mut log = log;
+        log.append(text("fresh")).unwrap();
+        drop(log);
+        assert_eq!(history(&store.load("room").unwrap()), vec![text("fresh")]);
+    }
+
+    #[test]
+    fn empty_or_torn_header_starts_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HistoryStore::open(dir.path(), 4).unwrap();
+        for (id, content) in [("empty", &b""[..]), ("torn", &b"WEIR"[..])] {
+            let path = room_path(dir.path(), id);
+            std::fs::write(&path, content).unwrap();
+            let mut log = store.load(id).unwrap();
+            assert!(log.is_empty());
+            assert_eq!(std::fs::read(&path).unwrap(), HEADER);
+            log.append(binary(b"z")).unwrap();
+            assert_eq!(history(&store.load(id).unwrap()), vec![binary(b"z")]);
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "nothing set aside");
+    }
+
+    #[test]
+    fn odd_ids_map_to_distinct_safe_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HistoryStore::open(dir.path(), 3).unwrap();
+        let long = "x".repeat(256);
+        let longer_by_one = "x".repeat(255);
+        let ids = ["a/b", "..", ".", "", "ünïcødé-日本", "a", "A", "a.b-c_d", &long, &longer_by_one];
+        let mut paths = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let mut log = store.load(id).unwrap();
+            log.append(text(&format!("msg {i}"))).unwrap();
+            assert!(log.path.starts_with(dir.path()));
+            let rel = log.path.strip_prefix(dir.path()).unwrap().to_string_lossy().into_owned();
+            assert!(rel.ends_with(".log"), "{rel}");
+            for component in log.path.strip_prefix(dir.path()).unwrap().components() {
+                let c = component.as_os_str().to_string_lossy();
+                assert!(c.len() <= 255 - 30, "{c}");
+                let stem = c.strip_suffix(".log").unwrap_or(&c);
+                assert!(stem.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{c}");
+            }
+            assert_eq!(rel.replace('/', "").trim_end_matches(".log"), hex(id.as_bytes()));
+            assert!(log.path.is_file());
+            paths.push(log.path.clone());
+        }
+        assert_eq!(room_path(dir.path(), "a/b"), dir.path().join("612f62.log"));
+        let mut unique = paths.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(history(&store.load(id).unwrap()), vec![text(&format!("msg {i}"))], "{id:?}");
+        }
+    }
+
+    #[test]
+    fn keep_zero_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HistoryStore::open(&dir.path().join("h"), 0).unwrap();
+        let mut log = store.load("room").unwrap();
+        for i in 0..5 {
+            log.append(text(&format!("m{i}"))).unwrap();
+        }
+        assert!(log.is_empty());
+        assert_eq!(log.history().count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path().join("h")).unwrap().count(), 0);
+        assert!(store.load("room").unwrap().is_empty());
+    }
+
+    #[test]
+    fn rooms_are_independent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HistoryStore::open(dir.path(), 3).unwrap();
+        let mut a = store.load("a").unwrap();
+        let mut b = store.load("b").unwrap();
+        for i in 0..7 {
+            a.append(text(&format!("a{i}"))).unwrap();
+            if i % 2 == 0 {
+                b.append(binary(&[i])).unwrap();
+            }
+        }
+        let a_want: Vec<_> = (4..7).map(|i| text(&format!("a{i}"))).collect();
+        let b_want = vec![binary(&[2]), binary(&[4]), binary(&[6])];
+        assert_eq!(history(&a), a_want);
+        assert_eq!(history(&b), b_want);
+        drop((a, b));
+        assert_eq!(history(&store.load("a").unwrap()), a_want);
+        assert_eq!(history(&store.load("b").unwrap()), b_want);
+    }
+
+    #[test]
+    fn oversized_message_is_kept_in_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = HistoryStore::open(dir.path(), 4).unwrap();
+        let mut log = store.load("r").unwrap();
+        log.append(text("before")).unwrap();
+        let huge = binary(&vec![0u8; MAX_PAYLOAD + 1]);
+        let err = log.append(huge.clone()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(log.len(), 2);
+        log.append(text("after")).unwrap();
+        drop(log);
+        assert_eq!(history(&store.load("r").unwrap()), vec![text("before"), text("after")]);
+    }
+}

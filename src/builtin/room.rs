@@ -1,0 +1,307 @@
+//! The built-in `room` object: a broadcast room per id, with history that survives a restart.
+//!
+//! Warm path per message: a message from one member takes the room's mutex once, is appended to
+//! the history store (one `write(2)`), and is queued, in the same order for everyone, to every
+//! other member's bounded send queue (`room.send_queue` messages). The mutex is never held
+//! across an await. Each member's connection task writes its own queue to its socket, so a slow
+//! client never slows the room: when its queue is full it is removed and closed with 1013
+//! ("Try Again Later", `CLOSE_TOO_SLOW`); it may reconnect and gets the history again.
+//!
+//! Protocol seen by a client (all weir events are JSON text messages with a `"weir"` key; user
+//! messages are delivered verbatim, text as text and binary as binary):
+//! 1. `{"weir":"welcome","room":ID,"member":N,"members":M,"history":K}`,
+//! 2. the last K messages of the room, oldest first,
+//! 3. live: other members' messages, and `{"weir":"join"|"leave","member":N,"members":M}`
+//!    (a leave has `"reason":"closed"` or `"slow"`).
+//!
+//! Cold path: a room's history is loaded from `data_dir/rooms/<namespace>/` when its first
+//! member joins (a small synchronous read); the room is dropped from memory when its last member
+//! leaves.
+
+use super::history::{HistoryStore, MessageKind, RoomLog, StoredMessage};
+use crate::config::RoomConfig;
+use crate::metrics::Metrics;
+use crate::objects::registry::ObjectHandle;
+use crate::relay::tap::Tap;
+use futures_util::{SinkExt, StreamExt};
+use prometheus::IntCounter;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+/// Close code for a member whose send queue overflowed: 1013 "Try Again Later".
+pub const CLOSE_TOO_SLOW: u16 = 1013;
+/// Time a closing member gets to take its close frame before its socket is dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Every room of one namespace.
+pub struct Rooms {
+    namespace: String,
+    config: RoomConfig,
+    store: HistoryStore,
+    rooms: Mutex<HashMap<String, Arc<Room>>>,
+    slow: IntCounter,
+    store_errors: IntCounter,
+}
+
+/// One room with members.
+struct Room {
+    state: Mutex<RoomState>,
+}
+
+struct RoomState {
+    log: RoomLog,
+    members: Vec<Member>,
+    next_member: u64,
+}
+
+struct Member {
+    id: u64,
+    queue: mpsc::Sender<Message>,
+    kick: Option<oneshot::Sender<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn event(kind: &str, member: u64, members: usize, reason: Option<&str>) -> Message {
+    let reason = reason.map(|r| format!(",\"reason\":\"{r}\"")).unwrap_or_default();
+    Message::text(format!("{{\"weir\":\"{kind}\",\"member\":{member},\"members\":{members}{reason}}}"))
+}
+
+impl Rooms {
+    /// The rooms of `namespace`, keeping history under `dir`.
+    pub fn new(namespace: &str, config: RoomConfig, dir: &std::path::Path, metrics: &Metrics) -> std::io::Result<Rooms> {
+        Ok(Rooms {
+            namespace: namespace.to_string(),
+            config,
+            store: HistoryStore::open(dir, config.history)?,
+            rooms: Mutex::new(HashMap::new()),
+            slow: metrics.room_slow_clients.with_label_values(&[namespace]),
+            store_errors: metrics.room_store_errors.with_label_values(&[namespace]),
+        })
+    }
+
+    /// Largest message a member may send, bytes.
+    pub fn max_message(&self) -> usize {
+        self.config.max_message
+    }
+
+    /// Join room `id`: returns the membership with the welcome and history to send first.
+    fn join(self: &Arc<Self>, id: &str) -> std::io::Result<Membership> {
+        let mut rooms = lock(&self.rooms);
+        let room = match rooms.get(id) {
+            Some(r) => r.clone(),
+            None => {
+                let log = self.store.load(id)?;
+                let room = Arc::new(Room { state: Mutex::new(RoomState { log, members: Vec::new(), next_member: 1 }) });
+                rooms.insert(id.to_string(), room.clone());
+                room
+            }
+        };
+        let mut state = lock(&room.state);
+        let member = state.next_member;
+        state.next_member += 1;
+        let (queue, rx) = mpsc::channel(self.config.send_queue);
+        let (kick, kicked) = oneshot::channel();
+        state.members.push(Member { id: member, queue, kick: Some(kick) });
+        let members = state.members.len();
+        let history: Vec<Message> = state.log.history().map(to_message).collect();
+        let welcome = Message::text(format!(
+            "{{\"weir\":\"welcome\",\"room\":{},\"member\":{member},\"members\":{members},\"history\":{}}}",
+            serde_json::Value::from(id),
+            history.len()
+        ));
+        self.broadcast(&mut state, event("join", member, members, None), Some(member));
+        drop(state);
+        Ok(Membership { rooms: self.clone(), id: id.to_string(), room, member, queue: rx, kicked, first: Some((welcome, history)) })
+    }
+
+    /// Queue `msg` to every member but `except`; members whose queue is full are removed,
+    /// kicked and announced as leaving (which may overflow others in turn).
+    fn broadcast(&self, state: &mut RoomState, msg: Message, except: Option<u64>) {
+        let mut pending = vec![(msg, except)];
+        while let Some((msg, except)) = pending.pop() {
+            let mut slow = Vec::new();
+            state.members.retain_mut(|m| {
+                if Some(m.id) == except {
+                    return true;
+                }
+                match m.queue.try_send(msg.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        if let Some(k) = m.kick.take() {
+                            let _ = k.send(());
+                        }
+                        slow.push(m.id);
+                        false
+                    }
+                    // The member's task is gone; its own leave announces it.
+                    Err(mpsc::error::TrySendError::Closed(_)) => true,
+                }
+            });
+            for id in slow {
+                self.slow.inc();
+                tracing::info!(namespace = %self.namespace, member = id, "room member too slow; closing it with 1013");
+                pending.push((event("leave", id, state.members.len(), Some("slow")), None));
+            }
+        }
+    }
+}
+
+fn to_message(m: &StoredMessage) -> Message {
+    match m.kind {
+        MessageKind::Binary => Message::Binary(m.data.clone()),
+        MessageKind::Text => Utf8Bytes::try_from(m.data.clone()).map(Message::Text).unwrap_or_else(|_| Message::Binary(m.data.clone())),
+    }
+}
+
+/// One member's place in a room; leaving happens on drop.
+pub struct Membership {
+    rooms: Arc<Rooms>,
+    id: String,
+    room: Arc<Room>,
+    member: u64,
+    queue: mpsc::Receiver<Message>,
+    kicked: oneshot::Receiver<()>,
+    first: Option<(Message, Vec<Message>)>,
+}
+
+impl Membership {
+    /// A member sent `msg`: store it and deliver it to everyone else, in room order.
+    fn publish(&self, msg: Message) {
+        let stored = match &msg {
+            Message::Text(t) => StoredMessage { kind: MessageKind::Text, data: t.clone().into() },
+            Message::Binary(b) => StoredMessage { kind: MessageKind::Binary, data: b.clone() },
+            _ => return,
+        };
+        let mut state = lock(&self.room.state);
+        if let Err(e) = state.log.append(stored) {
+            self.rooms.store_errors.inc();
+            tracing::warn!(namespace = %self.rooms.namespace, room = %self.id, error = %e, "cannot store a room message; it is delivered but not kept");
+        }
+        self.rooms.broadcast(&mut state, msg, Some(self.member));
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let mut rooms = lock(&self.rooms.rooms);
+        let mut state = lock(&self.room.state);
+        let before = state.members.len();
+        state.members.retain(|m| m.id != self.member);
+        if state.members.len() < before {
+            let left = event("leave", self.member, state.members.len(), Some("closed"));
+            self.rooms.broadcast(&mut state, left, None);
+        }
+        if state.members.is_empty() {
+            drop(state);
+            rooms.remove(&self.id);
+        }
+    }
+}
+
+/// Why a member's session ended on weir's side.
+enum End {
+    /// The client closed or went away.
+    Client,
+    /// Its queue overflowed.
+    Slow,
+    /// weir is shutting down.
+    Shutdown,
+}
+
+/// Run one member of room `id` over `ws` until it ends; returns the stream and whether weir
+/// closed it for shutdown.
+pub async fn serve(
+    rooms: Arc<Rooms>,
+    id: &str,
+    ws: WebSocketStream<Tap>,
+    object: ObjectHandle,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) -> (Option<Tap>, bool) {
+    let mut membership = match rooms.join(id) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(namespace = %rooms.namespace, room = id, error = %e, "cannot open the room's history");
+            let mut ws = ws;
+            let _ = close(&mut ws, 1011, "room unavailable").await;
+            return (Some(ws.into_inner()), false);
+        }
+    };
+    let (mut sink, mut stream) = ws.split();
+    let mut end = End::Client;
+    if let Some((welcome, history)) = membership.first.take() {
+        for m in std::iter::once(welcome).chain(history) {
+            if sink.feed(m).await.is_err() {
+                return (reunite(sink, stream), false);
+            }
+        }
+        if sink.flush().await.is_err() {
+            return (reunite(sink, stream), false);
+        }
+    }
+    let drain = super::session::drain_after(&mut shutdown, grace);
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut membership.kicked => { end = End::Slow; break; }
+            () = &mut drain => { end = End::Shutdown; break; }
+            out = membership.queue.recv() => {
+                let Some(out) = out else { break };
+                tokio::select! {
+                    biased;
+                    _ = &mut membership.kicked => { end = End::Slow; break; }
+                    sent = sink.send(out) => if sent.is_err() { break },
+                }
+            }
+            msg = stream.next() => match msg {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    object.touch();
+                    membership.publish(m);
+                }
+                // tungstenite answers pings and closes itself; the stream ends after a close.
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+        }
+    }
+    drop(membership);
+    let mut ws = match sink.reunite(stream) {
+        Ok(ws) => ws,
+        Err(_) => return (None, false),
+    };
+    match end {
+        End::Client => {}
+        End::Slow => {
+            let _ = tokio::time::timeout(CLOSE_WAIT, close(&mut ws, CLOSE_TOO_SLOW, "too slow")).await;
+        }
+        End::Shutdown => {
+            let _ = tokio::time::timeout(CLOSE_WAIT, close(&mut ws, 1001, "going away")).await;
+        }
+    }
+    (Some(ws.into_inner()), matches!(end, End::Shutdown))
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocketStream<Tap>, Message>;
+type Stream = futures_util::stream::SplitStream<WebSocketStream<Tap>>;
+
+fn reunite(sink: Sink, stream: Stream) -> Option<Tap> {
+    sink.reunite(stream).ok().map(WebSocketStream::into_inner)
+}
+
+/// Send a close frame and read until the client answers (or the stream ends).
+pub async fn close(ws: &mut WebSocketStream<Tap>, code: u16, reason: &str) -> Result<(), ()> {
+    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+    ws.send(Message::Close(Some(frame))).await.map_err(|_| ())?;
+    while let Some(Ok(_)) = ws.next().await {}
+    Ok(())
+}
