@@ -19,6 +19,10 @@ fn shipped_config_yaml_loads() {
     assert!(c.demo_page);
     assert_eq!(c.pools[0].backends, vec![Backend::Builtin(BuiltinKind::Echo)]);
     assert_eq!(c.routes[0].kind, RouteKind::WebSocket);
+    let rooms = &c.objects[0];
+    assert_eq!(rooms.id_source, IdSource::Path { prefix: "/rooms/".into(), suffix: String::new() });
+    assert!(matches!(rooms.kind, ObjectKind::Builtin(BuiltinObject::Room(RoomConfig { history: 50, .. }))));
+    assert_eq!(c.routes[1].target, Target::Object(0));
 }
 
 #[test]
@@ -89,4 +93,47 @@ fn missing_sections_are_named() {
     let e = errors("log: {level: info}\n");
     assert!(e.iter().any(|e| e.starts_with("listeners: at least one listener")), "{e:?}");
     assert!(e.iter().any(|e| e.starts_with("routes: at least one route")), "{e:?}");
+}
+
+#[test]
+fn object_namespaces_report_every_error() {
+    let e = errors(
+        r#"
+listeners: [{address: "127.0.0.1:8080"}]
+pools: [{name: p, backends: ["127.0.0.1:9000"]}]
+objects:
+  - {name: a, id: {path: "/rooms/x{id}"}, builtin: room}
+  - {name: b, id: {query: room, header: X-Room}, builtin: echo, room: {history: 5}}
+  - {name: c, id: {path: "/c/{id}", allowed: "z-a", max_length: 0}, builtin: echo, hosts: ["127.0.0.1:1"]}
+  - {name: d, id: {header: "X Room"}, hosts: ["127.0.0.1:1", "127.0.0.1:1"], forward_path: "objects", room: {}}
+  - {name: e, id: {path: "/e/{id}"}, builtin: chat}
+  - {name: f, id: {path: "/f/{id}"}, builtin: echo}
+routes:
+  - {path_prefix: /x, pool: p, object: e}
+  - {path_prefix: /rooms, object: nope}
+  - {path_prefix: /other, object: f}
+  - {path_prefix: /c, object: c, kind: http}
+"#,
+    );
+    let all = e.join("\n");
+    for needle in [
+        "objects[0].id.path: \"/rooms/x{id}\": must start with `/` and contain {id} once, as a whole segment",
+        "objects[1].id: set exactly one of `path`",
+        "objects[1].room: applies to `builtin: room` only",
+        "objects[2].id.max_length: \"0\": must be between 1 and 4096",
+        "objects[2].id.allowed: \"z-a\": range z-a is reversed",
+        "objects[2].builtin: \"echo\": set exactly one of `builtin` (echo or room) or `hosts`",
+        "objects[3].id.header: \"X Room\": must be a non-empty name without spaces",
+        "objects[3].hosts[1]: \"127.0.0.1:1\": is listed twice",
+        "objects[3].forward_path: \"objects\": must start with `/` and contain {id}",
+        "objects[3].room: applies to `builtin: room` only",
+        "objects[4].builtin: \"chat\": must be `echo` or `room`",
+        "routes[0]: \"/x\": set exactly one of `pool` (a backend pool) or `object`",
+        "routes[1].object: \"nope\": no object namespace has this name; use one of: a, b, c, d, e, f",
+        "routes[2].path_prefix: \"/other\": never matches the paths of object namespace `f`",
+        "routes[3].kind: \"http\": object routes carry WebSockets only",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    assert_eq!(e.len(), 15, "{all}");
 }
