@@ -24,3 +24,6 @@ mod metering;
 
 // /metrics during and after a connection.
 mod metrics;
+
+// Object namespaces: placement, failover with 1012, id rules, the built-in room, object records.
+mod objects;

@@ -257,10 +257,19 @@ pub async fn serve(
             () = &mut drain => { end = End::Shutdown; break; }
             out = membership.queue.recv() => {
                 let Some(out) = out else { break };
+                // Everything already queued goes out with one flush.
+                let Membership { queue, kicked, .. } = &mut membership;
+                let write = async {
+                    sink.feed(out).await?;
+                    while let Ok(more) = queue.try_recv() {
+                        sink.feed(more).await?;
+                    }
+                    sink.flush().await
+                };
                 tokio::select! {
                     biased;
-                    _ = &mut membership.kicked => { end = End::Slow; break; }
-                    sent = sink.send(out) => if sent.is_err() { break },
+                    _ = kicked => { end = End::Slow; break; }
+                    sent = write => if sent.is_err() { break },
                 }
             }
             msg = stream.next() => match msg {

@@ -176,6 +176,9 @@ struct Half {
     dst_shut: bool,
     /// `dst` has been sent a close frame (relayed or injected): inject no other.
     dst_has_close: bool,
+    /// Read `src` only to see its close frame (or end); forward nothing more. Used when an
+    /// object moves: the host must have answered weir's 1012 before the object lives elsewhere.
+    discard: bool,
 }
 
 impl Half {
@@ -190,6 +193,7 @@ impl Half {
             dst_dead: false,
             dst_shut: false,
             dst_has_close: false,
+            discard: false,
         }
     }
 
@@ -457,7 +461,9 @@ impl<'m> Relay<'m> {
                         return Some(Ok(0));
                     }
                     let fwd = self.ingest(d, &buf[..n]);
-                    self.forward(d, &buf[..fwd], cx);
+                    if !self.halves[d.index()].discard {
+                        self.forward(d, &buf[..fwd], cx);
+                    }
                     Some(Ok(n))
                 }
             }
@@ -490,6 +496,9 @@ impl<'m> Relay<'m> {
             }
         };
         let h = &mut self.halves[d.index()];
+        if h.discard && h.scanner.close().is_some() {
+            h.src_done = true;
+        }
         if !had_close && h.scanner.close().is_some() {
             h.dst_has_close = true;
             // A close read after a side already ended is a reply to weir's own close frame, not
@@ -579,7 +588,16 @@ impl<'m> Relay<'m> {
     fn object_moved(&mut self) {
         tracing::debug!("object moved; closing with 1012");
         self.moved = true;
+        let backend = Direction::BackendToClient.index();
+        let host_open = !self.halves[backend].src_done && self.halves[backend].scanner.close().is_none();
         self.gateway_close(CLOSE_OBJECT_MOVED);
+        if host_open {
+            // Keep reading the host until it answers the close or ends (at most `LINGER`): the
+            // relay, and with it the object's lease, ends only once the host let go.
+            let h = &mut self.halves[backend];
+            h.src_done = false;
+            h.discard = true;
+        }
     }
 
     fn begin_drain(&mut self) {

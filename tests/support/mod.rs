@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod hosts;
 pub mod wire;
 
 use std::collections::HashSet;
@@ -202,8 +203,8 @@ impl Weir {
         .await
     }
 
-    /// Every usage record written so far.
-    pub fn records(&self) -> Vec<UsageRecord> {
+    /// Every line of the usage file so far, as JSON.
+    pub fn usage_lines(&self) -> Vec<serde_json::Value> {
         let Ok(f) = std::fs::File::open(&self.usage) else { return Vec::new() };
         BufReader::new(f)
             .lines()
@@ -211,6 +212,33 @@ impl Weir {
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad usage line {l}: {e}")))
             .collect()
+    }
+
+    /// Every connection usage record written so far.
+    pub fn records(&self) -> Vec<UsageRecord> {
+        self.usage_lines()
+            .into_iter()
+            .filter(|v| v["record"] == "connection")
+            .map(|v| serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("bad connection record {v}: {e}")))
+            .collect()
+    }
+
+    /// Every object usage record written so far.
+    pub fn object_records(&self) -> Vec<weir::metering::ObjectRecord> {
+        self.usage_lines()
+            .into_iter()
+            .filter(|v| v["record"] == "object")
+            .map(|v| serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("bad object record {v}: {e}")))
+            .collect()
+    }
+
+    /// Wait until at least `n` object records exist; returns all of them.
+    pub async fn object_records_eventually(&self, n: usize) -> Vec<weir::metering::ObjectRecord> {
+        eventually(&format!("{n} object records"), || async {
+            let r = self.object_records();
+            (r.len() >= n).then_some(r)
+        })
+        .await
     }
 
     /// Wait until at least `n` usage records exist; returns all of them.
