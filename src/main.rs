@@ -38,10 +38,11 @@ fn main() -> ExitCode {
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
                 println!(
-                    "{}: ok ({} listener(s), {} pool(s), {} route(s))",
+                    "{}: ok ({} listener(s), {} pool(s), {} object namespace(s), {} route(s))",
                     config.display(),
                     c.listeners.len(),
                     c.pools.len(),
+                    c.objects.len(),
                     c.routes.len()
                 );
                 ExitCode::SUCCESS

@@ -19,7 +19,7 @@ fn check_accepts_the_shipped_config() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml");
     let out = weir(&["check", "--config", shipped]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 listener(s), 1 pool(s), 1 route(s))"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 listener(s), 1 pool(s), 1 object namespace(s), 2 route(s))"));
 }
 
 const BAD: &str = r#"
