@@ -13,6 +13,11 @@
 //! `CLOSE_CLIENT_GONE` toward the backend) if its stream is at a frame boundary, its write half
 //! is shut down, and the connection ends when both sides have finished or `LINGER` after the
 //! first end, whichever comes first. Gateway frames are never counted as relayed traffic.
+//!
+//! A relay to an object host carries an `ObjectLink`: each wakeup that relayed a message touches
+//! the object's active-time clock; when the object moves, both sides get `CLOSE_OBJECT_MOVED`
+//! (1012) and the host is still read (its bytes dropped) until it answers the close or ends, so
+//! the object is never live on two hosts; a host that goes away gets its clients a 1012 too.
 
 use super::frame::{encode_close_frame, Violation};
 use super::scanner::{DirectionCounts, Feed, FrameScanner, ScanPolicy};
