@@ -305,6 +305,17 @@ async fn room_delivers_in_order_and_history_survives_a_restart() {
     }
     c.send(Message::text("after restart")).await.unwrap();
     assert_eq!(next_user_message(&mut d).await, Message::text("after restart"));
+    // Members cannot forge weir's events: such a message closes its sender with 1008.
+    d.send(Message::text(r#" {"weir":"leave","member":1,"members":0}"#)).await.unwrap();
+    assert_eq!(close_code(&mut d).await, Some(1008));
+    let left = loop {
+        let m = recv(&mut c).await;
+        let e = event(&m).expect("only weir's own events reach c");
+        if e["weir"] == "leave" {
+            break e;
+        }
+    };
+    assert_eq!((left["reason"].as_str(), left["members"].as_u64()), (Some("closed"), Some(1)));
 }
 
 // Two threads: the reading member must not be starved by the sending loop of the same test.

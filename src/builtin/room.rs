@@ -14,9 +14,13 @@
 //! 3. live: other members' messages, and `{"weir":"join"|"leave","member":N,"members":M}`
 //!    (a leave has `"reason":"closed"` or `"slow"`).
 //!
+//! Member numbers are unique in the namespace for the life of the process. A member that sends a
+//! text message that is a JSON object with a top-level `"weir"` key (which would forge an event)
+//! is closed with 1008 (`CLOSE_RESERVED`) and the message is not delivered.
+//!
 //! Cold path: a room's history is loaded from `data_dir/rooms/<namespace>/` when its first
-//! member joins (a small synchronous read); the room is dropped from memory when its last member
-//! leaves.
+//! member joins (a synchronous read under that room's lock only: joins to other rooms go on);
+//! the room is dropped from memory when its last member leaves and nobody is joining.
 
 use super::history::{HistoryStore, MessageKind, RoomLog, StoredMessage};
 use crate::config::RoomConfig;
@@ -26,6 +30,7 @@ use crate::relay::tap::Tap;
 use futures_util::{SinkExt, StreamExt};
 use prometheus::IntCounter;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -36,6 +41,9 @@ use tokio_tungstenite::WebSocketStream;
 
 /// Close code for a member whose send queue overflowed: 1013 "Try Again Later".
 pub const CLOSE_TOO_SLOW: u16 = 1013;
+/// Close code for a member that sent a JSON object with a top-level `"weir"` key (reserved for
+/// weir's events): 1008 "Policy Violation".
+pub const CLOSE_RESERVED: u16 = 1008;
 /// Time a closing member gets to take its close frame before its socket is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -44,7 +52,11 @@ pub struct Rooms {
     namespace: String,
     config: RoomConfig,
     store: HistoryStore,
+    /// Rooms with members (or members on their way in). Held only to find or insert a room,
+    /// never while a room's history loads.
     rooms: Mutex<HashMap<String, Arc<Room>>>,
+    /// Member numbers, unique in the namespace for the life of the process.
+    next_member: AtomicU64,
     slow: IntCounter,
     store_errors: IntCounter,
 }
@@ -52,12 +64,14 @@ pub struct Rooms {
 /// One room with members.
 struct Room {
     state: Mutex<RoomState>,
+    /// Joins between finding the room and adding their member: the room stays in the map.
+    arriving: AtomicUsize,
 }
 
 struct RoomState {
-    log: RoomLog,
+    /// Loaded by the first member to join, under this lock (not the namespace's).
+    log: Option<RoomLog>,
     members: Vec<Member>,
-    next_member: u64,
 }
 
 struct Member {
@@ -83,6 +97,7 @@ impl Rooms {
             config,
             store: HistoryStore::open(dir, config.history)?,
             rooms: Mutex::new(HashMap::new()),
+            next_member: AtomicU64::new(1),
             slow: metrics.room_slow_clients.with_label_values(&[namespace]),
             store_errors: metrics.room_store_errors.with_label_values(&[namespace]),
         })
@@ -95,24 +110,33 @@ impl Rooms {
 
     /// Join room `id`: returns the membership with the welcome and history to send first.
     fn join(self: &Arc<Self>, id: &str) -> std::io::Result<Membership> {
-        let mut rooms = lock(&self.rooms);
-        let room = match rooms.get(id) {
-            Some(r) => r.clone(),
-            None => {
-                let log = self.store.load(id)?;
-                let room = Arc::new(Room { state: Mutex::new(RoomState { log, members: Vec::new(), next_member: 1 }) });
-                rooms.insert(id.to_string(), room.clone());
-                room
-            }
+        let room = {
+            let mut rooms = lock(&self.rooms);
+            let room = rooms
+                .entry(id.to_string())
+                .or_insert_with(|| Arc::new(Room { state: Mutex::new(RoomState { log: None, members: Vec::new() }), arriving: AtomicUsize::new(0) }))
+                .clone();
+            room.arriving.fetch_add(1, Ordering::SeqCst);
+            room
         };
         let mut state = lock(&room.state);
-        let member = state.next_member;
-        state.next_member += 1;
+        room.arriving.fetch_sub(1, Ordering::SeqCst);
+        if state.log.is_none() {
+            match self.store.load(id) {
+                Ok(log) => state.log = Some(log),
+                Err(e) => {
+                    drop(state);
+                    self.forget_if_empty(id, &room);
+                    return Err(e);
+                }
+            }
+        }
+        let member = self.next_member.fetch_add(1, Ordering::Relaxed);
         let (queue, rx) = mpsc::channel(self.config.send_queue);
         let (kick, kicked) = oneshot::channel();
         state.members.push(Member { id: member, queue, kick: Some(kick) });
         let members = state.members.len();
-        let history: Vec<Message> = state.log.history().map(to_message).collect();
+        let history: Vec<Message> = state.log.iter().flat_map(|l| l.history()).map(to_message).collect();
         let welcome = Message::text(format!(
             "{{\"weir\":\"welcome\",\"room\":{},\"member\":{member},\"members\":{members},\"history\":{}}}",
             serde_json::Value::from(id),
@@ -121,6 +145,15 @@ impl Rooms {
         self.broadcast(&mut state, event("join", member, members, None), Some(member));
         drop(state);
         Ok(Membership { rooms: self.clone(), id: id.to_string(), room, member, queue: rx, kicked, first: Some((welcome, history)) })
+    }
+
+    /// Drop `room` from the map if nobody is in it or on the way in.
+    fn forget_if_empty(&self, id: &str, room: &Arc<Room>) {
+        let mut rooms = lock(&self.rooms);
+        let state = lock(&room.state);
+        if state.members.is_empty() && room.arriving.load(Ordering::SeqCst) == 0 && rooms.get(id).is_some_and(|r| Arc::ptr_eq(r, room)) {
+            rooms.remove(id);
+        }
     }
 
     /// Queue `msg` to every member but `except`; members whose queue is full are removed,
@@ -182,7 +215,8 @@ impl Membership {
             _ => return,
         };
         let mut state = lock(&self.room.state);
-        if let Err(e) = state.log.append(stored) {
+        let stored = state.log.as_mut().map(|l| l.append(stored));
+        if let Some(Err(e)) = stored {
             self.rooms.store_errors.inc();
             tracing::warn!(namespace = %self.rooms.namespace, room = %self.id, error = %e, "cannot store a room message; it is delivered but not kept");
         }
@@ -192,19 +226,26 @@ impl Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        let mut rooms = lock(&self.rooms.rooms);
-        let mut state = lock(&self.room.state);
-        let before = state.members.len();
-        state.members.retain(|m| m.id != self.member);
-        if state.members.len() < before {
-            let left = event("leave", self.member, state.members.len(), Some("closed"));
-            self.rooms.broadcast(&mut state, left, None);
+        {
+            let mut state = lock(&self.room.state);
+            let before = state.members.len();
+            state.members.retain(|m| m.id != self.member);
+            if state.members.len() < before {
+                let left = event("leave", self.member, state.members.len(), Some("closed"));
+                self.rooms.broadcast(&mut state, left, None);
+            }
         }
-        if state.members.is_empty() {
-            drop(state);
-            rooms.remove(&self.id);
-        }
+        self.rooms.forget_if_empty(&self.id, &self.room);
     }
+}
+
+/// True if `text` is a JSON object with a top-level `"weir"` key: reserved for weir's events, so
+/// members cannot forge them.
+fn forges_event(text: &str) -> bool {
+    let t = text.trim_start();
+    t.starts_with('{')
+        && t.contains("\"weir\"")
+        && serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(t).is_ok_and(|m| m.contains_key("weir"))
 }
 
 /// Why a member's session ended on weir's side.
@@ -215,6 +256,8 @@ enum End {
     Slow,
     /// weir is shutting down.
     Shutdown,
+    /// It sent a message shaped like a weir event.
+    Forged,
 }
 
 /// Run one member of room `id` over `ws` until it ends; returns the stream and whether weir
@@ -273,6 +316,10 @@ pub async fn serve(
                 }
             }
             msg = stream.next() => match msg {
+                Some(Ok(Message::Text(t))) if forges_event(t.as_str()) => {
+                    end = End::Forged;
+                    break;
+                }
                 Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
                     object.touch();
                     membership.publish(m);
@@ -295,6 +342,9 @@ pub async fn serve(
         }
         End::Shutdown => {
             let _ = tokio::time::timeout(CLOSE_WAIT, close(&mut ws, 1001, "going away")).await;
+        }
+        End::Forged => {
+            let _ = tokio::time::timeout(CLOSE_WAIT, close(&mut ws, CLOSE_RESERVED, "the \"weir\" key is reserved")).await;
         }
     }
     (Some(ws.into_inner()), matches!(end, End::Shutdown))
