@@ -377,12 +377,17 @@ impl Gateway {
         let client_policy = ScanPolicy { sender: Role::Client, allowed_rsv: c.rsv };
         let backend_policy = ScanPolicy { sender: Role::Server, allowed_rsv: c.rsv };
         let [client_early, backend_early] = &c.early;
-        let mut relay = Relay::new(c.client, c.backend, client_policy, backend_policy, client_early, backend_early, &mut conn);
-        if let Some(lease) = &c.lease {
-            let object = lease.object().clone();
-            relay.link_object(ObjectLink { on_message: Box::new(move || object.touch()), moved: lease.evicted() });
-        }
-        let report = relay.run(shutdown, self.grace_period).await;
+        // The relay is built in a block of its own: a local that is borrowed (`link_object`) would
+        // otherwise keep its own slot in this task's state for the whole connection (~1 KiB).
+        let run = {
+            let mut relay = Relay::new(c.client, c.backend, client_policy, backend_policy, client_early, backend_early, &mut conn);
+            if let Some(lease) = &c.lease {
+                let object = lease.object().clone();
+                relay.link_object(ObjectLink { on_message: Box::new(move || object.touch()), moved: lease.evicted() });
+            }
+            relay.run(shutdown, self.grace_period)
+        };
+        let report = run.await;
         conn.active.dec();
         conn.duration.observe(started.elapsed().as_secs_f64());
         self.connection_ended(route, pool, c.meter, c.lease, &report);
