@@ -9,7 +9,9 @@
 //! - `routing`: (host, path) → route (warm, pure).
 //! - `pools`: Pingora load balancers and health probes per backend pool (warm / background).
 //! - `relay`: frame scanner and the relay state machine after the 101 (hot).
-//! - `metering`: per-connection `Meter` → `UsageRecord` → usage file (warm).
+//! - `metering`: per-connection `Meter` → start/interim/stop `UsageRecord`s, the live set and
+//!   its interim sweeper (warm).
+//! - `billing`: spool (fsync batches), delivery loops and sinks (file, postgres, http).
 //! - `metrics`: Prometheus families, names in `metrics::names` (hot updates, cold setup).
 //! - `admin`: `/metrics`, `/healthz`, `/readyz` on the admin listener.
 //! - `objects`: object namespaces: id → one owner (rendezvous), leases, eviction, accounting (warm).
@@ -18,6 +20,7 @@
 //! The README's "Code map" and `../shared/DESIGN.md` describe the data flow.
 
 pub mod admin;
+pub mod billing;
 pub mod builtin;
 pub mod config;
 pub mod gateway;

@@ -12,7 +12,11 @@ use crate::builtin::Builtins;
 use crate::config::Config;
 use crate::gateway::http::HttpRoutes;
 use crate::gateway::Gateway;
+use crate::billing::delivery::Delivery;
+use crate::billing::spool::Spool;
+use crate::metering::live::LiveSet;
 use crate::metering::UsageLog;
+use pingora_core::services::background::background_service;
 use crate::metrics::Metrics;
 use crate::objects::Objects;
 use crate::pools::Pools;
@@ -35,10 +39,13 @@ const PINGORA_GRACE_MARGIN: Duration = Duration::from_secs(2);
 pub fn run(config: Config) -> anyhow::Result<()> {
     let registry = prometheus::default_registry().clone();
     let metrics = Metrics::register(&registry).context("registering metrics")?;
-    let usage = Arc::new(
-        UsageLog::open(&config.usage_file, metrics.clone())
-            .with_context(|| format!("usage.file: cannot open {}", config.usage_file.display()))?,
-    );
+    let u = &config.usage;
+    let spool = Spool::open(&u.spool_dir).with_context(|| format!("usage.spool_dir: cannot open the spool in {}", u.spool_dir.display()))?;
+    let (_stop_flusher, flusher_stop) = tokio::sync::watch::channel(false);
+    spool.start_flusher(u.fsync_interval, flusher_stop);
+    let usage = Arc::new(UsageLog::new(spool.clone(), metrics.clone(), crate::billing::Units::default()));
+    let live = Arc::new(LiveSet::new(u.interim_interval, u.idle_threshold, usage.clone()));
+    live.start_sweeper();
     let builtins = Builtins::bind(&config).context("binding the built-in backends on 127.0.0.1")?;
     let (pools, health_services) =
         Pools::build(&config.pools, &|b| builtins.resolve(b), &metrics).context("building the backend pools")?;
@@ -64,7 +71,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         &server.configuration,
         HttpRoutes::new(routes.clone(), pools.clone(), config.timeouts),
     ));
-    let gateway = Gateway::new(&config, routes, pools, objects, metrics, usage, http);
+    let gateway = Gateway::new(&config, routes, pools, objects, metrics.clone(), usage, live, http);
     let mut gateway_service = Service::new("weir gateway".to_string(), gateway);
     for l in &config.listeners {
         // Unbuffered: weir reads the head itself and relays from its own per-thread buffer, so a
@@ -95,6 +102,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for s in builtins.services() {
         server.add_boxed_service(s);
     }
-    tracing::info!(usage_file = %config.usage_file.display(), "weir started");
+    let sinks: Vec<&str> = config.usage.sinks.iter().map(|s| s.name.as_str()).collect();
+    server.add_service(background_service("usage delivery", Delivery::new(spool, config.usage.sinks.clone(), metrics)));
+    tracing::info!(spool = %config.usage.spool_dir.display(), ?sinks, "weir started");
     server.run_forever()
 }

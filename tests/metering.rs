@@ -161,10 +161,12 @@ async fn usage_record_equals_ground_truth_for_a_scripted_mix() {
     // Identity and time.
     let id = uuid::Uuid::parse_str(&r.connection_id).expect("connection_id is a UUID");
     assert_eq!(id.get_version_num(), 7, "UUIDv7");
-    for t in [&r.started_at, &r.ended_at] {
+    let ended_at = r.ended_at.clone().expect("a stop record has ended_at");
+    assert_eq!(r.at, ended_at, "a stop record is made when the connection ends");
+    for t in [&r.started_at, &ended_at] {
         assert!(t.ends_with('Z') && t.len() == "2026-11-22T14:05:06.123Z".len(), "RFC 3339 ms UTC: {t}");
     }
-    let (start, end) = (millis_since_epoch(&r.started_at), millis_since_epoch(&r.ended_at));
+    let (start, end) = (millis_since_epoch(&r.started_at), millis_since_epoch(&ended_at));
     let span = end - start;
     assert!(span.abs_diff(r.duration_ms as u128) <= 1, "ended_at - started_at = {span} ms, duration_ms = {}", r.duration_ms);
     let window = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis();

@@ -221,8 +221,7 @@ async fn bad_object_ids_get_400_naming_the_rule() {
     let mut ws = connect(&weir, "/q?room=lobby").await;
     ws.send(Message::text("hi")).await.unwrap();
     assert_eq!(recv(&mut ws).await, Message::text("hi"));
-    let rejected = weir.records().into_iter().filter(|r| r.status == 400).count();
-    assert_eq!(rejected, 6);
+    eventually("six rejection records", || async { (weir.records().into_iter().filter(|r| r.status == 400).count() == 6).then_some(()) }).await;
     weir.metric_eventually("weir_handshake_rejections_total", &[("reason", "bad_object_id")], |v| v == 6.0).await;
 }
 

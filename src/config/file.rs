@@ -106,12 +106,51 @@ pub struct FileTimeouts {
     pub backend_handshake: Option<String>,
 }
 
-/// `usage:` output.
+/// `usage:` records, spool and sinks.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileUsage {
-    /// Path of the JSON-lines file usage records are appended to. Default: `weir-usage.jsonl`.
+    /// Path of the default file sink (used when `sinks` is not set). Default: `weir-usage.jsonl`.
     pub file: Option<String>,
+    /// Directory of the spool (append-only segments and sink cursors). Default: `weir-spool`.
+    pub spool_dir: Option<String>,
+    /// Longest time between spool fsyncs (duration, at most 200ms). Default: 200ms.
+    pub fsync_interval: Option<String>,
+    /// Time between interim records of an open connection (duration). Default: 60s.
+    pub interim_interval: Option<String>,
+    /// Traffic keeps a connection active this long (duration). Default: 30s.
+    pub idle_threshold: Option<String>,
+    /// Tenant of routes that name none. Default: none (records carry null).
+    pub default_tenant: Option<String>,
+    /// When the spool cannot be written: `reject` new upgrades with 503 (default) or `fail_open`.
+    pub on_spool_error: Option<String>,
+    /// Where records are delivered (any number). Default: one file sink at `file`.
+    pub sinks: Option<Vec<FileSink>>,
+}
+
+/// One `usage.sinks[]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSink {
+    /// `file`, `postgres` or `http`.
+    pub kind: String,
+    /// Sink name: its cursor and metric label. Default: the kind.
+    pub name: Option<String>,
+    /// `file`: path of the JSON-lines file.
+    pub path: Option<String>,
+    /// `file`: rotate when the file reaches this size, bytes. Default: 67108864.
+    pub rotate_bytes: Option<u64>,
+    /// `file`: rotate when the file is this old (duration). Default: 24h.
+    pub rotate_interval: Option<String>,
+    /// `postgres`: connection string (`host=… user=… dbname=…` or `postgresql://…`); `http`:
+    /// the collector's `http://host:port/path`.
+    pub url: Option<String>,
+    /// `postgres`: table name (created if missing). Default: `weir_usage`.
+    pub table: Option<String>,
+    /// Records per delivery (count). Default: 500.
+    pub batch: Option<u64>,
+    /// `http`: time a POST may take (duration). Default: 10s.
+    pub timeout: Option<String>,
 }
 
 /// One `pools[]` entry.
@@ -157,6 +196,8 @@ pub struct FileRoute {
     pub kind: Option<String>,
     /// The pool that serves this route (set this or `object`).
     pub pool: Option<String>,
+    /// Tenant this route's usage is billed to (in every record). Default: `usage.default_tenant`.
+    pub tenant: Option<String>,
     /// The object namespace that serves this route (set this or `pool`); WebSocket only.
     pub object: Option<String>,
 }

@@ -21,8 +21,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     /// Handshake-phase timeouts.
     pub timeouts: Timeouts,
-    /// Path usage records are appended to (JSON lines).
-    pub usage_file: PathBuf,
+    /// Usage records: spool, intervals and sinks.
+    pub usage: Usage,
     /// Serve the demo page at `GET /`.
     pub demo_page: bool,
     /// Directory for state that survives a restart (room history).
@@ -80,6 +80,68 @@ pub struct Timeouts {
     pub backend_connect: Duration,
     /// Time a backend has to answer the upgrade.
     pub backend_handshake: Duration,
+}
+
+/// Usage records: where they are spooled and delivered, and how often.
+#[derive(Debug, Clone)]
+pub struct Usage {
+    /// Spool directory.
+    pub spool_dir: PathBuf,
+    /// Longest time between spool fsyncs.
+    pub fsync_interval: Duration,
+    /// Time between interim records of an open connection.
+    pub interim_interval: Duration,
+    /// Traffic keeps a connection active this long.
+    pub idle_threshold: Duration,
+    /// Tenant of routes that name none.
+    pub default_tenant: Option<String>,
+    /// Keep accepting upgrades when the spool cannot be written.
+    pub fail_open: bool,
+    /// Delivery targets.
+    pub sinks: Vec<Sink>,
+}
+
+/// A delivery target of usage records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sink {
+    /// Name: cursor file and metric label.
+    pub name: String,
+    /// Records per delivery.
+    pub batch: usize,
+    /// What kind of sink.
+    pub kind: SinkKind,
+}
+
+/// Sink kinds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkKind {
+    /// JSON lines in a file, rotated by size and age.
+    File {
+        /// File path.
+        path: PathBuf,
+        /// Rotate at this size, bytes.
+        rotate_bytes: u64,
+        /// Rotate at this age.
+        rotate_interval: Duration,
+    },
+    /// A PostgreSQL table.
+    Postgres {
+        /// Connection string.
+        url: String,
+        /// Table name.
+        table: String,
+    },
+    /// An HTTP collector taking CloudEvents batches.
+    Http {
+        /// Collector address.
+        addr: String,
+        /// Host header value.
+        host: String,
+        /// Request path.
+        path: String,
+        /// Time a POST may take.
+        timeout: Duration,
+    },
 }
 
 /// A backend pool.
@@ -180,6 +242,8 @@ pub struct Route {
     pub kind: RouteKind,
     /// What serves the route.
     pub target: Target,
+    /// Tenant its usage is billed to.
+    pub tenant: Option<String>,
 }
 
 /// What serves a route.

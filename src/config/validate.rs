@@ -25,6 +25,22 @@ pub const DEFAULT_BACKEND_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// Default usage file.
 pub const DEFAULT_USAGE_FILE: &str = "weir-usage.jsonl";
+/// Default spool directory.
+pub const DEFAULT_SPOOL_DIR: &str = "weir-spool";
+/// Default and longest spool fsync interval.
+pub const MAX_FSYNC_INTERVAL: Duration = Duration::from_millis(200);
+/// Default interim-record interval.
+pub const DEFAULT_INTERIM_INTERVAL: Duration = Duration::from_secs(60);
+/// Default idle threshold for active time.
+pub const DEFAULT_IDLE_THRESHOLD: Duration = Duration::from_secs(30);
+/// Default records per sink delivery.
+pub const DEFAULT_SINK_BATCH: usize = 500;
+/// Default file-sink rotation size, bytes.
+pub const DEFAULT_ROTATE_BYTES: u64 = 64 << 20;
+/// Default file-sink rotation age.
+pub const DEFAULT_ROTATE_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Default HTTP-sink POST timeout.
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default state directory.
 pub const DEFAULT_DATA_DIR: &str = "weir-data";
 /// Default longest object id, bytes.
@@ -92,15 +108,7 @@ impl Validator {
             backend_connect: self.duration("timeouts.backend_connect", t.backend_connect.as_deref(), DEFAULT_BACKEND_CONNECT_TIMEOUT),
             backend_handshake: self.duration("timeouts.backend_handshake", t.backend_handshake.as_deref(), DEFAULT_BACKEND_HANDSHAKE_TIMEOUT),
         };
-        let usage_file = match f.usage.file.as_deref() {
-            None => PathBuf::from(DEFAULT_USAGE_FILE),
-            Some("") => {
-                self.err("usage.file", "", "must not be empty; name a file such as weir-usage.jsonl");
-                PathBuf::from(DEFAULT_USAGE_FILE)
-            }
-            Some(p) => PathBuf::from(p),
-        };
-
+        let usage = self.usage(&f.usage);
         let pools: Vec<Pool> = f.pools.iter().enumerate().map(|(i, p)| self.pool(i, p)).collect();
         let mut seen = HashSet::new();
         for (i, p) in pools.iter().enumerate() {
@@ -133,7 +141,7 @@ impl Validator {
             listeners,
             admin,
             timeouts,
-            usage_file,
+            usage,
             demo_page: f.demo_page,
             data_dir: match f.data_dir.as_deref() {
                 None => PathBuf::from(DEFAULT_DATA_DIR),
@@ -362,7 +370,142 @@ impl Validator {
                 return None;
             }
         };
-        Some(Route { name, host, path_prefix, kind, target })
+        if let Some(t) = &r.tenant {
+            if t.is_empty() || t.len() > 128 || t.chars().any(char::is_control) {
+                self.err(format!("routes[{i}].tenant"), t, "must be 1 to 128 printable characters");
+            }
+        }
+        Some(Route { name, host, path_prefix, kind, target, tenant: r.tenant.clone() })
+    }
+
+    fn usage(&mut self, u: &FileUsage) -> Usage {
+        let non_empty = |v: &mut Self, key: &str, value: Option<&str>, default: &str| match value {
+            Some("") => {
+                v.err(key, "", format!("must not be empty; the default is {default}"));
+                PathBuf::from(default)
+            }
+            Some(p) => PathBuf::from(p),
+            None => PathBuf::from(default),
+        };
+        let spool_dir = non_empty(self, "usage.spool_dir", u.spool_dir.as_deref(), DEFAULT_SPOOL_DIR);
+        let fsync_interval = self.duration("usage.fsync_interval", u.fsync_interval.as_deref(), MAX_FSYNC_INTERVAL);
+        if fsync_interval > MAX_FSYNC_INTERVAL {
+            self.err("usage.fsync_interval", humantime::format_duration(fsync_interval), "must be at most 200ms (records may wait that long before they are durable)");
+        }
+        let interim_interval = self.duration("usage.interim_interval", u.interim_interval.as_deref(), DEFAULT_INTERIM_INTERVAL);
+        if interim_interval < Duration::from_secs(1) {
+            self.err("usage.interim_interval", humantime::format_duration(interim_interval), "must be at least 1s; the default is 60s");
+        }
+        let idle_threshold = self.duration("usage.idle_threshold", u.idle_threshold.as_deref(), DEFAULT_IDLE_THRESHOLD);
+        let fail_open = match u.on_spool_error.as_deref() {
+            None | Some("reject") => false,
+            Some("fail_open") => true,
+            Some(other) => {
+                self.err("usage.on_spool_error", other, "must be `reject` (refuse new upgrades with 503, the default) or `fail_open`");
+                false
+            }
+        };
+        let sinks = match &u.sinks {
+            None => {
+                let path = non_empty(self, "usage.file", u.file.as_deref(), DEFAULT_USAGE_FILE);
+                vec![Sink {
+                    name: "file".into(),
+                    batch: DEFAULT_SINK_BATCH,
+                    kind: SinkKind::File { path, rotate_bytes: DEFAULT_ROTATE_BYTES, rotate_interval: DEFAULT_ROTATE_INTERVAL },
+                }]
+            }
+            Some(list) => {
+                if u.file.is_some() {
+                    self.err("usage.file", u.file.as_deref().unwrap_or(""), "is the path of the default file sink; with `usage.sinks` set, give the file sink a `path` instead");
+                }
+                if list.is_empty() {
+                    self.err("usage.sinks", "", "needs at least one sink, e.g. [{kind: file, path: weir-usage.jsonl}]; records are never thrown away");
+                }
+                let sinks: Vec<Sink> = list.iter().enumerate().filter_map(|(i, s)| self.sink(i, s)).collect();
+                let mut seen = HashSet::new();
+                for (i, s) in sinks.iter().enumerate() {
+                    if !seen.insert(s.name.clone()) {
+                        self.err(format!("usage.sinks[{i}].name"), &s.name, "is used by an earlier sink; give each sink a unique `name` (it names its cursor)");
+                    }
+                }
+                sinks
+            }
+        };
+        Usage { spool_dir, fsync_interval, interim_interval, idle_threshold, default_tenant: u.default_tenant.clone(), fail_open, sinks }
+    }
+
+    fn sink(&mut self, i: usize, s: &FileSink) -> Option<Sink> {
+        let key = |k: &str| format!("usage.sinks[{i}].{k}");
+        let name = s.name.clone().unwrap_or_else(|| s.kind.clone());
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)) {
+            self.err(key("name"), &name, "must use only letters, digits, `_` and `-`");
+        }
+        let batch = match s.batch {
+            None => DEFAULT_SINK_BATCH,
+            Some(n) if (1..=100_000).contains(&n) => n as usize,
+            Some(n) => {
+                self.err(key("batch"), n, "must be between 1 and 100000 records");
+                DEFAULT_SINK_BATCH
+            }
+        };
+        let unused = |v: &mut Self, k: &str, set: bool| {
+            if set {
+                v.err(key(k), "", format!("does not apply to a `{}` sink; remove it", s.kind));
+            }
+        };
+        let kind = match s.kind.as_str() {
+            "file" => {
+                unused(self, "url", s.url.is_some());
+                unused(self, "table", s.table.is_some());
+                unused(self, "timeout", s.timeout.is_some());
+                let Some(path) = s.path.clone().filter(|p| !p.is_empty()) else {
+                    self.err(key("path"), "", "a file sink needs a path, e.g. weir-usage.jsonl");
+                    return None;
+                };
+                let rotate_bytes = s.rotate_bytes.unwrap_or(DEFAULT_ROTATE_BYTES);
+                if rotate_bytes < 4096 {
+                    self.err(key("rotate_bytes"), rotate_bytes, "must be at least 4096 bytes");
+                }
+                let rotate_interval = self.duration(&key("rotate_interval"), s.rotate_interval.as_deref(), DEFAULT_ROTATE_INTERVAL);
+                SinkKind::File { path: PathBuf::from(path), rotate_bytes, rotate_interval }
+            }
+            "postgres" => {
+                unused(self, "path", s.path.is_some());
+                unused(self, "rotate_bytes", s.rotate_bytes.is_some());
+                unused(self, "rotate_interval", s.rotate_interval.is_some());
+                unused(self, "timeout", s.timeout.is_some());
+                let Some(url) = s.url.clone().filter(|u| !u.is_empty()) else {
+                    self.err(key("url"), "", "a postgres sink needs a connection string, e.g. \"host=127.0.0.1 user=weir dbname=weir\"");
+                    return None;
+                };
+                let table = s.table.clone().unwrap_or_else(|| "weir_usage".into());
+                if table.is_empty() || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || table.starts_with(|c: char| c.is_ascii_digit()) {
+                    self.err(key("table"), &table, "must be a plain SQL identifier: letters, digits and `_`, not starting with a digit");
+                }
+                SinkKind::Postgres { url, table }
+            }
+            "http" => {
+                unused(self, "path", s.path.is_some());
+                unused(self, "rotate_bytes", s.rotate_bytes.is_some());
+                unused(self, "rotate_interval", s.rotate_interval.is_some());
+                unused(self, "table", s.table.is_some());
+                let url = s.url.clone().unwrap_or_default();
+                let Some(rest) = url.strip_prefix("http://") else {
+                    self.err(key("url"), &url, "must be an http:// URL of the collector, e.g. http://127.0.0.1:8088/events (https is not supported)");
+                    return None;
+                };
+                let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+                let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+                let timeout = self.duration(&key("timeout"), s.timeout.as_deref(), DEFAULT_HTTP_TIMEOUT);
+                self.addr(&key("url"), &addr)?;
+                SinkKind::Http { addr, host: authority.to_string(), path, timeout }
+            }
+            other => {
+                self.err(key("kind"), other, "must be file, postgres or http");
+                return None;
+            }
+        };
+        Some(Sink { name, batch, kind })
     }
 
     fn object(&mut self, i: usize, o: &FileObject) -> Option<Namespace> {

@@ -27,6 +27,7 @@ pub mod upstream;
 
 use crate::builtin::session;
 use crate::config::{Config, Target, Timeouts};
+use crate::metering::live::{Live, LiveSet};
 use crate::metering::{Meter, ObjectRef, UsageLog};
 use crate::metrics::Metrics;
 use crate::objects::registry::{Lease, PlaceError};
@@ -60,7 +61,8 @@ struct Relayed {
     rsv: u8,
     route: String,
     pool: String,
-    meter: Meter,
+    /// The connection in the live set (its identity and interim state).
+    live: Arc<Live>,
     /// The object placement, on object routes.
     lease: Option<Lease>,
 }
@@ -97,6 +99,11 @@ pub struct Gateway {
     connector: TransportConnector,
     metrics: Metrics,
     usage: Arc<UsageLog>,
+    live: Arc<LiveSet>,
+    /// Tenant of routes that name none.
+    default_tenant: Option<String>,
+    /// Accept upgrades while the spool cannot be written.
+    fail_open: bool,
     http: Arc<HttpProxy<http::HttpRoutes>>,
 }
 
@@ -109,6 +116,7 @@ impl Gateway {
         objects: Arc<Objects>,
         metrics: Metrics,
         usage: Arc<UsageLog>,
+        live: Arc<LiveSet>,
         http: Arc<HttpProxy<http::HttpRoutes>>,
     ) -> Gateway {
         Gateway {
@@ -122,6 +130,9 @@ impl Gateway {
             connector: TransportConnector::new(None),
             metrics,
             usage,
+            live,
+            default_tenant: config.usage.default_tenant.clone(),
+            fail_open: config.usage.fail_open,
             http,
         }
     }
@@ -165,6 +176,12 @@ impl Gateway {
             return None;
         };
         meter.route = Some(route.name.clone());
+        meter.tenant = route.tenant.clone().or_else(|| self.default_tenant.clone());
+        if wants_ws && !self.fail_open && !self.usage.spool().healthy() {
+            // Usage could not be recorded durably: take no new connections (documented).
+            self.reject(&mut stream, RejectReason::SpoolUnavailable, Some(&route.name), Some(meter)).await;
+            return None;
+        }
         let Target::Pool(pool_index) = route.target else {
             let ns = match route.target {
                 Target::Object(n) => self.objects.get(n),
@@ -248,7 +265,7 @@ impl Gateway {
             return self.builtin_upgrade(upgrade, object.clone(), shutdown).await;
         }
         let Some((_, id)) = &upgrade.object else { return };
-        match self.connect_object(ns, id).await {
+        match self.connect_object(ns, id, upgrade.meter.tenant.as_deref()).await {
             Ok((connected, lease)) => self.backend_upgrade(upgrade, connected, Some(lease), shutdown).await,
             Err(reason) => {
                 let mut u = upgrade;
@@ -303,7 +320,8 @@ impl Gateway {
         if let Some(l) = lease.as_mut() {
             l.connected();
         }
-        let relayed = Relayed { client: stream, backend, early, rsv, route, pool, meter, lease };
+        let live = self.live.begin(meter);
+        let relayed = Relayed { client: stream, backend, early, rsv, route, pool, live, lease };
         tokio::spawn(self.clone().relay_to_end(relayed, shutdown.clone()));
     }
 
@@ -311,7 +329,7 @@ impl Gateway {
     async fn builtin_upgrade(self: &Arc<Self>, u: Upgrade<'_>, object: session::Object, shutdown: &ShutdownWatch) {
         let Upgrade { mut stream, head, ws, route, pool, meter, object: target, .. } = u;
         let Some((ns, id)) = target else { return };
-        let mut lease = match ns.registry.place(&id, &[], self.timeouts.backend_connect).await {
+        let mut lease = match ns.registry.place(&id, meter.tenant.as_deref(), &[], self.timeouts.backend_connect).await {
             Ok(l) => l,
             Err(_) => return self.reject(&mut stream, RejectReason::ObjectMoving, Some(&route), Some(meter)).await,
         };
@@ -321,6 +339,7 @@ impl Gateway {
             return self.usage.write(&record, "connection");
         }
         lease.connected();
+        let live = self.live.begin(meter);
         let early = head.early().to_vec();
         drop(head);
         let this = self.clone();
@@ -330,25 +349,25 @@ impl Gateway {
             let (active, duration) = (conn.active.clone(), conn.duration.clone());
             active.inc();
             let started = Instant::now();
-            let tap = Tap::new(stream, early, ScanPolicy { sender: Role::Client, allowed_rsv: 0 }, ScanPolicy { sender: Role::Server, allowed_rsv: 0 }, conn);
+            let tap = Tap::new(stream, early, ScanPolicy { sender: Role::Client, allowed_rsv: 0 }, ScanPolicy { sender: Role::Server, allowed_rsv: 0 }, conn, live.clone());
             let handle = lease.object().clone();
             let report = session::run(object, &id, tap, handle, shutdown, this.grace_period).await;
             active.dec();
             duration.observe(started.elapsed().as_secs_f64());
             match report {
-                Some(report) => this.connection_ended(&route, &pool, meter, Some(lease), &report),
+                Some(report) => this.connection_ended(&route, &pool, &live, Some(lease), &report),
                 None => tracing::warn!(route, "built-in object session lost its stream; no usage record"),
             }
         });
     }
 
     /// Place `id` on a host of `ns` and connect, moving the id off hosts that refuse.
-    async fn connect_object(&self, ns: &Namespace, id: &str) -> Result<(Connected, Lease), RejectReason> {
+    async fn connect_object(&self, ns: &Namespace, id: &str, tenant: Option<&str>) -> Result<(Connected, Lease), RejectReason> {
         let started = Instant::now();
         let mut tried = Vec::new();
         let mut last = RejectReason::NoHealthyBackend;
         while tried.len() < MAX_CONNECT_ATTEMPTS {
-            let lease = match ns.registry.place(id, &tried, self.timeouts.backend_connect).await {
+            let lease = match ns.registry.place(id, tenant, &tried, self.timeouts.backend_connect).await {
                 Ok(l) => l,
                 Err(PlaceError::NoHost) => break,
                 Err(PlaceError::Moving) => return Err(RejectReason::ObjectMoving),
@@ -381,6 +400,7 @@ impl Gateway {
         // otherwise keep its own slot in this task's state for the whole connection (~1 KiB).
         let run = {
             let mut relay = Relay::new(c.client, c.backend, client_policy, backend_policy, client_early, backend_early, &mut conn);
+            relay.observe_with(c.live.clone());
             if let Some(lease) = &c.lease {
                 let object = lease.object().clone();
                 relay.link_object(ObjectLink { on_message: Box::new(move || object.touch()), moved: lease.evicted() });
@@ -390,11 +410,11 @@ impl Gateway {
         let report = run.await;
         conn.active.dec();
         conn.duration.observe(started.elapsed().as_secs_f64());
-        self.connection_ended(route, pool, c.meter, c.lease, &report);
+        self.connection_ended(route, pool, &c.live, c.lease, &report);
     }
 
     /// Count a finished connection, write its usage record and release its object lease.
-    fn connection_ended(&self, route: &str, pool: &str, meter: Meter, lease: Option<Lease>, report: &RelayReport) {
+    fn connection_ended(&self, route: &str, pool: &str, live: &Live, lease: Option<Lease>, report: &RelayReport) {
         let m = &self.metrics;
         m.connections_total.with_label_values(&[route, pool, report.outcome.as_str()]).inc();
         m.closes.with_label_values(&[route, report.initiator.as_str(), code_class(report.close_code)]).inc();
@@ -405,13 +425,13 @@ impl Gateway {
         if report.outcome == crate::relay::pump::Outcome::Moved {
             m.object_evictions.with_label_values(&[pool]).inc();
         }
-        let record = meter.relayed(report);
+        let record = self.live.end(live, report);
         tracing::debug!(
             connection_id = %record.connection_id, route, outcome = %record.outcome,
             duration_ms = record.duration_ms, close_code = ?report.close_code, initiator = report.initiator.as_str(),
             "connection ended"
         );
-        self.usage.write(&record, "connection");
+        self.usage.write(&record, "stop");
         if let Some(lease) = lease {
             lease.finish(&report.counts);
         }

@@ -39,6 +39,8 @@ pub enum RejectReason {
     BadObjectId,
     /// The object's previous host failed and its connections have not ended yet.
     ObjectMoving,
+    /// The usage spool cannot be written (and `usage.on_spool_error` is `reject`).
+    SpoolUnavailable,
 }
 
 impl RejectReason {
@@ -50,7 +52,7 @@ impl RejectReason {
             UnsupportedVersion => 426,
             HeadTooLarge => 431,
             UnknownRoute => 404,
-            NoHealthyBackend | ObjectMoving => 503,
+            NoHealthyBackend | ObjectMoving | SpoolUnavailable => 503,
             BackendUnreachable | BackendBadHandshake => 502,
             BackendTimeout => 504,
         }
@@ -76,6 +78,7 @@ impl RejectReason {
             BackendBadHandshake => "Backend sent an invalid WebSocket handshake",
             BadObjectId => "Bad object id",
             ObjectMoving => "Object is moving to another host; retry",
+            SpoolUnavailable => "Usage cannot be recorded right now; retry",
         }
     }
 
@@ -99,6 +102,7 @@ impl RejectReason {
             BackendBadHandshake => "backend_bad_handshake",
             BadObjectId => "bad_object_id",
             ObjectMoving => "object_moving",
+            SpoolUnavailable => "spool_unavailable",
         }
     }
 
@@ -107,7 +111,7 @@ impl RejectReason {
     pub fn outcome(self) -> &'static str {
         use RejectReason::*;
         match self {
-            NoHealthyBackend | BackendUnreachable | BackendTimeout | BackendBadHandshake | ObjectMoving => self.as_str(),
+            NoHealthyBackend | BackendUnreachable | BackendTimeout | BackendBadHandshake | ObjectMoving | SpoolUnavailable => self.as_str(),
             _ => "rejected",
         }
     }

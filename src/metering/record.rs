@@ -7,13 +7,43 @@ use crate::relay::scanner::DirectionCounts;
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
-/// One connection's usage: written once, when the connection (or its failed handshake) ends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The kinds of connection records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// At the 101.
+    Start,
+    /// Every `interim_interval` while open.
+    Interim,
+    /// At the end (the only record of a failed handshake).
+    Stop,
+}
+
+impl RecordKind {
+    /// The `record` field value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Start => "start",
+            RecordKind::Interim => "interim",
+            RecordKind::Stop => "stop",
+        }
+    }
+}
+
+/// One connection's usage so far: `start`, `interim` or `stop` (cumulative counts each time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageRecord {
-    /// Record type: always `connection`.
+    /// Record type: `start`, `interim` or `stop`.
     pub record: String,
+    /// `<connection_id>:<seq>`: unique per record, for sinks that drop duplicates.
+    pub idempotency_key: String,
+    /// 0 for `start` (and for the `stop` of a failed handshake), then 1, 2, … in order.
+    pub seq: u64,
+    /// When this record was made (RFC 3339 UTC, milliseconds).
+    pub at: String,
     /// Sortable unique id (UUIDv7 text).
     pub connection_id: String,
+    /// Tenant the route bills to (`routes[].tenant`, else `usage.default_tenant`).
+    pub tenant: Option<String>,
     /// Route name, when the request matched a route.
     pub route: Option<String>,
     /// Pool name, when the request matched a pool route.
@@ -26,10 +56,15 @@ pub struct UsageRecord {
     pub client_addr: Option<String>,
     /// When the request head started arriving (RFC 3339 UTC, milliseconds).
     pub started_at: String,
-    /// When the connection ended (RFC 3339 UTC, milliseconds).
-    pub ended_at: String,
-    /// Wall-clock lifetime, milliseconds (monotonic clock).
+    /// When the connection ended (RFC 3339 UTC, milliseconds); null until `stop`.
+    pub ended_at: Option<String>,
+    /// Wall-clock lifetime so far, milliseconds (monotonic clock).
     pub duration_ms: u64,
+    /// Time with relayed traffic so far, milliseconds: the union of `usage.idle_threshold` after
+    /// each relayed data frame (frames weir sends itself never count).
+    pub active_ms: u64,
+    /// `duration_ms - active_ms`.
+    pub idle_ms: u64,
     /// HTTP requests on the connection: 1 (the upgrade).
     pub requests: u64,
     /// HTTP status weir answered the upgrade with (101, or the rejection status).
@@ -42,12 +77,16 @@ pub struct UsageRecord {
     pub backend_to_client: DirectionUsage,
     /// How the WebSocket closed; absent when the handshake failed.
     pub close: Option<CloseUsage>,
-    /// How the connection ended: completed, client_gone, backend_gone, protocol_error,
-    /// shutdown, or for failed handshakes rejected, backend_unreachable, backend_timeout,
-    /// no_healthy_backend, backend_refused, backend_bad_handshake.
+    /// `open` until `stop`; then how the connection ended: completed, client_gone,
+    /// backend_gone, protocol_error, shutdown, moved, or for failed handshakes rejected,
+    /// backend_unreachable, backend_timeout, no_healthy_backend, backend_refused,
+    /// backend_bad_handshake, object_moving, spool_unavailable.
     pub outcome: String,
     /// Detail for failures: the reject reason or the protocol violation.
     pub reason: Option<String>,
+    /// Billable units so far (`billing.units`), by unit name.
+    #[serde(default)]
+    pub units: std::collections::BTreeMap<String, f64>,
 }
 
 /// The object a connection addressed.
@@ -65,6 +104,12 @@ pub struct ObjectRef {
 pub struct ObjectRecord {
     /// Record type: always `object`.
     pub record: String,
+    /// `object:<namespace>:<id>:<started_at>`: unique per occupancy.
+    pub idempotency_key: String,
+    /// When this record was made (= `ended_at`).
+    pub at: String,
+    /// Tenant of the route that placed the object.
+    pub tenant: Option<String>,
     /// Namespace name.
     pub namespace: String,
     /// Object id.

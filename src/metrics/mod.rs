@@ -12,7 +12,7 @@ use crate::relay::scanner::DirectionCounts;
 use crate::relay::Direction;
 use names::*;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
 
@@ -68,6 +68,20 @@ pub struct Metrics {
     pub room_slow_clients: IntCounterVec,
     /// See `names::ROOM_STORE_ERRORS_TOTAL`.
     pub room_store_errors: IntCounterVec,
+    /// See `names::SPOOL_BYTES`.
+    pub spool_bytes: IntGauge,
+    /// See `names::SPOOL_WAITING_RECORDS`.
+    pub spool_waiting: IntGauge,
+    /// See `names::SPOOL_HEALTHY`.
+    pub spool_healthy: IntGauge,
+    /// See `names::SINK_RECORDS_PENDING`.
+    pub sink_pending: IntGaugeVec,
+    /// See `names::SINK_RECORDS_DELIVERED_TOTAL`.
+    pub sink_delivered: IntCounterVec,
+    /// See `names::SINK_DELIVERY_ERRORS_TOTAL`.
+    pub sink_errors: IntCounterVec,
+    /// See `names::SINK_DELIVERY_LAG_SECONDS`.
+    pub sink_lag: GaugeVec,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -78,6 +92,12 @@ fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheu
 
 fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
     let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn plain_gauge(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
     reg.register(Box::new(g.clone()))?;
     Ok(g)
 }
@@ -113,6 +133,17 @@ impl Metrics {
             object_evictions: counter(reg, OBJECT_EVICTIONS_TOTAL, "Client connections closed with 1012 because their object moved", &[NAMESPACE])?,
             room_slow_clients: counter(reg, ROOM_SLOW_CLIENTS_TOTAL, "Room clients closed because their send queue was full", &[NAMESPACE])?,
             room_store_errors: counter(reg, ROOM_STORE_ERRORS_TOTAL, "Room messages that could not be written to the history store", &[NAMESPACE])?,
+            spool_bytes: plain_gauge(reg, SPOOL_BYTES, "Bytes of usage records in the spool on disk")?,
+            spool_waiting: plain_gauge(reg, SPOOL_WAITING_RECORDS, "Usage records waiting in memory because the spool cannot be written")?,
+            spool_healthy: plain_gauge(reg, SPOOL_HEALTHY, "1 while the spool can be written")?,
+            sink_pending: gauge(reg, SINK_RECORDS_PENDING, "Spooled records a sink has not got yet", &[SINK])?,
+            sink_delivered: counter(reg, SINK_RECORDS_DELIVERED_TOTAL, "Records delivered to a sink", &[SINK])?,
+            sink_errors: counter(reg, SINK_DELIVERY_ERRORS_TOTAL, "Failed batch deliveries to a sink", &[SINK])?,
+            sink_lag: {
+                let g = GaugeVec::new(Opts::new(SINK_DELIVERY_LAG_SECONDS, "Age of the oldest record a sink has not got, seconds"), &[SINK])?;
+                reg.register(Box::new(g.clone()))?;
+                g
+            },
         })
     }
 

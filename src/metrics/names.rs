@@ -46,6 +46,20 @@ pub const OBJECT_EVICTIONS_TOTAL: &str = "weir_object_evictions_total";
 pub const ROOM_SLOW_CLIENTS_TOTAL: &str = "weir_room_slow_clients_total";
 /// Counter: room messages that could not be written to the history store {namespace}.
 pub const ROOM_STORE_ERRORS_TOTAL: &str = "weir_room_store_errors_total";
+/// Gauge: bytes of usage records in the spool's segments on disk.
+pub const SPOOL_BYTES: &str = "weir_spool_bytes";
+/// Gauge: usage records waiting in memory because the spool cannot be written.
+pub const SPOOL_WAITING_RECORDS: &str = "weir_spool_waiting_records";
+/// Gauge: 1 while the spool can be written, else 0 (new upgrades get 503 unless fail_open).
+pub const SPOOL_HEALTHY: &str = "weir_spool_healthy";
+/// Gauge: records in the spool that sink has not got yet {sink}.
+pub const SINK_RECORDS_PENDING: &str = "weir_sink_records_pending";
+/// Counter: records delivered to a sink {sink}.
+pub const SINK_RECORDS_DELIVERED_TOTAL: &str = "weir_sink_records_delivered_total";
+/// Counter: failed deliveries (batches) to a sink {sink}.
+pub const SINK_DELIVERY_ERRORS_TOTAL: &str = "weir_sink_delivery_errors_total";
+/// Gauge: age of the oldest record a sink has not got, seconds {sink}.
+pub const SINK_DELIVERY_LAG_SECONDS: &str = "weir_sink_delivery_lag_seconds";
 
 /// Label: route name from config.
 pub const ROUTE: &str = "route";
@@ -64,6 +78,8 @@ pub const INITIATOR: &str = "initiator";
 /// Label: close code class: normal (1000), going_away (1001), error (1002–1015), app (3000–4999),
 /// none (no close frame).
 pub const CODE_CLASS: &str = "code_class";
+/// Label: sink name from config.
+pub const SINK: &str = "sink";
 /// Label: object namespace name from config.
 pub const NAMESPACE: &str = "namespace";
 /// Label: how a connection ended (see `metering::Outcome`).
@@ -92,4 +108,11 @@ pub const ALL: &[&str] = &[
     OBJECT_EVICTIONS_TOTAL,
     ROOM_SLOW_CLIENTS_TOTAL,
     ROOM_STORE_ERRORS_TOTAL,
+    SPOOL_BYTES,
+    SPOOL_WAITING_RECORDS,
+    SPOOL_HEALTHY,
+    SINK_RECORDS_PENDING,
+    SINK_RECORDS_DELIVERED_TOTAL,
+    SINK_DELIVERY_ERRORS_TOTAL,
+    SINK_DELIVERY_LAG_SECONDS,
 ];

@@ -9,41 +9,10 @@
 //! Active time is the union of windows `[t, t + idle_window)` over every message time `t`, on any
 //! socket of the object, clipped to the occupancy: two sockets talking at once are billed once.
 
+use crate::metering::clock::ActiveClock;
 use crate::metering::record::{rfc3339_ms, ObjectRecord};
 use crate::relay::scanner::DirectionCounts;
 use std::time::{Duration, Instant, SystemTime};
-
-/// Union of activity windows, accumulated as messages arrive.
-#[derive(Debug, Clone, Copy)]
-pub struct ActiveClock {
-    window: Duration,
-    total: Duration,
-    until: Option<Instant>,
-}
-
-impl ActiveClock {
-    /// A clock whose every message keeps the object active for `window`.
-    pub fn new(window: Duration) -> ActiveClock {
-        ActiveClock { window, total: Duration::ZERO, until: None }
-    }
-
-    /// A message was processed at `now`.
-    pub fn touch(&mut self, now: Instant) {
-        let end = now + self.window;
-        match self.until {
-            // Overlaps the current window: extend it.
-            Some(until) if now < until => self.total += end.saturating_duration_since(until),
-            _ => self.total += self.window,
-        }
-        self.until = Some(self.until.map_or(end, |u| u.max(end)));
-    }
-
-    /// Active time up to `end` (the part of the last window after `end` is not counted).
-    pub fn total_at(&self, end: Instant) -> Duration {
-        let overhang = self.until.map_or(Duration::ZERO, |u| u.saturating_duration_since(end));
-        self.total.saturating_sub(overhang)
-    }
-}
 
 /// One object's occupancy: from its first connection to the moment it became empty.
 #[derive(Debug)]
@@ -52,6 +21,8 @@ pub struct Occupancy {
     since_wall: SystemTime,
     /// Host that served the object (`host:port` as configured, or `builtin:<kind>`).
     pub host: String,
+    /// Tenant of the route that placed it.
+    pub tenant: Option<String>,
     active: ActiveClock,
     connections: u64,
     live: usize,
@@ -62,11 +33,12 @@ pub struct Occupancy {
 
 impl Occupancy {
     /// An occupancy starting at `now` on `host`.
-    pub fn new(host: String, idle_window: Duration, now: Instant) -> Occupancy {
+    pub fn new(host: String, tenant: Option<String>, idle_window: Duration, now: Instant) -> Occupancy {
         Occupancy {
             since: now,
             since_wall: SystemTime::now(),
             host,
+            tenant,
             active: ActiveClock::new(idle_window),
             connections: 0,
             live: 0,
@@ -112,16 +84,21 @@ impl Occupancy {
     /// The object usage record of this occupancy, which ended at `end`.
     pub fn record(&self, namespace: &str, id: &str, end: Instant) -> ObjectRecord {
         let connected = end.saturating_duration_since(self.since);
+        let started_at = rfc3339_ms(self.since_wall);
+        let ended_at = rfc3339_ms(self.since_wall + connected);
         ObjectRecord {
             record: "object".into(),
+            idempotency_key: format!("object:{namespace}:{id}:{started_at}"),
+            at: ended_at.clone(),
+            tenant: self.tenant.clone(),
             namespace: namespace.into(),
             object_id: id.into(),
             host: self.host.clone(),
-            started_at: rfc3339_ms(self.since_wall),
-            ended_at: rfc3339_ms(self.since_wall + connected),
+            started_at,
+            ended_at,
             connected_ms: connected.as_millis() as u64,
             active_ms: self.active.total_at(end).min(connected).as_millis() as u64,
-            idle_window_ms: self.active.window.as_millis() as u64,
+            idle_window_ms: self.active.window().as_millis() as u64,
             connections: self.connections,
             peak_connections: self.peak as u64,
             messages_in: self.counts[0].messages,
@@ -140,29 +117,9 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     #[test]
-    fn overlapping_windows_count_once() {
-        let t0 = Instant::now();
-        let mut c = ActiveClock::new(10 * S);
-        c.touch(t0);
-        c.touch(t0 + 3 * S); // extends to t0+13
-        c.touch(t0 + 2 * S); // inside, earlier end: no change
-        assert_eq!(c.total_at(t0 + 100 * S), 13 * S);
-        c.touch(t0 + 50 * S); // disjoint: a fresh window
-        assert_eq!(c.total_at(t0 + 100 * S), 23 * S);
-        // Clipped at the end of the occupancy.
-        assert_eq!(c.total_at(t0 + 55 * S), 18 * S);
-    }
-
-    #[test]
-    fn no_message_no_activity() {
-        let t0 = Instant::now();
-        assert_eq!(ActiveClock::new(10 * S).total_at(t0 + S), Duration::ZERO);
-    }
-
-    #[test]
     fn record_sums_connections_and_clips_active_time() {
         let t0 = Instant::now();
-        let mut o = Occupancy::new("builtin:room".into(), 10 * S, t0);
+        let mut o = Occupancy::new("builtin:room".into(), None, 10 * S, t0);
         assert!(!o.billable());
         o.connected();
         o.connected();

@@ -147,10 +147,11 @@ impl Registry {
     /// Lease `id` for one connection: its current host, or a fresh rendezvous placement that
     /// skips the hosts in `exclude` (already tried). Waits at most `wait` for the connections
     /// of an evicted placement to end.
-    pub async fn place(self: &Arc<Self>, id: &str, exclude: &[usize], wait: Duration) -> Result<Lease, PlaceError> {
+    /// `tenant` is recorded on a fresh placement's occupancy.
+    pub async fn place(self: &Arc<Self>, id: &str, tenant: Option<&str>, exclude: &[usize], wait: Duration) -> Result<Lease, PlaceError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let mut gone = match self.try_place(id, exclude) {
+            let mut gone = match self.try_place(id, tenant, exclude) {
                 Ok(lease) => return Ok(lease),
                 Err(None) => return Err(PlaceError::NoHost),
                 Err(Some(gone)) => gone,
@@ -165,7 +166,7 @@ impl Registry {
 
     /// One attempt: a lease, or `Err(Some(rx))` to wait for an evicted placement to drain
     /// (`rx` closes when it has), or `Err(None)` when no host is eligible.
-    fn try_place(self: &Arc<Self>, id: &str, exclude: &[usize]) -> Result<Lease, Option<watch::Receiver<bool>>> {
+    fn try_place(self: &Arc<Self>, id: &str, tenant: Option<&str>, exclude: &[usize]) -> Result<Lease, Option<watch::Receiver<bool>>> {
         let mut entries = self.entries();
         if let Some(e) = entries.get_mut(id) {
             if !e.evicted && e.host.is_none_or(|h| self.eligible(h, exclude)) {
@@ -186,7 +187,7 @@ impl Registry {
             let owner = owner.ok_or(None)?;
             (Some(owner), self.hosts[owner].key.clone())
         };
-        let occupancy = ObjectHandle(Arc::new(Mutex::new(Occupancy::new(key, self.idle_window, Instant::now()))));
+        let occupancy = ObjectHandle(Arc::new(Mutex::new(Occupancy::new(key, tenant.map(str::to_string), self.idle_window, Instant::now()))));
         let (evict, _) = watch::channel(false);
         let entry = Entry { host, live: 1, evicted: false, evict, occupancy };
         let lease = self.lease(id, &entry);
@@ -360,20 +361,20 @@ mod tests {
         // Find an id whose rendezvous owner is host 1, then take host 1 down before placing it.
         let id = (0..).map(|k| format!("id{k}")).find(|id| super::super::placement::owner("ns", id, [(0, "h0:1"), (1, "h1:1")]) == Some(1)).unwrap();
         r.health_changed(r.hosts[1].addr, false);
-        let a = r.place(&id, &[], WAIT).await.unwrap();
+        let a = r.place(&id, None, &[], WAIT).await.unwrap();
         assert_eq!(a.host_index(), Some(0));
         r.health_changed(r.hosts[1].addr, true);
-        let b = r.place(&id, &[], WAIT).await.unwrap();
+        let b = r.place(&id, None, &[], WAIT).await.unwrap();
         assert_eq!(b.host_index(), Some(0), "a live id must not move to a recovered host");
         drop((a, b));
-        let c = r.place(&id, &[], WAIT).await.unwrap();
+        let c = r.place(&id, None, &[], WAIT).await.unwrap();
         assert_eq!(c.host_index(), Some(1), "an id without connections is placed fresh");
     }
 
     #[tokio::test]
     async fn failure_evicts_and_new_placement_waits_for_the_drain() {
         let (r, dir) = registry(2);
-        let mut a = r.place("x", &[], WAIT).await.unwrap();
+        let mut a = r.place("x", None, &[], WAIT).await.unwrap();
         a.connected();
         let first = a.host_index().unwrap();
         let mut evicted = a.evicted();
@@ -381,9 +382,9 @@ mod tests {
         evicted.changed().await.unwrap();
         assert!(*evicted.borrow());
         // While `a` is live, the id cannot be placed elsewhere.
-        assert_eq!(r.place("x", &[], WAIT).await.err(), Some(PlaceError::Moving));
+        assert_eq!(r.place("x", None, &[], WAIT).await.err(), Some(PlaceError::Moving));
         let r2 = r.clone();
-        let waiter = tokio::spawn(async move { r2.place("x", &[], Duration::from_secs(5)).await.map(|l| l.host_index()) });
+        let waiter = tokio::spawn(async move { r2.place("x", None, &[], Duration::from_secs(5)).await.map(|l| l.host_index()) });
         tokio::task::yield_now().await;
         a.finish(&Default::default());
         assert_eq!(waiter.await.unwrap(), Ok(Some(1 - first)));
@@ -396,19 +397,19 @@ mod tests {
     #[tokio::test]
     async fn connect_failure_marks_the_host_down() {
         let (r, dir) = registry(2);
-        let a = r.place("y", &[], WAIT).await.unwrap();
+        let a = r.place("y", None, &[], WAIT).await.unwrap();
         let bad = a.host_index().unwrap();
         a.connect_failed();
-        let b = r.place("y", &[], WAIT).await.unwrap();
+        let b = r.place("y", None, &[], WAIT).await.unwrap();
         assert_eq!(b.host_index(), Some(1 - bad));
         drop(b);
         // Still down for other ids too.
         for k in 0..20 {
-            assert_eq!(r.place(&format!("z{k}"), &[], WAIT).await.unwrap().host_index(), Some(1 - bad));
+            assert_eq!(r.place(&format!("z{k}"), None, &[], WAIT).await.unwrap().host_index(), Some(1 - bad));
         }
         // Never-connected placements are not billed.
         assert!(records(&dir).is_empty());
         r.health_changed(r.hosts[1 - bad].addr, false);
-        assert_eq!(r.place("q", &[], WAIT).await.err(), Some(PlaceError::NoHost));
+        assert_eq!(r.place("q", None, &[], WAIT).await.err(), Some(PlaceError::NoHost));
     }
 }

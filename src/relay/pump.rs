@@ -317,6 +317,10 @@ pub struct Relay<'m> {
     messages_seen: u64,
     /// weir closed the connection because its object moved.
     moved: bool,
+    /// The connection's live-set entry, told the counts after every wakeup that moved bytes.
+    live: Option<std::sync::Arc<crate::metering::live::Live>>,
+    /// Wire bytes (both directions) at the last `live.observe`.
+    observed_wire: u64,
 }
 
 impl<'m> Relay<'m> {
@@ -347,6 +351,8 @@ impl<'m> Relay<'m> {
             object: None,
             messages_seen: 0,
             moved: false,
+            live: None,
+            observed_wire: 0,
         };
         for (d, early) in [(Direction::ClientToBackend, client_early), (Direction::BackendToClient, backend_early)] {
             if !early.is_empty() {
@@ -355,6 +361,11 @@ impl<'m> Relay<'m> {
             }
         }
         relay
+    }
+
+    /// Report the counts to `live` (for interim records) after every wakeup that moved bytes.
+    pub fn observe_with(&mut self, live: std::sync::Arc<crate::metering::live::Live>) {
+        self.live = Some(live);
     }
 
     /// Make this the relay to an object host (before `run`).
@@ -402,6 +413,13 @@ impl<'m> Relay<'m> {
         // still move while the connection is open, at a fraction of the per-chunk cost.
         for d in Direction::BOTH {
             self.metrics.update(d, self.halves[d.index()].scanner.counts());
+        }
+        if let Some(live) = &self.live {
+            let wire = self.halves.iter().map(|h| h.scanner.counts().wire_bytes).sum();
+            if wire != self.observed_wire {
+                self.observed_wire = wire;
+                live.observe([self.halves[0].scanner.counts(), self.halves[1].scanner.counts()]);
+            }
         }
         if let Some(link) = &self.object {
             let messages = self.halves.iter().map(|h| h.scanner.counts().messages).sum();

@@ -24,19 +24,21 @@ pub struct Tap {
     /// `[client → object, object → client]`.
     scanners: [FrameScanner; 2],
     metrics: ConnMetrics,
+    live: std::sync::Arc<crate::metering::live::Live>,
     first_close: Option<Party>,
     read_ended: Option<bool>,
 }
 
 impl Tap {
     /// Wrap `io`; `early` are client bytes already read after its request head.
-    pub fn new(io: Stream, early: Vec<u8>, client: ScanPolicy, server: ScanPolicy, metrics: ConnMetrics) -> Tap {
+    pub fn new(io: Stream, early: Vec<u8>, client: ScanPolicy, server: ScanPolicy, metrics: ConnMetrics, live: std::sync::Arc<crate::metering::live::Live>) -> Tap {
         Tap {
             io,
             early,
             early_at: 0,
             scanners: [FrameScanner::new(client), FrameScanner::new(server)],
             metrics,
+            live,
             first_close: None,
             read_ended: None,
         }
@@ -54,6 +56,7 @@ impl Tap {
             self.first_close.get_or_insert(party);
         }
         self.metrics.update(d, s.counts());
+        self.live.observe([self.scanners[0].counts(), self.scanners[1].counts()]);
     }
 
     /// What the connection carried and how it ended; `shutdown` when weir closed it because it

@@ -102,9 +102,15 @@ impl Weir {
                 .map(|(c, k)| format!("    tls:\n      cert: \"{}\"\n      key: \"{}\"\n", c.display(), k.display()))
                 .unwrap_or_default();
             let mut yaml = format!(
-                "listeners:\n  - address: \"127.0.0.1:{port}\"\n{tls_yaml}admin:\n  address: \"127.0.0.1:{admin_port}\"\nusage:\n  file: \"{}\"\nlog:\n  level: debug\n",
-                usage.display()
+                "listeners:\n  - address: \"127.0.0.1:{port}\"\n{tls_yaml}admin:\n  address: \"127.0.0.1:{admin_port}\"\nlog:\n  level: debug\n"
             );
+            if !has("usage:") {
+                yaml.push_str(&format!(
+                    "usage:\n  file: \"{}\"\n  spool_dir: \"{}\"\n  fsync_interval: 20ms\n",
+                    usage.display(),
+                    dir.path().join("spool").display()
+                ));
+            }
             if !has("server:") {
                 yaml.push_str("server:\n  threads: 2\n  grace_period: 1s\n");
             }
@@ -214,11 +220,11 @@ impl Weir {
             .collect()
     }
 
-    /// Every connection usage record written so far.
+    /// Every connection `stop` record delivered to the file sink so far (one per connection).
     pub fn records(&self) -> Vec<UsageRecord> {
         self.usage_lines()
             .into_iter()
-            .filter(|v| v["record"] == "connection")
+            .filter(|v| v["record"] == "stop")
             .map(|v| serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("bad connection record {v}: {e}")))
             .collect()
     }
