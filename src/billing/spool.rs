@@ -335,9 +335,11 @@ pub fn read_lines(dir: &Path, offset: u64, limit: u64, max_lines: usize, max_byt
             continue;
         }
         let mut f = File::open(path)?;
+        let avail = (start + f.metadata()?.len()).min(end).saturating_sub(at);
         f.seek(SeekFrom::Start(at - start))?;
         // Records are far smaller than `MAX_RECORD`, so a buffer this size always holds a line.
-        let mut buf = vec![0u8; ((end - at) as usize).min(max_bytes.saturating_sub(bytes).max(MAX_RECORD))];
+        let want = max_bytes.saturating_sub(bytes).clamp(MAX_RECORD, 64 << 20);
+        let mut buf = vec![0u8; usize::try_from(avail).unwrap_or(usize::MAX).min(want)];
         let n = read_full(&mut f, &mut buf)?;
         let mut pos = 0;
         while let Some(nl) = buf.get(pos..n).and_then(|b| b.iter().position(|&c| c == b'\n')) {

@@ -37,7 +37,11 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.pools[0].selection, Selection::RoundRobin);
     assert_eq!(c.pools[0].health, HealthCheck::Tcp { interval: Duration::from_secs(5) });
     assert_eq!(c.routes[0].name, "/");
-    assert_eq!(c.usage_file, std::path::PathBuf::from("weir-usage.jsonl"));
+    assert_eq!(c.usage.sinks.len(), 1);
+    assert!(matches!(&c.usage.sinks[0].kind, SinkKind::File { path, .. } if path == std::path::Path::new("weir-usage.jsonl")));
+    assert_eq!(c.usage.fsync_interval, Duration::from_millis(200));
+    assert_eq!(c.usage.interim_interval, Duration::from_secs(60));
+    assert!(!c.usage.fail_open);
 }
 
 #[test]

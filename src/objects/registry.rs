@@ -341,16 +341,18 @@ mod tests {
     fn registry(hosts: usize) -> (Arc<Registry>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
-        let usage = Arc::new(UsageLog::open(&dir.path().join("u.jsonl"), metrics.clone()).unwrap());
+        let spool = crate::billing::spool::Spool::open(dir.path()).unwrap();
+        let usage = Arc::new(UsageLog::new(spool, metrics.clone(), Default::default()));
         let hosts: Vec<(String, SocketAddr)> =
             (0..hosts).map(|i| (format!("h{i}:1"), SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))).collect();
         let r = Registry::new("ns", None, &hosts, Duration::from_secs(1), Duration::from_secs(60), usage, metrics);
         (Arc::new(r), dir)
     }
 
-    fn records(dir: &tempfile::TempDir) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(dir.path().join("u.jsonl")).unwrap_or_default();
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    fn records(r: &Registry, dir: &tempfile::TempDir) -> Vec<serde_json::Value> {
+        r.usage.spool().flush();
+        let (lines, _) = crate::billing::spool::read_lines(dir.path(), 0, u64::MAX, usize::MAX, usize::MAX).unwrap();
+        lines.iter().map(|l| serde_json::from_slice(l).unwrap()).collect()
     }
 
     const WAIT: Duration = Duration::from_millis(200);
@@ -388,7 +390,7 @@ mod tests {
         tokio::task::yield_now().await;
         a.finish(&Default::default());
         assert_eq!(waiter.await.unwrap(), Ok(Some(1 - first)));
-        let recs = records(&dir);
+        let recs = records(&r, &dir);
         assert_eq!(recs.len(), 1);
         assert_eq!(recs[0]["moved"], true);
         assert_eq!(recs[0]["connections"], 1);
@@ -408,7 +410,7 @@ mod tests {
             assert_eq!(r.place(&format!("z{k}"), None, &[], WAIT).await.unwrap().host_index(), Some(1 - bad));
         }
         // Never-connected placements are not billed.
-        assert!(records(&dir).is_empty());
+        assert!(records(&r, &dir).is_empty());
         r.health_changed(r.hosts[1 - bad].addr, false);
         assert_eq!(r.place("q", None, &[], WAIT).await.err(), Some(PlaceError::NoHost));
     }
