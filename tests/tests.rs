@@ -27,3 +27,6 @@ mod metrics;
 
 // Object namespaces: placement, failover with 1012, id rules, the built-in room, object records.
 mod objects;
+
+// The billing pipeline: start/interim/stop, tenants, active time, kill -9, a flaky collector, a full disk.
+mod billing;

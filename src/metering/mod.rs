@@ -120,7 +120,7 @@ impl Meter {
             ended_at: (kind == RecordKind::Stop).then(|| record::rfc3339_ms(now_wall)),
             duration_ms: duration.as_millis() as u64,
             active_ms: active.as_millis() as u64,
-            idle_ms: duration.saturating_sub(active).as_millis() as u64,
+            idle_ms: (duration.as_millis() - active.as_millis()) as u64,
             requests: 1,
             status: 101,
             subprotocol: self.subprotocol.clone(),

@@ -178,6 +178,12 @@ impl Weir {
         format!("ws://{}{path}", self.addr)
     }
 
+    /// Kill the process with SIGKILL (no shutdown at all) and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Send SIGTERM and wait (bounded) for the process to exit; returns its exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         signal(self.child.id(), "TERM");
