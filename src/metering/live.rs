@@ -120,7 +120,8 @@ impl LiveSet {
                     }
                     s.last_seq += 1;
                     // The next one is due one interval later, never in a burst after a stall.
-                    s.next_interim = (s.next_interim + self.interval).max(now);
+                    let next = s.next_interim + self.interval;
+                    s.next_interim = if next <= now { now + self.interval } else { next };
                     let active = s.active.total_at(now);
                     live.meter.snapshot(RecordKind::Interim, s.last_seq, Progress { counts: &s.counts, active })
                 };
@@ -152,5 +153,66 @@ impl LiveSet {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the interim-record sweeper; only start and stop records will be written");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::billing::spool::{read_lines, Spool};
+    use crate::metrics::Metrics;
+    use crate::relay::pump::{Outcome, Party};
+
+    fn set(interval: Duration) -> (LiveSet, Arc<Spool>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        let usage = Arc::new(UsageLog::new(spool.clone(), metrics, Default::default()));
+        (LiveSet::new(interval, Duration::from_millis(100), usage), spool, dir)
+    }
+
+    fn records(spool: &Spool, dir: &tempfile::TempDir) -> Vec<serde_json::Value> {
+        spool.flush();
+        read_lines(dir.path(), 0, u64::MAX, usize::MAX, usize::MAX).unwrap().0.iter().map(|l| serde_json::from_slice(l).unwrap()).collect()
+    }
+
+    fn report(counts: [DirectionCounts; 2]) -> RelayReport {
+        RelayReport { counts, close_code: Some(1000), initiator: Party::Client, clean: true, outcome: Outcome::Completed, violation: None }
+    }
+
+    #[test]
+    fn interims_are_due_per_interval_and_none_follows_the_stop() {
+        let (set, spool, dir) = set(Duration::from_secs(60));
+        let live = set.begin(Meter::start(None));
+        let t0 = live.meter.started();
+        assert_eq!(set.sweep(t0 + Duration::from_secs(59)), 0, "not due yet");
+        let c = DirectionCounts { messages: 3, data_frames: 3, frames: 3, ..Default::default() };
+        live.observe([&c, &DirectionCounts::default()]);
+        assert_eq!(set.sweep(t0 + Duration::from_secs(61)), 1);
+        assert_eq!(set.sweep(t0 + Duration::from_secs(62)), 0, "the next one is an interval later");
+        // A stall of ten intervals gives one interim, not ten.
+        assert_eq!(set.sweep(t0 + Duration::from_secs(700)), 1);
+        assert_eq!(set.sweep(t0 + Duration::from_secs(701)), 0);
+        let stop = set.end(&live, &report([c, DirectionCounts::default()]));
+        assert_eq!((stop.record.as_str(), stop.seq), ("stop", 3));
+        set.usage.write(&stop, "stop");
+        assert_eq!(set.sweep(t0 + Duration::from_secs(10_000)), 0, "nothing after the stop");
+        assert!(set.is_empty());
+        let recs = records(&spool, &dir);
+        let kinds: Vec<(&str, u64)> = recs.iter().map(|r| (r["record"].as_str().unwrap(), r["seq"].as_u64().unwrap())).collect();
+        assert_eq!(kinds, vec![("start", 0), ("interim", 1), ("interim", 2), ("stop", 3)]);
+        assert_eq!(recs[1]["client_to_backend"]["messages"], 3, "interims carry the counts observed so far");
+        assert_eq!(recs[1]["idempotency_key"].as_str().unwrap(), format!("{}:1", live.meter.id));
+    }
+
+    #[test]
+    fn many_connections_one_sweep() {
+        let (set, spool, dir) = set(Duration::from_secs(1));
+        let lives: Vec<_> = (0..100).map(|_| set.begin(Meter::start(None))).collect();
+        let later = lives.iter().map(|l| l.meter.started()).max().unwrap() + Duration::from_secs(1);
+        assert_eq!(set.sweep(later), 100);
+        assert_eq!(set.len(), 100);
+        let recs = records(&spool, &dir);
+        assert_eq!(recs.iter().filter(|r| r["record"] == "interim").count(), 100);
     }
 }
