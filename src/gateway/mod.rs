@@ -35,7 +35,7 @@ use crate::objects::{Namespace, Objects};
 use crate::pools::{Pools, MAX_CONNECT_ATTEMPTS};
 use crate::relay::pump::{code_class, ObjectLink, Relay, RelayReport};
 use crate::relay::tap::Tap;
-use crate::relay::scanner::{Role, ScanPolicy};
+use crate::relay::scanner::{Chunks, Role, ScanPolicy};
 use crate::routing::RouteTable;
 use async_trait::async_trait;
 use head::{HeadError, RequestHead};
@@ -349,7 +349,7 @@ impl Gateway {
             let (active, duration) = (conn.active.clone(), conn.duration.clone());
             active.inc();
             let started = Instant::now();
-            let tap = Tap::new(stream, early, ScanPolicy { sender: Role::Client, allowed_rsv: 0 }, ScanPolicy { sender: Role::Server, allowed_rsv: 0 }, conn, live.clone());
+            let tap = Tap::new(stream, early, ScanPolicy { sender: Role::Client, allowed_rsv: 0, chunks: this.chunks }, ScanPolicy { sender: Role::Server, allowed_rsv: 0, chunks: this.chunks }, conn, live.clone());
             let handle = lease.object().clone();
             let report = session::run(object, &id, tap, handle, shutdown, this.grace_period).await;
             active.dec();
@@ -393,8 +393,8 @@ impl Gateway {
         let mut conn = self.metrics.connection(route, pool);
         conn.active.inc();
         let started = Instant::now();
-        let client_policy = ScanPolicy { sender: Role::Client, allowed_rsv: c.rsv };
-        let backend_policy = ScanPolicy { sender: Role::Server, allowed_rsv: c.rsv };
+        let client_policy = ScanPolicy { sender: Role::Client, allowed_rsv: c.rsv, chunks: self.chunks };
+        let backend_policy = ScanPolicy { sender: Role::Server, allowed_rsv: c.rsv, chunks: self.chunks };
         let [client_early, backend_early] = &c.early;
         // The relay is built in a block of its own: a local that is borrowed (`link_object`) would
         // otherwise keep its own slot in this task's state for the whole connection (~1 KiB).

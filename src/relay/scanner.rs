@@ -9,7 +9,10 @@
 //! - It reads header bytes and nothing else, except the first 2 payload bytes of a close frame,
 //!   which it unmasks with the frame's key to learn the close code. A partial header is kept in a
 //!   14-byte buffer; payload is skipped with arithmetic, so a feed costs O(headers in the chunk).
-//! - Its parsing state is a few dozen bytes (56 on 64-bit targets), 144 with the counters.
+//! - Its parsing state is a few dozen bytes (72 on 64-bit targets, 16 of them the chunk sizes of
+//!   [`ScanPolicy::chunks`]), 192 with the counters.
+//! - Per-message chunk counts ([`DirectionCounts::chunked`]) cost a comparison per completed
+//!   message when no chunk size is set, and one division per set size otherwise.
 //!
 //! What it enforces per direction: the header rules of [`super::frame::parse_header`]; client
 //! frames masked and server frames unmasked; RSV bits only as [`ScanPolicy::allowed_rsv`] allows
@@ -56,6 +59,25 @@ pub struct ScanPolicy {
     /// (`0b100` = RSV1 for permessage-deflate, `0` with no extension); never on control or
     /// continuation frames.
     pub allowed_rsv: u8,
+    /// Chunk sizes whose per-message counts go to [`DirectionCounts::chunked`] (slot by slot).
+    pub chunks: Chunks,
+}
+
+/// Up to four chunk sizes, in bytes, for per-message quantisation; 0 marks an unused slot.
+///
+/// For every completed data message and every non-zero slot `k`, the scanner adds
+/// `max(1, ceil(message_len / chunks[k]))` to `DirectionCounts::chunked[k]`: the number of
+/// `chunks[k]`-byte pieces the message is billed as (a vendor metering "in 32 KB increments"
+/// counts a 33 KB message as 2, an empty one as 1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Chunks(pub [u32; 4]);
+
+impl Chunks {
+    /// True when every slot is 0: no chunk counting (one comparison per completed message).
+    #[must_use]
+    pub fn is_unused(&self) -> bool {
+        self.0 == [0; 4]
+    }
 }
 
 /// Traffic counters for one direction, all monotonic.
@@ -83,6 +105,9 @@ pub struct DirectionCounts {
     pub wire_bytes: u64,
     /// Largest completed data message (sum of its frames' payload lengths), in bytes.
     pub largest_message_bytes: u64,
+    /// Per chunk-size slot of [`ScanPolicy::chunks`]: completed data messages counted in chunks,
+    /// each `max(1, ceil(len / size))`, in chunks (0 for unused slots).
+    pub chunked: [u64; 4],
 }
 
 /// The close frame a direction sent.
@@ -425,6 +450,20 @@ impl FrameScanner {
         }
         c.largest_message_bytes = c.largest_message_bytes.max(len);
         self.message_bytes = 0;
+        if !self.policy.chunks.is_unused() {
+            self.count_chunks(len);
+        }
+    }
+
+    /// Adds a completed message of `len` payload bytes to every used chunk slot.
+    fn count_chunks(&mut self, len: u64) {
+        let sizes = self.policy.chunks.0;
+        for (total, size) in self.counts.chunked.iter_mut().zip(sizes) {
+            if size != 0 {
+                let pieces = len.div_ceil(u64::from(size)).max(1);
+                *total = total.saturating_add(pieces);
+            }
+        }
     }
 
     /// Notes the close-code bytes at the start of `rest` (the payload still to be fed), if a
@@ -486,14 +525,17 @@ mod tests {
     const SERVER: ScanPolicy = ScanPolicy {
         sender: Role::Server,
         allowed_rsv: 0,
+        chunks: Chunks([0; 4]),
     };
     const CLIENT: ScanPolicy = ScanPolicy {
         sender: Role::Client,
         allowed_rsv: 0,
+        chunks: Chunks([0; 4]),
     };
     const DEFLATE_SERVER: ScanPolicy = ScanPolicy {
         sender: Role::Server,
         allowed_rsv: 0b100,
+        chunks: Chunks([0; 4]),
     };
     const KEY: [u8; 4] = [0x9C, 0x41, 0xE7, 0x0D];
 
@@ -594,6 +636,7 @@ mod tests {
             payload_bytes: 5 + 3 + 4 + 2 + 3 + 3 + 4 + 70_000 + 5,
             wire_bytes,
             largest_message_bytes: 70_000,
+            chunked: [0; 4],
         }
     }
 
@@ -1238,6 +1281,199 @@ mod tests {
         );
     }
 
+    // ---- per-message chunk counts --------------------------------------------------------
+
+    /// Slot 0: 32 KiB (API Gateway's increment), slot 1 unused, slot 2: 2 KiB (Web PubSub's),
+    /// slot 3: 1 byte (every message counts its length, at least 1).
+    const CHUNKS: Chunks = Chunks([32_768, 0, 2_048, 1]);
+
+    /// An empty text message, binary messages of exactly 32768 and 32769 bytes, a text message
+    /// of 32769 bytes in three fragments (10000 + 22768 + 1) with a ping and a pong between
+    /// them, a binary message of 1 byte, then a close. Returns the bytes and, per completed
+    /// message, where its FIN header ends and its length.
+    fn chunk_script(sender: Role) -> (Vec<u8>, Vec<(usize, u64)>) {
+        let parts: [(u8, usize); 9] = [
+            (0x81, 0),
+            (0x82, 32_768),
+            (0x82, 32_769),
+            (0x01, 10_000),
+            (0x89, 5),
+            (0x00, 22_768),
+            (0x8A, 3),
+            (0x80, 1),
+            (0x82, 1),
+        ];
+        let mut bytes = Vec::new();
+        let mut fins = Vec::new();
+        let mut open = 0u64;
+        for (i, (b0, len)) in parts.iter().enumerate() {
+            let mask = (sender == Role::Client).then_some([0x11 ^ i as u8, 0x22, 0x33, 0x44]);
+            bytes.extend_from_slice(&frame(*b0, mask, &vec![0x61; *len]));
+            let header_end = bytes.len() - len;
+            let opcode = b0 & 0x0F;
+            if opcode < 0x8 {
+                open += *len as u64;
+                if b0 & 0x80 != 0 {
+                    fins.push((header_end, open));
+                    open = 0;
+                }
+            }
+        }
+        let close = close_payload(1000, b"");
+        bytes.extend_from_slice(&frame(0x88, key_for(chunk_policy(sender)), &close));
+        (bytes, fins)
+    }
+
+    /// `max(1, ceil(len / size))` per used slot, summed over `lens`; written out independently
+    /// of the scanner's code.
+    fn expected_chunked(lens: impl IntoIterator<Item = u64>, chunks: Chunks) -> [u64; 4] {
+        let mut out = [0u64; 4];
+        for len in lens {
+            for (total, size) in out.iter_mut().zip(chunks.0.map(u64::from)) {
+                // Whole chunks, plus one for a remainder or for an empty message; none when unused.
+                let Some(whole) = len.checked_div(size) else {
+                    continue;
+                };
+                let rest = len - whole * size;
+                *total += whole + u64::from(rest > 0 || len == 0);
+            }
+        }
+        out
+    }
+
+    fn chunk_policy(sender: Role) -> ScanPolicy {
+        ScanPolicy {
+            sender,
+            allowed_rsv: 0,
+            chunks: CHUNKS,
+        }
+    }
+
+    #[test]
+    fn chunk_counts_of_the_script() {
+        for sender in [Role::Server, Role::Client] {
+            let (bytes, fins) = chunk_script(sender);
+            let lens: Vec<u64> = fins.iter().map(|&(_, len)| len).collect();
+            assert_eq!(lens, vec![0, 32_768, 32_769, 32_769, 1]);
+            let mut s = FrameScanner::new(chunk_policy(sender));
+            assert_eq!(s.feed(&bytes), Feed::Ok);
+            let c = s.counts();
+            assert_eq!(c.messages, 5);
+            // By hand: 32 KiB slot: 1 (empty) + 1 (32768) + 2 (32769) + 2 (fragmented 32769)
+            // + 1 (1 byte); 2 KiB slot: 1 + 16 + 17 + 17 + 1; 1-byte slot: the lengths, the
+            // empty message counting 1.
+            assert_eq!(c.chunked, [7, 0, 52, 1 + 32_768 + 32_769 + 32_769 + 1]);
+            assert_eq!(c.chunked, expected_chunked(lens, CHUNKS));
+            // Control frames are not messages: 2 control frames and a close were not counted.
+            assert_eq!(c.pings + c.pongs + c.closes, 3);
+        }
+    }
+
+    #[test]
+    fn chunk_counts_split_at_every_point() {
+        for sender in [Role::Server, Role::Client] {
+            let (bytes, fins) = chunk_script(sender);
+            let total = expected_chunked(fins.iter().map(|&(_, len)| len), CHUNKS);
+            for i in 0..=bytes.len() {
+                let mut s = FrameScanner::new(chunk_policy(sender));
+                assert_eq!(s.feed(&bytes[..i]), Feed::Ok, "split {i}");
+                // A message counts once the header of its FIN frame is complete.
+                let done = fins
+                    .iter()
+                    .filter(|&&(end, _)| end <= i)
+                    .map(|&(_, len)| len);
+                assert_eq!(s.counts().chunked, expected_chunked(done, CHUNKS), "at {i}");
+                assert_eq!(s.feed(&bytes[i..]), Feed::Ok, "split {i}");
+                assert_eq!(s.counts().chunked, total, "split {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_counts_one_byte_at_a_time() {
+        let (bytes, fins) = chunk_script(Role::Client);
+        let mut s = FrameScanner::new(chunk_policy(Role::Client));
+        for (i, byte) in bytes.iter().enumerate() {
+            assert_eq!(s.feed(std::slice::from_ref(byte)), Feed::Ok, "byte {i}");
+            let done = fins
+                .iter()
+                .filter(|&&(end, _)| end <= i + 1)
+                .map(|&(_, len)| len);
+            assert_eq!(
+                s.counts().chunked,
+                expected_chunked(done, CHUNKS),
+                "at {}",
+                i + 1
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_boundaries_exact_multiples_and_empty() {
+        let one = |len: usize| {
+            let mut s = FrameScanner::new(ScanPolicy {
+                chunks: Chunks([32_768, 0, 0, 0]),
+                ..SERVER
+            });
+            assert_eq!(s.feed(&frame(0x82, None, &vec![0; len])), Feed::Ok);
+            s.counts().chunked[0]
+        };
+        assert_eq!(one(0), 1, "an empty message is at least one chunk");
+        assert_eq!(one(1), 1);
+        assert_eq!(one(32_767), 1);
+        assert_eq!(one(32_768), 1, "an exact multiple takes no extra chunk");
+        assert_eq!(one(32_769), 2);
+        // API Gateway's "33 KB message is metered as two messages" (KB = 1024 bytes).
+        assert_eq!(one(33 * 1024), 2);
+        assert_eq!(one(65_536), 2);
+        assert_eq!(one(65_537), 3);
+    }
+
+    #[test]
+    fn fragmented_message_is_one_message_of_its_total_length() {
+        // 2048 + 1 bytes in two fragments with a ping between them: one message of 2049 bytes,
+        // so 2 chunks of 2 KiB (not 1 + 1 per fragment and nothing for the ping).
+        let mut s = FrameScanner::new(ScanPolicy {
+            chunks: Chunks([2_048, 0, 0, 0]),
+            ..SERVER
+        });
+        assert_eq!(s.feed(&frame(0x02, None, &[0; 2_048])), Feed::Ok);
+        assert_eq!(
+            s.counts().chunked[0],
+            0,
+            "nothing counts before the FIN frame"
+        );
+        assert_eq!(s.feed(&frame(0x89, None, &[0; 125])), Feed::Ok);
+        assert_eq!(s.counts().chunked[0], 0, "a ping is not a message");
+        assert_eq!(s.feed(&frame(0x80, None, &[0])), Feed::Ok);
+        assert_eq!(s.counts().chunked[0], 2);
+        // A fragmented message whose fragments are all empty is still one chunk.
+        assert_eq!(s.feed(&frame(0x01, None, &[])), Feed::Ok);
+        assert_eq!(s.feed(&frame(0x80, None, &[])), Feed::Ok);
+        assert_eq!(s.counts().chunked[0], 3);
+        assert_eq!(s.counts().messages, 2);
+    }
+
+    #[test]
+    fn no_chunk_sizes_count_nothing() {
+        let (bytes, _) = chunk_script(Role::Server);
+        let mut s = FrameScanner::new(SERVER);
+        assert!(SERVER.chunks.is_unused());
+        assert_eq!(s.feed(&bytes), Feed::Ok);
+        assert_eq!(s.counts().chunked, [0; 4]);
+        assert_eq!(s.counts().messages, 5);
+    }
+
+    #[test]
+    fn chunk_counts_stop_at_a_violation() {
+        // A 3-byte message, then a masked server frame: only the first message counts.
+        let mut bytes = frame(0x82, None, &[1, 2, 3]);
+        bytes.extend_from_slice(&frame(0x82, Some(KEY), &[4, 5]));
+        let mut s = FrameScanner::new(chunk_policy(Role::Server));
+        assert!(matches!(s.feed(&bytes), Feed::Violation { .. }));
+        assert_eq!(s.counts().chunked, [1, 0, 1, 3]);
+    }
+
     // ---- scale and footprint -------------------------------------------------------------
 
     #[test]
@@ -1262,9 +1498,9 @@ mod tests {
     #[test]
     fn footprint_is_small() {
         let total = std::mem::size_of::<FrameScanner>();
-        assert!(total <= 144, "{total}");
+        assert!(total <= 192, "{total}");
         assert!(
-            total - std::mem::size_of::<DirectionCounts>() <= 56,
+            total - std::mem::size_of::<DirectionCounts>() <= 72,
             "{total}"
         );
     }
@@ -1374,6 +1610,7 @@ mod tests {
                 items: &[Item],
                 close: Option<Option<(u16, usize)>>,
                 key: Option<[u8; 4]>,
+                chunks: Chunks,
             ) -> Self {
                 let mut b = Built {
                     bytes: Vec::new(),
@@ -1425,6 +1662,11 @@ mod tests {
                     }
                     b.truth.largest_message_bytes =
                         b.truth.largest_message_bytes.max(m.size as u64);
+                    for (total, size) in b.truth.chunked.iter_mut().zip(chunks.0) {
+                        if size > 0 {
+                            *total += (m.size as u64).div_ceil(u64::from(size)).max(1);
+                        }
+                    }
                 }
                 if let Some(close) = close {
                     let frame = close.map(|(code, reason_len)| CloseFrame {
@@ -1462,7 +1704,8 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
-        /// Valid traffic encoded by tungstenite, split at random points, matches the truth.
+        /// Valid traffic encoded by tungstenite, split at random points, matches the truth (chunk
+        /// counts included, for random chunk sizes).
         #[test]
         fn tungstenite_streams_match_truth(
             items in prop_stream::items(),
@@ -1470,9 +1713,11 @@ mod tests {
             client in any::<bool>(),
             key in any::<[u8; 4]>(),
             cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..=12),
+            sizes in prop::array::uniform4(prop_oneof![2 => Just(0u32), 2 => 1u32..=100, 1 => 1u32..=70_000, 1 => any::<u32>()]),
         ) {
-            let policy = if client { CLIENT } else { SERVER };
-            let built = prop_stream::Built::new(&items, close, client.then_some(key));
+            let chunks = Chunks(sizes);
+            let policy = ScanPolicy { chunks, ..if client { CLIENT } else { SERVER } };
+            let built = prop_stream::Built::new(&items, close, client.then_some(key), chunks);
             let mut s = FrameScanner::new(policy);
             for chunk in prop_stream::chunks(&built.bytes, &cuts) {
                 prop_assert_eq!(s.feed(chunk), Feed::Ok);
@@ -1551,7 +1796,7 @@ mod tests {
             allowed_rsv in 0u8..8,
             cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..=12),
         ) {
-            let policy = ScanPolicy { sender: if client { Role::Client } else { Role::Server }, allowed_rsv };
+            let policy = ScanPolicy { sender: if client { Role::Client } else { Role::Server }, allowed_rsv, chunks: Chunks::default() };
             let mut bytes = hostile_bytes(&frames, client);
             bytes.extend_from_slice(&garbage);
 
