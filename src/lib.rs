@@ -16,6 +16,7 @@
 //! - `admin`: `/metrics`, `/healthz`, `/readyz` on the admin listener.
 //! - `objects`: object namespaces: id → one owner (rendezvous), leases, eviction, accounting (warm).
 //! - `builtin`: servers and objects built into weir: the echo backend, the echo and room objects.
+//! - `billing`: pricing units computed from a connection's counts (warm, pure).
 //!
 //! The README's "Code map" and `../shared/DESIGN.md` describe the data flow.
 

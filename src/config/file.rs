@@ -43,6 +43,8 @@ pub struct FileConfig {
     /// Routes from (host, path prefix) to a pool, tried longest prefix first.
     #[serde(default)]
     pub routes: Vec<FileRoute>,
+    /// Billing: pricing units computed from each connection's counts.
+    pub billing: Option<FileBilling>,
 }
 
 /// `server:` process settings.
@@ -254,4 +256,60 @@ pub struct FileRoom {
     pub send_queue: Option<u64>,
     /// Largest message a client may send, bytes. Default: 65536.
     pub max_message: Option<u64>,
+}
+
+/// `billing:` settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBilling {
+    /// Pricing units computed from every connection's counts, in file order.
+    #[serde(default)]
+    pub units: Vec<FileUnit>,
+}
+
+/// One `billing.units[]` entry: a named sum of terms.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUnit {
+    /// Unit name: lower-case letters, digits and `_`, unique.
+    pub name: String,
+    /// The terms summed (at least one).
+    #[serde(default)]
+    pub terms: Vec<FileTerm>,
+    /// `none` (keep fractions) or `up` (ceiling of the sum). Default: none.
+    pub round: Option<String>,
+}
+
+/// One term of a unit: a quantity, optionally counted per message in chunks, divided by `per`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTerm {
+    /// The quantity: requests, messages_in, messages_out, payload_bytes_in, payload_bytes_out,
+    /// wire_bytes_in, wire_bytes_out, duration or active_time.
+    pub of: String,
+    /// Divisor: a number for counts and bytes (e.g. 20), a duration for duration and
+    /// active_time (e.g. `60s`). Default: 1 (required for durations).
+    pub per: Option<FilePer>,
+    /// Chunk size in bytes (messages_in / messages_out only): each message counts
+    /// `max(1, ceil(len / chunk))`.
+    pub chunk: Option<u64>,
+}
+
+/// A `per:` value as written: a YAML number, or text (a duration such as `60s`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FilePer {
+    /// A plain number, e.g. `20`.
+    Number(f64),
+    /// Text, e.g. `60s`.
+    Text(String),
+}
+
+impl std::fmt::Display for FilePer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FilePer::Number(n) => write!(f, "{n}"),
+            FilePer::Text(t) => f.write_str(t),
+        }
+    }
 }

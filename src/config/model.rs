@@ -33,6 +33,8 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// Routes, in file order (matching picks the longest prefix).
     pub routes: Vec<Route>,
+    /// Billing pricing units (`billing.units`), in file order; empty when none are configured.
+    pub billing_units: Vec<UnitRule>,
 }
 
 /// Log output settings.
@@ -331,4 +333,113 @@ pub struct RoomConfig {
     pub send_queue: usize,
     /// Largest message a client may send, bytes.
     pub max_message: usize,
+}
+
+/// A pricing unit (`billing.units[]`): a named sum of terms over one connection's counts, computed
+/// by `billing::units`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitRule {
+    /// Unit name (`[a-z0-9_]+`, unique among units).
+    pub name: String,
+    /// The terms summed, in file order (at least one).
+    pub terms: Vec<UnitTerm>,
+    /// How the sum is rounded.
+    pub round: Rounding,
+}
+
+/// One term of a unit: `quantity / per`, the quantity optionally counted per message in chunks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnitTerm {
+    /// What is counted.
+    pub of: Quantity,
+    /// Divisor, in the quantity's own unit (count, bytes, or milliseconds for durations); > 0.
+    pub per: f64,
+    /// Per-message chunking (messages only): each message counts `max(1, ceil(len / bytes))`.
+    pub chunk: Option<ChunkSlot>,
+}
+
+/// A chunk size and the scanner slot that counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkSlot {
+    /// Chunk size, in bytes (≥ 1).
+    pub bytes: u32,
+    /// Index (0–3) into `ScanPolicy::chunks` and `DirectionCounts::chunked`.
+    pub slot: usize,
+}
+
+/// A quantity a pricing unit can count. `in` is client → backend, `out` backend → client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Quantity {
+    /// HTTP requests on the connection (1: the upgrade), in requests.
+    Requests,
+    /// Complete data messages client → backend, in messages.
+    MessagesIn,
+    /// Complete data messages backend → client, in messages.
+    MessagesOut,
+    /// Frame payload bytes client → backend, in bytes.
+    PayloadBytesIn,
+    /// Frame payload bytes backend → client, in bytes.
+    PayloadBytesOut,
+    /// Bytes on the wire (headers included) client → backend, in bytes.
+    WireBytesIn,
+    /// Bytes on the wire (headers included) backend → client, in bytes.
+    WireBytesOut,
+    /// Connection lifetime, in milliseconds.
+    Duration,
+    /// Active time (message-driven, see objects' `idle_window`), in milliseconds.
+    ActiveTime,
+}
+
+impl Quantity {
+    /// Every quantity, in the order the README lists them.
+    pub const ALL: [Quantity; 9] = [
+        Quantity::Requests,
+        Quantity::MessagesIn,
+        Quantity::MessagesOut,
+        Quantity::PayloadBytesIn,
+        Quantity::PayloadBytesOut,
+        Quantity::WireBytesIn,
+        Quantity::WireBytesOut,
+        Quantity::Duration,
+        Quantity::ActiveTime,
+    ];
+
+    /// The name used in `billing.units[].terms[].of`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quantity::Requests => "requests",
+            Quantity::MessagesIn => "messages_in",
+            Quantity::MessagesOut => "messages_out",
+            Quantity::PayloadBytesIn => "payload_bytes_in",
+            Quantity::PayloadBytesOut => "payload_bytes_out",
+            Quantity::WireBytesIn => "wire_bytes_in",
+            Quantity::WireBytesOut => "wire_bytes_out",
+            Quantity::Duration => "duration",
+            Quantity::ActiveTime => "active_time",
+        }
+    }
+
+    /// The quantity called `name` in the config, if any.
+    pub fn from_name(name: &str) -> Option<Quantity> {
+        Quantity::ALL.into_iter().find(|q| q.as_str() == name)
+    }
+
+    /// True for the time quantities (milliseconds; their `per` is a duration).
+    pub fn is_time(self) -> bool {
+        matches!(self, Quantity::Duration | Quantity::ActiveTime)
+    }
+
+    /// True for the message counts (the only quantities that take `chunk`).
+    pub fn is_messages(self) -> bool {
+        matches!(self, Quantity::MessagesIn | Quantity::MessagesOut)
+    }
+}
+
+/// How a unit's sum is rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rounding {
+    /// Kept as is: fractions allowed.
+    None,
+    /// Ceiling of the sum (of this connection's terms).
+    Up,
 }

@@ -141,3 +141,105 @@ routes:
     }
     assert_eq!(e.len(), 15, "{all}");
 }
+
+#[test]
+fn billing_units_are_validated_with_slots_in_order_of_first_use() {
+    let c = parse(
+        r#"
+listeners: [{address: "127.0.0.1:8080"}]
+pools: [{name: p, backends: ["127.0.0.1:9000"]}]
+routes: [{path_prefix: /, pool: p}]
+billing:
+  units:
+    - name: msgs
+      terms: [{of: messages_out, chunk: 2048}, {of: messages_in, chunk: 32768, per: 1000}]
+    - name: minutes
+      terms: [{of: duration, per: 1m}, {of: active_time, per: 500ms}]
+      round: up
+    - name: same_size
+      terms: [{of: messages_in, chunk: 2048}, {of: payload_bytes_out, per: "1e6"}]
+      round: none
+"#,
+        "t",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let u = &c.billing_units;
+    assert_eq!(u.len(), 3);
+    assert_eq!(u[0].terms[0], UnitTerm { of: Quantity::MessagesOut, per: 1.0, chunk: Some(ChunkSlot { bytes: 2048, slot: 0 }) });
+    assert_eq!(u[0].terms[1], UnitTerm { of: Quantity::MessagesIn, per: 1000.0, chunk: Some(ChunkSlot { bytes: 32768, slot: 1 }) });
+    assert_eq!(u[0].round, Rounding::None);
+    assert_eq!(u[1].terms[0].per, 60_000.0);
+    assert_eq!(u[1].terms[1].per, 500.0);
+    assert_eq!(u[1].round, Rounding::Up);
+    assert_eq!(u[2].terms[0].chunk, Some(ChunkSlot { bytes: 2048, slot: 0 }));
+    assert_eq!(u[2].terms[1].per, 1e6);
+}
+
+#[test]
+fn no_billing_section_means_no_units() {
+    let c = parse(
+        "listeners: [{address: \"127.0.0.1:8080\"}]\npools: [{name: p, backends: [\"127.0.0.1:9000\"]}]\nroutes: [{path_prefix: /, pool: p}]\n",
+        "t",
+    )
+    .unwrap();
+    assert!(c.billing_units.is_empty());
+}
+
+#[test]
+fn billing_units_report_every_error() {
+    let e = errors(
+        r#"
+listeners: [{address: "127.0.0.1:8080"}]
+pools: [{name: p, backends: ["127.0.0.1:9000"]}]
+routes: [{path_prefix: /, pool: p}]
+billing:
+  units:
+    - name: Requests
+      terms: [{of: requests, per: 0}, {of: bytes_in}]
+    - name: ok
+      terms: []
+      round: down
+    - name: ok
+      terms:
+        - {of: duration}
+        - {of: duration, per: 60}
+        - {of: active_time, per: soon}
+        - {of: messages_in, per: 60s}
+        - {of: payload_bytes_in, chunk: 1024}
+        - {of: messages_out, chunk: 0}
+    - name: five_sizes
+      terms:
+        - {of: messages_in, chunk: 1}
+        - {of: messages_in, chunk: 2}
+        - {of: messages_out, chunk: 2}
+        - {of: messages_out, chunk: 3}
+        - {of: messages_out, chunk: 4}
+        - {of: messages_out, chunk: 5}
+"#,
+    );
+    let all = e.join("\n");
+    for needle in [
+        "billing.units[0].name: \"Requests\": must be non-empty and use only lower-case letters, digits and `_`",
+        "billing.units[0].terms[0].per: \"0\": must be a number greater than zero",
+        "billing.units[0].terms[1].of: \"bytes_in\": is not a quantity; use one of: requests, messages_in, messages_out, payload_bytes_in, payload_bytes_out, wire_bytes_in, wire_bytes_out, duration, active_time",
+        "billing.units[1].terms: a unit needs at least one term",
+        "billing.units[1].round: \"down\": must be `none` (keep fractions) or `up`",
+        "billing.units[2].name: \"ok\": is used by an earlier unit",
+        "billing.units[2].terms[0].per: `duration` is a time: set `per` to a duration, e.g. 60s",
+        "billing.units[2].terms[1].per: \"60\": `duration` is a time: write `per` as a duration with a unit",
+        "billing.units[2].terms[2].per: \"soon\": `active_time` is a time",
+        "billing.units[2].terms[3].per: \"60s\": `messages_in` is a count: write `per` as a plain number",
+        "billing.units[2].terms[4].chunk: \"1024\": applies to messages_in and messages_out only",
+        "billing.units[2].terms[5].chunk: \"0\": must be a size in bytes between 1 and 4294967295",
+        "billing.units[3].terms[5].chunk: \"5\": is one distinct chunk size too many: weir counts at most 4 at once (in use: 1, 2, 3, 4)",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    assert_eq!(e.len(), 13, "{all}");
+}
+
+#[test]
+fn billing_keys_are_strict() {
+    let e = errors("billing: {units: [{name: a, terms: [{of: requests, every: 2}]}]}\n");
+    assert!(e[0].contains("unknown field `every`"), "{e:?}");
+}

@@ -55,6 +55,8 @@ pub const DEFAULT_ROOM_HISTORY: usize = 50;
 pub const DEFAULT_ROOM_SEND_QUEUE: usize = 256;
 /// Default largest room message, bytes.
 pub const DEFAULT_ROOM_MAX_MESSAGE: usize = 64 * 1024;
+/// Distinct `chunk` sizes the billing units may use in all (the scanner's `Chunks` slots).
+pub const MAX_CHUNK_SIZES: usize = 4;
 
 /// Validate a parsed file; `Err` holds every problem found.
 pub fn validate(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
@@ -134,6 +136,7 @@ impl Validator {
                 self.err(format!("routes[{i}].path_prefix"), &r.path_prefix, "an earlier route has the same host and path prefix; remove one of them");
             }
         }
+        let billing_units = f.billing.as_ref().map(|b| self.billing(b)).unwrap_or_default();
         Config {
             threads,
             grace_period,
@@ -154,7 +157,124 @@ impl Validator {
             objects,
             pools,
             routes,
+            billing_units,
         }
+    }
+
+    /// `billing:`: every unit, with chunk sizes given scanner slots in order of first use.
+    fn billing(&mut self, b: &FileBilling) -> Vec<UnitRule> {
+        let mut sizes: Vec<u32> = Vec::new();
+        let mut names = HashSet::new();
+        let mut rules = Vec::new();
+        for (i, u) in b.units.iter().enumerate() {
+            let at = format!("billing.units[{i}]");
+            let well_formed = !u.name.is_empty() && u.name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_');
+            if !well_formed {
+                self.err(format!("{at}.name"), &u.name, "must be non-empty and use only lower-case letters, digits and `_`, e.g. apigw_messages");
+            } else if !names.insert(u.name.as_str()) {
+                self.err(format!("{at}.name"), &u.name, "is used by an earlier unit; give every unit a unique name");
+            }
+            if u.terms.is_empty() {
+                self.err(format!("{at}.terms"), "", "a unit needs at least one term, e.g. `terms: [{of: messages_in}]`");
+            }
+            let terms = u.terms.iter().enumerate().filter_map(|(j, t)| self.unit_term(&format!("{at}.terms[{j}]"), t, &mut sizes)).collect();
+            let round = match u.round.as_deref() {
+                None | Some("none") => Rounding::None,
+                Some("up") => Rounding::Up,
+                Some(other) => {
+                    self.err(format!("{at}.round"), other, "must be `none` (keep fractions) or `up` (the ceiling of the sum)");
+                    Rounding::None
+                }
+            };
+            rules.push(UnitRule { name: u.name.clone(), terms, round });
+        }
+        rules
+    }
+
+    /// One `terms[]` entry at key path `at`; `sizes` holds the chunk sizes given slots so far.
+    fn unit_term(&mut self, at: &str, t: &FileTerm, sizes: &mut Vec<u32>) -> Option<UnitTerm> {
+        let Some(of) = Quantity::from_name(&t.of) else {
+            let known: Vec<&str> = Quantity::ALL.iter().map(|q| q.as_str()).collect();
+            self.err(format!("{at}.of"), &t.of, format!("is not a quantity; use one of: {}", known.join(", ")));
+            return None;
+        };
+        let per = self.unit_per(at, of, t.per.as_ref());
+        let chunk = match t.chunk {
+            None => None,
+            Some(bytes) => Some(self.unit_chunk(at, of, bytes, sizes)?),
+        };
+        Some(UnitTerm { of, per: per?, chunk })
+    }
+
+    /// A term's divisor in the quantity's own unit (milliseconds for times); 1 when not set.
+    fn unit_per(&mut self, at: &str, of: Quantity, per: Option<&FilePer>) -> Option<f64> {
+        let key = format!("{at}.per");
+        let name = of.as_str();
+        if of.is_time() {
+            return match per {
+                None => {
+                    self.err(key, "", format!("`{name}` is a time: set `per` to a duration, e.g. 60s to count minutes"));
+                    None
+                }
+                Some(FilePer::Number(n)) => {
+                    self.err(key, n, format!("`{name}` is a time: write `per` as a duration with a unit, e.g. 60s or 1h"));
+                    None
+                }
+                Some(FilePer::Text(text)) => match humantime::parse_duration(text) {
+                    Ok(d) if !d.is_zero() => Some(d.as_secs_f64() * 1000.0),
+                    Ok(_) => {
+                        self.err(key, text, "must be greater than zero, e.g. 60s");
+                        None
+                    }
+                    Err(_) => {
+                        self.err(key, text, format!("`{name}` is a time: write `per` as a duration with a unit, e.g. 60s or 1h"));
+                        None
+                    }
+                },
+            };
+        }
+        let (shown, value) = match per {
+            None => return Some(1.0),
+            Some(FilePer::Number(n)) => (n.to_string(), Some(*n)),
+            Some(FilePer::Text(text)) => (text.clone(), text.trim().parse::<f64>().ok()),
+        };
+        match value {
+            Some(n) if n.is_finite() && n > 0.0 => Some(n),
+            Some(_) => {
+                self.err(key, shown, "must be a number greater than zero, e.g. 20");
+                None
+            }
+            None => {
+                self.err(key, shown, format!("`{name}` is a count: write `per` as a plain number, e.g. 20"));
+                None
+            }
+        }
+    }
+
+    /// A term's `chunk`: bytes, on message counts only, at most `MAX_CHUNK_SIZES` sizes in all.
+    fn unit_chunk(&mut self, at: &str, of: Quantity, bytes: u64, sizes: &mut Vec<u32>) -> Option<ChunkSlot> {
+        let key = format!("{at}.chunk");
+        if !of.is_messages() {
+            self.err(key, bytes, format!("applies to messages_in and messages_out only; remove it, or count `{}` without chunks", of.as_str()));
+            return None;
+        }
+        let Some(size) = u32::try_from(bytes).ok().filter(|&b| b > 0) else {
+            self.err(key, bytes, format!("must be a size in bytes between 1 and {}, e.g. 32768 (32 KiB)", u32::MAX));
+            return None;
+        };
+        let slot = match sizes.iter().position(|&s| s == size) {
+            Some(slot) => slot,
+            None if sizes.len() < MAX_CHUNK_SIZES => {
+                sizes.push(size);
+                sizes.len() - 1
+            }
+            None => {
+                let used: Vec<String> = sizes.iter().map(u32::to_string).collect();
+                self.err(key, bytes, format!("is one distinct chunk size too many: weir counts at most {MAX_CHUNK_SIZES} at once (in use: {}); reuse one of them", used.join(", ")));
+                return None;
+            }
+        };
+        Some(ChunkSlot { bytes: size, slot })
     }
 
     fn log(&mut self, l: &FileLog) -> LogConfig {
