@@ -43,7 +43,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let spool = Spool::open(&u.spool_dir).with_context(|| format!("usage.spool_dir: cannot open the spool in {}", u.spool_dir.display()))?;
     let (_stop_flusher, flusher_stop) = tokio::sync::watch::channel(false);
     spool.start_flusher(u.fsync_interval, flusher_stop);
-    let usage = Arc::new(UsageLog::new(spool.clone(), metrics.clone(), crate::billing::Units::default()));
+    let usage = Arc::new(UsageLog::new(spool.clone(), metrics.clone(), crate::billing::Units::new(config.billing_units.clone())));
     let live = Arc::new(LiveSet::new(u.interim_interval, u.idle_threshold, usage.clone()));
     live.start_sweeper();
     let builtins = Builtins::bind(&config).context("binding the built-in backends on 127.0.0.1")?;

@@ -344,3 +344,33 @@ async fn a_full_disk_refuses_new_upgrades_keeps_relaying_and_loses_nothing() {
         }
     }
 }
+
+#[tokio::test]
+async fn records_carry_the_vendor_pricing_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = echo_backend().await;
+    let examples = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/billing-examples.yaml")).unwrap();
+    let extra = format!("{}{examples}", usage_yaml(dir.path(), "1s", &file_sink(dir.path())));
+    let weir = Weir::start_with(&routes(backend.addr), &extra).await;
+    let mut ws = connect(&weir, "/a").await;
+    for i in 0..40 {
+        ws.send(Message::text(format!("message {i:02}"))).await.unwrap();
+        recv(&mut ws).await;
+    }
+    ws.send(Message::binary(vec![1u8; 33 * 1024])).await.unwrap();
+    recv(&mut ws).await;
+    ws.close(None).await.unwrap();
+    crate::support::drain_until_end(&mut ws, DEADLINE).await;
+    let path = dir.path().join("usage.jsonl");
+    let stop = eventually("the stop record", || async { sink_records(&path).into_iter().find(|r| r["record"] == "stop") }).await;
+    let units = &stop["units"];
+    // Cloudflare: 1 request + 41 incoming messages / 20.
+    assert!((units["do_requests"].as_f64().unwrap() - 3.05).abs() < 1e-9, "{units}");
+    // AWS: 40 small messages + one 33 KB message (2 increments), each way.
+    assert_eq!(units["apigw_messages"].as_f64(), Some(84.0), "{units}");
+    assert_eq!(units["apigw_connection_minutes"].as_f64(), Some(1.0), "{units}");
+    // Azure: outbound 40 + ceil(33792 / 2048) = 40 + 17.
+    assert_eq!(units["azure_outbound_units"].as_f64(), Some(57.0), "{units}");
+    let start = sink_records(&path).into_iter().find(|r| r["record"] == "start").unwrap();
+    assert_eq!(start["units"]["do_requests"].as_f64(), Some(1.0), "the upgrade request is billed from the start");
+}

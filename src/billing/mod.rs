@@ -18,7 +18,6 @@ pub mod sinks;
 pub mod spool;
 pub mod units;
 
-use crate::metering::UsageRecord;
 use crate::relay::scanner::DirectionCounts;
 use std::collections::BTreeMap;
 use units::{UnitInputs, UnitRule};
@@ -40,25 +39,15 @@ impl Units {
         self.rules.is_empty()
     }
 
-    /// The units of `record` (cumulative, like its counts), by name.
-    pub fn compute(&self, record: &UsageRecord, chunked: [[u64; 4]; 2]) -> BTreeMap<String, f64> {
-        let dir = |d: &crate::metering::DirectionUsage, chunked: [u64; 4]| DirectionCounts {
-            frames: d.frames,
-            messages: d.messages,
-            payload_bytes: d.payload_bytes,
-            wire_bytes: d.wire_bytes,
-            pings: d.pings,
-            pongs: d.pongs,
-            largest_message_bytes: d.largest_message_bytes,
-            chunked,
-            ..Default::default()
-        };
-        let inputs = UnitInputs {
-            requests: record.requests,
-            duration_ms: record.duration_ms,
-            active_ms: record.active_ms,
-            dirs: [dir(&record.client_to_backend, chunked[0]), dir(&record.backend_to_client, chunked[1])],
-        };
+    /// The units of a connection that carried `counts` over `duration_ms` (`active_ms` of it
+    /// active), by name; cumulative, like the counts.
+    pub fn compute(&self, duration_ms: u64, active_ms: u64, counts: &[DirectionCounts; 2]) -> BTreeMap<String, f64> {
+        let inputs = UnitInputs { requests: 1, duration_ms, active_ms, dirs: *counts };
         units::compute(&self.rules, &inputs).into_iter().collect()
+    }
+
+    /// The scanner's chunk-size slots these units need.
+    pub fn chunks(&self) -> crate::relay::scanner::Chunks {
+        units::chunks(&self.rules)
     }
 }

@@ -104,6 +104,8 @@ pub struct Gateway {
     default_tenant: Option<String>,
     /// Accept upgrades while the spool cannot be written.
     fail_open: bool,
+    /// Per-message chunk sizes the pricing units need from the scanners.
+    chunks: Chunks,
     http: Arc<HttpProxy<http::HttpRoutes>>,
 }
 
@@ -133,6 +135,7 @@ impl Gateway {
             live,
             default_tenant: config.usage.default_tenant.clone(),
             fail_open: config.usage.fail_open,
+            chunks: crate::billing::units::chunks(&config.billing_units),
             http,
         }
     }

@@ -79,7 +79,8 @@ impl LiveSet {
     /// A connection got its 101: register it and write its `start` record.
     pub fn begin(&self, meter: Meter) -> Arc<Live> {
         let none = [DirectionCounts::default(); 2];
-        let start = meter.snapshot(RecordKind::Start, 0, Progress { counts: &none, active: Duration::ZERO });
+        let mut start = meter.snapshot(RecordKind::Start, 0, Progress { counts: &none, active: Duration::ZERO });
+        self.add_units(&mut start, &none);
         let live = Arc::new(Live {
             state: Mutex::new(LiveState {
                 counts: none,
@@ -104,7 +105,18 @@ impl LiveSet {
         s.ended = true;
         s.last_seq += 1;
         let active = s.active.total_at(Instant::now());
-        live.meter.relayed(s.last_seq, report, active)
+        let mut stop = live.meter.relayed(s.last_seq, report, active);
+        self.add_units(&mut stop, &report.counts);
+        stop
+    }
+
+    /// Fill `record.units` from the connection's raw counts (the scanner's per-message chunk
+    /// counts are not in the record itself).
+    fn add_units(&self, record: &mut UsageRecord, counts: &[DirectionCounts; 2]) {
+        let units = self.usage.units();
+        if !units.is_empty() {
+            record.units = units.compute(record.duration_ms, record.active_ms, counts);
+        }
     }
 
     /// Write an `interim` for every connection whose interval is due at `now`; returns how many.
@@ -123,7 +135,9 @@ impl LiveSet {
                     let next = s.next_interim + self.interval;
                     s.next_interim = if next <= now { now + self.interval } else { next };
                     let active = s.active.total_at(now);
-                    live.meter.snapshot(RecordKind::Interim, s.last_seq, Progress { counts: &s.counts, active })
+                    let mut r = live.meter.snapshot(RecordKind::Interim, s.last_seq, Progress { counts: &s.counts, active });
+                    self.add_units(&mut r, &s.counts);
+                    r
                 };
                 self.usage.write(&record, "interim");
                 written += 1;

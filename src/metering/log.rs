@@ -20,7 +20,7 @@ pub struct UsageLog {
 }
 
 impl UsageLog {
-    /// Records go to `spool`; `units` adds billable units to connection records.
+    /// Records go to `spool`; `units` are the pricing units connection records carry.
     pub fn new(spool: Arc<Spool>, metrics: Metrics, units: crate::billing::Units) -> UsageLog {
         UsageLog { spool, metrics, units }
     }
@@ -33,13 +33,12 @@ impl UsageLog {
     /// Append one connection record (`kind` labels the counters: `start`, `interim`, `stop`
     /// or `rejection`).
     pub fn write(&self, record: &UsageRecord, kind: &str) {
-        if self.units.is_empty() {
-            self.append(record, kind, &record.idempotency_key);
-        } else {
-            let mut r = record.clone();
-            r.units = self.units.compute(&r);
-            self.append(&r, kind, &r.idempotency_key);
-        }
+        self.append(record, kind, &record.idempotency_key);
+    }
+
+    /// The pricing units records carry.
+    pub fn units(&self) -> &crate::billing::Units {
+        &self.units
     }
 
     /// Append one object record (counted as kind `object`).
