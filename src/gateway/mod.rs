@@ -111,6 +111,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// Assemble the gateway from the validated config and the shared parts.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         routes: Arc<RouteTable>,
