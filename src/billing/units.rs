@@ -136,23 +136,11 @@ mod tests {
         }
     }
 
-    /// Test-only encoder: one FIN data frame of `len` bytes, masked when the client sends it.
+    /// One FIN binary frame of `len` bytes, masked when the client sends it (the scanner tests'
+    /// independent encoder).
     fn encode(out: &mut Vec<u8>, sender: Role, len: usize) {
-        out.push(0x82);
-        let m = if sender == Role::Client { 0x80 } else { 0 };
-        if len < 126 {
-            out.push(m | len as u8);
-        } else if len <= 0xFFFF {
-            out.push(m | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(m | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        if sender == Role::Client {
-            out.extend_from_slice(&[1, 2, 3, 4]);
-        }
-        out.resize(out.len() + len, 0x5A);
+        let mask = (sender == Role::Client).then_some([1, 2, 3, 4]);
+        out.extend(crate::relay::scanner::tests::frame(0x82, mask, &vec![0x5A; len]));
     }
 
     /// The counts a scanner with the rules' chunk layout reports for messages of these sizes.

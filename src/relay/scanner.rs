@@ -518,7 +518,7 @@ impl FrameScanner {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -541,7 +541,7 @@ mod tests {
 
     /// Test-only encoder, independent of the code under test: `b0` is the first header byte
     /// (FIN, RSV, opcode); the length takes its minimal form; the payload is masked with `mask`.
-    fn frame(b0: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn frame(b0: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
         let mut out = vec![b0];
         let m = if mask.is_some() { 0x80 } else { 0 };
         let len = payload.len();
