@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quick start, command 2: run weir's whole test suite (unit, property and integration tests;
-# the integration tests start the real weir binary against real backends on loopback).
+# the integration tests start the real weir binary against real backends on loopback, and
+# private PostgreSQL servers for the billing tests).
 # Installs what a fresh machine lacks first. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,21 @@ if [ ! -x /usr/bin/chromium ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+# The billing tests start private PostgreSQL servers (never the system cluster) from Debian's
+# server binaries. A main cluster is not created on install (create_main_cluster = false), so
+# nothing system-wide is started.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "weir: installing postgresql (for the billing tests' private servers)" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+    $sudo mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
+  $sudo apt-get update -qq
+  # UCF_FORCE_CONFFOLD keeps the createcluster.conf written above.
+  $sudo env DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1 apt-get install -y -qq postgresql >/dev/null
 fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

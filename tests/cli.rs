@@ -1,5 +1,5 @@
-//! The `weir` command line: `--version`, `check` (all errors at once, exit 1), and `run`
-//! refusing a bad config before binding anything.
+//! The `weir` command line: `--version`, `check` (all errors at once, exit 1), `run`
+//! refusing a bad config before binding anything, and `usage` on a file sink.
 
 use std::process::Command;
 
@@ -53,4 +53,37 @@ fn run_refuses_a_bad_config_and_a_missing_file() {
     let out = weir(&["run", "--config", dir.path().join("missing.yaml").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+}
+
+#[test]
+fn usage_reads_a_file_sink_and_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.jsonl");
+    let record = |kind: &str, seq: u64, at: &str, ms: u64| {
+        format!(
+            r#"{{"record":"{kind}","idempotency_key":"c1:{seq}","seq":{seq},"at":"{at}","connection_id":"c1","tenant":"acme","status":101,"duration_ms":{ms},"active_ms":{ms},"idle_ms":0,"client_to_backend":{{"messages":{seq},"payload_bytes":{b}}},"backend_to_client":{{"messages":{seq},"payload_bytes":{b}}}}}"#,
+            b = seq * 3
+        )
+    };
+    let lines = [record("start", 0, "2026-11-22T23:59:59.000Z", 0), record("stop", 1, "2026-11-23T00:00:01.500Z", 2500)];
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let file = path.to_str().unwrap();
+    let out = weir(&["usage", "--file", file, "--by", "day", "--format", "csv"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "day,connections,rejected,connection_seconds,active_seconds,idle_seconds,messages_in,messages_out,bytes_in,bytes_out\n\
+         2026-11-22,1,0,0.000,0.000,0.000,0,0,0,0\n\
+         2026-11-23,1,0,2.500,2.500,0.000,1,1,3,3\n"
+    );
+    let out = weir(&["usage", "--file", dir.path().join("missing.jsonl").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.jsonl: no such file"));
+    let out = weir(&["usage", "--file", file, "--table", "t"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use it with --postgres, not --file"));
+    let out = weir(&["usage", "--file", file, "--from", "2026-11-23", "--to", "2026-11-22"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--from must be earlier than --to"));
+    assert_eq!(weir(&["usage"]).status.code(), Some(2), "a source is required");
 }

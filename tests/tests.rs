@@ -4,7 +4,7 @@
 // Harness: the weir process, backends, raw HTTP, metrics and usage-record readers.
 mod support;
 
-// The command line: --version, check, run with a bad config.
+// The command line: --version, check, run with a bad config, usage.
 mod cli;
 
 // The handshake: client checks, rejections, backend answers (400/426/404/502/503/504/403).
@@ -30,3 +30,6 @@ mod objects;
 
 // The billing pipeline: start/interim/stop, tenants, active time, kill -9, a flaky collector, a full disk.
 mod billing;
+// Billing against a private PostgreSQL: file and postgres sinks agree, a 30 s outage under load,
+// `weir usage` from either sink.
+mod billing_pg;

@@ -5,15 +5,17 @@
 //! batches at most every 200 ms); `delivery` runs one loop per sink that reads the durable records
 //! after its own cursor, delivers them in batches and advances the cursor only after the sink has
 //! them; `sinks/` holds the sinks (file, postgres, http). A segment is deleted only when every
-//! sink's cursor is past it.
+//! sink's cursor is past it. `report` reads the file or PostgreSQL sink back and totals usage
+//! over a time range (`weir usage`).
 //!
 //! Paths: `append` and `units::compute` are warm (once per record, on the connection's thread);
-//! the flusher, the sweeper and the delivery loops are background; `open` is cold.
+//! the flusher, the sweeper and the delivery loops are background; `open` and `report` are cold.
 
 // Bytes from the network never panic here: every failure is a value (see the module doc).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod delivery;
+pub mod report;
 pub mod sinks;
 pub mod spool;
 pub mod units;

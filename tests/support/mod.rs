@@ -6,6 +6,7 @@
 
 pub mod backends;
 pub mod hosts;
+pub mod postgres;
 pub mod wire;
 
 use std::collections::HashSet;

@@ -1,0 +1,802 @@
+//! `weir usage`: usage totals by tenant, route, object or UTC day over a time range, read from
+//! the file sink (the file and its rotated siblings) or the PostgreSQL sink (the `body` column of
+//! its table). Both sources give the same totals: they are reduced to the same records first.
+//!
+//! Cold path: a command-line tool that holds the records it needs in memory.
+//!
+//! # Semantics
+//! - Connection records (`start`, `interim`, `stop`) are read, duplicates (the same
+//!   `idempotency_key`) are dropped, and the rest grouped by `connection_id` and ordered by
+//!   `seq`. Object records are not summed: their time and messages are their connections'.
+//! - A connection's usage in `[from, to)` is the cumulative counters of its last record with
+//!   `at < to` minus those of its last record with `at < from` (zero if it has none). Usage thus
+//!   lands in the range in which a record reported it: precision is one
+//!   `usage.interim_interval`, and a connection open for three days is billed on each day from
+//!   its interim records.
+//! - `--by day` cuts `[from, to)` at UTC midnights and applies the same rule to each day, so the
+//!   days add up to the whole range (except `connections`, counted in every day it appears in).
+//!   Without `--from` / `--to` the range starts at the UTC midnight before the first record and
+//!   ends at the one after the last (for `--by day`), or is unbounded.
+//! - `connections`: established connections (status 101) with at least one record in the range;
+//!   `rejected`: failed handshakes (a lone `stop` with status ≠ 101) in the range. These carry no
+//!   usage; a group with only rejections is listed with `connections` 0.
+//! - Groups: the records' `tenant`, `route` or `object` (`namespace/id`), `-` when null; a group
+//!   without a record in the range is not listed. Rows are sorted by group.
+//! - Columns: `connections`, `rejected`, `connection_seconds` (`duration_ms`), `active_seconds`,
+//!   `idle_seconds` (three decimals), `messages_in` / `messages_out` (client → backend, backend →
+//!   client messages), `bytes_in` / `bytes_out` (payload bytes, same directions), then one
+//!   `units.<name>` per unit found in the records' `units` (up to six decimals).
+
+use crate::metering::ObjectRef;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// One UTC day, milliseconds.
+pub const DAY_MS: i64 = 86_400_000;
+/// Longest time to connect to PostgreSQL.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What totals are grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// The records' `tenant`.
+    Tenant,
+    /// The records' `route`.
+    Route,
+    /// The records' `object`, as `namespace/id`.
+    Object,
+    /// UTC day (`YYYY-MM-DD`) of the part of the range.
+    Day,
+}
+
+impl By {
+    /// The name of the group column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            By::Tenant => "tenant",
+            By::Route => "route",
+            By::Object => "object",
+            By::Day => "day",
+        }
+    }
+}
+
+impl FromStr for By {
+    type Err = String;
+    fn from_str(s: &str) -> Result<By, String> {
+        match s {
+            "tenant" => Ok(By::Tenant),
+            "route" => Ok(By::Route),
+            "object" => Ok(By::Object),
+            "day" => Ok(By::Day),
+            _ => Err(format!("`{s}` is not a grouping; use tenant, route, object or day")),
+        }
+    }
+}
+
+/// How totals are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Fixed-width columns with a header row.
+    Table,
+    /// CSV (RFC 4180) with a header row.
+    Csv,
+    /// A JSON array with one object per group.
+    Json,
+}
+
+impl FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s {
+            "table" => Ok(Format::Table),
+            "csv" => Ok(Format::Csv),
+            "json" => Ok(Format::Json),
+            _ => Err(format!("`{s}` is not an output format; use table, csv or json")),
+        }
+    }
+}
+
+/// A time range `[from, to)` in milliseconds since the Unix epoch; `None` is unbounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Range {
+    /// First millisecond in the range.
+    pub from: Option<i64>,
+    /// First millisecond after the range.
+    pub to: Option<i64>,
+}
+
+impl Range {
+    fn contains(&self, at: i64) -> bool {
+        self.from.is_none_or(|f| at >= f) && self.to.is_none_or(|t| at < t)
+    }
+}
+
+/// Where the records are read from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A file sink's path (its rotated siblings `<path>.<time>` are read too).
+    File(PathBuf),
+    /// A PostgreSQL sink: connection string and table.
+    Postgres {
+        /// libpq-style connection string or `postgresql://` URL.
+        url: String,
+        /// The sink's table.
+        table: String,
+    },
+}
+
+/// Cumulative counters of a connection record, or the difference of two.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counters {
+    /// Lifetime, milliseconds.
+    pub duration_ms: u64,
+    /// Active time, milliseconds.
+    pub active_ms: u64,
+    /// Idle time, milliseconds.
+    pub idle_ms: u64,
+    /// Data messages client → backend.
+    pub messages_in: u64,
+    /// Data messages backend → client.
+    pub messages_out: u64,
+    /// Payload bytes client → backend.
+    pub bytes_in: u64,
+    /// Payload bytes backend → client.
+    pub bytes_out: u64,
+    /// Billable units by name (unit-defined amounts).
+    pub units: BTreeMap<String, f64>,
+}
+
+impl Counters {
+    /// `self - earlier`, field by field (counters never go down; a unit missing is 0).
+    fn minus(&self, earlier: &Counters) -> Counters {
+        let mut units = BTreeMap::new();
+        for name in self.units.keys().chain(earlier.units.keys()) {
+            let now = self.units.get(name).copied().unwrap_or(0.0);
+            let before = earlier.units.get(name).copied().unwrap_or(0.0);
+            units.insert(name.clone(), now - before);
+        }
+        Counters {
+            duration_ms: self.duration_ms.saturating_sub(earlier.duration_ms),
+            active_ms: self.active_ms.saturating_sub(earlier.active_ms),
+            idle_ms: self.idle_ms.saturating_sub(earlier.idle_ms),
+            messages_in: self.messages_in.saturating_sub(earlier.messages_in),
+            messages_out: self.messages_out.saturating_sub(earlier.messages_out),
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
+            bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
+            units,
+        }
+    }
+
+    fn add(&mut self, d: &Counters) {
+        self.duration_ms += d.duration_ms;
+        self.active_ms += d.active_ms;
+        self.idle_ms += d.idle_ms;
+        self.messages_in += d.messages_in;
+        self.messages_out += d.messages_out;
+        self.bytes_in += d.bytes_in;
+        self.bytes_out += d.bytes_out;
+        for (name, v) in &d.units {
+            *self.units.entry(name.clone()).or_insert(0.0) += v;
+        }
+    }
+}
+
+/// One connection record, reduced to what reports need.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// `<connection_id>:<seq>`.
+    pub key: String,
+    /// The connection.
+    pub connection_id: String,
+    /// Position in the connection's records (0 = `start`, or the lone `stop` of a rejection).
+    pub seq: u64,
+    /// When the record was made, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// The upgrade got a 101 (false for a failed handshake).
+    pub established: bool,
+    /// Tenant, if any.
+    pub tenant: Option<String>,
+    /// Route, if any.
+    pub route: Option<String>,
+    /// Object as `namespace/id`, if any.
+    pub object: Option<String>,
+    /// Cumulative counters so far.
+    pub counters: Counters,
+}
+
+#[derive(Deserialize)]
+struct RawRecord {
+    record: String,
+    idempotency_key: Option<String>,
+    connection_id: Option<String>,
+    #[serde(default)]
+    seq: u64,
+    at: Option<String>,
+    status: Option<u16>,
+    tenant: Option<String>,
+    route: Option<String>,
+    object: Option<ObjectRef>,
+    #[serde(default)]
+    duration_ms: u64,
+    #[serde(default)]
+    active_ms: u64,
+    #[serde(default)]
+    idle_ms: u64,
+    #[serde(default)]
+    client_to_backend: RawDirection,
+    #[serde(default)]
+    backend_to_client: RawDirection,
+    #[serde(default)]
+    units: BTreeMap<String, f64>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawDirection {
+    #[serde(default)]
+    messages: u64,
+    #[serde(default)]
+    payload_bytes: u64,
+}
+
+/// Parse one record: `Ok(None)` for an object record, an error naming what is wrong otherwise.
+pub fn parse_record(line: &[u8]) -> Result<Option<Point>, String> {
+    let r: RawRecord = serde_json::from_slice(line).map_err(|e| format!("not a usage record: {e}"))?;
+    match r.record.as_str() {
+        "start" | "interim" | "stop" => {}
+        "object" => return Ok(None),
+        other => return Err(format!("record kind `{other}` is not start, interim, stop or object (was it written by an older weir?)")),
+    }
+    let key = r.idempotency_key.ok_or("the record has no `idempotency_key`")?;
+    let connection_id = r.connection_id.ok_or("the record has no `connection_id`")?;
+    let at = r.at.ok_or("the record has no `at`")?;
+    let at_ms = parse_time(&at).map_err(|e| format!("`at`: {e}"))?;
+    Ok(Some(Point {
+        key,
+        connection_id,
+        seq: r.seq,
+        at_ms,
+        established: r.status.is_none_or(|s| s == 101),
+        tenant: r.tenant,
+        route: r.route,
+        object: r.object.map(|o| format!("{}/{}", o.namespace, o.id)),
+        counters: Counters {
+            duration_ms: r.duration_ms,
+            active_ms: r.active_ms,
+            idle_ms: r.idle_ms,
+            messages_in: r.client_to_backend.messages,
+            messages_out: r.backend_to_client.messages,
+            bytes_in: r.client_to_backend.payload_bytes,
+            bytes_out: r.backend_to_client.payload_bytes,
+            units: r.units,
+        },
+    }))
+}
+
+/// An RFC 3339 UTC time (`2026-11-22T14:05:06.123Z`, `Z` optional) or a date (`2026-11-22`,
+/// midnight UTC) → milliseconds since the Unix epoch.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_string() };
+    let t = humantime::parse_rfc3339_weak(&full)
+        .map_err(|e| format!("`{s}` is not an RFC 3339 UTC time ({e}); write e.g. 2026-11-22T00:00:00Z or 2026-11-22"))?;
+    let ms = t.duration_since(UNIX_EPOCH).map_err(|_| format!("`{s}` is before 1970"))?.as_millis();
+    i64::try_from(ms).map_err(|_| format!("`{s}` is too far in the future"))
+}
+
+fn system_time(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// `YYYY-MM-DD` of the UTC day holding `ms`.
+pub fn day_label(ms: i64) -> String {
+    let text = humantime::format_rfc3339(system_time(ms.div_euclid(DAY_MS) * DAY_MS)).to_string();
+    text.get(..10).unwrap_or(&text).to_string()
+}
+
+/// Read every connection record of the file sink at `path` (rotated siblings first).
+pub fn load_file(path: &Path) -> Result<Vec<Point>, String> {
+    let mut points = Vec::new();
+    let mut found = false;
+    for file in super::sinks::file::files(path) {
+        let f = match std::fs::File::open(&file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("{}: cannot open: {e}", file.display())),
+        };
+        found = true;
+        for (n, line) in BufReader::new(f).split(b'\n').enumerate() {
+            let line = line.map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let parsed = parse_record(&line).map_err(|e| format!("{}:{}: {e}", file.display(), n + 1))?;
+            points.extend(parsed);
+        }
+    }
+    if !found {
+        return Err(format!("{}: no such file (nor rotated {0}.*); pass the file sink's `path` (usage.sinks[].path or usage.file)", path.display()));
+    }
+    Ok(points)
+}
+
+/// Read the connection records `range` needs from the PostgreSQL sink's `table` at `url`: those
+/// with `at < to` of connections with a record in `range`.
+pub async fn load_postgres(url: &str, table: &str, range: Range) -> Result<Vec<Point>, String> {
+    if table.is_empty() || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || table.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!("--table `{table}` must be a plain SQL identifier (letters, digits and `_`), like the sink's `table`"));
+    }
+    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, tokio_postgres::NoTls))
+        .await
+        .map_err(|_| format!("cannot connect to PostgreSQL within {CONNECT_TIMEOUT:?}; check --postgres"))?
+        .map_err(|e| format!("cannot connect to PostgreSQL: {}; check --postgres", pg_error(&e)))?;
+    let conn = tokio::spawn(connection);
+    let kinds = "record IN ('start', 'interim', 'stop')";
+    let mut params: Vec<SystemTime> = Vec::new();
+    let mut outer = vec![kinds.to_string()];
+    let mut inner = vec![kinds.to_string()];
+    if let Some(to) = range.to {
+        params.push(system_time(to));
+        outer.push(format!("at < ${}", params.len()));
+        inner.push(format!("at < ${}", params.len()));
+    }
+    if let Some(from) = range.from {
+        params.push(system_time(from));
+        inner.push(format!("at >= ${}", params.len()));
+        outer.push(format!("connection_id IN (SELECT connection_id FROM {table} WHERE {})", inner.join(" AND ")));
+    }
+    let sql = format!("SELECT body::text FROM {table} WHERE {}", outer.join(" AND "));
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+    let rows = client.query(&sql, &refs).await.map_err(|e| {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+            format!("table `{table}` does not exist in this database; pass the postgres sink's table with --table")
+        } else {
+            format!("cannot read table `{table}`: {}", pg_error(&e))
+        }
+    })?;
+    let mut points = Vec::with_capacity(rows.len());
+    for row in rows {
+        let body: String = row.try_get(0).map_err(|e| format!("table `{table}`: `body` is not readable as text: {e}"))?;
+        points.extend(parse_record(body.as_bytes()).map_err(|e| format!("table `{table}`: {e}: {body}"))?);
+    }
+    drop(client);
+    conn.abort();
+    Ok(points)
+}
+
+/// A PostgreSQL error with its causes (the server's message, or the I/O error under "error
+/// connecting to server").
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_string();
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
+/// Totals of one group.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row {
+    /// The group: tenant, route, `namespace/id`, day, or `-`.
+    pub group: String,
+    /// Established connections with a record in the range.
+    pub connections: u64,
+    /// Failed handshakes in the range.
+    pub rejected: u64,
+    /// Usage in the range, summed over the group's connections.
+    pub usage: Counters,
+}
+
+/// The parts of `[from, to)` totals are computed over: the whole, or one per UTC day.
+fn intervals(from: i64, to: i64, by: By) -> Vec<(i64, i64)> {
+    if by != By::Day {
+        return vec![(from, to)];
+    }
+    let mut out = Vec::new();
+    let mut a = from;
+    while a < to {
+        let b = (a.div_euclid(DAY_MS) + 1).saturating_mul(DAY_MS).min(to);
+        out.push((a, b));
+        a = b;
+    }
+    out
+}
+
+/// The cumulative counters of the last record (by `seq`) made before `t`; zero if none.
+fn before(records: &[Point], t: i64) -> Option<&Counters> {
+    records.iter().filter(|p| p.at_ms < t).max_by_key(|p| p.seq).map(|p| &p.counters)
+}
+
+/// Usage totals of `points` in `range`, by `by` (see the module doc for the rules).
+pub fn totals(points: Vec<Point>, range: Range, by: By) -> Result<Vec<Row>, String> {
+    if let (Some(f), Some(t)) = (range.from, range.to) {
+        if f >= t {
+            return Err("--from must be earlier than --to".into());
+        }
+    }
+    let mut keys = BTreeSet::new();
+    let mut connections: BTreeMap<String, Vec<Point>> = BTreeMap::new();
+    for p in points {
+        if keys.insert(p.key.clone()) {
+            connections.entry(p.connection_id.clone()).or_default().push(p);
+        }
+    }
+    let in_range = || connections.values().flatten().map(|p| p.at_ms).filter(|at| range.contains(*at));
+    let (Some(first), Some(last)) = (in_range().min(), in_range().max()) else {
+        return Ok(Vec::new());
+    };
+    let (from, to) = match by {
+        By::Day => (range.from.unwrap_or(first.div_euclid(DAY_MS) * DAY_MS), range.to.unwrap_or((last.div_euclid(DAY_MS) + 1) * DAY_MS)),
+        _ => (range.from.unwrap_or(i64::MIN), range.to.unwrap_or(i64::MAX)),
+    };
+    let parts = intervals(from, to, by);
+    let zero = Counters::default();
+    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    for records in connections.values_mut() {
+        records.sort_by_key(|p| p.seq);
+        let Some(latest) = records.last() else { continue };
+        let label = match by {
+            By::Tenant => latest.tenant.clone(),
+            By::Route => latest.route.clone(),
+            By::Object => latest.object.clone(),
+            By::Day => None,
+        };
+        let established = latest.established;
+        // The parts holding at least one of this connection's records, in order.
+        let touched: BTreeSet<usize> = records
+            .iter()
+            .filter(|p| p.at_ms >= from && p.at_ms < to)
+            .map(|p| parts.partition_point(|(a, _)| *a <= p.at_ms).saturating_sub(1))
+            .collect();
+        for i in touched {
+            let Some(&(a, b)) = parts.get(i) else { continue };
+            let group = match by {
+                By::Day => day_label(a),
+                _ => label.clone().unwrap_or_else(|| "-".into()),
+            };
+            let row = rows.entry(group.clone()).or_insert_with(|| Row { group, ..Row::default() });
+            if established {
+                row.connections += 1;
+            } else {
+                row.rejected += 1;
+            }
+            let end = before(records, b).unwrap_or(&zero);
+            let start = before(records, a).unwrap_or(&zero);
+            row.usage.add(&end.minus(start));
+        }
+    }
+    Ok(rows.into_values().collect())
+}
+
+/// Read `source` and compute the totals of `range` by `by`.
+pub fn report(source: &Source, range: Range, by: By) -> Result<Vec<Row>, String> {
+    let points = match source {
+        Source::File(path) => load_file(path)?,
+        Source::Postgres { url, table } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime for the PostgreSQL client: {e}"))?
+            .block_on(load_postgres(url, table, range))?,
+    };
+    totals(points, range, by)
+}
+
+/// Milliseconds as seconds with three decimals.
+fn seconds(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+/// A unit amount with up to six decimals, trailing zeros cut (`1.5`, `2`, `0`).
+fn amount(v: f64) -> String {
+    if !v.is_finite() {
+        return "0".into();
+    }
+    let s = format!("{v:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" || s.is_empty() {
+        "0".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// The unit names across `rows`, sorted.
+fn unit_names(rows: &[Row]) -> Vec<String> {
+    rows.iter().flat_map(|r| r.usage.units.keys().cloned()).collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// Column headers after the group column.
+const COLUMNS: [&str; 9] =
+    ["connections", "rejected", "connection_seconds", "active_seconds", "idle_seconds", "messages_in", "messages_out", "bytes_in", "bytes_out"];
+
+/// The cells of `row` after the group column: `COLUMNS`, then one per unit in `units`.
+fn cells(row: &Row, units: &[String]) -> Vec<String> {
+    let u = &row.usage;
+    let mut out = vec![
+        row.connections.to_string(),
+        row.rejected.to_string(),
+        seconds(u.duration_ms),
+        seconds(u.active_ms),
+        seconds(u.idle_ms),
+        u.messages_in.to_string(),
+        u.messages_out.to_string(),
+        u.bytes_in.to_string(),
+        u.bytes_out.to_string(),
+    ];
+    out.extend(units.iter().map(|n| amount(u.units.get(n).copied().unwrap_or(0.0))));
+    out
+}
+
+/// `rows` printed as `format`, with `by` naming the group column.
+pub fn render(rows: &[Row], by: By, format: Format) -> String {
+    let units = unit_names(rows);
+    let mut header: Vec<String> = vec![by.as_str().to_string()];
+    header.extend(COLUMNS.iter().map(|c| c.to_string()));
+    header.extend(units.iter().map(|n| format!("units.{n}")));
+    let mut out = String::new();
+    match format {
+        Format::Table => {
+            let body: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    let mut line = vec![r.group.clone()];
+                    line.extend(cells(r, &units));
+                    line
+                })
+                .collect();
+            let widths: Vec<usize> =
+                (0..header.len()).map(|i| std::iter::once(&header).chain(&body).map(|l| l.get(i).map_or(0, |c| c.chars().count())).max().unwrap_or(0)).collect();
+            for line in std::iter::once(&header).chain(&body) {
+                let mut text = String::new();
+                for (i, (cell, w)) in line.iter().zip(&widths).enumerate() {
+                    if i == 0 {
+                        let _ = write!(text, "{cell:<w$}");
+                    } else {
+                        let _ = write!(text, "  {cell:>w$}");
+                    }
+                }
+                out.push_str(text.trim_end());
+                out.push('\n');
+            }
+        }
+        Format::Csv => {
+            out.push_str(&header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(","));
+            out.push('\n');
+            for r in rows {
+                out.push_str(&csv_field(&r.group));
+                for c in cells(r, &units) {
+                    out.push(',');
+                    out.push_str(&c);
+                }
+                out.push('\n');
+            }
+        }
+        Format::Json => {
+            if rows.is_empty() {
+                return "[]\n".into();
+            }
+            out.push_str("[\n");
+            for (i, r) in rows.iter().enumerate() {
+                let c = cells(r, &units);
+                let _ = write!(out, "  {{{}:{}", json_string(by.as_str()), json_string(&r.group));
+                for (name, value) in COLUMNS.iter().zip(&c) {
+                    let _ = write!(out, ",{}:{value}", json_string(name));
+                }
+                out.push_str(",\"units\":{");
+                let amounts: Vec<String> = units.iter().zip(c.iter().skip(COLUMNS.len())).map(|(n, v)| format!("{}:{v}", json_string(n))).collect();
+                out.push_str(&amounts.join(","));
+                out.push_str(if i + 1 < rows.len() { "}},\n" } else { "}}\n" });
+            }
+            out.push_str("]\n");
+        }
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const HOUR: i64 = 3_600_000;
+
+    fn at(s: &str) -> i64 {
+        parse_time(s).unwrap()
+    }
+
+    fn rfc(ms: i64) -> String {
+        humantime::format_rfc3339_millis(system_time(ms)).to_string()
+    }
+
+    /// A connection record line: `hours` of cumulative lifetime, 10 messages and 100 bytes per
+    /// hour each way, 2.5 `requests` units per hour.
+    fn line(conn: &str, seq: u64, kind: &str, at_ms: i64, hours: u64, extra: serde_json::Value) -> Vec<u8> {
+        let mut v = json!({
+            "record": kind, "idempotency_key": format!("{conn}:{seq}"), "seq": seq, "at": rfc(at_ms),
+            "connection_id": conn, "tenant": "acme", "route": "chat", "object": null, "status": 101,
+            "duration_ms": hours * 3_600_000, "active_ms": hours * 1_800_000, "idle_ms": hours * 1_800_000,
+            "client_to_backend": {"messages": hours * 10, "payload_bytes": hours * 100},
+            "backend_to_client": {"messages": hours * 10, "payload_bytes": hours * 100},
+            "units": {"requests": hours as f64 * 2.5},
+        });
+        if let (Some(v), Some(extra)) = (v.as_object_mut(), extra.as_object()) {
+            v.extend(extra.clone());
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn points(lines: &[Vec<u8>]) -> Vec<Point> {
+        lines.iter().filter_map(|l| parse_record(l).unwrap()).collect()
+    }
+
+    /// Start at 2026-11-20T12:00Z, an interim every hour (so at every midnight), stop 66 h later.
+    fn three_days() -> Vec<Vec<u8>> {
+        let start = at("2026-11-20T12:00:00Z");
+        (0..=66u64)
+            .map(|h| {
+                let kind = match h {
+                    0 => "start",
+                    66 => "stop",
+                    _ => "interim",
+                };
+                line("c1", h, kind, start + h as i64 * HOUR, h, json!({}))
+            })
+            .collect()
+    }
+
+    fn hours(row: &Row) -> u64 {
+        row.usage.duration_ms / 3_600_000
+    }
+
+    #[test]
+    fn a_three_day_connection_is_split_by_utc_day_and_the_days_add_up() {
+        let all = totals(points(&three_days()), Range::default(), By::Tenant).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].group.as_str(), all[0].connections, hours(&all[0])), ("acme", 1, 66));
+        let days = totals(points(&three_days()), Range::default(), By::Day).unwrap();
+        let got: Vec<(&str, u64, u64)> = days.iter().map(|r| (r.group.as_str(), hours(r), r.connections)).collect();
+        // The interim at midnight belongs to the day it starts: 12:00→23:00 is 11 h on the 20th.
+        assert_eq!(got, vec![("2026-11-20", 11, 1), ("2026-11-21", 24, 1), ("2026-11-22", 24, 1), ("2026-11-23", 7, 1)]);
+        let mut sum = Counters::default();
+        for d in &days {
+            sum.add(&d.usage);
+        }
+        assert_eq!(sum, all[0].usage, "the days add up to the whole");
+        assert_eq!((sum.messages_in, sum.bytes_out, sum.units["requests"]), (660, 6600, 165.0));
+        // One day given explicitly.
+        let range = Range { from: Some(at("2026-11-22")), to: Some(at("2026-11-23")) };
+        let day = totals(points(&three_days()), range, By::Tenant).unwrap();
+        assert_eq!((hours(&day[0]), day[0].usage.messages_out, day[0].usage.units["requests"]), (24, 240, 60.0));
+    }
+
+    #[test]
+    fn a_record_exactly_at_a_boundary_counts_after_it() {
+        let t = at("2026-11-21T00:00:00Z");
+        let lines = vec![line("c", 0, "start", t - HOUR, 0, json!({})), line("c", 1, "interim", t, 1, json!({})), line("c", 2, "stop", t + HOUR, 2, json!({}))];
+        let before = totals(points(&lines), Range { from: None, to: Some(t) }, By::Tenant).unwrap();
+        assert_eq!(hours(&before[0]), 0, "the record at `to` is not in [from, to)");
+        let after = totals(points(&lines), Range { from: Some(t), to: None }, By::Tenant).unwrap();
+        assert_eq!(hours(&after[0]), 2, "the record at `from` is in [from, to)");
+        let just = totals(points(&lines), Range { from: Some(t), to: Some(t + 1) }, By::Tenant).unwrap();
+        assert_eq!((just[0].connections, hours(&just[0])), (1, 1));
+        // A range with no record of the connection lists nothing.
+        assert!(totals(points(&lines), Range { from: Some(t + 1), to: Some(t + 2) }, By::Tenant).unwrap().is_empty());
+    }
+
+    #[test]
+    fn duplicates_count_once() {
+        let mut lines = three_days();
+        lines.extend(three_days().into_iter().step_by(3));
+        let twice = totals(points(&lines), Range::default(), By::Route).unwrap();
+        let once = totals(points(&three_days()), Range::default(), By::Route).unwrap();
+        assert_eq!(twice, once);
+        assert_eq!((twice[0].group.as_str(), twice[0].connections), ("chat", 1));
+    }
+
+    #[test]
+    fn connections_group_by_object_and_rejections_carry_no_usage() {
+        let t = at("2026-11-22T10:00:00Z");
+        let room = |id: &str| json!({"object": {"namespace": "rooms", "id": id}});
+        let lines = vec![
+            line("a", 0, "start", t, 0, room("lobby")),
+            line("a", 1, "stop", t + 10, 1, room("lobby")),
+            line("b", 0, "start", t, 0, room("lobby")),
+            line("b", 1, "stop", t + 20, 2, room("lobby")),
+            line("c", 0, "start", t, 0, room("den")),
+            line("c", 1, "stop", t + 5, 3, room("den")),
+            line("d", 0, "start", t, 0, json!({})),
+            line("d", 1, "stop", t + 5, 4, json!({})),
+            line("r", 0, "stop", t, 0, json!({"status": 403, "outcome": "rejected"})),
+            br#"{"record":"object","idempotency_key":"object:rooms:lobby:x","at":"2026-11-22T10:00:01.000Z","namespace":"rooms","object_id":"lobby"}"#.to_vec(),
+        ];
+        let rows = totals(points(&lines), Range::default(), By::Object).unwrap();
+        let got: Vec<(&str, u64, u64, u64)> = rows.iter().map(|r| (r.group.as_str(), r.connections, r.rejected, hours(r))).collect();
+        assert_eq!(got, vec![("-", 1, 1, 4), ("rooms/den", 1, 0, 3), ("rooms/lobby", 2, 0, 3)]);
+    }
+
+    fn sample() -> Vec<Row> {
+        let t = at("2026-11-22T10:00:00Z");
+        let lines = vec![
+            line("a", 0, "start", t, 0, json!({})),
+            line("a", 1, "stop", t + 1, 1, json!({"duration_ms": 1234, "active_ms": 1000, "idle_ms": 234})),
+            line("b", 0, "stop", t, 0, json!({"tenant": "Big, \"Co\"", "status": 429, "units": {}})),
+        ];
+        totals(points(&lines), Range::default(), By::Tenant).unwrap()
+    }
+
+    #[test]
+    fn csv_json_and_table_output() {
+        let rows = sample();
+        assert_eq!(
+            render(&rows, By::Tenant, Format::Csv),
+            "tenant,connections,rejected,connection_seconds,active_seconds,idle_seconds,messages_in,messages_out,bytes_in,bytes_out,units.requests\n\
+             \"Big, \"\"Co\"\"\",0,1,0.000,0.000,0.000,0,0,0,0,0\n\
+             acme,1,0,1.234,1.000,0.234,10,10,100,100,2.5\n"
+        );
+        let json = render(&rows, By::Tenant, Format::Json);
+        assert_eq!(
+            json,
+            "[\n  {\"tenant\":\"Big, \\\"Co\\\"\",\"connections\":0,\"rejected\":1,\"connection_seconds\":0.000,\"active_seconds\":0.000,\"idle_seconds\":0.000,\"messages_in\":0,\"messages_out\":0,\"bytes_in\":0,\"bytes_out\":0,\"units\":{\"requests\":0}},\n  \
+             {\"tenant\":\"acme\",\"connections\":1,\"rejected\":0,\"connection_seconds\":1.234,\"active_seconds\":1.000,\"idle_seconds\":0.234,\"messages_in\":10,\"messages_out\":10,\"bytes_in\":100,\"bytes_out\":100,\"units\":{\"requests\":2.5}}\n]\n"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed[1]["connection_seconds"], 1.234);
+        assert_eq!(render(&[], By::Day, Format::Json), "[]\n");
+        assert_eq!(
+            render(&rows, By::Tenant, Format::Table),
+            "tenant     connections  rejected  connection_seconds  active_seconds  idle_seconds  messages_in  messages_out  bytes_in  bytes_out  units.requests\n\
+             Big, \"Co\"            0         1               0.000           0.000         0.000            0             0         0          0               0\n\
+             acme                 1         0               1.234           1.000         0.234           10            10       100        100             2.5\n"
+        );
+    }
+
+    #[test]
+    fn amounts_and_times_parse_and_print_deterministically() {
+        assert_eq!((amount(1.5), amount(2.0), amount(-0.0), amount(1.0 / 3.0), amount(f64::NAN)), ("1.5".into(), "2".into(), "0".into(), "0.333333".into(), "0".into()));
+        assert_eq!(seconds(61_005), "61.005");
+        assert_eq!(parse_time("2026-11-22").unwrap(), parse_time("2026-11-22T00:00:00Z").unwrap());
+        assert_eq!(parse_time("2026-11-22T00:00:00.250Z").unwrap() % 1000, 250);
+        assert!(parse_time("yesterday").unwrap_err().contains("write e.g. 2026-11-22T00:00:00Z"));
+        assert_eq!(day_label(at("2026-11-22T23:59:59.999Z")), "2026-11-22");
+        assert!(totals(Vec::new(), Range { from: Some(5), to: Some(5) }, By::Day).is_err());
+    }
+
+    #[test]
+    fn files_are_read_with_their_rotated_siblings() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("usage.jsonl");
+        let lines = three_days();
+        let (old, new) = lines.split_at(30);
+        let join = |ls: &[Vec<u8>]| ls.iter().map(|l| format!("{}\n", String::from_utf8_lossy(l))).collect::<String>();
+        std::fs::write(d.path().join("usage.jsonl.2026-11-21T00-00-00.000Z"), join(old)).unwrap();
+        // The newest file repeats a delivered batch (at-least-once).
+        std::fs::write(&path, join(&lines[25..30]) + &join(new)).unwrap();
+        let rows = report(&Source::File(path.clone()), Range::default(), By::Day).unwrap();
+        assert_eq!(rows, totals(points(&lines), Range::default(), By::Day).unwrap());
+        std::fs::write(&path, "{\"record\":\"connection\"}\n").unwrap();
+        let err = load_file(&path).unwrap_err();
+        assert!(err.contains("usage.jsonl:1: record kind `connection`"), "{err}");
+        assert!(load_file(&d.path().join("none.jsonl")).unwrap_err().contains("no such file"));
+    }
+}
