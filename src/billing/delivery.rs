@@ -3,7 +3,7 @@
 //!
 //! Background path, on a Pingora background service of its own. A failed batch is counted,
 //! logged (once when a sink starts failing, once when it recovers) and retried with exponential
-//! backoff (100 ms doubling to 30 s) until it goes through: delivery is at-least-once, and with
+//! backoff (100 ms doubling to 10 s) until it goes through: delivery is at-least-once, and with
 //! idempotency keys effectively once. Shutdown does not stop delivery: what is left when the
 //! process exits is delivered at the next start. After every delivery the segments every sink
 //! has are deleted.
@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 /// First retry delay after a failed batch.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest retry delay.
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Every sink's delivery loop.
 pub struct Delivery {
