@@ -32,3 +32,4 @@ pub mod pools;
 pub mod relay;
 pub mod routing;
 pub mod server;
+pub mod sync;

@@ -47,7 +47,7 @@ impl BackgroundService for Delivery {
         let mut loops = Vec::new();
         for config in &self.sinks {
             let cursor = Cursor::load(self.spool.dir(), &config.name, first);
-            self.cursors.lock().unwrap_or_else(|p| p.into_inner()).insert(config.name.clone(), cursor.offset);
+            crate::sync::lock(&self.cursors).insert(config.name.clone(), cursor.offset);
             let run = SinkLoop {
                 name: config.name.clone(),
                 batch: config.batch,
@@ -148,7 +148,7 @@ impl SinkLoop {
 
     fn release(&self, offset: u64) {
         let min = {
-            let mut c = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+            let mut c = crate::sync::lock(&self.cursors);
             c.insert(self.name.clone(), offset);
             c.values().copied().min().unwrap_or(0)
         };

@@ -31,7 +31,8 @@ use futures_util::{SinkExt, StreamExt};
 use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use crate::sync::lock;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -80,9 +81,6 @@ struct Member {
     kick: Option<oneshot::Sender<()>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn event(kind: &str, member: u64, members: usize, reason: Option<&str>) -> Message {
     let reason = reason.map(|r| format!(",\"reason\":\"{r}\"")).unwrap_or_default();

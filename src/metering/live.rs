@@ -16,7 +16,8 @@ use super::{Meter, Progress, RecordKind, UsageLog, UsageRecord};
 use crate::relay::pump::RelayReport;
 use crate::relay::scanner::DirectionCounts;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use crate::sync::lock;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Shards of the registry (connections spread by id, so begin/end rarely contend).
@@ -39,9 +40,6 @@ struct LiveState {
     ended: bool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Live {
     /// The relay's counts after a wakeup that moved bytes.

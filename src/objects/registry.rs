@@ -81,7 +81,7 @@ pub struct ObjectHandle(Arc<Mutex<Occupancy>>);
 
 impl ObjectHandle {
     fn lock(&self) -> MutexGuard<'_, Occupancy> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.0)
     }
 
     /// A message was processed now.
@@ -135,12 +135,12 @@ impl Registry {
     }
 
     fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.entries)
     }
 
     fn eligible(&self, host: usize, exclude: &[usize]) -> bool {
         let Some(h) = self.hosts.get(host) else { return false };
-        let down = h.down_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| Instant::now() < t);
+        let down = crate::sync::lock(&h.down_until).is_some_and(|t| Instant::now() < t);
         h.healthy.load(Ordering::Relaxed) && !down && !exclude.contains(&host)
     }
 
@@ -236,7 +236,7 @@ impl Registry {
         let Some(i) = self.hosts.iter().position(|h| h.addr == addr) else { return };
         self.hosts[i].healthy.store(healthy, Ordering::Relaxed);
         if healthy {
-            *self.hosts[i].down_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *crate::sync::lock(&self.hosts[i].down_until) = None;
         } else {
             self.host_failed(i, MoveReason::HealthCheck);
         }
@@ -318,7 +318,7 @@ impl Lease {
     pub fn connect_failed(self) {
         if let Some(h) = self.host {
             if let Some(host) = self.registry.hosts.get(h) {
-                *host.down_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + self.registry.down_for);
+                *crate::sync::lock(&host.down_until) = Some(Instant::now() + self.registry.down_for);
             }
             self.registry.host_failed(h, MoveReason::ConnectFailed);
         }

@@ -75,7 +75,7 @@ impl Sink for FileSink {
     async fn deliver(&self, lines: &[Vec<u8>]) -> Result<(), String> {
         let inner = self.inner.clone();
         let lines = lines.to_vec();
-        tokio::task::spawn_blocking(move || inner.lock().unwrap_or_else(|p| p.into_inner()).write(&lines))
+        tokio::task::spawn_blocking(move || crate::sync::lock(&inner).write(&lines))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
