@@ -11,7 +11,9 @@
 //! - `relay`: frame scanner and the relay state machine after the 101 (hot).
 //! - `metering`: per-connection `Meter` → start/interim/stop `UsageRecord`s, the live set and
 //!   its interim sweeper (warm).
-//! - `billing`: spool (fsync batches), delivery loops and sinks (file, postgres, http).
+//! - `billing`: spool (fsync batches), delivery loops, sinks (file, postgres, http), pricing
+//!   units and `weir usage` reports.
+//! - `sync`: the poison-tolerant lock helper every mutex goes through.
 //! - `metrics`: Prometheus families, names in `metrics::names` (hot updates, cold setup).
 //! - `admin`: `/metrics`, `/healthz`, `/readyz` on the admin listener.
 //! - `objects`: object namespaces: id → one owner (rendezvous), leases, eviction, accounting (warm).
