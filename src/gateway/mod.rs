@@ -150,6 +150,7 @@ impl Gateway {
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let tls = stream.get_ssl_digest().is_some();
         let mut meter = Meter::start(client);
+        meter.tenant = self.default_tenant.clone();
         let mut watch = shutdown.clone();
         let head = tokio::select! {
             head = head::read_head(&mut stream, self.timeouts.request_head) => head,
@@ -180,7 +181,9 @@ impl Gateway {
             return None;
         };
         meter.route = Some(route.name.clone());
-        meter.tenant = route.tenant.clone().or_else(|| self.default_tenant.clone());
+        if route.tenant.is_some() {
+            meter.tenant = route.tenant.clone();
+        }
         if wants_ws && !self.fail_open && !self.usage.spool().healthy() {
             // Usage could not be recorded durably: take no new connections (documented).
             self.reject(&mut stream, RejectReason::SpoolUnavailable, Some(&route.name), Some(meter)).await;
