@@ -312,10 +312,7 @@ impl Gateway {
         self.metrics.backend_connect.with_label_values(&[&pool]).observe(connect_started.elapsed().as_secs_f64());
         meter.subprotocol = answer.headers.get("sec-websocket-protocol");
         let head_101 = answer.buf.get(..answer.head_len).unwrap_or(&[]);
-        if stream.write_all(head_101).await.is_err() || stream.flush().await.is_err() {
-            let record = meter.rejected(101, "client_gone", "client closed during the handshake");
-            return self.usage.write(&record, "connection");
-        }
+        let Some(meter) = self.answer_101(&mut stream, head_101, meter).await else { return };
         let rsv = handshake::allowed_rsv(answer.headers.get("sec-websocket-extensions").as_deref());
         // Keep only the early bytes (usually none) and hand the two streams to a task of their
         // own: Pingora's per-request task and this handshake's state (heads, buffers, the
@@ -332,6 +329,21 @@ impl Gateway {
         tokio::spawn(self.clone().relay_to_end(relayed, shutdown.clone()));
     }
 
+    /// Send the 101 `head` to the client; if it is gone, record the failed handshake and give
+    /// the meter up.
+    async fn answer_101(&self, stream: &mut Stream, head: &[u8], meter: Meter) -> Option<Meter> {
+        if stream.write_all(head).await.is_ok() && stream.flush().await.is_ok() {
+            return Some(meter);
+        }
+        self.usage.write(&meter.rejected(101, "client_gone", "client closed during the handshake"), "rejection");
+        None
+    }
+
+    /// The scanner policies of a connection's two directions: `[client, backend]`.
+    fn policies(&self, rsv: u8) -> [ScanPolicy; 2] {
+        [Role::Client, Role::Server].map(|sender| ScanPolicy { sender, allowed_rsv: rsv, chunks: self.chunks })
+    }
+
     /// Answer the client's upgrade and run a built-in object in a task of its own.
     async fn builtin_upgrade(self: &Arc<Self>, u: Upgrade<'_>, object: session::Object, shutdown: &ShutdownWatch) {
         let Upgrade { mut stream, head, ws, route, pool, meter, object: target, .. } = u;
@@ -341,10 +353,7 @@ impl Gateway {
             Err(_) => return self.reject(&mut stream, RejectReason::ObjectMoving, Some(&route), Some(meter)).await,
         };
         let answer = session::switching_protocols(&handshake::accept_key(&ws.key));
-        if stream.write_all(&answer).await.is_err() || stream.flush().await.is_err() {
-            let record = meter.rejected(101, "client_gone", "client closed during the handshake");
-            return self.usage.write(&record, "connection");
-        }
+        let Some(meter) = self.answer_101(&mut stream, &answer, meter).await else { return };
         lease.connected();
         let live = self.live.begin(meter);
         let early = head.early().to_vec();
@@ -356,15 +365,17 @@ impl Gateway {
             let (active, duration) = (conn.active.clone(), conn.duration.clone());
             active.inc();
             let started = Instant::now();
-            let tap = Tap::new(stream, early, ScanPolicy { sender: Role::Client, allowed_rsv: 0, chunks: this.chunks }, ScanPolicy { sender: Role::Server, allowed_rsv: 0, chunks: this.chunks }, conn, live.clone());
+            let [client, server] = this.policies(0);
+            let tap = Tap::new(stream, early, client, server, conn, live.clone());
             let handle = lease.object().clone();
             let report = session::run(object, &id, tap, handle, shutdown, this.grace_period).await;
             active.dec();
             duration.observe(started.elapsed().as_secs_f64());
-            match report {
-                Some(report) => this.connection_ended(&route, &pool, &live, Some(lease), &report),
-                None => tracing::warn!(route, "built-in object session lost its stream; no usage record"),
-            }
+            let report = report.unwrap_or_else(|| {
+                tracing::warn!(route, "built-in object session lost its stream; its stop record has the counts last seen");
+                live.lost_report()
+            });
+            this.connection_ended(&route, &pool, &live, Some(lease), &report);
         });
     }
 
@@ -400,8 +411,7 @@ impl Gateway {
         let mut conn = self.metrics.connection(route, pool);
         conn.active.inc();
         let started = Instant::now();
-        let client_policy = ScanPolicy { sender: Role::Client, allowed_rsv: c.rsv, chunks: self.chunks };
-        let backend_policy = ScanPolicy { sender: Role::Server, allowed_rsv: c.rsv, chunks: self.chunks };
+        let [client_policy, backend_policy] = self.policies(c.rsv);
         let [client_early, backend_early] = &c.early;
         // The relay is built in a block of its own: a local that is borrowed (`link_object`) would
         // otherwise keep its own slot in this task's state for the whole connection (~1 KiB).

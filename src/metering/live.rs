@@ -13,7 +13,7 @@
 
 use super::clock::ActiveClock;
 use super::{Meter, Progress, RecordKind, UsageLog, UsageRecord};
-use crate::relay::pump::RelayReport;
+use crate::relay::pump::{Outcome, Party, RelayReport};
 use crate::relay::scanner::DirectionCounts;
 use std::collections::HashMap;
 use crate::sync::lock;
@@ -40,7 +40,6 @@ struct LiveState {
     ended: bool,
 }
 
-
 impl Live {
     /// The relay's counts after a wakeup that moved bytes.
     pub fn observe(&self, counts: [&DirectionCounts; 2]) {
@@ -51,6 +50,13 @@ impl Live {
             s.active.touch(Instant::now());
         }
         s.counts = [*counts[0], *counts[1]];
+    }
+
+    /// A report for a connection whose own end report was lost: the counts last observed, and
+    /// an end weir cannot say more about (so its `stop` is still written and it leaves the set).
+    pub fn lost_report(&self) -> RelayReport {
+        let counts = lock(&self.state).counts;
+        RelayReport { counts, close_code: None, initiator: Party::Gateway, clean: false, outcome: Outcome::BackendGone, violation: None }
     }
 }
 
@@ -173,7 +179,6 @@ mod tests {
     use super::*;
     use crate::billing::spool::{read_lines, Spool};
     use crate::metrics::Metrics;
-    use crate::relay::pump::{Outcome, Party};
 
     fn set(interval: Duration) -> (LiveSet, Arc<Spool>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
