@@ -142,21 +142,11 @@ struct Cli {
     helper: Option<Helper>,
 
     /// Targets to measure, comma-separated.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "direct,weir,floor"
-    )]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "direct,weir,floor")]
     only: Vec<Target>,
 
     /// Scenarios to run, comma-separated.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "small,bulk,handshake,idle"
-    )]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "small,bulk,handshake,idle")]
     scenarios: Vec<Scenario>,
 
     /// Smoke test: short durations and 1000 idle connections.
@@ -239,20 +229,13 @@ impl Scenario {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.helper {
-        Some(Helper::Echo {
-            listen,
-            ref port_file,
-        }) => serve(listen, port_file, "echo server", echo_conn).map(|()| ExitCode::SUCCESS),
-        Some(Helper::Floor {
-            listen,
-            upstream,
-            ref port_file,
-        }) => {
+        Some(Helper::Echo { listen, ref port_file }) => {
+            serve(listen, port_file, "echo server", echo_conn).map(|()| ExitCode::SUCCESS)
+        }
+        Some(Helper::Floor { listen, upstream, ref port_file }) => {
             if upstream.ip().is_loopback() {
-                serve(listen, port_file, "floor relay", move |tcp| {
-                    floor_conn(tcp, upstream)
-                })
-                .map(|()| ExitCode::SUCCESS)
+                serve(listen, port_file, "floor relay", move |tcp| floor_conn(tcp, upstream))
+                    .map(|()| ExitCode::SUCCESS)
             } else {
                 Err(anyhow!("refusing non-loopback upstream {upstream}"))
             }
@@ -354,10 +337,7 @@ impl Params {
 
 fn run_bench(cli: Cli) -> Result<ExitCode> {
     let nofile = raise_nofile().context("raising RLIMIT_NOFILE")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building the Tokio runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("building the Tokio runtime")?;
     rt.block_on(async {
         tokio::select! {
             r = bench(cli, nofile) => r,
@@ -399,11 +379,7 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
     ensure!(!scenarios.is_empty(), "--scenarios selects no scenario");
 
     let exe = std::env::current_exe().context("locating the current executable")?;
-    let weir = if targets.contains(&Target::Weir) {
-        Some(resolve_weir(cli.weir_bin.as_deref(), &exe)?)
-    } else {
-        None
-    };
+    let weir = if targets.contains(&Target::Weir) { Some(resolve_weir(cli.weir_bin.as_deref(), &exe)?) } else { None };
 
     // SAFETY: sysconf has no preconditions.
     let clk_tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -442,10 +418,8 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
 
     // Targets run in the order direct, floor, weir for every scenario, so that slow drifts on the
     // shared host hit all columns of a row alike.
-    let run_order: Vec<Target> = [Target::Direct, Target::Floor, Target::Weir]
-        .into_iter()
-        .filter(|t| targets.contains(t))
-        .collect();
+    let run_order: Vec<Target> =
+        [Target::Direct, Target::Floor, Target::Weir].into_iter().filter(|t| targets.contains(t)).collect();
     let mut results: BTreeMap<(Row, Target), Cell> = BTreeMap::new();
     let mut failures = 0usize;
     for &scenario in &scenarios {
@@ -455,9 +429,7 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
             let backstop = backstop(&ctx.params, scenario);
             let outcome = match timeout(backstop, run_one(&ctx, scenario, target, &label)).await {
                 Ok(r) => r,
-                Err(_) => Err(anyhow!(
-                    "scenario exceeded its overall limit of {backstop:?}"
-                )),
+                Err(_) => Err(anyhow!("scenario exceeded its overall limit of {backstop:?}")),
             };
             match outcome {
                 Ok(values) => {
@@ -493,10 +465,7 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
 fn resolve_weir(explicit: Option<&Path>, exe: &Path) -> Result<PathBuf> {
     let path = match explicit {
         Some(p) => p.to_path_buf(),
-        None => exe
-            .parent()
-            .context("the current executable has no parent directory")?
-            .join("weir"),
+        None => exe.parent().context("the current executable has no parent directory")?.join("weir"),
     };
     if !path.is_file() {
         bail!(
@@ -516,25 +485,13 @@ fn backstop(p: &Params, scenario: Scenario) -> Duration {
         Scenario::Small => p.small.dur + slack + OP_TIMEOUT * 2,
         Scenario::Bulk => p.bulk.dur + slack + OP_TIMEOUT * 2,
         Scenario::Handshake => p.hs_dur + slack,
-        Scenario::Idle => {
-            2 * IDLE_OPEN_TIMEOUT + 3 * SETTLE_INTERVAL * SETTLE_MAX_READS as u32 + slack
-        }
+        Scenario::Idle => 2 * IDLE_OPEN_TIMEOUT + 3 * SETTLE_INTERVAL * SETTLE_MAX_READS as u32 + slack,
     }
 }
 
-async fn run_one(
-    ctx: &Ctx,
-    scenario: Scenario,
-    target: Target,
-    label: &str,
-) -> Result<Vec<(Row, f64)>> {
+async fn run_one(ctx: &Ctx, scenario: Scenario, target: Target, label: &str) -> Result<Vec<(Row, f64)>> {
     let dep = deploy(ctx, target).await?;
-    eprintln!(
-        "[{label}] ready on {} (measuring {} pid {})",
-        dep.addr,
-        dep.measured_name(),
-        dep.pid
-    );
+    eprintln!("[{label}] ready on {} (measuring {} pid {})", dep.addr, dep.measured_name(), dep.pid);
     let p = &ctx.params;
     let values = match scenario {
         Scenario::Small => {
@@ -610,13 +567,9 @@ impl Proc {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| {
-            format!("starting {name} ({})", cmd.get_program().to_string_lossy())
-        })?;
-        Ok(Proc {
-            name: name.to_string(),
-            child,
-        })
+        let child =
+            cmd.spawn().with_context(|| format!("starting {name} ({})", cmd.get_program().to_string_lossy()))?;
+        Ok(Proc { name: name.to_string(), child })
     }
 
     fn pid(&self) -> u32 {
@@ -627,9 +580,7 @@ impl Proc {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => bail!("{} (pid {}) exited: {status}", self.name, self.pid()),
-            Err(e) => {
-                Err(e).with_context(|| format!("checking on {} (pid {})", self.name, self.pid()))
-            }
+            Err(e) => Err(e).with_context(|| format!("checking on {} (pid {})", self.name, self.pid())),
         }
     }
 }
@@ -639,11 +590,7 @@ impl Drop for Proc {
         if let Ok(None) = self.child.try_wait() {
             // Child::kill sends SIGKILL to this child's PID only.
             if let Err(e) = self.child.kill() {
-                eprintln!(
-                    "weir-bench: killing {} (pid {}): {e}",
-                    self.name,
-                    self.pid()
-                );
+                eprintln!("weir-bench: killing {} (pid {}): {e}", self.name, self.pid());
             }
         }
         // Reap it; after SIGKILL this returns promptly.
@@ -693,12 +640,7 @@ async fn deploy(ctx: &Ctx, target: Target) -> Result<Deployment> {
     let mut procs = vec![echo];
 
     match target {
-        Target::Direct => Ok(Deployment {
-            target,
-            addr: echo_addr,
-            pid: echo_pid,
-            _procs: procs,
-        }),
+        Target::Direct => Ok(Deployment { target, addr: echo_addr, pid: echo_pid, _procs: procs }),
         Target::Floor => {
             let port_file = dir.join(format!("floor-{tag}.port"));
             let upstream = echo_addr.to_string();
@@ -718,12 +660,7 @@ async fn deploy(ctx: &Ctx, target: Target) -> Result<Deployment> {
             let addr = loopback(wait_port_file(&mut floor, &port_file).await?);
             let pid = floor.pid();
             procs.push(floor);
-            Ok(Deployment {
-                target,
-                addr,
-                pid,
-                _procs: procs,
-            })
+            Ok(Deployment { target, addr, pid, _procs: procs })
         }
         Target::Weir => {
             let bin = ctx.weir.as_ref().context("weir binary was not resolved")?;
@@ -732,10 +669,8 @@ async fn deploy(ctx: &Ctx, target: Target) -> Result<Deployment> {
             let usage_path = dir.join(format!("usage-{tag}.jsonl"));
             let log_path = dir.join(format!("weir-{tag}.log"));
             let config = weir_config(listen, admin, echo_addr, &usage_path)?;
-            fs::write(&config_path, config)
-                .with_context(|| format!("writing {}", config_path.display()))?;
-            let log = File::create(&log_path)
-                .with_context(|| format!("creating {}", log_path.display()))?;
+            fs::write(&config_path, config).with_context(|| format!("writing {}", config_path.display()))?;
+            let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
             let mut cmd = Command::new(bin);
             cmd.arg("run")
                 .arg("--config")
@@ -747,22 +682,14 @@ async fn deploy(ctx: &Ctx, target: Target) -> Result<Deployment> {
             wait_weir_ready(&mut weir, listen, admin, &log_path).await?;
             let pid = weir.pid();
             procs.push(weir);
-            Ok(Deployment {
-                target,
-                addr: listen,
-                pid,
-                _procs: procs,
-            })
+            Ok(Deployment { target, addr: listen, pid, _procs: procs })
         }
     }
 }
 
 fn spawn_helper(ctx: &Ctx, name: &str, args: &[&OsStr]) -> Result<Proc> {
     let mut cmd = Command::new(&ctx.exe);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
     Proc::spawn(name, cmd)
 }
 
@@ -774,8 +701,7 @@ fn loopback(port: u16) -> SocketAddr {
 async fn wait_port_file(proc: &mut Proc, path: &Path) -> Result<u16> {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
-        proc.check_running()
-            .context("helper failed during start-up")?;
+        proc.check_running().context("helper failed during start-up")?;
         match fs::read_to_string(path) {
             Ok(text) => {
                 if let Ok(port) = text.trim().parse::<u16>() {
@@ -803,8 +729,7 @@ async fn wait_port_file(proc: &mut Proc, path: &Path) -> Result<u16> {
 fn write_port_file(path: &Path, port: u16) -> Result<()> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, format!("{port}\n")).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// Two distinct free loopback ports: bound together on 127.0.0.1:0, then released.
@@ -814,15 +739,9 @@ fn free_loopback_ports() -> Result<(SocketAddr, SocketAddr)> {
     Ok((a.local_addr()?, b.local_addr()?))
 }
 
-fn weir_config(
-    listen: SocketAddr,
-    admin: SocketAddr,
-    echo: SocketAddr,
-    usage: &Path,
-) -> Result<String> {
+fn weir_config(listen: SocketAddr, admin: SocketAddr, echo: SocketAddr, usage: &Path) -> Result<String> {
     // A JSON string literal is also a valid YAML double-quoted scalar.
-    let usage =
-        serde_json::to_string(&usage.to_string_lossy()).context("quoting the usage path")?;
+    let usage = serde_json::to_string(&usage.to_string_lossy()).context("quoting the usage path")?;
     Ok(format!(
         r#"# Generated by weir-bench.
 server:
@@ -856,20 +775,11 @@ routes:
 }
 
 /// Waits until weir accepts TCP on its listener and its admin `/readyz` answers 200.
-async fn wait_weir_ready(
-    weir: &mut Proc,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    log: &Path,
-) -> Result<()> {
+async fn wait_weir_ready(weir: &mut Proc, listen: SocketAddr, admin: SocketAddr, log: &Path) -> Result<()> {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     loop {
         if let Err(e) = weir.check_running() {
-            bail!(
-                "during start-up, {e:#}; end of its log ({}):\n{}",
-                log.display(),
-                log_tail(log)
-            );
+            bail!("during start-up, {e:#}; end of its log ({}):\n{}", log.display(), log_tail(log));
         }
         let last = match timeout(POLL_INTERVAL * 10, TcpStream::connect(listen)).await {
             Ok(Ok(_)) => match http_get_status(admin, "/readyz").await {
@@ -895,13 +805,9 @@ async fn wait_weir_ready(
 /// Minimal HTTP/1.1 GET returning the status code.
 async fn http_get_status(addr: SocketAddr, path: &str) -> Result<u16> {
     timeout(Duration::from_secs(2), async {
-        let mut s = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
+        let mut s = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .context("sending the request")?;
+        s.write_all(req.as_bytes()).await.context("sending the request")?;
         let mut buf = Vec::with_capacity(512);
         let mut chunk = [0u8; 512];
         while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 8192 {
@@ -915,10 +821,7 @@ async fn http_get_status(addr: SocketAddr, path: &str) -> Result<u16> {
         let mut parts = head.split_whitespace();
         match (parts.next(), parts.next().map(str::parse::<u16>)) {
             (Some(v), Some(Ok(code))) if v.starts_with("HTTP/1.") => Ok(code),
-            _ => bail!(
-                "malformed response from {addr}{path}: {:?}",
-                head.lines().next().unwrap_or("")
-            ),
+            _ => bail!("malformed response from {addr}{path}: {:?}", head.lines().next().unwrap_or("")),
         }
     })
     .await
@@ -950,10 +853,7 @@ struct TempDir {
 
 impl TempDir {
     fn new() -> Result<TempDir> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let path = std::env::temp_dir().join(format!("weir-bench-{}-{nanos}", std::process::id()));
         fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(TempDir { path, keep: false })
@@ -986,17 +886,11 @@ fn cpu_time(ctx: &Ctx, pid: u32) -> Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) is in parentheses and may contain spaces: split after it.
-    let rest = stat
-        .rfind(')')
-        .and_then(|i| stat.get(i + 1..))
-        .with_context(|| format!("malformed {path}"))?;
+    let rest = stat.rfind(')').and_then(|i| stat.get(i + 1..)).with_context(|| format!("malformed {path}"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
     let ticks = |i: usize| -> Result<u64> {
-        fields
-            .get(i - 3)
-            .and_then(|f| f.parse().ok())
-            .with_context(|| format!("field {i} of {path}"))
+        fields.get(i - 3).and_then(|f| f.parse().ok()).with_context(|| format!("field {i} of {path}"))
     };
     let total = ticks(14)? + ticks(15)?;
     Ok(Duration::from_secs_f64(total as f64 / ctx.clk_tck))
@@ -1035,10 +929,7 @@ async fn settled_rss_kib(pid: u32) -> Result<u64> {
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
 fn raise_nofile() -> Result<u64> {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `rl` is a valid, writable rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
         return Err(io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
@@ -1046,10 +937,7 @@ fn raise_nofile() -> Result<u64> {
     let mut want = rl.rlim_max;
     if want == libc::RLIM_INFINITY {
         // An infinite soft limit is refused; the kernel's ceiling is fs.nr_open.
-        want = fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(1 << 20);
+        want = fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1 << 20);
     }
     if rl.rlim_cur < want {
         rl.rlim_cur = want;
@@ -1074,9 +962,7 @@ fn light_config() -> WebSocketConfig {
 /// Connects, performs the WebSocket handshake and one probe echo.
 async fn open_ws(addr: SocketAddr, config: WebSocketConfig) -> Result<Ws> {
     timeout(OP_TIMEOUT, async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
+        let tcp = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         tcp.set_nodelay(true).context("setting TCP_NODELAY")?;
         let (mut ws, _response) =
             tokio_tungstenite::client_async_with_config(format!("ws://{addr}/"), tcp, Some(config))
@@ -1091,18 +977,12 @@ async fn open_ws(addr: SocketAddr, config: WebSocketConfig) -> Result<Ws> {
 
 /// Sends `PROBE` and waits for it to come back unchanged.
 async fn probe_echo(ws: &mut Ws) -> Result<()> {
-    ws.send(Message::binary(PROBE.to_vec()))
-        .await
-        .context("sending the probe")?;
+    ws.send(Message::binary(PROBE.to_vec())).await.context("sending the probe")?;
     // Control frames may precede the echo; a handful is plenty.
     for _ in 0..16 {
         match ws.next().await {
             Some(Ok(Message::Binary(b))) => {
-                ensure!(
-                    b.as_ref() == PROBE,
-                    "probe echo corrupted ({} bytes)",
-                    b.len()
-                );
+                ensure!(b.as_ref() == PROBE, "probe echo corrupted ({} bytes)", b.len());
                 return Ok(());
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -1146,12 +1026,7 @@ struct PipeOut {
     cpu: Duration,
 }
 
-async fn run_pipelined(
-    ctx: &Ctx,
-    dep: &Deployment,
-    load: &PipeLoad,
-    label: &str,
-) -> Result<PipeOut> {
+async fn run_pipelined(ctx: &Ctx, dep: &Deployment, load: &PipeLoad, label: &str) -> Result<PipeOut> {
     ensure!(load.size >= 16 && load.window > 0, "bad load parameters");
     let mut conns = Vec::with_capacity(load.conns);
     for _ in 0..load.conns {
@@ -1196,22 +1071,13 @@ async fn run_pipelined(
     if let Some(Err(e)) = closes.into_iter().find(Result::is_err) {
         eprintln!("[{label}] warning: close handshake after the run: {e:#}");
     }
-    Ok(PipeOut {
-        round_trips,
-        elapsed,
-        cpu: cpu1.saturating_sub(cpu0),
-    })
+    Ok(PipeOut { round_trips, elapsed, cpu: cpu1.saturating_sub(cpu0) })
 }
 
 /// One pipelined connection: a writer half keeps up to `window` messages in flight, a reader
 /// half checks every echo (length and sequence number) and reopens the window. Returns the
 /// connection and the number of round trips completed.
-async fn pipeline_conn(
-    ws: Ws,
-    load: PipeLoad,
-    deadline: Instant,
-    hard: Instant,
-) -> Result<(Ws, u64)> {
+async fn pipeline_conn(ws: Ws, load: PipeLoad, deadline: Instant, hard: Instant) -> Result<(Ws, u64)> {
     let (mut sink, mut stream) = ws.split();
     let window = Semaphore::new(load.window);
     // Shared by the two halves below, which run in the same task; atomic only for `Send`.
@@ -1231,13 +1097,10 @@ async fn pipeline_conn(
                 permit.forget();
                 // Queue everything the window allows, then flush once.
                 loop {
-                    timeout_at(
-                        hard,
-                        sink.feed(payload(sent.load(Ordering::Relaxed), load.size)),
-                    )
-                    .await
-                    .context("write timed out")?
-                    .context("writing")?;
+                    timeout_at(hard, sink.feed(payload(sent.load(Ordering::Relaxed), load.size)))
+                        .await
+                        .context("write timed out")?
+                        .context("writing")?;
                     sent.fetch_add(1, Ordering::Relaxed);
                     if sent.load(Ordering::Relaxed) >= load.per_conn {
                         break;
@@ -1247,10 +1110,7 @@ async fn pipeline_conn(
                         Err(_) => break,
                     }
                 }
-                timeout_at(hard, sink.flush())
-                    .await
-                    .context("flush timed out")?
-                    .context("flushing")?;
+                timeout_at(hard, sink.flush()).await.context("flush timed out")?.context("flushing")?;
             }
             Ok(())
         }
@@ -1268,9 +1128,7 @@ async fn pipeline_conn(
         let done = writer_done.notified();
         tokio::pin!(done);
         loop {
-            if received >= load.per_conn
-                || (writer_finished && received >= sent.load(Ordering::Relaxed))
-            {
+            if received >= load.per_conn || (writer_finished && received >= sent.load(Ordering::Relaxed)) {
                 return Ok::<u64, anyhow::Error>(received);
             }
             tokio::select! {
@@ -1300,9 +1158,7 @@ async fn pipeline_conn(
     };
 
     let ((), received) = tokio::try_join!(writer, reader)?;
-    let ws = sink
-        .reunite(stream)
-        .map_err(|_| anyhow!("cannot reunite the WebSocket halves"))?;
+    let ws = sink.reunite(stream).map_err(|_| anyhow!("cannot reunite the WebSocket halves"))?;
     Ok((ws, received))
 }
 
@@ -1372,23 +1228,14 @@ async fn run_idle(dep: &Deployment, p: &Params, label: &str) -> Result<(f64, f64
 }
 
 /// Opens `count` idle connections, at most `concurrency` handshakes at a time.
-async fn open_idle(
-    addr: SocketAddr,
-    count: usize,
-    concurrency: usize,
-    out: &mut Vec<Ws>,
-    label: &str,
-) -> Result<()> {
+async fn open_idle(addr: SocketAddr, count: usize, concurrency: usize, out: &mut Vec<Ws>, label: &str) -> Result<()> {
     let deadline = Instant::now() + IDLE_OPEN_TIMEOUT;
     let target = out.len() + count;
-    let mut opening = futures_util::stream::iter(0..count)
-        .map(|_| open_ws(addr, light_config()))
-        .buffer_unordered(concurrency);
+    let mut opening =
+        futures_util::stream::iter(0..count).map(|_| open_ws(addr, light_config())).buffer_unordered(concurrency);
     while let Some(opened) = timeout_at(deadline, opening.next())
         .await
-        .with_context(|| {
-            format!("opening idle connections timed out after {IDLE_OPEN_TIMEOUT:?}")
-        })?
+        .with_context(|| format!("opening idle connections timed out after {IDLE_OPEN_TIMEOUT:?}"))?
     {
         out.push(opened.with_context(|| format!("opening idle connection {}", out.len() + 1))?);
         if out.len() % 2000 == 0 || out.len() == target {
@@ -1409,10 +1256,7 @@ where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    ensure!(
-        listen.ip().is_loopback(),
-        "refusing to listen on non-loopback {listen}"
-    );
+    ensure!(listen.ip().is_loopback(), "refusing to listen on non-loopback {listen}");
     raise_nofile().context("raising RLIMIT_NOFILE")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -1421,13 +1265,8 @@ where
         .context("building the Tokio runtime")?;
     let name = name.to_string();
     rt.block_on(async move {
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("binding {listen}"))?;
-        let port = listener
-            .local_addr()
-            .context("reading the bound address")?
-            .port();
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let port = listener.local_addr().context("reading the bound address")?.port();
         write_port_file(port_file, port)?;
         // The accept loop runs as a task so that all work happens on the one worker thread.
         // It serves until the bench kills this process.
@@ -1537,10 +1376,7 @@ impl Row {
 
     /// Whether the figure is read from the measured process (echo server for `direct`).
     fn per_process(self) -> bool {
-        matches!(
-            self,
-            Row::SmallCpu | Row::BulkCpu | Row::IdleKib | Row::IdleSlope
-        )
+        matches!(self, Row::SmallCpu | Row::BulkCpu | Row::IdleKib | Row::IdleSlope)
     }
 
     fn format(self, v: f64) -> String {
@@ -1553,39 +1389,24 @@ impl Row {
     }
 }
 
-fn report(
-    ctx: &Ctx,
-    targets: &[Target],
-    scenarios: &[Scenario],
-    results: &BTreeMap<(Row, Target), Cell>,
-) -> String {
+fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTreeMap<(Row, Target), Cell>) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get().to_string())
-        .unwrap_or_else(|_| "?".into());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
+    let nproc = std::thread::available_parallelism().map(|n| n.get().to_string()).unwrap_or_else(|_| "?".into());
+    let kernel =
+        fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into());
     let weir = match &ctx.weir {
         Some(p) => format!("`{}`", p.display()),
         None => "not measured".into(),
     };
     // Writing to a String cannot fail.
-    let _ = writeln!(
-        out,
-        "weir-bench · {} · nproc {nproc} · kernel {kernel} · weir: {weir}",
-        utc_now()
-    );
+    let _ = writeln!(out, "weir-bench · {} · nproc {nproc} · kernel {kernel} · weir: {weir}", utc_now());
     let _ = writeln!(out);
     for &s in scenarios {
         let _ = writeln!(out, "- {}: {}", s.name(), ctx.params.describe(s));
     }
     let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "| scenario | metric | direct | weir | floor | weir / floor |"
-    );
+    let _ = writeln!(out, "| scenario | metric | direct | weir | floor | weir / floor |");
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
     let value = |row: Row, t: Target| match results.get(&(row, t)) {
         Some(Ok(v)) => Some(*v),
@@ -1632,39 +1453,24 @@ fn report(
 
     let _ = writeln!(out, "Targets:");
     let verdict = |ok: bool| if ok { "MET" } else { "NOT MET" };
-    let cpu = match (
-        value(Row::SmallCpu, Target::Weir),
-        value(Row::SmallCpu, Target::Floor),
-    ) {
-        (Some(w), Some(f)) if f > 0.0 => format!(
-            "weir {w:.3} vs floor {f:.3} µs/msg = {:.2}× — {}",
-            w / f,
-            verdict(w <= 1.3 * f)
-        ),
+    let cpu = match (value(Row::SmallCpu, Target::Weir), value(Row::SmallCpu, Target::Floor)) {
+        (Some(w), Some(f)) if f > 0.0 => {
+            format!("weir {w:.3} vs floor {f:.3} µs/msg = {:.2}× — {}", w / f, verdict(w <= 1.3 * f))
+        }
         _ => "not measured (needs small on weir and floor)".into(),
     };
     let _ = writeln!(out, "- CPU per small message ≤ 1.3× floor: {cpu}");
-    let bulk = match (
-        value(Row::BulkRate, Target::Weir),
-        value(Row::BulkRate, Target::Floor),
-    ) {
-        (Some(w), Some(f)) if f > 0.0 => format!(
-            "weir {w:.1} vs floor {f:.1} MB/s = {:.2}× — {}",
-            w / f,
-            verdict(w >= 0.8 * f)
-        ),
+    let bulk = match (value(Row::BulkRate, Target::Weir), value(Row::BulkRate, Target::Floor)) {
+        (Some(w), Some(f)) if f > 0.0 => {
+            format!("weir {w:.1} vs floor {f:.1} MB/s = {:.2}× — {}", w / f, verdict(w >= 0.8 * f))
+        }
         _ => "not measured (needs bulk on weir and floor)".into(),
     };
     let _ = writeln!(out, "- bulk MB/s ≥ 0.8× floor: {bulk}");
-    let idle = match (
-        value(Row::IdleKib, Target::Weir),
-        value(Row::IdleSlope, Target::Weir),
-    ) {
+    let idle = match (value(Row::IdleKib, Target::Weir), value(Row::IdleSlope, Target::Weir)) {
         (Some(k), slope) => format!(
             "weir {k:.2} KiB/conn (slope {}) — {}",
-            slope
-                .map(|s| format!("{s:.2}"))
-                .unwrap_or_else(|| "-".into()),
+            slope.map(|s| format!("{s:.2}")).unwrap_or_else(|| "-".into()),
             verdict(k <= 16.0)
         ),
         _ => "not measured (needs idle on weir)".into(),
@@ -1679,18 +1485,10 @@ fn join<'a>(items: impl Iterator<Item = &'a str>) -> String {
 
 /// Current time as `YYYY-MM-DD HH:MM:SS UTC`.
 fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).

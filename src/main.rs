@@ -65,7 +65,9 @@ fn main() -> ExitCode {
         Command::Usage { file, postgres, table, from, to, by, format } => {
             let source = match (file, postgres) {
                 (Some(_), _) if table.is_some() => {
-                    eprintln!("weir usage: --table names the PostgreSQL sink's table; use it with --postgres, not --file");
+                    eprintln!(
+                        "weir usage: --table names the PostgreSQL sink's table; use it with --postgres, not --file"
+                    );
                     return ExitCode::FAILURE;
                 }
                 (Some(path), _) => Source::File(path),

@@ -8,15 +8,14 @@
 //! `server.grace_period`, then a 1001 close) or SIGINT (immediate).
 
 use crate::admin::Admin;
+use crate::billing::delivery::Delivery;
+use crate::billing::spool::Spool;
 use crate::builtin::Builtins;
 use crate::config::Config;
 use crate::gateway::http::HttpRoutes;
 use crate::gateway::Gateway;
-use crate::billing::delivery::Delivery;
-use crate::billing::spool::Spool;
 use crate::metering::live::LiveSet;
 use crate::metering::UsageLog;
-use pingora_core::services::background::background_service;
 use crate::metrics::Metrics;
 use crate::objects::Objects;
 use crate::pools::Pools;
@@ -27,6 +26,7 @@ use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,10 +40,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let registry = prometheus::default_registry().clone();
     let metrics = Metrics::register(&registry).context("registering metrics")?;
     let u = &config.usage;
-    let spool = Spool::open(&u.spool_dir).with_context(|| format!("usage.spool_dir: cannot open the spool in {}", u.spool_dir.display()))?;
+    let spool = Spool::open(&u.spool_dir)
+        .with_context(|| format!("usage.spool_dir: cannot open the spool in {}", u.spool_dir.display()))?;
     let (_stop_flusher, flusher_stop) = tokio::sync::watch::channel(false);
     spool.start_flusher(u.fsync_interval, flusher_stop);
-    let usage = Arc::new(UsageLog::new(spool.clone(), metrics.clone(), crate::billing::Units::new(config.billing_units.clone())));
+    let usage = Arc::new(UsageLog::new(
+        spool.clone(),
+        metrics.clone(),
+        crate::billing::Units::new(config.billing_units.clone()),
+    ));
     let live = Arc::new(LiveSet::new(u.interim_interval, u.idle_threshold, usage.clone()));
     live.start_sweeper();
     let builtins = Builtins::bind(&config).context("binding the built-in backends on 127.0.0.1")?;
@@ -54,7 +59,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(pool = %pool.name, backends = ?addrs, "pool");
     }
     let pools = Arc::new(pools);
-    let (objects, object_health) = Objects::build(&config, &usage, &metrics).context("building the object namespaces")?;
+    let (objects, object_health) =
+        Objects::build(&config, &usage, &metrics).context("building the object namespaces")?;
     let objects = Arc::new(objects);
     let routes = Arc::new(RouteTable::new(&config));
 
@@ -91,7 +97,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     if let Some(admin) = config.admin {
         let listeners = config.listeners.iter().map(|l| l.address).collect();
-        let mut admin_service = Service::new("weir admin".to_string(), HttpServer::new_app(Admin::new(registry, listeners)));
+        let mut admin_service =
+            Service::new("weir admin".to_string(), HttpServer::new_app(Admin::new(registry, listeners)));
         admin_service.add_tcp(&admin.to_string());
         server.add_service(admin_service);
         tracing::info!(address = %admin, "admin listening (/metrics, /healthz, /readyz)");

@@ -105,19 +105,25 @@ async fn records_start_interim_stop_with_cumulative_counts_tenants_and_active_ti
     assert!(a.len() >= 4, "start, ≥ 2 interims, stop: {a:?}");
     let stop = a.last().unwrap();
     assert_eq!((stop["record"].as_str(), stop["outcome"].as_str()), (Some("stop"), Some("completed")));
-    assert!(a[1..a.len() - 1].iter().all(|r| r["record"] == "interim" && r["outcome"] == "open" && r["ended_at"].is_null()));
+    assert!(a[1..a.len() - 1]
+        .iter()
+        .all(|r| r["record"] == "interim" && r["outcome"] == "open" && r["ended_at"].is_null()));
     assert_eq!(stop["client_to_backend"]["messages"], 5);
     assert_eq!(a[a.len() - 2]["client_to_backend"]["messages"], 5, "the last interim already had all 5 messages");
     // Tenant from the route, else the default; every record carries it.
     assert!(a.iter().all(|r| r["tenant"] == "acme"));
     assert!(b.iter().all(|r| r["tenant"] == "nobody"));
     // Active time: the 5 round trips keep it active for about 300 ms; the rest is idle.
-    let (active, idle, duration) = (stop["active_ms"].as_u64().unwrap(), stop["idle_ms"].as_u64().unwrap(), stop["duration_ms"].as_u64().unwrap());
+    let (active, idle, duration) =
+        (stop["active_ms"].as_u64().unwrap(), stop["idle_ms"].as_u64().unwrap(), stop["duration_ms"].as_u64().unwrap());
     assert_eq!(active + idle, duration);
     assert!((300..1000).contains(&active), "active {active} ms of {duration}");
     assert!(idle >= 1500, "idle {idle} ms");
     // The metrics agree.
-    weir.metric_eventually("weir_sink_records_delivered_total", &[("sink", "file")], |v| v >= (a.len() + b.len()) as f64).await;
+    weir.metric_eventually("weir_sink_records_delivered_total", &[("sink", "file")], |v| {
+        v >= (a.len() + b.len()) as f64
+    })
+    .await;
     weir.metric_eventually("weir_sink_records_pending", &[("sink", "file")], |v| v == 0.0).await;
 }
 
@@ -149,7 +155,8 @@ async fn kill_9_with_100_connections_loses_at_most_one_interim_interval() {
         (complete.count() == 100).then_some(())
     })
     .await;
-    let before: HashSet<String> = sink_records(&path).iter().map(|r| r["idempotency_key"].as_str().unwrap().to_string()).collect();
+    let before: HashSet<String> =
+        sink_records(&path).iter().map(|r| r["idempotency_key"].as_str().unwrap().to_string()).collect();
     weir.kill9();
     drop(clients);
 
@@ -170,7 +177,8 @@ async fn kill_9_with_100_connections_loses_at_most_one_interim_interval() {
         assert_eq!(last["backend_to_client"]["messages"].as_u64(), Some(sent), "{id}");
         assert!(last["record"] != "stop", "a killed process writes no stop");
     }
-    let total: u64 = conns.values().map(|rs| rs.last().unwrap()["client_to_backend"]["messages"].as_u64().unwrap()).sum();
+    let total: u64 =
+        conns.values().map(|rs| rs.last().unwrap()["client_to_backend"]["messages"].as_u64().unwrap()).sum();
     assert_eq!(total, (0..100).map(|i| i % 7 + 1).sum::<u64>());
 }
 
@@ -203,7 +211,11 @@ async fn flaky_collector() -> (SocketAddr, Arc<Mutex<HashMap<String, Value>>>, A
                     if let Some((head, rest)) = text.split_once("\r\n\r\n") {
                         let len: usize = head
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
                             .unwrap();
                         assert!(head.to_ascii_lowercase().contains("content-type: application/cloudevents-batch+json"));
                         if rest.len() >= len {
@@ -227,7 +239,11 @@ async fn flaky_collector() -> (SocketAddr, Arc<Mutex<HashMap<String, Value>>>, A
                 } else {
                     "200 OK"
                 };
-                let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes()).await;
+                let _ = s
+                    .write_all(
+                        format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+                    )
+                    .await;
             });
         }
     });
@@ -239,7 +255,8 @@ async fn an_http_collector_answering_500_at_random_gets_every_record() {
     let dir = tempfile::tempdir().unwrap();
     let backend = echo_backend().await;
     let (collector, events, failures) = flaky_collector().await;
-    let sinks = format!("{}    - {{kind: http, url: \"http://{collector}/events\", batch: 7}}\n", file_sink(dir.path()));
+    let sinks =
+        format!("{}    - {{kind: http, url: \"http://{collector}/events\", batch: 7}}\n", file_sink(dir.path()));
     let weir = Weir::start_with(&routes(backend.addr), &usage_yaml(dir.path(), "1s", &sinks)).await;
     for i in 0..40 {
         let mut ws = connect(&weir, if i % 2 == 0 { "/a" } else { "/b" }).await;
@@ -252,12 +269,16 @@ async fn an_http_collector_answering_500_at_random_gets_every_record() {
     assert_eq!(status, 404);
     weir.metric_eventually("weir_sink_records_pending", &[("sink", "http")], |v| v == 0.0).await;
     weir.metric_eventually("weir_sink_records_pending", &[("sink", "file")], |v| v == 0.0).await;
-    let file: HashSet<String> = sink_records(&dir.path().join("usage.jsonl")).iter().map(|r| r["idempotency_key"].as_str().unwrap().to_string()).collect();
+    let file: HashSet<String> = sink_records(&dir.path().join("usage.jsonl"))
+        .iter()
+        .map(|r| r["idempotency_key"].as_str().unwrap().to_string())
+        .collect();
     let got: HashSet<String> = events.lock().unwrap().keys().cloned().collect();
     assert_eq!(file.len(), 81, "40 × (start + stop) + 1 rejection");
     assert_eq!(got, file, "the collector has every record, each once by id");
     assert!(*failures.lock().unwrap() > 0, "the collector failed some batches");
-    let errors = crate::support::metric(&weir.metrics().await, "weir_sink_delivery_errors_total", &[("sink", "http")]).unwrap_or(0.0);
+    let errors = crate::support::metric(&weir.metrics().await, "weir_sink_delivery_errors_total", &[("sink", "http")])
+        .unwrap_or(0.0);
     assert!(errors > 0.0);
     let e = events.lock().unwrap().values().find(|e| e["data"]["record"] == "stop").cloned().unwrap();
     assert_eq!(e["type"], "dev.weir.usage.stop");
@@ -270,7 +291,10 @@ struct Tmpfs(tempfile::TempDir);
 impl Tmpfs {
     fn mount(size: &str) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
-        let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir.path()).status();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status();
         assert!(ok.is_ok_and(|s| s.success()), "mounting a tmpfs failed: this test needs root (CI runs as root)");
         Tmpfs(dir)
     }
@@ -331,7 +355,10 @@ async fn a_full_disk_refuses_new_upgrades_keeps_relaying_and_loses_nothing() {
             assert_well_formed(id, rs);
         }
     }
-    let first = conns.values().find(|rs| rs[0]["route"] == "a" && rs[0]["record"] == "start").expect("the open connection's records");
+    let first = conns
+        .values()
+        .find(|rs| rs[0]["route"] == "a" && rs[0]["record"] == "start")
+        .expect("the open connection's records");
     assert_eq!(first.last().unwrap()["record"], "stop");
     assert_eq!(first.last().unwrap()["client_to_backend"]["messages"], 21);
     assert!(records.iter().any(|r| r["reason"] == "spool_unavailable"), "the 503 itself is recorded");
@@ -339,7 +366,8 @@ async fn a_full_disk_refuses_new_upgrades_keeps_relaying_and_loses_nothing() {
         let p = seg.unwrap().path();
         if p.extension().is_some_and(|e| e == "jsonl") {
             for l in std::fs::read_to_string(&p).unwrap().lines() {
-                serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("corrupt spool line in {}: {e}", p.display()));
+                serde_json::from_str::<Value>(l)
+                    .unwrap_or_else(|e| panic!("corrupt spool line in {}: {e}", p.display()));
             }
         }
     }
@@ -349,7 +377,8 @@ async fn a_full_disk_refuses_new_upgrades_keeps_relaying_and_loses_nothing() {
 async fn records_carry_the_vendor_pricing_units() {
     let dir = tempfile::tempdir().unwrap();
     let backend = echo_backend().await;
-    let examples = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/billing-examples.yaml")).unwrap();
+    let examples =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/billing-examples.yaml")).unwrap();
     let extra = format!("{}{examples}", usage_yaml(dir.path(), "1s", &file_sink(dir.path())));
     let weir = Weir::start_with(&routes(backend.addr), &extra).await;
     let mut ws = connect(&weir, "/a").await;
@@ -362,7 +391,9 @@ async fn records_carry_the_vendor_pricing_units() {
     ws.close(None).await.unwrap();
     crate::support::drain_until_end(&mut ws, DEADLINE).await;
     let path = dir.path().join("usage.jsonl");
-    let stop = eventually("the stop record", || async { sink_records(&path).into_iter().find(|r| r["record"] == "stop") }).await;
+    let stop =
+        eventually("the stop record", || async { sink_records(&path).into_iter().find(|r| r["record"] == "stop") })
+            .await;
     let units = &stop["units"];
     // Cloudflare: 1 request + 41 incoming messages / 20.
     assert!((units["do_requests"].as_f64().unwrap() - 3.05).abs() < 1e-9, "{units}");

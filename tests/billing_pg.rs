@@ -35,7 +35,12 @@ fn file_records(file: &Path) -> Vec<serde_json::Value> {
     weir::billing::sinks::file::files(file)
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
-        .flat_map(|text| text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l}: {e}"))).collect::<Vec<_>>())
+        .flat_map(|text| {
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l}: {e}")))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -46,7 +51,12 @@ fn file_keys(file: &Path) -> BTreeSet<String> {
 
 /// Connections with a `stop` record in the file sink.
 fn file_stops(file: &Path) -> usize {
-    file_records(file).iter().filter(|r| r["record"] == "stop").map(|r| r["connection_id"].to_string()).collect::<BTreeSet<_>>().len()
+    file_records(file)
+        .iter()
+        .filter(|r| r["record"] == "stop")
+        .map(|r| r["connection_id"].to_string())
+        .collect::<BTreeSet<_>>()
+        .len()
 }
 
 /// `weir_sink_records_pending{sink}` now.
@@ -100,7 +110,11 @@ async fn assert_same_records(pg: &Postgres, file: &Path) {
         let r = pg.query("SELECT count(*), count(DISTINCT idempotency_key) FROM weir_usage").await;
         (r[0][0].parse::<usize>().unwrap(), r[0][1].parse::<usize>().unwrap())
     };
-    assert_eq!((total, distinct), (file_keys.len(), file_keys.len()), "count(*) = count(distinct key) = distinct keys in the file");
+    assert_eq!(
+        (total, distinct),
+        (file_keys.len(), file_keys.len()),
+        "count(*) = count(distinct key) = distinct keys in the file"
+    );
     let missing: Vec<&String> = file_keys.difference(&table_keys).take(5).collect();
     let extra: Vec<&String> = table_keys.difference(&file_keys).take(5).collect();
     assert!(missing.is_empty() && extra.is_empty(), "keys in the file only: {missing:?}; in the table only: {extra:?}");
@@ -119,7 +133,10 @@ async fn assert_same_records(pg: &Postgres, file: &Path) {
 /// One client session on `url`: connect, `messages` echoes, close. Returns false if weir
 /// refused or broke it.
 async fn session(url: &str, messages: usize) -> bool {
-    let Ok(Ok((mut ws, _))) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), false)).await else {
+    let Ok(Ok((mut ws, _))) =
+        tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), false))
+            .await
+    else {
         return false;
     };
     for i in 0..messages {
@@ -144,7 +161,11 @@ async fn session(url: &str, messages: usize) -> bool {
 
 /// Run `weir usage` with `args`; returns stdout, panicking with stderr on failure.
 fn weir_usage(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir")).arg("usage").args(args).output().expect("run weir usage");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("usage")
+        .args(args)
+        .output()
+        .expect("run weir usage");
     assert!(out.status.success(), "weir usage {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
@@ -160,7 +181,8 @@ async fn file_and_postgres_sinks_hold_the_same_records_and_weir_usage_agrees() {
     // Two long-lived connections (one per tenant) that live through interim records.
     let mut long = Vec::new();
     for path in ["/chat/long", "/feed/long"] {
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(weir.url(path), Some(ws_config()), false).await.unwrap();
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(weir.url(path), Some(ws_config()), false).await.unwrap();
         ws.send(Message::text("hello")).await.unwrap();
         assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
         long.push(ws);
@@ -209,15 +231,31 @@ async fn file_and_postgres_sinks_hold_the_same_records_and_weir_usage_agrees() {
     }
     let json = weir_usage(&["--postgres", &url, "--table", "weir_usage", "--by", "tenant", "--format", "json"]);
     let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
-    let by_tenant: BTreeMap<&str, &serde_json::Value> = rows.iter().map(|r| (r["tenant"].as_str().unwrap(), r)).collect();
+    let by_tenant: BTreeMap<&str, &serde_json::Value> =
+        rows.iter().map(|r| (r["tenant"].as_str().unwrap(), r)).collect();
     assert_eq!(by_tenant.keys().copied().collect::<Vec<_>>(), vec!["acme", "globex"], "{json}");
     let (acme, globex) = (by_tenant["acme"], by_tenant["globex"]);
     assert_eq!((acme["connections"].as_u64(), globex["connections"].as_u64()), (Some(7), Some(5)), "{json}");
-    assert_eq!((acme["messages_in"].as_u64(), acme["messages_out"].as_u64()), (Some(6 * 3 + 1), Some(6 * 3 + 1)), "{json}");
-    assert_eq!((globex["messages_in"].as_u64(), globex["messages_out"].as_u64()), (Some(4 * 5 + 1), Some(4 * 5 + 1)), "{json}");
+    assert_eq!(
+        (acme["messages_in"].as_u64(), acme["messages_out"].as_u64()),
+        (Some(6 * 3 + 1), Some(6 * 3 + 1)),
+        "{json}"
+    );
+    assert_eq!(
+        (globex["messages_in"].as_u64(), globex["messages_out"].as_u64()),
+        (Some(4 * 5 + 1), Some(4 * 5 + 1)),
+        "{json}"
+    );
     // "m0".."m4" and "hello" are 2 and 5 bytes.
-    assert_eq!((acme["bytes_in"].as_u64(), globex["bytes_out"].as_u64()), (Some(6 * 3 * 2 + 5), Some(4 * 5 * 2 + 5)), "{json}");
-    assert!(acme["connection_seconds"].as_f64().unwrap() >= 2.0, "the long connection lived through two interims: {json}");
+    assert_eq!(
+        (acme["bytes_in"].as_u64(), globex["bytes_out"].as_u64()),
+        (Some(6 * 3 * 2 + 5), Some(4 * 5 * 2 + 5)),
+        "{json}"
+    );
+    assert!(
+        acme["connection_seconds"].as_f64().unwrap() >= 2.0,
+        "the long connection lived through two interims: {json}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,7 +286,9 @@ async fn postgres_down_for_30s_under_load_loses_and_duplicates_nothing() {
         let stop = stop.clone();
         let url = weir.url(if i % 2 == 0 { "/chat/long" } else { "/feed/long" });
         load.push(tokio::spawn(async move {
-            let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), false).await.expect("long connection");
+            let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), false)
+                .await
+                .expect("long connection");
             while !stop.load(Ordering::Relaxed) {
                 ws.send(Message::text("tick")).await.expect("send");
                 assert!(matches!(tokio::time::timeout(DEADLINE, ws.next()).await, Ok(Some(Ok(Message::Text(_))))));

@@ -19,7 +19,8 @@ fn check_accepts_the_shipped_config() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml");
     let out = weir(&["check", "--config", shipped]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 listener(s), 1 pool(s), 1 object namespace(s), 2 route(s))"));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("ok (1 listener(s), 1 pool(s), 1 object namespace(s), 2 route(s))"));
 }
 
 const BAD: &str = r#"
@@ -37,7 +38,10 @@ fn check_prints_every_error_and_exits_1() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("3 configuration errors"), "{err}");
-    assert!(err.contains("listeners[0].address: \"127.0.0.1\": is not host:port; write it as \"127.0.0.1:8080\""), "{err}");
+    assert!(
+        err.contains("listeners[0].address: \"127.0.0.1\": is not host:port; write it as \"127.0.0.1:8080\""),
+        "{err}"
+    );
     assert!(err.contains("pools[0].selection: \"fastest\": must be round_robin, random or ip_hash"), "{err}");
     assert!(err.contains("routes[0].pool: \"q\": no pool has this name; use one of: p"), "{err}");
 }
@@ -65,7 +69,8 @@ fn usage_reads_a_file_sink_and_names_what_is_wrong() {
             b = seq * 3
         )
     };
-    let lines = [record("start", 0, "2026-11-22T23:59:59.000Z", 0), record("stop", 1, "2026-11-23T00:00:01.500Z", 2500)];
+    let lines =
+        [record("start", 0, "2026-11-22T23:59:59.000Z", 0), record("stop", 1, "2026-11-23T00:00:01.500Z", 2500)];
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     let file = path.to_str().unwrap();
     let out = weir(&["usage", "--file", file, "--by", "day", "--format", "csv"]);

@@ -31,7 +31,10 @@ impl Drop for Browser {
 /// Start Chromium with its DevTools endpoint on a free port; returns it and the browser's
 /// DevTools WebSocket URL.
 fn start_browser() -> (Browser, String) {
-    assert!(std::path::Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing: run ./scripts/test.sh, which installs Debian's chromium");
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: run ./scripts/test.sh, which installs Debian's chromium"
+    );
     let profile = tempfile::tempdir().unwrap();
     let mut child = Command::new(CHROMIUM)
         .args([
@@ -99,7 +102,8 @@ impl Cdp {
     /// The next DevTools message.
     async fn next(&mut self) -> Value {
         loop {
-            let frame = tokio::time::timeout(DEADLINE, self.ws.next()).await.expect("DevTools message").unwrap().unwrap();
+            let frame =
+                tokio::time::timeout(DEADLINE, self.ws.next()).await.expect("DevTools message").unwrap().unwrap();
             if let Message::Text(text) = frame {
                 return serde_json::from_str(text.as_str()).unwrap();
             }
@@ -108,7 +112,13 @@ impl Cdp {
 
     /// Send `method` (on `session`, if any) and return its result; events before it are
     /// passed to `on_event`.
-    async fn call(&mut self, session: Option<&str>, method: &str, params: Value, on_event: &mut dyn FnMut(&Value)) -> Value {
+    async fn call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+        on_event: &mut dyn FnMut(&Value),
+    ) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -192,10 +202,9 @@ async fn demo_page_talks_to_the_builtin_echo_in_chromium() {
     assert!(log.contains("< hello from chromium"), "{log}");
     assert!(log.contains("closed: code 1000 (bye)"), "{log}");
 
-    let record = eventually("the browser's usage record", || async {
-        weir.records().into_iter().find(|r| r.status == 101)
-    })
-    .await;
+    let record =
+        eventually("the browser's usage record", || async { weir.records().into_iter().find(|r| r.status == 101) })
+            .await;
     assert_eq!(record.route.as_deref(), Some("echo"));
     assert_eq!(record.client_to_backend.messages, 1);
     assert_eq!(record.backend_to_client.messages, 1);
@@ -289,7 +298,8 @@ routes:
     assert_eq!(object.namespace, "rooms", "{object:?}");
     assert_eq!((object.connections, object.peak_connections), (2, 2), "{object:?}");
     assert!(object.messages_in >= 1, "{object:?}");
-    let records: Vec<_> = weir.records().into_iter().filter(|r| r.object.as_ref().is_some_and(|o| o.id == room)).collect();
+    let records: Vec<_> =
+        weir.records().into_iter().filter(|r| r.object.as_ref().is_some_and(|o| o.id == room)).collect();
     assert_eq!(records.len(), 2, "{records:?}");
     for r in &records {
         let o = r.object.as_ref().unwrap();

@@ -8,11 +8,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn plain_get_on_websocket_route_is_400_expected_websocket() {
     let backend = echo_backend().await;
     let weir = Weir::start(&pool_and_route("p", &[backend.addr], "/ws")).await;
-    let (status, _, body) = raw_request(weir.addr, &format!("GET /ws HTTP/1.1\r\nHost: {}\r\n\r\n", weir.addr)).await.unwrap();
+    let (status, _, body) =
+        raw_request(weir.addr, &format!("GET /ws HTTP/1.1\r\nHost: {}\r\n\r\n", weir.addr)).await.unwrap();
     assert_eq!((status, body.as_str()), (400, "Expected websocket"));
     let records = weir.records_eventually(1).await;
     assert_eq!((records[0].status, records[0].reason.as_deref()), (400, Some("not_websocket")));
-    weir.metric_eventually("weir_handshake_rejections_total", &[("route", "p"), ("reason", "not_websocket")], |v| v == 1.0).await;
+    weir.metric_eventually("weir_handshake_rejections_total", &[("route", "p"), ("reason", "not_websocket")], |v| {
+        v == 1.0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -34,7 +38,10 @@ async fn malformed_handshakes_are_400_with_a_reason() {
     let cases = [
         (good.replace("GET /ws", "POST /ws"), "WebSocket upgrade requires GET"),
         (good.replace("Connection: Upgrade", "Connection: keep-alive"), "Connection header must contain upgrade"),
-        (good.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ="), "Sec-WebSocket-Key must be the base64 encoding of 16 bytes"),
+        (
+            good.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ="),
+            "Sec-WebSocket-Key must be the base64 encoding of 16 bytes",
+        ),
         (good.replace("HTTP/1.1", "HTTP/1.0"), "WebSocket upgrade requires HTTP/1.1"),
         ("NOT HTTP AT ALL\r\n\r\n".to_string(), "Malformed request"),
     ];

@@ -168,7 +168,11 @@ async fn usage_record_equals_ground_truth_for_a_scripted_mix() {
     }
     let (start, end) = (millis_since_epoch(&r.started_at), millis_since_epoch(&ended_at));
     let span = end - start;
-    assert!(span.abs_diff(r.duration_ms as u128) <= 1, "ended_at - started_at = {span} ms, duration_ms = {}", r.duration_ms);
+    assert!(
+        span.abs_diff(r.duration_ms as u128) <= 1,
+        "ended_at - started_at = {span} ms, duration_ms = {}",
+        r.duration_ms
+    );
     let window = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis();
     assert!(start + 1 >= window(before) && end <= window(after) + 1, "timestamps within the test's own clock window");
     assert!(r.duration_ms < Duration::from_secs(120).as_millis() as u64);

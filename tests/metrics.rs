@@ -34,18 +34,35 @@ async fn metrics_count_during_and_after_a_connection() {
     weir.metric_eventually("weir_frames_total", &[up[0], up[1], ("kind", "data")], |v| v == 3.0).await;
     weir.metric_eventually("weir_frames_total", &[down[0], down[1], ("kind", "data")], |v| v == 3.0).await;
     let text = weir.metrics().await;
-    assert_eq!(crate::support::metric(&text, "weir_connections_total", &[("route", "p")]).unwrap_or(0.0), 0.0, "nothing ended yet");
+    assert_eq!(
+        crate::support::metric(&text, "weir_connections_total", &[("route", "p")]).unwrap_or(0.0),
+        0.0,
+        "nothing ended yet"
+    );
 
     // After the client closes with 1000.
     ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await.unwrap();
     drain_until_end(&mut ws, DEADLINE).await;
     weir.metric_eventually("weir_connections_active", &[("route", "p"), ("pool", "p")], |v| v == 0.0).await;
-    weir.metric_eventually("weir_connections_total", &[("route", "p"), ("pool", "p"), ("outcome", "completed")], |v| v == 1.0).await;
-    weir.metric_eventually("weir_closes_total", &[("route", "p"), ("initiator", "client"), ("code_class", "normal")], |v| v == 1.0).await;
-    weir.metric_eventually("weir_connection_duration_seconds_count", &[("route", "p"), ("pool", "p")], |v| v == 1.0).await;
+    weir.metric_eventually("weir_connections_total", &[("route", "p"), ("pool", "p"), ("outcome", "completed")], |v| {
+        v == 1.0
+    })
+    .await;
+    weir.metric_eventually(
+        "weir_closes_total",
+        &[("route", "p"), ("initiator", "client"), ("code_class", "normal")],
+        |v| v == 1.0,
+    )
+    .await;
+    weir.metric_eventually("weir_connection_duration_seconds_count", &[("route", "p"), ("pool", "p")], |v| v == 1.0)
+        .await;
     weir.metric_eventually("weir_frames_total", &[up[0], up[1], ("kind", "close")], |v| v == 1.0).await;
     weir.metric_eventually("weir_frames_total", &[down[0], down[1], ("kind", "close")], |v| v == 1.0).await;
     weir.metric_eventually("weir_messages_total", &up, |v| v == 3.0).await;
     let text = weir.metrics().await;
-    assert_eq!(crate::support::metric(&text, "weir_connections_total", &[("route", "p")]), Some(1.0), "exactly one outcome");
+    assert_eq!(
+        crate::support::metric(&text, "weir_connections_total", &[("route", "p")]),
+        Some(1.0),
+        "exactly one outcome"
+    );
 }

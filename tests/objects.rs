@@ -62,7 +62,7 @@ fn assert_single_owner(visits: &[(String, Visit)]) {
                 if ha == hb {
                     continue;
                 }
-let a_first = a.closed.is_some_and(|end| end <= b.opened);
+                let a_first = a.closed.is_some_and(|end| end <= b.opened);
                 let b_first = b.closed.is_some_and(|end| end <= a.opened);
                 assert!(a_first || b_first, "{id} was served by {ha} and {hb} at once: {a:?} {b:?}");
             }
@@ -120,10 +120,17 @@ async fn ids_with_live_connections_stay_when_a_host_is_added() {
     assert_eq!(join(&weir, &fresh).await.1, "b", "an id without connections goes to its rendezvous owner");
     // Once every connection of ids[0] is gone, it is placed fresh: on b.
     drop(live);
-    eventually("ids[0] to go empty", || async { weir.object_records().iter().any(|r| r.object_id == ids[0]).then_some(()) }).await;
+    eventually("ids[0] to go empty", || async {
+        weir.object_records().iter().any(|r| r.object_id == ids[0]).then_some(())
+    })
+    .await;
     assert_eq!(join(&weir, &ids[0]).await.1, "b");
-    let visits: Vec<(String, Visit)> =
-        a.visits().into_iter().map(|v| ("a".to_string(), v)).chain(b.visits().into_iter().map(|v| ("b".to_string(), v))).collect();
+    let visits: Vec<(String, Visit)> = a
+        .visits()
+        .into_iter()
+        .map(|v| ("a".to_string(), v))
+        .chain(b.visits().into_iter().map(|v| ("b".to_string(), v)))
+        .collect();
     assert_single_owner(&visits);
 }
 
@@ -163,8 +170,12 @@ async fn killing_an_owner_moves_its_ids_with_1012_and_never_two_owners() {
         reconnected.push(ws);
     }
     assert_eq!(reconnected.len(), 50);
-    let visits: Vec<(String, Visit)> =
-        a.visits().into_iter().map(|v| ("a".to_string(), v)).chain(b.visits().into_iter().map(|v| ("b".to_string(), v))).collect();
+    let visits: Vec<(String, Visit)> = a
+        .visits()
+        .into_iter()
+        .map(|v| ("a".to_string(), v))
+        .chain(b.visits().into_iter().map(|v| ("b".to_string(), v)))
+        .collect();
     assert_eq!(visits.iter().filter(|(h, _)| h == "b").count(), 50);
     assert_single_owner(&visits);
     let text = weir.metrics().await;
@@ -192,13 +203,21 @@ async fn an_owner_failing_its_health_check_is_drained_before_its_ids_move() {
         assert_eq!(join(&weir, &id).await.1, "b");
     }
     // a saw weir's 1012 close and ended every connection before b took the ids.
-    let visits: Vec<(String, Visit)> =
-        a.visits().into_iter().map(|v| ("a".to_string(), v)).chain(b.visits().into_iter().map(|v| ("b".to_string(), v))).collect();
+    let visits: Vec<(String, Visit)> = a
+        .visits()
+        .into_iter()
+        .map(|v| ("a".to_string(), v))
+        .chain(b.visits().into_iter().map(|v| ("b".to_string(), v)))
+        .collect();
     assert_single_owner(&visits);
-    weir.metric_eventually("weir_object_moves_total", &[("namespace", "ns"), ("reason", "health_check")], |v| v == 2.0).await;
+    weir.metric_eventually("weir_object_moves_total", &[("namespace", "ns"), ("reason", "health_check")], |v| v == 2.0)
+        .await;
     weir.metric_eventually("weir_object_evictions_total", &[("namespace", "ns")], |v| v == 6.0).await;
     // One moved occupancy per id.
-    eventually("two moved object records", || async { (weir.object_records().into_iter().filter(|r| r.moved).count() == 2).then_some(()) }).await;
+    eventually("two moved object records", || async {
+        (weir.object_records().into_iter().filter(|r| r.moved).count() == 2).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -221,7 +240,10 @@ async fn bad_object_ids_get_400_naming_the_rule() {
     let mut ws = connect(&weir, "/q?room=lobby").await;
     ws.send(Message::text("hi")).await.unwrap();
     assert_eq!(recv(&mut ws).await, Message::text("hi"));
-    eventually("six rejection records", || async { (weir.records().into_iter().filter(|r| r.status == 400).count() == 6).then_some(()) }).await;
+    eventually("six rejection records", || async {
+        (weir.records().into_iter().filter(|r| r.status == 400).count() == 6).then_some(())
+    })
+    .await;
     weir.metric_eventually("weir_handshake_rejections_total", &[("reason", "bad_object_id")], |v| v == 6.0).await;
 }
 
@@ -251,7 +273,10 @@ async fn room_delivers_in_order_and_history_survives_a_restart() {
     let mut weir = Weir::start_with(ROOMS, &extra).await;
     let mut a = connect(&weir, "/rooms/lobby").await;
     let welcome = event(&recv(&mut a).await).unwrap();
-    assert_eq!((welcome["weir"].as_str(), welcome["history"].as_u64(), welcome["members"].as_u64()), (Some("welcome"), Some(0), Some(1)));
+    assert_eq!(
+        (welcome["weir"].as_str(), welcome["history"].as_u64(), welcome["members"].as_u64()),
+        (Some("welcome"), Some(0), Some(1))
+    );
     let mut b = connect(&weir, "/rooms/lobby").await;
     assert_eq!(event(&recv(&mut b).await).unwrap()["members"], 2);
     let joined = event(&recv(&mut a).await).unwrap();
@@ -260,7 +285,11 @@ async fn room_delivers_in_order_and_history_survives_a_restart() {
     let send = |mut ws: Client, tag: &'static str| {
         tokio::spawn(async move {
             for i in 0..15 {
-                let m = if i % 3 == 0 { Message::binary(format!("{tag}{i}").into_bytes()) } else { Message::text(format!("{tag}{i}")) };
+                let m = if i % 3 == 0 {
+                    Message::binary(format!("{tag}{i}").into_bytes())
+                } else {
+                    Message::text(format!("{tag}{i}"))
+                };
                 ws.send(m).await.unwrap();
             }
             ws
@@ -271,7 +300,11 @@ async fn room_delivers_in_order_and_history_survives_a_restart() {
     for (ws, from) in [(&mut a, "b"), (&mut b, "a")] {
         for i in 0..15 {
             let got = next_user_message(ws).await;
-            let want = if i % 3 == 0 { Message::binary(format!("{from}{i}").into_bytes()) } else { Message::text(format!("{from}{i}")) };
+            let want = if i % 3 == 0 {
+                Message::binary(format!("{from}{i}").into_bytes())
+            } else {
+                Message::text(format!("{from}{i}"))
+            };
             assert_eq!(got, want);
         }
     }
@@ -290,7 +323,13 @@ async fn room_delivers_in_order_and_history_survives_a_restart() {
     for _ in 0..10 {
         history.push(recv(&mut c).await);
     }
-    let last = |tag: &str| -> Vec<String> { history.iter().filter_map(|m| String::from_utf8(m.clone().into_data().to_vec()).ok()).filter(|s| s.starts_with(tag)).collect() };
+    let last = |tag: &str| -> Vec<String> {
+        history
+            .iter()
+            .filter_map(|m| String::from_utf8(m.clone().into_data().to_vec()).ok())
+            .filter(|s| s.starts_with(tag))
+            .collect()
+    };
     for tag in ["a", "b"] {
         let seq: Vec<u32> = last(tag).iter().map(|s| s[1..].parse().unwrap()).collect();
         assert!(seq.windows(2).all(|w| w[0] < w[1]), "history keeps each sender's order: {seq:?}");
@@ -354,7 +393,10 @@ async fn a_slow_room_client_is_closed_with_1013_and_the_room_goes_on() {
     }
     let (got, left) = match tokio::time::timeout(DEADLINE, reader).await.expect("the fast member was slowed down") {
         Ok(r) => r,
-        Err(e) => panic!("fast reader failed: {e}\n{}", weir.log().lines().filter(|l| l.contains("slow") || l.contains("room")).collect::<Vec<_>>().join("\n")),
+        Err(e) => panic!(
+            "fast reader failed: {e}\n{}",
+            weir.log().lines().filter(|l| l.contains("slow") || l.contains("room")).collect::<Vec<_>>().join("\n")
+        ),
     };
     assert_eq!(got, 600, "the fast member got every message");
     let left = left.expect("the slow member's leave is announced");
@@ -401,15 +443,19 @@ async fn object_usage_records_equal_what_the_clients_did() {
     c2.close(None).await.unwrap();
     crate::support::drain_until_end(&mut c2, DEADLINE).await;
     // A hosted object, id from a header.
-    let request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(weir.url("/doc")).map(|mut r| {
-        r.headers_mut().insert("x-doc", "d1".parse().unwrap());
-        r
-    });
+    let request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(weir.url("/doc")).map(
+        |mut r| {
+            r.headers_mut().insert("x-doc", "d1".parse().unwrap());
+            r
+        },
+    );
     let (mut d, _) = tokio_tungstenite::connect_async(request.unwrap()).await.unwrap();
     assert_eq!(recv(&mut d).await, Message::text("host:h"));
     d.send(Message::binary(vec![7u8; 1000])).await.unwrap();
     assert_eq!(recv(&mut d).await, Message::binary(vec![7u8; 1000]));
-    d.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "".into() })).await.unwrap();
+    d.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "".into() }))
+        .await
+        .unwrap();
     crate::support::drain_until_end(&mut d, DEADLINE).await;
 
     let objects = weir.object_records_eventually(2).await;
@@ -426,7 +472,8 @@ async fn object_usage_records_equal_what_the_clients_did() {
     // Every connection record names its object, and the sums agree with the object record.
     let conns: Vec<_> = weir.records().into_iter().filter(|r| r.status == 101).collect();
     assert_eq!(conns.len(), 3);
-    let on_x: Vec<_> = conns.iter().filter(|r| r.object.as_ref().is_some_and(|o| o.namespace == "echo" && o.id == "x")).collect();
+    let on_x: Vec<_> =
+        conns.iter().filter(|r| r.object.as_ref().is_some_and(|o| o.namespace == "echo" && o.id == "x")).collect();
     assert_eq!(on_x.len(), 2);
     assert_eq!(on_x.iter().map(|r| r.client_to_backend.messages).sum::<u64>(), x.messages_in);
     assert_eq!(on_x.iter().map(|r| r.client_to_backend.payload_bytes).sum::<u64>(), x.payload_bytes_in);

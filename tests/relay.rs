@@ -4,9 +4,15 @@
 //! SIGTERM) close each side as documented, backpressure bounds memory, early bytes are kept,
 //! `http` routes serve both plain HTTP and upgrades, and the demo page is served.
 
-use crate::support::backends::{echo_backend, echo_reporting, next_event, raw_backend, recording_echo_backend, ws_backend, ws_config, Event};
-use crate::support::wire::{accept_for, close_payload, frame, head_header, raw_client, RawConn, RawFrame, BINARY, CLOSE, FIN, MASK, RSV1, TEXT};
-use crate::support::{connect, drain_until_end, eventually, http_get, pool_and_route, raw_request, recv, rss_kib, Weir, DEADLINE};
+use crate::support::backends::{
+    echo_backend, echo_reporting, next_event, raw_backend, recording_echo_backend, ws_backend, ws_config, Event,
+};
+use crate::support::wire::{
+    accept_for, close_payload, frame, head_header, raw_client, RawConn, RawFrame, BINARY, CLOSE, FIN, MASK, RSV1, TEXT,
+};
+use crate::support::{
+    connect, drain_until_end, eventually, http_get, pool_and_route, raw_request, recv, rss_kib, Weir, DEADLINE,
+};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -219,10 +225,11 @@ async fn backend_subprotocol_reaches_client_and_headers_are_forwarded() {
     h.insert("cookie", "session=abc123; theme=dark".parse().unwrap());
     h.insert("authorization", "Bearer t0k3n.with.dots".parse().unwrap());
     h.insert("origin", "http://app.example.test".parse().unwrap());
-    let (mut ws, resp) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), false))
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut ws, resp) =
+        tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), false))
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(resp.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap()), Some("superchat"));
     ws.send(Message::text("hi")).await.unwrap();
     assert_eq!(recv(&mut ws).await, Message::text("hi"));
@@ -331,7 +338,10 @@ async fn rsv1_frame_without_negotiated_extension_is_closed_with_1002() {
     let r = weir.records_eventually(1).await.remove(0);
     assert_eq!(r.outcome, "protocol_error");
     assert!(r.reason.as_deref().unwrap_or("").contains("reserved_bits"), "{:?}", r.reason);
-    weir.metric_eventually("weir_protocol_violations_total", &[("route", "p"), ("reason", "reserved_bits")], |v| v == 1.0).await;
+    weir.metric_eventually("weir_protocol_violations_total", &[("route", "p"), ("reason", "reserved_bits")], |v| {
+        v == 1.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,7 +380,10 @@ async fn two_hundred_concurrent_connections_each_get_their_own_messages_in_order
         })
         .collect();
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(120), t).await.expect("connection task timed out").expect("connection task");
+        tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("connection task timed out")
+            .expect("connection task");
     }
     let records = weir.records_eventually(CONNS).await;
     assert_eq!(records.len(), CONNS);
@@ -612,7 +625,10 @@ async fn polling_and_ws_backend() -> crate::support::backends::Backend {
         }
         let mut c = RawConn::new(s);
         let _ = c.read_head().await;
-        c.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\npolling ok").await;
+        c.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 10\r\nConnection: close\r\n\r\npolling ok",
+        )
+        .await;
     })
     .await
 }

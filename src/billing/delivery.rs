@@ -160,6 +160,8 @@ impl SinkLoop {
 
 /// Seconds since the record in `line` was made (0 if it has no readable `at`).
 fn age_of(line: &[u8]) -> f64 {
-    let at = serde_json::from_slice::<serde_json::Value>(line).ok().and_then(|v| v["at"].as_str().and_then(|s| humantime::parse_rfc3339(s).ok()));
+    let at = serde_json::from_slice::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v["at"].as_str().and_then(|s| humantime::parse_rfc3339(s).ok()));
     at.and_then(|t| SystemTime::now().duration_since(t).ok()).map_or(0.0, |d| d.as_secs_f64())
 }

@@ -250,7 +250,11 @@ pub fn parse_record(line: &[u8]) -> Result<Option<Point>, String> {
     match r.record.as_str() {
         "start" | "interim" | "stop" => {}
         "object" => return Ok(None),
-        other => return Err(format!("record kind `{other}` is not start, interim, stop or object (was it written by an older weir?)")),
+        other => {
+            return Err(format!(
+                "record kind `{other}` is not start, interim, stop or object (was it written by an older weir?)"
+            ))
+        }
     }
     let key = r.idempotency_key.ok_or("the record has no `idempotency_key`")?;
     let connection_id = r.connection_id.ok_or("the record has no `connection_id`")?;
@@ -282,8 +286,9 @@ pub fn parse_record(line: &[u8]) -> Result<Option<Point>, String> {
 /// midnight UTC) → milliseconds since the Unix epoch.
 pub fn parse_time(s: &str) -> Result<i64, String> {
     let full = if s.len() == 10 { format!("{s}T00:00:00Z") } else { s.to_string() };
-    let t = humantime::parse_rfc3339_weak(&full)
-        .map_err(|e| format!("`{s}` is not an RFC 3339 UTC time ({e}); write e.g. 2026-11-22T00:00:00Z or 2026-11-22"))?;
+    let t = humantime::parse_rfc3339_weak(&full).map_err(|e| {
+        format!("`{s}` is not an RFC 3339 UTC time ({e}); write e.g. 2026-11-22T00:00:00Z or 2026-11-22")
+    })?;
     let ms = t.duration_since(UNIX_EPOCH).map_err(|_| format!("`{s}` is before 1970"))?.as_millis();
     i64::try_from(ms).map_err(|_| format!("`{s}` is too far in the future"))
 }
@@ -319,7 +324,10 @@ pub fn load_file(path: &Path) -> Result<Vec<Point>, String> {
         }
     }
     if !found {
-        return Err(format!("{}: no such file (nor rotated {0}.*); pass the file sink's `path` (usage.sinks[].path or usage.file)", path.display()));
+        return Err(format!(
+            "{}: no such file (nor rotated {0}.*); pass the file sink's `path` (usage.sinks[].path or usage.file)",
+            path.display()
+        ));
     }
     Ok(points)
 }
@@ -327,13 +335,19 @@ pub fn load_file(path: &Path) -> Result<Vec<Point>, String> {
 /// Read the connection records `range` needs from the PostgreSQL sink's `table` at `url`: those
 /// with `at < to` of connections with a record in `range`.
 pub async fn load_postgres(url: &str, table: &str, range: Range) -> Result<Vec<Point>, String> {
-    if table.is_empty() || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || table.starts_with(|c: char| c.is_ascii_digit()) {
-        return Err(format!("--table `{table}` must be a plain SQL identifier (letters, digits and `_`), like the sink's `table`"));
+    if table.is_empty()
+        || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || table.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(format!(
+            "--table `{table}` must be a plain SQL identifier (letters, digits and `_`), like the sink's `table`"
+        ));
     }
-    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, tokio_postgres::NoTls))
-        .await
-        .map_err(|_| format!("cannot connect to PostgreSQL within {CONNECT_TIMEOUT:?}; check --postgres"))?
-        .map_err(|e| format!("cannot connect to PostgreSQL: {}; check --postgres", pg_error(&e)))?;
+    let (client, connection) =
+        tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, tokio_postgres::NoTls))
+            .await
+            .map_err(|_| format!("cannot connect to PostgreSQL within {CONNECT_TIMEOUT:?}; check --postgres"))?
+            .map_err(|e| format!("cannot connect to PostgreSQL: {}; check --postgres", pg_error(&e)))?;
     let conn = tokio::spawn(connection);
     let kinds = "record IN ('start', 'interim', 'stop')";
     let mut params: Vec<SystemTime> = Vec::new();
@@ -360,7 +374,8 @@ pub async fn load_postgres(url: &str, table: &str, range: Range) -> Result<Vec<P
     })?;
     let mut points = Vec::with_capacity(rows.len());
     for row in rows {
-        let body: String = row.try_get(0).map_err(|e| format!("table `{table}`: `body` is not readable as text: {e}"))?;
+        let body: String =
+            row.try_get(0).map_err(|e| format!("table `{table}`: `body` is not readable as text: {e}"))?;
         points.extend(parse_record(body.as_bytes()).map_err(|e| format!("table `{table}`: {e}: {body}"))?);
     }
     drop(client);
@@ -435,7 +450,10 @@ pub fn totals(points: Vec<Point>, range: Range, by: By) -> Result<Vec<Row>, Stri
         return Ok(Vec::new());
     };
     let (from, to) = match by {
-        By::Day => (range.from.unwrap_or(first.div_euclid(DAY_MS) * DAY_MS), range.to.unwrap_or((last.div_euclid(DAY_MS) + 1) * DAY_MS)),
+        By::Day => (
+            range.from.unwrap_or(first.div_euclid(DAY_MS) * DAY_MS),
+            range.to.unwrap_or((last.div_euclid(DAY_MS) + 1) * DAY_MS),
+        ),
         _ => (range.from.unwrap_or(i64::MIN), range.to.unwrap_or(i64::MAX)),
     };
     let parts = intervals(from, to, by);
@@ -515,8 +533,17 @@ fn unit_names(rows: &[Row]) -> Vec<String> {
 }
 
 /// Column headers after the group column.
-const COLUMNS: [&str; 9] =
-    ["connections", "rejected", "connection_seconds", "active_seconds", "idle_seconds", "messages_in", "messages_out", "bytes_in", "bytes_out"];
+const COLUMNS: [&str; 9] = [
+    "connections",
+    "rejected",
+    "connection_seconds",
+    "active_seconds",
+    "idle_seconds",
+    "messages_in",
+    "messages_out",
+    "bytes_in",
+    "bytes_out",
+];
 
 /// The cells of `row` after the group column: `COLUMNS`, then one per unit in `units`.
 fn cells(row: &Row, units: &[String]) -> Vec<String> {
@@ -553,8 +580,15 @@ pub fn render(rows: &[Row], by: By, format: Format) -> String {
                     line
                 })
                 .collect();
-            let widths: Vec<usize> =
-                (0..header.len()).map(|i| std::iter::once(&header).chain(&body).map(|l| l.get(i).map_or(0, |c| c.chars().count())).max().unwrap_or(0)).collect();
+            let widths: Vec<usize> = (0..header.len())
+                .map(|i| {
+                    std::iter::once(&header)
+                        .chain(&body)
+                        .map(|l| l.get(i).map_or(0, |c| c.chars().count()))
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
             for line in std::iter::once(&header).chain(&body) {
                 let mut text = String::new();
                 for (i, (cell, w)) in line.iter().zip(&widths).enumerate() {
@@ -592,7 +626,11 @@ pub fn render(rows: &[Row], by: By, format: Format) -> String {
                     let _ = write!(out, ",{}:{value}", json_string(name));
                 }
                 out.push_str(",\"units\":{");
-                let amounts: Vec<String> = units.iter().zip(c.iter().skip(COLUMNS.len())).map(|(n, v)| format!("{}:{v}", json_string(n))).collect();
+                let amounts: Vec<String> = units
+                    .iter()
+                    .zip(c.iter().skip(COLUMNS.len()))
+                    .map(|(n, v)| format!("{}:{v}", json_string(n)))
+                    .collect();
                 out.push_str(&amounts.join(","));
                 out.push_str(if i + 1 < rows.len() { "}},\n" } else { "}}\n" });
             }
@@ -677,7 +715,10 @@ mod tests {
         let days = totals(points(&three_days()), Range::default(), By::Day).unwrap();
         let got: Vec<(&str, u64, u64)> = days.iter().map(|r| (r.group.as_str(), hours(r), r.connections)).collect();
         // The interim at midnight belongs to the day it starts: 12:00→23:00 is 11 h on the 20th.
-        assert_eq!(got, vec![("2026-11-20", 11, 1), ("2026-11-21", 24, 1), ("2026-11-22", 24, 1), ("2026-11-23", 7, 1)]);
+        assert_eq!(
+            got,
+            vec![("2026-11-20", 11, 1), ("2026-11-21", 24, 1), ("2026-11-22", 24, 1), ("2026-11-23", 7, 1)]
+        );
         let mut sum = Counters::default();
         for d in &days {
             sum.add(&d.usage);
@@ -693,7 +734,11 @@ mod tests {
     #[test]
     fn a_record_exactly_at_a_boundary_counts_after_it() {
         let t = at("2026-11-21T00:00:00Z");
-        let lines = vec![line("c", 0, "start", t - HOUR, 0, json!({})), line("c", 1, "interim", t, 1, json!({})), line("c", 2, "stop", t + HOUR, 2, json!({}))];
+        let lines = vec![
+            line("c", 0, "start", t - HOUR, 0, json!({})),
+            line("c", 1, "interim", t, 1, json!({})),
+            line("c", 2, "stop", t + HOUR, 2, json!({})),
+        ];
         let before = totals(points(&lines), Range { from: None, to: Some(t) }, By::Tenant).unwrap();
         assert_eq!(hours(&before[0]), 0, "the record at `to` is not in [from, to)");
         let after = totals(points(&lines), Range { from: Some(t), to: None }, By::Tenant).unwrap();
@@ -731,7 +776,8 @@ mod tests {
             br#"{"record":"object","idempotency_key":"object:rooms:lobby:x","at":"2026-11-22T10:00:01.000Z","namespace":"rooms","object_id":"lobby"}"#.to_vec(),
         ];
         let rows = totals(points(&lines), Range::default(), By::Object).unwrap();
-        let got: Vec<(&str, u64, u64, u64)> = rows.iter().map(|r| (r.group.as_str(), r.connections, r.rejected, hours(r))).collect();
+        let got: Vec<(&str, u64, u64, u64)> =
+            rows.iter().map(|r| (r.group.as_str(), r.connections, r.rejected, hours(r))).collect();
         assert_eq!(got, vec![("-", 1, 1, 4), ("rooms/den", 1, 0, 3), ("rooms/lobby", 2, 0, 3)]);
     }
 
@@ -773,7 +819,10 @@ mod tests {
 
     #[test]
     fn amounts_and_times_parse_and_print_deterministically() {
-        assert_eq!((amount(1.5), amount(2.0), amount(-0.0), amount(1.0 / 3.0), amount(f64::NAN)), ("1.5".into(), "2".into(), "0".into(), "0.333333".into(), "0".into()));
+        assert_eq!(
+            (amount(1.5), amount(2.0), amount(-0.0), amount(1.0 / 3.0), amount(f64::NAN)),
+            ("1.5".into(), "2".into(), "0".into(), "0.333333".into(), "0".into())
+        );
         assert_eq!(seconds(61_005), "61.005");
         assert_eq!(parse_time("2026-11-22").unwrap(), parse_time("2026-11-22T00:00:00Z").unwrap());
         assert_eq!(parse_time("2026-11-22T00:00:00.250Z").unwrap() % 1000, 250);

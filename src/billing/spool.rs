@@ -13,12 +13,12 @@
 //! (a crash mid-write) is cut off; cursors (`cursor-<sink>`) say how far each sink got; a segment
 //! is deleted once every sink has delivered all of it.
 
+use crate::sync::lock;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use crate::sync::lock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -52,7 +52,6 @@ struct Writer {
     dirty: bool,
 }
 
-
 fn segment_path(dir: &Path, start: u64) -> PathBuf {
     dir.join(format!("seg-{start:020}.jsonl"))
 }
@@ -63,7 +62,9 @@ pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if let Some(start) = name.strip_prefix("seg-").and_then(|n| n.strip_suffix(".jsonl")).and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(start) =
+            name.strip_prefix("seg-").and_then(|n| n.strip_suffix(".jsonl")).and_then(|n| n.parse::<u64>().ok())
+        {
             out.push((start, path));
         }
     }
@@ -238,7 +239,11 @@ impl Spool {
     }
 
     /// Run the flusher on a thread of its own until `stop` turns true (then flush once more).
-    pub fn start_flusher(self: &Arc<Self>, interval: Duration, stop: watch::Receiver<bool>) -> std::thread::JoinHandle<()> {
+    pub fn start_flusher(
+        self: &Arc<Self>,
+        interval: Duration,
+        stop: watch::Receiver<bool>,
+    ) -> std::thread::JoinHandle<()> {
         let spool = self.clone();
         std::thread::Builder::new()
             .name("weir-spool".into())
@@ -322,7 +327,13 @@ impl Spool {
 }
 
 /// Read whole lines between `offset` and `limit` across segments.
-pub fn read_lines(dir: &Path, offset: u64, limit: u64, max_lines: usize, max_bytes: usize) -> io::Result<(Vec<Vec<u8>>, u64)> {
+pub fn read_lines(
+    dir: &Path,
+    offset: u64,
+    limit: u64,
+    max_lines: usize,
+    max_bytes: usize,
+) -> io::Result<(Vec<Vec<u8>>, u64)> {
     let segs = segments(dir)?;
     let mut lines = Vec::new();
     let mut at = offset.max(segs.first().map(|(s, _)| *s).unwrap_or(0));

@@ -34,20 +34,13 @@ pub struct UnitInputs {
 /// (a whole number under `round: up`, possibly fractional otherwise).
 #[must_use]
 pub fn compute(rules: &[UnitRule], inputs: &UnitInputs) -> Vec<(String, f64)> {
-    rules
-        .iter()
-        .map(|rule| (rule.name.clone(), value(rule, inputs)))
-        .collect()
+    rules.iter().map(|rule| (rule.name.clone(), value(rule, inputs))).collect()
 }
 
 /// The value of one unit: the sum of its terms, rounded as the rule says.
 #[must_use]
 pub fn value(rule: &UnitRule, inputs: &UnitInputs) -> f64 {
-    let sum: f64 = rule
-        .terms
-        .iter()
-        .map(|term| raw(term, inputs) as f64 / term.per)
-        .sum();
+    let sum: f64 = rule.terms.iter().map(|term| raw(term, inputs) as f64 / term.per).sum();
     match rule.round {
         Rounding::None => sum,
         Rounding::Up => ceil_whole(sum, rule.terms.len()),
@@ -81,11 +74,7 @@ pub fn raw(term: &UnitTerm, inputs: &UnitInputs) -> u64 {
 #[must_use]
 pub fn chunks(rules: &[UnitRule]) -> Chunks {
     let mut sizes = [0u32; 4];
-    for chunk in rules
-        .iter()
-        .flat_map(|rule| &rule.terms)
-        .filter_map(|term| term.chunk)
-    {
+    for chunk in rules.iter().flat_map(|rule| &rule.terms).filter_map(|term| term.chunk) {
         if let Some(size) = sizes.get_mut(chunk.slot) {
             *size = chunk.bytes;
         }
@@ -113,27 +102,15 @@ mod tests {
     use crate::relay::scanner::{Feed, FrameScanner, Role, ScanPolicy};
 
     fn term(of: Quantity, per: f64) -> UnitTerm {
-        UnitTerm {
-            of,
-            per,
-            chunk: None,
-        }
+        UnitTerm { of, per, chunk: None }
     }
 
     fn chunked(of: Quantity, bytes: u32, slot: usize) -> UnitTerm {
-        UnitTerm {
-            of,
-            per: 1.0,
-            chunk: Some(ChunkSlot { bytes, slot }),
-        }
+        UnitTerm { of, per: 1.0, chunk: Some(ChunkSlot { bytes, slot }) }
     }
 
     fn rule(name: &str, terms: Vec<UnitTerm>, round: Rounding) -> UnitRule {
-        UnitRule {
-            name: name.into(),
-            terms,
-            round,
-        }
+        UnitRule { name: name.into(), terms, round }
     }
 
     /// One FIN binary frame of `len` bytes, masked when the client sends it (the scanner tests'
@@ -149,11 +126,7 @@ mod tests {
         for &len in sizes {
             encode(&mut bytes, sender, len);
         }
-        let mut s = FrameScanner::new(ScanPolicy {
-            sender,
-            allowed_rsv: 0,
-            chunks: chunks(rules),
-        });
+        let mut s = FrameScanner::new(ScanPolicy { sender, allowed_rsv: 0, chunks: chunks(rules) });
         assert_eq!(s.feed(&bytes), Feed::Ok);
         *s.counts()
     }
@@ -161,19 +134,12 @@ mod tests {
     fn value_of(rules: &[UnitRule], name: &str, inputs: &UnitInputs) -> f64 {
         let all = compute(rules, inputs);
         let found = all.iter().find(|(n, _)| n == name);
-        found
-            .unwrap_or_else(|| panic!("no unit {name} in {all:?}"))
-            .1
+        found.unwrap_or_else(|| panic!("no unit {name} in {all:?}")).1
     }
 
     #[test]
     fn every_quantity_reads_its_own_input() {
-        let mut inputs = UnitInputs {
-            requests: 1,
-            duration_ms: 2,
-            active_ms: 3,
-            ..Default::default()
-        };
+        let mut inputs = UnitInputs { requests: 1, duration_ms: 2, active_ms: 3, ..Default::default() };
         inputs.dirs[0].messages = 4;
         inputs.dirs[1].messages = 5;
         inputs.dirs[0].payload_bytes = 6;
@@ -182,10 +148,7 @@ mod tests {
         inputs.dirs[1].wire_bytes = 9;
         inputs.dirs[0].chunked = [10, 11, 12, 13];
         inputs.dirs[1].chunked = [20, 21, 22, 23];
-        let got: Vec<u64> = Quantity::ALL
-            .iter()
-            .map(|&q| raw(&term(q, 1.0), &inputs))
-            .collect();
+        let got: Vec<u64> = Quantity::ALL.iter().map(|&q| raw(&term(q, 1.0), &inputs)).collect();
         assert_eq!(got, vec![1, 4, 5, 6, 7, 8, 9, 2, 3]);
         assert_eq!(raw(&chunked(Quantity::MessagesIn, 7, 2), &inputs), 12);
         assert_eq!(raw(&chunked(Quantity::MessagesOut, 7, 3), &inputs), 23);
@@ -195,67 +158,34 @@ mod tests {
 
     #[test]
     fn terms_divide_sum_and_round() {
-        let mut inputs = UnitInputs {
-            requests: 1,
-            duration_ms: 90_500,
-            ..Default::default()
-        };
+        let mut inputs = UnitInputs { requests: 1, duration_ms: 90_500, ..Default::default() };
         inputs.dirs[0].messages = 30;
         inputs.dirs[1].messages = 1;
         let rules = [
-            rule(
-                "fractions",
-                vec![
-                    term(Quantity::Requests, 1.0),
-                    term(Quantity::MessagesIn, 20.0),
-                ],
-                Rounding::None,
-            ),
-            rule(
-                "minutes",
-                vec![term(Quantity::Duration, 60_000.0)],
-                Rounding::Up,
-            ),
+            rule("fractions", vec![term(Quantity::Requests, 1.0), term(Quantity::MessagesIn, 20.0)], Rounding::None),
+            rule("minutes", vec![term(Quantity::Duration, 60_000.0)], Rounding::Up),
             rule("none", vec![], Rounding::Up),
         ];
         assert_eq!(
             compute(&rules, &inputs),
-            vec![
-                ("fractions".to_string(), 2.5),
-                ("minutes".to_string(), 2.0),
-                ("none".to_string(), 0.0),
-            ]
+            vec![("fractions".to_string(), 2.5), ("minutes".to_string(), 2.0), ("none".to_string(), 0.0),]
         );
     }
 
     #[test]
     fn rounding_up_ignores_float_error_but_not_real_excess() {
-        let mut inputs = UnitInputs {
-            requests: 1,
-            ..Default::default()
-        };
+        let mut inputs = UnitInputs { requests: 1, ..Default::default() };
         inputs.dirs[0].messages = 5;
         inputs.dirs[1].messages = 1;
-        let terms = vec![
-            term(Quantity::Requests, 1.0),
-            term(Quantity::MessagesIn, 3.0),
-            term(Quantity::MessagesOut, 3.0),
-        ];
+        let terms =
+            vec![term(Quantity::Requests, 1.0), term(Quantity::MessagesIn, 3.0), term(Quantity::MessagesOut, 3.0)];
         let sum = rule("sum", terms.clone(), Rounding::None);
         // 1 + 5/3 + 1/3 is 3 exactly, 3.0000000000000004 in f64: a naive ceil would bill 4.
         assert!(value(&sum, &inputs) > 3.0);
         assert_eq!(value(&rule("up", terms, Rounding::Up), &inputs), 3.0);
         // One millisecond past a whole minute is a real excess.
         let minutes = rule("m", vec![term(Quantity::Duration, 60_000.0)], Rounding::Up);
-        let at = |ms| {
-            value(
-                &minutes,
-                &UnitInputs {
-                    duration_ms: ms,
-                    ..Default::default()
-                },
-            )
-        };
+        let at = |ms| value(&minutes, &UnitInputs { duration_ms: ms, ..Default::default() });
         assert_eq!(at(0), 0.0);
         assert_eq!(at(1), 1.0);
         assert_eq!(at(60_000), 1.0);
@@ -270,29 +200,16 @@ mod tests {
         let rules = [
             rule(
                 "a",
-                vec![
-                    chunked(Quantity::MessagesIn, 32_768, 0),
-                    chunked(Quantity::MessagesOut, 32_768, 0),
-                ],
+                vec![chunked(Quantity::MessagesIn, 32_768, 0), chunked(Quantity::MessagesOut, 32_768, 0)],
                 Rounding::None,
             ),
-            rule(
-                "b",
-                vec![
-                    term(Quantity::MessagesOut, 1.0),
-                    chunked(Quantity::MessagesOut, 2_048, 1),
-                ],
-                Rounding::None,
-            ),
+            rule("b", vec![term(Quantity::MessagesOut, 1.0), chunked(Quantity::MessagesOut, 2_048, 1)], Rounding::None),
         ];
         assert_eq!(chunks(&rules), Chunks([32_768, 2_048, 0, 0]));
         assert!(chunks(&[]).is_unused());
         // Counted by real scanners: 3 KiB and 33 KiB messages in, 100 KiB out.
         let inputs = UnitInputs {
-            dirs: [
-                scan(&rules, Role::Client, &[3 * 1024, 33 * 1024]),
-                scan(&rules, Role::Server, &[100 * 1024]),
-            ],
+            dirs: [scan(&rules, Role::Client, &[3 * 1024, 33 * 1024]), scan(&rules, Role::Server, &[100 * 1024])],
             ..Default::default()
         };
         assert_eq!(value_of(&rules, "a", &inputs), 1.0 + 2.0 + 4.0);
@@ -325,43 +242,24 @@ mod tests {
     fn examples_file_has_the_expected_units() {
         let rules = example_rules();
         let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "do_requests",
-                "apigw_messages",
-                "apigw_connection_minutes",
-                "azure_outbound_units"
-            ]
-        );
+        assert_eq!(names, ["do_requests", "apigw_messages", "apigw_connection_minutes", "azure_outbound_units"]);
         // 32 KiB for API Gateway, 2 KiB for Web PubSub, in order of first use.
         assert_eq!(chunks(&rules), Chunks([32_768, 2_048, 0, 0]));
     }
 
     /// One connection: the upgrade request, a lifetime, and data messages each way.
-    fn connection(
-        rules: &[UnitRule],
-        duration_ms: u64,
-        sizes_in: &[usize],
-        sizes_out: &[usize],
-    ) -> UnitInputs {
+    fn connection(rules: &[UnitRule], duration_ms: u64, sizes_in: &[usize], sizes_out: &[usize]) -> UnitInputs {
         UnitInputs {
             requests: 1,
             duration_ms,
             active_ms: 0,
-            dirs: [
-                scan(rules, Role::Client, sizes_in),
-                scan(rules, Role::Server, sizes_out),
-            ],
+            dirs: [scan(rules, Role::Client, sizes_in), scan(rules, Role::Server, sizes_out)],
         }
     }
 
     /// Counts without scanning, for examples with millions of messages.
     fn counted(messages_in: u64, messages_out: u64) -> UnitInputs {
-        let mut inputs = UnitInputs {
-            requests: 1,
-            ..Default::default()
-        };
+        let mut inputs = UnitInputs { requests: 1, ..Default::default() };
         inputs.dirs[0].messages = messages_in;
         inputs.dirs[1].messages = messages_out;
         inputs
@@ -413,22 +311,13 @@ mod tests {
         let day = connection(&rules, 12 * 3_600_000, &[3 * 1024; 100], &[3 * 1024; 500]);
         assert_eq!(value_of(&rules, "apigw_messages", &day), 600.0);
         assert_eq!(value_of(&rules, "apigw_connection_minutes", &day), 720.0);
-        assert_eq!(
-            30_000.0 * value_of(&rules, "apigw_messages", &day),
-            18_000_000.0
-        );
-        assert_eq!(
-            30_000.0 * value_of(&rules, "apigw_connection_minutes", &day),
-            21_600_000.0
-        );
+        assert_eq!(30_000.0 * value_of(&rules, "apigw_messages", &day), 18_000_000.0);
+        assert_eq!(30_000.0 * value_of(&rules, "apigw_connection_minutes", &day), 21_600_000.0);
 
         // Same page: "Messages are metered in 32 KB increments. So, a 33 KB message is metered
         // as two messages" (KB = 1024 bytes, see config/billing-examples.yaml), both directions.
         let big = connection(&rules, 1, &[33 * 1024], &[33 * 1024, 32 * 1024, 0]);
-        assert_eq!(
-            value_of(&rules, "apigw_messages", &big),
-            2.0 + 2.0 + 1.0 + 1.0
-        );
+        assert_eq!(value_of(&rules, "apigw_messages", &big), 2.0 + 2.0 + 1.0 + 1.0);
         // A started minute counts as a minute (our assumption; see the examples file).
         assert_eq!(value_of(&rules, "apigw_connection_minutes", &big), 1.0);
     }

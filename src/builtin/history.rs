@@ -80,14 +80,7 @@ impl HistoryStore {
     /// Open (creating if missing) the log of room `id` and load its last `keep` messages.
     pub fn load(&self, id: &str) -> io::Result<RoomLog> {
         let path = room_path(&self.dir, id);
-        let mut log = RoomLog {
-            file: None,
-            path,
-            history: VecDeque::new(),
-            records: 0,
-            disk_len: 0,
-            keep: self.keep,
-        };
+        let mut log = RoomLog { file: None, path, history: VecDeque::new(), records: 0, disk_len: 0, keep: self.keep };
         if self.keep == 0 {
             return Ok(log);
         }
@@ -280,12 +273,7 @@ struct Scan {
 /// Read the records after the header of `file` (`file_len` bytes), keeping the last `keep`.
 fn scan_records(file: &File, file_len: u64, keep: usize) -> io::Result<Scan> {
     let mut reader = BufReader::with_capacity(64 << 10, file);
-    let mut scan = Scan {
-        messages: VecDeque::new(),
-        records: 0,
-        valid_end: HEADER.len() as u64,
-        stop: "",
-    };
+    let mut scan = Scan { messages: VecDeque::new(), records: 0, valid_end: HEADER.len() as u64, stop: "" };
     loop {
         match read_record(&mut reader, file_len.saturating_sub(scan.valid_end))? {
             Ok(None) => return Ok(scan),
@@ -307,10 +295,7 @@ fn scan_records(file: &File, file_len: u64, keep: usize) -> io::Result<Scan> {
 
 /// Read one record with `remaining` bytes left in the file: `Ok(None)` at a clean end,
 /// `Err(reason)` for a torn or corrupt record.
-fn read_record(
-    reader: &mut impl Read,
-    remaining: u64,
-) -> io::Result<Result<Option<StoredMessage>, &'static str>> {
+fn read_record(reader: &mut impl Read, remaining: u64) -> io::Result<Result<Option<StoredMessage>, &'static str>> {
     let mut head = [0u8; RECORD_HEAD];
     let got = read_full(reader, &mut head)?;
     if got == 0 {
@@ -375,22 +360,17 @@ fn kind_byte(kind: MessageKind) -> u8 {
 fn checksum(kind: u8, payload: &[u8]) -> u32 {
     const OFFSET: u32 = 0x811c_9dc5;
     const PRIME: u32 = 0x0100_0193;
-    std::iter::once(&kind)
-        .chain(payload)
-        .fold(OFFSET, |hash, &b| (hash ^ u32::from(b)).wrapping_mul(PRIME))
+    std::iter::once(&kind).chain(payload).fold(OFFSET, |hash, &b| (hash ^ u32::from(b)).wrapping_mul(PRIME))
 }
 
 /// The head (length, kind, checksum) of the record of `msg`; errors if the payload is too long.
 fn record_head(msg: &StoredMessage) -> io::Result<[u8; RECORD_HEAD]> {
-    let len = u32::try_from(msg.data.len())
-        .ok()
-        .filter(|&l| l as usize <= MAX_PAYLOAD)
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("room history: message of {} bytes is over 64 MiB, not stored", msg.data.len()),
-            )
-        })?;
+    let len = u32::try_from(msg.data.len()).ok().filter(|&l| l as usize <= MAX_PAYLOAD).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("room history: message of {} bytes is over 64 MiB, not stored", msg.data.len()),
+        )
+    })?;
     let kind = kind_byte(msg.kind);
     let mut head = [0u8; RECORD_HEAD];
     head[..4].copy_from_slice(&len.to_le_bytes());
@@ -585,14 +565,8 @@ mod tests {
     fn round_trip_text_and_binary() {
         let dir = tempfile::tempdir().unwrap();
         let big: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + 3) as u8).collect();
-        let msgs = vec![
-            text("hello"),
-            binary(&[0, 1, 2, 255]),
-            text(""),
-            binary(b""),
-            binary(&big),
-            text("héllo wörld"),
-        ];
+        let msgs =
+            vec![text("hello"), binary(&[0, 1, 2, 255]), text(""), binary(b""), binary(&big), text("héllo wörld")];
         {
             let store = HistoryStore::open(&dir.path().join("a/b"), 10).unwrap();
             let mut log = store.load("room-1").unwrap();

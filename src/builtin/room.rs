@@ -27,11 +27,11 @@ use crate::config::RoomConfig;
 use crate::metrics::Metrics;
 use crate::objects::registry::ObjectHandle;
 use crate::relay::tap::Tap;
+use crate::sync::lock;
 use futures_util::{SinkExt, StreamExt};
 use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use crate::sync::lock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -81,7 +81,6 @@ struct Member {
     kick: Option<oneshot::Sender<()>>,
 }
 
-
 fn event(kind: &str, member: u64, members: usize, reason: Option<&str>) -> Message {
     let reason = reason.map(|r| format!(",\"reason\":\"{r}\"")).unwrap_or_default();
     Message::text(format!("{{\"weir\":\"{kind}\",\"member\":{member},\"members\":{members}{reason}}}"))
@@ -89,7 +88,12 @@ fn event(kind: &str, member: u64, members: usize, reason: Option<&str>) -> Messa
 
 impl Rooms {
     /// The rooms of `namespace`, keeping history under `dir`.
-    pub fn new(namespace: &str, config: RoomConfig, dir: &std::path::Path, metrics: &Metrics) -> std::io::Result<Rooms> {
+    pub fn new(
+        namespace: &str,
+        config: RoomConfig,
+        dir: &std::path::Path,
+        metrics: &Metrics,
+    ) -> std::io::Result<Rooms> {
         Ok(Rooms {
             namespace: namespace.to_string(),
             config,
@@ -112,7 +116,12 @@ impl Rooms {
             let mut rooms = lock(&self.rooms);
             let room = rooms
                 .entry(id.to_string())
-                .or_insert_with(|| Arc::new(Room { state: Mutex::new(RoomState { log: None, members: Vec::new() }), arriving: AtomicUsize::new(0) }))
+                .or_insert_with(|| {
+                    Arc::new(Room {
+                        state: Mutex::new(RoomState { log: None, members: Vec::new() }),
+                        arriving: AtomicUsize::new(0),
+                    })
+                })
                 .clone();
             room.arriving.fetch_add(1, Ordering::SeqCst);
             room
@@ -142,14 +151,25 @@ impl Rooms {
         ));
         self.broadcast(&mut state, event("join", member, members, None), Some(member));
         drop(state);
-        Ok(Membership { rooms: self.clone(), id: id.to_string(), room, member, queue: rx, kicked, first: Some((welcome, history)) })
+        Ok(Membership {
+            rooms: self.clone(),
+            id: id.to_string(),
+            room,
+            member,
+            queue: rx,
+            kicked,
+            first: Some((welcome, history)),
+        })
     }
 
     /// Drop `room` from the map if nobody is in it or on the way in.
     fn forget_if_empty(&self, id: &str, room: &Arc<Room>) {
         let mut rooms = lock(&self.rooms);
         let state = lock(&room.state);
-        if state.members.is_empty() && room.arriving.load(Ordering::SeqCst) == 0 && rooms.get(id).is_some_and(|r| Arc::ptr_eq(r, room)) {
+        if state.members.is_empty()
+            && room.arriving.load(Ordering::SeqCst) == 0
+            && rooms.get(id).is_some_and(|r| Arc::ptr_eq(r, room))
+        {
             rooms.remove(id);
         }
     }
@@ -189,7 +209,9 @@ impl Rooms {
 fn to_message(m: &StoredMessage) -> Message {
     match m.kind {
         MessageKind::Binary => Message::Binary(m.data.clone()),
-        MessageKind::Text => Utf8Bytes::try_from(m.data.clone()).map(Message::Text).unwrap_or_else(|_| Message::Binary(m.data.clone())),
+        MessageKind::Text => {
+            Utf8Bytes::try_from(m.data.clone()).map(Message::Text).unwrap_or_else(|_| Message::Binary(m.data.clone()))
+        }
     }
 }
 
@@ -342,7 +364,8 @@ pub async fn serve(
             let _ = tokio::time::timeout(CLOSE_WAIT, close(&mut ws, 1001, "going away")).await;
         }
         End::Forged => {
-            let _ = tokio::time::timeout(CLOSE_WAIT, close(&mut ws, CLOSE_RESERVED, "the \"weir\" key is reserved")).await;
+            let _ =
+                tokio::time::timeout(CLOSE_WAIT, close(&mut ws, CLOSE_RESERVED, "the \"weir\" key is reserved")).await;
         }
     }
     (Some(ws.into_inner()), matches!(end, End::Shutdown))

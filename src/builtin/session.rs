@@ -45,7 +45,14 @@ pub async fn drain_after(shutdown: &mut watch::Receiver<bool>, grace: Duration) 
 }
 
 /// Run `object` for object id `id` over the tapped client stream; returns what it carried.
-pub async fn run(object: Object, id: &str, tap: Tap, handle: ObjectHandle, shutdown: watch::Receiver<bool>, grace: Duration) -> Option<RelayReport> {
+pub async fn run(
+    object: Object,
+    id: &str,
+    tap: Tap,
+    handle: ObjectHandle,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) -> Option<RelayReport> {
     let max = match &object {
         Object::Echo => ECHO_MAX_MESSAGE,
         Object::Room(rooms) => rooms.max_message(),
@@ -59,7 +66,12 @@ pub async fn run(object: Object, id: &str, tap: Tap, handle: ObjectHandle, shutd
     tap.map(|t| t.report(shutdown_closed))
 }
 
-async fn echo(mut ws: WebSocketStream<Tap>, handle: ObjectHandle, mut shutdown: watch::Receiver<bool>, grace: Duration) -> (Option<Tap>, bool) {
+async fn echo(
+    mut ws: WebSocketStream<Tap>,
+    handle: ObjectHandle,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) -> (Option<Tap>, bool) {
     let drain = drain_after(&mut shutdown, grace);
     tokio::pin!(drain);
     loop {

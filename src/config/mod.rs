@@ -32,10 +32,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parse and validate configuration text; `origin` names the source in error messages.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
-    let file: file::FileConfig = serde_yaml::from_str(text).map_err(|e| ConfigErrors {
-        path: origin.to_string(),
-        errors: vec![yaml_error(&e)],
-    })?;
+    let file: file::FileConfig = serde_yaml::from_str(text)
+        .map_err(|e| ConfigErrors { path: origin.to_string(), errors: vec![yaml_error(&e)] })?;
     validate::validate(&file).map_err(|errors| ConfigErrors { path: origin.to_string(), errors })
 }
 

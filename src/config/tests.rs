@@ -38,7 +38,9 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.pools[0].health, HealthCheck::Tcp { interval: Duration::from_secs(5) });
     assert_eq!(c.routes[0].name, "/");
     assert_eq!(c.usage.sinks.len(), 1);
-    assert!(matches!(&c.usage.sinks[0].kind, SinkKind::File { path, .. } if path == std::path::Path::new("weir-usage.jsonl")));
+    assert!(
+        matches!(&c.usage.sinks[0].kind, SinkKind::File { path, .. } if path == std::path::Path::new("weir-usage.jsonl"))
+    );
     assert_eq!(c.usage.fsync_interval, Duration::from_millis(200));
     assert_eq!(c.usage.interim_interval, Duration::from_secs(60));
     assert!(!c.usage.fail_open);
@@ -165,8 +167,14 @@ billing:
     .unwrap_or_else(|e| panic!("{e}"));
     let u = &c.billing_units;
     assert_eq!(u.len(), 3);
-    assert_eq!(u[0].terms[0], UnitTerm { of: Quantity::MessagesOut, per: 1.0, chunk: Some(ChunkSlot { bytes: 2048, slot: 0 }) });
-    assert_eq!(u[0].terms[1], UnitTerm { of: Quantity::MessagesIn, per: 1000.0, chunk: Some(ChunkSlot { bytes: 32768, slot: 1 }) });
+    assert_eq!(
+        u[0].terms[0],
+        UnitTerm { of: Quantity::MessagesOut, per: 1.0, chunk: Some(ChunkSlot { bytes: 2048, slot: 0 }) }
+    );
+    assert_eq!(
+        u[0].terms[1],
+        UnitTerm { of: Quantity::MessagesIn, per: 1000.0, chunk: Some(ChunkSlot { bytes: 32768, slot: 1 }) }
+    );
     assert_eq!(u[0].round, Rounding::None);
     assert_eq!(u[1].terms[0].per, 60_000.0);
     assert_eq!(u[1].terms[1].per, 500.0);

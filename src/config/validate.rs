@@ -87,42 +87,61 @@ impl Validator {
                 DEFAULT_THREADS
             }
         };
-        let grace_period =
-            self.duration("server.grace_period", f.server.grace_period.as_deref(), DEFAULT_GRACE_PERIOD);
+        let grace_period = self.duration("server.grace_period", f.server.grace_period.as_deref(), DEFAULT_GRACE_PERIOD);
         let log = self.log(&f.log);
 
         if f.listeners.is_empty() {
-            self.err("listeners", "", "at least one listener is required, e.g. `listeners: [{address: \"127.0.0.1:8080\"}]`");
+            self.err(
+                "listeners",
+                "",
+                "at least one listener is required, e.g. `listeners: [{address: \"127.0.0.1:8080\"}]`",
+            );
         }
-        let listeners: Vec<(usize, Listener)> = f
-            .listeners
-            .iter()
-            .enumerate()
-            .filter_map(|(i, l)| Some((i, self.listener(i, l)?)))
-            .collect();
+        let listeners: Vec<(usize, Listener)> =
+            f.listeners.iter().enumerate().filter_map(|(i, l)| Some((i, self.listener(i, l)?))).collect();
         let admin = f.admin.as_ref().and_then(|a| self.addr("admin.address", &a.address));
         self.distinct_addresses(&listeners, admin);
         let listeners = listeners.into_iter().map(|(_, l)| l).collect();
 
         let t = &f.timeouts;
         let timeouts = Timeouts {
-            request_head: self.duration("timeouts.request_head", t.request_head.as_deref(), DEFAULT_REQUEST_HEAD_TIMEOUT),
-            backend_connect: self.duration("timeouts.backend_connect", t.backend_connect.as_deref(), DEFAULT_BACKEND_CONNECT_TIMEOUT),
-            backend_handshake: self.duration("timeouts.backend_handshake", t.backend_handshake.as_deref(), DEFAULT_BACKEND_HANDSHAKE_TIMEOUT),
+            request_head: self.duration(
+                "timeouts.request_head",
+                t.request_head.as_deref(),
+                DEFAULT_REQUEST_HEAD_TIMEOUT,
+            ),
+            backend_connect: self.duration(
+                "timeouts.backend_connect",
+                t.backend_connect.as_deref(),
+                DEFAULT_BACKEND_CONNECT_TIMEOUT,
+            ),
+            backend_handshake: self.duration(
+                "timeouts.backend_handshake",
+                t.backend_handshake.as_deref(),
+                DEFAULT_BACKEND_HANDSHAKE_TIMEOUT,
+            ),
         };
         let usage = self.usage(&f.usage);
         let pools: Vec<Pool> = f.pools.iter().enumerate().map(|(i, p)| self.pool(i, p)).collect();
         let mut seen = HashSet::new();
         for (i, p) in pools.iter().enumerate() {
             if !p.name.is_empty() && !seen.insert(p.name.clone()) {
-                self.err(format!("pools[{i}].name"), &p.name, "is used by an earlier pool; give every pool a unique name");
+                self.err(
+                    format!("pools[{i}].name"),
+                    &p.name,
+                    "is used by an earlier pool; give every pool a unique name",
+                );
             }
         }
         let objects: Vec<Namespace> = f.objects.iter().enumerate().filter_map(|(i, o)| self.object(i, o)).collect();
         let mut seen = HashSet::new();
         for (i, o) in f.objects.iter().enumerate() {
             if !seen.insert(o.name.clone()) {
-                self.err(format!("objects[{i}].name"), &o.name, "is used by an earlier object namespace; give every namespace a unique name");
+                self.err(
+                    format!("objects[{i}].name"),
+                    &o.name,
+                    "is used by an earlier object namespace; give every namespace a unique name",
+                );
             }
         }
         if f.routes.is_empty() {
@@ -133,7 +152,11 @@ impl Validator {
         let mut seen = HashSet::new();
         for (i, r) in routes.iter().enumerate() {
             if !seen.insert((r.host.clone(), r.path_prefix.clone())) {
-                self.err(format!("routes[{i}].path_prefix"), &r.path_prefix, "an earlier route has the same host and path prefix; remove one of them");
+                self.err(
+                    format!("routes[{i}].path_prefix"),
+                    &r.path_prefix,
+                    "an earlier route has the same host and path prefix; remove one of them",
+                );
             }
         }
         let billing_units = f.billing.as_ref().map(|b| self.billing(b)).unwrap_or_default();
@@ -168,21 +191,39 @@ impl Validator {
         let mut rules = Vec::new();
         for (i, u) in b.units.iter().enumerate() {
             let at = format!("billing.units[{i}]");
-            let well_formed = !u.name.is_empty() && u.name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_');
+            let well_formed =
+                !u.name.is_empty() && u.name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_');
             if !well_formed {
-                self.err(format!("{at}.name"), &u.name, "must be non-empty and use only lower-case letters, digits and `_`, e.g. apigw_messages");
+                self.err(
+                    format!("{at}.name"),
+                    &u.name,
+                    "must be non-empty and use only lower-case letters, digits and `_`, e.g. apigw_messages",
+                );
             } else if !names.insert(u.name.as_str()) {
                 self.err(format!("{at}.name"), &u.name, "is used by an earlier unit; give every unit a unique name");
             }
             if u.terms.is_empty() {
-                self.err(format!("{at}.terms"), "", "a unit needs at least one term, e.g. `terms: [{of: messages_in}]`");
+                self.err(
+                    format!("{at}.terms"),
+                    "",
+                    "a unit needs at least one term, e.g. `terms: [{of: messages_in}]`",
+                );
             }
-            let terms = u.terms.iter().enumerate().filter_map(|(j, t)| self.unit_term(&format!("{at}.terms[{j}]"), t, &mut sizes)).collect();
+            let terms = u
+                .terms
+                .iter()
+                .enumerate()
+                .filter_map(|(j, t)| self.unit_term(&format!("{at}.terms[{j}]"), t, &mut sizes))
+                .collect();
             let round = match u.round.as_deref() {
                 None | Some("none") => Rounding::None,
                 Some("up") => Rounding::Up,
                 Some(other) => {
-                    self.err(format!("{at}.round"), other, "must be `none` (keep fractions) or `up` (the ceiling of the sum)");
+                    self.err(
+                        format!("{at}.round"),
+                        other,
+                        "must be `none` (keep fractions) or `up` (the ceiling of the sum)",
+                    );
                     Rounding::None
                 }
             };
@@ -213,11 +254,19 @@ impl Validator {
         if of.is_time() {
             return match per {
                 None => {
-                    self.err(key, "", format!("`{name}` is a time: set `per` to a duration, e.g. 60s to count minutes"));
+                    self.err(
+                        key,
+                        "",
+                        format!("`{name}` is a time: set `per` to a duration, e.g. 60s to count minutes"),
+                    );
                     None
                 }
                 Some(FilePer::Number(n)) => {
-                    self.err(key, n, format!("`{name}` is a time: write `per` as a duration with a unit, e.g. 60s or 1h"));
+                    self.err(
+                        key,
+                        n,
+                        format!("`{name}` is a time: write `per` as a duration with a unit, e.g. 60s or 1h"),
+                    );
                     None
                 }
                 Some(FilePer::Text(text)) => match humantime::parse_duration(text) {
@@ -227,7 +276,11 @@ impl Validator {
                         None
                     }
                     Err(_) => {
-                        self.err(key, text, format!("`{name}` is a time: write `per` as a duration with a unit, e.g. 60s or 1h"));
+                        self.err(
+                            key,
+                            text,
+                            format!("`{name}` is a time: write `per` as a duration with a unit, e.g. 60s or 1h"),
+                        );
                         None
                     }
                 },
@@ -255,7 +308,14 @@ impl Validator {
     fn unit_chunk(&mut self, at: &str, of: Quantity, bytes: u64, sizes: &mut Vec<u32>) -> Option<ChunkSlot> {
         let key = format!("{at}.chunk");
         if !of.is_messages() {
-            self.err(key, bytes, format!("applies to messages_in and messages_out only; remove it, or count `{}` without chunks", of.as_str()));
+            self.err(
+                key,
+                bytes,
+                format!(
+                    "applies to messages_in and messages_out only; remove it, or count `{}` without chunks",
+                    of.as_str()
+                ),
+            );
             return None;
         }
         let Some(size) = u32::try_from(bytes).ok().filter(|&b| b > 0) else {
@@ -280,7 +340,11 @@ impl Validator {
     fn log(&mut self, l: &FileLog) -> LogConfig {
         let level = l.level.clone().unwrap_or_else(|| "info".into());
         if !["error", "warn", "info", "debug", "trace", "off"].contains(&level.as_str()) {
-            self.err("log.level", &level, "must be one of error, warn, info, debug, trace, off (RUST_LOG can set finer filters)");
+            self.err(
+                "log.level",
+                &level,
+                "must be one of error, warn, info, debug, trace, off (RUST_LOG can set finer filters)",
+            );
         }
         let format = match l.format.as_deref() {
             None | Some("text") => LogFormat::Text,
@@ -314,7 +378,11 @@ impl Validator {
         let mut seen = HashSet::new();
         for (i, l) in listeners {
             if !seen.insert(l.address) {
-                self.err(format!("listeners[{i}].address"), l.address, "is already used by an earlier listener; use another port");
+                self.err(
+                    format!("listeners[{i}].address"),
+                    l.address,
+                    "is already used by an earlier listener; use another port",
+                );
             }
         }
         if let Some(a) = admin {
@@ -348,11 +416,22 @@ impl Validator {
         match humantime::parse_duration(s) {
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
-                self.err(key, s, format!("must be greater than zero; the default is {}", humantime::format_duration(default)));
+                self.err(
+                    key,
+                    s,
+                    format!("must be greater than zero; the default is {}", humantime::format_duration(default)),
+                );
                 default
             }
             Err(_) => {
-                self.err(key, s, format!("is not a duration; write a number with a unit, e.g. \"{}\"", humantime::format_duration(default)));
+                self.err(
+                    key,
+                    s,
+                    format!(
+                        "is not a duration; write a number with a unit, e.g. \"{}\"",
+                        humantime::format_duration(default)
+                    ),
+                );
                 default
             }
         }
@@ -360,10 +439,18 @@ impl Validator {
 
     fn pool(&mut self, i: usize, p: &FilePool) -> Pool {
         if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
-            self.err(format!("pools[{i}].name"), &p.name, "must be non-empty and use only letters, digits, `_`, `-` and `.`");
+            self.err(
+                format!("pools[{i}].name"),
+                &p.name,
+                "must be non-empty and use only letters, digits, `_`, `-` and `.`",
+            );
         }
         if p.backends.is_empty() {
-            self.err(format!("pools[{i}].backends"), "", "a pool needs at least one backend, e.g. [\"127.0.0.1:9001\"] or [\"builtin:echo\"]");
+            self.err(
+                format!("pools[{i}].backends"),
+                "",
+                "a pool needs at least one backend, e.g. [\"127.0.0.1:9001\"] or [\"builtin:echo\"]",
+            );
         }
         let mut backends = Vec::new();
         for (j, b) in p.backends.iter().enumerate() {
@@ -371,7 +458,11 @@ impl Validator {
             let backend = match b.strip_prefix("builtin:") {
                 Some("echo") => Some(Backend::Builtin(BuiltinKind::Echo)),
                 Some(other) => {
-                    self.err(&key, b, format!("`{other}` is not a built-in server; the built-in backend is `builtin:echo`"));
+                    self.err(
+                        &key,
+                        b,
+                        format!("`{other}` is not a built-in server; the built-in backend is `builtin:echo`"),
+                    );
                     None
                 }
                 None => self.addr(&key, b).map(Backend::Addr),
@@ -435,7 +526,14 @@ impl Validator {
         }
     }
 
-    fn route(&mut self, i: usize, r: &FileRoute, pools: &[FilePool], files: &[FileObject], objects: &[Namespace]) -> Option<Route> {
+    fn route(
+        &mut self,
+        i: usize,
+        r: &FileRoute,
+        pools: &[FilePool],
+        files: &[FileObject],
+        objects: &[Namespace],
+    ) -> Option<Route> {
         if !r.path_prefix.starts_with('/') {
             self.err(format!("routes[{i}].path_prefix"), &r.path_prefix, "must start with `/`, e.g. \"/chat\"");
         }
@@ -443,14 +541,22 @@ impl Validator {
             None | Some("websocket") => RouteKind::WebSocket,
             Some("http") => RouteKind::Http,
             Some(other) => {
-                self.err(format!("routes[{i}].kind"), other, "must be `websocket` (upgrades only) or `http` (plain HTTP proxied too)");
+                self.err(
+                    format!("routes[{i}].kind"),
+                    other,
+                    "must be `websocket` (upgrades only) or `http` (plain HTTP proxied too)",
+                );
                 RouteKind::WebSocket
             }
         };
         let host = r.host.as_ref().map(|h| h.to_ascii_lowercase());
         if let Some(h) = &host {
             if h.is_empty() || h.contains(['/', ' ']) {
-                self.err(format!("routes[{i}].host"), h, "must be a bare host name such as example.com (no scheme, path or spaces)");
+                self.err(
+                    format!("routes[{i}].host"),
+                    h,
+                    "must be a bare host name such as example.com (no scheme, path or spaces)",
+                );
             }
         }
         let name = r.name.clone().unwrap_or_else(|| r.path_prefix.clone());
@@ -460,7 +566,11 @@ impl Validator {
                 let found = pools.iter().position(|p| &p.name == pool);
                 if found.is_none() {
                     let known: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
-                    self.err(format!("routes[{i}].pool"), pool, format!("no pool has this name; use one of: {}", known.join(", ")));
+                    self.err(
+                        format!("routes[{i}].pool"),
+                        pool,
+                        format!("no pool has this name; use one of: {}", known.join(", ")),
+                    );
                 }
                 Target::Pool(found?)
             }
@@ -468,10 +578,18 @@ impl Validator {
                 let found = files.iter().position(|o| &o.name == object);
                 if found.is_none() {
                     let known: Vec<&str> = files.iter().map(|o| o.name.as_str()).collect();
-                    self.err(format!("routes[{i}].object"), object, format!("no object namespace has this name; use one of: {}", known.join(", ")));
+                    self.err(
+                        format!("routes[{i}].object"),
+                        object,
+                        format!("no object namespace has this name; use one of: {}", known.join(", ")),
+                    );
                 }
                 if kind == RouteKind::Http {
-                    self.err(format!("routes[{i}].kind"), "http", "object routes carry WebSockets only; remove `kind` or set it to websocket");
+                    self.err(
+                        format!("routes[{i}].kind"),
+                        "http",
+                        "object routes carry WebSockets only; remove `kind` or set it to websocket",
+                    );
                 }
                 let ns = objects.iter().find(|n| &n.name == object);
                 if let Some(IdSource::Path { prefix, .. }) = ns.map(|n| &n.id_source) {
@@ -486,7 +604,11 @@ impl Validator {
                 Target::Object(found?)
             }
             _ => {
-                self.err(format!("routes[{i}]"), &name, "set exactly one of `pool` (a backend pool) or `object` (an object namespace)");
+                self.err(
+                    format!("routes[{i}]"),
+                    &name,
+                    "set exactly one of `pool` (a backend pool) or `object` (an object namespace)",
+                );
                 return None;
             }
         };
@@ -510,18 +632,31 @@ impl Validator {
         let spool_dir = non_empty(self, "usage.spool_dir", u.spool_dir.as_deref(), DEFAULT_SPOOL_DIR);
         let fsync_interval = self.duration("usage.fsync_interval", u.fsync_interval.as_deref(), MAX_FSYNC_INTERVAL);
         if fsync_interval > MAX_FSYNC_INTERVAL {
-            self.err("usage.fsync_interval", humantime::format_duration(fsync_interval), "must be at most 200ms (records may wait that long before they are durable)");
+            self.err(
+                "usage.fsync_interval",
+                humantime::format_duration(fsync_interval),
+                "must be at most 200ms (records may wait that long before they are durable)",
+            );
         }
-        let interim_interval = self.duration("usage.interim_interval", u.interim_interval.as_deref(), DEFAULT_INTERIM_INTERVAL);
+        let interim_interval =
+            self.duration("usage.interim_interval", u.interim_interval.as_deref(), DEFAULT_INTERIM_INTERVAL);
         if interim_interval < Duration::from_secs(1) {
-            self.err("usage.interim_interval", humantime::format_duration(interim_interval), "must be at least 1s; the default is 60s");
+            self.err(
+                "usage.interim_interval",
+                humantime::format_duration(interim_interval),
+                "must be at least 1s; the default is 60s",
+            );
         }
         let idle_threshold = self.duration("usage.idle_threshold", u.idle_threshold.as_deref(), DEFAULT_IDLE_THRESHOLD);
         let fail_open = match u.on_spool_error.as_deref() {
             None | Some("reject") => false,
             Some("fail_open") => true,
             Some(other) => {
-                self.err("usage.on_spool_error", other, "must be `reject` (refuse new upgrades with 503, the default) or `fail_open`");
+                self.err(
+                    "usage.on_spool_error",
+                    other,
+                    "must be `reject` (refuse new upgrades with 503, the default) or `fail_open`",
+                );
                 false
             }
         };
@@ -531,7 +666,11 @@ impl Validator {
                 vec![Sink {
                     name: "file".into(),
                     batch: DEFAULT_SINK_BATCH,
-                    kind: SinkKind::File { path, rotate_bytes: DEFAULT_ROTATE_BYTES, rotate_interval: DEFAULT_ROTATE_INTERVAL },
+                    kind: SinkKind::File {
+                        path,
+                        rotate_bytes: DEFAULT_ROTATE_BYTES,
+                        rotate_interval: DEFAULT_ROTATE_INTERVAL,
+                    },
                 }]
             }
             Some(list) => {
@@ -545,13 +684,25 @@ impl Validator {
                 let mut seen = HashSet::new();
                 for (i, s) in sinks.iter().enumerate() {
                     if !seen.insert(s.name.clone()) {
-                        self.err(format!("usage.sinks[{i}].name"), &s.name, "is used by an earlier sink; give each sink a unique `name` (it names its cursor)");
+                        self.err(
+                            format!("usage.sinks[{i}].name"),
+                            &s.name,
+                            "is used by an earlier sink; give each sink a unique `name` (it names its cursor)",
+                        );
                     }
                 }
                 sinks
             }
         };
-        Usage { spool_dir, fsync_interval, interim_interval, idle_threshold, default_tenant: u.default_tenant.clone(), fail_open, sinks }
+        Usage {
+            spool_dir,
+            fsync_interval,
+            interim_interval,
+            idle_threshold,
+            default_tenant: u.default_tenant.clone(),
+            fail_open,
+            sinks,
+        }
     }
 
     fn sink(&mut self, i: usize, s: &FileSink) -> Option<Sink> {
@@ -586,7 +737,8 @@ impl Validator {
                 if rotate_bytes < 4096 {
                     self.err(key("rotate_bytes"), rotate_bytes, "must be at least 4096 bytes");
                 }
-                let rotate_interval = self.duration(&key("rotate_interval"), s.rotate_interval.as_deref(), DEFAULT_ROTATE_INTERVAL);
+                let rotate_interval =
+                    self.duration(&key("rotate_interval"), s.rotate_interval.as_deref(), DEFAULT_ROTATE_INTERVAL);
                 SinkKind::File { path: PathBuf::from(path), rotate_bytes, rotate_interval }
             }
             "postgres" => {
@@ -595,12 +747,23 @@ impl Validator {
                 unused(self, "rotate_interval", s.rotate_interval.is_some());
                 unused(self, "timeout", s.timeout.is_some());
                 let Some(url) = s.url.clone().filter(|u| !u.is_empty()) else {
-                    self.err(key("url"), "", "a postgres sink needs a connection string, e.g. \"host=127.0.0.1 user=weir dbname=weir\"");
+                    self.err(
+                        key("url"),
+                        "",
+                        "a postgres sink needs a connection string, e.g. \"host=127.0.0.1 user=weir dbname=weir\"",
+                    );
                     return None;
                 };
                 let table = s.table.clone().unwrap_or_else(|| "weir_usage".into());
-                if table.is_empty() || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || table.starts_with(|c: char| c.is_ascii_digit()) {
-                    self.err(key("table"), &table, "must be a plain SQL identifier: letters, digits and `_`, not starting with a digit");
+                if table.is_empty()
+                    || !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    || table.starts_with(|c: char| c.is_ascii_digit())
+                {
+                    self.err(
+                        key("table"),
+                        &table,
+                        "must be a plain SQL identifier: letters, digits and `_`, not starting with a digit",
+                    );
                 }
                 SinkKind::Postgres { url, table }
             }
@@ -614,7 +777,8 @@ impl Validator {
                     self.err(key("url"), &url, "must be an http:// URL of the collector, e.g. http://127.0.0.1:8088/events (https is not supported)");
                     return None;
                 };
-                let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+                let (authority, path) =
+                    rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
                 let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
                 let timeout = self.duration(&key("timeout"), s.timeout.as_deref(), DEFAULT_HTTP_TIMEOUT);
                 self.addr(&key("url"), &addr)?;
@@ -646,14 +810,22 @@ impl Validator {
         let allowed = match parse_charset(&allowed_text) {
             Ok(set) => set,
             Err(why) => {
-                self.err(key("id.allowed"), &allowed_text, format!("{why}; write ASCII ranges and characters such as \"{DEFAULT_ID_ALLOWED}\""));
+                self.err(
+                    key("id.allowed"),
+                    &allowed_text,
+                    format!("{why}; write ASCII ranges and characters such as \"{DEFAULT_ID_ALLOWED}\""),
+                );
                 [false; 128]
             }
         };
         let idle_window = self.duration(&key("idle_window"), o.idle_window.as_deref(), DEFAULT_IDLE_WINDOW);
         if let Some(t) = &o.forward_path {
             if !t.starts_with('/') || !t.contains("{id}") {
-                self.err(key("forward_path"), t, "must start with `/` and contain {id}, e.g. \"/objects/{namespace}/{id}\"");
+                self.err(
+                    key("forward_path"),
+                    t,
+                    "must start with `/` and contain {id}, e.g. \"/objects/{namespace}/{id}\"",
+                );
             }
         }
         let kind = match (o.builtin.as_deref(), o.hosts.is_empty()) {
@@ -699,7 +871,11 @@ impl Validator {
                 ObjectKind::Hosts { hosts, health }
             }
             _ => {
-                self.err(key("builtin"), o.builtin.as_deref().unwrap_or(""), "set exactly one of `builtin` (echo or room) or `hosts` (a list of host:port)");
+                self.err(
+                    key("builtin"),
+                    o.builtin.as_deref().unwrap_or(""),
+                    "set exactly one of `builtin` (echo or room) or `hosts` (a list of host:port)",
+                );
                 return None;
             }
         };
@@ -727,7 +903,13 @@ impl Validator {
                     self.err(format!("{key}.path"), t, "must contain {id} as a whole segment, e.g. \"/rooms/{id}\"");
                     return None;
                 };
-                if !prefix.starts_with('/') || !prefix.ends_with('/') || !(suffix.is_empty() || suffix.starts_with('/')) || suffix.contains("{id}") || prefix.contains(['?', '#']) || suffix.contains(['?', '#']) {
+                if !prefix.starts_with('/')
+                    || !prefix.ends_with('/')
+                    || !(suffix.is_empty() || suffix.starts_with('/'))
+                    || suffix.contains("{id}")
+                    || prefix.contains(['?', '#'])
+                    || suffix.contains(['?', '#'])
+                {
                     self.err(format!("{key}.path"), t, "must start with `/` and contain {id} once, as a whole segment, e.g. \"/rooms/{id}\" or \"/o/{id}/ws\"");
                     return None;
                 }
@@ -755,7 +937,11 @@ impl Validator {
             None => default,
             Some(n) if range.contains(&n) => n as usize,
             Some(n) => {
-                self.err(format!("objects[{i}].room.{k}"), n, format!("must be between {} and {}; the default is {default}", range.start(), range.end()));
+                self.err(
+                    format!("objects[{i}].room.{k}"),
+                    n,
+                    format!("must be between {} and {}; the default is {default}", range.start(), range.end()),
+                );
                 default
             }
         };

@@ -2,9 +2,9 @@
 //!
 //! Warm path (once per connection), pure: no I/O, testable with literal heads.
 
-use super::head::RequestHead;
 #[cfg(test)]
 use super::head::Fields;
+use super::head::RequestHead;
 use super::reject::RejectReason;
 use base64::Engine;
 use sha1::{Digest, Sha1};
@@ -38,7 +38,9 @@ pub fn check_client(head: &RequestHead) -> Result<ClientHandshake, RejectReason>
     if !head.headers.has_token("connection", "upgrade") {
         return Err(RejectReason::ConnectionHeader);
     }
-    if head.headers.get("sec-websocket-version").as_deref() != Some("13") || head.headers.all("sec-websocket-version").count() != 1 {
+    if head.headers.get("sec-websocket-version").as_deref() != Some("13")
+        || head.headers.all("sec-websocket-version").count() != 1
+    {
         return Err(RejectReason::UnsupportedVersion);
     }
     let key = head.headers.get("sec-websocket-key").unwrap_or_default();
@@ -46,7 +48,8 @@ pub fn check_client(head: &RequestHead) -> Result<ClientHandshake, RejectReason>
     if head.headers.all("sec-websocket-key").count() != 1 || !matches!(decoded, Ok(ref k) if k.len() == 16) {
         return Err(RejectReason::BadKey);
     }
-    let has_body = head.headers.get("content-length").is_some_and(|v| v != "0") || head.headers.get("transfer-encoding").is_some();
+    let has_body =
+        head.headers.get("content-length").is_some_and(|v| v != "0") || head.headers.get("transfer-encoding").is_some();
     if has_body {
         return Err(RejectReason::RequestBody);
     }
@@ -100,7 +103,13 @@ mod tests {
 
     fn with(replace: &str, value: Option<&str>) -> Vec<(&'static str, String)> {
         GOOD.iter()
-            .filter_map(|(n, v)| if n.eq_ignore_ascii_case(replace) { value.map(|x| (*n, x.to_string())) } else { Some((*n, v.to_string())) })
+            .filter_map(|(n, v)| {
+                if n.eq_ignore_ascii_case(replace) {
+                    value.map(|x| (*n, x.to_string()))
+                } else {
+                    Some((*n, v.to_string()))
+                }
+            })
             .collect()
     }
 

@@ -163,7 +163,8 @@ mod tests {
     fn parses_head_and_keeps_early_bytes() {
         let raw = b"GET /chat?x=1 HTTP/1.1\r\nHost: Example.com:8080\r\nUpgrade: websocket\r\n\r\n\x81\x80abcd";
         let (method, target, minor, headers, len) = parse(raw).unwrap().unwrap();
-        let head = RequestHead { method, target, minor_version: minor, headers, buf: BytesMut::from(&raw[..]), head_len: len };
+        let head =
+            RequestHead { method, target, minor_version: minor, headers, buf: BytesMut::from(&raw[..]), head_len: len };
         assert_eq!(head.method, "GET");
         assert_eq!(head.path(), "/chat");
         assert_eq!(head.host().as_deref(), Some("example.com"));

@@ -67,7 +67,12 @@ impl ProxyHttp for HttpRoutes {
 
     /// Runs in Pingora's `upstream_request_filter` phase: add `X-Forwarded-For` and
     /// `X-Forwarded-Proto`.
-    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, _ctx: &mut ()) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
             let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(prev) => format!("{prev}, {ip}"),

@@ -34,8 +34,8 @@ use crate::objects::registry::{Lease, PlaceError};
 use crate::objects::{Namespace, Objects};
 use crate::pools::{Pools, MAX_CONNECT_ATTEMPTS};
 use crate::relay::pump::{code_class, ObjectLink, Relay, RelayReport};
-use crate::relay::tap::Tap;
 use crate::relay::scanner::{Chunks, Role, ScanPolicy};
+use crate::relay::tap::Tap;
 use crate::routing::RouteTable;
 use async_trait::async_trait;
 use head::{HeadError, RequestHead};
@@ -145,9 +145,7 @@ impl Gateway {
     /// route (Pingora's proxy; the stream may come back for the next request), the demo page, or
     /// a rejection.
     async fn serve(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
-        let client = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let client = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let tls = stream.get_ssl_digest().is_some();
         let mut meter = Meter::start(client);
         meter.tenant = self.default_tenant.clone();
@@ -263,7 +261,9 @@ impl Gateway {
             Err(e) => {
                 let detail = e.to_string();
                 tracing::debug!(route, namespace = %c.name, error = %detail, "bad object id");
-                return self.reject_with(&mut stream, RejectReason::BadObjectId, &detail, Some(&route), Some(meter)).await;
+                return self
+                    .reject_with(&mut stream, RejectReason::BadObjectId, &detail, Some(&route), Some(meter))
+                    .await;
             }
         };
         meter.object = Some(ObjectRef { namespace: c.name.clone(), id: id.clone() });
@@ -283,7 +283,13 @@ impl Gateway {
 
     /// Forward the upgrade to the connected backend (or object host), check its answer, answer
     /// the client and start the relay.
-    async fn backend_upgrade(self: &Arc<Self>, u: Upgrade<'_>, connected: Connected, lease: Option<Lease>, shutdown: &ShutdownWatch) {
+    async fn backend_upgrade(
+        self: &Arc<Self>,
+        u: Upgrade<'_>,
+        connected: Connected,
+        lease: Option<Lease>,
+        shutdown: &ShutdownWatch,
+    ) {
         let Upgrade { mut stream, head, ws, route, pool, mut meter, tls, object } = u;
         let (backend_addr, mut backend, connect_started) = connected;
         let client_ip = meter.client.map(|a| a.ip());
@@ -304,7 +310,8 @@ impl Gateway {
         if answer.status != 101 {
             return self.refused(answer, backend, stream, &route, meter).await;
         }
-        let accept_ok = answer.headers.get("sec-websocket-accept").as_deref() == Some(handshake::accept_key(&ws.key).as_str());
+        let accept_ok =
+            answer.headers.get("sec-websocket-accept").as_deref() == Some(handshake::accept_key(&ws.key).as_str());
         if !accept_ok || !answer.headers.has_token("upgrade", "websocket") {
             tracing::warn!(%route, backend = %backend_addr, "backend answered 101 without a valid Sec-WebSocket-Accept/Upgrade");
             return self.reject(&mut stream, RejectReason::BackendBadHandshake, Some(&route), Some(meter)).await;
@@ -348,7 +355,8 @@ impl Gateway {
     async fn builtin_upgrade(self: &Arc<Self>, u: Upgrade<'_>, object: session::Object, shutdown: &ShutdownWatch) {
         let Upgrade { mut stream, head, ws, route, pool, meter, object: target, .. } = u;
         let Some((ns, id)) = target else { return };
-        let mut lease = match ns.registry.place(&id, meter.tenant.as_deref(), &[], self.timeouts.backend_connect).await {
+        let mut lease = match ns.registry.place(&id, meter.tenant.as_deref(), &[], self.timeouts.backend_connect).await
+        {
             Ok(l) => l,
             Err(_) => return self.reject(&mut stream, RejectReason::ObjectMoving, Some(&route), Some(meter)).await,
         };
@@ -372,7 +380,10 @@ impl Gateway {
             active.dec();
             duration.observe(started.elapsed().as_secs_f64());
             let report = report.unwrap_or_else(|| {
-                tracing::warn!(route, "built-in object session lost its stream; its stop record has the counts last seen");
+                tracing::warn!(
+                    route,
+                    "built-in object session lost its stream; its stop record has the counts last seen"
+                );
                 live.lost_report()
             });
             this.connection_ended(&route, &pool, &live, Some(lease), &report);
@@ -380,7 +391,12 @@ impl Gateway {
     }
 
     /// Place `id` on a host of `ns` and connect, moving the id off hosts that refuse.
-    async fn connect_object(&self, ns: &Namespace, id: &str, tenant: Option<&str>) -> Result<(Connected, Lease), RejectReason> {
+    async fn connect_object(
+        &self,
+        ns: &Namespace,
+        id: &str,
+        tenant: Option<&str>,
+    ) -> Result<(Connected, Lease), RejectReason> {
         let started = Instant::now();
         let mut tried = Vec::new();
         let mut last = RejectReason::NoHealthyBackend;
@@ -416,7 +432,8 @@ impl Gateway {
         // The relay is built in a block of its own: a local that is borrowed (`link_object`) would
         // otherwise keep its own slot in this task's state for the whole connection (~1 KiB).
         let run = {
-            let mut relay = Relay::new(c.client, c.backend, client_policy, backend_policy, client_early, backend_early, &mut conn);
+            let mut relay =
+                Relay::new(c.client, c.backend, client_policy, backend_policy, client_early, backend_early, &mut conn);
             relay.observe_with(c.live.clone());
             if let Some(lease) = &c.lease {
                 let object = lease.object().clone();
@@ -437,7 +454,12 @@ impl Gateway {
         m.closes.with_label_values(&[route, report.initiator.as_str(), code_class(report.close_code)]).inc();
         if let Some((d, v)) = report.violation {
             m.protocol_violations.with_label_values(&[route, d.as_str(), v.as_str()]).inc();
-            tracing::info!(route, direction = d.as_str(), violation = v.as_str(), "closed a connection for a protocol violation");
+            tracing::info!(
+                route,
+                direction = d.as_str(),
+                violation = v.as_str(),
+                "closed a connection for a protocol violation"
+            );
         }
         if report.outcome == crate::relay::pump::Outcome::Moved {
             m.object_evictions.with_label_values(&[pool]).inc();
@@ -479,7 +501,14 @@ impl Gateway {
     }
 
     /// `reject` with `body` as the response body and the record's reason (e.g. which id rule broke).
-    async fn reject_with(&self, stream: &mut Stream, reason: RejectReason, body: &str, route: Option<&str>, meter: Option<Meter>) {
+    async fn reject_with(
+        &self,
+        stream: &mut Stream,
+        reason: RejectReason,
+        body: &str,
+        route: Option<&str>,
+        meter: Option<Meter>,
+    ) {
         let _ = stream.write_all(&reason.response_with(body)).await;
         let _ = stream.flush().await;
         let route = route.unwrap_or(NO_ROUTE);
@@ -492,7 +521,14 @@ impl Gateway {
     }
 
     /// The backend answered the upgrade with something other than 101: pass it on unchanged.
-    async fn refused(&self, answer: upstream::ResponseHead, mut backend: Stream, mut client: Stream, route: &str, meter: Meter) {
+    async fn refused(
+        &self,
+        answer: upstream::ResponseHead,
+        mut backend: Stream,
+        mut client: Stream,
+        route: &str,
+        meter: Meter,
+    ) {
         let status = answer.status;
         tracing::debug!(route, status, "backend refused the upgrade; passing its answer through");
         let _ = upstream::pass_through(answer, &mut backend, &mut client, self.timeouts.backend_handshake).await;
@@ -514,7 +550,11 @@ fn upstream_reason(e: &UpstreamError) -> RejectReason {
 impl HttpServerApp for Gateway {
     /// Runs once per request on a client connection, after Pingora's listener (and TLS) accepted
     /// it. Returns the stream when an `http` route's keep-alive connection can take another request.
-    async fn process_new_http(self: &Arc<Self>, session: ServerSession, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
         match session {
             ServerSession::H1(h1) => self.serve(h1.into_inner(), shutdown).await,
             // HTTP/2 is never negotiated on weir's listeners (no ALPN h2, no h2c).

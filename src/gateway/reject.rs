@@ -48,7 +48,8 @@ impl RejectReason {
     pub fn status(self) -> u16 {
         use RejectReason::*;
         match self {
-            NotWebSocket | MethodNotGet | HttpVersion | ConnectionHeader | BadKey | RequestBody | MalformedRequest | BadObjectId => 400,
+            NotWebSocket | MethodNotGet | HttpVersion | ConnectionHeader | BadKey | RequestBody | MalformedRequest
+            | BadObjectId => 400,
             UnsupportedVersion => 426,
             HeadTooLarge => 431,
             UnknownRoute => 404,
@@ -111,7 +112,8 @@ impl RejectReason {
     pub fn outcome(self) -> &'static str {
         use RejectReason::*;
         match self {
-            NoHealthyBackend | BackendUnreachable | BackendTimeout | BackendBadHandshake | ObjectMoving | SpoolUnavailable => self.as_str(),
+            NoHealthyBackend | BackendUnreachable | BackendTimeout | BackendBadHandshake | ObjectMoving
+            | SpoolUnavailable => self.as_str(),
             _ => "rejected",
         }
     }

@@ -40,7 +40,11 @@ impl std::fmt::Display for UpstreamError {
 }
 
 /// Open a connection to `addr` within `timeout` (TCP through Pingora's connector).
-pub async fn connect(connector: &TransportConnector, addr: SocketAddr, timeout: Duration) -> Result<Stream, UpstreamError> {
+pub async fn connect(
+    connector: &TransportConnector,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<Stream, UpstreamError> {
     let mut peer = BasicPeer::new(&addr.to_string());
     peer.options.connection_timeout = Some(timeout);
     peer.options.total_connection_timeout = Some(timeout);
@@ -71,7 +75,9 @@ impl ObjectTarget<'_> {
     /// The request target sent to the host for a client request to `target`.
     fn rewrite(&self, target: &str) -> String {
         let Some(template) = self.forward_path else { return target.to_string() };
-        let path = template.replace("{namespace}", &crate::objects::id::percent_encode(self.namespace)).replace("{id}", &crate::objects::id::percent_encode(self.id));
+        let path = template
+            .replace("{namespace}", &crate::objects::id::percent_encode(self.namespace))
+            .replace("{id}", &crate::objects::id::percent_encode(self.id));
         match target.split_once('?') {
             Some((_, query)) => format!("{path}?{query}"),
             None => path,
@@ -80,7 +86,13 @@ impl ObjectTarget<'_> {
 }
 
 /// The upgrade request weir sends to the backend for `head` (to an object host when `object`).
-pub fn upgrade_request(head: &RequestHead, client_ip: Option<IpAddr>, tls: bool, connection_id: &str, object: Option<ObjectTarget<'_>>) -> Vec<u8> {
+pub fn upgrade_request(
+    head: &RequestHead,
+    client_ip: Option<IpAddr>,
+    tls: bool,
+    connection_id: &str,
+    object: Option<ObjectTarget<'_>>,
+) -> Vec<u8> {
     let nominated: Vec<String> = head
         .headers
         .all("connection")
@@ -123,10 +135,14 @@ pub fn upgrade_request(head: &RequestHead, client_ip: Option<IpAddr>, tls: bool,
         out.extend_from_slice(format!("X-Forwarded-For: {xff}\r\n").as_bytes());
     }
     let proto = if tls { "https" } else { "http" };
-    out.extend_from_slice(format!("X-Forwarded-Proto: {proto}\r\nX-Weir-Connection-Id: {connection_id}\r\n").as_bytes());
+    out.extend_from_slice(
+        format!("X-Forwarded-Proto: {proto}\r\nX-Weir-Connection-Id: {connection_id}\r\n").as_bytes(),
+    );
     if let Some(o) = object {
         // Ids pass the namespace's `allowed` set (printable ASCII), so they are valid header values.
-        out.extend_from_slice(format!("X-Weir-Object-Namespace: {}\r\nX-Weir-Object-Id: {}\r\n", o.namespace, o.id).as_bytes());
+        out.extend_from_slice(
+            format!("X-Weir-Object-Namespace: {}\r\nX-Weir-Object-Id: {}\r\n", o.namespace, o.id).as_bytes(),
+        );
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -156,7 +172,10 @@ impl ResponseHead {
 /// Send `request` and read the backend's response head, both within `timeout`.
 pub async fn handshake(backend: &mut Stream, request: &[u8], timeout: Duration) -> Result<ResponseHead, UpstreamError> {
     let io = async {
-        backend.write_all(request).await.map_err(|e| UpstreamError::Unreachable(format!("writing the upgrade: {e}")))?;
+        backend
+            .write_all(request)
+            .await
+            .map_err(|e| UpstreamError::Unreachable(format!("writing the upgrade: {e}")))?;
         backend.flush().await.map_err(|e| UpstreamError::Unreachable(format!("writing the upgrade: {e}")))?;
         read_response_head(backend).await
     };
@@ -175,7 +194,8 @@ pub async fn read_response_head<S: AsyncRead + Unpin>(io: &mut S) -> Result<Resp
             return Err(UpstreamError::BadResponse(format!("response head larger than {MAX_HEAD_BYTES} bytes")));
         }
         buf.reserve(1024);
-        let n = io.read_buf(&mut buf).await.map_err(|e| UpstreamError::Unreachable(format!("reading the answer: {e}")))?;
+        let n =
+            io.read_buf(&mut buf).await.map_err(|e| UpstreamError::Unreachable(format!("reading the answer: {e}")))?;
         if n == 0 {
             return Err(UpstreamError::Unreachable("closed before answering the upgrade".into()));
         }
@@ -194,7 +214,12 @@ pub async fn read_response_head<S: AsyncRead + Unpin>(io: &mut S) -> Result<Resp
 
 /// Copy a non-101 answer to the client unchanged: the head and its body (by Content-Length,
 /// until EOF, or for chunked bodies until the final chunk), within `timeout`.
-pub async fn pass_through(resp: ResponseHead, backend: &mut Stream, client: &mut Stream, timeout: Duration) -> std::io::Result<()> {
+pub async fn pass_through(
+    resp: ResponseHead,
+    backend: &mut Stream,
+    client: &mut Stream,
+    timeout: Duration,
+) -> std::io::Result<()> {
     let copy = async {
         client.write_all(&resp.buf).await?;
         let already = resp.buf.len() - resp.head_len;
@@ -244,7 +269,8 @@ mod tests {
             buf: BytesMut::from(raw),
             head_len: len,
         };
-        let out = String::from_utf8(upgrade_request(&head, Some("127.0.0.9".parse().unwrap()), false, "id-1", None)).unwrap();
+        let out =
+            String::from_utf8(upgrade_request(&head, Some("127.0.0.9".parse().unwrap()), false, "id-1", None)).unwrap();
         assert!(out.starts_with("GET /chat HTTP/1.1\r\nHost: a\r\n"));
         assert!(!out.contains("X-Secret"), "{out}");
         assert!(!out.contains("Keep-Alive"), "{out}");

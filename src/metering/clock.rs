@@ -67,5 +67,4 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(ActiveClock::new(10 * S).total_at(t0 + S), Duration::ZERO);
     }
-
 }

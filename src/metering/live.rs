@@ -15,8 +15,8 @@ use super::clock::ActiveClock;
 use super::{Meter, Progress, RecordKind, UsageLog, UsageRecord};
 use crate::relay::pump::{Outcome, Party, RelayReport};
 use crate::relay::scanner::DirectionCounts;
-use std::collections::HashMap;
 use crate::sync::lock;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,14 @@ impl Live {
     /// an end weir cannot say more about (so its `stop` is still written and it leaves the set).
     pub fn lost_report(&self) -> RelayReport {
         let counts = lock(&self.state).counts;
-        RelayReport { counts, close_code: None, initiator: Party::Gateway, clean: false, outcome: Outcome::BackendGone, violation: None }
+        RelayReport {
+            counts,
+            close_code: None,
+            initiator: Party::Gateway,
+            clean: false,
+            outcome: Outcome::BackendGone,
+            violation: None,
+        }
     }
 }
 
@@ -127,7 +134,8 @@ impl LiveSet {
     pub fn sweep(&self, now: Instant) -> usize {
         let mut written = 0;
         for shard in &self.shards {
-            let due: Vec<Arc<Live>> = lock(shard).values().filter(|l| lock(&l.state).next_interim <= now).cloned().collect();
+            let due: Vec<Arc<Live>> =
+                lock(shard).values().filter(|l| lock(&l.state).next_interim <= now).cloned().collect();
             for live in due {
                 let record = {
                     let mut s = lock(&live.state);
@@ -139,7 +147,8 @@ impl LiveSet {
                     let next = s.next_interim + self.interval;
                     s.next_interim = if next <= now { now + self.interval } else { next };
                     let active = s.active.total_at(now);
-                    let mut r = live.meter.snapshot(RecordKind::Interim, s.last_seq, Progress { counts: &s.counts, active });
+                    let mut r =
+                        live.meter.snapshot(RecordKind::Interim, s.last_seq, Progress { counts: &s.counts, active });
                     self.add_units(&mut r, &s.counts);
                     r
                 };
@@ -190,11 +199,23 @@ mod tests {
 
     fn records(spool: &Spool, dir: &tempfile::TempDir) -> Vec<serde_json::Value> {
         spool.flush();
-        read_lines(dir.path(), 0, u64::MAX, usize::MAX, usize::MAX).unwrap().0.iter().map(|l| serde_json::from_slice(l).unwrap()).collect()
+        read_lines(dir.path(), 0, u64::MAX, usize::MAX, usize::MAX)
+            .unwrap()
+            .0
+            .iter()
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
     }
 
     fn report(counts: [DirectionCounts; 2]) -> RelayReport {
-        RelayReport { counts, close_code: Some(1000), initiator: Party::Client, clean: true, outcome: Outcome::Completed, violation: None }
+        RelayReport {
+            counts,
+            close_code: Some(1000),
+            initiator: Party::Client,
+            clean: true,
+            outcome: Outcome::Completed,
+            violation: None,
+        }
     }
 
     #[test]
@@ -216,7 +237,8 @@ mod tests {
         assert_eq!(set.sweep(t0 + Duration::from_secs(10_000)), 0, "nothing after the stop");
         assert!(set.is_empty());
         let recs = records(&spool, &dir);
-        let kinds: Vec<(&str, u64)> = recs.iter().map(|r| (r["record"].as_str().unwrap(), r["seq"].as_u64().unwrap())).collect();
+        let kinds: Vec<(&str, u64)> =
+            recs.iter().map(|r| (r["record"].as_str().unwrap(), r["seq"].as_u64().unwrap())).collect();
         assert_eq!(kinds, vec![("start", 0), ("interim", 1), ("interim", 2), ("stop", 3)]);
         assert_eq!(recs[1]["client_to_backend"]["messages"], 3, "interims carry the counts observed so far");
         assert_eq!(recs[1]["idempotency_key"].as_str().unwrap(), format!("{}:1", live.meter.id));

@@ -92,7 +92,11 @@ impl Meter {
     /// The `stop` record (sequence `seq`) of a relayed connection that ended as `report` says.
     pub fn relayed(&self, seq: u64, report: &RelayReport, active: Duration) -> UsageRecord {
         let mut r = self.snapshot(RecordKind::Stop, seq, Progress { counts: &report.counts, active });
-        r.close = Some(CloseUsage { code: report.close_code, initiator: report.initiator.as_str().to_string(), clean: report.clean });
+        r.close = Some(CloseUsage {
+            code: report.close_code,
+            initiator: report.initiator.as_str().to_string(),
+            clean: report.clean,
+        });
         r.outcome = report.outcome.as_str().to_string();
         r.reason = report.violation.map(|(d, v)| format!("{}: {}", d.as_str(), v.as_str()));
         r

@@ -12,14 +12,12 @@ use crate::relay::scanner::DirectionCounts;
 use crate::relay::Direction;
 use names::*;
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Connection-duration buckets, seconds: from a failed page load to a three-day session.
-const DURATION_BUCKETS: &[f64] = &[
-    0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0, 72.0 * 3600.0,
-];
+const DURATION_BUCKETS: &[f64] =
+    &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0, 72.0 * 3600.0];
 /// Backend connect+upgrade buckets, seconds: loopback (sub-ms) to a timing-out backend.
 const CONNECT_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
@@ -102,7 +100,13 @@ fn plain_gauge(reg: &Registry, name: &str, help: &str) -> prometheus::Result<Int
     Ok(g)
 }
 
-fn histogram(reg: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> prometheus::Result<HistogramVec> {
+fn histogram(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> prometheus::Result<HistogramVec> {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
     reg.register(Box::new(h.clone()))?;
     Ok(h)
@@ -112,35 +116,119 @@ impl Metrics {
     /// Create every family and register it on `reg`.
     pub fn register(reg: &Registry) -> prometheus::Result<Metrics> {
         Ok(Metrics {
-            connections_active: gauge(reg, CONNECTIONS_ACTIVE, "WebSocket connections currently relayed", &[ROUTE, POOL])?,
-            connections_total: counter(reg, CONNECTIONS_TOTAL, "Relayed WebSocket connections that ended, by outcome", &[ROUTE, POOL, OUTCOME])?,
-            handshake_rejections: counter(reg, HANDSHAKE_REJECTIONS_TOTAL, "Upgrade requests refused, by reason", &[ROUTE, REASON])?,
-            connection_duration: histogram(reg, CONNECTION_DURATION_SECONDS, "Lifetime of relayed WebSocket connections in seconds", &[ROUTE, POOL], DURATION_BUCKETS)?,
+            connections_active: gauge(
+                reg,
+                CONNECTIONS_ACTIVE,
+                "WebSocket connections currently relayed",
+                &[ROUTE, POOL],
+            )?,
+            connections_total: counter(
+                reg,
+                CONNECTIONS_TOTAL,
+                "Relayed WebSocket connections that ended, by outcome",
+                &[ROUTE, POOL, OUTCOME],
+            )?,
+            handshake_rejections: counter(
+                reg,
+                HANDSHAKE_REJECTIONS_TOTAL,
+                "Upgrade requests refused, by reason",
+                &[ROUTE, REASON],
+            )?,
+            connection_duration: histogram(
+                reg,
+                CONNECTION_DURATION_SECONDS,
+                "Lifetime of relayed WebSocket connections in seconds",
+                &[ROUTE, POOL],
+                DURATION_BUCKETS,
+            )?,
             frames: counter(reg, FRAMES_TOTAL, "WebSocket frames relayed", &[ROUTE, DIRECTION, KIND])?,
             messages: counter(reg, MESSAGES_TOTAL, "Complete WebSocket data messages relayed", &[ROUTE, DIRECTION])?,
-            payload_bytes: counter(reg, PAYLOAD_BYTES_TOTAL, "WebSocket frame payload bytes relayed", &[ROUTE, DIRECTION])?,
-            wire_bytes: counter(reg, WIRE_BYTES_TOTAL, "Bytes relayed after the upgrade, frame headers included", &[ROUTE, DIRECTION])?,
-            closes: counter(reg, CLOSES_TOTAL, "Connection closes by initiator and close-code class", &[ROUTE, INITIATOR, CODE_CLASS])?,
-            protocol_violations: counter(reg, PROTOCOL_VIOLATIONS_TOTAL, "RFC 6455 violations that closed a connection", &[ROUTE, DIRECTION, REASON])?,
-            backend_connect: histogram(reg, BACKEND_CONNECT_SECONDS, "Time to connect to a backend and complete its upgrade, seconds", &[POOL], CONNECT_BUCKETS)?,
-            backend_healthy: gauge(reg, BACKEND_HEALTHY, "1 when the backend passes its health check", &[POOL, BACKEND])?,
+            payload_bytes: counter(
+                reg,
+                PAYLOAD_BYTES_TOTAL,
+                "WebSocket frame payload bytes relayed",
+                &[ROUTE, DIRECTION],
+            )?,
+            wire_bytes: counter(
+                reg,
+                WIRE_BYTES_TOTAL,
+                "Bytes relayed after the upgrade, frame headers included",
+                &[ROUTE, DIRECTION],
+            )?,
+            closes: counter(
+                reg,
+                CLOSES_TOTAL,
+                "Connection closes by initiator and close-code class",
+                &[ROUTE, INITIATOR, CODE_CLASS],
+            )?,
+            protocol_violations: counter(
+                reg,
+                PROTOCOL_VIOLATIONS_TOTAL,
+                "RFC 6455 violations that closed a connection",
+                &[ROUTE, DIRECTION, REASON],
+            )?,
+            backend_connect: histogram(
+                reg,
+                BACKEND_CONNECT_SECONDS,
+                "Time to connect to a backend and complete its upgrade, seconds",
+                &[POOL],
+                CONNECT_BUCKETS,
+            )?,
+            backend_healthy: gauge(
+                reg,
+                BACKEND_HEALTHY,
+                "1 when the backend passes its health check",
+                &[POOL, BACKEND],
+            )?,
             usage_records: counter(reg, USAGE_RECORDS_TOTAL, "Usage records written", &[KIND])?,
-            usage_write_errors: counter(reg, USAGE_WRITE_ERRORS_TOTAL, "Usage records that could not be written", &[KIND])?,
+            usage_write_errors: counter(
+                reg,
+                USAGE_WRITE_ERRORS_TOTAL,
+                "Usage records that could not be written",
+                &[KIND],
+            )?,
             http_requests: counter(reg, HTTP_REQUESTS_TOTAL, "Plain HTTP requests proxied on http routes", &[ROUTE])?,
             objects_active: gauge(reg, OBJECTS_ACTIVE, "Objects with at least one connection", &[NAMESPACE])?,
             object_placements: counter(reg, OBJECT_PLACEMENTS_TOTAL, "Object ids placed on an owner", &[NAMESPACE])?,
-            object_moves: counter(reg, OBJECT_MOVES_TOTAL, "Object ids moved off a failed owner, by reason", &[NAMESPACE, REASON])?,
-            object_evictions: counter(reg, OBJECT_EVICTIONS_TOTAL, "Client connections closed with 1012 because their object moved", &[NAMESPACE])?,
-            room_slow_clients: counter(reg, ROOM_SLOW_CLIENTS_TOTAL, "Room clients closed because their send queue was full", &[NAMESPACE])?,
-            room_store_errors: counter(reg, ROOM_STORE_ERRORS_TOTAL, "Room messages that could not be written to the history store", &[NAMESPACE])?,
+            object_moves: counter(
+                reg,
+                OBJECT_MOVES_TOTAL,
+                "Object ids moved off a failed owner, by reason",
+                &[NAMESPACE, REASON],
+            )?,
+            object_evictions: counter(
+                reg,
+                OBJECT_EVICTIONS_TOTAL,
+                "Client connections closed with 1012 because their object moved",
+                &[NAMESPACE],
+            )?,
+            room_slow_clients: counter(
+                reg,
+                ROOM_SLOW_CLIENTS_TOTAL,
+                "Room clients closed because their send queue was full",
+                &[NAMESPACE],
+            )?,
+            room_store_errors: counter(
+                reg,
+                ROOM_STORE_ERRORS_TOTAL,
+                "Room messages that could not be written to the history store",
+                &[NAMESPACE],
+            )?,
             spool_bytes: plain_gauge(reg, SPOOL_BYTES, "Bytes of usage records in the spool on disk")?,
-            spool_waiting: plain_gauge(reg, SPOOL_WAITING_RECORDS, "Usage records waiting in memory because the spool cannot be written")?,
+            spool_waiting: plain_gauge(
+                reg,
+                SPOOL_WAITING_RECORDS,
+                "Usage records waiting in memory because the spool cannot be written",
+            )?,
             spool_healthy: plain_gauge(reg, SPOOL_HEALTHY, "1 while the spool can be written")?,
             sink_pending: gauge(reg, SINK_RECORDS_PENDING, "Spooled records a sink has not got yet", &[SINK])?,
             sink_delivered: counter(reg, SINK_RECORDS_DELIVERED_TOTAL, "Records delivered to a sink", &[SINK])?,
             sink_errors: counter(reg, SINK_DELIVERY_ERRORS_TOTAL, "Failed batch deliveries to a sink", &[SINK])?,
             sink_lag: {
-                let g = GaugeVec::new(Opts::new(SINK_DELIVERY_LAG_SECONDS, "Age of the oldest record a sink has not got, seconds"), &[SINK])?;
+                let g = GaugeVec::new(
+                    Opts::new(SINK_DELIVERY_LAG_SECONDS, "Age of the oldest record a sink has not got, seconds"),
+                    &[SINK],
+                )?;
                 reg.register(Box::new(g.clone()))?;
                 g
             },
@@ -271,7 +359,8 @@ mod tests {
 
     #[test]
     fn readme_metrics_table_lists_exactly_the_known_metrics() {
-        let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+        let readme =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
         let section = readme.split("## Metrics").nth(1).unwrap().split("\n## ").next().unwrap();
         for n in names_in(section) {
             assert!(known(&n), "README names unknown metric {n}");

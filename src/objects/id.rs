@@ -76,9 +76,10 @@ pub fn extract(source: &IdSource, rules: &IdRules, target: &str, headers: &Field
             percent_decode(id, false)?
         }
         IdSource::Query(name) => {
-            let found = query.split('&').filter_map(|kv| kv.split_once('=').or(Some((kv, "")))).find(|(k, _)| {
-                percent_decode(k, true).is_ok_and(|k| k == name.as_bytes())
-            });
+            let found = query
+                .split('&')
+                .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+                .find(|(k, _)| percent_decode(k, true).is_ok_and(|k| k == name.as_bytes()));
             let (_, value) = found.ok_or_else(|| IdError::Missing(format!("the query parameter {name}")))?;
             percent_decode(value, true)?
         }
@@ -103,7 +104,8 @@ fn check(rules: &IdRules, raw: Vec<u8>) -> Result<String, IdError> {
         return Err(IdError::TooLong { len: raw.len(), max: rules.max_length });
     }
     if let Some(at) = raw.iter().position(|&b| !rules.allowed.get(b as usize).copied().unwrap_or(false)) {
-        let ch = std::str::from_utf8(&raw[at..]).ok().and_then(|s| s.chars().next()).unwrap_or(char::REPLACEMENT_CHARACTER);
+        let ch =
+            std::str::from_utf8(&raw[at..]).ok().and_then(|s| s.chars().next()).unwrap_or(char::REPLACEMENT_CHARACTER);
         let ch = if raw[at].is_ascii() { raw[at] as char } else { ch };
         return Err(IdError::BadChar { ch, at, allowed: rules.allowed_text.clone() });
     }

@@ -46,7 +46,11 @@ pub struct Objects {
 
 impl Objects {
     /// Build the namespaces; returns them with the health services of their hosts.
-    pub fn build(config: &Config, usage: &Arc<UsageLog>, metrics: &Metrics) -> anyhow::Result<(Objects, Vec<HealthService>)> {
+    pub fn build(
+        config: &Config,
+        usage: &Arc<UsageLog>,
+        metrics: &Metrics,
+    ) -> anyhow::Result<(Objects, Vec<HealthService>)> {
         let mut namespaces = Vec::new();
         let mut services = Vec::new();
         for ns in &config.objects {
@@ -56,8 +60,13 @@ impl Objects {
                         BuiltinObject::Echo => ("builtin:echo", session::Object::Echo),
                         BuiltinObject::Room(room) => {
                             let dir = config.data_dir.join("rooms").join(&ns.name);
-                            let rooms = Rooms::new(&ns.name, *room, &dir, metrics)
-                                .map_err(|e| anyhow::anyhow!("objects `{}`: cannot open the room store {}: {e}", ns.name, dir.display()))?;
+                            let rooms = Rooms::new(&ns.name, *room, &dir, metrics).map_err(|e| {
+                                anyhow::anyhow!(
+                                    "objects `{}`: cannot open the room store {}: {e}",
+                                    ns.name,
+                                    dir.display()
+                                )
+                            })?;
                             ("builtin:room", session::Object::Room(Arc::new(rooms)))
                         }
                     };
@@ -85,10 +94,15 @@ impl Objects {
                 };
                 let r = registry.clone();
                 let listener: HealthListener = Arc::new(move |addr, healthy| r.health_changed(addr, healthy));
-                let (_, health_services) = Pools::build_with(&[pool], &|b| match b {
-                    Backend::Addr(a) => *a,
-                    Backend::Builtin(_) => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-                }, metrics, &[Some(listener)])?;
+                let (_, health_services) = Pools::build_with(
+                    &[pool],
+                    &|b| match b {
+                        Backend::Addr(a) => *a,
+                        Backend::Builtin(_) => std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                    },
+                    metrics,
+                    &[Some(listener)],
+                )?;
                 services.extend(health_services);
             }
             namespaces.push(Namespace { config: ns.clone(), registry, builtin: builtin.map(|(_, o)| o) });

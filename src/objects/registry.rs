@@ -122,7 +122,12 @@ impl Registry {
             builtin,
             hosts: hosts
                 .iter()
-                .map(|(key, addr)| Host { key: key.clone(), addr: *addr, healthy: AtomicBool::new(true), down_until: Mutex::new(None) })
+                .map(|(key, addr)| Host {
+                    key: key.clone(),
+                    addr: *addr,
+                    healthy: AtomicBool::new(true),
+                    down_until: Mutex::new(None),
+                })
                 .collect(),
             idle_window,
             down_for,
@@ -148,7 +153,13 @@ impl Registry {
     /// skips the hosts in `exclude` (already tried). Waits at most `wait` for the connections
     /// of an evicted placement to end.
     /// `tenant` is recorded on a fresh placement's occupancy.
-    pub async fn place(self: &Arc<Self>, id: &str, tenant: Option<&str>, exclude: &[usize], wait: Duration) -> Result<Lease, PlaceError> {
+    pub async fn place(
+        self: &Arc<Self>,
+        id: &str,
+        tenant: Option<&str>,
+        exclude: &[usize],
+        wait: Duration,
+    ) -> Result<Lease, PlaceError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let mut gone = match self.try_place(id, tenant, exclude) {
@@ -166,7 +177,12 @@ impl Registry {
 
     /// One attempt: a lease, or `Err(Some(rx))` to wait for an evicted placement to drain
     /// (`rx` closes when it has), or `Err(None)` when no host is eligible.
-    fn try_place(self: &Arc<Self>, id: &str, tenant: Option<&str>, exclude: &[usize]) -> Result<Lease, Option<watch::Receiver<bool>>> {
+    fn try_place(
+        self: &Arc<Self>,
+        id: &str,
+        tenant: Option<&str>,
+        exclude: &[usize],
+    ) -> Result<Lease, Option<watch::Receiver<bool>>> {
         let mut entries = self.entries();
         if let Some(e) = entries.get_mut(id) {
             if !e.evicted && e.host.is_none_or(|h| self.eligible(h, exclude)) {
@@ -187,7 +203,12 @@ impl Registry {
             let owner = owner.ok_or(None)?;
             (Some(owner), self.hosts[owner].key.clone())
         };
-        let occupancy = ObjectHandle(Arc::new(Mutex::new(Occupancy::new(key, tenant.map(str::to_string), self.idle_window, Instant::now()))));
+        let occupancy = ObjectHandle(Arc::new(Mutex::new(Occupancy::new(
+            key,
+            tenant.map(str::to_string),
+            self.idle_window,
+            Instant::now(),
+        ))));
         let (evict, _) = watch::channel(false);
         let entry = Entry { host, live: 1, evicted: false, evict, occupancy };
         let lease = self.lease(id, &entry);
@@ -361,7 +382,10 @@ mod tests {
     async fn live_ids_stay_when_a_better_host_recovers() {
         let (r, _d) = registry(2);
         // Find an id whose rendezvous owner is host 1, then take host 1 down before placing it.
-        let id = (0..).map(|k| format!("id{k}")).find(|id| super::super::placement::owner("ns", id, [(0, "h0:1"), (1, "h1:1")]) == Some(1)).unwrap();
+        let id = (0..)
+            .map(|k| format!("id{k}"))
+            .find(|id| super::super::placement::owner("ns", id, [(0, "h0:1"), (1, "h1:1")]) == Some(1))
+            .unwrap();
         r.health_changed(r.hosts[1].addr, false);
         let a = r.place(&id, None, &[], WAIT).await.unwrap();
         assert_eq!(a.host_index(), Some(0));
@@ -386,7 +410,8 @@ mod tests {
         // While `a` is live, the id cannot be placed elsewhere.
         assert_eq!(r.place("x", None, &[], WAIT).await.err(), Some(PlaceError::Moving));
         let r2 = r.clone();
-        let waiter = tokio::spawn(async move { r2.place("x", None, &[], Duration::from_secs(5)).await.map(|l| l.host_index()) });
+        let waiter =
+            tokio::spawn(async move { r2.place("x", None, &[], Duration::from_secs(5)).await.map(|l| l.host_index()) });
         tokio::task::yield_now().await;
         a.finish(&Default::default());
         assert_eq!(waiter.await.unwrap(), Ok(Some(1 - first)));

@@ -59,7 +59,8 @@ impl Probe {
         let code = answer.status;
         match &self.check {
             HealthCheck::Handshake { .. } => {
-                let accepted = answer.headers.get("sec-websocket-accept").as_deref() == Some(accept_key(PROBE_KEY).as_str());
+                let accepted =
+                    answer.headers.get("sec-websocket-accept").as_deref() == Some(accept_key(PROBE_KEY).as_str());
                 if code == 101 && accepted {
                     let _ = s.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9]).await; // close 1001, zero mask
                     Ok(())

@@ -43,7 +43,11 @@ pub type HealthListener = std::sync::Arc<dyn Fn(SocketAddr, bool) + Send + Sync>
 
 impl Pools {
     /// Build the balancers; returns them with the services that probe backend health.
-    pub fn build(pools: &[Pool], resolve: Resolve<'_>, metrics: &Metrics) -> std::io::Result<(Pools, Vec<HealthService>)> {
+    pub fn build(
+        pools: &[Pool],
+        resolve: Resolve<'_>,
+        metrics: &Metrics,
+    ) -> std::io::Result<(Pools, Vec<HealthService>)> {
         Pools::build_with(pools, resolve, metrics, &[])
     }
 
@@ -106,7 +110,9 @@ impl HealthCheck {
     pub fn interval(&self) -> Option<std::time::Duration> {
         match self {
             HealthCheck::None => None,
-            HealthCheck::Tcp { interval } | HealthCheck::Http { interval, .. } | HealthCheck::Handshake { interval, .. } => Some(*interval),
+            HealthCheck::Tcp { interval }
+            | HealthCheck::Http { interval, .. }
+            | HealthCheck::Handshake { interval, .. } => Some(*interval),
         }
     }
 }

@@ -206,12 +206,8 @@ impl fmt::Display for Violation {
             Self::UnmaskedClientFrame => "client frame is not masked",
             Self::MaskedServerFrame => "server frame is masked",
             Self::ReservedBits => "frame sets RSV bits that no negotiated extension allows",
-            Self::UnexpectedContinuation => {
-                "continuation frame without a fragmented message to continue"
-            }
-            Self::ExpectedContinuation => {
-                "new data message started before the fragmented one ended"
-            }
+            Self::UnexpectedContinuation => "continuation frame without a fragmented message to continue",
+            Self::ExpectedContinuation => "new data message started before the fragmented one ended",
             Self::InvalidClosePayload => "close frame payload is one byte long",
             Self::InvalidCloseCode => "close frame carries a status code not allowed on the wire",
             Self::DataAfterClose => "data frame sent after the close frame",
@@ -298,14 +294,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, Violation> {
             return Err(Violation::FragmentedControlFrame);
         }
     }
-    Ok(Some(FrameHeader {
-        fin,
-        rsv: (b0 >> 4) & 0b111,
-        opcode,
-        mask,
-        payload_len,
-        header_len,
-    }))
+    Ok(Some(FrameHeader { fin, rsv: (b0 >> 4) & 0b111, opcode, mask, payload_len, header_len }))
 }
 
 /// True when `code` may appear in a close frame (RFC 6455 section 7.4): 1000–1003, 1007–1014, 3000–4999.
@@ -339,10 +328,7 @@ pub fn encode_close_frame(
         .chain(reason.iter().copied())
         .zip(key.into_iter().cycle())
         .map(|(byte, k)| byte ^ k);
-    let frame = header
-        .into_iter()
-        .chain(mask.into_iter().flatten())
-        .chain(payload);
+    let frame = header.into_iter().chain(mask.into_iter().flatten()).chain(payload);
     let mut written = 0;
     for (slot, byte) in out.iter_mut().zip(frame) {
         *slot = byte;
@@ -381,63 +367,33 @@ mod tests {
         payload_len: u64,
         header_len: u8,
     ) -> FrameHeader {
-        FrameHeader {
-            fin,
-            rsv,
-            opcode,
-            mask,
-            payload_len,
-            header_len,
-        }
+        FrameHeader { fin, rsv, opcode, mask, payload_len, header_len }
     }
 
     /// Asserts that every strict prefix of `bytes` needs more data, and the full header parses to `want`.
     fn assert_parses(bytes: &[u8], want: Result<FrameHeader, Violation>) {
         for i in 0..bytes.len() {
-            assert_eq!(
-                parse_header(&bytes[..i]),
-                Ok(None),
-                "prefix {i} of {bytes:02x?}"
-            );
+            assert_eq!(parse_header(&bytes[..i]), Ok(None), "prefix {i} of {bytes:02x?}");
         }
         assert_eq!(parse_header(bytes), want.map(Some), "{bytes:02x?}");
         // Trailing payload bytes never change the verdict.
         let mut longer = bytes.to_vec();
         longer.extend_from_slice(&[0xFF; 20]);
-        assert_eq!(
-            parse_header(&longer),
-            want.map(Some),
-            "{bytes:02x?} + payload"
-        );
+        assert_eq!(parse_header(&longer), want.map(Some), "{bytes:02x?} + payload");
     }
 
     #[test]
     fn seven_bit_lengths() {
         assert_parses(&[0x81, 0x05], Ok(header(true, 0, Opcode::Text, None, 5, 2)));
-        assert_parses(
-            &[0x82, 0x00],
-            Ok(header(true, 0, Opcode::Binary, None, 0, 2)),
-        );
-        assert_parses(
-            &[0x02, 0x7D],
-            Ok(header(false, 0, Opcode::Binary, None, 125, 2)),
-        );
-        assert_parses(
-            &[0x81, 0x85, 0x37, 0xFA, 0x21, 0x3D],
-            Ok(header(true, 0, Opcode::Text, Some(KEY), 5, 6)),
-        );
+        assert_parses(&[0x82, 0x00], Ok(header(true, 0, Opcode::Binary, None, 0, 2)));
+        assert_parses(&[0x02, 0x7D], Ok(header(false, 0, Opcode::Binary, None, 125, 2)));
+        assert_parses(&[0x81, 0x85, 0x37, 0xFA, 0x21, 0x3D], Ok(header(true, 0, Opcode::Text, Some(KEY), 5, 6)));
     }
 
     #[test]
     fn sixteen_bit_lengths() {
-        assert_parses(
-            &[0x82, 0x7E, 0x00, 0x7E],
-            Ok(header(true, 0, Opcode::Binary, None, 126, 4)),
-        );
-        assert_parses(
-            &[0x82, 0x7E, 0x01, 0x00],
-            Ok(header(true, 0, Opcode::Binary, None, 256, 4)),
-        );
+        assert_parses(&[0x82, 0x7E, 0x00, 0x7E], Ok(header(true, 0, Opcode::Binary, None, 126, 4)));
+        assert_parses(&[0x82, 0x7E, 0x01, 0x00], Ok(header(true, 0, Opcode::Binary, None, 256, 4)));
         assert_parses(
             &[0x00, 0xFE, 0xFF, 0xFF, 0x37, 0xFA, 0x21, 0x3D],
             Ok(header(false, 0, Opcode::Continuation, Some(KEY), 0xFFFF, 8)),
@@ -446,51 +402,21 @@ mod tests {
 
     #[test]
     fn sixty_four_bit_lengths() {
+        assert_parses(&[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0], Ok(header(true, 0, Opcode::Binary, None, 0x1_0000, 10)));
         assert_parses(
-            &[0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0],
-            Ok(header(true, 0, Opcode::Binary, None, 0x1_0000, 10)),
-        );
-        assert_parses(
-            &[
-                0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x37, 0xFA, 0x21, 0x3D,
-            ],
-            Ok(header(
-                true,
-                0,
-                Opcode::Binary,
-                Some(KEY),
-                0x7FFF_FFFF_FFFF_FFFF,
-                14,
-            )),
+            &[0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x37, 0xFA, 0x21, 0x3D],
+            Ok(header(true, 0, Opcode::Binary, Some(KEY), 0x7FFF_FFFF_FFFF_FFFF, 14)),
         );
     }
 
     #[test]
     fn flags_and_opcodes() {
-        assert_parses(
-            &[0xC1, 0x00],
-            Ok(header(true, 0b100, Opcode::Text, None, 0, 2)),
-        );
-        assert_parses(
-            &[0x22, 0x00],
-            Ok(header(false, 0b010, Opcode::Binary, None, 0, 2)),
-        );
-        assert_parses(
-            &[0x90, 0x00],
-            Ok(header(true, 0b001, Opcode::Continuation, None, 0, 2)),
-        );
-        assert_parses(
-            &[0xF8, 0x00],
-            Ok(header(true, 0b111, Opcode::Close, None, 0, 2)),
-        );
-        assert_parses(
-            &[0x89, 0x7D],
-            Ok(header(true, 0, Opcode::Ping, None, 125, 2)),
-        );
-        assert_parses(
-            &[0x8A, 0x80, 1, 2, 3, 4],
-            Ok(header(true, 0, Opcode::Pong, Some([1, 2, 3, 4]), 0, 6)),
-        );
+        assert_parses(&[0xC1, 0x00], Ok(header(true, 0b100, Opcode::Text, None, 0, 2)));
+        assert_parses(&[0x22, 0x00], Ok(header(false, 0b010, Opcode::Binary, None, 0, 2)));
+        assert_parses(&[0x90, 0x00], Ok(header(true, 0b001, Opcode::Continuation, None, 0, 2)));
+        assert_parses(&[0xF8, 0x00], Ok(header(true, 0b111, Opcode::Close, None, 0, 2)));
+        assert_parses(&[0x89, 0x7D], Ok(header(true, 0, Opcode::Ping, None, 125, 2)));
+        assert_parses(&[0x8A, 0x80, 1, 2, 3, 4], Ok(header(true, 0, Opcode::Pong, Some([1, 2, 3, 4]), 0, 6)));
         for value in 0..=0xFF_u8 {
             match Opcode::from_u8(value) {
                 Some(op) => {
@@ -515,61 +441,28 @@ mod tests {
     fn non_minimal_lengths() {
         assert_parses(&[0x82, 0x7E, 0x00, 0x00], Err(Violation::NonMinimalLength));
         assert_parses(&[0x82, 0x7E, 0x00, 0x7D], Err(Violation::NonMinimalLength));
-        assert_parses(
-            &[0x82, 0x7F, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF],
-            Err(Violation::NonMinimalLength),
-        );
-        assert_parses(
-            &[0x82, 0x7F, 0, 0, 0, 0, 0, 0, 0, 0x05],
-            Err(Violation::NonMinimalLength),
-        );
-        assert_parses(
-            &[0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],
-            Err(Violation::NonMinimalLength),
-        );
+        assert_parses(&[0x82, 0x7F, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF], Err(Violation::NonMinimalLength));
+        assert_parses(&[0x82, 0x7F, 0, 0, 0, 0, 0, 0, 0, 0x05], Err(Violation::NonMinimalLength));
+        assert_parses(&[0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4], Err(Violation::NonMinimalLength));
     }
 
     #[test]
     fn length_with_top_bit() {
-        assert_parses(
-            &[0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0],
-            Err(Violation::LengthTooLarge),
-        );
-        assert_parses(
-            &[0x02, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF],
-            Err(Violation::LengthTooLarge),
-        );
-        assert_parses(
-            &[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4],
-            Err(Violation::LengthTooLarge),
-        );
+        assert_parses(&[0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0], Err(Violation::LengthTooLarge));
+        assert_parses(&[0x02, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], Err(Violation::LengthTooLarge));
+        assert_parses(&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4], Err(Violation::LengthTooLarge));
     }
 
     #[test]
     fn control_frame_rules() {
-        assert_parses(
-            &[0x89, 0x7E, 0x00, 0x7E],
-            Err(Violation::ControlFrameTooLong),
-        );
-        assert_parses(
-            &[0x88, 0x7E, 0xFF, 0xFF],
-            Err(Violation::ControlFrameTooLong),
-        );
-        assert_parses(
-            &[0x8A, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0],
-            Err(Violation::ControlFrameTooLong),
-        );
+        assert_parses(&[0x89, 0x7E, 0x00, 0x7E], Err(Violation::ControlFrameTooLong));
+        assert_parses(&[0x88, 0x7E, 0xFF, 0xFF], Err(Violation::ControlFrameTooLong));
+        assert_parses(&[0x8A, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0], Err(Violation::ControlFrameTooLong));
         assert_parses(&[0x09, 0x00], Err(Violation::FragmentedControlFrame));
-        assert_parses(
-            &[0x08, 0x82, 1, 2, 3, 4],
-            Err(Violation::FragmentedControlFrame),
-        );
+        assert_parses(&[0x08, 0x82, 1, 2, 3, 4], Err(Violation::FragmentedControlFrame));
         assert_parses(&[0x0A, 0x7D], Err(Violation::FragmentedControlFrame));
         // A fragmented *and* too long control frame reports the length first.
-        assert_parses(
-            &[0x09, 0x7E, 0x00, 0x7E],
-            Err(Violation::ControlFrameTooLong),
-        );
+        assert_parses(&[0x09, 0x7E, 0x00, 0x7E], Err(Violation::ControlFrameTooLong));
     }
 
     #[test]
@@ -577,10 +470,7 @@ mod tests {
         // Reserved opcode wins over a bad length; top bit wins over non-minimal; length over control rules.
         assert_parses(&[0x83, 0x7E, 0x00, 0x01], Err(Violation::ReservedOpcode));
         assert_parses(&[0x09, 0x7E, 0x00, 0x01], Err(Violation::NonMinimalLength));
-        assert_parses(
-            &[0x09, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0],
-            Err(Violation::LengthTooLarge),
-        );
+        assert_parses(&[0x09, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0], Err(Violation::LengthTooLarge));
     }
 
     #[test]
@@ -600,10 +490,7 @@ mod tests {
     #[test]
     fn close_codes() {
         let valid: Vec<u16> = (0..=u16::MAX).filter(|&c| close_code_is_valid(c)).collect();
-        let want: Vec<u16> = (1000..=1003)
-            .chain(1007..=1014)
-            .chain(3000..=4999)
-            .collect();
+        let want: Vec<u16> = (1000..=1003).chain(1007..=1014).chain(3000..=4999).collect();
         assert_eq!(valid, want);
         for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
             assert!(!close_code_is_valid(code), "{code}");
@@ -612,16 +499,10 @@ mod tests {
 
     #[test]
     fn violation_labels_are_unique_snake_case() {
-        let labels: std::collections::HashSet<&str> =
-            Violation::ALL.iter().map(|v| v.as_str()).collect();
+        let labels: std::collections::HashSet<&str> = Violation::ALL.iter().map(|v| v.as_str()).collect();
         assert_eq!(labels.len(), Violation::ALL.len());
         for v in Violation::ALL {
-            assert!(
-                v.as_str()
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
-                "{v:?}"
-            );
+            assert!(v.as_str().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{v:?}");
             assert!(!v.to_string().is_empty());
             let _: &dyn std::error::Error = &v;
         }
@@ -629,11 +510,7 @@ mod tests {
 
     fn unmask(payload: &[u8], key: Option<[u8; 4]>) -> Vec<u8> {
         let key = key.unwrap_or([0; 4]);
-        payload
-            .iter()
-            .zip(key.iter().cycle())
-            .map(|(b, k)| b ^ k)
-            .collect()
+        payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k).collect()
     }
 
     /// Encodes, parses back and returns (header, unmasked payload).
@@ -665,20 +542,7 @@ mod tests {
         // The masked bytes on the wire really are masked.
         let mut out = [0u8; MAX_CLOSE_FRAME_LEN];
         let len = encode_close_frame(1000, b"x", Some(KEY), &mut out);
-        assert_eq!(
-            &out[..len],
-            &[
-                0x88,
-                0x83,
-                0x37,
-                0xFA,
-                0x21,
-                0x3D,
-                0x03 ^ 0x37,
-                0xE8 ^ 0xFA,
-                b'x' ^ 0x21
-            ]
-        );
+        assert_eq!(&out[..len], &[0x88, 0x83, 0x37, 0xFA, 0x21, 0x3D, 0x03 ^ 0x37, 0xE8 ^ 0xFA, b'x' ^ 0x21]);
     }
 
     #[test]

@@ -638,11 +638,8 @@ impl<'m> Relay<'m> {
             Some(Party::Backend) => closes[BACKEND].and_then(|c| c.code),
             _ => None,
         };
-        let initiator = self
-            .first_close
-            .or(self.gateway_code.map(|_| Party::Gateway))
-            .or(self.first_end)
-            .unwrap_or(Party::Gateway);
+        let initiator =
+            self.first_close.or(self.gateway_code.map(|_| Party::Gateway)).or(self.first_end).unwrap_or(Party::Gateway);
         let outcome = if self.violation.is_some() {
             Outcome::ProtocolError
         } else if self.moved {

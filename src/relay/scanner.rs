@@ -37,9 +37,7 @@
 // On top of the relay module's denies (no unwrap, expect or panic): no indexing that can panic.
 #![cfg_attr(not(test), deny(clippy::indexing_slicing))]
 
-use super::frame::{
-    close_code_is_valid, header_len, parse_header, FrameHeader, Opcode, Violation, MAX_HEADER_LEN,
-};
+use super::frame::{close_code_is_valid, header_len, parse_header, FrameHeader, Opcode, Violation, MAX_HEADER_LEN};
 
 /// Who sends the bytes a scanner sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -207,10 +205,7 @@ impl FrameScanner {
     /// Once poisoned, returns the same violation with `valid_up_to: 0` and counts nothing more.
     pub fn feed(&mut self, chunk: &[u8]) -> Feed {
         if let Some(violation) = self.violation {
-            return Feed::Violation {
-                valid_up_to: 0,
-                violation,
-            };
+            return Feed::Violation { valid_up_to: 0, violation };
         }
         let mut pos = 0;
         loop {
@@ -224,8 +219,7 @@ impl FrameScanner {
                 if let Err(violation) = self.read_close_code(rest) {
                     return self.fail(violation, None);
                 }
-                let take =
-                    usize::try_from(self.remaining).map_or(rest.len(), |r| r.min(rest.len()));
+                let take = usize::try_from(self.remaining).map_or(rest.len(), |r| r.min(rest.len()));
                 let take64 = u64::try_from(take).unwrap_or(u64::MAX);
                 self.remaining = self.remaining.saturating_sub(take64);
                 self.counts.payload_bytes = self.counts.payload_bytes.saturating_add(take64);
@@ -296,10 +290,7 @@ impl FrameScanner {
         self.add_wire(valid_up_to);
         self.violation = Some(violation);
         self.violation_at_boundary = frame_start.is_some();
-        Feed::Violation {
-            valid_up_to,
-            violation,
-        }
+        Feed::Violation { valid_up_to, violation }
     }
 
     /// Adds `len` forwarded bytes to the wire counter.
@@ -343,10 +334,7 @@ impl FrameScanner {
             used += n;
             self.hdr_len = u8::try_from(have + n).unwrap_or(0);
         }
-        let buffered = self
-            .hdr
-            .get(..usize::from(self.hdr_len))
-            .unwrap_or_default();
+        let buffered = self.hdr.get(..usize::from(self.hdr_len)).unwrap_or_default();
         let header = parse_header(buffered)?;
         if header.is_some() {
             self.hdr_len = 0;
@@ -359,20 +347,15 @@ impl FrameScanner {
     fn accept(&mut self, header: &FrameHeader, after: &[u8]) -> Result<(), Violation> {
         self.check(header)?;
         if header.opcode == Opcode::Close {
-            let reason_len =
-                u16::try_from(header.payload_len.saturating_sub(2)).unwrap_or(u16::MAX);
+            let reason_len = u16::try_from(header.payload_len.saturating_sub(2)).unwrap_or(u16::MAX);
             if header.payload_len == 0 {
                 self.record_close(None, 0);
             } else if let Some(&[b0, b1]) = after.first_chunk::<2>() {
                 let [k0, k1, _, _] = header.mask.unwrap_or_default();
                 self.validate_close_code([b0 ^ k0, b1 ^ k1], reason_len)?;
             } else {
-                self.code = CloseCode::Reading {
-                    got: 0,
-                    bytes: [0; 2],
-                    key: header.mask.unwrap_or_default(),
-                    reason_len,
-                };
+                self.code =
+                    CloseCode::Reading { got: 0, bytes: [0; 2], key: header.mask.unwrap_or_default(), reason_len };
             }
         }
         self.count(header);
@@ -399,9 +382,7 @@ impl FrameScanner {
         }
         match header.opcode {
             Opcode::Continuation if self.open.is_none() => Err(Violation::UnexpectedContinuation),
-            Opcode::Text | Opcode::Binary if self.open.is_some() => {
-                Err(Violation::ExpectedContinuation)
-            }
+            Opcode::Text | Opcode::Binary if self.open.is_some() => Err(Violation::ExpectedContinuation),
             Opcode::Close if header.payload_len == 1 => Err(Violation::InvalidClosePayload),
             _ => Ok(()),
         }
@@ -469,13 +450,7 @@ impl FrameScanner {
     /// Notes the close-code bytes at the start of `rest` (the payload still to be fed), if a
     /// close code is being read, and validates the code once both bytes are in.
     fn read_close_code(&mut self, rest: &[u8]) -> Result<(), Violation> {
-        let CloseCode::Reading {
-            got,
-            mut bytes,
-            key,
-            reason_len,
-        } = self.code
-        else {
+        let CloseCode::Reading { got, mut bytes, key, reason_len } = self.code else {
             return Ok(());
         };
         let mut got = usize::from(got);
@@ -485,12 +460,7 @@ impl FrameScanner {
         }
         if got < 2 {
             let got = u8::try_from(got).unwrap_or(0);
-            self.code = CloseCode::Reading {
-                got,
-                bytes,
-                key,
-                reason_len,
-            };
+            self.code = CloseCode::Reading { got, bytes, key, reason_len };
             return Ok(());
         }
         self.code = CloseCode::Idle;
@@ -522,21 +492,9 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const SERVER: ScanPolicy = ScanPolicy {
-        sender: Role::Server,
-        allowed_rsv: 0,
-        chunks: Chunks([0; 4]),
-    };
-    const CLIENT: ScanPolicy = ScanPolicy {
-        sender: Role::Client,
-        allowed_rsv: 0,
-        chunks: Chunks([0; 4]),
-    };
-    const DEFLATE_SERVER: ScanPolicy = ScanPolicy {
-        sender: Role::Server,
-        allowed_rsv: 0b100,
-        chunks: Chunks([0; 4]),
-    };
+    const SERVER: ScanPolicy = ScanPolicy { sender: Role::Server, allowed_rsv: 0, chunks: Chunks([0; 4]) };
+    const CLIENT: ScanPolicy = ScanPolicy { sender: Role::Client, allowed_rsv: 0, chunks: Chunks([0; 4]) };
+    const DEFLATE_SERVER: ScanPolicy = ScanPolicy { sender: Role::Server, allowed_rsv: 0b100, chunks: Chunks([0; 4]) };
     const KEY: [u8; 4] = [0x9C, 0x41, 0xE7, 0x0D];
 
     /// Test-only encoder, independent of the code under test: `b0` is the first header byte
@@ -606,11 +564,7 @@ pub(crate) mod tests {
             let encoded = frame(*b0, mask, payload);
             let start = bytes.len();
             let end = start + encoded.len();
-            frames.push(Span {
-                start,
-                header_end: end - payload.len(),
-                end,
-            });
+            frames.push(Span { start, header_end: end - payload.len(), end });
             bytes.extend_from_slice(&encoded);
         }
         Script { bytes, frames }
@@ -640,47 +594,24 @@ pub(crate) mod tests {
         }
     }
 
-    const SCRIPT_CLOSE: CloseInfo = CloseInfo {
-        code: Some(4001),
-        reason_len: 3,
-    };
+    const SCRIPT_CLOSE: CloseInfo = CloseInfo { code: Some(4001), reason_len: 3 };
 
     /// The state after exactly the first `i` bytes of the script, from the frame layout.
     fn assert_state_after(script: &Script, s: &FrameScanner, i: usize) {
         let c = s.counts();
         let f = &script.frames;
-        let headers_seen =
-            |idx: &[usize]| idx.iter().filter(|&&k| f[k].header_end <= i).count() as u64;
+        let headers_seen = |idx: &[usize]| idx.iter().filter(|&&k| f[k].header_end <= i).count() as u64;
         assert_eq!(c.wire_bytes, i as u64, "wire at {i}");
-        assert_eq!(
-            c.frames,
-            headers_seen(&[0, 1, 2, 3, 4, 5, 6, 7, 8]),
-            "frames at {i}"
-        );
+        assert_eq!(c.frames, headers_seen(&[0, 1, 2, 3, 4, 5, 6, 7, 8]), "frames at {i}");
         assert_eq!(c.messages, headers_seen(&[0, 1, 5, 7]), "messages at {i}");
-        assert_eq!(
-            c.data_frames,
-            headers_seen(&[0, 1, 2, 4, 5, 7]),
-            "data frames at {i}"
-        );
-        let payload: usize = f
-            .iter()
-            .map(|sp| i.clamp(sp.header_end, sp.end) - sp.header_end)
-            .sum();
+        assert_eq!(c.data_frames, headers_seen(&[0, 1, 2, 4, 5, 7]), "data frames at {i}");
+        let payload: usize = f.iter().map(|sp| i.clamp(sp.header_end, sp.end) - sp.header_end).sum();
         assert_eq!(c.payload_bytes, payload as u64, "payload at {i}");
         let boundary = i == 0 || f.iter().any(|sp| sp.end == i);
         assert_eq!(s.at_frame_boundary(), boundary, "boundary at {i}");
-        assert_eq!(
-            s.in_message(),
-            f[2].header_end <= i && i < f[5].header_end,
-            "in_message at {i}"
-        );
+        assert_eq!(s.in_message(), f[2].header_end <= i && i < f[5].header_end, "in_message at {i}");
         let close_known = i >= f[8].header_end + 2;
-        assert_eq!(
-            s.close(),
-            close_known.then_some(SCRIPT_CLOSE),
-            "close at {i}"
-        );
+        assert_eq!(s.close(), close_known.then_some(SCRIPT_CLOSE), "close at {i}");
         assert_eq!(s.violation(), None);
     }
 
@@ -773,47 +704,18 @@ pub(crate) mod tests {
 
     /// Feeds `bytes` whole and split at every point. The offending frame starts at `start`, and
     /// the violation can be seen once `detect` bytes are in (its header end, plus 2 for a close code).
-    fn assert_violation(
-        policy: ScanPolicy,
-        bytes: &[u8],
-        start: usize,
-        detect: usize,
-        want: Violation,
-    ) {
+    fn assert_violation(policy: ScanPolicy, bytes: &[u8], start: usize, detect: usize, want: Violation) {
         let poisoned = |s: &mut FrameScanner| {
             assert_eq!(s.violation(), Some(want));
             let wire = s.counts().wire_bytes;
             let boundary = s.at_frame_boundary();
-            assert_eq!(
-                s.feed(b"\x81\x00more"),
-                Feed::Violation {
-                    valid_up_to: 0,
-                    violation: want
-                }
-            );
-            assert_eq!(
-                s.feed(&[]),
-                Feed::Violation {
-                    valid_up_to: 0,
-                    violation: want
-                }
-            );
-            assert_eq!(
-                s.counts().wire_bytes,
-                wire,
-                "poisoned scanner counts nothing"
-            );
+            assert_eq!(s.feed(b"\x81\x00more"), Feed::Violation { valid_up_to: 0, violation: want });
+            assert_eq!(s.feed(&[]), Feed::Violation { valid_up_to: 0, violation: want });
+            assert_eq!(s.counts().wire_bytes, wire, "poisoned scanner counts nothing");
             assert_eq!(s.at_frame_boundary(), boundary);
         };
         let mut s = FrameScanner::new(policy);
-        assert_eq!(
-            s.feed(bytes),
-            Feed::Violation {
-                valid_up_to: start,
-                violation: want
-            },
-            "whole"
-        );
+        assert_eq!(s.feed(bytes), Feed::Violation { valid_up_to: start, violation: want }, "whole");
         assert!(s.at_frame_boundary());
         assert_eq!(s.counts().wire_bytes, start as u64);
         let whole = *s.counts();
@@ -822,40 +724,19 @@ pub(crate) mod tests {
             let mut s = FrameScanner::new(policy);
             let first = s.feed(&bytes[..i]);
             if i >= detect {
-                assert_eq!(
-                    first,
-                    Feed::Violation {
-                        valid_up_to: start,
-                        violation: want
-                    },
-                    "split {i}"
-                );
+                assert_eq!(first, Feed::Violation { valid_up_to: start, violation: want }, "split {i}");
                 assert!(s.at_frame_boundary());
                 assert_eq!(*s.counts(), whole, "split {i}");
             } else {
                 assert_eq!(first, Feed::Ok, "split {i}");
                 let second = s.feed(&bytes[i..]);
                 if i <= start {
-                    assert_eq!(
-                        second,
-                        Feed::Violation {
-                            valid_up_to: start - i,
-                            violation: want
-                        },
-                        "split {i}"
-                    );
+                    assert_eq!(second, Feed::Violation { valid_up_to: start - i, violation: want }, "split {i}");
                     assert!(s.at_frame_boundary(), "split {i}");
                     assert_eq!(*s.counts(), whole, "split {i}");
                 } else {
                     // The offending frame began in the first chunk, which was already forwarded.
-                    assert_eq!(
-                        second,
-                        Feed::Violation {
-                            valid_up_to: 0,
-                            violation: want
-                        },
-                        "split {i}"
-                    );
+                    assert_eq!(second, Feed::Violation { valid_up_to: 0, violation: want }, "split {i}");
                     assert!(!s.at_frame_boundary(), "split {i}");
                     assert_eq!(s.counts().wire_bytes, i as u64, "split {i}");
                 }
@@ -887,24 +768,9 @@ pub(crate) mod tests {
             let m = if k == 4 { 0x80 } else { 0 };
             let key: &[u8] = if k == 4 { &KEY } else { &[] };
             let with_key = |head: &[u8]| [head, key].concat();
-            check_header_violation(
-                policy,
-                &with_key(&[0x83, m]),
-                2 + k,
-                Violation::ReservedOpcode,
-            );
-            check_header_violation(
-                policy,
-                &with_key(&[0x8F, m | 3]),
-                2 + k,
-                Violation::ReservedOpcode,
-            );
-            check_header_violation(
-                policy,
-                &with_key(&[0x82, m | 126, 0, 5]),
-                4 + k,
-                Violation::NonMinimalLength,
-            );
+            check_header_violation(policy, &with_key(&[0x83, m]), 2 + k, Violation::ReservedOpcode);
+            check_header_violation(policy, &with_key(&[0x8F, m | 3]), 2 + k, Violation::ReservedOpcode);
+            check_header_violation(policy, &with_key(&[0x82, m | 126, 0, 5]), 4 + k, Violation::NonMinimalLength);
             check_header_violation(
                 policy,
                 &with_key(&[0x82, m | 127, 0, 0, 0, 0, 0, 0, 0x01, 0x00]),
@@ -917,41 +783,16 @@ pub(crate) mod tests {
                 10 + k,
                 Violation::LengthTooLarge,
             );
-            check_header_violation(
-                policy,
-                &with_key(&[0x89, m | 126, 0, 126]),
-                4 + k,
-                Violation::ControlFrameTooLong,
-            );
-            check_header_violation(
-                policy,
-                &with_key(&[0x09, m]),
-                2 + k,
-                Violation::FragmentedControlFrame,
-            );
+            check_header_violation(policy, &with_key(&[0x89, m | 126, 0, 126]), 4 + k, Violation::ControlFrameTooLong);
+            check_header_violation(policy, &with_key(&[0x09, m]), 2 + k, Violation::FragmentedControlFrame);
         }
     }
 
     #[test]
     fn masking_rules() {
-        check_header_violation(
-            CLIENT,
-            &frame(0x81, None, b"hi"),
-            2,
-            Violation::UnmaskedClientFrame,
-        );
-        check_header_violation(
-            CLIENT,
-            &frame(0x8A, None, b""),
-            2,
-            Violation::UnmaskedClientFrame,
-        );
-        check_header_violation(
-            SERVER,
-            &frame(0x82, Some(KEY), b"hi"),
-            6,
-            Violation::MaskedServerFrame,
-        );
+        check_header_violation(CLIENT, &frame(0x81, None, b"hi"), 2, Violation::UnmaskedClientFrame);
+        check_header_violation(CLIENT, &frame(0x8A, None, b""), 2, Violation::UnmaskedClientFrame);
+        check_header_violation(SERVER, &frame(0x82, Some(KEY), b"hi"), 6, Violation::MaskedServerFrame);
         check_header_violation(
             SERVER,
             &frame(0x88, Some(KEY), &close_payload(1000, b"")),
@@ -965,12 +806,7 @@ pub(crate) mod tests {
         for policy in [SERVER, CLIENT] {
             let k = if policy.sender == Role::Client { 4 } else { 0 };
             for b0 in [0xC1, 0xA2, 0x91, 0xF2, 0xC9] {
-                check_header_violation(
-                    policy,
-                    &frame(b0, key_for(policy), b"x"),
-                    2 + k,
-                    Violation::ReservedBits,
-                );
+                check_header_violation(policy, &frame(b0, key_for(policy), b"x"), 2 + k, Violation::ReservedBits);
             }
         }
     }
@@ -991,33 +827,15 @@ pub(crate) mod tests {
         let mut bytes = frame(0x41, None, b"comp");
         let start = bytes.len();
         bytes.extend(frame(0xC0, None, b"ressed"));
-        assert_violation(
-            DEFLATE_SERVER,
-            &bytes,
-            start,
-            start + 2,
-            Violation::ReservedBits,
-        );
+        assert_violation(DEFLATE_SERVER, &bytes, start, start + 2, Violation::ReservedBits);
         // Never on control frames.
         for b0 in [0xC9, 0xCA, 0xC8] {
             let (bytes, start) = after_prefix(DEFLATE_SERVER, &frame(b0, None, b""));
-            assert_violation(
-                DEFLATE_SERVER,
-                &bytes,
-                start,
-                start + 2,
-                Violation::ReservedBits,
-            );
+            assert_violation(DEFLATE_SERVER, &bytes, start, start + 2, Violation::ReservedBits);
         }
         // RSV2/RSV3 stay reserved.
         let (bytes, start) = after_prefix(DEFLATE_SERVER, &frame(0xE1, None, b"x"));
-        assert_violation(
-            DEFLATE_SERVER,
-            &bytes,
-            start,
-            start + 2,
-            Violation::ReservedBits,
-        );
+        assert_violation(DEFLATE_SERVER, &bytes, start, start + 2, Violation::ReservedBits);
         // And RSV1 is rejected when nothing was negotiated.
         let (bytes, start) = after_prefix(SERVER, &frame(0xC1, None, b"x"));
         assert_violation(SERVER, &bytes, start, start + 2, Violation::ReservedBits);
@@ -1029,42 +847,20 @@ pub(crate) mod tests {
             let key = key_for(policy);
             let k = if key.is_some() { 4 } else { 0 };
             // A continuation with nothing to continue, with and without FIN.
-            check_header_violation(
-                policy,
-                &frame(0x80, key, b"x"),
-                2 + k,
-                Violation::UnexpectedContinuation,
-            );
-            check_header_violation(
-                policy,
-                &frame(0x00, key, b"x"),
-                2 + k,
-                Violation::UnexpectedContinuation,
-            );
+            check_header_violation(policy, &frame(0x80, key, b"x"), 2 + k, Violation::UnexpectedContinuation);
+            check_header_violation(policy, &frame(0x00, key, b"x"), 2 + k, Violation::UnexpectedContinuation);
             // A new message while one is open, even with a control frame in between.
             let mut bytes = frame(0x01, key, b"open");
             bytes.extend(frame(0x89, key, b"ping"));
             let start = bytes.len();
             bytes.extend(frame(0x82, key, b"new"));
-            assert_violation(
-                policy,
-                &bytes,
-                start,
-                start + 2 + k,
-                Violation::ExpectedContinuation,
-            );
+            assert_violation(policy, &bytes, start, start + 2 + k, Violation::ExpectedContinuation);
             // A finished message leaves nothing to continue.
             let mut bytes = frame(0x01, key, b"a");
             bytes.extend(frame(0x80, key, b"b"));
             let start = bytes.len();
             bytes.extend(frame(0x00, key, b"c"));
-            assert_violation(
-                policy,
-                &bytes,
-                start,
-                start + 2 + k,
-                Violation::UnexpectedContinuation,
-            );
+            assert_violation(policy, &bytes, start, start + 2 + k, Violation::UnexpectedContinuation);
         }
     }
 
@@ -1073,24 +869,13 @@ pub(crate) mod tests {
         for policy in [SERVER, CLIENT] {
             let key = key_for(policy);
             let k = if key.is_some() { 4 } else { 0 };
-            check_header_violation(
-                policy,
-                &frame(0x88, key, &[0x03]),
-                2 + k,
-                Violation::InvalidClosePayload,
-            );
+            check_header_violation(policy, &frame(0x88, key, &[0x03]), 2 + k, Violation::InvalidClosePayload);
             for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 0xFFFF] {
                 // Detected once both code bytes are in, whether or not a reason follows.
                 for reason in [&b""[..], b"why"] {
                     let bad = frame(0x88, key, &close_payload(code, reason));
                     let (bytes, start) = after_prefix(policy, &bad);
-                    assert_violation(
-                        policy,
-                        &bytes,
-                        start,
-                        start + 2 + k + 2,
-                        Violation::InvalidCloseCode,
-                    );
+                    assert_violation(policy, &bytes, start, start + 2 + k + 2, Violation::InvalidCloseCode);
                 }
             }
         }
@@ -1099,35 +884,15 @@ pub(crate) mod tests {
     #[test]
     fn close_code_is_unmasked_before_validation() {
         // 1000 masked with 0xFFFF reads as 64535 on the wire, which would be invalid.
-        let bytes = frame(
-            0x88,
-            Some([0xFF, 0xFF, 0x00, 0x00]),
-            &close_payload(1000, b"ok"),
-        );
+        let bytes = frame(0x88, Some([0xFF, 0xFF, 0x00, 0x00]), &close_payload(1000, b"ok"));
         assert_eq!(&bytes[6..8], &[0xFC, 0x17]);
         let mut s = FrameScanner::new(CLIENT);
         assert_eq!(s.feed(&bytes), Feed::Ok);
-        assert_eq!(
-            s.close(),
-            Some(CloseInfo {
-                code: Some(1000),
-                reason_len: 2
-            })
-        );
+        assert_eq!(s.close(), Some(CloseInfo { code: Some(1000), reason_len: 2 }));
         // And an invalid code hidden behind a mask is still caught.
-        let bytes = frame(
-            0x88,
-            Some([0x12, 0x34, 0x56, 0x78]),
-            &close_payload(1005, b""),
-        );
+        let bytes = frame(0x88, Some([0x12, 0x34, 0x56, 0x78]), &close_payload(1005, b""));
         let mut s = FrameScanner::new(CLIENT);
-        assert_eq!(
-            s.feed(&bytes),
-            Feed::Violation {
-                valid_up_to: 0,
-                violation: Violation::InvalidCloseCode
-            }
-        );
+        assert_eq!(s.feed(&bytes), Feed::Violation { valid_up_to: 0, violation: Violation::InvalidCloseCode });
     }
 
     #[test]
@@ -1141,13 +906,7 @@ pub(crate) mod tests {
         assert_eq!(s.feed(&bytes[6..7]), Feed::Ok);
         assert_eq!(s.close(), None);
         assert_eq!(s.feed(&bytes[7..]), Feed::Ok);
-        assert_eq!(
-            s.close(),
-            Some(CloseInfo {
-                code: Some(1001),
-                reason_len: 4
-            })
-        );
+        assert_eq!(s.close(), Some(CloseInfo { code: Some(1001), reason_len: 4 }));
         assert!(s.at_frame_boundary());
     }
 
@@ -1157,13 +916,7 @@ pub(crate) mod tests {
         assert_eq!(s.feed(&[0x88]), Feed::Ok);
         assert_eq!(s.close(), None);
         assert_eq!(s.feed(&[0x00]), Feed::Ok);
-        assert_eq!(
-            s.close(),
-            Some(CloseInfo {
-                code: None,
-                reason_len: 0
-            })
-        );
+        assert_eq!(s.close(), Some(CloseInfo { code: None, reason_len: 0 }));
         assert!(s.at_frame_boundary());
     }
 
@@ -1181,13 +934,7 @@ pub(crate) mod tests {
             bytes.extend(frame(0x88, key, &close_payload(1001, b"")));
             let mut s = FrameScanner::new(policy);
             assert_eq!(s.feed(&bytes), Feed::Ok);
-            assert_eq!(
-                s.close(),
-                Some(CloseInfo {
-                    code: Some(1000),
-                    reason_len: 4
-                })
-            );
+            assert_eq!(s.close(), Some(CloseInfo { code: Some(1000), reason_len: 4 }));
             assert_eq!(s.counts().closes, 2);
             assert_eq!(s.counts().pings, 1);
             assert_eq!(s.counts().pongs, 1);
@@ -1195,24 +942,12 @@ pub(crate) mod tests {
             assert_eq!(s.counts().messages, 0);
             let mut bad = bytes.clone();
             bad.extend(frame(0x88, key, &close_payload(1005, b"")));
-            assert_violation(
-                policy,
-                &bad,
-                bytes.len(),
-                bytes.len() + 2 + k + 2,
-                Violation::InvalidCloseCode,
-            );
+            assert_violation(policy, &bad, bytes.len(), bytes.len() + 2 + k + 2, Violation::InvalidCloseCode);
             // Any data frame after close, a continuation of the open message included.
             for b0 in [0x80, 0x00, 0x81, 0x82] {
                 let mut bad = bytes.clone();
                 bad.extend(frame(b0, key, b"late"));
-                assert_violation(
-                    policy,
-                    &bad,
-                    bytes.len(),
-                    bytes.len() + 2 + k,
-                    Violation::DataAfterClose,
-                );
+                assert_violation(policy, &bad, bytes.len(), bytes.len() + 2 + k, Violation::DataAfterClose);
             }
         }
     }
@@ -1225,27 +960,15 @@ pub(crate) mod tests {
         assert!(!s.at_frame_boundary());
         assert_eq!(
             s.feed(&[0x00, 0x81, 0x00]),
-            Feed::Violation {
-                valid_up_to: 0,
-                violation: Violation::ReservedOpcode
-            }
+            Feed::Violation { valid_up_to: 0, violation: Violation::ReservedOpcode }
         );
-        assert!(
-            !s.at_frame_boundary(),
-            "the relay already forwarded the header's first byte"
-        );
+        assert!(!s.at_frame_boundary(), "the relay already forwarded the header's first byte");
         assert_eq!(s.counts().wire_bytes, 5);
         assert_eq!(s.counts().frames, 1);
         // The same header whole in the second chunk: boundary, nothing of it forwarded.
         let mut s = FrameScanner::new(SERVER);
         assert_eq!(s.feed(&[0x81, 0x02, b'h', b'i']), Feed::Ok);
-        assert_eq!(
-            s.feed(&[0x83, 0x00]),
-            Feed::Violation {
-                valid_up_to: 0,
-                violation: Violation::ReservedOpcode
-            }
-        );
+        assert_eq!(s.feed(&[0x83, 0x00]), Feed::Violation { valid_up_to: 0, violation: Violation::ReservedOpcode });
         assert!(s.at_frame_boundary());
         assert_eq!(s.counts().wire_bytes, 4);
     }
@@ -1256,29 +979,14 @@ pub(crate) mod tests {
         let mut s = FrameScanner::new(CLIENT);
         assert_eq!(
             s.feed(&[0xA0, 0x00]),
-            Feed::Violation {
-                valid_up_to: 0,
-                violation: Violation::UnmaskedClientFrame
-            }
+            Feed::Violation { valid_up_to: 0, violation: Violation::UnmaskedClientFrame }
         );
         // RSV before sequencing.
         let mut s = FrameScanner::new(SERVER);
-        assert_eq!(
-            s.feed(&[0xA0, 0x00]),
-            Feed::Violation {
-                valid_up_to: 0,
-                violation: Violation::ReservedBits
-            }
-        );
+        assert_eq!(s.feed(&[0xA0, 0x00]), Feed::Violation { valid_up_to: 0, violation: Violation::ReservedBits });
         // Frame-parser errors before any per-direction rule.
         let mut s = FrameScanner::new(CLIENT);
-        assert_eq!(
-            s.feed(&[0xB3, 0x00]),
-            Feed::Violation {
-                valid_up_to: 0,
-                violation: Violation::ReservedOpcode
-            }
-        );
+        assert_eq!(s.feed(&[0xB3, 0x00]), Feed::Violation { valid_up_to: 0, violation: Violation::ReservedOpcode });
     }
 
     // ---- per-message chunk counts --------------------------------------------------------
@@ -1342,11 +1050,7 @@ pub(crate) mod tests {
     }
 
     fn chunk_policy(sender: Role) -> ScanPolicy {
-        ScanPolicy {
-            sender,
-            allowed_rsv: 0,
-            chunks: CHUNKS,
-        }
+        ScanPolicy { sender, allowed_rsv: 0, chunks: CHUNKS }
     }
 
     #[test]
@@ -1378,10 +1082,7 @@ pub(crate) mod tests {
                 let mut s = FrameScanner::new(chunk_policy(sender));
                 assert_eq!(s.feed(&bytes[..i]), Feed::Ok, "split {i}");
                 // A message counts once the header of its FIN frame is complete.
-                let done = fins
-                    .iter()
-                    .filter(|&&(end, _)| end <= i)
-                    .map(|&(_, len)| len);
+                let done = fins.iter().filter(|&&(end, _)| end <= i).map(|&(_, len)| len);
                 assert_eq!(s.counts().chunked, expected_chunked(done, CHUNKS), "at {i}");
                 assert_eq!(s.feed(&bytes[i..]), Feed::Ok, "split {i}");
                 assert_eq!(s.counts().chunked, total, "split {i}");
@@ -1395,26 +1096,15 @@ pub(crate) mod tests {
         let mut s = FrameScanner::new(chunk_policy(Role::Client));
         for (i, byte) in bytes.iter().enumerate() {
             assert_eq!(s.feed(std::slice::from_ref(byte)), Feed::Ok, "byte {i}");
-            let done = fins
-                .iter()
-                .filter(|&&(end, _)| end <= i + 1)
-                .map(|&(_, len)| len);
-            assert_eq!(
-                s.counts().chunked,
-                expected_chunked(done, CHUNKS),
-                "at {}",
-                i + 1
-            );
+            let done = fins.iter().filter(|&&(end, _)| end <= i + 1).map(|&(_, len)| len);
+            assert_eq!(s.counts().chunked, expected_chunked(done, CHUNKS), "at {}", i + 1);
         }
     }
 
     #[test]
     fn chunk_boundaries_exact_multiples_and_empty() {
         let one = |len: usize| {
-            let mut s = FrameScanner::new(ScanPolicy {
-                chunks: Chunks([32_768, 0, 0, 0]),
-                ..SERVER
-            });
+            let mut s = FrameScanner::new(ScanPolicy { chunks: Chunks([32_768, 0, 0, 0]), ..SERVER });
             assert_eq!(s.feed(&frame(0x82, None, &vec![0; len])), Feed::Ok);
             s.counts().chunked[0]
         };
@@ -1433,16 +1123,9 @@ pub(crate) mod tests {
     fn fragmented_message_is_one_message_of_its_total_length() {
         // 2048 + 1 bytes in two fragments with a ping between them: one message of 2049 bytes,
         // so 2 chunks of 2 KiB (not 1 + 1 per fragment and nothing for the ping).
-        let mut s = FrameScanner::new(ScanPolicy {
-            chunks: Chunks([2_048, 0, 0, 0]),
-            ..SERVER
-        });
+        let mut s = FrameScanner::new(ScanPolicy { chunks: Chunks([2_048, 0, 0, 0]), ..SERVER });
         assert_eq!(s.feed(&frame(0x02, None, &[0; 2_048])), Feed::Ok);
-        assert_eq!(
-            s.counts().chunked[0],
-            0,
-            "nothing counts before the FIN frame"
-        );
+        assert_eq!(s.counts().chunked[0], 0, "nothing counts before the FIN frame");
         assert_eq!(s.feed(&frame(0x89, None, &[0; 125])), Feed::Ok);
         assert_eq!(s.counts().chunked[0], 0, "a ping is not a message");
         assert_eq!(s.feed(&frame(0x80, None, &[0])), Feed::Ok);
@@ -1499,10 +1182,7 @@ pub(crate) mod tests {
     fn footprint_is_small() {
         let total = std::mem::size_of::<FrameScanner>();
         assert!(total <= 192, "{total}");
-        assert!(
-            total - std::mem::size_of::<DirectionCounts>() <= 72,
-            "{total}"
-        );
+        assert!(total - std::mem::size_of::<DirectionCounts>() <= 72, "{total}");
     }
 
     // ---- property tests against tungstenite's encoder --------------------------------------
@@ -1537,10 +1217,7 @@ pub(crate) mod tests {
         }
 
         fn ctl() -> impl Strategy<Value = Ctl> {
-            prop_oneof![
-                (0usize..=125).prop_map(Ctl::Ping),
-                (0usize..=125).prop_map(Ctl::Pong)
-            ]
+            prop_oneof![(0usize..=125).prop_map(Ctl::Ping), (0usize..=125).prop_map(Ctl::Pong)]
         }
 
         fn msg() -> impl Strategy<Value = Msg> {
@@ -1551,19 +1228,11 @@ pub(crate) mod tests {
                 prop::collection::vec(any::<prop::sample::Index>(), 0..=3),
                 prop::collection::vec(prop::collection::vec(ctl(), 0..=2), 3),
             )
-                .prop_map(|(text, size, cuts, between)| Msg {
-                    text,
-                    size,
-                    cuts,
-                    between,
-                })
+                .prop_map(|(text, size, cuts, between)| Msg { text, size, cuts, between })
         }
 
         pub fn items() -> impl Strategy<Value = Vec<Item>> {
-            prop::collection::vec(
-                prop_oneof![4 => msg().prop_map(Item::Msg), 1 => ctl().prop_map(Item::Ctl)],
-                0..=8,
-            )
+            prop::collection::vec(prop_oneof![4 => msg().prop_map(Item::Msg), 1 => ctl().prop_map(Item::Ctl)], 0..=8)
         }
 
         /// `None`: no close; `Some(None)`: empty close; `Some(Some((code, reason_len)))`.
@@ -1584,9 +1253,7 @@ pub(crate) mod tests {
         impl Built {
             fn push(&mut self, mut frame: Frame) {
                 let payload_len = frame.payload().len() as u64;
-                frame.header_mut().mask = self
-                    .key
-                    .map(|k| [k[0] ^ self.n, k[1], k[2].wrapping_add(self.n), k[3]]);
+                frame.header_mut().mask = self.key.map(|k| [k[0] ^ self.n, k[1], k[2].wrapping_add(self.n), k[3]]);
                 self.n = self.n.wrapping_add(1);
                 frame.format(&mut self.bytes).unwrap();
                 self.truth.frames += 1;
@@ -1612,13 +1279,7 @@ pub(crate) mod tests {
                 key: Option<[u8; 4]>,
                 chunks: Chunks,
             ) -> Self {
-                let mut b = Built {
-                    bytes: Vec::new(),
-                    truth: DirectionCounts::default(),
-                    close: None,
-                    key,
-                    n: 0,
-                };
+                let mut b = Built { bytes: Vec::new(), truth: DirectionCounts::default(), close: None, key, n: 0 };
                 for item in items {
                     let m = match item {
                         Item::Ctl(c) => {
@@ -1627,8 +1288,7 @@ pub(crate) mod tests {
                         }
                         Item::Msg(m) => m,
                     };
-                    let mut bounds: Vec<usize> =
-                        m.cuts.iter().map(|ix| ix.index(m.size + 1)).collect();
+                    let mut bounds: Vec<usize> = m.cuts.iter().map(|ix| ix.index(m.size + 1)).collect();
                     bounds.push(0);
                     bounds.push(m.size);
                     bounds.sort_unstable();
@@ -1642,11 +1302,7 @@ pub(crate) mod tests {
                             Data::Binary
                         };
                         let len = bounds[j + 1] - bounds[j];
-                        b.push(Frame::message(
-                            vec![b'x'; len],
-                            OpCode::Data(data),
-                            j == last,
-                        ));
+                        b.push(Frame::message(vec![b'x'; len], OpCode::Data(data), j == last));
                         b.truth.data_frames += 1;
                         if j < last {
                             for c in m.between.get(j).into_iter().flatten() {
@@ -1660,8 +1316,7 @@ pub(crate) mod tests {
                     } else {
                         b.truth.binary_messages += 1;
                     }
-                    b.truth.largest_message_bytes =
-                        b.truth.largest_message_bytes.max(m.size as u64);
+                    b.truth.largest_message_bytes = b.truth.largest_message_bytes.max(m.size as u64);
                     for (total, size) in b.truth.chunked.iter_mut().zip(chunks.0) {
                         if size > 0 {
                             *total += (m.size as u64).div_ceil(u64::from(size)).max(1);
@@ -1676,14 +1331,8 @@ pub(crate) mod tests {
                     b.push(Frame::close(frame));
                     b.truth.closes += 1;
                     b.close = Some(match close {
-                        Some((code, reason_len)) => CloseInfo {
-                            code: Some(code),
-                            reason_len: reason_len as u16,
-                        },
-                        None => CloseInfo {
-                            code: None,
-                            reason_len: 0,
-                        },
+                        Some((code, reason_len)) => CloseInfo { code: Some(code), reason_len: reason_len as u16 },
+                        None => CloseInfo { code: None, reason_len: 0 },
                     });
                 }
                 b.truth.wire_bytes = b.bytes.len() as u64;

@@ -31,7 +31,14 @@ pub struct Tap {
 
 impl Tap {
     /// Wrap `io`; `early` are client bytes already read after its request head.
-    pub fn new(io: Stream, early: Vec<u8>, client: ScanPolicy, server: ScanPolicy, metrics: ConnMetrics, live: std::sync::Arc<crate::metering::live::Live>) -> Tap {
+    pub fn new(
+        io: Stream,
+        early: Vec<u8>,
+        client: ScanPolicy,
+        server: ScanPolicy,
+        metrics: ConnMetrics,
+        live: std::sync::Arc<crate::metering::live::Live>,
+    ) -> Tap {
         Tap {
             io,
             early,
@@ -49,7 +56,11 @@ impl Tap {
         let had_close = s.close().is_some();
         // A violation stops counting in that direction; tungstenite closes the connection itself.
         if let Feed::Violation { violation, .. } = s.feed(bytes) {
-            tracing::debug!(direction = d.as_str(), violation = violation.as_str(), "built-in object: protocol violation");
+            tracing::debug!(
+                direction = d.as_str(),
+                violation = violation.as_str(),
+                "built-in object: protocol violation"
+            );
         }
         if !had_close && s.close().is_some() {
             let party = if d == Direction::ClientToBackend { Party::Client } else { Party::Backend };

@@ -98,7 +98,9 @@ where
                     }
                     Ok(resp)
                 };
-                if let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config())).await {
+                if let Ok(ws) =
+                    tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config())).await
+                {
                     handler(ws).await;
                 }
             });
@@ -125,7 +127,9 @@ pub async fn echo_reporting(mut ws: Ws, mut seen: impl FnMut(&Message)) {
                 let mut parts = t.as_str().splitn(3, ':').skip(1);
                 let code: u16 = parts.next().and_then(|c| c.parse().ok()).unwrap_or(1000);
                 let reason = parts.next().unwrap_or("").to_string();
-                let _ = ws.send(Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() }))).await;
+                let _ = ws
+                    .send(Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })))
+                    .await;
             }
             Message::Text(_) | Message::Binary(_) => {
                 let Ok(()) = ws.send(msg).await else { return };
@@ -174,7 +178,9 @@ pub enum Event {
 
 /// An echo backend (magic messages included) that reports every message each connection
 /// receives, then `Event::End`, on the returned channel.
-pub async fn recording_echo_backend(subprotocol: Option<&'static str>) -> (Backend, tokio::sync::mpsc::UnboundedReceiver<Event>) {
+pub async fn recording_echo_backend(
+    subprotocol: Option<&'static str>,
+) -> (Backend, tokio::sync::mpsc::UnboundedReceiver<Event>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let backend = ws_backend(subprotocol, move |ws| {
         let tx = tx.clone();

@@ -60,7 +60,8 @@ impl ObjectHost {
             close_delay_ms: Arc::default(),
             tasks: Arc::default(),
         };
-        let (name, visits, healthy, tasks) = (host.name.clone(), host.visits.clone(), host.healthy.clone(), host.tasks.clone());
+        let (name, visits, healthy, tasks) =
+            (host.name.clone(), host.visits.clone(), host.healthy.clone(), host.tasks.clone());
         let delay = host.close_delay_ms.clone();
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -107,7 +108,13 @@ impl Drop for ObjectHost {
     }
 }
 
-async fn serve(stream: tokio::net::TcpStream, name: String, visits: Arc<Mutex<Vec<Visit>>>, healthy: Arc<AtomicBool>, delay: Arc<AtomicU64>) {
+async fn serve(
+    stream: tokio::net::TcpStream,
+    name: String,
+    visits: Arc<Mutex<Vec<Visit>>>,
+    healthy: Arc<AtomicBool>,
+    delay: Arc<AtomicU64>,
+) {
     let mut visit = None;
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {

@@ -92,7 +92,11 @@ impl Weir {
         Self::start_full(pools_and_routes, "", Some((cert, key))).await
     }
 
-    async fn start_full(pools_and_routes: &str, extra: &str, tls: Option<(&std::path::Path, &std::path::Path)>) -> Weir {
+    async fn start_full(
+        pools_and_routes: &str,
+        extra: &str,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Weir {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let dir = tempfile::tempdir().expect("tempdir");

@@ -60,7 +60,8 @@ impl Postgres {
             let (Some(uid), Some(gid)) = (num(uid), num(gid)) else {
                 panic!("running as root, but there is no `postgres` user to run PostgreSQL as: install Debian's postgresql package");
             };
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the cluster directory to postgres");
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .expect("chown the cluster directory to postgres");
         }
         let mut pg = Postgres { bin, dir, port: free_port(), as_postgres, running: false };
         let data = pg.data();
@@ -154,7 +155,11 @@ impl Postgres {
                     return client;
                 }
                 Err(e) => {
-                    assert!(start.elapsed() < DEADLINE, "PostgreSQL on port {} does not accept connections: {e}", self.port);
+                    assert!(
+                        start.elapsed() < DEADLINE,
+                        "PostgreSQL on port {} does not accept connections: {e}",
+                        self.port
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
                 }
             }
@@ -169,7 +174,10 @@ impl Postgres {
     /// Run `sql` on database `weir`; every value as text, or the server's error message.
     pub async fn try_query(&self, sql: &str) -> Result<Vec<Vec<String>>, String> {
         let client = self.connect("weir").await;
-        let messages = client.simple_query(sql).await.map_err(|e| e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string()))?;
+        let messages = client
+            .simple_query(sql)
+            .await
+            .map_err(|e| e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_string()))?;
         Ok(messages
             .into_iter()
             .filter_map(|m| match m {
@@ -184,7 +192,10 @@ impl Postgres {
     /// The single value `sql` returns, parsed as an integer.
     pub async fn count(&self, sql: &str) -> i64 {
         let rows = self.query(sql).await;
-        rows.first().and_then(|r| r.first()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{sql} returned {rows:?}"))
+        rows.first()
+            .and_then(|r| r.first())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{sql} returned {rows:?}"))
     }
 }
 

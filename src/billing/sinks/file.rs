@@ -26,7 +26,9 @@ struct State {
 impl FileSink {
     /// A sink appending to `path`.
     pub fn new(path: &Path, rotate_bytes: u64, rotate_interval: Duration) -> FileSink {
-        FileSink { inner: Arc::new(Mutex::new(State { path: path.to_path_buf(), rotate_bytes, rotate_interval, file: None })) }
+        FileSink {
+            inner: Arc::new(Mutex::new(State { path: path.to_path_buf(), rotate_bytes, rotate_interval, file: None })),
+        }
     }
 }
 
@@ -89,7 +91,11 @@ pub fn files(path: &Path) -> Vec<PathBuf> {
     let mut rotated: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{name}.")) && n.len() > name.len() + 1))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{name}.")) && n.len() > name.len() + 1)
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -113,7 +119,10 @@ mod tests {
         }
         let all = files(&path);
         assert!(all.len() >= 2, "{all:?}");
-        let lines: Vec<String> = all.iter().flat_map(|p| std::fs::read_to_string(p).unwrap().lines().map(String::from).collect::<Vec<_>>()).collect();
+        let lines: Vec<String> = all
+            .iter()
+            .flat_map(|p| std::fs::read_to_string(p).unwrap().lines().map(String::from).collect::<Vec<_>>())
+            .collect();
         assert_eq!(lines.len(), 50);
         for (i, l) in lines.iter().enumerate() {
             assert!(l.starts_with(&format!("{{\"n\":{i},")), "line {i} is {l}");

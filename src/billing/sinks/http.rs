@@ -30,7 +30,9 @@ pub struct HttpSink {
 impl HttpSink {
     /// POST to `http://{host}{path}`, connecting to `addr`.
     pub fn new(addr: &str, host: &str, path: &str, timeout: Duration) -> HttpSink {
-        let node = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "weir".into());
+        let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "weir".into());
         HttpSink { addr: addr.into(), host: host.into(), path: path.into(), timeout, source: format!("weir://{node}") }
     }
 
@@ -39,9 +41,11 @@ impl HttpSink {
         let events: Vec<Value> = lines
             .iter()
             .map(|l| {
-                let record: Value = serde_json::from_slice(l).map_err(|e| format!("spooled record is not JSON: {e}"))?;
+                let record: Value =
+                    serde_json::from_slice(l).map_err(|e| format!("spooled record is not JSON: {e}"))?;
                 let kind = record["record"].as_str().unwrap_or("record").to_string();
-                let subject = record["connection_id"].as_str().or(record["object_id"].as_str()).unwrap_or("").to_string();
+                let subject =
+                    record["connection_id"].as_str().or(record["object_id"].as_str()).unwrap_or("").to_string();
                 Ok(json!({
                     "specversion": "1.0",
                     "id": record["idempotency_key"],
@@ -95,7 +99,10 @@ mod tests {
         let line = br#"{"record":"stop","idempotency_key":"c1:3","connection_id":"c1","at":"2026-11-22T10:00:00.000Z","tenant":"acme"}"#.to_vec();
         let body: Value = serde_json::from_slice(&sink.body(&[line]).unwrap()).unwrap();
         let e = &body[0];
-        assert_eq!((e["specversion"].as_str(), e["id"].as_str(), e["type"].as_str()), (Some("1.0"), Some("c1:3"), Some("dev.weir.usage.stop")));
+        assert_eq!(
+            (e["specversion"].as_str(), e["id"].as_str(), e["type"].as_str()),
+            (Some("1.0"), Some("c1:3"), Some("dev.weir.usage.stop"))
+        );
         assert_eq!((e["subject"].as_str(), e["time"].as_str()), (Some("c1"), Some("2026-11-22T10:00:00.000Z")));
         assert_eq!(e["data"]["tenant"], "acme");
     }

@@ -22,7 +22,9 @@ pub trait Sink: Send + Sync {
 pub fn build(config: &crate::config::Sink) -> Box<dyn Sink> {
     use crate::config::SinkKind;
     match &config.kind {
-        SinkKind::File { path, rotate_bytes, rotate_interval } => Box::new(file::FileSink::new(path, *rotate_bytes, *rotate_interval)),
+        SinkKind::File { path, rotate_bytes, rotate_interval } => {
+            Box::new(file::FileSink::new(path, *rotate_bytes, *rotate_interval))
+        }
         SinkKind::Http { addr, host, path, timeout } => Box::new(http::HttpSink::new(addr, host, path, *timeout)),
         SinkKind::Postgres { url, table } => Box::new(postgres::PostgresSink::new(url, table)),
     }

@@ -69,7 +69,8 @@ impl Sink for PostgresSink {
         let mut keys = Vec::with_capacity(lines.len());
         let mut bodies = Vec::with_capacity(lines.len());
         for l in lines {
-            let v: serde_json::Value = serde_json::from_slice(l).map_err(|e| format!("spooled record is not JSON: {e}"))?;
+            let v: serde_json::Value =
+                serde_json::from_slice(l).map_err(|e| format!("spooled record is not JSON: {e}"))?;
             keys.push(v["idempotency_key"].as_str().unwrap_or_default().to_string());
             bodies.push(String::from_utf8_lossy(l).into_owned());
         }
