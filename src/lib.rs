@@ -1,32 +1,48 @@
 //! weir: a WebSocket gateway that relays connections byte for byte and meters every one.
 //!
-//! # Layout
-//! Each module's own doc says whether it runs on the hot path (per chunk/frame), the warm path
-//! (per connection or request) or the cold path (startup).
+//! # Code map
+//! Dependencies flow one way, top to bottom; a lower module never imports a higher one (where
+//! it needs something from above it defines a trait, like the relay's `Observer`):
+//!
+//! ```text
+//! server ─▶ admin, gateway, billing::delivery          (cold: startup, services)
+//! config ─▶ gateway ─▶ relay                           (relay imports nothing from weir)
+//!             ├─▶ metering ─▶ billing ─▶ sinks
+//!             ├─▶ objects ─▶ pools ─▶ http1            (http1 is a leaf)
+//!             └─▶ routing
+//! ```
+//!
+//! Each module once, with its path (hot: per chunk or frame; warm: per connection or request;
+//! cold: startup; background: services of their own):
 //! - `config`: `config.yaml` → file types → validated `Config`; every error at once (cold).
-//! - `server`: builds Pingora's `Server` and services from a `Config` (cold).
-//! - `gateway`: Pingora HTTP app: head, routing, handshake on both sides, rejections (warm).
+//! - `server`: builds Pingora's `Server` and every service from a `Config` (cold).
+//! - `gateway`: Pingora HTTP app: head, routing, handshake on both sides, rejections, the
+//!   after-101 task and its observer (warm).
 //! - `routing`: (host, path) → route (warm, pure).
-//! - `pools`: Pingora load balancers and health probes per backend pool (warm / background).
-//! - `relay`: frame scanner and the relay state machine after the 101 (hot).
-//! - `metering`: per-connection `Meter` → start/interim/stop `UsageRecord`s, the live set and
-//!   its interim sweeper (warm).
-//! - `billing`: spool (fsync batches), delivery loops, sinks (file, postgres, http), pricing
-//!   units and `weir usage` reports.
-//! - `sync`: the poison-tolerant lock helper every mutex goes through.
+//! - `http1`: HTTP/1 heads and WebSocket handshake helpers, shared by all who speak HTTP/1 (warm,
+//!   leaf).
+//! - `relay`: frame scanner, the relay state machine after the 101, the tap around built-in
+//!   objects, reports and the closes weir sends (hot).
+//! - `ws`: WebSockets weir terminates itself: the echo loop, closing, draining (warm).
+//! - `pools`: Pingora load balancers, health probes, the built-in echo backend (warm /
+//!   background).
+//! - `objects`: object namespaces: id → one owner, leases, eviction, accounting, and the objects
+//!   weir serves itself (echo, rooms with history) (warm).
+//! - `metering`: per-connection `Meter`, active clock, the live set and its interim sweeper; it
+//!   writes every connection record (warm / background).
+//! - `billing`: the record contract and log, spool, delivery, sinks, pricing units, `weir usage`
+//!   reports (warm / background / cold).
 //! - `metrics`: Prometheus families, names in `metrics::names` (hot updates, cold setup).
-//! - `admin`: `/metrics`, `/healthz`, `/readyz` on the admin listener.
-//! - `objects`: object namespaces: id → one owner (rendezvous), leases, eviction, accounting (warm).
-//! - `builtin`: servers and objects built into weir: the echo backend, the echo and room objects.
-//! - `billing`: pricing units computed from a connection's counts (warm, pure).
+//! - `admin`: `/metrics`, `/healthz`, `/readyz` on the admin listener (warm).
+//! - `sync`: the poison-tolerant lock helper every mutex goes through.
 //!
 //! The README's "Code map" and `../shared/DESIGN.md` describe the data flow.
 
 pub mod admin;
 pub mod billing;
-pub mod builtin;
 pub mod config;
 pub mod gateway;
+pub mod http1;
 pub mod metering;
 pub mod metrics;
 pub mod objects;
@@ -35,3 +51,4 @@ pub mod relay;
 pub mod routing;
 pub mod server;
 pub mod sync;
+pub mod ws;

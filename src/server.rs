@@ -10,14 +10,14 @@
 use crate::admin::Admin;
 use crate::billing::delivery::Delivery;
 use crate::billing::spool::Spool;
-use crate::builtin::Builtins;
+use crate::billing::UsageLog;
 use crate::config::Config;
 use crate::gateway::http::HttpRoutes;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Parts};
 use crate::metering::live::LiveSet;
-use crate::metering::UsageLog;
 use crate::metrics::Metrics;
 use crate::objects::Objects;
+use crate::pools::builtin::Builtins;
 use crate::pools::Pools;
 use crate::routing::RouteTable;
 use anyhow::Context;
@@ -77,7 +77,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         &server.configuration,
         HttpRoutes::new(routes.clone(), pools.clone(), config.timeouts),
     ));
-    let gateway = Gateway::new(&config, routes, pools, objects, metrics.clone(), usage, live, http);
+    let gateway = Gateway::new(&config, Parts { routes, pools, objects, metrics: metrics.clone(), live, http });
     let mut gateway_service = Service::new("weir gateway".to_string(), gateway);
     for l in &config.listeners {
         // Unbuffered: weir reads the head itself and relays from its own per-thread buffer, so a

@@ -205,7 +205,7 @@ async fn demo_page_talks_to_the_builtin_echo_in_chromium() {
     let record =
         eventually("the browser's usage record", || async { weir.records().into_iter().find(|r| r.status == 101) })
             .await;
-    assert_eq!(record.route.as_deref(), Some("echo"));
+    assert_eq!(record.identity.route.as_deref(), Some("echo"));
     assert_eq!(record.client_to_backend.messages, 1);
     assert_eq!(record.backend_to_client.messages, 1);
     assert_eq!(record.client_to_backend.payload_bytes, 19 + 5, "message + close payload (1000 + \"bye\")");
@@ -299,11 +299,15 @@ routes:
     assert_eq!((object.connections, object.peak_connections), (2, 2), "{object:?}");
     assert!(object.messages_in >= 1, "{object:?}");
     let records: Vec<_> =
-        weir.records().into_iter().filter(|r| r.object.as_ref().is_some_and(|o| o.id == room)).collect();
+        weir.records().into_iter().filter(|r| r.identity.object.as_ref().is_some_and(|o| o.id == room)).collect();
     assert_eq!(records.len(), 2, "{records:?}");
     for r in &records {
-        let o = r.object.as_ref().unwrap();
-        assert_eq!((o.namespace.as_str(), r.route.as_deref(), r.status), ("rooms", Some("rooms"), 101), "{r:?}");
+        let o = r.identity.object.as_ref().unwrap();
+        assert_eq!(
+            (o.namespace.as_str(), r.identity.route.as_deref(), r.status),
+            ("rooms", Some("rooms"), 101),
+            "{r:?}"
+        );
         assert_eq!(r.outcome, "completed", "{r:?}");
     }
     let sent: u64 = records.iter().map(|r| r.client_to_backend.messages).sum();

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use weir::metering::DirectionUsage;
+use weir::billing::DirectionUsage;
 
 /// Ground-truth counters of one direction, built frame by frame.
 #[derive(Default)]
@@ -153,20 +153,20 @@ async fn usage_record_equals_ground_truth_for_a_scripted_mix() {
     let close = r.close.as_ref().expect("close");
     assert_eq!((close.code, close.initiator.as_str(), close.clean), (Some(4001), "client", true));
     assert_eq!((r.outcome.as_str(), r.status, r.requests, r.reason.as_deref()), ("completed", 101, 1, None));
-    assert_eq!((r.route.as_deref(), r.pool.as_deref()), (Some("p"), Some("p")));
-    assert_eq!(r.backend, Some(backend.addr.to_string()));
-    assert!(r.client_addr.as_deref().unwrap_or("").starts_with("127.0.0.1:"), "{:?}", r.client_addr);
+    assert_eq!((r.identity.route.as_deref(), r.identity.pool.as_deref()), (Some("p"), Some("p")));
+    assert_eq!(r.identity.backend, Some(backend.addr.to_string()));
+    assert!(r.identity.client_addr.as_deref().unwrap_or("").starts_with("127.0.0.1:"), "{:?}", r.identity.client_addr);
     assert_eq!(r.subprotocol, None);
 
     // Identity and time.
-    let id = uuid::Uuid::parse_str(&r.connection_id).expect("connection_id is a UUID");
+    let id = uuid::Uuid::parse_str(&r.identity.connection_id).expect("connection_id is a UUID");
     assert_eq!(id.get_version_num(), 7, "UUIDv7");
     let ended_at = r.ended_at.clone().expect("a stop record has ended_at");
     assert_eq!(r.at, ended_at, "a stop record is made when the connection ends");
-    for t in [&r.started_at, &ended_at] {
+    for t in [&r.identity.started_at, &ended_at] {
         assert!(t.ends_with('Z') && t.len() == "2026-11-22T14:05:06.123Z".len(), "RFC 3339 ms UTC: {t}");
     }
-    let (start, end) = (millis_since_epoch(&r.started_at), millis_since_epoch(&ended_at));
+    let (start, end) = (millis_since_epoch(&r.identity.started_at), millis_since_epoch(&ended_at));
     let span = end - start;
     assert!(
         span.abs_diff(r.duration_ms as u128) <= 1,

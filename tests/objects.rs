@@ -472,8 +472,10 @@ async fn object_usage_records_equal_what_the_clients_did() {
     // Every connection record names its object, and the sums agree with the object record.
     let conns: Vec<_> = weir.records().into_iter().filter(|r| r.status == 101).collect();
     assert_eq!(conns.len(), 3);
-    let on_x: Vec<_> =
-        conns.iter().filter(|r| r.object.as_ref().is_some_and(|o| o.namespace == "echo" && o.id == "x")).collect();
+    let on_x: Vec<_> = conns
+        .iter()
+        .filter(|r| r.identity.object.as_ref().is_some_and(|o| o.namespace == "echo" && o.id == "x"))
+        .collect();
     assert_eq!(on_x.len(), 2);
     assert_eq!(on_x.iter().map(|r| r.client_to_backend.messages).sum::<u64>(), x.messages_in);
     assert_eq!(on_x.iter().map(|r| r.client_to_backend.payload_bytes).sum::<u64>(), x.payload_bytes_in);

@@ -247,7 +247,7 @@ async fn backend_subprotocol_reaches_client_and_headers_are_forwarded() {
     assert_eq!(s.header("origin"), Some("http://app.example.test"));
     assert_eq!(s.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(s.header("x-forwarded-proto"), Some("http"));
-    assert_eq!(s.header("x-weir-connection-id"), Some(r.connection_id.as_str()));
+    assert_eq!(s.header("x-weir-connection-id"), Some(r.identity.connection_id.as_str()));
 }
 
 #[tokio::test]
@@ -391,7 +391,7 @@ async fn two_hundred_concurrent_connections_each_get_their_own_messages_in_order
         assert_eq!(r.outcome, "completed", "{r:?}");
         assert_eq!((r.client_to_backend.messages, r.backend_to_client.messages), (MSGS as u64, MSGS as u64), "{r:?}");
     }
-    let ids: std::collections::HashSet<_> = records.iter().map(|r| r.connection_id.clone()).collect();
+    let ids: std::collections::HashSet<_> = records.iter().map(|r| r.identity.connection_id.clone()).collect();
     assert_eq!(ids.len(), CONNS, "connection ids are unique");
 }
 
@@ -651,7 +651,7 @@ async fn http_route_proxies_plain_requests_and_upgrades() {
     assert_eq!(recv(&mut ws).await, Message::text("upgraded"));
     close_normally(&mut ws).await;
     let r = weir.records_eventually(1).await.remove(0);
-    assert_eq!((r.route.as_deref(), r.status, r.outcome.as_str()), (Some("h"), 101, "completed"));
+    assert_eq!((r.identity.route.as_deref(), r.status, r.outcome.as_str()), (Some("h"), 101, "completed"));
 }
 
 #[tokio::test]

@@ -1,24 +1,33 @@
-//! Billing: the pipeline that never loses a usage record, and the units providers price.
+//! Billing: the record contract, the pipeline that never loses a usage record, and the units
+//! providers price.
 //!
-//! `metering` makes the records (start, interim, stop, object); `UsageLog` adds the pricing
-//! units (`units.rs`) and hands each record to the `spool` (append-only segments, fsynced in
-//! batches at most every 200 ms); `delivery` runs one loop per sink that reads the durable records
-//! after its own cursor, delivers them in batches and advances the cursor only after the sink has
-//! them; `sinks/` holds the sinks (file, postgres, http). A segment is deleted only when every
-//! sink's cursor is past it. `report` reads the file or PostgreSQL sink back and totals usage
-//! over a time range (`weir usage`).
-//!
-//! Paths: `append` and `units::compute` are warm (once per record, on the connection's thread);
-//! the flusher, the sweeper and the delivery loops are background; `open` and `report` are cold.
+//! - `record.rs`: the contract: `UsageRecord` (start, interim, stop), `ObjectRecord`, their kinds
+//!   and the connection `Identity` records share (warm path: serialised once per record).
+//! - `log.rs`: `UsageLog`, the one way into the spool; records are made by `metering` (connection
+//!   records) and `objects` (occupancies) and written through it (warm path).
+//! - `spool.rs`: append-only segments, fsynced in batches at most every `usage.fsync_interval`
+//!   (warm append; background flusher).
+//! - `delivery.rs`: one loop per sink that reads the durable records after its own cursor,
+//!   delivers them in batches and advances the cursor only after the sink has them; a segment is
+//!   deleted only when every sink's cursor is past it (background).
+//! - `sinks/`: file, postgres and http (CloudEvents) sinks (background).
+//! - `units.rs`: pricing units computed from a connection's counts (warm, pure).
+//! - `report.rs`: reads the file or PostgreSQL sink back and totals usage over a time range
+//!   (`weir usage`; cold).
 
 // Bytes from the network never panic here: every failure is a value (see the module doc).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod delivery;
+pub mod log;
+pub mod record;
 pub mod report;
 pub mod sinks;
 pub mod spool;
 pub mod units;
+
+pub use log::UsageLog;
+pub use record::{CloseUsage, DirectionUsage, Identity, ObjectRecord, ObjectRef, RecordKind, UsageRecord};
 
 use crate::relay::scanner::DirectionCounts;
 use std::collections::BTreeMap;

@@ -27,7 +27,7 @@
 //!   client messages), `bytes_in` / `bytes_out` (payload bytes, same directions), then one
 //!   `units.<name>` per unit found in the records' `units` (up to six decimals).
 
-use crate::metering::ObjectRef;
+use super::record::ObjectRef;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

@@ -248,6 +248,22 @@ pub struct Route {
     pub tenant: Option<String>,
 }
 
+impl Route {
+    /// Whether a request for `path` matches this route's path prefix (see `prefix_matches`).
+    pub fn matches_path(&self, path: &str) -> bool {
+        prefix_matches(&self.path_prefix, path)
+    }
+}
+
+/// Segment-wise prefix match: `/chat` matches `/chat`, `/chat/`, `/chat/x`, not `/chatter`.
+/// The empty prefix (route `/`) matches everything.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.is_empty() || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
 /// What serves a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {

@@ -593,7 +593,7 @@ impl Validator {
                 }
                 let ns = objects.iter().find(|n| &n.name == object);
                 if let Some(IdSource::Path { prefix, .. }) = ns.map(|n| &n.id_source) {
-                    if !crate::routing::prefix_matches(&path_prefix, prefix.trim_end_matches('/')) {
+                    if !super::model::prefix_matches(&path_prefix, prefix.trim_end_matches('/')) {
                         self.err(
                             format!("routes[{i}].path_prefix"),
                             &r.path_prefix,

@@ -1,16 +1,13 @@
-//! RFC 6455 §4 handshake rules: checking a client's upgrade and a backend's answer.
+//! RFC 6455 §4.2.1: checking a client's upgrade request (the answer side lives in
+//! `http1::upgrade`).
 //!
 //! Warm path (once per connection), pure: no I/O, testable with literal heads.
 
-#[cfg(test)]
-use super::head::Fields;
-use super::head::RequestHead;
 use super::reject::RejectReason;
+use crate::http1::head::RequestHead;
+#[cfg(test)]
+use crate::http1::Fields;
 use base64::Engine;
-use sha1::{Digest, Sha1};
-
-/// The GUID RFC 6455 appends to the key before hashing.
-const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// What weir needs from a valid client upgrade.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +18,7 @@ pub struct ClientHandshake {
 
 /// Whether the request asks for a WebSocket upgrade at all (`Upgrade` lists `websocket`).
 pub fn wants_websocket(head: &RequestHead) -> bool {
-    head.headers.has_token("upgrade", "websocket")
+    crate::http1::upgrade::wants_websocket(&head.headers)
 }
 
 /// Check a client's upgrade request (RFC 6455 §4.2.1).
@@ -54,27 +51,6 @@ pub fn check_client(head: &RequestHead) -> Result<ClientHandshake, RejectReason>
         return Err(RejectReason::RequestBody);
     }
     Ok(ClientHandshake { key })
-}
-
-/// `Sec-WebSocket-Accept` for a key: base64(SHA-1(key + GUID)).
-pub fn accept_key(key: &str) -> String {
-    let mut h = Sha1::new();
-    h.update(key.as_bytes());
-    h.update(WS_GUID.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(h.finalize())
-}
-
-/// RSV bits the negotiated extensions allow, from the backend's `Sec-WebSocket-Extensions`:
-/// permessage-deflate allows RSV1; an extension weir does not know allows all three (weir
-/// cannot tell what it uses them for); none allows none.
-pub fn allowed_rsv(extensions: Option<&str>) -> u8 {
-    let Some(ext) = extensions.filter(|e| !e.trim().is_empty()) else { return 0 };
-    let names = ext.split(',').map(|e| e.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-    let mut rsv = 0;
-    for name in names {
-        rsv |= if name == "permessage-deflate" { 0b100 } else { 0b111 };
-    }
-    rsv
 }
 
 #[cfg(test)]
@@ -119,11 +95,6 @@ mod tests {
     }
 
     #[test]
-    fn accept_key_matches_rfc_example() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-    }
-
-    #[test]
     fn each_rule_has_its_reason() {
         assert!(check("GET", 1, &with("x", None)).is_ok());
         assert_eq!(check("GET", 1, &with("upgrade", None)), Err(RejectReason::NotWebSocket));
@@ -138,12 +109,5 @@ mod tests {
         let mut body = with("x", None);
         body.push(("Content-Length", "5".into()));
         assert_eq!(check("GET", 1, &body), Err(RejectReason::RequestBody));
-    }
-
-    #[test]
-    fn extensions_set_rsv_bits() {
-        assert_eq!(allowed_rsv(None), 0);
-        assert_eq!(allowed_rsv(Some("permessage-deflate; client_max_window_bits=15")), 0b100);
-        assert_eq!(allowed_rsv(Some("x-custom")), 0b111);
     }
 }

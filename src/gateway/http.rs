@@ -5,8 +5,8 @@
 //! pipelined prefix, so Pingora parses it again here; this module only picks the peer and adds
 //! the forwarding headers. Upgrades never come here: the gateway relays them itself.
 
-use super::head;
 use crate::config::Timeouts;
+use crate::http1::host_without_port;
 use crate::pools::Pools;
 use crate::routing::RouteTable;
 use async_trait::async_trait;
@@ -33,7 +33,7 @@ impl HttpRoutes {
 fn host_of(session: &Session) -> Option<String> {
     let req = session.req_header();
     let host = req.headers.get("host").and_then(|h| h.to_str().ok()).or_else(|| req.uri.host())?;
-    Some(head::host_without_port(host))
+    Some(host_without_port(host))
 }
 
 #[async_trait]

@@ -8,15 +8,14 @@
 //! `Upgrade: websocket`. weir adds `X-Forwarded-For` (appended), `X-Forwarded-Proto` and
 //! `X-Weir-Connection-Id` (both replaced, so clients cannot spoof them).
 
-use super::head::{Fields, RequestHead, MAX_HEADERS, MAX_HEAD_BYTES};
-use bytes::BytesMut;
+use crate::http1::head::{read_response_head, RequestHead, ResponseError, ResponseHead};
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::BasicPeer;
 use pingora_error::ErrorType;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How connecting or handshaking with a backend failed.
 #[derive(Debug)]
@@ -35,6 +34,15 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Unreachable(s) => write!(f, "backend unreachable: {s}"),
             UpstreamError::TimedOut(s) => write!(f, "backend timed out: {s}"),
             UpstreamError::BadResponse(s) => write!(f, "backend answered badly: {s}"),
+        }
+    }
+}
+
+impl From<ResponseError> for UpstreamError {
+    fn from(e: ResponseError) -> Self {
+        match e {
+            ResponseError::Unreachable(s) => UpstreamError::Unreachable(s),
+            ResponseError::BadResponse(s) => UpstreamError::BadResponse(s),
         }
     }
 }
@@ -148,27 +156,6 @@ pub fn upgrade_request(
     out
 }
 
-/// A backend's response head plus the bytes read after it.
-#[derive(Debug)]
-pub struct ResponseHead {
-    /// Status code.
-    pub status: u16,
-    /// Header fields in order, names as sent.
-    pub headers: Fields,
-    /// Everything read: the head, then early bytes (frames sent right after the 101, or the
-    /// start of an error body).
-    pub buf: BytesMut,
-    /// Length of the head inside `buf`, bytes.
-    pub head_len: usize,
-}
-
-impl ResponseHead {
-    /// Bytes after the head.
-    pub fn early(&self) -> &[u8] {
-        self.buf.get(self.head_len..).unwrap_or(&[])
-    }
-}
-
 /// Send `request` and read the backend's response head, both within `timeout`.
 pub async fn handshake(backend: &mut Stream, request: &[u8], timeout: Duration) -> Result<ResponseHead, UpstreamError> {
     let io = async {
@@ -177,38 +164,11 @@ pub async fn handshake(backend: &mut Stream, request: &[u8], timeout: Duration) 
             .await
             .map_err(|e| UpstreamError::Unreachable(format!("writing the upgrade: {e}")))?;
         backend.flush().await.map_err(|e| UpstreamError::Unreachable(format!("writing the upgrade: {e}")))?;
-        read_response_head(backend).await
+        read_response_head(backend).await.map_err(UpstreamError::from)
     };
     match tokio::time::timeout(timeout, io).await {
         Ok(r) => r,
         Err(_) => Err(UpstreamError::TimedOut(format!("no answer to the upgrade within {timeout:?}"))),
-    }
-}
-
-/// Read one HTTP/1.x response head (at most `MAX_HEAD_BYTES`) from `io`, keeping what follows
-/// it. Used for backends' upgrade answers and by the health probes.
-pub async fn read_response_head<S: AsyncRead + Unpin>(io: &mut S) -> Result<ResponseHead, UpstreamError> {
-    let mut buf = BytesMut::with_capacity(1024);
-    loop {
-        if buf.len() >= MAX_HEAD_BYTES {
-            return Err(UpstreamError::BadResponse(format!("response head larger than {MAX_HEAD_BYTES} bytes")));
-        }
-        buf.reserve(1024);
-        let n =
-            io.read_buf(&mut buf).await.map_err(|e| UpstreamError::Unreachable(format!("reading the answer: {e}")))?;
-        if n == 0 {
-            return Err(UpstreamError::Unreachable("closed before answering the upgrade".into()));
-        }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&buf) {
-            Ok(httparse::Status::Partial) => continue,
-            Ok(httparse::Status::Complete(head_len)) => {
-                let status = resp.code.unwrap_or(0);
-                return Ok(ResponseHead { status, headers: Fields::from_parsed(resp.headers), buf, head_len });
-            }
-            Err(e) => return Err(UpstreamError::BadResponse(e.to_string())),
-        }
     }
 }
 
@@ -251,6 +211,8 @@ pub async fn pass_through(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http1::Fields;
+    use bytes::BytesMut;
 
     #[test]
     fn hop_by_hop_headers_are_replaced_and_forwarding_headers_added() {

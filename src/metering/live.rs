@@ -12,8 +12,9 @@
 //! `interim` follows its `stop`.
 
 use super::clock::ActiveClock;
-use super::{Meter, Progress, RecordKind, UsageLog, UsageRecord};
-use crate::relay::pump::{Outcome, Party, RelayReport};
+use super::{Meter, Progress, Rejection};
+use crate::billing::{RecordKind, UsageLog, UsageRecord};
+use crate::relay::report::RelayReport;
 use crate::relay::scanner::DirectionCounts;
 use crate::sync::lock;
 use std::collections::HashMap;
@@ -52,18 +53,9 @@ impl Live {
         s.counts = [*counts[0], *counts[1]];
     }
 
-    /// A report for a connection whose own end report was lost: the counts last observed, and
-    /// an end weir cannot say more about (so its `stop` is still written and it leaves the set).
-    pub fn lost_report(&self) -> RelayReport {
-        let counts = lock(&self.state).counts;
-        RelayReport {
-            counts,
-            close_code: None,
-            initiator: Party::Gateway,
-            clean: false,
-            outcome: Outcome::BackendGone,
-            violation: None,
-        }
+    /// The counts last observed.
+    pub fn counts(&self) -> [DirectionCounts; 2] {
+        lock(&self.state).counts
     }
 }
 
@@ -104,21 +96,36 @@ impl LiveSet {
             meter,
         });
         lock(self.shard(&live.meter.id)).insert(live.meter.id, live.clone());
-        self.usage.write(&start, "start");
+        self.usage.write(&start);
         live
     }
 
-    /// A connection ended as `report` says: deregister it and return its `stop` record (the
-    /// caller adds what it knows and writes it).
+    /// A connection ended as `report` says: deregister it and write its `stop` record, which is
+    /// returned.
     pub fn end(&self, live: &Live, report: &RelayReport) -> UsageRecord {
         lock(self.shard(&live.meter.id)).remove(&live.meter.id);
-        let mut s = lock(&live.state);
-        s.ended = true;
-        s.last_seq += 1;
-        let active = s.active.total_at(Instant::now());
-        let mut stop = live.meter.relayed(s.last_seq, report, active);
-        self.add_units(&mut stop, &report.counts);
+        let stop = {
+            let mut s = lock(&live.state);
+            s.ended = true;
+            s.last_seq += 1;
+            let active = s.active.total_at(Instant::now());
+            let mut stop = live.meter.stopped(s.last_seq, report, active);
+            self.add_units(&mut stop, &report.counts);
+            stop
+        };
+        self.usage.write(&stop);
         stop
+    }
+
+    /// A connection's handshake failed: write its one record.
+    pub fn reject(&self, meter: &Meter, rejection: Rejection<'_>) {
+        self.usage.write(&meter.rejected(rejection));
+    }
+
+    /// True while records can be made durable; when false, new connections are refused unless
+    /// `usage.fail_open` (the gateway's call).
+    pub fn recording(&self) -> bool {
+        self.usage.healthy()
     }
 
     /// Fill `record.units` from the connection's raw counts (the scanner's per-message chunk
@@ -152,7 +159,7 @@ impl LiveSet {
                     self.add_units(&mut r, &s.counts);
                     r
                 };
-                self.usage.write(&record, "interim");
+                self.usage.write(&record);
                 written += 1;
             }
         }
@@ -187,6 +194,7 @@ impl LiveSet {
 mod tests {
     use super::*;
     use crate::billing::spool::{read_lines, Spool};
+    use crate::billing::UsageLog;
     use crate::metrics::Metrics;
 
     fn set(interval: Duration) -> (LiveSet, Arc<Spool>, tempfile::TempDir) {
@@ -208,6 +216,7 @@ mod tests {
     }
 
     fn report(counts: [DirectionCounts; 2]) -> RelayReport {
+        use crate::relay::report::{Outcome, Party};
         RelayReport {
             counts,
             close_code: Some(1000),
@@ -233,7 +242,6 @@ mod tests {
         assert_eq!(set.sweep(t0 + Duration::from_secs(701)), 0);
         let stop = set.end(&live, &report([c, DirectionCounts::default()]));
         assert_eq!((stop.record.as_str(), stop.seq), ("stop", 3));
-        set.usage.write(&stop, "stop");
         assert_eq!(set.sweep(t0 + Duration::from_secs(10_000)), 0, "nothing after the stop");
         assert!(set.is_empty());
         let recs = records(&spool, &dir);

@@ -1,27 +1,27 @@
-//! Metering: one `Meter` per connection; its records are `start` (at the 101), `interim` (every
-//! `usage.interim_interval`, from one shared sweeper) and `stop` (at the end), each with a
-//! sequence number, the cumulative counts so far and an idempotency key (`<connection>:<seq>`).
+//! Metering: the producers of connection records. One `Meter` per connection; its records are
+//! `start` (at the 101), `interim` (every `usage.interim_interval`, from one shared sweeper) and
+//! `stop` (at the end), each with a sequence number, the cumulative counts so far and an
+//! idempotency key (`<connection>:<seq>`); a failed handshake gets one `stop` record through
+//! `LiveSet::reject`. Metering writes every connection record itself; the record contract and
+//! the log belong to `billing`.
 //!
 //! Warm path (per connection). A `Meter` holds the identity and clocks of a connection: a
 //! monotonic `Instant` for the duration and a wall-clock `SystemTime` only for the record's
 //! timestamps (never subtracted from each other). `live.rs` keeps the relayed connections and
-//! runs the sweeper; `clock.rs` measures active time; `record.rs` defines the records (the README
-//! documents their schema); `log.rs` hands records to the spool.
+//! runs the sweeper; `clock.rs` measures active time.
 
 // Bytes from the network never panic here: every failure is a value (see the module doc).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod clock;
 pub mod live;
-pub mod log;
-pub mod record;
 
-pub use log::UsageLog;
-pub use record::{CloseUsage, DirectionUsage, ObjectRecord, ObjectRef, RecordKind, UsageRecord};
-
-use crate::relay::pump::RelayReport;
+use crate::billing::record::rfc3339_ms;
+use crate::billing::{CloseUsage, DirectionUsage, Identity, RecordKind, UsageRecord};
+use crate::relay::report::RelayReport;
 use crate::relay::scanner::DirectionCounts;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Identity and clocks of one connection, from the first byte of its request to its end.
@@ -33,18 +33,22 @@ pub struct Meter {
     started_wall: SystemTime,
     /// Client address.
     pub client: Option<SocketAddr>,
-    /// Route name, once routed.
-    pub route: Option<String>,
-    /// Tenant the route bills to, once routed.
-    pub tenant: Option<String>,
-    /// Pool name, once routed to a pool.
-    pub pool: Option<String>,
-    /// Object addressed, once routed to an object namespace.
-    pub object: Option<ObjectRef>,
-    /// Backend address, once picked.
-    pub backend: Option<String>,
+    /// Who the connection is; filled in while it is routed and connected (`identity_mut`), then
+    /// shared by every record.
+    identity: Arc<Identity>,
     /// Subprotocol the backend chose, if any.
     pub subprotocol: Option<String>,
+}
+
+/// Why a handshake failed: the one record of a rejected connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Rejection<'a> {
+    /// HTTP status weir answered with (or 101 when the client left during the 101).
+    pub status: u16,
+    /// The record's `outcome` (a `RejectReason`'s outcome label).
+    pub outcome: &'a str,
+    /// The record's `reason`: the detail.
+    pub reason: &'a str,
 }
 
 /// What a connection carried so far: counts per direction and its active time.
@@ -59,18 +63,15 @@ pub struct Progress<'a> {
 impl Meter {
     /// Start metering a connection from `client` now.
     pub fn start(client: Option<SocketAddr>) -> Meter {
-        Meter {
-            id: uuid::Uuid::now_v7(),
-            started: Instant::now(),
-            started_wall: SystemTime::now(),
-            client,
-            route: None,
-            tenant: None,
-            pool: None,
-            object: None,
-            backend: None,
-            subprotocol: None,
-        }
+        let id = uuid::Uuid::now_v7();
+        let started_wall = SystemTime::now();
+        let identity = Identity {
+            connection_id: id.to_string(),
+            client_addr: client.map(|a| a.to_string()),
+            started_at: rfc3339_ms(started_wall),
+            ..Identity::default()
+        };
+        Meter { id, started: Instant::now(), started_wall, client, identity: Arc::new(identity), subprotocol: None }
     }
 
     /// When metering started (monotonic).
@@ -78,19 +79,30 @@ impl Meter {
         self.started
     }
 
-    /// The only record of a connection whose handshake failed with `status` for `reason`.
-    pub fn rejected(self, status: u16, outcome: &str, reason: &str) -> UsageRecord {
-        let none = [DirectionCounts::default(); 2];
-        let progress = Progress { counts: &none, active: Duration::ZERO };
-        let mut r = self.snapshot(RecordKind::Stop, 0, progress);
-        r.status = status;
-        r.outcome = outcome.to_string();
-        r.reason = Some(reason.to_string());
-        r
+    /// Who the connection is.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
-    /// The `stop` record (sequence `seq`) of a relayed connection that ended as `report` says.
-    pub fn relayed(&self, seq: u64, report: &RelayReport, active: Duration) -> UsageRecord {
+    /// Fill in who the connection is, while it is routed and connected (before its first
+    /// record; no copy is made while the meter is its only holder).
+    pub fn identity_mut(&mut self) -> &mut Identity {
+        Arc::make_mut(&mut self.identity)
+    }
+
+    /// The only record of a connection whose handshake failed.
+    fn rejected(&self, r: Rejection<'_>) -> UsageRecord {
+        let none = [DirectionCounts::default(); 2];
+        let progress = Progress { counts: &none, active: Duration::ZERO };
+        let mut record = self.snapshot(RecordKind::Stop, 0, progress);
+        record.status = r.status;
+        record.outcome = r.outcome.to_string();
+        record.reason = Some(r.reason.to_string());
+        record
+    }
+
+    /// The `stop` record (sequence `seq`) of a connection that ended as `report` says.
+    fn stopped(&self, seq: u64, report: &RelayReport, active: Duration) -> UsageRecord {
         let mut r = self.snapshot(RecordKind::Stop, seq, Progress { counts: &report.counts, active });
         r.close = Some(CloseUsage {
             code: report.close_code,
@@ -103,25 +115,18 @@ impl Meter {
     }
 
     /// A record of kind `kind` with sequence `seq` and the cumulative `progress` so far.
-    pub fn snapshot(&self, kind: RecordKind, seq: u64, progress: Progress<'_>) -> UsageRecord {
+    fn snapshot(&self, kind: RecordKind, seq: u64, progress: Progress<'_>) -> UsageRecord {
         let duration = self.started.elapsed();
         let now_wall = self.started_wall + duration;
         let active = progress.active.min(duration);
-        let connection_id = self.id.to_string();
+        let stop = kind == RecordKind::Stop;
         UsageRecord {
-            record: kind.as_str().to_string(),
-            idempotency_key: format!("{connection_id}:{seq}"),
+            record: kind,
+            idempotency_key: format!("{}:{seq}", self.identity.connection_id),
             seq,
-            at: record::rfc3339_ms(now_wall),
-            connection_id,
-            tenant: self.tenant.clone(),
-            route: self.route.clone(),
-            pool: self.pool.clone(),
-            object: self.object.clone(),
-            backend: self.backend.clone(),
-            client_addr: self.client.map(|a| a.to_string()),
-            started_at: record::rfc3339_ms(self.started_wall),
-            ended_at: (kind == RecordKind::Stop).then(|| record::rfc3339_ms(now_wall)),
+            at: rfc3339_ms(now_wall),
+            identity: self.identity.clone(),
+            ended_at: stop.then(|| rfc3339_ms(now_wall)),
             duration_ms: duration.as_millis() as u64,
             active_ms: active.as_millis() as u64,
             idle_ms: (duration.as_millis() - active.as_millis()) as u64,
@@ -131,7 +136,7 @@ impl Meter {
             client_to_backend: DirectionUsage::from(&progress.counts[0]),
             backend_to_client: DirectionUsage::from(&progress.counts[1]),
             close: None,
-            outcome: if kind == RecordKind::Stop { String::new() } else { "open".into() },
+            outcome: if stop { String::new() } else { "open".into() },
             reason: None,
             units: Default::default(),
         }

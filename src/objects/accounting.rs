@@ -9,8 +9,8 @@
 //! Active time is the union of windows `[t, t + idle_window)` over every message time `t`, on any
 //! socket of the object, clipped to the occupancy: two sockets talking at once are billed once.
 
+use crate::billing::record::{rfc3339_ms, ObjectRecord, RecordKind};
 use crate::metering::clock::ActiveClock;
-use crate::metering::record::{rfc3339_ms, ObjectRecord};
 use crate::relay::scanner::DirectionCounts;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -87,7 +87,7 @@ impl Occupancy {
         let started_at = rfc3339_ms(self.since_wall);
         let ended_at = rfc3339_ms(self.since_wall + connected);
         ObjectRecord {
-            record: "object".into(),
+            record: RecordKind::Object,
             idempotency_key: format!("object:{namespace}:{id}:{started_at}"),
             at: ended_at.clone(),
             tenant: self.tenant.clone(),

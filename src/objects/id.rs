@@ -5,7 +5,7 @@
 //! rule it broke; the gateway answers it with 400 and that text.
 
 use crate::config::{IdRules, IdSource};
-use crate::gateway::head::Fields;
+use crate::http1::Fields;
 use std::fmt;
 
 /// Why a request carries no acceptable object id.

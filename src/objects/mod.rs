@@ -4,6 +4,8 @@
 //! - `placement.rs`: rendezvous hashing, id → owner host (warm, pure).
 //! - `registry.rs`: live placements, leases, eviction on host failure (warm).
 //! - `accounting.rs`: per-object connected and active time → object usage records (warm).
+//! - `session.rs`: a client of a built-in object, terminated inside weir (warm): `echo.rs` (the
+//!   echo object), `room.rs` (broadcast rooms) with `history.rs` (their durable history).
 //!
 //! Cold path: `Objects::build` creates one `Namespace` runtime per `objects[]` entry, with the
 //! health services of its hosts (Pingora load balancers used only for probing; their reports
@@ -13,17 +15,20 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod accounting;
+pub mod echo;
+pub mod history;
 pub mod id;
 pub mod placement;
 pub mod registry;
+pub mod room;
+pub mod session;
 
-use crate::builtin::room::Rooms;
-use crate::builtin::session;
+use crate::billing::UsageLog;
 use crate::config::{Backend, BuiltinObject, Config, Namespace as NamespaceConfig, ObjectKind, Pool, Selection};
-use crate::metering::UsageLog;
 use crate::metrics::Metrics;
 use crate::pools::{HealthListener, HealthService, Pools};
 use registry::Registry;
+use room::Rooms;
 use std::sync::Arc;
 
 /// Default time a host whose connection failed stays ineligible when it has no health check.

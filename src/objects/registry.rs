@@ -16,7 +16,7 @@
 //!   object usage record (if any connection was established).
 
 use super::accounting::Occupancy;
-use crate::metering::UsageLog;
+use crate::billing::UsageLog;
 use crate::metrics::Metrics;
 use prometheus::{IntCounter, IntGauge};
 use std::collections::HashMap;

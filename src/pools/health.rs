@@ -6,9 +6,11 @@
 //! logged and exported as `weir_backend_healthy{pool,backend}`.
 
 use crate::config::{HealthCheck, Pool};
-use crate::gateway::handshake::accept_key;
-use crate::gateway::upstream::read_response_head;
+use crate::http1::head::read_response_head;
+use crate::http1::upgrade::{check_answer, Answer};
 use crate::metrics::Metrics;
+use crate::relay::close::Close;
+use crate::relay::frame::{encode_close_frame, MAX_CLOSE_FRAME_LEN};
 use async_trait::async_trait;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_load_balancing::Backend;
@@ -59,10 +61,15 @@ impl Probe {
         let code = answer.status;
         match &self.check {
             HealthCheck::Handshake { .. } => {
-                let accepted =
-                    answer.headers.get("sec-websocket-accept").as_deref() == Some(accept_key(PROBE_KEY).as_str());
-                if code == 101 && accepted {
-                    let _ = s.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9]).await; // close 1001, zero mask
+                if check_answer(&answer, PROBE_KEY) == Answer::Accepted {
+                    let mut close = [0u8; MAX_CLOSE_FRAME_LEN];
+                    let len = encode_close_frame(
+                        Close::Probe.code(),
+                        Close::Probe.reason().as_bytes(),
+                        Some([0; 4]),
+                        &mut close,
+                    );
+                    let _ = s.write_all(close.get(..len).unwrap_or_default()).await;
                     Ok(())
                 } else {
                     Err(format!("upgrade on {path} answered {code}, expected 101 with a valid accept key"))

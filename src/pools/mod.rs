@@ -3,10 +3,16 @@
 //! Cold path: `Pools::build` at startup creates one `LoadBalancer` per pool and returns the
 //! background services that run its health checks. Warm path: `Pools::select` picks a healthy
 //! backend once per connection (lock-free reads inside Pingora's selector).
+//!
+//! - `health.rs`: the health probes (background).
+//! - `builtin.rs`: backends built into weir (`builtin:<kind>`), bound on loopback at startup
+//!   (cold); `echo.rs`: the echo backend (warm, its own service).
 
 // Bytes from the network never panic here: every failure is a value (see the module doc).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod builtin;
+pub mod echo;
 pub mod health;
 
 use crate::config::{Backend as ConfBackend, HealthCheck, Pool, Selection};

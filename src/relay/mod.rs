@@ -3,11 +3,18 @@
 //! - `frame.rs`: sans-io RFC 6455 frame-header parser and close-frame encoder (hot path).
 //! - `scanner.rs`: `FrameScanner`, fed chunks split anywhere; counts and validates one direction
 //!   without touching payload bytes (hot path).
-//! - `tap.rs`: `Tap`, the scanners around a stream weir terminates itself (built-in objects;
-//!   hot path).
 //! - `pump.rs`: `Relay`, one state machine that drives both directions of a connection, forwards
 //!   bytes from the buffer they were read into, applies backpressure, and injects close frames at
 //!   frame boundaries (hot path per chunk; warm path at the ends).
+//! - `tap.rs`: `Tap`, the scanners around a stream weir terminates itself (built-in objects;
+//!   hot path).
+//! - `report.rs`: `RelayReport` and the one function that decides how a connection ended (warm).
+//! - `close.rs`: `Close`, every close frame weir sends itself (code, reason, label).
+//!
+//! The relay knows no one: it imports nothing from the rest of weir (std, tokio and the like
+//! only). What it tells the outside goes through the `Observer` trait defined here and
+//! implemented above it (metrics, the live set, object accounting); it runs over any
+//! `AsyncRead + AsyncWrite` stream, so its state machine is tested over in-memory pipes.
 //!
 //! Nothing here may panic on bytes from the network: malformed input becomes a `Violation`, a
 //! close frame, a metric and a log line.
@@ -15,10 +22,15 @@
 // Bytes from the network never panic here: every failure is a value (see the module doc).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod close;
 pub mod frame;
 pub mod pump;
+pub mod report;
 pub mod scanner;
 pub mod tap;
+
+use scanner::DirectionCounts;
+use tokio::sync::watch;
 
 /// One direction of a relayed connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,5 +56,24 @@ impl Direction {
     /// 0 for client→backend, 1 for backend→client.
     pub fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// What the relay (or a tap) tells the rest of weir about one connection while it runs.
+///
+/// Implemented above the relay, once per connection. `progress` is on the hot path: it runs once
+/// per wakeup of the connection (not per chunk), so an implementation compares with what it saw
+/// last and does nothing when nothing moved.
+pub trait Observer {
+    /// The cumulative counts of both directions (`[client → backend, backend → client]`) after
+    /// a wakeup.
+    fn progress(&mut self, counts: [&DirectionCounts; 2]);
+
+    /// For a connection to an object host: a signal that turns true when the object moves off
+    /// its host (the relay then closes both sides with `Close::ObjectMoved`, and a host that
+    /// goes away gets its client 1012 instead of 1011). `None` for a plain backend. Asked once,
+    /// when the relay starts.
+    fn object_moved(&mut self) -> Option<watch::Receiver<bool>> {
+        None
     }
 }

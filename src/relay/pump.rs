@@ -1,29 +1,29 @@
 //! `Relay`: one state machine per connection that drives both directions after the 101.
 //!
 //! Hot path (per chunk): read from one side into a per-thread scratch buffer, feed the frame
-//! scanner, write the same bytes to the other side straight from that buffer; metric deltas are
-//! pushed once per wakeup, before the relay parks. Only when the other side cannot take everything at once are the leftover bytes copied
-//! into a per-connection buffer, and the side they came from is not read again until they are
-//! written: that is the backpressure, and it bounds memory per connection to one read (64 KiB)
-//! per direction. An idle connection holds no buffer, no timer and no task wakeup: the future is
-//! parked on the two sockets' readiness.
+//! scanner, write the same bytes to the other side straight from that buffer; the `Observer`
+//! hears the counts once per wakeup, before the relay parks. Only when the other side cannot take
+//! everything at once are the leftover bytes copied into a per-connection buffer, and the side
+//! they came from is not read again until they are written: that is the backpressure, and it
+//! bounds memory per connection to one read (64 KiB) per direction. An idle connection holds no
+//! buffer, no timer and no task wakeup: the future is parked on the two sockets' readiness.
 //!
 //! Warm path (the ends): EOF, errors, protocol violations and shutdown. When one side goes away
-//! without a close frame, the other side gets one (`CLOSE_BACKEND_GONE` toward the client,
-//! `CLOSE_CLIENT_GONE` toward the backend) if its stream is at a frame boundary, its write half
+//! without a close frame, the other side gets one (`Close::BackendGone` toward the client,
+//! `Close::ClientGone` toward the backend) if its stream is at a frame boundary, its write half
 //! is shut down, and the connection ends when both sides have finished or `LINGER` after the
 //! first end, whichever comes first. Gateway frames are never counted as relayed traffic.
 //!
-//! A relay to an object host carries an `ObjectLink`: each wakeup that relayed a message touches
-//! the object's active-time clock; when the object moves, both sides get `CLOSE_OBJECT_MOVED`
-//! (1012) and the host is still read (its bytes dropped) until it answers the close or ends, so
-//! the object is never live on two hosts; a host that goes away gets its clients a 1012 too.
+//! A relay to an object host gets a move signal from its observer (`Observer::object_moved`):
+//! when it turns true, both sides get `Close::ObjectMoved` (1012) and the host is still read (its
+//! bytes dropped) until it answers the close or ends, so the object is never live on two hosts;
+//! a host that goes away gets its clients a 1012 too.
 
-use super::frame::{encode_close_frame, Violation};
-use super::scanner::{DirectionCounts, Feed, FrameScanner, ScanPolicy};
-use super::Direction;
-use crate::metrics::ConnMetrics;
-use pingora_core::protocols::Stream;
+use super::close::Close;
+use super::frame::{encode_close_frame, Violation, MAX_CLOSE_FRAME_LEN};
+use super::report::{Ending, Party, RelayReport};
+use super::scanner::{Feed, FrameScanner, ScanPolicy};
+use super::{Direction, Observer};
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::hash::{BuildHasher, Hasher};
@@ -39,22 +39,6 @@ pub const SCRATCH_SIZE: usize = 64 * 1024;
 /// Longest time a connection stays open after its first side ended (EOF, error or a gateway
 /// close): the other side has this long to finish its close.
 pub const LINGER: Duration = Duration::from_secs(1);
-/// Close code sent to the client when the backend connection ends without a close frame:
-/// 1011 "Internal Error" (the server side could not complete the conversation). Not 1014
-/// "Bad Gateway": common client libraries (tungstenite among them) reject 1014 as an invalid
-/// code and report a protocol error instead.
-pub const CLOSE_BACKEND_GONE: u16 = 1011;
-/// Close code sent to the backend when the client connection ends without a close frame:
-/// 1001 "Going Away" (the client endpoint is gone).
-pub const CLOSE_CLIENT_GONE: u16 = 1001;
-/// Close code sent to both sides when weir shuts down: 1001 "Going Away".
-pub const CLOSE_SHUTDOWN: u16 = 1001;
-/// Close code sent when a side breaks RFC 6455: 1002 "Protocol Error".
-pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-/// Close code sent to an object's clients when the object moves to another host, and instead of
-/// `CLOSE_BACKEND_GONE` when an object host goes away: 1012 "Service Restart" (reconnect and
-/// land on the new owner).
-pub const CLOSE_OBJECT_MOVED: u16 = 1012;
 /// Iterations of the relay loop per poll before yielding to other tasks.
 const MAX_ROUNDS_PER_POLL: usize = 32;
 
@@ -64,100 +48,11 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
 }
 
-/// Who started the end of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Party {
-    /// The client sent the first close frame, or went away first.
-    Client,
-    /// The backend sent the first close frame, or went away first.
-    Backend,
-    /// weir closed the connection (protocol violation, shutdown).
-    Gateway,
-}
-
-impl Party {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Party::Client => "client",
-            Party::Backend => "backend",
-            Party::Gateway => "gateway",
-        }
-    }
-
-    fn of_side(side: usize) -> Party {
-        if side == CLIENT {
-            Party::Client
-        } else {
-            Party::Backend
-        }
-    }
-}
-
-/// How a relayed connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Both sides sent close frames.
-    Completed,
-    /// The client went away without completing the close handshake.
-    ClientGone,
-    /// The backend went away without completing the close handshake.
-    BackendGone,
-    /// A side broke RFC 6455 and weir closed the connection.
-    ProtocolError,
-    /// weir closed the connection because it was shutting down.
-    Shutdown,
-    /// weir closed the connection with 1012 because its object moved to another host.
-    Moved,
-}
-
-impl Outcome {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Completed => "completed",
-            Outcome::ClientGone => "client_gone",
-            Outcome::BackendGone => "backend_gone",
-            Outcome::ProtocolError => "protocol_error",
-            Outcome::Shutdown => "shutdown",
-            Outcome::Moved => "moved",
-        }
-    }
-}
-
-/// What a finished relay reports for metering.
-#[derive(Debug, Clone)]
-pub struct RelayReport {
-    /// Relayed traffic per direction, indexed by `Direction::index`.
-    pub counts: [DirectionCounts; 2],
-    /// Code of the first close frame (from either side, or weir's own when it initiated).
-    pub close_code: Option<u16>,
-    /// Who started the end.
-    pub initiator: Party,
-    /// Both sides sent close frames and neither connection failed.
-    pub clean: bool,
-    /// How the connection ended.
-    pub outcome: Outcome,
-    /// The RFC 6455 violation that closed the connection, if any, and its direction.
-    pub violation: Option<(Direction, Violation)>,
-}
-
-/// What a relay to an object host adds to a plain relay.
-pub struct ObjectLink {
-    /// Called once per wakeup that relayed at least one complete message (the object's
-    /// active-time accounting).
-    pub on_message: Box<dyn Fn() + Send + Sync>,
-    /// Turns true when the object moves off its host: weir closes both sides with
-    /// `CLOSE_OBJECT_MOVED` at once.
-    pub moved: watch::Receiver<bool>,
-}
-
 const CLIENT: usize = 0;
-const BACKEND: usize = 1;
 
 /// A whole frame weir writes on its own (a close), queued after the relayed bytes.
 struct Injected {
-    buf: [u8; 131],
+    buf: [u8; MAX_CLOSE_FRAME_LEN],
     len: usize,
     sent: usize,
 }
@@ -208,13 +103,13 @@ impl Half {
 
     /// Queue a close frame for `dst` if its stream is at a frame boundary and it has none yet;
     /// returns whether it did.
-    fn inject_close(&mut self, code: u16, to_backend: bool) -> bool {
+    fn inject_close(&mut self, close: Close, to_backend: bool) -> bool {
         if self.dst_has_close || self.dst_dead || !self.scanner.at_frame_boundary() {
             return false;
         }
-        let mut buf = [0u8; 131];
+        let mut buf = [0u8; MAX_CLOSE_FRAME_LEN];
         let mask = to_backend.then(mask_key);
-        let len = encode_close_frame(code, b"", mask, &mut buf);
+        let len = encode_close_frame(close.code(), close.reason().as_bytes(), mask, &mut buf);
         self.inject = Some(Injected { buf, len, sent: 0 });
         self.dst_has_close = true;
         true
@@ -237,7 +132,7 @@ impl Half {
     }
 
     /// Write `pending`, then any injected frame, then flush. `Ready` when all is written.
-    fn drain(&mut self, dst: &mut Stream, cx: &mut Context<'_>, progress: &mut bool) -> Poll<()> {
+    fn drain<S: AsyncWrite + Unpin>(&mut self, dst: &mut S, cx: &mut Context<'_>, progress: &mut bool) -> Poll<()> {
         if !self.dst_dead {
             let written = write_from(dst, cx, &self.pending, &mut self.sent);
             if self.settle(written, progress).is_pending() {
@@ -272,7 +167,12 @@ impl Half {
 /// Write `buf[*sent..]` to `dst` until all of it is written or `dst` blocks or fails; `*sent`
 /// advances by what was written. Returns whether any byte went out, and `Ready(Err(()))` when
 /// `dst` failed, `Pending` when it blocked.
-fn write_from(dst: &mut Stream, cx: &mut Context<'_>, buf: &[u8], sent: &mut usize) -> (bool, Poll<Result<(), ()>>) {
+fn write_from<S: AsyncWrite + Unpin>(
+    dst: &mut S,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+    sent: &mut usize,
+) -> (bool, Poll<Result<(), ()>>) {
     let before = *sent;
     while let Some(rest) = buf.get(*sent..).filter(|r| !r.is_empty()) {
         match Pin::new(&mut *dst).poll_write(cx, rest) {
@@ -291,97 +191,59 @@ fn mask_key() -> [u8; 4] {
     (h.finish() as u32).to_ne_bytes()
 }
 
-/// The relay of one upgraded connection. Build it with `Relay::new`, run it with `run`.
-pub struct Relay<'m> {
+/// The relay of one upgraded connection over streams `S`, told about by observer `O`. Build it
+/// with `Relay::new`, run it with `run`.
+pub struct Relay<S, O> {
     /// `[client, backend]`.
-    io: [Stream; 2],
+    io: [S; 2],
     /// Indexed by `Direction::index`.
     halves: [Half; 2],
-    metrics: &'m mut ConnMetrics,
-    /// Who sent the first close frame.
-    first_close: Option<Party>,
-    /// Which side ended (EOF, error, failed write) first.
-    first_end: Option<Party>,
-    /// Close code weir sent when it started the end itself.
-    gateway_code: Option<u16>,
-    /// Close code weir sent to the surviving side when the other side went away.
-    injected_code: Option<u16>,
-    /// A read or write failed (as opposed to a clean EOF).
-    errored: bool,
-    draining: bool,
-    violation: Option<(Direction, Violation)>,
+    observer: O,
+    /// What happened at the end so far (turned into the report by `Ending::report`).
+    ending: Ending,
     linger: Option<Pin<Box<Sleep>>>,
-    /// Set when the backend is an object host.
-    object: Option<ObjectLink>,
-    /// Messages (both directions) seen at the last `on_message` call.
-    messages_seen: u64,
-    /// weir closed the connection because its object moved.
-    moved: bool,
-    /// The connection's live-set entry, told the counts after every wakeup that moved bytes.
-    live: Option<std::sync::Arc<crate::metering::live::Live>>,
-    /// Wire bytes (both directions) at the last `live.observe`.
-    observed_wire: u64,
+    /// The backend is an object host: a host that goes away gets its client 1012.
+    object: bool,
 }
 
-impl<'m> Relay<'m> {
+impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
     /// A relay between `client` and `backend`. `client_early` and `backend_early` are bytes each
     /// side sent after its handshake head that were already read; they are scanned and
     /// forwarded first.
     pub fn new(
-        client: Stream,
-        backend: Stream,
-        client_policy: ScanPolicy,
-        backend_policy: ScanPolicy,
-        client_early: &[u8],
-        backend_early: &[u8],
-        metrics: &'m mut ConnMetrics,
-    ) -> Relay<'m> {
+        [client, backend]: [S; 2],
+        [client_policy, backend_policy]: [ScanPolicy; 2],
+        [client_early, backend_early]: [&[u8]; 2],
+        observer: O,
+    ) -> Relay<S, O> {
         let mut relay = Relay {
             io: [client, backend],
             halves: [Half::new(client_policy), Half::new(backend_policy)],
-            metrics,
-            first_close: None,
-            first_end: None,
-            gateway_code: None,
-            injected_code: None,
-            errored: false,
-            draining: false,
-            violation: None,
+            observer,
+            ending: Ending::default(),
             linger: None,
-            object: None,
-            messages_seen: 0,
-            moved: false,
-            live: None,
-            observed_wire: 0,
+            object: false,
         };
         for (d, early) in [(Direction::ClientToBackend, client_early), (Direction::BackendToClient, backend_early)] {
             if !early.is_empty() {
                 let n = relay.ingest(d, early);
-                relay.halves[d.index()].pending.extend_from_slice(&early[..n]);
+                relay.halves[d.index()].pending.extend_from_slice(early.get(..n).unwrap_or(early));
             }
         }
         relay
     }
 
-    /// Report the counts to `live` (for interim records) after every wakeup that moved bytes.
-    pub fn observe_with(&mut self, live: std::sync::Arc<crate::metering::live::Live>) {
-        self.live = Some(live);
-    }
-
-    /// Make this the relay to an object host (before `run`).
-    pub fn link_object(&mut self, link: ObjectLink) {
-        self.object = Some(link);
-    }
-
-    /// Relay until both sides are finished. When `shutdown` turns true, the connection gets
-    /// `grace` more time and is then closed with `CLOSE_SHUTDOWN` on both sides.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) -> RelayReport {
+    /// Relay until both sides are finished; returns the report and the observer. When
+    /// `shutdown` turns true, the connection gets `grace` more time and is then closed with
+    /// `Close::Shutdown` on both sides.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) -> (RelayReport, O) {
         let mut drain_at: Option<Pin<Box<Sleep>>> = None;
         let mut watching = true;
         if *shutdown.borrow() {
             drain_at = Some(Box::pin(sleep(grace)));
         }
-        let mut moved = self.object.as_ref().map(|o| o.moved.clone());
+        let mut moved = self.observer.object_moved();
+        self.object = moved.is_some();
         if moved.as_mut().is_some_and(|m| *m.borrow_and_update()) {
             self.object_moved();
         }
@@ -389,7 +251,7 @@ impl<'m> Relay<'m> {
             tokio::select! {
                 biased;
                 () = poll_fn(|cx| self.poll_relay(cx)) => break,
-                changed = async { moved.as_mut()?.changed().await.ok() }, if moved.is_some() && !self.moved => match changed {
+                changed = async { moved.as_mut()?.changed().await.ok() }, if moved.is_some() && !self.ending.moved => match changed {
                     Some(()) if moved.as_mut().is_some_and(|m| *m.borrow_and_update()) => self.object_moved(),
                     Some(()) => {}
                     None => moved = None,
@@ -399,35 +261,23 @@ impl<'m> Relay<'m> {
                     Ok(()) => {}
                     Err(_) => watching = false,
                 },
-                () = async { if let Some(t) = drain_at.as_mut() { t.await } }, if drain_at.is_some() && !self.draining => {
+                () = async { if let Some(t) = drain_at.as_mut() { t.await } }, if drain_at.is_some() && !self.ending.shutdown => {
                     self.begin_drain();
                 }
             }
         }
-        self.report()
+        let [c, b] = &self.halves;
+        let report =
+            self.ending.report([*c.scanner.counts(), *b.scanner.counts()], [c.scanner.close(), b.scanner.close()]);
+        (report, self.observer)
     }
 
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let poll = self.poll_rounds(cx);
-        // Metric deltas go out once per wakeup, before the relay parks (or ends): counters
-        // still move while the connection is open, at a fraction of the per-chunk cost.
-        for d in Direction::BOTH {
-            self.metrics.update(d, self.halves[d.index()].scanner.counts());
-        }
-        if let Some(live) = &self.live {
-            let wire = self.halves.iter().map(|h| h.scanner.counts().wire_bytes).sum();
-            if wire != self.observed_wire {
-                self.observed_wire = wire;
-                live.observe([self.halves[0].scanner.counts(), self.halves[1].scanner.counts()]);
-            }
-        }
-        if let Some(link) = &self.object {
-            let messages = self.halves.iter().map(|h| h.scanner.counts().messages).sum();
-            if messages != self.messages_seen {
-                self.messages_seen = messages;
-                (link.on_message)();
-            }
-        }
+        // The observer hears once per wakeup, before the relay parks (or ends): counters still
+        // move while the connection is open, at a fraction of the per-chunk cost.
+        let [c, b] = &self.halves;
+        self.observer.progress([c.scanner.counts(), b.scanner.counts()]);
         poll
     }
 
@@ -483,9 +333,10 @@ impl<'m> Relay<'m> {
                     if n == 0 {
                         return Some(Ok(0));
                     }
-                    let fwd = self.ingest(d, &buf[..n]);
+                    let chunk = buf.get(..n).unwrap_or_default();
+                    let fwd = self.ingest(d, chunk);
                     if !self.halves[d.index()].discard {
-                        self.forward(d, &buf[..fwd], cx);
+                        self.forward(d, chunk.get(..fwd).unwrap_or_default(), cx);
                     }
                     Some(Ok(n))
                 }
@@ -526,8 +377,8 @@ impl<'m> Relay<'m> {
             h.dst_has_close = true;
             // A close read after a side already ended is a reply to weir's own close frame, not
             // the start of the end.
-            if self.first_end.is_none() {
-                self.first_close.get_or_insert(Party::of_side(d.index()));
+            if self.ending.first_end.is_none() {
+                self.ending.first_close.get_or_insert(Party::sender_of(d));
             }
         }
         fwd
@@ -547,7 +398,7 @@ impl<'m> Relay<'m> {
         if h.dst_dead {
             self.side_ended(t, true);
         } else if off < bytes.len() {
-            h.pending.extend_from_slice(&bytes[off..]);
+            h.pending.extend_from_slice(bytes.get(off..).unwrap_or_default());
             h.sent = 0;
         } else if h.need_flush {
             if let Poll::Ready(Ok(())) = Pin::new(&mut self.io[t]).poll_flush(cx) {
@@ -560,16 +411,14 @@ impl<'m> Relay<'m> {
     fn src_ended(&mut self, d: Direction, error: bool) {
         let h = &mut self.halves[d.index()];
         h.src_done = true;
-        let sent_close = h.scanner.close().is_some();
-        if !sent_close {
-            let backend_gone = if self.object.is_some() { CLOSE_OBJECT_MOVED } else { CLOSE_BACKEND_GONE };
-            let h = &mut self.halves[d.index()];
-            let (code, to_backend) = match d {
-                Direction::BackendToClient => (backend_gone, false),
-                Direction::ClientToBackend => (CLOSE_CLIENT_GONE, true),
+        if h.scanner.close().is_none() {
+            let close = match d {
+                Direction::BackendToClient if self.object => Close::ObjectMoved,
+                Direction::BackendToClient => Close::BackendGone,
+                Direction::ClientToBackend => Close::ClientGone,
             };
-            if h.inject_close(code, to_backend) {
-                self.injected_code.get_or_insert(code);
+            if h.inject_close(close, d == Direction::ClientToBackend) {
+                self.ending.injected_code.get_or_insert(close.code());
             }
         }
         self.side_ended(d.index(), error);
@@ -577,8 +426,9 @@ impl<'m> Relay<'m> {
 
     /// Note that `side` ended (its read ended or a write to it failed) and start the linger.
     fn side_ended(&mut self, side: usize, error: bool) {
-        self.errored |= error;
-        self.first_end.get_or_insert(Party::of_side(side));
+        self.ending.errored |= error;
+        let party = if side == CLIENT { Party::Client } else { Party::Backend };
+        self.ending.first_end.get_or_insert(party);
         self.start_linger();
     }
 
@@ -590,19 +440,19 @@ impl<'m> Relay<'m> {
 
     fn on_violation(&mut self, d: Direction, v: Violation) {
         tracing::debug!(direction = d.as_str(), violation = v.as_str(), "protocol violation; closing with 1002");
-        self.violation = Some((d, v));
-        self.gateway_close(CLOSE_PROTOCOL_ERROR);
+        self.ending.violation = Some((d, v));
+        self.gateway_close(Close::ProtocolError);
     }
 
-    /// weir ends the connection itself: queue `code` to each side whose stream is at a frame
+    /// weir ends the connection itself: queue `close` to each side whose stream is at a frame
     /// boundary, stop reading, and let the writes drain.
-    fn gateway_close(&mut self, code: u16) {
-        if self.first_close.is_none() && self.gateway_code.is_none() {
-            self.gateway_code = Some(code);
+    fn gateway_close(&mut self, close: Close) {
+        if self.ending.first_close.is_none() && self.ending.gateway_code.is_none() {
+            self.ending.gateway_code = Some(close.code());
         }
         for d in Direction::BOTH {
             let h = &mut self.halves[d.index()];
-            h.inject_close(code, d == Direction::ClientToBackend);
+            h.inject_close(close, d == Direction::ClientToBackend);
             h.src_done = true;
         }
         self.start_linger();
@@ -610,10 +460,10 @@ impl<'m> Relay<'m> {
 
     fn object_moved(&mut self) {
         tracing::debug!("object moved; closing with 1012");
-        self.moved = true;
+        self.ending.moved = true;
         let backend = Direction::BackendToClient.index();
         let host_open = !self.halves[backend].src_done && self.halves[backend].scanner.close().is_none();
-        self.gateway_close(CLOSE_OBJECT_MOVED);
+        self.gateway_close(Close::ObjectMoved);
         if host_open {
             // Keep reading the host until it answers the close or ends (at most `LINGER`): the
             // relay, and with it the object's lease, ends only once the host let go.
@@ -624,58 +474,8 @@ impl<'m> Relay<'m> {
     }
 
     fn begin_drain(&mut self) {
-        self.draining = true;
+        self.ending.shutdown = true;
         tracing::debug!("shutdown grace over; closing with 1001");
-        self.gateway_close(CLOSE_SHUTDOWN);
-    }
-
-    fn report(self) -> RelayReport {
-        let counts = [*self.halves[0].scanner.counts(), *self.halves[1].scanner.counts()];
-        let closes = [self.halves[0].scanner.close(), self.halves[1].scanner.close()];
-        let both_closed = closes.iter().all(Option::is_some);
-        let first_close_code = match self.first_close {
-            Some(Party::Client) => closes[CLIENT].and_then(|c| c.code),
-            Some(Party::Backend) => closes[BACKEND].and_then(|c| c.code),
-            _ => None,
-        };
-        let initiator =
-            self.first_close.or(self.gateway_code.map(|_| Party::Gateway)).or(self.first_end).unwrap_or(Party::Gateway);
-        let outcome = if self.violation.is_some() {
-            Outcome::ProtocolError
-        } else if self.moved {
-            Outcome::Moved
-        } else if self.draining && !both_closed {
-            Outcome::Shutdown
-        } else if both_closed {
-            Outcome::Completed
-        } else if self.first_end == Some(Party::Client) {
-            Outcome::ClientGone
-        } else {
-            Outcome::BackendGone
-        };
-        RelayReport {
-            counts,
-            close_code: if self.first_close.is_some() {
-                first_close_code
-            } else {
-                self.gateway_code.or(self.injected_code)
-            },
-            initiator,
-            clean: both_closed && !self.errored && self.violation.is_none() && self.gateway_code.is_none(),
-            outcome,
-            violation: self.violation,
-        }
-    }
-}
-
-/// Class of a close code for the `code_class` label.
-pub fn code_class(code: Option<u16>) -> &'static str {
-    match code {
-        None => "none",
-        Some(1000) => "normal",
-        Some(1001) => "going_away",
-        Some(1002..=1015) => "error",
-        Some(3000..=4999) => "app",
-        Some(_) => "other",
+        self.gateway_close(Close::Shutdown);
     }
 }

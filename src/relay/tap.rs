@@ -3,50 +3,43 @@
 //!
 //! Hot path (per read and write). Bytes read from the client are scanned as client frames,
 //! bytes written to it as server frames; the payloads are not touched and nothing is copied
-//! except the client's early bytes (read with the request head), served first. Metric deltas
-//! are pushed after every read and write. `Tap::report` turns the two scanners into the same
-//! `RelayReport` a relay produces, with the built-in object in the backend's place.
+//! except the client's early bytes (read with the request head), served first. The observer
+//! hears the counts after every read and write that moved bytes. `Tap::report` turns the two
+//! scanners into the same `RelayReport` a relay produces (through the same `Ending::report`),
+//! with the built-in object in the backend's place; a protocol violation is reported like one
+//! on a relayed connection.
 
-use super::pump::{Outcome, Party, RelayReport};
+use super::report::{Ending, Outcome, Party, RelayReport};
 use super::scanner::{Feed, FrameScanner, ScanPolicy};
-use super::Direction;
-use crate::metrics::ConnMetrics;
-use pingora_core::protocols::Stream;
+use super::{Direction, Observer};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// A client stream with both directions scanned.
-pub struct Tap {
-    io: Stream,
+/// A client stream `S` with both directions scanned, told about by observer `O`.
+pub struct Tap<S, O> {
+    io: S,
     early: Vec<u8>,
     early_at: usize,
     /// `[client → object, object → client]`.
     scanners: [FrameScanner; 2],
-    metrics: ConnMetrics,
-    live: std::sync::Arc<crate::metering::live::Live>,
-    first_close: Option<Party>,
+    observer: O,
+    ending: Ending,
+    /// The client's read ended: `Some(true)` on an error, `Some(false)` on EOF.
     read_ended: Option<bool>,
 }
 
-impl Tap {
-    /// Wrap `io`; `early` are client bytes already read after its request head.
-    pub fn new(
-        io: Stream,
-        early: Vec<u8>,
-        client: ScanPolicy,
-        server: ScanPolicy,
-        metrics: ConnMetrics,
-        live: std::sync::Arc<crate::metering::live::Live>,
-    ) -> Tap {
+impl<S, O: Observer> Tap<S, O> {
+    /// Wrap `io`; `early` are client bytes already read after its request head; `policies` are
+    /// `[client, server]`.
+    pub fn new(io: S, early: Vec<u8>, policies: [ScanPolicy; 2], observer: O) -> Tap<S, O> {
         Tap {
             io,
             early,
             early_at: 0,
-            scanners: [FrameScanner::new(client), FrameScanner::new(server)],
-            metrics,
-            live,
-            first_close: None,
+            scanners: policies.map(FrameScanner::new),
+            observer,
+            ending: Ending::default(),
             read_ended: None,
         }
     }
@@ -61,49 +54,42 @@ impl Tap {
                 violation = violation.as_str(),
                 "built-in object: protocol violation"
             );
+            self.ending.violation.get_or_insert((d, violation));
         }
         if !had_close && s.close().is_some() {
-            let party = if d == Direction::ClientToBackend { Party::Client } else { Party::Backend };
-            self.first_close.get_or_insert(party);
+            self.ending.first_close.get_or_insert(Party::sender_of(d));
         }
-        self.metrics.update(d, s.counts());
-        self.live.observe([self.scanners[0].counts(), self.scanners[1].counts()]);
+        let [c, o] = &self.scanners;
+        self.observer.progress([c.counts(), o.counts()]);
     }
 
     /// What the connection carried and how it ended; `shutdown` when weir closed it because it
-    /// was stopping.
-    pub fn report(&self, shutdown: bool) -> RelayReport {
-        let counts = [*self.scanners[0].counts(), *self.scanners[1].counts()];
-        let closes = [self.scanners[0].close(), self.scanners[1].close()];
-        let both = closes.iter().all(Option::is_some);
-        let close_code = match self.first_close {
-            Some(Party::Client) => closes[0].and_then(|c| c.code),
-            Some(_) => closes[1].and_then(|c| c.code),
-            None => None,
-        };
-        let errored = self.read_ended == Some(true);
-        let outcome = if shutdown {
-            Outcome::Shutdown
-        } else if both {
-            Outcome::Completed
-        } else if closes[1].is_some() {
-            // The object closed (e.g. a slow client) and the client did not answer.
-            Outcome::BackendGone
-        } else {
-            Outcome::ClientGone
-        };
-        RelayReport {
-            counts,
-            close_code,
-            initiator: self.first_close.unwrap_or(Party::Client),
-            clean: both && !errored,
-            outcome,
-            violation: None,
+    /// was stopping. Returns the observer with it.
+    pub fn finish(self, shutdown: bool) -> (RelayReport, O) {
+        let [c, o] = &self.scanners;
+        let closes = [c.close(), o.close()];
+        let mut ending = self.ending;
+        ending.shutdown = shutdown;
+        ending.errored = self.read_ended == Some(true);
+        // Without a completed close handshake: the object closed (e.g. a slow client) and the
+        // client did not answer, or the client went away.
+        ending.first_end = Some(if closes[1].is_some() { Party::Backend } else { Party::Client });
+        let mut report = ending.report([*c.counts(), *o.counts()], closes);
+        if shutdown && report.violation.is_none() {
+            // weir's own object closed it for shutdown: the client's answer to that close does
+            // not make it a completed connection.
+            report.outcome = Outcome::Shutdown;
         }
+        (report, self.observer)
+    }
+
+    /// The counts so far, `[client → object, object → client]`.
+    pub fn counts(&self) -> [super::scanner::DirectionCounts; 2] {
+        [*self.scanners[0].counts(), *self.scanners[1].counts()]
     }
 }
 
-impl AsyncRead for Tap {
+impl<S: AsyncRead + Unpin, O: Observer + Unpin> AsyncRead for Tap<S, O> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         if this.early_at < this.early.len() {
@@ -139,7 +125,7 @@ impl AsyncRead for Tap {
     }
 }
 
-impl AsyncWrite for Tap {
+impl<S: AsyncWrite + Unpin, O: Observer + Unpin> AsyncWrite for Tap<S, O> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut self.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &poll {

@@ -33,23 +33,15 @@ impl RouteTable {
                 (Some(want), Some(h)) => want == h,
                 (Some(_), None) => false,
             };
-            host_ok && prefix_matches(&r.path_prefix, path)
+            host_ok && r.matches_path(path)
         })
-    }
-}
-
-/// Segment-wise prefix match: `/chat` matches `/chat`, `/chat/`, `/chat/x`, not `/chatter`.
-/// The empty prefix (route `/`) matches everything.
-pub fn prefix_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => prefix.is_empty() || rest.is_empty() || rest.starts_with('/'),
-        None => false,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::prefix_matches;
 
     fn table(yaml: &str) -> RouteTable {
         RouteTable::new(&crate::config::parse(yaml, "test").unwrap())

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use weir::metering::UsageRecord;
+use weir::billing::UsageRecord;
 
 /// A tokio-tungstenite client connection through weir.
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -241,7 +241,7 @@ impl Weir {
     }
 
     /// Every object usage record written so far.
-    pub fn object_records(&self) -> Vec<weir::metering::ObjectRecord> {
+    pub fn object_records(&self) -> Vec<weir::billing::ObjectRecord> {
         self.usage_lines()
             .into_iter()
             .filter(|v| v["record"] == "object")
@@ -250,7 +250,7 @@ impl Weir {
     }
 
     /// Wait until at least `n` object records exist; returns all of them.
-    pub async fn object_records_eventually(&self, n: usize) -> Vec<weir::metering::ObjectRecord> {
+    pub async fn object_records_eventually(&self, n: usize) -> Vec<weir::billing::ObjectRecord> {
         eventually(&format!("{n} object records"), || async {
             let r = self.object_records();
             (r.len() >= n).then_some(r)

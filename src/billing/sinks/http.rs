@@ -8,7 +8,7 @@
 //! consumers should) keeps each record once. Plain `http://` only (no TLS).
 
 use super::Sink;
-use crate::gateway::upstream::read_response_head;
+use crate::http1::head::read_response_head;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -1,18 +1,16 @@
-//! The built-in echo backend: a WebSocket server on loopback that sends every text and binary
-//! message back and answers pings and closes (tokio-tungstenite).
+//! The built-in echo backend (`builtin:echo` in a pool): a WebSocket server on loopback that
+//! sends every text and binary message back and answers pings and closes (tokio-tungstenite),
+//! with the one echo loop (`ws::echo`) the echo *object* runs too.
 //!
-//! It is a real backend behind the relay, so traffic to it is metered like any other.
-//! Warm path per connection; it runs on its own background service runtime.
+//! It is a real backend behind the relay, so traffic to it is metered like any other. Warm path
+//! per connection; it runs on its own background service runtime.
 
+use crate::relay::close::Close;
+use crate::ws::{close, echo, ws_config, End, MAX_MESSAGE};
 use async_trait::async_trait;
-use futures_util::{SinkExt, StreamExt};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::{background_service, BackgroundService, GenBackgroundService};
 use std::sync::Mutex;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-
-/// Largest message the echo server accepts, bytes.
-pub const MAX_MESSAGE: usize = 64 << 20;
 
 /// The echo server's accept loop.
 pub struct Echo {
@@ -48,12 +46,10 @@ impl BackgroundService for Echo {
 
 async fn serve(stream: tokio::net::TcpStream) {
     let _ = stream.set_nodelay(true);
-    let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
-    let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else { return };
-    // Reading on after a Close lets tungstenite send its close reply; the stream then ends.
-    while let Some(Ok(msg)) = ws.next().await {
-        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-            return;
-        }
+    let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(MAX_MESSAGE))).await else {
+        return;
+    };
+    if echo(&mut ws, || {}, std::future::pending()).await == End::TooBig {
+        close(&mut ws, Close::TooBig).await;
     }
 }

@@ -1,4 +1,5 @@
-//! Reading an HTTP/1.x request head from a client, and the parsed head.
+//! Reading HTTP/1.x heads, bounded in size and time: a client's request head (the gateway) and
+//! a server's response head (backends' upgrade answers, health probes, the HTTP sink).
 //!
 //! Warm path (once per request). weir reads the head itself (httparse, bounded in size and
 //! time) so that it owns every byte the client sent: bytes after the head (frames a client
@@ -6,10 +7,10 @@
 //! `http` routes is handed to Pingora's proxy with the same bytes as a pipelined prefix, so
 //! nothing is lost either way.
 
+use super::Fields;
 use bytes::BytesMut;
-use pingora_core::protocols::Stream;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Largest request head accepted, bytes (request line and headers). Larger heads get 431.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -35,37 +36,6 @@ pub struct RequestHead {
     pub head_len: usize,
 }
 
-/// Header fields of a request or response head, in order, names as sent.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Fields(pub Vec<(String, Vec<u8>)>);
-
-impl Fields {
-    /// Copy the fields httparse found.
-    pub fn from_parsed(parsed: &[httparse::Header<'_>]) -> Fields {
-        Fields(parsed.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect())
-    }
-
-    /// Every field, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &(String, Vec<u8>)> {
-        self.0.iter()
-    }
-
-    /// Values of every field named `name` (case-insensitive), in order.
-    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.0.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
-    }
-
-    /// The first field named `name`, as text (lossy), trimmed.
-    pub fn get(&self, name: &str) -> Option<String> {
-        self.all(name).next().map(|v| String::from_utf8_lossy(v).trim().to_string())
-    }
-
-    /// Whether any `name` field contains `token` in its comma-separated list (case-insensitive).
-    pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.all(name).any(|v| String::from_utf8_lossy(v).split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    }
-}
-
 impl RequestHead {
     /// The path part of the target (before `?`).
     pub fn path(&self) -> &str {
@@ -74,22 +44,13 @@ impl RequestHead {
 
     /// The `Host` header without its port, lower-cased.
     pub fn host(&self) -> Option<String> {
-        self.headers.get("host").map(|h| host_without_port(&h))
+        self.headers.get("host").map(|h| super::host_without_port(&h))
     }
 
     /// Bytes the client sent after the head.
     pub fn early(&self) -> &[u8] {
         self.buf.get(self.head_len..).unwrap_or(&[])
     }
-}
-
-/// A `Host` value without its port, lower-cased (`[::1]:80` → `[::1]`, `A.com:8080` → `a.com`).
-pub fn host_without_port(h: &str) -> String {
-    let host = match h.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().map(|s| format!("[{s}]")).unwrap_or_else(|| h.to_string()),
-        None => h.rsplit_once(':').map(|(a, _)| a.to_string()).unwrap_or_else(|| h.to_string()),
-    };
-    host.to_ascii_lowercase()
 }
 
 /// Why no head could be read.
@@ -108,14 +69,14 @@ pub enum HeadError {
 }
 
 /// Read and parse one request head, within `timeout`.
-pub async fn read_head(stream: &mut Stream, timeout: Duration) -> Result<RequestHead, HeadError> {
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, timeout: Duration) -> Result<RequestHead, HeadError> {
     match tokio::time::timeout(timeout, read_head_inner(stream)).await {
         Ok(r) => r,
         Err(_) => Err(HeadError::TimedOut),
     }
 }
 
-async fn read_head_inner(stream: &mut Stream) -> Result<RequestHead, HeadError> {
+async fn read_head_inner<S: AsyncRead + Unpin>(stream: &mut S) -> Result<RequestHead, HeadError> {
     let mut buf = BytesMut::with_capacity(INITIAL_READ);
     loop {
         if buf.len() >= MAX_HEAD_BYTES {
@@ -152,6 +113,77 @@ fn parse(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
         }
         Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
         Err(e) => Err(HeadError::Malformed(e.to_string())),
+    }
+}
+
+/// A server's response head plus the bytes read after it.
+#[derive(Debug)]
+pub struct ResponseHead {
+    /// Status code.
+    pub status: u16,
+    /// Header fields in order, names as sent.
+    pub headers: Fields,
+    /// Everything read: the head, then early bytes (frames sent right after a 101, or the start
+    /// of a body).
+    pub buf: BytesMut,
+    /// Length of the head inside `buf`, bytes.
+    pub head_len: usize,
+}
+
+impl ResponseHead {
+    /// Bytes after the head.
+    pub fn early(&self) -> &[u8] {
+        self.buf.get(self.head_len..).unwrap_or(&[])
+    }
+
+    /// The head itself.
+    pub fn head(&self) -> &[u8] {
+        self.buf.get(..self.head_len).unwrap_or(&[])
+    }
+}
+
+/// Why no response head could be read.
+#[derive(Debug)]
+pub enum ResponseError {
+    /// The connection failed or closed before a whole head arrived.
+    Unreachable(String),
+    /// The bytes are not an HTTP/1.x response head, or it is larger than `MAX_HEAD_BYTES`.
+    BadResponse(String),
+}
+
+impl std::fmt::Display for ResponseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResponseError::Unreachable(s) => write!(f, "no answer: {s}"),
+            ResponseError::BadResponse(s) => write!(f, "bad answer: {s}"),
+        }
+    }
+}
+
+/// Read one HTTP/1.x response head (at most `MAX_HEAD_BYTES`) from `io`, keeping what follows
+/// it.
+pub async fn read_response_head<S: AsyncRead + Unpin>(io: &mut S) -> Result<ResponseHead, ResponseError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if buf.len() >= MAX_HEAD_BYTES {
+            return Err(ResponseError::BadResponse(format!("response head larger than {MAX_HEAD_BYTES} bytes")));
+        }
+        buf.reserve(1024);
+        let n =
+            io.read_buf(&mut buf).await.map_err(|e| ResponseError::Unreachable(format!("reading the answer: {e}")))?;
+        if n == 0 {
+            return Err(ResponseError::Unreachable("closed before answering".into()));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Complete(head_len)) => {
+                let status = resp.code.unwrap_or(0);
+                return Ok(ResponseHead { status, headers: Fields::from_parsed(resp.headers), buf, head_len });
+            }
+            Err(e) => return Err(ResponseError::BadResponse(e.to_string())),
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Servers built into weir, so the shipped config runs with nothing else started.
+//! Backends built into weir, so the shipped config runs with nothing else started.
 //!
 //! Cold path: `Builtins::bind` binds one loopback listener per built-in kind the config uses
 //! (before the pools are built, so pools can name its address); `services` returns the
@@ -6,13 +6,7 @@
 //! server behind the relay).
 //!
 //! Built-in *objects* (`objects[].builtin`) are not servers: weir terminates their WebSockets
-//! itself. `session.rs` answers the upgrade and runs them over a metered stream; `room.rs` is
-//! the broadcast room and `history.rs` its durable history store.
-
-pub mod echo;
-pub mod history;
-pub mod room;
-pub mod session;
+//! itself (`objects::session`).
 
 use crate::config::{Backend, BuiltinKind, Config};
 use pingora_core::services::ServiceWithDependents;
@@ -59,7 +53,7 @@ impl Builtins {
             .into_iter()
             .map(|(kind, (_, listener))| -> Box<dyn ServiceWithDependents> {
                 match kind {
-                    BuiltinKind::Echo => Box::new(echo::service(listener)),
+                    BuiltinKind::Echo => Box::new(super::echo::service(listener)),
                 }
             })
             .collect()

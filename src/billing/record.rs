@@ -1,21 +1,27 @@
-//! `UsageRecord`: the billing unit, one JSON object per line in the usage file.
+//! The record contract: `UsageRecord` (a connection's start, interim and stop records) and
+//! `ObjectRecord` (an object's occupancy), one JSON object per line in the spool and the usage
+//! file.
 //!
-//! Warm path (serialised once per connection). The README's "Usage records" section documents
+//! Warm path (serialised once per record). The README's "Usage records" section documents
 //! every field; change both together.
 
 use crate::relay::scanner::DirectionCounts;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-/// The kinds of connection records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The kind of a usage record: its `record` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RecordKind {
-    /// At the 101.
+    /// A connection record written at the 101.
     Start,
-    /// Every `interim_interval` while open.
+    /// A connection record written every `usage.interim_interval` while it is open.
     Interim,
-    /// At the end (the only record of a failed handshake).
+    /// A connection record written at its end (the only record of a failed handshake).
     Stop,
+    /// An object's occupancy, written when its last connection ends.
+    Object,
 }
 
 impl RecordKind {
@@ -25,22 +31,16 @@ impl RecordKind {
             RecordKind::Start => "start",
             RecordKind::Interim => "interim",
             RecordKind::Stop => "stop",
+            RecordKind::Object => "object",
         }
     }
 }
 
-/// One connection's usage so far: `start`, `interim` or `stop` (cumulative counts each time).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UsageRecord {
-    /// Record type: `start`, `interim` or `stop`.
-    pub record: String,
-    /// `<connection_id>:<seq>`: unique per record, for sinks that drop duplicates.
-    pub idempotency_key: String,
-    /// 0 for `start` (and for the `stop` of a failed handshake), then 1, 2, … in order.
-    pub seq: u64,
-    /// When this record was made (RFC 3339 UTC, milliseconds).
-    pub at: String,
-    /// Sortable unique id (UUIDv7 text).
+/// Who a connection is: fixed once it is routed and connected, shared by all of its records
+/// (held behind an `Arc`, never copied per record).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Sortable unique id (UUIDv7 text), also sent to the backend as `X-Weir-Connection-Id`.
     pub connection_id: String,
     /// Tenant the route bills to (`routes[].tenant`, else `usage.default_tenant`).
     pub tenant: Option<String>,
@@ -56,6 +56,22 @@ pub struct UsageRecord {
     pub client_addr: Option<String>,
     /// When the request head started arriving (RFC 3339 UTC, milliseconds).
     pub started_at: String,
+}
+
+/// One connection's usage so far: `start`, `interim` or `stop` (cumulative counts each time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// Record type: `start`, `interim` or `stop`.
+    pub record: RecordKind,
+    /// `<connection_id>:<seq>`: unique per record, for sinks that drop duplicates.
+    pub idempotency_key: String,
+    /// 0 for `start` (and for the `stop` of a failed handshake), then 1, 2, … in order.
+    pub seq: u64,
+    /// When this record was made (RFC 3339 UTC, milliseconds).
+    pub at: String,
+    /// Who the connection is (its fields appear at this level of the JSON object).
+    #[serde(flatten)]
+    pub identity: Arc<Identity>,
     /// When the connection ended (RFC 3339 UTC, milliseconds); null until `stop`.
     pub ended_at: Option<String>,
     /// Wall-clock lifetime so far, milliseconds (monotonic clock).
@@ -103,7 +119,7 @@ pub struct ObjectRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectRecord {
     /// Record type: always `object`.
-    pub record: String,
+    pub record: RecordKind,
     /// `object:<namespace>:<id>:<started_at>`: unique per occupancy.
     pub idempotency_key: String,
     /// When this record was made (= `ended_at`).
@@ -172,6 +188,17 @@ impl From<&DirectionCounts> for DirectionUsage {
             pings: c.pings,
             pongs: c.pongs,
             largest_message_bytes: c.largest_message_bytes,
+        }
+    }
+}
+
+impl UsageRecord {
+    /// The `kind` label this record is counted under in `weir_usage_records_total`: its record
+    /// kind, or `rejection` for the stop record of a failed handshake (a stop without a close).
+    pub fn label(&self) -> &'static str {
+        match (self.record, &self.close) {
+            (RecordKind::Stop, None) => "rejection",
+            (kind, _) => kind.as_str(),
         }
     }
 }

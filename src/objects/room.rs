@@ -5,7 +5,7 @@
 //! other member's bounded send queue (`room.send_queue` messages). The mutex is never held
 //! across an await. Each member's connection task writes its own queue to its socket, so a slow
 //! client never slows the room: when its queue is full it is removed and closed with 1013
-//! ("Try Again Later", `CLOSE_TOO_SLOW`); it may reconnect and gets the history again.
+//! ("Try Again Later", `Close::TooSlow`); it may reconnect and gets the history again.
 //!
 //! Protocol seen by a client (all weir events are JSON text messages with a `"weir"` key; user
 //! messages are delivered verbatim, text as text and binary as binary):
@@ -16,37 +16,30 @@
 //!
 //! Member numbers are unique in the namespace for the life of the process. A member that sends a
 //! text message that is a JSON object with a top-level `"weir"` key (which would forge an event)
-//! is closed with 1008 (`CLOSE_RESERVED`) and the message is not delivered.
+//! is closed with 1008 (`Close::Reserved`) and the message is not delivered.
 //!
 //! Cold path: a room's history is loaded from `data_dir/rooms/<namespace>/` when its first
 //! member joins (a synchronous read under that room's lock only: joins to other rooms go on);
 //! the room is dropped from memory when its last member leaves and nobody is joining.
 
 use super::history::{HistoryStore, MessageKind, RoomLog, StoredMessage};
+use super::registry::ObjectHandle;
+use super::session::Ended;
 use crate::config::RoomConfig;
 use crate::metrics::Metrics;
-use crate::objects::registry::ObjectHandle;
-use crate::relay::tap::Tap;
+use crate::relay::close::Close;
 use crate::sync::lock;
+use crate::ws::{close, drain_after, end_of};
 use futures_util::{SinkExt, StreamExt};
 use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-
-/// Close code for a member whose send queue overflowed: 1013 "Try Again Later".
-pub const CLOSE_TOO_SLOW: u16 = 1013;
-/// Close code for a member that sent a JSON object with a top-level `"weir"` key (reserved for
-/// weir's events): 1008 "Policy Violation".
-pub const CLOSE_RESERVED: u16 = 1008;
-/// Time a closing member gets to take its close frame before its socket is dropped.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Every room of one namespace.
 pub struct Rooms {
@@ -268,7 +261,8 @@ fn forges_event(text: &str) -> bool {
         && serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(t).is_ok_and(|m| m.contains_key("weir"))
 }
 
-/// Why a member's session ended on weir's side.
+/// Why a member's session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     /// The client closed or went away.
     Client,
@@ -278,24 +272,38 @@ enum End {
     Shutdown,
     /// It sent a message shaped like a weir event.
     Forged,
+    /// It sent a message over `room.max_message`.
+    TooBig,
+}
+
+impl End {
+    /// The close weir sends the member for this end, if any.
+    fn close(self) -> Option<Close> {
+        match self {
+            End::Client => None,
+            End::Slow => Some(Close::TooSlow),
+            End::Shutdown => Some(Close::ObjectShutdown),
+            End::Forged => Some(Close::Reserved),
+            End::TooBig => Some(Close::TooBig),
+        }
+    }
 }
 
 /// Run one member of room `id` over `ws` until it ends; returns the stream and whether weir
 /// closed it for shutdown.
-pub async fn serve(
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     rooms: Arc<Rooms>,
     id: &str,
-    ws: WebSocketStream<Tap>,
+    mut ws: WebSocketStream<S>,
     object: ObjectHandle,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
-) -> (Option<Tap>, bool) {
+) -> Ended<S> {
     let mut membership = match rooms.join(id) {
         Ok(m) => m,
         Err(e) => {
             tracing::error!(namespace = %rooms.namespace, room = id, error = %e, "cannot open the room's history");
-            let mut ws = ws;
-            let _ = close(&mut ws, 1011, "room unavailable").await;
+            close(&mut ws, Close::RoomUnavailable).await;
             return (Some(ws.into_inner()), false);
         }
     };
@@ -304,14 +312,14 @@ pub async fn serve(
     if let Some((welcome, history)) = membership.first.take() {
         for m in std::iter::once(welcome).chain(history) {
             if sink.feed(m).await.is_err() {
-                return (reunite(sink, stream), false);
+                return (sink.reunite(stream).ok().map(WebSocketStream::into_inner), false);
             }
         }
         if sink.flush().await.is_err() {
-            return (reunite(sink, stream), false);
+            return (sink.reunite(stream).ok().map(WebSocketStream::into_inner), false);
         }
     }
-    let drain = super::session::drain_after(&mut shutdown, grace);
+    let drain = drain_after(&mut shutdown, grace);
     tokio::pin!(drain);
     loop {
         tokio::select! {
@@ -346,42 +354,20 @@ pub async fn serve(
                 }
                 // tungstenite answers pings and closes itself; the stream ends after a close.
                 Some(Ok(_)) => {}
-                Some(Err(_)) | None => break,
+                Some(Err(e)) => {
+                    if end_of(&e) == crate::ws::End::TooBig {
+                        end = End::TooBig;
+                    }
+                    break;
+                }
+                None => break,
             },
         }
     }
     drop(membership);
-    let mut ws = match sink.reunite(stream) {
-        Ok(ws) => ws,
-        Err(_) => return (None, false),
-    };
-    match end {
-        End::Client => {}
-        End::Slow => {
-            let _ = tokio::time::timeout(CLOSE_WAIT, close(&mut ws, CLOSE_TOO_SLOW, "too slow")).await;
-        }
-        End::Shutdown => {
-            let _ = tokio::time::timeout(CLOSE_WAIT, close(&mut ws, 1001, "going away")).await;
-        }
-        End::Forged => {
-            let _ =
-                tokio::time::timeout(CLOSE_WAIT, close(&mut ws, CLOSE_RESERVED, "the \"weir\" key is reserved")).await;
-        }
+    let Ok(mut ws) = sink.reunite(stream) else { return (None, false) };
+    if let Some(c) = end.close() {
+        close(&mut ws, c).await;
     }
-    (Some(ws.into_inner()), matches!(end, End::Shutdown))
-}
-
-type Sink = futures_util::stream::SplitSink<WebSocketStream<Tap>, Message>;
-type Stream = futures_util::stream::SplitStream<WebSocketStream<Tap>>;
-
-fn reunite(sink: Sink, stream: Stream) -> Option<Tap> {
-    sink.reunite(stream).ok().map(WebSocketStream::into_inner)
-}
-
-/// Send a close frame and read until the client answers (or the stream ends).
-pub async fn close(ws: &mut WebSocketStream<Tap>, code: u16, reason: &str) -> Result<(), ()> {
-    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-    ws.send(Message::Close(Some(frame))).await.map_err(|_| ())?;
-    while let Some(Ok(_)) = ws.next().await {}
-    Ok(())
+    (Some(ws.into_inner()), end == End::Shutdown)
 }

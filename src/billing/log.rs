@@ -3,11 +3,12 @@
 //! Warm path (once per record). Serialising and the spool's single `write(2)` happen on the
 //! caller's thread, so a record is in the spool's page cache before its connection's task goes
 //! on; the spool's flusher makes it durable within `usage.fsync_interval`, and the sinks deliver
-//! it from there (`billing::delivery`). Nothing is dropped: a record the spool cannot write waits
-//! in memory (see `billing::spool`).
+//! it from there (`delivery.rs`). Nothing is dropped: a record the spool cannot write waits
+//! in memory (see `spool.rs`).
 
 use super::record::{ObjectRecord, UsageRecord};
-use crate::billing::spool::Spool;
+use super::spool::Spool;
+use super::Units;
 use crate::metrics::Metrics;
 use serde::Serialize;
 use std::sync::Arc;
@@ -16,12 +17,12 @@ use std::sync::Arc;
 pub struct UsageLog {
     spool: Arc<Spool>,
     metrics: Metrics,
-    units: crate::billing::Units,
+    units: Units,
 }
 
 impl UsageLog {
     /// Records go to `spool`; `units` are the pricing units connection records carry.
-    pub fn new(spool: Arc<Spool>, metrics: Metrics, units: crate::billing::Units) -> UsageLog {
+    pub fn new(spool: Arc<Spool>, metrics: Metrics, units: Units) -> UsageLog {
         UsageLog { spool, metrics, units }
     }
 
@@ -30,20 +31,24 @@ impl UsageLog {
         &self.spool
     }
 
-    /// Append one connection record (`kind` labels the counters: `start`, `interim`, `stop`
-    /// or `rejection`).
-    pub fn write(&self, record: &UsageRecord, kind: &str) {
-        self.append(record, kind, &record.idempotency_key);
+    /// True while records can be made durable (the spool can be written).
+    pub fn healthy(&self) -> bool {
+        self.spool.healthy()
+    }
+
+    /// Append one connection record (counted under `UsageRecord::label`).
+    pub fn write(&self, record: &UsageRecord) {
+        self.append(record, record.label(), &record.idempotency_key);
     }
 
     /// The pricing units records carry.
-    pub fn units(&self) -> &crate::billing::Units {
+    pub fn units(&self) -> &Units {
         &self.units
     }
 
     /// Append one object record (counted as kind `object`).
     pub fn write_object(&self, record: &ObjectRecord) {
-        self.append(record, "object", &record.idempotency_key);
+        self.append(record, record.record.as_str(), &record.idempotency_key);
     }
 
     fn append<T: Serialize>(&self, record: &T, kind: &str, key: &str) {

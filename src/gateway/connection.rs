@@ -1,0 +1,123 @@
+//! The one after-101 path: every upgraded connection, relayed to a backend or served by a
+//! built-in object, runs to its end in a task of its own and is ended here (metrics, the stop
+//! record, the object lease).
+//!
+//! Warm path at both ends; in between the relay (or the tap around a built-in object) is the hot
+//! path, observed by a `ConnObserver`.
+
+use super::observer::ConnObserver;
+use super::Gateway;
+use crate::metering::live::Live;
+use crate::objects::registry::{Lease, ObjectHandle};
+use crate::objects::session::{self, Object};
+use crate::relay::pump::Relay;
+use crate::relay::report::{code_class, Outcome, RelayReport};
+use crate::relay::tap::Tap;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use std::sync::Arc;
+
+/// An upgraded connection after its 101.
+pub struct Established {
+    /// The client stream.
+    pub client: Stream,
+    /// Bytes the client sent after its request head (scanned and served first).
+    pub early: Vec<u8>,
+    /// Route name (label).
+    pub route: String,
+    /// Pool or namespace name (label).
+    pub pool: String,
+    /// Its live-set entry (identity and interim state).
+    pub live: Arc<Live>,
+    /// The object placement, on object routes.
+    pub lease: Option<Lease>,
+    /// What serves it.
+    pub serve: Serve,
+}
+
+/// What serves an upgraded connection.
+pub enum Serve {
+    /// The relay to a backend or object host.
+    Relay {
+        /// The backend stream.
+        backend: Stream,
+        /// Bytes the backend sent after its 101 head.
+        early: Vec<u8>,
+        /// RSV bits the negotiated extensions allow.
+        rsv: u8,
+    },
+    /// A built-in object, run by weir itself.
+    Object {
+        /// Which one.
+        object: Object,
+        /// The object id.
+        id: String,
+        /// The object's shared accounting.
+        handle: ObjectHandle,
+    },
+}
+
+impl Gateway {
+    /// Run a connection to its end (its task's only work), then end it.
+    pub(super) async fn run_to_end(self: Arc<Self>, c: Established, shutdown: ShutdownWatch) {
+        let Established { client, early, route, pool, live, lease, serve } = c;
+        let metrics = self.metrics.connection(&route, &pool);
+        let report = match serve {
+            Serve::Relay { backend, early: backend_early, rsv } => {
+                let object = lease.as_ref().map(|l| l.object().clone());
+                let observer = ConnObserver::new(metrics, live.clone(), object, lease.as_ref().map(Lease::evicted));
+                let relay = Relay::new([client, backend], self.policies(rsv), [&early, &backend_early], observer);
+                let (report, observer) = relay.run(shutdown, self.grace_period).await;
+                drop(observer);
+                report
+            }
+            Serve::Object { object, id, handle } => {
+                // Built-in objects touch their accounting per message themselves.
+                let observer = ConnObserver::new(metrics, live.clone(), None, None);
+                let tap = Tap::new(client, early, self.policies(0), observer);
+                // Boxed: a built-in session's state is larger than a relay's, and the relay's
+                // task should not carry it.
+                let ended = Box::pin(session::run(object, &id, tap, handle, shutdown, self.grace_period)).await;
+                match ended {
+                    (Some(tap), shutdown_closed) => tap.finish(shutdown_closed).0,
+                    (None, _) => {
+                        tracing::warn!(
+                            route,
+                            "built-in object session lost its stream; its stop record has the counts last seen"
+                        );
+                        RelayReport::lost(live.counts())
+                    }
+                }
+            }
+        };
+        self.connection_ended(&route, &pool, &live, lease, &report);
+    }
+
+    /// Count a finished connection, write its stop record and release its object lease.
+    fn connection_ended(&self, route: &str, pool: &str, live: &Live, lease: Option<Lease>, report: &RelayReport) {
+        let m = &self.metrics;
+        m.connections_total.with_label_values(&[route, pool, report.outcome.as_str()]).inc();
+        m.closes.with_label_values(&[route, report.initiator.as_str(), code_class(report.close_code)]).inc();
+        if let Some((d, v)) = report.violation {
+            m.protocol_violations.with_label_values(&[route, d.as_str(), v.as_str()]).inc();
+            tracing::info!(
+                route,
+                direction = d.as_str(),
+                violation = v.as_str(),
+                "closed a connection for a protocol violation"
+            );
+        }
+        if report.outcome == Outcome::Moved {
+            m.object_evictions.with_label_values(&[pool]).inc();
+        }
+        let record = self.live.end(live, report);
+        tracing::debug!(
+            connection_id = %record.identity.connection_id, route, outcome = %record.outcome,
+            duration_ms = record.duration_ms, close_code = ?report.close_code, initiator = report.initiator.as_str(),
+            "connection ended"
+        );
+        if let Some(lease) = lease {
+            lease.finish(&report.counts);
+        }
+    }
+}

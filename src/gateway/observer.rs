@@ -1,0 +1,76 @@
+//! `ConnObserver`: the one observer of a connection's relay or tap, holding what listens to it:
+//! its metric handles, its live-set entry and, on object routes, the object's accounting and move
+//! signal. The relay defines the `Observer` trait; this is its only implementation.
+//!
+//! Hot path: `progress` runs once per relay wakeup; each listener hears only when its input
+//! moved (metrics when bytes moved, the live set when wire bytes moved, the object when a
+//! message completed). Warm path: built at the 101; dropped at the end, which closes the
+//! connection's share of the active gauge and observes its duration.
+
+use crate::metering::live::Live;
+use crate::metrics::ConnMetrics;
+use crate::objects::registry::ObjectHandle;
+use crate::relay::scanner::DirectionCounts;
+use crate::relay::{Direction, Observer};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+
+/// What listens to one connection while it runs.
+pub struct ConnObserver {
+    metrics: ConnMetrics,
+    live: Arc<Live>,
+    /// The object's shared accounting, touched per wakeup that completed a message (relays to
+    /// object hosts; built-in objects touch it themselves).
+    object: Option<ObjectHandle>,
+    /// The object's move signal, handed to the relay when it starts.
+    moved: Option<watch::Receiver<bool>>,
+    started: Instant,
+    /// Messages (both directions) at the last object touch.
+    messages_seen: u64,
+    /// Wire bytes (both directions) at the last live-set update.
+    observed_wire: u64,
+}
+
+impl ConnObserver {
+    /// An observer for a connection that starts now; counts it in the active gauge.
+    pub fn new(
+        metrics: ConnMetrics,
+        live: Arc<Live>,
+        object: Option<ObjectHandle>,
+        moved: Option<watch::Receiver<bool>>,
+    ) -> ConnObserver {
+        metrics.active.inc();
+        ConnObserver { metrics, live, object, moved, started: Instant::now(), messages_seen: 0, observed_wire: 0 }
+    }
+}
+
+impl Observer for ConnObserver {
+    fn progress(&mut self, [client, backend]: [&DirectionCounts; 2]) {
+        self.metrics.update(Direction::ClientToBackend, client);
+        self.metrics.update(Direction::BackendToClient, backend);
+        let wire = client.wire_bytes + backend.wire_bytes;
+        if wire != self.observed_wire {
+            self.observed_wire = wire;
+            self.live.observe([client, backend]);
+        }
+        if let Some(object) = &self.object {
+            let messages = client.messages + backend.messages;
+            if messages != self.messages_seen {
+                self.messages_seen = messages;
+                object.touch();
+            }
+        }
+    }
+
+    fn object_moved(&mut self) -> Option<watch::Receiver<bool>> {
+        self.moved.take()
+    }
+}
+
+impl Drop for ConnObserver {
+    fn drop(&mut self) {
+        self.metrics.active.dec();
+        self.metrics.duration.observe(self.started.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,233 @@
+//! A client's upgrade on its way to its target: the client's handshake checks, the object id,
+//! connect with retries (pool backends and object hosts through one loop), the backend's answer
+//! and the 101 to the client. Every failure is answered, counted and recorded here (through
+//! `Gateway::reject`); success hands the connection to the after-101 path (`connection.rs`).
+//!
+//! Warm path (once per connection).
+
+use super::connection::{Established, Serve};
+use super::reject::{self, RejectReason};
+use super::upstream::{self, UpstreamError};
+use super::{handshake, Gateway, Request};
+use crate::billing::ObjectRef;
+use crate::http1::upgrade::{accept_key, allowed_rsv, check_answer, switching_protocols, Answer};
+use crate::metering::{Meter, Rejection};
+use crate::objects::registry::{Lease, PlaceError};
+use crate::objects::Namespace;
+use crate::pools::MAX_CONNECT_ATTEMPTS;
+use pingora_core::protocols::Stream;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
+
+/// What serves an upgrade: a route's target.
+#[derive(Clone, Copy)]
+pub enum Dest<'a> {
+    /// A backend of pool `usize`.
+    Pool(usize),
+    /// The owner of an object of this namespace (a host, or weir itself for built-in objects).
+    Object(&'a crate::objects::Namespace),
+}
+
+/// Where connecting goes: a pool, or the host an object id is placed on.
+#[derive(Clone, Copy)]
+enum Hop<'a> {
+    Pool(usize),
+    Host(&'a Namespace, &'a str),
+}
+
+/// A connected backend or object host.
+struct Connected {
+    addr: SocketAddr,
+    stream: Stream,
+    /// When connecting started (the connect histogram covers connect and upgrade).
+    started: Instant,
+    /// The object placement, for object hosts.
+    lease: Option<Lease>,
+}
+
+impl Gateway {
+    /// The WebSocket path: check the client's upgrade (and its object id), then serve it from a
+    /// built-in object, or connect to a backend or object host and relay.
+    pub(super) async fn upgrade(self: &Arc<Self>, mut req: Request, dest: Dest<'_>) {
+        let key = match handshake::check_client(&req.head) {
+            Ok(ws) => ws.key,
+            Err(reason) => return self.reject(&mut req, reason).await,
+        };
+        let ns = match dest {
+            Dest::Pool(i) => return self.relayed(req, &key, Hop::Pool(i)).await,
+            Dest::Object(ns) => ns,
+        };
+        let c = &ns.config;
+        let id = match crate::objects::id::extract(&c.id_source, &c.id_rules, &req.head.target, &req.head.headers) {
+            Ok(id) => id,
+            Err(e) => {
+                let detail = e.to_string();
+                tracing::debug!(route = %req.route, namespace = %c.name, error = %detail, "bad object id");
+                let reason = RejectReason::BadObjectId;
+                return self.refuse(&mut req.stream, reason, Some(&detail), &req.route, Some(&req.meter)).await;
+            }
+        };
+        req.meter.identity_mut().object = Some(ObjectRef { namespace: c.name.clone(), id: id.clone() });
+        match &ns.builtin {
+            Some(object) => self.builtin(req, &key, ns, id, object.clone()).await,
+            None => self.relayed(req, &key, Hop::Host(ns, &id)).await,
+        }
+    }
+
+    /// Serve a built-in object: place the id (weir is its owner), answer the 101 and run it.
+    async fn builtin(
+        self: &Arc<Self>,
+        mut req: Request,
+        key: &str,
+        ns: &Namespace,
+        id: String,
+        object: crate::objects::session::Object,
+    ) {
+        let tenant = req.meter.identity().tenant.clone();
+        let lease = match ns.registry.place(&id, tenant.as_deref(), &[], self.timeouts.backend_connect).await {
+            Ok(l) => l,
+            Err(_) => return self.reject(&mut req, RejectReason::ObjectMoving).await,
+        };
+        let answer = switching_protocols(&accept_key(key));
+        let early = req.head.early().to_vec();
+        let handle = lease.object().clone();
+        self.established(req, &answer, early, Some(lease), Serve::Object { object, id, handle }).await;
+    }
+
+    /// Connect to `hop`, forward the upgrade, check the answer, answer the client and relay.
+    async fn relayed(self: &Arc<Self>, mut req: Request, key: &str, hop: Hop<'_>) {
+        let connected = match self.connect(hop, &req.meter).await {
+            Ok(c) => c,
+            Err(reason) => return self.reject(&mut req, reason).await,
+        };
+        let Connected { addr, stream: mut backend, started, lease } = connected;
+        req.meter.identity_mut().backend = Some(addr.to_string());
+        let target = match hop {
+            Hop::Host(ns, id) => Some(upstream::ObjectTarget {
+                namespace: &ns.config.name,
+                id,
+                forward_path: ns.config.forward_path.as_deref(),
+            }),
+            Hop::Pool(_) => None,
+        };
+        let client_ip = req.meter.client.map(|a| a.ip());
+        let connection_id = &req.meter.identity().connection_id;
+        let request = upstream::upgrade_request(&req.head, client_ip, req.tls, connection_id, target);
+        let answer = match upstream::handshake(&mut backend, &request, self.timeouts.backend_handshake).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(route = %req.route, backend = %addr, error = %e, "backend handshake failed");
+                return self.reject(&mut req, upstream_reason(&e)).await;
+            }
+        };
+        drop(request);
+        match check_answer(&answer, key) {
+            Answer::Accepted => {}
+            Answer::Refused(status) => return self.refused(req, answer, backend, status).await,
+            Answer::BadHandshake => {
+                tracing::warn!(route = %req.route, backend = %addr, "backend answered 101 without a valid Sec-WebSocket-Accept/Upgrade");
+                return self.reject(&mut req, RejectReason::BackendBadHandshake).await;
+            }
+        }
+        self.metrics.backend_connect.with_label_values(&[&req.pool]).observe(started.elapsed().as_secs_f64());
+        req.meter.subprotocol = answer.headers.get("sec-websocket-protocol");
+        let rsv = allowed_rsv(answer.headers.get("sec-websocket-extensions").as_deref());
+        // Keep only the early bytes (usually none): the heads and buffers of the handshake end
+        // here, so a long-lived connection carries nothing from it (README, "Idle cost").
+        let early = req.head.early().to_vec();
+        let serve = Serve::Relay { backend, early: answer.early().to_vec(), rsv };
+        self.established(req, answer.head(), early, lease, serve).await;
+    }
+
+    /// Send the 101 `head` to the client and hand the connection to its task; if the client is
+    /// gone, record the failed handshake instead.
+    async fn established(
+        self: &Arc<Self>,
+        req: Request,
+        head_101: &[u8],
+        early: Vec<u8>,
+        lease: Option<Lease>,
+        serve: Serve,
+    ) {
+        let Request { mut stream, meter, route, pool, shutdown, head, .. } = req;
+        drop(head);
+        if stream.write_all(head_101).await.is_err() || stream.flush().await.is_err() {
+            let gone = Rejection { status: 101, outcome: "client_gone", reason: "client closed during the handshake" };
+            return self.live.reject(&meter, gone);
+        }
+        let mut lease = lease;
+        if let Some(l) = lease.as_mut() {
+            l.connected();
+        }
+        let live = self.live.begin(meter);
+        let established = Established { client: stream, early, route, pool, live, lease, serve };
+        tokio::spawn(self.clone().run_to_end(established, shutdown));
+    }
+
+    /// Connect to `hop`: a backend picked from the pool, or the host the object id is placed on,
+    /// trying up to `MAX_CONNECT_ATTEMPTS` of them (an object host that refuses is marked down
+    /// and its ids move).
+    async fn connect(&self, hop: Hop<'_>, meter: &Meter) -> Result<Connected, RejectReason> {
+        let started = Instant::now();
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut tried_hosts: Vec<usize> = Vec::new();
+        let mut last = RejectReason::NoHealthyBackend;
+        while tried.len() < MAX_CONNECT_ATTEMPTS {
+            let (addr, lease) = match hop {
+                Hop::Pool(pool) => match self.pools.select(pool, meter.client.map(|a| a.ip()), &tried) {
+                    Some(addr) => (addr, None),
+                    None => break,
+                },
+                Hop::Host(ns, id) => {
+                    let tenant = meter.identity().tenant.as_deref();
+                    let lease = match ns.registry.place(id, tenant, &tried_hosts, self.timeouts.backend_connect).await {
+                        Ok(l) => l,
+                        Err(PlaceError::NoHost) => break,
+                        Err(PlaceError::Moving) => return Err(RejectReason::ObjectMoving),
+                    };
+                    let (Some(addr), Some(host)) = (lease.addr(), lease.host_index()) else { break };
+                    tried_hosts.push(host);
+                    (addr, Some(lease))
+                }
+            };
+            tried.push(addr);
+            match upstream::connect(&self.connector, addr, self.timeouts.backend_connect).await {
+                Ok(stream) => return Ok(Connected { addr, stream, started, lease }),
+                Err(e) => {
+                    tracing::warn!(backend = %addr, error = %e, "cannot connect to backend");
+                    last = upstream_reason(&e);
+                    if let Some(lease) = lease {
+                        lease.connect_failed();
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The backend answered the upgrade with `status`, not 101: pass its answer on unchanged.
+    async fn refused(
+        &self,
+        mut req: Request,
+        answer: crate::http1::head::ResponseHead,
+        mut backend: Stream,
+        status: u16,
+    ) {
+        tracing::debug!(route = %req.route, status, "backend refused the upgrade; passing its answer through");
+        let timeout = self.timeouts.backend_handshake;
+        let _ = upstream::pass_through(answer, &mut backend, &mut req.stream, timeout).await;
+        self.metrics.handshake_rejections.with_label_values(&[&req.route, reject::BACKEND_REFUSED]).inc();
+        let reason = format!("backend answered {status}");
+        self.live.reject(&req.meter, Rejection { status, outcome: reject::BACKEND_REFUSED, reason: &reason });
+    }
+}
+
+fn upstream_reason(e: &UpstreamError) -> RejectReason {
+    match e {
+        UpstreamError::Unreachable(_) => RejectReason::BackendUnreachable,
+        UpstreamError::TimedOut(_) => RejectReason::BackendTimeout,
+        UpstreamError::BadResponse(_) => RejectReason::BackendBadHandshake,
+    }
+}

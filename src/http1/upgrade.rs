@@ -1,0 +1,106 @@
+//! RFC 6455 §4 handshake helpers shared by every side weir plays: the accept key, the one check
+//! of a server's answer to an upgrade, the 101 weir writes for a built-in object, and the RSV
+//! bits negotiated extensions allow. Warm path (once per connection), pure.
+
+use super::head::ResponseHead;
+use super::Fields;
+use base64::Engine;
+use sha1::{Digest, Sha1};
+
+/// The GUID RFC 6455 appends to the key before hashing.
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// Whether a head asks for a WebSocket upgrade at all (`Upgrade` lists `websocket`).
+pub fn wants_websocket(headers: &Fields) -> bool {
+    headers.has_token("upgrade", "websocket")
+}
+
+/// `Sec-WebSocket-Accept` for a key: base64(SHA-1(key + GUID)).
+pub fn accept_key(key: &str) -> String {
+    let mut h = Sha1::new();
+    h.update(key.as_bytes());
+    h.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// How a server answered an upgrade sent with `Sec-WebSocket-Key: key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// 101 with `Upgrade: websocket` and the right `Sec-WebSocket-Accept`.
+    Accepted,
+    /// 101 without a valid `Sec-WebSocket-Accept` or `Upgrade: websocket`.
+    BadHandshake,
+    /// Any other status: the server refused the upgrade.
+    Refused(u16),
+}
+
+/// The one check of a server's answer to an upgrade (RFC 6455 §4.1, the client's duties).
+pub fn check_answer(answer: &ResponseHead, key: &str) -> Answer {
+    if answer.status != 101 {
+        return Answer::Refused(answer.status);
+    }
+    let accepted = answer.headers.get("sec-websocket-accept").as_deref() == Some(accept_key(key).as_str());
+    if accepted && wants_websocket(&answer.headers) {
+        Answer::Accepted
+    } else {
+        Answer::BadHandshake
+    }
+}
+
+/// The 101 answer weir writes itself (built-in objects) for a client whose key gave `accept`:
+/// no extension and no subprotocol.
+pub fn switching_protocols(accept: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// RSV bits the negotiated extensions allow, from the server's `Sec-WebSocket-Extensions`:
+/// permessage-deflate allows RSV1; an extension weir does not know allows all three (weir
+/// cannot tell what it uses them for); none allows none.
+pub fn allowed_rsv(extensions: Option<&str>) -> u8 {
+    let Some(ext) = extensions.filter(|e| !e.trim().is_empty()) else { return 0 };
+    let names = ext.split(',').map(|e| e.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let mut rsv = 0;
+    for name in names {
+        rsv |= if name == "permessage-deflate" { 0b100 } else { 0b111 };
+    }
+    rsv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn extensions_set_rsv_bits() {
+        assert_eq!(allowed_rsv(None), 0);
+        assert_eq!(allowed_rsv(Some("permessage-deflate; client_max_window_bits=15")), 0b100);
+        assert_eq!(allowed_rsv(Some("x-custom")), 0b111);
+    }
+
+    fn answer(status: u16, headers: &[(&str, &str)]) -> ResponseHead {
+        let fields = Fields(headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect());
+        ResponseHead { status, headers: fields, buf: BytesMut::new(), head_len: 0 }
+    }
+
+    #[test]
+    fn answers_are_accepted_only_with_the_right_key_and_upgrade() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let good = [("Upgrade", "websocket"), ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")];
+        assert_eq!(check_answer(&answer(101, &good), key), Answer::Accepted);
+        assert_eq!(check_answer(&answer(101, &good[1..]), key), Answer::BadHandshake);
+        assert_eq!(
+            check_answer(&answer(101, &[("Upgrade", "websocket"), ("Sec-WebSocket-Accept", "x")]), key),
+            Answer::BadHandshake
+        );
+        assert_eq!(check_answer(&answer(403, &good), key), Answer::Refused(403));
+    }
+}

@@ -1,0 +1,230 @@
+//! What a finished connection reports: `RelayReport`, and the one function that turns what
+//! happened at its end into an outcome, an initiator and a close code, shared by the relay
+//! (`pump.rs`) and the tap around built-in objects (`tap.rs`). Warm path (once per connection),
+//! pure.
+
+use super::frame::Violation;
+use super::scanner::{CloseInfo, DirectionCounts};
+use super::Direction;
+
+/// Who started the end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    /// The client sent the first close frame, or went away first.
+    Client,
+    /// The backend (or built-in object) sent the first close frame, or went away first.
+    Backend,
+    /// weir closed the connection (protocol violation, shutdown, object moved).
+    Gateway,
+}
+
+impl Party {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Party::Client => "client",
+            Party::Backend => "backend",
+            Party::Gateway => "gateway",
+        }
+    }
+
+    /// The party whose bytes travel in direction `d`.
+    pub fn sender_of(d: Direction) -> Party {
+        match d {
+            Direction::ClientToBackend => Party::Client,
+            Direction::BackendToClient => Party::Backend,
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both sides sent close frames.
+    Completed,
+    /// The client went away without completing the close handshake.
+    ClientGone,
+    /// The backend went away without completing the close handshake.
+    BackendGone,
+    /// A side broke RFC 6455 and weir closed the connection.
+    ProtocolError,
+    /// weir closed the connection because it was shutting down.
+    Shutdown,
+    /// weir closed the connection with 1012 because its object moved to another host.
+    Moved,
+}
+
+impl Outcome {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::ClientGone => "client_gone",
+            Outcome::BackendGone => "backend_gone",
+            Outcome::ProtocolError => "protocol_error",
+            Outcome::Shutdown => "shutdown",
+            Outcome::Moved => "moved",
+        }
+    }
+}
+
+/// What a finished connection reports for metering.
+#[derive(Debug, Clone)]
+pub struct RelayReport {
+    /// Relayed traffic per direction, indexed by `Direction::index`.
+    pub counts: [DirectionCounts; 2],
+    /// Code of the first close frame (from either side, or weir's own when it initiated).
+    pub close_code: Option<u16>,
+    /// Who started the end.
+    pub initiator: Party,
+    /// Both sides sent close frames and neither connection failed.
+    pub clean: bool,
+    /// How the connection ended.
+    pub outcome: Outcome,
+    /// The RFC 6455 violation that closed the connection, if any, and its direction.
+    pub violation: Option<(Direction, Violation)>,
+}
+
+impl RelayReport {
+    /// The report of a connection whose own end was lost (its task ended without a report):
+    /// the counts last seen, and an end weir cannot say more about, so its stop record is still
+    /// written and it leaves the live set.
+    pub fn lost(counts: [DirectionCounts; 2]) -> RelayReport {
+        RelayReport {
+            counts,
+            close_code: None,
+            initiator: Party::Gateway,
+            clean: false,
+            outcome: Outcome::BackendGone,
+            violation: None,
+        }
+    }
+}
+
+/// What happened at a connection's end, as the relay or tap saw it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ending {
+    /// Who sent the first close frame (before any side ended).
+    pub first_close: Option<Party>,
+    /// Which side ended (EOF, error, failed write) first.
+    pub first_end: Option<Party>,
+    /// Close code weir sent when it started the end itself.
+    pub gateway_code: Option<u16>,
+    /// Close code weir sent to the surviving side when the other side went away.
+    pub injected_code: Option<u16>,
+    /// A read or write failed (as opposed to a clean EOF).
+    pub errored: bool,
+    /// weir closed the connection because it was shutting down.
+    pub shutdown: bool,
+    /// weir closed the connection because its object moved.
+    pub moved: bool,
+    /// The RFC 6455 violation that ended the connection, and its direction.
+    pub violation: Option<(Direction, Violation)>,
+}
+
+impl Ending {
+    /// The report of a connection that carried `counts` and whose directions sent the close
+    /// frames `closes` (`[client, backend]`): the one place outcome, initiator, close code and
+    /// cleanliness are decided.
+    pub fn report(&self, counts: [DirectionCounts; 2], closes: [Option<CloseInfo>; 2]) -> RelayReport {
+        let [client_close, backend_close] = closes;
+        let both_closed = client_close.is_some() && backend_close.is_some();
+        let first_close_code = match self.first_close {
+            Some(Party::Client) => client_close.and_then(|c| c.code),
+            Some(Party::Backend) => backend_close.and_then(|c| c.code),
+            _ => None,
+        };
+        let initiator =
+            self.first_close.or(self.gateway_code.map(|_| Party::Gateway)).or(self.first_end).unwrap_or(Party::Gateway);
+        let outcome = if self.violation.is_some() {
+            Outcome::ProtocolError
+        } else if self.moved {
+            Outcome::Moved
+        } else if self.shutdown && !both_closed {
+            Outcome::Shutdown
+        } else if both_closed {
+            Outcome::Completed
+        } else if self.first_end == Some(Party::Client) {
+            Outcome::ClientGone
+        } else {
+            Outcome::BackendGone
+        };
+        RelayReport {
+            counts,
+            close_code: if self.first_close.is_some() {
+                first_close_code
+            } else {
+                self.gateway_code.or(self.injected_code)
+            },
+            initiator,
+            clean: both_closed && !self.errored && self.violation.is_none() && self.gateway_code.is_none(),
+            outcome,
+            violation: self.violation,
+        }
+    }
+}
+
+/// Class of a close code for the `code_class` label.
+pub fn code_class(code: Option<u16>) -> &'static str {
+    match code {
+        None => "none",
+        Some(1000) => "normal",
+        Some(1001) => "going_away",
+        Some(1002..=1015) => "error",
+        Some(3000..=4999) => "app",
+        Some(_) => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(code: u16) -> Option<CloseInfo> {
+        Some(CloseInfo { code: Some(code), reason_len: 0 })
+    }
+
+    #[test]
+    fn a_completed_close_handshake_is_clean_and_names_its_initiator() {
+        let e = Ending { first_close: Some(Party::Backend), ..Default::default() };
+        let r = e.report(Default::default(), [close(1000), close(4001)]);
+        assert_eq!(
+            (r.outcome, r.initiator, r.close_code, r.clean),
+            (Outcome::Completed, Party::Backend, Some(4001), true)
+        );
+    }
+
+    #[test]
+    fn a_side_that_vanishes_gets_weirs_code() {
+        let e = Ending { first_end: Some(Party::Client), injected_code: Some(1001), ..Default::default() };
+        let r = e.report(Default::default(), [None, None]);
+        assert_eq!(
+            (r.outcome, r.initiator, r.close_code, r.clean),
+            (Outcome::ClientGone, Party::Client, Some(1001), false)
+        );
+    }
+
+    #[test]
+    fn violations_win_over_everything_and_weir_initiates() {
+        let v = Some((Direction::ClientToBackend, Violation::UnmaskedClientFrame));
+        let e = Ending { gateway_code: Some(1002), violation: v, shutdown: true, moved: true, ..Default::default() };
+        let r = e.report(Default::default(), [None, close(1002)]);
+        assert_eq!(
+            (r.outcome, r.initiator, r.close_code, r.clean),
+            (Outcome::ProtocolError, Party::Gateway, Some(1002), false)
+        );
+    }
+
+    #[test]
+    fn shutdown_only_when_the_close_handshake_did_not_complete() {
+        let e = Ending { shutdown: true, gateway_code: Some(1001), ..Default::default() };
+        assert_eq!(e.report(Default::default(), [None, None]).outcome, Outcome::Shutdown);
+        assert_eq!(e.report(Default::default(), [close(1001), close(1001)]).outcome, Outcome::Completed);
+    }
+
+    #[test]
+    fn code_classes() {
+        let got: Vec<_> = [None, Some(1000), Some(1001), Some(1011), Some(4000), Some(2000)].map(code_class).to_vec();
+        assert_eq!(got, ["none", "normal", "going_away", "error", "app", "other"]);
+    }
+}
