@@ -1,0 +1,348 @@
+use super::*;
+use std::sync::{Arc, Mutex};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata};
+
+/// A tracing subscriber that collects the fields of every WARN event as text.
+struct Capture(Arc<Mutex<Vec<String>>>);
+
+/// Appends `name=value ` for every field of an event.
+struct Fields<'a>(&'a mut String);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!("{}={:?} ", field.name(), value));
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        if *event.metadata().level() == Level::WARN {
+            let mut line = String::new();
+            event.record(&mut Fields(&mut line));
+            self.0.lock().unwrap().push(line);
+        }
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+/// Run `f` with WARN events captured; returns its result and the warnings.
+fn with_warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let out = tracing::subscriber::with_default(Capture(seen.clone()), f);
+    let warnings = seen.lock().unwrap().clone();
+    (out, warnings)
+}
+
+fn text(s: &str) -> StoredMessage {
+    StoredMessage { kind: MessageKind::Text, data: Bytes::copy_from_slice(s.as_bytes()) }
+}
+
+fn binary(b: &[u8]) -> StoredMessage {
+    StoredMessage { kind: MessageKind::Binary, data: Bytes::copy_from_slice(b) }
+}
+
+fn history(log: &RoomLog) -> Vec<StoredMessage> {
+    log.history().cloned().collect()
+}
+
+/// Independent parse of a log file: the records after the header, checksums verified.
+fn parse_file(bytes: &[u8]) -> Vec<StoredMessage> {
+    assert_eq!(&bytes[..8], b"WEIRHST1");
+    let mut out = Vec::new();
+    let mut at = 8;
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let kind = bytes[at + 4];
+        let sum = u32::from_le_bytes(bytes[at + 5..at + 9].try_into().unwrap());
+        let payload = &bytes[at + 9..at + 9 + len];
+        let mut h: u32 = 0x811c9dc5;
+        for &b in std::iter::once(&kind).chain(payload) {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(16777619);
+        }
+        assert_eq!(h, sum, "checksum of record at {at}");
+        let kind = match kind {
+            0 => MessageKind::Text,
+            1 => MessageKind::Binary,
+            k => panic!("kind {k}"),
+        };
+        out.push(StoredMessage { kind, data: Bytes::copy_from_slice(payload) });
+        at += 9 + len;
+    }
+    assert_eq!(at, bytes.len());
+    out
+}
+
+#[test]
+fn fnv1a_known_values() {
+    // FNV-1a 32 of "a" is 0xe40c292c; of "" is the offset basis.
+    assert_eq!(checksum(b'a', b""), 0xe40c_292c);
+    assert_eq!(checksum(b'f', b"oobar"), 0xbf9c_f968);
+}
+
+#[test]
+fn round_trip_text_and_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + 3) as u8).collect();
+    let msgs = vec![text("hello"), binary(&[0, 1, 2, 255]), text(""), binary(b""), binary(&big), text("héllo wörld")];
+    {
+        let store = HistoryStore::open(&dir.path().join("a/b"), 10).unwrap();
+        let mut log = store.load("room-1").unwrap();
+        assert!(log.is_empty());
+        for m in &msgs {
+            log.append(m.clone()).unwrap();
+        }
+        assert_eq!(history(&log), msgs);
+    }
+    let store = HistoryStore::open(&dir.path().join("a/b"), 10).unwrap();
+    assert_eq!(store.keep(), 10);
+    let log = store.load("room-1").unwrap();
+    assert_eq!(log.len(), msgs.len());
+    assert_eq!(history(&log), msgs);
+    let file = std::fs::read(dir.path().join("a/b").join(format!("{}.log", hex(b"room-1")))).unwrap();
+    assert_eq!(parse_file(&file), msgs);
+}
+
+#[test]
+fn keep_bound_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = 5;
+    let store = HistoryStore::open(dir.path(), keep).unwrap();
+    let mut log = store.load("r").unwrap();
+    let all: Vec<StoredMessage> = (0..3 * keep + 1).map(|i| text(&format!("m{i}"))).collect();
+    for m in &all {
+        log.append(m.clone()).unwrap();
+        let records = parse_file(&std::fs::read(&log.path).unwrap());
+        assert!(records.len() <= 2 * keep, "{} records on disk", records.len());
+        assert!(log.len() <= keep);
+    }
+    let last = all[all.len() - keep..].to_vec();
+    assert_eq!(history(&log), last);
+    // The on-disk records end with the kept ones.
+    let records = parse_file(&std::fs::read(&log.path).unwrap());
+    assert_eq!(records[records.len() - keep..].to_vec(), last);
+    assert!(!with_suffix(&log.path, ".tmp").exists());
+    drop(log);
+    let log = HistoryStore::open(dir.path(), keep).unwrap().load("r").unwrap();
+    assert_eq!(history(&log), last);
+}
+
+#[test]
+fn smaller_keep_compacts_on_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let all: Vec<StoredMessage> = (0..10).map(|i| binary(&[i])).collect();
+    let mut log = HistoryStore::open(dir.path(), 10).unwrap().load("r").unwrap();
+    for m in &all {
+        log.append(m.clone()).unwrap();
+    }
+    drop(log);
+    let mut log = HistoryStore::open(dir.path(), 2).unwrap().load("r").unwrap();
+    assert_eq!(history(&log), all[8..].to_vec());
+    assert_eq!(parse_file(&std::fs::read(&log.path).unwrap()), all[8..].to_vec());
+    log.append(text("x")).unwrap();
+    assert_eq!(history(&log), vec![all[9].clone(), text("x")]);
+}
+
+#[test]
+fn torn_tail_at_every_offset_of_last_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = HistoryStore::open(dir.path(), 10).unwrap();
+    let msgs = vec![text("first"), binary(&[9, 8, 7]), text("third!")];
+    let mut log = store.load("orig").unwrap();
+    let mut ends = Vec::new();
+    for m in &msgs {
+        log.append(m.clone()).unwrap();
+        ends.push(std::fs::metadata(&log.path).unwrap().len());
+    }
+    let full = std::fs::read(&log.path).unwrap();
+    assert_eq!(full.len() as u64, ends[2]);
+    let (end2, end3) = (ends[1] as usize, ends[2] as usize);
+    for cut in end2 + 1..end3 {
+        let id = format!("cut{cut}");
+        let path = room_path(dir.path(), &id);
+        std::fs::write(&path, &full[..cut]).unwrap();
+        let (log, warnings) = with_warnings(|| store.load(&id).unwrap());
+        assert_eq!(history(&log), msgs[..2].to_vec(), "cut at {cut}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), end2 as u64, "cut at {cut}");
+        let dropped = format!("dropped_bytes={}", cut - end2);
+        assert!(
+            warnings.iter().any(|w| w.contains(&dropped) && w.contains(&path.display().to_string())),
+            "cut at {cut}: {warnings:?}"
+        );
+        let mut log = log;
+        log.append(text("again")).unwrap();
+        drop(log);
+        let log = store.load(&id).unwrap();
+        assert_eq!(history(&log), vec![msgs[0].clone(), msgs[1].clone(), text("again")]);
+    }
+}
+
+#[test]
+fn corrupt_middle_record_drops_it_and_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = HistoryStore::open(dir.path(), 10).unwrap();
+    let msgs = vec![text("one"), text("two"), binary(b"three")];
+    let mut log = store.load("orig").unwrap();
+    for m in &msgs {
+        log.append(m.clone()).unwrap();
+    }
+    let full = std::fs::read(&log.path).unwrap();
+    let end1 = 8 + 9 + 3;
+    // (what, byte offset in record 2, new value)
+    let corruptions: [(&str, usize, u8); 6] = [
+        ("checksum", 6, 0x55),
+        ("payload", 10, b'X'),
+        ("kind flipped to other valid kind", 4, 1),
+        ("unknown kind", 4, 7),
+        ("length over 64 MiB", 3, 0xff),
+        ("length past end of file", 0, 200),
+    ];
+    for (what, offset, value) in corruptions {
+        let mut bytes = full.clone();
+        assert_ne!(bytes[end1 + offset], value, "{what}");
+        bytes[end1 + offset] = value;
+        let id = format!("corrupt-{offset}-{value}");
+        let path = room_path(dir.path(), &id);
+        std::fs::write(&path, &bytes).unwrap();
+        let (log, warnings) = with_warnings(|| store.load(&id).unwrap());
+        assert_eq!(history(&log), msgs[..1].to_vec(), "{what}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), end1 as u64, "{what}");
+        let dropped = format!("dropped_bytes={}", full.len() - end1);
+        assert!(warnings.iter().any(|w| w.contains(&dropped)), "{what}: {warnings:?}");
+    }
+}
+
+#[test]
+fn wrong_header_is_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = HistoryStore::open(dir.path(), 4).unwrap();
+    let path = room_path(dir.path(), "room");
+    let junk = b"NOTWEIR!\x05\x00\x00\x00\x00garbage";
+    std::fs::write(&path, junk).unwrap();
+    let (log, warnings) = with_warnings(|| store.load("room").unwrap());
+    assert!(log.is_empty());
+    assert!(warnings.iter().any(|w| w.contains("corrupt-")), "{warnings:?}");
+    let aside: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".log.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), junk);
+    assert_eq!(std::fs::read(&path).unwrap(), HEADER);
+    let mut log = log;
+    log.append(text("fresh")).unwrap();
+    drop(log);
+    assert_eq!(history(&store.load("room").unwrap()), vec![text("fresh")]);
+}
+
+#[test]
+fn empty_or_torn_header_starts_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = HistoryStore::open(dir.path(), 4).unwrap();
+    for (id, content) in [("empty", &b""[..]), ("torn", &b"WEIR"[..])] {
+        let path = room_path(dir.path(), id);
+        std::fs::write(&path, content).unwrap();
+        let mut log = store.load(id).unwrap();
+        assert!(log.is_empty());
+        assert_eq!(std::fs::read(&path).unwrap(), HEADER);
+        log.append(binary(b"z")).unwrap();
+        assert_eq!(history(&store.load(id).unwrap()), vec![binary(b"z")]);
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "nothing set aside");
+}
+
+#[test]
+fn odd_ids_map_to_distinct_safe_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = HistoryStore::open(dir.path(), 3).unwrap();
+    let long = "x".repeat(256);
+    let longer_by_one = "x".repeat(255);
+    let ids = ["a/b", "..", ".", "", "ünïcødé-日本", "a", "A", "a.b-c_d", &long, &longer_by_one];
+    let mut paths = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let mut log = store.load(id).unwrap();
+        log.append(text(&format!("msg {i}"))).unwrap();
+        assert!(log.path.starts_with(dir.path()));
+        let rel = log.path.strip_prefix(dir.path()).unwrap().to_string_lossy().into_owned();
+        assert!(rel.ends_with(".log"), "{rel}");
+        for component in log.path.strip_prefix(dir.path()).unwrap().components() {
+            let c = component.as_os_str().to_string_lossy();
+            assert!(c.len() <= 255 - 30, "{c}");
+            let stem = c.strip_suffix(".log").unwrap_or(&c);
+            assert!(stem.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{c}");
+        }
+        assert_eq!(rel.replace('/', "").trim_end_matches(".log"), hex(id.as_bytes()));
+        assert!(log.path.is_file());
+        paths.push(log.path.clone());
+    }
+    assert_eq!(room_path(dir.path(), "a/b"), dir.path().join("612f62.log"));
+    let mut unique = paths.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(history(&store.load(id).unwrap()), vec![text(&format!("msg {i}"))], "{id:?}");
+    }
+}
+
+#[test]
+fn keep_zero_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = HistoryStore::open(&dir.path().join("h"), 0).unwrap();
+    let mut log = store.load("room").unwrap();
+    for i in 0..5 {
+        log.append(text(&format!("m{i}"))).unwrap();
+    }
+    assert!(log.is_empty());
+    assert_eq!(log.history().count(), 0);
+    assert_eq!(std::fs::read_dir(dir.path().join("h")).unwrap().count(), 0);
+    assert!(store.load("room").unwrap().is_empty());
+}
+
+#[test]
+fn rooms_are_independent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = HistoryStore::open(dir.path(), 3).unwrap();
+    let mut a = store.load("a").unwrap();
+    let mut b = store.load("b").unwrap();
+    for i in 0..7 {
+        a.append(text(&format!("a{i}"))).unwrap();
+        if i % 2 == 0 {
+            b.append(binary(&[i])).unwrap();
+        }
+    }
+    let a_want: Vec<_> = (4..7).map(|i| text(&format!("a{i}"))).collect();
+    let b_want = vec![binary(&[2]), binary(&[4]), binary(&[6])];
+    assert_eq!(history(&a), a_want);
+    assert_eq!(history(&b), b_want);
+    drop((a, b));
+    assert_eq!(history(&store.load("a").unwrap()), a_want);
+    assert_eq!(history(&store.load("b").unwrap()), b_want);
+}
+
+#[test]
+fn oversized_message_is_kept_in_memory_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = HistoryStore::open(dir.path(), 4).unwrap();
+    let mut log = store.load("r").unwrap();
+    log.append(text("before")).unwrap();
+    let huge = binary(&vec![0u8; MAX_PAYLOAD + 1]);
+    let err = log.append(huge.clone()).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert_eq!(log.len(), 2);
+    log.append(text("after")).unwrap();
+    drop(log);
+    assert_eq!(history(&store.load("r").unwrap()), vec![text("before"), text("after")]);
+}
