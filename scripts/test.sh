@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Quick start, command 2: run weir's whole test suite (unit, property and integration tests;
+# Quick start, command 2: check formatting (cargo fmt --check) and lints (cargo clippy -D warnings),
+# then run weir's whole test suite (unit, property and integration tests;
 # the integration tests start the real weir binary against real backends on loopback, and
 # private PostgreSQL servers for the billing tests).
 # Installs what a fresh machine lacks first. Extra arguments go to `cargo test`.
@@ -29,6 +30,10 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   # UCF_FORCE_CONFFOLD keeps the createcluster.conf written above.
   $sudo env DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1 apt-get install -y -qq postgresql >/dev/null
 fi
+# Style and lints first, so they cannot drift: rustfmt over the tree, clippy with warnings as errors.
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

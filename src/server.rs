@@ -3,18 +3,20 @@
 //! Cold path, once per process. Order matters: metrics first (everything registers on them),
 //! then the usage file, the built-in backends (bound before pools, which name their addresses),
 //! the pools with their health services, the object namespaces (room stores opened, host
-//! health services), the gateway and admin services. `run` never returns:
-//! Pingora owns the process until SIGTERM (graceful: listeners stop, open WebSockets get
-//! `server.grace_period`, then a 1001 close) or SIGINT (immediate).
+//! health services), the gateway, admin and background services (spool flusher, interim
+//! sweeper, delivery). Pingora owns the process until SIGTERM (graceful: listeners stop, open
+//! WebSockets get `server.grace_period`, then a 1001 close and their stop records) or SIGINT
+//! (immediate); then `run` makes every record durable and delivers what the sinks take within
+//! `FINAL_DELIVERY` before it returns.
 
 use crate::admin::Admin;
 use crate::billing::delivery::Delivery;
-use crate::billing::spool::Spool;
+use crate::billing::spool::{Flusher, Spool};
 use crate::billing::UsageLog;
 use crate::config::Config;
 use crate::gateway::http::HttpRoutes;
 use crate::gateway::{Gateway, Parts};
-use crate::metering::live::LiveSet;
+use crate::metering::live::{LiveSet, Sweeper};
 use crate::metrics::Metrics;
 use crate::objects::Objects;
 use crate::pools::builtin::Builtins;
@@ -25,32 +27,32 @@ use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Longest time the last delivery (after every service stopped) may take before weir exits.
+const FINAL_DELIVERY: Duration = Duration::from_secs(10);
+
 /// Extra time Pingora waits after weir's own grace period, so relays can send their 1001 and
 /// write their usage records before Pingora drops what is left.
 const PINGORA_GRACE_MARGIN: Duration = Duration::from_secs(2);
 
-/// Build every service and run until shutdown. Never returns on success.
+/// Build every service and run until shutdown; returns after the last flush and delivery.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let registry = prometheus::default_registry().clone();
     let metrics = Metrics::register(&registry).context("registering metrics")?;
     let u = &config.usage;
     let spool = Spool::open(&u.spool_dir)
         .with_context(|| format!("usage.spool_dir: cannot open the spool in {}", u.spool_dir.display()))?;
-    let (_stop_flusher, flusher_stop) = tokio::sync::watch::channel(false);
-    spool.start_flusher(u.fsync_interval, flusher_stop);
     let usage = Arc::new(UsageLog::new(
         spool.clone(),
         metrics.clone(),
         crate::billing::Units::new(config.billing_units.clone()),
     ));
     let live = Arc::new(LiveSet::new(u.interim_interval, u.idle_threshold, usage.clone()));
-    live.start_sweeper();
     let builtins = Builtins::bind(&config).context("binding the built-in backends on 127.0.0.1")?;
     let (pools, health_services) =
         Pools::build(&config.pools, &|b| builtins.resolve(b), &metrics).context("building the backend pools")?;
@@ -77,7 +79,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         &server.configuration,
         HttpRoutes::new(routes.clone(), pools.clone(), config.timeouts),
     ));
-    let gateway = Gateway::new(&config, Parts { routes, pools, objects, metrics: metrics.clone(), live, http });
+    let gateway =
+        Gateway::new(&config, Parts { routes, pools, objects, metrics: metrics.clone(), live: live.clone(), http });
     let mut gateway_service = Service::new("weir gateway".to_string(), gateway);
     for l in &config.listeners {
         // Unbuffered: weir reads the head itself and relays from its own per-thread buffer, so a
@@ -109,8 +112,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for s in builtins.services() {
         server.add_boxed_service(s);
     }
+    server.add_service(background_service("spool flusher", Flusher::new(spool.clone(), u.fsync_interval)));
+    server.add_service(background_service("interim sweeper", Sweeper::new(live)));
+    let delivery_service =
+        background_service("usage delivery", Delivery::new(spool.clone(), config.usage.sinks.clone(), metrics));
+    let delivery = delivery_service.task();
+    server.add_service(delivery_service);
     let sinks: Vec<&str> = config.usage.sinks.iter().map(|s| s.name.as_str()).collect();
-    server.add_service(background_service("usage delivery", Delivery::new(spool, config.usage.sinks.clone(), metrics)));
     tracing::info!(spool = %config.usage.spool_dir.display(), ?sinks, "weir started");
-    server.run_forever()
+    // Returns once Pingora has stopped every service (SIGTERM: after the grace period).
+    server.run(RunArgs::default());
+    // No connection task is left to write a record: make every record durable and hand it to
+    // the sinks that take it now; the rest is delivered at the next start.
+    spool.flush();
+    let delivered = delivery.deliver_remaining(FINAL_DELIVERY);
+    tracing::info!(delivered, waiting = spool.backlog_len(), "weir stopped; usage records are in the spool");
+    Ok(())
 }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -185,6 +186,15 @@ async fn kill_9_with_100_connections_loses_at_most_one_interim_interval() {
 /// A CloudEvents collector that answers 500 to about a third of the batches (some after storing
 /// them, as if the answer was lost); keeps every event by id.
 async fn flaky_collector() -> (SocketAddr, Arc<Mutex<HashMap<String, Value>>>, Arc<Mutex<usize>>) {
+    collector(true, Duration::ZERO).await
+}
+
+/// A CloudEvents collector that keeps every event by id; `flaky`: it answers 500 to about a
+/// third of the batches (some after storing them); every answer waits `delay`.
+async fn collector(
+    flaky: bool,
+    delay: Duration,
+) -> (SocketAddr, Arc<Mutex<HashMap<String, Value>>>, Arc<Mutex<usize>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let events: Arc<Mutex<HashMap<String, Value>>> = Arc::default();
@@ -196,7 +206,7 @@ async fn flaky_collector() -> (SocketAddr, Arc<Mutex<HashMap<String, Value>>>, A
             n ^= n << 13;
             n ^= n >> 7;
             n ^= n << 17;
-            let roll = n % 6;
+            let roll = if flaky { n % 6 } else { 5 };
             let (ev, fails) = (ev.clone(), fails.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -233,6 +243,7 @@ async fn flaky_collector() -> (SocketAddr, Arc<Mutex<HashMap<String, Value>>>, A
                         ev.insert(e["id"].as_str().unwrap().to_string(), e);
                     }
                 }
+                tokio::time::sleep(delay).await;
                 let status = if fail {
                     *fails.lock().unwrap() += 1;
                     "500 Internal Server Error"
@@ -404,4 +415,51 @@ async fn records_carry_the_vendor_pricing_units() {
     assert_eq!(units["azure_outbound_units"].as_f64(), Some(57.0), "{units}");
     let start = sink_records(&path).into_iter().find(|r| r["record"] == "start").unwrap();
     assert_eq!(start["units"]["do_requests"].as_f64(), Some(1.0), "the upgrade request is billed from the start");
+}
+
+/// SIGTERM with connections open: after the grace period every connection gets its stop record,
+/// and before the process exits every record is fsynced and delivered to a sink that is up, even
+/// one too slow to take them all within Pingora's shutdown margin.
+#[tokio::test]
+async fn sigterm_delivers_every_stop_record_before_exit() {
+    const CONNS: usize = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = echo_backend().await;
+    // Every batch of 5 waits 700 ms: the 30 stop records take about 4 s, longer than Pingora
+    // keeps its runtimes after the grace period.
+    let (collector, events, _) = collector(false, Duration::from_millis(700)).await;
+    let sinks =
+        format!("{}    - {{kind: http, url: \"http://{collector}/events\", batch: 5}}\n", file_sink(dir.path()));
+    let mut weir = Weir::start_with(&routes(backend.addr), &usage_yaml(dir.path(), "1h", &sinks)).await;
+    let mut clients = Vec::new();
+    for i in 0..CONNS {
+        let mut ws = connect(&weir, "/a").await;
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        recv(&mut ws).await;
+        clients.push(ws);
+    }
+    weir.metric_eventually("weir_sink_records_pending", &[("sink", "http")], |v| v == 0.0).await;
+    assert_eq!(events.lock().unwrap().len(), CONNS, "the collector has every start record");
+
+    let stop = tokio::task::spawn_blocking(move || {
+        let status = weir.terminate();
+        (weir, status)
+    });
+    for ws in &mut clients {
+        crate::support::drain_until_end(ws, DEADLINE).await;
+    }
+    let (weir, status) = stop.await.unwrap();
+    let status = status.expect("weir exits after SIGTERM");
+    assert!(status.success(), "exit status {status:?}\n{}", weir.log());
+
+    let events = events.lock().unwrap();
+    let stops: Vec<&Value> = events.values().filter(|e| e["data"]["record"] == "stop").collect();
+    assert_eq!(stops.len(), CONNS, "the collector has every stop record before weir exited");
+    assert!(stops.iter().all(|e| e["data"]["outcome"] == "shutdown"), "{stops:?}");
+    let file = by_connection(&sink_records(&dir.path().join("usage.jsonl")));
+    assert_eq!(file.len(), CONNS);
+    for (id, rs) in &file {
+        assert_well_formed(id, rs);
+        assert_eq!(rs.last().unwrap()["record"], "stop", "{id}: the file sink has the stop too");
+    }
 }

@@ -2,8 +2,11 @@
 //! file, before any sink sees it.
 //!
 //! Warm path (`append`, once per record): one `write(2)` of the whole line under a mutex, never
-//! held across an await. Background (the flusher thread): every `fsync_interval` (≤ 200 ms) it
-//! fsyncs what was written and publishes the new *durable* offset; sinks only read up to it.
+//! held across an await. Background (`Flusher`, a service): every `fsync_interval` (≤ 200 ms) it
+//! fsyncs what was written and publishes the new *durable* offset; sinks only read up to it. On
+//! the shutdown signal it flushes at once and goes on while connections drain; the last flush
+//! runs after every service has stopped (`server::run`), so every record made before exit is
+//! durable.
 //! Offsets are global byte positions: segment `seg-<start>.jsonl` holds the bytes from `start`.
 //!
 //! Nothing is dropped. When a write fails (a full disk), the file is cut back to the end of its
@@ -14,6 +17,9 @@
 //! is deleted once every sink has delivered all of it.
 
 use crate::sync::lock;
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -41,7 +47,7 @@ pub struct Spool {
     durable: watch::Sender<u64>,
     /// Records appended (written or waiting) since start.
     appended: AtomicU64,
-    /// `[failed writes, cut-backs]` counters for metrics.
+    /// Failed writes and fsyncs since start (for metrics).
     write_errors: AtomicU64,
 }
 
@@ -238,29 +244,6 @@ impl Spool {
         }
     }
 
-    /// Run the flusher on a thread of its own until `stop` turns true (then flush once more).
-    pub fn start_flusher(
-        self: &Arc<Self>,
-        interval: Duration,
-        stop: watch::Receiver<bool>,
-    ) -> std::thread::JoinHandle<()> {
-        let spool = self.clone();
-        std::thread::Builder::new()
-            .name("weir-spool".into())
-            .spawn(move || loop {
-                std::thread::sleep(interval);
-                spool.flush();
-                if *stop.borrow() {
-                    spool.flush();
-                    return;
-                }
-            })
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "spool: cannot start the flusher thread");
-                std::thread::spawn(|| {})
-            })
-    }
-
     /// Read whole lines from `offset` up to the durable end, at most `max_lines`; returns them
     /// with the offset after the last one. An offset before the oldest segment starts at it.
     pub fn read(&self, offset: u64, max_lines: usize, max_bytes: usize) -> io::Result<(Vec<Vec<u8>>, u64)> {
@@ -323,6 +306,47 @@ impl Spool {
     /// The oldest offset still on disk.
     pub fn first_offset(&self) -> u64 {
         segments(&self.dir).ok().and_then(|s| s.first().map(|(o, _)| *o)).unwrap_or(0)
+    }
+}
+
+/// The spool's flusher: a background service that fsyncs every `interval`.
+pub struct Flusher {
+    spool: Arc<Spool>,
+    interval: Duration,
+}
+
+impl Flusher {
+    /// Flush `spool` every `interval`.
+    pub fn new(spool: Arc<Spool>, interval: Duration) -> Flusher {
+        Flusher { spool, interval }
+    }
+
+    async fn flush(&self) {
+        let spool = self.spool.clone();
+        // fsync blocks: off the service's runtime thread.
+        let _ = tokio::task::spawn_blocking(move || spool.flush()).await;
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Flusher {
+    /// Flush every interval; on the shutdown signal flush at once, then go on: connections that
+    /// drain still write their stop records (the final flush is `server::run`'s, after every
+    /// service stopped).
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.interval) => {}
+                changed = shutdown.changed(), if watching => {
+                    watching = changed.is_ok() && !*shutdown.borrow();
+                    if *shutdown.borrow() {
+                        tracing::debug!("spool: shutting down; flushing now and while connections drain");
+                    }
+                }
+            }
+            self.flush().await;
+        }
     }
 }
 

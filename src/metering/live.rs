@@ -3,8 +3,8 @@
 //! Warm path: `begin` at the 101 (registers the connection and writes its `start`), `end` at its
 //! end (deregisters it and writes its `stop`). Hot path: `Live::observe`, once per relay wakeup
 //! that moved bytes, stores the cumulative counts and touches the active-time clock under the
-//! connection's own uncontended mutex. Background: `sweep`, run by one thread every second
-//! (never a timer per connection), writes an `interim` for each connection whose interval is
+//! connection's own uncontended mutex. Background: `sweep`, run by the `Sweeper` service every
+//! second (never a timer per connection), writes an `interim` for each connection whose interval is
 //! due, with the cumulative counts so far and the next sequence number.
 //!
 //! Sequence numbers are taken under the connection's mutex, and `end` marks the connection ended
@@ -17,6 +17,9 @@ use crate::billing::{RecordKind, UsageLog, UsageRecord};
 use crate::relay::report::RelayReport;
 use crate::relay::scanner::DirectionCounts;
 use crate::sync::lock;
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -175,17 +178,35 @@ impl LiveSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    /// Run the sweeper on a thread of its own, once a second (or every interval, if shorter).
-    pub fn start_sweeper(self: &Arc<Self>) {
-        let set = self.clone();
-        let tick = self.interval.min(Duration::from_secs(1));
-        let spawned = std::thread::Builder::new().name("weir-interim".into()).spawn(move || loop {
-            std::thread::sleep(tick);
-            set.sweep(Instant::now());
-        });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the interim-record sweeper; only start and stop records will be written");
+/// The interim sweeper: a background service that writes due `interim` records once a second
+/// (or every interval, if shorter), never a timer per connection.
+pub struct Sweeper {
+    set: Arc<LiveSet>,
+}
+
+impl Sweeper {
+    /// The sweeper of `set`.
+    pub fn new(set: Arc<LiveSet>) -> Sweeper {
+        Sweeper { set }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Sweeper {
+    /// Sweep every tick until the service's runtime stops. The shutdown signal does not stop
+    /// it: connections that drain for `server.grace_period` are still billed by interval, and
+    /// each ends with its stop record.
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let tick = self.set.interval.min(Duration::from_secs(1));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let set = self.set.clone();
+            // Records are written with a blocking write(2) each: off the runtime thread.
+            let _ = tokio::task::spawn_blocking(move || set.sweep(Instant::now())).await;
         }
     }
 }
