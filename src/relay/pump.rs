@@ -479,3 +479,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
         self.gateway_close(Close::Shutdown);
     }
 }
+
+#[cfg(test)]
+mod tests;

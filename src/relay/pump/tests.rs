@@ -1,0 +1,771 @@
+//! `Relay` over in-memory pipes: each test holds the far ends of two `tokio::io::duplex` pairs
+//! (the client's and the backend's) and drives them byte for byte, then checks what each side
+//! received and the final `RelayReport`.
+//!
+//! Time is paused in every test (`start_paused`): the relay's timers (`LINGER`, the shutdown
+//! grace) fire as soon as every task is idle, so nothing sleeps in real time, and a relay that
+//! should end on its own is checked to have ended before `LINGER`. Reads are bounded with
+//! `timeout`, never synchronised with sleeps.
+
+use super::{Relay, LINGER, SCRATCH_SIZE};
+use crate::relay::close::Close;
+use crate::relay::frame::Violation;
+use crate::relay::report::{Outcome, Party, RelayReport};
+use crate::relay::scanner::tests::frame;
+use crate::relay::scanner::{Chunks, DirectionCounts, Role, ScanPolicy};
+use crate::relay::{Direction, Observer};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+
+const CLIENT_POLICY: ScanPolicy = ScanPolicy { sender: Role::Client, allowed_rsv: 0, chunks: Chunks([0; 4]) };
+const SERVER_POLICY: ScanPolicy = ScanPolicy { sender: Role::Server, allowed_rsv: 0, chunks: Chunks([0; 4]) };
+/// The client's masking key.
+const KEY: [u8; 4] = [0x3A, 0x91, 0x5C, 0xE7];
+/// Bound on every wait for the relay (virtual time: it only elapses while everything is idle).
+const WAIT: Duration = Duration::from_secs(30);
+const GRACE: Duration = Duration::from_secs(5);
+
+const TEXT: u8 = 0x81;
+const BINARY: u8 = 0x82;
+const CLOSE: u8 = 0x88;
+
+// ---- frames ---------------------------------------------------------------------------------
+
+/// A frame from the client (masked with `KEY`).
+fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
+    frame(b0, Some(KEY), payload)
+}
+
+/// A frame from the backend (unmasked).
+fn unmasked(b0: u8, payload: &[u8]) -> Vec<u8> {
+    frame(b0, None, payload)
+}
+
+/// A close frame the client sends.
+fn client_close(code: u16) -> Vec<u8> {
+    masked(CLOSE, &code.to_be_bytes())
+}
+
+/// A close frame the backend sends.
+fn backend_close(code: u16) -> Vec<u8> {
+    unmasked(CLOSE, &code.to_be_bytes())
+}
+
+/// The close frame weir sends a client: unmasked, code only (the relay's closes carry no reason).
+fn gateway_close_to_client(close: Close) -> Vec<u8> {
+    assert_eq!(close.reason(), "");
+    backend_close(close.code())
+}
+
+/// Checks that `bytes` is exactly one masked close frame with an empty reason (weir's own close
+/// toward a backend, masked with a key of its choosing) and returns its code.
+fn masked_close_code(bytes: &[u8]) -> u16 {
+    assert_eq!(bytes.len(), 8, "a masked close frame with a bare code is 8 bytes: {bytes:02X?}");
+    assert_eq!(bytes[0], 0x88, "FIN + close opcode: {bytes:02X?}");
+    assert_eq!(bytes[1], 0x82, "mask bit + 2-byte payload: {bytes:02X?}");
+    u16::from_be_bytes([bytes[6] ^ bytes[2], bytes[7] ^ bytes[3]])
+}
+
+/// The expected counts of one direction, from what its sender sent (the rest is derived).
+#[derive(Default)]
+struct Expect {
+    text: u64,
+    binary: u64,
+    pings: u64,
+    pongs: u64,
+    closes: u64,
+    /// Frames that are neither FIN data frames nor control frames (fragments without FIN).
+    open_fragments: u64,
+    payload: u64,
+    wire: u64,
+    largest: u64,
+}
+
+impl Expect {
+    fn counts(&self) -> DirectionCounts {
+        let data_frames = self.text + self.binary + self.open_fragments;
+        DirectionCounts {
+            frames: data_frames + self.pings + self.pongs + self.closes,
+            messages: self.text + self.binary,
+            text_messages: self.text,
+            binary_messages: self.binary,
+            data_frames,
+            pings: self.pings,
+            pongs: self.pongs,
+            closes: self.closes,
+            payload_bytes: self.payload,
+            wire_bytes: self.wire,
+            largest_message_bytes: self.largest,
+            chunked: [0; 4],
+        }
+    }
+}
+
+// ---- the observer ---------------------------------------------------------------------------
+
+type Seen = Arc<Mutex<Vec<[DirectionCounts; 2]>>>;
+
+/// Records every `progress` call; optionally hands the relay a move signal (an object host).
+struct Probe {
+    seen: Seen,
+    moved: Option<watch::Receiver<bool>>,
+    asked: u32,
+}
+
+impl Observer for Probe {
+    fn progress(&mut self, [c, b]: [&DirectionCounts; 2]) {
+        self.seen.lock().unwrap().push([*c, *b]);
+    }
+
+    fn object_moved(&mut self) -> Option<watch::Receiver<bool>> {
+        self.asked += 1;
+        self.moved.take()
+    }
+}
+
+// ---- the harness ----------------------------------------------------------------------------
+
+/// How to build one relay.
+struct Setup {
+    /// Capacity of the client's and the backend's pipes, bytes.
+    bufs: [usize; 2],
+    /// `client_early`, `backend_early`.
+    early: [Vec<u8>; 2],
+    /// Bytes already waiting in the client's and the backend's pipe when the relay starts.
+    preload: [Vec<u8>; 2],
+    /// The move signal the observer returns (`None`: a plain backend).
+    moved: Option<watch::Receiver<bool>>,
+}
+
+impl Default for Setup {
+    fn default() -> Setup {
+        Setup { bufs: [64 * 1024; 2], early: Default::default(), preload: Default::default(), moved: None }
+    }
+}
+
+/// A running relay and the far ends of its pipes.
+struct Harness {
+    /// The client's end (what the client writes, the relay reads; and back).
+    client: DuplexStream,
+    /// The backend's end.
+    backend: DuplexStream,
+    shutdown: watch::Sender<bool>,
+    seen: Seen,
+    relay: JoinHandle<(RelayReport, Probe)>,
+    started: Instant,
+}
+
+async fn start(setup: Setup) -> Harness {
+    let (mut client, relay_client) = tokio::io::duplex(setup.bufs[0]);
+    let (mut backend, relay_backend) = tokio::io::duplex(setup.bufs[1]);
+    client.write_all(&setup.preload[0]).await.unwrap();
+    backend.write_all(&setup.preload[1]).await.unwrap();
+    let seen = Seen::default();
+    let probe = Probe { seen: seen.clone(), moved: setup.moved, asked: 0 };
+    let [client_early, backend_early] = &setup.early;
+    let relay =
+        Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [client_early, backend_early], probe);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let relay = tokio::spawn(relay.run(shutdown_rx, GRACE));
+    Harness { client, backend, shutdown, seen, relay, started: Instant::now() }
+}
+
+impl Harness {
+    /// Waits for the relay to end; checks that the observer heard the final counts last and that
+    /// the move signal was asked for exactly once.
+    async fn finish(self) -> (RelayReport, Probe, Duration) {
+        let (report, probe) = timeout(WAIT, self.relay).await.expect("the relay did not end").unwrap();
+        let took = self.started.elapsed();
+        let seen = self.seen.lock().unwrap().clone();
+        assert_eq!(seen.last(), Some(&report.counts), "the observer's last progress is the report's counts");
+        for pair in seen.windows(2) {
+            for (before, after) in pair[0].iter().zip(&pair[1]) {
+                assert!(before.wire_bytes <= after.wire_bytes, "progress went backwards: {pair:?}");
+                assert!(before.frames <= after.frames, "progress went backwards: {pair:?}");
+            }
+        }
+        assert_eq!(probe.asked, 1, "object_moved is asked once, when the relay starts");
+        (report, probe, took)
+    }
+}
+
+/// The peer of `s` vanishes: its end is dropped (no close frame, no more reads or writes).
+fn vanish(s: &mut DuplexStream) {
+    drop(std::mem::replace(s, tokio::io::duplex(1).0));
+}
+
+/// Reads exactly `n` bytes.
+async fn read_n(s: &mut DuplexStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    timeout(WAIT, s.read_exact(&mut buf)).await.expect("timed out reading").expect("read failed");
+    buf
+}
+
+/// Reads until EOF and returns what came.
+async fn read_to_eof(s: &mut DuplexStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    timeout(WAIT, s.read_to_end(&mut buf)).await.expect("timed out waiting for EOF").expect("read failed");
+    buf
+}
+
+/// Asserts that the next read returns 0 (EOF), nothing more.
+async fn expect_eof(s: &mut DuplexStream) {
+    assert_eq!(read_to_eof(s).await, b"", "expected EOF and no more bytes");
+}
+
+/// `elapsed` is `timer` (virtual time jumps straight to a timer's deadline, up to rounding).
+fn near(elapsed: Duration, timer: Duration) -> bool {
+    elapsed >= timer && elapsed < timer + Duration::from_millis(10)
+}
+
+/// The ending a report summarises, in one comparable value.
+fn ending(r: &RelayReport) -> (Outcome, Party, Option<u16>, bool) {
+    (r.outcome, r.initiator, r.close_code, r.clean)
+}
+
+// ---- tests ----------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn bytes_flow_both_ways_unchanged_and_a_close_handshake_completes() {
+    let mut h = start(Setup::default()).await;
+    let c1 = masked(TEXT, b"hello, backend");
+    let c2 = masked(BINARY, &[0u8, 1, 2, 0xFF, 0x80]);
+    let ping = masked(0x89, b"p");
+    let b1 = unmasked(TEXT, b"hello, client");
+    let b2 = unmasked(0x8A, b"p");
+    let b3 = unmasked(BINARY, &[7u8; 300]);
+
+    h.client.write_all(&[c1.clone(), c2.clone(), ping.clone()].concat()).await.unwrap();
+    assert_eq!(read_n(&mut h.backend, c1.len() + c2.len() + ping.len()).await, [&c1[..], &c2, &ping].concat());
+    h.backend.write_all(&[b1.clone(), b2.clone(), b3.clone()].concat()).await.unwrap();
+    assert_eq!(read_n(&mut h.client, b1.len() + b2.len() + b3.len()).await, [&b1[..], &b2, &b3].concat());
+
+    // The client starts the close, the backend answers and (as a server does) ends the TCP
+    // connection first; the client then ends its own.
+    let cc = client_close(1000);
+    h.client.write_all(&cc).await.unwrap();
+    assert_eq!(read_n(&mut h.backend, cc.len()).await, cc);
+    let bc = backend_close(1000);
+    h.backend.write_all(&bc).await.unwrap();
+    h.backend.shutdown().await.unwrap();
+    assert_eq!(read_to_eof(&mut h.client).await, bc);
+    h.client.shutdown().await.unwrap();
+    expect_eof(&mut h.backend).await;
+
+    let (report, _, took) = h.finish().await;
+    assert!(took < LINGER, "the relay ended on its own, not by lingering: {took:?}");
+    assert_eq!(ending(&report), (Outcome::Completed, Party::Client, Some(1000), true));
+    assert_eq!(report.violation, None);
+    let to_backend = Expect {
+        text: 1,
+        binary: 1,
+        pings: 1,
+        closes: 1,
+        payload: 14 + 5 + 1 + 2,
+        wire: (c1.len() + c2.len() + ping.len() + cc.len()) as u64,
+        largest: 14,
+        ..Default::default()
+    };
+    let to_client = Expect {
+        text: 1,
+        binary: 1,
+        pongs: 1,
+        closes: 1,
+        payload: 13 + 1 + 300 + 2,
+        wire: (b1.len() + b2.len() + b3.len() + bc.len()) as u64,
+        largest: 300,
+        ..Default::default()
+    };
+    assert_eq!(report.counts, [to_backend.counts(), to_client.counts()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn early_bytes_go_out_first_and_are_counted() {
+    // The client's early bytes end in the middle of a frame's header: the rest of that frame is
+    // already waiting in the pipe, so the relay must write the early bytes before anything it
+    // reads, and keep scanning across the seam.
+    let a = masked(TEXT, b"early one");
+    let b = masked(BINARY, &[9u8; 200]);
+    let c = masked(TEXT, b"later");
+    let (b_head, b_tail) = b.split_at(3);
+    let x = unmasked(TEXT, b"backend early");
+    let y = unmasked(BINARY, b"backend later");
+    let mut h = start(Setup {
+        early: [[&a[..], b_head].concat(), x.clone()],
+        preload: [[b_tail, &c[..]].concat(), y.clone()],
+        ..Default::default()
+    })
+    .await;
+
+    let to_backend = [&a[..], &b, &c].concat();
+    assert_eq!(read_n(&mut h.backend, to_backend.len()).await, to_backend);
+    let to_client = [&x[..], &y].concat();
+    assert_eq!(read_n(&mut h.client, to_client.len()).await, to_client);
+
+    let cc = client_close(1000);
+    h.client.write_all(&cc).await.unwrap();
+    assert_eq!(read_n(&mut h.backend, cc.len()).await, cc);
+    let bc = backend_close(1000);
+    h.backend.write_all(&bc).await.unwrap();
+    h.backend.shutdown().await.unwrap();
+    assert_eq!(read_to_eof(&mut h.client).await, bc);
+    h.client.shutdown().await.unwrap();
+    expect_eof(&mut h.backend).await;
+
+    let (report, _, took) = h.finish().await;
+    assert!(took < LINGER, "{took:?}");
+    assert_eq!(ending(&report), (Outcome::Completed, Party::Client, Some(1000), true));
+    let to_backend = Expect {
+        text: 2,
+        binary: 1,
+        closes: 1,
+        payload: 9 + 200 + 5 + 2,
+        wire: (to_backend.len() + cc.len()) as u64,
+        largest: 200,
+        ..Default::default()
+    };
+    let to_client = Expect {
+        text: 1,
+        binary: 1,
+        closes: 1,
+        payload: 13 + 13 + 2,
+        wire: (to_client.len() + bc.len()) as u64,
+        largest: 13,
+        ..Default::default()
+    };
+    assert_eq!(report.counts, [to_backend.counts(), to_client.counts()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_half_close_reaches_the_backend_as_eof_after_every_byte() {
+    let mut h = start(Setup::default()).await;
+    let data = masked(BINARY, &[0x5Au8; 1000]);
+    let cc = client_close(1000);
+    h.client.write_all(&[&data[..], &cc].concat()).await.unwrap();
+    // The client is done sending; it keeps reading for the backend's close.
+    h.client.shutdown().await.unwrap();
+
+    assert_eq!(read_to_eof(&mut h.backend).await, [&data[..], &cc].concat(), "every byte, then EOF");
+    let bc = backend_close(1000);
+    h.backend.write_all(&bc).await.unwrap();
+    assert_eq!(read_n(&mut h.client, bc.len()).await, bc, "the backend's close still reaches the client");
+    h.backend.shutdown().await.unwrap();
+    expect_eof(&mut h.client).await;
+
+    let (report, _, took) = h.finish().await;
+    assert!(took < LINGER, "{took:?}");
+    assert_eq!(ending(&report), (Outcome::Completed, Party::Client, Some(1000), true));
+    let to_backend = Expect {
+        binary: 1,
+        closes: 1,
+        payload: 1000 + 2,
+        wire: (data.len() + cc.len()) as u64,
+        largest: 1000,
+        ..Default::default()
+    };
+    let to_client = Expect { closes: 1, payload: 2, wire: bc.len() as u64, ..Default::default() };
+    assert_eq!(report.counts, [to_backend.counts(), to_client.counts()]);
+}
+
+/// The backend sends a frame, then vanishes without a close frame; the client stays silent.
+async fn backend_vanishes(moved: Option<watch::Receiver<bool>>, expected: Close) {
+    let mut h = start(Setup { moved, ..Default::default() }).await;
+    let c1 = masked(TEXT, b"are you there?");
+    h.client.write_all(&c1).await.unwrap();
+    assert_eq!(read_n(&mut h.backend, c1.len()).await, c1);
+    let b1 = unmasked(TEXT, b"bye");
+    h.backend.write_all(&b1).await.unwrap();
+    vanish(&mut h.backend);
+
+    // The client gets the backend's last frame, weir's close (unmasked), then EOF.
+    let got = read_to_eof(&mut h.client).await;
+    assert_eq!(got, [b1.clone(), gateway_close_to_client(expected)].concat());
+    // The client never answers: the relay gives it `LINGER` from the backend's end.
+    let (report, _, took) = h.finish().await;
+    assert!(near(took, LINGER), "ended by the linger: {took:?}");
+    assert_eq!(ending(&report), (Outcome::BackendGone, Party::Backend, Some(expected.code()), false));
+    assert_eq!(report.violation, None);
+    let to_backend = Expect { text: 1, payload: 14, wire: c1.len() as u64, largest: 14, ..Default::default() };
+    // weir's close is not relayed traffic.
+    let to_client = Expect { text: 1, payload: 3, wire: b1.len() as u64, largest: 3, ..Default::default() };
+    assert_eq!(report.counts, [to_backend.counts(), to_client.counts()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vanished_backend_gets_its_client_1011() {
+    assert_eq!(Close::BackendGone.code(), 1011);
+    backend_vanishes(None, Close::BackendGone).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vanished_object_host_gets_its_client_1012() {
+    assert_eq!(Close::ObjectMoved.code(), 1012);
+    let (moved, moved_rx) = watch::channel(false);
+    backend_vanishes(Some(moved_rx), Close::ObjectMoved).await;
+    drop(moved);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vanished_client_gets_its_backend_a_masked_1001() {
+    let mut h = start(Setup::default()).await;
+    let c1 = masked(BINARY, &[1u8, 2, 3, 4]);
+    h.client.write_all(&c1).await.unwrap();
+    vanish(&mut h.client);
+
+    let got = read_to_eof(&mut h.backend).await;
+    assert_eq!(&got[..c1.len()], &c1[..], "the client's last frame first");
+    assert_eq!(masked_close_code(&got[c1.len()..]), Close::ClientGone.code());
+    assert_eq!(Close::ClientGone.code(), 1001);
+    // The backend answers and ends; the answer has nowhere to go.
+    let bc = backend_close(1001);
+    h.backend.write_all(&bc).await.unwrap();
+    h.backend.shutdown().await.unwrap();
+
+    let (report, _, took) = h.finish().await;
+    assert!(took < LINGER, "{took:?}");
+    assert_eq!(ending(&report), (Outcome::ClientGone, Party::Client, Some(1001), false));
+    // weir's close is not counted toward the backend; the backend's answer is what it sent.
+    let to_backend = Expect { binary: 1, payload: 4, wire: c1.len() as u64, largest: 4, ..Default::default() };
+    let to_client = Expect { closes: 1, payload: 2, wire: bc.len() as u64, ..Default::default() };
+    assert_eq!(report.counts, [to_backend.counts(), to_client.counts()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_protocol_violation_forwards_the_valid_prefix_then_closes_both_sides_with_1002() {
+    let mut h = start(Setup::default()).await;
+    let b1 = unmasked(TEXT, b"welcome");
+    h.backend.write_all(&b1).await.unwrap();
+    assert_eq!(read_n(&mut h.client, b1.len()).await, b1);
+
+    let good = masked(TEXT, b"fine");
+    let bad = unmasked(TEXT, b"not masked");
+    let after = masked(TEXT, b"never forwarded");
+    h.client.write_all(&[&good[..], &bad, &after].concat()).await.unwrap();
+
+    let got = read_to_eof(&mut h.backend).await;
+    assert_eq!(&got[..good.len()], &good[..], "the valid prefix is forwarded");
+    assert_eq!(masked_close_code(&got[good.len()..]), 1002, "then a masked 1002, then EOF");
+    assert_eq!(read_to_eof(&mut h.client).await, gateway_close_to_client(Close::ProtocolError));
+
+    let (report, _, took) = h.finish().await;
+    assert!(took < LINGER, "{took:?}");
+    assert_eq!(ending(&report), (Outcome::ProtocolError, Party::Gateway, Some(1002), false));
+    assert_eq!(report.violation, Some((Direction::ClientToBackend, Violation::UnmaskedClientFrame)));
+    let to_backend = Expect { text: 1, payload: 4, wire: good.len() as u64, largest: 4, ..Default::default() };
+    let to_client = Expect { text: 1, payload: 7, wire: b1.len() as u64, largest: 7, ..Default::default() };
+    assert_eq!(report.counts, [to_backend.counts(), to_client.counts()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_violation_in_a_header_split_across_reads_gets_no_close_inside_the_frame() {
+    let mut h = start(Setup::default()).await;
+    let good = unmasked(BINARY, &[3u8; 10]);
+    // A masked server frame: its 6-byte header arrives in two reads, and the first 3 bytes are
+    // forwarded before the relay can know it is bad.
+    let bad = masked(BINARY, b"masked by a server");
+    h.backend.write_all(&[&good[..], &bad[..3]].concat()).await.unwrap();
+    assert_eq!(read_n(&mut h.client, good.len() + 3).await, [&good[..], &bad[..3]].concat());
+    h.backend.write_all(&bad[3..6]).await.unwrap();
+
+    // The client has seen part of a header: a close frame now would be read as the rest of it,
+    // so it gets EOF only. The backend (at a boundary) gets a masked 1002.
+    expect_eof(&mut h.client).await;
+    assert_eq!(masked_close_code(&read_to_eof(&mut h.backend).await), 1002);
+    let (report, _, took) = h.finish().await;
+    assert!(took < LINGER, "{took:?}");
+    assert_eq!(ending(&report), (Outcome::ProtocolError, Party::Gateway, Some(1002), false));
+    assert_eq!(report.violation, Some((Direction::BackendToClient, Violation::MaskedServerFrame)));
+    let to_client = Expect { binary: 1, payload: 10, wire: good.len() as u64 + 3, largest: 10, ..Default::default() };
+    assert_eq!(report.counts, [DirectionCounts::default(), to_client.counts()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_at_a_frame_boundary_closes_both_sides_with_1001_after_the_grace() {
+    let mut h = start(Setup::default()).await;
+    let c1 = masked(TEXT, b"before");
+    h.client.write_all(&c1).await.unwrap();
+    assert_eq!(read_n(&mut h.backend, c1.len()).await, c1);
+
+    h.shutdown.send(true).unwrap();
+    let asked = Instant::now();
+    // During the grace the connection still works.
+    let b1 = unmasked(TEXT, b"still here");
+    h.backend.write_all(&b1).await.unwrap();
+    assert_eq!(read_n(&mut h.client, b1.len()).await, b1);
+
+    let shut = gateway_close_to_client(Close::Shutdown);
+    assert_eq!(read_to_eof(&mut h.client).await, shut);
+    assert!(near(asked.elapsed(), GRACE), "the close comes when the grace is over: {:?}", asked.elapsed());
+    assert_eq!(masked_close_code(&read_to_eof(&mut h.backend).await), 1001);
+
+    let (report, _, took) = h.finish().await;
+    assert!(took < GRACE + LINGER, "{took:?}");
+    assert_eq!(ending(&report), (Outcome::Shutdown, Party::Gateway, Some(1001), false));
+    let to_backend = Expect { text: 1, payload: 6, wire: c1.len() as u64, largest: 6, ..Default::default() };
+    let to_client = Expect { text: 1, payload: 10, wire: b1.len() as u64, largest: 10, ..Default::default() };
+    assert_eq!(report.counts, [to_backend.counts(), to_client.counts()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_never_puts_a_close_frame_inside_a_frame() {
+    let mut h = start(Setup::default()).await;
+    // A 10000-byte frame of which the client sends the header and 100 payload bytes.
+    let big = masked(BINARY, &[0xC3u8; 10_000]);
+    let sent = 8 + 100;
+    h.client.write_all(&big[..sent]).await.unwrap();
+    assert_eq!(read_n(&mut h.backend, sent).await, &big[..sent]);
+
+    h.shutdown.send(true).unwrap();
+    let asked = Instant::now();
+    // The backend → client direction is at a boundary: the client gets 1001 when the grace is
+    // over.
+    assert_eq!(read_to_eof(&mut h.client).await, gateway_close_to_client(Close::Shutdown));
+    assert!(near(asked.elapsed(), GRACE), "{:?}", asked.elapsed());
+    // The client → backend direction is inside a frame: the backend gets no close (it would be
+    // read as payload), only EOF.
+    expect_eof(&mut h.backend).await;
+
+    let (report, _, took) = h.finish().await;
+    assert!(took < GRACE + LINGER, "{took:?}");
+    assert_eq!(ending(&report), (Outcome::Shutdown, Party::Gateway, Some(1001), false));
+    // The message is counted at its FIN header; its payload as it went by.
+    let to_backend = Expect { binary: 1, payload: 100, wire: sent as u64, largest: 10_000, ..Default::default() };
+    assert_eq!(report.counts, [to_backend.counts(), DirectionCounts::default()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_relay_started_during_shutdown_closes_after_the_grace() {
+    let (client, relay_client) = tokio::io::duplex(1024);
+    let (backend, relay_backend) = tokio::io::duplex(1024);
+    let seen = Seen::default();
+    let probe = Probe { seen: seen.clone(), moved: None, asked: 0 };
+    let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
+    let (shutdown, shutdown_rx) = watch::channel(true);
+    let started = Instant::now();
+    let relay = tokio::spawn(relay.run(shutdown_rx, GRACE));
+    let mut h = Harness { client, backend, shutdown, seen, relay, started };
+
+    assert_eq!(read_to_eof(&mut h.client).await, gateway_close_to_client(Close::Shutdown));
+    assert!(near(h.started.elapsed(), GRACE), "{:?}", h.started.elapsed());
+    assert_eq!(masked_close_code(&read_to_eof(&mut h.backend).await), 1001);
+    let (report, _, _) = h.finish().await;
+    assert_eq!(ending(&report), (Outcome::Shutdown, Party::Gateway, Some(1001), false));
+    assert_eq!(report.counts, [DirectionCounts::default(); 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_backend_stops_the_relay_reading_the_client() {
+    const CLIENT_BUF: usize = 8 * 1024;
+    const BACKEND_BUF: usize = 1024;
+    let mut h = start(Setup { bufs: [CLIENT_BUF, BACKEND_BUF], ..Default::default() }).await;
+    let frames: Vec<Vec<u8>> =
+        (0..40u32).map(|i| masked(BINARY, &(0..10_000u32).map(|j| (i * 31 + j) as u8).collect::<Vec<_>>())).collect();
+    let wire = frames.concat();
+    assert!(wire.len() > 400_000);
+
+    // The backend reads nothing: the client can write only until the relay stops reading it.
+    let mut off = 0;
+    while let Ok(written) = timeout(Duration::from_secs(1), h.client.write(&wire[off..])).await {
+        let n = written.unwrap();
+        assert!(n > 0);
+        off += n;
+        assert!(off < wire.len(), "the relay took all {off} bytes without the backend reading any");
+    }
+    let read = h.seen.lock().unwrap().last().map(|[c, _]| c.wire_bytes).unwrap_or(0) as usize;
+    assert!(read <= off, "the relay read {read} bytes of {off} written");
+    assert!(off - read <= CLIENT_BUF, "what the relay did not read is in the client's pipe");
+    assert!(read <= SCRATCH_SIZE + BACKEND_BUF, "the relay holds at most one read: read {read}");
+    assert!(off <= CLIENT_BUF + SCRATCH_SIZE + BACKEND_BUF, "the client wrote {off} bytes");
+
+    // The other direction is not held up by this one.
+    let b1 = unmasked(TEXT, b"meanwhile");
+    h.backend.write_all(&b1).await.unwrap();
+    assert_eq!(read_n(&mut h.client, b1.len()).await, b1);
+
+    // Now the backend reads: everything arrives, intact and in order.
+    let (wrote, got) = timeout(WAIT, async {
+        tokio::join!(h.client.write_all(&wire[off..]), async {
+            let mut got = vec![0u8; wire.len()];
+            h.backend.read_exact(&mut got).await.map(|_| got)
+        })
+    })
+    .await
+    .expect("the relay did not resume");
+    wrote.unwrap();
+    assert!(got.unwrap() == wire, "the backend received other bytes than the client sent");
+
+    let cc = client_close(1000);
+    h.client.write_all(&cc).await.unwrap();
+    assert_eq!(read_n(&mut h.backend, cc.len()).await, cc);
+    let bc = backend_close(1000);
+    h.backend.write_all(&bc).await.unwrap();
+    h.backend.shutdown().await.unwrap();
+    assert_eq!(read_to_eof(&mut h.client).await, bc);
+    h.client.shutdown().await.unwrap();
+    expect_eof(&mut h.backend).await;
+
+    let (report, _, _) = h.finish().await;
+    assert_eq!(ending(&report), (Outcome::Completed, Party::Client, Some(1000), true));
+    let to_backend = Expect {
+        binary: 40,
+        closes: 1,
+        payload: 400_000 + 2,
+        wire: (wire.len() + cc.len()) as u64,
+        largest: 10_000,
+        ..Default::default()
+    };
+    let to_client = Expect {
+        text: 1,
+        closes: 1,
+        payload: 9 + 2,
+        wire: (b1.len() + bc.len()) as u64,
+        largest: 9,
+        ..Default::default()
+    };
+    assert_eq!(report.counts, [to_backend.counts(), to_client.counts()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_moved_object_closes_both_sides_with_1012_and_waits_for_the_host() {
+    let (moved, moved_rx) = watch::channel(false);
+    let mut h = start(Setup { moved: Some(moved_rx), ..Default::default() }).await;
+    let c1 = masked(TEXT, b"hi");
+    h.client.write_all(&c1).await.unwrap();
+    assert_eq!(read_n(&mut h.backend, c1.len()).await, c1);
+    let b1 = unmasked(TEXT, b"yo");
+    h.backend.write_all(&b1).await.unwrap();
+    assert_eq!(read_n(&mut h.client, b1.len()).await, b1);
+
+    moved.send(true).unwrap();
+    let moved_at = Instant::now();
+    let to_client = gateway_close_to_client(Close::ObjectMoved);
+    assert_eq!(read_n(&mut h.client, to_client.len()).await, to_client);
+    assert_eq!(masked_close_code(&read_to_eof(&mut h.backend).await), 1012, "the host gets a masked 1012, then EOF");
+
+    // The host has not answered: the relay is still reading it, so the client's stream stays open.
+    let mut byte = [0u8; 1];
+    assert!(
+        timeout(LINGER / 2, h.client.read(&mut byte)).await.is_err(),
+        "the client got EOF before the host answered"
+    );
+    assert!(!h.relay.is_finished());
+
+    let bc = backend_close(1012);
+    h.backend.write_all(&bc).await.unwrap();
+    expect_eof(&mut h.client).await;
+    h.backend.shutdown().await.unwrap();
+
+    let (report, _, _) = h.finish().await;
+    assert!(moved_at.elapsed() < LINGER, "the relay ended when the host answered: {:?}", moved_at.elapsed());
+    // Not the initiator: the host's answer is taken for the first close (it says Backend); see
+    // the ignored `a_hosts_answer_to_a_move_is_not_the_first_close`.
+    assert_eq!((report.outcome, report.close_code, report.clean), (Outcome::Moved, Some(1012), false));
+    assert_eq!(report.violation, None);
+    let to_backend = Expect { text: 1, payload: 2, wire: c1.len() as u64, largest: 2, ..Default::default() };
+    // The host's answer is read (and counted as what it sent), not forwarded.
+    let to_host = Expect {
+        text: 1,
+        closes: 1,
+        payload: 2 + 2,
+        wire: (b1.len() + bc.len()) as u64,
+        largest: 2,
+        ..Default::default()
+    };
+    assert_eq!(report.counts, [to_backend.counts(), to_host.counts()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_moved_host_is_read_but_nothing_more_is_forwarded() {
+    let (moved, moved_rx) = watch::channel(false);
+    let mut h = start(Setup { moved: Some(moved_rx), ..Default::default() }).await;
+    moved.send(true).unwrap();
+    let to_client = gateway_close_to_client(Close::ObjectMoved);
+    assert_eq!(read_n(&mut h.client, to_client.len()).await, to_client);
+    assert_eq!(masked_close_code(&read_to_eof(&mut h.backend).await), 1012);
+
+    // The host still sends a message, then answers the close.
+    let late = unmasked(TEXT, b"late message");
+    h.backend.write_all(&[late, backend_close(1000)].concat()).await.unwrap();
+    // The client gets neither: only EOF.
+    expect_eof(&mut h.client).await;
+    let (report, _, took) = h.finish().await;
+    assert!(took < LINGER, "ended when the host answered: {took:?}");
+    // Initiator and code: see the ignored `a_hosts_answer_to_a_move_is_not_the_first_close`;
+    // the counts of the dropped bytes: the ignored `dropped_host_bytes_are_not_counted_as_relayed`.
+    assert_eq!((report.outcome, report.clean, report.violation), (Outcome::Moved, false, None));
+    assert_eq!(report.counts[0], DirectionCounts::default());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_that_never_answers_a_move_is_given_up_after_the_linger() {
+    let (moved, moved_rx) = watch::channel(false);
+    let mut h = start(Setup { moved: Some(moved_rx), ..Default::default() }).await;
+    moved.send(true).unwrap();
+    let to_client = gateway_close_to_client(Close::ObjectMoved);
+    assert_eq!(read_n(&mut h.client, to_client.len()).await, to_client);
+    assert_eq!(masked_close_code(&read_to_eof(&mut h.backend).await), 1012);
+    let (report, _, took) = h.finish().await;
+    assert!(near(took, LINGER), "ended by the linger: {took:?}");
+    assert_eq!(ending(&report), (Outcome::Moved, Party::Gateway, Some(1012), false));
+}
+
+// ---- suspected bugs -------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+#[ignore = "suspected bug: a violation in the same read as the sender's close frame injects a second close \
+            (1002) after the relayed one; `ingest` sets `dst_has_close` only after `feed` returned, so \
+            `gateway_close` -> `inject_close` does not see the close just relayed"]
+async fn no_second_close_after_a_relayed_close() {
+    let mut h = start(Setup::default()).await;
+    let cc = client_close(1000);
+    let data = masked(TEXT, b"data after close");
+    // One write, so the relay reads both frames in one chunk.
+    h.client.write_all(&[&cc[..], &data].concat()).await.unwrap();
+    // The backend must see the client's close and then only EOF: a close frame after a close
+    // frame breaks `Half::dst_has_close` ("inject no other").
+    assert_eq!(read_to_eof(&mut h.backend).await, cc);
+    assert_eq!(read_to_eof(&mut h.client).await, gateway_close_to_client(Close::ProtocolError));
+    let (report, _, _) = h.finish().await;
+    assert_eq!(report.violation, Some((Direction::ClientToBackend, Violation::DataAfterClose)));
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "suspected bug: after an object moves, the host's bytes that are read and dropped (not \
+            forwarded) are still added to the relayed counts (`ingest` counts before `discard` is \
+            checked), although the counts are documented as relayed traffic"]
+async fn dropped_host_bytes_are_not_counted_as_relayed() {
+    let (moved, moved_rx) = watch::channel(false);
+    let mut h = start(Setup { moved: Some(moved_rx), ..Default::default() }).await;
+    moved.send(true).unwrap();
+    let to_client = gateway_close_to_client(Close::ObjectMoved);
+    assert_eq!(read_n(&mut h.client, to_client.len()).await, to_client);
+    assert_eq!(masked_close_code(&read_to_eof(&mut h.backend).await), 1012);
+    h.backend.write_all(&unmasked(BINARY, &[0u8; 5000])).await.unwrap();
+    h.backend.write_all(&backend_close(1000)).await.unwrap();
+    expect_eof(&mut h.client).await;
+    let (report, _, _) = h.finish().await;
+    assert_eq!(report.counts[1].binary_messages, 0, "the client never got the 5000-byte message");
+    assert_eq!(report.counts[1].payload_bytes, 0, "nothing reached the client but weir's own close");
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "suspected bug: the host's answer to weir's 1012 is recorded as the first close (`ingest` \
+            only skips closes read after a side *ended*, and a move ends no side), so a moved \
+            connection reports initiator Backend and the host's code instead of Gateway and 1012"]
+async fn a_hosts_answer_to_a_move_is_not_the_first_close() {
+    let (moved, moved_rx) = watch::channel(false);
+    let mut h = start(Setup { moved: Some(moved_rx), ..Default::default() }).await;
+    moved.send(true).unwrap();
+    let to_client = gateway_close_to_client(Close::ObjectMoved);
+    assert_eq!(read_n(&mut h.client, to_client.len()).await, to_client);
+    assert_eq!(masked_close_code(&read_to_eof(&mut h.backend).await), 1012);
+    h.backend.write_all(&backend_close(1000)).await.unwrap();
+    expect_eof(&mut h.client).await;
+    let (report, _, _) = h.finish().await;
+    // As when the host never answers (`a_host_that_never_answers_a_move_is_given_up_after_the_linger`).
+    assert_eq!(ending(&report), (Outcome::Moved, Party::Gateway, Some(1012), false));
+}
