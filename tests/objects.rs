@@ -1,6 +1,7 @@
 //! Object namespaces: placement (deterministic, sticky while live), failover with 1012 and no
 //! id on two hosts at once, id rules, the built-in room (order, history across a restart, slow
-//! clients) and object usage records.
+//! clients), size limits (1009) and protocol violations on built-in objects, and object usage
+//! records.
 
 use crate::support::hosts::{ObjectHost, Visit};
 use crate::support::{connect, eventually, free_port, raw_request, recv, upgrade_request, Client, Weir, DEADLINE};
@@ -482,4 +483,117 @@ async fn object_usage_records_equal_what_the_clients_did() {
     assert_eq!(on_x.iter().map(|r| r.backend_to_client.payload_bytes).sum::<u64>(), x.payload_bytes_out);
     weir.metric_eventually("weir_objects_active", &[("namespace", "echo")], |v| v == 0.0).await;
     weir.metric_eventually("weir_object_placements_total", &[("namespace", "echo")], |v| v == 1.0).await;
+}
+
+/// Rooms whose members may send at most `ROOM_MAX` bytes per message.
+const ROOM_MAX: usize = 100;
+
+#[tokio::test]
+async fn room_message_over_max_message_closes_the_sender_with_1009() {
+    let config = format!(
+        "objects:\n  - {{name: rooms, id: {{path: \"/rooms/{{id}}\"}}, builtin: room, room: {{history: 10, send_queue: 64, max_message: {ROOM_MAX}}}}}\nroutes:\n  - {{name: rooms, path_prefix: /rooms, object: rooms}}\n"
+    );
+    let weir = Weir::start(&config).await;
+    let mut a = connect(&weir, "/rooms/small").await;
+    let a_addr = match a.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(s) => s.local_addr().unwrap().to_string(),
+        _ => unreachable!("plain ws://"),
+    };
+    assert_eq!(event(&recv(&mut a).await).unwrap()["weir"], "welcome");
+    let mut b = connect(&weir, "/rooms/small").await;
+    assert_eq!(event(&recv(&mut b).await).unwrap()["members"], 2);
+    // A message of exactly room.max_message bytes, text and binary, reaches the other member.
+    let at_limit = "t".repeat(ROOM_MAX);
+    a.send(Message::text(at_limit.clone())).await.unwrap();
+    assert_eq!(next_user_message(&mut b).await, Message::text(at_limit));
+    a.send(Message::binary(vec![9u8; ROOM_MAX])).await.unwrap();
+    assert_eq!(next_user_message(&mut b).await, Message::binary(vec![9u8; ROOM_MAX]));
+    // One byte more closes its sender with 1009, and it is not delivered.
+    a.send(Message::text("o".repeat(ROOM_MAX + 1))).await.unwrap();
+    assert_eq!(close_code(&mut a).await, Some(1009), "the sender of an oversized message gets a 1009 close");
+    let left = loop {
+        let m = recv(&mut b).await;
+        let e = event(&m).unwrap_or_else(|| panic!("the oversized message reached another member: {m:?}"));
+        if e["weir"] == "leave" {
+            break e;
+        }
+    };
+    assert_eq!((left["reason"].as_str(), left["members"].as_u64()), (Some("closed"), Some(1)));
+    // The room goes on for the others.
+    let mut c = connect(&weir, "/rooms/small").await;
+    assert_eq!(event(&recv(&mut c).await).unwrap()["history"], 2, "the oversized message is not in the history");
+    c.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_user_message(&mut b).await, Message::text("still here"));
+    // The sender's stop record shows weir's 1009.
+    let r = eventually("the sender's stop record", || async {
+        weir.records().into_iter().find(|r| r.identity.client_addr.as_deref() == Some(a_addr.as_str()))
+    })
+    .await;
+    assert_eq!(r.close.as_ref().and_then(|c| c.code), Some(1009), "{r:?}");
+    assert_eq!(r.client_to_backend.messages, 3, "{r:?}");
+}
+
+#[tokio::test]
+async fn echo_object_message_over_the_limit_closes_with_1009() {
+    use crate::support::wire::{frame, raw_client, BINARY, CLOSE, FIN, MASK, TEXT};
+    let weir = Weir::start(
+        "objects:\n  - {name: echo, id: {path: \"/echo/{id}\"}, builtin: echo}\nroutes:\n  - {name: echo, path_prefix: /echo, object: echo}\n",
+    )
+    .await;
+    let (mut c, head) = raw_client(weir.addr, "/echo/big", "", b"").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    c.write(&frame(FIN | TEXT, Some(MASK), b"small")).await;
+    assert_eq!(c.read_frame().await.expect("echo").payload, b"small");
+    // A masked binary frame header announcing MAX_MESSAGE + 1 bytes, 64-bit length: tungstenite
+    // refuses it from the header alone, so no payload needs to follow.
+    let mut header = vec![FIN | BINARY, 0x80 | 127];
+    header.extend_from_slice(&(weir::ws::MAX_MESSAGE as u64 + 1).to_be_bytes());
+    header.extend_from_slice(&MASK);
+    c.write(&header).await;
+    let f = c.read_frame().await.expect("a close frame");
+    assert_eq!((f.opcode(), f.close_code(), f.masked), (CLOSE, Some(1009), false), "{f:?}");
+    assert_eq!(&f.payload[2..], b"message too big");
+    // weir ends the connection after its close (it cannot read the rest of that frame).
+    let rest = c.read_to_end().await;
+    assert!(rest.is_empty(), "nothing follows the close frame: {rest:?}");
+    // The stop record names weir's 1009 and only the payload bytes that arrived.
+    let r = weir.records_eventually(1).await.remove(0);
+    assert_eq!(r.close.as_ref().and_then(|c| c.code), Some(1009), "{r:?}");
+    assert_eq!(r.client_to_backend.payload_bytes, 5, "{r:?}");
+}
+
+#[tokio::test]
+async fn protocol_violation_on_a_builtin_object_is_counted_and_recorded() {
+    use crate::support::wire::{frame, raw_client, FIN, MASK, TEXT};
+    let weir = Weir::start(
+        "objects:\n  - {name: echo, id: {path: \"/echo/{id}\"}, builtin: echo}\n  - {name: rooms, id: {path: \"/rooms/{id}\"}, builtin: room}\nroutes:\n  - {name: echo-route, path_prefix: /echo, object: echo}\n  - {name: room-route, path_prefix: /rooms, object: rooms}\n",
+    )
+    .await;
+    for (route, path) in [("echo-route", "/echo/v"), ("room-route", "/rooms/v")] {
+        let (mut c, head) = raw_client(weir.addr, path, "", b"").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{route}: {head}");
+        if route == "echo-route" {
+            c.write(&frame(FIN | TEXT, Some(MASK), b"valid")).await;
+            assert_eq!(c.read_frame().await.expect("echo").payload, b"valid");
+        }
+        // An unmasked client frame breaks RFC 6455 §5.1.
+        c.write(&frame(FIN | TEXT, None, b"unmasked")).await;
+        // weir ends the connection (bounded: read_to_end panics after DEADLINE).
+        c.read_to_end().await;
+        weir.metric_eventually(
+            "weir_protocol_violations_total",
+            &[("route", route), ("direction", "client_to_backend"), ("reason", "unmasked_client_frame")],
+            |v| v == 1.0,
+        )
+        .await;
+        let r = eventually(&format!("the stop record on {route}"), || async {
+            weir.records().into_iter().find(|r| r.identity.route.as_deref() == Some(route))
+        })
+        .await;
+        assert_eq!(
+            (r.outcome.as_str(), r.reason.as_deref()),
+            ("protocol_error", Some("client_to_backend: unmasked_client_frame")),
+            "{route}: {r:?}"
+        );
+    }
 }
