@@ -7,6 +7,7 @@
 //! cargo build --release            # builds both `weir` and `weir-bench`
 //! cargo run --release --bin weir-bench -- [--quick]
 //!     [--only direct,weir,floor] [--scenarios small,bulk,handshake,idle] [--weir-bin PATH]
+//!     [--baseline-bin PATH]
 //! ```
 //!
 //! The table goes to stdout, progress to stderr. `--quick` is a smoke test (at most 1 s per
@@ -65,7 +66,9 @@
 //!   are not in it. The echo server uses tokio-tungstenite's default config, whose 128 KiB read
 //!   buffer is zero-filled on first read, so `direct`'s idle figure is mostly that buffer.
 //!
-//! The `weir / floor` column is computed from the same run. After the table the tool checks
+//! The `weir / floor` column is computed from the same run; with `--baseline-bin` a second weir
+//! binary (say, the previous commit's) runs right before weir in every scenario, and the
+//! `weir / baseline` column compares the two. After the table the tool checks
 //! the issue's targets: CPU per small message ≤ 1.3× floor, bulk MB/s ≥ 0.8× floor, and
 //! ≤ 16 KiB RSS per idle connection for weir (judged on `KiB/conn`).
 //!
@@ -156,6 +159,11 @@ struct Cli {
     /// The weir binary [default: `weir` in the directory of this executable].
     #[arg(long, value_name = "PATH")]
     weir_bin: Option<PathBuf>,
+
+    /// A second weir binary (e.g. a build of the previous commit) measured in the same run as
+    /// the `baseline` column, with a `weir / baseline` ratio.
+    #[arg(long, value_name = "PATH")]
+    baseline_bin: Option<PathBuf>,
 }
 
 /// Processes the benchmark starts by re-executing itself.
@@ -186,6 +194,9 @@ enum Target {
     Direct,
     Weir,
     Floor,
+    /// The `--baseline-bin` weir (not selectable with `--only`; added when that flag is given).
+    #[value(skip)]
+    Baseline,
 }
 
 impl Target {
@@ -194,6 +205,7 @@ impl Target {
             Target::Direct => "direct",
             Target::Weir => "weir",
             Target::Floor => "floor",
+            Target::Baseline => "baseline",
         }
     }
 }
@@ -354,6 +366,8 @@ fn run_bench(cli: Cli) -> Result<ExitCode> {
 struct Ctx {
     exe: PathBuf,
     weir: Option<PathBuf>,
+    /// The `--baseline-bin` weir, measured as the `baseline` target.
+    baseline: Option<PathBuf>,
     tmp: TempDir,
     clk_tck: f64,
     params: Params,
@@ -380,6 +394,13 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
 
     let exe = std::env::current_exe().context("locating the current executable")?;
     let weir = if targets.contains(&Target::Weir) { Some(resolve_weir(cli.weir_bin.as_deref(), &exe)?) } else { None };
+    let baseline = match cli.baseline_bin.as_deref() {
+        Some(p) => {
+            targets.push(Target::Baseline);
+            Some(resolve_weir(Some(p), &exe)?)
+        }
+        None => None,
+    };
 
     // SAFETY: sysconf has no preconditions.
     let clk_tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -403,6 +424,7 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
     let mut ctx = Ctx {
         exe,
         weir,
+        baseline,
         tmp: TempDir::new().context("creating a temporary directory")?,
         clk_tck: clk_tck as f64,
         params,
@@ -418,8 +440,10 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
 
     // Targets run in the order direct, floor, weir for every scenario, so that slow drifts on the
     // shared host hit all columns of a row alike.
-    let run_order: Vec<Target> =
-        [Target::Direct, Target::Floor, Target::Weir].into_iter().filter(|t| targets.contains(t)).collect();
+    let run_order: Vec<Target> = [Target::Direct, Target::Floor, Target::Baseline, Target::Weir]
+        .into_iter()
+        .filter(|t| targets.contains(t))
+        .collect();
     let mut results: BTreeMap<(Row, Target), Cell> = BTreeMap::new();
     let mut failures = 0usize;
     for &scenario in &scenarios {
@@ -615,6 +639,7 @@ impl Deployment {
             Target::Direct => "echo server",
             Target::Weir => "weir",
             Target::Floor => "floor relay",
+            Target::Baseline => "baseline weir",
         }
     }
 }
@@ -662,8 +687,9 @@ async fn deploy(ctx: &Ctx, target: Target) -> Result<Deployment> {
             procs.push(floor);
             Ok(Deployment { target, addr, pid, _procs: procs })
         }
-        Target::Weir => {
-            let bin = ctx.weir.as_ref().context("weir binary was not resolved")?;
+        Target::Weir | Target::Baseline => {
+            let bin = if target == Target::Weir { &ctx.weir } else { &ctx.baseline };
+            let bin = bin.as_ref().context("weir binary was not resolved")?;
             let (listen, admin) = free_loopback_ports()?;
             let config_path = dir.join(format!("weir-{tag}.yaml"));
             let usage_path = dir.join(format!("usage-{tag}.jsonl"));
@@ -1406,8 +1432,15 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
         let _ = writeln!(out, "- {}: {}", s.name(), ctx.params.describe(s));
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "| scenario | metric | direct | weir | floor | weir / floor |");
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+    let with_baseline = targets.contains(&Target::Baseline);
+    if with_baseline {
+        let _ =
+            writeln!(out, "| scenario | metric | direct | weir | floor | weir / floor | baseline | weir / baseline |");
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
+    } else {
+        let _ = writeln!(out, "| scenario | metric | direct | weir | floor | weir / floor |");
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+    }
     let value = |row: Row, t: Target| match results.get(&(row, t)) {
         Some(Ok(v)) => Some(*v),
         _ => None,
@@ -1431,7 +1464,7 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
                 (Some(w), Some(f)) if f != 0.0 => format!("{:.2}", w / f),
                 _ => "-".into(),
             };
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "| {} | {} | {} | {} | {} | {ratio} |",
                 row.scenario(),
@@ -1440,6 +1473,14 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
                 cell(Target::Weir),
                 cell(Target::Floor)
             );
+            if with_baseline {
+                let vs = match (value(row, Target::Weir), value(row, Target::Baseline)) {
+                    (Some(w), Some(b)) if b != 0.0 => format!("{:.3}", w / b),
+                    _ => "-".into(),
+                };
+                let _ = write!(out, " {} | {vs} |", cell(Target::Baseline));
+            }
+            let _ = writeln!(out);
         }
     }
     let _ = writeln!(out);
