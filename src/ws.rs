@@ -36,15 +36,28 @@ pub enum End {
     Stopped,
     /// The peer sent a message over the limit.
     TooBig,
+    /// The peer broke RFC 6455.
+    ProtocolError,
 }
 
-/// What ends a session when its read side fails: `TooBig` for an oversized message, `Peer`
-/// otherwise.
+impl End {
+    /// The close weir sends for this end, if any (`Stopped` is the caller's to choose).
+    pub fn close(self) -> Option<Close> {
+        match self {
+            End::Peer | End::Stopped => None,
+            End::TooBig => Some(Close::TooBig),
+            End::ProtocolError => Some(Close::ProtocolError),
+        }
+    }
+}
+
+/// What ends a session when its read side fails: `TooBig` for an oversized message,
+/// `ProtocolError` for a broken frame, `Peer` otherwise.
 pub fn end_of(error: &Error) -> End {
-    if matches!(error, Error::Capacity(_)) {
-        End::TooBig
-    } else {
-        End::Peer
+    match error {
+        Error::Capacity(_) => End::TooBig,
+        Error::Protocol(_) => End::ProtocolError,
+        _ => End::Peer,
     }
 }
 

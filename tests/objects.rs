@@ -578,7 +578,16 @@ async fn protocol_violation_on_a_builtin_object_is_counted_and_recorded() {
         }
         // An unmasked client frame breaks RFC 6455 §5.1.
         c.write(&frame(FIN | TEXT, None, b"unmasked")).await;
-        // weir ends the connection (bounded: read_to_end panics after DEADLINE).
+        // weir closes it with 1002, as it closes a relayed connection, and ends it (bounded:
+        // read_frame and read_to_end panic after DEADLINE).
+        let mut code = None;
+        while let Some(f) = c.read_frame().await {
+            if f.opcode() == crate::support::wire::CLOSE {
+                code = f.close_code();
+                break;
+            }
+        }
+        assert_eq!(code, Some(1002), "{route}: weir's close");
         c.read_to_end().await;
         weir.metric_eventually(
             "weir_protocol_violations_total",
@@ -595,5 +604,7 @@ async fn protocol_violation_on_a_builtin_object_is_counted_and_recorded() {
             ("protocol_error", Some("client_to_backend: unmasked_client_frame")),
             "{route}: {r:?}"
         );
+        let close = r.close.as_ref().map(|c| (c.code, c.initiator.as_str()));
+        assert_eq!(close, Some((Some(1002), "gateway")), "{route}: {r:?}");
     }
 }

@@ -18,10 +18,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     grace: Duration,
 ) -> Ended<S> {
     let end = echo(&mut ws, || handle.touch(), drain_after(&mut shutdown, grace)).await;
-    match end {
-        End::Peer => {}
-        End::Stopped => close(&mut ws, Close::ObjectShutdown).await,
-        End::TooBig => close(&mut ws, Close::TooBig).await,
+    let closing = if end == End::Stopped { Some(Close::ObjectShutdown) } else { end.close() };
+    if let Some(c) = closing {
+        close(&mut ws, c).await;
     }
     (Some(ws.into_inner()), end == End::Stopped)
 }

@@ -272,8 +272,9 @@ enum End {
     Shutdown,
     /// It sent a message shaped like a weir event.
     Forged,
-    /// It sent a message over `room.max_message`.
-    TooBig,
+    /// Its read side ended with this (a message over `room.max_message`, a broken frame, or the
+    /// client gone).
+    Read(crate::ws::End),
 }
 
 impl End {
@@ -284,7 +285,7 @@ impl End {
             End::Slow => Some(Close::TooSlow),
             End::Shutdown => Some(Close::ObjectShutdown),
             End::Forged => Some(Close::Reserved),
-            End::TooBig => Some(Close::TooBig),
+            End::Read(end) => end.close(),
         }
     }
 }
@@ -355,9 +356,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 // tungstenite answers pings and closes itself; the stream ends after a close.
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
-                    if end_of(&e) == crate::ws::End::TooBig {
-                        end = End::TooBig;
-                    }
+                    end = End::Read(end_of(&e));
                     break;
                 }
                 None => break,

@@ -5,8 +5,7 @@
 //! It is a real backend behind the relay, so traffic to it is metered like any other. Warm path
 //! per connection; it runs on its own background service runtime.
 
-use crate::relay::close::Close;
-use crate::ws::{close, echo, ws_config, End, MAX_MESSAGE};
+use crate::ws::{close, echo, ws_config, MAX_MESSAGE};
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::{background_service, BackgroundService, GenBackgroundService};
@@ -49,7 +48,7 @@ async fn serve(stream: tokio::net::TcpStream) {
     let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(MAX_MESSAGE))).await else {
         return;
     };
-    if echo(&mut ws, || {}, std::future::pending()).await == End::TooBig {
-        close(&mut ws, Close::TooBig).await;
+    if let Some(c) = echo(&mut ws, || {}, std::future::pending()).await.close() {
+        close(&mut ws, c).await;
     }
 }

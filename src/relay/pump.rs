@@ -22,7 +22,7 @@
 use super::close::Close;
 use super::frame::{encode_close_frame, Violation, MAX_CLOSE_FRAME_LEN};
 use super::report::{Ending, Party, RelayReport};
-use super::scanner::{Feed, FrameScanner, ScanPolicy};
+use super::scanner::{DirectionCounts, Feed, FrameScanner, ScanPolicy};
 use super::{Direction, Observer};
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -204,6 +204,9 @@ pub struct Relay<S, O> {
     linger: Option<Pin<Box<Sleep>>>,
     /// The backend is an object host: a host that goes away gets its client 1012.
     object: bool,
+    /// The backend's counts when weir started discarding its bytes (object moved): what is read
+    /// after that is not relayed, so it is not counted. Boxed: most relays never need it.
+    relayed_until_move: Option<Box<DirectionCounts>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
@@ -223,6 +226,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             ending: Ending::default(),
             linger: None,
             object: false,
+            relayed_until_move: None,
         };
         for (d, early) in [(Direction::ClientToBackend, client_early), (Direction::BackendToClient, backend_early)] {
             if !early.is_empty() {
@@ -266,9 +270,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
                 }
             }
         }
-        let [c, b] = &self.halves;
-        let report =
-            self.ending.report([*c.scanner.counts(), *b.scanner.counts()], [c.scanner.close(), b.scanner.close()]);
+        let [c, b] = self.counts();
+        let counts = [*c, *b];
+        let report = self.ending.report(counts, [self.halves[0].scanner.close(), self.halves[1].scanner.close()]);
         (report, self.observer)
     }
 
@@ -276,9 +280,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
         let poll = self.poll_rounds(cx);
         // The observer hears once per wakeup, before the relay parks (or ends): counters still
         // move while the connection is open, at a fraction of the per-chunk cost.
-        let [c, b] = &self.halves;
-        self.observer.progress([c.scanner.counts(), b.scanner.counts()]);
+        let Relay { halves: [c, b], relayed_until_move, observer, .. } = self;
+        observer.progress([c.scanner.counts(), relayed_until_move.as_deref().unwrap_or(b.scanner.counts())]);
         poll
+    }
+
+    /// What was relayed so far, per direction (bytes read and dropped after an object moved are
+    /// not relayed).
+    fn counts(&self) -> [&DirectionCounts; 2] {
+        let [c, b] = &self.halves;
+        [c.scanner.counts(), self.relayed_until_move.as_deref().unwrap_or(b.scanner.counts())]
     }
 
     fn poll_rounds(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -360,7 +371,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
     fn ingest(&mut self, d: Direction, chunk: &[u8]) -> usize {
         let h = &mut self.halves[d.index()];
         let had_close = h.scanner.close().is_some();
-        let fwd = match h.scanner.feed(chunk) {
+        let feed = h.scanner.feed(chunk);
+        if h.discard && h.scanner.close().is_some() {
+            h.src_done = true;
+        }
+        // A close frame in this chunk comes before any violation in it (the scanner stops at a
+        // violation), so it is noted first: weir must not send a close after it.
+        if !had_close && h.scanner.close().is_some() {
+            h.dst_has_close = true;
+            // A close read after a side already ended, or after weir sent its own close, is a
+            // reply to weir's close frame, not the start of the end.
+            if self.ending.first_end.is_none() && self.ending.gateway_code.is_none() {
+                self.ending.first_close.get_or_insert(Party::sender_of(d));
+            }
+        }
+        match feed {
             Feed::Ok => chunk.len(),
             Feed::Violation { valid_up_to, violation } => {
                 // The scanner now reports whether everything forwarded (earlier chunks plus
@@ -368,20 +393,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
                 self.on_violation(d, violation);
                 valid_up_to.min(chunk.len())
             }
-        };
-        let h = &mut self.halves[d.index()];
-        if h.discard && h.scanner.close().is_some() {
-            h.src_done = true;
         }
-        if !had_close && h.scanner.close().is_some() {
-            h.dst_has_close = true;
-            // A close read after a side already ended is a reply to weir's own close frame, not
-            // the start of the end.
-            if self.ending.first_end.is_none() {
-                self.ending.first_close.get_or_insert(Party::sender_of(d));
-            }
-        }
-        fwd
     }
 
     /// Write freshly read bytes straight from the read buffer; keep what `dst` did not take.
@@ -470,6 +482,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             let h = &mut self.halves[backend];
             h.src_done = false;
             h.discard = true;
+            self.relayed_until_move = Some(Box::new(*h.scanner.counts()));
         }
     }
 

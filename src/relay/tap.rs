@@ -9,6 +9,7 @@
 //! with the built-in object in the backend's place; a protocol violation is reported like one
 //! on a relayed connection.
 
+use super::close::Close;
 use super::report::{Ending, Outcome, Party, RelayReport};
 use super::scanner::{Feed, FrameScanner, ScanPolicy};
 use super::{Direction, Observer};
@@ -47,17 +48,25 @@ impl<S, O: Observer> Tap<S, O> {
     fn scan(&mut self, d: Direction, bytes: &[u8]) {
         let s = &mut self.scanners[d.index()];
         let had_close = s.close().is_some();
-        // A violation stops counting in that direction; tungstenite closes the connection itself.
-        if let Feed::Violation { violation, .. } = s.feed(bytes) {
+        let feed = s.feed(bytes);
+        // A close after weir's own (a protocol error's 1002) is a reply, not the start of the end.
+        if !had_close && s.close().is_some() && self.ending.gateway_code.is_none() {
+            self.ending.first_close.get_or_insert(Party::sender_of(d));
+        }
+        // A violation stops counting in that direction; the object's read fails on it too and
+        // it closes with `Close::ProtocolError`, as the relay would.
+        if let Feed::Violation { violation, .. } = feed {
             tracing::debug!(
                 direction = d.as_str(),
                 violation = violation.as_str(),
                 "built-in object: protocol violation"
             );
-            self.ending.violation.get_or_insert((d, violation));
-        }
-        if !had_close && s.close().is_some() {
-            self.ending.first_close.get_or_insert(Party::sender_of(d));
+            if self.ending.violation.is_none() {
+                self.ending.violation = Some((d, violation));
+                if self.ending.first_close.is_none() {
+                    self.ending.gateway_code = Some(Close::ProtocolError.code());
+                }
+            }
         }
         let [c, o] = &self.scanners;
         self.observer.progress([c.counts(), o.counts()]);
