@@ -2,7 +2,9 @@
 //!
 //! # Code map
 //! Dependencies flow one way, top to bottom; a lower module never imports a higher one (where
-//! it needs something from above it defines a trait, like the relay's `Observer`):
+//! it needs something from above it defines a trait, like the relay's `Observer`). An arrow
+//! points from a module to the ones it uses; `config` heads the chain because the gateway is
+//! built from its `Config`, but it imports nothing from weir (every module may use its types):
 //!
 //! ```text
 //! server ─▶ admin, gateway, billing::delivery          (cold: startup, services)

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error, Message};
@@ -56,6 +57,7 @@ impl End {
 pub fn end_of(error: &Error) -> End {
     match error {
         Error::Capacity(_) => End::TooBig,
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Peer,
         Error::Protocol(_) => End::ProtocolError,
         _ => End::Peer,
     }
