@@ -1,6 +1,6 @@
 //! The one after-101 path: every upgraded connection, relayed to a backend or served by a
-//! built-in object, runs to its end in a task of its own and is ended here (metrics, the stop
-//! record, the object lease).
+//! built-in object, runs to its end in a task of its own (`Gateway::start`) and is ended here
+//! (`Ending::end`: metrics, the stop record, the object lease).
 //!
 //! Warm path at both ends; in between the relay (or the tap around a built-in object) is the hot
 //! path, observed by a `ConnObserver`.
@@ -13,6 +13,7 @@ use crate::objects::session::{self, Object};
 use crate::relay::pump::Relay;
 use crate::relay::report::{code_class, Outcome, RelayReport};
 use crate::relay::tap::Tap;
+use futures_util::FutureExt;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use std::sync::Arc;
@@ -57,45 +58,68 @@ pub enum Serve {
     },
 }
 
+/// What ending a connection needs once it has run: kept beside the running relay (or session),
+/// never inside it.
+struct Ending {
+    gateway: Arc<Gateway>,
+    route: String,
+    pool: String,
+    live: Arc<Live>,
+    lease: Option<Lease>,
+}
+
 impl Gateway {
-    /// Run a connection to its end (its task's only work), then end it.
-    pub(super) async fn run_to_end(self: Arc<Self>, c: Established, shutdown: ShutdownWatch) {
+    /// Start a connection's own task: it runs the relay (or the built-in object behind a tap) to
+    /// the end, then ends the connection. The relay is built here, before the task exists, and
+    /// the task is the relay's future plus what ending needs: an idle connection's task holds
+    /// nothing else (no copy of its arguments, no handshake state).
+    pub(super) fn start(self: &Arc<Self>, c: Established, shutdown: ShutdownWatch) {
         let Established { client, early, route, pool, live, lease, serve } = c;
         let metrics = self.metrics.connection(&route, &pool);
-        let report = match serve {
+        let grace = self.grace_period;
+        match serve {
             Serve::Relay { backend, early: backend_early, rsv } => {
                 let object = lease.as_ref().map(|l| l.object().clone());
-                let observer = ConnObserver::new(metrics, live.clone(), object, lease.as_ref().map(Lease::evicted));
+                let moved = lease.as_ref().map(Lease::evicted);
+                let observer = ConnObserver::new(metrics, live.clone(), object, moved);
                 let relay = Relay::new([client, backend], self.policies(rsv), [&early, &backend_early], observer);
-                let (report, observer) = relay.run(shutdown, self.grace_period).await;
-                drop(observer);
-                report
+                let ending = Ending { gateway: self.clone(), route, pool, live, lease };
+                // A combinator, not an async block: the task holds the relay's future once.
+                let run = relay.run(shutdown, grace).map(move |(report, observer)| {
+                    drop(observer);
+                    ending.end(&report);
+                });
+                tokio::spawn(run);
             }
             Serve::Object { object, id, handle } => {
                 // Built-in objects touch their accounting per message themselves.
                 let observer = ConnObserver::new(metrics, live.clone(), None, None);
                 let tap = Tap::new(client, early, self.policies(0), observer);
-                // Boxed: a built-in session's state is larger than a relay's, and the relay's
-                // task should not carry it.
-                let ended = Box::pin(session::run(object, &id, tap, handle, shutdown, self.grace_period)).await;
-                match ended {
-                    (Some(tap), shutdown_closed) => tap.finish(shutdown_closed).0,
-                    (None, _) => {
-                        tracing::warn!(
-                            route,
-                            "built-in object session lost its stream; its stop record has the counts last seen"
-                        );
-                        RelayReport::lost(live.counts())
-                    }
-                }
+                let ending = Ending { gateway: self.clone(), route, pool, live, lease };
+                tokio::spawn(async move {
+                    let report = match session::run(object, &id, tap, handle, shutdown, grace).await {
+                        (Some(tap), shutdown_closed) => tap.finish(shutdown_closed).0,
+                        (None, _) => {
+                            tracing::warn!(
+                                route = %ending.route,
+                                "built-in object session lost its stream; its stop record has the counts last seen"
+                            );
+                            RelayReport::lost(ending.live.counts())
+                        }
+                    };
+                    ending.end(&report);
+                });
             }
-        };
-        self.connection_ended(&route, &pool, &live, lease, &report);
+        }
     }
+}
 
+impl Ending {
     /// Count a finished connection, write its stop record and release its object lease.
-    fn connection_ended(&self, route: &str, pool: &str, live: &Live, lease: Option<Lease>, report: &RelayReport) {
-        let m = &self.metrics;
+    fn end(self, report: &RelayReport) {
+        let Ending { gateway, route, pool, live, lease } = self;
+        let (route, pool) = (route.as_str(), pool.as_str());
+        let m = &gateway.metrics;
         m.connections_total.with_label_values(&[route, pool, report.outcome.as_str()]).inc();
         m.closes.with_label_values(&[route, report.initiator.as_str(), code_class(report.close_code)]).inc();
         if let Some((d, v)) = report.violation {
@@ -110,7 +134,7 @@ impl Gateway {
         if report.outcome == Outcome::Moved {
             m.object_evictions.with_label_values(&[pool]).inc();
         }
-        let record = self.live.end(live, report);
+        let record = gateway.live.end(&live, report);
         tracing::debug!(
             connection_id = %record.identity.connection_id, route, outcome = %record.outcome,
             duration_ms = record.duration_ms, close_code = ?report.close_code, initiator = report.initiator.as_str(),

@@ -163,7 +163,7 @@ impl Gateway {
         }
         let live = self.live.begin(meter);
         let established = Established { client: stream, early, route, pool, live, lease, serve };
-        tokio::spawn(self.clone().run_to_end(established, shutdown));
+        self.start(established, shutdown);
     }
 
     /// Connect to `hop`: a backend picked from the pool, or the host the object id is placed on,
