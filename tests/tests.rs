@@ -33,3 +33,14 @@ mod billing;
 // Billing against a private PostgreSQL: file and postgres sinks agree, a 30 s outage under load,
 // `weir usage` from either sink.
 mod billing_pg;
+
+// Hardening (issue 9): each test failed before its fix.
+// Headers and paths on the upgrade and http paths: Host, Connection, forged forwarding headers,
+// dot segments, pipelining.
+mod hardening_headers;
+// The spool under corruption: a torn or damaged tail, checksums, quarantine, `weir usage`.
+mod hardening_spool;
+// Built-in rooms and echo under clients that never read, big messages and many rooms.
+mod hardening_builtins;
+// Descriptors, accept errors, rejection floods, built-in object violations, defaults.
+mod hardening_limits;

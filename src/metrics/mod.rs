@@ -80,6 +80,22 @@ pub struct Metrics {
     pub sink_errors: IntCounterVec,
     /// See `names::SINK_DELIVERY_LAG_SECONDS`.
     pub sink_lag: GaugeVec,
+    /// See `names::SPOOL_QUARANTINED_TOTAL`.
+    pub spool_quarantined: IntCounter,
+    /// See `names::ACCEPT_ERRORS_TOTAL`.
+    pub accept_errors: IntCounterVec,
+    /// See `names::OPEN_FDS`.
+    pub open_fds: IntGauge,
+    /// See `names::MAX_FDS`.
+    pub max_fds: IntGauge,
+    /// See `names::ROOM_STORE_BYTES`.
+    pub room_store_bytes: IntGaugeVec,
+    /// See `names::ROOM_STORE_ROOMS`.
+    pub room_store_rooms: IntGaugeVec,
+    /// See `names::ROOM_STORE_EVICTIONS_TOTAL`.
+    pub room_store_evictions: IntCounterVec,
+    /// See `names::REJECTIONS_SUMMARISED_TOTAL`.
+    pub rejections_summarised: IntCounter,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -92,6 +108,12 @@ fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus:
     let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
     reg.register(Box::new(g.clone()))?;
     Ok(g)
+}
+
+fn plain_counter(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
 }
 
 fn plain_gauge(reg: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
@@ -232,6 +254,32 @@ impl Metrics {
                 reg.register(Box::new(g.clone()))?;
                 g
             },
+            spool_quarantined: plain_counter(
+                reg,
+                SPOOL_QUARANTINED_TOTAL,
+                "Spooled records that failed their checksum or did not parse, moved to quarantine",
+            )?,
+            accept_errors: counter(
+                reg,
+                ACCEPT_ERRORS_TOTAL,
+                "Failed accepts on weir's own listeners",
+                &[LISTENER, REASON],
+            )?,
+            open_fds: plain_gauge(reg, OPEN_FDS, "File descriptors the process has open")?,
+            max_fds: plain_gauge(reg, MAX_FDS, "The process's file descriptor limit (RLIMIT_NOFILE, soft)")?,
+            room_store_bytes: gauge(reg, ROOM_STORE_BYTES, "Bytes of room history on disk", &[NAMESPACE])?,
+            room_store_rooms: gauge(reg, ROOM_STORE_ROOMS, "Rooms with a history file on disk", &[NAMESPACE])?,
+            room_store_evictions: counter(
+                reg,
+                ROOM_STORE_EVICTIONS_TOTAL,
+                "Room history files removed to keep the store within its cap",
+                &[NAMESPACE],
+            )?,
+            rejections_summarised: plain_counter(
+                reg,
+                REJECTIONS_SUMMARISED_TOTAL,
+                "Rejections counted in a summary record instead of a record each",
+            )?,
         })
     }
 

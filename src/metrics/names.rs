@@ -82,9 +82,29 @@ pub const CODE_CLASS: &str = "code_class";
 pub const SINK: &str = "sink";
 /// Label: object namespace name from config.
 pub const NAMESPACE: &str = "namespace";
-/// Label: how a connection ended (see `metering::Outcome`).
+/// Label: how a connection ended (see `relay::report::Outcome`).
 pub const OUTCOME: &str = "outcome";
+/// Label: a listener weir runs itself (`echo` for the built-in echo backend).
+pub const LISTENER: &str = "listener";
 
+/// Counter: spooled records that failed their checksum or did not parse, moved to the
+/// quarantine file instead of a sink {}.
+pub const SPOOL_QUARANTINED_TOTAL: &str = "weir_spool_quarantined_total";
+/// Counter: failed `accept(2)` calls on a listener weir runs itself, by errno class {listener, reason}.
+pub const ACCEPT_ERRORS_TOTAL: &str = "weir_accept_errors_total";
+/// Gauge: file descriptors the process has open {}.
+pub const OPEN_FDS: &str = "weir_open_fds";
+/// Gauge: the process's descriptor limit (`RLIMIT_NOFILE` soft) {}.
+pub const MAX_FDS: &str = "weir_max_fds";
+/// Gauge: bytes of room history on disk {namespace}.
+pub const ROOM_STORE_BYTES: &str = "weir_room_store_bytes";
+/// Gauge: rooms with a history file on disk {namespace}.
+pub const ROOM_STORE_ROOMS: &str = "weir_room_store_rooms";
+/// Counter: room history files removed to keep the store within its cap {namespace}.
+pub const ROOM_STORE_EVICTIONS_TOTAL: &str = "weir_room_store_evictions_total";
+/// Counter: rejections counted in a summary record instead of a record each (over the per-client
+/// rate) {}.
+pub const REJECTIONS_SUMMARISED_TOTAL: &str = "weir_rejections_summarised_total";
 /// Every metric name above, for tests that check dashboards and docs use only known names.
 pub const ALL: &[&str] = &[
     CONNECTIONS_ACTIVE,
@@ -115,4 +135,12 @@ pub const ALL: &[&str] = &[
     SINK_RECORDS_DELIVERED_TOTAL,
     SINK_DELIVERY_ERRORS_TOTAL,
     SINK_DELIVERY_LAG_SECONDS,
+    SPOOL_QUARANTINED_TOTAL,
+    ACCEPT_ERRORS_TOTAL,
+    OPEN_FDS,
+    MAX_FDS,
+    ROOM_STORE_BYTES,
+    ROOM_STORE_ROOMS,
+    ROOM_STORE_EVICTIONS_TOTAL,
+    REJECTIONS_SUMMARISED_TOTAL,
 ];
