@@ -40,7 +40,10 @@ mod billing_pg;
 mod hardening_headers;
 // The spool under corruption: a torn or damaged tail, checksums, quarantine, `weir usage`.
 mod hardening_spool;
-// Built-in rooms and echo under clients that never read, big messages and many rooms.
-mod hardening_builtins;
+// Built-in rooms under members that never read, and many rooms on disk.
+mod hardening_rooms;
+// The built-in echo (backend and object): big messages, clients that never read, idle cost,
+// accept errors.
+mod hardening_echo;
 // Descriptors, accept errors, rejection floods, built-in object violations, defaults.
 mod hardening_limits;

@@ -1,0 +1,1 @@
+//! Hardening (issue 9): see tests/tests.rs.
