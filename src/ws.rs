@@ -59,6 +59,8 @@ pub fn end_of(error: &Error) -> End {
         Error::Capacity(_) => End::TooBig,
         Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Peer,
         Error::Protocol(_) => End::ProtocolError,
+        // A `relay::tap::Tap` refuses the rest of a stream that broke RFC 6455 this way.
+        Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => End::ProtocolError,
         _ => End::Peer,
     }
 }

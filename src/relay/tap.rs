@@ -45,7 +45,9 @@ impl<S, O: Observer> Tap<S, O> {
         }
     }
 
-    fn scan(&mut self, d: Direction, bytes: &[u8]) {
+    /// Scan `bytes` moving in direction `d`; returns how many of them may be passed on (all,
+    /// unless they break RFC 6455: then the valid prefix).
+    fn scan(&mut self, d: Direction, bytes: &[u8]) -> usize {
         let s = &mut self.scanners[d.index()];
         let had_close = s.close().is_some();
         let feed = s.feed(bytes);
@@ -53,9 +55,13 @@ impl<S, O: Observer> Tap<S, O> {
         if !had_close && s.close().is_some() && self.ending.gateway_code.is_none() {
             self.ending.first_close.get_or_insert(Party::sender_of(d));
         }
-        // A violation stops counting in that direction; the object's read fails on it too and
-        // it closes with `Close::ProtocolError`, as the relay would.
-        if let Feed::Violation { violation, .. } = feed {
+        // A violation ends the client's stream at the last valid byte: the object never sees a
+        // frame the scanner did not count (tungstenite accepts some the scanner refuses, such as
+        // a non-minimal length), its next read fails, and it closes with `Close::ProtocolError`,
+        // as the relay would.
+        let mut valid = bytes.len();
+        if let Feed::Violation { violation, valid_up_to } = feed {
+            valid = valid_up_to.min(bytes.len());
             tracing::debug!(
                 direction = d.as_str(),
                 violation = violation.as_str(),
@@ -70,6 +76,13 @@ impl<S, O: Observer> Tap<S, O> {
         }
         let [c, o] = &self.scanners;
         self.observer.progress([c.counts(), o.counts()]);
+        valid
+    }
+
+    /// The error a read returns once the client broke RFC 6455.
+    fn refused(&self) -> Option<std::io::Error> {
+        let (d, v) = self.ending.violation.filter(|(d, _)| *d == Direction::ClientToBackend)?;
+        Some(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {}", d.as_str(), v.as_str())))
     }
 
     /// What the connection carried and how it ended; `shutdown` when weir closed it because it
@@ -101,36 +114,48 @@ impl<S, O: Observer> Tap<S, O> {
 impl<S: AsyncRead + Unpin, O: Observer + Unpin> AsyncRead for Tap<S, O> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if let Some(e) = this.refused() {
+            return Poll::Ready(Err(e));
+        }
+        let before = buf.filled().len();
         if this.early_at < this.early.len() {
             let early = std::mem::take(&mut this.early);
             let start = this.early_at;
             let n = (early.len() - start).min(buf.remaining());
             let chunk = early.get(start..start + n).unwrap_or(&[]);
             buf.put_slice(chunk);
-            this.scan(Direction::ClientToBackend, chunk);
             this.early_at += n;
             if this.early_at < early.len() {
                 this.early = early;
             }
+        } else {
+            match Pin::new(&mut this.io).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    this.read_ended = Some(true);
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let got = buf.filled().len() - before;
+        if got == 0 {
+            this.read_ended.get_or_insert(false);
             return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut this.io).poll_read(cx, buf);
-        match &poll {
-            Poll::Ready(Ok(())) => {
-                let chunk = buf.filled().get(before..).unwrap_or(&[]);
-                if chunk.is_empty() {
-                    this.read_ended.get_or_insert(false);
-                } else {
-                    this.scan(Direction::ClientToBackend, chunk);
+        let chunk = buf.filled().get(before..).unwrap_or(&[]);
+        let valid = this.scan(Direction::ClientToBackend, chunk);
+        if valid < got {
+            // Pass on only the valid prefix; an empty read would look like EOF, so an error
+            // instead when nothing of it is valid.
+            buf.set_filled(before + valid);
+            if valid == 0 {
+                if let Some(e) = this.refused() {
+                    return Poll::Ready(Err(e));
                 }
             }
-            Poll::Ready(Err(_)) => {
-                this.read_ended = Some(true);
-            }
-            Poll::Pending => {}
         }
-        poll
+        Poll::Ready(Ok(()))
     }
 }
 
