@@ -1,5 +1,6 @@
 //! RFC 6455 §4.2.1: checking a client's upgrade request (the answer side lives in
-//! `http1::upgrade`).
+//! `http1::upgrade`), and the checks every request passes before it is routed
+//! (`check_request`).
 //!
 //! Warm path (once per connection), pure: no I/O, testable with literal heads.
 
@@ -19,6 +20,15 @@ pub struct ClientHandshake {
 /// Whether the request asks for a WebSocket upgrade at all (`Upgrade` lists `websocket`).
 pub fn wants_websocket(head: &RequestHead) -> bool {
     crate::http1::upgrade::wants_websocket(&head.headers)
+}
+
+/// Check any request before it is routed: exactly one `Host` at most (RFC 9112 §3.2: weir would
+/// route on one and a backend might read the other) and a path `routing::check_path` accepts.
+pub fn check_request(head: &RequestHead) -> Result<(), RejectReason> {
+    if head.headers.all("host").nth(1).is_some() {
+        return Err(RejectReason::DuplicateHost);
+    }
+    crate::routing::check_path(head.path()).map_err(|_| RejectReason::BadPath)
 }
 
 /// Check a client's upgrade request (RFC 6455 §4.2.1).
@@ -109,5 +119,18 @@ mod tests {
         let mut body = with("x", None);
         body.push(("Content-Length", "5".into()));
         assert_eq!(check("GET", 1, &body), Err(RejectReason::RequestBody));
+    }
+
+    #[test]
+    fn requests_with_two_hosts_or_a_bad_path_are_refused_before_routing() {
+        assert_eq!(check_request(&head("GET", 1, GOOD)), Ok(()));
+        let mut two = GOOD.to_vec();
+        two.push(("host", "y"));
+        assert_eq!(check_request(&head("GET", 1, &two)), Err(RejectReason::DuplicateHost));
+        let mut dots = head("GET", 1, GOOD);
+        dots.target = "/raw/../admin?x=1".into();
+        assert_eq!(check_request(&dots), Err(RejectReason::BadPath));
+        dots.target = "/raw/admin?x=/../".into();
+        assert_eq!(check_request(&dots), Ok(()), "the query is not a path");
     }
 }

@@ -13,7 +13,7 @@
 //!   answer (warm). `http.rs`: Pingora's `ProxyHttp` pipeline for plain HTTP on `http` routes
 //!   (warm). `demo.rs`: the demo page (warm).
 //!
-//! Pingora calls `Gateway::process_new_http` once per request on a client connection (its
+//! Pingora calls `Gateway::process_new` once per client connection, which serves its requests (its
 //! listener, TLS and HTTP/1 session handling stay Pingora's). For an upgrade the handshake runs
 //! in Pingora's per-request task, which (with the handshake's state) ends at the 101; the
 //! connection then lives in a small task of its own. A WebSocket therefore costs one parked task
@@ -41,9 +41,8 @@ use crate::pools::Pools;
 use crate::relay::scanner::{Chunks, Role, ScanPolicy};
 use crate::routing::RouteTable;
 use async_trait::async_trait;
-use pingora_core::apps::{HttpServerApp, ReusedHttpStream};
+use pingora_core::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora_core::connectors::TransportConnector;
-use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
@@ -68,6 +67,7 @@ pub struct Gateway {
     metrics: Metrics,
     /// Open connections and the writer of every connection record.
     live: Arc<LiveSet>,
+    fds: Arc<crate::fds::Descriptors>,
     /// Tenant of routes that name none.
     default_tenant: Option<String>,
     /// Accept upgrades while usage cannot be recorded durably.
@@ -89,6 +89,8 @@ pub struct Parts {
     pub metrics: Metrics,
     /// The live set (metering).
     pub live: Arc<LiveSet>,
+    /// Descriptor counts: upgrades are refused while the reserve is in use.
+    pub fds: Arc<crate::fds::Descriptors>,
     /// Pingora's proxy for plain HTTP on `http` routes.
     pub http: Arc<HttpProxy<http::HttpRoutes>>,
 }
@@ -115,7 +117,7 @@ pub struct Request {
 impl Gateway {
     /// Assemble the gateway from the validated config and the shared parts.
     pub fn new(config: &Config, parts: Parts) -> Gateway {
-        let Parts { routes, pools, objects, metrics, live, http } = parts;
+        let Parts { routes, pools, objects, metrics, live, fds, http } = parts;
         Gateway {
             routes,
             pools,
@@ -127,6 +129,7 @@ impl Gateway {
             connector: TransportConnector::new(None),
             metrics,
             live,
+            fds,
             default_tenant: config.usage.default_tenant.clone(),
             fail_open: config.usage.fail_open,
             chunks: crate::billing::units::chunks(&config.billing_units),
@@ -160,7 +163,16 @@ impl Gateway {
                 return None;
             }
         };
+        // Bytes replayed after a pipelined request are read; relay the socket itself from here.
+        let mut stream = http::settle(stream)?;
         let wants_ws = handshake::wants_websocket(&head);
+        if let Err(reason) = handshake::check_request(&head) {
+            let path = head.path();
+            tracing::debug!(client = ?client, reason = reason.as_str(), ?path, "request refused before routing");
+            let record = wants_ws.then_some(&meter);
+            self.refuse(&mut stream, reason, None, NO_ROUTE, record).await;
+            return None;
+        }
         if self.demo_page && !wants_ws && head.method == "GET" && head.path() == "/" {
             let _ = stream.write_all(&demo::response()).await;
             let _ = stream.flush().await;
@@ -186,24 +198,29 @@ impl Gateway {
             self.reject(&mut req, RejectReason::SpoolUnavailable).await;
             return None;
         }
+        if wants_ws && self.fds.exhausted() {
+            // Keep the reserve for the admin listener, backends and the spool (documented).
+            self.reject(&mut req, RejectReason::DescriptorsExhausted).await;
+            return None;
+        }
         if let Target::Pool(_) = route.target {
             req.meter.identity_mut().pool = Some(req.pool.clone());
         }
         match route.target {
+            // Each path after the head is boxed: a connection still sending its head holds only
+            // this function's small state, not the largest path's (an upgrade's connector and
+            // handshake futures made a half-sent head cost about 31 KiB; README "Security").
             Target::Pool(_) if route.kind == RouteKind::Http && !wants_ws => {
                 self.metrics.http_requests.with_label_values(&[&route.name]).inc();
-                let mut session = ServerSession::new_http1(req.stream);
-                session.set_pipelined_prefix(req.head.buf);
-                session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-                self.http.process_new_http(session, shutdown).await
+                Box::pin(http::proxy(&self.http, req.stream, req.head, shutdown)).await
             }
             Target::Pool(i) => {
-                self.upgrade(req, upgrade::Dest::Pool(i)).await;
+                Box::pin(self.upgrade(req, upgrade::Dest::Pool(i))).await;
                 None
             }
             Target::Object(i) => {
                 if let Some(ns) = self.objects.get(i) {
-                    self.upgrade(req, upgrade::Dest::Object(ns)).await;
+                    Box::pin(self.upgrade(req, upgrade::Dest::Object(ns))).await;
                 }
                 None
             }
@@ -245,22 +262,22 @@ impl Gateway {
 }
 
 #[async_trait]
-impl HttpServerApp for Gateway {
-    /// Runs once per request on a client connection, after Pingora's listener (and TLS) accepted
-    /// it. Returns the stream when an `http` route's keep-alive connection can take another request.
-    async fn process_new_http(
-        self: &Arc<Self>,
-        session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        match session {
-            ServerSession::H1(h1) => self.serve(h1.into_inner(), shutdown).await,
-            // HTTP/2 is never negotiated on weir's listeners (no ALPN h2, no h2c).
-            _ => None,
+impl ServerApp for Gateway {
+    /// Runs once per client connection, after Pingora's listener (and TLS) accepted it: serves
+    /// its requests one after another while an `http` route's keep-alive connection can take
+    /// another. weir implements Pingora's `ServerApp` itself rather than `HttpServerApp`: that
+    /// wrapper's state (sized for HTTP/2 sessions weir never negotiates) would be held by every
+    /// connection still sending its head.
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let mut next = self.serve(stream, shutdown).await;
+        while let Some(reused) = next {
+            let (stream, _) = reused.consume();
+            next = self.serve(stream, shutdown).await;
         }
+        None
     }
 
-    async fn http_cleanup(&self) {
+    async fn cleanup(&self) {
         self.http.http_cleanup().await;
     }
 }

@@ -41,6 +41,12 @@ pub enum RejectReason {
     ObjectMoving,
     /// The usage spool cannot be written (and `usage.on_spool_error` is `reject`).
     SpoolUnavailable,
+    /// Fewer than `server.fd_reserve` file descriptors are free.
+    DescriptorsExhausted,
+    /// The request has more than one `Host` header (RFC 9112 §3.2).
+    DuplicateHost,
+    /// The path has a dot segment, an encoded slash or backslash, a backslash or a NUL.
+    BadPath,
 }
 
 impl RejectReason {
@@ -49,11 +55,11 @@ impl RejectReason {
         use RejectReason::*;
         match self {
             NotWebSocket | MethodNotGet | HttpVersion | ConnectionHeader | BadKey | RequestBody | MalformedRequest
-            | BadObjectId => 400,
+            | BadObjectId | DuplicateHost | BadPath => 400,
             UnsupportedVersion => 426,
             HeadTooLarge => 431,
             UnknownRoute => 404,
-            NoHealthyBackend | ObjectMoving | SpoolUnavailable => 503,
+            NoHealthyBackend | ObjectMoving | SpoolUnavailable | DescriptorsExhausted => 503,
             BackendUnreachable | BackendBadHandshake => 502,
             BackendTimeout => 504,
         }
@@ -80,6 +86,9 @@ impl RejectReason {
             BadObjectId => "Bad object id",
             ObjectMoving => "Object is moving to another host; retry",
             SpoolUnavailable => "Usage cannot be recorded right now; retry",
+            DuplicateHost => "More than one Host header",
+            BadPath => "Path with a dot segment, an encoded slash or backslash, a backslash or NUL",
+            DescriptorsExhausted => "Too many open connections; retry",
         }
     }
 
@@ -104,6 +113,9 @@ impl RejectReason {
             BadObjectId => "bad_object_id",
             ObjectMoving => "object_moving",
             SpoolUnavailable => "spool_unavailable",
+            DuplicateHost => "duplicate_host",
+            BadPath => "bad_path",
+            DescriptorsExhausted => "descriptors_exhausted",
         }
     }
 
@@ -113,7 +125,7 @@ impl RejectReason {
         use RejectReason::*;
         match self {
             NoHealthyBackend | BackendUnreachable | BackendTimeout | BackendBadHandshake | ObjectMoving
-            | SpoolUnavailable => self.as_str(),
+            | SpoolUnavailable | DescriptorsExhausted => self.as_str(),
             _ => "rejected",
         }
     }

@@ -5,8 +5,11 @@
 //! cookies, Authorization, Origin, Host) are forwarded as sent. Hop-by-hop headers are dropped per
 //! RFC 9110 §7.6.1 (`Connection`, the headers it names, `Keep-Alive`, `Proxy-Connection`, `TE`,
 //! `Transfer-Encoding`, `Upgrade`) and the upgrade is re-stated as `Connection: Upgrade` +
-//! `Upgrade: websocket`. weir adds `X-Forwarded-For` (appended), `X-Forwarded-Proto` and
-//! `X-Weir-Connection-Id` (both replaced, so clients cannot spoof them).
+//! `Upgrade: websocket`; a header named in `Connection` is still forwarded when it is one of
+//! `END_TO_END` (a client cannot make weir strip `Host` or the WebSocket headers). Headers a
+//! client could forge are dropped (`forged`: `X-Weir-*`, `Forwarded`, `X-Forwarded-*`,
+//! `X-Real-IP`, names with `_`) and weir sets `X-Forwarded-For` and `X-Real-IP` (the client's
+//! address: there are no trusted proxies), `X-Forwarded-Proto` and `X-Weir-Connection-Id`.
 
 use crate::http1::head::{read_response_head, RequestHead, ResponseError, ResponseHead};
 use pingora_core::connectors::TransportConnector;
@@ -62,10 +65,39 @@ pub async fn connect(
     })
 }
 
-/// True for headers that describe one connection only (RFC 9110 §7.6.1).
+/// End-to-end headers of an upgrade that weir forwards even when the client names them in
+/// `Connection` (naming them must not make weir strip them).
+const END_TO_END: [&str; 8] = [
+    "host",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "origin",
+    "authorization",
+    "cookie",
+];
+
+/// True for headers that describe one connection only (RFC 9110 §7.6.1): the fixed ones, and
+/// those the client named in `Connection` unless they are `END_TO_END`.
 fn hop_by_hop(name: &str, nominated: &[String]) -> bool {
     const FIXED: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"];
-    FIXED.iter().any(|h| name.eq_ignore_ascii_case(h)) || nominated.iter().any(|n| name.eq_ignore_ascii_case(n))
+    FIXED.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || (nominated.iter().any(|n| name.eq_ignore_ascii_case(n))
+            && !END_TO_END.iter().any(|h| name.eq_ignore_ascii_case(h)))
+}
+
+/// True for request headers weir never forwards as the client sent them, on every route:
+/// weir's own (`X-Weir-*`), forwarding headers (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`: weir
+/// sets its own from what it knows; there are no trusted proxies) and any name containing `_`
+/// (as NGINX does by default: CGI-style servers read `X_Forwarded_For` as `X-Forwarded-For`).
+pub fn forged(name: &str) -> bool {
+    let starts = |prefix: &str| name.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
+    name.contains('_')
+        || starts("x-weir-")
+        || starts("x-forwarded-")
+        || name.eq_ignore_ascii_case("forwarded")
+        || name.eq_ignore_ascii_case("x-real-ip")
 }
 
 /// What an object host is told about the object a connection is for.
@@ -110,22 +142,8 @@ pub fn upgrade_request(
     let mut out = Vec::with_capacity(head.head_len + 160);
     let target = object.map_or_else(|| head.target.clone(), |o| o.rewrite(&head.target));
     out.extend_from_slice(format!("{} {target} HTTP/1.1\r\n", head.method).as_bytes());
-    let mut forwarded_for: Option<String> = None;
     for (name, value) in head.headers.iter() {
-        if hop_by_hop(name, &nominated)
-            || name.eq_ignore_ascii_case("x-forwarded-proto")
-            || name.eq_ignore_ascii_case("x-weir-connection-id")
-            || name.eq_ignore_ascii_case("x-weir-object-namespace")
-            || name.eq_ignore_ascii_case("x-weir-object-id")
-        {
-            continue;
-        }
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            let v = String::from_utf8_lossy(value).trim().to_string();
-            forwarded_for = Some(match forwarded_for {
-                Some(prev) => format!("{prev}, {v}"),
-                None => v,
-            });
+        if hop_by_hop(name, &nominated) || forged(name) {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -134,13 +152,8 @@ pub fn upgrade_request(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
-    let xff = match (forwarded_for, client_ip) {
-        (Some(prev), Some(ip)) => Some(format!("{prev}, {ip}")),
-        (None, Some(ip)) => Some(ip.to_string()),
-        (prev, None) => prev,
-    };
-    if let Some(xff) = xff {
-        out.extend_from_slice(format!("X-Forwarded-For: {xff}\r\n").as_bytes());
+    if let Some(ip) = client_ip {
+        out.extend_from_slice(format!("X-Forwarded-For: {ip}\r\nX-Real-IP: {ip}\r\n").as_bytes());
     }
     let proto = if tls { "https" } else { "http" };
     out.extend_from_slice(
@@ -241,8 +254,63 @@ mod tests {
         assert!(out.contains("Authorization: Bearer t\r\n"));
         assert!(out.contains("Sec-WebSocket-Protocol: chat\r\n"));
         assert!(out.contains("Connection: Upgrade\r\nUpgrade: websocket\r\n"));
-        assert!(out.contains("X-Forwarded-For: 10.0.0.1, 127.0.0.9\r\n"));
+        // No trusted proxies: the client's X-Forwarded-For is dropped, not appended to.
+        assert!(out.contains("X-Forwarded-For: 127.0.0.9\r\n"), "{out}");
+        assert!(!out.contains("10.0.0.1"), "{out}");
+        assert!(out.contains("X-Real-IP: 127.0.0.9\r\n"), "{out}");
         assert!(out.contains("X-Forwarded-Proto: http\r\n"));
         assert!(out.ends_with("X-Weir-Connection-Id: id-1\r\n\r\n"));
+    }
+
+    fn head_of(raw: &str) -> RequestHead {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        let len = match req.parse(raw.as_bytes()).unwrap() {
+            httparse::Status::Complete(l) => l,
+            httparse::Status::Partial => panic!("partial"),
+        };
+        RequestHead {
+            method: "GET".into(),
+            target: "/chat".into(),
+            minor_version: 1,
+            headers: Fields::from_parsed(req.headers),
+            buf: BytesMut::from(raw),
+            head_len: len,
+        }
+    }
+
+    #[test]
+    fn end_to_end_headers_named_in_connection_are_kept() {
+        let raw = "GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, Host, Sec-WebSocket-Key, Sec-WebSocket-Version, Sec-WebSocket-Protocol, Sec-WebSocket-Extensions, Origin, Authorization, Cookie, X-Secret\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\nSec-WebSocket-Extensions: permessage-deflate\r\nOrigin: o\r\nAuthorization: Bearer t\r\nCookie: s=1\r\nX-Secret: 1\r\n\r\n";
+        let out = String::from_utf8(upgrade_request(&head_of(raw), None, false, "id", None)).unwrap();
+        for kept in [
+            "Host: a",
+            "Sec-WebSocket-Key: k",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Protocol: chat",
+            "Sec-WebSocket-Extensions: permessage-deflate",
+            "Origin: o",
+            "Authorization: Bearer t",
+            "Cookie: s=1",
+        ] {
+            assert!(out.contains(&format!("\r\n{kept}\r\n")), "{kept} missing: {out}");
+        }
+        assert!(!out.contains("X-Secret"), "{out}");
+    }
+
+    #[test]
+    fn forged_forwarding_and_weir_headers_are_dropped() {
+        let raw = "GET /chat HTTP/1.1\r\nHost: a\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Port: 1\r\nX_Forwarded_For: 6.6.6.6\r\nMy_Header: x\r\nX-Weir-Object-Id: spoof\r\nX-Weir-Anything: spoof\r\nX-Kept: yes\r\n\r\n";
+        let out =
+            String::from_utf8(upgrade_request(&head_of(raw), Some("10.1.2.3".parse().unwrap()), true, "id", None))
+                .unwrap();
+        assert!(!out.contains("6.6.6.6") && !out.contains("evil") && !out.contains("spoof"), "{out}");
+        assert!(!out.contains('_') && !out.contains("X-Forwarded-Port"), "{out}");
+        assert!(out.contains("\r\nX-Kept: yes\r\n"), "{out}");
+        assert!(
+            out.contains("\r\nX-Forwarded-For: 10.1.2.3\r\nX-Real-IP: 10.1.2.3\r\nX-Forwarded-Proto: https\r\n"),
+            "{out}"
+        );
+        assert!(forged("x-weir-connection-id") && forged("FORWARDED") && !forged("x-weirdo") && !forged("forwarded-x"));
     }
 }

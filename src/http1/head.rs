@@ -51,6 +51,83 @@ impl RequestHead {
     pub fn early(&self) -> &[u8] {
         self.buf.get(self.head_len..).unwrap_or(&[])
     }
+
+    /// Where this request (head and body) ends in `bytes`, the bytes read from the client
+    /// starting with this head (RFC 9112 §6.3): the bytes after it are the next pipelined
+    /// request.
+    pub fn message_end(&self, bytes: &[u8]) -> MessageEnd {
+        let te = self.headers.all("transfer-encoding").next().is_some();
+        let lengths: Vec<&[u8]> = self.headers.all("content-length").collect();
+        if te {
+            // Chunked must be the final coding; with a Content-Length too the framing is suspect.
+            let codings: Vec<String> = self
+                .headers
+                .all("transfer-encoding")
+                .flat_map(|v| {
+                    String::from_utf8_lossy(v).split(',').map(|c| c.trim().to_ascii_lowercase()).collect::<Vec<_>>()
+                })
+                .collect();
+            if !lengths.is_empty() || codings.last().map(String::as_str) != Some("chunked") {
+                return MessageEnd::Unknown;
+            }
+            return chunked_end(bytes, self.head_len).map_or(MessageEnd::Unknown, MessageEnd::At);
+        }
+        let mut length: Option<u64> = None;
+        for value in lengths.iter().flat_map(|v| v.split(|b| *b == b',')) {
+            let digits = value.trim_ascii();
+            let parsed =
+                std::str::from_utf8(digits).ok().filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+            match (parsed.and_then(|d| d.parse::<u64>().ok()), length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(prev)) if n == prev => {}
+                _ => return MessageEnd::Unknown,
+            }
+        }
+        let Some(end) = (self.head_len as u64).checked_add(length.unwrap_or(0)) else { return MessageEnd::Unknown };
+        match end.checked_sub(bytes.len() as u64) {
+            Some(0) | None => usize::try_from(end).map_or(MessageEnd::Unknown, MessageEnd::At),
+            Some(more) => MessageEnd::After(more),
+        }
+    }
+}
+
+/// Where a request ends in the bytes read so far (`RequestHead::message_end`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageEnd {
+    /// At this offset: the bytes after it belong to the next request.
+    At(usize),
+    /// Its body goes on for this many bytes past those read (`Content-Length`).
+    After(u64),
+    /// Not known: a chunked body not complete yet, or framing that is invalid or ambiguous
+    /// (both `Transfer-Encoding` and `Content-Length`, differing lengths, a final coding that
+    /// is not chunked).
+    Unknown,
+}
+
+/// The end of a complete chunked body starting at `pos` (chunks, the last chunk, trailers and
+/// the final CRLF), or `None` when it is incomplete or invalid.
+fn chunked_end(bytes: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        match httparse::parse_chunk_size(bytes.get(pos..)?) {
+            Ok(httparse::Status::Complete((used, 0))) => {
+                pos += used;
+                break;
+            }
+            Ok(httparse::Status::Complete((used, size))) => {
+                let data_end = (pos + used).checked_add(usize::try_from(size).ok()?)?;
+                if bytes.get(data_end..data_end.checked_add(2)?)? != b"\r\n" {
+                    return None;
+                }
+                pos = data_end + 2;
+            }
+            Ok(httparse::Status::Partial) | Err(_) => return None,
+        }
+    }
+    let trailers = bytes.get(pos..)?;
+    if trailers.starts_with(b"\r\n") {
+        return Some(pos + 2);
+    }
+    trailers.windows(4).position(|w| w == b"\r\n\r\n").map(|i| pos + i + 4)
 }
 
 /// Why no head could be read.
@@ -208,6 +285,36 @@ mod tests {
     fn partial_and_malformed_heads() {
         assert!(parse(b"GET / HTTP/1.1\r\nHost: a").unwrap().is_none());
         assert!(matches!(parse(b"\x16\x03\x01 hello\r\n\r\n"), Err(HeadError::Malformed(_))));
+    }
+
+    fn head_of(raw: &[u8]) -> RequestHead {
+        let (method, target, minor_version, headers, head_len) = parse(raw).unwrap().unwrap();
+        RequestHead { method, target, minor_version, headers, buf: BytesMut::from(raw), head_len }
+    }
+
+    #[test]
+    fn message_end_finds_the_next_pipelined_request() {
+        let get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        assert_eq!(head_of(get).message_end(get), MessageEnd::At(get.len() - 19));
+        let post = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\n\r\n";
+        assert_eq!(head_of(post).message_end(post), MessageEnd::At(post.len() - 19));
+        assert_eq!(head_of(post).message_end(&post[..42]), MessageEnd::After(2));
+        let chunked =
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0\r\nT: 1\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        assert_eq!(head_of(chunked).message_end(chunked), MessageEnd::At(chunked.len() - 19));
+        let no_trailers = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX";
+        assert_eq!(head_of(no_trailers).message_end(no_trailers), MessageEnd::At(no_trailers.len() - 1));
+        assert_eq!(head_of(chunked).message_end(&chunked[..60]), MessageEnd::Unknown);
+        for bad in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        ] {
+            assert_eq!(head_of(bad).message_end(bad), MessageEnd::Unknown, "{}", String::from_utf8_lossy(bad));
+        }
+        let same = b"POST / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nok";
+        assert_eq!(head_of(same).message_end(same), MessageEnd::At(same.len()));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Routing: (host, path) → route, longest path prefix first.
+//! Routing: (host, path) → route, longest path prefix first, and the check every path passes
+//! before it is routed (`check_path`).
 //!
 //! Warm path (once per request), pure and table-driven. The table is built once at startup
 //! from the validated config and shared read-only.
@@ -38,6 +39,78 @@ impl RouteTable {
     }
 }
 
+/// Why a request path is refused before routing.
+///
+/// Paths are matched segment-wise as sent and forwarded as sent, so a path whose meaning a
+/// backend could resolve differently (`/raw/../admin` matches the `/raw` prefix, then a backend
+/// serves `/admin`) is refused rather than resolved: no normalisation can then disagree with
+/// a backend's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadPath {
+    /// A `.` or `..` segment, also percent-encoded (`%2e`, `.%2E`, ...).
+    DotSegment,
+    /// `%2f` or `%5c`: a slash or backslash hidden from segment matching.
+    EncodedSlash,
+    /// A backslash (some servers read it as `/`).
+    Backslash,
+    /// A NUL byte, raw or `%00`.
+    Nul,
+}
+
+impl BadPath {
+    /// A short description, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadPath::DotSegment => "dot segment",
+            BadPath::EncodedSlash => "encoded slash or backslash",
+            BadPath::Backslash => "backslash",
+            BadPath::Nul => "NUL",
+        }
+    }
+}
+
+/// Check a request path (the target before `?`) before it is routed: no dot segments (also
+/// percent-encoded), no encoded slash or backslash, no backslash, no NUL.
+pub fn check_path(path: &str) -> Result<(), BadPath> {
+    let bytes = path.as_bytes();
+    if bytes.contains(&0) {
+        return Err(BadPath::Nul);
+    }
+    if bytes.contains(&b'\\') {
+        return Err(BadPath::Backslash);
+    }
+    for (i, _) in path.match_indices('%') {
+        match bytes.get(i + 1..i + 3) {
+            Some(b"00") => return Err(BadPath::Nul),
+            Some(hex) if hex.eq_ignore_ascii_case(b"2f") || hex.eq_ignore_ascii_case(b"5c") => {
+                return Err(BadPath::EncodedSlash)
+            }
+            _ => {}
+        }
+    }
+    if path.split('/').any(is_dot_segment) {
+        return Err(BadPath::DotSegment);
+    }
+    Ok(())
+}
+
+/// `.` or `..`, each dot possibly written `%2e` / `%2E`.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +136,22 @@ routes:
         assert_eq!(t.resolve(Some("example.com"), "/chat").unwrap().name, "chat-example");
         assert_eq!(t.resolve(Some("other"), "/chatter").unwrap().name, "root");
         assert_eq!(t.resolve(None, "/").unwrap().name, "root");
+    }
+
+    #[test]
+    fn paths_with_dot_segments_encoded_slashes_backslashes_or_nul_are_refused() {
+        for ok in ["/", "/chat", "/chat/room-1", "/a.b/c..d", "/.well-known/x", "/x%20y", "/%2e%2e%2e", "/a/...", ""] {
+            assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+        for dots in ["/raw/../admin", "/raw/..", "/./x", "/raw/%2e%2e/admin", "/raw/.%2E/x", "/raw/%2E", "/a/%2e./b"] {
+            assert_eq!(check_path(dots), Err(BadPath::DotSegment), "{dots}");
+        }
+        for slash in ["/raw%2fadmin", "/raw%2F..%2Fadmin", "/raw%5cadmin", "/raw%5C"] {
+            assert_eq!(check_path(slash), Err(BadPath::EncodedSlash), "{slash}");
+        }
+        assert_eq!(check_path("/raw\\..\\admin"), Err(BadPath::Backslash));
+        assert_eq!(check_path("/raw%00.txt"), Err(BadPath::Nul));
+        assert_eq!(check_path("/raw\0x"), Err(BadPath::Nul));
     }
 
     #[test]
