@@ -78,8 +78,21 @@ fn main() -> ExitCode {
                 }
             };
             match report::report(&source, Range { from, to }, by) {
-                Ok(rows) => {
+                Ok((rows, skipped)) => {
                     print!("{}", report::render(&rows, by, format));
+                    for line in &skipped.first {
+                        eprintln!("weir usage: skipped {line}");
+                    }
+                    if skipped.count > skipped.first.len() as u64 {
+                        eprintln!("weir usage: … and {} more", skipped.count - skipped.first.len() as u64);
+                    }
+                    if skipped.count > 0 {
+                        let s = if skipped.count == 1 { "" } else { "s" };
+                        eprintln!(
+                            "weir usage: skipped {} malformed line{s} (not usage records); the totals leave them out",
+                            skipped.count
+                        );
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -90,6 +103,9 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
+                for w in config::warnings(&c) {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}: ok ({} listener(s), {} pool(s), {} object namespace(s), {} route(s))",
                     config.display(),
@@ -114,6 +130,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&c.log);
+            for w in config::warnings(&c) {
+                tracing::warn!("{w}");
+            }
             match weir::server::run(c) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -8,9 +8,14 @@
 //! connections drain, and after every service stopped `deliver_remaining` delivers what is left
 //! (bounded in time); what a sink still has not taken is delivered at the next start. After every
 //! delivery the segments every sink has are deleted.
+//!
+//! A spooled line that is not a record (it fails its checksum, does not parse, or is a fragment:
+//! see "Damage" in `spool.rs`) never reaches a sink: the loop that meets it first moves it to the
+//! spool's quarantine file, counts it (`weir_spool_quarantined_total`) and logs it, once per line
+//! whichever sinks meet it; every loop then steps over it and goes on with the next record.
 
 use super::sinks::{self, Sink};
-use super::spool::{Cursor, Spool, MAX_RECORD};
+use super::spool::{Bad, Cursor, Spool, MAX_RECORD, QUARANTINE_FILE};
 use crate::config::Sink as SinkConfig;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
@@ -38,6 +43,8 @@ pub struct Delivery {
 impl Delivery {
     /// Deliveries from `spool` to `sinks`.
     pub fn new(spool: Arc<Spool>, sinks: Vec<SinkConfig>, metrics: Metrics) -> Delivery {
+        // What opening the spool moved to quarantine (a torn last record) counts too.
+        metrics.spool_quarantined.inc_by(spool.take_quarantined_on_open());
         Delivery { spool, sinks, metrics, cursors: Arc::default() }
     }
 }
@@ -84,6 +91,7 @@ impl Delivery {
                     errors: m.sink_errors.with_label_values(&[name]),
                     lag: m.sink_lag.with_label_values(&[name]),
                     pending: m.sink_pending.with_label_values(&[name]),
+                    quarantined: m.spool_quarantined.clone(),
                     failing: false,
                 }
             })
@@ -107,7 +115,7 @@ impl Delivery {
                 let mut delivered = 0;
                 loop {
                     match l.step().await {
-                        Step::Delivered(n) => delivered += n,
+                        Step::Delivered { records, .. } => delivered += records,
                         Step::CaughtUp => return delivered,
                         Step::Failed => {
                             tracing::warn!(sink = %l.name, "final delivery failed; the rest stays in the spool for the next start");
@@ -130,8 +138,9 @@ impl Delivery {
 
 /// What one delivery step did.
 enum Step {
-    /// Delivered this many records.
-    Delivered(u64),
+    /// Delivered `records` records and stepped over `lines` spool lines (those and the damaged
+    /// ones, which were quarantined).
+    Delivered { records: u64, lines: u64 },
     /// Nothing durable is left to deliver.
     CaughtUp,
     /// Reading the spool or delivering failed.
@@ -149,6 +158,7 @@ struct SinkLoop {
     errors: IntCounter,
     lag: Gauge,
     pending: IntGauge,
+    quarantined: IntCounter,
     /// The last step failed (logged once when a sink starts failing, once when it recovers).
     failing: bool,
 }
@@ -164,8 +174,8 @@ impl SinkLoop {
         loop {
             self.pending.set((base + self.spool.appended() as i64 - done).max(0));
             match self.step().await {
-                Step::Delivered(n) => {
-                    done += n as i64;
+                Step::Delivered { lines, .. } => {
+                    done += lines as i64;
                     backoff = BACKOFF_MIN;
                 }
                 Step::CaughtUp => {
@@ -182,42 +192,82 @@ impl SinkLoop {
         }
     }
 
-    /// Deliver the next batch of durable records, if any.
+    /// Deliver the next batch of durable records, if any, quarantining the damaged lines in it.
     async fn step(&mut self) -> Step {
-        let (lines, next) = match self.spool.read(self.cursor.offset, self.batch, MAX_RECORD) {
-            Ok(r) => r,
+        let batch = match self.spool.read(self.cursor.offset, self.batch, MAX_RECORD) {
+            Ok(b) => b,
             Err(e) => {
                 tracing::error!(sink = %self.name, error = %e, "cannot read the spool");
                 return Step::Failed;
             }
         };
-        let Some(first) = lines.first() else {
+        for bad in &batch.bad {
+            if let Err(e) = self.quarantine(bad) {
+                self.failed(&format!("cannot write the spool's quarantine file: {e}"));
+                return Step::Failed;
+            }
+        }
+        if batch.next <= self.cursor.offset {
             self.lag.set(0.0);
             return Step::CaughtUp;
+        }
+        let lines = batch.lines as u64;
+        let Some(first) = batch.records.first() else {
+            // Only damaged lines, all in quarantine: step over them.
+            self.advance(batch.next);
+            return Step::Delivered { records: 0, lines };
         };
         self.lag.set(age_of(first));
-        match self.sink.deliver(&lines).await {
+        match self.sink.deliver(&batch.records).await {
             Ok(()) => {
-                if let Err(e) = self.cursor.advance(next) {
-                    tracing::error!(sink = %self.name, error = %e, "cannot persist the sink cursor; these records may be delivered again");
-                }
-                self.delivered.inc_by(lines.len() as u64);
+                self.advance(batch.next);
+                let records = batch.records.len() as u64;
+                self.delivered.inc_by(records);
                 if std::mem::take(&mut self.failing) {
                     tracing::info!(sink = %self.name, "usage sink delivers again");
                 }
-                self.release(next);
-                Step::Delivered(lines.len() as u64)
+                Step::Delivered { records, lines }
             }
             Err(e) => {
-                self.errors.inc();
-                if !std::mem::replace(&mut self.failing, true) {
-                    tracing::warn!(sink = %self.name, error = %e, "usage sink failed; retrying with backoff (nothing is dropped)");
-                } else {
-                    tracing::debug!(sink = %self.name, error = %e, "usage sink still failing");
-                }
+                self.failed(&e);
                 Step::Failed
             }
         }
+    }
+
+    /// Count and log a failed step (logged when the sink starts failing, not on every retry).
+    fn failed(&mut self, e: &str) {
+        self.errors.inc();
+        if !std::mem::replace(&mut self.failing, true) {
+            tracing::warn!(sink = %self.name, error = %e, "usage sink failed; retrying with backoff (nothing is dropped)");
+        } else {
+            tracing::debug!(sink = %self.name, error = %e, "usage sink still failing");
+        }
+    }
+
+    /// Move the cursor to `next`, persist it, and delete the segments every sink is past.
+    fn advance(&mut self, next: u64) {
+        if let Err(e) = self.cursor.advance(next) {
+            tracing::error!(sink = %self.name, error = %e, "cannot persist the sink cursor; these records may be delivered again");
+        }
+        self.release(next);
+    }
+
+    /// Move `bad` to the spool's quarantine file; counted and logged only by the first loop to
+    /// meet it (in this process or an earlier one).
+    fn quarantine(&self, bad: &Bad) -> std::io::Result<()> {
+        if self.spool.quarantine(bad)? {
+            self.quarantined.inc();
+            tracing::warn!(
+                sink = %self.name,
+                offset = bad.offset,
+                len = bad.len,
+                reason = %bad.reason,
+                file = %self.spool.dir().join(QUARANTINE_FILE).display(),
+                "spool: quarantined a damaged record; no sink gets it, delivery goes on with the next one"
+            );
+        }
+        Ok(())
     }
 
     fn release(&self, offset: u64) {
@@ -238,4 +288,64 @@ fn age_of(line: &[u8]) -> f64 {
         .ok()
         .and_then(|v| v["at"].as_str().and_then(|s| humantime::parse_rfc3339(s).ok()));
     at.and_then(|t| SystemTime::now().duration_since(t).ok()).map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SinkKind;
+    use std::path::Path;
+
+    fn file_sink(name: &str, dir: &Path) -> SinkConfig {
+        let path = dir.join(format!("{name}.jsonl"));
+        SinkConfig {
+            name: name.into(),
+            batch: 2,
+            kind: SinkKind::File { path, rotate_bytes: 1 << 30, rotate_interval: Duration::from_secs(3600) },
+        }
+    }
+
+    fn record(n: u64) -> Vec<u8> {
+        format!(r#"{{"record":"stop","idempotency_key":"c:{n}","at":"2026-11-22T10:00:00.000Z"}}"#).into_bytes()
+    }
+
+    /// Item 11: a damaged record is quarantined once, every sink gets every other record (exactly
+    /// the bytes appended), and a batch of nothing but damage is stepped over.
+    #[test]
+    fn a_damaged_record_is_quarantined_once_and_every_sink_goes_on() {
+        let d = tempfile::tempdir().unwrap();
+        let spool_dir = d.path().join("spool");
+        let spool = Spool::open(&spool_dir).unwrap();
+        for n in 0..6 {
+            spool.append(record(n));
+        }
+        spool.flush();
+        // Damage records 2 and 3: a batch (of 2) holds nothing else.
+        let seg = spool_dir.join(format!("seg-{:020}.jsonl", 0));
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let line = bytes.iter().position(|&c| c == b'\n').unwrap() + 1;
+        bytes[2 * line + line / 2] ^= 1;
+        bytes[3 * line + line / 2] ^= 1;
+        std::fs::write(&seg, &bytes).unwrap();
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        let sinks = vec![file_sink("a", d.path()), file_sink("b", d.path())];
+        let delivery = Delivery::new(spool.clone(), sinks, metrics.clone());
+        assert_eq!(delivery.deliver_remaining(Duration::from_secs(10)), 8);
+        let want: String =
+            [0, 1, 4, 5].iter().map(|&n| format!("{}\n", String::from_utf8(record(n)).unwrap())).collect();
+        for sink in ["a", "b"] {
+            assert_eq!(std::fs::read_to_string(d.path().join(format!("{sink}.jsonl"))).unwrap(), want, "{sink}");
+            assert_eq!(Cursor::load(&spool_dir, sink, 0).offset, spool.written(), "{sink} is past the damage");
+        }
+        assert_eq!(metrics.spool_quarantined.get(), 2, "each damaged record counted once");
+        let quarantine = std::fs::read_to_string(spool_dir.join(QUARANTINE_FILE)).unwrap();
+        assert_eq!(quarantine.lines().count(), 2, "{quarantine}");
+        // A second round (a restart) meets nothing new.
+        assert_eq!(
+            Delivery::new(spool, vec![file_sink("a", d.path())], metrics.clone())
+                .deliver_remaining(Duration::from_secs(10)),
+            0
+        );
+        assert_eq!(metrics.spool_quarantined.get(), 2);
+    }
 }

@@ -46,6 +46,11 @@ impl UsageLog {
         &self.units
     }
 
+    /// Append one rejection summary (counted as kind `rejections`).
+    pub fn write_summary(&self, record: &super::record::RejectionSummary) {
+        self.append(record, record.record.as_str(), &record.idempotency_key);
+    }
+
     /// Append one object record (counted as kind `object`).
     pub fn write_object(&self, record: &ObjectRecord) {
         self.append(record, record.record.as_str(), &record.idempotency_key);

@@ -22,6 +22,9 @@
 //!   usage; a group with only rejections is listed with `connections` 0.
 //! - Groups: the records' `tenant`, `route` or `object` (`namespace/id`), `-` when null; a group
 //!   without a record in the range is not listed. Rows are sorted by group.
+//! - A line of the file sink that is not a usage record (a fragment, junk, an unknown kind) is
+//!   skipped and reported (`Skipped`: how many, and where the first ones are), not fatal: the
+//!   totals are those of the records that could be read.
 //! - Columns: `connections`, `rejected`, `connection_seconds` (`duration_ms`), `active_seconds`,
 //!   `idle_seconds` (three decimals), `messages_in` / `messages_out` (client → backend, backend →
 //!   client messages), `bytes_in` / `bytes_out` (payload bytes, same directions), then one
@@ -244,16 +247,17 @@ struct RawDirection {
     payload_bytes: u64,
 }
 
-/// Parse one record: `Ok(None)` for an object record, an error naming what is wrong otherwise.
+/// Parse one record: `Ok(None)` for an object or rejection-summary record (no connection to
+/// total), an error naming what is wrong otherwise.
 pub fn parse_record(line: &[u8]) -> Result<Option<Point>, String> {
     let r: RawRecord = serde_json::from_slice(line).map_err(|e| format!("not a usage record: {e}"))?;
     match r.record.as_str() {
         "start" | "interim" | "stop" => {}
-        "object" => return Ok(None),
+        "object" | "rejections" => return Ok(None),
         other => {
             return Err(format!(
-                "record kind `{other}` is not start, interim, stop or object (was it written by an older weir?)"
-            ))
+            "record kind `{other}` is not start, interim, stop, object or rejections (was it written by an older weir?)"
+        ))
         }
     }
     let key = r.idempotency_key.ok_or("the record has no `idempotency_key`")?;
@@ -303,9 +307,32 @@ pub fn day_label(ms: i64) -> String {
     text.get(..10).unwrap_or(&text).to_string()
 }
 
-/// Read every connection record of the file sink at `path` (rotated siblings first).
-pub fn load_file(path: &Path) -> Result<Vec<Point>, String> {
+/// How many malformed lines `Skipped` describes one by one.
+pub const SKIPPED_SHOWN: usize = 10;
+
+/// Lines of a file sink that are not usage records, left out of the totals.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Skipped {
+    /// How many lines were skipped.
+    pub count: u64,
+    /// The first `SKIPPED_SHOWN` of them, as `file:line: reason`.
+    pub first: Vec<String>,
+}
+
+impl Skipped {
+    fn add(&mut self, what: String) {
+        self.count += 1;
+        if self.first.len() < SKIPPED_SHOWN {
+            self.first.push(what);
+        }
+    }
+}
+
+/// Read every connection record of the file sink at `path` (rotated siblings first); lines that
+/// are not usage records are skipped and described in `Skipped`.
+pub fn load_file(path: &Path) -> Result<(Vec<Point>, Skipped), String> {
     let mut points = Vec::new();
+    let mut skipped = Skipped::default();
     let mut found = false;
     for file in super::sinks::file::files(path) {
         let f = match std::fs::File::open(&file) {
@@ -319,8 +346,10 @@ pub fn load_file(path: &Path) -> Result<Vec<Point>, String> {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let parsed = parse_record(&line).map_err(|e| format!("{}:{}: {e}", file.display(), n + 1))?;
-            points.extend(parsed);
+            match parse_record(&line) {
+                Ok(parsed) => points.extend(parsed),
+                Err(e) => skipped.add(format!("{}:{}: {e}", file.display(), n + 1)),
+            }
         }
     }
     if !found {
@@ -329,7 +358,7 @@ pub fn load_file(path: &Path) -> Result<Vec<Point>, String> {
             path.display()
         ));
     }
-    Ok(points)
+    Ok((points, skipped))
 }
 
 /// Read the connection records `range` needs from the PostgreSQL sink's `table` at `url`: those
@@ -495,17 +524,21 @@ pub fn totals(points: Vec<Point>, range: Range, by: By) -> Result<Vec<Row>, Stri
     Ok(rows.into_values().collect())
 }
 
-/// Read `source` and compute the totals of `range` by `by`.
-pub fn report(source: &Source, range: Range, by: By) -> Result<Vec<Row>, String> {
-    let points = match source {
+/// Read `source` and compute the totals of `range` by `by`, with the lines skipped because they
+/// are not usage records (a file sink's; none for PostgreSQL, whose bodies are `jsonb`).
+pub fn report(source: &Source, range: Range, by: By) -> Result<(Vec<Row>, Skipped), String> {
+    let (points, skipped) = match source {
         Source::File(path) => load_file(path)?,
-        Source::Postgres { url, table } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start a runtime for the PostgreSQL client: {e}"))?
-            .block_on(load_postgres(url, table, range))?,
+        Source::Postgres { url, table } => (
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start a runtime for the PostgreSQL client: {e}"))?
+                .block_on(load_postgres(url, table, range))?,
+            Skipped::default(),
+        ),
     };
-    totals(points, range, by)
+    Ok((totals(points, range, by)?, skipped))
 }
 
 /// Milliseconds as seconds with three decimals.

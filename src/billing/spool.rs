@@ -1,44 +1,288 @@
-//! The spool: every usage record goes here first, as one JSON line in an append-only segment
-//! file, before any sink sees it.
+//! The spool: every usage record goes here first, as one checksummed JSON line in an
+//! append-only segment file, before any sink sees it.
 //!
-//! Warm path (`append`, once per record): one `write(2)` of the whole line under a mutex, never
-//! held across an await. Background (`Flusher`, a service): every `fsync_interval` (≤ 200 ms) it
-//! fsyncs what was written and publishes the new *durable* offset; sinks only read up to it. On
-//! the shutdown signal it flushes at once and goes on while connections drain; the last flush
-//! runs after every service has stopped (`server::run`), so every record made before exit is
-//! durable.
+//! Warm path (`append`, once per record): the line is framed (see "Line format") before the
+//! lock, then one `write(2)` of the whole line under a mutex, never held across an await.
+//! Background (`Flusher`, a service): every `fsync_interval` (≤ 200 ms) it fsyncs what was
+//! written and publishes the new *durable* offset; sinks only read up to it. On the shutdown
+//! signal it flushes at once and goes on while connections drain; the last flush runs after every
+//! service has stopped (`server::run`), so every record made before exit is durable.
 //! Offsets are global byte positions: segment `seg-<start>.jsonl` holds the bytes from `start`.
 //!
 //! Nothing is dropped. When a write fails (a full disk), the file is cut back to the end of its
 //! last whole line, the spool turns *unhealthy* (the gateway then refuses new upgrades with 503
 //! unless `usage.on_spool_error: fail_open`), and the record waits in memory, in order, with
-//! every later one, until the flusher manages to write them. Cold path (`open`): a torn last line
-//! (a crash mid-write) is cut off; cursors (`cursor-<sink>`) say how far each sink got; a segment
-//! is deleted once every sink has delivered all of it.
+//! every later one, until the flusher manages to write them.
+//!
+//! # Line format
+//! `{"crc32c":"<8 hex digits>","data":<record>}` and a newline: `<record>` is the record's JSON
+//! exactly as sinks get it, and the checksum (CRC-32C, lowercase hex) covers exactly those bytes,
+//! so reading a record back is a slice, never a re-serialisation. The frame is itself JSON, so
+//! the segments stay JSON lines for any tool. A line without the frame was written by an older
+//! weir: it is read *unchecked*, and delivered only if it parses as a JSON object with string
+//! `record`, `idempotency_key` and an RFC 3339 `at` (what every sink needs).
+//!
+//! # Damage
+//! - Reading (`read_batch`): a line that fails its checksum or does not parse is not a record: it
+//!   comes back as `Bad` (its offset, length, bytes and why), and the delivery loop moves it to
+//!   the quarantine file (`quarantine.jsonl`, `Spool::quarantine`, once per line even when every
+//!   sink meets it) and goes on with the next line. So are bytes without a newline at the end of a
+//!   segment a later one follows, or at the durable end (neither happens unless the disk was
+//!   damaged), and a line longer than the read buffer. Nothing is ever forwarded in pieces.
+//! - Opening (`open`): a torn last line (a crash mid-write, or a damaged tail) is cut off and its
+//!   bytes quarantined; a torn line that is a whole checked record which lost only its newline
+//!   gets it back instead. Then every sink cursor (`cursor-<sink>`) past the end, or inside a
+//!   line, is moved back to the end of the last whole line before it: repair never leaves a
+//!   cursor pointing at data that moved, and the line it was inside is delivered again (sinks
+//!   drop duplicates by idempotency key). A segment is deleted once every sink has delivered all
+//!   of it.
 
 use crate::sync::lock;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use std::collections::VecDeque;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 /// Largest segment before a new one starts, bytes.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
 /// Largest record the spool reads back in one piece, bytes (a usage record is about 1 KB).
 pub const MAX_RECORD: usize = 4 << 20;
+/// The quarantine file in the spool directory: one JSON line per damaged spool line.
+pub const QUARANTINE_FILE: &str = "quarantine.jsonl";
+/// Most bytes of one damaged line kept in the quarantine file (its length is kept in full).
+pub const QUARANTINE_SAMPLE: usize = 64 << 10;
+
+/// Start of a checked line, up to the checksum.
+const CHECKED_HEAD: &[u8] = b"{\"crc32c\":\"";
+/// Between the checksum and the record.
+const CHECKED_MID: &[u8] = b"\",\"data\":";
+/// Bytes a checked line adds to its record (the newline not counted).
+pub const CHECKED_OVERHEAD: usize = CHECKED_HEAD.len() + 8 + CHECKED_MID.len() + 1;
+
+/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78) tables for slicing by 8: `[0]` is the
+/// classic byte table, `[k]` advances a byte's contribution by `k` more bytes.
+const CRC32C_TABLES: [[u32; 256]; 8] = {
+    let mut t = [[0u32; 256]; 8];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
+            k += 1;
+        }
+        t[0][i] = c;
+        i += 1;
+    }
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[k - 1][i];
+            t[k][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+            i += 1;
+        }
+        k += 1;
+    }
+    t
+};
+
+/// CRC-32C of `data` (8 bytes per step; about 1 GB/s, well under a microsecond per record).
+pub fn crc32c(data: &[u8]) -> u32 {
+    let t = &CRC32C_TABLES;
+    let mut c = !0u32;
+    let mut chunks = data.chunks_exact(8);
+    for b in &mut chunks {
+        let lo = c ^ u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        c = t[7][(lo & 0xff) as usize]
+            ^ t[6][((lo >> 8) & 0xff) as usize]
+            ^ t[5][((lo >> 16) & 0xff) as usize]
+            ^ t[4][(lo >> 24) as usize]
+            ^ t[3][usize::from(b[4])]
+            ^ t[2][usize::from(b[5])]
+            ^ t[1][usize::from(b[6])]
+            ^ t[0][usize::from(b[7])];
+    }
+    for &b in chunks.remainder() {
+        c = t[0][((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+/// The spool line of `record` (its JSON, without a newline), newline included.
+pub fn encode_line(record: &[u8]) -> Vec<u8> {
+    let mut line = Vec::with_capacity(record.len() + CHECKED_OVERHEAD + 1);
+    line.extend_from_slice(CHECKED_HEAD);
+    line.extend_from_slice(format!("{:08x}", crc32c(record)).as_bytes());
+    line.extend_from_slice(CHECKED_MID);
+    line.extend_from_slice(record);
+    line.extend_from_slice(b"}\n");
+    line
+}
+
+/// The record in a checked spool line (without its newline), or why it is not one.
+fn decode_checked(line: &[u8]) -> Result<&[u8], String> {
+    let rest = line.strip_prefix(CHECKED_HEAD).ok_or("not a checked line")?;
+    let (hex, rest) = rest.split_at_checked(8).ok_or("checked line cut short")?;
+    let record = rest
+        .strip_prefix(CHECKED_MID)
+        .and_then(|r| r.strip_suffix(b"}"))
+        .ok_or("checked line with a damaged frame (checksum unverifiable)")?;
+    let want = std::str::from_utf8(hex)
+        .ok()
+        .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .ok_or("checked line with a damaged checksum field")?;
+    let got = crc32c(record);
+    if got != want {
+        return Err(format!("checksum mismatch: the line says {want:08x}, its record hashes to {got:08x}"));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(record).map_err(|e| format!("not JSON: {e}"))?;
+    Ok(record)
+}
+
+/// The record a spool line (without its newline) carries, exactly as sinks get it, or why the
+/// line is not deliverable. Lines without the checksum frame (an older weir's) are unchecked.
+pub fn decode_line(line: &[u8]) -> Result<&[u8], String> {
+    if line.starts_with(CHECKED_HEAD) {
+        return decode_checked(line);
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| format!("unchecked line (no checksum) is not JSON: {e}"))?;
+    let o = v.as_object().ok_or("unchecked line (no checksum) is not a JSON object")?;
+    let text = |k: &str| o.get(k).and_then(|x| x.as_str());
+    if text("record").is_none() || text("idempotency_key").is_none() {
+        return Err("unchecked line (no checksum) has no string `record` and `idempotency_key`".into());
+    }
+    if text("at").is_none_or(|at| humantime::parse_rfc3339(at).is_err()) {
+        return Err("unchecked line (no checksum) has no RFC 3339 `at`".into());
+    }
+    Ok(line)
+}
+
+/// A spooled line that is not a deliverable record, found by a read or on open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bad {
+    /// Global offset of its first byte.
+    pub offset: u64,
+    /// Start offset of its segment.
+    pub segment: u64,
+    /// Its length in the spool, newline included.
+    pub len: u64,
+    /// Its bytes (at most `QUARANTINE_SAMPLE` of them), without the newline.
+    pub bytes: Vec<u8>,
+    /// Why it is not delivered.
+    pub reason: String,
+}
+
+/// What one read found, in spool order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Records to deliver, each exactly as it was appended.
+    pub records: Vec<Vec<u8>>,
+    /// Lines that are not records (to quarantine, never to deliver).
+    pub bad: Vec<Bad>,
+    /// Newline-terminated lines read (records and bad ones).
+    pub lines: usize,
+    /// Offset after the last byte read: where the next read starts.
+    pub next: u64,
+}
+
+impl Batch {
+    fn push_line(&mut self, offset: u64, segment: u64, line: &[u8]) {
+        self.lines += 1;
+        match decode_line(line) {
+            Ok(record) => self.records.push(record.to_vec()),
+            Err(reason) => {
+                self.bad.push(Bad { offset, segment, len: line.len() as u64 + 1, bytes: sample(line), reason })
+            }
+        }
+    }
+}
+
+fn sample(bytes: &[u8]) -> Vec<u8> {
+    bytes.get(..QUARANTINE_SAMPLE).unwrap_or(bytes).to_vec()
+}
+
+/// One line of the quarantine file.
+#[derive(Serialize)]
+struct QuarantineEntry<'a> {
+    quarantined_at: String,
+    offset: u64,
+    len: u64,
+    segment: String,
+    segment_offset: u64,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line_base64: Option<String>,
+}
+
+/// What identifies a quarantined line (read back on open, so a restart does not repeat it).
+#[derive(Deserialize)]
+struct QuarantinedAt {
+    offset: u64,
+    len: u64,
+}
+
+/// Append `bad` to the quarantine file in `dir` and fsync it.
+fn write_quarantine(dir: &Path, bad: &Bad) -> io::Result<()> {
+    let text = std::str::from_utf8(&bad.bytes).ok();
+    let entry = QuarantineEntry {
+        quarantined_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        offset: bad.offset,
+        len: bad.len,
+        segment: segment_name(bad.segment),
+        segment_offset: bad.offset.saturating_sub(bad.segment),
+        reason: &bad.reason,
+        line: text,
+        line_base64: match text {
+            Some(_) => None,
+            None => {
+                use base64::Engine;
+                Some(base64::engine::general_purpose::STANDARD.encode(&bad.bytes))
+            }
+        },
+    };
+    let mut line = serde_json::to_vec(&entry).map_err(io::Error::other)?;
+    line.push(b'\n');
+    let path = dir.join(QUARANTINE_FILE);
+    let created = !path.exists();
+    let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+    f.write_all(&line)?;
+    f.sync_data()?;
+    if created {
+        sync_dir(dir);
+    }
+    Ok(())
+}
+
+/// The (offset, length) of every line already in the quarantine file of `dir` (unreadable
+/// entries are ignored).
+fn load_quarantined(dir: &Path) -> HashSet<(u64, u64)> {
+    let Ok(f) = File::open(dir.join(QUARANTINE_FILE)) else { return HashSet::new() };
+    BufReader::new(f)
+        .split(b'\n')
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_slice::<QuarantinedAt>(&l).ok())
+        .map(|q| (q.offset, q.len))
+        .collect()
+}
 
 /// The spool of one process.
 pub struct Spool {
     dir: PathBuf,
     writer: Mutex<Writer>,
-    /// Records that could not be written yet, oldest first.
+    /// Lines that could not be written yet, oldest first.
     backlog: Mutex<VecDeque<Vec<u8>>>,
     healthy: AtomicBool,
     /// End offset of everything written (not necessarily synced).
@@ -49,6 +293,10 @@ pub struct Spool {
     appended: AtomicU64,
     /// Failed writes and fsyncs since start (for metrics).
     write_errors: AtomicU64,
+    /// (offset, length) of every line in the quarantine file.
+    quarantined: Mutex<HashSet<(u64, u64)>>,
+    /// Lines `open` quarantined, not yet counted in a metric.
+    quarantined_on_open: AtomicU64,
 }
 
 struct Writer {
@@ -58,8 +306,12 @@ struct Writer {
     dirty: bool,
 }
 
+fn segment_name(start: u64) -> String {
+    format!("seg-{start:020}.jsonl")
+}
+
 fn segment_path(dir: &Path, start: u64) -> PathBuf {
-    dir.join(format!("seg-{start:020}.jsonl"))
+    dir.join(segment_name(start))
 }
 
 /// The segments in `dir` as (start offset, path), oldest first.
@@ -79,8 +331,9 @@ pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 }
 
 impl Spool {
-    /// Open (or create) the spool in `dir`: cut a torn last line, fsync, and start writing at
-    /// the end.
+    /// Open (or create) the spool in `dir`: repair a torn last line (see "Damage" above), fsync,
+    /// move back every cursor the repair left past the end or inside a line, and start writing
+    /// at the end.
     pub fn open(dir: &Path) -> io::Result<Arc<Spool>> {
         fs::create_dir_all(dir)?;
         let segs = segments(dir)?;
@@ -89,26 +342,83 @@ impl Spool {
             None => (0, segment_path(dir, 0)),
         };
         let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path)?;
+        let mut quarantined = load_quarantined(dir);
+        let mut on_open = 0;
         let len = file.metadata()?.len();
         let whole = whole_lines_len(&mut file, len)?;
+        let mut seg_len = whole;
         if whole < len {
-            tracing::warn!(segment = %path.display(), dropped = len - whole, "spool: cut a torn last record (written when weir stopped mid-write)");
-            file.set_len(whole)?;
+            // Enough of the tail to recognise a whole checked record that lost its newline.
+            let keep = (len - whole).min((MAX_RECORD + CHECKED_OVERHEAD + 1) as u64);
+            let mut tail = vec![0u8; usize::try_from(keep).unwrap_or(0)];
+            file.seek(SeekFrom::Start(whole))?;
+            let n = read_full(&mut file, &mut tail)?;
+            tail.truncate(n);
+            match salvageable(&tail).filter(|_| (n as u64) == len - whole) {
+                Some(record_len) => {
+                    file.set_len(whole + record_len as u64)?;
+                    file.write_all(b"\n")?;
+                    seg_len = whole + record_len as u64 + 1;
+                    tracing::warn!(segment = %path.display(), offset = seg_start + whole, "spool: the last record had lost its newline; its checksum holds, so the newline was written back");
+                }
+                None => {
+                    let bad = Bad {
+                        offset: seg_start + whole,
+                        segment: seg_start,
+                        len: len - whole,
+                        bytes: sample(&tail),
+                        reason: "torn last record (no newline): weir stopped mid-write, or the tail was damaged; cut on open".into(),
+                    };
+                    let key = (bad.offset, bad.len);
+                    // Already there if an earlier open stopped between quarantining and cutting.
+                    let saved = if quarantined.contains(&key) { Ok(()) } else { write_quarantine(dir, &bad) };
+                    match saved {
+                        Ok(()) => {
+                            on_open += u64::from(quarantined.insert(key));
+                            tracing::warn!(segment = %path.display(), offset = bad.offset, dropped = bad.len, quarantine = %dir.join(QUARANTINE_FILE).display(), "spool: cut a torn last record and moved its bytes to quarantine");
+                        }
+                        Err(e) => {
+                            tracing::error!(segment = %path.display(), offset = bad.offset, dropped = bad.len, error = %e, "spool: cut a torn last record; cannot write the quarantine file, so its bytes are lost");
+                        }
+                    }
+                    file.set_len(whole)?;
+                }
+            }
         }
         file.sync_all()?;
         sync_dir(dir);
-        let end = seg_start + whole;
+        let end = seg_start + seg_len;
+        repair_cursors(dir, end);
         let (durable, _) = watch::channel(end);
         Ok(Arc::new(Spool {
             dir: dir.to_path_buf(),
-            writer: Mutex::new(Writer { file, seg_start, seg_len: whole, dirty: false }),
+            writer: Mutex::new(Writer { file, seg_start, seg_len, dirty: false }),
             backlog: Mutex::new(VecDeque::new()),
             healthy: AtomicBool::new(true),
             written: AtomicU64::new(end),
             durable,
             appended: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
+            quarantined: Mutex::new(quarantined),
+            quarantined_on_open: AtomicU64::new(on_open),
         }))
+    }
+
+    /// Lines `open` moved to quarantine, once (for the `weir_spool_quarantined_total` metric).
+    pub fn take_quarantined_on_open(&self) -> u64 {
+        self.quarantined_on_open.swap(0, Ordering::Relaxed)
+    }
+
+    /// Move `bad` to the quarantine file, unless it is there already (another sink, an earlier
+    /// attempt or an earlier process met it). True when it was added now: count and log it then.
+    pub fn quarantine(&self, bad: &Bad) -> io::Result<bool> {
+        let mut seen = lock(&self.quarantined);
+        if seen.contains(&(bad.offset, bad.len)) {
+            return Ok(false);
+        }
+        write_quarantine(&self.dir, bad)?;
+        seen.insert((bad.offset, bad.len));
+        Ok(true)
     }
 
     /// The spool directory.
@@ -146,10 +456,11 @@ impl Spool {
         lock(&self.backlog).len()
     }
 
-    /// Append one record (`line` without its newline). Never fails: a record that cannot be
-    /// written now waits in memory and is written, in order, when the spool can take it.
-    pub fn append(&self, mut line: Vec<u8>) {
-        line.push(b'\n');
+    /// Append one record (its JSON, without a newline; framed with its checksum here). Never
+    /// fails: a record that cannot be written now waits in memory and is written, in order, when
+    /// the spool can take it.
+    pub fn append(&self, record: Vec<u8>) {
+        let line = encode_line(&record);
         self.appended.fetch_add(1, Ordering::Relaxed);
         let mut w = lock(&self.writer);
         let mut backlog = lock(&self.backlog);
@@ -244,11 +555,12 @@ impl Spool {
         }
     }
 
-    /// Read whole lines from `offset` up to the durable end, at most `max_lines`; returns them
-    /// with the offset after the last one. An offset before the oldest segment starts at it.
-    pub fn read(&self, offset: u64, max_lines: usize, max_bytes: usize) -> io::Result<(Vec<Vec<u8>>, u64)> {
+    /// Read whole lines from `offset` up to the durable end, at most `max_lines` (and about
+    /// `max_bytes`): the records, the lines that are not records, and the offset after the last
+    /// line. An offset before the oldest segment starts at it.
+    pub fn read(&self, offset: u64, max_lines: usize, max_bytes: usize) -> io::Result<Batch> {
         let durable = *self.durable.borrow();
-        read_lines(&self.dir, offset, durable, max_lines, max_bytes)
+        read_batch(&self.dir, offset, durable, max_lines, max_bytes)
     }
 
     /// Delete segments that end at or before `upto` (every sink has them), never the current one.
@@ -350,7 +662,91 @@ impl BackgroundService for Flusher {
     }
 }
 
-/// Read whole lines between `offset` and `limit` across segments.
+/// Read whole lines between `offset` and `limit` across segments: the records, and the lines that
+/// are not (see "Damage" in the module doc). Stops after `max_lines` lines or about `max_bytes`
+/// bytes, and before a line that is not whole yet.
+pub fn read_batch(dir: &Path, offset: u64, limit: u64, max_lines: usize, max_bytes: usize) -> io::Result<Batch> {
+    let segs = segments(dir)?;
+    let mut batch = Batch::default();
+    let mut at = offset.max(segs.first().map(|(s, _)| *s).unwrap_or(0));
+    let mut bytes = 0usize;
+    for (i, (start, path)) in segs.iter().enumerate() {
+        let next_start = segs.get(i + 1).map(|(s, _)| *s);
+        let end = next_start.unwrap_or(u64::MAX).min(limit);
+        if at >= end || at < *start {
+            continue;
+        }
+        // A later segment starts within what may be read: this one is complete up to `end`.
+        let sealed = next_start.is_some_and(|s| s <= limit);
+        let mut f = File::open(path)?;
+        let avail_end = (start + f.metadata()?.len()).min(end);
+        // Each round consumes at least one line or leaves the segment.
+        while at < end {
+            let avail = avail_end.saturating_sub(at);
+            // Records are far smaller than `MAX_RECORD`, so a buffer this size holds many lines.
+            let want = max_bytes.saturating_sub(bytes).clamp(MAX_RECORD, 64 << 20);
+            let mut buf = vec![0u8; usize::try_from(avail).unwrap_or(usize::MAX).min(want)];
+            f.seek(SeekFrom::Start(at - start))?;
+            let n = read_full(&mut f, &mut buf)?;
+            let mut pos = 0;
+            while let Some(nl) = buf.get(pos..n).and_then(|b| b.iter().position(|&c| c == b'\n')) {
+                batch.push_line(at + pos as u64, *start, &buf[pos..pos + nl]);
+                pos += nl + 1;
+                bytes += nl + 1;
+                if batch.lines >= max_lines || bytes >= max_bytes {
+                    batch.next = at + pos as u64;
+                    return Ok(batch);
+                }
+            }
+            at += pos as u64;
+            if at >= end {
+                break;
+            }
+            let filled = n == buf.len() && (n as u64) < avail;
+            if pos > 0 && filled {
+                continue; // the buffer ended inside a line: read on from its start
+            }
+            let rest = buf.get(pos..n).unwrap_or_default();
+            if pos == 0 && filled {
+                // One line longer than the buffer: skip it whole.
+                if let Some(nl) = find_newline(&mut f, at - start + n as u64, avail_end - start)? {
+                    let len = start + nl + 1 - at;
+                    let reason = format!("a line of {len} bytes, longer than a record can be");
+                    batch.bad.push(Bad { offset: at, segment: *start, len, bytes: sample(rest), reason });
+                    batch.lines += 1;
+                    at += len;
+                    bytes = bytes.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+                    if batch.lines >= max_lines || bytes >= max_bytes {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            // Bytes without a newline up to `avail_end`. Final only if nothing can complete them:
+            // the segment is sealed (a later one exists), or they reach the durable end (which is
+            // always a line boundary). Otherwise wait for more.
+            if sealed || (avail_end == end && !rest.is_empty()) {
+                let len = end - at;
+                let reason = if avail_end < end {
+                    format!("the segment ends {} bytes early, inside a line: damaged or truncated", end - avail_end)
+                } else {
+                    "bytes without a newline at the end of the segment or of what is durable: damaged".into()
+                };
+                batch.bad.push(Bad { offset: at, segment: *start, len, bytes: sample(rest), reason });
+                at = end;
+            }
+            break;
+        }
+        if at < end || batch.lines >= max_lines || bytes >= max_bytes {
+            break;
+        }
+    }
+    batch.next = at;
+    Ok(batch)
+}
+
+/// Read the records between `offset` and `limit` across segments, leaving out lines that are not
+/// records (see `read_batch`), with the offset after the last line read.
 pub fn read_lines(
     dir: &Path,
     offset: u64,
@@ -358,38 +754,80 @@ pub fn read_lines(
     max_lines: usize,
     max_bytes: usize,
 ) -> io::Result<(Vec<Vec<u8>>, u64)> {
-    let segs = segments(dir)?;
-    let mut lines = Vec::new();
-    let mut at = offset.max(segs.first().map(|(s, _)| *s).unwrap_or(0));
-    let mut bytes = 0;
-    for (i, (start, path)) in segs.iter().enumerate() {
-        let end = segs.get(i + 1).map(|(s, _)| *s).unwrap_or(u64::MAX).min(limit);
-        if at >= end || at < *start {
+    let batch = read_batch(dir, offset, limit, max_lines, max_bytes)?;
+    Ok((batch.records, batch.next))
+}
+
+/// Position (from the start of `f`) of the first newline in `[from, to)`, if any.
+fn find_newline(f: &mut File, from: u64, to: u64) -> io::Result<Option<u64>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = from;
+    f.seek(SeekFrom::Start(from))?;
+    while at < to {
+        let want = usize::try_from(to - at).unwrap_or(usize::MAX).min(buf.len());
+        let n = f.read(&mut buf[..want])?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if let Some(i) = buf[..n].iter().position(|&c| c == b'\n') {
+            return Ok(Some(at + i as u64));
+        }
+        at += n as u64;
+    }
+    Ok(None)
+}
+
+/// A torn last line that is a whole checked record which lost only its newline (cut off, or
+/// damaged into another byte): the length to keep before writing the newline back.
+fn salvageable(tail: &[u8]) -> Option<usize> {
+    if decode_checked(tail).is_ok() {
+        return Some(tail.len());
+    }
+    let head = tail.get(..tail.len().checked_sub(1)?)?;
+    decode_checked(head).is_ok().then_some(head.len())
+}
+
+/// Move every sink cursor in `dir` that is past `end` (the spool's end after `open`'s repair) or
+/// inside a line back to the end of the last whole line before it.
+fn repair_cursors(dir: &Path, end: u64) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let segs = segments(dir).unwrap_or_default();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(sink) = name.to_str().and_then(|n| n.strip_prefix("cursor-")) else { continue };
+        if sink.ends_with(".tmp") {
             continue;
         }
-        let mut f = File::open(path)?;
-        let avail = (start + f.metadata()?.len()).min(end).saturating_sub(at);
-        f.seek(SeekFrom::Start(at - start))?;
-        // Records are far smaller than `MAX_RECORD`, so a buffer this size always holds a line.
-        let want = max_bytes.saturating_sub(bytes).clamp(MAX_RECORD, 64 << 20);
-        let mut buf = vec![0u8; usize::try_from(avail).unwrap_or(usize::MAX).min(want)];
-        let n = read_full(&mut f, &mut buf)?;
-        let mut pos = 0;
-        while let Some(nl) = buf.get(pos..n).and_then(|b| b.iter().position(|&c| c == b'\n')) {
-            lines.push(buf[pos..pos + nl].to_vec());
-            pos += nl + 1;
-            bytes += nl + 1;
-            if lines.len() >= max_lines || bytes >= max_bytes {
-                return Ok((lines, at + pos as u64));
-            }
+        let path = entry.path();
+        // An unreadable cursor is left alone: the delivery loop starts such a sink at the oldest
+        // segment (everything again, deduplicated by key).
+        let Some(offset) = fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u64>().ok()) else {
+            continue;
+        };
+        let fixed = line_start_at_or_before(&segs, offset, end);
+        if fixed == offset {
+            continue;
         }
-        at += pos as u64;
-        if at < end {
-            // A line longer than the buffer, or the end of what is durable: stop here.
-            break;
+        tracing::warn!(sink, from = offset, to = fixed, "spool: a sink cursor pointed past the repaired end of the spool or inside a record; moved back to the end of the last whole record (what follows is delivered again; sinks drop duplicates by idempotency key)");
+        if let Err(e) = (Cursor { path, offset }).advance(fixed) {
+            tracing::error!(sink, error = %e, "spool: cannot move the sink cursor back; delivery from it may skip records");
         }
     }
-    Ok((lines, at))
+}
+
+/// The line boundary at or before `offset`: `end` if it is past the end, the start of the line
+/// it is inside otherwise. An offset before the oldest segment stays (reads start at that one).
+fn line_start_at_or_before(segs: &[(u64, PathBuf)], offset: u64, end: u64) -> u64 {
+    if offset >= end {
+        return end;
+    }
+    let Some((start, path)) = segs.iter().rev().find(|(s, _)| *s <= offset) else { return offset };
+    if offset == *start {
+        return offset;
+    }
+    let Ok(mut f) = File::open(path) else { return offset };
+    let Ok(len) = f.metadata().map(|m| m.len()) else { return offset };
+    whole_lines_len(&mut f, (offset - start).min(len)).map_or(offset, |p| start + p)
 }
 
 fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
@@ -463,6 +901,42 @@ mod tests {
         lines.into_iter().map(|l| String::from_utf8(l).unwrap()).collect()
     }
 
+    fn everything(dir: &Path, from: u64) -> Batch {
+        read_batch(dir, from, u64::MAX, usize::MAX, usize::MAX).unwrap()
+    }
+
+    /// A record as weir writes it (the fields unchecked lines need).
+    fn record(n: u64) -> Vec<u8> {
+        format!(r#"{{"record":"stop","idempotency_key":"c:{n}","at":"2026-11-22T10:00:00.000Z","n":{n}}}"#).into_bytes()
+    }
+
+    fn seg0(d: &Path) -> PathBuf {
+        segment_path(d, 0)
+    }
+
+    #[test]
+    fn crc32c_is_the_castagnoli_checksum() {
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(b""), 0);
+        // Slicing by 8 agrees with the bit-by-bit definition at every length and alignment.
+        let bitwise = |data: &[u8]| {
+            let mut c = !0u32;
+            for &b in data {
+                c ^= u32::from(b);
+                for _ in 0..8 {
+                    c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
+                }
+            }
+            !c
+        };
+        let data: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for start in 0..8 {
+            for end in start..data.len() {
+                assert_eq!(crc32c(&data[start..end]), bitwise(&data[start..end]), "{start}..{end}");
+            }
+        }
+    }
+
     #[test]
     fn appends_are_durable_after_a_flush_and_survive_reopen() {
         let d = tempfile::tempdir().unwrap();
@@ -470,39 +944,232 @@ mod tests {
         for i in 0..10 {
             s.append(format!("{{\"n\":{i}}}").into_bytes());
         }
-        assert_eq!(s.read(0, 100, 1 << 20).unwrap().0.len(), 0, "nothing durable before the flush");
+        assert_eq!(s.read(0, 100, 1 << 20).unwrap().records.len(), 0, "nothing durable before the flush");
         s.flush();
-        let (lines, next) = s.read(0, 4, 1 << 20).unwrap();
-        assert_eq!(lines.len(), 4);
-        let (rest, end) = s.read(next, 100, 1 << 20).unwrap();
-        assert_eq!(rest.len(), 6);
-        assert_eq!(end, s.written());
+        let first = s.read(0, 4, 1 << 20).unwrap();
+        assert_eq!((first.records.len(), first.lines), (4, 4));
+        let rest = s.read(first.next, 100, 1 << 20).unwrap();
+        assert_eq!(rest.records.len(), 6);
+        assert!(rest.bad.is_empty());
+        assert_eq!(rest.next, s.written());
         drop(s);
         let s = Spool::open(d.path()).unwrap();
-        assert_eq!(*s.durable().borrow(), end);
+        assert_eq!(*s.durable().borrow(), rest.next);
         assert_eq!(all(d.path(), 0).len(), 10);
+        assert_eq!(s.take_quarantined_on_open(), 0);
     }
 
     #[test]
-    fn a_torn_last_line_is_cut_on_open() {
+    fn records_read_back_byte_for_byte_and_lines_stay_json() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        let rec =
+            br#"{"record":"stop","idempotency_key":"k:1","tenant":"\u00e9t\u00e9 \"q\"","units":{"a":1.5}}"#.to_vec();
+        s.append(rec.clone());
+        s.flush();
+        assert_eq!(s.read(0, 10, 1 << 20).unwrap().records, vec![rec.clone()], "exactly the bytes appended");
+        let text = fs::read_to_string(seg0(d.path())).unwrap();
+        let framed: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(framed["data"], serde_json::from_slice::<serde_json::Value>(&rec).unwrap());
+        assert_eq!(framed["crc32c"].as_str(), Some(format!("{:08x}", crc32c(&rec)).as_str()));
+        assert_eq!(text.len(), rec.len() + CHECKED_OVERHEAD + 1);
+    }
+
+    #[test]
+    fn an_older_weirs_lines_are_read_unchecked_and_junk_is_not_delivered() {
+        let d = tempfile::tempdir().unwrap();
+        let legacy = record(1);
+        let mut seg = legacy.clone();
+        seg.extend_from_slice(
+            b"\n{\"record\":\"stop\",\"idempotency_key\":\"c:2\"}\n{\"crc32x\":\"00000000\",\"data\":",
+        );
+        seg.extend_from_slice(&record(3));
+        seg.extend_from_slice(b"}\nnot json\n");
+        fs::write(seg0(d.path()), &seg).unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        s.append(record(4));
+        s.flush();
+        let b = everything(d.path(), 0);
+        assert_eq!(b.records, vec![legacy, record(4)]);
+        assert_eq!(b.lines, 5);
+        let reasons: Vec<&str> = b.bad.iter().map(|x| x.reason.as_str()).collect();
+        assert!(reasons[0].contains("`at`"), "{reasons:?}");
+        assert!(reasons[1].contains("no string `record`"), "a damaged frame is not taken for an old line: {reasons:?}");
+        assert!(reasons[2].contains("not JSON"), "{reasons:?}");
+        let offsets: Vec<u64> = b.bad.iter().map(|x| x.offset).collect();
+        let second = record(1).len() as u64 + 1;
+        assert_eq!(offsets[0], second);
+    }
+
+    #[test]
+    fn a_damaged_line_comes_back_as_bad_reading_goes_on_and_it_is_quarantined_once() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        for n in 0..3 {
+            s.append(record(n));
+        }
+        s.flush();
+        let mut bytes = fs::read(seg0(d.path())).unwrap();
+        let line = record(0).len() + CHECKED_OVERHEAD + 1;
+        bytes[line + line / 2] ^= 0x20; // a flipped bit in record 1
+        fs::write(seg0(d.path()), &bytes).unwrap();
+        let b = s.read(0, 10, MAX_RECORD).unwrap();
+        assert_eq!(b.records, vec![record(0), record(2)]);
+        assert_eq!((b.lines, b.next, b.bad.len()), (3, s.written(), 1));
+        let bad = &b.bad[0];
+        assert_eq!((bad.offset, bad.len, bad.segment), (line as u64, line as u64, 0));
+        assert!(bad.reason.contains("checksum mismatch"), "{}", bad.reason);
+        assert!(s.quarantine(bad).unwrap(), "the first sink to meet it quarantines it");
+        assert!(!s.quarantine(bad).unwrap(), "the next one does not");
+        drop(s);
+        let s = Spool::open(d.path()).unwrap();
+        assert!(!s.quarantine(bad).unwrap(), "nor does the next process");
+        let q = fs::read_to_string(d.path().join(QUARANTINE_FILE)).unwrap();
+        assert_eq!(q.lines().count(), 1);
+        let entry: serde_json::Value = serde_json::from_str(q.trim_end()).unwrap();
+        assert_eq!((entry["offset"].as_u64(), entry["len"].as_u64()), (Some(line as u64), Some(line as u64)));
+        assert_eq!(entry["segment"], "seg-00000000000000000000.jsonl");
+        assert_eq!(entry["line"].as_str().map(str::as_bytes), Some(&bytes[line..2 * line - 1]));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_on_open_and_quarantined() {
         let d = tempfile::tempdir().unwrap();
         let s = Spool::open(d.path()).unwrap();
         s.append(b"{\"a\":1}".to_vec());
         s.flush();
+        let end = s.written();
         drop(s);
-        let seg = segment_path(d.path(), 0);
-        OpenOptions::new().append(true).open(&seg).unwrap().write_all(b"{\"torn").unwrap();
+        OpenOptions::new().append(true).open(seg0(d.path())).unwrap().write_all(b"{\"torn\xff").unwrap();
         let s = Spool::open(d.path()).unwrap();
+        assert_eq!((s.written(), s.take_quarantined_on_open(), s.take_quarantined_on_open()), (end, 1, 0));
         s.append(b"{\"b\":2}".to_vec());
         s.flush();
         assert_eq!(all(d.path(), 0), vec!["{\"a\":1}", "{\"b\":2}"]);
+        let q: serde_json::Value =
+            serde_json::from_str(fs::read_to_string(d.path().join(QUARANTINE_FILE)).unwrap().trim_end()).unwrap();
+        assert_eq!((q["offset"].as_u64(), q["len"].as_u64()), (Some(end), Some(7)));
+        assert_eq!(q["line_base64"], "eyJ0b3Ju/w==", "bytes that are not UTF-8 are kept exactly");
+    }
+
+    /// Item 10: a cursor past the cut moves back; nothing appended after the repair is skipped.
+    #[test]
+    fn a_cursor_past_a_cut_tail_moves_back_and_later_records_are_read_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        for n in 0..3 {
+            s.append(record(n));
+        }
+        s.flush();
+        let end = s.written();
+        Cursor::load(d.path(), "file", 0).advance(end).unwrap();
+        drop(s);
+        let line = (record(0).len() + CHECKED_OVERHEAD + 1) as u64;
+        OpenOptions::new().write(true).open(seg0(d.path())).unwrap().set_len(end - line / 2).unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        let cursor = Cursor::load(d.path(), "file", 0);
+        assert_eq!(cursor.offset, 2 * line, "moved back to the end of the last whole record");
+        for n in 3..6 {
+            s.append(record(n));
+        }
+        s.flush();
+        let b = s.read(cursor.offset, 100, MAX_RECORD).unwrap();
+        assert!(b.bad.is_empty(), "{:?}", b.bad);
+        assert_eq!(b.records, vec![record(3), record(4), record(5)]);
+    }
+
+    #[test]
+    fn a_cursor_inside_a_record_moves_back_to_its_start_and_the_record_is_read_again() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        for n in 0..3 {
+            s.append(record(n));
+        }
+        s.flush();
+        let line = (record(0).len() + CHECKED_OVERHEAD + 1) as u64;
+        Cursor::load(d.path(), "http", 0).advance(line + 5).unwrap();
+        Cursor::load(d.path(), "file", 0).advance(2 * line).unwrap();
+        drop(s);
+        let s = Spool::open(d.path()).unwrap();
+        assert_eq!(Cursor::load(d.path(), "http", 0).offset, line);
+        assert_eq!(Cursor::load(d.path(), "file", 0).offset, 2 * line, "a cursor at a boundary stays");
+        assert_eq!(s.read(line, 100, MAX_RECORD).unwrap().records, vec![record(1), record(2)]);
+    }
+
+    #[test]
+    fn a_last_record_that_lost_only_its_newline_gets_it_back() {
+        for damage in ["cut", "flip"] {
+            let d = tempfile::tempdir().unwrap();
+            let s = Spool::open(d.path()).unwrap();
+            s.append(record(0));
+            s.append(record(1));
+            s.flush();
+            let end = s.written();
+            Cursor::load(d.path(), "file", 0).advance(end).unwrap();
+            drop(s);
+            let mut bytes = fs::read(seg0(d.path())).unwrap();
+            match damage {
+                "cut" => {
+                    bytes.pop();
+                }
+                _ => *bytes.last_mut().unwrap() = b'#',
+            }
+            fs::write(seg0(d.path()), &bytes).unwrap();
+            let s = Spool::open(d.path()).unwrap();
+            assert_eq!((s.written(), s.take_quarantined_on_open()), (end, 0), "{damage}");
+            assert_eq!(Cursor::load(d.path(), "file", 0).offset, end, "{damage}");
+            assert_eq!(
+                all(d.path(), 0),
+                vec![record(0), record(1)].into_iter().map(|r| String::from_utf8(r).unwrap()).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn a_sealed_segment_that_ends_early_or_mid_line_is_skipped_to_the_next() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (encode_line(&record(0)), encode_line(&record(1)));
+        // seg 0 should hold a and b, but ends in the middle of b; seg 1 holds b again.
+        let next = (a.len() + b.len()) as u64;
+        let mut first = a.clone();
+        first.extend_from_slice(&b[..b.len() / 2]);
+        fs::write(seg0(d.path()), &first).unwrap();
+        fs::write(segment_path(d.path(), next), &b).unwrap();
+        let batch = everything(d.path(), 0);
+        assert_eq!(batch.records, vec![record(0), record(1)]);
+        assert_eq!(batch.bad.len(), 1);
+        assert_eq!((batch.bad[0].offset, batch.bad[0].len), (a.len() as u64, b.len() as u64));
+        assert_eq!((batch.lines, batch.next), (2, next + b.len() as u64));
+        // A segment shorter than its place, ending with a whole line: the gap is reported too.
+        fs::write(seg0(d.path()), &a).unwrap();
+        let batch = everything(d.path(), 0);
+        assert_eq!((batch.records.len(), batch.bad.len(), batch.bad[0].bytes.len()), (2, 1, 0));
+        // The last segment's unfinished line is not damage: reading waits for it.
+        fs::write(segment_path(d.path(), next), &b[..10]).unwrap();
+        let batch = everything(d.path(), next);
+        assert_eq!((batch.records.len(), batch.bad.len(), batch.next), (0, 0, next));
+    }
+
+    #[test]
+    fn a_line_longer_than_a_record_can_be_is_skipped_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let mut seg = vec![b'x'; MAX_RECORD + 10];
+        seg.push(b'\n');
+        seg.extend_from_slice(&encode_line(&record(1)));
+        fs::write(seg0(d.path()), &seg).unwrap();
+        let end = seg.len() as u64;
+        let first = read_batch(d.path(), 0, end, 100, MAX_RECORD).unwrap();
+        assert_eq!(first.bad.len(), 1);
+        assert_eq!((first.bad[0].len, first.bad[0].bytes.len()), ((MAX_RECORD + 11) as u64, QUARANTINE_SAMPLE));
+        let rest = read_batch(d.path(), first.next, end, 100, MAX_RECORD).unwrap();
+        assert_eq!((rest.records, rest.next), (vec![record(1)], end));
     }
 
     #[test]
     fn segments_rotate_and_are_released_only_when_delivered() {
         let d = tempfile::tempdir().unwrap();
         let s = Spool::open(d.path()).unwrap();
-        let line = vec![b'x'; 1 << 20];
+        let line = format!("\"{}\"", "x".repeat((1 << 20) - 2)).into_bytes();
         for _ in 0..40 {
             s.append(line.clone());
         }
@@ -513,7 +1180,8 @@ mod tests {
         let freed = s.release(segs[1].0).unwrap();
         assert_eq!(freed, segs[1].0);
         assert_eq!(segments(d.path()).unwrap().len(), segs.len() - 1);
-        assert_eq!(all(d.path(), 0).len(), 40 - (segs[1].0 as usize / (line.len() + 1)));
+        let framed = line.len() + CHECKED_OVERHEAD + 1;
+        assert_eq!(all(d.path(), 0).len(), 40 - (segs[1].0 as usize / framed));
         // Reading from an offset that was released starts at the oldest segment.
         assert_eq!(s.first_offset(), segs[1].0);
     }

@@ -182,10 +182,42 @@ fn files_are_read_with_their_rotated_siblings() {
     std::fs::write(d.path().join("usage.jsonl.2026-11-21T00-00-00.000Z"), join(old)).unwrap();
     // The newest file repeats a delivered batch (at-least-once).
     std::fs::write(&path, join(&lines[25..30]) + &join(new)).unwrap();
-    let rows = report(&Source::File(path.clone()), Range::default(), By::Day).unwrap();
+    let (rows, skipped) = report(&Source::File(path.clone()), Range::default(), By::Day).unwrap();
     assert_eq!(rows, totals(points(&lines), Range::default(), By::Day).unwrap());
+    assert_eq!(skipped, Skipped::default());
     std::fs::write(&path, "{\"record\":\"connection\"}\n").unwrap();
-    let err = load_file(&path).unwrap_err();
-    assert!(err.contains("usage.jsonl:1: record kind `connection`"), "{err}");
+    let (_, skipped) = load_file(&path).unwrap();
+    assert_eq!(skipped.count, 1);
+    assert!(skipped.first[0].ends_with("usage.jsonl:1: record kind `connection` is not start, interim, stop, object or rejections (was it written by an older weir?)"), "{skipped:?}");
     assert!(load_file(&d.path().join("none.jsonl")).unwrap_err().contains("no such file"));
+}
+
+/// Item 11: junk lines (a fragment, bytes that are not UTF-8, a record without a key) are
+/// skipped and counted; the totals are those of the records around them.
+#[test]
+fn malformed_lines_are_skipped_and_counted_not_fatal() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("usage.jsonl");
+    let lines = three_days();
+    let mut text = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        text.extend_from_slice(l);
+        text.push(b'\n');
+        match i {
+            3 => text.extend_from_slice(b"payload_bytes\":300},\"units\":{\"requests\":7.5}}\n"),
+            10 => text.extend_from_slice(b"\x00\xff\xfe{\n"),
+            20 => text.extend_from_slice(b"{\"record\":\"stop\",\"seq\":1}\n"),
+            _ => {}
+        }
+    }
+    for n in 0..12 {
+        text.extend_from_slice(format!("junk {n}\n").as_bytes());
+    }
+    std::fs::write(&path, &text).unwrap();
+    let (rows, skipped) = report(&Source::File(path.clone()), Range::default(), By::Day).unwrap();
+    assert_eq!(rows, totals(points(&lines), Range::default(), By::Day).unwrap());
+    assert_eq!((skipped.count, skipped.first.len()), (15, SKIPPED_SHOWN));
+    assert!(skipped.first[0].contains("usage.jsonl:5: not a usage record"), "{:?}", skipped.first);
+    assert!(skipped.first[1].contains("usage.jsonl:13: not a usage record"), "{:?}", skipped.first);
+    assert!(skipped.first[2].contains("usage.jsonl:24: the record has no `idempotency_key`"), "{:?}", skipped.first);
 }
