@@ -1,10 +1,22 @@
 //! Durable message history of the built-in `room` object: one append-only log file per room.
 //!
 //! It owns the history directory of one namespace (`HistoryStore`) and, per joined room, the open
-//! log file plus the in-memory copy of the last `keep` messages (`RoomLog`).
+//! log file plus the in-memory copy of the last messages (`RoomLog`): at most `keep` messages and
+//! at most `keep_bytes` payload bytes (the longest suffix of the room's messages within both; a
+//! message larger than `keep_bytes` empties the history).
 //!
-//! Warm path: `RoomLog::append` runs once per room message, under the room's lock;
-//! `HistoryStore::load` runs once when a room is first joined (it reads the whole log).
+//! Warm path: `RoomLog::append` runs once per room message, under the room's lock (it updates the
+//! store's size gauge with one atomic swap); `HistoryStore::load` runs once when a room is first
+//! joined (it reads the whole log).
+//!
+//! Store cap: the store keeps an index of every room file in its directory (built at `open` from
+//! a scan, oldest modification first), with the rooms whose log is open (rooms with members)
+//! apart. When there are more than `max_rooms` files, the least recently used rooms without an
+//! open log have their file removed (counted in the evictions counter) until there are
+//! `max_rooms`, or no idle room is left (rooms with members are never removed). This runs when a
+//! new room file is created and when a room's log is closed, under the index's mutex (held only
+//! for index updates and those removals, never across room locks). The gauges (`StoreMetrics`)
+//! hold the number of room files and their total bytes, kept current on every change.
 //!
 //! File format: the file of room `id` is `<lowercase hex of id's bytes>.log` in the store's
 //! directory, so any id is a safe file name (ids longer than 100 bytes are split into
@@ -21,15 +33,21 @@
 //! crashes or is killed (the kernel has it), but may be lost if the machine crashes or loses
 //! power; a record torn by such a crash is cut off on the next load.
 //!
-//! Compaction: when the log holds more than `2 * keep` records, the kept messages are written to
-//! `<file>.tmp`, which is fsynced and renamed over the log (then the directory is fsynced), and
-//! the log is reopened for appending. So a log never holds more than `2 * keep` records.
+//! Compaction: when the log holds more than `2 * keep` records or more than `2 * keep_bytes` payload
+//! bytes, the kept messages are written to `<file>.tmp`, which is fsynced and renamed over the log
+//! (then the directory is fsynced), and the log is reopened for appending. So a log never holds
+//! more than `2 * keep` records nor more than `2 * keep_bytes` payload bytes plus one message
+//! (plus 9 bytes per record and the header). A `.tmp` left by a crash is removed at `open`.
 
+use crate::sync::lock;
 use bytes::Bytes;
-use std::collections::VecDeque;
+use prometheus::{IntCounter, IntGauge};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// First bytes of every history log.
@@ -63,32 +81,114 @@ pub struct StoredMessage {
     pub data: Bytes,
 }
 
+/// What one namespace's store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Messages kept per room (0: nothing is stored and no file is created).
+    pub keep: usize,
+    /// Payload bytes kept per room.
+    pub keep_bytes: u64,
+    /// Room files kept on disk; beyond it the least recently used idle rooms are removed.
+    pub max_rooms: usize,
+}
+
+/// Where a store reports its size (already labelled with the namespace).
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    /// Bytes of room files on disk.
+    pub bytes: IntGauge,
+    /// Room files on disk.
+    pub rooms: IntGauge,
+    /// Room files removed to keep the store within `max_rooms`.
+    pub evictions: IntCounter,
+}
+
 /// Where all rooms of one namespace keep their history: one file per room id in `dir`.
 #[derive(Debug)]
 pub struct HistoryStore {
+    shared: Arc<Shared>,
+}
+
+/// The store's state shared with its open logs.
+#[derive(Debug)]
+struct Shared {
     dir: PathBuf,
-    keep: usize,
+    limits: Limits,
+    metrics: StoreMetrics,
+    index: Mutex<Index>,
+}
+
+/// Every room file of the store.
+#[derive(Debug, Default)]
+struct Index {
+    files: HashMap<PathBuf, FileEntry>,
+    /// Files with no open log, by last use (oldest first).
+    idle: BTreeMap<u64, PathBuf>,
+    /// The next use stamp.
+    tick: u64,
+}
+
+/// One room file.
+#[derive(Debug)]
+struct FileEntry {
+    /// Open logs of this file (more than one only while a room's old copy is being dropped).
+    open: usize,
+    /// Use stamp (its key in `Index::idle` while `open` is 0).
+    used: u64,
+    /// Its bytes as counted in the bytes gauge; shared with its open logs.
+    size: Arc<AtomicU64>,
 }
 
 impl HistoryStore {
-    /// Create `dir` (and parents) if missing; `keep` is the number of messages kept per room.
-    pub fn open(dir: &Path, keep: usize) -> io::Result<HistoryStore> {
+    /// Create `dir` (and parents) if missing and index the room files in it (removing compaction
+    /// leftovers, then the least recently modified files beyond `limits.max_rooms`).
+    pub fn open(dir: &Path, limits: Limits, metrics: StoreMetrics) -> io::Result<HistoryStore> {
         std::fs::create_dir_all(dir)?;
-        Ok(HistoryStore { dir: dir.to_path_buf(), keep })
+        let mut found = Vec::new();
+        scan_dir(dir, &mut found)?;
+        found.sort();
+        let mut index = Index::default();
+        let mut total = 0u64;
+        for (_, len, path) in found {
+            total += len;
+            let used = index.tick;
+            index.tick += 1;
+            index.idle.insert(used, path.clone());
+            index.files.insert(path, FileEntry { open: 0, used, size: Arc::new(AtomicU64::new(len)) });
+        }
+        metrics.rooms.set(gauge_value(index.files.len() as u64));
+        metrics.bytes.set(gauge_value(total));
+        let shared = Shared { dir: dir.to_path_buf(), limits, metrics, index: Mutex::new(Index::default()) };
+        shared.evict(&mut index);
+        *lock(&shared.index) = index;
+        Ok(HistoryStore { shared: Arc::new(shared) })
     }
 
-    /// Open (creating if missing) the log of room `id` and load its last `keep` messages.
+    /// Open (creating if missing) the log of room `id` and load its kept messages.
     pub fn load(&self, id: &str) -> io::Result<RoomLog> {
-        let path = room_path(&self.dir, id);
-        let mut log = RoomLog { file: None, path, history: VecDeque::new(), records: 0, disk_len: 0, keep: self.keep };
-        if self.keep == 0 {
+        let path = room_path(&self.shared.dir, id);
+        let limits = self.shared.limits;
+        let mut log = RoomLog {
+            file: None,
+            path,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            records: 0,
+            disk_len: 0,
+            disk_payload: 0,
+            limits,
+            store: None,
+        };
+        if limits.keep == 0 {
             return Ok(log);
         }
+        log.store = Some((self.shared.clone(), self.shared.opened(&log.path)));
         if let Some(parent) = log.path.parent() {
             std::fs::create_dir_all(parent)?;
         }
         log.open_and_scan()?;
-        if log.records > log.limit() {
+        log.account();
+        if log.over_limit() {
             if let Err(e) = log.compact() {
                 tracing::warn!(path = %log.path.display(), error = %e, "room history: compaction on load failed");
             }
@@ -98,22 +198,176 @@ impl HistoryStore {
 
     /// Messages kept per room.
     pub fn keep(&self) -> usize {
-        self.keep
+        self.shared.limits.keep
+    }
+
+    /// Room files on disk, as the store counts them.
+    pub fn rooms_on_disk(&self) -> usize {
+        lock(&self.shared.index).files.len()
     }
 }
 
-/// One room's open log plus its in-memory history (the last `keep` messages, oldest first).
+impl Shared {
+    /// A log of `path` is being opened: it is in use (never removed while open); a new file is
+    /// counted and may push the least recently used idle ones out. Returns its size cell.
+    fn opened(&self, path: &Path) -> Arc<AtomicU64> {
+        let mut guard = lock(&self.index);
+        let index = &mut *guard;
+        if let Some(e) = index.files.get_mut(path) {
+            if e.open == 0 {
+                index.idle.remove(&e.used);
+            }
+            e.open += 1;
+            return e.size.clone();
+        }
+        let size = Arc::new(AtomicU64::new(0));
+        index.files.insert(path.to_path_buf(), FileEntry { open: 1, used: index.tick, size: size.clone() });
+        index.tick += 1;
+        self.metrics.rooms.inc();
+        self.evict(index);
+        size
+    }
+
+    /// A log of `path` was closed: its size is taken from the file; once no log has it open it
+    /// is the most recently used idle room (or forgotten, if its file does not exist).
+    fn closed(&self, path: &Path) {
+        let mut guard = lock(&self.index);
+        let index = &mut *guard;
+        let Some(e) = index.files.get_mut(path) else { return };
+        e.open = e.open.saturating_sub(1);
+        match std::fs::metadata(path) {
+            Ok(meta) => {
+                let old = e.size.swap(meta.len(), Ordering::Relaxed);
+                self.metrics.bytes.add(gauge_value(meta.len()) - gauge_value(old));
+            }
+            Err(_) if e.open == 0 => {
+                let old = e.size.swap(0, Ordering::Relaxed);
+                self.metrics.bytes.sub(gauge_value(old));
+                self.metrics.rooms.dec();
+                index.files.remove(path);
+                return;
+            }
+            Err(_) => {}
+        }
+        if e.open == 0 {
+            e.used = index.tick;
+            index.tick += 1;
+            index.idle.insert(e.used, path.to_path_buf());
+        }
+        self.evict(index);
+    }
+
+    /// Remove the least recently used idle room files while there are more than `max_rooms`
+    /// (a file that cannot be removed stays, idle, and the next one is tried).
+    fn evict(&self, index: &mut Index) {
+        let mut kept = Vec::new();
+        while index.files.len() > self.limits.max_rooms {
+            let Some((used, path)) = index.idle.pop_first() else { break };
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "room history: cannot remove a room file over max_rooms_on_disk");
+                    kept.push((used, path));
+                    continue;
+                }
+            }
+            if let Some(e) = index.files.remove(&path) {
+                self.metrics.bytes.sub(gauge_value(e.size.load(Ordering::Relaxed)));
+            }
+            self.metrics.rooms.dec();
+            self.metrics.evictions.inc();
+            remove_empty_parents(&path, &self.dir);
+            tracing::debug!(path = %path.display(), "room history: removed the least recently used room file");
+        }
+        index.idle.extend(kept);
+    }
+}
+
+/// `n` as a gauge value (saturating).
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Collect `(modified, length, path)` of every room file under `dir` (recursively, for long ids);
+/// compaction leftovers (`.log.tmp`) are removed, set-aside files are left alone. Only an
+/// unreadable `dir` is an error; an entry that cannot be read is skipped with a warning.
+fn scan_dir(dir: &Path, found: &mut Vec<(SystemTime, u64, PathBuf)>) -> io::Result<()> {
+    std::fs::read_dir(dir)?;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(path = %d.display(), error = %e, "room history: cannot read a store directory; its files are not counted");
+                continue;
+            }
+        };
+        for entry in entries {
+            let Ok(entry) = entry else { continue };
+            let Ok(kind) = entry.file_type() else { continue };
+            let path = entry.path();
+            if kind.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".log.tmp") {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "room history: cannot remove a compaction leftover");
+                }
+            } else if kind.is_file() && name.ends_with(".log") {
+                match entry.metadata() {
+                    Ok(meta) => found.push((meta.modified().unwrap_or(UNIX_EPOCH), meta.len(), path)),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "room history: cannot stat a room file; it is not counted")
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Remove the now empty directories between `path` and `dir` (long ids), best effort.
+fn remove_empty_parents(path: &Path, dir: &Path) {
+    let mut at = path.parent();
+    while let Some(d) = at {
+        if d == dir || !d.starts_with(dir) || std::fs::remove_dir(d).is_err() {
+            return;
+        }
+        at = d.parent();
+    }
+}
+
+/// One room's open log plus its in-memory history (the kept messages, oldest first).
 #[derive(Debug)]
 pub struct RoomLog {
     /// The log opened for reading and appending; `None` if it must be reopened (or `keep` is 0).
     file: Option<File>,
     path: PathBuf,
     history: VecDeque<StoredMessage>,
+    /// Payload bytes in `history`.
+    history_bytes: u64,
     /// Valid records in the file.
     records: u64,
     /// Length of the file up to the end of the last valid record.
     disk_len: u64,
-    keep: usize,
+    /// Payload bytes of the valid records in the file.
+    disk_payload: u64,
+    limits: Limits,
+    /// The store and this file's size cell (`None` when `keep` is 0: nothing on disk).
+    store: Option<(Arc<Shared>, Arc<AtomicU64>)>,
+}
+
+impl Drop for RoomLog {
+    fn drop(&mut self) {
+        if let Some((shared, _)) = self.store.take() {
+            self.file = None;
+            shared.closed(&self.path);
+        }
+    }
 }
 
 impl RoomLog {
@@ -132,30 +386,47 @@ impl RoomLog {
         self.history.is_empty()
     }
 
+    /// Payload bytes of the kept messages.
+    pub fn bytes(&self) -> u64 {
+        self.history_bytes
+    }
+
     /// Append one message to the log and the in-memory history; compacts the log when due.
     pub fn append(&mut self, msg: StoredMessage) -> io::Result<()> {
-        if self.keep == 0 {
+        if self.limits.keep == 0 {
             return Ok(());
         }
         let record = encode(&msg);
         self.push(msg);
         self.write_record(&record?)?;
-        if self.records > self.limit() {
+        if self.over_limit() {
             self.compact()?;
         }
         Ok(())
     }
 
-    /// Most records the file may hold before it is compacted.
-    fn limit(&self) -> u64 {
-        u64::try_from(self.keep).unwrap_or(u64::MAX).saturating_mul(2)
+    /// Whether the file holds more than twice what is kept (records or payload bytes).
+    fn over_limit(&self) -> bool {
+        let keep = u64::try_from(self.limits.keep).unwrap_or(u64::MAX);
+        self.records > keep.saturating_mul(2) || self.disk_payload > self.limits.keep_bytes.saturating_mul(2)
     }
 
-    /// Push `msg` to the in-memory history, dropping the oldest beyond `keep`.
+    /// Push `msg` to the in-memory history, dropping the oldest beyond `keep` messages or
+    /// `keep_bytes` bytes.
     fn push(&mut self, msg: StoredMessage) {
+        self.history_bytes += msg.data.len() as u64;
         self.history.push_back(msg);
-        while self.history.len() > self.keep {
-            self.history.pop_front();
+        while self.history.len() > self.limits.keep || self.history_bytes > self.limits.keep_bytes {
+            let Some(old) = self.history.pop_front() else { break };
+            self.history_bytes -= old.data.len() as u64;
+        }
+    }
+
+    /// Count the file's current length in the store's bytes gauge.
+    fn account(&self) {
+        if let Some((shared, size)) = &self.store {
+            let old = size.swap(self.disk_len, Ordering::Relaxed);
+            shared.metrics.bytes.add(gauge_value(self.disk_len) - gauge_value(old));
         }
     }
 
@@ -174,7 +445,9 @@ impl RoomLog {
             ));
         }
         self.disk_len += record.len() as u64;
+        self.disk_payload += (record.len() - RECORD_HEAD) as u64;
         self.records += 1;
+        self.account();
         Ok(())
     }
 
@@ -184,6 +457,7 @@ impl RoomLog {
             let file = open_append(&self.path, false)?;
             self.disk_len = file.metadata()?.len();
             self.file = Some(file);
+            self.account();
         }
         Ok(())
     }
@@ -206,7 +480,7 @@ impl RoomLog {
             self.file = Some(file);
             return Ok(());
         }
-        let scan = scan_records(&file, file_len, self.keep)?;
+        let scan = scan_records(&file, file_len, self.limits)?;
         if scan.valid_end < file_len {
             tracing::warn!(
                 path = %self.path.display(),
@@ -217,8 +491,10 @@ impl RoomLog {
             file.set_len(scan.valid_end)?;
         }
         self.history = scan.messages;
+        self.history_bytes = scan.bytes;
         self.records = scan.records;
         self.disk_len = scan.valid_end;
+        self.disk_payload = scan.payload;
         self.file = Some(file);
         Ok(())
     }
@@ -253,6 +529,8 @@ impl RoomLog {
         self.file = None;
         self.records = self.history.len() as u64;
         self.disk_len = len;
+        self.disk_payload = self.history_bytes;
+        self.account();
         sync_parent(&self.path)?;
         self.ensure_open()
     }
@@ -260,29 +538,39 @@ impl RoomLog {
 
 /// Valid records found by a scan of a log.
 struct Scan {
-    /// The last `keep` messages, oldest first.
+    /// The kept messages (within `keep` and `keep_bytes`), oldest first.
     messages: VecDeque<StoredMessage>,
+    /// Payload bytes of `messages`.
+    bytes: u64,
     /// Number of valid records.
     records: u64,
+    /// Payload bytes of the valid records.
+    payload: u64,
     /// File offset just past the last valid record.
     valid_end: u64,
     /// Why the scan stopped before the end of the file, if it did.
     stop: &'static str,
 }
 
-/// Read the records after the header of `file` (`file_len` bytes), keeping the last `keep`.
-fn scan_records(file: &File, file_len: u64, keep: usize) -> io::Result<Scan> {
+/// Read the records after the header of `file` (`file_len` bytes), keeping the last ones within
+/// `limits`.
+fn scan_records(file: &File, file_len: u64, limits: Limits) -> io::Result<Scan> {
     let mut reader = BufReader::with_capacity(64 << 10, file);
-    let mut scan = Scan { messages: VecDeque::new(), records: 0, valid_end: HEADER.len() as u64, stop: "" };
+    let mut scan =
+        Scan { messages: VecDeque::new(), bytes: 0, records: 0, payload: 0, valid_end: HEADER.len() as u64, stop: "" };
     loop {
         match read_record(&mut reader, file_len.saturating_sub(scan.valid_end))? {
             Ok(None) => return Ok(scan),
             Ok(Some(msg)) => {
-                scan.valid_end += (RECORD_HEAD + msg.data.len()) as u64;
+                let len = msg.data.len() as u64;
+                scan.valid_end += RECORD_HEAD as u64 + len;
                 scan.records += 1;
+                scan.payload += len;
+                scan.bytes += len;
                 scan.messages.push_back(msg);
-                if scan.messages.len() > keep {
-                    scan.messages.pop_front();
+                while scan.messages.len() > limits.keep || scan.bytes > limits.keep_bytes {
+                    let Some(old) = scan.messages.pop_front() else { break };
+                    scan.bytes -= old.data.len() as u64;
                 }
             }
             Err(reason) => {

@@ -4,8 +4,14 @@
 //! the history store (one `write(2)`), and is queued, in the same order for everyone, to every
 //! other member's bounded send queue (`room.send_queue` messages). The mutex is never held
 //! across an await. Each member's connection task writes its own queue to its socket, so a slow
-//! client never slows the room: when its queue is full it is removed and closed with 1013
-//! ("Try Again Later", `Close::TooSlow`); it may reconnect and gets the history again.
+//! client never slows the room: when its queue is full, or one write to it (the welcome and
+//! history, or a batch of live messages) takes longer than `room.send_timeout`, it is removed and
+//! closed with 1013 ("Try Again Later", `Close::TooSlow`); it may reconnect and gets the history
+//! again. A removed member's task stops writing at once (every write watches its kick), drops its
+//! queue and the history it had left to send, gets at most `ws::CLOSE_WAIT` for the close, and
+//! then its socket is dropped. So a member holds at most `room.send_queue` queued messages, the
+//! history (`room.history` messages, `room.history_bytes` bytes) while it is sent, and
+//! tungstenite's write buffer, and nothing once it is removed.
 //!
 //! Protocol seen by a client (all weir events are JSON text messages with a `"weir"` key; user
 //! messages are delivered verbatim, text as text and binary as binary):
@@ -20,9 +26,10 @@
 //!
 //! Cold path: a room's history is loaded from `data_dir/rooms/<namespace>/` when its first
 //! member joins (a synchronous read under that room's lock only: joins to other rooms go on);
-//! the room is dropped from memory when its last member leaves and nobody is joining.
+//! the room is dropped from memory when its last member leaves and nobody is joining. The store
+//! keeps at most `room.max_rooms_on_disk` room files (see `history.rs`).
 
-use super::history::{HistoryStore, MessageKind, RoomLog, StoredMessage};
+use super::history::{HistoryStore, Limits, MessageKind, RoomLog, StoreMetrics, StoredMessage};
 use super::registry::ObjectHandle;
 use super::session::Ended;
 use crate::config::RoomConfig;
@@ -87,10 +94,17 @@ impl Rooms {
         dir: &std::path::Path,
         metrics: &Metrics,
     ) -> std::io::Result<Rooms> {
+        let limits =
+            Limits { keep: config.history, keep_bytes: config.history_bytes, max_rooms: config.max_rooms_on_disk };
+        let store_metrics = StoreMetrics {
+            bytes: metrics.room_store_bytes.with_label_values(&[namespace]),
+            rooms: metrics.room_store_rooms.with_label_values(&[namespace]),
+            evictions: metrics.room_store_evictions.with_label_values(&[namespace]),
+        };
         Ok(Rooms {
             namespace: namespace.to_string(),
             config,
-            store: HistoryStore::open(dir, config.history)?,
+            store: HistoryStore::open(dir, limits, store_metrics)?,
             rooms: Mutex::new(HashMap::new()),
             next_member: AtomicU64::new(1),
             slow: metrics.room_slow_clients.with_label_values(&[namespace]),
@@ -191,11 +205,16 @@ impl Rooms {
                 }
             });
             for id in slow {
-                self.slow.inc();
-                tracing::info!(namespace = %self.namespace, member = id, "room member too slow; closing it with 1013");
-                pending.push((event("leave", id, state.members.len(), Some("slow")), None));
+                pending.push((self.slow_leave(id, state.members.len()), None));
             }
         }
+    }
+
+    /// Count member `id` as too slow; returns its leave event for the `members` left.
+    fn slow_leave(&self, id: u64, members: usize) -> Message {
+        self.slow.inc();
+        tracing::info!(namespace = %self.namespace, member = id, "room member too slow; closing it with 1013");
+        event("leave", id, members, Some("slow"))
     }
 }
 
@@ -220,6 +239,31 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// How a write to the member bounded by `room.send_timeout` ends its session, if it does: a
+    /// failed write means the client is gone; a timed-out one removes it as too slow.
+    fn after_write<E>(&self, sent: Result<Result<(), E>, tokio::time::error::Elapsed>) -> Option<End> {
+        match sent {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(End::Client),
+            Err(_) => {
+                self.too_slow();
+                Some(End::Slow)
+            }
+        }
+    }
+
+    /// The member did not accept a write within `room.send_timeout`: remove it as too slow and
+    /// announce it (unless its queue overflowed first: then that already did).
+    fn too_slow(&self) {
+        let mut state = lock(&self.room.state);
+        let before = state.members.len();
+        state.members.retain(|m| m.id != self.member);
+        if state.members.len() < before {
+            let left = self.rooms.slow_leave(self.member, state.members.len());
+            self.rooms.broadcast(&mut state, left, None);
+        }
+    }
+
     /// A member sent `msg`: store it and deliver it to everyone else, in room order.
     fn publish(&self, msg: Message) {
         let stored = match &msg {
@@ -309,27 +353,36 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let (mut sink, mut stream) = ws.split();
-    let mut end = End::Client;
-    if let Some((welcome, history)) = membership.first.take() {
-        for m in std::iter::once(welcome).chain(history) {
-            if sink.feed(m).await.is_err() {
-                return (sink.reunite(stream).ok().map(WebSocketStream::into_inner), false);
+    let send_timeout = rooms.config.send_timeout;
+    // The welcome and history: bounded in time, and given up as soon as the member is kicked (the
+    // history not yet sent is dropped with the future).
+    let mut end = match membership.first.take() {
+        None => None,
+        Some((welcome, history)) => {
+            let Membership { kicked, .. } = &mut membership;
+            let write = async {
+                for m in std::iter::once(welcome).chain(history) {
+                    sink.feed(m).await?;
+                }
+                sink.flush().await
+            };
+            tokio::select! {
+                biased;
+                _ = kicked => Some(End::Slow),
+                sent = tokio::time::timeout(send_timeout, write) => membership.after_write(sent),
             }
         }
-        if sink.flush().await.is_err() {
-            return (sink.reunite(stream).ok().map(WebSocketStream::into_inner), false);
-        }
-    }
+    };
     let drain = drain_after(&mut shutdown, grace);
     tokio::pin!(drain);
-    loop {
+    while end.is_none() {
         tokio::select! {
             biased;
-            _ = &mut membership.kicked => { end = End::Slow; break; }
-            () = &mut drain => { end = End::Shutdown; break; }
+            _ = &mut membership.kicked => end = Some(End::Slow),
+            () = &mut drain => end = Some(End::Shutdown),
             out = membership.queue.recv() => {
-                let Some(out) = out else { break };
-                // Everything already queued goes out with one flush.
+                let Some(out) = out else { end = Some(End::Client); continue };
+                // Everything already queued goes out with one flush, within `send_timeout`.
                 let Membership { queue, kicked, .. } = &mut membership;
                 let write = async {
                     sink.feed(out).await?;
@@ -338,31 +391,27 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     sink.flush().await
                 };
-                tokio::select! {
+                end = tokio::select! {
                     biased;
-                    _ = kicked => { end = End::Slow; break; }
-                    sent = write => if sent.is_err() { break },
-                }
+                    _ = kicked => Some(End::Slow),
+                    sent = tokio::time::timeout(send_timeout, write) => membership.after_write(sent),
+                };
             }
             msg = stream.next() => match msg {
-                Some(Ok(Message::Text(t))) if forges_event(t.as_str()) => {
-                    end = End::Forged;
-                    break;
-                }
+                Some(Ok(Message::Text(t))) if forges_event(t.as_str()) => end = Some(End::Forged),
                 Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
                     object.touch();
                     membership.publish(m);
                 }
                 // tungstenite answers pings and closes itself; the stream ends after a close.
                 Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    end = End::Read(end_of(&e));
-                    break;
-                }
-                None => break,
+                Some(Err(e)) => end = Some(End::Read(end_of(&e))),
+                None => end = Some(End::Client),
             },
         }
     }
+    let end = end.unwrap_or(End::Client);
+    // Leave first: the queue and anything not yet sent are released before the close waits.
     drop(membership);
     let Ok(mut ws) = sink.reunite(stream) else { return (None, false) };
     if let Some(c) = end.close() {

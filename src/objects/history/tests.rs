@@ -1,4 +1,5 @@
 use super::*;
+use prometheus::{IntCounter, IntGauge};
 use std::sync::{Arc, Mutex};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -42,6 +43,46 @@ fn with_warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
     let out = tracing::subscriber::with_default(Capture(seen.clone()), f);
     let warnings = seen.lock().unwrap().clone();
     (out, warnings)
+}
+
+/// Unregistered store metrics, to read back in tests.
+fn detached() -> StoreMetrics {
+    StoreMetrics {
+        bytes: IntGauge::new("bytes", "bytes").unwrap(),
+        rooms: IntGauge::new("rooms", "rooms").unwrap(),
+        evictions: IntCounter::new("evictions", "evictions").unwrap(),
+    }
+}
+
+/// A store keeping `keep` messages per room, with no byte or room cap.
+fn open_store(dir: &Path, keep: usize) -> io::Result<HistoryStore> {
+    HistoryStore::open(dir, Limits { keep, keep_bytes: u64::MAX, max_rooms: usize::MAX }, detached())
+}
+
+/// Room files (`*.log`, recursively) under `dir`: their paths and total bytes.
+fn on_disk(dir: &Path) -> (Vec<PathBuf>, u64) {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.to_string_lossy().ends_with(".log") {
+                found.push(path);
+            }
+        }
+    }
+    let bytes = found.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    found.sort();
+    (found, bytes)
+}
+
+/// The gauges agree with the directory.
+fn assert_gauges(dir: &Path, m: &StoreMetrics) {
+    let (files, bytes) = on_disk(dir);
+    assert_eq!(m.rooms.get(), files.len() as i64, "rooms gauge vs {files:?}");
+    assert_eq!(m.bytes.get(), bytes as i64, "bytes gauge vs {files:?}");
 }
 
 fn text(s: &str) -> StoredMessage {
@@ -97,7 +138,7 @@ fn round_trip_text_and_binary() {
     let big: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + 3) as u8).collect();
     let msgs = vec![text("hello"), binary(&[0, 1, 2, 255]), text(""), binary(b""), binary(&big), text("héllo wörld")];
     {
-        let store = HistoryStore::open(&dir.path().join("a/b"), 10).unwrap();
+        let store = open_store(&dir.path().join("a/b"), 10).unwrap();
         let mut log = store.load("room-1").unwrap();
         assert!(log.is_empty());
         for m in &msgs {
@@ -105,7 +146,7 @@ fn round_trip_text_and_binary() {
         }
         assert_eq!(history(&log), msgs);
     }
-    let store = HistoryStore::open(&dir.path().join("a/b"), 10).unwrap();
+    let store = open_store(&dir.path().join("a/b"), 10).unwrap();
     assert_eq!(store.keep(), 10);
     let log = store.load("room-1").unwrap();
     assert_eq!(log.len(), msgs.len());
@@ -118,7 +159,7 @@ fn round_trip_text_and_binary() {
 fn keep_bound_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
     let keep = 5;
-    let store = HistoryStore::open(dir.path(), keep).unwrap();
+    let store = open_store(dir.path(), keep).unwrap();
     let mut log = store.load("r").unwrap();
     let all: Vec<StoredMessage> = (0..3 * keep + 1).map(|i| text(&format!("m{i}"))).collect();
     for m in &all {
@@ -134,7 +175,7 @@ fn keep_bound_and_compaction() {
     assert_eq!(records[records.len() - keep..].to_vec(), last);
     assert!(!with_suffix(&log.path, ".tmp").exists());
     drop(log);
-    let log = HistoryStore::open(dir.path(), keep).unwrap().load("r").unwrap();
+    let log = open_store(dir.path(), keep).unwrap().load("r").unwrap();
     assert_eq!(history(&log), last);
 }
 
@@ -142,12 +183,12 @@ fn keep_bound_and_compaction() {
 fn smaller_keep_compacts_on_load() {
     let dir = tempfile::tempdir().unwrap();
     let all: Vec<StoredMessage> = (0..10).map(|i| binary(&[i])).collect();
-    let mut log = HistoryStore::open(dir.path(), 10).unwrap().load("r").unwrap();
+    let mut log = open_store(dir.path(), 10).unwrap().load("r").unwrap();
     for m in &all {
         log.append(m.clone()).unwrap();
     }
     drop(log);
-    let mut log = HistoryStore::open(dir.path(), 2).unwrap().load("r").unwrap();
+    let mut log = open_store(dir.path(), 2).unwrap().load("r").unwrap();
     assert_eq!(history(&log), all[8..].to_vec());
     assert_eq!(parse_file(&std::fs::read(&log.path).unwrap()), all[8..].to_vec());
     log.append(text("x")).unwrap();
@@ -157,7 +198,7 @@ fn smaller_keep_compacts_on_load() {
 #[test]
 fn torn_tail_at_every_offset_of_last_record() {
     let dir = tempfile::tempdir().unwrap();
-    let store = HistoryStore::open(dir.path(), 10).unwrap();
+    let store = open_store(dir.path(), 10).unwrap();
     let msgs = vec![text("first"), binary(&[9, 8, 7]), text("third!")];
     let mut log = store.load("orig").unwrap();
     let mut ends = Vec::new();
@@ -191,7 +232,7 @@ fn torn_tail_at_every_offset_of_last_record() {
 #[test]
 fn corrupt_middle_record_drops_it_and_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let store = HistoryStore::open(dir.path(), 10).unwrap();
+    let store = open_store(dir.path(), 10).unwrap();
     let msgs = vec![text("one"), text("two"), binary(b"three")];
     let mut log = store.load("orig").unwrap();
     for m in &msgs {
@@ -226,7 +267,7 @@ fn corrupt_middle_record_drops_it_and_the_rest() {
 #[test]
 fn wrong_header_is_set_aside() {
     let dir = tempfile::tempdir().unwrap();
-    let store = HistoryStore::open(dir.path(), 4).unwrap();
+    let store = open_store(dir.path(), 4).unwrap();
     let path = room_path(dir.path(), "room");
     let junk = b"NOTWEIR!\x05\x00\x00\x00\x00garbage";
     std::fs::write(&path, junk).unwrap();
@@ -250,7 +291,7 @@ fn wrong_header_is_set_aside() {
 #[test]
 fn empty_or_torn_header_starts_fresh() {
     let dir = tempfile::tempdir().unwrap();
-    let store = HistoryStore::open(dir.path(), 4).unwrap();
+    let store = open_store(dir.path(), 4).unwrap();
     for (id, content) in [("empty", &b""[..]), ("torn", &b"WEIR"[..])] {
         let path = room_path(dir.path(), id);
         std::fs::write(&path, content).unwrap();
@@ -266,7 +307,7 @@ fn empty_or_torn_header_starts_fresh() {
 #[test]
 fn odd_ids_map_to_distinct_safe_files() {
     let dir = tempfile::tempdir().unwrap();
-    let store = HistoryStore::open(dir.path(), 3).unwrap();
+    let store = open_store(dir.path(), 3).unwrap();
     let long = "x".repeat(256);
     let longer_by_one = "x".repeat(255);
     let ids = ["a/b", "..", ".", "", "ünïcødé-日本", "a", "A", "a.b-c_d", &long, &longer_by_one];
@@ -300,7 +341,7 @@ fn odd_ids_map_to_distinct_safe_files() {
 #[test]
 fn keep_zero_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = HistoryStore::open(&dir.path().join("h"), 0).unwrap();
+    let store = open_store(&dir.path().join("h"), 0).unwrap();
     let mut log = store.load("room").unwrap();
     for i in 0..5 {
         log.append(text(&format!("m{i}"))).unwrap();
@@ -314,7 +355,7 @@ fn keep_zero_stores_nothing() {
 #[test]
 fn rooms_are_independent() {
     let dir = tempfile::tempdir().unwrap();
-    let store = HistoryStore::open(dir.path(), 3).unwrap();
+    let store = open_store(dir.path(), 3).unwrap();
     let mut a = store.load("a").unwrap();
     let mut b = store.load("b").unwrap();
     for i in 0..7 {
@@ -335,7 +376,7 @@ fn rooms_are_independent() {
 #[test]
 fn oversized_message_is_kept_in_memory_only() {
     let dir = tempfile::tempdir().unwrap();
-    let store = HistoryStore::open(dir.path(), 4).unwrap();
+    let store = open_store(dir.path(), 4).unwrap();
     let mut log = store.load("r").unwrap();
     log.append(text("before")).unwrap();
     let huge = binary(&vec![0u8; MAX_PAYLOAD + 1]);
@@ -345,4 +386,155 @@ fn oversized_message_is_kept_in_memory_only() {
     log.append(text("after")).unwrap();
     drop(log);
     assert_eq!(history(&store.load("r").unwrap()), vec![text("before"), text("after")]);
+}
+
+/// The longest suffix of `all` within `keep` messages and `keep_bytes` payload bytes.
+fn suffix_within(all: &[StoredMessage], keep: usize, keep_bytes: u64) -> Vec<StoredMessage> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for m in all.iter().rev() {
+        if out.len() == keep || bytes + m.data.len() as u64 > keep_bytes {
+            break;
+        }
+        bytes += m.data.len() as u64;
+        out.push(m.clone());
+    }
+    out.reverse();
+    out
+}
+
+#[test]
+fn history_is_bounded_in_bytes_in_memory_and_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keep, keep_bytes) = (100, 1000u64);
+    let metrics = detached();
+    let limits = Limits { keep, keep_bytes, max_rooms: 10 };
+    let store = HistoryStore::open(dir.path(), limits, metrics.clone()).unwrap();
+    let mut log = store.load("r").unwrap();
+    let mut all = Vec::new();
+    for i in 0..200usize {
+        // Sizes 1..=300, and now and then one over the whole bound.
+        let len = if i % 37 == 36 { 1001 } else { (i * 61) % 300 + 1 };
+        let m = if i % 2 == 0 { binary(&vec![i as u8; len]) } else { text(&"t".repeat(len)) };
+        all.push(m.clone());
+        log.append(m).unwrap();
+        let want = suffix_within(&all, keep, keep_bytes);
+        assert_eq!(history(&log), want, "after message {i}");
+        assert!(log.bytes() <= keep_bytes, "{} kept bytes after message {i}", log.bytes());
+        assert_eq!(log.bytes(), want.iter().map(|m| m.data.len() as u64).sum::<u64>());
+        let records = parse_file(&std::fs::read(&log.path).unwrap());
+        let payload: u64 = records.iter().map(|m| m.data.len() as u64).sum();
+        assert!(payload <= 2 * keep_bytes, "{payload} payload bytes on disk after message {i}");
+        assert!(records.ends_with(&want), "the file ends with the kept messages after message {i}");
+        assert_gauges(dir.path(), &metrics);
+    }
+    // A message over the bound empties the history; the next one is kept alone.
+    log.append(binary(&[7u8; 1001])).unwrap();
+    assert!(log.is_empty());
+    log.append(text("small")).unwrap();
+    assert_eq!(history(&log), vec![text("small")]);
+    drop(log);
+    assert_eq!(history(&store.load("r").unwrap()), vec![text("small")]);
+
+    // A smaller byte bound on load keeps the newest messages within it and compacts the file.
+    let big: Vec<StoredMessage> = (0..8u8).map(|i| binary(&[i; 100])).collect();
+    let mut log = store.load("s").unwrap();
+    for m in &big {
+        log.append(m.clone()).unwrap();
+    }
+    drop((log, store));
+    let limits = Limits { keep, keep_bytes: 250, max_rooms: 10 };
+    let store = HistoryStore::open(dir.path(), limits, metrics.clone()).unwrap();
+    let log = store.load("s").unwrap();
+    assert_eq!(history(&log), big[6..].to_vec());
+    assert_eq!(parse_file(&std::fs::read(&log.path).unwrap()), big[6..].to_vec());
+    assert_gauges(dir.path(), &metrics);
+}
+
+#[test]
+fn least_recently_used_idle_rooms_are_removed_beyond_max_rooms() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = detached();
+    let limits = Limits { keep: 5, keep_bytes: 1 << 20, max_rooms: 3 };
+    let store = HistoryStore::open(dir.path(), limits, metrics.clone()).unwrap();
+    let path = |id: &str| room_path(dir.path(), id);
+    let touch = |id: &str| {
+        let mut log = store.load(id).unwrap();
+        log.append(text(&format!("in {id}"))).unwrap();
+        log
+    };
+    for id in ["a", "b", "c"] {
+        drop(touch(id));
+    }
+    assert_gauges(dir.path(), &metrics);
+    assert_eq!((metrics.rooms.get(), metrics.evictions.get()), (3, 0));
+    // Using `a` again makes `b` the least recently used.
+    drop(touch("a"));
+    let d = touch("d");
+    assert!(!path("b").exists() && path("a").exists() && path("c").exists());
+    assert_eq!((metrics.rooms.get(), metrics.evictions.get()), (3, 1));
+    assert_gauges(dir.path(), &metrics);
+    let e = touch("e");
+    assert!(!path("c").exists() && path("a").exists());
+    let f = touch("f");
+    assert!(!path("a").exists());
+    assert_eq!(metrics.evictions.get(), 3);
+    // Rooms in use are never removed: a fourth open room goes over the cap until it is idle.
+    let g = touch("g");
+    assert_eq!(on_disk(dir.path()).0.len(), 4);
+    assert_gauges(dir.path(), &metrics);
+    drop(g);
+    assert!(!path("g").exists(), "the only idle room goes first");
+    assert_eq!((metrics.rooms.get(), metrics.evictions.get()), (3, 4));
+    drop((d, e, f));
+    assert_eq!(on_disk(dir.path()).0, vec![path("d"), path("e"), path("f")]);
+    assert_gauges(dir.path(), &metrics);
+    assert_eq!(store.rooms_on_disk(), 3);
+    // An evicted room starts again empty.
+    drop(store);
+
+    // Reopened: gauges come from a scan, leftovers are cleaned, the oldest files go first.
+    let old = SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(path("e")).unwrap().set_modified(old).unwrap();
+    std::fs::write(with_suffix(&path("d"), ".tmp"), b"leftover").unwrap();
+    std::fs::write(with_suffix(&path("d"), ".corrupt-1"), b"set aside").unwrap();
+    let long = "L".repeat(150);
+    let metrics = detached();
+    let limits = Limits { keep: 5, keep_bytes: 1 << 20, max_rooms: 2 };
+    let store = HistoryStore::open(dir.path(), limits, metrics.clone()).unwrap();
+    assert!(!path("e").exists(), "the least recently modified file is removed at open");
+    assert!(!with_suffix(&path("d"), ".tmp").exists());
+    assert!(with_suffix(&path("d"), ".corrupt-1").exists());
+    assert_eq!((metrics.rooms.get(), metrics.evictions.get()), (2, 1));
+    assert_gauges(dir.path(), &metrics);
+    assert_eq!(history(&store.load("d").unwrap()), vec![text("in d")]);
+    // A long id's file lives in a directory, removed with it.
+    drop(touch_in(&store, &long));
+    let long_dir = path(&long).parent().unwrap().to_path_buf();
+    assert!(long_dir != dir.path() && long_dir.is_dir());
+    drop(touch_in(&store, "h"));
+    drop(touch_in(&store, "i"));
+    assert!(!long_dir.exists(), "the emptied directory of a long id is removed");
+    assert!(store.load("e").unwrap().is_empty(), "an evicted room starts again empty");
+    assert_gauges(dir.path(), &metrics);
+}
+
+/// Load `id` from `store` and append one message.
+fn touch_in(store: &HistoryStore, id: &str) -> RoomLog {
+    let mut log = store.load(id).unwrap();
+    log.append(text(&format!("in {id}"))).unwrap();
+    log
+}
+
+#[test]
+fn keep_zero_leaves_the_store_untouched_and_counts_existing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(touch_in(&open_store(dir.path(), 3).unwrap(), "x"));
+    let metrics = detached();
+    let store =
+        HistoryStore::open(dir.path(), Limits { keep: 0, keep_bytes: 10, max_rooms: 5 }, metrics.clone()).unwrap();
+    assert_gauges(dir.path(), &metrics);
+    assert_eq!(metrics.rooms.get(), 1);
+    drop(touch_in(&store, "y"));
+    assert_eq!(on_disk(dir.path()).0.len(), 1);
 }
