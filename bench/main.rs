@@ -6,12 +6,14 @@
 //! ```text
 //! cargo build --release            # builds both `weir` and `weir-bench`
 //! cargo run --release --bin weir-bench -- [--quick]
-//!     [--only direct,weir,floor] [--scenarios small,bulk,handshake,idle] [--weir-bin PATH]
+//!     [--only direct,weir,floor]
+//!     [--scenarios small,bulk,handshake,idle,idle-echo,idle-room,idle-builtin] [--weir-bin PATH]
 //!     [--baseline-bin PATH]
 //! ```
 //!
 //! The table goes to stdout, progress to stderr. `--quick` is a smoke test (at most 1 s per
-//! throughput scenario, 1 000 idle connections); without it a full run takes a few minutes.
+//! throughput scenario, 1 000 idle relayed connections, 500 idle connections to each built-in);
+//! without it a full run takes a few minutes.
 //! The exit status is 0 whenever the benchmark ran, whether or not weir meets its targets
 //! (this is a report, not a test); it is non-zero only if something failed.
 //!
@@ -65,12 +67,21 @@
 //!   lowered to fit and a note is printed. RSS is user-space memory only: kernel socket buffers
 //!   are not in it. The echo server uses tokio-tungstenite's default config, whose 128 KiB read
 //!   buffer is zero-filled on first read, so `direct`'s idle figure is mostly that buffer.
+//! * `idle-echo`, `idle-room`, `idle-builtin`: the same measurement (N = 2 000 connections,
+//!   RSS before, at N/10 and at N) for what weir serves itself, so they run on `weir` (and
+//!   `baseline`) only; `direct` and `floor` show `-`. weir is configured with a built-in echo
+//!   object at `/echo/{id}` (`idle-echo`: one object id per connection), a built-in room at
+//!   `/rooms/{id}` (`idle-room`: ten members per room; the probe is the room's welcome, rooms do
+//!   not echo) and a pool with the built-in echo backend at `/builtin` (`idle-builtin`: relayed
+//!   to `builtin:echo`, so weir holds the relay and the echo server's WebSocket state; three
+//!   descriptors per connection). The figure is weir's whole cost of one such connection.
 //!
 //! The `weir / floor` column is computed from the same run; with `--baseline-bin` a second weir
 //! binary (say, the previous commit's) runs right before weir in every scenario, and the
 //! `weir / baseline` column compares the two. After the table the tool checks
 //! the issue's targets: CPU per small message ≤ 1.3× floor, bulk MB/s ≥ 0.8× floor, and
-//! ≤ 16 KiB RSS per idle connection for weir (judged on `KiB/conn`).
+//! ≤ 16 KiB RSS per idle connection for weir (judged on `KiB/conn`), and lists the idle cost of
+//! each built-in endpoint measured.
 //!
 //! The host is small and shared: treat differences of a few percent as noise, and compare
 //! columns of one run rather than numbers from different runs.
@@ -122,6 +133,9 @@ const SETTLE_TOLERANCE_KIB: u64 = 64;
 const SETTLE_MAX_READS: usize = 20;
 /// File descriptors kept in reserve (stdio, listeners, admin, log and usage files, ...).
 const FD_RESERVE: u64 = 200;
+/// weir's own `server.fd_reserve` in the bench: below `FD_RESERVE`, so the idle scenarios reach
+/// their N before weir starts refusing upgrades with 503.
+const WEIR_FD_RESERVE: u64 = 64;
 /// In the echo server: at most this many already-buffered messages are echoed before a flush.
 const ECHO_BATCH_MAX: usize = 256;
 /// Back-off after a failed accept() (e.g. EMFILE), so the accept loop does not spin.
@@ -149,10 +163,15 @@ struct Cli {
     only: Vec<Target>,
 
     /// Scenarios to run, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "small,bulk,handshake,idle")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "small,bulk,handshake,idle,idle-echo,idle-room,idle-builtin"
+    )]
     scenarios: Vec<Scenario>,
 
-    /// Smoke test: short durations and 1000 idle connections.
+    /// Smoke test: short durations, 1000 idle relayed connections and 500 to each built-in.
     #[arg(long)]
     quick: bool,
 
@@ -216,6 +235,12 @@ enum Scenario {
     Bulk,
     Handshake,
     Idle,
+    /// Idle connections to weir's built-in echo object.
+    IdleEcho,
+    /// Idle members of weir's built-in rooms.
+    IdleRoom,
+    /// Idle connections relayed to weir's built-in echo backend.
+    IdleBuiltin,
 }
 
 impl Scenario {
@@ -225,17 +250,99 @@ impl Scenario {
             Scenario::Bulk => "bulk",
             Scenario::Handshake => "handshake",
             Scenario::Idle => "idle",
+            Scenario::IdleEcho => "idle-echo",
+            Scenario::IdleRoom => "idle-room",
+            Scenario::IdleBuiltin => "idle-builtin",
         }
     }
 
-    fn rows(self) -> &'static [Row] {
+    fn rows(self) -> Vec<Row> {
         match self {
-            Scenario::Small => &[Row::SmallRate, Row::SmallCpu],
-            Scenario::Bulk => &[Row::BulkRate, Row::BulkCpu],
-            Scenario::Handshake => &[Row::Handshakes],
-            Scenario::Idle => &[Row::IdleKib, Row::IdleSlope],
+            Scenario::Small => vec![Row::SmallRate, Row::SmallCpu],
+            Scenario::Bulk => vec![Row::BulkRate, Row::BulkCpu],
+            Scenario::Handshake => vec![Row::Handshakes],
+            Scenario::Idle | Scenario::IdleEcho | Scenario::IdleRoom | Scenario::IdleBuiltin => {
+                let kind = self.idle().unwrap_or(IdleKind::Relay);
+                vec![Row::IdleKib(kind), Row::IdleSlope(kind)]
+            }
         }
     }
+
+    /// What an idle scenario's connections reach (`None`: not an idle scenario).
+    fn idle(self) -> Option<IdleKind> {
+        match self {
+            Scenario::Idle => Some(IdleKind::Relay),
+            Scenario::IdleEcho => Some(IdleKind::EchoObject),
+            Scenario::IdleRoom => Some(IdleKind::Room),
+            Scenario::IdleBuiltin => Some(IdleKind::EchoBackend),
+            Scenario::Small | Scenario::Bulk | Scenario::Handshake => None,
+        }
+    }
+
+    /// Scenarios that measure what weir serves itself: nothing to compare on direct or floor.
+    fn weir_only(self) -> bool {
+        self.idle().is_some_and(IdleKind::builtin)
+    }
+}
+
+/// Members per room in `idle-room`.
+const ROOM_MEMBERS: usize = 10;
+
+/// What the connections of an idle scenario reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum IdleKind {
+    /// `/`, relayed to the bench's echo server (`idle`).
+    Relay,
+    /// weir's built-in echo object, one object id per connection (`idle-echo`).
+    EchoObject,
+    /// weir's built-in room, `ROOM_MEMBERS` members per room (`idle-room`).
+    Room,
+    /// `/builtin`, relayed to weir's built-in echo backend (`idle-builtin`).
+    EchoBackend,
+}
+
+impl IdleKind {
+    /// Served by weir itself (configured only for these scenarios).
+    fn builtin(self) -> bool {
+        self != IdleKind::Relay
+    }
+
+    /// The request path of connection `i`.
+    fn path(self, i: usize) -> String {
+        match self {
+            IdleKind::Relay => "/".into(),
+            IdleKind::EchoObject => format!("/echo/c{i}"),
+            IdleKind::Room => format!("/rooms/r{}", i / ROOM_MEMBERS),
+            IdleKind::EchoBackend => "/builtin".into(),
+        }
+    }
+
+    /// How a new connection is checked before it is left idle.
+    fn probe(self) -> Probe {
+        match self {
+            IdleKind::Room => Probe::Welcome,
+            IdleKind::Relay | IdleKind::EchoObject | IdleKind::EchoBackend => Probe::Echo,
+        }
+    }
+
+    /// Descriptors one connection costs the relay process (weir): client side, plus the
+    /// upstream side when relayed, plus the echo backend's side when that is weir too.
+    fn relay_fds(self) -> u64 {
+        match self {
+            IdleKind::Relay => 2,
+            IdleKind::EchoObject | IdleKind::Room => 1,
+            IdleKind::EchoBackend => 3,
+        }
+    }
+}
+
+/// The first thing a new connection must get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Probe {
+    /// `PROBE` echoed back.
+    Echo,
+    /// A room's welcome event (a text message with `"weir":"welcome"`).
+    Welcome,
 }
 
 fn main() -> ExitCode {
@@ -286,6 +393,8 @@ struct Params {
     hs_max: u64,
     hs_dur: Duration,
     idle_n: usize,
+    /// Connections of the idle scenarios on weir's built-ins.
+    builtin_idle_n: usize,
     idle_concurrency: usize,
 }
 
@@ -317,6 +426,7 @@ impl Params {
             hs_max: if quick { 1_000 } else { 5_000 },
             hs_dur: secs(5, 1_000),
             idle_n: if quick { 1_000 } else { 9_900 },
+            builtin_idle_n: if quick { 500 } else { 2_000 },
             idle_concurrency: 200,
         }
     }
@@ -339,6 +449,27 @@ impl Params {
                 "N = {} idle conns (RSS at N/10 and N), {} handshakes in flight",
                 self.idle_n, self.idle_concurrency
             ),
+            Scenario::IdleEcho => format!(
+                "N = {} idle conns to weir's built-in echo object (one id each; RSS at N/10 and N), weir only",
+                self.builtin_idle_n
+            ),
+            Scenario::IdleRoom => format!(
+                "N = {} idle members of weir's built-in rooms ({ROOM_MEMBERS} per room; RSS at N/10 and N), weir only",
+                self.builtin_idle_n
+            ),
+            Scenario::IdleBuiltin => format!(
+                "N = {} idle conns relayed to weir's built-in echo backend (RSS at N/10 and N), weir only",
+                self.builtin_idle_n
+            ),
+        }
+    }
+
+    /// Connections opened by an idle scenario of this kind.
+    fn idle_count(&self, kind: IdleKind) -> usize {
+        if kind.builtin() {
+            self.builtin_idle_n
+        } else {
+            self.idle_n
         }
     }
 }
@@ -420,6 +551,19 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
         params.idle_n >= 100 || !scenarios.contains(&Scenario::Idle),
         "RLIMIT_NOFILE {nofile} is too low for the idle scenario"
     );
+    // The costliest built-in scenario: three descriptors per connection in weir.
+    let max_builtin = (nofile.saturating_sub(FD_RESERVE) / IdleKind::EchoBackend.relay_fds()) as usize;
+    if scenarios.iter().any(|s| s.weir_only()) && params.builtin_idle_n > max_builtin {
+        eprintln!(
+            "weir-bench: RLIMIT_NOFILE is {nofile}: built-in idle scenarios lowered from {} to {max_builtin} connections",
+            params.builtin_idle_n
+        );
+        params.builtin_idle_n = max_builtin;
+    }
+    ensure!(
+        params.builtin_idle_n >= 100 || !scenarios.iter().any(|s| s.weir_only()),
+        "RLIMIT_NOFILE {nofile} is too low for the built-in idle scenarios"
+    );
 
     let mut ctx = Ctx {
         exe,
@@ -448,6 +592,9 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
     let mut failures = 0usize;
     for &scenario in &scenarios {
         for &target in &run_order {
+            if scenario.weir_only() && matches!(target, Target::Direct | Target::Floor) {
+                continue;
+            }
             let label = format!("{}/{}", scenario.name(), target.name());
             eprintln!("[{label}] {}", ctx.params.describe(scenario));
             let backstop = backstop(&ctx.params, scenario);
@@ -464,7 +611,7 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
                 Err(e) => {
                     failures += 1;
                     eprintln!("[{label}] error: {e:#}");
-                    for &row in scenario.rows() {
+                    for row in scenario.rows() {
                         results.insert((row, target), Err(format!("{e:#}")));
                     }
                 }
@@ -509,12 +656,14 @@ fn backstop(p: &Params, scenario: Scenario) -> Duration {
         Scenario::Small => p.small.dur + slack + OP_TIMEOUT * 2,
         Scenario::Bulk => p.bulk.dur + slack + OP_TIMEOUT * 2,
         Scenario::Handshake => p.hs_dur + slack,
-        Scenario::Idle => 2 * IDLE_OPEN_TIMEOUT + 3 * SETTLE_INTERVAL * SETTLE_MAX_READS as u32 + slack,
+        Scenario::Idle | Scenario::IdleEcho | Scenario::IdleRoom | Scenario::IdleBuiltin => {
+            2 * IDLE_OPEN_TIMEOUT + 3 * SETTLE_INTERVAL * SETTLE_MAX_READS as u32 + slack
+        }
     }
 }
 
 async fn run_one(ctx: &Ctx, scenario: Scenario, target: Target, label: &str) -> Result<Vec<(Row, f64)>> {
-    let dep = deploy(ctx, target).await?;
+    let dep = deploy(ctx, target, scenario.weir_only()).await?;
     eprintln!("[{label}] ready on {} (measuring {} pid {})", dep.addr, dep.measured_name(), dep.pid);
     let p = &ctx.params;
     let values = match scenario {
@@ -551,9 +700,10 @@ async fn run_one(ctx: &Ctx, scenario: Scenario, target: Target, label: &str) -> 
             eprintln!("[{label}] {n} handshakes in {elapsed:.2?}: {rate:.0}/s");
             vec![(Row::Handshakes, rate)]
         }
-        Scenario::Idle => {
-            let (at_n, slope) = run_idle(&dep, p, label).await?;
-            vec![(Row::IdleKib, at_n), (Row::IdleSlope, slope)]
+        Scenario::Idle | Scenario::IdleEcho | Scenario::IdleRoom | Scenario::IdleBuiltin => {
+            let kind = scenario.idle().context("an idle scenario without a kind")?;
+            let (at_n, slope) = run_idle(&dep, p, kind, label).await?;
+            vec![(Row::IdleKib(kind), at_n), (Row::IdleSlope(kind), slope)]
         }
     };
     drop(dep);
@@ -644,7 +794,9 @@ impl Deployment {
     }
 }
 
-async fn deploy(ctx: &Ctx, target: Target) -> Result<Deployment> {
+/// Starts `target`; with `builtins`, weir also serves its built-in echo object, rooms and echo
+/// backend (see `weir_config`).
+async fn deploy(ctx: &Ctx, target: Target, builtins: bool) -> Result<Deployment> {
     let tag = ctx.tag();
     let dir = ctx.tmp.path();
 
@@ -694,7 +846,8 @@ async fn deploy(ctx: &Ctx, target: Target) -> Result<Deployment> {
             let config_path = dir.join(format!("weir-{tag}.yaml"));
             let usage_path = dir.join(format!("usage-{tag}.jsonl"));
             let log_path = dir.join(format!("weir-{tag}.log"));
-            let config = weir_config(listen, admin, echo_addr, &usage_path)?;
+            let data_dir = builtins.then(|| dir.join(format!("data-{tag}")));
+            let config = weir_config(listen, admin, echo_addr, &usage_path, data_dir.as_deref())?;
             fs::write(&config_path, config).with_context(|| format!("writing {}", config_path.display()))?;
             let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
             let mut cmd = Command::new(bin);
@@ -765,14 +918,56 @@ fn free_loopback_ports() -> Result<(SocketAddr, SocketAddr)> {
     Ok((a.local_addr()?, b.local_addr()?))
 }
 
-fn weir_config(listen: SocketAddr, admin: SocketAddr, echo: SocketAddr, usage: &Path) -> Result<String> {
+/// weir's config: everything at `/` relayed to the bench's echo server. With `builtins` (a data
+/// directory), also a built-in echo object at `/echo/{id}`, a built-in room at `/rooms/{id}` and
+/// a pool with the built-in echo backend at `/builtin`.
+fn weir_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    echo: SocketAddr,
+    usage: &Path,
+    builtins: Option<&Path>,
+) -> Result<String> {
     // A JSON string literal is also a valid YAML double-quoted scalar.
     let usage = serde_json::to_string(&usage.to_string_lossy()).context("quoting the usage path")?;
+    let (data_dir, objects, pools, routes) = match builtins {
+        None => Default::default(),
+        Some(dir) => (
+            format!(
+                "data_dir: {}\n",
+                serde_json::to_string(&dir.to_string_lossy()).context("quoting the data directory")?
+            ),
+            "objects:
+  - name: echo
+    id: {path: \"/echo/{id}\"}
+    builtin: echo
+  - name: rooms
+    id: {path: \"/rooms/{id}\"}
+    builtin: room
+"
+            .to_string(),
+            "  - name: builtin
+    backends: [\"builtin:echo\"]
+    health_check:
+      kind: none
+"
+            .to_string(),
+            "  - path_prefix: /echo
+    object: echo
+  - path_prefix: /rooms
+    object: rooms
+  - path_prefix: /builtin
+    pool: builtin
+"
+            .to_string(),
+        ),
+    };
     Ok(format!(
         r#"# Generated by weir-bench.
 server:
   threads: 1
   grace_period: 1s
+  fd_reserve: {WEIR_FD_RESERVE}
 log:
   level: warn
   format: text
@@ -786,17 +981,17 @@ timeouts:
   backend_handshake: 10s
 usage:
   file: {usage}
-pools:
+{data_dir}{objects}pools:
   - name: echo
     backends: ["{echo}"]
     selection: round_robin
     health_check:
       kind: none
-routes:
+{pools}routes:
   - path_prefix: /
     kind: websocket
     pool: echo
-"#
+{routes}"#
     ))
 }
 
@@ -987,18 +1182,43 @@ fn light_config() -> WebSocketConfig {
 
 /// Connects, performs the WebSocket handshake and one probe echo.
 async fn open_ws(addr: SocketAddr, config: WebSocketConfig) -> Result<Ws> {
+    open_ws_at(addr, "/", config, Probe::Echo).await
+}
+
+/// Connects to `path`, performs the WebSocket handshake and the `probe`.
+async fn open_ws_at(addr: SocketAddr, path: &str, config: WebSocketConfig, probe: Probe) -> Result<Ws> {
     timeout(OP_TIMEOUT, async {
         let tcp = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         tcp.set_nodelay(true).context("setting TCP_NODELAY")?;
         let (mut ws, _response) =
-            tokio_tungstenite::client_async_with_config(format!("ws://{addr}/"), tcp, Some(config))
+            tokio_tungstenite::client_async_with_config(format!("ws://{addr}{path}"), tcp, Some(config))
                 .await
-                .with_context(|| format!("WebSocket handshake with {addr}"))?;
-        probe_echo(&mut ws).await?;
+                .with_context(|| format!("WebSocket handshake with {addr}{path}"))?;
+        match probe {
+            Probe::Echo => probe_echo(&mut ws).await?,
+            Probe::Welcome => probe_welcome(&mut ws).await?,
+        }
         Ok(ws)
     })
     .await
-    .with_context(|| format!("opening a WebSocket to {addr} timed out after {OP_TIMEOUT:?}"))?
+    .with_context(|| format!("opening a WebSocket to {addr}{path} timed out after {OP_TIMEOUT:?}"))?
+}
+
+/// Waits for a room's welcome event, the first message a member gets.
+async fn probe_welcome(ws: &mut Ws) -> Result<()> {
+    for _ in 0..16 {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                ensure!(t.as_str().contains("\"weir\":\"welcome\""), "expected the room's welcome, got {t}");
+                return Ok(());
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(other)) => bail!("unexpected first message from the room: {other:?}"),
+            Some(Err(e)) => return Err(e).context("reading the room's welcome"),
+            None => bail!("connection closed before the room's welcome"),
+        }
+    }
+    bail!("no welcome among the first 16 frames")
 }
 
 /// Sends `PROBE` and waits for it to come back unchanged.
@@ -1229,14 +1449,14 @@ async fn run_handshakes(dep: &Deployment, p: &Params) -> Result<(u64, Duration)>
 }
 
 /// Returns (KiB per connection at N, KiB per connection between N/10 and N).
-async fn run_idle(dep: &Deployment, p: &Params, label: &str) -> Result<(f64, f64)> {
-    let n = p.idle_n;
+async fn run_idle(dep: &Deployment, p: &Params, kind: IdleKind, label: &str) -> Result<(f64, f64)> {
+    let n = p.idle_count(kind);
     let n1 = n / 10;
     let rss0 = settled_rss_kib(dep.pid).await?;
     let mut conns: Vec<Ws> = Vec::with_capacity(n);
-    open_idle(dep.addr, n1, p.idle_concurrency, &mut conns, label).await?;
+    open_idle(dep.addr, kind, n1, p.idle_concurrency, &mut conns, label).await?;
     let rss1 = settled_rss_kib(dep.pid).await?;
-    open_idle(dep.addr, n - n1, p.idle_concurrency, &mut conns, label).await?;
+    open_idle(dep.addr, kind, n - n1, p.idle_concurrency, &mut conns, label).await?;
     let rss2 = settled_rss_kib(dep.pid).await?;
 
     let per = |rss: u64, base: u64, count: usize| (rss as f64 - base as f64) / count as f64;
@@ -1253,12 +1473,22 @@ async fn run_idle(dep: &Deployment, p: &Params, label: &str) -> Result<(f64, f64
     Ok((at_n, slope))
 }
 
-/// Opens `count` idle connections, at most `concurrency` handshakes at a time.
-async fn open_idle(addr: SocketAddr, count: usize, concurrency: usize, out: &mut Vec<Ws>, label: &str) -> Result<()> {
+/// Opens `count` more idle connections of `kind` (numbered on from `out.len()`), at most
+/// `concurrency` handshakes at a time.
+async fn open_idle(
+    addr: SocketAddr,
+    kind: IdleKind,
+    count: usize,
+    concurrency: usize,
+    out: &mut Vec<Ws>,
+    label: &str,
+) -> Result<()> {
     let deadline = Instant::now() + IDLE_OPEN_TIMEOUT;
-    let target = out.len() + count;
-    let mut opening =
-        futures_util::stream::iter(0..count).map(|_| open_ws(addr, light_config())).buffer_unordered(concurrency);
+    let first = out.len();
+    let target = first + count;
+    let mut opening = futures_util::stream::iter(first..target)
+        .map(|i| async move { open_ws_at(addr, &kind.path(i), light_config(), kind.probe()).await })
+        .buffer_unordered(concurrency);
     while let Some(opened) = timeout_at(deadline, opening.next())
         .await
         .with_context(|| format!("opening idle connections timed out after {IDLE_OPEN_TIMEOUT:?}"))?
@@ -1374,8 +1604,8 @@ enum Row {
     BulkRate,
     BulkCpu,
     Handshakes,
-    IdleKib,
-    IdleSlope,
+    IdleKib(IdleKind),
+    IdleSlope(IdleKind),
 }
 
 impl Row {
@@ -1384,7 +1614,12 @@ impl Row {
             Row::SmallRate | Row::SmallCpu => "small",
             Row::BulkRate | Row::BulkCpu => "bulk",
             Row::Handshakes => "handshake",
-            Row::IdleKib | Row::IdleSlope => "idle",
+            Row::IdleKib(kind) | Row::IdleSlope(kind) => match kind {
+                IdleKind::Relay => "idle",
+                IdleKind::EchoObject => "idle-echo",
+                IdleKind::Room => "idle-room",
+                IdleKind::EchoBackend => "idle-builtin",
+            },
         }
     }
 
@@ -1395,21 +1630,21 @@ impl Row {
             Row::BulkRate => "MB/s",
             Row::BulkCpu => "CPU µs/MB relayed",
             Row::Handshakes => "handshakes/s",
-            Row::IdleKib => "RSS KiB/conn",
-            Row::IdleSlope => "RSS KiB/conn slope N/10→N",
+            Row::IdleKib(_) => "RSS KiB/conn",
+            Row::IdleSlope(_) => "RSS KiB/conn slope N/10→N",
         }
     }
 
     /// Whether the figure is read from the measured process (echo server for `direct`).
     fn per_process(self) -> bool {
-        matches!(self, Row::SmallCpu | Row::BulkCpu | Row::IdleKib | Row::IdleSlope)
+        matches!(self, Row::SmallCpu | Row::BulkCpu | Row::IdleKib(_) | Row::IdleSlope(_))
     }
 
     fn format(self, v: f64) -> String {
         match self {
             Row::SmallRate | Row::Handshakes => format!("{v:.0}"),
             Row::SmallCpu => format!("{v:.3}"),
-            Row::IdleKib | Row::IdleSlope => format!("{v:.2}"),
+            Row::IdleKib(_) | Row::IdleSlope(_) => format!("{v:.2}"),
             Row::BulkRate | Row::BulkCpu => format!("{v:.1}"),
         }
     }
@@ -1446,7 +1681,7 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
         _ => None,
     };
     for &s in scenarios {
-        for &row in s.rows() {
+        for row in s.rows() {
             let cell = |t: Target| -> String {
                 if !targets.contains(&t) {
                     return "-".into();
@@ -1508,7 +1743,8 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
         _ => "not measured (needs bulk on weir and floor)".into(),
     };
     let _ = writeln!(out, "- bulk MB/s ≥ 0.8× floor: {bulk}");
-    let idle = match (value(Row::IdleKib, Target::Weir), value(Row::IdleSlope, Target::Weir)) {
+    let relay = IdleKind::Relay;
+    let idle = match (value(Row::IdleKib(relay), Target::Weir), value(Row::IdleSlope(relay), Target::Weir)) {
         (Some(k), slope) => format!(
             "weir {k:.2} KiB/conn (slope {}) — {}",
             slope.map(|s| format!("{s:.2}")).unwrap_or_else(|| "-".into()),
@@ -1517,6 +1753,16 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
         _ => "not measured (needs idle on weir)".into(),
     };
     let _ = writeln!(out, "- ≤ 16 KiB RSS per idle connection (weir): {idle}");
+    let builtins: Vec<String> = [IdleKind::EchoObject, IdleKind::Room, IdleKind::EchoBackend]
+        .into_iter()
+        .filter_map(|kind| {
+            let k = value(Row::IdleKib(kind), Target::Weir)?;
+            Some(format!("{} {k:.2} KiB/conn", Row::IdleKib(kind).scenario()))
+        })
+        .collect();
+    if !builtins.is_empty() {
+        let _ = writeln!(out, "- idle cost of weir's built-in endpoints (no target): {}", builtins.join(", "));
+    }
     out
 }
 

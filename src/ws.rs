@@ -1,6 +1,13 @@
 //! WebSockets weir terminates itself (the built-in echo backend and the built-in objects), over
-//! tokio-tungstenite: their configuration and size limit, the one echo loop, closing with a
-//! `Close`, and the shutdown drain. A leaf: it knows only the relay's `Close` table.
+//! tokio-tungstenite: their configuration (buffer sizes and limits), the echo's message limit, the
+//! one echo loop, closing with a `Close`, and the shutdown drain. A leaf: it knows only the
+//! relay's `Close` table and the config's default.
+//!
+//! Memory per connection: tungstenite allocates its read buffer (`READ_BUFFER`) eagerly and
+//! zero-fills it on the first read, and grows it on demand to hold one whole frame; its write
+//! buffer starts empty, holds at most `WRITE_BUFFER` plus one message (`ws_config`), and keeps the
+//! capacity it reached. So an idle connection costs about `READ_BUFFER`, and a connection that
+//! carried a message of `n` bytes keeps up to about `2n` (one read, one written) until it ends.
 //!
 //! Warm path (per connection and per message of a built-in session).
 
@@ -16,16 +23,33 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error, Message};
 use tokio_tungstenite::WebSocketStream;
 
-/// Largest message (and frame) the echo backend and the echo object accept, bytes. A larger one
-/// gets a 1009 close (`Close::TooBig`).
-pub const MAX_MESSAGE: usize = 16 << 20;
+/// The default largest message (and frame) the echo backend and the echo object accept, bytes
+/// (`echo.max_message`); a larger one gets a 1009 close (`Close::TooBig`).
+pub const MAX_MESSAGE: usize = crate::config::validate::DEFAULT_ECHO_MAX_MESSAGE;
 /// Time a peer gets to answer a close weir's echo sent before its stream is dropped.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// tungstenite's read buffer, bytes: allocated (and zero-filled) per connection, grown on demand
+/// to hold one whole frame. Small, because most built-in connections are idle most of the time.
+pub const READ_BUFFER: usize = 4 << 10;
+/// tungstenite's write buffer target, bytes: messages queued without a flush are written once
+/// this much is buffered (a room's batch); `flush` always writes everything.
+pub const WRITE_BUFFER: usize = 8 << 10;
+/// Room in the write buffer beyond `WRITE_BUFFER` plus one message: the largest frame header and
+/// the control frames tungstenite queues itself (a pong or a close, at most 129 bytes each).
+const WRITE_SLACK: usize = 1 << 10;
 
-/// tokio-tungstenite's configuration for a built-in WebSocket server whose messages are at most
-/// `max` bytes.
-pub fn ws_config(max: usize) -> WebSocketConfig {
-    WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max))
+/// tokio-tungstenite's configuration for a built-in WebSocket server that accepts messages (and
+/// frames) of at most `max_in` bytes and sends messages of at most `max_out` bytes: a small read
+/// buffer grown on demand, and a write buffer bounded at `WRITE_BUFFER` plus one message (once
+/// the socket is full, tokio-tungstenite writes the buffer out before it takes another message;
+/// a message over `max_out` fails with `WriteBufferFull` instead of being buffered).
+pub fn ws_config(max_in: usize, max_out: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + max_out + WRITE_SLACK)
+        .max_message_size(Some(max_in))
+        .max_frame_size(Some(max_in))
 }
 
 /// How an echo (or any built-in session's read loop) ended.
@@ -68,6 +92,10 @@ pub fn end_of(error: &Error) -> End {
 /// Echo every text and binary message on `ws` back until the peer closes, fails, sends a message
 /// over the limit, or `stop` resolves; `on_message` runs once per echoed message. The caller
 /// sends the close the end calls for (`close`).
+///
+/// Backpressure: one message at a time. While an echo is being written (the peer does not read),
+/// nothing more is read, so the peer's writes stall in TCP and weir holds at most one message in
+/// each direction; `stop` still ends a stalled write.
 pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     mut on_message: impl FnMut(),
@@ -75,20 +103,24 @@ pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> End {
     tokio::pin!(stop);
     loop {
-        tokio::select! {
+        let msg = tokio::select! {
             () = &mut stop => return End::Stopped,
-            msg = ws.next() => match msg {
-                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    on_message();
-                    if ws.send(m).await.is_err() {
+            msg = ws.next() => msg,
+        };
+        match msg {
+            Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                on_message();
+                tokio::select! {
+                    () = &mut stop => return End::Stopped,
+                    sent = ws.send(m) => if sent.is_err() {
                         return End::Peer;
-                    }
+                    },
                 }
-                // tungstenite answers pings and closes itself; the stream ends after a close.
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return end_of(&e),
-                None => return End::Peer,
-            },
+            }
+            // tungstenite answers pings and closes itself; the stream ends after a close.
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return end_of(&e),
+            None => return End::Peer,
         }
     }
 }

@@ -62,7 +62,9 @@ impl Objects {
             let (builtin, hosts, down_for) = match &ns.kind {
                 ObjectKind::Builtin(b) => {
                     let (name, object) = match b {
-                        BuiltinObject::Echo => ("builtin:echo", session::Object::Echo),
+                        BuiltinObject::Echo => {
+                            ("builtin:echo", session::Object::Echo { max_message: config.echo.max_message })
+                        }
                         BuiltinObject::Room(room) => {
                             let dir = config.data_dir.join("rooms").join(&ns.name);
                             let rooms = Rooms::new(&ns.name, *room, &dir, metrics).map_err(|e| {

@@ -4,6 +4,11 @@
 //! the object until the client leaves or weir shuts down (after `server.grace_period`, a 1001
 //! close). Per message: the object's active time is touched. The 101 is the gateway's
 //! (`http1::upgrade::switching_protocols`: no extension and no subprotocol are negotiated).
+//!
+//! Buffers and limits come from `ws::ws_config`: a small read buffer grown on demand (an idle
+//! member costs a few KiB, not tungstenite's default 128 KiB) and a bounded write buffer. The
+//! echo accepts and sends messages of at most `echo.max_message` bytes; a room member sends at
+//! most `room.max_message` bytes and is sent any message the room's history may hold.
 
 use super::echo;
 use super::registry::ObjectHandle;
@@ -18,11 +23,17 @@ use tokio_tungstenite::WebSocketStream;
 /// Which built-in object a session runs.
 #[derive(Clone)]
 pub enum Object {
-    /// Echo every message back.
-    Echo,
+    /// Echo every message back; messages up to `max_message` bytes (`echo.max_message`).
+    Echo {
+        /// The largest message accepted, bytes.
+        max_message: usize,
+    },
     /// A member of a broadcast room.
     Room(Arc<Rooms>),
 }
+
+/// Largest message sent to a room member, bytes: the largest message the history stores.
+const ROOM_MAX_SEND: usize = 64 << 20;
 
 /// What a session hands back: the client stream (`None` if tungstenite lost it) and whether weir
 /// closed it because it is shutting down.
@@ -37,13 +48,14 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) -> Ended<S> {
-    let max = match &object {
-        Object::Echo => crate::ws::MAX_MESSAGE,
-        Object::Room(rooms) => rooms.max_message(),
+    let config = match &object {
+        Object::Echo { max_message } => crate::ws::ws_config(*max_message, *max_message),
+        // History written under a larger `room.max_message` is still replayed.
+        Object::Room(rooms) => crate::ws::ws_config(rooms.max_message(), ROOM_MAX_SEND),
     };
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(crate::ws::ws_config(max))).await;
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     match object {
-        Object::Echo => echo::serve(ws, handle, shutdown, grace).await,
+        Object::Echo { .. } => echo::serve(ws, handle, shutdown, grace).await,
         Object::Room(rooms) => room::serve(rooms, id, ws, handle, shutdown, grace).await,
     }
 }

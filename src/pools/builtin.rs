@@ -3,12 +3,14 @@
 //! Cold path: `Builtins::bind` binds one loopback listener per built-in kind the config uses
 //! (before the pools are built, so pools can name its address); `services` returns the
 //! background services that serve them: the `echo` backend (`builtin:echo` in a pool, a real
-//! server behind the relay).
+//! server behind the relay), limited by `echo.max_message`, its accept errors counted in
+//! `metrics`. (The echo *object* gets the same limit from `objects::Objects::build`.)
 //!
 //! Built-in *objects* (`objects[].builtin`) are not servers: weir terminates their WebSockets
 //! itself (`objects::session`).
 
-use crate::config::{Backend, BuiltinKind, Config};
+use crate::config::{Backend, BuiltinKind, Config, EchoConfig};
+use crate::metrics::Metrics;
 use pingora_core::services::ServiceWithDependents;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -16,10 +18,12 @@ use std::net::{SocketAddr, TcpListener};
 /// The built-in servers of one process.
 pub struct Builtins {
     bound: HashMap<BuiltinKind, (SocketAddr, TcpListener)>,
+    echo: EchoConfig,
 }
 
 impl Builtins {
-    /// Bind a loopback listener on an ephemeral port for every built-in kind `config` uses.
+    /// Bind a loopback listener on an ephemeral port for every built-in kind `config` uses, and
+    /// set the echo object's limit (`echo.max_message`, process-wide).
     pub fn bind(config: &Config) -> std::io::Result<Builtins> {
         let mut bound = HashMap::new();
         for pool in &config.pools {
@@ -33,7 +37,7 @@ impl Builtins {
                 }
             }
         }
-        Ok(Builtins { bound })
+        Ok(Builtins { bound, echo: config.echo })
     }
 
     /// The address a backend is reached at (built-ins resolve to their loopback listener).
@@ -47,13 +51,15 @@ impl Builtins {
         }
     }
 
-    /// The services that serve the bound listeners.
-    pub fn services(self) -> Vec<Box<dyn ServiceWithDependents>> {
+    /// The services that serve the bound listeners; their accept errors are counted in
+    /// `metrics` (`weir_accept_errors_total{listener}`).
+    pub fn services(self, metrics: &Metrics) -> Vec<Box<dyn ServiceWithDependents>> {
+        let echo = self.echo;
         self.bound
             .into_iter()
             .map(|(kind, (_, listener))| -> Box<dyn ServiceWithDependents> {
                 match kind {
-                    BuiltinKind::Echo => Box::new(super::echo::service(listener)),
+                    BuiltinKind::Echo => Box::new(super::echo::service(listener, echo.max_message, metrics)),
                 }
             })
             .collect()
