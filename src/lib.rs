@@ -36,6 +36,8 @@
 //!   reports (warm / background / cold).
 //! - `metrics`: Prometheus families, names in `metrics::names` (hot updates, cold setup).
 //! - `admin`: `/metrics`, `/healthz`, `/readyz` on the admin listener (warm).
+//! - `fds`: the descriptor limit, the open count and the reserve kept for weir itself
+//!   (background sampler; warm check).
 //! - `sync`: the poison-tolerant lock helper every mutex goes through.
 //!
 //! The README's "Code map" and `../shared/DESIGN.md` describe the data flow.
@@ -43,6 +45,7 @@
 pub mod admin;
 pub mod billing;
 pub mod config;
+pub mod fds;
 pub mod gateway;
 pub mod http1;
 pub mod metering;

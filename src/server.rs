@@ -14,9 +14,11 @@ use crate::billing::delivery::Delivery;
 use crate::billing::spool::{Flusher, Spool};
 use crate::billing::UsageLog;
 use crate::config::Config;
+use crate::fds::{Descriptors, Sampler};
 use crate::gateway::http::HttpRoutes;
 use crate::gateway::{Gateway, Parts};
 use crate::metering::live::{LiveSet, Sweeper};
+use crate::metering::rejections::Rejections;
 use crate::metrics::Metrics;
 use crate::objects::Objects;
 use crate::pools::builtin::Builtins;
@@ -52,7 +54,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         crate::billing::Units::new(config.billing_units.clone()),
     ));
-    let live = Arc::new(LiveSet::new(u.interim_interval, u.idle_threshold, usage.clone()));
+    let rejections = Rejections::new(u.rejections_per_client, u.rejection_window);
+    let live = Arc::new(
+        LiveSet::new(u.interim_interval, u.idle_threshold, usage.clone())
+            .with_rejections(rejections, metrics.rejections_summarised.clone()),
+    );
+    let fds = Descriptors::new(config.fd_reserve);
     let builtins = Builtins::bind(&config).context("binding the built-in backends on 127.0.0.1")?;
     let (pools, health_services) =
         Pools::build(&config.pools, &|b| builtins.resolve(b), &metrics).context("building the backend pools")?;
@@ -79,8 +86,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         &server.configuration,
         HttpRoutes::new(routes.clone(), pools.clone(), config.timeouts),
     ));
-    let gateway =
-        Gateway::new(&config, Parts { routes, pools, objects, metrics: metrics.clone(), live: live.clone(), http });
+    let gateway = Gateway::new(
+        &config,
+        Parts { routes, pools, objects, metrics: metrics.clone(), live: live.clone(), fds: fds.clone(), http },
+    );
     let mut gateway_service = Service::new("weir gateway".to_string(), gateway);
     for l in &config.listeners {
         // Unbuffered: weir reads the head itself and relays from its own per-thread buffer, so a
@@ -101,7 +110,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     if let Some(admin) = config.admin {
         let listeners = config.listeners.iter().map(|l| l.address).collect();
         let mut admin_service =
-            Service::new("weir admin".to_string(), HttpServer::new_app(Admin::new(registry, listeners)));
+            Service::new("weir admin".to_string(), HttpServer::new_app(Admin::new(registry, listeners, fds.clone())));
         admin_service.add_tcp(&admin.to_string());
         server.add_service(admin_service);
         tracing::info!(address = %admin, "admin listening (/metrics, /healthz, /readyz)");
@@ -109,11 +118,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for s in health_services.into_iter().chain(object_health) {
         server.add_boxed_service(s);
     }
-    for s in builtins.services() {
+    for s in builtins.services(&metrics) {
         server.add_boxed_service(s);
     }
     server.add_service(background_service("spool flusher", Flusher::new(spool.clone(), u.fsync_interval)));
-    server.add_service(background_service("interim sweeper", Sweeper::new(live)));
+    server.add_service(background_service("interim sweeper", Sweeper::new(live.clone())));
+    let sampler = Sampler::new(fds, metrics.open_fds.clone(), metrics.max_fds.clone());
+    server.add_service(background_service("descriptor sampler", sampler));
     let delivery_service =
         background_service("usage delivery", Delivery::new(spool.clone(), config.usage.sinks.clone(), metrics));
     let delivery = delivery_service.task();
@@ -122,6 +133,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(spool = %config.usage.spool_dir.display(), ?sinks, "weir started");
     // Returns once Pingora has stopped every service (SIGTERM: after the grace period).
     server.run(RunArgs::default());
+    live.summarise_rejections(std::time::Instant::now(), true);
     // No connection task is left to write a record: make every record durable and hand it to
     // the sinks that take it now; the rest is delivered at the next start.
     spool.flush();

@@ -1,9 +1,10 @@
 //! Hardening (issue 9): descriptors, accept errors, rejection floods, built-in object
 //! violations, defaults. Each test failed before its fix.
 
+use crate::support::backends::echo_backend;
 use crate::support::wire::{frame, raw_client, CLOSE, FIN, MASK, TEXT};
-use crate::support::{connect, eventually, recv, Weir};
-use futures_util::{SinkExt, StreamExt};
+use crate::support::{connect, eventually, http_get, pool_and_route, raw_request, recv, upgrade_request, Weir};
+use futures_util::StreamExt;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -49,12 +50,10 @@ async fn a_frame_only_the_scanner_refuses_closes_a_room_member_before_delivery()
     }
     assert_eq!(code, Some(1002), "the sender is closed with 1002, as on a relayed connection");
     // The other member sees the sender leave and none of the refused messages.
-    let left = loop {
-        match tokio::time::timeout(Duration::from_secs(10), b.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"leave\"") => break t.to_string(),
-            Ok(Some(Ok(m))) => panic!("delivered after the violation: {m:?}"),
-            other => panic!("no leave event: {other:?}"),
-        }
+    let left = match tokio::time::timeout(Duration::from_secs(10), b.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"leave\"") => t.to_string(),
+        Ok(Some(Ok(m))) => panic!("delivered after the violation: {m:?}"),
+        other => panic!("no leave event: {other:?}"),
     };
     assert!(left.contains("\"closed\""), "{left}");
     let r = eventually("the sender's stop record", || async {
@@ -68,4 +67,115 @@ async fn a_frame_only_the_scanner_refuses_closes_a_room_member_before_delivery()
     );
     assert_eq!(r.client_to_backend.messages, 1, "only the message that was delivered is billed: {r:?}");
     b.close(None).await.unwrap();
+}
+
+/// Issue 9, item 6: running out of descriptors was silent (`/readyz` 200 while no client could
+/// connect). Now the open count and the limit are metrics, and once fewer than
+/// `server.fd_reserve` are free, upgrades get 503 and `/readyz` 503, until descriptors are free.
+#[tokio::test]
+async fn descriptor_headroom_refuses_upgrades_with_503_and_readyz_turns_503() {
+    const RESERVE: u64 = 40;
+    let backend = echo_backend().await;
+    let server = format!("server:\n  threads: 2\n  grace_period: 1s\n  fd_reserve: {RESERVE}\n");
+    let weir = Weir::start_with(&pool_and_route("p", &[backend.addr], "/ws"), &server).await;
+    let open = weir.metric_eventually("weir_open_fds", &[], |v| v > 0.0).await as u64;
+    // Room for about 20 relayed connections (two descriptors each) above the reserve; weir opens
+    // a few files of its own lazily (the usage file, spool segments), so fewer may fit.
+    let limit = open + RESERVE + 40;
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &weir.pid().to_string(), &format!("--nofile={limit}:{limit}")])
+        .status()
+        .expect("prlimit");
+    assert!(status.success());
+    weir.metric_eventually("weir_max_fds", &[], |v| v == limit as f64).await;
+
+    let mut clients = Vec::new();
+    let refused = loop {
+        assert!(clients.len() < 60, "no 503 after {} connections", clients.len());
+        let (c, head) = raw_client(weir.addr, "/ws", "", b"").await;
+        if !head.starts_with("HTTP/1.1 101") {
+            break head;
+        }
+        clients.push(c);
+        // Wait until the sampler has seen this connection's two descriptors.
+        let want = (open + 2 * clients.len() as u64) as f64;
+        weir.metric_eventually("weir_open_fds", &[], |v| v >= want).await;
+    };
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(clients.len() >= 3, "refused after only {} connections", clients.len());
+    let (code, _, body) = http_get(weir.admin, "/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("descriptors"), "{body}");
+    eventually("the rejection record", || async {
+        weir.records().into_iter().find(|r| r.reason.as_deref() == Some("descriptors_exhausted"))
+    })
+    .await;
+
+    // Free them: ready again, and upgrades go through.
+    drop(clients);
+    eventually("/readyz 200 again", || async {
+        matches!(http_get(weir.admin, "/readyz").await, Ok((200, _, _))).then_some(())
+    })
+    .await;
+    let (_c, head) = raw_client(weir.addr, "/ws", "", b"").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}
+
+/// Issue 9, item 17: `weir check` accepted an unauthenticated admin listener on 0.0.0.0 without a
+/// word. It still accepts it (the operations issue adds a token), with a warning that names the
+/// key and the fix; a loopback admin address gets none.
+#[test]
+fn check_warns_about_an_admin_listener_on_all_interfaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |admin: &str| {
+        let path = dir.path().join("weir.yaml");
+        let yaml = format!(
+            "listeners: [{{address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"{admin}\"}}\npools: [{{name: p, backends: [\"127.0.0.1:1\"], health_check: {{kind: none}}}}]\nroutes: [{{path_prefix: /ws, pool: p}}]\n"
+        );
+        std::fs::write(&path, yaml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["check", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let open = check("0.0.0.0:9090");
+    assert!(open.contains("warning: admin.address: 0.0.0.0:9090"), "{open}");
+    assert!(open.contains("127.0.0.1"), "the fix is named: {open}");
+    assert_eq!(check("127.0.0.1:9090"), "", "no warning on loopback");
+}
+
+/// Issue 9, item 8: every rejected upgrade wrote a record of ~770 bytes, so a flood of bad
+/// requests grew the spool and the sinks without bound. Now one address gets
+/// `usage.rejections_per_client` records per `usage.rejection_window`, and one summary record
+/// counts the rest: records plus summaries add up to every rejection.
+#[tokio::test]
+async fn a_flood_of_bad_upgrades_gets_a_few_records_and_one_summary_that_adds_up() {
+    const FLOOD: usize = 60;
+    let backend = echo_backend().await;
+    let usage =
+        "usage:\n  file: usage.jsonl\n  rejections_per_client: 5\n  rejection_window: 1s\n  fsync_interval: 20ms\n";
+    let weir = Weir::start_with(&pool_and_route("p", &[backend.addr], "/ws"), usage).await;
+    // No Sec-WebSocket-Key: 400 bad_key, each one a rejection.
+    let bad = upgrade_request(weir.addr, "/ws", "").replace("Sec-WebSocket-Key", "X-Not-A-Key");
+    for _ in 0..FLOOD {
+        let (status, _, _) = raw_request(weir.addr, &bad).await.unwrap();
+        assert_eq!(status, 400);
+    }
+    let summaries = eventually("the summary record", || async {
+        let lines = weir.usage_lines();
+        let s: Vec<serde_json::Value> = lines.into_iter().filter(|v| v["record"] == "rejections").collect();
+        let summarised: u64 = s.iter().map(|v| v["summarised"].as_u64().unwrap()).sum();
+        (summarised > 0 && summarised as usize + weir.records().len() == FLOOD).then_some(s)
+    })
+    .await;
+    let records = weir.records();
+    assert!(records.len() <= 5 * summaries.len().max(1) + 5, "{} records", records.len());
+    assert!(records.iter().all(|r| r.reason.as_deref() == Some("bad_key")));
+    let s = &summaries[0];
+    assert_eq!(s["client_ip"], "127.0.0.1");
+    assert_eq!(s["by_status"]["400"], s["summarised"]);
+    let counted = weir.metric_eventually("weir_rejections_summarised_total", &[], |v| v > 0.0).await;
+    assert_eq!(counted as usize + records.len(), FLOOD, "the metric counts what the summaries count");
 }

@@ -1,15 +1,18 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up) and
 //! `/readyz` (every public listener accepts connections right now: checked by connecting to it,
-//! so it turns false when the listeners stop at shutdown), on a port of its own.
+//! so it turns false when the listeners stop at shutdown, and while the descriptor reserve is in
+//! use: `fds`), on a port of its own.
 //!
 //! Cold/warm path: one request at a time from a scraper; never on a client's path.
 
+use crate::fds::Descriptors;
 use async_trait::async_trait;
 use http::Response;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest a readiness connect to a listener may take.
@@ -19,15 +22,20 @@ const READY_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct Admin {
     registry: Registry,
     listeners: Vec<SocketAddr>,
+    fds: Arc<Descriptors>,
 }
 
 impl Admin {
-    /// Serve `registry` on `/metrics`; `/readyz` connects to each of `listeners`.
-    pub fn new(registry: Registry, listeners: Vec<SocketAddr>) -> Admin {
-        Admin { registry, listeners }
+    /// Serve `registry` on `/metrics`; `/readyz` connects to each of `listeners` and checks
+    /// that descriptors are left beyond the reserve.
+    pub fn new(registry: Registry, listeners: Vec<SocketAddr>, fds: Arc<Descriptors>) -> Admin {
+        Admin { registry, listeners, fds }
     }
 
     async fn ready(&self) -> Result<(), String> {
+        if self.fds.exhausted() {
+            return Err(format!("the public listeners cannot take new connections: {}", self.fds.describe()));
+        }
         for l in &self.listeners {
             let mut target = *l;
             if target.ip().is_unspecified() {

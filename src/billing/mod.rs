@@ -27,7 +27,9 @@ pub mod spool;
 pub mod units;
 
 pub use log::UsageLog;
-pub use record::{CloseUsage, DirectionUsage, Identity, ObjectRecord, ObjectRef, RecordKind, UsageRecord};
+pub use record::{
+    CloseUsage, DirectionUsage, Identity, ObjectRecord, ObjectRef, RecordKind, RejectionSummary, UsageRecord,
+};
 
 use crate::relay::scanner::DirectionCounts;
 use std::collections::BTreeMap;

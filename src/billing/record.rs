@@ -22,6 +22,9 @@ pub enum RecordKind {
     Stop,
     /// An object's occupancy, written when its last connection ends.
     Object,
+    /// A summary of one client address's rejections over a window, beyond its
+    /// `usage.rejections_per_client` records.
+    Rejections,
 }
 
 impl RecordKind {
@@ -32,6 +35,7 @@ impl RecordKind {
             RecordKind::Interim => "interim",
             RecordKind::Stop => "stop",
             RecordKind::Object => "object",
+            RecordKind::Rejections => "rejections",
         }
     }
 }
@@ -157,6 +161,31 @@ pub struct ObjectRecord {
     pub payload_bytes_out: u64,
     /// The occupancy ended because its host failed (clients were closed with 1012).
     pub moved: bool,
+}
+
+/// The rejections of one client address in one window that did not get a record each (over
+/// `usage.rejections_per_client`): counted here instead, so the counts still add up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectionSummary {
+    /// Record type: always `rejections`.
+    pub record: RecordKind,
+    /// `rejections:<client_ip or *>:<window start, ms since the epoch>`: unique per window.
+    pub idempotency_key: String,
+    /// When this record was made (the window's end, RFC 3339 UTC, milliseconds).
+    pub at: String,
+    /// The client address (IP, no port); null for the catch-all of addresses beyond the tracked
+    /// maximum.
+    pub client_ip: Option<String>,
+    /// Start of the window (RFC 3339 UTC, milliseconds).
+    pub started_at: String,
+    /// End of the window (RFC 3339 UTC, milliseconds).
+    pub ended_at: String,
+    /// Rejections in the window that got a record of their own.
+    pub recorded: u64,
+    /// Rejections in the window counted only here.
+    pub summarised: u64,
+    /// `summarised` by HTTP status weir answered with.
+    pub by_status: std::collections::BTreeMap<u16, u64>,
 }
 
 /// Traffic in one direction (relayed bytes only; frames weir sends itself are not counted).

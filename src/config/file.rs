@@ -45,6 +45,18 @@ pub struct FileConfig {
     pub routes: Vec<FileRoute>,
     /// Billing: pricing units computed from each connection's counts.
     pub billing: Option<FileBilling>,
+    /// The built-in echo (the `builtin:echo` backend and the `echo` object).
+    #[serde(default)]
+    pub echo: FileEcho,
+}
+
+/// `echo:` settings of the built-in echo backend and echo object.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEcho {
+    /// Largest message (and frame) a client may send to the echo, bytes; a larger one is closed
+    /// with 1009. Default: 1048576 (1 MiB).
+    pub max_message: Option<u64>,
 }
 
 /// `server:` process settings.
@@ -56,6 +68,9 @@ pub struct FileServer {
     /// How long open WebSockets get after SIGTERM before weir closes them with 1001 (duration,
     /// e.g. `10s`). Default: 10s.
     pub grace_period: Option<String>,
+    /// File descriptors kept in reserve (count): new upgrades get 503 once fewer are free.
+    /// Default: 256.
+    pub fd_reserve: Option<u64>,
 }
 
 /// `log:` settings.
@@ -126,6 +141,11 @@ pub struct FileUsage {
     pub default_tenant: Option<String>,
     /// When the spool cannot be written: `reject` new upgrades with 503 (default) or `fail_open`.
     pub on_spool_error: Option<String>,
+    /// Rejection records one client address gets per `rejection_window` (count); beyond it,
+    /// one summary record per window counts the rest (0: a record each, always). Default: 20.
+    pub rejections_per_client: Option<u64>,
+    /// The window of `rejections_per_client` (duration). Default: 10s.
+    pub rejection_window: Option<String>,
     /// Where records are delivered (any number). Default: one file sink at `file`.
     pub sinks: Option<Vec<FileSink>>,
 }
@@ -256,6 +276,15 @@ pub struct FileRoom {
     pub send_queue: Option<u64>,
     /// Largest message a client may send, bytes. Default: 65536.
     pub max_message: Option<u64>,
+    /// Longest a client may take to accept one write (the welcome plus history, or a batch of
+    /// live messages) before it is closed with 1013, a duration. Default: 10s.
+    pub send_timeout: Option<String>,
+    /// Most payload bytes of history kept per room (memory and replay; the file stays under about
+    /// twice this), bytes. Default: 1048576 (1 MiB).
+    pub history_bytes: Option<u64>,
+    /// Most room history files kept on disk in this namespace (count); beyond it the least
+    /// recently used rooms without members lose their history. Default: 10000.
+    pub max_rooms_on_disk: Option<u64>,
 }
 
 /// `billing:` settings.

@@ -37,6 +37,22 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
     validate::validate(&file).map_err(|errors| ConfigErrors { path: origin.to_string(), errors })
 }
 
+/// What a valid configuration still does that an operator should know about: one line each,
+/// naming the key, the value and what to do (printed by `weir check`, logged by `weir run`).
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(admin) = config.admin {
+        if !admin.ip().is_loopback() {
+            out.push(format!(
+                "admin.address: {admin} is reachable from other hosts, and the admin listener has no \
+                 authentication (/metrics lists routes, pools and backend addresses); bind it to \
+                 127.0.0.1 or keep it behind a firewall"
+            ));
+        }
+    }
+    out
+}
+
 /// Turn a serde_yaml error (syntax, unknown key, wrong type) into a `ConfigError`.
 fn yaml_error(e: &serde_yaml::Error) -> ConfigError {
     let at = e

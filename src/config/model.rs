@@ -13,6 +13,8 @@ pub struct Config {
     pub threads: usize,
     /// Time open WebSockets get after SIGTERM before weir closes them with 1001.
     pub grace_period: Duration,
+    /// File descriptors kept in reserve (count): new upgrades get 503 once fewer are free.
+    pub fd_reserve: u64,
     /// Logging settings.
     pub log: LogConfig,
     /// Public listeners (at least one).
@@ -35,6 +37,15 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Billing pricing units (`billing.units`), in file order; empty when none are configured.
     pub billing_units: Vec<UnitRule>,
+    /// The built-in echo backend and echo object.
+    pub echo: EchoConfig,
+}
+
+/// Settings of the built-in echo (the `builtin:echo` backend and the `echo` object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EchoConfig {
+    /// Largest message (and frame) a client may send, bytes; a larger one is closed with 1009.
+    pub max_message: usize,
 }
 
 /// Log output settings.
@@ -99,6 +110,10 @@ pub struct Usage {
     pub default_tenant: Option<String>,
     /// Keep accepting upgrades when the spool cannot be written.
     pub fail_open: bool,
+    /// Rejection records one client address gets per `rejection_window` (count; 0: no limit).
+    pub rejections_per_client: u64,
+    /// The window of `rejections_per_client`, after which a summary record counts the rest.
+    pub rejection_window: Duration,
     /// Delivery targets.
     pub sinks: Vec<Sink>,
 }
@@ -349,6 +364,14 @@ pub struct RoomConfig {
     pub send_queue: usize,
     /// Largest message a client may send, bytes.
     pub max_message: usize,
+    /// Longest a client may take to accept one write (welcome plus history, or a batch of live
+    /// messages) before it is closed with 1013 as too slow.
+    pub send_timeout: Duration,
+    /// Most payload bytes of history kept per room, bytes (the file stays under about twice this).
+    pub history_bytes: u64,
+    /// Most room history files kept on disk in the namespace (count); the least recently used
+    /// rooms without members are removed beyond it.
+    pub max_rooms_on_disk: usize,
 }
 
 /// A pricing unit (`billing.units[]`): a named sum of terms over one connection's counts, computed

@@ -251,3 +251,63 @@ fn billing_keys_are_strict() {
     let e = errors("billing: {units: [{name: a, terms: [{of: requests, every: 2}]}]}\n");
     assert!(e[0].contains("unknown field `every`"), "{e:?}");
 }
+
+#[test]
+fn room_limits_have_defaults_and_name_the_key_on_error() {
+    let base = "listeners: [{address: \"127.0.0.1:8080\"}]\nroutes: [{path_prefix: /r, object: r}]\n";
+    let c = parse(&format!("{base}objects: [{{name: r, id: {{path: \"/r/{{id}}\"}}, builtin: room}}]\n"), "t").unwrap();
+    let ObjectKind::Builtin(BuiltinObject::Room(room)) = c.objects[0].kind else { panic!("{:?}", c.objects[0].kind) };
+    assert_eq!(
+        room,
+        RoomConfig {
+            history: 50,
+            send_queue: 256,
+            max_message: 65536,
+            send_timeout: Duration::from_secs(10),
+            history_bytes: 1 << 20,
+            max_rooms_on_disk: 10_000,
+        }
+    );
+    let c = parse(
+        &format!("{base}objects: [{{name: r, id: {{path: \"/r/{{id}}\"}}, builtin: room, room: {{send_timeout: 250ms, history_bytes: 4096, max_rooms_on_disk: 3}}}}]\n"),
+        "t",
+    )
+    .unwrap();
+    let ObjectKind::Builtin(BuiltinObject::Room(room)) = c.objects[0].kind else { panic!() };
+    assert_eq!((room.send_timeout, room.history_bytes, room.max_rooms_on_disk), (Duration::from_millis(250), 4096, 3));
+    let e = errors(&format!(
+        "{base}objects: [{{name: r, id: {{path: \"/r/{{id}}\"}}, builtin: room, room: {{send_timeout: 0s, history_bytes: 0, max_rooms_on_disk: 0}}}}]\n"
+    ));
+    let all = e.join("\n");
+    for needle in [
+        "objects[0].room.send_timeout: \"0s\": must be greater than zero; the default is 10s",
+        "objects[0].room.history_bytes: \"0\": must be between 1 and 1073741824; the default is 1048576",
+        "objects[0].room.max_rooms_on_disk: \"0\": must be between 1 and 10000000; the default is 10000",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    assert_eq!(e.len(), 3, "{all}");
+    let e = errors(&format!(
+        "{base}objects: [{{name: r, id: {{path: \"/r/{{id}}\"}}, builtin: room, room: {{send_timeout: soon}}}}]\n"
+    ));
+    assert!(e.iter().any(|e| e.contains("objects[0].room.send_timeout: \"soon\": is not a duration")), "{e:?}");
+}
+
+#[test]
+fn echo_max_message_has_a_default_and_names_the_key_on_error() {
+    let base = "listeners: [{address: \"127.0.0.1:8080\"}]\npools: [{name: p, backends: [\"builtin:echo\"]}]\nroutes: [{path_prefix: /, pool: p}]\n";
+    let c = parse(base, "t").unwrap();
+    assert_eq!(c.echo, EchoConfig { max_message: 1 << 20 });
+    let c = parse(&format!("{base}echo: {{max_message: 4096}}\n"), "t").unwrap();
+    assert_eq!(c.echo.max_message, 4096);
+    for bad in ["0", "67108865"] {
+        let e = errors(&format!("{base}echo: {{max_message: {bad}}}\n"));
+        let want = format!(
+            "echo.max_message: \"{bad}\": must be a size in bytes between 1 and 67108864 (64 MiB); the default is 1048576 (1 MiB)"
+        );
+        assert!(e.iter().any(|e| e.contains(&want)), "missing {want:?} in {e:?}");
+        assert_eq!(e.len(), 1, "{e:?}");
+    }
+    let e = errors(&format!("{base}echo: {{max_mesage: 10}}\n"));
+    assert!(e[0].contains("unknown field `max_mesage`"), "{e:?}");
+}

@@ -11,6 +11,13 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Default rejection records per client address and window (`usage.rejections_per_client`).
+pub const DEFAULT_REJECTIONS_PER_CLIENT: u64 = 20;
+/// Default window of `usage.rejections_per_client`.
+pub const DEFAULT_REJECTION_WINDOW: Duration = Duration::from_secs(10);
+/// Default descriptors kept in reserve (`server.fd_reserve`): enough for the admin listener,
+/// backend connects in flight, the spool and the sinks.
+pub const DEFAULT_FD_RESERVE: u64 = 256;
 /// Default worker threads for the gateway listeners.
 pub const DEFAULT_THREADS: usize = 2;
 /// Default drain time after SIGTERM.
@@ -55,8 +62,18 @@ pub const DEFAULT_ROOM_HISTORY: usize = 50;
 pub const DEFAULT_ROOM_SEND_QUEUE: usize = 256;
 /// Default largest room message, bytes.
 pub const DEFAULT_ROOM_MAX_MESSAGE: usize = 64 * 1024;
+/// Default time a room client has to accept one write before it is closed as too slow.
+pub const DEFAULT_ROOM_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default payload bytes of history kept per room, bytes.
+pub const DEFAULT_ROOM_HISTORY_BYTES: usize = 1 << 20;
+/// Default most room history files on disk per namespace, count.
+pub const DEFAULT_ROOM_MAX_ROOMS_ON_DISK: usize = 10_000;
 /// Distinct `chunk` sizes the billing units may use in all (the scanner's `Chunks` slots).
 pub const MAX_CHUNK_SIZES: usize = 4;
+/// Default largest message of the built-in echo (`echo.max_message`), bytes.
+pub const DEFAULT_ECHO_MAX_MESSAGE: usize = 1 << 20;
+/// Largest `echo.max_message` allowed, bytes.
+pub const MAX_ECHO_MAX_MESSAGE: u64 = 64 << 20;
 
 /// Validate a parsed file; `Err` holds every problem found.
 pub fn validate(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
@@ -88,6 +105,14 @@ impl Validator {
             }
         };
         let grace_period = self.duration("server.grace_period", f.server.grace_period.as_deref(), DEFAULT_GRACE_PERIOD);
+        let fd_reserve = match f.server.fd_reserve {
+            None => DEFAULT_FD_RESERVE,
+            Some(n) if n <= 1_000_000 => n,
+            Some(n) => {
+                self.err("server.fd_reserve", n, "must be between 0 and 1000000 descriptors; the default is 256");
+                DEFAULT_FD_RESERVE
+            }
+        };
         let log = self.log(&f.log);
 
         if f.listeners.is_empty() {
@@ -160,9 +185,11 @@ impl Validator {
             }
         }
         let billing_units = f.billing.as_ref().map(|b| self.billing(b)).unwrap_or_default();
+        let echo = self.echo(&f.echo);
         Config {
             threads,
             grace_period,
+            fd_reserve,
             log,
             listeners,
             admin,
@@ -181,6 +208,7 @@ impl Validator {
             pools,
             routes,
             billing_units,
+            echo,
         }
     }
 
@@ -660,6 +688,27 @@ impl Validator {
                 false
             }
         };
+        let rejections_per_client = match u.rejections_per_client {
+            None => DEFAULT_REJECTIONS_PER_CLIENT,
+            Some(n) if n <= 1_000_000 => n,
+            Some(n) => {
+                self.err(
+                    "usage.rejections_per_client",
+                    n,
+                    "must be between 0 (a record for every rejection) and 1000000; the default is 20",
+                );
+                DEFAULT_REJECTIONS_PER_CLIENT
+            }
+        };
+        let rejection_window =
+            self.duration("usage.rejection_window", u.rejection_window.as_deref(), DEFAULT_REJECTION_WINDOW);
+        if rejection_window < Duration::from_secs(1) {
+            self.err(
+                "usage.rejection_window",
+                humantime::format_duration(rejection_window),
+                "must be at least 1s; the default is 10s",
+            );
+        }
         let sinks = match &u.sinks {
             None => {
                 let path = non_empty(self, "usage.file", u.file.as_deref(), DEFAULT_USAGE_FILE);
@@ -701,6 +750,8 @@ impl Validator {
             idle_threshold,
             default_tenant: u.default_tenant.clone(),
             fail_open,
+            rejections_per_client,
+            rejection_window,
             sinks,
         }
     }
@@ -930,9 +981,34 @@ impl Validator {
         }
     }
 
+    /// `echo:`: the built-in echo's message limit.
+    fn echo(&mut self, e: &FileEcho) -> EchoConfig {
+        let max_message = match e.max_message {
+            None => DEFAULT_ECHO_MAX_MESSAGE,
+            Some(n) if (1..=MAX_ECHO_MAX_MESSAGE).contains(&n) => n as usize,
+            Some(n) => {
+                self.err(
+                    "echo.max_message",
+                    n,
+                    format!(
+                        "must be a size in bytes between 1 and {MAX_ECHO_MAX_MESSAGE} (64 MiB); the default is \
+                         {DEFAULT_ECHO_MAX_MESSAGE} (1 MiB)"
+                    ),
+                );
+                DEFAULT_ECHO_MAX_MESSAGE
+            }
+        };
+        EchoConfig { max_message }
+    }
+
     fn room(&mut self, i: usize, r: Option<&FileRoom>) -> RoomConfig {
         let default = FileRoom::default();
         let r = r.unwrap_or(&default);
+        let send_timeout = self.duration(
+            &format!("objects[{i}].room.send_timeout"),
+            r.send_timeout.as_deref(),
+            DEFAULT_ROOM_SEND_TIMEOUT,
+        );
         let mut count = |k: &str, v: Option<u64>, default: usize, range: std::ops::RangeInclusive<u64>| match v {
             None => default,
             Some(n) if range.contains(&n) => n as usize,
@@ -949,6 +1025,14 @@ impl Validator {
             history: count("history", r.history, DEFAULT_ROOM_HISTORY, 0..=100_000),
             send_queue: count("send_queue", r.send_queue, DEFAULT_ROOM_SEND_QUEUE, 1..=1_000_000),
             max_message: count("max_message", r.max_message, DEFAULT_ROOM_MAX_MESSAGE, 1..=(64 << 20)),
+            send_timeout,
+            history_bytes: count("history_bytes", r.history_bytes, DEFAULT_ROOM_HISTORY_BYTES, 1..=(1 << 30)) as u64,
+            max_rooms_on_disk: count(
+                "max_rooms_on_disk",
+                r.max_rooms_on_disk,
+                DEFAULT_ROOM_MAX_ROOMS_ON_DISK,
+                1..=10_000_000,
+            ),
         }
     }
 }

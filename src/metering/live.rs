@@ -12,6 +12,7 @@
 //! `interim` follows its `stop`.
 
 use super::clock::ActiveClock;
+use super::rejections::Rejections;
 use super::{Meter, Progress, Rejection};
 use crate::billing::{RecordKind, UsageLog, UsageRecord};
 use crate::relay::report::RelayReport;
@@ -20,6 +21,7 @@ use crate::sync::lock;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
+use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,13 +70,28 @@ pub struct LiveSet {
     interval: Duration,
     idle_threshold: Duration,
     usage: Arc<UsageLog>,
+    /// The per-address limit of rejection records, and the counter of rejections summarised.
+    rejections: Option<(Rejections, IntCounter)>,
 }
 
 impl LiveSet {
     /// A registry writing `interim` records every `interval` to `usage`; traffic keeps a
     /// connection active for `idle_threshold`.
     pub fn new(interval: Duration, idle_threshold: Duration, usage: Arc<UsageLog>) -> LiveSet {
-        LiveSet { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), interval, idle_threshold, usage }
+        LiveSet {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            interval,
+            idle_threshold,
+            usage,
+            rejections: None,
+        }
+    }
+
+    /// Limit rejection records per client address (`Rejections`); `summarised` counts the
+    /// rejections that go into summaries instead.
+    pub fn with_rejections(mut self, rejections: Rejections, summarised: IntCounter) -> LiveSet {
+        self.rejections = Some((rejections, summarised));
+        self
     }
 
     fn shard(&self, id: &uuid::Uuid) -> &Mutex<HashMap<uuid::Uuid, Arc<Live>>> {
@@ -122,7 +139,24 @@ impl LiveSet {
 
     /// A connection's handshake failed: write its one record.
     pub fn reject(&self, meter: &Meter, rejection: Rejection<'_>) {
+        if let Some((limit, summarised)) = &self.rejections {
+            if !limit.admit(meter.client.map(|a| a.ip()), rejection.status, Instant::now()) {
+                // Over this address's records for the window: its summary counts it.
+                summarised.inc();
+                return;
+            }
+        }
         self.usage.write(&meter.rejected(rejection));
+    }
+
+    /// Write the rejection summaries of windows that ended by `now` (every open one when
+    /// `force`, at exit).
+    pub fn summarise_rejections(&self, now: Instant, force: bool) {
+        if let Some((limit, _)) = &self.rejections {
+            for summary in limit.due(now, force) {
+                self.usage.write_summary(&summary);
+            }
+        }
     }
 
     /// True while records can be made durable; when false, new connections are refused unless
@@ -142,6 +176,7 @@ impl LiveSet {
 
     /// Write an `interim` for every connection whose interval is due at `now`; returns how many.
     pub fn sweep(&self, now: Instant) -> usize {
+        self.summarise_rejections(now, false);
         let mut written = 0;
         for shard in &self.shards {
             let due: Vec<Arc<Live>> =

@@ -1,0 +1,144 @@
+//! File descriptors: the process's limit, how many are open, and the headroom the gateway keeps
+//! in reserve (for the admin listener, backend connections, the spool and the sinks), so running
+//! out is visible (`weir_open_fds`, `weir_max_fds`, `/readyz` 503) and survivable (new upgrades
+//! get 503 before `accept` and `connect` start failing).
+//!
+//! Background: `Sampler`, a service, counts `/proc/self/fd` and reads `/proc/self/limits` every
+//! `SAMPLE_INTERVAL` (the limit is read again each time: `prlimit` can change it while weir
+//! runs). Warm path: `Descriptors::exhausted`, two atomic loads per upgrade. Linux only; where
+//! `/proc` is missing the counts stay 0 and nothing is refused.
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use prometheus::IntGauge;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Time between two samples of the open descriptors.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The descriptor counts, shared by the sampler (writer), the gateway and `/readyz` (readers).
+#[derive(Debug)]
+pub struct Descriptors {
+    /// Descriptors kept in reserve: upgrades are refused once fewer than this many are free.
+    reserve: u64,
+    /// The soft `RLIMIT_NOFILE` at the last sample (0: unknown).
+    max: AtomicU64,
+    /// Open descriptors at the last sample.
+    open: AtomicU64,
+}
+
+impl Descriptors {
+    /// Counts that keep `reserve` descriptors free; sampled once now.
+    pub fn new(reserve: u64) -> Arc<Descriptors> {
+        let d = Arc::new(Descriptors { reserve, max: AtomicU64::new(0), open: AtomicU64::new(0) });
+        d.sample();
+        if d.max() > 0 && reserve >= d.max() {
+            tracing::warn!(
+                reserve,
+                limit = d.max(),
+                "server.fd_reserve is not below the descriptor limit: every upgrade will be refused; raise the limit (LimitNOFILE, ulimit -n) or lower server.fd_reserve"
+            );
+        }
+        d
+    }
+
+    /// Count the open descriptors and read the limit again.
+    pub fn sample(&self) {
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            // The directory handle itself is one of the entries.
+            let open = dir.count().saturating_sub(1) as u64;
+            self.open.store(open, Ordering::Relaxed);
+        }
+        if let Some(max) = soft_limit() {
+            self.max.store(max, Ordering::Relaxed);
+        }
+    }
+
+    /// Open descriptors at the last sample.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The descriptor limit at the last sample (0: unknown).
+    pub fn max(&self) -> u64 {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// True when fewer than the reserve are free: new upgrades are refused.
+    pub fn exhausted(&self) -> bool {
+        let max = self.max();
+        max > 0 && self.open() + self.reserve >= max
+    }
+
+    /// A line for logs and `/readyz`.
+    pub fn describe(&self) -> String {
+        format!("{} of {} descriptors open, {} kept in reserve", self.open(), self.max(), self.reserve)
+    }
+}
+
+/// The soft "Max open files" of this process, from `/proc/self/limits`.
+fn soft_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+}
+
+/// The background service that samples the counts and exports them.
+pub struct Sampler {
+    fds: Arc<Descriptors>,
+    open: IntGauge,
+    max: IntGauge,
+}
+
+impl Sampler {
+    /// Sample `fds` into the `open` and `max` gauges.
+    pub fn new(fds: Arc<Descriptors>, open: IntGauge, max: IntGauge) -> Sampler {
+        Sampler { fds, open, max }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Sampler {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let mut was_exhausted = false;
+        loop {
+            let fds = self.fds.clone();
+            // Reading /proc is a blocking call: off the service's runtime thread.
+            let _ = tokio::task::spawn_blocking(move || fds.sample()).await;
+            self.open.set(self.fds.open() as i64);
+            self.max.set(self.fds.max() as i64);
+            let exhausted = self.fds.exhausted();
+            if exhausted != was_exhausted {
+                if exhausted {
+                    tracing::warn!(state = %self.fds.describe(), "descriptor headroom used: new upgrades get 503 and /readyz 503 until descriptors are free again");
+                } else {
+                    tracing::info!(state = %self.fds.describe(), "descriptors free again: upgrades accepted");
+                }
+                was_exhausted = exhausted;
+            }
+            tokio::time::sleep(SAMPLE_INTERVAL).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_this_process() {
+        let d = Descriptors::new(0);
+        assert!(d.open() >= 3, "stdin, stdout, stderr at least: {}", d.describe());
+        assert!(d.max() >= d.open());
+        let files: Vec<_> = (0..10).map(|_| std::fs::File::open("/proc/self/limits").unwrap()).collect();
+        d.sample();
+        assert!(d.open() >= 13, "{}", d.describe());
+        drop(files);
+        assert!(!d.exhausted());
+        let tight = Descriptors::new(d.max());
+        assert!(tight.exhausted(), "{}", tight.describe());
+    }
+}
