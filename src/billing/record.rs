@@ -242,6 +242,10 @@ pub struct CloseUsage {
     pub initiator: String,
     /// Both sides sent close frames and neither connection failed.
     pub clean: bool,
+    /// Why the connection ended: client_close, backend_close, client_gone, backend_gone,
+    /// protocol_error, message_too_big, shutdown or object_moved.
+    #[serde(default)]
+    pub cause: String,
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T14:05:06.123Z`.

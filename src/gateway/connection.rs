@@ -98,7 +98,7 @@ impl Gateway {
                 let ending = Ending { gateway: self.clone(), route, pool, live, lease };
                 tokio::spawn(async move {
                     let report = match session::run(object, &id, tap, handle, shutdown, grace).await {
-                        (Some(tap), shutdown_closed) => tap.finish(shutdown_closed).0,
+                        (Some(tap), cause) => tap.finish(cause).0,
                         (None, _) => {
                             tracing::warn!(
                                 route = %ending.route,
@@ -121,7 +121,9 @@ impl Ending {
         let (route, pool) = (route.as_str(), pool.as_str());
         let m = &gateway.metrics;
         m.connections_total.with_label_values(&[route, pool, report.outcome.as_str()]).inc();
-        m.closes.with_label_values(&[route, report.initiator.as_str(), code_class(report.close_code)]).inc();
+        let (initiator, class, cause) =
+            (report.initiator.as_str(), code_class(report.close_code), report.cause.as_str());
+        m.closes.with_label_values(&[route, initiator, class, cause]).inc();
         if let Some((d, v)) = report.violation {
             m.protocol_violations.with_label_values(&[route, d.as_str(), v.as_str()]).inc();
             tracing::info!(

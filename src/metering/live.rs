@@ -279,6 +279,7 @@ mod tests {
             initiator: Party::Client,
             clean: true,
             outcome: Outcome::Completed,
+            cause: crate::relay::report::Cause::ClientClose,
             violation: None,
         }
     }

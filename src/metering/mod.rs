@@ -109,6 +109,7 @@ impl Meter {
             code: report.close_code,
             initiator: report.initiator.as_str().to_string(),
             clean: report.clean,
+            cause: report.cause.as_str().to_string(),
         });
         r.outcome = report.outcome.as_str().to_string();
         r.reason = report.violation.map(|(d, v)| format!("{}: {}", d.as_str(), v.as_str()));

@@ -180,8 +180,8 @@ impl Metrics {
             closes: counter(
                 reg,
                 CLOSES_TOTAL,
-                "Connection closes by initiator and close-code class",
-                &[ROUTE, INITIATOR, CODE_CLASS],
+                "Connection closes by initiator, close-code class and cause",
+                &[ROUTE, INITIATOR, CODE_CLASS, CAUSE],
             )?,
             protocol_violations: counter(
                 reg,

@@ -82,6 +82,8 @@ pub const CODE_CLASS: &str = "code_class";
 pub const SINK: &str = "sink";
 /// Label: object namespace name from config.
 pub const NAMESPACE: &str = "namespace";
+/// Label: why a connection ended (see `relay::report::Cause`).
+pub const CAUSE: &str = "cause";
 /// Label: how a connection ended (see `relay::report::Outcome`).
 pub const OUTCOME: &str = "outcome";
 /// Label: a listener weir runs itself (`echo` for the built-in echo backend).

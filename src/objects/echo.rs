@@ -4,6 +4,7 @@
 use super::registry::ObjectHandle;
 use super::session::Ended;
 use crate::relay::close::Close;
+use crate::relay::report::Cause;
 use crate::ws::{close, drain_after, echo, End};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,5 +23,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(c) = closing {
         close(&mut ws, c).await;
     }
-    (Some(ws.into_inner()), end == End::Stopped)
+    let cause = match end {
+        End::Stopped => Some(Cause::Shutdown),
+        End::TooBig => Some(Cause::MessageTooBig),
+        End::Peer | End::ProtocolError => None,
+    };
+    (Some(ws.into_inner()), cause)
 }

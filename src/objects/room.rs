@@ -35,6 +35,7 @@ use super::session::Ended;
 use crate::config::RoomConfig;
 use crate::metrics::Metrics;
 use crate::relay::close::Close;
+use crate::relay::report::Cause;
 use crate::sync::lock;
 use crate::ws::{close, drain_after, end_of};
 use futures_util::{SinkExt, StreamExt};
@@ -349,7 +350,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Err(e) => {
             tracing::error!(namespace = %rooms.namespace, room = id, error = %e, "cannot open the room's history");
             close(&mut ws, Close::RoomUnavailable).await;
-            return (Some(ws.into_inner()), false);
+            return (Some(ws.into_inner()), None);
         }
     };
     let (mut sink, mut stream) = ws.split();
@@ -413,9 +414,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let end = end.unwrap_or(End::Client);
     // Leave first: the queue and anything not yet sent are released before the close waits.
     drop(membership);
-    let Ok(mut ws) = sink.reunite(stream) else { return (None, false) };
+    let Ok(mut ws) = sink.reunite(stream) else { return (None, None) };
     if let Some(c) = end.close() {
         close(&mut ws, c).await;
     }
-    (Some(ws.into_inner()), end == End::Shutdown)
+    let cause = match end {
+        End::Shutdown => Some(Cause::Shutdown),
+        End::Read(crate::ws::End::TooBig) => Some(Cause::MessageTooBig),
+        _ => None,
+    };
+    (Some(ws.into_inner()), cause)
 }

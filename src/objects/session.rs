@@ -13,6 +13,7 @@
 use super::echo;
 use super::registry::ObjectHandle;
 use super::room::{self, Rooms};
+use crate::relay::report::Cause;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -35,9 +36,9 @@ pub enum Object {
 /// Largest message sent to a room member, bytes: the largest message the history stores.
 const ROOM_MAX_SEND: usize = 64 << 20;
 
-/// What a session hands back: the client stream (`None` if tungstenite lost it) and whether weir
-/// closed it because it is shutting down.
-pub type Ended<S> = (Option<S>, bool);
+/// What a session hands back: the client stream (`None` if tungstenite lost it) and the cause
+/// when the object closed it for a reason of its own (shutdown, a message over the limit).
+pub type Ended<S> = (Option<S>, Option<Cause>);
 
 /// Run `object` for object id `id` over the client stream `io`.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(

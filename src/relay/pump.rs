@@ -207,6 +207,9 @@ pub struct Relay<S, O> {
     /// The backend's counts when weir started discarding its bytes (object moved): what is read
     /// after that is not relayed, so it is not counted. Boxed: most relays never need it.
     relayed_until_move: Option<Box<DirectionCounts>>,
+    /// After a protocol violation: the half (by index) whose destination, the violation's sender,
+    /// gets 1002 when the linger ends.
+    close_on_linger: Option<usize>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
@@ -227,6 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             linger: None,
             object: false,
             relayed_until_move: None,
+            close_on_linger: None,
         };
         for (d, early) in [(Direction::ClientToBackend, client_early), (Direction::BackendToClient, backend_early)] {
             if !early.is_empty() {
@@ -303,7 +307,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             }
             if let Some(linger) = self.linger.as_mut() {
                 if linger.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(());
+                    let Some(t) = self.close_on_linger.take() else { return Poll::Ready(()) };
+                    // A protocol violation's sender has had its answers: now its 1002, and one
+                    // more `LINGER` to write it.
+                    let h = &mut self.halves[t];
+                    h.inject_close(Close::ProtocolError, t == CLIENT);
+                    h.src_done = true;
+                    self.linger = Some(Box::pin(sleep(LINGER)));
+                    continue;
                 }
             }
             if !progress {
@@ -387,6 +398,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
         }
         match feed {
             Feed::Ok => chunk.len(),
+            Feed::Violation { valid_up_to, violation: Violation::DataAfterClose } => {
+                // Data after the sender's own close: a conformant endpoint ignores it and answers
+                // the close, so weir drops it and everything after it (the poisoned scanner
+                // passes nothing more); the close handshake goes on. Not counted as a violation.
+                tracing::debug!(direction = d.as_str(), "data after the sender's close frame; dropped");
+                valid_up_to.min(chunk.len())
+            }
             Feed::Violation { valid_up_to, violation } => {
                 // The scanner now reports whether everything forwarded (earlier chunks plus
                 // `chunk[..valid_up_to]`) ends on a frame boundary; `inject_close` relies on it.
@@ -450,10 +468,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
         }
     }
 
+    /// Direction `d` broke RFC 6455. Its sender is read no more, and the other side gets 1002 at
+    /// once (it never sees the bad frame). What the other side already sent in answer still
+    /// reaches the sender, as it would without weir, until the other side's own close reaches it or
+    /// `LINGER` passes; then the sender gets 1002 too.
     fn on_violation(&mut self, d: Direction, v: Violation) {
         tracing::debug!(direction = d.as_str(), violation = v.as_str(), "protocol violation; closing with 1002");
         self.ending.violation = Some((d, v));
-        self.gateway_close(Close::ProtocolError);
+        if self.ending.first_close.is_none() && self.ending.gateway_code.is_none() {
+            self.ending.gateway_code = Some(Close::ProtocolError.code());
+        }
+        let h = &mut self.halves[d.index()];
+        h.inject_close(Close::ProtocolError, d == Direction::ClientToBackend);
+        h.src_done = true;
+        self.close_on_linger = Some(1 - d.index());
+        self.start_linger();
     }
 
     /// weir ends the connection itself: queue `close` to each side whose stream is at a frame

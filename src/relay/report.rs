@@ -68,6 +68,55 @@ impl Outcome {
     }
 }
 
+/// Why a connection ended: the one `cause` every record and `weir_closes_total` carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The client sent the first close frame.
+    ClientClose,
+    /// The backend (or built-in object) sent the first close frame.
+    BackendClose,
+    /// The client went away without a close frame.
+    ClientGone,
+    /// The backend went away without a close frame.
+    BackendGone,
+    /// A side broke RFC 6455 and weir closed the connection.
+    ProtocolError,
+    /// A message over the limit (a built-in object's `1009`).
+    MessageTooBig,
+    /// weir shut down and the grace period was over.
+    Shutdown,
+    /// The connection's object moved to another host (`1012`).
+    ObjectMoved,
+}
+
+impl Cause {
+    /// Every cause, for metrics set up at startup.
+    pub const ALL: [Cause; 8] = [
+        Cause::ClientClose,
+        Cause::BackendClose,
+        Cause::ClientGone,
+        Cause::BackendGone,
+        Cause::ProtocolError,
+        Cause::MessageTooBig,
+        Cause::Shutdown,
+        Cause::ObjectMoved,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::ClientClose => "client_close",
+            Cause::BackendClose => "backend_close",
+            Cause::ClientGone => "client_gone",
+            Cause::BackendGone => "backend_gone",
+            Cause::ProtocolError => "protocol_error",
+            Cause::MessageTooBig => "message_too_big",
+            Cause::Shutdown => "shutdown",
+            Cause::ObjectMoved => "object_moved",
+        }
+    }
+}
+
 /// What a finished connection reports for metering.
 #[derive(Debug, Clone)]
 pub struct RelayReport {
@@ -81,6 +130,8 @@ pub struct RelayReport {
     pub clean: bool,
     /// How the connection ended.
     pub outcome: Outcome,
+    /// Why it ended.
+    pub cause: Cause,
     /// The RFC 6455 violation that closed the connection, if any, and its direction.
     pub violation: Option<(Direction, Violation)>,
 }
@@ -96,6 +147,7 @@ impl RelayReport {
             initiator: Party::Gateway,
             clean: false,
             outcome: Outcome::BackendGone,
+            cause: Cause::BackendGone,
             violation: None,
         }
     }
@@ -120,6 +172,8 @@ pub struct Ending {
     pub moved: bool,
     /// The RFC 6455 violation that ended the connection, and its direction.
     pub violation: Option<(Direction, Violation)>,
+    /// A cause the end's owner knows better than the frames tell (a built-in object's 1009).
+    pub cause: Option<Cause>,
 }
 
 impl Ending {
@@ -149,8 +203,20 @@ impl Ending {
         } else {
             Outcome::BackendGone
         };
+        let cause = self.cause.unwrap_or(match outcome {
+            Outcome::ProtocolError => Cause::ProtocolError,
+            Outcome::Moved => Cause::ObjectMoved,
+            Outcome::Shutdown => Cause::Shutdown,
+            _ => match (self.first_close, self.first_end) {
+                (Some(Party::Client), _) => Cause::ClientClose,
+                (Some(_), _) => Cause::BackendClose,
+                (None, Some(Party::Client)) => Cause::ClientGone,
+                (None, _) => Cause::BackendGone,
+            },
+        });
         RelayReport {
             counts,
+            cause,
             close_code: if self.first_close.is_some() {
                 first_close_code
             } else {

@@ -10,7 +10,7 @@
 //! on a relayed connection.
 
 use super::close::Close;
-use super::report::{Ending, Outcome, Party, RelayReport};
+use super::report::{Cause, Ending, Outcome, Party, RelayReport};
 use super::scanner::{Feed, FrameScanner, ScanPolicy};
 use super::{Direction, Observer};
 use std::pin::Pin;
@@ -85,13 +85,18 @@ impl<S, O: Observer> Tap<S, O> {
         Some(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {}", d.as_str(), v.as_str())))
     }
 
-    /// What the connection carried and how it ended; `shutdown` when weir closed it because it
-    /// was stopping. Returns the observer with it.
-    pub fn finish(self, shutdown: bool) -> (RelayReport, O) {
+    /// What the connection carried and how it ended; `cause` when the object closed it for a
+    /// reason of its own (`Cause::Shutdown` when weir was stopping, `Cause::MessageTooBig`).
+    /// Returns the observer with it.
+    pub fn finish(self, cause: Option<Cause>) -> (RelayReport, O) {
         let [c, o] = &self.scanners;
         let closes = [c.close(), o.close()];
         let mut ending = self.ending;
+        let shutdown = cause == Some(Cause::Shutdown);
         ending.shutdown = shutdown;
+        if ending.violation.is_none() {
+            ending.cause = cause;
+        }
         ending.errored = self.read_ended == Some(true);
         // Without a completed close handshake: the object closed (e.g. a slow client) and the
         // client did not answer, or the client went away.
