@@ -129,6 +129,13 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let busy = unbindable(&c);
+            if !busy.is_empty() {
+                for line in busy {
+                    eprintln!("weir: {line}");
+                }
+                return ExitCode::FAILURE;
+            }
             init_logging(&c.log);
             for w in config::warnings(&c) {
                 tracing::warn!("{w}");
@@ -143,6 +150,49 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Every public listener and the admin address that cannot be bound, one line each naming the
+/// address, its key, the cause and the fix (empty when all can be).
+///
+/// Pingora binds its listeners only once its services start; on a busy port it retries for 30 s,
+/// panics in a thread and leaves a process that listens nowhere. So `weir run` binds each address
+/// here first (all at once, so that two entries that overlap, such as 0.0.0.0:8080 and
+/// 127.0.0.1:8080, are caught too) and releases them before handing over. A small race remains:
+/// another process can take a port between this check and Pingora's own bind; that case still
+/// ends in Pingora's retries.
+fn unbindable(c: &weir::config::Config) -> Vec<String> {
+    let addresses = c
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.address, format!("listeners[{i}].address")))
+        .chain(c.admin.map(|a| (a, "admin.address".to_string())));
+    let mut held = Vec::new();
+    let mut problems = Vec::new();
+    for (address, key) in addresses {
+        match std::net::TcpListener::bind(address) {
+            Ok(listener) => held.push(listener),
+            Err(e) => {
+                let fix = match e.kind() {
+                    std::io::ErrorKind::AddrInUse => "stop the other process or choose another port",
+                    std::io::ErrorKind::PermissionDenied => {
+                        "ports below 1024 need root or CAP_NET_BIND_SERVICE; choose a port above 1023"
+                    }
+                    std::io::ErrorKind::AddrNotAvailable => {
+                        "no interface of this host has this address; use one of its addresses, or 0.0.0.0"
+                    }
+                    _ => "choose another address",
+                };
+                // "Address already in use (os error 98)" → "Address already in use".
+                let cause = e.to_string();
+                let cause = cause.split(" (os error").next().unwrap_or(&cause);
+                problems.push(format!("cannot listen on {address} ({key}): {cause}; {fix}"));
+            }
+        }
+    }
+    drop(held);
+    problems
 }
 
 /// Logs go through `tracing`; Pingora's `log` records are bridged in (tracing-log). `RUST_LOG`

@@ -14,21 +14,28 @@ pub struct ConfigError {
     pub value: String,
     /// What is wrong and how to fix it.
     pub fix: String,
+    /// Line and column (1-based) of the key in the file, where known: unknown keys, values of
+    /// the wrong kind and missing keys (their section) carry one, value errors do not.
+    pub position: Option<(usize, usize)>,
 }
 
 impl ConfigError {
     /// A problem at `key` with `value`; `fix` says what is wrong and what to write instead.
     pub fn new(key: impl Into<String>, value: impl fmt::Display, fix: impl Into<String>) -> Self {
-        ConfigError { key: key.into(), value: value.to_string(), fix: fix.into() }
+        ConfigError { key: key.into(), value: value.to_string(), fix: fix.into(), position: None }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key)?;
+        if let Some((line, column)) = self.position {
+            write!(f, " (line {line}, column {column})")?;
+        }
         if self.value.is_empty() {
-            write!(f, "{}: {}", self.key, self.fix)
+            write!(f, ": {}", self.fix)
         } else {
-            write!(f, "{}: {:?}: {}", self.key, self.value, self.fix)
+            write!(f, ": {:?}: {}", self.value, self.fix)
         }
     }
 }

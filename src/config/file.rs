@@ -1,8 +1,11 @@
 //! The serde mirror of `config.yaml`: what the operator writes, nothing more.
 //!
 //! Cold path (startup, `weir check`). Every struct denies unknown fields so a misspelt key fails
-//! loudly. Values stay as written (strings for addresses and durations) so that validation can
-//! report the key path, the bad value and the fix for every problem at once (see `validate.rs`).
+//! loudly; `keys.rs` mirrors these structs key for key (a test compares the two), so that every
+//! misspelt key and every value of the wrong kind is reported at once, with its path, before serde
+//! reads the file: a key added here goes into `keys.rs` too. Values stay as written (strings for
+//! addresses and durations) so that validation can report the key path, the bad value and the fix
+//! for every problem at once (see `validate.rs`).
 
 use serde::Deserialize;
 
@@ -109,6 +112,10 @@ pub struct FileTls {
 pub struct FileAdmin {
     /// `host:port` to bind the admin endpoints on.
     pub address: String,
+    /// After SIGTERM, once the last connection ended and the last records were written and
+    /// delivered, how long the admin listener keeps answering (so a scraper sees the final
+    /// counts) before the process exits (duration, `0s` allowed). Default: 2s.
+    pub final_scrape: Option<String>,
 }
 
 /// `timeouts:` (durations such as `500ms`, `10s`).

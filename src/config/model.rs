@@ -21,6 +21,9 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Admin listener address, if any.
     pub admin: Option<SocketAddr>,
+    /// After a graceful shutdown's last flush and delivery, how long the admin listener keeps
+    /// answering before the process exits (`admin.final_scrape`).
+    pub admin_final_scrape: Duration,
     /// Handshake-phase timeouts.
     pub timeouts: Timeouts,
     /// Usage records: spool, intervals and sinks.

@@ -91,7 +91,8 @@ routes:
 fn unknown_keys_are_rejected_with_their_position() {
     let e = errors("listeners: [{address: \"127.0.0.1:1\", tsl: {}}]\n");
     assert!(e[0].contains("unknown field `tsl`"), "{e:?}");
-    assert!(e[0].starts_with("line 1"), "{e:?}");
+    // The key path first, then the position (it used to be the position alone).
+    assert!(e[0].starts_with("listeners[0].tsl (line 1, column 38): "), "{e:?}");
 }
 
 #[test]
@@ -310,4 +311,274 @@ fn echo_max_message_has_a_default_and_names_the_key_on_error() {
     }
     let e = errors(&format!("{base}echo: {{max_mesage: 10}}\n"));
     assert!(e[0].contains("unknown field `max_mesage`"), "{e:?}");
+}
+
+// Unknown keys and values of the wrong kind: every one at once (keys.rs), with the value errors.
+
+/// Three misspelt keys at different depths and one value of the wrong kind, the rest valid.
+const TYPOS: &str = r#"
+server:
+  threads: many
+timeout:
+  backend_connect: 3s
+listeners:
+  - address: "127.0.0.1:8080"
+usage:
+  sinks:
+    - {kind: file, path: usage.jsonl, rotate_byte: 1048576}
+pools:
+  - name: demo
+    backends: ["builtin:echo"]
+routes:
+  - path_prefix: /echo
+    pool: demo
+  - path_prefix: /chat
+    pool_name: demo
+"#;
+
+#[test]
+fn three_typos_and_a_type_error_are_reported_at_once() {
+    let e = errors(TYPOS);
+    assert_eq!(
+        e,
+        [
+            "server.threads (line 3, column 3): \"many\": must be a whole number, 0 or more, e.g. 4",
+            "timeout (line 4, column 1): unknown field `timeout` in the file; did you mean `timeouts`?",
+            "usage.sinks[0].rotate_byte (line 10, column 39): unknown field `rotate_byte` in a sink; did you mean `rotate_bytes`?",
+            // `routes[1]` has no pool now; "set exactly one of `pool` or `object`" would only repeat this.
+            "routes[1].pool_name (line 18, column 5): unknown field `pool_name` in a route; did you mean `pool`?",
+        ]
+    );
+}
+
+#[test]
+fn key_errors_come_with_the_value_errors_of_the_rest_of_the_file() {
+    let e = errors(
+        r#"
+server: {threads: many, grace_period: soon}
+listeners: [{address: "127.0.0.1"}]
+pools: [{name: p, backends: ["127.0.0.1:1"], selection: fastest}]
+routes:
+  - {path_prefix: /a, pool_name: p}
+  - {path_prefix: /b, pool: [p]}
+  - {path_prefix: /c, pool: nope}
+"#,
+    );
+    assert_eq!(
+        e,
+        [
+            "server.threads (line 2, column 10): \"many\": must be a whole number, 0 or more, e.g. 4",
+            "routes[0].pool_name (line 6, column 23): unknown field `pool_name` in a route; did you mean `pool`?",
+            "routes[1].pool (line 7, column 23): \"[p]\": must be a single value (text, an address, a duration or a name), not a list or a map",
+            "server.grace_period: \"soon\": is not a duration; write a number with a unit, e.g. \"10s\"",
+            "listeners[0].address: \"127.0.0.1\": is not host:port; write it as \"127.0.0.1:8080\"",
+            "pools[0].selection: \"fastest\": must be round_robin, random or ip_hash",
+            "routes[2].pool: \"nope\": no pool has this name; use one of: p",
+        ]
+    );
+}
+
+#[test]
+fn unknown_keys_get_the_nearest_known_key() {
+    let base = "listeners: [{address: \"127.0.0.1:8080\"}]\npools: [{name: p, backends: [\"127.0.0.1:1\"]}]\n";
+    for (yaml, want) in [
+        ("routes: [{path_prefix: /, pool: p}]\nserver: {Threads: 2}\n", "server.Threads (line 4, column 10): unknown field `Threads` in `server`; did you mean `threads`?"),
+        ("routes: [{path_prefix: /, pool: p}]\nserver: {grace-period: 1s}\n", "server.grace-period (line 4, column 10): unknown field `grace-period` in `server`; did you mean `grace_period`?"),
+        ("routes: [{path_prefix: /, pool: p}]\nserver: {grace: 1s}\n", "server.grace (line 4, column 10): unknown field `grace` in `server`; did you mean `grace_period`?"),
+        ("route: [{path_prefix: /, pool: p}]\n", "route (line 3, column 1): unknown field `route` in the file; did you mean `routes`?"),
+        ("routes: [{path: /, pool: p}]\n", "routes[0].path (line 3, column 11): unknown field `path` in a route; did you mean `path_prefix`?"),
+        ("routes: [{path_prefix: /, pool: p, pol: q}]\n", "routes[0].pol (line 3, column 36): unknown field `pol` in a route (`pool` is already set); remove it"),
+        ("routes: [{path_prefix: /, pool: p}]\nbilling: {units: [{name: a, terms: [{of: requests, every: 2}]}]}\n", "billing.units[0].terms[0].every (line 4, column 52): unknown field `every` in a term; remove it (the keys here are: of, per, chunk)"),
+    ] {
+        let e = errors(&format!("{base}{yaml}"));
+        assert_eq!(e, [want], "for {yaml:?}");
+    }
+}
+
+#[test]
+fn values_of_the_wrong_kind_name_the_kind_wanted() {
+    let e = errors(
+        r#"
+server: {threads: "2", fd_reserve: -1}
+listeners: {address: "127.0.0.1:8080"}
+demo_page: yes
+pools:
+  - {name: p, backends: "127.0.0.1:1"}
+  - {name: q, backends: [[1], "127.0.0.1:2"], health_check: tcp}
+routes:
+  - {path_prefix: /p, pool: p}
+  -
+billing: {units: [{name: a, terms: [{of: requests, per: true}]}]}
+"#,
+    );
+    assert_eq!(
+        e,
+        [
+            "server.threads (line 2, column 10): \"2\": must be a whole number; write it without quotes: 2",
+            "server.fd_reserve (line 2, column 24): \"-1\": must be a whole number, 0 or more, e.g. 4",
+            "listeners (line 3, column 1): \"{address: 127.0.0.1:8080}\": must be a list of entries like a listener; put `- ` before the entry, or wrap it in [ ]",
+            "demo_page (line 4, column 1): \"yes\": must be true or false",
+            "pools[0].backends (line 6, column 15): \"127.0.0.1:1\": must be a list; write it as [\"127.0.0.1:1\"]",
+            "pools[1].backends[0] (line 7, column 26): \"[1]\": must be a single value (text, an address, a duration or a name), not a list or a map",
+            "pools[1].health_check (line 7, column 47): \"tcp\": must be a health check: a map with the keys kind, interval, path (`key: value`, one per line or in { })",
+            "routes[1] (line 10, column 4): \"~\": must be a route: a map with the keys name, host, path_prefix, kind, pool, tenant, object (`key: value`, one per line or in { })",
+            "billing.units[0].terms[0].per (line 11, column 52): \"true\": must be a number (e.g. 20) or a duration (e.g. 60s)",
+        ]
+    );
+}
+
+#[test]
+fn missing_required_keys_are_named_once() {
+    let e = errors(
+        r#"
+listeners: [{tls: {cert: c.pem}}]
+pools: [{backends: ["127.0.0.1:1"]}]
+routes: [{pool: p}, {path_prefx: /x, pool: p}]
+objects: [{name: r, builtin: room}]
+"#,
+    );
+    assert_eq!(
+        e,
+        [
+            "listeners[0].tls.key (line 2, column 14): `tls` needs `key`; add it, e.g. `key: /etc/weir/key.pem`",
+            "listeners[0].address (line 2, column 13): a listener needs `address`; add it, e.g. `address: \"127.0.0.1:8080\"`",
+            "pools[0].name (line 3, column 9): a pool needs `name`; add it, e.g. `name: demo`",
+            "routes[0].path_prefix (line 4, column 10): a route needs `path_prefix`; add it, e.g. `path_prefix: /ws`",
+            // The misspelt key stands for the missing one: reported once.
+            "routes[1].path_prefx (line 4, column 22): unknown field `path_prefx` in a route; did you mean `path_prefix`?",
+            "objects[0].id (line 5, column 11): an object namespace needs `id`; add it, e.g. `id: {path: /rooms/{id}}`",
+            "listeners[0].tls.cert: \"c.pem\": file not found; give the path of a PEM file readable by weir",
+            "routes[0].pool: \"p\": no pool has this name; use one of: <pools[0].name>",
+            "routes[1].pool: \"p\": no pool has this name; use one of: <pools[0].name>",
+        ]
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_map_is_one_error() {
+    assert_eq!(
+        errors("- listeners\n- routes\n"),
+        ["(document) (line 1, column 1): \"[listeners, routes]\": the file must be a map of sections, e.g. `listeners:`, `pools:` and `routes:` at the start of their lines"]
+    );
+}
+
+#[test]
+fn empty_sections_are_left_out_and_scalars_keep_their_text() {
+    let c = parse(
+        "server:\nlog:\nlisteners: [{address: \"127.0.0.1:8080\"}]\npools: [{name: 1.50, backends: [\"127.0.0.1:1\"]}]\nroutes: [{path_prefix: /, pool: 1.50, tenant: 0042}]\n",
+        "t",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.threads, 2);
+    assert_eq!(c.pools[0].name, "1.50");
+    assert_eq!(c.routes[0].tenant.as_deref(), Some("0042"));
+}
+
+// The key table of keys.rs against the structs of file.rs, through serde itself: every key the
+// table names deserializes with the kind it gives, every struct field is in the table (serde's
+// own "expected one of" list), in the same order, and exactly the table's required keys are.
+
+use serde_yaml::{Mapping, Value};
+
+/// A value of `kind` that the file struct must accept.
+fn sample(kind: keys::Kind) -> Value {
+    match kind {
+        keys::Kind::Text => Value::String("x".into()),
+        keys::Kind::Count => Value::Number(1.into()),
+        keys::Kind::Bool => Value::Bool(true),
+        keys::Kind::NumberOrText => Value::Number(1.5.into()),
+        keys::Kind::Map(section) => Value::Mapping(
+            section.keys.iter().map(|k| (Value::String(k.name.into()), sample(k.kind))).collect::<Mapping>(),
+        ),
+        keys::Kind::List(item) => Value::Sequence(vec![sample(*item)]),
+    }
+}
+
+/// Every map in `sample(kind)`: its path (a key, or `None` for the first list item) and section.
+fn maps(
+    kind: keys::Kind,
+    at: Vec<Option<&'static str>>,
+    out: &mut Vec<(Vec<Option<&'static str>>, &'static keys::Section)>,
+) {
+    match kind {
+        keys::Kind::Map(section) => {
+            for k in section.keys {
+                let mut next = at.clone();
+                next.push(Some(k.name));
+                maps(k.kind, next, out);
+            }
+            out.push((at, section));
+        }
+        keys::Kind::List(item) => {
+            let mut next = at;
+            next.push(None);
+            maps(*item, next, out);
+        }
+        _ => {}
+    }
+}
+
+fn map_at<'a>(doc: &'a mut Value, path: &[Option<&str>]) -> &'a mut Mapping {
+    let mut v = doc;
+    for step in path {
+        v = match step {
+            Some(key) => v.get_mut(*key).unwrap(),
+            None => v.get_mut(0).unwrap(),
+        };
+    }
+    v.as_mapping_mut().unwrap()
+}
+
+fn deserializes(doc: &Value) -> Result<file::FileConfig, String> {
+    serde_yaml::from_value::<file::FileConfig>(doc.clone()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_key_table_matches_the_file_structs() {
+    let full = sample(keys::Kind::Map(&keys::FILE));
+    deserializes(&full).unwrap_or_else(|e| panic!("a key of the table is not in file.rs, or of another kind: {e}"));
+    let mut all = Vec::new();
+    maps(keys::Kind::Map(&keys::FILE), Vec::new(), &mut all);
+    assert!(all.len() >= 19, "{}", all.len());
+    for (path, section) in all {
+        let table: Vec<&str> = section.keys.iter().map(|k| k.name).collect();
+        // serde's list of the struct's fields.
+        let mut doc = full.clone();
+        map_at(&mut doc, &path).insert("zz_not_a_key".into(), Value::Null);
+        let e = deserializes(&doc).expect_err("an unknown key");
+        let expected = e.split_once(", expected").map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        assert_eq!(
+            fields, table,
+            "{} ({path:?}): the table's keys differ from the struct's fields: {e}",
+            section.file_struct
+        );
+        for key in section.keys {
+            let mut doc = full.clone();
+            map_at(&mut doc, &path).remove(key.name);
+            match (deserializes(&doc).map(|_| ()), key.required) {
+                (Ok(_), None) => {}
+                (Err(e), Some(_)) if e.contains(&format!("missing field `{}`", key.name)) => {}
+                (r, required) => panic!(
+                    "{}.{}: the table says required: {}, serde says {r:?}",
+                    section.file_struct,
+                    key.name,
+                    required.is_some()
+                ),
+            }
+            if let keys::Kind::NumberOrText = key.kind {
+                let mut doc = full.clone();
+                map_at(&mut doc, &path).insert(key.name.into(), "60s".into());
+                deserializes(&doc).unwrap_or_else(|e| panic!("{}.{}: text: {e}", section.file_struct, key.name));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_full_sample_passes_the_key_check() {
+    let mut doc = sample(keys::Kind::Map(&keys::FILE));
+    let checked = keys::check(&mut doc);
+    assert!(checked.errors.is_empty(), "{:?}", checked.errors);
+    assert_eq!(doc, sample(keys::Kind::Map(&keys::FILE)));
 }

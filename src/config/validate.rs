@@ -20,6 +20,11 @@ pub const DEFAULT_REJECTION_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_FD_RESERVE: u64 = 256;
 /// Default worker threads for the gateway listeners.
 pub const DEFAULT_THREADS: usize = 2;
+/// Default time the admin listener answers after the last delivery at shutdown
+/// (`admin.final_scrape`).
+pub const DEFAULT_FINAL_SCRAPE: Duration = Duration::from_secs(2);
+/// Longest `admin.final_scrape`.
+pub const MAX_FINAL_SCRAPE: Duration = Duration::from_secs(300);
 /// Default drain time after SIGTERM.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 /// Default time a client has to send its request head.
@@ -125,6 +130,7 @@ impl Validator {
         let listeners: Vec<(usize, Listener)> =
             f.listeners.iter().enumerate().filter_map(|(i, l)| Some((i, self.listener(i, l)?))).collect();
         let admin = f.admin.as_ref().and_then(|a| self.addr("admin.address", &a.address));
+        let admin_final_scrape = self.final_scrape(f.admin.as_ref().and_then(|a| a.final_scrape.as_deref()));
         self.distinct_addresses(&listeners, admin);
         let listeners = listeners.into_iter().map(|(_, l)| l).collect();
 
@@ -193,6 +199,7 @@ impl Validator {
             log,
             listeners,
             admin,
+            admin_final_scrape,
             timeouts,
             usage,
             demo_page: f.demo_page,
@@ -435,6 +442,23 @@ impl Validator {
             _ => {
                 self.err(key, s, "the host name does not resolve; use an IP address or a resolvable name");
                 None
+            }
+        }
+    }
+
+    /// `admin.final_scrape`: a duration up to `MAX_FINAL_SCRAPE`; zero allowed (no window).
+    fn final_scrape(&mut self, value: Option<&str>) -> Duration {
+        const KEY: &str = "admin.final_scrape";
+        let Some(s) = value else { return DEFAULT_FINAL_SCRAPE };
+        match humantime::parse_duration(s) {
+            Ok(d) if d <= MAX_FINAL_SCRAPE => d,
+            Ok(_) => {
+                self.err(KEY, s, "must be at most 5m (the process waits this long before it exits); the default is 2s");
+                DEFAULT_FINAL_SCRAPE
+            }
+            Err(_) => {
+                self.err(KEY, s, "is not a duration; write a number with a unit, e.g. \"2s\" (\"0s\": no window)");
+                DEFAULT_FINAL_SCRAPE
             }
         }
     }
