@@ -3,13 +3,16 @@
 //! Cold path, once per process. Order matters: metrics first (everything registers on them),
 //! then the usage file, the built-in backends (bound before pools, which name their addresses),
 //! the pools with their health services, the object namespaces (room stores opened, host
-//! health services), the gateway, admin and background services (spool flusher, interim
-//! sweeper, delivery). Pingora owns the process until SIGTERM (graceful: listeners stop, open
-//! WebSockets get `server.grace_period`, then a 1001 close and their stop records) or SIGINT
-//! (immediate); then `run` makes every record durable and delivers what the sinks take within
-//! `FINAL_DELIVERY` before it returns.
+//! health services), the gateway and background services (spool flusher, interim sweeper,
+//! delivery), and last the admin listener, on a thread of its own outside Pingora's services so
+//! that it answers through the whole shutdown. Pingora owns the process until SIGTERM (graceful:
+//! listeners stop, `/readyz` turns 503, open WebSockets get `server.grace_period`, then a 1001
+//! close and their stop records) or SIGINT (immediate); then `run` makes every record durable,
+//! delivers what the sinks take within `FINAL_DELIVERY`, keeps the admin listener up for
+//! `admin.final_scrape` (graceful shutdown only) so a scraper sees the final counts, stops it and
+//! returns.
 
-use crate::admin::Admin;
+use crate::admin::{Admin, AdminServer, ShutdownWatcher};
 use crate::billing::delivery::Delivery;
 use crate::billing::spool::{Flusher, Spool};
 use crate::billing::UsageLog;
@@ -25,15 +28,15 @@ use crate::pools::builtin::Builtins;
 use crate::pools::Pools;
 use crate::routing::RouteTable;
 use anyhow::Context;
-use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{RunArgs, Server};
+use pingora_core::server::{ExecutionPhase, RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::broadcast;
 
 /// Longest time the last delivery (after every service stopped) may take before weir exits.
 const FINAL_DELIVERY: Duration = Duration::from_secs(10);
@@ -46,6 +49,7 @@ const PINGORA_GRACE_MARGIN: Duration = Duration::from_secs(2);
 pub fn run(config: Config) -> anyhow::Result<()> {
     let registry = prometheus::default_registry().clone();
     let metrics = Metrics::register(&registry).context("registering metrics")?;
+    metrics.prepare(&crate::gateway::known_labels(&config));
     let u = &config.usage;
     let spool = Spool::open(&u.spool_dir)
         .with_context(|| format!("usage.spool_dir: cannot open the spool in {}", u.spool_dir.display()))?;
@@ -107,13 +111,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     server.add_service(gateway_service);
 
-    if let Some(admin) = config.admin {
+    // The admin listener itself is not a Pingora service (see below); this one only tells it
+    // when Pingora's shutdown begins.
+    let admin = config.admin.map(|address| {
         let listeners = config.listeners.iter().map(|l| l.address).collect();
-        let mut admin_service =
-            Service::new("weir admin".to_string(), HttpServer::new_app(Admin::new(registry, listeners, fds.clone())));
-        admin_service.add_tcp(&admin.to_string());
-        server.add_service(admin_service);
-        tracing::info!(address = %admin, "admin listening (/metrics, /healthz, /readyz)");
+        let open = live.clone();
+        (address, Arc::new(Admin::new(registry, listeners, fds.clone(), move || open.len())))
+    });
+    if let Some((_, a)) = &admin {
+        server.add_service(background_service("admin shutdown watch", ShutdownWatcher(a.clone())));
     }
     for s in health_services.into_iter().chain(object_health) {
         server.add_boxed_service(s);
@@ -123,21 +129,72 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     server.add_service(background_service("spool flusher", Flusher::new(spool.clone(), u.fsync_interval)));
     server.add_service(background_service("interim sweeper", Sweeper::new(live.clone())));
-    let sampler = Sampler::new(fds, metrics.open_fds.clone(), metrics.max_fds.clone());
+    let sampler = Sampler::new(fds, metrics.open_fds.clone(), metrics.max_fds.clone(), metrics.resident_memory.clone());
     server.add_service(background_service("descriptor sampler", sampler));
+    let accept_errors = metrics.accept_errors.clone();
     let delivery_service =
         background_service("usage delivery", Delivery::new(spool.clone(), config.usage.sinks.clone(), metrics));
     let delivery = delivery_service.task();
     server.add_service(delivery_service);
     let sinks: Vec<&str> = config.usage.sinks.iter().map(|s| s.name.as_str()).collect();
+    // The admin listener is not a Pingora service: Pingora stops those at the first signal, and
+    // scrapers must see the drain and its final counts. It starts last, right before `run`, so
+    // nothing after it can fail and leave it running.
+    let mut phases = server.watch_execution_phase();
+    let admin = match admin {
+        Some((address, admin)) => {
+            let served = AdminServer::start(admin, address, &accept_errors, server.watch_execution_phase())
+                .with_context(|| format!("admin.address: cannot listen on {address}"))?;
+            tracing::info!(%address, "admin listening (/metrics, /healthz, /readyz)");
+            Some(served)
+        }
+        None => None,
+    };
     tracing::info!(spool = %config.usage.spool_dir.display(), ?sinks, "weir started");
     // Returns once Pingora has stopped every service (SIGTERM: after the grace period).
     server.run(RunArgs::default());
+    if let Some(a) = &admin {
+        a.admin().begin_shutdown();
+    }
     live.summarise_rejections(std::time::Instant::now(), true);
     // No connection task is left to write a record: make every record durable and hand it to
     // the sinks that take it now; the rest is delivered at the next start.
     spool.flush();
     let delivered = delivery.deliver_remaining(FINAL_DELIVERY);
     tracing::info!(delivered, waiting = spool.backlog_len(), "weir stopped; usage records are in the spool");
+    if let Some(a) = admin {
+        // Every count is final now: give a scraper `admin.final_scrape` to read them (not after
+        // SIGINT, which asks to stop at once).
+        let window = if graceful(&mut phases) { config.admin_final_scrape } else { Duration::ZERO };
+        if !window.is_zero() {
+            tracing::info!(window = ?window, "final scrape: the admin listener answers until exit");
+            // Not synchronisation: the window the operator configured for a last scrape.
+            std::thread::sleep(window);
+        }
+        a.stop();
+        tracing::info!("admin listener stopped; exiting");
+    }
     Ok(())
+}
+
+/// True when Pingora's shutdown was graceful (SIGTERM, or SIGQUIT's upgrade), from the phases it
+/// broadcast; false for SIGINT.
+fn graceful(phases: &mut broadcast::Receiver<ExecutionPhase>) -> bool {
+    let mut graceful = false;
+    // Bounded: Pingora keeps at most 100 phases for a receiver.
+    for _ in 0..1000 {
+        match phases.try_recv() {
+            Ok(phase) => {
+                graceful |= matches!(
+                    phase,
+                    ExecutionPhase::GracefulTerminate
+                        | ExecutionPhase::GracefulUpgradeTransferringFds
+                        | ExecutionPhase::GracefulUpgradeCloseTimeout
+                )
+            }
+            Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => break,
+        }
+    }
+    graceful
 }

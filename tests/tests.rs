@@ -47,3 +47,9 @@ mod hardening_rooms;
 mod hardening_echo;
 // Descriptors, accept errors, rejection floods, built-in object violations, defaults.
 mod hardening_limits;
+// The admin listener through a SIGTERM drain: answers until exit, final counts, final scrape window.
+mod drain;
+
+// Transparency under protocol errors: data after a close, a close between fragments, a
+// violation after a valid message (issue 10).
+mod transparency;

@@ -1,38 +1,144 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up) and
-//! `/readyz` (every public listener accepts connections right now: checked by connecting to it,
-//! so it turns false when the listeners stop at shutdown, and while the descriptor reserve is in
-//! use: `fds`), on a port of its own.
+//! `/readyz` (every public listener accepts connections right now: checked by connecting to it;
+//! the descriptor reserve is not in use: `fds`; and shutdown has not begun), on a port of its
+//! own.
+//!
+//! The listener runs outside Pingora's service lifecycle, on a thread and a current-thread tokio
+//! runtime of its own (`AdminServer`), so it keeps answering while Pingora drains connections
+//! after SIGTERM (Pingora stops every service's listener at once): `/readyz` then answers 503
+//! "shutting down: draining N connections", `/metrics` and `/healthz` 200, until `server::run`
+//! stops it after the final flush, delivery and `admin.final_scrape`. It learns that shutdown
+//! began from Pingora's shutdown watch (`ShutdownWatcher`, a background service: the same signal
+//! that stops the public listeners, so `/readyz` never blames a listener for a shutdown) and from
+//! its execution phases (`Server::watch_execution_phase`, which SIGINT's fast shutdown sends too).
+//!
+//! The HTTP is minimal: one request per connection (`Connection: close`), `GET` or `HEAD` only,
+//! the head read with `http1::head::read_head` (at most `MAX_HEAD_BYTES`, within
+//! `HEAD_TIMEOUT`), at most `MAX_CONNECTIONS` served at once. The accept loop backs off on
+//! EMFILE/ENFILE as the built-in echo's does (`pools::echo::AcceptFailures`), counting failures in
+//! `weir_accept_errors_total{listener="admin"}`.
 //!
 //! Cold/warm path: one request at a time from a scraper; never on a client's path.
 
 use crate::fds::Descriptors;
+use crate::http1::head::{read_head, HeadError};
+use crate::pools::echo::{AcceptFailures, Reason};
 use async_trait::async_trait;
-use http::Response;
-use pingora_core::apps::http_app::ServeHttp;
-use pingora_core::protocols::http::ServerSession;
-use prometheus::{Encoder, Registry, TextEncoder};
+use pingora_core::server::{ExecutionPhase, ShutdownWatch};
+use pingora_core::services::background::BackgroundService;
+use prometheus::{Encoder, IntCounter, IntCounterVec, Registry, TextEncoder};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{broadcast, watch, Semaphore};
 
+/// The `listener` label of the admin listener's accept errors.
+pub const LISTENER: &str = "admin";
 /// Longest a readiness connect to a listener may take.
 const READY_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Time a client has to send its whole request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time the answer has to be written.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the answer, how long unread request bytes are drained before the connection is closed
+/// (closing with unread bytes would reset the connection and could lose the answer).
+const LINGER: Duration = Duration::from_secs(1);
+/// Most request bytes drained after the answer.
+const LINGER_BYTES: usize = 64 * 1024;
+/// Connections served at once; further ones wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Once the listener is stopped, how long answers in progress get to finish.
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
-/// The admin HTTP application.
+/// What the admin endpoints answer from: the metrics registry, the readiness checks and the
+/// shutdown state.
 pub struct Admin {
     registry: Registry,
     listeners: Vec<SocketAddr>,
     fds: Arc<Descriptors>,
+    open: Box<dyn Fn() -> usize + Send + Sync>,
+    shutting_down: AtomicBool,
+    /// Pingora's shutdown watch, once `ShutdownWatcher` started.
+    pingora_shutdown: OnceLock<ShutdownWatch>,
+}
+
+/// One HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type` value.
+    pub content_type: String,
+    /// The body (not sent to `HEAD`).
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    fn text(status: u16, body: &str) -> Answer {
+        Answer { status, content_type: "text/plain; charset=utf-8".into(), body: body.as_bytes().to_vec() }
+    }
+
+    /// The whole response, head and (unless `head_only`) body, with `Connection: close`.
+    pub fn encode(&self, head_only: bool) -> Vec<u8> {
+        let reason = http::StatusCode::from_u16(self.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+        let allow = if self.status == 405 { "Allow: GET, HEAD\r\n" } else { "" };
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+            self.status,
+            self.content_type,
+            self.body.len()
+        )
+        .into_bytes();
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
+        out
+    }
 }
 
 impl Admin {
     /// Serve `registry` on `/metrics`; `/readyz` connects to each of `listeners` and checks
-    /// that descriptors are left beyond the reserve.
-    pub fn new(registry: Registry, listeners: Vec<SocketAddr>, fds: Arc<Descriptors>) -> Admin {
-        Admin { registry, listeners, fds }
+    /// that descriptors are left beyond the reserve; once shutdown began it reports `open()`
+    /// connections still draining.
+    pub fn new(
+        registry: Registry,
+        listeners: Vec<SocketAddr>,
+        fds: Arc<Descriptors>,
+        open: impl Fn() -> usize + Send + Sync + 'static,
+    ) -> Admin {
+        Admin {
+            registry,
+            listeners,
+            fds,
+            open: Box::new(open),
+            shutting_down: AtomicBool::new(false),
+            pingora_shutdown: OnceLock::new(),
+        }
     }
 
-    async fn ready(&self) -> Result<(), String> {
+    /// Shutdown began: from now on `/readyz` answers 503. Idempotent.
+    pub fn begin_shutdown(&self) {
+        if !self.shutting_down.swap(true, Ordering::Relaxed) {
+            tracing::info!("admin: shutdown began; /readyz answers 503 until exit, /metrics goes on");
+        }
+    }
+
+    /// True once shutdown began.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed) || self.pingora_shutdown.get().is_some_and(|w| *w.borrow())
+    }
+
+    fn draining(&self) -> String {
+        format!("shutting down: draining {} connections", (self.open)())
+    }
+
+    /// `Ok` when new connections are welcome; otherwise why not.
+    pub async fn ready(&self) -> Result<(), String> {
+        if self.shutting_down() {
+            return Err(self.draining());
+        }
         if self.fds.exhausted() {
             return Err(format!("the public listeners cannot take new connections: {}", self.fds.describe()));
         }
@@ -44,46 +150,295 @@ impl Admin {
                     IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
                 });
             }
-            match tokio::time::timeout(READY_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(format!("listener {l} does not accept: {e}")),
-                Err(_) => return Err(format!("listener {l} does not accept within {READY_CONNECT_TIMEOUT:?}")),
-            }
+            let refused =
+                match tokio::time::timeout(READY_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target)).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => format!("listener {l} does not accept: {e}"),
+                    Err(_) => format!("listener {l} does not accept within {READY_CONNECT_TIMEOUT:?}"),
+                };
+            // Pingora sets its shutdown watch before it stops a listener: a listener that stopped
+            // for the shutdown is reported as the shutdown.
+            return Err(if self.shutting_down() { self.draining() } else { refused });
         }
         Ok(())
     }
-}
 
-fn text(status: u16, body: &str) -> Response<Vec<u8>> {
-    let mut r = Response::new(body.as_bytes().to_vec());
-    *r.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
-    r
-}
-
-#[async_trait]
-impl ServeHttp for Admin {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_string();
-        match path.as_str() {
+    /// The answer to `GET path`.
+    pub async fn answer(&self, path: &str) -> Answer {
+        match path {
             "/metrics" => {
                 let encoder = TextEncoder::new();
                 let mut out = Vec::new();
                 if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
-                    return text(500, &format!("cannot encode metrics: {e}\n"));
+                    return Answer::text(500, &format!("cannot encode metrics: {e}\n"));
                 }
-                let mut r = Response::new(out);
-                if let Ok(v) = http::HeaderValue::from_str(encoder.format_type()) {
-                    r.headers_mut().insert(http::header::CONTENT_TYPE, v);
-                }
-                r
+                Answer { status: 200, content_type: encoder.format_type().to_string(), body: out }
             }
-            "/healthz" => text(200, "ok\n"),
+            "/healthz" => Answer::text(200, "ok\n"),
             "/readyz" => match self.ready().await {
-                Ok(()) => text(200, "ready\n"),
-                Err(why) => text(503, &format!("not ready: {why}\n")),
+                Ok(()) => Answer::text(200, "ready\n"),
+                Err(why) => Answer::text(503, &format!("not ready: {why}\n")),
             },
-            _ => text(404, "not found; try /metrics, /healthz or /readyz\n"),
+            _ => Answer::text(404, "not found; try /metrics, /healthz or /readyz\n"),
         }
+    }
+}
+
+/// True for the execution phases Pingora enters once shutdown begins (any signal).
+pub fn shutdown_phase(phase: &ExecutionPhase) -> bool {
+    matches!(
+        phase,
+        ExecutionPhase::GracefulUpgradeTransferringFds
+            | ExecutionPhase::GracefulUpgradeCloseTimeout
+            | ExecutionPhase::GracefulTerminate
+            | ExecutionPhase::ShutdownStarted
+            | ExecutionPhase::ShutdownGracePeriod
+            | ExecutionPhase::ShutdownRuntimes
+            | ExecutionPhase::Terminated
+    )
+}
+
+/// A Pingora background service that hands Pingora's shutdown watch to `Admin` and marks the
+/// start of a graceful shutdown on it.
+pub struct ShutdownWatcher(pub Arc<Admin>);
+
+#[async_trait]
+impl BackgroundService for ShutdownWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = self.0.pingora_shutdown.set(shutdown.clone());
+        if shutdown.wait_for(|s| *s).await.is_ok() {
+            self.0.begin_shutdown();
+        }
+    }
+}
+
+/// The admin listener on its own thread and runtime; `stop` ends it.
+pub struct AdminServer {
+    admin: Arc<Admin>,
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Bind `address` and serve `admin` on it from a thread of its own until `stop`. `phases`
+    /// (Pingora's `Server::watch_execution_phase`) tells it when shutdown begins; failed accepts
+    /// are counted in `accept_errors{listener="admin"}`.
+    ///
+    /// Start it right before `Server::run` (Pingora would lose this thread if it daemonized;
+    /// weir never asks it to).
+    pub fn start(
+        admin: Arc<Admin>,
+        address: SocketAddr,
+        accept_errors: &IntCounterVec,
+        phases: broadcast::Receiver<ExecutionPhase>,
+    ) -> std::io::Result<AdminServer> {
+        let listener = std::net::TcpListener::bind(address)?;
+        listener.set_nonblocking(true)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let errors = |r: Reason| accept_errors.with_label_values(&[LISTENER, r.as_str()]);
+        let errors = Errors { fd_limit: errors(Reason::FdLimit), other: errors(Reason::Other) };
+        let (stop, stopped) = watch::channel(false);
+        let served = admin.clone();
+        let thread = std::thread::Builder::new().name("weir-admin".into()).spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin: cannot serve the listener");
+                        return;
+                    }
+                };
+                tokio::spawn(watch_phases(served.clone(), phases));
+                serve(listener, served, errors, stopped).await;
+            });
+            runtime.shutdown_timeout(Duration::from_millis(100));
+        })?;
+        Ok(AdminServer { admin, stop, thread: Some(thread) })
+    }
+
+    /// What it serves (to mark the start of shutdown).
+    pub fn admin(&self) -> &Arc<Admin> {
+        &self.admin
+    }
+
+    /// Stop accepting (connections are refused from now on), give answers in progress up to a
+    /// second, and wait for the thread to end.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("admin: the listener's thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The accept-error counters, by reason.
+struct Errors {
+    fd_limit: IntCounter,
+    other: IntCounter,
+}
+
+/// Mark the start of shutdown on `admin` when Pingora enters a shutdown phase (or goes away).
+async fn watch_phases(admin: Arc<Admin>, mut phases: broadcast::Receiver<ExecutionPhase>) {
+    loop {
+        match phases.recv().await {
+            Ok(phase) if shutdown_phase(&phase) => break,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+    admin.begin_shutdown();
+}
+
+/// Resolves once `stop` is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The accept loop: one task per connection, at most `MAX_CONNECTIONS` at once, backing off on
+/// accept errors that retrying does not clear.
+async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, errors: Errors, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut failures = AcceptFailures::default();
+    loop {
+        let permit = tokio::select! {
+            () = stopped(&mut stop) => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let pause = tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    failures.accepted();
+                    let admin = admin.clone();
+                    tokio::spawn(async move {
+                        respond(&admin, stream).await;
+                        drop(permit);
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    let failed = failures.failed(&e, Instant::now());
+                    match failed.reason {
+                        Reason::FdLimit => errors.fd_limit.inc(),
+                        Reason::Other => errors.other.inc(),
+                    }
+                    if let Some(count) = failed.log {
+                        tracing::warn!(
+                            error = %e,
+                            reason = failed.reason.as_str(),
+                            failures = count,
+                            pause_ms = failed.pause.map_or(0, |p| p.as_millis() as u64),
+                            "admin: accept failed; backing off (failures: count since the last such line)"
+                        );
+                    }
+                    failed.pause
+                }
+            },
+        };
+        if let Some(pause) = pause {
+            tokio::select! {
+                () = stopped(&mut stop) => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+    // New connections are refused from here on; answers in progress get `STOP_WAIT`.
+    drop(listener);
+    let _ = tokio::time::timeout(STOP_WAIT, slots.acquire_many(MAX_CONNECTIONS as u32)).await;
+}
+
+/// Read one request head, answer it, close.
+async fn respond(admin: &Admin, mut stream: tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let (answer, head_only) = match read_head(&mut stream, HEAD_TIMEOUT).await {
+        Ok(head) if head.method == "GET" || head.method == "HEAD" => {
+            (admin.answer(head.path()).await, head.method == "HEAD")
+        }
+        Ok(_) => (Answer::text(405, "method not allowed; use GET\n"), false),
+        Err(HeadError::Closed | HeadError::Io(_)) => return,
+        Err(HeadError::TimedOut) => (Answer::text(408, "the request head did not arrive in time\n"), false),
+        Err(HeadError::TooLarge) => (Answer::text(431, "request head too large\n"), false),
+        Err(HeadError::Malformed(why)) => (Answer::text(400, &format!("bad request: {why}\n")), false),
+    };
+    let bytes = answer.encode(head_only);
+    let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        return;
+    }
+    // Drain what the client still sends (a body, the rest of a head too large) until it closes,
+    // bounded, so the close does not reset the connection before the answer is read.
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut buf = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_closed_http_1_1_with_a_length_and_head_has_no_body() {
+        let a = Answer::text(503, "not ready: shutting down: draining 2 connections\n");
+        let full = String::from_utf8(a.encode(false)).unwrap();
+        assert!(full.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{full}");
+        assert!(full.contains("\r\nContent-Length: 49\r\n"), "{full}");
+        assert!(full.contains("\r\nConnection: close\r\n"), "{full}");
+        assert!(full.ends_with("\r\n\r\nnot ready: shutting down: draining 2 connections\n"), "{full}");
+        let head = String::from_utf8(a.encode(true)).unwrap();
+        assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 49"), "{head}");
+        let m = String::from_utf8(Answer::text(405, "x").encode(false)).unwrap();
+        assert!(m.contains("\r\nAllow: GET, HEAD\r\n"), "{m}");
+    }
+
+    #[test]
+    fn only_shutdown_phases_mark_shutdown() {
+        assert!(!shutdown_phase(&ExecutionPhase::Running));
+        assert!(!shutdown_phase(&ExecutionPhase::BootstrapComplete));
+        assert!(shutdown_phase(&ExecutionPhase::GracefulTerminate));
+        assert!(shutdown_phase(&ExecutionPhase::ShutdownStarted));
+    }
+
+    #[tokio::test]
+    async fn readyz_reports_the_drain_once_shutdown_began() {
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(3));
+        let counted = open.clone();
+        let admin = Admin::new(Registry::new(), Vec::new(), Descriptors::new(0), move || {
+            counted.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        assert_eq!(admin.answer("/readyz").await.status, 200);
+        admin.begin_shutdown();
+        let a = admin.answer("/readyz").await;
+        assert_eq!((a.status, a.body.as_slice()), (503, &b"not ready: shutting down: draining 3 connections\n"[..]));
+        open.store(0, std::sync::atomic::Ordering::Relaxed);
+        assert!(String::from_utf8_lossy(&admin.answer("/readyz").await.body).contains("draining 0 connections"));
+        assert_eq!(admin.answer("/healthz").await.status, 200);
+        assert_eq!(admin.answer("/metrics").await.status, 200);
     }
 }
