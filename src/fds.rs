@@ -86,18 +86,28 @@ fn soft_limit() -> Option<u64> {
     line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
 }
 
-/// The background service that samples the counts and exports them.
+/// The background service that samples the counts (and the process's resident memory) and
+/// exports them.
 pub struct Sampler {
     fds: Arc<Descriptors>,
     open: IntGauge,
     max: IntGauge,
+    rss: IntGauge,
 }
 
 impl Sampler {
-    /// Sample `fds` into the `open` and `max` gauges.
-    pub fn new(fds: Arc<Descriptors>, open: IntGauge, max: IntGauge) -> Sampler {
-        Sampler { fds, open, max }
+    /// Sample `fds` into the `open` and `max` gauges, and the resident memory into `rss`.
+    pub fn new(fds: Arc<Descriptors>, open: IntGauge, max: IntGauge, rss: IntGauge) -> Sampler {
+        Sampler { fds, open, max, rss }
     }
+}
+
+/// The process's resident memory, bytes, from `VmRSS` in `/proc/self/status`.
+fn resident_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: i64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[async_trait]
@@ -110,6 +120,9 @@ impl BackgroundService for Sampler {
             let _ = tokio::task::spawn_blocking(move || fds.sample()).await;
             self.open.set(self.fds.open() as i64);
             self.max.set(self.fds.max() as i64);
+            if let Some(rss) = resident_bytes() {
+                self.rss.set(rss);
+            }
             let exhausted = self.fds.exhausted();
             if exhausted != was_exhausted {
                 if exhausted {

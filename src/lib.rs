@@ -35,7 +35,8 @@
 //! - `billing`: the record contract and log, spool, delivery, sinks, pricing units, `weir usage`
 //!   reports (warm / background / cold).
 //! - `metrics`: Prometheus families, names in `metrics::names` (hot updates, cold setup).
-//! - `admin`: `/metrics`, `/healthz`, `/readyz` on the admin listener (warm).
+//! - `admin`: `/metrics`, `/healthz`, `/readyz` on the admin listener, served on its own thread
+//!   so it answers through the whole shutdown (warm).
 //! - `fds`: the descriptor limit, the open count and the reserve kept for weir itself
 //!   (background sampler; warm check).
 //! - `sync`: the poison-tolerant lock helper every mutex goes through.

@@ -66,3 +66,36 @@ async fn metrics_count_during_and_after_a_connection() {
         "exactly one outcome"
     );
 }
+
+/// Issue 15 (part): counters labelled by closed sets exist at 0 from startup, so Prometheus sees
+/// their first event; failure-only counters too; and the build and a started-connections counter
+/// are exported.
+#[tokio::test]
+async fn closed_label_sets_start_at_zero_and_the_build_is_exported() {
+    let backend = crate::support::backends::echo_backend().await;
+    let weir = Weir::start(&crate::support::pool_and_route("p", &[backend.addr], "/ws")).await;
+    let text = weir.metrics().await;
+    let zero = |name: &str, labels: &[(&str, &str)]| {
+        assert_eq!(crate::support::metric(&text, name, labels), Some(0.0), "{name}{labels:?} at 0 before any event");
+    };
+    zero("weir_connections_total", &[("route", "p"), ("pool", "p"), ("outcome", "completed")]);
+    zero("weir_connections_total", &[("route", "p"), ("pool", "p"), ("outcome", "protocol_error")]);
+    zero(
+        "weir_closes_total",
+        &[("route", "p"), ("initiator", "client"), ("code_class", "normal"), ("cause", "client_close")],
+    );
+    zero("weir_handshake_rejections_total", &[("route", "none"), ("reason", "unknown_route")]);
+    zero("weir_handshake_rejections_total", &[("route", "p"), ("reason", "bad_key")]);
+    zero(
+        "weir_protocol_violations_total",
+        &[("route", "p"), ("direction", "client_to_backend"), ("reason", "unmasked_client_frame")],
+    );
+    zero("weir_usage_write_errors_total", &[("kind", "stop")]);
+    zero("weir_connections_started_total", &[("route", "p"), ("pool", "p")]);
+    let build = crate::support::metric(&text, "weir_build_info", &[("version", env!("CARGO_PKG_VERSION"))]);
+    assert_eq!(build, Some(1.0), "weir_build_info");
+    weir.metric_eventually("weir_resident_memory_bytes", &[], |v| v > 1e6).await;
+    let mut ws = connect(&weir, "/ws").await;
+    weir.metric_eventually("weir_connections_started_total", &[("route", "p"), ("pool", "p")], |v| v == 1.0).await;
+    ws.close(None).await.unwrap();
+}

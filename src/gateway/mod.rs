@@ -51,6 +51,21 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
+/// The label values the gateway's metrics can take, known from `config` (for
+/// `Metrics::prepare`, so every series starts at 0).
+pub fn known_labels(config: &Config) -> crate::metrics::Known<'_> {
+    let target = |t: &Target| match t {
+        Target::Pool(i) => config.pools.get(*i).map(|p| p.name.as_str()),
+        Target::Object(i) => config.objects.get(*i).map(|n| n.name.as_str()),
+    };
+    crate::metrics::Known {
+        routes: config.routes.iter().filter_map(|r| Some((r.name.as_str(), target(&r.target)?))).collect(),
+        reasons: RejectReason::ALL.iter().map(|r| r.as_str()).chain([reject::BACKEND_REFUSED]).collect(),
+        namespaces: config.objects.iter().map(|n| n.name.as_str()).collect(),
+        sinks: config.usage.sinks.iter().map(|s| s.name.as_str()).collect(),
+    }
+}
+
 /// The route label used for requests that matched no route.
 const NO_ROUTE: &str = "none";
 

@@ -50,6 +50,34 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason, for metrics set up at startup (a new variant goes here too; the test
+    /// `all_lists_every_reason_once` checks the labels are distinct).
+    pub const ALL: [RejectReason; 20] = {
+        use RejectReason::*;
+        [
+            NotWebSocket,
+            MethodNotGet,
+            HttpVersion,
+            ConnectionHeader,
+            UnsupportedVersion,
+            BadKey,
+            RequestBody,
+            MalformedRequest,
+            HeadTooLarge,
+            UnknownRoute,
+            NoHealthyBackend,
+            BackendUnreachable,
+            BackendTimeout,
+            BackendBadHandshake,
+            BadObjectId,
+            ObjectMoving,
+            SpoolUnavailable,
+            DescriptorsExhausted,
+            DuplicateHost,
+            BadPath,
+        ]
+    };
+
     /// The HTTP status sent to the client.
     pub fn status(self) -> u16 {
         use RejectReason::*;
@@ -174,7 +202,14 @@ fn reason_phrase(status: u16) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::RejectReason;
+    #[test]
+    fn all_lists_every_reason_once() {
+        let labels: std::collections::HashSet<_> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), RejectReason::ALL.len());
+        assert!(!labels.contains(BACKEND_REFUSED));
+    }
+
+    use super::{RejectReason, BACKEND_REFUSED};
 
     #[test]
     fn expected_websocket_body_is_exact() {

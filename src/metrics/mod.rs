@@ -16,8 +16,29 @@ use prometheus::{
 };
 
 /// Connection-duration buckets, seconds: from a failed page load to a three-day session.
-const DURATION_BUCKETS: &[f64] =
-    &[0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0, 72.0 * 3600.0];
+const DURATION_BUCKETS: &[f64] = &[
+    0.1,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    900.0,
+    1800.0,
+    3600.0,
+    2.0 * 3600.0,
+    4.0 * 3600.0,
+    8.0 * 3600.0,
+    12.0 * 3600.0,
+    24.0 * 3600.0,
+    72.0 * 3600.0,
+];
 /// Backend connect+upgrade buckets, seconds: loopback (sub-ms) to a timing-out backend.
 const CONNECT_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
@@ -28,6 +49,12 @@ pub struct Metrics {
     pub connections_active: IntGaugeVec,
     /// See `names::CONNECTIONS_TOTAL`.
     pub connections_total: IntCounterVec,
+    /// See `names::CONNECTIONS_STARTED_TOTAL`.
+    pub connections_started: IntCounterVec,
+    /// See `names::BUILD_INFO`.
+    pub build_info: IntGaugeVec,
+    /// See `names::RESIDENT_MEMORY_BYTES`.
+    pub resident_memory: IntGauge,
     /// See `names::HANDSHAKE_REJECTIONS_TOTAL`.
     pub handshake_rejections: IntCounterVec,
     /// See `names::CONNECTION_DURATION_SECONDS`.
@@ -144,6 +171,14 @@ impl Metrics {
                 "WebSocket connections currently relayed",
                 &[ROUTE, POOL],
             )?,
+            connections_started: counter(
+                reg,
+                CONNECTIONS_STARTED_TOTAL,
+                "WebSocket connections that got their 101",
+                &[ROUTE, POOL],
+            )?,
+            build_info: gauge(reg, BUILD_INFO, "Always 1: the build's version and commit", &[VERSION, COMMIT])?,
+            resident_memory: plain_gauge(reg, RESIDENT_MEMORY_BYTES, "The process's resident memory, bytes")?,
             connections_total: counter(
                 reg,
                 CONNECTIONS_TOTAL,
@@ -283,8 +318,70 @@ impl Metrics {
         })
     }
 
-    /// Resolve the per-connection handles for `route` and `pool` (warm path, once per connection).
+    /// Start every series whose label values are known at startup at 0, so the first event of
+    /// each is visible to `rate()`/`increase()` and failure-only counters exist before a failure
+    /// (cold path). Routes come as `(route, pool or namespace)`; `reasons` are the rejection
+    /// labels; `namespaces` and `sinks` by name.
+    pub fn prepare(&self, known: &Known<'_>) {
+        use crate::relay::frame::Violation;
+        use crate::relay::report::{Cause, Outcome, Party, CODE_CLASSES};
+        self.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), build_commit()]).set(1);
+        let mut routes: Vec<&str> = known.routes.iter().map(|(r, _)| *r).collect();
+        routes.push("none");
+        for &(route, pool) in &known.routes {
+            drop(self.connection_handles(route, pool));
+            let _ = self.connections_started.with_label_values(&[route, pool]);
+            for o in Outcome::ALL {
+                let _ = self.connections_total.with_label_values(&[route, pool, o.as_str()]);
+            }
+            let _ = self.backend_connect.with_label_values(&[pool]);
+            for p in Party::ALL {
+                for class in CODE_CLASSES {
+                    for c in Cause::ALL {
+                        let _ = self.closes.with_label_values(&[route, p.as_str(), class, c.as_str()]);
+                    }
+                }
+            }
+            for d in Direction::BOTH {
+                for v in Violation::ALL {
+                    let _ = self.protocol_violations.with_label_values(&[route, d.as_str(), v.as_str()]);
+                }
+            }
+            let _ = self.http_requests.with_label_values(&[route]);
+        }
+        for route in routes {
+            for reason in &known.reasons {
+                let _ = self.handshake_rejections.with_label_values(&[route, reason]);
+            }
+        }
+        for kind in ["start", "interim", "stop", "rejection", "object", "rejections"] {
+            let _ = self.usage_records.with_label_values(&[kind]);
+            let _ = self.usage_write_errors.with_label_values(&[kind]);
+        }
+        for ns in &known.namespaces {
+            let _ = self.objects_active.with_label_values(&[ns]);
+            let _ = self.object_placements.with_label_values(&[ns]);
+            for reason in ["health_check", "connect_failed"] {
+                let _ = self.object_moves.with_label_values(&[ns, reason]);
+            }
+            let _ = self.object_evictions.with_label_values(&[ns]);
+        }
+        // Counters only: the sink gauges (pending, lag) are set by each delivery loop once it has
+        // read its cursor; a 0 before that would claim a sink is caught up.
+        for sink in &known.sinks {
+            let _ = self.sink_delivered.with_label_values(&[sink]);
+            let _ = self.sink_errors.with_label_values(&[sink]);
+        }
+    }
+
+    /// Resolve the per-connection handles for `route` and `pool` and count the connection as
+    /// started (warm path, once per connection, at its 101).
     pub fn connection(&self, route: &str, pool: &str) -> ConnMetrics {
+        self.connections_started.with_label_values(&[route, pool]).inc();
+        self.connection_handles(route, pool)
+    }
+
+    fn connection_handles(&self, route: &str, pool: &str) -> ConnMetrics {
         let dir = |d: Direction| DirMetrics {
             frames: FRAME_KINDS.map(|k| self.frames.with_label_values(&[route, d.as_str(), k])),
             messages: self.messages.with_label_values(&[route, d.as_str()]),
@@ -298,6 +395,24 @@ impl Metrics {
             dirs: [dir(Direction::ClientToBackend), dir(Direction::BackendToClient)],
         }
     }
+}
+
+/// The label values known at startup (`Metrics::prepare`).
+#[derive(Debug, Default)]
+pub struct Known<'a> {
+    /// `(route, pool or namespace)` of every route.
+    pub routes: Vec<(&'a str, &'a str)>,
+    /// Every rejection label (`reason` of `weir_handshake_rejections_total`).
+    pub reasons: Vec<&'a str>,
+    /// Object namespaces.
+    pub namespaces: Vec<&'a str>,
+    /// Usage sinks.
+    pub sinks: Vec<&'a str>,
+}
+
+/// The git commit weir was built from (`build.rs`), or `unknown`.
+pub fn build_commit() -> &'static str {
+    option_env!("WEIR_COMMIT").filter(|c| !c.is_empty()).unwrap_or("unknown")
 }
 
 /// Values of the `kind` label on `weir_frames_total`: data frames (text, binary and

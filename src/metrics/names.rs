@@ -6,6 +6,12 @@
 
 /// Gauge: WebSocket connections currently relayed {route, pool}.
 pub const CONNECTIONS_ACTIVE: &str = "weir_connections_active";
+/// Counter: WebSocket connections that got their 101 {route, pool}.
+pub const CONNECTIONS_STARTED_TOTAL: &str = "weir_connections_started_total";
+/// Gauge: always 1; the build's version and commit {version, commit}.
+pub const BUILD_INFO: &str = "weir_build_info";
+/// Gauge: the process's resident memory, bytes {}.
+pub const RESIDENT_MEMORY_BYTES: &str = "weir_resident_memory_bytes";
 /// Counter: relayed WebSocket connections that ended, by outcome {route, pool, outcome}.
 pub const CONNECTIONS_TOTAL: &str = "weir_connections_total";
 /// Counter: upgrade requests refused before or during the handshake {route, reason}.
@@ -86,6 +92,10 @@ pub const NAMESPACE: &str = "namespace";
 pub const CAUSE: &str = "cause";
 /// Label: how a connection ended (see `relay::report::Outcome`).
 pub const OUTCOME: &str = "outcome";
+/// Label: the crate version (`weir_build_info`).
+pub const VERSION: &str = "version";
+/// Label: the git commit weir was built from, or `unknown` (`weir_build_info`).
+pub const COMMIT: &str = "commit";
 /// Label: a listener weir runs itself (`echo` for the built-in echo backend).
 pub const LISTENER: &str = "listener";
 
@@ -111,6 +121,9 @@ pub const REJECTIONS_SUMMARISED_TOTAL: &str = "weir_rejections_summarised_total"
 pub const ALL: &[&str] = &[
     CONNECTIONS_ACTIVE,
     CONNECTIONS_TOTAL,
+    CONNECTIONS_STARTED_TOTAL,
+    BUILD_INFO,
+    RESIDENT_MEMORY_BYTES,
     HANDSHAKE_REJECTIONS_TOTAL,
     CONNECTION_DURATION_SECONDS,
     FRAMES_TOTAL,

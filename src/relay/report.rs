@@ -19,6 +19,9 @@ pub enum Party {
 }
 
 impl Party {
+    /// Every party, for metrics set up at startup.
+    pub const ALL: [Party; 3] = [Party::Client, Party::Backend, Party::Gateway];
+
     /// Label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -55,6 +58,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, for metrics set up at startup.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Completed,
+        Outcome::ClientGone,
+        Outcome::BackendGone,
+        Outcome::ProtocolError,
+        Outcome::Shutdown,
+        Outcome::Moved,
+    ];
+
     /// Label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -229,6 +242,9 @@ impl Ending {
         }
     }
 }
+
+/// Every value of the `code_class` label.
+pub const CODE_CLASSES: [&str; 6] = ["none", "normal", "going_away", "error", "app", "other"];
 
 /// Class of a close code for the `code_class` label.
 pub fn code_class(code: Option<u16>) -> &'static str {
