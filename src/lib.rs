@@ -35,6 +35,8 @@
 //! - `billing`: the record contract and log, spool, delivery, sinks, pricing units, `weir usage`
 //!   reports (warm / background / cold).
 //! - `metrics`: Prometheus families, names in `metrics::names` (hot updates, cold setup).
+//! - `accept`: what weir's own accept loops do when `accept(2)` fails (backoff, counted, logged
+//!   once a second; leaf).
 //! - `admin`: `/metrics`, `/healthz`, `/readyz` on the admin listener, served on its own thread
 //!   so it answers through the whole shutdown (warm).
 //! - `fds`: the descriptor limit, the open count and the reserve kept for weir itself
@@ -43,6 +45,7 @@
 //!
 //! The README's "Code map" and `../shared/DESIGN.md` describe the data flow.
 
+pub mod accept;
 pub mod admin;
 pub mod billing;
 pub mod config;

@@ -15,22 +15,22 @@
 //! The HTTP is minimal: one request per connection (`Connection: close`), `GET` or `HEAD` only,
 //! the head read with `http1::head::read_head` (at most `MAX_HEAD_BYTES`, within
 //! `HEAD_TIMEOUT`), at most `MAX_CONNECTIONS` served at once. The accept loop backs off on
-//! EMFILE/ENFILE as the built-in echo's does (`pools::echo::AcceptFailures`), counting failures in
+//! EMFILE/ENFILE as the built-in echo's does (`crate::accept`), counting failures in
 //! `weir_accept_errors_total{listener="admin"}`.
 //!
 //! Cold/warm path: one request at a time from a scraper; never on a client's path.
 
+use crate::accept::AcceptErrors;
 use crate::fds::Descriptors;
 use crate::http1::head::{read_head, HeadError};
-use crate::pools::echo::{AcceptFailures, Reason};
 use async_trait::async_trait;
 use pingora_core::server::{ExecutionPhase, ShutdownWatch};
 use pingora_core::services::background::BackgroundService;
-use prometheus::{Encoder, IntCounter, IntCounterVec, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, Registry, TextEncoder};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, watch, Semaphore};
 
@@ -235,8 +235,7 @@ impl AdminServer {
         let listener = std::net::TcpListener::bind(address)?;
         listener.set_nonblocking(true)?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let errors = |r: Reason| accept_errors.with_label_values(&[LISTENER, r.as_str()]);
-        let errors = Errors { fd_limit: errors(Reason::FdLimit), other: errors(Reason::Other) };
+        let errors = AcceptErrors::new(LISTENER, "admin", accept_errors);
         let (stop, stopped) = watch::channel(false);
         let served = admin.clone();
         let thread = std::thread::Builder::new().name("weir-admin".into()).spawn(move || {
@@ -283,12 +282,6 @@ impl Drop for AdminServer {
     }
 }
 
-/// The accept-error counters, by reason.
-struct Errors {
-    fd_limit: IntCounter,
-    other: IntCounter,
-}
-
 /// Mark the start of shutdown on `admin` when Pingora enters a shutdown phase (or goes away).
 async fn watch_phases(admin: Arc<Admin>, mut phases: broadcast::Receiver<ExecutionPhase>) {
     loop {
@@ -308,9 +301,13 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// The accept loop: one task per connection, at most `MAX_CONNECTIONS` at once, backing off on
 /// accept errors that retrying does not clear.
-async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, errors: Errors, mut stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    admin: Arc<Admin>,
+    mut errors: AcceptErrors,
+    mut stop: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut failures = AcceptFailures::default();
     loop {
         let permit = tokio::select! {
             () = stopped(&mut stop) => break,
@@ -323,7 +320,7 @@ async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, errors: Err
             () = stopped(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    failures.accepted();
+                    errors.accepted();
                     let admin = admin.clone();
                     tokio::spawn(async move {
                         respond(&admin, stream).await;
@@ -331,23 +328,7 @@ async fn serve(listener: tokio::net::TcpListener, admin: Arc<Admin>, errors: Err
                     });
                     continue;
                 }
-                Err(e) => {
-                    let failed = failures.failed(&e, Instant::now());
-                    match failed.reason {
-                        Reason::FdLimit => errors.fd_limit.inc(),
-                        Reason::Other => errors.other.inc(),
-                    }
-                    if let Some(count) = failed.log {
-                        tracing::warn!(
-                            error = %e,
-                            reason = failed.reason.as_str(),
-                            failures = count,
-                            pause_ms = failed.pause.map_or(0, |p| p.as_millis() as u64),
-                            "admin: accept failed; backing off (failures: count since the last such line)"
-                        );
-                    }
-                    failed.pause
-                }
+                Err(e) => errors.failed(&e),
             },
         };
         if let Some(pause) = pause {
