@@ -99,3 +99,18 @@ async fn closed_label_sets_start_at_zero_and_the_build_is_exported() {
     weir.metric_eventually("weir_connections_started_total", &[("route", "p"), ("pool", "p")], |v| v == 1.0).await;
     ws.close(None).await.unwrap();
 }
+
+/// Issue 15 (part): the built-in echo backend's `backend` label is `builtin:echo`, as configured,
+/// not its loopback port (new at every start).
+#[tokio::test]
+async fn the_builtin_echo_backend_is_labelled_as_configured() {
+    let weir = Weir::start(
+        "pools:\n  - {name: demo, backends: [\"builtin:echo\"], health_check: {kind: handshake, interval: 200ms}}\nroutes:\n  - {path_prefix: /echo, pool: demo}\n",
+    )
+    .await;
+    weir.metric_eventually("weir_backend_healthy", &[("pool", "demo"), ("backend", "builtin:echo")], |v| v == 1.0)
+        .await;
+    let text = weir.metrics().await;
+    let by_port = text.lines().filter(|l| l.starts_with("weir_backend_healthy") && l.contains("127.0.0.1:")).count();
+    assert_eq!(by_port, 0, "no series by loopback port:\n{text}");
+}

@@ -26,6 +26,8 @@ const PROBE_KEY: &str = "d2Vpci1oZWFsdGgtcHJvYg=="; // base64 of the 16 bytes "w
 /// The probe of one pool.
 pub struct Probe {
     pool: String,
+    /// Each backend's address and its `backend` label (as configured).
+    labels: Vec<(std::net::SocketAddr, String)>,
     check: HealthCheck,
     metrics: Metrics,
     listener: Option<super::HealthListener>,
@@ -33,8 +35,14 @@ pub struct Probe {
 
 impl Probe {
     /// The probe configured for `pool`; `listener` hears every change of health.
-    pub fn new(pool: &Pool, metrics: Metrics, listener: Option<super::HealthListener>) -> Probe {
-        Probe { pool: pool.name.clone(), check: pool.health.clone(), metrics, listener }
+    /// `labels` name each backend address as configured.
+    pub fn new(
+        pool: &Pool,
+        labels: Vec<(std::net::SocketAddr, String)>,
+        metrics: Metrics,
+        listener: Option<super::HealthListener>,
+    ) -> Probe {
+        Probe { pool: pool.name.clone(), labels, check: pool.health.clone(), metrics, listener }
     }
 
     /// Time between probes, or `None` when probing is off.
@@ -98,7 +106,12 @@ impl pingora_load_balancing::health_check::HealthCheck for Probe {
     }
 
     async fn health_status_change(&self, target: &Backend, healthy: bool) {
-        let addr = target.addr.to_string();
+        let inet = target.addr.as_inet().copied();
+        let addr = self
+            .labels
+            .iter()
+            .find(|(a, _)| Some(*a) == inet)
+            .map_or_else(|| target.addr.to_string(), |(_, label)| label.clone());
         if healthy {
             tracing::info!(pool = %self.pool, backend = %addr, "backend is healthy again");
         } else {

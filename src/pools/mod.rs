@@ -26,6 +26,14 @@ use std::sync::Arc;
 /// Most backends tried for one connection when connecting fails.
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 
+/// The `backend` label of a configured backend: its address, or `builtin:<kind>`.
+pub fn backend_label(b: &ConfBackend) -> String {
+    match b {
+        ConfBackend::Addr(a) => a.to_string(),
+        ConfBackend::Builtin(crate::config::BuiltinKind::Echo) => "builtin:echo".into(),
+    }
+}
+
 /// One pool's balancer, by selection policy.
 enum Balancer {
     RoundRobin(Arc<LoadBalancer<RoundRobin>>),
@@ -69,13 +77,17 @@ impl Pools {
         for (i, pool) in pools.iter().enumerate() {
             let listener = listeners.get(i).cloned().flatten();
             let addrs: Vec<String> = pool.backends.iter().map(|b| resolve(b).to_string()).collect();
-            for a in &addrs {
-                metrics.backend_healthy.with_label_values(&[&pool.name, a]).set(1);
+            // The `backend` label is the backend as configured: `builtin:echo` stays
+            // `builtin:echo` (its loopback port changes at every start).
+            let labels: Vec<(SocketAddr, String)> =
+                pool.backends.iter().map(|b| (resolve(b), backend_label(b))).collect();
+            for (_, label) in &labels {
+                metrics.backend_healthy.with_label_values(&[&pool.name, label]).set(1);
             }
             macro_rules! lb {
                 ($variant:ident, $sel:ty) => {{
                     let mut lb = LoadBalancer::<$sel>::try_from_iter(addrs.iter().map(String::as_str))?;
-                    let probe = health::Probe::new(pool, metrics.clone(), listener.clone());
+                    let probe = health::Probe::new(pool, labels.clone(), metrics.clone(), listener.clone());
                     let interval = probe.interval();
                     if let Some(interval) = interval {
                         lb.set_health_check(Box::new(probe));
