@@ -14,26 +14,26 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 /// `usage:` YAML with the spool in `dir` and the given sinks (YAML list items, indented 4).
-fn usage_yaml(dir: &Path, interim: &str, sinks: &str) -> String {
+pub(crate) fn usage_yaml(dir: &Path, interim: &str, sinks: &str) -> String {
     format!(
         "usage:\n  spool_dir: \"{}\"\n  fsync_interval: 20ms\n  interim_interval: {interim}\n  idle_threshold: 300ms\n  default_tenant: nobody\n  sinks:\n{sinks}",
         dir.join("spool").display()
     )
 }
 
-fn file_sink(dir: &Path) -> String {
+pub(crate) fn file_sink(dir: &Path) -> String {
     format!("    - {{kind: file, path: \"{}\"}}\n", dir.join("usage.jsonl").display())
 }
 
 /// Routes `/a` (tenant acme) and `/b` (no tenant: the default) to `backend`.
-fn routes(backend: SocketAddr) -> String {
+pub(crate) fn routes(backend: SocketAddr) -> String {
     format!(
         "pools:\n  - {{name: p, backends: [\"{backend}\"], health_check: {{kind: none}}}}\nroutes:\n  - {{name: a, path_prefix: /a, pool: p, tenant: acme}}\n  - {{name: b, path_prefix: /b, pool: p}}\n"
     )
 }
 
 /// Every record in the file sink (rotated files included), deduplicated by idempotency key.
-fn sink_records(path: &Path) -> Vec<Value> {
+pub(crate) fn sink_records(path: &Path) -> Vec<Value> {
     let mut seen = HashSet::new();
     weir::billing::sinks::file::files(path)
         .iter()

@@ -2,6 +2,7 @@
 //! sink's cursor, a damaged record in the middle (checksums, quarantine), and `weir usage` on a
 //! file with junk in it. Each test failed before its fix.
 
+use crate::billing::{file_sink, routes};
 use crate::support::backends::{dead_addr, echo_backend};
 use crate::support::{connect, eventually, metric, recv, Weir, DEADLINE};
 use futures_util::SinkExt;
@@ -15,24 +16,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// `usage:` YAML with the spool in `dir/spool`, no interim records, and `sinks` (YAML list items).
 fn usage_yaml(dir: &Path, sinks: &str) -> String {
-    format!(
-        "usage:\n  spool_dir: \"{}\"\n  fsync_interval: 20ms\n  interim_interval: 1h\n  sinks:\n{sinks}",
-        dir.join("spool").display()
-    )
-}
-
-fn file_sink(dir: &Path) -> String {
-    format!("    - {{kind: file, path: \"{}\"}}\n", dir.join("usage.jsonl").display())
+    crate::billing::usage_yaml(dir, "1h", sinks)
 }
 
 fn http_sink(collector: SocketAddr) -> String {
     format!("    - {{kind: http, url: \"http://{collector}/events\", batch: 3}}\n")
-}
-
-fn routes(backend: SocketAddr) -> String {
-    format!(
-        "pools:\n  - {{name: p, backends: [\"{backend}\"], health_check: {{kind: none}}}}\nroutes:\n  - {{name: a, path_prefix: /a, pool: p, tenant: acme}}\n"
-    )
 }
 
 /// `n` short sessions (start + stop records each), one after the other.
