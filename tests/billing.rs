@@ -191,7 +191,7 @@ async fn flaky_collector() -> (SocketAddr, Arc<Mutex<HashMap<String, Value>>>, A
 
 /// A CloudEvents collector that keeps every event by id; `flaky`: it answers 500 to about a
 /// third of the batches (some after storing them); every answer waits `delay`.
-async fn collector(
+pub(crate) async fn collector(
     flaky: bool,
     delay: Duration,
 ) -> (SocketAddr, Arc<Mutex<HashMap<String, Value>>>, Arc<Mutex<usize>>) {
@@ -240,6 +240,7 @@ async fn collector(
                     let mut ev = ev.lock().unwrap();
                     for e in batch {
                         assert_eq!(e["specversion"], "1.0");
+                        assert!(e["data"].is_object(), "an event without a record: {e}");
                         ev.insert(e["id"].as_str().unwrap().to_string(), e);
                     }
                 }

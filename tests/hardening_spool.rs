@@ -11,7 +11,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 /// `usage:` YAML with the spool in `dir/spool`, no interim records, and `sinks` (YAML list items).
@@ -77,46 +76,10 @@ fn spool_lines(dir: &Path) -> (PathBuf, Vec<(usize, Vec<u8>)>) {
     (seg, out)
 }
 
-/// A CloudEvents collector that keeps every event by id.
+/// A CloudEvents collector that keeps every event by id (the billing tests' collector, never
+/// failing, answering at once).
 async fn collector() -> (SocketAddr, Arc<Mutex<HashMap<String, Value>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let events: Arc<Mutex<HashMap<String, Value>>> = Arc::default();
-    let ev = events.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let ev = ev.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 64 * 1024];
-                let body = loop {
-                    let Ok(k) = s.read(&mut chunk).await else { return };
-                    if k == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..k]);
-                    let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-                    let head = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-                        .unwrap();
-                    if buf.len() >= split + 4 + len {
-                        break buf[split + 4..split + 4 + len].to_vec();
-                    }
-                };
-                let batch: Vec<Value> = serde_json::from_slice(&body).unwrap();
-                {
-                    let mut ev = ev.lock().unwrap();
-                    for e in batch {
-                        assert!(e["data"].is_object(), "an event without a record: {e}");
-                        ev.insert(e["id"].as_str().unwrap().to_string(), e);
-                    }
-                }
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
-            });
-        }
-    });
+    let (addr, events, _) = crate::billing::collector(false, std::time::Duration::ZERO).await;
     (addr, events)
 }
 

@@ -230,20 +230,7 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_replaced_and_forwarding_headers_added() {
         let raw = "GET /chat HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade, X-Secret\r\nUpgrade: websocket\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nCookie: s=1\r\nAuthorization: Bearer t\r\nSec-WebSocket-Protocol: chat\r\nX-Forwarded-For: 10.0.0.1\r\nX-Weir-Connection-Id: spoof\r\n\r\n";
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(raw.as_bytes()).unwrap() {
-            httparse::Status::Complete(l) => l,
-            httparse::Status::Partial => panic!("partial"),
-        };
-        let head = RequestHead {
-            method: "GET".into(),
-            target: "/chat".into(),
-            minor_version: 1,
-            headers: Fields::from_parsed(req.headers),
-            buf: BytesMut::from(raw),
-            head_len: len,
-        };
+        let head = head_of(raw);
         let out =
             String::from_utf8(upgrade_request(&head, Some("127.0.0.9".parse().unwrap()), false, "id-1", None)).unwrap();
         assert!(out.starts_with("GET /chat HTTP/1.1\r\nHost: a\r\n"));
