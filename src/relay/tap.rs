@@ -109,11 +109,6 @@ impl<S, O: Observer> Tap<S, O> {
         }
         (report, self.observer)
     }
-
-    /// The counts so far, `[client → object, object → client]`.
-    pub fn counts(&self) -> [super::scanner::DirectionCounts; 2] {
-        [*self.scanners[0].counts(), *self.scanners[1].counts()]
-    }
 }
 
 impl<S: AsyncRead + Unpin, O: Observer + Unpin> AsyncRead for Tap<S, O> {
