@@ -51,6 +51,74 @@ pub struct FileConfig {
     /// The built-in echo (the `builtin:echo` backend and the `echo` object).
     #[serde(default)]
     pub echo: FileEcho,
+    /// Guards on every open connection (defaults for all routes; object namespaces and routes
+    /// override key by key).
+    #[serde(default)]
+    pub limits: FileLimits,
+}
+
+/// `limits:` guards on open connections (at the top level, in an object namespace or a route;
+/// the most specific setting of each key wins). A duration of `0s` or a size of 0 turns a guard
+/// off.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// No data frame in either direction for this long: both sides get 1001 "idle timeout"
+    /// (duration). Default: 1h.
+    pub idle_timeout: Option<String>,
+    /// Pings and pongs from the peers count as activity for `idle_timeout`. Default: false.
+    pub control_frames_are_activity: Option<bool>,
+    /// Most a connection lives (duration): then 1001 "max lifetime" (or 1012 with
+    /// `lifetime_close: restart`). Default: 24h.
+    pub max_lifetime: Option<String>,
+    /// Each connection's lifetime is shortened by a random part of this window (duration), so a
+    /// fleet does not reconnect at once. Default: a tenth of `max_lifetime`.
+    pub lifetime_jitter: Option<String>,
+    /// The close at the end of the lifetime: `going_away` (1001) or `restart` (1012). Default:
+    /// going_away.
+    pub lifetime_close: Option<String>,
+    /// After one side's close frame, the other has this long to answer; then both sockets are
+    /// closed (duration). Default: 10s.
+    pub close_timeout: Option<String>,
+    /// weir's own pings to silent peers.
+    pub keepalive: Option<FileKeepalive>,
+    /// Largest data frame payload, bytes; a larger one gets 1009 before it is forwarded.
+    /// Default: 16777216 (16 MiB).
+    pub max_frame: Option<u64>,
+    /// Largest data message (all its frames), bytes; the frame that goes over gets 1009 before it
+    /// is forwarded. Default: 67108864 (64 MiB).
+    pub max_message: Option<u64>,
+    /// Data messages per second per connection and direction. Default: off.
+    pub message_rate: Option<FileRate>,
+    /// Wire bytes per second per connection and direction. Default: off.
+    pub bandwidth: Option<FileRate>,
+}
+
+/// `limits.keepalive:` weir's pings.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKeepalive {
+    /// A peer silent this long gets a ping (duration; `0s`: no pings). Default: 30s.
+    pub interval: Option<String>,
+    /// A pinged peer silent this long is dead: the other side gets 1011 (duration). Default: 20s.
+    pub timeout: Option<String>,
+    /// Ping the backend too, not only the client. Default: false.
+    pub backend: Option<bool>,
+}
+
+/// `limits.message_rate:` / `limits.bandwidth:` a token bucket per connection and direction.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRate {
+    /// Sustained rate, messages (or bytes) per second; 0 turns the limit off.
+    pub per_second: Option<u64>,
+    /// Most sent at once above the rate, messages (or bytes). Default: `per_second`.
+    pub burst: Option<u64>,
+    /// `close` (1008 "rate limit") or `throttle` (stop reading the sender until the bucket
+    /// refills). Default: close.
+    pub action: Option<String>,
+    /// Whose sending is limited: `client`, `backend` or `both`. Default: client.
+    pub from: Option<String>,
 }
 
 /// `echo:` settings of the built-in echo backend and echo object.
@@ -229,6 +297,8 @@ pub struct FileRoute {
     pub tenant: Option<String>,
     /// The object namespace that serves this route (set this or `pool`); WebSocket only.
     pub object: Option<String>,
+    /// Guards for this route's connections, key by key over the namespace's and the global ones.
+    pub limits: Option<FileLimits>,
 }
 
 /// One `objects[]` entry: an object namespace.
@@ -253,6 +323,8 @@ pub struct FileObject {
     pub idle_window: Option<String>,
     /// Settings of the built-in `room` object.
     pub room: Option<FileRoom>,
+    /// Guards for this namespace's connections, key by key over the global ones.
+    pub limits: Option<FileLimits>,
 }
 
 /// An object namespace's `id:` source and rules.

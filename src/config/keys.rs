@@ -92,7 +92,38 @@ pub static FILE: Section = Section {
         opt("routes", Kind::List(&Kind::Map(&ROUTE))),
         opt("billing", Kind::Map(&BILLING)),
         opt("echo", Kind::Map(&ECHO)),
+        opt("limits", Kind::Map(&LIMITS)),
     ],
+};
+
+static LIMITS: Section = Section {
+    what: "`limits`",
+    file_struct: "FileLimits",
+    keys: &[
+        opt("idle_timeout", Text),
+        opt("control_frames_are_activity", Bool),
+        opt("max_lifetime", Text),
+        opt("lifetime_jitter", Text),
+        opt("lifetime_close", Text),
+        opt("close_timeout", Text),
+        opt("keepalive", Kind::Map(&KEEPALIVE)),
+        opt("max_frame", Count),
+        opt("max_message", Count),
+        opt("message_rate", Kind::Map(&RATE)),
+        opt("bandwidth", Kind::Map(&RATE)),
+    ],
+};
+
+static KEEPALIVE: Section = Section {
+    what: "`keepalive`",
+    file_struct: "FileKeepalive",
+    keys: &[opt("interval", Text), opt("timeout", Text), opt("backend", Bool)],
+};
+
+static RATE: Section = Section {
+    what: "a rate limit",
+    file_struct: "FileRate",
+    keys: &[opt("per_second", Count), opt("burst", Count), opt("action", Text), opt("from", Text)],
 };
 
 static ECHO: Section = Section { what: "`echo`", file_struct: "FileEcho", keys: &[opt("max_message", Count)] };
@@ -191,6 +222,7 @@ static ROUTE: Section = Section {
         opt("pool", Text),
         opt("tenant", Text),
         opt("object", Text),
+        opt("limits", Kind::Map(&LIMITS)),
     ],
 };
 
@@ -206,6 +238,7 @@ static OBJECT: Section = Section {
         opt("forward_path", Text),
         opt("idle_window", Text),
         opt("room", Kind::Map(&ROOM)),
+        opt("limits", Kind::Map(&LIMITS)),
     ],
 };
 

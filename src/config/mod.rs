@@ -11,6 +11,7 @@
 pub mod error;
 pub mod file;
 pub mod keys;
+pub mod limits;
 pub mod model;
 pub mod validate;
 

@@ -264,6 +264,59 @@ pub struct Route {
     pub target: Target,
     /// Tenant its usage is billed to.
     pub tenant: Option<String>,
+    /// Guards on its open connections (global, then its namespace's, then its own `limits:`).
+    pub limits: Limits,
+}
+
+/// Guards on open connections, resolved for one route (`limits:`). `None`/0 means off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// No data frame for this long closes with 1001 "idle timeout".
+    pub idle_timeout: Option<Duration>,
+    /// Pings and pongs from the peers count as activity.
+    pub control_frames_are_activity: bool,
+    /// Most a connection lives.
+    pub max_lifetime: Option<Duration>,
+    /// Random shortening of each connection's lifetime, at most this much.
+    pub lifetime_jitter: Duration,
+    /// Close with 1012 (not 1001) at the end of the lifetime.
+    pub lifetime_restart: bool,
+    /// Time the other side has to answer a close frame.
+    pub close_timeout: Option<Duration>,
+    /// weir's pings to silent peers.
+    pub keepalive: Option<KeepaliveLimits>,
+    /// Largest data frame payload, bytes (0: no limit).
+    pub max_frame: u64,
+    /// Largest data message, bytes (0: no limit).
+    pub max_message: u64,
+    /// Data messages per second.
+    pub message_rate: Option<RateLimit>,
+    /// Wire bytes per second.
+    pub bandwidth: Option<RateLimit>,
+}
+
+/// weir's keepalive pings (`limits.keepalive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveLimits {
+    /// A peer silent this long gets a ping.
+    pub interval: Duration,
+    /// A pinged peer silent this long is dead.
+    pub timeout: Duration,
+    /// Ping the backend too.
+    pub backend: bool,
+}
+
+/// A token-bucket rate limit (`limits.message_rate`, `limits.bandwidth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained rate, messages or bytes per second (> 0).
+    pub per_second: u64,
+    /// Most sent at once above the rate, messages or bytes.
+    pub burst: u64,
+    /// Throttle (stop reading) instead of closing with 1008.
+    pub throttle: bool,
+    /// Limited directions: `[client → backend, backend → client]`.
+    pub from: [bool; 2],
 }
 
 impl Route {

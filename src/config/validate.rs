@@ -91,12 +91,12 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
     }
 }
 
-struct Validator {
+pub(super) struct Validator {
     errors: Vec<ConfigError>,
 }
 
 impl Validator {
-    fn err(&mut self, key: impl Into<String>, value: impl std::fmt::Display, fix: impl Into<String>) {
+    pub(super) fn err(&mut self, key: impl Into<String>, value: impl std::fmt::Display, fix: impl Into<String>) {
         self.errors.push(ConfigError::new(key, value, fix));
     }
 
@@ -178,8 +178,27 @@ impl Validator {
         if f.routes.is_empty() {
             self.err("routes", "", "at least one route is required, e.g. `routes: [{path_prefix: /, pool: NAME}]`");
         }
-        let routes: Vec<Route> =
-            f.routes.iter().enumerate().filter_map(|(i, r)| self.route(i, r, &f.pools, &f.objects, &objects)).collect();
+        let global = self.limits("limits", Some(&f.limits));
+        let namespace_limits: Vec<_> = f
+            .objects
+            .iter()
+            .enumerate()
+            .map(|(i, o)| self.limits(&format!("objects[{i}].limits"), o.limits.as_ref()).over(global))
+            .collect();
+        let routes: Vec<Route> = f
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let mut route = self.route(i, r, &f.pools, &f.objects, &objects)?;
+                let base = match route.target {
+                    Target::Object(k) => namespace_limits.get(k).copied().unwrap_or(global),
+                    Target::Pool(_) => global,
+                };
+                route.limits = self.limits(&format!("routes[{i}].limits"), r.limits.as_ref()).over(base).resolve();
+                Some(route)
+            })
+            .collect();
         let mut seen = HashSet::new();
         for (i, r) in routes.iter().enumerate() {
             if !seen.insert((r.host.clone(), r.path_prefix.clone())) {
@@ -669,7 +688,7 @@ impl Validator {
                 self.err(format!("routes[{i}].tenant"), t, "must be 1 to 128 printable characters");
             }
         }
-        Some(Route { name, host, path_prefix, kind, target, tenant: r.tenant.clone() })
+        Some(Route { name, host, path_prefix, kind, target, tenant: r.tenant.clone(), limits: Limits::default() })
     }
 
     fn usage(&mut self, u: &FileUsage) -> Usage {

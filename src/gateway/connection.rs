@@ -10,6 +10,8 @@ use super::Gateway;
 use crate::metering::live::Live;
 use crate::objects::registry::{Lease, ObjectHandle};
 use crate::objects::session::{self, Object};
+use crate::config::{Limits, RateLimit};
+use crate::relay::guard::{Bucket, Guards, Keepalive, Rate, RateAction};
 use crate::relay::pump::Relay;
 use crate::relay::report::{code_class, Outcome, RelayReport};
 use crate::relay::tap::Tap;
@@ -28,6 +30,8 @@ pub struct Established {
     pub route: String,
     /// Pool or namespace name (label).
     pub pool: String,
+    /// The route's guards.
+    pub limits: Limits,
     /// Its live-set entry (identity and interim state).
     pub live: Arc<Live>,
     /// The object placement, on object routes.
@@ -74,7 +78,7 @@ impl Gateway {
     /// the task is the relay's future plus what ending needs: an idle connection's task holds
     /// nothing else (no copy of its arguments, no handshake state).
     pub(super) fn start(self: &Arc<Self>, c: Established, shutdown: ShutdownWatch) {
-        let Established { client, early, route, pool, live, lease, serve } = c;
+        let Established { client, early, route, pool, limits, live, lease, serve } = c;
         let metrics = self.metrics.connection(&route, &pool);
         let grace = self.grace_period;
         match serve {
@@ -82,7 +86,9 @@ impl Gateway {
                 let object = lease.as_ref().map(|l| l.object().clone());
                 let moved = lease.as_ref().map(Lease::evicted);
                 let observer = ConnObserver::new(metrics, live.clone(), object, moved);
-                let relay = Relay::new([client, backend], self.policies(rsv), [&early, &backend_early], observer);
+                let policies = self.policies(rsv, Some(&limits));
+                let relay = Relay::new([client, backend], policies, [&early, &backend_early], observer)
+                    .with_guards(guards(&limits, live.meter.id.as_u128()));
                 let ending = Ending { gateway: self.clone(), route, pool, live, lease };
                 // A combinator, not an async block: the task holds the relay's future once.
                 let run = relay.run(shutdown, grace).map(move |(report, observer)| {
@@ -94,7 +100,7 @@ impl Gateway {
             Serve::Object { object, id, handle } => {
                 // Built-in objects touch their accounting per message themselves.
                 let observer = ConnObserver::new(metrics, live.clone(), None, None);
-                let tap = Tap::new(client, early, self.policies(0), observer);
+                let tap = Tap::new(client, early, self.policies(0, None), observer);
                 let ending = Ending { gateway: self.clone(), route, pool, live, lease };
                 tokio::spawn(async move {
                     let report = match session::run(object, &id, tap, handle, shutdown, grace).await {
@@ -111,6 +117,33 @@ impl Gateway {
                 });
             }
         }
+    }
+}
+
+/// The relay's guards for one connection under `limits`; `seed` picks its share of the lifetime
+/// jitter (the connection id: random, and the same if asked twice).
+fn guards(limits: &Limits, seed: u128) -> Guards {
+    let rate = |d: usize| {
+        let bucket = |r: &RateLimit| Bucket { per_second: r.per_second as f64, burst: r.burst as f64 };
+        let messages = limits.message_rate.filter(|r| r.from[d]);
+        let bytes = limits.bandwidth.filter(|r| r.from[d]);
+        let throttle = messages.or(bytes)?.throttle;
+        Some(Rate {
+            messages: messages.as_ref().map(bucket),
+            bytes: bytes.as_ref().map(bucket),
+            action: if throttle { RateAction::Throttle } else { RateAction::Close },
+        })
+    };
+    // A fraction in [0, 1) from the id's low bits (a v7 UUID's random part).
+    let share = (seed as u64 & 0xFFFF_FFFF) as f64 / (1u64 << 32) as f64;
+    Guards {
+        idle_timeout: limits.idle_timeout,
+        control_is_activity: limits.control_frames_are_activity,
+        lifetime: limits.max_lifetime.map(|l| l.saturating_sub(limits.lifetime_jitter.mul_f64(share))),
+        lifetime_restart: limits.lifetime_restart,
+        close_timeout: limits.close_timeout,
+        keepalive: limits.keepalive.map(|k| Keepalive { interval: k.interval, timeout: k.timeout, backend: k.backend }),
+        rates: [rate(0), rate(1)],
     }
 }
 

@@ -31,7 +31,7 @@ pub mod reject;
 pub mod upgrade;
 pub mod upstream;
 
-use crate::config::{Config, RouteKind, Target, Timeouts};
+use crate::config::{Config, Limits, RouteKind, Target, Timeouts};
 use crate::http1::head::{self, HeadError, RequestHead};
 use crate::metering::live::LiveSet;
 use crate::metering::{Meter, Rejection};
@@ -125,6 +125,8 @@ pub struct Request {
     pub route: String,
     /// Pool name, or namespace name on object routes (the `pool` label).
     pub pool: String,
+    /// The route's guards for the connection once upgraded.
+    pub limits: Limits,
     /// Turns true when weir shuts down.
     pub shutdown: ShutdownWatch,
 }
@@ -207,7 +209,16 @@ impl Gateway {
             Target::Pool(i) => self.pool_names.get(i).cloned().unwrap_or_default(),
             Target::Object(i) => self.objects.get(i).map(|ns| ns.config.name.clone()).unwrap_or_default(),
         };
-        let mut req = Request { stream, head, meter, tls, route: route.name.clone(), pool, shutdown: shutdown.clone() };
+        let mut req = Request {
+            stream,
+            head,
+            meter,
+            tls,
+            route: route.name.clone(),
+            pool,
+            limits: route.limits,
+            shutdown: shutdown.clone(),
+        };
         if wants_ws && !self.fail_open && !self.live.recording() {
             // Usage could not be recorded durably: take no new connections (documented).
             self.reject(&mut req, RejectReason::SpoolUnavailable).await;
@@ -242,9 +253,17 @@ impl Gateway {
         }
     }
 
-    /// The scanner policies of a connection's two directions: `[client, backend]`.
-    fn policies(&self, rsv: u8) -> [ScanPolicy; 2] {
-        [Role::Client, Role::Server].map(|sender| ScanPolicy { sender, allowed_rsv: rsv, chunks: self.chunks })
+    /// The scanner policies of a connection's two directions, `[client, backend]`, with the
+    /// route's size limits (built-in objects pass `None`: they enforce their own).
+    fn policies(&self, rsv: u8, limits: Option<&Limits>) -> [ScanPolicy; 2] {
+        let (max_frame, max_message) = limits.map_or((0, 0), |l| (l.max_frame, l.max_message));
+        [Role::Client, Role::Server].map(|sender| ScanPolicy {
+            sender,
+            allowed_rsv: rsv,
+            chunks: self.chunks,
+            max_frame,
+            max_message,
+        })
     }
 
     /// Refuse `req` with `reason`: answer, count and record it.

@@ -151,7 +151,7 @@ impl Gateway {
         lease: Option<Lease>,
         serve: Serve,
     ) {
-        let Request { mut stream, meter, route, pool, shutdown, head, .. } = req;
+        let Request { mut stream, meter, route, pool, shutdown, head, limits, .. } = req;
         drop(head);
         if stream.write_all(head_101).await.is_err() || stream.flush().await.is_err() {
             let gone = Rejection { status: 101, outcome: "client_gone", reason: "client closed during the handshake" };
@@ -162,7 +162,7 @@ impl Gateway {
             l.connected();
         }
         let live = self.live.begin(meter);
-        let established = Established { client: stream, early, route, pool, live, lease, serve };
+        let established = Established { client: stream, early, route, pool, limits, live, lease, serve };
         self.start(established, shutdown);
     }
 

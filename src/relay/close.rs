@@ -2,9 +2,10 @@
 //! way `gateway::reject::RejectReason` lists every HTTP refusal. Pure (cold to read, used on the
 //! warm path when a connection ends).
 //!
-//! The relay's own closes (toward a side whose peer went away, on shutdown, on a protocol
-//! violation, when an object moves) carry no reason text: what a client sees through weir stays
-//! what it saw before this table existed. Built-in objects (echo, rooms) and the health probe
+//! The relay's own closes toward a side whose peer went away, on shutdown, on a protocol
+//! violation or when an object moves carry no reason text: what a client sees through weir stays
+//! what it saw before this table existed. The guards' closes (idle, lifetime, keepalive, rate
+//! and size limits) say why in their reason text. Built-in objects (echo, rooms) and the health probe
 //! send the texts below.
 
 /// A close frame weir sends itself (never a relayed one).
@@ -38,11 +39,26 @@ pub enum Close {
     RoomUnavailable,
     /// Sent by a handshake health probe after its upgrade was answered: 1001.
     Probe,
+    /// To both sides when no data frame passed for `limits.idle_timeout`: 1001 "idle timeout".
+    IdleTimeout,
+    /// To both sides when the connection reached its `limits.max_lifetime`: 1001 "max lifetime".
+    Lifetime,
+    /// As `Lifetime`, with `limits.lifetime_close: restart`: 1012 "max lifetime" (reconnect now).
+    LifetimeRestart,
+    /// To the other side when a peer did not answer weir's keepalive ping in time: 1011 "peer
+    /// not responding".
+    PeerNotResponding,
+    /// To both sides when a sender went over `limits.message_rate` or `limits.bandwidth` with
+    /// `action: close`: 1008 "rate limit".
+    RateLimited,
+    /// To both sides when a frame or message is over `limits.max_frame` / `limits.max_message`:
+    /// 1009 "message too big".
+    LimitTooBig,
 }
 
 impl Close {
     /// Every close weir sends, for tests and docs.
-    pub const ALL: [Close; 11] = [
+    pub const ALL: [Close; 17] = [
         Close::BackendGone,
         Close::ClientGone,
         Close::Shutdown,
@@ -54,17 +70,24 @@ impl Close {
         Close::TooBig,
         Close::RoomUnavailable,
         Close::Probe,
+        Close::IdleTimeout,
+        Close::Lifetime,
+        Close::LifetimeRestart,
+        Close::PeerNotResponding,
+        Close::RateLimited,
+        Close::LimitTooBig,
     ];
 
     /// The close code sent.
     pub const fn code(self) -> u16 {
         match self {
             Close::ClientGone | Close::Shutdown | Close::ObjectShutdown | Close::Probe => 1001,
+            Close::IdleTimeout | Close::Lifetime => 1001,
             Close::ProtocolError => 1002,
-            Close::Reserved => 1008,
-            Close::TooBig => 1009,
-            Close::BackendGone | Close::RoomUnavailable => 1011,
-            Close::ObjectMoved => 1012,
+            Close::Reserved | Close::RateLimited => 1008,
+            Close::TooBig | Close::LimitTooBig => 1009,
+            Close::BackendGone | Close::RoomUnavailable | Close::PeerNotResponding => 1011,
+            Close::ObjectMoved | Close::LifetimeRestart => 1012,
             Close::TooSlow => 1013,
         }
     }
@@ -80,6 +103,11 @@ impl Close {
             Close::Reserved => "the \"weir\" key is reserved",
             Close::TooBig => "message too big",
             Close::RoomUnavailable => "room unavailable",
+            Close::IdleTimeout => "idle timeout",
+            Close::Lifetime | Close::LifetimeRestart => "max lifetime",
+            Close::PeerNotResponding => "peer not responding",
+            Close::RateLimited => "rate limit",
+            Close::LimitTooBig => "message too big",
         }
     }
 
@@ -97,6 +125,12 @@ impl Close {
             Close::TooBig => "too_big",
             Close::RoomUnavailable => "room_unavailable",
             Close::Probe => "probe",
+            Close::IdleTimeout => "idle_timeout",
+            Close::Lifetime => "lifetime",
+            Close::LifetimeRestart => "lifetime_restart",
+            Close::PeerNotResponding => "peer_not_responding",
+            Close::RateLimited => "rate_limited",
+            Close::LimitTooBig => "limit_too_big",
         }
     }
 }

@@ -154,11 +154,17 @@ pub enum Violation {
     InvalidCloseCode,
     /// A data frame followed this direction's close frame.
     DataAfterClose,
+    /// Not an RFC 6455 rule but a configured limit (`limits.max_frame`): a data frame announced
+    /// more payload than allowed.
+    FrameTooBig,
+    /// Not an RFC 6455 rule but a configured limit (`limits.max_message`): a data message's
+    /// frames announced more payload in all than allowed.
+    MessageTooBig,
 }
 
 impl Violation {
     /// Every variant, in declaration order (for label pre-registration and tests).
-    pub const ALL: [Violation; 13] = [
+    pub const ALL: [Violation; 15] = [
         Self::ReservedOpcode,
         Self::NonMinimalLength,
         Self::LengthTooLarge,
@@ -172,9 +178,18 @@ impl Violation {
         Self::InvalidClosePayload,
         Self::InvalidCloseCode,
         Self::DataAfterClose,
+        Self::FrameTooBig,
+        Self::MessageTooBig,
     ];
 
-    /// Short `snake_case` label for a Prometheus label value (a fixed set of 13).
+    /// True for the configured size limits (not protocol violations: closed with 1009, cause
+    /// `message_too_big`, not counted as violations).
+    #[must_use]
+    pub fn is_limit(self) -> bool {
+        matches!(self, Self::FrameTooBig | Self::MessageTooBig)
+    }
+
+    /// Short `snake_case` label for a Prometheus label value (a fixed set of 15).
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -191,6 +206,8 @@ impl Violation {
             Self::InvalidClosePayload => "invalid_close_payload",
             Self::InvalidCloseCode => "invalid_close_code",
             Self::DataAfterClose => "data_after_close",
+            Self::FrameTooBig => "frame_too_big",
+            Self::MessageTooBig => "message_too_big",
         }
     }
 }
@@ -211,6 +228,8 @@ impl fmt::Display for Violation {
             Self::InvalidClosePayload => "close frame payload is one byte long",
             Self::InvalidCloseCode => "close frame carries a status code not allowed on the wire",
             Self::DataAfterClose => "data frame sent after the close frame",
+            Self::FrameTooBig => "data frame is larger than limits.max_frame",
+            Self::MessageTooBig => "data message is larger than limits.max_message",
         })
     }
 }
@@ -319,16 +338,30 @@ pub fn encode_close_frame(
     let reason = truncate_reason(reason);
     // At most 2 + 123 = 125, so the 7-bit length form applies and the conversion cannot fail.
     let payload_len = u8::try_from(2 + reason.len()).unwrap_or(125);
+    encode_control(Opcode::Close, payload_len, code.to_be_bytes().into_iter().chain(reason.iter().copied()), mask, out)
+}
+
+/// Writes a ping frame with `payload` (at most 125 bytes; longer is cut) into `out`, masked
+/// with `mask` if given (frames to a server must be); returns its length.
+pub fn encode_ping_frame(payload: &[u8], mask: Option<[u8; 4]>, out: &mut [u8; MAX_CLOSE_FRAME_LEN]) -> usize {
+    let payload = payload.get(..payload.len().min(125)).unwrap_or_default();
+    let len = u8::try_from(payload.len()).unwrap_or(125);
+    encode_control(Opcode::Ping, len, payload.iter().copied(), mask, out)
+}
+
+/// Writes a control frame of `opcode` whose payload (`len` ≤ 125 bytes) is `payload`.
+fn encode_control(
+    opcode: Opcode,
+    len: u8,
+    payload: impl Iterator<Item = u8>,
+    mask: Option<[u8; 4]>,
+    out: &mut [u8; MAX_CLOSE_FRAME_LEN],
+) -> usize {
     let mask_bit = if mask.is_some() { MASK_BIT } else { 0 };
     let key = mask.unwrap_or([0; 4]);
-    let header = [FIN_BIT | Opcode::Close.as_u8(), mask_bit | payload_len];
-    let payload = code
-        .to_be_bytes()
-        .into_iter()
-        .chain(reason.iter().copied())
-        .zip(key.into_iter().cycle())
-        .map(|(byte, k)| byte ^ k);
-    let frame = header.into_iter().chain(mask.into_iter().flatten()).chain(payload);
+    let header = [FIN_BIT | opcode.as_u8(), mask_bit | len];
+    let body = payload.zip(key.into_iter().cycle()).map(|(byte, k)| byte ^ k);
+    let frame = header.into_iter().chain(mask.into_iter().flatten()).chain(body);
     let mut written = 0;
     for (slot, byte) in out.iter_mut().zip(frame) {
         *slot = byte;

@@ -10,6 +10,10 @@
 //!   hot path).
 //! - `report.rs`: `RelayReport` and the one function that decides how a connection ended (warm).
 //! - `close.rs`: `Close`, every close frame weir sends itself (code, reason, label).
+//! - `guard.rs`: `Guards` (idle, lifetime, close timeout, keepalive, rates) and `Watch`, one
+//!   connection's deadlines, consulted once per wakeup (warm path).
+//! - `timers.rs`: `Timers`, the process's one deadline facility (a `wheel.rs` hierarchical
+//!   timing wheel driven by one thread); a connection holds at most one entry, its `Alarm`.
 //!
 //! The relay knows no one: it imports nothing from the rest of weir (std, tokio and the like
 //! only). What it tells the outside goes through the `Observer` trait defined here and
@@ -24,10 +28,13 @@
 
 pub mod close;
 pub mod frame;
+pub mod guard;
 pub mod pump;
 pub mod report;
 pub mod scanner;
 pub mod tap;
+pub mod timers;
+pub mod wheel;
 
 use scanner::DirectionCounts;
 use tokio::sync::watch;
@@ -76,4 +83,7 @@ pub trait Observer {
     fn object_moved(&mut self) -> Option<watch::Receiver<bool>> {
         None
     }
+
+    /// weir's keepalive ping to `side` (client or backend) was answered after `rtt`.
+    fn rtt(&mut self, _side: report::Party, _rtt: std::time::Duration) {}
 }

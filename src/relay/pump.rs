@@ -20,16 +20,18 @@
 //! a host that goes away gets its clients a 1012 too.
 
 use super::close::Close;
-use super::frame::{encode_close_frame, Violation, MAX_CLOSE_FRAME_LEN};
-use super::report::{Ending, Party, RelayReport};
+use super::frame::{encode_close_frame, encode_ping_frame, Violation, MAX_CLOSE_FRAME_LEN};
+use super::guard::{find_pong, Charge, Due, Guards, Watch};
+use super::report::{Cause, Ending, Party, RelayReport};
 use super::scanner::{DirectionCounts, Feed, FrameScanner, ScanPolicy};
+use super::timers::Timers;
 use super::{Direction, Observer};
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{sleep, Sleep};
@@ -49,6 +51,8 @@ thread_local! {
 }
 
 const CLIENT: usize = 0;
+/// Guard passes per wakeup: a guard that queued a frame gets the writes driven, then is asked again.
+const MAX_GUARD_PASSES: usize = 4;
 
 /// A whole frame weir writes on its own (a close), queued after the relayed bytes.
 struct Injected {
@@ -64,8 +68,12 @@ struct Half {
     pending: Vec<u8>,
     /// How much of `pending` is written.
     sent: usize,
-    /// A gateway frame to write once `pending` is empty.
+    /// weir's keepalive ping, written once `pending` is empty (boxed: rarely present).
+    ping: Option<Box<Injected>>,
+    /// A gateway frame to write once `pending` and `ping` are written.
     inject: Option<Injected>,
+    /// `src` is not read until a rate guard resumes it (throttling).
+    paused: bool,
     /// `dst` needs a flush (bytes went into its write path since the last flush).
     need_flush: bool,
     /// `src` is finished: EOF, error, or weir stopped reading it.
@@ -87,7 +95,9 @@ impl Half {
             scanner: FrameScanner::new(policy),
             pending: Vec::new(),
             sent: 0,
+            ping: None,
             inject: None,
+            paused: false,
             need_flush: false,
             src_done: false,
             dst_dead: false,
@@ -98,7 +108,29 @@ impl Half {
     }
 
     fn finished(&self) -> bool {
-        self.src_done && self.pending.is_empty() && self.inject.is_none() && (self.dst_shut || self.dst_dead)
+        self.src_done
+            && self.pending.is_empty()
+            && self.inject.is_none()
+            && self.ping.is_none()
+            && (self.dst_shut || self.dst_dead)
+    }
+
+    /// Queue weir's ping with `payload` for `dst` if its stream is at a frame boundary and it
+    /// is not closing; returns whether it did.
+    fn inject_ping(&mut self, payload: &[u8], to_backend: bool) -> bool {
+        if !self.can_inject_ping() {
+            return false;
+        }
+        let mut buf = [0u8; MAX_CLOSE_FRAME_LEN];
+        let len = encode_ping_frame(payload, to_backend.then(mask_key), &mut buf);
+        self.ping = Some(Box::new(Injected { buf, len, sent: 0 }));
+        true
+    }
+
+    /// True when a ping may be queued now: `dst`'s stream at a frame boundary, no ping waiting,
+    /// no close sent.
+    fn can_inject_ping(&self) -> bool {
+        self.ping.is_none() && !self.dst_has_close && !self.dst_dead && self.scanner.at_frame_boundary()
     }
 
     /// Queue a close frame for `dst` if its stream is at a frame boundary and it has none yet;
@@ -143,6 +175,15 @@ impl Half {
             // Release the buffer: a connection that is not pushing back holds none.
             self.pending = Vec::new();
             self.sent = 0;
+        }
+        if let Some(mut ping) = self.ping.take() {
+            if !self.dst_dead {
+                let written = write_from(dst, cx, ping.buf.get(..ping.len).unwrap_or(&[]), &mut ping.sent);
+                if self.settle(written, progress).is_pending() {
+                    self.ping = Some(ping);
+                    return Poll::Pending;
+                }
+            }
         }
         if let Some(mut inj) = self.inject.take() {
             if !self.dst_dead {
@@ -207,9 +248,13 @@ pub struct Relay<S, O> {
     /// The backend's counts when weir started discarding its bytes (object moved): what is read
     /// after that is not relayed, so it is not counted. Boxed: most relays never need it.
     relayed_until_move: Option<Box<DirectionCounts>>,
-    /// After a protocol violation: the half (by index) whose destination, the violation's sender,
-    /// gets 1002 when the linger ends.
-    close_on_linger: Option<usize>,
+    /// After a protocol violation or a limit: the half (by index) whose destination, the
+    /// sender, gets this close when the linger ends.
+    close_on_linger: Option<(usize, Close)>,
+    /// The guards' state, when any guard is on (boxed: a few hundred bytes, not every relay).
+    watch: Option<Box<Watch>>,
+    /// Both sockets are to be dropped now (an unanswered close frame timed out).
+    abort: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
@@ -231,6 +276,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             object: false,
             relayed_until_move: None,
             close_on_linger: None,
+            watch: None,
+            abort: false,
         };
         for (d, early) in [(Direction::ClientToBackend, client_early), (Direction::BackendToClient, backend_early)] {
             if !early.is_empty() {
@@ -239,6 +286,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             }
         }
         relay
+    }
+
+    /// Enforce `guards` on this connection (from now: idle, lifetime and keepalive count from
+    /// this call).
+    pub fn with_guards(mut self, guards: Guards) -> Relay<S, O> {
+        if !guards.is_off() {
+            self.watch = Some(Box::new(Watch::new(guards, Timers::global().now(), Instant::now())));
+        }
+        self
     }
 
     /// Relay until both sides are finished; returns the report and the observer. When
@@ -281,7 +337,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
     }
 
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let poll = self.poll_rounds(cx);
+        let mut poll = self.poll_rounds(cx);
+        for _ in 0..MAX_GUARD_PASSES {
+            if poll.is_ready() || !self.guard(cx) {
+                break;
+            }
+            poll = self.poll_rounds(cx);
+        }
         // The observer hears once per wakeup, before the relay parks (or ends): counters still
         // move while the connection is open, at a fraction of the per-chunk cost.
         let Relay { halves: [c, b], relayed_until_move, observer, .. } = self;
@@ -298,6 +360,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
 
     fn poll_rounds(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..MAX_ROUNDS_PER_POLL {
+            if self.abort {
+                return Poll::Ready(());
+            }
             let mut progress = false;
             for d in Direction::BOTH {
                 self.poll_half(d, cx, &mut progress);
@@ -307,11 +372,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             }
             if let Some(linger) = self.linger.as_mut() {
                 if linger.as_mut().poll(cx).is_ready() {
-                    let Some(t) = self.close_on_linger.take() else { return Poll::Ready(()) };
-                    // A protocol violation's sender has had its answers: now its 1002, and one
-                    // more `LINGER` to write it.
+                    let Some((t, close)) = self.close_on_linger.take() else { return Poll::Ready(()) };
+                    // A violation's (or a limit's) sender has had its answers: now its close, and
+                    // one more `LINGER` to write it.
                     let h = &mut self.halves[t];
-                    h.inject_close(Close::ProtocolError, t == CLIENT);
+                    h.inject_close(close, t == CLIENT);
                     h.src_done = true;
                     self.linger = Some(Box::pin(sleep(LINGER)));
                     continue;
@@ -337,6 +402,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             return;
         }
         let h = &mut self.halves[s];
+        if h.paused && !h.src_done {
+            return;
+        }
         if h.src_done {
             if !h.dst_shut && !h.dst_dead && Pin::new(&mut self.io[t]).poll_shutdown(cx).is_ready() {
                 h.dst_shut = true;
@@ -356,9 +424,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
                         return Some(Ok(0));
                     }
                     let chunk = buf.get(..n).unwrap_or_default();
-                    let fwd = self.ingest(d, chunk);
-                    if !self.halves[d.index()].discard {
-                        self.forward(d, chunk.get(..fwd).unwrap_or_default(), cx);
+                    match self.weirs_pong(d, chunk) {
+                        Some((a, b)) => {
+                            self.relay_chunk(d, chunk.get(..a).unwrap_or_default(), cx);
+                            self.ponged(d);
+                            self.relay_chunk(d, chunk.get(b..).unwrap_or_default(), cx);
+                        }
+                        None => self.relay_chunk(d, chunk, cx),
                     }
                     Some(Ok(n))
                 }
@@ -375,6 +447,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
                 *progress = true;
                 self.src_ended(d, true);
             }
+        }
+    }
+
+    /// Scan a chunk read in direction `d` and forward what may be forwarded.
+    fn relay_chunk(&mut self, d: Direction, chunk: &[u8], cx: &mut Context<'_>) {
+        if chunk.is_empty() {
+            return;
+        }
+        let fwd = self.ingest(d, chunk);
+        if !self.halves[d.index()].discard {
+            self.forward(d, chunk.get(..fwd).unwrap_or_default(), cx);
+        }
+    }
+
+    /// Where weir's pong is in `chunk`, read in direction `d`, while a ping of weir's to that
+    /// direction's sender is outstanding.
+    fn weirs_pong(&self, d: Direction, chunk: &[u8]) -> Option<(usize, usize)> {
+        let expected = self.watch.as_ref()?.expected_pong(d.index())?;
+        let scanner = &self.halves[d.index()].scanner;
+        find_pong(scanner.frame_remaining(), chunk, &expected, d == Direction::ClientToBackend)
+    }
+
+    /// weir's pong came back from the sender of `d`: swallowed (never forwarded, never counted);
+    /// the observer hears the round-trip time.
+    fn ponged(&mut self, d: Direction) {
+        if let Some(rtt) = self.watch.as_mut().and_then(|w| w.ponged(d.index(), Instant::now())) {
+            self.observer.rtt(Party::sender_of(d), rtt);
         }
     }
 
@@ -403,6 +502,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
                 // the close, so weir drops it and everything after it (the poisoned scanner
                 // passes nothing more); the close handshake goes on. Not counted as a violation.
                 tracing::debug!(direction = d.as_str(), "data after the sender's close frame; dropped");
+                valid_up_to.min(chunk.len())
+            }
+            Feed::Violation { valid_up_to, violation } if violation.is_limit() => {
+                tracing::debug!(direction = d.as_str(), limit = violation.as_str(), "over a size limit; closing with 1009");
+                self.limit_close(d, Close::LimitTooBig, Cause::MessageTooBig);
                 valid_up_to.min(chunk.len())
             }
             Feed::Violation { valid_up_to, violation } => {
@@ -466,6 +570,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
         if self.linger.is_none() {
             self.linger = Some(Box::pin(sleep(LINGER)));
         }
+        // From here the linger bounds the connection's end; no guard is needed any more.
+        self.watch = None;
     }
 
     /// Direction `d` broke RFC 6455. Its sender is read no more, and the other side gets 1002 at
@@ -475,14 +581,119 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
     fn on_violation(&mut self, d: Direction, v: Violation) {
         tracing::debug!(direction = d.as_str(), violation = v.as_str(), "protocol violation; closing with 1002");
         self.ending.violation = Some((d, v));
+        self.close_sender(d, Close::ProtocolError);
+    }
+
+    /// The sender of `d` went over a limit (size or rate): closed as a violation is (see
+    /// `on_violation`), with `close` to both sides, and `cause`.
+    fn limit_close(&mut self, d: Direction, close: Close, cause: Cause) {
+        self.ending.cause.get_or_insert(cause);
+        self.close_sender(d, close);
+    }
+
+    /// The sender of `d` is read no more; the other side gets `close` at once, the sender after
+    /// the other side's answers (or `LINGER`).
+    fn close_sender(&mut self, d: Direction, close: Close) {
         if self.ending.first_close.is_none() && self.ending.gateway_code.is_none() {
-            self.ending.gateway_code = Some(Close::ProtocolError.code());
+            self.ending.gateway_code = Some(close.code());
         }
         let h = &mut self.halves[d.index()];
-        h.inject_close(Close::ProtocolError, d == Direction::ClientToBackend);
+        h.inject_close(close, d == Direction::ClientToBackend);
         h.src_done = true;
-        self.close_on_linger = Some(1 - d.index());
+        h.paused = false;
+        self.close_on_linger = Some((1 - d.index(), close));
         self.start_linger();
+    }
+
+    /// Consult the guards after a wakeup: note activity, charge the rate buckets, act on what is
+    /// due and arm the alarm for the next deadline. Returns whether it queued or changed
+    /// anything the relay must drive.
+    fn guard(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(mut w) = self.watch.take() else { return false };
+        let (now, at) = (Timers::global().now(), Instant::now());
+        w.alarm.fired(now);
+        let closes = [0, 1].map(|i| self.halves[i].scanner.close().is_some());
+        w.observe(now, self.counts(), closes);
+        let mut acted = false;
+        for d in Direction::BOTH {
+            match w.charge(d.index(), self.halves[d.index()].scanner.counts(), at, now) {
+                Charge::Ok => {}
+                Charge::Close => {
+                    tracing::debug!(direction = d.as_str(), "over the rate limit; closing with 1008");
+                    self.limit_close(d, Close::RateLimited, Cause::RateLimited);
+                    return true;
+                }
+                Charge::PauseUntil(_) => self.halves[d.index()].paused = true,
+            }
+        }
+        for (h, resume) in self.halves.iter_mut().zip(w.resume(now)) {
+            if resume && h.paused {
+                h.paused = false;
+                acted = true;
+            }
+        }
+        match w.due(now) {
+            None => {}
+            Some(Due::Ping(side)) => {
+                // Toward `side` runs the half that reads the other side.
+                let toward = &mut self.halves[1 - side];
+                if toward.can_inject_ping() {
+                    let payload = w.pinged(side, now, at);
+                    toward.inject_ping(&payload, side != CLIENT);
+                    acted = true;
+                } else {
+                    // Mid-frame: try again at the next tick.
+                    w.alarm.arm(now + 1, cx.waker());
+                    self.watch = Some(w);
+                    return acted;
+                }
+            }
+            Some(Due::Idle) => {
+                self.ending.cause.get_or_insert(Cause::IdleTimeout);
+                self.gateway_close(Close::IdleTimeout);
+                return true;
+            }
+            Some(Due::Lifetime) => {
+                self.ending.cause.get_or_insert(Cause::MaxLifetime);
+                self.gateway_close(if w.restart() { Close::LifetimeRestart } else { Close::Lifetime });
+                return true;
+            }
+            Some(Due::Dead(side)) => {
+                self.peer_dead(side);
+                return true;
+            }
+            Some(Due::CloseTimeout) => {
+                // The side that did not answer is the one that ended the connection.
+                let party = if closes[CLIENT] { Party::Backend } else { Party::Client };
+                self.ending.first_end.get_or_insert(party);
+                self.ending.cause.get_or_insert(Cause::CloseTimeout);
+                self.ending.errored = true;
+                self.abort = true;
+                return true;
+            }
+        }
+        if let Some(next) = w.next() {
+            w.alarm.arm(next, cx.waker());
+        }
+        self.watch = Some(w);
+        acted
+    }
+
+    /// `side` did not answer weir's ping in time: it is dropped (nothing more is written to or
+    /// read from it), and the other side gets `Close::PeerNotResponding` and `LINGER` to answer.
+    fn peer_dead(&mut self, side: usize) {
+        tracing::debug!(side = if side == CLIENT { "client" } else { "backend" }, "peer not responding to pings; closing");
+        self.ending.cause.get_or_insert(Cause::DeadPeer);
+        let from_dead = &mut self.halves[side];
+        from_dead.src_done = true;
+        if from_dead.inject_close(Close::PeerNotResponding, side == CLIENT) {
+            self.ending.injected_code.get_or_insert(Close::PeerNotResponding.code());
+        }
+        let to_dead = &mut self.halves[1 - side];
+        to_dead.dst_dead = true;
+        to_dead.discard = true;
+        to_dead.paused = false;
+        self.side_ended(side, true);
     }
 
     /// weir ends the connection itself: queue `close` to each side whose stream is at a frame

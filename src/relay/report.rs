@@ -94,17 +94,28 @@ pub enum Cause {
     BackendGone,
     /// A side broke RFC 6455 and weir closed the connection.
     ProtocolError,
-    /// A message over the limit (a built-in object's `1009`).
+    /// A frame or message over the limit (`limits.max_frame`/`max_message`, or a built-in
+    /// object's own; `1009`).
     MessageTooBig,
     /// weir shut down and the grace period was over.
     Shutdown,
     /// The connection's object moved to another host (`1012`).
     ObjectMoved,
+    /// No data frame in either direction for `limits.idle_timeout`.
+    IdleTimeout,
+    /// The connection reached its `limits.max_lifetime`.
+    MaxLifetime,
+    /// A close frame was not answered within `limits.close_timeout`.
+    CloseTimeout,
+    /// A peer did not answer weir's keepalive ping within `limits.keepalive.timeout`.
+    DeadPeer,
+    /// A sender went over `limits.message_rate` or `limits.bandwidth` (`action: close`).
+    RateLimited,
 }
 
 impl Cause {
     /// Every cause, for metrics set up at startup.
-    pub const ALL: [Cause; 8] = [
+    pub const ALL: [Cause; 13] = [
         Cause::ClientClose,
         Cause::BackendClose,
         Cause::ClientGone,
@@ -113,6 +124,11 @@ impl Cause {
         Cause::MessageTooBig,
         Cause::Shutdown,
         Cause::ObjectMoved,
+        Cause::IdleTimeout,
+        Cause::MaxLifetime,
+        Cause::CloseTimeout,
+        Cause::DeadPeer,
+        Cause::RateLimited,
     ];
 
     /// Label value.
@@ -126,6 +142,11 @@ impl Cause {
             Cause::MessageTooBig => "message_too_big",
             Cause::Shutdown => "shutdown",
             Cause::ObjectMoved => "object_moved",
+            Cause::IdleTimeout => "idle_timeout",
+            Cause::MaxLifetime => "max_lifetime",
+            Cause::CloseTimeout => "close_timeout",
+            Cause::DeadPeer => "dead_peer",
+            Cause::RateLimited => "rate_limited",
         }
     }
 }

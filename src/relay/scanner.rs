@@ -9,8 +9,8 @@
 //! - It reads header bytes and nothing else, except the first 2 payload bytes of a close frame,
 //!   which it unmasks with the frame's key to learn the close code. A partial header is kept in a
 //!   14-byte buffer; payload is skipped with arithmetic, so a feed costs O(headers in the chunk).
-//! - Its parsing state is a few dozen bytes (72 on 64-bit targets, 16 of them the chunk sizes of
-//!   [`ScanPolicy::chunks`]), 192 with the counters.
+//! - Its parsing state is under a hundred bytes (96 on 64-bit targets, 32 of them the chunk sizes
+//!   and size limits of [`ScanPolicy`]), 216 with the counters.
 //! - Per-message chunk counts ([`DirectionCounts::chunked`]) cost a comparison per completed
 //!   message when no chunk size is set, and one division per set size otherwise.
 //!
@@ -18,8 +18,10 @@
 //! frames masked and server frames unmasked; RSV bits only as [`ScanPolicy::allowed_rsv`] allows
 //! and only on the first frame of a data message; continuation frames only inside a fragmented
 //! message and no new data message inside one; close payloads empty or carrying a valid code; no
-//! data frame after this direction's close frame. The checks of a complete header run in that
-//! order, so one header yields one deterministic violation.
+//! data frame after this direction's close frame; then the configured size limits
+//! ([`ScanPolicy::max_frame`], [`ScanPolicy::max_message`]), reported like violations but marked
+//! by [`Violation::is_limit`]. The checks of a complete header run in that order, so one header
+//! yields one deterministic violation.
 //!
 //! Choices the relay must know:
 //! - Control frames after this direction's close frame are tolerated and counted (a second close
@@ -59,6 +61,20 @@ pub struct ScanPolicy {
     pub allowed_rsv: u8,
     /// Chunk sizes whose per-message counts go to [`DirectionCounts::chunked`] (slot by slot).
     pub chunks: Chunks,
+    /// Largest payload of one data frame, bytes (0: no limit); a larger header is
+    /// [`Violation::FrameTooBig`].
+    pub max_frame: u64,
+    /// Largest data message (its frames' payloads summed), bytes (0: no limit); the header that
+    /// takes a message over it is [`Violation::MessageTooBig`].
+    pub max_message: u64,
+}
+
+impl ScanPolicy {
+    /// A policy for `sender` with no extension, no chunk counting and no size limits.
+    #[must_use]
+    pub const fn new(sender: Role) -> ScanPolicy {
+        ScanPolicy { sender, allowed_rsv: 0, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 }
+    }
 }
 
 /// Up to four chunk sizes, in bytes, for per-message quantisation; 0 marks an unused slot.
@@ -254,6 +270,13 @@ impl FrameScanner {
         }
     }
 
+    /// Payload bytes of the current frame still to come (0 at a frame boundary); `None` while
+    /// part of a header is buffered or after a violation.
+    #[must_use]
+    pub fn frame_remaining(&self) -> Option<u64> {
+        (self.hdr_len == 0 && self.violation.is_none()).then_some(self.remaining)
+    }
+
     /// Counters so far.
     #[must_use]
     pub fn counts(&self) -> &DirectionCounts {
@@ -384,8 +407,23 @@ impl FrameScanner {
             Opcode::Continuation if self.open.is_none() => Err(Violation::UnexpectedContinuation),
             Opcode::Text | Opcode::Binary if self.open.is_some() => Err(Violation::ExpectedContinuation),
             Opcode::Close if header.payload_len == 1 => Err(Violation::InvalidClosePayload),
+            Opcode::Text | Opcode::Binary | Opcode::Continuation => self.check_size(header),
             _ => Ok(()),
         }
+    }
+
+    /// The configured size limits, for a data frame that passed every protocol rule: decided
+    /// from the header, before any of its payload is forwarded.
+    fn check_size(&self, header: &FrameHeader) -> Result<(), Violation> {
+        let ScanPolicy { max_frame, max_message, .. } = self.policy;
+        if max_frame != 0 && header.payload_len > max_frame {
+            return Err(Violation::FrameTooBig);
+        }
+        let so_far = if header.opcode == Opcode::Continuation { self.message_bytes } else { 0 };
+        if max_message != 0 && so_far.saturating_add(header.payload_len) > max_message {
+            return Err(Violation::MessageTooBig);
+        }
+        Ok(())
     }
 
     /// Counts a header that passed every check.

@@ -26,7 +26,7 @@ fn scan(rules: &[UnitRule], sender: Role, sizes: &[usize]) -> DirectionCounts {
     for &len in sizes {
         encode(&mut bytes, sender, len);
     }
-    let mut s = FrameScanner::new(ScanPolicy { sender, allowed_rsv: 0, chunks: chunks(rules) });
+    let mut s = FrameScanner::new(ScanPolicy { chunks: chunks(rules), ..ScanPolicy::new(sender) });
     assert_eq!(s.feed(&bytes), Feed::Ok);
     *s.counts()
 }

@@ -1,0 +1,486 @@
+//! Guards: the limits the relay enforces on one open connection (idle timeout, lifetime, close
+//! timeout, keepalive pings, message and byte rates). `Guards` is what the gateway configures;
+//! `Watch` is one connection's state, kept by the relay (boxed, only when a guard is on) and
+//! consulted once per wakeup.
+//!
+//! Warm path (per wakeup): `Watch::observe` notes activity from the scanners' counters (a few
+//! comparisons), `Watch::charge` debits the rate buckets, `Watch::due` says what is due now and
+//! `Watch::next` the earliest deadline, which the relay arms on the process's one `Timers` wheel.
+//! Deadlines are plain ticks here: activity only moves these fields, never the wheel, and an
+//! alarm that fires early (the deadline moved) is simply re-armed. No task, timer or thread of its
+//! own exists for a connection; an idle one wakes only when one of its deadlines is due.
+//!
+//! Sans-io: the caller passes the clock (`now` in `Timers` ticks, and an `Instant` for RTTs and
+//! token buckets), so the logic is tested without sockets or sleeps.
+
+use super::frame::{parse_header, Opcode};
+use super::scanner::DirectionCounts;
+use super::timers::{Alarm, Timers};
+use std::time::{Duration, Instant};
+
+/// What weir enforces on one connection; every field `None`/off disables that guard.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Guards {
+    /// Close with 1001 "idle timeout" when no data frame passed in either direction this long.
+    pub idle_timeout: Option<Duration>,
+    /// Pings and pongs (from the peers, never weir's own) count as activity for `idle_timeout`.
+    pub control_is_activity: bool,
+    /// This connection's lifetime (the configured maximum minus its jitter); then 1001, or 1012
+    /// when `lifetime_restart`.
+    pub lifetime: Option<Duration>,
+    /// Close at the end of `lifetime` with 1012 (reconnect now) instead of 1001.
+    pub lifetime_restart: bool,
+    /// After one side's close frame, the other has this long to answer; then both sockets are
+    /// closed.
+    pub close_timeout: Option<Duration>,
+    /// weir's own pings.
+    pub keepalive: Option<Keepalive>,
+    /// Rate limits per direction, indexed by `Direction::index` (client → backend first).
+    pub rates: [Option<Rate>; 2],
+}
+
+impl Guards {
+    /// True when no guard is on (the relay then keeps no `Watch` at all).
+    pub fn is_off(&self) -> bool {
+        self.idle_timeout.is_none()
+            && self.lifetime.is_none()
+            && self.close_timeout.is_none()
+            && self.keepalive.is_none()
+            && self.rates.iter().all(Option::is_none)
+    }
+}
+
+/// weir's keepalive pings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// A side that sent nothing for this long gets a ping.
+    pub interval: Duration,
+    /// A pinged side that sends nothing for this long is dead (the other side gets 1011).
+    pub timeout: Duration,
+    /// Ping the backend too (else only the client).
+    pub backend: bool,
+}
+
+/// A rate limit on one direction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Data messages per second, with a burst.
+    pub messages: Option<Bucket>,
+    /// Wire bytes per second, with a burst.
+    pub bytes: Option<Bucket>,
+    /// What happens to a sender over the limit.
+    pub action: RateAction,
+}
+
+/// A token bucket's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    /// Tokens added per second (messages or bytes).
+    pub per_second: f64,
+    /// Most tokens held (the burst), messages or bytes.
+    pub burst: f64,
+}
+
+/// What weir does to a sender over its rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateAction {
+    /// Close with 1008 "rate limit".
+    Close,
+    /// Stop reading the sender until its bucket has refilled (backpressure; nothing dropped).
+    Throttle,
+}
+
+/// What a rate check decided for one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    /// Within the limits.
+    Ok,
+    /// Over, with `action: close`.
+    Close,
+    /// Over, with `action: throttle`: do not read the sender before this tick.
+    PauseUntil(u64),
+}
+
+/// What is due on a connection now, most final first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// A close frame went unanswered for `close_timeout`.
+    CloseTimeout,
+    /// The side (0 client, 1 backend) did not answer weir's ping in time.
+    Dead(usize),
+    /// The connection reached its lifetime.
+    Lifetime,
+    /// No data frame for `idle_timeout`.
+    Idle,
+    /// The side (0 client, 1 backend) should get a ping now.
+    Ping(usize),
+}
+
+/// weir's ping payload: `weir` and a 4-byte sequence number.
+pub type PingPayload = [u8; 8];
+
+/// One side's keepalive state.
+#[derive(Debug, Default)]
+struct Peer {
+    /// Wire bytes read from this side at the last `observe`.
+    heard_bytes: u64,
+    /// Tick this side was last heard from (sent anything).
+    heard_at: u64,
+    /// The outstanding ping: its payload (matched against pongs until the next ping) and when it
+    /// was sent.
+    ping: Option<(PingPayload, Instant)>,
+    /// The side must be heard from by this tick (a ping is unanswered).
+    answer_by: Option<u64>,
+}
+
+/// One direction's token buckets.
+#[derive(Debug)]
+struct Tokens {
+    messages: f64,
+    bytes: f64,
+    at: Instant,
+    seen_messages: u64,
+    seen_bytes: u64,
+}
+
+/// One connection's guard state (see the module doc).
+#[derive(Debug)]
+pub struct Watch {
+    guards: Guards,
+    /// The connection's one entry on the wheel.
+    pub alarm: Alarm,
+    started: u64,
+    last_active: u64,
+    /// Activity counter at the last `observe` (data frames, or all frames).
+    activity: u64,
+    /// Tick one side's close frame was first seen while the other had not answered.
+    close_since: Option<u64>,
+    peers: [Peer; 2],
+    tokens: [Option<Tokens>; 2],
+    paused_until: [Option<u64>; 2],
+    pings_sent: u32,
+    /// A close frame was seen: no more pings.
+    closing: bool,
+}
+
+impl Watch {
+    /// The state of a connection starting at tick `now` (`at` for the token buckets).
+    pub fn new(guards: Guards, now: u64, at: Instant) -> Watch {
+        let tokens = guards.rates.map(|r| {
+            r.map(|r| Tokens {
+                messages: r.messages.map_or(0.0, |b| b.burst),
+                bytes: r.bytes.map_or(0.0, |b| b.burst),
+                at,
+                seen_messages: 0,
+                seen_bytes: 0,
+            })
+        });
+        Watch {
+            guards,
+            alarm: Alarm::default(),
+            started: now,
+            last_active: now,
+            activity: 0,
+            close_since: None,
+            peers: [Peer { heard_at: now, ..Peer::default() }, Peer { heard_at: now, ..Peer::default() }],
+            tokens,
+            paused_until: [None, None],
+            pings_sent: 0,
+            closing: false,
+        }
+    }
+
+    /// Note what the scanners saw since the last call: activity, which side was heard from,
+    /// whether a close waits for its answer. `closes` says which side (client, backend) has sent
+    /// its close frame.
+    pub fn observe(&mut self, now: u64, counts: [&DirectionCounts; 2], closes: [bool; 2]) {
+        let activity = counts
+            .iter()
+            .map(|c| if self.guards.control_is_activity { c.frames.saturating_sub(c.closes) } else { c.data_frames })
+            .sum::<u64>();
+        if activity != self.activity {
+            self.activity = activity;
+            self.last_active = now;
+        }
+        for (peer, c) in self.peers.iter_mut().zip(counts) {
+            if c.wire_bytes != peer.heard_bytes {
+                peer.heard_bytes = c.wire_bytes;
+                peer.heard_at = now;
+                peer.answer_by = None;
+            }
+        }
+        self.closing |= closes[0] || closes[1];
+        self.close_since = match closes {
+            [true, true] | [false, false] => None,
+            _ => Some(self.close_since.unwrap_or(now)),
+        };
+    }
+
+    /// Debit direction `d`'s buckets with what it sent since the last call.
+    pub fn charge(&mut self, d: usize, counts: &DirectionCounts, at: Instant, now: u64) -> Charge {
+        let (Some(rate), Some(t)) = (self.guards.rates.get(d).copied().flatten(), self.tokens.get_mut(d)) else {
+            return Charge::Ok;
+        };
+        let Some(t) = t.as_mut() else { return Charge::Ok };
+        let elapsed = at.saturating_duration_since(t.at).as_secs_f64();
+        t.at = at;
+        let mut wait = 0.0f64;
+        for (bucket, tokens, seen, count) in [
+            (rate.messages, &mut t.messages, &mut t.seen_messages, counts.messages),
+            (rate.bytes, &mut t.bytes, &mut t.seen_bytes, counts.wire_bytes),
+        ] {
+            let used = count.saturating_sub(*seen) as f64;
+            *seen = count;
+            let Some(b) = bucket else { continue };
+            *tokens = (*tokens + elapsed * b.per_second).min(b.burst) - used;
+            if *tokens < 0.0 && b.per_second > 0.0 {
+                wait = wait.max(-*tokens / b.per_second);
+            } else if *tokens < 0.0 {
+                wait = f64::INFINITY;
+            }
+        }
+        if wait <= 0.0 {
+            return Charge::Ok;
+        }
+        match rate.action {
+            RateAction::Close => Charge::Close,
+            RateAction::Throttle => {
+                let until = now.saturating_add(Timers::ticks_in(Duration::from_secs_f64(wait.min(3600.0))));
+                self.paused_until[d] = Some(until);
+                Charge::PauseUntil(until)
+            }
+        }
+    }
+
+    /// Directions whose pause is over at `now` (cleared here).
+    pub fn resume(&mut self, now: u64) -> [bool; 2] {
+        let mut out = [false; 2];
+        for (o, p) in out.iter_mut().zip(self.paused_until.iter_mut()) {
+            if p.is_some_and(|until| until <= now) {
+                *p = None;
+                *o = true;
+            }
+        }
+        out
+    }
+
+    /// The most final thing due at `now`, if any. `Ping` stays due until `pinged` is called.
+    pub fn due(&self, now: u64) -> Option<Due> {
+        let g = &self.guards;
+        if let (Some(since), Some(t)) = (self.close_since, g.close_timeout) {
+            if now >= since.saturating_add(Timers::ticks_in(t)) {
+                return Some(Due::CloseTimeout);
+            }
+        }
+        if let Some(side) = self.peers.iter().position(|p| p.answer_by.is_some_and(|by| now >= by)) {
+            return Some(Due::Dead(side));
+        }
+        if g.lifetime.is_some_and(|l| now >= self.started.saturating_add(Timers::ticks_in(l))) {
+            return Some(Due::Lifetime);
+        }
+        if g.idle_timeout.is_some_and(|t| now >= self.last_active.saturating_add(Timers::ticks_in(t))) {
+            return Some(Due::Idle);
+        }
+        (0..2).find(|&side| self.ping_at(side).is_some_and(|at| now >= at)).map(Due::Ping)
+    }
+
+    /// The earliest tick at which something is due (for the alarm).
+    pub fn next(&self) -> Option<u64> {
+        let g = &self.guards;
+        let close = self.close_since.zip(g.close_timeout).map(|(s, t)| s.saturating_add(Timers::ticks_in(t)));
+        let lifetime = g.lifetime.map(|l| self.started.saturating_add(Timers::ticks_in(l)));
+        let idle = g.idle_timeout.map(|t| self.last_active.saturating_add(Timers::ticks_in(t)));
+        let peers = (0..2).flat_map(|s| [self.peers[s].answer_by, self.ping_at(s)]);
+        [close, lifetime, idle].into_iter().chain(peers).chain(self.paused_until).flatten().min()
+    }
+
+    /// When `side` should next be pinged: it was silent for the interval and no ping waits.
+    fn ping_at(&self, side: usize) -> Option<u64> {
+        let k = self.guards.keepalive?;
+        if self.closing || (side == 1 && !k.backend) {
+            return None;
+        }
+        let p = &self.peers[side];
+        if p.answer_by.is_some() {
+            return None;
+        }
+        // After a ping, the next one is an interval after it was sent (or after the side was
+        // last heard from, whichever is later).
+        Some(p.heard_at.max(self.ping_tick(side)).saturating_add(Timers::ticks_in(k.interval)))
+    }
+
+    fn ping_tick(&self, side: usize) -> u64 {
+        self.peers[side].ping.map_or(0, |(_, sent)| Timers::global().ticks(sent))
+    }
+
+    /// A ping to `side` was queued at `now` (`at`): its payload, which its pong must carry.
+    pub fn pinged(&mut self, side: usize, now: u64, at: Instant) -> PingPayload {
+        self.pings_sent = self.pings_sent.wrapping_add(1);
+        let mut payload = *b"weir\0\0\0\0";
+        payload[4..].copy_from_slice(&self.pings_sent.to_be_bytes());
+        let timeout = self.guards.keepalive.map_or(Duration::ZERO, |k| k.timeout);
+        let p = &mut self.peers[side];
+        p.ping = Some((payload, at));
+        p.answer_by = Some(now.saturating_add(Timers::ticks_in(timeout)));
+        payload
+    }
+
+    /// The ping payload a pong from `side` must carry to be weir's, while one is outstanding.
+    pub fn expected_pong(&self, side: usize) -> Option<PingPayload> {
+        self.peers[side].ping.map(|(p, _)| p)
+    }
+
+    /// weir's pong came back from `side` at `at`: the round-trip time.
+    pub fn ponged(&mut self, side: usize, at: Instant) -> Option<Duration> {
+        let (_, sent) = self.peers[side].ping.take()?;
+        self.peers[side].answer_by = None;
+        Some(at.saturating_duration_since(sent))
+    }
+
+    /// Close with 1012 (not 1001) at the end of the lifetime.
+    pub fn restart(&self) -> bool {
+        self.guards.lifetime_restart
+    }
+}
+
+/// Where weir's pong (payload `payload`, masked when `masked`) sits in `chunk`, the next bytes
+/// read from a side, when it is there whole: `(start, end)`. `remaining` is the payload of the
+/// current frame still to come at the chunk's start (`FrameScanner::frame_remaining`); `None`
+/// (a header split across reads) finds nothing. Walks headers only; runs only while a ping of
+/// weir's is outstanding on that side.
+pub fn find_pong(remaining: Option<u64>, chunk: &[u8], payload: &PingPayload, masked: bool) -> Option<(usize, usize)> {
+    let mut pos = usize::try_from(remaining?).ok()?;
+    while let Some(rest) = chunk.get(pos..).filter(|r| !r.is_empty()) {
+        let h = parse_header(rest).ok()??;
+        let start = pos.checked_add(usize::from(h.header_len))?;
+        let end = start.checked_add(usize::try_from(h.payload_len).ok()?)?;
+        if h.opcode == Opcode::Pong && h.fin && h.rsv == 0 && h.mask.is_some() == masked {
+            let key = h.mask.unwrap_or_default();
+            let body = chunk.get(start..end)?;
+            let unmasked = body.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k);
+            if body.len() == payload.len() && unmasked.eq(payload.iter().copied()) {
+                return Some((pos, end));
+            }
+        }
+        pos = end;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(data_frames: u64, wire_bytes: u64) -> DirectionCounts {
+        DirectionCounts { data_frames, frames: data_frames, wire_bytes, messages: data_frames, ..Default::default() }
+    }
+
+    fn idle(ms: u64) -> Guards {
+        Guards { idle_timeout: Some(Duration::from_millis(ms)), ..Guards::default() }
+    }
+
+    #[test]
+    fn idle_moves_with_data_frames_only() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(idle(100), 0, t0);
+        let none = DirectionCounts::default();
+        assert_eq!(w.next(), Some(10));
+        assert_eq!(w.due(9), None);
+        // A data frame at tick 5 moves the deadline.
+        w.observe(5, [&counts(1, 10), &none], [false, false]);
+        assert_eq!((w.due(10), w.next()), (None, Some(15)));
+        // A ping (a frame, not a data frame) does not.
+        let ping = DirectionCounts { frames: 2, data_frames: 1, wire_bytes: 20, ..Default::default() };
+        w.observe(8, [&ping, &none], [false, false]);
+        assert_eq!(w.due(15), Some(Due::Idle));
+        // Unless control frames count.
+        let mut w = Watch::new(Guards { control_is_activity: true, ..idle(100) }, 0, t0);
+        w.observe(8, [&ping, &none], [false, false]);
+        assert_eq!(w.next(), Some(18));
+    }
+
+    #[test]
+    fn an_unanswered_close_is_due_after_the_close_timeout() {
+        let g = Guards { close_timeout: Some(Duration::from_millis(50)), ..Guards::default() };
+        let mut w = Watch::new(g, 0, Instant::now());
+        let none = DirectionCounts::default();
+        assert_eq!(w.next(), None);
+        w.observe(3, [&none, &none], [true, false]);
+        w.observe(6, [&none, &none], [true, false]);
+        assert_eq!((w.next(), w.due(7), w.due(8)), (Some(8), None, Some(Due::CloseTimeout)));
+        w.observe(7, [&none, &none], [true, true]);
+        assert_eq!((w.next(), w.due(100)), (None, None), "answered");
+    }
+
+    #[test]
+    fn keepalive_pings_a_silent_side_and_declares_it_dead_when_it_stays_silent() {
+        let k = Keepalive { interval: Duration::from_millis(100), timeout: Duration::from_millis(50), backend: false };
+        let t0 = Instant::now();
+        let mut w = Watch::new(Guards { keepalive: Some(k), ..Guards::default() }, 0, t0);
+        let none = DirectionCounts::default();
+        assert_eq!((w.next(), w.due(9), w.due(10)), (Some(10), None, Some(Due::Ping(0))), "only the client");
+        let payload = w.pinged(0, 10, t0);
+        assert_eq!(&payload[..4], b"weir");
+        assert_eq!(w.expected_pong(0), Some(payload));
+        assert_eq!((w.next(), w.due(14), w.due(15)), (Some(15), None, Some(Due::Dead(0))));
+        // Heard from in time: alive; the pong gives the RTT.
+        w.observe(12, [&counts(0, 8), &none], [false, false]);
+        assert_eq!(w.due(15), None);
+        assert_eq!(w.ponged(0, t0 + Duration::from_millis(20)), Some(Duration::from_millis(20)));
+        assert_eq!(w.expected_pong(0), None);
+    }
+
+    #[test]
+    fn the_close_action_trips_when_the_burst_is_spent_and_throttle_pauses_until_refilled() {
+        let t0 = Instant::now();
+        let rate = |action| Rate {
+            messages: Some(Bucket { per_second: 10.0, burst: 5.0 }),
+            bytes: None,
+            action,
+        };
+        let mut w = Watch::new(Guards { rates: [Some(rate(RateAction::Close)), None], ..Guards::default() }, 0, t0);
+        assert_eq!(w.charge(0, &counts(5, 0), t0, 0), Charge::Ok, "the burst");
+        assert_eq!(w.charge(1, &counts(500, 0), t0, 0), Charge::Ok, "the other direction is not limited");
+        assert_eq!(w.charge(0, &counts(6, 0), t0, 0), Charge::Close);
+        let mut w = Watch::new(Guards { rates: [Some(rate(RateAction::Throttle)), None], ..Guards::default() }, 0, t0);
+        // 10 over the burst at 10/s: a second's pause (100 ticks).
+        assert_eq!(w.charge(0, &counts(15, 0), t0, 0), Charge::PauseUntil(100));
+        assert_eq!(w.next(), Some(100));
+        assert_eq!(w.resume(99), [false, false]);
+        assert_eq!(w.resume(100), [true, false]);
+        // A second later the bucket has refilled what was borrowed.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(w.charge(0, &counts(15, 0), t1, 100), Charge::Ok);
+    }
+
+    #[test]
+    fn weirs_pong_is_found_between_other_frames_and_only_whole() {
+        let payload = *b"weir\0\0\0\x07";
+        let key = [1, 2, 3, 4];
+        let masked = |op: u8, body: &[u8]| {
+            let mut f = vec![0x80 | op, 0x80 | body.len() as u8];
+            f.extend_from_slice(&key);
+            f.extend(body.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+            f
+        };
+        let text = masked(0x1, b"hello");
+        let pong = masked(0xA, &payload);
+        let other_pong = masked(0xA, b"weir\0\0\0\x08");
+        let chunk = [text.clone(), other_pong.clone(), pong.clone(), text.clone()].concat();
+        let at = text.len() + other_pong.len();
+        assert_eq!(find_pong(Some(0), &chunk, &payload, true), Some((at, at + pong.len())));
+        assert_eq!(find_pong(Some(0), &chunk, &payload, false), None, "a client's pong must be masked");
+        // Mid-frame at the chunk's start: the rest of that frame is skipped first.
+        assert_eq!(find_pong(Some(3), &chunk[text.len() - 3..], &payload, true), Some((other_pong.len() + 3, other_pong.len() + 3 + pong.len())));
+        // Cut short: not found (forwarded as is).
+        assert_eq!(find_pong(Some(0), &pong[..pong.len() - 1], &payload, true), None);
+        assert_eq!(find_pong(None, &pong, &payload, true), None);
+    }
+
+    #[test]
+    fn lifetime_is_due_at_its_tick() {
+        let g = Guards { lifetime: Some(Duration::from_millis(200)), ..Guards::default() };
+        let w = Watch::new(g, 7, Instant::now());
+        assert_eq!((w.next(), w.due(26), w.due(27)), (Some(27), None, Some(Due::Lifetime)));
+    }
+}

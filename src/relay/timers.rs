@@ -1,0 +1,192 @@
+//! `Timers`: the one deadline facility of the process. Every open connection's deadlines (idle,
+//! lifetime, close handshake, keepalive, throttle) are kept by the connection itself as plain
+//! ticks; what reaches this facility is at most one entry per connection, "wake this task at
+//! tick T", where T is the earliest of them.
+//!
+//! Choice: one `Wheel<Waker>` for the process behind a mutex, driven by one thread
+//! (`weir-timers`), rather than a wheel per worker thread. Entries are touched only when a
+//! connection arms an earlier deadline or one fires, never per frame: activity only moves the
+//! connection's own tick fields, and a fired entry whose deadline moved later is re-armed then
+//! (lazy re-arming, as TCP keepalive timers do). The lock is taken per arm or fire, far below the
+//! rate at which workers would contend, and one thread can wake tasks of every runtime. The
+//! driver sleeps until the wheel's next due tick (`Wheel::next_due`), so an idle process with
+//! idle connections wakes only when some deadline is due.
+//!
+//! Warm path: `arm`/`disarm`, at most once per connection wakeup that moved a deadline earlier.
+//! Cold path: the driver thread starts on first use.
+//!
+//! Resolution: one tick is `TICK` (10 ms); a deadline fires within one tick after it is due.
+
+use super::wheel::{Key, Wheel};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+/// Length of one tick.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// The process's deadline facility (see the module doc). Get it with `Timers::global`.
+pub struct Timers {
+    epoch: Instant,
+    wheel: Mutex<Wheel<Waker>>,
+    /// Signalled when an entry due earlier than the driver's planned wakeup is armed.
+    wake: Condvar,
+}
+
+/// A connection's one entry in the facility: armed for a tick, disarmed on drop.
+#[derive(Debug, Default)]
+pub struct Alarm {
+    armed: Option<(u64, Key)>,
+}
+
+impl Alarm {
+    /// The tick this alarm is armed for.
+    pub fn at(&self) -> Option<u64> {
+        self.armed.map(|(at, _)| at)
+    }
+
+    /// Make sure `waker` is woken at tick `at` or earlier: arms if nothing is armed or the armed
+    /// tick is later (an earlier armed tick is kept: when it fires, the owner re-arms).
+    pub fn arm(&mut self, at: u64, waker: &Waker) {
+        if self.armed.is_some_and(|(armed, _)| armed <= at) {
+            return;
+        }
+        let timers = Timers::global();
+        let mut wheel = timers.lock();
+        if let Some((_, key)) = self.armed.take() {
+            wheel.remove(key);
+        }
+        let earliest = wheel.next_due();
+        let key = wheel.insert(at, waker.clone());
+        self.armed = Some((at.max(wheel.now() + 1), key));
+        drop(wheel);
+        if earliest.is_none_or(|e| at < e) {
+            timers.wake.notify_one();
+        }
+    }
+
+    /// Forget the armed tick once it has passed (the entry fired); the next `arm` inserts anew.
+    pub fn fired(&mut self, now: u64) {
+        if self.armed.is_some_and(|(at, _)| at <= now) {
+            self.armed = None;
+        }
+    }
+
+    /// Cancel the armed entry, if any.
+    pub fn disarm(&mut self) {
+        if let Some((_, key)) = self.armed.take() {
+            Timers::global().lock().remove(key);
+        }
+    }
+}
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
+impl Timers {
+    /// The process's facility; its driver thread starts on first use.
+    pub fn global() -> &'static Timers {
+        static GLOBAL: OnceLock<&'static Timers> = OnceLock::new();
+        GLOBAL.get_or_init(|| {
+            let timers: &'static Timers =
+                Box::leak(Box::new(Timers { epoch: Instant::now(), wheel: Mutex::default(), wake: Condvar::new() }));
+            let spawned = std::thread::Builder::new().name("weir-timers".into()).spawn(move || timers.drive());
+            if let Err(e) = spawned {
+                // Without the driver no guard deadline fires; connections still end normally.
+                tracing::error!(error = %e, "cannot start the timer thread; connection guards will not fire");
+            }
+            timers
+        })
+    }
+
+    /// The current tick (rounded down).
+    pub fn now(&self) -> u64 {
+        self.ticks(Instant::now())
+    }
+
+    /// The tick of `t` (rounded down; 0 before the facility's epoch).
+    pub fn ticks(&self, t: Instant) -> u64 {
+        (t.saturating_duration_since(self.epoch).as_nanos() / TICK.as_nanos()) as u64
+    }
+
+    /// Ticks in `d`, rounded up (a deadline is never early).
+    pub fn ticks_in(d: Duration) -> u64 {
+        d.as_nanos().div_ceil(TICK.as_nanos()).min(u64::MAX as u128) as u64
+    }
+
+    /// Entries waiting (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no entry waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Wheel<Waker>> {
+        self.wheel.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The driver: sleep until the next due tick, hand out what is due, wake it outside the lock.
+    fn drive(&self) {
+        let mut due = Vec::new();
+        let mut wheel = self.lock();
+        loop {
+            let now = self.now();
+            wheel.advance(now, &mut due);
+            if !due.is_empty() {
+                drop(wheel);
+                for waker in due.drain(..) {
+                    waker.wake();
+                }
+                wheel = self.lock();
+                continue;
+            }
+            wheel = match wheel.next_due() {
+                None => self.wake.wait(wheel).unwrap_or_else(|p| p.into_inner()),
+                Some(at) => {
+                    let at = self.epoch + TICK * u32::try_from(at).unwrap_or(u32::MAX);
+                    let wait = at.saturating_duration_since(Instant::now());
+                    self.wake.wait_timeout(wheel, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0)
+                }
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use std::task::Poll;
+
+    /// A task that arms an alarm a few ticks ahead is woken by the driver thread (real time), and
+    /// a disarmed alarm leaves nothing behind.
+    #[tokio::test]
+    async fn an_armed_alarm_wakes_its_task_and_a_dropped_one_is_removed() {
+        let timers = Timers::global();
+        let start = Instant::now();
+        let target = timers.now() + 3;
+        let mut alarm = Alarm::default();
+        poll_fn(|cx| {
+            if timers.now() >= target {
+                return Poll::Ready(());
+            }
+            alarm.fired(timers.now());
+            alarm.arm(target, cx.waker());
+            Poll::Pending
+        })
+        .await;
+        assert!(start.elapsed() >= TICK * 2, "not before its tick");
+        let mut other = Alarm::default();
+        let waker = futures_util::task::noop_waker();
+        other.arm(timers.now() + 1000, &waker);
+        assert_eq!(other.at().map(|a| a > timers.now()), Some(true));
+        drop(other);
+        drop(alarm);
+    }
+}
