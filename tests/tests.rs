@@ -10,6 +10,9 @@ mod cli;
 // The handshake: client checks, rejections, backend answers (400/426/404/502/503/504/403).
 mod handshake;
 
+// Guards on open connections: idle, keepalive, close timeout, size and rate limits, lifetime.
+mod guards;
+
 // TLS termination on a public listener.
 mod tls;
 

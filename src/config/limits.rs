@@ -111,18 +111,26 @@ impl Validator {
             }
         };
         let k = l.keepalive.as_ref();
-        let keepalive_timeout = self.off_duration(&format!("{at}.keepalive.timeout"), k.and_then(|k| k.timeout.as_deref()));
+        let keepalive_timeout =
+            self.off_duration(&format!("{at}.keepalive.timeout"), k.and_then(|k| k.timeout.as_deref()));
         if keepalive_timeout == Some(None) {
-            self.err(format!("{at}.keepalive.timeout"), "0s", "must be greater than zero (turn pings off with `interval: 0s`); the default is 20s");
+            self.err(
+                format!("{at}.keepalive.timeout"),
+                "0s",
+                "must be greater than zero (turn pings off with `interval: 0s`); the default is 20s",
+            );
         }
         let patch = Patch {
             idle_timeout: self.off_duration(&format!("{at}.idle_timeout"), l.idle_timeout.as_deref()),
             control: l.control_frames_are_activity,
             max_lifetime: self.off_duration(&format!("{at}.max_lifetime"), l.max_lifetime.as_deref()),
-            jitter: self.off_duration(&format!("{at}.lifetime_jitter"), l.lifetime_jitter.as_deref()).map(Option::unwrap_or_default),
+            jitter: self
+                .off_duration(&format!("{at}.lifetime_jitter"), l.lifetime_jitter.as_deref())
+                .map(Option::unwrap_or_default),
             restart: lifetime_close,
             close_timeout: self.off_duration(&format!("{at}.close_timeout"), l.close_timeout.as_deref()),
-            keepalive_interval: self.off_duration(&format!("{at}.keepalive.interval"), k.and_then(|k| k.interval.as_deref())),
+            keepalive_interval: self
+                .off_duration(&format!("{at}.keepalive.interval"), k.and_then(|k| k.interval.as_deref())),
             keepalive_timeout: keepalive_timeout.flatten(),
             keepalive_backend: k.and_then(|k| k.backend),
             max_frame: l.max_frame,
@@ -135,7 +143,10 @@ impl Validator {
                 self.err(
                     format!("{at}.lifetime_jitter"),
                     humantime::format_duration(jitter),
-                    format!("must be at most half of max_lifetime ({}); the default is a tenth of it", humantime::format_duration(life)),
+                    format!(
+                        "must be at most half of max_lifetime ({}); the default is a tenth of it",
+                        humantime::format_duration(life)
+                    ),
                 );
             }
         }
@@ -163,7 +174,11 @@ impl Validator {
             None | Some("close") => false,
             Some("throttle") => true,
             Some(other) => {
-                self.err(format!("{at}.action"), other, "must be `close` (1008 \"rate limit\") or `throttle` (stop reading the sender)");
+                self.err(
+                    format!("{at}.action"),
+                    other,
+                    "must be `close` (1008 \"rate limit\") or `throttle` (stop reading the sender)",
+                );
                 false
             }
         };
@@ -178,7 +193,11 @@ impl Validator {
         };
         let per_second = match r.per_second {
             None => {
-                self.err(format!("{at}.per_second"), "", format!("is required: {unit} per second (0 turns the limit off)"));
+                self.err(
+                    format!("{at}.per_second"),
+                    "",
+                    format!("is required: {unit} per second (0 turns the limit off)"),
+                );
                 return None;
             }
             Some(0) => return None,
@@ -219,7 +238,10 @@ mod tests {
         let a = &c.routes[0].limits;
         assert_eq!(a.idle_timeout, Some(Duration::from_secs(600)));
         assert_eq!(a.close_timeout, None, "0s turns it off");
-        assert_eq!(a.keepalive.map(|k| (k.interval, k.timeout)), Some((Duration::from_secs(5), DEFAULT_KEEPALIVE_TIMEOUT)));
+        assert_eq!(
+            a.keepalive.map(|k| (k.interval, k.timeout)),
+            Some((Duration::from_secs(5), DEFAULT_KEEPALIVE_TIMEOUT))
+        );
         assert_eq!(a.max_lifetime, Some(DEFAULT_MAX_LIFETIME));
         assert_eq!(a.lifetime_jitter, DEFAULT_MAX_LIFETIME / 10);
         assert_eq!(a.message_rate, Some(RateLimit { per_second: 10, burst: 10, throttle: false, from: [true, false] }));

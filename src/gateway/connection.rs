@@ -7,10 +7,10 @@
 
 use super::observer::ConnObserver;
 use super::Gateway;
+use crate::config::{Limits, RateLimit};
 use crate::metering::live::Live;
 use crate::objects::registry::{Lease, ObjectHandle};
 use crate::objects::session::{self, Object};
-use crate::config::{Limits, RateLimit};
 use crate::relay::guard::{Bucket, Guards, Keepalive, Rate, RateAction};
 use crate::relay::pump::Relay;
 use crate::relay::report::{code_class, Outcome, RelayReport};

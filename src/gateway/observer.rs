@@ -10,6 +10,7 @@
 use crate::metering::live::Live;
 use crate::metrics::ConnMetrics;
 use crate::objects::registry::ObjectHandle;
+use crate::relay::report::Party;
 use crate::relay::scanner::DirectionCounts;
 use crate::relay::{Direction, Observer};
 use std::sync::Arc;
@@ -65,6 +66,12 @@ impl Observer for ConnObserver {
 
     fn object_moved(&mut self) -> Option<watch::Receiver<bool>> {
         self.moved.take()
+    }
+
+    fn rtt(&mut self, side: Party, rtt: std::time::Duration) {
+        let i = usize::from(side == Party::Backend);
+        self.metrics.rtt[i].observe(rtt.as_secs_f64());
+        self.live.set_rtt(side, rtt);
     }
 }
 

@@ -15,7 +15,7 @@ use super::clock::ActiveClock;
 use super::rejections::Rejections;
 use super::{Meter, Progress, Rejection};
 use crate::billing::{RecordKind, UsageLog, UsageRecord};
-use crate::relay::report::RelayReport;
+use crate::relay::report::{Party, RelayReport};
 use crate::relay::scanner::DirectionCounts;
 use crate::sync::lock;
 use async_trait::async_trait;
@@ -44,6 +44,8 @@ struct LiveState {
     last_seq: u64,
     next_interim: Instant,
     ended: bool,
+    /// Round-trip time of the last answered keepalive ping, `[client, backend]`.
+    rtt: [Option<Duration>; 2],
 }
 
 impl Live {
@@ -61,6 +63,16 @@ impl Live {
     /// The counts last observed.
     pub fn counts(&self) -> [DirectionCounts; 2] {
         lock(&self.state).counts
+    }
+
+    /// Note the round-trip time of an answered keepalive ping to `side`.
+    pub fn set_rtt(&self, side: Party, rtt: Duration) {
+        lock(&self.state).rtt[usize::from(side == Party::Backend)] = Some(rtt);
+    }
+
+    /// The last keepalive round-trip times, `[client, backend]`.
+    pub fn rtt(&self) -> [Option<Duration>; 2] {
+        lock(&self.state).rtt
     }
 }
 
@@ -112,6 +124,7 @@ impl LiveSet {
                 last_seq: 0,
                 next_interim: meter.started() + self.interval,
                 ended: false,
+                rtt: [None; 2],
             }),
             meter,
         });

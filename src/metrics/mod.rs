@@ -59,6 +59,8 @@ pub struct Metrics {
     pub handshake_rejections: IntCounterVec,
     /// See `names::CONNECTION_DURATION_SECONDS`.
     pub connection_duration: HistogramVec,
+    /// See `names::PEER_RTT_SECONDS`.
+    pub peer_rtt: HistogramVec,
     /// See `names::FRAMES_TOTAL`.
     pub frames: IntCounterVec,
     /// See `names::MESSAGES_TOTAL`.
@@ -197,6 +199,13 @@ impl Metrics {
                 "Lifetime of relayed WebSocket connections in seconds",
                 &[ROUTE, POOL],
                 DURATION_BUCKETS,
+            )?,
+            peer_rtt: histogram(
+                reg,
+                PEER_RTT_SECONDS,
+                "Round-trip time of weir's keepalive pings in seconds, by the side pinged",
+                &[ROUTE, SIDE],
+                CONNECT_BUCKETS,
             )?,
             frames: counter(reg, FRAMES_TOTAL, "WebSocket frames relayed", &[ROUTE, DIRECTION, KIND])?,
             messages: counter(reg, MESSAGES_TOTAL, "Complete WebSocket data messages relayed", &[ROUTE, DIRECTION])?,
@@ -392,6 +401,7 @@ impl Metrics {
         ConnMetrics {
             active: self.connections_active.with_label_values(&[route, pool]),
             duration: self.connection_duration.with_label_values(&[route, pool]),
+            rtt: ["client", "backend"].map(|side| self.peer_rtt.with_label_values(&[route, side])),
             dirs: [dir(Direction::ClientToBackend), dir(Direction::BackendToClient)],
         }
     }
@@ -449,6 +459,8 @@ pub struct ConnMetrics {
     pub active: IntGauge,
     /// The duration histogram child.
     pub duration: Histogram,
+    /// The keepalive RTT histogram children, `[client, backend]`.
+    pub rtt: [Histogram; 2],
     dirs: [DirMetrics; 2],
 }
 

@@ -18,6 +18,8 @@ pub const CONNECTIONS_TOTAL: &str = "weir_connections_total";
 pub const HANDSHAKE_REJECTIONS_TOTAL: &str = "weir_handshake_rejections_total";
 /// Histogram: lifetime of relayed connections, seconds {route, pool}.
 pub const CONNECTION_DURATION_SECONDS: &str = "weir_connection_duration_seconds";
+/// Histogram: round-trip time of weir's keepalive pings, seconds {route, side}.
+pub const PEER_RTT_SECONDS: &str = "weir_peer_rtt_seconds";
 /// Counter: frames relayed {route, direction, kind}.
 pub const FRAMES_TOTAL: &str = "weir_frames_total";
 /// Counter: complete data messages relayed {route, direction}.
@@ -96,6 +98,8 @@ pub const OUTCOME: &str = "outcome";
 pub const VERSION: &str = "version";
 /// Label: the git commit weir was built from, or `unknown` (`weir_build_info`).
 pub const COMMIT: &str = "commit";
+/// Label: a connection's side: `client` or `backend`.
+pub const SIDE: &str = "side";
 /// Label: a listener weir runs itself (`echo` for the built-in echo backend).
 pub const LISTENER: &str = "listener";
 
@@ -126,6 +130,7 @@ pub const ALL: &[&str] = &[
     RESIDENT_MEMORY_BYTES,
     HANDSHAKE_REJECTIONS_TOTAL,
     CONNECTION_DURATION_SECONDS,
+    PEER_RTT_SECONDS,
     FRAMES_TOTAL,
     MESSAGES_TOTAL,
     PAYLOAD_BYTES_TOTAL,

@@ -433,11 +433,7 @@ mod tests {
     #[test]
     fn the_close_action_trips_when_the_burst_is_spent_and_throttle_pauses_until_refilled() {
         let t0 = Instant::now();
-        let rate = |action| Rate {
-            messages: Some(Bucket { per_second: 10.0, burst: 5.0 }),
-            bytes: None,
-            action,
-        };
+        let rate = |action| Rate { messages: Some(Bucket { per_second: 10.0, burst: 5.0 }), bytes: None, action };
         let mut w = Watch::new(Guards { rates: [Some(rate(RateAction::Close)), None], ..Guards::default() }, 0, t0);
         assert_eq!(w.charge(0, &counts(5, 0), t0, 0), Charge::Ok, "the burst");
         assert_eq!(w.charge(1, &counts(500, 0), t0, 0), Charge::Ok, "the other direction is not limited");
@@ -471,7 +467,10 @@ mod tests {
         assert_eq!(find_pong(Some(0), &chunk, &payload, true), Some((at, at + pong.len())));
         assert_eq!(find_pong(Some(0), &chunk, &payload, false), None, "a client's pong must be masked");
         // Mid-frame at the chunk's start: the rest of that frame is skipped first.
-        assert_eq!(find_pong(Some(3), &chunk[text.len() - 3..], &payload, true), Some((other_pong.len() + 3, other_pong.len() + 3 + pong.len())));
+        assert_eq!(
+            find_pong(Some(3), &chunk[text.len() - 3..], &payload, true),
+            Some((other_pong.len() + 3, other_pong.len() + 3 + pong.len()))
+        );
         // Cut short: not found (forwarded as is).
         assert_eq!(find_pong(Some(0), &pong[..pong.len() - 1], &payload, true), None);
         assert_eq!(find_pong(None, &pong, &payload, true), None);

@@ -505,7 +505,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
                 valid_up_to.min(chunk.len())
             }
             Feed::Violation { valid_up_to, violation } if violation.is_limit() => {
-                tracing::debug!(direction = d.as_str(), limit = violation.as_str(), "over a size limit; closing with 1009");
+                tracing::debug!(
+                    direction = d.as_str(),
+                    limit = violation.as_str(),
+                    "over a size limit; closing with 1009"
+                );
                 self.limit_close(d, Close::LimitTooBig, Cause::MessageTooBig);
                 valid_up_to.min(chunk.len())
             }
@@ -682,7 +686,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
     /// `side` did not answer weir's ping in time: it is dropped (nothing more is written to or
     /// read from it), and the other side gets `Close::PeerNotResponding` and `LINGER` to answer.
     fn peer_dead(&mut self, side: usize) {
-        tracing::debug!(side = if side == CLIENT { "client" } else { "backend" }, "peer not responding to pings; closing");
+        tracing::debug!(
+            side = if side == CLIENT { "client" } else { "backend" },
+            "peer not responding to pings; closing"
+        );
         self.ending.cause.get_or_insert(Cause::DeadPeer);
         let from_dead = &mut self.halves[side];
         from_dead.src_done = true;

@@ -21,8 +21,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 
-const CLIENT_POLICY: ScanPolicy = ScanPolicy { sender: Role::Client, allowed_rsv: 0, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
-const SERVER_POLICY: ScanPolicy = ScanPolicy { sender: Role::Server, allowed_rsv: 0, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
+const CLIENT_POLICY: ScanPolicy =
+    ScanPolicy { sender: Role::Client, allowed_rsv: 0, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
+const SERVER_POLICY: ScanPolicy =
+    ScanPolicy { sender: Role::Server, allowed_rsv: 0, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
 /// The client's masking key.
 const KEY: [u8; 4] = [0x3A, 0x91, 0x5C, 0xE7];
 /// Bound on every wait for the relay (virtual time: it only elapses while everything is idle).

@@ -1,9 +1,12 @@
 use super::*;
 use proptest::prelude::*;
 
-const SERVER: ScanPolicy = ScanPolicy { sender: Role::Server, allowed_rsv: 0, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
-const CLIENT: ScanPolicy = ScanPolicy { sender: Role::Client, allowed_rsv: 0, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
-const DEFLATE_SERVER: ScanPolicy = ScanPolicy { sender: Role::Server, allowed_rsv: 0b100, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
+const SERVER: ScanPolicy =
+    ScanPolicy { sender: Role::Server, allowed_rsv: 0, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
+const CLIENT: ScanPolicy =
+    ScanPolicy { sender: Role::Client, allowed_rsv: 0, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
+const DEFLATE_SERVER: ScanPolicy =
+    ScanPolicy { sender: Role::Server, allowed_rsv: 0b100, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
 const KEY: [u8; 4] = [0x9C, 0x41, 0xE7, 0x0D];
 
 /// Test-only encoder, independent of the code under test: `b0` is the first header byte
