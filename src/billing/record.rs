@@ -243,7 +243,8 @@ pub struct CloseUsage {
     /// Both sides sent close frames and neither connection failed.
     pub clean: bool,
     /// Why the connection ended: client_close, backend_close, client_gone, backend_gone,
-    /// protocol_error, message_too_big, shutdown or object_moved.
+    /// protocol_error, message_too_big, shutdown, object_moved, idle_timeout, max_lifetime,
+    /// close_timeout, dead_peer or rate_limited.
     #[serde(default)]
     pub cause: String,
 }

@@ -3,9 +3,12 @@
 //! Warm path: `begin` at the 101 (registers the connection and writes its `start`), `end` at its
 //! end (deregisters it and writes its `stop`). Hot path: `Live::observe`, once per relay wakeup
 //! that moved bytes, stores the cumulative counts and touches the active-time clock under the
-//! connection's own uncontended mutex. Background: `sweep`, run by the `Sweeper` service every
-//! second (never a timer per connection), writes an `interim` for each connection whose interval is
-//! due, with the cumulative counts so far and the next sequence number.
+//! connection's own uncontended mutex. Background: `sweep`, run by the `Sweeper` service (never a
+//! timer per connection), writes an `interim` for each connection whose interval is due, with the
+//! cumulative counts so far and the next sequence number. Due connections come off a timing wheel
+//! (`relay::wheel`, 100 ms ticks): each open connection has one entry, moved one interval on when
+//! its interim is written and removed at its end, so a sweep costs O(interims due), not O(open
+//! connections).
 //!
 //! Sequence numbers are taken under the connection's mutex, and `end` marks the connection ended
 //! under the same mutex, so a connection's records are numbered 0, 1, … without gaps and no
@@ -17,14 +20,18 @@ use super::{Meter, Progress, Rejection};
 use crate::billing::{RecordKind, UsageLog, UsageRecord};
 use crate::relay::report::{Party, RelayReport};
 use crate::relay::scanner::DirectionCounts;
+use crate::relay::wheel::{Key, Wheel};
 use crate::sync::lock;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use prometheus::IntCounter;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+/// Length of one tick of the interim wheel.
+const INTERIM_TICK: Duration = Duration::from_millis(100);
 
 /// Shards of the registry (connections spread by id, so begin/end rarely contend).
 const SHARDS: usize = 16;
@@ -46,6 +53,8 @@ struct LiveState {
     ended: bool,
     /// Round-trip time of the last answered keepalive ping, `[client, backend]`.
     rtt: [Option<Duration>; 2],
+    /// Its entry on the interim wheel.
+    due: Option<Key>,
 }
 
 impl Live {
@@ -84,6 +93,9 @@ pub struct LiveSet {
     usage: Arc<UsageLog>,
     /// The per-address limit of rejection records, and the counter of rejections summarised.
     rejections: Option<(Rejections, IntCounter)>,
+    /// Connections by the tick their next interim is due (ticks of `INTERIM_TICK` from `epoch`).
+    due: Mutex<Wheel<Weak<Live>>>,
+    epoch: Instant,
 }
 
 impl LiveSet {
@@ -96,7 +108,16 @@ impl LiveSet {
             idle_threshold,
             usage,
             rejections: None,
+            due: Mutex::new(Wheel::new(0)),
+            epoch: Instant::now(),
         }
+    }
+
+    /// The interim wheel's tick of `t` (rounded down: an interim may be written up to one tick
+    /// early, never late).
+    fn tick(&self, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(self.epoch);
+        (d.as_nanos() / INTERIM_TICK.as_nanos()).min(u128::from(u64::MAX)) as u64
     }
 
     /// Limit rejection records per client address (`Rejections`); `summarised` counts the
@@ -125,10 +146,14 @@ impl LiveSet {
                 next_interim: meter.started() + self.interval,
                 ended: false,
                 rtt: [None; 2],
+                due: None,
             }),
             meter,
         });
         lock(self.shard(&live.meter.id)).insert(live.meter.id, live.clone());
+        let at = self.tick(lock(&live.state).next_interim);
+        let key = lock(&self.due).insert(at, Arc::downgrade(&live));
+        lock(&live.state).due = Some(key);
         self.usage.write(&start);
         live
     }
@@ -140,6 +165,9 @@ impl LiveSet {
         let stop = {
             let mut s = lock(&live.state);
             s.ended = true;
+            if let Some(key) = s.due.take() {
+                lock(&self.due).remove(key);
+            }
             s.last_seq += 1;
             let active = s.active.total_at(Instant::now());
             let mut stop = live.meter.stopped(s.last_seq, report, active);
@@ -188,33 +216,39 @@ impl LiveSet {
     }
 
     /// Write an `interim` for every connection whose interval is due at `now`; returns how many.
+    /// Only the due connections are touched (they come off the interim wheel).
     pub fn sweep(&self, now: Instant) -> usize {
         self.summarise_rejections(now, false);
+        let mut due = Vec::new();
+        lock(&self.due).advance(self.tick(now), &mut due);
         let mut written = 0;
-        for shard in &self.shards {
-            let due: Vec<Arc<Live>> =
-                lock(shard).values().filter(|l| lock(&l.state).next_interim <= now).cloned().collect();
-            for live in due {
-                let record = {
-                    let mut s = lock(&live.state);
-                    if s.ended {
-                        continue;
-                    }
-                    s.last_seq += 1;
-                    // The next one is due one interval later, never in a burst after a stall.
-                    let next = s.next_interim + self.interval;
-                    s.next_interim = if next <= now { now + self.interval } else { next };
-                    let active = s.active.total_at(now);
-                    let mut r =
-                        live.meter.snapshot(RecordKind::Interim, s.last_seq, Progress { counts: &s.counts, active });
-                    self.add_units(&mut r, &s.counts);
-                    r
-                };
-                self.usage.write(&record);
-                written += 1;
-            }
+        for live in due.iter().filter_map(Weak::upgrade) {
+            let record = {
+                let mut s = lock(&live.state);
+                if s.ended {
+                    continue;
+                }
+                s.last_seq += 1;
+                // The next one is due one interval later, never in a burst after a stall.
+                let next = s.next_interim + self.interval;
+                s.next_interim = if next <= now { now + self.interval } else { next };
+                s.due = Some(lock(&self.due).insert(self.tick(s.next_interim), Arc::downgrade(&live)));
+                let active = s.active.total_at(now);
+                let mut r =
+                    live.meter.snapshot(RecordKind::Interim, s.last_seq, Progress { counts: &s.counts, active });
+                self.add_units(&mut r, &s.counts);
+                r
+            };
+            self.usage.write(&record);
+            written += 1;
         }
         written
+    }
+
+    /// When the next interim is due, if any connection is open.
+    fn next_due(&self) -> Option<Instant> {
+        let tick = lock(&self.due).next_due()?;
+        Some(self.epoch + INTERIM_TICK * u32::try_from(tick).unwrap_or(u32::MAX))
     }
 
     /// Open connections.
@@ -228,8 +262,8 @@ impl LiveSet {
     }
 }
 
-/// The interim sweeper: a background service that writes due `interim` records once a second
-/// (or every interval, if shorter), never a timer per connection.
+/// The interim sweeper: a background service that writes due `interim` records when the interim
+/// wheel says the next is due (and at least once a second), never a timer per connection.
 pub struct Sweeper {
     set: Arc<LiveSet>,
 }
@@ -243,15 +277,15 @@ impl Sweeper {
 
 #[async_trait]
 impl BackgroundService for Sweeper {
-    /// Sweep every tick until the service's runtime stops. The shutdown signal does not stop
+    /// Sweep when the next interim is due (at least once a second, which also writes due
+    /// rejection summaries) until the service's runtime stops. The shutdown signal does not stop
     /// it: connections that drain for `server.grace_period` are still billed by interval, and
     /// each ends with its stop record.
     async fn start(&self, _shutdown: ShutdownWatch) {
-        let tick = self.set.interval.min(Duration::from_secs(1));
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            let second = Instant::now() + Duration::from_secs(1);
+            let wake = self.set.next_due().map_or(second, |due| due.min(second));
+            tokio::time::sleep_until(wake.into()).await;
             let set = self.set.clone();
             // Records are written with a blocking write(2) each: off the runtime thread.
             let _ = tokio::task::spawn_blocking(move || set.sweep(Instant::now())).await;
