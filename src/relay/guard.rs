@@ -476,6 +476,13 @@ mod tests {
         assert_eq!(find_pong(None, &pong, &payload, true), None);
     }
 
+    /// A connection with guards holds one boxed `Watch` of this size (README "Idle cost").
+    #[test]
+    fn footprint_is_small() {
+        let size = std::mem::size_of::<Watch>();
+        assert!(size <= 544, "{size}");
+    }
+
     #[test]
     fn lifetime_is_due_at_its_tick() {
         let g = Guards { lifetime: Some(Duration::from_millis(200)), ..Guards::default() };
