@@ -163,7 +163,23 @@ impl Half {
         }
     }
 
-    /// Write `pending`, then any injected frame, then flush. `Ready` when all is written.
+    /// Write the rest of weir's frame `frame` to `dst` (nothing once `dst` is dead).
+    fn write_injected<S: AsyncWrite + Unpin>(
+        &mut self,
+        frame: &mut Injected,
+        dst: &mut S,
+        cx: &mut Context<'_>,
+        progress: &mut bool,
+    ) -> Poll<()> {
+        if self.dst_dead {
+            return Poll::Ready(());
+        }
+        let written = write_from(dst, cx, frame.buf.get(..frame.len).unwrap_or(&[]), &mut frame.sent);
+        self.settle(written, progress)
+    }
+
+    /// Write `pending`, then weir's ping, then any other injected frame, then flush. `Ready`
+    /// when all is written.
     fn drain<S: AsyncWrite + Unpin>(&mut self, dst: &mut S, cx: &mut Context<'_>, progress: &mut bool) -> Poll<()> {
         if !self.dst_dead {
             let written = write_from(dst, cx, &self.pending, &mut self.sent);
@@ -177,21 +193,15 @@ impl Half {
             self.sent = 0;
         }
         if let Some(mut ping) = self.ping.take() {
-            if !self.dst_dead {
-                let written = write_from(dst, cx, ping.buf.get(..ping.len).unwrap_or(&[]), &mut ping.sent);
-                if self.settle(written, progress).is_pending() {
-                    self.ping = Some(ping);
-                    return Poll::Pending;
-                }
+            if self.write_injected(&mut ping, dst, cx, progress).is_pending() {
+                self.ping = Some(ping);
+                return Poll::Pending;
             }
         }
         if let Some(mut inj) = self.inject.take() {
-            if !self.dst_dead {
-                let written = write_from(dst, cx, inj.buf.get(..inj.len).unwrap_or(&[]), &mut inj.sent);
-                if self.settle(written, progress).is_pending() {
-                    self.inject = Some(inj);
-                    return Poll::Pending;
-                }
+            if self.write_injected(&mut inj, dst, cx, progress).is_pending() {
+                self.inject = Some(inj);
+                return Poll::Pending;
             }
         }
         if self.need_flush && !self.dst_dead {
