@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Quick start, command 2: check formatting (cargo fmt --check) and lints (cargo clippy -D warnings),
-# then run weir's whole test suite (unit, property and integration tests;
+# then the Prometheus alert rules (promtool check rules and their unit tests), then run weir's
+# whole test suite (unit, property and integration tests;
 # the integration tests start the real weir binary against real backends on loopback, and
-# private PostgreSQL servers for the billing tests).
+# private PostgreSQL servers for the billing tests and a private Prometheus for the dashboard and
+# alerts test).
 # Installs what a fresh machine lacks first. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,10 +32,52 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   # UCF_FORCE_CONFFOLD keeps the createcluster.conf written above.
   $sudo env DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1 apt-get install -y -qq postgresql >/dev/null
 fi
+# The alert rules are checked with promtool, and tests/prometheus.rs starts its own private
+# Prometheus server: both from Debian's prometheus package (without recommends: no node exporter).
+# The package enables its service and its postinst starts it where it can (not where policy-rc.d
+# forbids it, as in many containers). No shared server may be left running (it would also take
+# port 9090, weir's default admin port): whatever prometheus process the install started is
+# stopped, and the service it enabled is disabled; a server running before is left alone.
+if [ ! -x /usr/bin/promtool ]; then
+  echo "weir: installing prometheus (promtool for the alert rules, a private server for the Prometheus test)" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  running_before=" $(pgrep -d ' ' -x prometheus || true) "
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  started=""
+  for pid in $(pgrep -x prometheus || true); do
+    case "$running_before" in *" $pid "*) ;; *) started="$started $pid" ;; esac
+  done
+  if [ -n "$started" ]; then
+    echo "weir: stopping the prometheus server the install started (pid$started)" >&2
+    if [ -d /run/systemd/system ]; then
+      $sudo systemctl stop prometheus.service || true
+    else
+      $sudo /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+    fi
+    for pid in $started; do
+      $sudo kill "$pid" 2>/dev/null || true
+    done
+    for _ in $(seq 50); do
+      alive=""
+      for pid in $started; do
+        if [ -d "/proc/$pid" ]; then alive="$alive $pid"; fi
+      done
+      [ -n "$alive" ] || break
+      sleep 0.1
+    done
+  fi
+  if command -v systemctl >/dev/null; then $sudo systemctl disable --quiet prometheus.service 2>/dev/null || true; fi
+  $sudo update-rc.d prometheus disable >/dev/null 2>&1 || true
+fi
 # Style and lints first, so they cannot drift: rustfmt over the tree, clippy with warnings as errors.
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+# The alert rules: valid, and their unit tests (a firing and a quiet case per alert) pass.
+promtool check rules dashboards/alerts.yml
+promtool test rules dashboards/alerts_test.yml
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -28,6 +28,10 @@ mod metering;
 // /metrics during and after a connection.
 mod metrics;
 
+// A real Prometheus scraping weir: every dashboard panel and alert expression evaluated, exact
+// counts, `promtool check metrics` (issue 15).
+mod prometheus;
+
 // Object namespaces: placement, failover with 1012, id rules, the built-in room, object records.
 mod objects;
 

@@ -55,6 +55,9 @@ pub struct FileConfig {
     /// override key by key).
     #[serde(default)]
     pub limits: FileLimits,
+    /// Connection caps and new-connection rates.
+    #[serde(default)]
+    pub admission: FileAdmission,
 }
 
 /// `limits:` guards on open connections (at the top level, in an object namespace or a route;
@@ -299,6 +302,110 @@ pub struct FileRoute {
     pub object: Option<String>,
     /// Guards for this route's connections, key by key over the namespace's and the global ones.
     pub limits: Option<FileLimits>,
+    /// Who may connect: API keys and/or JWTs. Default: anyone.
+    pub auth: Option<FileAuth>,
+    /// Browser origins allowed to connect (`https://app.example.com`, `https://*.example.com`).
+    /// Default: any.
+    pub origins: Option<Vec<String>>,
+    /// With `origins`: admit requests without an `Origin` header (non-browser clients).
+    /// Default: true.
+    pub allow_no_origin: Option<bool>,
+    /// Caps of this route.
+    pub admission: Option<FileRouteAdmission>,
+}
+
+/// `routes[].auth:` how a route's clients prove who they are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuth {
+    /// API keys as SHA-256 hex digests with their tenant (`weir key new` prints both forms).
+    #[serde(default)]
+    pub api_keys: Vec<FileApiKey>,
+    /// A file of more keys: one `SHA256HEX TENANT` per line (`#` comments).
+    pub keys_file: Option<String>,
+    /// JSON Web Tokens.
+    pub jwt: Option<FileJwt>,
+    /// Header carrying the credential; `authorization` takes `Bearer <credential>`. Default:
+    /// authorization.
+    pub header: Option<String>,
+    /// Query parameter carrying the credential. Default: none (not accepted in the URL).
+    pub query: Option<String>,
+    /// Prefix of a `Sec-WebSocket-Protocol` entry carrying the credential (for browsers); the
+    /// entry is removed before the backend sees the request; `""` turns it off. Default:
+    /// `weir.key.`.
+    pub subprotocol: Option<String>,
+}
+
+/// One `auth.api_keys[]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileApiKey {
+    /// SHA-256 of the key, 64 hex digits.
+    pub sha256: String,
+    /// Tenant billed for its connections.
+    pub tenant: String,
+    /// Object ids it may open (`*` wildcards). Default: any.
+    pub objects: Option<Vec<String>>,
+}
+
+/// `auth.jwt:` JSON Web Token verification.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileJwt {
+    /// Accepted algorithms: HS256, RS256, ES256, EdDSA. Default: the ones the keys allow.
+    pub algorithms: Option<Vec<String>>,
+    /// HS256 shared secret.
+    pub secret: Option<String>,
+    /// PEM public key file (RS256, ES256, EdDSA).
+    pub public_key_file: Option<String>,
+    /// JWKS file, re-read when it changes.
+    pub jwks_file: Option<String>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    pub audience: Option<String>,
+    /// Clock leeway for `exp`/`nbf` (duration). Default: 30s.
+    pub leeway: Option<String>,
+    /// Claim holding the tenant. Default: sub.
+    pub tenant_claim: Option<String>,
+    /// Claim listing the object ids the token may open (`*` wildcards). Default: none (any).
+    pub objects_claim: Option<String>,
+}
+
+/// `routes[].admission:` caps of one route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRouteAdmission {
+    /// Most open WebSockets on this route (count; 0: no cap). Default: 0.
+    pub max_connections: Option<u64>,
+}
+
+/// `admission:` process-wide caps and new-connection rates.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmission {
+    /// Most open WebSockets in all (count; 0: no cap). Default: 0.
+    pub max_connections: Option<u64>,
+    /// Most open WebSockets per client address (IPv4, IPv6 /64; 0: no cap). Default: 0.
+    pub max_connections_per_ip: Option<u64>,
+    /// Most open WebSockets per tenant (0: no cap). Default: 0.
+    pub max_connections_per_tenant: Option<u64>,
+    /// New connections per client address. Default: none.
+    pub ip_rate: Option<FileConnRate>,
+    /// New connections per tenant. Default: none.
+    pub tenant_rate: Option<FileConnRate>,
+    /// Client addresses tracked at once (count). Default: 100000.
+    pub max_tracked_ips: Option<u64>,
+}
+
+/// A new-connection rate: a token bucket.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConnRate {
+    /// New connections per second.
+    pub per_second: Option<u64>,
+    /// Most at once. Default: per_second.
+    pub burst: Option<u64>,
 }
 
 /// One `objects[]` entry: an object namespace.

@@ -93,6 +93,71 @@ pub static FILE: Section = Section {
         opt("billing", Kind::Map(&BILLING)),
         opt("echo", Kind::Map(&ECHO)),
         opt("limits", Kind::Map(&LIMITS)),
+        opt("admission", Kind::Map(&ADMISSION)),
+    ],
+};
+
+static ADMISSION: Section = Section {
+    what: "`admission`",
+    file_struct: "FileAdmission",
+    keys: &[
+        opt("max_connections", Count),
+        opt("max_connections_per_ip", Count),
+        opt("max_connections_per_tenant", Count),
+        opt("ip_rate", Kind::Map(&CONN_RATE)),
+        opt("tenant_rate", Kind::Map(&CONN_RATE)),
+        opt("max_tracked_ips", Count),
+    ],
+};
+
+static CONN_RATE: Section = Section {
+    what: "a connection rate",
+    file_struct: "FileConnRate",
+    keys: &[opt("per_second", Count), opt("burst", Count)],
+};
+
+static ROUTE_ADMISSION: Section = Section {
+    what: "a route's `admission`",
+    file_struct: "FileRouteAdmission",
+    keys: &[opt("max_connections", Count)],
+};
+
+static AUTH: Section = Section {
+    what: "`auth`",
+    file_struct: "FileAuth",
+    keys: &[
+        opt("api_keys", Kind::List(&Kind::Map(&API_KEY))),
+        opt("keys_file", Text),
+        opt("jwt", Kind::Map(&JWT)),
+        opt("header", Text),
+        opt("query", Text),
+        opt("subprotocol", Text),
+    ],
+};
+
+static API_KEY: Section = Section {
+    what: "an API key",
+    file_struct: "FileApiKey",
+    keys: &[
+        req("sha256", Text, "\"<64 hex digits from `weir key hash`>\""),
+        req("tenant", Text, "acme"),
+        opt("objects", Kind::List(&Text)),
+    ],
+};
+
+static JWT: Section = Section {
+    what: "`jwt`",
+    file_struct: "FileJwt",
+    keys: &[
+        opt("algorithms", Kind::List(&Text)),
+        opt("secret", Text),
+        opt("public_key_file", Text),
+        opt("jwks_file", Text),
+        opt("issuer", Text),
+        opt("audience", Text),
+        opt("leeway", Text),
+        opt("tenant_claim", Text),
+        opt("objects_claim", Text),
     ],
 };
 
@@ -223,6 +288,10 @@ static ROUTE: Section = Section {
         opt("tenant", Text),
         opt("object", Text),
         opt("limits", Kind::Map(&LIMITS)),
+        opt("auth", Kind::Map(&AUTH)),
+        opt("origins", Kind::List(&Text)),
+        opt("allow_no_origin", Bool),
+        opt("admission", Kind::Map(&ROUTE_ADMISSION)),
     ],
 };
 
@@ -593,10 +662,11 @@ fn suggest(written: &str, section: &Section) -> Option<&'static str> {
         .filter_map(|k| {
             let d = edit_distance(&w, k.name);
             let prefix = w.len().min(k.name.len()) >= 3 && (w.starts_with(k.name) || k.name.starts_with(w.as_str()));
-            // Rank: distance first; at equal distance a prefix relation wins, then file order.
+            // Rank: a prefix relation first (`path` → `path_prefix`, not `auth`), then distance,
+            // then file order.
             (d <= limit || prefix).then_some((d, !prefix, k.name))
         })
-        .min_by_key(|&(d, not_prefix, _)| (d, not_prefix))
+        .min_by_key(|&(d, not_prefix, _)| (not_prefix, d))
         .map(|(_, _, name)| name)
 }
 

@@ -8,6 +8,7 @@
 //! `serde_yaml`, so the YAML crate can be swapped in one place. Nothing stops at the first
 //! problem: every error names its key path, the value and the fix (`error.rs`).
 
+pub mod admission;
 pub mod error;
 pub mod file;
 pub mod keys;

@@ -42,6 +42,8 @@ pub struct Config {
     pub billing_units: Vec<UnitRule>,
     /// The built-in echo backend and echo object.
     pub echo: EchoConfig,
+    /// Process-wide connection caps and rates.
+    pub admission: Admission,
 }
 
 /// Settings of the built-in echo (the `builtin:echo` backend and the `echo` object).
@@ -266,6 +268,123 @@ pub struct Route {
     pub tenant: Option<String>,
     /// Guards on its open connections (global, then its namespace's, then its own `limits:`).
     pub limits: Limits,
+    /// Who may connect (`auth:`); `None` admits anyone.
+    pub auth: Option<Auth>,
+    /// Which browser origins may connect (`origins:`); `None` admits any.
+    pub origins: Option<Origins>,
+    /// Connection caps and rates of this route (`admission:` over the global one).
+    pub admission: RouteAdmission,
+}
+
+/// A route's authentication (`routes[].auth`): credentials are looked for in `sources`, then
+/// tried against `methods` in order; the first that accepts one admits the request.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    /// Where a credential may come from.
+    pub sources: CredentialSources,
+    /// How a credential is verified, in order.
+    pub methods: Vec<AuthMethod>,
+}
+
+/// Where a credential may come from (all are tried: header, query, subprotocol).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialSources {
+    /// Header carrying the credential (`Authorization` takes `Bearer <credential>`; any other
+    /// header the bare credential), lower-case.
+    pub header: String,
+    /// Query parameter carrying the credential, if allowed.
+    pub query: Option<String>,
+    /// Prefix of a `Sec-WebSocket-Protocol` entry carrying the credential (e.g. `weir.key.`);
+    /// the entry is removed before the backend sees the request. `None`: not allowed.
+    pub subprotocol: Option<String>,
+}
+
+/// One way to verify a credential.
+#[derive(Debug, Clone)]
+pub enum AuthMethod {
+    /// API keys, stored as SHA-256 digests (from the config and a keys file).
+    ApiKeys(Vec<ApiKey>),
+    /// JSON Web Tokens.
+    Jwt(JwtSettings),
+}
+
+/// One API key (`auth.api_keys[]` or a line of `auth.keys_file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// SHA-256 of the key, 32 bytes.
+    pub sha256: [u8; 32],
+    /// Tenant its connections are billed to.
+    pub tenant: String,
+    /// Object ids it may open on object routes (`*` wildcards); empty: any.
+    pub objects: Vec<String>,
+}
+
+/// How JSON Web Tokens are verified (`auth.jwt`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtSettings {
+    /// Accepted algorithms (`HS256`, `RS256`, `ES256`, `EdDSA`).
+    pub algorithms: Vec<String>,
+    /// Shared secret for HS256.
+    pub secret: Option<String>,
+    /// PEM public key file for RS256/ES256/EdDSA.
+    pub public_key_file: Option<PathBuf>,
+    /// JWKS file (re-read when it changes).
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss`, if any.
+    pub issuer: Option<String>,
+    /// Required `aud` (one of), if any.
+    pub audience: Option<String>,
+    /// Clock leeway for `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Claim whose string value is the tenant.
+    pub tenant_claim: String,
+    /// Claim listing the object ids (with `*` wildcards) the token may open; `None`: any.
+    pub objects_claim: Option<String>,
+}
+
+/// A route's allowed browser origins (`routes[].origins`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origins {
+    /// Exact origins (`https://app.example.com`), lower-case.
+    pub exact: Vec<String>,
+    /// Wildcard origins as (scheme, domain suffix): `https://*.example.com` is
+    /// (`https`, `.example.com`).
+    pub wildcard: Vec<(String, String)>,
+    /// Admit requests without an `Origin` header (non-browser clients).
+    pub allow_missing: bool,
+}
+
+/// Caps and rates that apply to one route's upgrades (`admission:` resolved for the route).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RouteAdmission {
+    /// Most open WebSockets on this route (count; 0: no cap).
+    pub max_connections: u64,
+}
+
+/// Process-wide admission settings (`admission:`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admission {
+    /// Most open WebSockets in all (count; 0: no cap).
+    pub max_connections: u64,
+    /// Most open WebSockets per client address (IPv4 address, IPv6 /64; 0: no cap).
+    pub max_connections_per_ip: u64,
+    /// Most open WebSockets per tenant (0: no cap).
+    pub max_connections_per_tenant: u64,
+    /// New connections per second per client address, with a burst (`None`: no limit).
+    pub ip_rate: Option<NewConnRate>,
+    /// New connections per second per tenant, with a burst (`None`: no limit).
+    pub tenant_rate: Option<NewConnRate>,
+    /// Client addresses tracked at once (count); beyond it, untracked addresses share one entry.
+    pub max_tracked_ips: usize,
+}
+
+/// A token bucket of new connections.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NewConnRate {
+    /// Connections per second.
+    pub per_second: f64,
+    /// Most at once.
+    pub burst: f64,
 }
 
 /// Guards on open connections, resolved for one route (`limits:`). `None`/0 means off.

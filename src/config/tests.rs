@@ -421,7 +421,7 @@ billing: {units: [{name: a, terms: [{of: requests, per: true}]}]}
             "pools[0].backends (line 6, column 15): \"127.0.0.1:1\": must be a list; write it as [\"127.0.0.1:1\"]",
             "pools[1].backends[0] (line 7, column 26): \"[1]\": must be a single value (text, an address, a duration or a name), not a list or a map",
             "pools[1].health_check (line 7, column 47): \"tcp\": must be a health check: a map with the keys kind, interval, path (`key: value`, one per line or in { })",
-            "routes[1] (line 10, column 4): \"~\": must be a route: a map with the keys name, host, path_prefix, kind, pool, tenant, object, limits (`key: value`, one per line or in { })",
+            "routes[1] (line 10, column 4): \"~\": must be a route: a map with the keys name, host, path_prefix, kind, pool, tenant, object, limits, auth, origins, allow_no_origin, admission (`key: value`, one per line or in { })",
             "billing.units[0].terms[0].per (line 11, column 52): \"true\": must be a number (e.g. 20) or a duration (e.g. 60s)",
         ]
     );

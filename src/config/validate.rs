@@ -196,6 +196,7 @@ impl Validator {
                     Target::Pool(_) => global,
                 };
                 route.limits = self.limits(&format!("routes[{i}].limits"), r.limits.as_ref()).over(base).resolve();
+                (route.auth, route.origins, route.admission) = self.route_admission(i, r);
                 Some(route)
             })
             .collect();
@@ -211,6 +212,7 @@ impl Validator {
         }
         let billing_units = f.billing.as_ref().map(|b| self.billing(b)).unwrap_or_default();
         let echo = self.echo(&f.echo);
+        let admission = self.admission(&f.admission);
         Config {
             threads,
             grace_period,
@@ -235,6 +237,7 @@ impl Validator {
             routes,
             billing_units,
             echo,
+            admission,
         }
     }
 
@@ -688,7 +691,18 @@ impl Validator {
                 self.err(format!("routes[{i}].tenant"), t, "must be 1 to 128 printable characters");
             }
         }
-        Some(Route { name, host, path_prefix, kind, target, tenant: r.tenant.clone(), limits: Limits::default() })
+        Some(Route {
+            name,
+            host,
+            path_prefix,
+            kind,
+            target,
+            tenant: r.tenant.clone(),
+            limits: Limits::default(),
+            auth: None,
+            origins: None,
+            admission: RouteAdmission::default(),
+        })
     }
 
     fn usage(&mut self, u: &FileUsage) -> Usage {
