@@ -47,6 +47,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod admission;
 pub mod billing;
 pub mod config;
 pub mod fds;

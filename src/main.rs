@@ -1,4 +1,4 @@
-//! The `weir` command: `weir run`, `weir check`, `weir usage`, `weir --version`.
+//! The `weir` command: `weir run`, `weir check`, `weir usage`, `weir key`, `weir --version`.
 //!
 //! Cold path only: parse the command line, load the config, set up logging, hand over to
 //! `weir::server::run` (or to `weir::billing::report` for `usage`).
@@ -57,6 +57,26 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: Format,
     },
+    /// API keys for `routes[].auth.api_keys`: make a new one, or hash an existing one.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Print a new random key, its SHA-256 and the config line that admits it.
+    New {
+        /// Tenant the key bills.
+        #[arg(long, default_value = "TENANT")]
+        tenant: String,
+    },
+    /// Print the SHA-256 of KEY (read from standard input when KEY is `-`).
+    Hash {
+        /// The key.
+        key: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -101,8 +121,35 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Key { action: KeyAction::New { tenant } } => {
+            let key = format!("wk_{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            let sha = weir::admission::auth::key_digest_hex(&key);
+            println!("key:    {key}");
+            println!("sha256: {sha}");
+            println!("config: api_keys: [{{sha256: \"{sha}\", tenant: {tenant}}}]");
+            ExitCode::SUCCESS
+        }
+        Command::Key { action: KeyAction::Hash { key } } => {
+            let key = if key == "-" {
+                let mut line = String::new();
+                if std::io::stdin().read_line(&mut line).is_err() {
+                    eprintln!("weir key hash: cannot read the key from standard input");
+                    return ExitCode::FAILURE;
+                }
+                line.trim_end_matches(['\r', '\n']).to_string()
+            } else {
+                key
+            };
+            println!("{}", weir::admission::auth::key_digest_hex(&key));
+            ExitCode::SUCCESS
+        }
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
+                // Key files and JWKS are loaded as `weir run` would load them.
+                if let Err(e) = weir::admission::Gatekeeper::new(c.routes.iter(), &c.admission) {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::FAILURE;
+                }
                 for w in config::warnings(&c) {
                     eprintln!("warning: {w}");
                 }

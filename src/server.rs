@@ -92,7 +92,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     ));
     let gateway = Gateway::new(
         &config,
-        Parts { routes, pools, objects, metrics: metrics.clone(), live: live.clone(), fds: fds.clone(), http },
+        Parts {
+            gatekeeper: Arc::new(
+                crate::admission::Gatekeeper::new(routes.iter(), &config.admission).map_err(|e| anyhow::anyhow!(e))?,
+            ),
+            routes,
+            pools,
+            objects,
+            metrics: metrics.clone(),
+            live: live.clone(),
+            fds: fds.clone(),
+            http,
+        },
     );
     let mut gateway_service = Service::new("weir gateway".to_string(), gateway);
     for l in &config.listeners {

@@ -10,6 +10,9 @@ mod cli;
 // The handshake: client checks, rejections, backend answers (400/426/404/502/503/504/403).
 mod handshake;
 
+// Admission before the 101: API keys, JWTs, origins, caps and rates.
+mod admission;
+
 // Guards on open connections: idle, keepalive, close timeout, size and rate limits, lifetime.
 mod guards;
 

@@ -7,6 +7,7 @@
 
 use super::observer::ConnObserver;
 use super::Gateway;
+use crate::admission::caps::Permit;
 use crate::config::{Limits, RateLimit};
 use crate::metering::live::Live;
 use crate::objects::registry::{Lease, ObjectHandle};
@@ -38,6 +39,8 @@ pub struct Established {
     pub lease: Option<Lease>,
     /// What serves it.
     pub serve: Serve,
+    /// Its share of the admission caps (given back when it ends).
+    pub permit: Option<Permit>,
 }
 
 /// What serves an upgraded connection.
@@ -70,6 +73,8 @@ struct Ending {
     pool: String,
     live: Arc<Live>,
     lease: Option<Lease>,
+    /// Dropped with the ending: the caps count the connection until then.
+    _permit: Option<Permit>,
 }
 
 impl Gateway {
@@ -78,7 +83,7 @@ impl Gateway {
     /// the task is the relay's future plus what ending needs: an idle connection's task holds
     /// nothing else (no copy of its arguments, no handshake state).
     pub(super) fn start(self: &Arc<Self>, c: Established, shutdown: ShutdownWatch) {
-        let Established { client, early, route, pool, limits, live, lease, serve } = c;
+        let Established { client, early, route, pool, limits, live, lease, serve, permit } = c;
         let metrics = self.metrics.connection(&route, &pool);
         let grace = self.grace_period;
         match serve {
@@ -89,7 +94,7 @@ impl Gateway {
                 let policies = self.policies(rsv, Some(&limits));
                 let relay = Relay::new([client, backend], policies, [&early, &backend_early], observer)
                     .with_guards(guards(&limits, live.meter.id.as_u128()));
-                let ending = Ending { gateway: self.clone(), route, pool, live, lease };
+                let ending = Ending { gateway: self.clone(), route, pool, live, lease, _permit: permit };
                 // A combinator, not an async block: the task holds the relay's future once.
                 let run = relay.run(shutdown, grace).map(move |(report, observer)| {
                     drop(observer);
@@ -101,7 +106,7 @@ impl Gateway {
                 // Built-in objects touch their accounting per message themselves.
                 let observer = ConnObserver::new(metrics, live.clone(), None, None);
                 let tap = Tap::new(client, early, self.policies(0, None), observer);
-                let ending = Ending { gateway: self.clone(), route, pool, live, lease };
+                let ending = Ending { gateway: self.clone(), route, pool, live, lease, _permit: permit };
                 tokio::spawn(async move {
                     let report = match session::run(object, &id, tap, handle, shutdown, grace).await {
                         (Some(tap), cause) => tap.finish(cause).0,
@@ -150,7 +155,7 @@ fn guards(limits: &Limits, seed: u128) -> Guards {
 impl Ending {
     /// Count a finished connection, write its stop record and release its object lease.
     fn end(self, report: &RelayReport) {
-        let Ending { gateway, route, pool, live, lease } = self;
+        let Ending { gateway, route, pool, live, lease, _permit } = self;
         let (route, pool) = (route.as_str(), pool.as_str());
         let m = &gateway.metrics;
         m.connections_total.with_label_values(&[route, pool, report.outcome.as_str()]).inc();

@@ -31,7 +31,9 @@ pub mod reject;
 pub mod upgrade;
 pub mod upstream;
 
-use crate::config::{Config, Limits, RouteKind, Target, Timeouts};
+use crate::admission::caps::{Permit, Refusal};
+use crate::admission::{auth, origin, Gatekeeper};
+use crate::config::{Config, Limits, Route, RouteKind, Target, Timeouts};
 use crate::http1::head::{self, HeadError, RequestHead};
 use crate::metering::live::LiveSet;
 use crate::metering::{Meter, Rejection};
@@ -66,6 +68,22 @@ pub fn known_labels(config: &Config) -> crate::metrics::Known<'_> {
     }
 }
 
+/// A refusal by admission: the reason, the record's reason if not the label, a `Retry-After`.
+type Refused = (RejectReason, Option<String>, Option<u64>);
+
+/// What admission granted an upgrade, carried to its end.
+#[derive(Default)]
+pub struct Grant {
+    /// Object ids the credential may open (`*` wildcards); empty: any.
+    pub objects: Vec<String>,
+    /// The `Sec-WebSocket-Protocol` entry that carried the credential, when it was the only
+    /// entry offered: the 101 names it if the backend selects none (a browser that offered a
+    /// subprotocol fails a 101 without one).
+    pub key_entry: Option<String>,
+    /// The connection's share of the caps; given back when dropped.
+    pub permit: Option<Permit>,
+}
+
 /// The route label used for requests that matched no route.
 const NO_ROUTE: &str = "none";
 
@@ -90,6 +108,7 @@ pub struct Gateway {
     /// Per-message chunk sizes the pricing units need from the scanners.
     chunks: Chunks,
     http: Arc<HttpProxy<http::HttpRoutes>>,
+    gatekeeper: Arc<Gatekeeper>,
 }
 
 /// The shared parts a gateway serves with (built by `server`).
@@ -108,6 +127,8 @@ pub struct Parts {
     pub fds: Arc<crate::fds::Descriptors>,
     /// Pingora's proxy for plain HTTP on `http` routes.
     pub http: Arc<HttpProxy<http::HttpRoutes>>,
+    /// Authentication, origins, caps and rates.
+    pub gatekeeper: Arc<Gatekeeper>,
 }
 
 /// One client request on its way through the gateway: built once its head is read and routed,
@@ -127,6 +148,9 @@ pub struct Request {
     pub pool: String,
     /// The route's guards for the connection once upgraded.
     pub limits: Limits,
+    /// What admission granted: the object ids the credential may open (empty: any) and the
+    /// connection's share of the caps (given back when it ends).
+    pub grant: Grant,
     /// Turns true when weir shuts down.
     pub shutdown: ShutdownWatch,
 }
@@ -134,7 +158,7 @@ pub struct Request {
 impl Gateway {
     /// Assemble the gateway from the validated config and the shared parts.
     pub fn new(config: &Config, parts: Parts) -> Gateway {
-        let Parts { routes, pools, objects, metrics, live, fds, http } = parts;
+        let Parts { routes, pools, objects, metrics, live, fds, http, gatekeeper } = parts;
         Gateway {
             routes,
             pools,
@@ -151,6 +175,7 @@ impl Gateway {
             fail_open: config.usage.fail_open,
             chunks: crate::billing::units::chunks(&config.billing_units),
             http,
+            gatekeeper,
         }
     }
 
@@ -195,7 +220,7 @@ impl Gateway {
             let _ = stream.flush().await;
             return None;
         }
-        let Some(route) = self.routes.resolve(head.host().as_deref(), head.path()) else {
+        let Some((route_index, route)) = self.routes.resolve_indexed(head.host().as_deref(), head.path()) else {
             let record = wants_ws.then_some(&meter);
             self.refuse(&mut stream, RejectReason::UnknownRoute, None, NO_ROUTE, record).await;
             return None;
@@ -217,8 +242,15 @@ impl Gateway {
             route: route.name.clone(),
             pool,
             limits: route.limits,
+            grant: Grant::default(),
             shutdown: shutdown.clone(),
         };
+        if wants_ws {
+            if let Err((reason, detail, retry)) = self.admit(&mut req, route_index, route) {
+                self.refuse_with(&mut req.stream, reason, detail.as_deref(), retry, &req.route, Some(&req.meter)).await;
+                return None;
+            }
+        }
         if wants_ws && !self.fail_open && !self.live.recording() {
             // Usage could not be recorded durably: take no new connections (documented).
             self.reject(&mut req, RejectReason::SpoolUnavailable).await;
@@ -271,6 +303,53 @@ impl Gateway {
         self.refuse(&mut req.stream, reason, None, &req.route, Some(&req.meter)).await;
     }
 
+    /// Admission of an upgrade on route `index`, before any backend is touched: the origin, the
+    /// credential (its tenant goes into the record; it is removed from the request) and the
+    /// caps. A refusal carries the record's reason (a label, never the credential) and a
+    /// `Retry-After`.
+    fn admit(&self, req: &mut Request, index: usize, route: &Route) -> Result<(), Refused> {
+        if route.origins.as_ref().is_some_and(|o| !origin::allowed(o, &req.head.headers)) {
+            return Err((RejectReason::OriginNotAllowed, None, None));
+        }
+        if let Some(a) = self.gatekeeper.auth(index) {
+            match a.check(&req.head.target, &req.head.headers) {
+                Ok(admitted) => {
+                    auth::strip(&mut req.head, &admitted.from);
+                    req.grant.key_entry = match &admitted.from {
+                        auth::Found::Subprotocol(entry) if req.head.headers.get("sec-websocket-protocol").is_none() => {
+                            Some(entry.clone())
+                        }
+                        _ => None,
+                    };
+                    req.meter.identity_mut().tenant = Some(admitted.tenant);
+                    req.grant.objects = admitted.objects;
+                }
+                Err(auth::AuthError::Missing) => return Err((RejectReason::NoCredential, None, None)),
+                Err(auth::AuthError::Invalid(why)) => {
+                    return Err((RejectReason::BadCredential, Some(format!("bad_credential: {why}")), None));
+                }
+            }
+        }
+        let ip = req.meter.client.map(|a| a.ip());
+        let tenant = req.meter.identity().tenant.clone();
+        let permit = self.gatekeeper.caps.admit(
+            index,
+            route.admission.max_connections,
+            tenant.as_deref(),
+            ip,
+            std::time::Instant::now(),
+        );
+        match permit {
+            Ok(p) => req.grant.permit = Some(p),
+            Err(Refusal::Full) => return Err((RejectReason::AtCapacity, None, Some(1))),
+            Err(Refusal::IpFull) => return Err((RejectReason::ClientAtCapacity, None, Some(1))),
+            Err(Refusal::TenantFull) => return Err((RejectReason::TenantAtCapacity, None, Some(1))),
+            Err(Refusal::IpRate(s)) => return Err((RejectReason::ClientRateLimited, None, Some(s))),
+            Err(Refusal::TenantRate(s)) => return Err((RejectReason::TenantRateLimited, None, Some(s))),
+        }
+        Ok(())
+    }
+
     /// Answer `reason` on `stream` (with `detail` as the body and the record's reason instead of
     /// the reason's own, e.g. which id rule broke), count it under `route`, and record it when
     /// `meter` is given. The one way a request is refused.
@@ -283,8 +362,29 @@ impl Gateway {
         meter: Option<&Meter>,
     ) {
         let body = detail.unwrap_or(reason.body());
-        let _ = stream.write_all(&reason.response_with(body)).await;
+        let _ = stream.write_all(&reason.response_with(body, None)).await;
         let _ = stream.flush().await;
+        self.count_refusal(reason, detail, route, meter);
+    }
+
+    /// As `refuse`, with the standard body, `record_reason` in the record instead of the
+    /// reason's label (e.g. which credential check failed) and a `Retry-After`.
+    async fn refuse_with(
+        &self,
+        stream: &mut Stream,
+        reason: RejectReason,
+        record_reason: Option<&str>,
+        retry_after: Option<u64>,
+        route: &str,
+        meter: Option<&Meter>,
+    ) {
+        let _ = stream.write_all(&reason.response_with(reason.body(), retry_after)).await;
+        let _ = stream.flush().await;
+        self.count_refusal(reason, record_reason, route, meter);
+    }
+
+    /// Count and record a refusal already answered.
+    fn count_refusal(&self, reason: RejectReason, detail: Option<&str>, route: &str, meter: Option<&Meter>) {
         self.metrics.handshake_rejections.with_label_values(&[route, reason.as_str()]).inc();
         if let Some(meter) = meter {
             tracing::debug!(route, reason = reason.as_str(), status = reason.status(), "handshake rejected");

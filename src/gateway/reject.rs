@@ -47,12 +47,30 @@ pub enum RejectReason {
     DuplicateHost,
     /// The path has a dot segment, an encoded slash or backslash, a backslash or a NUL.
     BadPath,
+    /// The route authenticates and the request carries no credential.
+    NoCredential,
+    /// The credential is unknown, badly signed or expired (the record's reason names which).
+    BadCredential,
+    /// The credential is valid but may not open this object.
+    Forbidden,
+    /// A browser `Origin` not on the route's `origins` (or none, where one is required).
+    OriginNotAllowed,
+    /// `admission.max_connections` or the route's cap is reached.
+    AtCapacity,
+    /// The client address has `admission.max_connections_per_ip` open.
+    ClientAtCapacity,
+    /// The tenant has `admission.max_connections_per_tenant` open.
+    TenantAtCapacity,
+    /// The client address opens connections faster than `admission.ip_rate`.
+    ClientRateLimited,
+    /// The tenant opens connections faster than `admission.tenant_rate`.
+    TenantRateLimited,
 }
 
 impl RejectReason {
     /// Every reason, for metrics set up at startup (a new variant goes here too; the test
     /// `all_lists_every_reason_once` checks the labels are distinct).
-    pub const ALL: [RejectReason; 20] = {
+    pub const ALL: [RejectReason; 29] = {
         use RejectReason::*;
         [
             NotWebSocket,
@@ -75,6 +93,15 @@ impl RejectReason {
             DescriptorsExhausted,
             DuplicateHost,
             BadPath,
+            NoCredential,
+            BadCredential,
+            Forbidden,
+            OriginNotAllowed,
+            AtCapacity,
+            ClientAtCapacity,
+            TenantAtCapacity,
+            ClientRateLimited,
+            TenantRateLimited,
         ]
     };
 
@@ -87,7 +114,10 @@ impl RejectReason {
             UnsupportedVersion => 426,
             HeadTooLarge => 431,
             UnknownRoute => 404,
-            NoHealthyBackend | ObjectMoving | SpoolUnavailable | DescriptorsExhausted => 503,
+            NoHealthyBackend | ObjectMoving | SpoolUnavailable | DescriptorsExhausted | AtCapacity => 503,
+            NoCredential | BadCredential => 401,
+            Forbidden | OriginNotAllowed => 403,
+            ClientAtCapacity | TenantAtCapacity | ClientRateLimited | TenantRateLimited => 429,
             BackendUnreachable | BackendBadHandshake => 502,
             BackendTimeout => 504,
         }
@@ -117,6 +147,15 @@ impl RejectReason {
             DuplicateHost => "More than one Host header",
             BadPath => "Path with a dot segment, an encoded slash or backslash, a backslash or NUL",
             DescriptorsExhausted => "Too many open connections; retry",
+            NoCredential => "Credentials required",
+            BadCredential => "Invalid credentials",
+            Forbidden => "Not allowed",
+            OriginNotAllowed => "Origin not allowed",
+            AtCapacity => "Too many open connections; retry",
+            ClientAtCapacity => "Too many open connections from this address",
+            TenantAtCapacity => "Too many open connections for this tenant",
+            ClientRateLimited => "Too many new connections from this address; retry later",
+            TenantRateLimited => "Too many new connections for this tenant; retry later",
         }
     }
 
@@ -144,6 +183,15 @@ impl RejectReason {
             DuplicateHost => "duplicate_host",
             BadPath => "bad_path",
             DescriptorsExhausted => "descriptors_exhausted",
+            NoCredential => "no_credential",
+            BadCredential => "bad_credential",
+            Forbidden => "forbidden",
+            OriginNotAllowed => "origin_not_allowed",
+            AtCapacity => "at_capacity",
+            ClientAtCapacity => "client_at_capacity",
+            TenantAtCapacity => "tenant_at_capacity",
+            ClientRateLimited => "client_rate_limited",
+            TenantRateLimited => "tenant_rate_limited",
         }
     }
 
@@ -153,7 +201,7 @@ impl RejectReason {
         use RejectReason::*;
         match self {
             NoHealthyBackend | BackendUnreachable | BackendTimeout | BackendBadHandshake | ObjectMoving
-            | SpoolUnavailable | DescriptorsExhausted => self.as_str(),
+            | SpoolUnavailable | DescriptorsExhausted | AtCapacity => self.as_str(),
             _ => "rejected",
         }
     }
@@ -162,20 +210,23 @@ impl RejectReason {
     pub fn extra_headers(self) -> &'static str {
         match self {
             RejectReason::UnsupportedVersion => "Sec-WebSocket-Version: 13\r\n",
+            RejectReason::NoCredential | RejectReason::BadCredential => "WWW-Authenticate: Bearer realm=\"weir\"\r\n",
             _ => "",
         }
     }
 
     /// The complete HTTP/1.1 response (the connection is closed after it).
     pub fn response(self) -> Vec<u8> {
-        self.response_with(self.body())
+        self.response_with(self.body(), None)
     }
 
-    /// The response with `body` in place of the standard one (e.g. which id rule broke).
-    pub fn response_with(self, body: &str) -> Vec<u8> {
+    /// The response with `body` in place of the standard one (e.g. which id rule broke) and a
+    /// `Retry-After` in seconds if given (caps and rates).
+    pub fn response_with(self, body: &str, retry_after: Option<u64>) -> Vec<u8> {
         let status = self.status();
+        let retry = retry_after.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default();
         format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n{body}",
+            "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{}{retry}Connection: close\r\n\r\n{body}",
             reason_phrase(status),
             body.len(),
             self.extra_headers()
@@ -190,8 +241,11 @@ pub const BACKEND_REFUSED: &str = "backend_refused";
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         503 => "Service Unavailable",

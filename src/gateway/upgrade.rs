@@ -9,8 +9,9 @@ use super::connection::{Established, Serve};
 use super::reject::{self, RejectReason};
 use super::upstream::{self, UpstreamError};
 use super::{handshake, Gateway, Request};
+use crate::admission::auth;
 use crate::billing::ObjectRef;
-use crate::http1::upgrade::{accept_key, allowed_rsv, check_answer, switching_protocols, Answer};
+use crate::http1::upgrade::{accept_key, allowed_rsv, check_answer, switching_protocols, with_subprotocol, Answer};
 use crate::metering::{Meter, Rejection};
 use crate::objects::registry::{Lease, PlaceError};
 use crate::objects::Namespace;
@@ -70,6 +71,10 @@ impl Gateway {
             }
         };
         req.meter.identity_mut().object = Some(ObjectRef { namespace: c.name.clone(), id: id.clone() });
+        if !auth::object_allowed(&req.grant.objects, &id) {
+            tracing::debug!(route = %req.route, namespace = %c.name, "the credential may not open this object");
+            return self.reject(&mut req, RejectReason::Forbidden).await;
+        }
         match &ns.builtin {
             Some(object) => self.builtin(req, &key, ns, id, object.clone()).await,
             None => self.relayed(req, &key, Hop::Host(ns, &id)).await,
@@ -90,7 +95,7 @@ impl Gateway {
             Ok(l) => l,
             Err(_) => return self.reject(&mut req, RejectReason::ObjectMoving).await,
         };
-        let answer = switching_protocols(&accept_key(key));
+        let answer = with_subprotocol(switching_protocols(&accept_key(key)), req.grant.key_entry.as_deref());
         let early = req.head.early().to_vec();
         let handle = lease.object().clone();
         self.established(req, &answer, early, Some(lease), Serve::Object { object, id, handle }).await;
@@ -114,7 +119,8 @@ impl Gateway {
         };
         let client_ip = req.meter.client.map(|a| a.ip());
         let connection_id = &req.meter.identity().connection_id;
-        let request = upstream::upgrade_request(&req.head, client_ip, req.tls, connection_id, target);
+        let tenant = req.meter.identity().tenant.as_deref();
+        let request = upstream::upgrade_request(&req.head, client_ip, req.tls, connection_id, tenant, target);
         let answer = match upstream::handshake(&mut backend, &request, self.timeouts.backend_handshake).await {
             Ok(a) => a,
             Err(e) => {
@@ -138,7 +144,11 @@ impl Gateway {
         // here, so a long-lived connection carries nothing from it (README, "Idle cost").
         let early = req.head.early().to_vec();
         let serve = Serve::Relay { backend, early: answer.early().to_vec(), rsv };
-        self.established(req, answer.head(), early, lease, serve).await;
+        // A credential sent as the only subprotocol entry is named in the 101 when the backend
+        // selected none (a browser that offered one fails a 101 without it).
+        let entry = req.grant.key_entry.as_deref().filter(|_| answer.headers.get("sec-websocket-protocol").is_none());
+        let head_101 = with_subprotocol(answer.head().to_vec(), entry);
+        self.established(req, &head_101, early, lease, serve).await;
     }
 
     /// Send the 101 `head` to the client and hand the connection to its task; if the client is
@@ -151,7 +161,7 @@ impl Gateway {
         lease: Option<Lease>,
         serve: Serve,
     ) {
-        let Request { mut stream, meter, route, pool, shutdown, head, limits, .. } = req;
+        let Request { mut stream, meter, route, pool, shutdown, head, limits, grant, .. } = req;
         drop(head);
         if stream.write_all(head_101).await.is_err() || stream.flush().await.is_err() {
             let gone = Rejection { status: 101, outcome: "client_gone", reason: "client closed during the handshake" };
@@ -162,7 +172,8 @@ impl Gateway {
             l.connected();
         }
         let live = self.live.begin(meter);
-        let established = Established { client: stream, early, route, pool, limits, live, lease, serve };
+        let established =
+            Established { client: stream, early, route, pool, limits, live, lease, serve, permit: grant.permit };
         self.start(established, shutdown);
     }
 

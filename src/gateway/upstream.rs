@@ -131,6 +131,7 @@ pub fn upgrade_request(
     client_ip: Option<IpAddr>,
     tls: bool,
     connection_id: &str,
+    tenant: Option<&str>,
     object: Option<ObjectTarget<'_>>,
 ) -> Vec<u8> {
     let nominated: Vec<String> = head
@@ -159,6 +160,9 @@ pub fn upgrade_request(
     out.extend_from_slice(
         format!("X-Forwarded-Proto: {proto}\r\nX-Weir-Connection-Id: {connection_id}\r\n").as_bytes(),
     );
+    if let Some(t) = tenant.filter(|t| t.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))) {
+        out.extend_from_slice(format!("X-Weir-Tenant: {t}\r\n").as_bytes());
+    }
     if let Some(o) = object {
         // Ids pass the namespace's `allowed` set (printable ASCII), so they are valid header values.
         out.extend_from_slice(
@@ -232,7 +236,8 @@ mod tests {
         let raw = "GET /chat HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade, X-Secret\r\nUpgrade: websocket\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nCookie: s=1\r\nAuthorization: Bearer t\r\nSec-WebSocket-Protocol: chat\r\nX-Forwarded-For: 10.0.0.1\r\nX-Weir-Connection-Id: spoof\r\n\r\n";
         let head = head_of(raw);
         let out =
-            String::from_utf8(upgrade_request(&head, Some("127.0.0.9".parse().unwrap()), false, "id-1", None)).unwrap();
+            String::from_utf8(upgrade_request(&head, Some("127.0.0.9".parse().unwrap()), false, "id-1", None, None))
+                .unwrap();
         assert!(out.starts_with("GET /chat HTTP/1.1\r\nHost: a\r\n"));
         assert!(!out.contains("X-Secret"), "{out}");
         assert!(!out.contains("Keep-Alive"), "{out}");
@@ -269,7 +274,7 @@ mod tests {
     #[test]
     fn end_to_end_headers_named_in_connection_are_kept() {
         let raw = "GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, Host, Sec-WebSocket-Key, Sec-WebSocket-Version, Sec-WebSocket-Protocol, Sec-WebSocket-Extensions, Origin, Authorization, Cookie, X-Secret\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\nSec-WebSocket-Extensions: permessage-deflate\r\nOrigin: o\r\nAuthorization: Bearer t\r\nCookie: s=1\r\nX-Secret: 1\r\n\r\n";
-        let out = String::from_utf8(upgrade_request(&head_of(raw), None, false, "id", None)).unwrap();
+        let out = String::from_utf8(upgrade_request(&head_of(raw), None, false, "id", None, None)).unwrap();
         for kept in [
             "Host: a",
             "Sec-WebSocket-Key: k",
@@ -288,9 +293,15 @@ mod tests {
     #[test]
     fn forged_forwarding_and_weir_headers_are_dropped() {
         let raw = "GET /chat HTTP/1.1\r\nHost: a\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Port: 1\r\nX_Forwarded_For: 6.6.6.6\r\nMy_Header: x\r\nX-Weir-Object-Id: spoof\r\nX-Weir-Anything: spoof\r\nX-Kept: yes\r\n\r\n";
-        let out =
-            String::from_utf8(upgrade_request(&head_of(raw), Some("10.1.2.3".parse().unwrap()), true, "id", None))
-                .unwrap();
+        let out = String::from_utf8(upgrade_request(
+            &head_of(raw),
+            Some("10.1.2.3".parse().unwrap()),
+            true,
+            "id",
+            None,
+            None,
+        ))
+        .unwrap();
         assert!(!out.contains("6.6.6.6") && !out.contains("evil") && !out.contains("spoof"), "{out}");
         assert!(!out.contains('_') && !out.contains("X-Forwarded-Port"), "{out}");
         assert!(out.contains("\r\nX-Kept: yes\r\n"), "{out}");

@@ -3,6 +3,7 @@
 //! nothing from the rest of weir.
 //!
 //! - `head.rs`: reading request and response heads, bounded in size and time (warm path).
+//! - `query.rs`: query parameters and percent-escapes (warm path, pure).
 //! - `upgrade.rs`: RFC 6455 §4 helpers: the accept key, the check of a server's upgrade answer,
 //!   the 101 weir writes itself, extensions → RSV bits (warm path, pure).
 //! - here: `Fields`, the header fields of a head, and `host_without_port` (pure).
@@ -11,6 +12,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod head;
+pub mod query;
 pub mod upgrade;
 
 /// Header fields of a request or response head, in order, names as sent.

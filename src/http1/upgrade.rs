@@ -56,6 +56,18 @@ pub fn switching_protocols(accept: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A response head (`head`, ending in the blank line) with `Sec-WebSocket-Protocol: entry` added
+/// before the blank line; unchanged when `entry` is `None`.
+pub fn with_subprotocol(mut head: Vec<u8>, entry: Option<&str>) -> Vec<u8> {
+    if let Some(entry) = entry {
+        if head.ends_with(b"\r\n\r\n") {
+            head.truncate(head.len() - 2);
+            head.extend_from_slice(format!("Sec-WebSocket-Protocol: {entry}\r\n\r\n").as_bytes());
+        }
+    }
+    head
+}
+
 /// RSV bits the negotiated extensions allow, from the server's `Sec-WebSocket-Extensions`:
 /// permessage-deflate allows RSV1; an extension weir does not know allows all three (weir
 /// cannot tell what it uses them for); none allows none.

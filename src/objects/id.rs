@@ -5,6 +5,7 @@
 //! rule it broke; the gateway answers it with 400 and that text.
 
 use crate::config::{IdRules, IdSource};
+use crate::http1::query::{self, percent_decode};
 use crate::http1::Fields;
 use std::fmt;
 
@@ -73,16 +74,11 @@ pub fn extract(source: &IdSource, rules: &IdRules, target: &str, headers: &Field
             if tail != suffix {
                 return Err(missing());
             }
-            percent_decode(id, false)?
+            percent_decode(id, false).ok_or(IdError::BadEscape)?
         }
-        IdSource::Query(name) => {
-            let found = query
-                .split('&')
-                .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-                .find(|(k, _)| percent_decode(k, true).is_ok_and(|k| k == name.as_bytes()));
-            let (_, value) = found.ok_or_else(|| IdError::Missing(format!("the query parameter {name}")))?;
-            percent_decode(value, true)?
-        }
+        IdSource::Query(name) => query::param(query, name)
+            .ok_or_else(|| IdError::Missing(format!("the query parameter {name}")))?
+            .ok_or(IdError::BadEscape)?,
         IdSource::Header(name) => {
             let mut values = headers.all(name);
             let value = values.next().ok_or_else(|| IdError::Missing(format!("the header {name}")))?;
@@ -111,32 +107,6 @@ fn check(rules: &IdRules, raw: Vec<u8>) -> Result<String, IdError> {
     }
     // Every allowed byte is ASCII, so the id is valid UTF-8.
     String::from_utf8(raw).map_err(|_| IdError::BadEscape)
-}
-
-/// Decode `%XX` escapes (and `+` as space when `plus_is_space`, for query strings).
-fn percent_decode(s: &str, plus_is_space: bool) -> Result<Vec<u8>, IdError> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = b.get(i + 1..i + 3).ok_or(IdError::BadEscape)?;
-                let hex = std::str::from_utf8(hex).map_err(|_| IdError::BadEscape)?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| IdError::BadEscape)?);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Percent-encode `id` for a request path (everything but RFC 3986 unreserved characters).

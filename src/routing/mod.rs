@@ -28,7 +28,12 @@ impl RouteTable {
 
     /// The route for a request to `host` (lower-case, no port) and `path`.
     pub fn resolve(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| {
+        self.resolve_indexed(host, path).map(|(_, r)| r)
+    }
+
+    /// The route for a request, with its index in this table (see `iter`).
+    pub fn resolve_indexed(&self, host: Option<&str>, path: &str) -> Option<(usize, &Route)> {
+        self.routes.iter().enumerate().find(|(_, r)| {
             let host_ok = match (&r.host, host) {
                 (None, _) => true,
                 (Some(want), Some(h)) => want == h,
@@ -36,6 +41,11 @@ impl RouteTable {
             };
             host_ok && r.matches_path(path)
         })
+    }
+
+    /// The routes in table order (the order of `resolve_indexed`'s indices).
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
     }
 }
 

@@ -21,6 +21,8 @@ pub type Ws = WebSocketStream<TcpStream>;
 pub struct Seen {
     /// Request path.
     pub path: String,
+    /// Request query (after `?`; empty when none).
+    pub query: String,
     /// Request headers, names lower-cased.
     pub headers: Vec<(String, String)>,
 }
@@ -85,6 +87,7 @@ where
                 let callback = |req: &Request, mut resp: Response| {
                     let s = Seen {
                         path: req.uri().path().to_string(),
+                        query: req.uri().query().unwrap_or("").to_string(),
                         headers: req
                             .headers()
                             .iter()
