@@ -202,3 +202,53 @@ async fn the_per_address_cap_and_rate_refuse_with_429_and_retry_after() {
     assert_eq!((status, body.as_str()), (429, "Too many new connections from this address; retry later"), "{head}");
     assert_eq!(head_header(&(head + "\r\n"), "retry-after"), Some("1"));
 }
+
+/// A `proxy_protocol` listener: the client address of a v1 and a v2 header is the one in the
+/// record and in `X-Forwarded-For` at the backend; a connection without the header is closed.
+#[tokio::test]
+async fn proxy_protocol_headers_name_the_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = echo_backend().await;
+    let weir =
+        Weir::start_listener(&pool_and_route("p", &[backend.addr], "/ws"), "", "    proxy_protocol: true\n").await;
+    let upgrade = upgrade_request(weir.addr, "/ws", "");
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 9, 127, 0, 0, 1, 0x10, 0x92, 0x1f, 0x90]);
+    for (header, ip) in
+        [(b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 8080\r\n".to_vec(), "203.0.113.7"), (v2, "198.51.100.9")]
+    {
+        let mut s = tokio::net::TcpStream::connect(weir.addr).await.unwrap();
+        s.write_all(&[header, upgrade.clone().into_bytes()].concat()).await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf[..n]));
+        let seen = crate::support::eventually("the backend saw it", || async {
+            backend.seen().into_iter().find(|s| s.header("x-forwarded-for") == Some(ip))
+        })
+        .await;
+        assert_eq!(seen.header("x-real-ip"), Some(ip));
+        s.write_all(&[0x88, 0x80, 0, 0, 0, 0]).await.unwrap();
+    }
+    let records = weir.records_eventually(2).await;
+    let clients: Vec<String> = records.iter().map(|r| r.identity.client_addr.clone().unwrap_or_default()).collect();
+    assert!(clients[0].starts_with("203.0.113.7:") && clients[1].starts_with("198.51.100.9:"), "{clients:?}");
+    // No header: closed without an answer.
+    let (status, _, _) = raw_request(weir.addr, &upgrade).await.unwrap_or((0, String::new(), String::new()));
+    assert_eq!(status, 0, "no HTTP answer to a connection without a PROXY header");
+}
+
+/// `trusted_proxies`: behind a trusted peer the client is the rightmost untrusted address of
+/// `X-Forwarded-For`; from anyone else the header is ignored (and not forwarded).
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let backend = echo_backend().await;
+    let routes = pool_and_route("p", &[backend.addr], "/ws");
+    let weir = Weir::start_with(&routes, "trusted_proxies: [\"127.0.0.0/8\"]").await;
+    let (_c, head) = raw_client(weir.addr, "/ws", "X-Forwarded-For: 6.6.6.6, 203.0.113.5, 127.0.0.2\r\n", b"").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(backend.seen()[0].header("x-forwarded-for"), Some("203.0.113.5"));
+    let other = echo_backend().await;
+    let weir2 = Weir::start_with(&pool_and_route("p", &[other.addr], "/ws"), "trusted_proxies: [\"10.0.0.0/8\"]").await;
+    let (_c2, _) = raw_client(weir2.addr, "/ws", "X-Forwarded-For: 203.0.113.5\r\n", b"").await;
+    assert_eq!(other.seen()[0].header("x-forwarded-for"), Some("127.0.0.1"));
+}

@@ -76,6 +76,8 @@ impl Authenticator {
                         .collect(),
                 )),
                 AuthMethod::Jwt(settings) => JwtVerifier::new(settings).map(|v| Method::Jwt(Box::new(v))),
+                // Served by `external::External` (the `Gatekeeper` builds no verifier for it).
+                AuthMethod::External(_) => Err("external auth has no local verifier".into()),
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Authenticator { sources: auth.sources.clone(), methods })

@@ -1,9 +1,10 @@
 //! `routes[].auth`, `routes[].origins`, `admission:`: validation of who may connect and how
 //! many. Cold path (startup and `weir check`); every bad value is reported with its key path.
 
-use super::file::{FileAdmission, FileApiKey, FileAuth, FileConnRate, FileJwt, FileRoute};
+use super::file::{FileAdmission, FileApiKey, FileAuth, FileConnRate, FileExternalAuth, FileJwt, FileRoute};
 use super::model::{
-    Admission, ApiKey, Auth, AuthMethod, CredentialSources, JwtSettings, NewConnRate, Origins, RouteAdmission,
+    Admission, ApiKey, Auth, AuthMethod, CredentialSources, ExternalAuth, JwtSettings, NewConnRate, Origins,
+    RouteAdmission,
 };
 use super::validate::Validator;
 use std::path::PathBuf;
@@ -17,6 +18,14 @@ pub const DEFAULT_MAX_TRACKED_IPS: u64 = 100_000;
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 /// The JWT algorithms weir verifies.
 pub const JWT_ALGORITHMS: [&str; 4] = ["HS256", "RS256", "ES256", "EdDSA"];
+/// Default `auth.external.headers`: the request headers forwarded to the endpoint.
+pub const DEFAULT_EXTERNAL_HEADERS: [&str; 2] = ["authorization", "cookie"];
+/// Default `auth.external.timeout`.
+pub const DEFAULT_EXTERNAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest `auth.external.timeout`.
+pub const MAX_EXTERNAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest `auth.external.cache_ttl`.
+pub const MAX_EXTERNAL_CACHE_TTL: Duration = Duration::from_secs(3600);
 
 /// Decode 64 hex digits into a SHA-256 digest.
 pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
@@ -29,6 +38,99 @@ pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
+}
+
+/// Split `http://host[:port][/path]` into the address to connect to (`host:port`, port 80 by
+/// default), the `Host` header value and the request target (`/` by default); the error says
+/// what is wrong (the caller adds the key path and an example).
+pub fn parse_http_url(url: &str) -> Result<(String, String, String), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(if url.starts_with("https://") {
+            "https is not supported (plain http to a local or private endpoint)".into()
+        } else {
+            "must start with http://".into()
+        });
+    };
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, target) = rest.split_at(split);
+    let path = match target {
+        "" => "/".to_string(),
+        t if t.starts_with('?') => format!("/{t}"),
+        t => t.to_string(),
+    };
+    if path.bytes().any(|b| !b.is_ascii_graphic() || b == b'#') {
+        return Err("the path must be printable ASCII without spaces or `#`".into());
+    }
+    if authority.contains('@') {
+        return Err("must not carry a user or password".into());
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (ip, after) = v6.split_once(']').ok_or("an IPv6 address must be closed with `]`")?;
+            ip.parse::<std::net::Ipv6Addr>().map_err(|_| format!("`{ip}` is not an IPv6 address"))?;
+            (format!("[{ip}]"), after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        },
+    };
+    let host_ok = host.starts_with('[')
+        || (!host.is_empty()
+            && host.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')));
+    if !host_ok {
+        return Err("the host must be an IP address or a host name".into());
+    }
+    let port = match port {
+        None => 80,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("`{p}` is not a port (1-65535)"))?,
+    };
+    Ok((format!("{host}:{port}"), authority.to_string(), path))
+}
+
+/// A lower-case header name weir accepts in `auth` settings: letters, digits, `-` and `_`.
+fn is_header_name(h: &str) -> bool {
+    !h.is_empty() && h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Why `h` may not be in `auth.external.headers`: weir writes it itself.
+fn set_by_weir_for_the_endpoint(h: &str) -> Option<&'static str> {
+    const OWN: [&str; 10] = [
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "forwarded",
+        "x-real-ip",
+    ];
+    (OWN.contains(&h) || h.starts_with("x-forwarded-"))
+        .then_some("is set by weir itself on the request to the endpoint; name a header the client sends")
+}
+
+/// Why `h` may not be in `auth.external.copy_headers`: the backend's upgrade request never
+/// carries it as copied (weir's own, hop-by-hop, WebSocket and forwarding headers, names with `_`).
+fn never_copied_to_the_backend(h: &str) -> Option<&'static str> {
+    const FIXED: [&str; 10] = [
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "forwarded",
+        "x-real-ip",
+    ];
+    if h.contains('_') {
+        return Some("names with `_` are never forwarded to backends; use `-`");
+    }
+    (FIXED.contains(&h) || ["x-weir-", "x-forwarded-", "sec-websocket-"].iter().any(|p| h.starts_with(p)))
+        .then_some("is a header weir sets or checks itself on the upgrade; copy another header, e.g. x-user-id")
 }
 
 impl Validator {
@@ -53,6 +155,27 @@ impl Validator {
     }
 
     fn auth(&mut self, at: &str, a: &FileAuth) -> Option<Auth> {
+        if let Some(e) = &a.external {
+            let others = [
+                ("api_keys", !a.api_keys.is_empty()),
+                ("keys_file", a.keys_file.is_some()),
+                ("jwt", a.jwt.is_some()),
+                ("header", a.header.is_some()),
+                ("query", a.query.is_some()),
+                ("subprotocol", a.subprotocol.is_some()),
+            ];
+            for (key, _) in others.iter().filter(|(_, set)| *set) {
+                self.err(
+                    format!("{at}.{key}"),
+                    "",
+                    "does not combine with `external` (the endpoint decides from the headers it is sent); \
+                     remove one of them",
+                );
+            }
+            let external = self.external_auth(&format!("{at}.external"), e)?;
+            let sources = CredentialSources { header: "authorization".into(), query: None, subprotocol: None };
+            return Some(Auth { sources, methods: vec![AuthMethod::External(external)] });
+        }
         let header = a.header.clone().unwrap_or_else(|| "authorization".into()).to_ascii_lowercase();
         if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             self.err(format!("{at}.header"), &header, "must be a header name such as authorization or x-api-key");
@@ -90,7 +213,11 @@ impl Validator {
             }
         }
         if a.api_keys.is_empty() && a.keys_file.is_none() && a.jwt.is_none() {
-            self.err(at, "", "names no method; add `api_keys: [{sha256: ..., tenant: ...}]`, `keys_file` or `jwt`");
+            self.err(
+                at,
+                "",
+                "names no method; add `api_keys: [{sha256: ..., tenant: ...}]`, `keys_file`, `jwt` or `external`",
+            );
             return None;
         }
         Some(Auth { sources, methods })
@@ -188,6 +315,90 @@ impl Validator {
             leeway,
             tenant_claim: j.tenant_claim.clone().unwrap_or_else(|| "sub".into()),
             objects_claim: j.objects_claim.clone(),
+        })
+    }
+
+    /// `auth.external`: the endpoint's URL, the headers sent and copied, times and `on_error`.
+    fn external_auth(&mut self, at: &str, e: &FileExternalAuth) -> Option<ExternalAuth> {
+        let target = parse_http_url(&e.url);
+        if let Err(why) = &target {
+            self.err(
+                format!("{at}.url"),
+                &e.url,
+                format!("{why}; write it as http://host:port/path, e.g. http://127.0.0.1:9000/check"),
+            );
+        }
+        let names = |v: &mut Validator, key: &str, list: &[String], reserved: fn(&str) -> Option<&'static str>| {
+            let mut out: Vec<String> = Vec::new();
+            for (k, name) in list.iter().enumerate() {
+                let lower = name.trim().to_ascii_lowercase();
+                if !is_header_name(&lower) {
+                    v.err(format!("{at}.{key}[{k}]"), name, "must be a header name such as authorization or x-user-id");
+                } else if let Some(why) = reserved(&lower) {
+                    v.err(format!("{at}.{key}[{k}]"), name, why);
+                } else if !out.contains(&lower) {
+                    out.push(lower);
+                }
+            }
+            out
+        };
+        let default_headers: Vec<String> = DEFAULT_EXTERNAL_HEADERS.iter().map(|h| h.to_string()).collect();
+        let headers =
+            names(self, "headers", e.headers.as_deref().unwrap_or(&default_headers), set_by_weir_for_the_endpoint);
+        let copy_headers =
+            names(self, "copy_headers", e.copy_headers.as_deref().unwrap_or(&[]), never_copied_to_the_backend);
+        let tenant_header = e.tenant_header.as_ref().map(|h| h.trim().to_ascii_lowercase());
+        if let Some(h) = tenant_header.as_deref().filter(|h| !is_header_name(h)) {
+            self.err(format!("{at}.tenant_header"), h, "must be a header name such as x-tenant");
+        }
+        let timeout = match e.timeout.as_deref().map(humantime::parse_duration) {
+            None => DEFAULT_EXTERNAL_TIMEOUT,
+            Some(Ok(d)) if !d.is_zero() && d <= MAX_EXTERNAL_TIMEOUT => d,
+            Some(_) => {
+                self.err(
+                    format!("{at}.timeout"),
+                    e.timeout.as_deref().unwrap_or(""),
+                    "must be a duration from 1ms to 60s, e.g. \"2s\" (the default)",
+                );
+                DEFAULT_EXTERNAL_TIMEOUT
+            }
+        };
+        let cache_ttl = match e.cache_ttl.as_deref().map(humantime::parse_duration) {
+            None => Duration::ZERO,
+            Some(Ok(d)) if d <= MAX_EXTERNAL_CACHE_TTL => d,
+            Some(_) => {
+                self.err(
+                    format!("{at}.cache_ttl"),
+                    e.cache_ttl.as_deref().unwrap_or(""),
+                    "must be a duration from 0s (no cache, the default) to 1h, e.g. \"10s\"",
+                );
+                Duration::ZERO
+            }
+        };
+        let allow_on_error = match e.on_error.as_deref() {
+            None | Some("deny") => false,
+            Some("allow") => true,
+            Some(other) => {
+                self.err(
+                    format!("{at}.on_error"),
+                    other,
+                    "must be deny (503 while the endpoint cannot be asked; the default) or allow",
+                );
+                false
+            }
+        };
+        let (addr, host, path) = target.ok()?;
+        Some(ExternalAuth {
+            addr,
+            host,
+            path,
+            url: e.url.clone(),
+            headers,
+            tenant_header: tenant_header.filter(|h| is_header_name(h)),
+            copy_headers,
+            timeout,
+            cache_ttl,
+            allow_on_error,
         })
     }
 
@@ -316,6 +527,97 @@ mod tests {
             "admission.max_tracked_ips",
         ] {
             assert!(e.contains(key), "{key} missing in:\n{e}");
+        }
+    }
+
+    fn external(c: &crate::config::Config) -> &ExternalAuth {
+        let AuthMethod::External(e) = &c.routes[0].auth.as_ref().unwrap().methods[0] else { panic!("not external") };
+        e
+    }
+
+    #[test]
+    fn external_auth_parses_with_its_defaults() {
+        let c = config(", auth: {external: {url: \"http://127.0.0.1:9000/check\"}}", "").unwrap();
+        let e = external(&c);
+        assert_eq!((e.addr.as_str(), e.host.as_str(), e.path.as_str()), ("127.0.0.1:9000", "127.0.0.1:9000", "/check"));
+        assert_eq!(e.headers, ["authorization", "cookie"]);
+        assert_eq!((e.tenant_header.as_deref(), e.copy_headers.len()), (None, 0));
+        assert_eq!((e.timeout, e.cache_ttl, e.allow_on_error), (Duration::from_secs(2), Duration::ZERO, false));
+        let c = config(
+            ", auth: {external: {url: \"http://auth.internal/v1/check?x=1\", headers: [Authorization, cookie, x-api-key], \
+             tenant_header: X-Tenant, copy_headers: [x-user-id], timeout: 500ms, cache_ttl: 10s, on_error: allow}}",
+            "",
+        )
+        .unwrap();
+        let e = external(&c);
+        assert_eq!(
+            (e.addr.as_str(), e.host.as_str(), e.path.as_str()),
+            ("auth.internal:80", "auth.internal", "/v1/check?x=1")
+        );
+        assert_eq!(e.headers, ["authorization", "cookie", "x-api-key"]);
+        assert_eq!(
+            (e.tenant_header.as_deref(), e.copy_headers.as_slice()),
+            (Some("x-tenant"), &["x-user-id".to_string()][..])
+        );
+        assert_eq!(
+            (e.timeout, e.cache_ttl, e.allow_on_error),
+            (Duration::from_millis(500), Duration::from_secs(10), true)
+        );
+    }
+
+    #[test]
+    fn external_auth_errors_are_all_reported_with_their_key_paths() {
+        let e = config(
+            ", auth: {jwt: {secret: s}, query: key, external: {url: \"https://a/check\", headers: [host, \"bad name\"], \
+             tenant_header: \"x tenant\", copy_headers: [x-weir-tenant, sec-websocket-protocol, x_user], timeout: 0s, \
+             cache_ttl: 2h, on_error: maybe}}",
+            "",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "routes[0].auth.jwt",
+            "routes[0].auth.query",
+            "routes[0].auth.external.url",
+            "routes[0].auth.external.headers[0]",
+            "routes[0].auth.external.headers[1]",
+            "routes[0].auth.external.tenant_header",
+            "routes[0].auth.external.copy_headers[0]",
+            "routes[0].auth.external.copy_headers[1]",
+            "routes[0].auth.external.copy_headers[2]",
+            "routes[0].auth.external.timeout",
+            "routes[0].auth.external.cache_ttl",
+            "routes[0].auth.external.on_error",
+        ] {
+            assert!(e.contains(&format!("{key}:")) || e.contains(&format!("{key} ")), "{key} missing in:\n{e}");
+        }
+        assert!(e.contains("https is not supported"), "{e}");
+        let e = config(", auth: {external: {urll: \"http://127.0.0.1:1/\"}}", "").unwrap_err().to_string();
+        assert!(e.contains("routes[0].auth.external.urll") && e.contains("did you mean `url`?"), "{e}");
+    }
+
+    #[test]
+    fn http_urls() {
+        let ok = |u: &str| parse_http_url(u).unwrap();
+        assert_eq!(
+            ok("http://127.0.0.1:9000/check"),
+            ("127.0.0.1:9000".into(), "127.0.0.1:9000".into(), "/check".into())
+        );
+        assert_eq!(ok("http://[::1]:81"), ("[::1]:81".into(), "[::1]:81".into(), "/".into()));
+        assert_eq!(ok("http://auth?a=1"), ("auth:80".into(), "auth".into(), "/?a=1".into()));
+        for bad in [
+            "127.0.0.1:9000/check",
+            "https://127.0.0.1/",
+            "http://:80/",
+            "http://a:0/",
+            "http://a:x/",
+            "http://u:p@a/",
+            "http://a/b c",
+            "http://a/#f",
+            "http://[::1/",
+            "http://a..b/",
+        ] {
+            assert!(parse_http_url(bad).is_err(), "{bad}");
         }
     }
 

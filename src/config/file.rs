@@ -58,6 +58,9 @@ pub struct FileConfig {
     /// Connection caps and new-connection rates.
     #[serde(default)]
     pub admission: FileAdmission,
+    /// Peers (CIDRs) whose `X-Forwarded-For` names the client. Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `limits:` guards on open connections (at the top level, in an object namespace or a route;
@@ -165,6 +168,9 @@ pub struct FileListener {
     pub address: String,
     /// Terminate TLS on this listener (rustls).
     pub tls: Option<FileTls>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a load balancer,
+    /// naming the client; anything else is closed. Default: false.
+    pub proxy_protocol: Option<bool>,
 }
 
 /// TLS certificate and key (PEM files).
@@ -325,6 +331,9 @@ pub struct FileAuth {
     pub keys_file: Option<String>,
     /// JSON Web Tokens.
     pub jwt: Option<FileJwt>,
+    /// Forward authentication: an HTTP endpoint decides (as NGINX `auth_request`, Envoy
+    /// `ext_authz`, Traefik ForwardAuth); not combined with the other methods.
+    pub external: Option<FileExternalAuth>,
     /// Header carrying the credential; `authorization` takes `Bearer <credential>`. Default:
     /// authorization.
     pub header: Option<String>,
@@ -370,6 +379,29 @@ pub struct FileJwt {
     pub tenant_claim: Option<String>,
     /// Claim listing the object ids the token may open (`*` wildcards). Default: none (any).
     pub objects_claim: Option<String>,
+}
+
+/// `auth.external:` an HTTP endpoint that admits or refuses each upgrade.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileExternalAuth {
+    /// The endpoint, `http://host:port/path` (plain HTTP; weir sends `GET path`).
+    pub url: String,
+    /// Request headers forwarded to it (lower-case names). Default: [authorization, cookie].
+    pub headers: Option<Vec<String>>,
+    /// Header of its 2xx answer naming the tenant. Default: none (the route's tenant).
+    pub tenant_header: Option<String>,
+    /// Headers of its 2xx answer added to the upgrade sent to the backend, replacing any the
+    /// client sent with those names. Default: none.
+    pub copy_headers: Option<Vec<String>>,
+    /// Time for connecting and the whole answer (duration). Default: 2s.
+    pub timeout: Option<String>,
+    /// How long 2xx, 401 and 403 answers are reused for the same forwarded headers (duration;
+    /// `0s`: never). Default: 0s.
+    pub cache_ttl: Option<String>,
+    /// When it cannot be reached or answers badly: `deny` (503) or `allow` (admit with the
+    /// route's tenant). Default: deny.
+    pub on_error: Option<String>,
 }
 
 /// `routes[].admission:` caps of one route.

@@ -94,6 +94,7 @@ pub static FILE: Section = Section {
         opt("echo", Kind::Map(&ECHO)),
         opt("limits", Kind::Map(&LIMITS)),
         opt("admission", Kind::Map(&ADMISSION)),
+        opt("trusted_proxies", Kind::List(&Text)),
     ],
 };
 
@@ -129,6 +130,7 @@ static AUTH: Section = Section {
         opt("api_keys", Kind::List(&Kind::Map(&API_KEY))),
         opt("keys_file", Text),
         opt("jwt", Kind::Map(&JWT)),
+        opt("external", Kind::Map(&EXTERNAL_AUTH)),
         opt("header", Text),
         opt("query", Text),
         opt("subprotocol", Text),
@@ -158,6 +160,20 @@ static JWT: Section = Section {
         opt("leeway", Text),
         opt("tenant_claim", Text),
         opt("objects_claim", Text),
+    ],
+};
+
+static EXTERNAL_AUTH: Section = Section {
+    what: "`external`",
+    file_struct: "FileExternalAuth",
+    keys: &[
+        req("url", Text, "\"http://127.0.0.1:9000/check\""),
+        opt("headers", Kind::List(&Text)),
+        opt("tenant_header", Text),
+        opt("copy_headers", Kind::List(&Text)),
+        opt("timeout", Text),
+        opt("cache_ttl", Text),
+        opt("on_error", Text),
     ],
 };
 
@@ -205,7 +221,7 @@ static LOG: Section =
 static LISTENER: Section = Section {
     what: "a listener",
     file_struct: "FileListener",
-    keys: &[req("address", Text, "\"127.0.0.1:8080\""), opt("tls", Kind::Map(&TLS))],
+    keys: &[req("address", Text, "\"127.0.0.1:8080\""), opt("tls", Kind::Map(&TLS)), opt("proxy_protocol", Bool)],
 };
 
 static TLS: Section = Section {

@@ -2,7 +2,7 @@
 //!
 //! Cold path: built once at startup by `validate.rs`, then shared read-only (`Arc<Config>`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -44,6 +44,8 @@ pub struct Config {
     pub echo: EchoConfig,
     /// Process-wide connection caps and rates.
     pub admission: Admission,
+    /// Peers whose `X-Forwarded-For` is believed (`trusted_proxies`).
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// Settings of the built-in echo (the `builtin:echo` backend and the `echo` object).
@@ -71,6 +73,63 @@ pub enum LogFormat {
     Json,
 }
 
+/// A network in CIDR form (`10.0.0.0/8`, `2001:db8::/32`; a bare address is one host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parse `10.0.0.0/8`, `::1`, …; `None` when it is not one.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (ip, prefix) = match s.trim().split_once('/') {
+            Some((ip, p)) => (ip.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (s.trim().parse::<IpAddr>().ok()?, None),
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Cidr { addr: ip, prefix })
+    }
+
+    /// Whether `ip` is in this network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| -> (u128, u32) {
+            match a {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, nw), (got, gw)) = (bits(self.addr), bits(ip));
+        if nw != gw {
+            return false;
+        }
+        let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix)) };
+        net & mask == got & mask
+    }
+}
+
+#[cfg(test)]
+mod cidr_tests {
+    use super::Cidr;
+
+    #[test]
+    fn cidrs() {
+        let ten = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(ten.contains("10.2.3.4".parse().unwrap()));
+        assert!(ten.contains("::ffff:10.2.3.4".parse().unwrap()));
+        assert!(!ten.contains("11.0.0.1".parse().unwrap()));
+        let one = Cidr::parse("::1").unwrap();
+        assert!(one.contains("::1".parse().unwrap()) && !one.contains("::2".parse().unwrap()));
+        assert_eq!(Cidr::parse("10.0.0.0/33"), None);
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+    }
+}
+
 /// A public listener.
 #[derive(Debug, Clone)]
 pub struct Listener {
@@ -78,6 +137,8 @@ pub struct Listener {
     pub address: SocketAddr,
     /// TLS certificate and key paths, when TLS is terminated here.
     pub tls: Option<TlsFiles>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) naming the client.
+    pub proxy_protocol: bool,
 }
 
 /// PEM certificate chain and key paths.
@@ -306,6 +367,33 @@ pub enum AuthMethod {
     ApiKeys(Vec<ApiKey>),
     /// JSON Web Tokens.
     Jwt(JwtSettings),
+    /// An HTTP endpoint that decides (forward authentication); the only method when set.
+    External(ExternalAuth),
+}
+
+/// Forward authentication (`auth.external`): weir asks an HTTP endpoint about each upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalAuth {
+    /// `host:port` to connect to (a host name is resolved on every connect).
+    pub addr: String,
+    /// `Host` header value (the URL's authority as written).
+    pub host: String,
+    /// Request target sent (path and query).
+    pub path: String,
+    /// The URL as written (for logs).
+    pub url: String,
+    /// Request headers forwarded to the endpoint, lower-case.
+    pub headers: Vec<String>,
+    /// Header of a 2xx answer naming the tenant (lower-case); `None`: the route's tenant.
+    pub tenant_header: Option<String>,
+    /// Headers of a 2xx answer added to the backend's upgrade request (lower-case).
+    pub copy_headers: Vec<String>,
+    /// Time for connecting and the whole answer.
+    pub timeout: Duration,
+    /// How long 2xx, 401 and 403 answers are reused; zero: no cache.
+    pub cache_ttl: Duration,
+    /// Admit (with the route's tenant) when the endpoint cannot be asked.
+    pub allow_on_error: bool,
 }
 
 /// One API key (`auth.api_keys[]` or a line of `auth.keys_file`).

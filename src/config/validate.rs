@@ -213,6 +213,7 @@ impl Validator {
         let billing_units = f.billing.as_ref().map(|b| self.billing(b)).unwrap_or_default();
         let echo = self.echo(&f.echo);
         let admission = self.admission(&f.admission);
+        let trusted_proxies = self.trusted_proxies(&f.trusted_proxies);
         Config {
             threads,
             grace_period,
@@ -238,6 +239,7 @@ impl Validator {
             billing_units,
             echo,
             admission,
+            trusted_proxies,
         }
     }
 
@@ -420,7 +422,33 @@ impl Validator {
             cert: self.existing_file(&format!("listeners[{i}].tls.cert"), &t.cert),
             key: self.existing_file(&format!("listeners[{i}].tls.key"), &t.key),
         });
-        Some(Listener { address: address?, tls })
+        let proxy_protocol = l.proxy_protocol.unwrap_or(false);
+        if proxy_protocol && tls.is_some() {
+            self.err(
+                format!("listeners[{i}].proxy_protocol"),
+                "true",
+                "is not supported together with `tls` yet; terminate TLS at the load balancer, or drop one of them",
+            );
+        }
+        Some(Listener { address: address?, tls, proxy_protocol })
+    }
+
+    /// `trusted_proxies`: CIDRs (or single addresses).
+    fn trusted_proxies(&mut self, list: &[String]) -> Vec<Cidr> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let c = Cidr::parse(s);
+                if c.is_none() {
+                    self.err(
+                        format!("trusted_proxies[{i}]"),
+                        s,
+                        "must be an address or a CIDR, e.g. 10.0.0.0/8 or ::1",
+                    );
+                }
+                c
+            })
+            .collect()
     }
 
     fn existing_file(&mut self, key: &str, path: &str) -> PathBuf {

@@ -11,7 +11,8 @@
 //! - `handshake.rs`: RFC 6455 client checks (warm, pure). `reject.rs`: `RejectReason` → status,
 //!   body, metric label (warm, pure). `upstream.rs`: connect, forward the upgrade, read the
 //!   answer (warm). `http.rs`: Pingora's `ProxyHttp` pipeline for plain HTTP on `http` routes
-//!   (warm). `demo.rs`: the demo page (warm).
+//!   (warm). `demo.rs`: the demo page (warm). `external.rs`: admission by an `auth.external`
+//!   endpoint, its verdict applied to the request or passed on to the client (warm).
 //!
 //! Pingora calls `Gateway::process_new` once per client connection, which serves its requests (its
 //! listener, TLS and HTTP/1 session handling stay Pingora's). For an upgrade the handshake runs
@@ -24,6 +25,7 @@
 
 pub mod connection;
 pub mod demo;
+mod external;
 pub mod handshake;
 pub mod http;
 pub mod observer;
@@ -33,7 +35,7 @@ pub mod upstream;
 
 use crate::admission::caps::{Permit, Refusal};
 use crate::admission::{auth, origin, Gatekeeper};
-use crate::config::{Config, Limits, Route, RouteKind, Target, Timeouts};
+use crate::config::{Cidr, Config, Limits, Route, RouteKind, Target, Timeouts};
 use crate::http1::head::{self, HeadError, RequestHead};
 use crate::metering::live::LiveSet;
 use crate::metering::{Meter, Rejection};
@@ -49,6 +51,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use reject::RejectReason;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -62,7 +65,11 @@ pub fn known_labels(config: &Config) -> crate::metrics::Known<'_> {
     };
     crate::metrics::Known {
         routes: config.routes.iter().filter_map(|r| Some((r.name.as_str(), target(&r.target)?))).collect(),
-        reasons: RejectReason::ALL.iter().map(|r| r.as_str()).chain([reject::BACKEND_REFUSED]).collect(),
+        reasons: RejectReason::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .chain([reject::BACKEND_REFUSED, reject::BAD_PROXY_HEADER])
+            .collect(),
         namespaces: config.objects.iter().map(|n| n.name.as_str()).collect(),
         sinks: config.usage.sinks.iter().map(|s| s.name.as_str()).collect(),
     }
@@ -109,6 +116,10 @@ pub struct Gateway {
     chunks: Chunks,
     http: Arc<HttpProxy<http::HttpRoutes>>,
     gatekeeper: Arc<Gatekeeper>,
+    /// Listener addresses whose connections start with a PROXY header.
+    proxy_listeners: Vec<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    trusted_proxies: Vec<Cidr>,
 }
 
 /// The shared parts a gateway serves with (built by `server`).
@@ -176,22 +187,66 @@ impl Gateway {
             chunks: crate::billing::units::chunks(&config.billing_units),
             http,
             gatekeeper,
+            proxy_listeners: config.listeners.iter().filter(|l| l.proxy_protocol).map(|l| l.address).collect(),
+            trusted_proxies: config.trusted_proxies.clone(),
         }
+    }
+
+    /// Whether a connection accepted at `local` came through a `proxy_protocol` listener (an
+    /// unspecified listener address matches any address with its port).
+    fn expects_proxy_header(&self, local: Option<SocketAddr>) -> bool {
+        let Some(local) = local else { return false };
+        self.proxy_listeners
+            .iter()
+            .any(|l| l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip()))
+    }
+
+    /// The client's address: the PROXY header's (already in `client`), then, when that peer is
+    /// a trusted proxy, the first untrusted address of `X-Forwarded-For` from the right.
+    fn client_address(&self, client: Option<SocketAddr>, head: &RequestHead) -> Option<SocketAddr> {
+        let peer = client?;
+        let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|c| c.contains(ip));
+        if !trusted(peer.ip()) {
+            return Some(peer);
+        }
+        let forwarded = crate::http1::proxy::forwarded_client(head.headers.all("x-forwarded-for"), trusted);
+        Some(forwarded.map_or(peer, |ip| SocketAddr::new(ip, 0)))
     }
 
     /// Serve one request on `stream`: a WebSocket (relayed to its end), plain HTTP on an `http`
     /// route (Pingora's proxy; the stream may come back for the next request), the demo page, or
     /// a rejection.
     async fn serve(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
-        let client = stream.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let digest = stream.get_socket_digest();
+        let mut client = digest.as_ref().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        let local = digest.as_ref().and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
         let tls = stream.get_ssl_digest().is_some();
-        let mut meter = Meter::start(client);
-        meter.identity_mut().tenant = self.default_tenant.clone();
+        let mut already = Vec::new();
+        if self.expects_proxy_header(local) {
+            match crate::http1::proxy::read(&mut stream, self.timeouts.request_head).await {
+                Ok((addr, rest)) => {
+                    client = addr.or(client);
+                    already = rest;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = ?client, error = ?e, "no valid PROXY header on a proxy_protocol listener; closed");
+                    self.metrics.handshake_rejections.with_label_values(&[NO_ROUTE, reject::BAD_PROXY_HEADER]).inc();
+                    return None;
+                }
+            }
+        }
         let mut watch = shutdown.clone();
         let head = tokio::select! {
-            head = head::read_head(&mut stream, self.timeouts.request_head) => head,
+            head = head::read_head_after(&mut stream, self.timeouts.request_head, &already) => head,
             _ = watch.wait_for(|down| *down) => return None,
         };
+        drop(already);
+        let client = match &head {
+            Ok(h) => self.client_address(client, h),
+            Err(_) => client,
+        };
+        let mut meter = Meter::start(client);
+        meter.identity_mut().tenant = self.default_tenant.clone();
         let head = match head {
             Ok(h) => h,
             Err(HeadError::Closed | HeadError::TimedOut | HeadError::Io(_)) => return None,
@@ -246,8 +301,12 @@ impl Gateway {
             shutdown: shutdown.clone(),
         };
         if wants_ws {
-            if let Err((reason, detail, retry)) = self.admit(&mut req, route_index, route) {
-                self.refuse_with(&mut req.stream, reason, detail.as_deref(), retry, &req.route, Some(&req.meter)).await;
+            if let Err((reason, detail, retry)) = self.admit(&mut req, route_index, route).await {
+                // An external auth endpoint's refusal was passed on and recorded already.
+                if reason != RejectReason::ExternalAuthDenied {
+                    let (stream, meter) = (&mut req.stream, Some(&req.meter));
+                    self.refuse_with(stream, reason, detail.as_deref(), retry, &req.route, meter).await;
+                }
                 return None;
             }
         }
@@ -306,10 +365,13 @@ impl Gateway {
     /// Admission of an upgrade on route `index`, before any backend is touched: the origin, the
     /// credential (its tenant goes into the record; it is removed from the request) and the
     /// caps. A refusal carries the record's reason (a label, never the credential) and a
-    /// `Retry-After`.
-    fn admit(&self, req: &mut Request, index: usize, route: &Route) -> Result<(), Refused> {
+    /// `Retry-After`. Async for `auth.external` only (`external.rs`).
+    async fn admit(&self, req: &mut Request, index: usize, route: &Route) -> Result<(), Refused> {
         if route.origins.as_ref().is_some_and(|o| !origin::allowed(o, &req.head.headers)) {
             return Err((RejectReason::OriginNotAllowed, None, None));
+        }
+        if let Some(ext) = self.gatekeeper.external(index) {
+            self.admit_external(req, ext).await?;
         }
         if let Some(a) = self.gatekeeper.auth(index) {
             match a.check(&req.head.target, &req.head.headers) {

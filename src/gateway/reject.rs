@@ -65,12 +65,19 @@ pub enum RejectReason {
     ClientRateLimited,
     /// The tenant opens connections faster than `admission.tenant_rate`.
     TenantRateLimited,
+    /// The route's `auth.external` endpoint refused: the client gets the endpoint's own status
+    /// and body (`passed_response`; `status` and `body` here are only the nominal ones), the
+    /// record says `external_auth: <status>`.
+    ExternalAuthDenied,
+    /// The route's `auth.external` endpoint could not be asked (timeout, connection error, bad
+    /// answer) and `on_error` is `deny`.
+    ExternalAuthUnavailable,
 }
 
 impl RejectReason {
     /// Every reason, for metrics set up at startup (a new variant goes here too; the test
     /// `all_lists_every_reason_once` checks the labels are distinct).
-    pub const ALL: [RejectReason; 29] = {
+    pub const ALL: [RejectReason; 31] = {
         use RejectReason::*;
         [
             NotWebSocket,
@@ -102,6 +109,8 @@ impl RejectReason {
             TenantAtCapacity,
             ClientRateLimited,
             TenantRateLimited,
+            ExternalAuthDenied,
+            ExternalAuthUnavailable,
         ]
     };
 
@@ -114,9 +123,14 @@ impl RejectReason {
             UnsupportedVersion => 426,
             HeadTooLarge => 431,
             UnknownRoute => 404,
-            NoHealthyBackend | ObjectMoving | SpoolUnavailable | DescriptorsExhausted | AtCapacity => 503,
+            NoHealthyBackend
+            | ObjectMoving
+            | SpoolUnavailable
+            | DescriptorsExhausted
+            | AtCapacity
+            | ExternalAuthUnavailable => 503,
             NoCredential | BadCredential => 401,
-            Forbidden | OriginNotAllowed => 403,
+            Forbidden | OriginNotAllowed | ExternalAuthDenied => 403,
             ClientAtCapacity | TenantAtCapacity | ClientRateLimited | TenantRateLimited => 429,
             BackendUnreachable | BackendBadHandshake => 502,
             BackendTimeout => 504,
@@ -156,6 +170,8 @@ impl RejectReason {
             TenantAtCapacity => "Too many open connections for this tenant",
             ClientRateLimited => "Too many new connections from this address; retry later",
             TenantRateLimited => "Too many new connections for this tenant; retry later",
+            ExternalAuthDenied => "Not allowed",
+            ExternalAuthUnavailable => "Authentication is unavailable right now; retry",
         }
     }
 
@@ -192,6 +208,8 @@ impl RejectReason {
             TenantAtCapacity => "tenant_at_capacity",
             ClientRateLimited => "client_rate_limited",
             TenantRateLimited => "tenant_rate_limited",
+            ExternalAuthDenied => "external_auth",
+            ExternalAuthUnavailable => "external_auth_unavailable",
         }
     }
 
@@ -200,8 +218,15 @@ impl RejectReason {
     pub fn outcome(self) -> &'static str {
         use RejectReason::*;
         match self {
-            NoHealthyBackend | BackendUnreachable | BackendTimeout | BackendBadHandshake | ObjectMoving
-            | SpoolUnavailable | DescriptorsExhausted | AtCapacity => self.as_str(),
+            NoHealthyBackend
+            | BackendUnreachable
+            | BackendTimeout
+            | BackendBadHandshake
+            | ObjectMoving
+            | SpoolUnavailable
+            | DescriptorsExhausted
+            | AtCapacity
+            | ExternalAuthUnavailable => self.as_str(),
             _ => "rejected",
         }
     }
@@ -235,18 +260,45 @@ impl RejectReason {
     }
 }
 
+/// The answer passed on to the client for an `auth.external` endpoint's refusal: the endpoint's
+/// `status`, the header fields weir passes on from it (`headers`, e.g. `WWW-Authenticate`) and its
+/// `body` (already bounded by the caller), then the connection is closed.
+pub fn passed_response(status: u16, headers: &[(String, Vec<u8>)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)).into_bytes();
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
 /// The label used for a backend's non-101 answer passed through to the client.
 pub const BACKEND_REFUSED: &str = "backend_refused";
 
+/// The label of a connection on a `proxy_protocol` listener closed for a missing or bad PROXY
+/// header (no answer is sent; route `none`).
+pub const BAD_PROXY_HEADER: &str = "bad_proxy_header";
+
 fn reason_phrase(status: u16) -> &'static str {
     match status {
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
+        407 => "Proxy Authentication Required",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
@@ -270,6 +322,19 @@ mod tests {
         let r = String::from_utf8(RejectReason::NotWebSocket.response()).unwrap();
         assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n"));
         assert!(r.ends_with("\r\n\r\nExpected websocket"));
+    }
+
+    #[test]
+    fn a_passed_answer_keeps_its_status_headers_and_body() {
+        let headers = [("WWW-Authenticate".to_string(), b"Basic realm=\"x\"".to_vec())];
+        let r = String::from_utf8(super::passed_response(401, &headers, b"who are you")).unwrap();
+        assert_eq!(
+            r,
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"x\"\r\nContent-Length: 11\r\nConnection: close\r\n\r\nwho are you"
+        );
+        assert!(String::from_utf8(super::passed_response(418, &[], b""))
+            .unwrap()
+            .starts_with("HTTP/1.1 418 Error\r\n"));
     }
 
     #[test]

@@ -147,14 +147,29 @@ pub enum HeadError {
 
 /// Read and parse one request head, within `timeout`.
 pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, timeout: Duration) -> Result<RequestHead, HeadError> {
-    match tokio::time::timeout(timeout, read_head_inner(stream)).await {
+    read_head_after(stream, timeout, &[]).await
+}
+
+/// `read_head` for a stream of which `already` was read (after a PROXY header, say).
+pub async fn read_head_after<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+    already: &[u8],
+) -> Result<RequestHead, HeadError> {
+    match tokio::time::timeout(timeout, read_head_inner(stream, already)).await {
         Ok(r) => r,
         Err(_) => Err(HeadError::TimedOut),
     }
 }
 
-async fn read_head_inner<S: AsyncRead + Unpin>(stream: &mut S) -> Result<RequestHead, HeadError> {
-    let mut buf = BytesMut::with_capacity(INITIAL_READ);
+async fn read_head_inner<S: AsyncRead + Unpin>(stream: &mut S, already: &[u8]) -> Result<RequestHead, HeadError> {
+    let mut buf = BytesMut::with_capacity(INITIAL_READ.max(already.len()));
+    buf.extend_from_slice(already);
+    if !buf.is_empty() {
+        if let Some((method, target, minor_version, headers, head_len)) = parse(&buf)? {
+            return Ok(RequestHead { method, target, minor_version, headers, buf, head_len });
+        }
+    }
     loop {
         if buf.len() >= MAX_HEAD_BYTES {
             return Err(HeadError::TooLarge);

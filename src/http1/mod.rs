@@ -3,6 +3,7 @@
 //! nothing from the rest of weir.
 //!
 //! - `head.rs`: reading request and response heads, bounded in size and time (warm path).
+//! - `proxy.rs`: the PROXY protocol header and `X-Forwarded-For` from trusted proxies (warm, sans-io).
 //! - `query.rs`: query parameters and percent-escapes (warm path, pure).
 //! - `upgrade.rs`: RFC 6455 §4 helpers: the accept key, the check of a server's upgrade answer,
 //!   the 101 weir writes itself, extensions → RSV bits (warm path, pure).
@@ -12,6 +13,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod head;
+pub mod proxy;
 pub mod query;
 pub mod upgrade;
 

@@ -84,28 +84,28 @@ impl Weir {
 
     /// Like `start`, with `extra` YAML appended (e.g. `timeouts:` or `server:` overrides).
     pub async fn start_with(pools_and_routes: &str, extra: &str) -> Weir {
-        Self::start_full(pools_and_routes, extra, None).await
+        Self::start_full(pools_and_routes, extra, "").await
     }
 
     /// Like `start`, with TLS terminated on the public listener with these PEM files.
     pub async fn start_tls(pools_and_routes: &str, cert: &std::path::Path, key: &std::path::Path) -> Weir {
-        Self::start_full(pools_and_routes, "", Some((cert, key))).await
+        let tls = format!("    tls:\n      cert: \"{}\"\n      key: \"{}\"\n", cert.display(), key.display());
+        Self::start_full(pools_and_routes, "", &tls).await
     }
 
-    async fn start_full(
-        pools_and_routes: &str,
-        extra: &str,
-        tls: Option<(&std::path::Path, &std::path::Path)>,
-    ) -> Weir {
+    /// Like `start_with`, with `listener` (YAML lines of the public listener's entry, indented
+    /// by four spaces, e.g. `    proxy_protocol: true\n`).
+    pub async fn start_listener(pools_and_routes: &str, extra: &str, listener: &str) -> Weir {
+        Self::start_full(pools_and_routes, extra, listener).await
+    }
+
+    async fn start_full(pools_and_routes: &str, extra: &str, tls_yaml: &str) -> Weir {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let dir = tempfile::tempdir().expect("tempdir");
             let (port, admin_port) = (free_port(), free_port());
             let usage = dir.path().join("usage.jsonl");
             let has = |k: &str| extra.lines().any(|l| l.starts_with(k));
-            let tls_yaml = tls
-                .map(|(c, k)| format!("    tls:\n      cert: \"{}\"\n      key: \"{}\"\n", c.display(), k.display()))
-                .unwrap_or_default();
             let mut yaml = format!(
                 "listeners:\n  - address: \"127.0.0.1:{port}\"\n{tls_yaml}admin:\n  address: \"127.0.0.1:{admin_port}\"\nlog:\n  level: debug\n"
             );
