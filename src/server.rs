@@ -21,6 +21,7 @@ use crate::fds::{Descriptors, Sampler};
 use crate::gateway::http::HttpRoutes;
 use crate::gateway::{Gateway, Parts};
 use crate::metering::live::{LiveSet, Sweeper};
+use crate::metering::quota::{QuotaTicker, Quotas};
 use crate::metering::rejections::Rejections;
 use crate::metrics::Metrics;
 use crate::objects::Objects;
@@ -90,9 +91,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         &server.configuration,
         HttpRoutes::new(routes.clone(), pools.clone(), config.timeouts),
     ));
+    let quotas = Quotas::new(config.quotas.clone(), Some(config.data_dir.clone()), metrics.quota_utilisation.clone());
     let gateway = Gateway::new(
         &config,
         Parts {
+            quotas: quotas.clone(),
             gatekeeper: Arc::new(
                 crate::admission::Gatekeeper::new(routes.iter(), &config.admission).map_err(|e| anyhow::anyhow!(e))?,
             ),
@@ -140,6 +143,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     server.add_service(background_service("spool flusher", Flusher::new(spool.clone(), u.fsync_interval)));
     server.add_service(background_service("interim sweeper", Sweeper::new(live.clone())));
+    if !quotas.is_empty() {
+        server.add_service(background_service("quota ticker", QuotaTicker(quotas.clone())));
+    }
     let sampler = Sampler::new(fds, metrics.open_fds.clone(), metrics.max_fds.clone(), metrics.resident_memory.clone());
     server.add_service(background_service("descriptor sampler", sampler));
     let accept_errors = metrics.accept_errors.clone();

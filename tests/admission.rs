@@ -252,3 +252,264 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let (_c2, _) = raw_client(weir2.addr, "/ws", "X-Forwarded-For: 203.0.113.5\r\n", b"").await;
     assert_eq!(other.seen()[0].header("x-forwarded-for"), Some("127.0.0.1"));
 }
+
+// --- `auth.external`: forward authentication (issue 11) ---
+
+/// A forward-auth endpoint on 127.0.0.1:0: records each request head and writes `answer(head)`
+/// (a raw HTTP response), or never answers when it gives `None`.
+struct AuthEndpoint {
+    addr: std::net::SocketAddr,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AuthEndpoint {
+    async fn start(answer: fn(&str) -> Option<String>) -> AuthEndpoint {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 64 * 1024 {
+                        match s.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    seen.lock().unwrap().push(head.clone());
+                    match answer(&head) {
+                        Some(a) => {
+                            let _ = s.write_all(a.as_bytes()).await;
+                            let _ = s.shutdown().await;
+                        }
+                        None => tokio::time::sleep(std::time::Duration::from_secs(60)).await,
+                    }
+                });
+            }
+        });
+        AuthEndpoint { addr, heads, task }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// `auth:` YAML (flow) for a route checked by this endpoint, with more `external` keys.
+    fn auth(&self, more: &str) -> String {
+        format!("auth: {{external: {{url: \"http://{}/check\"{more}}}}}", self.addr)
+    }
+}
+
+impl Drop for AuthEndpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The value of header `name` in a raw request head (case-insensitive name).
+fn request_header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n")
+        .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+}
+
+#[tokio::test]
+async fn an_external_endpoint_admits_with_its_tenant_and_copied_headers() {
+    let endpoint = AuthEndpoint::start(|_| {
+        Some("HTTP/1.1 200 OK\r\nX-Tenant: globex\r\nX-User-Id: u-42\r\nContent-Length: 0\r\n\r\n".into())
+    })
+    .await;
+    let backend = echo_backend().await;
+    let route = format!("tenant: acme, {}", endpoint.auth(", tenant_header: x-tenant, copy_headers: [x-user-id]"));
+    let weir = Weir::start(&config(&backend, &route, "")).await;
+    let extra = "Authorization: Bearer ext-secret-token-1\r\nX-User-Id: admin\r\nCookie: sid=ext-cookie-2\r\n";
+    let (mut c, head) = raw_client(weir.addr, "/ws/room?id=7", extra, b"").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let _ = c.try_write(&[0x88, 0x80, 0, 0, 0, 0]).await;
+
+    // What the endpoint was asked.
+    let asked = endpoint.heads();
+    assert_eq!(asked.len(), 1);
+    let h = &asked[0];
+    assert!(h.starts_with("GET /check HTTP/1.1\r\n"), "{h}");
+    assert_eq!(request_header(h, "host"), Some(endpoint.addr.to_string().as_str()));
+    assert_eq!(request_header(h, "x-forwarded-method"), Some("GET"));
+    assert_eq!(request_header(h, "x-forwarded-uri"), Some("/ws/room?id=7"));
+    assert_eq!(request_header(h, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(request_header(h, "authorization"), Some("Bearer ext-secret-token-1"));
+    assert_eq!(request_header(h, "cookie"), Some("sid=ext-cookie-2"));
+    assert_eq!(request_header(h, "x-user-id"), None, "only the named headers are forwarded");
+
+    // What the backend got: the tenant and the endpoint's X-User-Id, not the client's.
+    let seen = backend.seen().remove(0);
+    assert_eq!(seen.header("x-weir-tenant"), Some("globex"));
+    let ids: Vec<&str> = seen.headers.iter().filter(|(n, _)| n == "x-user-id").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(ids, ["u-42"]);
+    assert_eq!(seen.header("authorization"), Some("Bearer ext-secret-token-1"), "forwarded as sent (forward auth)");
+
+    let r = weir.records_eventually(1).await.remove(0);
+    assert_eq!((r.status, r.identity.tenant.as_deref()), (101, Some("globex")));
+    let usage = std::fs::read_to_string(&weir.usage).unwrap();
+    for secret in ["ext-secret-token-1", "ext-cookie-2", "u-42"] {
+        assert!(!usage.contains(secret) && !weir.log().contains(secret), "{secret} in a record or the log");
+    }
+}
+
+#[tokio::test]
+async fn an_external_refusal_reaches_the_client_with_its_status_and_body() {
+    let endpoint = AuthEndpoint::start(|head| {
+        Some(if head.contains("Bearer big") {
+            format!("HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"sso\"\r\nContent-Length: 10000\r\n\r\n{}", "x".repeat(10_000))
+        } else {
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nX-Internal: hidden\r\nContent-Length: 16\r\n\r\nno entry for you".into()
+        })
+    })
+    .await;
+    let backend = echo_backend().await;
+    let weir = Weir::start(&config(&backend, &endpoint.auth(""), "")).await;
+    let req = upgrade_request(weir.addr, "/ws", "Authorization: Bearer ext-denied-3\r\n");
+    let (status, head, body) = raw_request(weir.addr, &req).await.unwrap();
+    assert_eq!((status, body.as_str()), (403, "no entry for you"), "{head}");
+    let head = head + "\r\n";
+    assert_eq!(head_header(&head, "content-type"), Some("text/plain"));
+    assert_eq!(head_header(&head, "x-internal"), None, "only a few of the endpoint's headers are passed on");
+    // A body over 4 KiB is cut there.
+    let req = upgrade_request(weir.addr, "/ws", "Authorization: Bearer big\r\n");
+    let (status, head, body) = raw_request(weir.addr, &req).await.unwrap();
+    assert_eq!((status, body.len()), (401, 4096), "{head}");
+    assert_eq!(head_header(&(head + "\r\n"), "www-authenticate"), Some("Bearer realm=\"sso\""));
+    assert!(backend.seen().is_empty(), "no backend was touched");
+
+    let records = weir.records_eventually(2).await;
+    let got: Vec<(u16, &str, &str)> =
+        records.iter().map(|r| (r.status, r.outcome.as_str(), r.reason.as_deref().unwrap_or(""))).collect();
+    assert_eq!(got, [(403, "rejected", "external_auth: 403"), (401, "rejected", "external_auth: 401")]);
+    let m = weir.metrics().await;
+    assert_eq!(
+        metric(&m, "weir_handshake_rejections_total", &[("route", "ws"), ("reason", "external_auth")]),
+        Some(2.0)
+    );
+    let usage = std::fs::read_to_string(&weir.usage).unwrap();
+    assert!(!usage.contains("no entry for you") && !weir.log().contains("no entry for you"), "the answer is not kept");
+    assert!(!usage.contains("ext-denied-3") && !weir.log().contains("ext-denied-3"));
+}
+
+#[tokio::test]
+async fn an_external_endpoint_that_does_not_answer_in_time_follows_on_error() {
+    let endpoint = AuthEndpoint::start(|_| None).await;
+    let backend = echo_backend().await;
+    let deny = config(&backend, &endpoint.auth(", timeout: 200ms"), "");
+    let weir = Weir::start(&deny).await;
+    let started = std::time::Instant::now();
+    let (status, _, body) = raw_request(weir.addr, &upgrade_request(weir.addr, "/ws", "")).await.unwrap();
+    assert_eq!((status, body.as_str()), (503, "Authentication is unavailable right now; retry"));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200), "{:?}", started.elapsed());
+    let r = weir.records_eventually(1).await.remove(0);
+    assert_eq!((r.status, r.reason.as_deref()), (503, Some("external_auth_unavailable")));
+
+    // on_error: allow admits with the route's tenant, and warns at most once a second.
+    let backend2 = echo_backend().await;
+    let route =
+        format!("tenant: acme, {}", endpoint.auth(", timeout: 100ms, on_error: allow, copy_headers: [x-user-id]"));
+    let weir2 = Weir::start(&config(&backend2, &route, "")).await;
+    for _ in 0..2 {
+        let (mut c, head) = raw_client(weir2.addr, "/ws", "X-User-Id: admin\r\n", b"").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let _ = c.try_write(&[0x88, 0x80, 0, 0, 0, 0]).await;
+    }
+    let seen = backend2.seen();
+    assert_eq!(seen[0].header("x-weir-tenant"), Some("acme"));
+    assert_eq!(seen[0].header("x-user-id"), None, "a client's copy_headers never pass unchecked");
+    let records = weir2.records_eventually(2).await;
+    assert!(records.iter().all(|r| r.status == 101 && r.identity.tenant.as_deref() == Some("acme")));
+    let log = weir2.log();
+    assert_eq!(log.matches("external auth endpoint could not be asked").count(), 1, "{log}");
+}
+
+#[tokio::test]
+async fn external_answers_are_cached_for_cache_ttl() {
+    let endpoint = AuthEndpoint::start(|head| {
+        Some(if head.contains("Bearer good") {
+            "HTTP/1.1 204 No Content\r\nX-Tenant: initech\r\n\r\n".into()
+        } else {
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nnope".into()
+        })
+    })
+    .await;
+    let backend = echo_backend().await;
+    let weir = Weir::start(&config(&backend, &endpoint.auth(", tenant_header: x-tenant, cache_ttl: 10s"), "")).await;
+    for _ in 0..2 {
+        let (mut c, head) = raw_client(weir.addr, "/ws", "Authorization: Bearer good\r\n", b"").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let _ = c.try_write(&[0x88, 0x80, 0, 0, 0, 0]).await;
+    }
+    assert_eq!(endpoint.heads().len(), 1, "the second upgrade within the TTL is answered from the cache");
+    for _ in 0..2 {
+        let req = upgrade_request(weir.addr, "/ws", "Authorization: Bearer bad\r\n");
+        let (status, _, body) = raw_request(weir.addr, &req).await.unwrap();
+        assert_eq!((status, body.as_str()), (401, "nope"));
+    }
+    assert_eq!(endpoint.heads().len(), 2, "a 401 is cached too, under its own key");
+    let tenants: Vec<String> =
+        backend.seen().iter().map(|s| s.header("x-weir-tenant").unwrap_or("").to_string()).collect();
+    assert_eq!(tenants, ["initech", "initech"]);
+}
+
+/// A quota crossed while connected: the connection is closed with 1008 "quota exceeded" (cause
+/// `quota`), the next upgrade gets 429 naming the quota, and that holds after a restart.
+#[tokio::test]
+async fn a_quota_crossed_closes_with_1008_refuses_with_429_and_survives_a_restart() {
+    use futures_util::StreamExt;
+    let backend = echo_backend().await;
+    let data = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "pools:\n  - name: p\n    backends: [\"{}\"]\n    health_check: {{kind: none}}\nroutes:\n  - {{name: ws, path_prefix: /ws, pool: p, tenant: acme}}\n",
+        backend.addr
+    );
+    let extra = format!(
+        "data_dir: \"{}\"\nquotas:\n  - {{tenant: acme, of: messages, limit: 10, per: day}}\n",
+        data.path().display()
+    );
+    let mut weir = Weir::start_with(&routes, &extra).await;
+    let mut ws = connect(&weir, "/ws").await;
+    // Each echo is two messages; the sixth round trip goes over 10.
+    for i in 0..6 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        assert_eq!(recv(&mut ws).await, Message::text(format!("m{i}")));
+    }
+    let closed = tokio::time::timeout(crate::support::DEADLINE, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), f.reason.to_string()),
+                Some(Ok(_)) => {}
+                other => panic!("expected a close, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed within the deadline");
+    assert_eq!(closed, (1008, "quota exceeded".to_string()));
+    let r = weir.records_eventually(1).await.remove(0);
+    assert_eq!(r.close.unwrap().cause, "quota");
+    let (status, head, body) = raw_request(weir.addr, &upgrade_request(weir.addr, "/ws", "")).await.unwrap();
+    assert_eq!((status, body.as_str()), (429, "quota messages_per_day exceeded for tenant acme"), "{head}");
+    assert!(head_header(&(head + "\r\n"), "retry-after").is_some());
+    let m = weir.metrics().await;
+    let used = metric(&m, "weir_quota_utilisation", &[("tenant", "acme"), ("quota", "messages_per_day")]).unwrap();
+    assert!(used >= 1.0, "{used}");
+    // A graceful restart keeps the day's usage.
+    weir.terminate();
+    let again = Weir::start_with(&routes, &extra).await;
+    let (status, _, body) = raw_request(again.addr, &upgrade_request(again.addr, "/ws", "")).await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (429, "quota messages_per_day exceeded for tenant acme"),
+        "from the first upgrade"
+    );
+}

@@ -1,10 +1,10 @@
 //! `routes[].auth`, `routes[].origins`, `admission:`: validation of who may connect and how
 //! many. Cold path (startup and `weir check`); every bad value is reported with its key path.
 
-use super::file::{FileAdmission, FileApiKey, FileAuth, FileConnRate, FileExternalAuth, FileJwt, FileRoute};
+use super::file::{FileAdmission, FileApiKey, FileAuth, FileConnRate, FileExternalAuth, FileJwt, FileQuota, FileRoute};
 use super::model::{
-    Admission, ApiKey, Auth, AuthMethod, CredentialSources, ExternalAuth, JwtSettings, NewConnRate, Origins,
-    RouteAdmission,
+    Admission, ApiKey, Auth, AuthMethod, CredentialSources, ExternalAuth, JwtSettings, NewConnRate, Origins, Quota,
+    QuotaOf, QuotaPeriod, RouteAdmission,
 };
 use super::validate::Validator;
 use std::path::PathBuf;
@@ -433,6 +433,50 @@ impl Validator {
             }
         }
         o
+    }
+
+    /// `quotas:`.
+    pub(super) fn quotas(&mut self, list: &[FileQuota]) -> Vec<Quota> {
+        let mut seen = std::collections::HashSet::new();
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, q)| {
+                let of = match q.of.as_str() {
+                    "messages" => Some(QuotaOf::Messages),
+                    "bytes" => Some(QuotaOf::Bytes),
+                    "connection_seconds" => Some(QuotaOf::ConnectionSeconds),
+                    other => {
+                        self.err(format!("quotas[{i}].of"), other, "must be messages, bytes or connection_seconds");
+                        None
+                    }
+                };
+                let per = match q.per.as_str() {
+                    "hour" => Some(QuotaPeriod::Hour),
+                    "day" => Some(QuotaPeriod::Day),
+                    "month" => Some(QuotaPeriod::Month),
+                    other => {
+                        self.err(format!("quotas[{i}].per"), other, "must be hour, day or month (UTC)");
+                        None
+                    }
+                };
+                if q.limit == 0 {
+                    self.err(format!("quotas[{i}].limit"), 0, "must be at least 1 (remove the quota for no cap)");
+                }
+                let tenant = (q.tenant != "*").then(|| q.tenant.clone());
+                if let Some(t) = &tenant {
+                    self.tenant_name(&format!("quotas[{i}].tenant"), t);
+                }
+                let name = format!("{}_per_{}", q.of, q.per);
+                if !seen.insert((tenant.clone(), name.clone())) {
+                    self.err(
+                        format!("quotas[{i}]"),
+                        &name,
+                        "an earlier quota has the same tenant, `of` and `per`; keep one",
+                    );
+                }
+                Some(Quota { name, tenant, of: of?, limit: q.limit, per: per? })
+            })
+            .collect()
     }
 
     /// `admission:`.

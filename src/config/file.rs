@@ -61,6 +61,24 @@ pub struct FileConfig {
     /// Peers (CIDRs) whose `X-Forwarded-For` names the client. Default: none.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Spend caps per tenant, enforced in the data path.
+    #[serde(default)]
+    pub quotas: Vec<FileQuota>,
+}
+
+/// One `quotas[]` entry: a tenant's budget of a quantity per calendar period (UTC).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuota {
+    /// The tenant, or `"*"` for every tenant (each its own budget).
+    pub tenant: String,
+    /// What is counted: `messages` (data messages, both directions), `bytes` (wire bytes, both
+    /// directions) or `connection_seconds`.
+    pub of: String,
+    /// The budget per period, in the quantity's unit.
+    pub limit: u64,
+    /// `hour`, `day` or `month` (UTC calendar periods).
+    pub per: String,
 }
 
 /// `limits:` guards on open connections (at the top level, in an object namespace or a route;

@@ -95,6 +95,18 @@ pub static FILE: Section = Section {
         opt("limits", Kind::Map(&LIMITS)),
         opt("admission", Kind::Map(&ADMISSION)),
         opt("trusted_proxies", Kind::List(&Text)),
+        opt("quotas", Kind::List(&Kind::Map(&QUOTA))),
+    ],
+};
+
+static QUOTA: Section = Section {
+    what: "a quota",
+    file_struct: "FileQuota",
+    keys: &[
+        req("tenant", Text, "acme"),
+        req("of", Text, "messages"),
+        req("limit", Count, "1000000"),
+        req("per", Text, "day"),
     ],
 };
 

@@ -46,6 +46,45 @@ pub struct Config {
     pub admission: Admission,
     /// Peers whose `X-Forwarded-For` is believed (`trusted_proxies`).
     pub trusted_proxies: Vec<Cidr>,
+    /// Spend caps per tenant (`quotas`), in file order.
+    pub quotas: Vec<Quota>,
+}
+
+/// A tenant's budget of a quantity per calendar period (`quotas[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    /// Label: `<of>_per_<per>` (e.g. `messages_per_day`), unique per tenant.
+    pub name: String,
+    /// The tenant; `None` for every tenant (`"*"`), each with its own budget.
+    pub tenant: Option<String>,
+    /// What is counted.
+    pub of: QuotaOf,
+    /// The budget per period, in the quantity's unit.
+    pub limit: u64,
+    /// The calendar period (UTC).
+    pub per: QuotaPeriod,
+}
+
+/// What a quota counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaOf {
+    /// Data messages, both directions.
+    Messages,
+    /// Wire bytes, both directions.
+    Bytes,
+    /// Seconds of open connections.
+    ConnectionSeconds,
+}
+
+/// A quota's calendar period (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaPeriod {
+    /// Each hour.
+    Hour,
+    /// Each day.
+    Day,
+    /// Each calendar month.
+    Month,
 }
 
 /// Settings of the built-in echo (the `builtin:echo` backend and the `echo` object).

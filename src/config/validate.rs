@@ -214,6 +214,7 @@ impl Validator {
         let echo = self.echo(&f.echo);
         let admission = self.admission(&f.admission);
         let trusted_proxies = self.trusted_proxies(&f.trusted_proxies);
+        let quotas = self.quotas(&f.quotas);
         Config {
             threads,
             grace_period,
@@ -240,6 +241,7 @@ impl Validator {
             echo,
             admission,
             trusted_proxies,
+            quotas,
         }
     }
 

@@ -10,6 +10,7 @@ use super::Gateway;
 use crate::admission::caps::Permit;
 use crate::config::{Limits, RateLimit};
 use crate::metering::live::Live;
+use crate::metering::quota::Tenant;
 use crate::objects::registry::{Lease, ObjectHandle};
 use crate::objects::session::{self, Object};
 use crate::relay::guard::{Bucket, Guards, Keepalive, Rate, RateAction};
@@ -41,6 +42,8 @@ pub struct Established {
     pub serve: Serve,
     /// Its share of the admission caps (given back when it ends).
     pub permit: Option<Permit>,
+    /// Its tenant's quota counters, when a quota applies.
+    pub quota: Option<Arc<Tenant>>,
 }
 
 /// What serves an upgraded connection.
@@ -83,14 +86,14 @@ impl Gateway {
     /// the task is the relay's future plus what ending needs: an idle connection's task holds
     /// nothing else (no copy of its arguments, no handshake state).
     pub(super) fn start(self: &Arc<Self>, c: Established, shutdown: ShutdownWatch) {
-        let Established { client, early, route, pool, limits, live, lease, serve, permit } = c;
+        let Established { client, early, route, pool, limits, live, lease, serve, permit, quota } = c;
         let metrics = self.metrics.connection(&route, &pool);
         let grace = self.grace_period;
         match serve {
             Serve::Relay { backend, early: backend_early, rsv } => {
                 let object = lease.as_ref().map(|l| l.object().clone());
                 let moved = lease.as_ref().map(Lease::evicted);
-                let observer = ConnObserver::new(metrics, live.clone(), object, moved);
+                let observer = ConnObserver::new(metrics, live.clone(), object, moved, quota);
                 let policies = self.policies(rsv, Some(&limits));
                 let relay = Relay::new([client, backend], policies, [&early, &backend_early], observer)
                     .with_guards(guards(&limits, live.meter.id.as_u128()));
@@ -104,7 +107,7 @@ impl Gateway {
             }
             Serve::Object { object, id, handle } => {
                 // Built-in objects touch their accounting per message themselves.
-                let observer = ConnObserver::new(metrics, live.clone(), None, None);
+                let observer = ConnObserver::new(metrics, live.clone(), None, None, quota);
                 let tap = Tap::new(client, early, self.policies(0, None), observer);
                 let ending = Ending { gateway: self.clone(), route, pool, live, lease, _permit: permit };
                 tokio::spawn(async move {

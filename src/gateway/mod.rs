@@ -38,6 +38,7 @@ use crate::admission::{auth, origin, Gatekeeper};
 use crate::config::{Cidr, Config, Limits, Route, RouteKind, Target, Timeouts};
 use crate::http1::head::{self, HeadError, RequestHead};
 use crate::metering::live::LiveSet;
+use crate::metering::quota::{self, Quotas};
 use crate::metering::{Meter, Rejection};
 use crate::metrics::Metrics;
 use crate::objects::Objects;
@@ -89,6 +90,8 @@ pub struct Grant {
     pub key_entry: Option<String>,
     /// The connection's share of the caps; given back when dropped.
     pub permit: Option<Permit>,
+    /// Its tenant's quota counters, when a quota applies.
+    pub quota: Option<Arc<quota::Tenant>>,
 }
 
 /// The route label used for requests that matched no route.
@@ -116,6 +119,7 @@ pub struct Gateway {
     chunks: Chunks,
     http: Arc<HttpProxy<http::HttpRoutes>>,
     gatekeeper: Arc<Gatekeeper>,
+    quotas: Arc<Quotas>,
     /// Listener addresses whose connections start with a PROXY header.
     proxy_listeners: Vec<SocketAddr>,
     /// Peers whose `X-Forwarded-For` is believed.
@@ -140,6 +144,8 @@ pub struct Parts {
     pub http: Arc<HttpProxy<http::HttpRoutes>>,
     /// Authentication, origins, caps and rates.
     pub gatekeeper: Arc<Gatekeeper>,
+    /// Tenants' quotas.
+    pub quotas: Arc<Quotas>,
 }
 
 /// One client request on its way through the gateway: built once its head is read and routed,
@@ -169,7 +175,7 @@ pub struct Request {
 impl Gateway {
     /// Assemble the gateway from the validated config and the shared parts.
     pub fn new(config: &Config, parts: Parts) -> Gateway {
-        let Parts { routes, pools, objects, metrics, live, fds, http, gatekeeper } = parts;
+        let Parts { routes, pools, objects, metrics, live, fds, http, gatekeeper, quotas } = parts;
         Gateway {
             routes,
             pools,
@@ -187,6 +193,7 @@ impl Gateway {
             chunks: crate::billing::units::chunks(&config.billing_units),
             http,
             gatekeeper,
+            quotas,
             proxy_listeners: config.listeners.iter().filter(|l| l.proxy_protocol).map(|l| l.address).collect(),
             trusted_proxies: config.trusted_proxies.clone(),
         }
@@ -394,6 +401,13 @@ impl Gateway {
         }
         let ip = req.meter.client.map(|a| a.ip());
         let tenant = req.meter.identity().tenant.clone();
+        if let Some(t) = tenant.as_deref().filter(|_| !self.quotas.is_empty()) {
+            if let Some((name, retry)) = self.quotas.refusal(t) {
+                let detail = format!("quota {name} exceeded for tenant {t}");
+                return Err((RejectReason::QuotaExceeded, Some(detail), Some(retry)));
+            }
+            req.grant.quota = self.quotas.tenant(t);
+        }
         let permit = self.gatekeeper.caps.admit(
             index,
             route.admission.max_connections,
@@ -440,7 +454,12 @@ impl Gateway {
         route: &str,
         meter: Option<&Meter>,
     ) {
-        let _ = stream.write_all(&reason.response_with(reason.body(), retry_after)).await;
+        // A quota refusal's body names the quota; other bodies never repeat the record's reason.
+        let body = match (reason, record_reason) {
+            (RejectReason::QuotaExceeded, Some(detail)) => detail,
+            _ => reason.body(),
+        };
+        let _ = stream.write_all(&reason.response_with(body, retry_after)).await;
         let _ = stream.flush().await;
         self.count_refusal(reason, record_reason, route, meter);
     }

@@ -8,6 +8,7 @@
 //! connection's share of the active gauge and observes its duration.
 
 use crate::metering::live::Live;
+use crate::metering::quota::Tenant;
 use crate::metrics::ConnMetrics;
 use crate::objects::registry::ObjectHandle;
 use crate::relay::report::Party;
@@ -26,6 +27,10 @@ pub struct ConnObserver {
     object: Option<ObjectHandle>,
     /// The object's move signal, handed to the relay when it starts.
     moved: Option<watch::Receiver<bool>>,
+    /// The tenant's quota counters and its over-quota signal (handed to the relay).
+    quota: Option<(Arc<Tenant>, Option<watch::Receiver<bool>>)>,
+    /// Messages and wire bytes (both directions) at the last quota update.
+    quota_seen: (u64, u64),
     started: Instant,
     /// Messages (both directions) at the last object touch.
     messages_seen: u64,
@@ -40,9 +45,24 @@ impl ConnObserver {
         live: Arc<Live>,
         object: Option<ObjectHandle>,
         moved: Option<watch::Receiver<bool>>,
+        quota: Option<Arc<Tenant>>,
     ) -> ConnObserver {
         metrics.active.inc();
-        ConnObserver { metrics, live, object, moved, started: Instant::now(), messages_seen: 0, observed_wire: 0 }
+        let quota = quota.map(|t| {
+            let signal = t.opened();
+            (t, Some(signal))
+        });
+        ConnObserver {
+            metrics,
+            live,
+            object,
+            moved,
+            quota,
+            quota_seen: (0, 0),
+            started: Instant::now(),
+            messages_seen: 0,
+            observed_wire: 0,
+        }
     }
 }
 
@@ -51,6 +71,11 @@ impl Observer for ConnObserver {
         self.metrics.update(Direction::ClientToBackend, client);
         self.metrics.update(Direction::BackendToClient, backend);
         let wire = client.wire_bytes + backend.wire_bytes;
+        if let Some((tenant, _)) = &self.quota {
+            let messages = client.messages + backend.messages;
+            let (m0, w0) = std::mem::replace(&mut self.quota_seen, (messages, wire));
+            tenant.add(messages.saturating_sub(m0), wire.saturating_sub(w0));
+        }
         if wire != self.observed_wire {
             self.observed_wire = wire;
             self.live.observe([client, backend]);
@@ -68,6 +93,10 @@ impl Observer for ConnObserver {
         self.moved.take()
     }
 
+    fn quota_exceeded(&mut self) -> Option<watch::Receiver<bool>> {
+        self.quota.as_mut().and_then(|(_, signal)| signal.take())
+    }
+
     fn rtt(&mut self, side: Party, rtt: std::time::Duration) {
         let i = usize::from(side == Party::Backend);
         self.metrics.rtt[i].observe(rtt.as_secs_f64());
@@ -77,6 +106,9 @@ impl Observer for ConnObserver {
 
 impl Drop for ConnObserver {
     fn drop(&mut self) {
+        if let Some((tenant, _)) = &self.quota {
+            tenant.closed();
+        }
         self.metrics.active.dec();
         self.metrics.duration.observe(self.started.elapsed().as_secs_f64());
     }

@@ -72,12 +72,14 @@ pub enum RejectReason {
     /// The route's `auth.external` endpoint could not be asked (timeout, connection error, bad
     /// answer) and `on_error` is `deny`.
     ExternalAuthUnavailable,
+    /// The tenant is over one of its `quotas` for the current period.
+    QuotaExceeded,
 }
 
 impl RejectReason {
     /// Every reason, for metrics set up at startup (a new variant goes here too; the test
     /// `all_lists_every_reason_once` checks the labels are distinct).
-    pub const ALL: [RejectReason; 31] = {
+    pub const ALL: [RejectReason; 32] = {
         use RejectReason::*;
         [
             NotWebSocket,
@@ -111,6 +113,7 @@ impl RejectReason {
             TenantRateLimited,
             ExternalAuthDenied,
             ExternalAuthUnavailable,
+            QuotaExceeded,
         ]
     };
 
@@ -131,7 +134,7 @@ impl RejectReason {
             | ExternalAuthUnavailable => 503,
             NoCredential | BadCredential => 401,
             Forbidden | OriginNotAllowed | ExternalAuthDenied => 403,
-            ClientAtCapacity | TenantAtCapacity | ClientRateLimited | TenantRateLimited => 429,
+            ClientAtCapacity | TenantAtCapacity | ClientRateLimited | TenantRateLimited | QuotaExceeded => 429,
             BackendUnreachable | BackendBadHandshake => 502,
             BackendTimeout => 504,
         }
@@ -170,6 +173,7 @@ impl RejectReason {
             TenantAtCapacity => "Too many open connections for this tenant",
             ClientRateLimited => "Too many new connections from this address; retry later",
             TenantRateLimited => "Too many new connections for this tenant; retry later",
+            QuotaExceeded => "Quota exceeded",
             ExternalAuthDenied => "Not allowed",
             ExternalAuthUnavailable => "Authentication is unavailable right now; retry",
         }
@@ -208,6 +212,7 @@ impl RejectReason {
             TenantAtCapacity => "tenant_at_capacity",
             ClientRateLimited => "client_rate_limited",
             TenantRateLimited => "tenant_rate_limited",
+            QuotaExceeded => "quota_exceeded",
             ExternalAuthDenied => "external_auth",
             ExternalAuthUnavailable => "external_auth_unavailable",
         }

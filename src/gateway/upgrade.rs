@@ -8,7 +8,7 @@
 use super::connection::{Established, Serve};
 use super::reject::{self, RejectReason};
 use super::upstream::{self, UpstreamError};
-use super::{handshake, Gateway, Request};
+use super::{handshake, Gateway, Grant, Request};
 use crate::admission::auth;
 use crate::billing::ObjectRef;
 use crate::http1::upgrade::{accept_key, allowed_rsv, check_answer, switching_protocols, with_subprotocol, Answer};
@@ -162,6 +162,7 @@ impl Gateway {
         serve: Serve,
     ) {
         let Request { mut stream, meter, route, pool, shutdown, head, limits, grant, .. } = req;
+        let Grant { permit, quota, .. } = grant;
         drop(head);
         if stream.write_all(head_101).await.is_err() || stream.flush().await.is_err() {
             let gone = Rejection { status: 101, outcome: "client_gone", reason: "client closed during the handshake" };
@@ -172,8 +173,7 @@ impl Gateway {
             l.connected();
         }
         let live = self.live.begin(meter);
-        let established =
-            Established { client: stream, early, route, pool, limits, live, lease, serve, permit: grant.permit };
+        let established = Established { client: stream, early, route, pool, limits, live, lease, serve, permit, quota };
         self.start(established, shutdown);
     }
 

@@ -15,6 +15,7 @@
 
 pub mod clock;
 pub mod live;
+pub mod quota;
 pub mod rejections;
 
 use crate::billing::record::rfc3339_ms;

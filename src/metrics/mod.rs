@@ -61,6 +61,8 @@ pub struct Metrics {
     pub connection_duration: HistogramVec,
     /// See `names::PEER_RTT_SECONDS`.
     pub peer_rtt: HistogramVec,
+    /// See `names::QUOTA_UTILISATION`.
+    pub quota_utilisation: GaugeVec,
     /// See `names::FRAMES_TOTAL`.
     pub frames: IntCounterVec,
     /// See `names::MESSAGES_TOTAL`.
@@ -207,6 +209,17 @@ impl Metrics {
                 &[ROUTE, SIDE],
                 CONNECT_BUCKETS,
             )?,
+            quota_utilisation: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        QUOTA_UTILISATION,
+                        "Share of a tenant's quota used in the current period (1 = all of it)",
+                    ),
+                    &[TENANT, QUOTA],
+                )?;
+                reg.register(Box::new(g.clone()))?;
+                g
+            },
             frames: counter(reg, FRAMES_TOTAL, "WebSocket frames relayed", &[ROUTE, DIRECTION, KIND])?,
             messages: counter(reg, MESSAGES_TOTAL, "Complete WebSocket data messages relayed", &[ROUTE, DIRECTION])?,
             payload_bytes: counter(

@@ -20,6 +20,8 @@ pub const HANDSHAKE_REJECTIONS_TOTAL: &str = "weir_handshake_rejections_total";
 pub const CONNECTION_DURATION_SECONDS: &str = "weir_connection_duration_seconds";
 /// Histogram: round-trip time of weir's keepalive pings, seconds {route, side}.
 pub const PEER_RTT_SECONDS: &str = "weir_peer_rtt_seconds";
+/// Gauge: share of a tenant's quota used in the current period (1 = all) {tenant, quota}.
+pub const QUOTA_UTILISATION: &str = "weir_quota_utilisation";
 /// Counter: frames relayed {route, direction, kind}.
 pub const FRAMES_TOTAL: &str = "weir_frames_total";
 /// Counter: complete data messages relayed {route, direction}.
@@ -98,6 +100,10 @@ pub const OUTCOME: &str = "outcome";
 pub const VERSION: &str = "version";
 /// Label: the git commit weir was built from, or `unknown` (`weir_build_info`).
 pub const COMMIT: &str = "commit";
+/// Label: a tenant (bounded: see `metering::quota`).
+pub const TENANT: &str = "tenant";
+/// Label: a quota's name (`<of>_per_<per>`).
+pub const QUOTA: &str = "quota";
 /// Label: a connection's side: `client` or `backend`.
 pub const SIDE: &str = "side";
 /// Label: a listener weir runs itself (`echo` for the built-in echo backend).
@@ -131,6 +137,7 @@ pub const ALL: &[&str] = &[
     HANDSHAKE_REJECTIONS_TOTAL,
     CONNECTION_DURATION_SECONDS,
     PEER_RTT_SECONDS,
+    QUOTA_UTILISATION,
     FRAMES_TOTAL,
     MESSAGES_TOTAL,
     PAYLOAD_BYTES_TOTAL,

@@ -54,11 +54,13 @@ pub enum Close {
     /// To both sides when a frame or message is over `limits.max_frame` / `limits.max_message`:
     /// 1009 "message too big".
     LimitTooBig,
+    /// To both sides when the connection's tenant is over a quota: 1008 "quota exceeded".
+    QuotaExceeded,
 }
 
 impl Close {
     /// Every close weir sends, for tests and docs.
-    pub const ALL: [Close; 17] = [
+    pub const ALL: [Close; 18] = [
         Close::BackendGone,
         Close::ClientGone,
         Close::Shutdown,
@@ -76,6 +78,7 @@ impl Close {
         Close::PeerNotResponding,
         Close::RateLimited,
         Close::LimitTooBig,
+        Close::QuotaExceeded,
     ];
 
     /// The close code sent.
@@ -84,7 +87,7 @@ impl Close {
             Close::ClientGone | Close::Shutdown | Close::ObjectShutdown | Close::Probe => 1001,
             Close::IdleTimeout | Close::Lifetime => 1001,
             Close::ProtocolError => 1002,
-            Close::Reserved | Close::RateLimited => 1008,
+            Close::Reserved | Close::RateLimited | Close::QuotaExceeded => 1008,
             Close::TooBig | Close::LimitTooBig => 1009,
             Close::BackendGone | Close::RoomUnavailable | Close::PeerNotResponding => 1011,
             Close::ObjectMoved | Close::LifetimeRestart => 1012,
@@ -108,6 +111,7 @@ impl Close {
             Close::PeerNotResponding => "peer not responding",
             Close::RateLimited => "rate limit",
             Close::LimitTooBig => "message too big",
+            Close::QuotaExceeded => "quota exceeded",
         }
     }
 
@@ -131,6 +135,7 @@ impl Close {
             Close::PeerNotResponding => "peer_not_responding",
             Close::RateLimited => "rate_limited",
             Close::LimitTooBig => "limit_too_big",
+            Close::QuotaExceeded => "quota_exceeded",
         }
     }
 }

@@ -84,6 +84,12 @@ pub trait Observer {
         None
     }
 
+    /// A signal that turns true when the connection's tenant is over a quota (the relay then
+    /// closes both sides with `Close::QuotaExceeded`). Asked once, when the relay starts.
+    fn quota_exceeded(&mut self) -> Option<watch::Receiver<bool>> {
+        None
+    }
+
     /// weir's keepalive ping to `side` (client or backend) was answered after `rtt`.
     fn rtt(&mut self, _side: report::Party, _rtt: std::time::Duration) {}
 }

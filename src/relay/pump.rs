@@ -317,6 +317,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             drain_at = Some(Box::pin(sleep(grace)));
         }
         let mut moved = self.observer.object_moved();
+        let mut quota = self.observer.quota_exceeded();
+        if quota.as_mut().is_some_and(|q| *q.borrow_and_update()) {
+            self.over_quota();
+        }
         self.object = moved.is_some();
         if moved.as_mut().is_some_and(|m| *m.borrow_and_update()) {
             self.object_moved();
@@ -329,6 +333,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
                     Some(()) if moved.as_mut().is_some_and(|m| *m.borrow_and_update()) => self.object_moved(),
                     Some(()) => {}
                     None => moved = None,
+                },
+                changed = async { quota.as_mut()?.changed().await.ok() }, if quota.is_some() => match changed {
+                    Some(()) if quota.as_mut().is_some_and(|q| *q.borrow_and_update()) => {
+                        self.over_quota();
+                        quota = None;
+                    }
+                    Some(()) => {}
+                    None => quota = None,
                 },
                 changed = shutdown.changed(), if watching && drain_at.is_none() => match changed {
                     Ok(()) if *shutdown.borrow() => drain_at = Some(Box::pin(sleep(grace))),
@@ -741,6 +753,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             h.discard = true;
             self.relayed_until_move = Some(Box::new(*h.scanner.counts()));
         }
+    }
+
+    /// The tenant is over a quota: both sides get 1008, cause `quota`.
+    fn over_quota(&mut self) {
+        tracing::debug!("tenant over its quota; closing with 1008");
+        self.ending.cause.get_or_insert(Cause::Quota);
+        self.gateway_close(Close::QuotaExceeded);
     }
 
     fn begin_drain(&mut self) {

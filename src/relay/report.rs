@@ -111,11 +111,13 @@ pub enum Cause {
     DeadPeer,
     /// A sender went over `limits.message_rate` or `limits.bandwidth` (`action: close`).
     RateLimited,
+    /// The connection's tenant went over a quota.
+    Quota,
 }
 
 impl Cause {
     /// Every cause, for metrics set up at startup.
-    pub const ALL: [Cause; 13] = [
+    pub const ALL: [Cause; 14] = [
         Cause::ClientClose,
         Cause::BackendClose,
         Cause::ClientGone,
@@ -129,6 +131,7 @@ impl Cause {
         Cause::CloseTimeout,
         Cause::DeadPeer,
         Cause::RateLimited,
+        Cause::Quota,
     ];
 
     /// Label value.
@@ -147,6 +150,7 @@ impl Cause {
             Cause::CloseTimeout => "close_timeout",
             Cause::DeadPeer => "dead_peer",
             Cause::RateLimited => "rate_limited",
+            Cause::Quota => "quota",
         }
     }
 }
