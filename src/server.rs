@@ -12,6 +12,7 @@
 //! `admin.final_scrape` (graceful shutdown only) so a scraper sees the final counts, stops it and
 //! returns.
 
+use crate::admin::api::{Access, DrainPlan};
 use crate::admin::{Admin, AdminServer, ShutdownWatcher};
 use crate::billing::delivery::Delivery;
 use crate::billing::spool::{Flusher, Spool};
@@ -130,7 +131,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let admin = config.admin.map(|address| {
         let listeners = config.listeners.iter().map(|l| l.address).collect();
         let open = live.clone();
-        (address, Arc::new(Admin::new(registry, listeners, fds.clone(), move || open.len())))
+        let plan = DrainPlan { window: config.drain_window, code: if config.drain_restart { 1012 } else { 1001 } };
+        let access = Access { token: config.admin_token.clone(), metrics_public: config.admin_metrics_public };
+        let admin =
+            Admin::new(registry, listeners, fds.clone(), move || open.len()).with_api(live.clone(), plan, access);
+        (address, Arc::new(admin))
     });
     if let Some((_, a)) = &admin {
         server.add_service(background_service("admin shutdown watch", ShutdownWatcher(a.clone())));
@@ -162,7 +167,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         Some((address, admin)) => {
             let served = AdminServer::start(admin, address, &accept_errors, server.watch_execution_phase())
                 .with_context(|| format!("admin.address: cannot listen on {address}"))?;
-            tracing::info!(%address, "admin listening (/metrics, /healthz, /readyz)");
+            tracing::info!(%address, "admin listening (/metrics, /healthz, /readyz, /api)");
             Some(served)
         }
         None => None,

@@ -13,6 +13,9 @@ mod handshake;
 // Admission before the 101: API keys, JWTs, origins, caps and rates.
 mod admission;
 
+// Live operations: the admin API (list, inspect, kick), drains, admin auth.
+mod operations;
+
 // Guards on open connections: idle, keepalive, close timeout, size and rate limits, lifetime.
 mod guards;
 

@@ -20,9 +20,12 @@
 //!
 //! Cold/warm path: one request at a time from a scraper; never on a client's path.
 
+pub mod api;
+
 use crate::accept::AcceptErrors;
 use crate::fds::Descriptors;
 use crate::http1::head::{read_head, HeadError};
+use crate::metering::live::LiveSet;
 use async_trait::async_trait;
 use pingora_core::server::{ExecutionPhase, ShutdownWatch};
 use pingora_core::services::background::BackgroundService;
@@ -55,6 +58,10 @@ const STOP_WAIT: Duration = Duration::from_secs(1);
 /// What the admin endpoints answer from: the metrics registry, the readiness checks and the
 /// shutdown state.
 pub struct Admin {
+    /// The API's view of open connections and how drains close them (`None`: no API).
+    api: Option<(Arc<LiveSet>, api::DrainPlan)>,
+    /// Who may ask what.
+    access: api::Access,
     registry: Registry,
     listeners: Vec<SocketAddr>,
     fds: Arc<Descriptors>,
@@ -73,17 +80,34 @@ pub struct Answer {
     pub content_type: String,
     /// The body (not sent to `HEAD`).
     pub body: Vec<u8>,
+    /// Add `WWW-Authenticate: Bearer` (a 401).
+    pub www_authenticate: bool,
 }
 
 impl Answer {
     fn text(status: u16, body: &str) -> Answer {
-        Answer { status, content_type: "text/plain; charset=utf-8".into(), body: body.as_bytes().to_vec() }
+        Answer {
+            status,
+            content_type: "text/plain; charset=utf-8".into(),
+            body: body.as_bytes().to_vec(),
+            www_authenticate: false,
+        }
+    }
+
+    fn json(status: u16, body: &serde_json::Value) -> Answer {
+        let mut body = serde_json::to_vec_pretty(body).unwrap_or_default();
+        body.push(b'\n');
+        Answer { status, content_type: "application/json".into(), body, www_authenticate: false }
     }
 
     /// The whole response, head and (unless `head_only`) body, with `Connection: close`.
     pub fn encode(&self, head_only: bool) -> Vec<u8> {
         let reason = http::StatusCode::from_u16(self.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
-        let allow = if self.status == 405 { "Allow: GET, HEAD\r\n" } else { "" };
+        let allow = match (self.status, self.www_authenticate) {
+            (405, _) => "Allow: GET, HEAD, POST, DELETE\r\n",
+            (_, true) => "WWW-Authenticate: Bearer realm=\"weir-admin\"\r\n",
+            _ => "",
+        };
         let mut out = format!(
             "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
             self.status,
@@ -109,6 +133,8 @@ impl Admin {
         open: impl Fn() -> usize + Send + Sync + 'static,
     ) -> Admin {
         Admin {
+            api: None,
+            access: api::Access::default(),
             registry,
             listeners,
             fds,
@@ -118,10 +144,28 @@ impl Admin {
         }
     }
 
-    /// Shutdown began: from now on `/readyz` answers 503. Idempotent.
+    /// Serve the API over `live`, draining with `plan`, with `access` rules.
+    pub fn with_api(mut self, live: Arc<LiveSet>, plan: api::DrainPlan, access: api::Access) -> Admin {
+        if access.token.is_none() {
+            tracing::info!("admin: no admin.token configured; the /api endpoints answer loopback clients only");
+        }
+        self.api = Some((live, plan));
+        self.access = access;
+        self
+    }
+
+    /// Shutdown began: from now on `/readyz` answers 503, and open connections are closed spread
+    /// over the drain window (those left at `server.grace_period` get 1001 then). Idempotent.
     pub fn begin_shutdown(&self) {
         if !self.shutting_down.swap(true, Ordering::Relaxed) {
             tracing::info!("admin: shutdown began; /readyz answers 503 until exit, /metrics goes on");
+        }
+    }
+
+    /// Start the drain of a shutdown (on the caller's runtime).
+    pub fn drain_for_shutdown(&self) {
+        if let Some((live, plan)) = &self.api {
+            api::start_drain(live, *plan);
         }
     }
 
@@ -138,6 +182,9 @@ impl Admin {
     pub async fn ready(&self) -> Result<(), String> {
         if self.shutting_down() {
             return Err(self.draining());
+        }
+        if self.api.as_ref().is_some_and(|(live, _)| live.draining()) {
+            return Err(format!("draining (POST /api/drain): {} connections open", (self.open)()));
         }
         if self.fds.exhausted() {
             return Err(format!("the public listeners cannot take new connections: {}", self.fds.describe()));
@@ -172,7 +219,12 @@ impl Admin {
                 if let Err(e) = encoder.encode(&self.registry.gather(), &mut out) {
                     return Answer::text(500, &format!("cannot encode metrics: {e}\n"));
                 }
-                Answer { status: 200, content_type: encoder.format_type().to_string(), body: out }
+                Answer {
+                    status: 200,
+                    content_type: encoder.format_type().to_string(),
+                    body: out,
+                    www_authenticate: false,
+                }
             }
             "/healthz" => Answer::text(200, "ok\n"),
             "/readyz" => match self.ready().await {
@@ -208,6 +260,7 @@ impl BackgroundService for ShutdownWatcher {
         let _ = self.0.pingora_shutdown.set(shutdown.clone());
         if shutdown.wait_for(|s| *s).await.is_ok() {
             self.0.begin_shutdown();
+            self.0.drain_for_shutdown();
         }
     }
 }
@@ -346,7 +399,21 @@ async fn serve(
 /// Read one request head, answer it, close.
 async fn respond(admin: &Admin, mut stream: tokio::net::TcpStream) {
     let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
     let (answer, head_only) = match read_head(&mut stream, HEAD_TIMEOUT).await {
+        Ok(head) if !admin.access.allows(head.path(), peer, head.headers.get("authorization").as_deref()) => {
+            let mut a =
+                Answer::json(401, &serde_json::json!({"error": "this path needs Authorization: Bearer <admin.token>"}));
+            a.www_authenticate = true;
+            (a, head.method == "HEAD")
+        }
+        Ok(head) if head.path().starts_with("/api/") => match &admin.api {
+            Some((live, plan)) => {
+                let (status, body) = api::answer(live, *plan, &head.method, &head.target).await;
+                (Answer::json(status, &body), head.method == "HEAD")
+            }
+            None => (Answer::text(404, "no API on this instance\n"), false),
+        },
         Ok(head) if head.method == "GET" || head.method == "HEAD" => {
             (admin.answer(head.path()).await, head.method == "HEAD")
         }

@@ -64,6 +64,9 @@ pub struct FileConfig {
     /// Spend caps per tenant, enforced in the data path.
     #[serde(default)]
     pub quotas: Vec<FileQuota>,
+    /// How drains close open connections.
+    #[serde(default)]
+    pub drain: FileDrain,
 }
 
 /// One `quotas[]` entry: a tenant's budget of a quantity per calendar period (UTC).
@@ -211,6 +214,23 @@ pub struct FileAdmin {
     /// delivered, how long the admin listener keeps answering (so a scraper sees the final
     /// counts) before the process exits (duration, `0s` allowed). Default: 2s.
     pub final_scrape: Option<String>,
+    /// Bearer token the admin API (and `/metrics`) requires. Default: none (the API answers
+    /// loopback clients only).
+    pub token: Option<String>,
+    /// A file holding the token (first line), instead of `token`.
+    pub token_file: Option<String>,
+    /// `/metrics` answers without the token. Default: false.
+    pub metrics_public: Option<bool>,
+}
+
+/// `drain:` how a drain (SIGTERM, `POST /api/drain`) closes open connections.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDrain {
+    /// Closes are spread over this window (duration). Default: 5s (at most `server.grace_period`).
+    pub window: Option<String>,
+    /// `going_away` (1001) or `restart` (1012). Default: going_away.
+    pub close_code: Option<String>,
 }
 
 /// `timeouts:` (durations such as `500ms`, `10s`).

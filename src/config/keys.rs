@@ -96,8 +96,12 @@ pub static FILE: Section = Section {
         opt("admission", Kind::Map(&ADMISSION)),
         opt("trusted_proxies", Kind::List(&Text)),
         opt("quotas", Kind::List(&Kind::Map(&QUOTA))),
+        opt("drain", Kind::Map(&DRAIN)),
     ],
 };
+
+static DRAIN: Section =
+    Section { what: "`drain`", file_struct: "FileDrain", keys: &[opt("window", Text), opt("close_code", Text)] };
 
 static QUOTA: Section = Section {
     what: "a quota",
@@ -245,7 +249,13 @@ static TLS: Section = Section {
 static ADMIN: Section = Section {
     what: "`admin`",
     file_struct: "FileAdmin",
-    keys: &[req("address", Text, "\"127.0.0.1:9090\""), opt("final_scrape", Text)],
+    keys: &[
+        req("address", Text, "\"127.0.0.1:9090\""),
+        opt("final_scrape", Text),
+        opt("token", Text),
+        opt("token_file", Text),
+        opt("metrics_public", Bool),
+    ],
 };
 
 static TIMEOUTS: Section = Section {

@@ -48,6 +48,14 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     /// Spend caps per tenant (`quotas`), in file order.
     pub quotas: Vec<Quota>,
+    /// The admin API's bearer token (`admin.token` or the first line of `admin.token_file`).
+    pub admin_token: Option<String>,
+    /// `/metrics` answers without the token (`admin.metrics_public`).
+    pub admin_metrics_public: bool,
+    /// Drains spread their closes over this window (`drain.window`).
+    pub drain_window: Duration,
+    /// Drains close clients with 1012 instead of 1001 (`drain.close_code: restart`).
+    pub drain_restart: bool,
 }
 
 /// A tenant's budget of a quantity per calendar period (`quotas[]`).

@@ -27,6 +27,8 @@ pub const DEFAULT_FINAL_SCRAPE: Duration = Duration::from_secs(2);
 pub const MAX_FINAL_SCRAPE: Duration = Duration::from_secs(300);
 /// Default drain time after SIGTERM.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// Default `drain.window`.
+pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(5);
 /// Default time a client has to send its request head.
 pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default backend connect timeout.
@@ -215,6 +217,27 @@ impl Validator {
         let admission = self.admission(&f.admission);
         let trusted_proxies = self.trusted_proxies(&f.trusted_proxies);
         let quotas = self.quotas(&f.quotas);
+        let admin_token = f.admin.as_ref().and_then(|a| self.admin_token(a));
+        let drain_window =
+            self.duration("drain.window", f.drain.window.as_deref(), DEFAULT_DRAIN_WINDOW.min(grace_period));
+        if drain_window > grace_period {
+            self.err(
+                "drain.window",
+                humantime::format_duration(drain_window),
+                format!(
+                    "must not be longer than server.grace_period ({}); closes after it would never happen",
+                    humantime::format_duration(grace_period)
+                ),
+            );
+        }
+        let drain_restart = match f.drain.close_code.as_deref() {
+            None | Some("going_away") => false,
+            Some("restart") => true,
+            Some(other) => {
+                self.err("drain.close_code", other, "must be `going_away` (1001) or `restart` (1012)");
+                false
+            }
+        };
         Config {
             threads,
             grace_period,
@@ -242,6 +265,10 @@ impl Validator {
             admission,
             trusted_proxies,
             quotas,
+            admin_token,
+            admin_metrics_public: f.admin.as_ref().and_then(|a| a.metrics_public).unwrap_or(false),
+            drain_window,
+            drain_restart,
         }
     }
 
@@ -496,6 +523,34 @@ impl Validator {
                 None
             }
         }
+    }
+
+    /// `admin.token` / `admin.token_file` (one of them; at least 16 characters).
+    fn admin_token(&mut self, a: &FileAdmin) -> Option<String> {
+        let token = match (&a.token, &a.token_file) {
+            (Some(_), Some(_)) => {
+                self.err("admin.token_file", "", "set `token` or `token_file`, not both");
+                return None;
+            }
+            (Some(t), None) => t.clone(),
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(text) => text.lines().next().unwrap_or("").trim().to_string(),
+                Err(e) => {
+                    self.err("admin.token_file", path, format!("cannot be read ({e})"));
+                    return None;
+                }
+            },
+            (None, None) => return None,
+        };
+        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            self.err(
+                "admin.token",
+                "(not shown)",
+                "must be at least 16 printable characters without spaces, e.g. from `weir key new`",
+            );
+            return None;
+        }
+        Some(token)
     }
 
     /// `admin.final_scrape`: a duration up to `MAX_FINAL_SCRAPE`; zero allowed (no window).

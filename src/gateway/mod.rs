@@ -322,6 +322,11 @@ impl Gateway {
             self.reject(&mut req, RejectReason::SpoolUnavailable).await;
             return None;
         }
+        if wants_ws && self.live.draining() {
+            // A drain began (`POST /api/drain`): a balancer moves the client to another instance.
+            self.reject(&mut req, RejectReason::Draining).await;
+            return None;
+        }
         if wants_ws && self.fds.exhausted() {
             // Keep the reserve for the admin listener, backends and the spool (documented).
             self.reject(&mut req, RejectReason::DescriptorsExhausted).await;

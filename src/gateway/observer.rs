@@ -93,6 +93,10 @@ impl Observer for ConnObserver {
         self.moved.take()
     }
 
+    fn control(&mut self) -> Option<watch::Receiver<Option<crate::relay::Stop>>> {
+        Some(self.live.control())
+    }
+
     fn quota_exceeded(&mut self) -> Option<watch::Receiver<bool>> {
         self.quota.as_mut().and_then(|(_, signal)| signal.take())
     }

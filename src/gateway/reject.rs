@@ -74,12 +74,14 @@ pub enum RejectReason {
     ExternalAuthUnavailable,
     /// The tenant is over one of its `quotas` for the current period.
     QuotaExceeded,
+    /// The instance is draining (`POST /api/drain`).
+    Draining,
 }
 
 impl RejectReason {
     /// Every reason, for metrics set up at startup (a new variant goes here too; the test
     /// `all_lists_every_reason_once` checks the labels are distinct).
-    pub const ALL: [RejectReason; 32] = {
+    pub const ALL: [RejectReason; 33] = {
         use RejectReason::*;
         [
             NotWebSocket,
@@ -114,6 +116,7 @@ impl RejectReason {
             ExternalAuthDenied,
             ExternalAuthUnavailable,
             QuotaExceeded,
+            Draining,
         ]
     };
 
@@ -131,7 +134,8 @@ impl RejectReason {
             | SpoolUnavailable
             | DescriptorsExhausted
             | AtCapacity
-            | ExternalAuthUnavailable => 503,
+            | ExternalAuthUnavailable
+            | Draining => 503,
             NoCredential | BadCredential => 401,
             Forbidden | OriginNotAllowed | ExternalAuthDenied => 403,
             ClientAtCapacity | TenantAtCapacity | ClientRateLimited | TenantRateLimited | QuotaExceeded => 429,
@@ -174,6 +178,7 @@ impl RejectReason {
             ClientRateLimited => "Too many new connections from this address; retry later",
             TenantRateLimited => "Too many new connections for this tenant; retry later",
             QuotaExceeded => "Quota exceeded",
+            Draining => "This instance is draining; retry",
             ExternalAuthDenied => "Not allowed",
             ExternalAuthUnavailable => "Authentication is unavailable right now; retry",
         }
@@ -213,6 +218,7 @@ impl RejectReason {
             ClientRateLimited => "client_rate_limited",
             TenantRateLimited => "tenant_rate_limited",
             QuotaExceeded => "quota_exceeded",
+            Draining => "draining",
             ExternalAuthDenied => "external_auth",
             ExternalAuthUnavailable => "external_auth_unavailable",
         }
@@ -231,7 +237,8 @@ impl RejectReason {
             | SpoolUnavailable
             | DescriptorsExhausted
             | AtCapacity
-            | ExternalAuthUnavailable => self.as_str(),
+            | ExternalAuthUnavailable
+            | Draining => self.as_str(),
             _ => "rejected",
         }
     }

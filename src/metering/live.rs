@@ -21,6 +21,7 @@ use crate::billing::{RecordKind, UsageLog, UsageRecord};
 use crate::relay::report::{Party, RelayReport};
 use crate::relay::scanner::DirectionCounts;
 use crate::relay::wheel::{Key, Wheel};
+use crate::relay::Stop;
 use crate::sync::lock;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
@@ -29,6 +30,7 @@ use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// Length of one tick of the interim wheel.
 const INTERIM_TICK: Duration = Duration::from_millis(100);
@@ -41,6 +43,8 @@ pub struct Live {
     /// Its identity (fixed after the 101).
     pub meter: Meter,
     state: Mutex<LiveState>,
+    /// Orders to close it (an operator's kick, a drain), heard by its relay.
+    control: watch::Sender<Option<Stop>>,
 }
 
 struct LiveState {
@@ -83,6 +87,51 @@ impl Live {
     pub fn rtt(&self) -> [Option<Duration>; 2] {
         lock(&self.state).rtt
     }
+
+    /// The relay's end of the control channel.
+    pub fn control(&self) -> watch::Receiver<Option<Stop>> {
+        self.control.subscribe()
+    }
+
+    /// Order the connection closed as `stop` says (the first order wins).
+    pub fn stop(&self, stop: Stop) {
+        self.control.send_if_modified(|s| {
+            if s.is_some() {
+                return false;
+            }
+            *s = Some(stop);
+            true
+        });
+    }
+
+    /// What the admin API shows of this connection (`now`: for its age).
+    pub fn view(&self, now: Instant) -> serde_json::Value {
+        let id = self.meter.identity();
+        let s = lock(&self.state);
+        let dir = |c: &DirectionCounts| {
+            serde_json::json!({
+                "messages": c.messages, "frames": c.frames, "payload_bytes": c.payload_bytes,
+                "wire_bytes": c.wire_bytes, "pings": c.pings, "pongs": c.pongs,
+            })
+        };
+        let rtt = |r: Option<Duration>| r.map(|d| d.as_secs_f64() * 1000.0);
+        serde_json::json!({
+            "id": self.meter.id.to_string(),
+            "route": id.route,
+            "tenant": id.tenant,
+            "client": id.client_addr,
+            "backend": id.backend,
+            "pool": id.pool,
+            "object": id.object,
+            "started_at": id.started_at,
+            "age_ms": now.saturating_duration_since(self.meter.started()).as_millis() as u64,
+            "active_ms": s.active.total_at(now).as_millis() as u64,
+            "client_to_backend": dir(&s.counts[0]),
+            "backend_to_client": dir(&s.counts[1]),
+            "rtt_ms": {"client": rtt(s.rtt[0]), "backend": rtt(s.rtt[1])},
+            "records": s.last_seq + 1,
+        })
+    }
 }
 
 /// Every open relayed connection, and what `interim` records need.
@@ -93,6 +142,8 @@ pub struct LiveSet {
     usage: Arc<UsageLog>,
     /// The per-address limit of rejection records, and the counter of rejections summarised.
     rejections: Option<(Rejections, IntCounter)>,
+    /// A drain began: new upgrades are refused (`begin_drain`).
+    draining: std::sync::atomic::AtomicBool,
     /// Connections by the tick their next interim is due (ticks of `INTERIM_TICK` from `epoch`).
     due: Mutex<Wheel<Weak<Live>>>,
     epoch: Instant,
@@ -108,6 +159,7 @@ impl LiveSet {
             idle_threshold,
             usage,
             rejections: None,
+            draining: std::sync::atomic::AtomicBool::new(false),
             due: Mutex::new(Wheel::new(0)),
             epoch: Instant::now(),
         }
@@ -138,6 +190,7 @@ impl LiveSet {
         let mut start = meter.snapshot(RecordKind::Start, 0, Progress { counts: &none, active: Duration::ZERO });
         self.add_units(&mut start, &none);
         let live = Arc::new(Live {
+            control: watch::channel(None).0,
             state: Mutex::new(LiveState {
                 counts: none,
                 active: ActiveClock::new(self.idle_threshold),
@@ -249,6 +302,29 @@ impl LiveSet {
     fn next_due(&self) -> Option<Instant> {
         let tick = lock(&self.due).next_due()?;
         Some(self.epoch + INTERIM_TICK * u32::try_from(tick).unwrap_or(u32::MAX))
+    }
+
+    /// Mark the instance draining (new upgrades are refused); true the first time.
+    pub fn begin_drain(&self) -> bool {
+        !self.draining.swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// True once a drain began.
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The open connection `id`, if it is open.
+    pub fn get(&self, id: &uuid::Uuid) -> Option<Arc<Live>> {
+        lock(self.shard(id)).get(id).cloned()
+    }
+
+    /// Every open connection (a snapshot, oldest first).
+    pub fn all(&self) -> Vec<Arc<Live>> {
+        let mut all: Vec<Arc<Live>> =
+            self.shards.iter().flat_map(|s| lock(s).values().cloned().collect::<Vec<_>>()).collect();
+        all.sort_by_key(|l| l.meter.id);
+        all
     }
 
     /// Open connections.

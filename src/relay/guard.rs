@@ -129,6 +129,8 @@ struct Peer {
     /// The outstanding ping: its payload (matched against pongs until the next ping) and when it
     /// was sent.
     ping: Option<(PingPayload, Instant)>,
+    /// Tick the last ping was sent (kept after its pong: the next one is an interval later).
+    pinged_at: u64,
     /// The side must be heard from by this tick (a ping is unanswered).
     answer_by: Option<u64>,
 }
@@ -305,12 +307,8 @@ impl Watch {
             return None;
         }
         // After a ping, the next one is an interval after it was sent (or after the side was
-        // last heard from, whichever is later).
-        Some(p.heard_at.max(self.ping_tick(side)).saturating_add(Timers::ticks_in(k.interval)))
-    }
-
-    fn ping_tick(&self, side: usize) -> u64 {
-        self.peers[side].ping.map_or(0, |(_, sent)| Timers::global().ticks(sent))
+        // last heard from, whichever is later); weir's own pong is not "heard" (it is swallowed).
+        Some(p.heard_at.max(p.pinged_at).saturating_add(Timers::ticks_in(k.interval)))
     }
 
     /// A ping to `side` was queued at `now` (`at`): its payload, which its pong must carry.
@@ -321,6 +319,7 @@ impl Watch {
         let timeout = self.guards.keepalive.map_or(Duration::ZERO, |k| k.timeout);
         let p = &mut self.peers[side];
         p.ping = Some((payload, at));
+        p.pinged_at = now;
         p.answer_by = Some(now.saturating_add(Timers::ticks_in(timeout)));
         payload
     }
@@ -428,6 +427,28 @@ mod tests {
         assert_eq!(w.due(15), None);
         assert_eq!(w.ponged(0, t0 + Duration::from_millis(20)), Some(Duration::from_millis(20)));
         assert_eq!(w.expected_pong(0), None);
+    }
+
+    /// weir's pong is swallowed, so it does not count as hearing from the side: the next ping is
+    /// an interval after the last one, not at once (it was: pings flooded a silent client).
+    #[test]
+    fn after_weirs_pong_the_next_ping_is_an_interval_after_the_last() {
+        let k = Keepalive { interval: Duration::from_millis(100), timeout: Duration::from_millis(50), backend: false };
+        let t0 = Instant::now();
+        let mut w = Watch::new(Guards { keepalive: Some(k), ..Guards::default() }, 0, t0);
+        let none = DirectionCounts::default();
+        let mut pings = 0;
+        for now in 0..=1000u64 {
+            w.observe(now, [&none, &none], [false, false]);
+            if w.due(now) == Some(Due::Ping(0)) {
+                w.pinged(0, now, t0);
+                pings += 1;
+                // Answered at once, by a pong weir swallows (no bytes counted).
+                assert!(w.ponged(0, t0).is_some());
+                assert!(w.next().unwrap() >= now + 10, "the next ping is an interval later");
+            }
+        }
+        assert_eq!(pings, 100, "one ping per interval over 10 s of silence");
     }
 
     #[test]

@@ -39,6 +39,18 @@ pub mod wheel;
 use scanner::DirectionCounts;
 use tokio::sync::watch;
 
+/// An order to close one connection (an operator's kick, a drain): the close frame each side
+/// gets and the cause recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    /// Close code and reason text to the client (a valid code; the reason at most 123 bytes).
+    pub client: (u16, String),
+    /// Close code and reason text to the backend.
+    pub backend: (u16, String),
+    /// Why, for the record and `weir_closes_total`.
+    pub cause: report::Cause,
+}
+
 /// One direction of a relayed connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -87,6 +99,12 @@ pub trait Observer {
     /// A signal that turns true when the connection's tenant is over a quota (the relay then
     /// closes both sides with `Close::QuotaExceeded`). Asked once, when the relay starts.
     fn quota_exceeded(&mut self) -> Option<watch::Receiver<bool>> {
+        None
+    }
+
+    /// The connection's control signal: when it holds a `Stop`, the relay closes the
+    /// connection as it says. Asked once, when the relay starts.
+    fn control(&mut self) -> Option<watch::Receiver<Option<Stop>>> {
         None
     }
 

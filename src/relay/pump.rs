@@ -25,7 +25,7 @@ use super::guard::{find_pong, Charge, Due, Guards, Watch};
 use super::report::{Cause, Ending, Party, RelayReport};
 use super::scanner::{DirectionCounts, Feed, FrameScanner, ScanPolicy};
 use super::timers::Timers;
-use super::{Direction, Observer};
+use super::{Direction, Observer, Stop};
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::hash::{BuildHasher, Hasher};
@@ -136,12 +136,17 @@ impl Half {
     /// Queue a close frame for `dst` if its stream is at a frame boundary and it has none yet;
     /// returns whether it did.
     fn inject_close(&mut self, close: Close, to_backend: bool) -> bool {
+        self.inject_close_with(close.code(), close.reason().as_bytes(), to_backend)
+    }
+
+    /// `inject_close` with any code and reason (an operator's kick).
+    fn inject_close_with(&mut self, code: u16, reason: &[u8], to_backend: bool) -> bool {
         if self.dst_has_close || self.dst_dead || !self.scanner.at_frame_boundary() {
             return false;
         }
         let mut buf = [0u8; MAX_CLOSE_FRAME_LEN];
         let mask = to_backend.then(mask_key);
-        let len = encode_close_frame(close.code(), close.reason().as_bytes(), mask, &mut buf);
+        let len = encode_close_frame(code, reason, mask, &mut buf);
         self.inject = Some(Injected { buf, len, sent: 0 });
         self.dst_has_close = true;
         true
@@ -318,6 +323,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
         }
         let mut moved = self.observer.object_moved();
         let mut quota = self.observer.quota_exceeded();
+        let mut control = self.observer.control();
+        if let Some(stop) = control.as_mut().and_then(|c| c.borrow_and_update().clone()) {
+            self.stop(stop);
+        }
         if quota.as_mut().is_some_and(|q| *q.borrow_and_update()) {
             self.over_quota();
         }
@@ -341,6 +350,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
                     }
                     Some(()) => {}
                     None => quota = None,
+                },
+                changed = async { control.as_mut()?.changed().await.ok() }, if control.is_some() => match changed {
+                    Some(()) => {
+                        if let Some(stop) = control.as_mut().and_then(|c| c.borrow_and_update().clone()) {
+                            self.stop(stop);
+                            control = None;
+                        }
+                    }
+                    None => control = None,
                 },
                 changed = shutdown.changed(), if watching && drain_at.is_none() => match changed {
                     Ok(()) if *shutdown.borrow() => drain_at = Some(Box::pin(sleep(grace))),
@@ -753,6 +771,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             h.discard = true;
             self.relayed_until_move = Some(Box::new(*h.scanner.counts()));
         }
+    }
+
+    /// An order from outside (kick, drain): each side gets its close, then the linger.
+    fn stop(&mut self, stop: Stop) {
+        tracing::debug!(cause = stop.cause.as_str(), code = stop.client.0, "closing on an operator's order");
+        self.ending.cause.get_or_insert(stop.cause);
+        if self.ending.first_close.is_none() && self.ending.gateway_code.is_none() {
+            self.ending.gateway_code = Some(stop.client.0);
+        }
+        for d in Direction::BOTH {
+            // Toward the client runs the half that reads the backend, and the other way round.
+            let (code, reason) = if d == Direction::BackendToClient { &stop.client } else { &stop.backend };
+            let h = &mut self.halves[d.index()];
+            h.inject_close_with(*code, reason.as_bytes(), d == Direction::ClientToBackend);
+            h.src_done = true;
+        }
+        self.start_linger();
     }
 
     /// The tenant is over a quota: both sides get 1008, cause `quota`.

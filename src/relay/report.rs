@@ -113,11 +113,15 @@ pub enum Cause {
     RateLimited,
     /// The connection's tenant went over a quota.
     Quota,
+    /// An operator closed it (`DELETE /api/connections/{id}`).
+    Kicked,
+    /// A drain closed it (`POST /api/drain`, or a shutdown's drain window).
+    Drained,
 }
 
 impl Cause {
     /// Every cause, for metrics set up at startup.
-    pub const ALL: [Cause; 14] = [
+    pub const ALL: [Cause; 16] = [
         Cause::ClientClose,
         Cause::BackendClose,
         Cause::ClientGone,
@@ -132,6 +136,8 @@ impl Cause {
         Cause::DeadPeer,
         Cause::RateLimited,
         Cause::Quota,
+        Cause::Kicked,
+        Cause::Drained,
     ];
 
     /// Label value.
@@ -151,6 +157,8 @@ impl Cause {
             Cause::DeadPeer => "dead_peer",
             Cause::RateLimited => "rate_limited",
             Cause::Quota => "quota",
+            Cause::Kicked => "kicked",
+            Cause::Drained => "drained",
         }
     }
 }

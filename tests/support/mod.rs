@@ -84,22 +84,28 @@ impl Weir {
 
     /// Like `start`, with `extra` YAML appended (e.g. `timeouts:` or `server:` overrides).
     pub async fn start_with(pools_and_routes: &str, extra: &str) -> Weir {
-        Self::start_full(pools_and_routes, extra, "").await
+        Self::start_full(pools_and_routes, extra, "", "").await
+    }
+
+    /// Like `start_with`, with `admin` (YAML lines of the `admin:` section, indented by two
+    /// spaces, e.g. `  token: "..."\n`).
+    pub async fn start_with_admin(pools_and_routes: &str, extra: &str, admin: &str) -> Weir {
+        Self::start_full(pools_and_routes, extra, "", admin).await
     }
 
     /// Like `start`, with TLS terminated on the public listener with these PEM files.
     pub async fn start_tls(pools_and_routes: &str, cert: &std::path::Path, key: &std::path::Path) -> Weir {
         let tls = format!("    tls:\n      cert: \"{}\"\n      key: \"{}\"\n", cert.display(), key.display());
-        Self::start_full(pools_and_routes, "", &tls).await
+        Self::start_full(pools_and_routes, "", &tls, "").await
     }
 
     /// Like `start_with`, with `listener` (YAML lines of the public listener's entry, indented
     /// by four spaces, e.g. `    proxy_protocol: true\n`).
     pub async fn start_listener(pools_and_routes: &str, extra: &str, listener: &str) -> Weir {
-        Self::start_full(pools_and_routes, extra, listener).await
+        Self::start_full(pools_and_routes, extra, listener, "").await
     }
 
-    async fn start_full(pools_and_routes: &str, extra: &str, tls_yaml: &str) -> Weir {
+    async fn start_full(pools_and_routes: &str, extra: &str, tls_yaml: &str, admin_yaml: &str) -> Weir {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -107,7 +113,7 @@ impl Weir {
             let usage = dir.path().join("usage.jsonl");
             let has = |k: &str| extra.lines().any(|l| l.starts_with(k));
             let mut yaml = format!(
-                "listeners:\n  - address: \"127.0.0.1:{port}\"\n{tls_yaml}admin:\n  address: \"127.0.0.1:{admin_port}\"\nlog:\n  level: debug\n"
+                "listeners:\n  - address: \"127.0.0.1:{port}\"\n{tls_yaml}admin:\n  address: \"127.0.0.1:{admin_port}\"\n{admin_yaml}log:\n  level: debug\n"
             );
             if !has("usage:") {
                 yaml.push_str(&format!(

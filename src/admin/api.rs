@@ -1,0 +1,233 @@
+//! The admin API (`/api/...`, JSON): list and inspect open connections, kick one, drain the
+//! instance. Every connection is named by the id of its usage records and `X-Weir-Connection-Id`.
+//!
+//! Warm path (one operator request at a time), on the admin listener's own thread and runtime.
+//! Access: with `admin.token` every path but `/healthz` and `/readyz` (and `/metrics` with
+//! `admin.metrics_public`) needs `Authorization: Bearer <token>`; without a token the API answers
+//! loopback peers only. Bad input gets a 4xx JSON error; nothing here panics on a request.
+
+use crate::http1::query;
+use crate::metering::live::{Live, LiveSet};
+use crate::relay::report::Cause;
+use crate::relay::Stop;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most connections one list answer holds (`limit` is capped to it).
+pub const MAX_PAGE: usize = 1000;
+/// How long a kick waits for the connection to end before it answers.
+const KICK_WAIT: Duration = Duration::from_secs(5);
+
+/// Who may use the API, and how a drain closes connections.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// The bearer token (`admin.token` / `admin.token_file`); `None`: loopback peers only.
+    pub token: Option<String>,
+    /// `/metrics` needs no token.
+    pub metrics_public: bool,
+}
+
+impl Access {
+    /// Whether a request for `path` from `peer` with `authorization` may be answered.
+    pub fn allows(&self, path: &str, peer: Option<SocketAddr>, authorization: Option<&str>) -> bool {
+        if matches!(path, "/healthz" | "/readyz")
+            || (path == "/metrics" && (self.metrics_public || self.token.is_none()))
+        {
+            return true;
+        }
+        match &self.token {
+            Some(token) => authorization
+                .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")))
+                .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes())),
+            None => peer.is_some_and(|p| p.ip().is_loopback()),
+        }
+    }
+}
+
+/// Equality that takes the same time wherever the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// How a drain closes connections (`drain:`).
+#[derive(Debug, Clone, Copy)]
+pub struct DrainPlan {
+    /// Closes are spread over this window.
+    pub window: Duration,
+    /// The close code to clients: 1001, or 1012 (`close_code: restart`).
+    pub code: u16,
+}
+
+/// An API answer: status and JSON body.
+pub type Reply = (u16, Value);
+
+fn error(status: u16, message: &str) -> Reply {
+    (status, json!({ "error": message }))
+}
+
+/// Answer `method target` on the API (`target` starts with `/api/`).
+pub async fn answer(live: &Arc<LiveSet>, plan: DrainPlan, method: &str, target: &str) -> Reply {
+    let path = target.split('?').next().unwrap_or("");
+    let q = query::query_of(target);
+    let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').filter(|s| !s.is_empty()).collect();
+    match (method, segments.as_slice()) {
+        ("GET", ["connections"]) => list(live, q),
+        ("GET", ["connections", id]) => match find(live, id) {
+            Ok(l) => (200, l.view(Instant::now())),
+            Err(e) => e,
+        },
+        ("DELETE", ["connections", id]) => kick(live, id, q).await,
+        ("POST", ["drain"]) => {
+            let started = start_drain(live, plan);
+            (202, json!({"draining": true, "connections": started, "window_ms": plan.window.as_millis() as u64}))
+        }
+        ("GET" | "DELETE" | "POST", _) => error(404, "no such API path; see docs/admin-api.yaml"),
+        _ => error(405, "method not allowed"),
+    }
+}
+
+fn find(live: &LiveSet, id: &str) -> Result<Arc<Live>, Reply> {
+    let uuid = uuid::Uuid::parse_str(id).map_err(|_| error(400, "a connection id is a UUID"))?;
+    live.get(&uuid).ok_or_else(|| error(404, "no open connection with this id"))
+}
+
+/// `GET /api/connections?route=&tenant=&backend=&namespace=&object=&min_age_ms=&idle_ms=&limit=&after=`.
+fn list(live: &LiveSet, q: &str) -> Reply {
+    let param = |name: &str| query::param(q, name).and_then(|v| v.and_then(|b| String::from_utf8(b).ok()));
+    let number = |name: &str| -> Result<Option<u64>, Reply> {
+        param(name)
+            .map(|v| v.parse::<u64>().map_err(|_| error(400, &format!("{name} must be a whole number"))))
+            .transpose()
+    };
+    let (min_age, idle, limit) = match (number("min_age_ms"), number("idle_ms"), number("limit")) {
+        (Ok(a), Ok(i), Ok(l)) => (a, i, l),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+    };
+    let limit = limit.map_or(100, |l| l as usize).clamp(1, MAX_PAGE);
+    let after = match param("after").map(|a| uuid::Uuid::parse_str(&a)) {
+        None => None,
+        Some(Ok(u)) => Some(u),
+        Some(Err(_)) => return error(400, "after must be a connection id"),
+    };
+    let now = Instant::now();
+    let wanted = |key: &str, v: &Value| param(key).is_none_or(|want| v.as_str() == Some(want.as_str()));
+    let mut out = Vec::new();
+    let mut more = false;
+    for l in live.all().into_iter().filter(|l| after.is_none_or(|a| l.meter.id > a)) {
+        let v = l.view(now);
+        let ok = wanted("route", &v["route"])
+            && wanted("tenant", &v["tenant"])
+            && wanted("backend", &v["backend"])
+            && wanted("namespace", &v["object"]["namespace"])
+            && wanted("object", &v["object"]["id"])
+            && min_age.is_none_or(|m| v["age_ms"].as_u64().unwrap_or(0) >= m)
+            && idle.is_none_or(|m| {
+                v["age_ms"].as_u64().unwrap_or(0).saturating_sub(v["active_ms"].as_u64().unwrap_or(0)) >= m
+            });
+        if ok {
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            out.push(v);
+        }
+    }
+    let next = if more { out.last().and_then(|v| v["id"].as_str()).map(String::from) } else { None };
+    (200, json!({ "connections": out, "next_after": next }))
+}
+
+/// `DELETE /api/connections/{id}?code=4000&reason=...`: the client gets that close (default
+/// 1000), the backend 1001; answers once the connection ended (or after `KICK_WAIT`).
+async fn kick(live: &LiveSet, id: &str, q: &str) -> Reply {
+    let l = match find(live, id) {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    let code = match query::param(q, "code").map(|v| v.and_then(|b| String::from_utf8(b).ok())) {
+        None => 1000,
+        Some(Some(c)) => match c.parse::<u16>() {
+            Ok(c) if c == 1000 || (3000..=4999).contains(&c) => c,
+            _ => return error(400, "code must be 1000 or an application code 3000-4999"),
+        },
+        Some(None) => return error(400, "code must be 1000 or an application code 3000-4999"),
+    };
+    let reason = match query::param(q, "reason") {
+        None => String::new(),
+        Some(Some(r)) => match String::from_utf8(r) {
+            Ok(r) if r.len() <= 123 => r,
+            _ => return error(400, "reason must be UTF-8, at most 123 bytes"),
+        },
+        Some(None) => return error(400, "reason has a bad percent-escape"),
+    };
+    let asked = Instant::now();
+    l.stop(Stop { client: (code, reason), backend: (1001, String::new()), cause: Cause::Kicked });
+    let id = l.meter.id;
+    drop(l);
+    while live.get(&id).is_some() {
+        if asked.elapsed() >= KICK_WAIT {
+            return (
+                202,
+                json!({"id": id.to_string(), "ended": false, "note": "close sent; the connection has not ended yet"}),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (200, json!({"id": id.to_string(), "ended": true, "ended_after_ms": asked.elapsed().as_millis() as u64}))
+}
+
+/// Start draining: refuse new upgrades from now on and close every open connection once, each
+/// at its own point of the window (spread by its id, so the clients reconnect gradually).
+/// Returns how many connections were open.
+pub fn start_drain(live: &Arc<LiveSet>, plan: DrainPlan) -> usize {
+    if !live.begin_drain() {
+        return live.len();
+    }
+    let mut order: Vec<(Duration, Arc<Live>)> = live
+        .all()
+        .into_iter()
+        .map(|l| {
+            let share = (l.meter.id.as_u128() as u64 & 0xFFFF_FFFF) as f64 / (1u64 << 32) as f64;
+            (plan.window.mul_f64(share), l)
+        })
+        .collect();
+    order.sort_by_key(|(at, _)| *at);
+    let n = order.len();
+    tracing::info!(
+        connections = n,
+        window_ms = plan.window.as_millis() as u64,
+        "draining: closing open connections over the window"
+    );
+    let started = Instant::now();
+    tokio::spawn(async move {
+        for (at, l) in order {
+            tokio::time::sleep_until((started + at).into()).await;
+            let reason = if plan.code == 1012 { "restart" } else { "draining" };
+            l.stop(Stop { client: (plan.code, reason.into()), backend: (1001, String::new()), cause: Cause::Drained });
+        }
+    });
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_rules() {
+        let open = Access::default();
+        let lo: Option<SocketAddr> = Some("127.0.0.1:5".parse().unwrap());
+        let far: Option<SocketAddr> = Some("10.0.0.1:5".parse().unwrap());
+        assert!(open.allows("/api/connections", lo, None));
+        assert!(!open.allows("/api/connections", far, None), "no token: loopback only");
+        assert!(open.allows("/metrics", far, None));
+        let locked = Access { token: Some("s3cret".into()), metrics_public: false };
+        assert!(!locked.allows("/api/connections", lo, None));
+        assert!(!locked.allows("/api/connections", lo, Some("Bearer wrong")));
+        assert!(locked.allows("/api/connections", far, Some("Bearer s3cret")));
+        assert!(!locked.allows("/metrics", lo, None));
+        assert!(locked.allows("/readyz", far, None) && locked.allows("/healthz", far, None));
+        assert!(Access { metrics_public: true, ..locked }.allows("/metrics", far, None));
+    }
+}
