@@ -7,13 +7,14 @@
 //! cargo build --release            # builds both `weir` and `weir-bench`
 //! cargo run --release --bin weir-bench -- [--quick]
 //!     [--only direct,weir,floor]
-//!     [--scenarios small,bulk,handshake,idle,idle-echo,idle-room,idle-builtin] [--weir-bin PATH]
+//!     [--scenarios small,bulk,handshake,idle,keepalive,idle-echo,idle-room,idle-builtin]
+//!     [--weir-bin PATH]
 //!     [--baseline-bin PATH]
 //! ```
 //!
 //! The table goes to stdout, progress to stderr. `--quick` is a smoke test (at most 1 s per
-//! throughput scenario, 1 000 idle relayed connections, 500 idle connections to each built-in);
-//! without it a full run takes a few minutes.
+//! throughput scenario, 1 000 idle relayed connections, a 3 s keepalive window, 500 idle
+//! connections to each built-in); without it a full run takes a few minutes.
 //! The exit status is 0 whenever the benchmark ran, whether or not weir meets its targets
 //! (this is a report, not a test); it is non-zero only if something failed.
 //!
@@ -37,6 +38,14 @@
 //! child is killed by PID when its scenario ends, on error and on Ctrl-C (a Drop guard), and
 //! also gets `PR_SET_PDEATHSIG` in case the bench itself is killed. Everything listens on
 //! 127.0.0.1 only, and `RLIMIT_NOFILE` is raised to the hard limit in the bench and its children.
+//!
+//! Every weir the bench starts runs with every connection guard on, written out in its config
+//! (`weir_config`), at limits no scenario reaches: `limits: {idle_timeout: 5m, close_timeout: 10s,
+//! max_lifetime: 24h, keepalive: {interval: 30s, timeout: 20s}, max_frame: 16777216,
+//! max_message: 67108864, message_rate: {per_second: 1000000, burst: 1000000, action: close},
+//! bandwidth: {per_second: 10000000000, burst: 10000000000, action: close}}` (the `keepalive`
+//! scenario changes `keepalive` only). So the figures include what the guards cost when they do
+//! not fire. A `--baseline-bin` weir gets the same config, so it must know `limits:`.
 //!
 //! "Relay process" below means weir or the floor relay; for `direct`, which has no relay, the
 //! CPU and RSS figures are the echo server's and are marked with †. CPU time is
@@ -75,13 +84,35 @@
 //!   not echo) and a pool with the built-in echo backend at `/builtin` (`idle-builtin`: relayed
 //!   to `builtin:echo`, so weir holds the relay and the echo server's WebSocket state; three
 //!   descriptors per connection). The figure is weir's whole cost of one such connection.
+//! * `keepalive` (weir only; `direct`, `floor` and `baseline` show `-`): what weir's keepalive
+//!   pings cost. Two weir runs, each opening N idle relayed connections as `idle` does (same N,
+//!   same `RLIMIT_NOFILE` cap) whose clients do answer pings: every client connection has its own
+//!   task looping on `next()`, and tungstenite queues the pong and flushes it on that task's next
+//!   read. One run has `keepalive: {interval: 1s, timeout: 10s}` (one ping per connection and
+//!   second), the other `keepalive: {interval: 0s}` (no pings); everything else is as above. Once
+//!   all N are open and 2 s have passed (every connection is then in its ping cycle), weir's CPU
+//!   time is read over a 10 s window (`CPU ms/s`). Pings sent in the window are the pings the
+//!   clients received; `CPU µs per ping` = (CPU ms/s with pings − without) / pings per second.
+//!   `pongs matched` is the increase of `weir_peer_rtt_seconds_count` (summed over its labels,
+//!   from weir's admin `/metrics`) over the window: the pongs weir recognised as answers to its
+//!   pings. The scenario fails if that is below N × window / interval / 2 (pings not answered, or
+//!   answers not matched), if the run without pings saw any ping, or if weir closed a connection.
+//!   More than 1.5 pings per connection and interval is not a failure (the µs per ping is still
+//!   per ping sent) but is printed as a WARNING, on stderr and after the table: weir then pings
+//!   answered connections before their interval has passed, and the ms/s with pings is not that
+//!   of one ping per interval.
+//!
+//! After each relayed idle and keepalive run, weir's `weir_connections_active` must still be N (no
+//! guard closed an idle connection while it was measured), else the run fails.
 //!
 //! The `weir / floor` column is computed from the same run; with `--baseline-bin` a second weir
 //! binary (say, the previous commit's) runs right before weir in every scenario, and the
 //! `weir / baseline` column compares the two. After the table the tool checks
-//! the issue's targets: CPU per small message ≤ 1.3× floor, bulk MB/s ≥ 0.8× floor, and
-//! ≤ 16 KiB RSS per idle connection for weir (judged on `KiB/conn`), and lists the idle cost of
-//! each built-in endpoint measured.
+//! the issues' targets: CPU per small message ≤ 1.3× floor, bulk MB/s ≥ 0.8× floor and
+//! ≤ 16 KiB RSS per idle connection for weir (judged on `KiB/conn`), then, with every guard on
+//! (issue 10), CPU per small message ≤ 1.15× floor and ≤ 8 KiB RSS per idle connection at
+//! 9 900 connections (not judged when N is lower, as with `--quick`); it also prints the
+//! keepalive figures on one line and lists the idle cost of each built-in endpoint measured.
 //!
 //! The host is small and shared: treat differences of a few percent as noise, and compare
 //! columns of one run rather than numbers from different runs.
@@ -167,11 +198,12 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "small,bulk,handshake,idle,idle-echo,idle-room,idle-builtin"
+        default_value = "small,bulk,handshake,idle,keepalive,idle-echo,idle-room,idle-builtin"
     )]
     scenarios: Vec<Scenario>,
 
-    /// Smoke test: short durations, 1000 idle relayed connections and 500 to each built-in.
+    /// Smoke test: short durations, 1000 idle relayed connections (also for keepalive, with a
+    /// 3 s window) and 500 to each built-in.
     #[arg(long)]
     quick: bool,
 
@@ -235,6 +267,8 @@ enum Scenario {
     Bulk,
     Handshake,
     Idle,
+    /// What weir's keepalive pings cost: idle relayed connections, pings on and off.
+    Keepalive,
     /// Idle connections to weir's built-in echo object.
     IdleEcho,
     /// Idle members of weir's built-in rooms.
@@ -250,6 +284,7 @@ impl Scenario {
             Scenario::Bulk => "bulk",
             Scenario::Handshake => "handshake",
             Scenario::Idle => "idle",
+            Scenario::Keepalive => "keepalive",
             Scenario::IdleEcho => "idle-echo",
             Scenario::IdleRoom => "idle-room",
             Scenario::IdleBuiltin => "idle-builtin",
@@ -261,6 +296,14 @@ impl Scenario {
             Scenario::Small => vec![Row::SmallRate, Row::SmallCpu],
             Scenario::Bulk => vec![Row::BulkRate, Row::BulkCpu],
             Scenario::Handshake => vec![Row::Handshakes],
+            Scenario::Keepalive => vec![
+                Row::KeepaliveCpuOff,
+                Row::KeepaliveCpuOn,
+                Row::KeepalivePerPing,
+                Row::KeepalivePingRate,
+                Row::KeepalivePings,
+                Row::KeepalivePongs,
+            ],
             Scenario::Idle | Scenario::IdleEcho | Scenario::IdleRoom | Scenario::IdleBuiltin => {
                 let kind = self.idle().unwrap_or(IdleKind::Relay);
                 vec![Row::IdleKib(kind), Row::IdleSlope(kind)]
@@ -275,15 +318,42 @@ impl Scenario {
             Scenario::IdleEcho => Some(IdleKind::EchoObject),
             Scenario::IdleRoom => Some(IdleKind::Room),
             Scenario::IdleBuiltin => Some(IdleKind::EchoBackend),
-            Scenario::Small | Scenario::Bulk | Scenario::Handshake => None,
+            Scenario::Small | Scenario::Bulk | Scenario::Handshake | Scenario::Keepalive => None,
         }
     }
 
-    /// Scenarios that measure what weir serves itself: nothing to compare on direct or floor.
-    fn weir_only(self) -> bool {
+    /// Scenarios that measure what weir serves itself: weir then also serves its built-ins.
+    fn builtins(self) -> bool {
         self.idle().is_some_and(IdleKind::builtin)
     }
+
+    /// Whether the scenario runs on `target`: the built-in ones have nothing to compare on direct
+    /// or floor, and keepalive measures weir's own pings (on weir only).
+    fn runs_on(self, target: Target) -> bool {
+        match self {
+            Scenario::Keepalive => target == Target::Weir,
+            _ if self.builtins() => !matches!(target, Target::Direct | Target::Floor),
+            _ => true,
+        }
+    }
 }
+
+/// `limits.keepalive` of every weir the bench starts, except in the `keepalive` scenario.
+const GUARD_KEEPALIVE: &str = "{interval: 30s, timeout: 20s}";
+/// The `keepalive` scenario's pings: one per connection and second.
+const KEEPALIVE_ON: &str = "{interval: 1s, timeout: 10s}";
+/// Its `interval` (ping rate per connection is its inverse).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// More pings per connection than this × 1 / interval is reported as a weir bug.
+const KEEPALIVE_RATE_SLACK: f64 = 1.5;
+/// The `keepalive` scenario's comparison run: no pings.
+const KEEPALIVE_OFF: &str = "{interval: 0s}";
+/// After the last connection opens, how long before the CPU window starts (longer than the
+/// interval, so every connection is in its ping cycle).
+const KEEPALIVE_WARMUP: Duration = Duration::from_secs(2);
+
+/// The issue 10 idle target (≤ 8 KiB per connection) is judged at this many connections.
+const IDLE_TARGET_N: usize = 9_900;
 
 /// Members per room in `idle-room`.
 const ROOM_MEMBERS: usize = 10;
@@ -396,6 +466,8 @@ struct Params {
     /// Connections of the idle scenarios on weir's built-ins.
     builtin_idle_n: usize,
     idle_concurrency: usize,
+    /// The `keepalive` scenario's CPU window (it opens `idle_n` connections).
+    keepalive_window: Duration,
 }
 
 impl Params {
@@ -428,6 +500,7 @@ impl Params {
             idle_n: if quick { 1_000 } else { 9_900 },
             builtin_idle_n: if quick { 500 } else { 2_000 },
             idle_concurrency: 200,
+            keepalive_window: secs(10, 3_000),
         }
     }
 
@@ -448,6 +521,11 @@ impl Params {
             Scenario::Idle => format!(
                 "N = {} idle conns (RSS at N/10 and N), {} handshakes in flight",
                 self.idle_n, self.idle_concurrency
+            ),
+            Scenario::Keepalive => format!(
+                "N = {} idle relayed conns whose clients answer pings; weir CPU over {:?} with \
+                 `keepalive: {KEEPALIVE_ON}` vs a second weir with `{KEEPALIVE_OFF}`, weir only",
+                self.idle_n, self.keepalive_window
             ),
             Scenario::IdleEcho => format!(
                 "N = {} idle conns to weir's built-in echo object (one id each; RSS at N/10 and N), weir only",
@@ -539,21 +617,24 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
 
     let mut params = Params::new(cli.quick);
     // A proxied connection costs the relay two descriptors (client side and upstream side).
+    // The keepalive scenario opens as many relayed connections as idle.
     let max_idle = (nofile.saturating_sub(FD_RESERVE) / 2) as usize;
-    if scenarios.contains(&Scenario::Idle) && params.idle_n > max_idle {
+    let relayed_idle = scenarios.contains(&Scenario::Idle) || scenarios.contains(&Scenario::Keepalive);
+    if relayed_idle && params.idle_n > max_idle {
         eprintln!(
-            "weir-bench: RLIMIT_NOFILE is {nofile}: idle scenario lowered from {} to {max_idle} connections",
+            "weir-bench: RLIMIT_NOFILE is {nofile}: idle and keepalive scenarios lowered from {} to \
+             {max_idle} connections",
             params.idle_n
         );
         params.idle_n = max_idle;
     }
     ensure!(
-        params.idle_n >= 100 || !scenarios.contains(&Scenario::Idle),
-        "RLIMIT_NOFILE {nofile} is too low for the idle scenario"
+        params.idle_n >= 100 || !relayed_idle,
+        "RLIMIT_NOFILE {nofile} is too low for the idle and keepalive scenarios"
     );
     // The costliest built-in scenario: three descriptors per connection in weir.
     let max_builtin = (nofile.saturating_sub(FD_RESERVE) / IdleKind::EchoBackend.relay_fds()) as usize;
-    if scenarios.iter().any(|s| s.weir_only()) && params.builtin_idle_n > max_builtin {
+    if scenarios.iter().any(|s| s.builtins()) && params.builtin_idle_n > max_builtin {
         eprintln!(
             "weir-bench: RLIMIT_NOFILE is {nofile}: built-in idle scenarios lowered from {} to {max_builtin} connections",
             params.builtin_idle_n
@@ -561,7 +642,7 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
         params.builtin_idle_n = max_builtin;
     }
     ensure!(
-        params.builtin_idle_n >= 100 || !scenarios.iter().any(|s| s.weir_only()),
+        params.builtin_idle_n >= 100 || !scenarios.iter().any(|s| s.builtins()),
         "RLIMIT_NOFILE {nofile} is too low for the built-in idle scenarios"
     );
 
@@ -592,7 +673,7 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
     let mut failures = 0usize;
     for &scenario in &scenarios {
         for &target in &run_order {
-            if scenario.weir_only() && matches!(target, Target::Direct | Target::Floor) {
+            if !scenario.runs_on(target) {
                 continue;
             }
             let label = format!("{}/{}", scenario.name(), target.name());
@@ -659,11 +740,19 @@ fn backstop(p: &Params, scenario: Scenario) -> Duration {
         Scenario::Idle | Scenario::IdleEcho | Scenario::IdleRoom | Scenario::IdleBuiltin => {
             2 * IDLE_OPEN_TIMEOUT + 3 * SETTLE_INTERVAL * SETTLE_MAX_READS as u32 + slack
         }
+        // Two weir runs, each: start-up, opening, warm-up, window, four scrapes.
+        Scenario::Keepalive => {
+            2 * (IDLE_OPEN_TIMEOUT + KEEPALIVE_WARMUP + p.keepalive_window + slack + 4 * SCRAPE_TIMEOUT)
+        }
     }
 }
 
 async fn run_one(ctx: &Ctx, scenario: Scenario, target: Target, label: &str) -> Result<Vec<(Row, f64)>> {
-    let dep = deploy(ctx, target, scenario.weir_only()).await?;
+    if scenario == Scenario::Keepalive {
+        // Two deployments of its own.
+        return run_keepalive(ctx, target, label).await;
+    }
+    let dep = deploy(ctx, target, scenario.builtins(), GUARD_KEEPALIVE).await?;
     eprintln!("[{label}] ready on {} (measuring {} pid {})", dep.addr, dep.measured_name(), dep.pid);
     let p = &ctx.params;
     let values = match scenario {
@@ -705,6 +794,7 @@ async fn run_one(ctx: &Ctx, scenario: Scenario, target: Target, label: &str) -> 
             let (at_n, slope) = run_idle(&dep, p, kind, label).await?;
             vec![(Row::IdleKib(kind), at_n), (Row::IdleSlope(kind), slope)]
         }
+        Scenario::Keepalive => bail!("keepalive runs on its own deployments"),
     };
     drop(dep);
     Ok(values)
@@ -779,6 +869,8 @@ struct Deployment {
     addr: SocketAddr,
     /// PID whose CPU and RSS are reported: the relay, or the echo server for `direct`.
     pid: u32,
+    /// weir's admin listener (`/metrics`); `None` for direct and floor.
+    admin: Option<SocketAddr>,
     /// Dropping these kills them.
     _procs: Vec<Proc>,
 }
@@ -795,8 +887,8 @@ impl Deployment {
 }
 
 /// Starts `target`; with `builtins`, weir also serves its built-in echo object, rooms and echo
-/// backend (see `weir_config`).
-async fn deploy(ctx: &Ctx, target: Target, builtins: bool) -> Result<Deployment> {
+/// backend (see `weir_config`); `keepalive` is weir's `limits.keepalive` (YAML flow map).
+async fn deploy(ctx: &Ctx, target: Target, builtins: bool, keepalive: &str) -> Result<Deployment> {
     let tag = ctx.tag();
     let dir = ctx.tmp.path();
 
@@ -817,7 +909,7 @@ async fn deploy(ctx: &Ctx, target: Target, builtins: bool) -> Result<Deployment>
     let mut procs = vec![echo];
 
     match target {
-        Target::Direct => Ok(Deployment { target, addr: echo_addr, pid: echo_pid, _procs: procs }),
+        Target::Direct => Ok(Deployment { target, addr: echo_addr, pid: echo_pid, admin: None, _procs: procs }),
         Target::Floor => {
             let port_file = dir.join(format!("floor-{tag}.port"));
             let upstream = echo_addr.to_string();
@@ -837,7 +929,7 @@ async fn deploy(ctx: &Ctx, target: Target, builtins: bool) -> Result<Deployment>
             let addr = loopback(wait_port_file(&mut floor, &port_file).await?);
             let pid = floor.pid();
             procs.push(floor);
-            Ok(Deployment { target, addr, pid, _procs: procs })
+            Ok(Deployment { target, addr, pid, admin: None, _procs: procs })
         }
         Target::Weir | Target::Baseline => {
             let bin = if target == Target::Weir { &ctx.weir } else { &ctx.baseline };
@@ -847,7 +939,7 @@ async fn deploy(ctx: &Ctx, target: Target, builtins: bool) -> Result<Deployment>
             let usage_path = dir.join(format!("usage-{tag}.jsonl"));
             let log_path = dir.join(format!("weir-{tag}.log"));
             let data_dir = builtins.then(|| dir.join(format!("data-{tag}")));
-            let config = weir_config(listen, admin, echo_addr, &usage_path, data_dir.as_deref())?;
+            let config = weir_config(listen, admin, echo_addr, &usage_path, data_dir.as_deref(), keepalive)?;
             fs::write(&config_path, config).with_context(|| format!("writing {}", config_path.display()))?;
             let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
             let mut cmd = Command::new(bin);
@@ -861,7 +953,7 @@ async fn deploy(ctx: &Ctx, target: Target, builtins: bool) -> Result<Deployment>
             wait_weir_ready(&mut weir, listen, admin, &log_path).await?;
             let pid = weir.pid();
             procs.push(weir);
-            Ok(Deployment { target, addr: listen, pid, _procs: procs })
+            Ok(Deployment { target, addr: listen, pid, admin: Some(admin), _procs: procs })
         }
     }
 }
@@ -920,13 +1012,15 @@ fn free_loopback_ports() -> Result<(SocketAddr, SocketAddr)> {
 
 /// weir's config: everything at `/` relayed to the bench's echo server. With `builtins` (a data
 /// directory), also a built-in echo object at `/echo/{id}`, a built-in room at `/rooms/{id}` and
-/// a pool with the built-in echo backend at `/builtin`.
+/// a pool with the built-in echo backend at `/builtin`. Every guard is on (`limits:`), at limits
+/// no scenario reaches, with `keepalive` as `limits.keepalive`.
 fn weir_config(
     listen: SocketAddr,
     admin: SocketAddr,
     echo: SocketAddr,
     usage: &Path,
     builtins: Option<&Path>,
+    keepalive: &str,
 ) -> Result<String> {
     // A JSON string literal is also a valid YAML double-quoted scalar.
     let usage = serde_json::to_string(&usage.to_string_lossy()).context("quoting the usage path")?;
@@ -981,6 +1075,15 @@ timeouts:
   backend_handshake: 10s
 usage:
   file: {usage}
+limits:
+  idle_timeout: 5m
+  close_timeout: 10s
+  max_lifetime: 24h
+  keepalive: {keepalive}
+  max_frame: 16777216
+  max_message: 67108864
+  message_rate: {{per_second: 1000000, burst: 1000000, action: close}}
+  bandwidth: {{per_second: 10000000000, burst: 10000000000, action: close}}
 {data_dir}{objects}pools:
   - name: echo
     backends: ["{echo}"]
@@ -1021,6 +1124,37 @@ async fn wait_weir_ready(weir: &mut Proc, listen: SocketAddr, admin: SocketAddr,
         }
         sleep(POLL_INTERVAL).await;
     }
+}
+
+/// Bound on one `/metrics` scrape.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest `/metrics` body read.
+const SCRAPE_MAX: usize = 16 << 20;
+
+/// The sum over all label sets of metric `name` (a counter, gauge, or a histogram's `_count`) in
+/// weir's admin `/metrics`; 0 when the metric is absent.
+async fn scrape_sum(admin: SocketAddr, name: &str) -> Result<f64> {
+    let body = timeout(SCRAPE_TIMEOUT, async {
+        let mut s = TcpStream::connect(admin).await.with_context(|| format!("connecting to {admin}"))?;
+        let req = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.context("sending the request")?;
+        let mut buf = Vec::new();
+        // The admin listener answers with `Connection: close`: read to the end.
+        (&mut s).take(SCRAPE_MAX as u64).read_to_end(&mut buf).await.context("reading the response")?;
+        Ok::<_, anyhow::Error>(String::from_utf8_lossy(&buf).into_owned())
+    })
+    .await
+    .with_context(|| format!("GET {admin}/metrics timed out"))??;
+    let (head, body) = body.split_once("\r\n\r\n").context("no end of head in the /metrics response")?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "/metrics answered {:?}", head.lines().next().unwrap_or(""));
+    let mut sum = 0.0;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        if line.split(['{', ' ']).next() == Some(name) {
+            let value = line.rsplit(' ').next().unwrap_or("");
+            sum += value.parse::<f64>().with_context(|| format!("bad /metrics line {line:?}"))?;
+        }
+    }
+    Ok(sum)
 }
 
 /// Minimal HTTP/1.1 GET returning the status code.
@@ -1454,10 +1588,19 @@ async fn run_idle(dep: &Deployment, p: &Params, kind: IdleKind, label: &str) -> 
     let n1 = n / 10;
     let rss0 = settled_rss_kib(dep.pid).await?;
     let mut conns: Vec<Ws> = Vec::with_capacity(n);
-    open_idle(dep.addr, kind, n1, p.idle_concurrency, &mut conns, label).await?;
+    open_idle(dep.addr, kind, 0..n1, p.idle_concurrency, label, |ws| conns.push(ws)).await?;
     let rss1 = settled_rss_kib(dep.pid).await?;
-    open_idle(dep.addr, kind, n - n1, p.idle_concurrency, &mut conns, label).await?;
+    open_idle(dep.addr, kind, n1..n, p.idle_concurrency, label, |ws| conns.push(ws)).await?;
     let rss2 = settled_rss_kib(dep.pid).await?;
+    // The guards are on: none may have closed a connection while it was measured.
+    if let (IdleKind::Relay, Some(admin)) = (kind, dep.admin) {
+        let active = scrape_sum(admin, "weir_connections_active").await?;
+        ensure!(
+            active == n as f64,
+            "weir has {active} connections active after opening {n}: it closed some while they were \
+             measured (a guard?)"
+        );
+    }
 
     let per = |rss: u64, base: u64, count: usize| (rss as f64 - base as f64) / count as f64;
     let at_n1 = per(rss1, rss0, n1);
@@ -1473,32 +1616,189 @@ async fn run_idle(dep: &Deployment, p: &Params, kind: IdleKind, label: &str) -> 
     Ok((at_n, slope))
 }
 
-/// Opens `count` more idle connections of `kind` (numbered on from `out.len()`), at most
-/// `concurrency` handshakes at a time.
+/// Opens the idle connections of `kind` numbered `range`, at most `concurrency` handshakes at a
+/// time, handing each to `keep` as soon as it is open.
 async fn open_idle(
     addr: SocketAddr,
     kind: IdleKind,
-    count: usize,
+    range: std::ops::Range<usize>,
     concurrency: usize,
-    out: &mut Vec<Ws>,
     label: &str,
+    mut keep: impl FnMut(Ws),
 ) -> Result<()> {
     let deadline = Instant::now() + IDLE_OPEN_TIMEOUT;
-    let first = out.len();
-    let target = first + count;
-    let mut opening = futures_util::stream::iter(first..target)
+    let target = range.end;
+    let mut open = range.start;
+    let mut opening = futures_util::stream::iter(range)
         .map(|i| async move { open_ws_at(addr, &kind.path(i), light_config(), kind.probe()).await })
         .buffer_unordered(concurrency);
     while let Some(opened) = timeout_at(deadline, opening.next())
         .await
         .with_context(|| format!("opening idle connections timed out after {IDLE_OPEN_TIMEOUT:?}"))?
     {
-        out.push(opened.with_context(|| format!("opening idle connection {}", out.len() + 1))?);
-        if out.len() % 2000 == 0 || out.len() == target {
-            eprintln!("[{label}] {} idle connections open", out.len());
+        keep(opened.with_context(|| format!("opening idle connection {}", open + 1))?);
+        open += 1;
+        if open % 2000 == 0 || open == target {
+            eprintln!("[{label}] {open} idle connections open");
         }
     }
     Ok(())
+}
+
+/// What the clients of the `keepalive` scenario saw, counted by their tasks.
+#[derive(Default)]
+struct PingStats {
+    /// Pings received (each answered with a pong by tungstenite on the task's next read).
+    pings: AtomicU64,
+    /// Connections that ended (close frame, end of stream or error).
+    ended: AtomicU64,
+    /// Data messages received (none expected).
+    data: AtomicU64,
+}
+
+/// One keepalive client: reads until the connection ends, so every ping is answered.
+async fn answer_pings(mut ws: Ws, stats: Arc<PingStats>) {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Ping(_))) => {
+                stats.pings.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Ok(Message::Text(_) | Message::Binary(_))) => {
+                stats.data.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                stats.ended.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+/// One weir run of the `keepalive` scenario.
+struct KeepaliveOut {
+    /// weir's CPU time per second of the window, in ms.
+    cpu_ms_per_s: f64,
+    /// Pings the clients received during the window.
+    pings: u64,
+    /// `weir_peer_rtt_seconds_count` increase over the window: pongs weir matched.
+    pongs: f64,
+    /// The same, over the whole run (read at its end).
+    pongs_total: f64,
+    elapsed: Duration,
+}
+
+/// The `keepalive` scenario: a weir without pings, then one pinging every connection every
+/// second; returns its rows.
+async fn run_keepalive(ctx: &Ctx, target: Target, label: &str) -> Result<Vec<(Row, f64)>> {
+    let p = &ctx.params;
+    let off = keepalive_run(ctx, target, KEEPALIVE_OFF, &format!("{label} off")).await?;
+    ensure!(
+        off.pings == 0 && off.pongs_total == 0.0,
+        "weir with `keepalive: {KEEPALIVE_OFF}` sent pings ({} seen by the clients in the window, \
+         {} pongs matched)",
+        off.pings,
+        off.pongs_total
+    );
+    let on = keepalive_run(ctx, target, KEEPALIVE_ON, &format!("{label} on")).await?;
+    let n = p.idle_n as f64;
+    let expected = n * on.elapsed.as_secs_f64() / KEEPALIVE_INTERVAL.as_secs_f64();
+    ensure!(
+        on.pongs >= expected / 2.0,
+        "weir matched only {} pongs in the {:.1?} window, far below the ≈ {expected:.0} pings it \
+         should have sent (N × window / interval); the clients received {} pings: pings are {}",
+        on.pongs,
+        on.elapsed,
+        on.pings,
+        if (on.pings as f64) < expected / 2.0 { "not sent" } else { "answered but the pongs are not matched" }
+    );
+    let ping_rate = on.pings as f64 / on.elapsed.as_secs_f64();
+    ensure!(ping_rate > 0.0, "no ping in the window");
+    // Not a failure (the per-ping cost is still measured), but the figures are not those of one
+    // ping per interval: said loudly here and in the report.
+    let per_conn = ping_rate / n;
+    if per_conn > KEEPALIVE_RATE_SLACK / KEEPALIVE_INTERVAL.as_secs_f64() {
+        eprintln!(
+            "[{label}] WARNING: weir sent {per_conn:.1} pings/s per connection with `keepalive: {KEEPALIVE_ON}` \
+             (expected ≈ {:.1}): it pings answered connections again before the interval has passed",
+            1.0 / KEEPALIVE_INTERVAL.as_secs_f64()
+        );
+    }
+    // ms/s difference over pings/s = ms per ping; × 1000 = µs.
+    let per_ping = (on.cpu_ms_per_s - off.cpu_ms_per_s) / ping_rate * 1e3;
+    eprintln!(
+        "[{label}] weir CPU {:.2} ms/s without pings, {:.2} ms/s with {ping_rate:.0} pings/s: {per_ping:.2} µs per \
+         ping; {} pings received, {} pongs matched in the window ({} over the whole run)",
+        off.cpu_ms_per_s, on.cpu_ms_per_s, on.pings, on.pongs, on.pongs_total
+    );
+    Ok(vec![
+        (Row::KeepaliveCpuOff, off.cpu_ms_per_s),
+        (Row::KeepaliveCpuOn, on.cpu_ms_per_s),
+        (Row::KeepalivePerPing, per_ping),
+        (Row::KeepalivePingRate, per_conn),
+        (Row::KeepalivePings, on.pings as f64),
+        (Row::KeepalivePongs, on.pongs),
+    ])
+}
+
+/// Starts weir with `keepalive`, opens `idle_n` relayed connections whose clients answer pings,
+/// waits `KEEPALIVE_WARMUP` and measures weir's CPU over the window.
+async fn keepalive_run(ctx: &Ctx, target: Target, keepalive: &str, label: &str) -> Result<KeepaliveOut> {
+    let p = &ctx.params;
+    let n = p.idle_n;
+    let dep = deploy(ctx, target, false, keepalive).await?;
+    let admin = dep.admin.context("the keepalive scenario needs weir's admin listener")?;
+    eprintln!(
+        "[{label}] ready on {} (measuring {} pid {}), keepalive: {keepalive}",
+        dep.addr,
+        dep.measured_name(),
+        dep.pid
+    );
+    let stats = Arc::new(PingStats::default());
+    // Dropping the set (on return or error) aborts the clients, closing their sockets.
+    let mut clients = JoinSet::new();
+    // Each client is polled from the moment it is open, so pings during the opening are answered.
+    open_idle(dep.addr, IdleKind::Relay, 0..n, p.idle_concurrency, label, |ws| {
+        clients.spawn(answer_pings(ws, Arc::clone(&stats)));
+    })
+    .await?;
+    sleep(KEEPALIVE_WARMUP).await;
+
+    let pongs0 = scrape_sum(admin, "weir_peer_rtt_seconds_count").await?;
+    let pings0 = stats.pings.load(Ordering::Relaxed);
+    let cpu0 = cpu_time(ctx, dep.pid)?;
+    let t0 = Instant::now();
+    sleep(p.keepalive_window).await;
+    let cpu1 = cpu_time(ctx, dep.pid)?;
+    let elapsed = t0.elapsed();
+    let pings1 = stats.pings.load(Ordering::Relaxed);
+    let pongs1 = scrape_sum(admin, "weir_peer_rtt_seconds_count").await?;
+    let active = scrape_sum(admin, "weir_connections_active").await?;
+
+    let ended = stats.ended.load(Ordering::Relaxed);
+    let data = stats.data.load(Ordering::Relaxed);
+    ensure!(
+        ended == 0 && active == n as f64,
+        "{ended} of {n} connections ended during the run and weir has {active} active: a guard closed \
+         them (dead peer?); see weir's log"
+    );
+    ensure!(data == 0, "the idle clients received {data} data messages");
+    let cpu = cpu1.saturating_sub(cpu0);
+    let out = KeepaliveOut {
+        cpu_ms_per_s: cpu.as_secs_f64() * 1e3 / elapsed.as_secs_f64(),
+        pings: pings1 - pings0,
+        pongs: pongs1 - pongs0,
+        pongs_total: pongs1,
+        elapsed,
+    };
+    eprintln!(
+        "[{label}] weir CPU {cpu:.2?} in {elapsed:.2?} = {:.2} ms/s; {} pings received, {} pongs matched \
+         ({} since start)",
+        out.cpu_ms_per_s, out.pings, out.pongs, out.pongs_total
+    );
+    clients.shutdown().await;
+    drop(dep);
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1606,6 +1906,12 @@ enum Row {
     Handshakes,
     IdleKib(IdleKind),
     IdleSlope(IdleKind),
+    KeepaliveCpuOff,
+    KeepaliveCpuOn,
+    KeepalivePerPing,
+    KeepalivePingRate,
+    KeepalivePings,
+    KeepalivePongs,
 }
 
 impl Row {
@@ -1620,18 +1926,30 @@ impl Row {
                 IdleKind::Room => "idle-room",
                 IdleKind::EchoBackend => "idle-builtin",
             },
+            Row::KeepaliveCpuOff
+            | Row::KeepaliveCpuOn
+            | Row::KeepalivePerPing
+            | Row::KeepalivePingRate
+            | Row::KeepalivePings
+            | Row::KeepalivePongs => "keepalive",
         }
     }
 
-    fn metric(self) -> &'static str {
+    fn metric(self, p: &Params) -> String {
         match self {
-            Row::SmallRate => "msgs/s",
-            Row::SmallCpu => "CPU µs/msg",
-            Row::BulkRate => "MB/s",
-            Row::BulkCpu => "CPU µs/MB relayed",
-            Row::Handshakes => "handshakes/s",
-            Row::IdleKib(_) => "RSS KiB/conn",
-            Row::IdleSlope(_) => "RSS KiB/conn slope N/10→N",
+            Row::SmallRate => "msgs/s".into(),
+            Row::SmallCpu => "CPU µs/msg".into(),
+            Row::BulkRate => "MB/s".into(),
+            Row::BulkCpu => "CPU µs/MB relayed".into(),
+            Row::Handshakes => "handshakes/s".into(),
+            Row::IdleKib(_) => "RSS KiB/conn".into(),
+            Row::IdleSlope(_) => "RSS KiB/conn slope N/10→N".into(),
+            Row::KeepaliveCpuOff => format!("CPU ms/s ({} conns, no pings)", p.idle_n),
+            Row::KeepaliveCpuOn => format!("CPU ms/s ({} conns, interval 1s: 1 ping/s each)", p.idle_n),
+            Row::KeepalivePerPing => "CPU µs per ping (difference / pings)".into(),
+            Row::KeepalivePingRate => "pings/s per connection (≈ 1 expected)".into(),
+            Row::KeepalivePings => format!("pings sent in the {:?} window", p.keepalive_window),
+            Row::KeepalivePongs => "pongs matched in the window (weir_peer_rtt_seconds_count)".into(),
         }
     }
 
@@ -1642,9 +1960,16 @@ impl Row {
 
     fn format(self, v: f64) -> String {
         match self {
-            Row::SmallRate | Row::Handshakes => format!("{v:.0}"),
+            Row::SmallRate | Row::Handshakes | Row::KeepalivePings | Row::KeepalivePongs => format!("{v:.0}"),
             Row::SmallCpu => format!("{v:.3}"),
-            Row::IdleKib(_) | Row::IdleSlope(_) => format!("{v:.2}"),
+            Row::IdleKib(_)
+            | Row::IdleSlope(_)
+            | Row::KeepaliveCpuOff
+            | Row::KeepaliveCpuOn
+            | Row::KeepalivePerPing
+            | Row::KeepalivePingRate => {
+                format!("{v:.2}")
+            }
             Row::BulkRate | Row::BulkCpu => format!("{v:.1}"),
         }
     }
@@ -1703,7 +2028,7 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
                 out,
                 "| {} | {} | {} | {} | {} | {ratio} |",
                 row.scenario(),
-                row.metric(),
+                row.metric(&ctx.params),
                 cell(Target::Direct),
                 cell(Target::Weir),
                 cell(Target::Floor)
@@ -1723,7 +2048,8 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
         out,
         "† direct has no relay: the figure is the echo server's. CPU and RSS are otherwise the \
          relay process's (weir or floor). small msgs/s counts round trips; for CPU a round trip \
-         is 2 messages relayed and an echoed MB is 2 MB relayed."
+         is 2 messages relayed and an echoed MB is 2 MB relayed. Every weir runs with every \
+         guard on (`limits:`, none reached); keepalive is measured on weir only."
     );
     let _ = writeln!(out);
 
@@ -1736,6 +2062,13 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
         _ => "not measured (needs small on weir and floor)".into(),
     };
     let _ = writeln!(out, "- CPU per small message ≤ 1.3× floor: {cpu}");
+    let cpu_guarded = match (value(Row::SmallCpu, Target::Weir), value(Row::SmallCpu, Target::Floor)) {
+        (Some(w), Some(f)) if f > 0.0 => {
+            format!("weir {w:.3} vs floor {f:.3} µs/msg = {:.2}× — {}", w / f, verdict(w <= 1.15 * f))
+        }
+        _ => "not measured (needs small on weir and floor)".into(),
+    };
+    let _ = writeln!(out, "- CPU per small message ≤ 1.15× floor, guards on (issue 10): {cpu_guarded}");
     let bulk = match (value(Row::BulkRate, Target::Weir), value(Row::BulkRate, Target::Floor)) {
         (Some(w), Some(f)) if f > 0.0 => {
             format!("weir {w:.1} vs floor {f:.1} MB/s = {:.2}× — {}", w / f, verdict(w >= 0.8 * f))
@@ -1753,6 +2086,42 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
         _ => "not measured (needs idle on weir)".into(),
     };
     let _ = writeln!(out, "- ≤ 16 KiB RSS per idle connection (weir): {idle}");
+    let n = ctx.params.idle_n;
+    let idle_guarded = match value(Row::IdleKib(relay), Target::Weir) {
+        Some(k) if n >= IDLE_TARGET_N => format!("weir {k:.2} KiB/conn at N = {n} — {}", verdict(k <= 8.0)),
+        Some(k) => format!("weir {k:.2} KiB/conn at N = {n} — not judged (the target is at N = {IDLE_TARGET_N})"),
+        None => "not measured (needs idle on weir)".into(),
+    };
+    let _ = writeln!(
+        out,
+        "- ≤ 8 KiB RSS per idle connection at {IDLE_TARGET_N} connections, guards on (weir, issue 10): {idle_guarded}"
+    );
+    let keepalive = [
+        Row::KeepaliveCpuOff,
+        Row::KeepaliveCpuOn,
+        Row::KeepalivePerPing,
+        Row::KeepalivePingRate,
+        Row::KeepalivePings,
+        Row::KeepalivePongs,
+    ]
+    .map(|row| value(row, Target::Weir));
+    if let [Some(off), Some(on), Some(per), Some(rate), Some(pings), Some(pongs)] = keepalive {
+        let _ = writeln!(
+            out,
+            "- keepalive CPU ms/s ({n} conns, 1 ping/s each; no target): weir {off:.2} without pings, {on:.2} \
+             with = {per:.2} µs per ping ({pings:.0} pings sent, {pongs:.0} pongs matched in the {:?} window)",
+            ctx.params.keepalive_window
+        );
+        let expected = 1.0 / KEEPALIVE_INTERVAL.as_secs_f64();
+        if rate > KEEPALIVE_RATE_SLACK * expected {
+            let _ = writeln!(
+                out,
+                "- WARNING: weir sent {rate:.1} pings/s per connection, not ≈ {expected:.1} (`keepalive: \
+                 {KEEPALIVE_ON}`): answered connections are pinged again before the interval has passed, \
+                 so the ms/s with pings is not that of 1 ping/s each (the µs per ping is still per ping sent)"
+            );
+        }
+    }
     let builtins: Vec<String> = [IdleKind::EchoObject, IdleKind::Room, IdleKind::EchoBackend]
         .into_iter()
         .filter_map(|kind| {
