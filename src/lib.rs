@@ -37,6 +37,9 @@
 //! - `metrics`: Prometheus families, names in `metrics::names` (hot updates, cold setup).
 //! - `accept`: what weir's own accept loops do when `accept(2)` fails (backoff, counted, logged
 //!   once a second; leaf).
+//! - `access`: the per-connection access log, written by a thread of its own (warm hand-off).
+//! - `admission`: who may connect (API keys, JWT, forward auth), origins, caps and rates
+//!   (warm, before the 101).
 //! - `admin`: `/metrics`, `/healthz`, `/readyz` on the admin listener, served on its own thread
 //!   so it answers through the whole shutdown (warm).
 //! - `fds`: the descriptor limit, the open count and the reserve kept for weir itself
@@ -46,6 +49,7 @@
 //! The README's "Code map" and `../shared/DESIGN.md` describe the data flow.
 
 pub mod accept;
+pub mod access;
 pub mod admin;
 pub mod admission;
 pub mod billing;

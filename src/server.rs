@@ -96,6 +96,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::new(
         &config,
         Parts {
+            access: match &config.access_log {
+                None => None,
+                Some(target) => Some(Arc::new(
+                    crate::access::AccessLog::start(target.clone(), metrics.access_log_dropped.clone())
+                        .with_context(|| format!("access_log: cannot open {target:?}"))?,
+                )),
+            },
             quotas: quotas.clone(),
             gatekeeper: Arc::new(
                 crate::admission::Gatekeeper::new(routes.iter(), &config.admission).map_err(|e| anyhow::anyhow!(e))?,

@@ -141,3 +141,149 @@ async fn a_drain_refuses_new_upgrades_and_spreads_the_closes_over_its_window() {
     let records = weir.records_eventually(101).await;
     assert_eq!(records.iter().filter(|r| r.close.as_ref().is_some_and(|c| c.cause == "drained")).count(), 100);
 }
+
+/// `access_log`: one JSON line per ended connection with the fields operators grep for.
+#[tokio::test]
+async fn the_access_log_has_a_line_per_connection() {
+    let backend = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.jsonl");
+    let weir = Weir::start_with(&two_routes(backend.addr), &format!("access_log: \"{}\"\n", path.display())).await;
+    let mut ws = connect(&weir, "/a").await;
+    ws.send(Message::text("hello")).await.unwrap();
+    crate::support::recv(&mut ws).await;
+    ws.close(None).await.unwrap();
+    crate::support::drain_until_end(&mut ws, DEADLINE).await;
+    let record = weir.records_eventually(1).await.remove(0);
+    let line: Value = crate::support::eventually("an access-log line", || async {
+        let text = std::fs::read_to_string(&path).ok()?;
+        serde_json::from_str(text.lines().next()?).ok()
+    })
+    .await;
+    assert_eq!(line["id"].as_str(), Some(record.identity.connection_id.as_str()), "{line}");
+    assert_eq!(
+        (line["route"].as_str(), line["tenant"].as_str(), line["cause"].as_str()),
+        (Some("a"), Some("acme"), Some("client_close"))
+    );
+    assert_eq!(line["client_to_backend"]["messages"].as_u64(), Some(1));
+    // `close(None)` sends a close frame without a code.
+    assert_eq!((line["status"].as_u64(), line["close_code"].as_u64()), (Some(101), None));
+    assert_eq!(line["close_code"].as_u64().map(|c| c as u16), record.close.unwrap().code);
+}
+
+/// Check `value` against an OpenAPI `schema` (resolving `#/components/schemas/` refs): types,
+/// `required`, `nullable`, array items and object properties.
+fn conforms(doc: &serde_yaml::Value, schema: &serde_yaml::Value, value: &Value, at: &str) -> Result<(), String> {
+    if let Some(r) = schema.get("$ref").and_then(|r| r.as_str()) {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return conforms(doc, &doc["components"]["schemas"][name], value, at);
+    }
+    if value.is_null() {
+        return if schema.get("nullable").and_then(|n| n.as_bool()) == Some(true) {
+            Ok(())
+        } else {
+            Err(format!("{at}: null where the schema does not allow it"))
+        };
+    }
+    let ty = schema.get("type").and_then(|t| t.as_str()).unwrap_or("");
+    let ok = match ty {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "integer" => value.is_u64() || value.is_i64(),
+        "number" => value.is_number(),
+        "string" => value.is_string(),
+        "boolean" => value.is_boolean(),
+        _ => true,
+    };
+    if !ok {
+        return Err(format!("{at}: {value} is not {ty}"));
+    }
+    if let Some(required) = schema.get("required").and_then(|r| r.as_sequence()) {
+        for key in required.iter().filter_map(|k| k.as_str()) {
+            if value.get(key).is_none() {
+                return Err(format!("{at}: missing required `{key}` in {value}"));
+            }
+        }
+    }
+    if let (Some(props), Some(obj)) = (schema.get("properties").and_then(|p| p.as_mapping()), value.as_object()) {
+        for (k, s) in props {
+            let k = k.as_str().unwrap_or("");
+            if let Some(v) = obj.get(k) {
+                conforms(doc, s, v, &format!("{at}.{k}"))?;
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in arr.iter().enumerate() {
+            conforms(doc, items, v, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every path and method of `docs/admin-api.yaml` is called (with a real id, an unknown one and
+/// a malformed one where it takes an id): each status is one the document lists, and each JSON
+/// body fits the documented schema.
+#[tokio::test]
+async fn the_server_answers_as_its_openapi_document_says() {
+    let doc: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/admin-api.yaml")).unwrap(),
+    )
+    .unwrap();
+    let backend = echo_backend().await;
+    let weir = Weir::start_with_admin(&two_routes(backend.addr), "", &format!("  token: \"{TOKEN}\"\n")).await;
+    let _ws = connect(&weir, "/a").await;
+    let mut kicked = connect(&weir, "/b").await;
+    let ids = crate::support::eventually("2 connections listed", || async {
+        let (_, all) = api(weir.admin, "GET", "/api/connections", Some(TOKEN)).await;
+        let ids: Vec<String> =
+            all["connections"].as_array()?.iter().filter_map(|c| c["id"].as_str().map(String::from)).collect();
+        (ids.len() == 2).then_some(ids)
+    })
+    .await;
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let mut calls: Vec<(String, String, Option<&str>)> = Vec::new();
+    for (path, item) in doc["paths"].as_mapping().unwrap() {
+        let path = path.as_str().unwrap();
+        for method in ["get", "delete", "post"] {
+            if item.get(method).is_none() || path == "/api/drain" {
+                continue;
+            }
+            let targets: Vec<String> = if path.contains("{id}") {
+                let real = if method == "delete" { &ids[1] } else { &ids[0] };
+                vec![path.replace("{id}", real), path.replace("{id}", &unknown), path.replace("{id}", "nope")]
+            } else if path == "/api/connections" {
+                vec![path.to_string(), format!("{path}?route=a&limit=1"), format!("{path}?limit=x")]
+            } else {
+                vec![path.to_string()]
+            };
+            for t in targets {
+                calls.push((method.to_uppercase(), t, Some(TOKEN)));
+            }
+            calls.push((method.to_uppercase(), path.replace("{id}", &ids[0]), None));
+        }
+    }
+    calls.push(("POST".into(), "/api/drain".into(), Some(TOKEN)));
+    for (method, target, token) in calls {
+        let (status, body) = api(weir.admin, &method, &target, token).await;
+        let template = doc["paths"]
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .filter_map(|k| k.as_str())
+            .find(|p| {
+                let t = target.split('?').next().unwrap();
+                *p == t || (p.contains("{id}") && t.starts_with(p.trim_end_matches("{id}")))
+            })
+            .unwrap();
+        let op = &doc["paths"][template][method.to_lowercase().as_str()];
+        let response = op["responses"].get(status.to_string().as_str());
+        assert!(response.is_some(), "{method} {target}: status {status} is not in the document ({body})");
+        if let Some(schema) =
+            response.unwrap().get("content").and_then(|c| c.get("application/json")).map(|c| &c["schema"])
+        {
+            conforms(&doc, schema, &body, &format!("{method} {target}")).unwrap();
+        }
+    }
+    let _ = tokio::time::timeout(DEADLINE, kicked.next()).await;
+}

@@ -462,7 +462,7 @@ mod tests {
         let head = String::from_utf8(a.encode(true)).unwrap();
         assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 49"), "{head}");
         let m = String::from_utf8(Answer::text(405, "x").encode(false)).unwrap();
-        assert!(m.contains("\r\nAllow: GET, HEAD\r\n"), "{m}");
+        assert!(m.contains("\r\nAllow: GET, HEAD, POST, DELETE\r\n"), "{m}");
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub struct FileConfig {
     /// How drains close open connections.
     #[serde(default)]
     pub drain: FileDrain,
+    /// One JSON line per ended connection: `stderr` or a file path. Default: none.
+    pub access_log: Option<String>,
 }
 
 /// One `quotas[]` entry: a tenant's budget of a quantity per calendar period (UTC).

@@ -97,6 +97,7 @@ pub static FILE: Section = Section {
         opt("trusted_proxies", Kind::List(&Text)),
         opt("quotas", Kind::List(&Kind::Map(&QUOTA))),
         opt("drain", Kind::Map(&DRAIN)),
+        opt("access_log", Text),
     ],
 };
 

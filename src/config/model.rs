@@ -56,6 +56,17 @@ pub struct Config {
     pub drain_window: Duration,
     /// Drains close clients with 1012 instead of 1001 (`drain.close_code: restart`).
     pub drain_restart: bool,
+    /// Where the per-connection access log goes (`access_log`); `None`: no access log.
+    pub access_log: Option<AccessLogTarget>,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Standard error, beside weir's own log lines.
+    Stderr,
+    /// A file, appended to.
+    File(PathBuf),
 }
 
 /// A tenant's budget of a quantity per calendar period (`quotas[]`).

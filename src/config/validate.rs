@@ -269,6 +269,15 @@ impl Validator {
             admin_metrics_public: f.admin.as_ref().and_then(|a| a.metrics_public).unwrap_or(false),
             drain_window,
             drain_restart,
+            access_log: match f.access_log.as_deref() {
+                None => None,
+                Some("stderr") => Some(AccessLogTarget::Stderr),
+                Some("") => {
+                    self.err("access_log", "", "must be `stderr` or a file path");
+                    None
+                }
+                Some(path) => Some(AccessLogTarget::File(PathBuf::from(path))),
+            },
         }
     }
 

@@ -183,6 +183,26 @@ impl Ending {
             duration_ms = record.duration_ms, close_code = ?report.close_code, initiator = report.initiator.as_str(),
             "connection ended"
         );
+        if let Some(log) = &gateway.access {
+            let dir = |d: &crate::billing::DirectionUsage| serde_json::json!({"messages": d.messages, "wire_bytes": d.wire_bytes});
+            let id = &record.identity;
+            log.write(&serde_json::json!({
+                "time": record.ended_at.as_deref().unwrap_or(&record.at),
+                "id": id.connection_id,
+                "client": id.client_addr,
+                "route": route,
+                "tenant": id.tenant,
+                "backend": id.backend,
+                "object": id.object,
+                "status": record.status,
+                "duration_ms": record.duration_ms,
+                "client_to_backend": dir(&record.client_to_backend),
+                "backend_to_client": dir(&record.backend_to_client),
+                "close_code": report.close_code,
+                "initiator": report.initiator.as_str(),
+                "cause": report.cause.as_str(),
+            }));
+        }
         if let Some(lease) = lease {
             lease.finish(&report.counts);
         }

@@ -33,6 +33,7 @@ pub mod reject;
 pub mod upgrade;
 pub mod upstream;
 
+use crate::access::AccessLog;
 use crate::admission::caps::{Permit, Refusal};
 use crate::admission::{auth, origin, Gatekeeper};
 use crate::config::{Cidr, Config, Limits, Route, RouteKind, Target, Timeouts};
@@ -120,6 +121,7 @@ pub struct Gateway {
     http: Arc<HttpProxy<http::HttpRoutes>>,
     gatekeeper: Arc<Gatekeeper>,
     quotas: Arc<Quotas>,
+    access: Option<Arc<AccessLog>>,
     /// Listener addresses whose connections start with a PROXY header.
     proxy_listeners: Vec<SocketAddr>,
     /// Peers whose `X-Forwarded-For` is believed.
@@ -146,6 +148,8 @@ pub struct Parts {
     pub gatekeeper: Arc<Gatekeeper>,
     /// Tenants' quotas.
     pub quotas: Arc<Quotas>,
+    /// The access log, when configured.
+    pub access: Option<Arc<AccessLog>>,
 }
 
 /// One client request on its way through the gateway: built once its head is read and routed,
@@ -175,7 +179,7 @@ pub struct Request {
 impl Gateway {
     /// Assemble the gateway from the validated config and the shared parts.
     pub fn new(config: &Config, parts: Parts) -> Gateway {
-        let Parts { routes, pools, objects, metrics, live, fds, http, gatekeeper, quotas } = parts;
+        let Parts { routes, pools, objects, metrics, live, fds, http, gatekeeper, quotas, access } = parts;
         Gateway {
             routes,
             pools,
@@ -194,6 +198,7 @@ impl Gateway {
             http,
             gatekeeper,
             quotas,
+            access,
             proxy_listeners: config.listeners.iter().filter(|l| l.proxy_protocol).map(|l| l.address).collect(),
             trusted_proxies: config.trusted_proxies.clone(),
         }

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub peer_rtt: HistogramVec,
     /// See `names::QUOTA_UTILISATION`.
     pub quota_utilisation: GaugeVec,
+    /// See `names::ACCESS_LOG_DROPPED_TOTAL`.
+    pub access_log_dropped: IntCounter,
     /// See `names::FRAMES_TOTAL`.
     pub frames: IntCounterVec,
     /// See `names::MESSAGES_TOTAL`.
@@ -220,6 +222,11 @@ impl Metrics {
                 reg.register(Box::new(g.clone()))?;
                 g
             },
+            access_log_dropped: plain_counter(
+                reg,
+                ACCESS_LOG_DROPPED_TOTAL,
+                "Access-log lines dropped because the writer fell behind",
+            )?,
             frames: counter(reg, FRAMES_TOTAL, "WebSocket frames relayed", &[ROUTE, DIRECTION, KIND])?,
             messages: counter(reg, MESSAGES_TOTAL, "Complete WebSocket data messages relayed", &[ROUTE, DIRECTION])?,
             payload_bytes: counter(

@@ -22,6 +22,8 @@ pub const CONNECTION_DURATION_SECONDS: &str = "weir_connection_duration_seconds"
 pub const PEER_RTT_SECONDS: &str = "weir_peer_rtt_seconds";
 /// Gauge: share of a tenant's quota used in the current period (1 = all) {tenant, quota}.
 pub const QUOTA_UTILISATION: &str = "weir_quota_utilisation";
+/// Counter: access-log lines dropped because the writer fell behind {}.
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "weir_access_log_dropped_total";
 /// Counter: frames relayed {route, direction, kind}.
 pub const FRAMES_TOTAL: &str = "weir_frames_total";
 /// Counter: complete data messages relayed {route, direction}.
@@ -138,6 +140,7 @@ pub const ALL: &[&str] = &[
     CONNECTION_DURATION_SECONDS,
     PEER_RTT_SECONDS,
     QUOTA_UTILISATION,
+    ACCESS_LOG_DROPPED_TOTAL,
     FRAMES_TOTAL,
     MESSAGES_TOTAL,
     PAYLOAD_BYTES_TOTAL,
