@@ -12,7 +12,7 @@
 //! `admin.final_scrape` (graceful shutdown only) so a scraper sees the final counts, stops it and
 //! returns.
 
-use crate::admin::api::{Access, DrainPlan};
+use crate::admin::api::{close_backend, Access, DrainPlan, Ops};
 use crate::admin::{Admin, AdminServer, ShutdownWatcher};
 use crate::billing::delivery::Delivery;
 use crate::billing::spool::{Flusher, Spool};
@@ -27,6 +27,7 @@ use crate::metering::rejections::Rejections;
 use crate::metrics::Metrics;
 use crate::objects::Objects;
 use crate::pools::builtin::Builtins;
+use crate::pools::HealthListener;
 use crate::pools::Pools;
 use crate::routing::RouteTable;
 use anyhow::Context;
@@ -67,8 +68,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     let fds = Descriptors::new(config.fd_reserve);
     let builtins = Builtins::bind(&config).context("binding the built-in backends on 127.0.0.1")?;
-    let (pools, health_services) =
-        Pools::build(&config.pools, &|b| builtins.resolve(b), &metrics).context("building the backend pools")?;
+    let plan = DrainPlan { window: config.drain_window, code: if config.drain_restart { 1012 } else { 1001 } };
+    // A pool backend that fails its health check gets its relays closed with 1012 over the drain
+    // window (clients reconnect to the others), as object hosts' connections already are.
+    let on_health: HealthListener = {
+        let live = live.clone();
+        Arc::new(move |addr, healthy| {
+            if !healthy {
+                close_backend(&live, addr, plan, "backend unhealthy");
+            }
+        })
+    };
+    let listeners: Vec<Option<HealthListener>> = config.pools.iter().map(|_| Some(on_health.clone())).collect();
+    let (pools, health_services) = Pools::build_with(&config.pools, &|b| builtins.resolve(b), &metrics, &listeners)
+        .context("building the backend pools")?;
     for pool in &config.pools {
         let addrs: Vec<String> = pool.backends.iter().map(|b| builtins.resolve(b).to_string()).collect();
         tracing::info!(pool = %pool.name, backends = ?addrs, "pool");
@@ -108,7 +121,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 crate::admission::Gatekeeper::new(routes.iter(), &config.admission).map_err(|e| anyhow::anyhow!(e))?,
             ),
             routes,
-            pools,
+            pools: pools.clone(),
             objects,
             metrics: metrics.clone(),
             live: live.clone(),
@@ -138,10 +151,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let admin = config.admin.map(|address| {
         let listeners = config.listeners.iter().map(|l| l.address).collect();
         let open = live.clone();
-        let plan = DrainPlan { window: config.drain_window, code: if config.drain_restart { 1012 } else { 1001 } };
         let access = Access { token: config.admin_token.clone(), metrics_public: config.admin_metrics_public };
-        let admin =
-            Admin::new(registry, listeners, fds.clone(), move || open.len()).with_api(live.clone(), plan, access);
+        let ops = Ops { live: live.clone(), pools: pools.clone(), plan };
+        let admin = Admin::new(registry, listeners, fds.clone(), move || open.len()).with_api(ops, access);
         (address, Arc::new(admin))
     });
     if let Some((_, a)) = &admin {

@@ -287,3 +287,75 @@ async fn the_server_answers_as_its_openapi_document_says() {
     }
     let _ = tokio::time::timeout(DEADLINE, kicked.next()).await;
 }
+
+/// `POST /api/backends/{pool}/{backend}/drain`: the backend gets no new connection and its open
+/// ones get 1012 over the window; `GET /api/backends` shows it; `undrain` reverses it.
+#[tokio::test]
+async fn a_drained_backend_gets_no_new_connections_and_its_open_ones_move() {
+    let (a, b) = (echo_backend().await, echo_backend().await);
+    let routes = format!(
+        "pools:\n  - name: p\n    backends: [\"{}\", \"{}\"]\n    health_check: {{kind: none}}\nroutes:\n  - {{name: ws, path_prefix: /ws, pool: p}}\n",
+        a.addr, b.addr
+    );
+    let extra = "server:\n  threads: 2\n  grace_period: 5s\ndrain:\n  window: 500ms\n";
+    let weir = Weir::start_with_admin(&routes, extra, &format!("  token: \"{TOKEN}\"\n")).await;
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(connect(&weir, "/ws").await);
+    }
+    assert_eq!((a.seen().len(), b.seen().len()), (2, 2), "round robin");
+    let (status, body) = api(weir.admin, "POST", &format!("/api/backends/p/{}/drain", a.addr), Some(TOKEN)).await;
+    assert_eq!((status, body["closing"].as_u64()), (200, Some(2)), "{body}");
+    let mut moved = 0;
+    for mut ws in conns {
+        if let Ok(Some(Ok(Message::Close(Some(f))))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+            assert_eq!((u16::from(f.code), f.reason.as_str()), (1012, "backend draining"));
+            moved += 1;
+        }
+    }
+    assert_eq!(moved, 2, "the drained backend's two connections were closed, the others were not");
+    for _ in 0..4 {
+        let _ws = connect(&weir, "/ws").await;
+    }
+    assert_eq!((a.seen().len(), b.seen().len()), (2, 6), "every new connection went to the other backend");
+    let (_, all) = api(weir.admin, "GET", "/api/backends", Some(TOKEN)).await;
+    let list = all["pools"][0]["backends"].as_array().unwrap();
+    let drained = list.iter().find(|x| x["address"] == a.addr.to_string()).unwrap();
+    assert_eq!((drained["draining"].as_bool(), drained["healthy"].as_bool()), (Some(true), Some(true)), "{all}");
+    let (status, _) = api(weir.admin, "POST", &format!("/api/backends/p/{}/undrain", a.addr), Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    let _c1 = connect(&weir, "/ws").await;
+    let _c2 = connect(&weir, "/ws").await;
+    assert_eq!(a.seen().len(), 3, "it takes connections again");
+    assert_eq!(api(weir.admin, "POST", "/api/backends/p/10.9.9.9:1/drain", Some(TOKEN)).await.0, 404);
+    let records = weir.records_eventually(2).await;
+    assert!(records.iter().filter(|r| r.close.as_ref().is_some_and(|c| c.cause == "drained")).count() >= 2);
+}
+
+/// A pool backend that starts failing its health check gets its open relays closed with 1012
+/// (as object hosts' are), so clients reconnect to a healthy one.
+#[tokio::test]
+async fn a_backend_failing_its_health_check_gets_its_connections_closed_with_1012() {
+    let (a, b) = (echo_backend().await, echo_backend().await);
+    let routes = format!(
+        "pools:\n  - name: p\n    backends: [\"{}\", \"{}\"]\n    health_check: {{kind: tcp, interval: 200ms}}\nroutes:\n  - {{name: ws, path_prefix: /ws, pool: p}}\n",
+        a.addr, b.addr
+    );
+    let weir = Weir::start_with(&routes, "server:\n  threads: 2\n  grace_period: 5s\ndrain:\n  window: 200ms\n").await;
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(connect(&weir, "/ws").await);
+    }
+    assert_eq!(a.seen().len(), 2);
+    a.stop(); // its listener closes: the next probe fails; open connections keep running
+    let mut closed = 0;
+    for mut ws in conns {
+        if let Ok(Some(Ok(Message::Close(Some(f))))) =
+            tokio::time::timeout(Duration::from_millis(1500), ws.next()).await
+        {
+            assert_eq!((u16::from(f.code), f.reason.as_str()), (1012, "backend unhealthy"));
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 2, "only the failing backend's connections");
+}

@@ -570,8 +570,10 @@ async fn bytes_sent_before_the_101_reach_the_backend() {
     assert_eq!((r.client_to_backend.messages, r.outcome.as_str()), (2, "completed"));
 }
 
+/// SIGTERM: each open connection gets 1001 "draining" at its own point of the drain window
+/// (here the 1 s grace period), the backend 1001, the record outcome `shutdown`, cause `drained`.
 #[tokio::test]
-async fn sigterm_closes_open_connections_with_1001_after_the_grace_period() {
+async fn sigterm_closes_open_connections_with_1001_within_the_drain_window() {
     let (backend, mut events) = recording_echo_backend(None).await;
     let mut weir = Weir::start(&pool_and_route("p", &[backend.addr], "/ws")).await;
     let mut ws = connect(&weir, "/ws").await;
@@ -584,9 +586,10 @@ async fn sigterm_closes_open_connections_with_1001_after_the_grace_period() {
         let status = weir.terminate();
         (weir, status)
     });
-    assert_eq!(recv(&mut ws).await, close_frame(1001, ""));
+    // The drain window is the grace period here (1 s): the close comes within it.
+    assert_eq!(recv(&mut ws).await, close_frame(1001, "draining"));
     let waited = signalled.elapsed();
-    assert!(waited >= Duration::from_millis(900), "closed after {waited:?}, before the 1 s grace period");
+    assert!(waited <= Duration::from_millis(1500), "closed after {waited:?}, beyond the 1 s drain window");
     drain_until_end(&mut ws, DEADLINE).await;
     assert_eq!(next_event(&mut events).await, Event::Msg(close_frame(1001, "")), "the backend gets 1001 too");
 
@@ -597,7 +600,7 @@ async fn sigterm_closes_open_connections_with_1001_after_the_grace_period() {
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].outcome, "shutdown");
     let close = records[0].close.as_ref().expect("close");
-    assert_eq!((close.code, close.initiator.as_str()), (Some(1001), "gateway"));
+    assert_eq!((close.code, close.initiator.as_str(), close.cause.as_str()), (Some(1001), "gateway", "drained"));
 }
 
 /// A backend for `http` routes: plain requests get `200 polling ok`, upgrades are accepted by

@@ -8,6 +8,7 @@
 
 use crate::http1::query;
 use crate::metering::live::{Live, LiveSet};
+use crate::pools::Pools;
 use crate::relay::report::Cause;
 use crate::relay::Stop;
 use serde_json::{json, Value};
@@ -67,8 +68,20 @@ fn error(status: u16, message: &str) -> Reply {
     (status, json!({ "error": message }))
 }
 
+/// What the API acts on.
+#[derive(Clone)]
+pub struct Ops {
+    /// Open connections.
+    pub live: Arc<LiveSet>,
+    /// Backend pools.
+    pub pools: Arc<Pools>,
+    /// How drains close connections.
+    pub plan: DrainPlan,
+}
+
 /// Answer `method target` on the API (`target` starts with `/api/`).
-pub async fn answer(live: &Arc<LiveSet>, plan: DrainPlan, method: &str, target: &str) -> Reply {
+pub async fn answer(ops: &Ops, method: &str, target: &str) -> Reply {
+    let (live, plan) = (&ops.live, ops.plan);
     let path = target.split('?').next().unwrap_or("");
     let q = query::query_of(target);
     let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').filter(|s| !s.is_empty()).collect();
@@ -82,6 +95,16 @@ pub async fn answer(live: &Arc<LiveSet>, plan: DrainPlan, method: &str, target: 
         ("POST", ["drain"]) => {
             let started = start_drain(live, plan);
             (202, json!({"draining": true, "connections": started, "window_ms": plan.window.as_millis() as u64}))
+        }
+        ("GET", ["backends"]) => (200, backends(ops)),
+        ("POST", ["backends", pool, backend, action @ ("drain" | "undrain")]) => {
+            let Some(addr) = ops.pools.find(pool, backend) else {
+                return error(404, "no such pool and backend (the backend as configured, or its address)");
+            };
+            let on = *action == "drain";
+            ops.pools.set_draining(addr, on);
+            let closing = if on { close_backend(live, addr, plan, "backend draining") } else { 0 };
+            (200, json!({"pool": pool, "backend": backend, "draining": on, "closing": closing}))
         }
         ("GET" | "DELETE" | "POST", _) => error(404, "no such API path; see docs/admin-api.yaml"),
         _ => error(405, "method not allowed"),
@@ -177,6 +200,34 @@ async fn kick(live: &LiveSet, id: &str, q: &str) -> Reply {
     (200, json!({"id": id.to_string(), "ended": true, "ended_after_ms": asked.elapsed().as_millis() as u64}))
 }
 
+/// `GET /api/backends`: pools, backends, health, draining, open connections each.
+fn backends(ops: &Ops) -> Value {
+    let mut open: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for l in ops.live.all() {
+        if let Some(b) = &l.meter.identity().backend {
+            *open.entry(b.clone()).or_default() += 1;
+        }
+    }
+    let pools: Vec<Value> = ops
+        .pools
+        .describe()
+        .into_iter()
+        .map(|(name, backends)| {
+            let list: Vec<Value> = backends
+                .iter()
+                .map(|b| {
+                    json!({
+                        "backend": b.label, "address": b.addr.to_string(), "healthy": b.healthy,
+                        "draining": b.draining, "connections": open.get(&b.addr.to_string()).copied().unwrap_or(0),
+                    })
+                })
+                .collect();
+            json!({"name": name, "backends": list})
+        })
+        .collect();
+    json!({ "pools": pools })
+}
+
 /// Start draining: refuse new upgrades from now on and close every open connection once, each
 /// at its own point of the window (spread by its id, so the clients reconnect gradually).
 /// Returns how many connections were open.
@@ -184,27 +235,54 @@ pub fn start_drain(live: &Arc<LiveSet>, plan: DrainPlan) -> usize {
     if !live.begin_drain() {
         return live.len();
     }
-    let mut order: Vec<(Duration, Arc<Live>)> = live
-        .all()
-        .into_iter()
-        .map(|l| {
-            let share = (l.meter.id.as_u128() as u64 & 0xFFFF_FFFF) as f64 / (1u64 << 32) as f64;
-            (plan.window.mul_f64(share), l)
-        })
-        .collect();
-    order.sort_by_key(|(at, _)| *at);
-    let n = order.len();
+    let reason = if plan.code == 1012 { "restart" } else { "draining" };
+    let stop = Stop { client: (plan.code, reason.into()), backend: (1001, String::new()), cause: Cause::Drained };
+    let n = close_spread(live.all(), plan.window, stop);
     tracing::info!(
         connections = n,
         window_ms = plan.window.as_millis() as u64,
         "draining: closing open connections over the window"
     );
+    n
+}
+
+/// Close the open connections to backend `addr` with 1012 (reconnect: the next lands on another
+/// backend), spread over the drain window; returns how many.
+pub fn close_backend(live: &LiveSet, addr: SocketAddr, plan: DrainPlan, why: &str) -> usize {
+    let addr = addr.to_string();
+    let conns: Vec<Arc<Live>> =
+        live.all().into_iter().filter(|l| l.meter.identity().backend.as_deref() == Some(addr.as_str())).collect();
+    let stop = Stop { client: (1012, why.into()), backend: (1001, String::new()), cause: Cause::Drained };
+    let n = close_spread(conns, plan.window, stop);
+    if n > 0 {
+        tracing::info!(backend = %addr, connections = n, reason = why, "closing a backend's connections over the drain window");
+    }
+    n
+}
+
+/// Give each of `conns` `stop` at its own point of `window` (by its id); returns how many.
+fn close_spread(conns: Vec<Arc<Live>>, window: Duration, stop: Stop) -> usize {
+    let mut order: Vec<(Duration, Arc<Live>)> = conns
+        .into_iter()
+        .map(|l| {
+            let share = (l.meter.id.as_u128() as u64 & 0xFFFF_FFFF) as f64 / (1u64 << 32) as f64;
+            (window.mul_f64(share), l)
+        })
+        .collect();
+    order.sort_by_key(|(at, _)| *at);
+    let n = order.len();
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        // No runtime to spread them on: close them all now.
+        for (_, l) in order {
+            l.stop(stop.clone());
+        }
+        return n;
+    };
     let started = Instant::now();
-    tokio::spawn(async move {
+    rt.spawn(async move {
         for (at, l) in order {
             tokio::time::sleep_until((started + at).into()).await;
-            let reason = if plan.code == 1012 { "restart" } else { "draining" };
-            l.stop(Stop { client: (plan.code, reason.into()), backend: (1001, String::new()), cause: Cause::Drained });
+            l.stop(stop.clone());
         }
     });
     n

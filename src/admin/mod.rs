@@ -25,7 +25,6 @@ pub mod api;
 use crate::accept::AcceptErrors;
 use crate::fds::Descriptors;
 use crate::http1::head::{read_head, HeadError};
-use crate::metering::live::LiveSet;
 use async_trait::async_trait;
 use pingora_core::server::{ExecutionPhase, ShutdownWatch};
 use pingora_core::services::background::BackgroundService;
@@ -58,8 +57,8 @@ const STOP_WAIT: Duration = Duration::from_secs(1);
 /// What the admin endpoints answer from: the metrics registry, the readiness checks and the
 /// shutdown state.
 pub struct Admin {
-    /// The API's view of open connections and how drains close them (`None`: no API).
-    api: Option<(Arc<LiveSet>, api::DrainPlan)>,
+    /// What the API acts on (`None`: no API).
+    api: Option<api::Ops>,
     /// Who may ask what.
     access: api::Access,
     registry: Registry,
@@ -144,12 +143,12 @@ impl Admin {
         }
     }
 
-    /// Serve the API over `live`, draining with `plan`, with `access` rules.
-    pub fn with_api(mut self, live: Arc<LiveSet>, plan: api::DrainPlan, access: api::Access) -> Admin {
+    /// Serve the API over `ops`, with `access` rules.
+    pub fn with_api(mut self, ops: api::Ops, access: api::Access) -> Admin {
         if access.token.is_none() {
             tracing::info!("admin: no admin.token configured; the /api endpoints answer loopback clients only");
         }
-        self.api = Some((live, plan));
+        self.api = Some(ops);
         self.access = access;
         self
     }
@@ -164,8 +163,8 @@ impl Admin {
 
     /// Start the drain of a shutdown (on the caller's runtime).
     pub fn drain_for_shutdown(&self) {
-        if let Some((live, plan)) = &self.api {
-            api::start_drain(live, *plan);
+        if let Some(ops) = &self.api {
+            api::start_drain(&ops.live, ops.plan);
         }
     }
 
@@ -183,7 +182,7 @@ impl Admin {
         if self.shutting_down() {
             return Err(self.draining());
         }
-        if self.api.as_ref().is_some_and(|(live, _)| live.draining()) {
+        if self.api.as_ref().is_some_and(|ops| ops.live.draining()) {
             return Err(format!("draining (POST /api/drain): {} connections open", (self.open)()));
         }
         if self.fds.exhausted() {
@@ -408,8 +407,8 @@ async fn respond(admin: &Admin, mut stream: tokio::net::TcpStream) {
             (a, head.method == "HEAD")
         }
         Ok(head) if head.path().starts_with("/api/") => match &admin.api {
-            Some((live, plan)) => {
-                let (status, body) = api::answer(live, *plan, &head.method, &head.target).await;
+            Some(ops) => {
+                let (status, body) = api::answer(ops, &head.method, &head.target).await;
                 (Answer::json(status, &body), head.method == "HEAD")
             }
             None => (Answer::text(404, "no API on this instance\n"), false),

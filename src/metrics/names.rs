@@ -32,7 +32,7 @@ pub const MESSAGES_TOTAL: &str = "weir_messages_total";
 pub const PAYLOAD_BYTES_TOTAL: &str = "weir_payload_bytes_total";
 /// Counter: bytes relayed on the wire, headers included {route, direction}.
 pub const WIRE_BYTES_TOTAL: &str = "weir_wire_bytes_total";
-/// Counter: connection closes {route, initiator, code_class}.
+/// Counter: connection closes {route, initiator, code_class, cause}.
 pub const CLOSES_TOTAL: &str = "weir_closes_total";
 /// Counter: RFC 6455 violations that closed a connection {route, direction, reason}.
 pub const PROTOCOL_VIOLATIONS_TOTAL: &str = "weir_protocol_violations_total";
@@ -40,7 +40,7 @@ pub const PROTOCOL_VIOLATIONS_TOTAL: &str = "weir_protocol_violations_total";
 pub const BACKEND_CONNECT_SECONDS: &str = "weir_backend_connect_seconds";
 /// Gauge: 1 when a backend passes its health check, else 0 {pool, backend}.
 pub const BACKEND_HEALTHY: &str = "weir_backend_healthy";
-/// Counter: usage records written to the usage file {kind}.
+/// Counter: usage records handed to the spool {kind}.
 pub const USAGE_RECORDS_TOTAL: &str = "weir_usage_records_total";
 /// Counter: usage records that could not be written {kind}.
 pub const USAGE_WRITE_ERRORS_TOTAL: &str = "weir_usage_write_errors_total";

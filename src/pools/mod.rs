@@ -44,6 +44,23 @@ enum Balancer {
 /// All pools, indexed like `Config::pools`.
 pub struct Pools {
     balancers: Vec<Balancer>,
+    /// Each pool's name and backends as (label, address), for the admin API.
+    names: Vec<(String, Vec<(String, SocketAddr)>)>,
+    /// Backends an operator is draining: never selected for a new connection.
+    draining: std::sync::RwLock<std::collections::HashSet<SocketAddr>>,
+}
+
+/// One backend as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendView {
+    /// The backend as configured (`host:port` or `builtin:echo`).
+    pub label: String,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Passing its health check (always, without one).
+    pub healthy: bool,
+    /// Drained by an operator.
+    pub draining: bool,
 }
 
 /// A background service that runs health checks for a pool.
@@ -73,6 +90,7 @@ impl Pools {
         listeners: &[Option<HealthListener>],
     ) -> std::io::Result<(Pools, Vec<HealthService>)> {
         let mut balancers = Vec::new();
+        let mut names = Vec::new();
         let mut services: Vec<HealthService> = Vec::new();
         for (i, pool) in pools.iter().enumerate() {
             let listener = listeners.get(i).cloned().flatten();
@@ -81,6 +99,7 @@ impl Pools {
             // `builtin:echo` (its loopback port changes at every start).
             let labels: Vec<(SocketAddr, String)> =
                 pool.backends.iter().map(|b| (resolve(b), backend_label(b))).collect();
+            names.push((pool.name.clone(), labels.iter().map(|(a, l)| (l.clone(), *a)).collect()));
             for (_, label) in &labels {
                 metrics.backend_healthy.with_label_values(&[&pool.name, label]).set(1);
             }
@@ -107,19 +126,82 @@ impl Pools {
                 Selection::IpHash => lb!(IpHash, Consistent),
             });
         }
-        Ok((Pools { balancers }, services))
+        Ok((Pools { balancers, names, draining: Default::default() }, services))
+    }
+
+    /// Drain (`true`) or undrain backend `addr`: a drained backend gets no new connection.
+    pub fn set_draining(&self, addr: SocketAddr, on: bool) {
+        let mut d = self.draining.write().unwrap_or_else(|p| p.into_inner());
+        if on {
+            d.insert(addr);
+        } else {
+            d.remove(&addr);
+        }
+    }
+
+    fn is_draining(&self, addr: &SocketAddr) -> bool {
+        self.draining.read().unwrap_or_else(|p| p.into_inner()).contains(addr)
+    }
+
+    /// The address of `backend` (its label or address) in the pool named `pool`.
+    pub fn find(&self, pool: &str, backend: &str) -> Option<SocketAddr> {
+        let (_, backends) = self.names.iter().find(|(n, _)| n == pool)?;
+        backends.iter().find(|(l, a)| l == backend || a.to_string() == backend).map(|(_, a)| *a)
+    }
+
+    /// Every pool by name with its backends.
+    pub fn describe(&self) -> Vec<(String, Vec<BackendView>)> {
+        self.names
+            .iter()
+            .zip(&self.balancers)
+            .map(|((name, backends), balancer)| {
+                let views = backends
+                    .iter()
+                    .map(|(label, addr)| BackendView {
+                        label: label.clone(),
+                        addr: *addr,
+                        healthy: balancer.healthy(addr),
+                        draining: self.is_draining(addr),
+                    })
+                    .collect();
+                (name.clone(), views)
+            })
+            .collect()
     }
 
     /// Pick a healthy backend of pool `pool` not in `tried`; `client` keys `ip_hash`.
     pub fn select(&self, pool: usize, client: Option<IpAddr>, tried: &[SocketAddr]) -> Option<SocketAddr> {
         let key = client.map(|ip| ip.to_string()).unwrap_or_default();
-        let accept = |b: &Backend, healthy: bool| healthy && !b.addr.as_inet().is_some_and(|a| tried.contains(a));
+        let accept = |b: &Backend, healthy: bool| {
+            healthy && !b.addr.as_inet().is_some_and(|a| tried.contains(a) || self.is_draining(a))
+        };
         let backend = match self.balancers.get(pool)? {
             Balancer::RoundRobin(lb) => lb.select_with(key.as_bytes(), 256, accept),
             Balancer::Random(lb) => lb.select_with(key.as_bytes(), 256, accept),
             Balancer::IpHash(lb) => lb.select_with(key.as_bytes(), 256, accept),
         }?;
         backend.addr.as_inet().copied()
+    }
+}
+
+impl Balancer {
+    /// Whether the backend at `addr` passes its health check.
+    fn healthy(&self, addr: &SocketAddr) -> bool {
+        macro_rules! ready {
+            ($lb:expr) => {{
+                let backends = $lb.backends();
+                backends
+                    .get_backend()
+                    .iter()
+                    .find(|b| b.addr.as_inet() == Some(addr))
+                    .is_some_and(|b| backends.ready(b))
+            }};
+        }
+        match self {
+            Balancer::RoundRobin(lb) => ready!(lb),
+            Balancer::Random(lb) => ready!(lb),
+            Balancer::IpHash(lb) => ready!(lb),
+        }
     }
 }
 

@@ -55,17 +55,21 @@ pub enum Outcome {
     Shutdown,
     /// weir closed the connection with 1012 because its object moved to another host.
     Moved,
+    /// weir closed it on its own: a guard (idle, lifetime, keepalive, close timeout, rate), a
+    /// quota or an operator's kick; the `cause` says which.
+    GatewayClosed,
 }
 
 impl Outcome {
     /// Every outcome, for metrics set up at startup.
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Completed,
         Outcome::ClientGone,
         Outcome::BackendGone,
         Outcome::ProtocolError,
         Outcome::Shutdown,
         Outcome::Moved,
+        Outcome::GatewayClosed,
     ];
 
     /// Label value.
@@ -77,6 +81,7 @@ impl Outcome {
             Outcome::ProtocolError => "protocol_error",
             Outcome::Shutdown => "shutdown",
             Outcome::Moved => "moved",
+            Outcome::GatewayClosed => "gateway_closed",
         }
     }
 }
@@ -120,6 +125,20 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// The causes of a close weir decides on its own (guards, quotas, kicks).
+    pub fn by_gateway(self) -> bool {
+        matches!(
+            self,
+            Cause::IdleTimeout
+                | Cause::MaxLifetime
+                | Cause::CloseTimeout
+                | Cause::DeadPeer
+                | Cause::RateLimited
+                | Cause::Quota
+                | Cause::Kicked
+        )
+    }
+
     /// Every cause, for metrics set up at startup.
     pub const ALL: [Cause; 16] = [
         Cause::ClientClose,
@@ -240,6 +259,12 @@ impl Ending {
             Outcome::ProtocolError
         } else if self.moved {
             Outcome::Moved
+        } else if self.cause == Some(Cause::Drained) {
+            // A drain (SIGTERM, `POST /api/drain`, a backend drained or failing its health
+            // check) is a shutdown of that connection's instance or backend.
+            Outcome::Shutdown
+        } else if self.cause.is_some_and(Cause::by_gateway) {
+            Outcome::GatewayClosed
         } else if self.shutdown && !both_closed {
             Outcome::Shutdown
         } else if both_closed {
