@@ -75,6 +75,11 @@ fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+# The fuzz targets (fuzz/, a workspace of its own; scripts/fuzz.sh runs them on nightly) are
+# formatted and compiled here, never run. After changing weir's dependencies, refresh their lock
+# file: cp Cargo.lock fuzz/Cargo.lock && cargo check --manifest-path fuzz/Cargo.toml
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+cargo clippy --locked --manifest-path fuzz/Cargo.toml --bins -- -D warnings
 # The alert rules: valid, and their unit tests (a firing and a quiet case per alert) pass.
 promtool check rules dashboards/alerts.yml
 promtool test rules dashboards/alerts_test.yml

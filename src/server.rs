@@ -168,7 +168,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     server.add_service(background_service("spool flusher", Flusher::new(spool.clone(), u.fsync_interval)));
     server.add_service(background_service("interim sweeper", Sweeper::new(live.clone())));
     if !quotas.is_empty() {
-        server.add_service(background_service("quota ticker", QuotaTicker(quotas.clone())));
+        server.add_service(background_service("quota ticker", QuotaTicker(quotas.clone(), live.clone())));
     }
     let sampler = Sampler::new(fds, metrics.open_fds.clone(), metrics.max_fds.clone(), metrics.resident_memory.clone());
     server.add_service(background_service("descriptor sampler", sampler));

@@ -158,7 +158,8 @@ impl Caps {
     }
 
     /// Admit one more connection on route `route` (capped at `route_cap`, 0: none) from `ip`
-    /// for `tenant`, or say why not. Counts nothing when it refuses.
+    /// for `tenant`, or say why not. Counts nothing when it refuses; `None` when no cap or rate
+    /// applies at all (a connection then holds no permit: it costs nothing to count).
     pub fn admit(
         self: &Arc<Self>,
         route: usize,
@@ -166,8 +167,17 @@ impl Caps {
         tenant: Option<&str>,
         ip: Option<IpAddr>,
         now: Instant,
-    ) -> Result<Permit, Refusal> {
+    ) -> Result<Option<Permit>, Refusal> {
         let c = &self.cfg;
+        let uncapped = c.max_connections == 0
+            && route_cap == 0
+            && c.max_connections_per_ip == 0
+            && c.ip_rate.is_none()
+            && c.max_connections_per_tenant == 0
+            && c.tenant_rate.is_none();
+        if uncapped {
+            return Ok(None);
+        }
         let over = |open: u64, cap: u64| cap != 0 && open >= cap;
         let route_open = self.routes.get(route).map_or(0, |r| r.load(Ordering::Relaxed));
         if over(self.total.load(Ordering::Relaxed), c.max_connections) || over(route_open, route_cap) {
@@ -214,7 +224,7 @@ impl Caps {
         if let Some(r) = self.routes.get(route) {
             r.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(Permit { caps: self.clone(), route, ip: ip_key, tenant: tenant_key })
+        Ok(Some(Permit { caps: self.clone(), route, ip: ip_key, tenant: tenant_key }))
     }
 
     /// Connections open now (admitted and not yet ended).

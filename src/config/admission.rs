@@ -93,43 +93,34 @@ fn is_header_name(h: &str) -> bool {
     !h.is_empty() && h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// Headers weir always writes itself on a request it sends (host, hop-by-hop, framing and
+/// forwarding headers): never named in `auth.external.headers` or `copy_headers`.
+const SET_BY_WEIR: [&str; 10] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "forwarded",
+    "x-real-ip",
+];
+
 /// Why `h` may not be in `auth.external.headers`: weir writes it itself.
 fn set_by_weir_for_the_endpoint(h: &str) -> Option<&'static str> {
-    const OWN: [&str; 10] = [
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "forwarded",
-        "x-real-ip",
-    ];
-    (OWN.contains(&h) || h.starts_with("x-forwarded-"))
+    (SET_BY_WEIR.contains(&h) || h.starts_with("x-forwarded-"))
         .then_some("is set by weir itself on the request to the endpoint; name a header the client sends")
 }
 
 /// Why `h` may not be in `auth.external.copy_headers`: the backend's upgrade request never
 /// carries it as copied (weir's own, hop-by-hop, WebSocket and forwarding headers, names with `_`).
 fn never_copied_to_the_backend(h: &str) -> Option<&'static str> {
-    const FIXED: [&str; 10] = [
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "forwarded",
-        "x-real-ip",
-    ];
     if h.contains('_') {
         return Some("names with `_` are never forwarded to backends; use `-`");
     }
-    (FIXED.contains(&h) || ["x-weir-", "x-forwarded-", "sec-websocket-"].iter().any(|p| h.starts_with(p)))
+    (SET_BY_WEIR.contains(&h) || ["x-weir-", "x-forwarded-", "sec-websocket-"].iter().any(|p| h.starts_with(p)))
         .then_some("is a header weir sets or checks itself on the upgrade; copy another header, e.g. x-user-id")
 }
 

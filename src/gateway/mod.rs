@@ -426,7 +426,7 @@ impl Gateway {
             std::time::Instant::now(),
         );
         match permit {
-            Ok(p) => req.grant.permit = Some(p),
+            Ok(p) => req.grant.permit = p,
             Err(Refusal::Full) => return Err((RejectReason::AtCapacity, None, Some(1))),
             Err(Refusal::IpFull) => return Err((RejectReason::ClientAtCapacity, None, Some(1))),
             Err(Refusal::TenantFull) => return Err((RejectReason::TenantAtCapacity, None, Some(1))),

@@ -27,8 +27,8 @@ pub struct ConnObserver {
     object: Option<ObjectHandle>,
     /// The object's move signal, handed to the relay when it starts.
     moved: Option<watch::Receiver<bool>>,
-    /// The tenant's quota counters and its over-quota signal (handed to the relay).
-    quota: Option<(Arc<Tenant>, Option<watch::Receiver<bool>>)>,
+    /// The tenant's quota counters.
+    quota: Option<Arc<Tenant>>,
     /// Messages and wire bytes (both directions) at the last quota update.
     quota_seen: (u64, u64),
     started: Instant,
@@ -48,10 +48,9 @@ impl ConnObserver {
         quota: Option<Arc<Tenant>>,
     ) -> ConnObserver {
         metrics.active.inc();
-        let quota = quota.map(|t| {
-            let signal = t.opened();
-            (t, Some(signal))
-        });
+        if let Some(t) = &quota {
+            t.opened();
+        }
         ConnObserver {
             metrics,
             live,
@@ -71,7 +70,7 @@ impl Observer for ConnObserver {
         self.metrics.update(Direction::ClientToBackend, client);
         self.metrics.update(Direction::BackendToClient, backend);
         let wire = client.wire_bytes + backend.wire_bytes;
-        if let Some((tenant, _)) = &self.quota {
+        if let Some(tenant) = &self.quota {
             let messages = client.messages + backend.messages;
             let (m0, w0) = std::mem::replace(&mut self.quota_seen, (messages, wire));
             tenant.add(messages.saturating_sub(m0), wire.saturating_sub(w0));
@@ -93,12 +92,8 @@ impl Observer for ConnObserver {
         self.moved.take()
     }
 
-    fn control(&mut self) -> Option<watch::Receiver<Option<crate::relay::Stop>>> {
-        Some(self.live.control())
-    }
-
-    fn quota_exceeded(&mut self) -> Option<watch::Receiver<bool>> {
-        self.quota.as_mut().and_then(|(_, signal)| signal.take())
+    fn poll_stop(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<crate::relay::Stop> {
+        self.live.poll_stop(cx)
     }
 
     fn rtt(&mut self, side: Party, rtt: std::time::Duration) {
@@ -110,7 +105,7 @@ impl Observer for ConnObserver {
 
 impl Drop for ConnObserver {
     fn drop(&mut self) {
-        if let Some((tenant, _)) = &self.quota {
+        if let Some(tenant) = &self.quota {
             tenant.closed();
         }
         self.metrics.active.dec();

@@ -30,7 +30,6 @@ use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 /// Length of one tick of the interim wheel.
 const INTERIM_TICK: Duration = Duration::from_millis(100);
@@ -43,8 +42,10 @@ pub struct Live {
     /// Its identity (fixed after the 101).
     pub meter: Meter,
     state: Mutex<LiveState>,
-    /// Orders to close it (an operator's kick, a drain), heard by its relay.
-    control: watch::Sender<Option<Stop>>,
+    /// An order to close it (an operator's kick, a drain) is waiting in `LiveState::stop`.
+    stop_pending: std::sync::atomic::AtomicBool,
+    /// The relay's waker, woken when an order comes.
+    stop_waker: futures_util::task::AtomicWaker,
 }
 
 struct LiveState {
@@ -57,6 +58,8 @@ struct LiveState {
     ended: bool,
     /// Round-trip time of the last answered keepalive ping, `[client, backend]`.
     rtt: [Option<Duration>; 2],
+    /// An order to close the connection, until its relay takes it.
+    stop: Option<Stop>,
     /// Its entry on the interim wheel.
     due: Option<Key>,
 }
@@ -88,20 +91,33 @@ impl Live {
         lock(&self.state).rtt
     }
 
-    /// The relay's end of the control channel.
-    pub fn control(&self) -> watch::Receiver<Option<Stop>> {
-        self.control.subscribe()
+    /// The relay's side: `Ready` with the order once one was given (registers the waker
+    /// otherwise; one atomic load and a waker registration when none is pending).
+    pub fn poll_stop(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Stop> {
+        use std::sync::atomic::Ordering::Acquire;
+        if !self.stop_pending.load(Acquire) {
+            self.stop_waker.register(cx.waker());
+            if !self.stop_pending.load(Acquire) {
+                return std::task::Poll::Pending;
+            }
+        }
+        match lock(&self.state).stop.take() {
+            Some(stop) => std::task::Poll::Ready(stop),
+            None => std::task::Poll::Pending,
+        }
     }
 
     /// Order the connection closed as `stop` says (the first order wins).
     pub fn stop(&self, stop: Stop) {
-        self.control.send_if_modified(|s| {
-            if s.is_some() {
-                return false;
+        {
+            let mut s = lock(&self.state);
+            if s.ended || s.stop.is_some() || self.stop_pending.load(std::sync::atomic::Ordering::Acquire) {
+                return;
             }
-            *s = Some(stop);
-            true
-        });
+            s.stop = Some(stop);
+        }
+        self.stop_pending.store(true, std::sync::atomic::Ordering::Release);
+        self.stop_waker.wake();
     }
 
     /// What the admin API shows of this connection (`now`: for its age).
@@ -190,7 +206,8 @@ impl LiveSet {
         let mut start = meter.snapshot(RecordKind::Start, 0, Progress { counts: &none, active: Duration::ZERO });
         self.add_units(&mut start, &none);
         let live = Arc::new(Live {
-            control: watch::channel(None).0,
+            stop_pending: std::sync::atomic::AtomicBool::new(false),
+            stop_waker: futures_util::task::AtomicWaker::new(),
             state: Mutex::new(LiveState {
                 counts: none,
                 active: ActiveClock::new(self.idle_threshold),
@@ -199,6 +216,7 @@ impl LiveSet {
                 next_interim: meter.started() + self.interval,
                 ended: false,
                 rtt: [None; 2],
+                stop: None,
                 due: None,
             }),
             meter,

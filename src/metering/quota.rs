@@ -4,8 +4,9 @@
 //!
 //! Hot path: a connection's observer adds what moved to its tenant's `Tenant` counters (two
 //! relaxed atomic adds per wakeup that moved bytes). Background: `QuotaTicker`, once a second,
-//! adds connection seconds, rolls periods, compares each budget, flips the tenant's stop signal
-//! (a `watch` channel every connection of the tenant listens to), sets the utilisation gauge and
+//! adds connection seconds, rolls periods, compares each budget, orders the tenant's open
+//! connections closed (through the live set, only while an over-budget tenant has any), sets the
+//! utilisation gauge and
 //! every few seconds persists the usage of the current periods to `data_dir/quotas.json`, so a
 //! restart keeps it (counted per weir instance: instances do not share usage). Warm path:
 //! `Quotas::tenant` at the 101, `Quotas::refusal` at admission.
@@ -14,7 +15,11 @@
 //! share one `other` budget. The utilisation gauge has one series per (tenant, quota) for the
 //! first `MAX_TENANT_LABELS` tenants; the rest are summed into tenant `other`.
 
+use super::live::LiveSet;
 use crate::config::{Quota, QuotaOf, QuotaPeriod};
+use crate::relay::close::Close;
+use crate::relay::report::Cause;
+use crate::relay::Stop;
 use crate::sync::lock;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
@@ -26,7 +31,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
 
 /// Tenants tracked at once.
 pub const MAX_TENANTS: usize = 100_000;
@@ -48,7 +52,6 @@ pub struct Tenant {
     /// Milliseconds of open connections, added by the ticker.
     conn_ms: AtomicU64,
     open: AtomicU64,
-    stop: watch::Sender<bool>,
 }
 
 impl Tenant {
@@ -62,11 +65,9 @@ impl Tenant {
         }
     }
 
-    /// A connection of this tenant opened: its stop signal (true while the tenant is over a
-    /// budget). Call `closed` when it ends.
-    pub fn opened(&self) -> watch::Receiver<bool> {
+    /// A connection of this tenant opened. Call `closed` when it ends.
+    pub fn opened(&self) {
         self.open.fetch_add(1, Ordering::Relaxed);
-        self.stop.subscribe()
     }
 
     /// A connection of this tenant ended.
@@ -180,7 +181,6 @@ impl Quotas {
                 bytes: AtomicU64::new(0),
                 conn_ms: AtomicU64::new(0),
                 open: AtomicU64::new(0),
-                stop: watch::channel(false).0,
             }),
             periods: self
                 .rules
@@ -205,8 +205,10 @@ impl Quotas {
         lock(&self.over).get(tenant).cloned()
     }
 
-    /// One tick: add `elapsed` connection time, roll periods, compare budgets, signal, export.
-    pub fn tick(&self, elapsed: Duration, now: i64) {
+    /// One tick: add `elapsed` connection time, roll periods, compare budgets, export. Returns
+    /// the tenants over a budget that still have connections open (to be closed).
+    pub fn tick(&self, elapsed: Duration, now: i64) -> Vec<Arc<str>> {
+        let mut to_close = Vec::new();
         let mut over = HashMap::new();
         let mut other_use: HashMap<String, f64> = HashMap::new();
         let mut tracked = lock(&self.tracked);
@@ -236,14 +238,11 @@ impl Quotas {
                     is_over = Some((rule.name.clone(), left));
                 }
             }
-            let was = *t.tenant.stop.borrow();
-            if was != is_over.is_some() {
-                if let Some((q, _)) = &is_over {
-                    tracing::info!(tenant = %t.tenant.name, quota = %q, "tenant over its quota; closing its connections with 1008");
-                }
-                t.tenant.stop.send_replace(is_over.is_some());
-            }
             if let Some(o) = is_over {
+                if t.tenant.open.load(Ordering::Relaxed) > 0 {
+                    tracing::info!(tenant = %t.tenant.name, quota = %o.0, "tenant over its quota; closing its connections with 1008");
+                    to_close.push(t.tenant.name.clone());
+                }
                 over.insert(t.tenant.name.clone(), o);
             }
         }
@@ -252,6 +251,7 @@ impl Quotas {
             self.utilisation.with_label_values(&[OTHER, &quota]).set(share);
         }
         *lock(&self.over) = over;
+        to_close
     }
 
     /// Write the current periods' usage to the usage file (a temporary file renamed over it).
@@ -278,8 +278,26 @@ impl Quotas {
     }
 }
 
-/// The quota ticker: once a second, `Quotas::tick`; every few seconds and at shutdown, `save`.
-pub struct QuotaTicker(pub Arc<Quotas>);
+/// The quota ticker: once a second, `Quotas::tick` and the close (1008, cause `quota`) of the
+/// open connections of tenants over a budget (a scan of the live set, only while such a tenant
+/// has connections open: new ones are refused); every few seconds and at shutdown, `save`.
+pub struct QuotaTicker(pub Arc<Quotas>, pub Arc<LiveSet>);
+
+impl QuotaTicker {
+    fn tick(&self, elapsed: Duration) {
+        let over = self.0.tick(elapsed, unix_now());
+        if over.is_empty() {
+            return;
+        }
+        let close = Close::QuotaExceeded;
+        for l in self.1.all() {
+            if l.meter.identity().tenant.as_deref().is_some_and(|t| over.iter().any(|o| **o == *t)) {
+                let order = (close.code(), close.reason().to_string());
+                l.stop(Stop { client: order.clone(), backend: order, cause: Cause::Quota });
+            }
+        }
+    }
+}
 
 #[async_trait]
 impl BackgroundService for QuotaTicker {
@@ -290,13 +308,13 @@ impl BackgroundService for QuotaTicker {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => {
-                    self.0.tick(last.elapsed(), unix_now());
+                    self.tick(last.elapsed());
                     self.0.save();
                     return;
                 }
             }
             let now = Instant::now();
-            self.0.tick(now - last, unix_now());
+            self.tick(now - last);
             last = now;
             ticks += 1;
             if ticks % SAVE_EVERY == 0 {
@@ -390,18 +408,18 @@ mod tests {
         let q = Quotas::new(vec![rule(Some("acme"), QuotaOf::Messages, 10, QuotaPeriod::Hour)], None, gauge());
         assert!(q.tenant("beta").is_none(), "no quota applies");
         let acme = q.tenant("acme").unwrap();
-        let mut stop = acme.opened();
+        acme.opened();
         let t0 = period_start(QuotaPeriod::Hour, unix_now());
         acme.add(9, 100);
-        q.tick(Duration::from_secs(1), t0 + 10);
-        assert!(!*stop.borrow_and_update() && q.refusal("acme").is_none());
+        assert!(q.tick(Duration::from_secs(1), t0 + 10).is_empty() && q.refusal("acme").is_none());
         acme.add(1, 0);
-        q.tick(Duration::from_secs(1), t0 + 20);
-        assert!(*stop.borrow_and_update());
+        let over = q.tick(Duration::from_secs(1), t0 + 20);
+        assert_eq!(over.iter().map(|t| t.to_string()).collect::<Vec<_>>(), ["acme"], "its open connection is to close");
         assert_eq!(q.refusal("acme"), Some(("messages_hour".to_string(), 3580)));
+        acme.closed();
+        assert!(q.tick(Duration::from_secs(1), t0 + 30).is_empty(), "nothing left to close");
         // The next hour starts from zero.
-        q.tick(Duration::from_secs(1), t0 + 3600);
-        assert!(!*stop.borrow_and_update() && q.refusal("acme").is_none());
+        assert!(q.tick(Duration::from_secs(1), t0 + 3600).is_empty() && q.refusal("acme").is_none());
     }
 
     #[test]
@@ -410,14 +428,14 @@ mod tests {
         let rules = || vec![rule(None, QuotaOf::ConnectionSeconds, 100, QuotaPeriod::Day)];
         let q = Quotas::new(rules(), Some(dir.path().to_path_buf()), gauge());
         let t = q.tenant("acme").unwrap();
-        let _s = t.opened();
-        let _s2 = t.opened();
+        t.opened();
+        t.opened();
         let now = unix_now();
         q.tick(Duration::from_secs(30), now);
         q.save();
         let again = Quotas::new(rules(), Some(dir.path().to_path_buf()), gauge());
         let t2 = again.tenant("acme").unwrap();
-        let _s3 = t2.opened();
+        t2.opened();
         again.tick(Duration::from_secs(40), now);
         assert_eq!(again.refusal("acme").map(|(q, _)| q), Some("connectionseconds_day".to_string()), "60 + 40 ≥ 100");
     }

@@ -96,16 +96,12 @@ pub trait Observer {
         None
     }
 
-    /// A signal that turns true when the connection's tenant is over a quota (the relay then
-    /// closes both sides with `Close::QuotaExceeded`). Asked once, when the relay starts.
-    fn quota_exceeded(&mut self) -> Option<watch::Receiver<bool>> {
-        None
-    }
-
-    /// The connection's control signal: when it holds a `Stop`, the relay closes the
-    /// connection as it says. Asked once, when the relay starts.
-    fn control(&mut self) -> Option<watch::Receiver<Option<Stop>>> {
-        None
+    /// An order to close the connection (a kick, a drain), once it is given: the relay then
+    /// closes it as `Stop` says. Polled once per wakeup until the connection is ending: an
+    /// implementation registers `cx`'s waker and wakes it when an order comes (cheap when none
+    /// is pending).
+    fn poll_stop(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Stop> {
+        std::task::Poll::Pending
     }
 
     /// weir's keepalive ping to `side` (client or backend) was answered after `rtt`.

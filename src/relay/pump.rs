@@ -322,14 +322,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             drain_at = Some(Box::pin(sleep(grace)));
         }
         let mut moved = self.observer.object_moved();
-        let mut quota = self.observer.quota_exceeded();
-        let mut control = self.observer.control();
-        if let Some(stop) = control.as_mut().and_then(|c| c.borrow_and_update().clone()) {
-            self.stop(stop);
-        }
-        if quota.as_mut().is_some_and(|q| *q.borrow_and_update()) {
-            self.over_quota();
-        }
         self.object = moved.is_some();
         if moved.as_mut().is_some_and(|m| *m.borrow_and_update()) {
             self.object_moved();
@@ -342,23 +334,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
                     Some(()) if moved.as_mut().is_some_and(|m| *m.borrow_and_update()) => self.object_moved(),
                     Some(()) => {}
                     None => moved = None,
-                },
-                changed = async { quota.as_mut()?.changed().await.ok() }, if quota.is_some() => match changed {
-                    Some(()) if quota.as_mut().is_some_and(|q| *q.borrow_and_update()) => {
-                        self.over_quota();
-                        quota = None;
-                    }
-                    Some(()) => {}
-                    None => quota = None,
-                },
-                changed = async { control.as_mut()?.changed().await.ok() }, if control.is_some() => match changed {
-                    Some(()) => {
-                        if let Some(stop) = control.as_mut().and_then(|c| c.borrow_and_update().clone()) {
-                            self.stop(stop);
-                            control = None;
-                        }
-                    }
-                    None => control = None,
                 },
                 changed = shutdown.changed(), if watching && drain_at.is_none() => match changed {
                     Ok(()) if *shutdown.borrow() => drain_at = Some(Box::pin(sleep(grace))),
@@ -377,6 +352,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
     }
 
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // An order from outside (a kick, a drain), until the connection is ending anyway.
+        if self.linger.is_none() {
+            if let Poll::Ready(stop) = self.observer.poll_stop(cx) {
+                self.stop(stop);
+            }
+        }
         let mut poll = self.poll_rounds(cx);
         for _ in 0..MAX_GUARD_PASSES {
             if poll.is_ready() || !self.guard(cx) {
@@ -769,6 +750,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             let h = &mut self.halves[backend];
             h.src_done = false;
             h.discard = true;
+            // From here the scanner walks bytes the client never gets: its frame boundaries are
+            // not the client's, so no close may be injected toward the client any more (if the
+            // 1012 above could not go out mid-frame, the client's stream is just closed). Found
+            // by the relay fuzz target (fuzz/regressions/relay/).
+            h.dst_has_close = true;
             self.relayed_until_move = Some(Box::new(*h.scanner.counts()));
         }
     }
@@ -788,13 +774,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             h.src_done = true;
         }
         self.start_linger();
-    }
-
-    /// The tenant is over a quota: both sides get 1008, cause `quota`.
-    fn over_quota(&mut self) {
-        tracing::debug!("tenant over its quota; closing with 1008");
-        self.ending.cause.get_or_insert(Cause::Quota);
-        self.gateway_close(Close::QuotaExceeded);
     }
 
     fn begin_drain(&mut self) {

@@ -673,6 +673,29 @@ async fn a_moved_object_closes_both_sides_with_1012_and_waits_for_the_host() {
     assert_eq!(report.counts, [to_backend.counts(), to_host.counts()]);
 }
 
+/// Regression (fuzz/regressions/relay/moved-host-eof-1012-mid-frame): the object moves while the
+/// host's frame to the client is half sent, so no 1012 can go to the client; the host's later
+/// bytes are read and dropped, and when it ends weir must not put a close frame into the
+/// client's unfinished frame: the client's stream just ends.
+#[tokio::test(start_paused = true)]
+async fn a_move_in_the_middle_of_a_frame_never_puts_a_close_inside_it() {
+    let (moved, moved_rx) = watch::channel(false);
+    let mut h = start(Setup { moved: Some(moved_rx), ..Default::default() }).await;
+    let frame = unmasked(BINARY, b"0123456789");
+    let (head, _rest) = frame.split_at(5);
+    h.backend.write_all(head).await.unwrap();
+    assert_eq!(read_n(&mut h.client, head.len()).await, head);
+    moved.send(true).unwrap();
+    assert_eq!(masked_close_code(&read_to_eof(&mut h.backend).await), 1012, "the host gets its 1012");
+    // The host finishes its frame and goes away without answering.
+    h.backend.write_all(&frame[5..]).await.unwrap();
+    vanish(&mut h.backend);
+    let after = read_to_eof(&mut h.client).await;
+    assert!(after.is_empty(), "nothing after the half frame, no close inside it: {after:02x?}");
+    let (report, _, _) = h.finish().await;
+    assert_eq!(report.outcome, Outcome::Moved);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_moved_host_is_read_but_nothing_more_is_forwarded() {
     let (moved, moved_rx) = watch::channel(false);
