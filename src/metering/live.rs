@@ -181,11 +181,16 @@ impl LiveSet {
         }
     }
 
-    /// The interim wheel's tick of `t` (rounded down: an interim may be written up to one tick
-    /// early, never late).
+    /// The interim wheel's tick of `t`, rounded down (the tick `now` is in).
     fn tick(&self, t: Instant) -> u64 {
         let d = t.saturating_duration_since(self.epoch);
         (d.as_nanos() / INTERIM_TICK.as_nanos()).min(u128::from(u64::MAX)) as u64
+    }
+
+    /// The first tick at or after `t` (an interim is never early; at most one tick late).
+    fn due_tick(&self, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(self.epoch);
+        d.as_nanos().div_ceil(INTERIM_TICK.as_nanos()).min(u128::from(u64::MAX)) as u64
     }
 
     /// Limit rejection records per client address (`Rejections`); `summarised` counts the
@@ -222,7 +227,7 @@ impl LiveSet {
             meter,
         });
         lock(self.shard(&live.meter.id)).insert(live.meter.id, live.clone());
-        let at = self.tick(lock(&live.state).next_interim);
+        let at = self.due_tick(lock(&live.state).next_interim);
         let key = lock(&self.due).insert(at, Arc::downgrade(&live));
         lock(&live.state).due = Some(key);
         self.usage.write(&start);
@@ -303,7 +308,7 @@ impl LiveSet {
                 // The next one is due one interval later, never in a burst after a stall.
                 let next = s.next_interim + self.interval;
                 s.next_interim = if next <= now { now + self.interval } else { next };
-                s.due = Some(lock(&self.due).insert(self.tick(s.next_interim), Arc::downgrade(&live)));
+                s.due = Some(lock(&self.due).insert(self.due_tick(s.next_interim), Arc::downgrade(&live)));
                 let active = s.active.total_at(now);
                 let mut r =
                     live.meter.snapshot(RecordKind::Interim, s.last_seq, Progress { counts: &s.counts, active });
@@ -454,7 +459,8 @@ mod tests {
     fn many_connections_one_sweep() {
         let (set, spool, dir) = set(Duration::from_secs(1));
         let lives: Vec<_> = (0..100).map(|_| set.begin(Meter::start(None))).collect();
-        let later = lives.iter().map(|l| l.meter.started()).max().unwrap() + Duration::from_secs(1);
+        // Due one interval after each start; written at most one wheel tick later.
+        let later = lives.iter().map(|l| l.meter.started()).max().unwrap() + Duration::from_secs(1) + INTERIM_TICK;
         assert_eq!(set.sweep(later), 100);
         assert_eq!(set.len(), 100);
         let recs = records(&spool, &dir);
