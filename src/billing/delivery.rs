@@ -45,6 +45,9 @@ impl Delivery {
     pub fn new(spool: Arc<Spool>, sinks: Vec<SinkConfig>, metrics: Metrics) -> Delivery {
         // What opening the spool moved to quarantine (a torn last record) counts too.
         metrics.spool_quarantined.inc_by(spool.take_quarantined_on_open());
+        // From the first scrape on, not only once the gauge loop runs: a 0 would read as
+        // "billing blocked" to an alert.
+        metrics.spool_healthy.set(i64::from(spool.healthy()));
         Delivery { spool, sinks, metrics, cursors: Arc::default() }
     }
 }
