@@ -63,25 +63,7 @@ fn run_refuses_a_bad_config_and_a_missing_file() {
 
 /// Three misspelt keys (top level, in a route, in a sink) and one value of the wrong kind: serde
 /// alone stopped at the first of them.
-const TYPOS: &str = r#"
-server:
-  threads: many
-timeout:
-  backend_connect: 3s
-listeners:
-  - address: "127.0.0.1:8080"
-usage:
-  sinks:
-    - {kind: file, path: usage.jsonl, rotate_byte: 1048576}
-pools:
-  - name: demo
-    backends: ["builtin:echo"]
-routes:
-  - path_prefix: /echo
-    pool: demo
-  - path_prefix: /chat
-    pool_name: demo
-"#;
+const TYPOS: &str = include_str!("fixtures/config/typos.yaml");
 
 #[test]
 fn check_reports_every_unknown_key_and_type_error_in_one_run() {

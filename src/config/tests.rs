@@ -316,25 +316,7 @@ fn echo_max_message_has_a_default_and_names_the_key_on_error() {
 // Unknown keys and values of the wrong kind: every one at once (keys.rs), with the value errors.
 
 /// Three misspelt keys at different depths and one value of the wrong kind, the rest valid.
-const TYPOS: &str = r#"
-server:
-  threads: many
-timeout:
-  backend_connect: 3s
-listeners:
-  - address: "127.0.0.1:8080"
-usage:
-  sinks:
-    - {kind: file, path: usage.jsonl, rotate_byte: 1048576}
-pools:
-  - name: demo
-    backends: ["builtin:echo"]
-routes:
-  - path_prefix: /echo
-    pool: demo
-  - path_prefix: /chat
-    pool_name: demo
-"#;
+const TYPOS: &str = include_str!("../../tests/fixtures/config/typos.yaml");
 
 #[test]
 fn three_typos_and_a_type_error_are_reported_at_once() {

@@ -354,8 +354,9 @@ pub fn period_end(per: QuotaPeriod, start: i64) -> i64 {
     }
 }
 
-/// (year, month, day) of a day number since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+/// (year, month, day) of a day number since 1970-01-01 (H. Hinnant's algorithm); also dates
+/// weir-bench's report.
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
