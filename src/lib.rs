@@ -7,7 +7,8 @@
 //! built from its `Config`, but it imports nothing from weir (every module may use its types):
 //!
 //! ```text
-//! server ─▶ admin, gateway, billing::delivery          (cold: startup, services)
+//! server ─▶ admin, gateway, reload, billing::delivery  (cold: startup, services)
+//! reload ─▶ gateway::snapshot, admin::api              (cold: SIGHUP, POST /api/reload)
 //! config ─▶ gateway ─▶ relay                           (relay imports nothing from weir)
 //!             ├─▶ metering ─▶ billing ─▶ sinks
 //!             ├─▶ objects ─▶ pools ─▶ http1            (http1 is a leaf)
@@ -18,7 +19,9 @@
 //! cold: startup; background: services of their own):
 //! - `config`: `config.yaml` → file types → validated `Config`; every error at once (cold).
 //! - `server`: builds Pingora's `Server` and every service from a `Config` (cold).
-//! - `gateway`: Pingora HTTP app: head, routing, handshake on both sides, rejections, the
+//! - `reload`: SIGHUP and `POST /api/reload`: re-read, validate, build and swap the config
+//!   snapshot; open connections keep theirs (cold).
+//! - `gateway`: Pingora HTTP app: the config snapshot in force, head, routing, handshake on both sides, rejections, the
 //!   after-101 task and its observer (warm).
 //! - `routing`: (host, path) → route (warm, pure).
 //! - `http1`: HTTP/1 heads and WebSocket handshake helpers, shared by all who speak HTTP/1 (warm,
@@ -62,6 +65,7 @@ pub mod metrics;
 pub mod objects;
 pub mod pools;
 pub mod relay;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod sync;

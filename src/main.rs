@@ -146,7 +146,7 @@ fn main() -> ExitCode {
         Command::Check { config } => match config::load(&config) {
             Ok(c) => {
                 // Key files and JWKS are loaded as `weir run` would load them.
-                if let Err(e) = weir::admission::Gatekeeper::new(c.routes.iter(), &c.admission) {
+                if let Err(e) = weir::admission::Gatekeeper::new(c.routes.iter(), &c.admission, None) {
                     eprintln!("{}: {e}", config.display());
                     return ExitCode::FAILURE;
                 }
@@ -187,7 +187,7 @@ fn main() -> ExitCode {
             for w in config::warnings(&c) {
                 tracing::warn!("{w}");
             }
-            match weir::server::run(c) {
+            match weir::server::run(c, &config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

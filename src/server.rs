@@ -20,16 +20,15 @@ use crate::billing::UsageLog;
 use crate::config::Config;
 use crate::fds::{Descriptors, Sampler};
 use crate::gateway::http::HttpRoutes;
+use crate::gateway::snapshot::{Current, Parts as SnapshotParts, Snapshot};
 use crate::gateway::{Gateway, Parts};
 use crate::metering::live::{LiveSet, Sweeper};
 use crate::metering::quota::{QuotaTicker, Quotas};
 use crate::metering::rejections::Rejections;
 use crate::metrics::Metrics;
-use crate::objects::Objects;
 use crate::pools::builtin::Builtins;
-use crate::pools::HealthListener;
-use crate::pools::Pools;
-use crate::routing::RouteTable;
+use crate::pools::{HealthListener, HealthRunner};
+use crate::reload::{OnHangup, Reloader};
 use anyhow::Context;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
@@ -37,6 +36,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{ExecutionPhase, RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -48,8 +48,9 @@ const FINAL_DELIVERY: Duration = Duration::from_secs(10);
 /// write their usage records before Pingora drops what is left.
 const PINGORA_GRACE_MARGIN: Duration = Duration::from_secs(2);
 
-/// Build every service and run until shutdown; returns after the last flush and delivery.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Build every service from `config` (read from `path`, which SIGHUP and `POST /api/reload`
+/// re-read) and run until shutdown; returns after the last flush and delivery.
+pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     let registry = prometheus::default_registry().clone();
     let metrics = Metrics::register(&registry).context("registering metrics")?;
     metrics.prepare(&crate::gateway::known_labels(&config));
@@ -79,18 +80,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         })
     };
-    let listeners: Vec<Option<HealthListener>> = config.pools.iter().map(|_| Some(on_health.clone())).collect();
-    let (pools, health_services) = Pools::build_with(&config.pools, &|b| builtins.resolve(b), &metrics, &listeners)
-        .context("building the backend pools")?;
     for pool in &config.pools {
         let addrs: Vec<String> = pool.backends.iter().map(|b| builtins.resolve(b).to_string()).collect();
         tracing::info!(pool = %pool.name, backends = ?addrs, "pool");
     }
-    let pools = Arc::new(pools);
-    let (objects, object_health) =
-        Objects::build(&config, &usage, &metrics).context("building the object namespaces")?;
-    let objects = Arc::new(objects);
-    let routes = Arc::new(RouteTable::new(&config));
+    // Health checks of pools and object hosts run on one runtime (`HealthRunner`), so that a
+    // reload can start and stop them.
+    let runner = HealthRunner::new();
+    let snapshot_parts = SnapshotParts {
+        usage: usage.clone(),
+        metrics: metrics.clone(),
+        runner: runner.clone(),
+        builtins: builtins.addresses(),
+        on_health: Some(on_health),
+    };
+    let config_hash = crate::reload::hash_of(&std::fs::read(path).unwrap_or_default());
+    let built = Snapshot::build(config.clone(), &snapshot_parts, None)?;
+    let current: Current = Arc::new(arc_swap::ArcSwap::from_pointee(built.snapshot));
 
     let conf = ServerConf {
         threads: config.threads,
@@ -101,10 +107,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let http = Arc::new(pingora_proxy::http_proxy(
-        &server.configuration,
-        HttpRoutes::new(routes.clone(), pools.clone(), config.timeouts),
-    ));
+    let http = Arc::new(pingora_proxy::http_proxy(&server.configuration, HttpRoutes::new(current.clone())));
     let quotas = Quotas::new(config.quotas.clone(), Some(config.data_dir.clone()), metrics.quota_utilisation.clone());
     let gateway = Gateway::new(
         &config,
@@ -117,12 +120,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 )),
             },
             quotas: quotas.clone(),
-            gatekeeper: Arc::new(
-                crate::admission::Gatekeeper::new(routes.iter(), &config.admission).map_err(|e| anyhow::anyhow!(e))?,
-            ),
-            routes,
-            pools: pools.clone(),
-            objects,
+            current: current.clone(),
             metrics: metrics.clone(),
             live: live.clone(),
             fds: fds.clone(),
@@ -146,21 +144,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     server.add_service(gateway_service);
 
+    let reloader = Reloader::new(path, current.clone(), snapshot_parts, live.clone(), plan, config_hash);
+    server.add_service(background_service("config reload on SIGHUP", OnHangup(reloader.clone())));
+    server.add_service(background_service("health checks", runner.service()));
     // The admin listener itself is not a Pingora service (see below); this one only tells it
     // when Pingora's shutdown begins.
     let admin = config.admin.map(|address| {
         let listeners = config.listeners.iter().map(|l| l.address).collect();
         let open = live.clone();
         let access = Access { token: config.admin_token.clone(), metrics_public: config.admin_metrics_public };
-        let ops = Ops { live: live.clone(), pools: pools.clone(), plan };
+        let pools = current.clone();
+        let reload: Arc<dyn crate::admin::api::Reload> = reloader.clone();
+        let ops =
+            Ops { live: live.clone(), pools: Arc::new(move || pools.load().pools.clone()), plan, reload: Some(reload) };
         let admin = Admin::new(registry, listeners, fds.clone(), move || open.len()).with_api(ops, access);
         (address, Arc::new(admin))
     });
     if let Some((_, a)) = &admin {
         server.add_service(background_service("admin shutdown watch", ShutdownWatcher(a.clone())));
-    }
-    for s in health_services.into_iter().chain(object_health) {
-        server.add_boxed_service(s);
     }
     for s in builtins.services(&metrics) {
         server.add_boxed_service(s);

@@ -16,6 +16,9 @@ mod admission;
 // Live operations: the admin API (list, inspect, kick), drains, admin auth.
 mod operations;
 
+// Config reload (SIGHUP, POST /api/reload) with open connections.
+mod reload;
+
 // Guards on open connections: idle, keepalive, close timeout, size and rate limits, lifetime.
 mod guards;
 

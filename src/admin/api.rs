@@ -1,5 +1,5 @@
 //! The admin API (`/api/...`, JSON): list and inspect open connections, kick one, drain the
-//! instance. Every connection is named by the id of its usage records and `X-Weir-Connection-Id`.
+//! instance or a backend, reload the config. Every connection is named by the id of its usage records and `X-Weir-Connection-Id`.
 //!
 //! Warm path (one operator request at a time), on the admin listener's own thread and runtime.
 //! Access: with `admin.token` every path but `/healthz` and `/readyz` (and `/metrics` with
@@ -68,15 +68,27 @@ fn error(status: u16, message: &str) -> Reply {
     (status, json!({ "error": message }))
 }
 
+/// The backend pools in force (they change with a reload).
+pub type CurrentPools = Arc<dyn Fn() -> Arc<Pools> + Send + Sync>;
+
+/// What `POST /api/reload` asks of the process (`crate::reload::Reloader`): re-read and apply
+/// the config file; what changed, or every error (the running config kept).
+pub trait Reload: Send + Sync {
+    /// Reload now.
+    fn reload(&self) -> Result<Value, Vec<String>>;
+}
+
 /// What the API acts on.
 #[derive(Clone)]
 pub struct Ops {
     /// Open connections.
     pub live: Arc<LiveSet>,
     /// Backend pools.
-    pub pools: Arc<Pools>,
+    pub pools: CurrentPools,
     /// How drains close connections.
     pub plan: DrainPlan,
+    /// Config reloads, when the process was started from a file.
+    pub reload: Option<Arc<dyn Reload>>,
 }
 
 /// Answer `method target` on the API (`target` starts with `/api/`).
@@ -97,12 +109,25 @@ pub async fn answer(ops: &Ops, method: &str, target: &str) -> Reply {
             (202, json!({"draining": true, "connections": started, "window_ms": plan.window.as_millis() as u64}))
         }
         ("GET", ["backends"]) => (200, backends(ops)),
+        ("POST", ["reload"]) => match &ops.reload {
+            None => error(409, "this process has no config file to reload"),
+            Some(r) => {
+                let r = r.clone();
+                // Building the new snapshot reads files: off the admin runtime's thread.
+                match tokio::task::spawn_blocking(move || r.reload()).await {
+                    Ok(Ok(changes)) => (200, json!({"reloaded": true, "changes": changes})),
+                    Ok(Err(errors)) => (422, json!({"reloaded": false, "errors": errors})),
+                    Err(_) => error(500, "the reload failed; the running config is kept"),
+                }
+            }
+        },
         ("POST", ["backends", pool, backend, action @ ("drain" | "undrain")]) => {
-            let Some(addr) = ops.pools.find(pool, backend) else {
+            let pools = (ops.pools)();
+            let Some(addr) = pools.find(pool, backend) else {
                 return error(404, "no such pool and backend (the backend as configured, or its address)");
             };
             let on = *action == "drain";
-            ops.pools.set_draining(addr, on);
+            pools.set_draining(addr, on);
             let closing = if on { close_backend(live, addr, plan, "backend draining") } else { 0 };
             (200, json!({"pool": pool, "backend": backend, "draining": on, "closing": closing}))
         }
@@ -208,8 +233,7 @@ fn backends(ops: &Ops) -> Value {
             *open.entry(b.clone()).or_default() += 1;
         }
     }
-    let pools: Vec<Value> = ops
-        .pools
+    let pools: Vec<Value> = (ops.pools)()
         .describe()
         .into_iter()
         .map(|(name, backends)| {

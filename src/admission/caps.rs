@@ -110,11 +110,13 @@ fn ip_key(ip: IpAddr) -> u128 {
     }
 }
 
-/// The process's caps and rates.
+/// The process's caps and rates: one for the process, kept across reloads (a reload changes
+/// its settings, `reconfigure`, never its counts).
 pub struct Caps {
-    cfg: Admission,
+    cfg: arc_swap::ArcSwap<Admission>,
     total: AtomicU64,
-    routes: Vec<AtomicU64>,
+    /// Open connections per route name.
+    routes: Mutex<HashMap<String, Arc<AtomicU64>>>,
     ips: Mutex<Table<u128>>,
     tenants: Mutex<Table<Arc<str>>>,
 }
@@ -122,7 +124,7 @@ pub struct Caps {
 /// One admitted connection's share of the counts; given back on drop.
 pub struct Permit {
     caps: Arc<Caps>,
-    route: usize,
+    route: Arc<AtomicU64>,
     ip: Option<Option<u128>>,
     tenant: Option<Option<Arc<str>>>,
 }
@@ -131,9 +133,7 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let c = &self.caps;
         c.total.fetch_sub(1, Ordering::Relaxed);
-        if let Some(r) = c.routes.get(self.route) {
-            r.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.route.fetch_sub(1, Ordering::Relaxed);
         if let Some(k) = &self.ip {
             lock(&c.ips).release(k);
         }
@@ -144,31 +144,44 @@ impl Drop for Permit {
 }
 
 impl Caps {
-    /// Caps for `routes` routes under `cfg`.
-    pub fn new(cfg: Admission, routes: usize) -> Arc<Caps> {
+    /// Caps under `cfg`.
+    pub fn new(cfg: Admission) -> Arc<Caps> {
         let now = Instant::now();
         let burst = |r: Option<NewConnRate>| r.map_or(0.0, |r| r.burst);
         Arc::new(Caps {
             total: AtomicU64::new(0),
-            routes: (0..routes).map(|_| AtomicU64::new(0)).collect(),
+            routes: Mutex::default(),
             ips: Mutex::new(Table::new(cfg.max_tracked_ips, burst(cfg.ip_rate), now)),
             tenants: Mutex::new(Table::new(MAX_TENANTS, burst(cfg.tenant_rate), now)),
-            cfg,
+            cfg: arc_swap::ArcSwap::from_pointee(cfg),
         })
     }
 
-    /// Admit one more connection on route `route` (capped at `route_cap`, 0: none) from `ip`
+    /// New settings (a reload): open connections stay counted; a smaller address table keeps
+    /// its entries and evicts idle ones as new addresses come.
+    pub fn reconfigure(&self, cfg: Admission) {
+        lock(&self.ips).max = cfg.max_tracked_ips;
+        self.cfg.store(Arc::new(cfg));
+    }
+
+    /// The open-connection counter of the route named `name` (the same one across reloads).
+    pub fn route_counter(&self, name: &str) -> Arc<AtomicU64> {
+        lock(&self.routes).entry(name.to_string()).or_default().clone()
+    }
+
+    /// Admit one more connection on the route counted by `route` (capped at `route_cap`, 0:
+    /// none; see `route_counter`) from `ip`
     /// for `tenant`, or say why not. Counts nothing when it refuses; `None` when no cap or rate
     /// applies at all (a connection then holds no permit: it costs nothing to count).
     pub fn admit(
         self: &Arc<Self>,
-        route: usize,
+        route: &Arc<AtomicU64>,
         route_cap: u64,
         tenant: Option<&str>,
         ip: Option<IpAddr>,
         now: Instant,
     ) -> Result<Option<Permit>, Refusal> {
-        let c = &self.cfg;
+        let c = self.cfg.load();
         let uncapped = c.max_connections == 0
             && route_cap == 0
             && c.max_connections_per_ip == 0
@@ -179,7 +192,7 @@ impl Caps {
             return Ok(None);
         }
         let over = |open: u64, cap: u64| cap != 0 && open >= cap;
-        let route_open = self.routes.get(route).map_or(0, |r| r.load(Ordering::Relaxed));
+        let route_open = route.load(Ordering::Relaxed);
         if over(self.total.load(Ordering::Relaxed), c.max_connections) || over(route_open, route_cap) {
             return Err(Refusal::Full);
         }
@@ -221,10 +234,8 @@ impl Caps {
             }
         };
         self.total.fetch_add(1, Ordering::Relaxed);
-        if let Some(r) = self.routes.get(route) {
-            r.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(Some(Permit { caps: self.clone(), route, ip: ip_key, tenant: tenant_key }))
+        route.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(Permit { caps: self.clone(), route: route.clone(), ip: ip_key, tenant: tenant_key }))
     }
 
     /// Connections open now (admitted and not yet ended).
@@ -255,16 +266,17 @@ mod tests {
 
     #[test]
     fn caps_count_open_connections_and_give_them_back() {
-        let caps = Caps::new(Admission { max_connections: 3, max_connections_per_ip: 2, ..admission() }, 2);
+        let caps = Caps::new(Admission { max_connections: 3, max_connections_per_ip: 2, ..admission() });
+        let (r0, r1) = (caps.route_counter("a"), caps.route_counter("b"));
         let now = Instant::now();
-        let a = caps.admit(0, 0, None, ip("10.0.0.1"), now).unwrap();
-        let b = caps.admit(0, 0, None, ip("10.0.0.1"), now).unwrap();
-        assert_eq!(caps.admit(0, 0, None, ip("10.0.0.1"), now).err(), Some(Refusal::IpFull));
-        let c = caps.admit(1, 0, None, ip("10.0.0.2"), now).unwrap();
-        assert_eq!(caps.admit(1, 0, None, ip("10.0.0.3"), now).err(), Some(Refusal::Full), "3 in all");
+        let a = caps.admit(&r0, 0, None, ip("10.0.0.1"), now).unwrap();
+        let b = caps.admit(&r0, 0, None, ip("10.0.0.1"), now).unwrap();
+        assert_eq!(caps.admit(&r0, 0, None, ip("10.0.0.1"), now).err(), Some(Refusal::IpFull));
+        let c = caps.admit(&r1, 0, None, ip("10.0.0.2"), now).unwrap();
+        assert_eq!(caps.admit(&r1, 0, None, ip("10.0.0.3"), now).err(), Some(Refusal::Full), "3 in all");
         drop(a);
         assert_eq!(caps.open(), 2);
-        let d = caps.admit(0, 1, None, ip("10.0.0.1"), now);
+        let d = caps.admit(&r0, 1, None, ip("10.0.0.1"), now);
         assert_eq!(d.err(), Some(Refusal::Full), "route 0 holds b: its cap of 1 is reached");
         drop((b, c));
         assert_eq!(caps.open(), 0);
@@ -280,34 +292,37 @@ mod tests {
     #[test]
     fn rates_refuse_with_retry_after_and_refill() {
         let rate = Some(NewConnRate { per_second: 2.0, burst: 2.0 });
-        let caps = Caps::new(
-            Admission { ip_rate: rate, tenant_rate: Some(NewConnRate { per_second: 1.0, burst: 3.0 }), ..admission() },
-            1,
-        );
+        let caps = Caps::new(Admission {
+            ip_rate: rate,
+            tenant_rate: Some(NewConnRate { per_second: 1.0, burst: 3.0 }),
+            ..admission()
+        });
+        let r0 = caps.route_counter("a");
         let t0 = Instant::now();
-        let _a = caps.admit(0, 0, Some("acme"), ip("10.0.0.1"), t0).unwrap();
-        let _b = caps.admit(0, 0, Some("acme"), ip("10.0.0.1"), t0).unwrap();
-        assert_eq!(caps.admit(0, 0, Some("acme"), ip("10.0.0.1"), t0).err(), Some(Refusal::IpRate(1)));
-        let _c = caps.admit(0, 0, Some("acme"), ip("10.0.0.2"), t0).unwrap();
-        assert_eq!(caps.admit(0, 0, Some("acme"), ip("10.0.0.3"), t0).err(), Some(Refusal::TenantRate(1)));
+        let _a = caps.admit(&r0, 0, Some("acme"), ip("10.0.0.1"), t0).unwrap();
+        let _b = caps.admit(&r0, 0, Some("acme"), ip("10.0.0.1"), t0).unwrap();
+        assert_eq!(caps.admit(&r0, 0, Some("acme"), ip("10.0.0.1"), t0).err(), Some(Refusal::IpRate(1)));
+        let _c = caps.admit(&r0, 0, Some("acme"), ip("10.0.0.2"), t0).unwrap();
+        assert_eq!(caps.admit(&r0, 0, Some("acme"), ip("10.0.0.3"), t0).err(), Some(Refusal::TenantRate(1)));
         // The address that the tenant refused kept its token.
         let t1 = t0 + Duration::from_secs(1);
-        assert!(caps.admit(0, 0, Some("acme"), ip("10.0.0.1"), t1).is_ok());
+        assert!(caps.admit(&r0, 0, Some("acme"), ip("10.0.0.1"), t1).is_ok());
     }
 
     #[test]
     fn the_address_table_is_bounded_and_evicts_idle_entries() {
-        let caps = Caps::new(Admission { max_connections_per_ip: 1, max_tracked_ips: 2, ..admission() }, 1);
+        let caps = Caps::new(Admission { max_connections_per_ip: 1, max_tracked_ips: 2, ..admission() });
+        let r0 = caps.route_counter("a");
         let now = Instant::now();
-        let a = caps.admit(0, 0, None, ip("10.0.0.1"), now).unwrap();
-        let _b = caps.admit(0, 0, None, ip("10.0.0.2"), now).unwrap();
+        let a = caps.admit(&r0, 0, None, ip("10.0.0.1"), now).unwrap();
+        let _b = caps.admit(&r0, 0, None, ip("10.0.0.2"), now).unwrap();
         // Full, nothing idle: a third address shares the overflow entry (cap 1 for all of them).
-        let c = caps.admit(0, 0, None, ip("10.0.0.3"), now).unwrap();
-        assert_eq!(caps.admit(0, 0, None, ip("10.0.0.4"), now).err(), Some(Refusal::IpFull));
+        let c = caps.admit(&r0, 0, None, ip("10.0.0.3"), now).unwrap();
+        assert_eq!(caps.admit(&r0, 0, None, ip("10.0.0.4"), now).err(), Some(Refusal::IpFull));
         assert_eq!(lock(&caps.ips).map.len(), 2);
         drop((a, c));
         // 10.0.0.1 is idle now: evicted to make room for 10.0.0.4.
-        assert!(caps.admit(0, 0, None, ip("10.0.0.4"), now).is_ok());
+        assert!(caps.admit(&r0, 0, None, ip("10.0.0.4"), now).is_ok());
         assert_eq!(lock(&caps.ips).map.len(), 2);
     }
 }

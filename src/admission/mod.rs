@@ -15,24 +15,35 @@ pub mod origin;
 use crate::config::{Admission, AuthMethod, Route};
 use std::sync::Arc;
 
-/// Who may connect to each route, and the process's caps: built once at startup.
+/// Who may connect to each route of one config snapshot, and the process's caps (shared by
+/// every snapshot).
 pub struct Gatekeeper {
     /// Per route (in the route table's order): its verifier, if it authenticates with API keys
     /// or JWTs.
     auth: Vec<Option<auth::Authenticator>>,
     /// Per route: its forward-auth client, if it authenticates with `auth.external`.
     external: Vec<Option<external::External>>,
+    /// Per route: its open-connection counter in `caps`.
+    route_counters: Vec<Arc<std::sync::atomic::AtomicU64>>,
     /// The caps and rates.
     pub caps: Arc<caps::Caps>,
 }
 
 impl Gatekeeper {
-    /// Build the verifiers of `routes` (in the route table's order) and the caps of `admission`;
+    /// Build the verifiers of `routes` (in the route table's order) and the caps of `admission`
+    /// (a reload passes the running caps, which keep their counts: it gives them the new
+    /// settings with `Caps::reconfigure` once the whole snapshot is built);
     /// the error names the route and the problem (a JWT key file that does not load, say).
-    pub fn new<'a>(routes: impl Iterator<Item = &'a Route>, admission: &Admission) -> Result<Gatekeeper, String> {
+    pub fn new<'a>(
+        routes: impl Iterator<Item = &'a Route>,
+        admission: &Admission,
+        running: Option<&Arc<caps::Caps>>,
+    ) -> Result<Gatekeeper, String> {
         let mut external = Vec::new();
+        let mut names = Vec::new();
         let auth = routes
             .map(|r| {
+                names.push(r.name.clone());
                 let ext = r.auth.iter().flat_map(|a| &a.methods).find_map(|m| match m {
                     AuthMethod::External(e) => Some(external::External::new(e, &r.name)),
                     _ => None,
@@ -45,8 +56,14 @@ impl Gatekeeper {
                 verifier.map_err(|e| format!("route {} (path_prefix {}): auth: {e}", r.name, r.path_prefix))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let caps = caps::Caps::new(admission.clone(), auth.len());
-        Ok(Gatekeeper { auth, external, caps })
+        let caps = running.cloned().unwrap_or_else(|| caps::Caps::new(admission.clone()));
+        let route_counters = names.iter().map(|n| caps.route_counter(n)).collect();
+        Ok(Gatekeeper { auth, external, route_counters, caps })
+    }
+
+    /// The open-connection counter of route `index` (for `Caps::admit`).
+    pub fn route_counter(&self, index: usize) -> Option<&Arc<std::sync::atomic::AtomicU64>> {
+        self.route_counters.get(index)
     }
 
     /// The verifier of route `index`, if it authenticates.

@@ -17,13 +17,14 @@ use std::sync::Arc;
 pub struct UsageLog {
     spool: Arc<Spool>,
     metrics: Metrics,
-    units: Units,
+    /// The units in force: a reload swaps them (`set_units`).
+    units: arc_swap::ArcSwap<Units>,
 }
 
 impl UsageLog {
     /// Records go to `spool`; `units` are the pricing units connection records carry.
     pub fn new(spool: Arc<Spool>, metrics: Metrics, units: Units) -> UsageLog {
-        UsageLog { spool, metrics, units }
+        UsageLog { spool, metrics, units: arc_swap::ArcSwap::from_pointee(units) }
     }
 
     /// The spool behind this log.
@@ -41,9 +42,15 @@ impl UsageLog {
         self.append(record, record.label(), &record.idempotency_key);
     }
 
-    /// The pricing units records carry.
-    pub fn units(&self) -> &Units {
-        &self.units
+    /// The pricing units records carry: those in force when the record is written.
+    pub fn units(&self) -> arc_swap::Guard<Arc<Units>> {
+        self.units.load()
+    }
+
+    /// New pricing units (a reload): every record written from now on carries them, open
+    /// connections' next interim and stop records included.
+    pub fn set_units(&self, units: Units) {
+        self.units.store(Arc::new(units));
     }
 
     /// Append one rejection summary (counted as kind `rejections`).

@@ -233,6 +233,9 @@ pub struct FileDrain {
     pub window: Option<String>,
     /// `going_away` (1001) or `restart` (1012). Default: going_away.
     pub close_code: Option<String>,
+    /// What a reload does to the open connections of a backend it removes: `close` (over the
+    /// window, with the close code) or `keep` (left to end by themselves). Default: close.
+    pub removed_backends: Option<String>,
 }
 
 /// `timeouts:` (durations such as `500ms`, `10s`).

@@ -101,8 +101,11 @@ pub static FILE: Section = Section {
     ],
 };
 
-static DRAIN: Section =
-    Section { what: "`drain`", file_struct: "FileDrain", keys: &[opt("window", Text), opt("close_code", Text)] };
+static DRAIN: Section = Section {
+    what: "`drain`",
+    file_struct: "FileDrain",
+    keys: &[opt("window", Text), opt("close_code", Text), opt("removed_backends", Text)],
+};
 
 static QUOTA: Section = Section {
     what: "a quota",

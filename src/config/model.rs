@@ -56,6 +56,8 @@ pub struct Config {
     pub drain_window: Duration,
     /// Drains close clients with 1012 instead of 1001 (`drain.close_code: restart`).
     pub drain_restart: bool,
+    /// A reload closes the open connections of the backends it removes, over the drain window.
+    pub drain_removed_backends: bool,
     /// Where the per-connection access log goes (`access_log`); `None`: no access log.
     pub access_log: Option<AccessLogTarget>,
 }

@@ -238,6 +238,14 @@ impl Validator {
                 false
             }
         };
+        let drain_removed_backends = match f.drain.removed_backends.as_deref() {
+            None | Some("close") => true,
+            Some("keep") => false,
+            Some(other) => {
+                self.err("drain.removed_backends", other, "must be `close` (drained over drain.window) or `keep`");
+                true
+            }
+        };
         Config {
             threads,
             grace_period,
@@ -268,6 +276,7 @@ impl Validator {
             admin_token,
             admin_metrics_public: f.admin.as_ref().and_then(|a| a.metrics_public).unwrap_or(false),
             drain_window,
+            drain_removed_backends,
             drain_restart,
             access_log: match f.access_log.as_deref() {
                 None => None,

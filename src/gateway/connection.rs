@@ -34,6 +34,8 @@ pub struct Established {
     pub pool: String,
     /// The route's guards.
     pub limits: Limits,
+    /// The chunk sizes its scanners count (the pricing units of its snapshot).
+    pub chunks: crate::relay::scanner::Chunks,
     /// Its live-set entry (identity and interim state).
     pub live: Arc<Live>,
     /// The object placement, on object routes.
@@ -86,7 +88,7 @@ impl Gateway {
     /// the task is the relay's future plus what ending needs: an idle connection's task holds
     /// nothing else (no copy of its arguments, no handshake state).
     pub(super) fn start(self: &Arc<Self>, c: Established, shutdown: ShutdownWatch) {
-        let Established { client, early, route, pool, limits, live, lease, serve, permit, quota } = c;
+        let Established { client, early, route, pool, limits, chunks, live, lease, serve, permit, quota } = c;
         let metrics = self.metrics.connection(&route, &pool);
         let grace = self.grace_period;
         match serve {
@@ -94,7 +96,7 @@ impl Gateway {
                 let object = lease.as_ref().map(|l| l.object().clone());
                 let moved = lease.as_ref().map(Lease::evicted);
                 let observer = ConnObserver::new(metrics, live.clone(), object, moved, quota);
-                let policies = self.policies(rsv, Some(&limits));
+                let policies = Self::policies(chunks, rsv, Some(&limits));
                 let relay = Relay::new([client, backend], policies, [&early, &backend_early], observer)
                     .with_guards(guards(&limits, live.meter.id.as_u128()));
                 let ending = Ending { gateway: self.clone(), route, pool, live, lease, _permit: permit };
@@ -108,7 +110,7 @@ impl Gateway {
             Serve::Object { object, id, handle } => {
                 // Built-in objects touch their accounting per message themselves.
                 let observer = ConnObserver::new(metrics, live.clone(), None, None, quota);
-                let tap = Tap::new(client, early, self.policies(0, None), observer);
+                let tap = Tap::new(client, early, Self::policies(chunks, 0, None), observer);
                 let ending = Ending { gateway: self.clone(), route, pool, live, lease, _permit: permit };
                 tokio::spawn(async move {
                     let report = match session::run(object, &id, tap, handle, shutdown, grace).await {

@@ -33,14 +33,15 @@ impl Gateway {
             }
             Verdict::Unavailable => Err((RejectReason::ExternalAuthUnavailable, None, None)),
             Verdict::Deny(d) => {
-                let _ = req.stream.write_all(&reject::passed_response(d.status, &d.headers, &d.body)).await;
-                let _ = req.stream.flush().await;
+                // Counted and recorded before the answer, like every refusal.
                 let reason = RejectReason::ExternalAuthDenied;
                 self.metrics.handshake_rejections.with_label_values(&[&req.route, reason.as_str()]).inc();
                 tracing::debug!(route = %req.route, status = d.status, "external auth refused the upgrade");
                 let detail = format!("{}: {}", reason.as_str(), d.status);
                 let rejection = Rejection { status: d.status, outcome: reason.outcome(), reason: &detail };
                 self.live.reject(&req.meter, rejection);
+                let _ = req.stream.write_all(&reject::passed_response(d.status, &d.headers, &d.body)).await;
+                let _ = req.stream.flush().await;
                 Err((reason, Some(detail), None))
             }
         }

@@ -13,11 +13,8 @@
 //! `Replay` records those bytes as they pass instead.
 
 use super::upstream::forged;
-use crate::config::Timeouts;
 use crate::http1::head::{MessageEnd, RequestHead};
 use crate::http1::host_without_port;
-use crate::pools::Pools;
-use crate::routing::RouteTable;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
 use pingora_core::apps::{HttpServerApp, ReusedHttpStream};
@@ -298,15 +295,14 @@ impl Peek for Replay {
 
 /// The `ProxyHttp` implementation for `http` routes.
 pub struct HttpRoutes {
-    routes: Arc<RouteTable>,
-    pools: Arc<Pools>,
-    timeouts: Timeouts,
+    /// The config snapshot in force (each request routes with the one current when it comes).
+    current: super::snapshot::Current,
 }
 
 impl HttpRoutes {
-    /// Proxy with the shared route table and pools.
-    pub fn new(routes: Arc<RouteTable>, pools: Arc<Pools>, timeouts: Timeouts) -> HttpRoutes {
-        HttpRoutes { routes, pools, timeouts }
+    /// Proxy with the routes and pools of the snapshot in force.
+    pub fn new(current: super::snapshot::Current) -> HttpRoutes {
+        HttpRoutes { current }
     }
 }
 
@@ -326,7 +322,8 @@ impl ProxyHttp for HttpRoutes {
     async fn upstream_peer(&self, session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let host = host_of(session);
         let path = session.req_header().uri.path().to_string();
-        let route = self
+        let snap = self.current.load();
+        let route = snap
             .routes
             .resolve(host.as_deref(), &path)
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(404), "no route"))?;
@@ -334,14 +331,15 @@ impl ProxyHttp for HttpRoutes {
             return Err(Error::explain(ErrorType::HTTPStatus(400), "object routes carry WebSockets only"));
         };
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let addr = self
+        let addr = snap
             .pools
             .select(pool, client, &[])
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), "no healthy backend"))?;
         let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(self.timeouts.backend_connect);
-        peer.options.total_connection_timeout = Some(self.timeouts.backend_connect);
-        peer.options.read_timeout = Some(self.timeouts.backend_handshake);
+        let timeouts = snap.config.timeouts;
+        peer.options.connection_timeout = Some(timeouts.backend_connect);
+        peer.options.total_connection_timeout = Some(timeouts.backend_connect);
+        peer.options.read_timeout = Some(timeouts.backend_handshake);
         Ok(Box::new(peer))
     }
 

@@ -1,8 +1,11 @@
 //! The gateway: Pingora's HTTP server app that accepts requests, routes them, runs the WebSocket
 //! handshake on both sides and hands the connection to the relay or a built-in object.
 //!
-//! - here: `Gateway`, built once; `serve` reads a request head, routes it and dispatches over the
-//!   route's target; every refusal goes through `refuse` (warm path).
+//! - here: `Gateway`, built once; `serve` reads a request head, takes the config snapshot in
+//!   force, routes the request and dispatches over the route's target; every refusal goes
+//!   through `refuse` (warm path).
+//! - `snapshot.rs`: `Snapshot`, what a reload swaps (routes, pools, objects, auth), built at
+//!   startup and by `crate::reload` (cold).
 //! - `upgrade.rs`: a client's upgrade to its target: the client checks, the object id, connect
 //!   with retries (pools and object hosts alike), the backend's answer, the 101 (warm).
 //! - `connection.rs`: the one after-101 path: a task of its own runs the relay (or a built-in
@@ -30,22 +33,20 @@ pub mod handshake;
 pub mod http;
 pub mod observer;
 pub mod reject;
+pub mod snapshot;
 pub mod upgrade;
 pub mod upstream;
 
 use crate::access::AccessLog;
 use crate::admission::caps::{Permit, Refusal};
-use crate::admission::{auth, origin, Gatekeeper};
-use crate::config::{Cidr, Config, Limits, Route, RouteKind, Target, Timeouts};
+use crate::admission::{auth, origin};
+use crate::config::{Config, Limits, Route, RouteKind, Target};
 use crate::http1::head::{self, HeadError, RequestHead};
 use crate::metering::live::LiveSet;
 use crate::metering::quota::{self, Quotas};
 use crate::metering::{Meter, Rejection};
 use crate::metrics::Metrics;
-use crate::objects::Objects;
-use crate::pools::Pools;
 use crate::relay::scanner::{Chunks, Role, ScanPolicy};
-use crate::routing::RouteTable;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora_core::connectors::TransportConnector;
@@ -53,6 +54,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use reject::RejectReason;
+use snapshot::{Current, Snapshot};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +82,14 @@ pub fn known_labels(config: &Config) -> crate::metrics::Known<'_> {
 /// A refusal by admission: the reason, the record's reason if not the label, a `Retry-After`.
 type Refused = (RejectReason, Option<String>, Option<u64>);
 
+/// A refusal on its way out: what the client gets, and the record's reason.
+struct Refusing<'a> {
+    reason: RejectReason,
+    body: &'a str,
+    retry_after: Option<u64>,
+    record_reason: Option<&'a str>,
+}
+
 /// What admission granted an upgrade, carried to its end.
 #[derive(Default)]
 pub struct Grant {
@@ -98,44 +108,28 @@ pub struct Grant {
 /// The route label used for requests that matched no route.
 const NO_ROUTE: &str = "none";
 
-/// Everything a request needs, built once at startup and shared by every connection.
+/// Everything a request needs, built once at startup and shared by every connection; what a
+/// reload changes is in the snapshot in force (`current`).
 pub struct Gateway {
-    routes: Arc<RouteTable>,
-    pools: Arc<Pools>,
-    pool_names: Vec<String>,
-    objects: Arc<Objects>,
-    timeouts: Timeouts,
+    /// The config snapshot new requests are served with.
+    current: Current,
     grace_period: Duration,
-    demo_page: bool,
     connector: TransportConnector,
     metrics: Metrics,
     /// Open connections and the writer of every connection record.
     live: Arc<LiveSet>,
     fds: Arc<crate::fds::Descriptors>,
-    /// Tenant of routes that name none.
-    default_tenant: Option<String>,
-    /// Accept upgrades while usage cannot be recorded durably.
-    fail_open: bool,
-    /// Per-message chunk sizes the pricing units need from the scanners.
-    chunks: Chunks,
     http: Arc<HttpProxy<http::HttpRoutes>>,
-    gatekeeper: Arc<Gatekeeper>,
     quotas: Arc<Quotas>,
     access: Option<Arc<AccessLog>>,
     /// Listener addresses whose connections start with a PROXY header.
     proxy_listeners: Vec<SocketAddr>,
-    /// Peers whose `X-Forwarded-For` is believed.
-    trusted_proxies: Vec<Cidr>,
 }
 
 /// The shared parts a gateway serves with (built by `server`).
 pub struct Parts {
-    /// Routes, snapshot of the config.
-    pub routes: Arc<RouteTable>,
-    /// Backend pools.
-    pub pools: Arc<Pools>,
-    /// Object namespaces.
-    pub objects: Arc<Objects>,
+    /// The config snapshot in force (routes, pools, objects, auth).
+    pub current: Current,
     /// Metric families.
     pub metrics: Metrics,
     /// The live set (metering).
@@ -144,8 +138,6 @@ pub struct Parts {
     pub fds: Arc<crate::fds::Descriptors>,
     /// Pingora's proxy for plain HTTP on `http` routes.
     pub http: Arc<HttpProxy<http::HttpRoutes>>,
-    /// Authentication, origins, caps and rates.
-    pub gatekeeper: Arc<Gatekeeper>,
     /// Tenants' quotas.
     pub quotas: Arc<Quotas>,
     /// The access log, when configured.
@@ -169,6 +161,8 @@ pub struct Request {
     pub pool: String,
     /// The route's guards for the connection once upgraded.
     pub limits: Limits,
+    /// The config snapshot the request is served with (to its 101).
+    pub snap: Arc<Snapshot>,
     /// What admission granted: the object ids the credential may open (empty: any) and the
     /// connection's share of the caps (given back when it ends).
     pub grant: Grant,
@@ -179,28 +173,18 @@ pub struct Request {
 impl Gateway {
     /// Assemble the gateway from the validated config and the shared parts.
     pub fn new(config: &Config, parts: Parts) -> Gateway {
-        let Parts { routes, pools, objects, metrics, live, fds, http, gatekeeper, quotas, access } = parts;
+        let Parts { current, metrics, live, fds, http, quotas, access } = parts;
         Gateway {
-            routes,
-            pools,
-            objects,
-            pool_names: config.pools.iter().map(|p| p.name.clone()).collect(),
-            timeouts: config.timeouts,
+            current,
             grace_period: config.grace_period,
-            demo_page: config.demo_page,
             connector: TransportConnector::new(None),
             metrics,
             live,
             fds,
-            default_tenant: config.usage.default_tenant.clone(),
-            fail_open: config.usage.fail_open,
-            chunks: crate::billing::units::chunks(&config.billing_units),
             http,
-            gatekeeper,
             quotas,
             access,
             proxy_listeners: config.listeners.iter().filter(|l| l.proxy_protocol).map(|l| l.address).collect(),
-            trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 
@@ -215,9 +199,9 @@ impl Gateway {
 
     /// The client's address: the PROXY header's (already in `client`), then, when that peer is
     /// a trusted proxy, the first untrusted address of `X-Forwarded-For` from the right.
-    fn client_address(&self, client: Option<SocketAddr>, head: &RequestHead) -> Option<SocketAddr> {
+    fn client_address(snap: &Snapshot, client: Option<SocketAddr>, head: &RequestHead) -> Option<SocketAddr> {
         let peer = client?;
-        let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|c| c.contains(ip));
+        let trusted = |ip: IpAddr| snap.config.trusted_proxies.iter().any(|c| c.contains(ip));
         if !trusted(peer.ip()) {
             return Some(peer);
         }
@@ -234,8 +218,9 @@ impl Gateway {
         let local = digest.as_ref().and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
         let tls = stream.get_ssl_digest().is_some();
         let mut already = Vec::new();
+        let timeouts = self.current.load().config.timeouts;
         if self.expects_proxy_header(local) {
-            match crate::http1::proxy::read(&mut stream, self.timeouts.request_head).await {
+            match crate::http1::proxy::read(&mut stream, timeouts.request_head).await {
                 Ok((addr, rest)) => {
                     client = addr.or(client);
                     already = rest;
@@ -249,16 +234,18 @@ impl Gateway {
         }
         let mut watch = shutdown.clone();
         let head = tokio::select! {
-            head = head::read_head_after(&mut stream, self.timeouts.request_head, &already) => head,
+            head = head::read_head_after(&mut stream, timeouts.request_head, &already) => head,
             _ = watch.wait_for(|down| *down) => return None,
         };
         drop(already);
+        // The snapshot in force once the head is in: the request keeps it to its 101.
+        let snap = self.current.load_full();
         let client = match &head {
-            Ok(h) => self.client_address(client, h),
+            Ok(h) => Self::client_address(&snap, client, h),
             Err(_) => client,
         };
         let mut meter = Meter::start(client);
-        meter.identity_mut().tenant = self.default_tenant.clone();
+        meter.identity_mut().tenant = snap.config.usage.default_tenant.clone();
         let head = match head {
             Ok(h) => h,
             Err(HeadError::Closed | HeadError::TimedOut | HeadError::Io(_)) => return None,
@@ -282,12 +269,12 @@ impl Gateway {
             self.refuse(&mut stream, reason, None, NO_ROUTE, record).await;
             return None;
         }
-        if self.demo_page && !wants_ws && head.method == "GET" && head.path() == "/" {
+        if snap.config.demo_page && !wants_ws && head.method == "GET" && head.path() == "/" {
             let _ = stream.write_all(&demo::response()).await;
             let _ = stream.flush().await;
             return None;
         }
-        let Some((route_index, route)) = self.routes.resolve_indexed(head.host().as_deref(), head.path()) else {
+        let Some((route_index, route)) = snap.routes.resolve_indexed(head.host().as_deref(), head.path()) else {
             let record = wants_ws.then_some(&meter);
             self.refuse(&mut stream, RejectReason::UnknownRoute, None, NO_ROUTE, record).await;
             return None;
@@ -298,8 +285,8 @@ impl Gateway {
             identity.tenant = route.tenant.clone();
         }
         let pool = match route.target {
-            Target::Pool(i) => self.pool_names.get(i).cloned().unwrap_or_default(),
-            Target::Object(i) => self.objects.get(i).map(|ns| ns.config.name.clone()).unwrap_or_default(),
+            Target::Pool(i) => snap.config.pools.get(i).map(|p| p.name.clone()).unwrap_or_default(),
+            Target::Object(i) => snap.objects.get(i).map(|ns| ns.config.name.clone()).unwrap_or_default(),
         };
         let mut req = Request {
             stream,
@@ -309,6 +296,7 @@ impl Gateway {
             route: route.name.clone(),
             pool,
             limits: route.limits,
+            snap: snap.clone(),
             grant: Grant::default(),
             shutdown: shutdown.clone(),
         };
@@ -322,7 +310,7 @@ impl Gateway {
                 return None;
             }
         }
-        if wants_ws && !self.fail_open && !self.live.recording() {
+        if wants_ws && !snap.config.usage.fail_open && !self.live.recording() {
             // Usage could not be recorded durably: take no new connections (documented).
             self.reject(&mut req, RejectReason::SpoolUnavailable).await;
             return None;
@@ -353,7 +341,7 @@ impl Gateway {
                 None
             }
             Target::Object(i) => {
-                if let Some(ns) = self.objects.get(i) {
+                if let Some(ns) = snap.objects.get(i) {
                     Box::pin(self.upgrade(req, upgrade::Dest::Object(ns))).await;
                 }
                 None
@@ -363,12 +351,12 @@ impl Gateway {
 
     /// The scanner policies of a connection's two directions, `[client, backend]`, with the
     /// route's size limits (built-in objects pass `None`: they enforce their own).
-    fn policies(&self, rsv: u8, limits: Option<&Limits>) -> [ScanPolicy; 2] {
+    fn policies(chunks: Chunks, rsv: u8, limits: Option<&Limits>) -> [ScanPolicy; 2] {
         let (max_frame, max_message) = limits.map_or((0, 0), |l| (l.max_frame, l.max_message));
         [Role::Client, Role::Server].map(|sender| ScanPolicy {
             sender,
             allowed_rsv: rsv,
-            chunks: self.chunks,
+            chunks,
             max_frame,
             max_message,
         })
@@ -387,10 +375,12 @@ impl Gateway {
         if route.origins.as_ref().is_some_and(|o| !origin::allowed(o, &req.head.headers)) {
             return Err((RejectReason::OriginNotAllowed, None, None));
         }
-        if let Some(ext) = self.gatekeeper.external(index) {
+        let snap = req.snap.clone();
+        let gatekeeper = &snap.gatekeeper;
+        if let Some(ext) = gatekeeper.external(index) {
             self.admit_external(req, ext).await?;
         }
-        if let Some(a) = self.gatekeeper.auth(index) {
+        if let Some(a) = gatekeeper.auth(index) {
             match a.check(&req.head.target, &req.head.headers) {
                 Ok(admitted) => {
                     auth::strip(&mut req.head, &admitted.from);
@@ -418,8 +408,9 @@ impl Gateway {
             }
             req.grant.quota = self.quotas.tenant(t);
         }
-        let permit = self.gatekeeper.caps.admit(
-            index,
+        let Some(counter) = gatekeeper.route_counter(index) else { return Ok(()) };
+        let permit = gatekeeper.caps.admit(
+            counter,
             route.admission.max_connections,
             tenant.as_deref(),
             ip,
@@ -438,7 +429,7 @@ impl Gateway {
 
     /// Answer `reason` on `stream` (with `detail` as the body and the record's reason instead of
     /// the reason's own, e.g. which id rule broke), count it under `route`, and record it when
-    /// `meter` is given. The one way a request is refused.
+    /// `meter` is given.
     async fn refuse(
         &self,
         stream: &mut Stream,
@@ -448,9 +439,8 @@ impl Gateway {
         meter: Option<&Meter>,
     ) {
         let body = detail.unwrap_or(reason.body());
-        let _ = stream.write_all(&reason.response_with(body, None)).await;
-        let _ = stream.flush().await;
-        self.count_refusal(reason, detail, route, meter);
+        self.answer_refusal(stream, Refusing { reason, body, retry_after: None, record_reason: detail }, route, meter)
+            .await;
     }
 
     /// As `refuse`, with the standard body, `record_reason` in the record instead of the
@@ -469,9 +459,15 @@ impl Gateway {
             (RejectReason::QuotaExceeded, Some(detail)) => detail,
             _ => reason.body(),
         };
-        let _ = stream.write_all(&reason.response_with(body, retry_after)).await;
+        self.answer_refusal(stream, Refusing { reason, body, retry_after, record_reason }, route, meter).await;
+    }
+
+    /// The one way a request is refused: count and record it, then answer. Counted first, so
+    /// a client that has its answer finds the refusal in `/metrics` and in the records.
+    async fn answer_refusal(&self, stream: &mut Stream, r: Refusing<'_>, route: &str, meter: Option<&Meter>) {
+        self.count_refusal(r.reason, r.record_reason, route, meter);
+        let _ = stream.write_all(&r.reason.response_with(r.body, r.retry_after)).await;
         let _ = stream.flush().await;
-        self.count_refusal(reason, record_reason, route, meter);
     }
 
     /// Count and record a refusal already answered.

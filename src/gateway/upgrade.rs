@@ -7,6 +7,7 @@
 
 use super::connection::{Established, Serve};
 use super::reject::{self, RejectReason};
+use super::snapshot::Snapshot;
 use super::upstream::{self, UpstreamError};
 use super::{handshake, Gateway, Grant, Request};
 use crate::admission::auth;
@@ -91,7 +92,8 @@ impl Gateway {
         object: crate::objects::session::Object,
     ) {
         let tenant = req.meter.identity().tenant.clone();
-        let lease = match ns.registry.place(&id, tenant.as_deref(), &[], self.timeouts.backend_connect).await {
+        let connect_timeout = req.snap.config.timeouts.backend_connect;
+        let lease = match ns.registry.place(&id, tenant.as_deref(), &[], connect_timeout).await {
             Ok(l) => l,
             Err(_) => return self.reject(&mut req, RejectReason::ObjectMoving).await,
         };
@@ -103,7 +105,8 @@ impl Gateway {
 
     /// Connect to `hop`, forward the upgrade, check the answer, answer the client and relay.
     async fn relayed(self: &Arc<Self>, mut req: Request, key: &str, hop: Hop<'_>) {
-        let connected = match self.connect(hop, &req.meter).await {
+        let snap = req.snap.clone();
+        let connected = match self.connect(&snap, hop, &req.meter).await {
             Ok(c) => c,
             Err(reason) => return self.reject(&mut req, reason).await,
         };
@@ -121,7 +124,7 @@ impl Gateway {
         let connection_id = &req.meter.identity().connection_id;
         let tenant = req.meter.identity().tenant.as_deref();
         let request = upstream::upgrade_request(&req.head, client_ip, req.tls, connection_id, tenant, target);
-        let answer = match upstream::handshake(&mut backend, &request, self.timeouts.backend_handshake).await {
+        let answer = match upstream::handshake(&mut backend, &request, snap.config.timeouts.backend_handshake).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(route = %req.route, backend = %addr, error = %e, "backend handshake failed");
@@ -161,7 +164,9 @@ impl Gateway {
         lease: Option<Lease>,
         serve: Serve,
     ) {
-        let Request { mut stream, meter, route, pool, shutdown, head, limits, grant, .. } = req;
+        let Request { mut stream, meter, route, pool, shutdown, head, limits, grant, snap, .. } = req;
+        let chunks = snap.chunks;
+        drop(snap);
         let Grant { permit, quota, .. } = grant;
         drop(head);
         if stream.write_all(head_101).await.is_err() || stream.flush().await.is_err() {
@@ -173,27 +178,29 @@ impl Gateway {
             l.connected();
         }
         let live = self.live.begin(meter);
-        let established = Established { client: stream, early, route, pool, limits, live, lease, serve, permit, quota };
+        let established =
+            Established { client: stream, early, route, pool, limits, chunks, live, lease, serve, permit, quota };
         self.start(established, shutdown);
     }
 
     /// Connect to `hop`: a backend picked from the pool, or the host the object id is placed on,
     /// trying up to `MAX_CONNECT_ATTEMPTS` of them (an object host that refuses is marked down
     /// and its ids move).
-    async fn connect(&self, hop: Hop<'_>, meter: &Meter) -> Result<Connected, RejectReason> {
+    async fn connect(&self, snap: &Snapshot, hop: Hop<'_>, meter: &Meter) -> Result<Connected, RejectReason> {
+        let timeouts = snap.config.timeouts;
         let started = Instant::now();
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut tried_hosts: Vec<usize> = Vec::new();
         let mut last = RejectReason::NoHealthyBackend;
         while tried.len() < MAX_CONNECT_ATTEMPTS {
             let (addr, lease) = match hop {
-                Hop::Pool(pool) => match self.pools.select(pool, meter.client.map(|a| a.ip()), &tried) {
+                Hop::Pool(pool) => match snap.pools.select(pool, meter.client.map(|a| a.ip()), &tried) {
                     Some(addr) => (addr, None),
                     None => break,
                 },
                 Hop::Host(ns, id) => {
                     let tenant = meter.identity().tenant.as_deref();
-                    let lease = match ns.registry.place(id, tenant, &tried_hosts, self.timeouts.backend_connect).await {
+                    let lease = match ns.registry.place(id, tenant, &tried_hosts, timeouts.backend_connect).await {
                         Ok(l) => l,
                         Err(PlaceError::NoHost) => break,
                         Err(PlaceError::Moving) => return Err(RejectReason::ObjectMoving),
@@ -204,7 +211,7 @@ impl Gateway {
                 }
             };
             tried.push(addr);
-            match upstream::connect(&self.connector, addr, self.timeouts.backend_connect).await {
+            match upstream::connect(&self.connector, addr, timeouts.backend_connect).await {
                 Ok(stream) => return Ok(Connected { addr, stream, started, lease }),
                 Err(e) => {
                     tracing::warn!(backend = %addr, error = %e, "cannot connect to backend");
@@ -227,7 +234,7 @@ impl Gateway {
         status: u16,
     ) {
         tracing::debug!(route = %req.route, status, "backend refused the upgrade; passing its answer through");
-        let timeout = self.timeouts.backend_handshake;
+        let timeout = req.snap.config.timeouts.backend_handshake;
         let _ = upstream::pass_through(answer, &mut backend, &mut req.stream, timeout).await;
         self.metrics.handshake_rejections.with_label_values(&[&req.route, reject::BACKEND_REFUSED]).inc();
         let reason = format!("backend answered {status}");

@@ -65,6 +65,10 @@ pub struct Metrics {
     pub quota_utilisation: GaugeVec,
     /// See `names::ACCESS_LOG_DROPPED_TOTAL`.
     pub access_log_dropped: IntCounter,
+    /// See `names::CONFIG_RELOADS_TOTAL`.
+    pub config_reloads: IntCounterVec,
+    /// See `names::CONFIG_INFO`.
+    pub config_info: IntGaugeVec,
     /// See `names::FRAMES_TOTAL`.
     pub frames: IntCounterVec,
     /// See `names::MESSAGES_TOTAL`.
@@ -222,6 +226,8 @@ impl Metrics {
                 reg.register(Box::new(g.clone()))?;
                 g
             },
+            config_reloads: counter(reg, CONFIG_RELOADS_TOTAL, "Config reloads by result", &[RESULT])?,
+            config_info: gauge(reg, CONFIG_INFO, "Always 1: the hash of the config file in force", &[HASH])?,
             access_log_dropped: plain_counter(
                 reg,
                 ACCESS_LOG_DROPPED_TOTAL,
@@ -355,6 +361,9 @@ impl Metrics {
         use crate::relay::frame::Violation;
         use crate::relay::report::{Cause, Outcome, Party, CODE_CLASSES};
         self.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), build_commit()]).set(1);
+        for result in ["applied", "rejected"] {
+            let _ = self.config_reloads.with_label_values(&[result]);
+        }
         let mut routes: Vec<&str> = known.routes.iter().map(|(r, _)| *r).collect();
         routes.push("none");
         for &(route, pool) in &known.routes {

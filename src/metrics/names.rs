@@ -22,6 +22,10 @@ pub const CONNECTION_DURATION_SECONDS: &str = "weir_connection_duration_seconds"
 pub const PEER_RTT_SECONDS: &str = "weir_peer_rtt_seconds";
 /// Gauge: share of a tenant's quota used in the current period (1 = all) {tenant, quota}.
 pub const QUOTA_UTILISATION: &str = "weir_quota_utilisation";
+/// Counter: config reloads (SIGHUP, `POST /api/reload`) by result {result}: `applied` or `rejected`.
+pub const CONFIG_RELOADS_TOTAL: &str = "weir_config_reloads_total";
+/// Gauge: always 1; the SHA-256 (first 16 hex digits) of the config file in force {hash}.
+pub const CONFIG_INFO: &str = "weir_config_info";
 /// Counter: access-log lines dropped because the writer fell behind {}.
 pub const ACCESS_LOG_DROPPED_TOTAL: &str = "weir_access_log_dropped_total";
 /// Counter: frames relayed {route, direction, kind}.
@@ -98,6 +102,10 @@ pub const NAMESPACE: &str = "namespace";
 pub const CAUSE: &str = "cause";
 /// Label: how a connection ended (see `relay::report::Outcome`).
 pub const OUTCOME: &str = "outcome";
+/// Label: a reload's result: `applied` or `rejected` (`weir_config_reloads_total`).
+pub const RESULT: &str = "result";
+/// Label: the config file's hash (`weir_config_info`).
+pub const HASH: &str = "hash";
 /// Label: the crate version (`weir_build_info`).
 pub const VERSION: &str = "version";
 /// Label: the git commit weir was built from, or `unknown` (`weir_build_info`).

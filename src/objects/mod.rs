@@ -8,8 +8,10 @@
 //!   echo object), `room.rs` (broadcast rooms) with `history.rs` (their durable history).
 //!
 //! Cold path: `Objects::build` creates one `Namespace` runtime per `objects[]` entry, with the
-//! health services of its hosts (Pingora load balancers used only for probing; their reports
-//! feed the registry) or the state of its built-in kind.
+//! health checks of its hosts (Pingora load balancers used only for probing, run by the
+//! `HealthRunner`; their reports feed the registry) or the state of its built-in kind. A reload
+//! builds only the namespaces it adds: one that stays keeps its runtime (its live placements,
+//! its room store), so an object never has two owners.
 
 // Bytes from the network never panic here: every failure is a value (see the module doc).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -26,7 +28,7 @@ pub mod session;
 use crate::billing::UsageLog;
 use crate::config::{Backend, BuiltinObject, Config, Namespace as NamespaceConfig, ObjectKind, Pool, Selection};
 use crate::metrics::Metrics;
-use crate::pools::{HealthListener, HealthService, Pools};
+use crate::pools::{HealthListener, HealthRunner, Pools};
 use registry::Registry;
 use room::Rooms;
 use std::sync::Arc;
@@ -42,23 +44,36 @@ pub struct Namespace {
     pub registry: Arc<Registry>,
     /// The built-in object that serves it, if it is built in.
     pub builtin: Option<session::Object>,
+    /// Its hosts' health checks (running while the namespace exists).
+    _probes: Option<Pools>,
 }
 
-/// Every namespace, indexed like `Config::objects`.
+/// Every namespace of one config snapshot, indexed like `Config::objects`.
 pub struct Objects {
-    namespaces: Vec<Namespace>,
+    namespaces: Vec<Arc<Namespace>>,
 }
 
 impl Objects {
-    /// Build the namespaces; returns them with the health services of their hosts.
+    /// Build the namespaces (their hosts' health checks run on `runner`). With `previous` (a
+    /// reload's running snapshot), a namespace it has under the same name is kept as it runs;
+    /// the names of those whose settings changed are returned (they need a restart).
     pub fn build(
         config: &Config,
         usage: &Arc<UsageLog>,
         metrics: &Metrics,
-    ) -> anyhow::Result<(Objects, Vec<HealthService>)> {
+        runner: &HealthRunner,
+        previous: Option<&Objects>,
+    ) -> anyhow::Result<(Objects, Vec<String>)> {
         let mut namespaces = Vec::new();
-        let mut services = Vec::new();
+        let mut kept_changed = Vec::new();
         for ns in &config.objects {
+            if let Some(old) = previous.and_then(|p| p.namespaces.iter().find(|o| o.config.name == ns.name)) {
+                if format!("{:?}", old.config) != format!("{ns:?}") {
+                    kept_changed.push(ns.name.clone());
+                }
+                namespaces.push(old.clone());
+                continue;
+            }
             let (builtin, hosts, down_for) = match &ns.kind {
                 ObjectKind::Builtin(b) => {
                     let (name, object) = match b {
@@ -92,6 +107,7 @@ impl Objects {
                 usage.clone(),
                 metrics.clone(),
             ));
+            let mut probes = None;
             if let ObjectKind::Hosts { hosts, health } = &ns.kind {
                 let pool = Pool {
                     name: ns.name.clone(),
@@ -101,7 +117,7 @@ impl Objects {
                 };
                 let r = registry.clone();
                 let listener: HealthListener = Arc::new(move |addr, healthy| r.health_changed(addr, healthy));
-                let (_, health_services) = Pools::build_with(
+                probes = Some(Pools::build_with(
                     &[pool],
                     &|b| match b {
                         Backend::Addr(a) => *a,
@@ -109,16 +125,22 @@ impl Objects {
                     },
                     metrics,
                     &[Some(listener)],
-                )?;
-                services.extend(health_services);
+                    runner,
+                    None,
+                )?);
             }
-            namespaces.push(Namespace { config: ns.clone(), registry, builtin: builtin.map(|(_, o)| o) });
+            namespaces.push(Arc::new(Namespace {
+                config: ns.clone(),
+                registry,
+                builtin: builtin.map(|(_, o)| o),
+                _probes: probes,
+            }));
         }
-        Ok((Objects { namespaces }, services))
+        Ok((Objects { namespaces }, kept_changed))
     }
 
     /// Namespace `i` (an index from a route's target).
-    pub fn get(&self, i: usize) -> Option<&Namespace> {
+    pub fn get(&self, i: usize) -> Option<&Arc<Namespace>> {
         self.namespaces.get(i)
     }
 }

@@ -51,6 +51,12 @@ impl Builtins {
         }
     }
 
+    /// The address of every bound kind (what a reload may resolve `builtin:<kind>` to: a kind
+    /// not bound at startup needs a restart).
+    pub fn addresses(&self) -> HashMap<BuiltinKind, SocketAddr> {
+        self.bound.iter().map(|(k, (a, _))| (*k, *a)).collect()
+    }
+
     /// The services that serve the bound listeners; their accept errors are counted in
     /// `metrics` (`weir_accept_errors_total{listener}`).
     pub fn services(self, metrics: &Metrics) -> Vec<Box<dyn ServiceWithDependents>> {

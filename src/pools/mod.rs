@@ -1,7 +1,8 @@
 //! Backend pools: Pingora load balancers with weir's health probes.
 //!
-//! Cold path: `Pools::build` at startup creates one `LoadBalancer` per pool and returns the
-//! background services that run its health checks. Warm path: `Pools::select` picks a healthy
+//! Cold path: `Pools::build` at startup (and at every reload) creates one `LoadBalancer` per
+//! pool, reusing the unchanged pools of the running snapshot, and hands its health checks to the
+//! `HealthRunner` (`runner.rs`). Warm path: `Pools::select` picks a healthy
 //! backend once per connection (lock-free reads inside Pingora's selector).
 //!
 //! - `health.rs`: the health probes (background).
@@ -14,12 +15,13 @@
 pub mod builtin;
 pub mod echo;
 pub mod health;
+pub mod runner;
 
 use crate::config::{Backend as ConfBackend, HealthCheck, Pool, Selection};
 use crate::metrics::Metrics;
-use pingora_core::services::background::GenBackgroundService;
 use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
 use pingora_load_balancing::{Backend, LoadBalancer};
+pub use runner::{HealthRunner, HealthTask};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -41,13 +43,25 @@ enum Balancer {
     IpHash(Arc<LoadBalancer<Consistent>>),
 }
 
-/// All pools, indexed like `Config::pools`.
+/// One pool at run time: its balancer, its backends and its running health check. Shared by
+/// every config snapshot that leaves the pool unchanged (a reload keeps its health state and
+/// its round-robin position); its health check stops when the last snapshot holding it goes.
+struct PoolRt {
+    name: String,
+    balancer: Balancer,
+    /// Its backends as (label, address), for the admin API.
+    backends: Vec<(String, SocketAddr)>,
+    /// What it was built from (config and resolved addresses): equal means reusable.
+    built_from: String,
+    _health: Option<HealthTask>,
+}
+
+/// All pools of one config snapshot, indexed like `Config::pools`.
 pub struct Pools {
-    balancers: Vec<Balancer>,
-    /// Each pool's name and backends as (label, address), for the admin API.
-    names: Vec<(String, Vec<(String, SocketAddr)>)>,
-    /// Backends an operator is draining: never selected for a new connection.
-    draining: std::sync::RwLock<std::collections::HashSet<SocketAddr>>,
+    pools: Vec<Arc<PoolRt>>,
+    /// Backends an operator is draining: never selected for a new connection (shared by every
+    /// snapshot: a drain outlives a reload).
+    draining: Arc<std::sync::RwLock<std::collections::HashSet<SocketAddr>>>,
 }
 
 /// One backend as the admin API shows it.
@@ -63,9 +77,6 @@ pub struct BackendView {
     pub draining: bool,
 }
 
-/// A background service that runs health checks for a pool.
-pub type HealthService = Box<dyn pingora_core::services::ServiceWithDependents>;
-
 /// The resolved address of each backend: built-in backends are bound before the pools are built.
 pub type Resolve<'a> = &'a dyn Fn(&ConfBackend) -> SocketAddr;
 
@@ -73,60 +84,85 @@ pub type Resolve<'a> = &'a dyn Fn(&ConfBackend) -> SocketAddr;
 pub type HealthListener = std::sync::Arc<dyn Fn(SocketAddr, bool) + Send + Sync>;
 
 impl Pools {
-    /// Build the balancers; returns them with the services that probe backend health.
+    /// Build the balancers; their health checks run on `runner`.
     pub fn build(
         pools: &[Pool],
         resolve: Resolve<'_>,
         metrics: &Metrics,
-    ) -> std::io::Result<(Pools, Vec<HealthService>)> {
-        Pools::build_with(pools, resolve, metrics, &[])
+        runner: &HealthRunner,
+    ) -> std::io::Result<Pools> {
+        Pools::build_with(pools, resolve, metrics, &[], runner, None)
     }
 
-    /// `build`, with a health listener per pool (`listeners[i]` for `pools[i]`, if any).
+    /// `build`, with a health listener per pool (`listeners[i]` for `pools[i]`, if any), reusing
+    /// the pools of `previous` (a reload's running snapshot) that did not change.
     pub fn build_with(
         pools: &[Pool],
         resolve: Resolve<'_>,
         metrics: &Metrics,
         listeners: &[Option<HealthListener>],
-    ) -> std::io::Result<(Pools, Vec<HealthService>)> {
-        let mut balancers = Vec::new();
-        let mut names = Vec::new();
-        let mut services: Vec<HealthService> = Vec::new();
+        runner: &HealthRunner,
+        previous: Option<&Pools>,
+    ) -> std::io::Result<Pools> {
+        let mut built = Vec::new();
         for (i, pool) in pools.iter().enumerate() {
             let listener = listeners.get(i).cloned().flatten();
             let addrs: Vec<String> = pool.backends.iter().map(|b| resolve(b).to_string()).collect();
+            let built_from = format!("{pool:?} at {addrs:?}");
+            let reused =
+                previous.and_then(|p| p.pools.iter().find(|r| r.name == pool.name && r.built_from == built_from));
+            if let Some(rt) = reused {
+                built.push(rt.clone());
+                continue;
+            }
             // The `backend` label is the backend as configured: `builtin:echo` stays
             // `builtin:echo` (its loopback port changes at every start).
             let labels: Vec<(SocketAddr, String)> =
                 pool.backends.iter().map(|b| (resolve(b), backend_label(b))).collect();
-            names.push((pool.name.clone(), labels.iter().map(|(a, l)| (l.clone(), *a)).collect()));
             for (_, label) in &labels {
                 metrics.backend_healthy.with_label_values(&[&pool.name, label]).set(1);
             }
+            let mut health = None;
             macro_rules! lb {
                 ($variant:ident, $sel:ty) => {{
                     let mut lb = LoadBalancer::<$sel>::try_from_iter(addrs.iter().map(String::as_str))?;
                     let probe = health::Probe::new(pool, labels.clone(), metrics.clone(), listener.clone());
-                    let interval = probe.interval();
-                    if let Some(interval) = interval {
+                    if let Some(interval) = probe.interval() {
                         lb.set_health_check(Box::new(probe));
                         lb.health_check_frequency = Some(interval);
                     }
-                    let service = GenBackgroundService::new(format!("health check {}", pool.name), Arc::new(lb));
-                    let task = service.task();
-                    if interval.is_some() {
-                        services.push(Box::new(service));
+                    let lb = Arc::new(lb);
+                    if lb.health_check_frequency.is_some() {
+                        health = Some(runner.run(lb.clone()));
                     }
-                    Balancer::$variant(task)
+                    Balancer::$variant(lb)
                 }};
             }
-            balancers.push(match pool.selection {
+            let balancer = match pool.selection {
                 Selection::RoundRobin => lb!(RoundRobin, RoundRobin),
                 Selection::Random => lb!(Random, Random),
                 Selection::IpHash => lb!(IpHash, Consistent),
-            });
+            };
+            built.push(Arc::new(PoolRt {
+                name: pool.name.clone(),
+                balancer,
+                backends: labels.iter().map(|(a, l)| (l.clone(), *a)).collect(),
+                built_from,
+                _health: health,
+            }));
         }
-        Ok((Pools { balancers, names, draining: Default::default() }, services))
+        let draining = previous.map(|p| p.draining.clone()).unwrap_or_default();
+        Ok(Pools { pools: built, draining })
+    }
+
+    /// Every backend address of every pool.
+    pub fn addresses(&self) -> std::collections::HashSet<SocketAddr> {
+        self.pools.iter().flat_map(|p| p.backends.iter().map(|(_, a)| *a)).collect()
+    }
+
+    /// Whether pool `i` is the very pool (same balancer, same health state) as one of `other`.
+    pub fn is_shared_with(&self, i: usize, other: &Pools) -> bool {
+        self.pools.get(i).is_some_and(|p| other.pools.iter().any(|o| Arc::ptr_eq(p, o)))
     }
 
     /// Drain (`true`) or undrain backend `addr`: a drained backend gets no new connection.
@@ -145,26 +181,26 @@ impl Pools {
 
     /// The address of `backend` (its label or address) in the pool named `pool`.
     pub fn find(&self, pool: &str, backend: &str) -> Option<SocketAddr> {
-        let (_, backends) = self.names.iter().find(|(n, _)| n == pool)?;
-        backends.iter().find(|(l, a)| l == backend || a.to_string() == backend).map(|(_, a)| *a)
+        let p = self.pools.iter().find(|p| p.name == pool)?;
+        p.backends.iter().find(|(l, a)| l == backend || a.to_string() == backend).map(|(_, a)| *a)
     }
 
     /// Every pool by name with its backends.
     pub fn describe(&self) -> Vec<(String, Vec<BackendView>)> {
-        self.names
+        self.pools
             .iter()
-            .zip(&self.balancers)
-            .map(|((name, backends), balancer)| {
-                let views = backends
+            .map(|p| {
+                let views = p
+                    .backends
                     .iter()
                     .map(|(label, addr)| BackendView {
                         label: label.clone(),
                         addr: *addr,
-                        healthy: balancer.healthy(addr),
+                        healthy: p.balancer.healthy(addr),
                         draining: self.is_draining(addr),
                     })
                     .collect();
-                (name.clone(), views)
+                (p.name.clone(), views)
             })
             .collect()
     }
@@ -175,7 +211,7 @@ impl Pools {
         let accept = |b: &Backend, healthy: bool| {
             healthy && !b.addr.as_inet().is_some_and(|a| tried.contains(a) || self.is_draining(a))
         };
-        let backend = match self.balancers.get(pool)? {
+        let backend = match &self.pools.get(pool)?.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key.as_bytes(), 256, accept),
             Balancer::Random(lb) => lb.select_with(key.as_bytes(), 256, accept),
             Balancer::IpHash(lb) => lb.select_with(key.as_bytes(), 256, accept),

@@ -1,0 +1,117 @@
+//! `Snapshot`: what requests are served with that a reload may change (routes, pools and their
+//! backends, object namespaces, limits, auth, origins, caps settings, the pricing units' chunk
+//! sizes), built from one config and swapped as one.
+//!
+//! Cold path: `Snapshot::build` at startup and at every reload (`crate::reload`). Warm path:
+//! a request loads the snapshot in force once, when its head is read, and keeps it to its 101;
+//! an open connection keeps what its snapshot gave it (its backend, its limits, its object's
+//! owner), so a reload never touches it. Parts that did not change are shared with the running
+//! snapshot rather than rebuilt: a pool keeps its health state, a namespace its live objects
+//! and room store, the caps their counts.
+
+use crate::admission::Gatekeeper;
+use crate::billing::UsageLog;
+use crate::config::{Backend, BuiltinKind, Config};
+use crate::metrics::Metrics;
+use crate::objects::Objects;
+use crate::pools::{HealthListener, HealthRunner, Pools};
+use crate::relay::scanner::Chunks;
+use crate::routing::RouteTable;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The snapshot in force; swapped whole by a reload.
+pub type Current = Arc<arc_swap::ArcSwap<Snapshot>>;
+
+/// One config's serving state.
+pub struct Snapshot {
+    /// The config it was built from.
+    pub config: Arc<Config>,
+    /// Its routes.
+    pub routes: RouteTable,
+    /// Its backend pools, indexed like `config.pools`.
+    pub pools: Arc<Pools>,
+    /// Its object namespaces, indexed like `config.objects`.
+    pub objects: Objects,
+    /// Its routes' authentication and the process's caps.
+    pub gatekeeper: Gatekeeper,
+    /// Per-message chunk sizes its pricing units need from the scanners.
+    pub chunks: Chunks,
+}
+
+/// What building a snapshot takes from the running process.
+pub struct Parts {
+    /// The usage log (object namespaces write their records to it).
+    pub usage: Arc<UsageLog>,
+    /// Metric families.
+    pub metrics: Metrics,
+    /// Where health checks run.
+    pub runner: Arc<HealthRunner>,
+    /// The built-in backends bound at startup, by kind.
+    pub builtins: HashMap<BuiltinKind, SocketAddr>,
+    /// Told when a pool backend's health changes.
+    pub on_health: Option<HealthListener>,
+}
+
+impl Parts {
+    /// The address of a configured backend (`None`: a built-in kind not bound at startup).
+    pub fn resolve(&self, b: &Backend) -> Option<SocketAddr> {
+        match b {
+            Backend::Addr(a) => Some(*a),
+            Backend::Builtin(kind) => self.builtins.get(kind).copied(),
+        }
+    }
+}
+
+/// A built snapshot, with what it could not take over from the running one.
+pub struct Built {
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// Namespaces whose settings changed: they keep running as they are until a restart (a
+    /// namespace's live objects must keep one owner).
+    pub kept_namespaces: Vec<String>,
+}
+
+impl Snapshot {
+    /// Build the snapshot of `config`, sharing what did not change with `previous`. The error
+    /// names what failed (a JWT key file, a room store, a built-in backend not bound).
+    pub fn build(config: Config, parts: &Parts, previous: Option<&Snapshot>) -> anyhow::Result<Built> {
+        let unbound: Vec<String> = config
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(move |b| (p, b)))
+            .filter(|(_, b)| parts.resolve(b).is_none())
+            .map(|(p, b)| {
+                format!(
+                    "pools `{}`: {} was not in use at startup: restart weir to add it",
+                    p.name,
+                    crate::pools::backend_label(b)
+                )
+            })
+            .collect();
+        if !unbound.is_empty() {
+            anyhow::bail!(unbound.join("; "));
+        }
+        let resolve = |b: &Backend| parts.resolve(b).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listeners: Vec<Option<HealthListener>> = config.pools.iter().map(|_| parts.on_health.clone()).collect();
+        let routes = RouteTable::new(&config);
+        let gatekeeper = Gatekeeper::new(routes.iter(), &config.admission, previous.map(|p| &p.gatekeeper.caps))
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let pools = Pools::build_with(
+            &config.pools,
+            &resolve,
+            &parts.metrics,
+            &listeners,
+            &parts.runner,
+            previous.map(|p| &*p.pools),
+        )
+        .map_err(|e| anyhow::anyhow!("building the backend pools: {e}"))?;
+        let (objects, kept_namespaces) =
+            Objects::build(&config, &parts.usage, &parts.metrics, &parts.runner, previous.map(|p| &p.objects))?;
+        let chunks = crate::billing::units::chunks(&config.billing_units);
+        let snapshot =
+            Snapshot { config: Arc::new(config), routes, pools: Arc::new(pools), objects, gatekeeper, chunks };
+        Ok(Built { snapshot, kept_namespaces })
+    }
+}
