@@ -155,8 +155,13 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         let access = Access { token: config.admin_token.clone(), metrics_public: config.admin_metrics_public };
         let pools = current.clone();
         let reload: Arc<dyn crate::admin::api::Reload> = reloader.clone();
-        let ops =
-            Ops { live: live.clone(), pools: Arc::new(move || pools.load().pools.clone()), plan, reload: Some(reload) };
+        let ops = Ops {
+            live: live.clone(),
+            pools: Arc::new(move || pools.load().pools.clone()),
+            plan,
+            reload: Some(reload),
+            metrics: metrics.clone(),
+        };
         let admin = Admin::new(registry, listeners, fds.clone(), move || open.len()).with_api(ops, access);
         (address, Arc::new(admin))
     });

@@ -1,5 +1,6 @@
 //! Live operations (issue 12): the admin API lists, inspects and kicks connections, drains the
-//! instance with closes spread over a window, and refuses requests without its token.
+//! instance with closes spread over a window, sums up what the status page shows, and refuses
+//! requests without its token.
 
 use crate::support::backends::{echo_backend, next_event, recording_echo_backend, Event};
 use crate::support::{connect, http_get, raw_request, upgrade_request, Weir, DEADLINE};
@@ -264,6 +265,9 @@ async fn the_server_answers_as_its_openapi_document_says() {
         }
     }
     calls.push(("POST".into(), "/api/drain".into(), Some(TOKEN)));
+    for page in ["/", "/api/summary"] {
+        assert!(calls.iter().any(|(_, t, _)| t == page), "{page} is documented and called");
+    }
     for (method, target, token) in calls {
         let (status, body) = api(weir.admin, &method, &target, token).await;
         let template = doc["paths"]
@@ -358,4 +362,57 @@ async fn a_backend_failing_its_health_check_gets_its_connections_closed_with_101
         }
     }
     assert_eq!(closed, 2, "only the failing backend's connections");
+}
+
+/// `GET /api/summary`: open connections by route and tenant, closes by cause, and today's usage
+/// per tenant with each connection counted once (the ended one from its stop record, the open one
+/// with its counts so far).
+#[tokio::test]
+async fn the_summary_counts_each_connection_once() {
+    let backend = echo_backend().await;
+    let weir = Weir::start_with_admin(&two_routes(backend.addr), "", &format!("  token: \"{TOKEN}\"\n")).await;
+    let mut open = connect(&weir, "/a").await;
+    open.send(Message::text("one")).await.unwrap();
+    crate::support::recv(&mut open).await;
+    let mut ended = connect(&weir, "/a").await;
+    ended.send(Message::text("two")).await.unwrap();
+    crate::support::recv(&mut ended).await;
+    ended.close(None).await.unwrap();
+    crate::support::drain_until_end(&mut ended, DEADLINE).await;
+    let _untenanted = connect(&weir, "/b").await;
+    // The open connection's counts are observed right after its relay moved the bytes.
+    let acme_messages =
+        |s: &Value| s["today"]["tenants"].as_array()?.iter().find(|t| t["tenant"] == "acme")?["messages"].as_u64();
+    let summary = crate::support::eventually("one ended, two open, four messages", || async {
+        let (status, s) = api(weir.admin, "GET", "/api/summary", Some(TOKEN)).await;
+        assert_eq!(status, 200, "{s}");
+        let done = s["open"] == 2 && s["ended_total"] == 1 && s["newest"].as_array()?.len() == 2;
+        (done && acme_messages(&s) == Some(4)).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        summary["routes"],
+        serde_json::json!([{"route": "a", "connections": 1}, {"route": "b", "connections": 1}])
+    );
+    assert_eq!(
+        summary["tenants"],
+        serde_json::json!([{"tenant": null, "connections": 1}, {"tenant": "acme", "connections": 1}])
+    );
+    assert_eq!(summary["started_total"], 3, "{summary}");
+    assert_eq!(summary["closes"], serde_json::json!([{"cause": "client_close", "count": 1}]));
+    assert_eq!(summary["newest"][0]["route"], "b", "newest first: {summary}");
+    let today = &summary["today"];
+    let acme = today["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == "acme").unwrap();
+    assert_eq!((acme["connections"].as_u64(), acme["messages"].as_u64()), (Some(2), Some(4)), "{today}");
+    let record = weir.records_eventually(1).await.remove(0);
+    let (up, down) = (record.client_to_backend.wire_bytes, record.backend_to_client.wire_bytes);
+    assert!(
+        acme["client_to_backend_bytes"].as_u64().unwrap() > up,
+        "the ended one's bytes plus the open one's: {today}"
+    );
+    assert!(acme["backend_to_client_bytes"].as_u64().unwrap() > down, "{today}");
+    let untenanted = today["tenants"].as_array().unwrap().iter().find(|t| t["tenant"].is_null()).unwrap();
+    assert_eq!(untenanted["connections"], 1, "{today}");
+    assert_eq!((today["other"].clone(), today["max_tenants"].as_u64()), (Value::Null, Some(1000)));
+    assert_eq!(api(weir.admin, "GET", "/api/summary", None).await.0, 401);
 }

@@ -27,6 +27,8 @@ mod tls;
 
 // The demo page in headless Chromium, against the built-in echo backend.
 mod demo_page;
+// The admin status page in headless Chromium: login, totals, backends, kicking a connection.
+mod status_page;
 
 // The relay: messages, fragments, control frames, closes, headers, extensions, ends, backpressure.
 mod relay;

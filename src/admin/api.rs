@@ -1,23 +1,31 @@
 //! The admin API (`/api/...`, JSON): list and inspect open connections, kick one, drain the
-//! instance or a backend, reload the config. Every connection is named by the id of its usage records and `X-Weir-Connection-Id`.
+//! instance or a backend, reload the config, and the totals the status page shows
+//! (`/api/summary`). Every connection is named by the id of its usage records and
+//! `X-Weir-Connection-Id`.
 //!
 //! Warm path (one operator request at a time), on the admin listener's own thread and runtime.
-//! Access: with `admin.token` every path but `/healthz` and `/readyz` (and `/metrics` with
+//! Access: with `admin.token` every path but `/`, `/healthz` and `/readyz` (and `/metrics` with
 //! `admin.metrics_public`) needs `Authorization: Bearer <token>`; without a token the API answers
 //! loopback peers only. Bad input gets a 4xx JSON error; nothing here panics on a request.
 
 use crate::http1::query;
 use crate::metering::live::{Live, LiveSet};
+use crate::metrics::{names, Metrics};
 use crate::pools::Pools;
 use crate::relay::report::Cause;
 use crate::relay::Stop;
+use prometheus::core::Collector;
+use prometheus::IntCounterVec;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most connections one list answer holds (`limit` is capped to it).
 pub const MAX_PAGE: usize = 1000;
+/// Newest open connections `/api/summary` lists (the status page's table).
+pub const SUMMARY_NEWEST: usize = 50;
 /// How long a kick waits for the connection to end before it answers.
 const KICK_WAIT: Duration = Duration::from_secs(5);
 
@@ -33,7 +41,8 @@ pub struct Access {
 impl Access {
     /// Whether a request for `path` from `peer` with `authorization` may be answered.
     pub fn allows(&self, path: &str, peer: Option<SocketAddr>, authorization: Option<&str>) -> bool {
-        if matches!(path, "/healthz" | "/readyz")
+        // `/` is the status page: static, it holds no data (it asks the API, with the token).
+        if matches!(path, "/" | "/healthz" | "/readyz")
             || (path == "/metrics" && (self.metrics_public || self.token.is_none()))
         {
             return true;
@@ -89,6 +98,9 @@ pub struct Ops {
     pub plan: DrainPlan,
     /// Config reloads, when the process was started from a file.
     pub reload: Option<Arc<dyn Reload>>,
+    /// The counters `/api/summary` reads (connections started and ended, closes by cause,
+    /// handshakes refused).
+    pub metrics: Metrics,
 }
 
 /// Answer `method target` on the API (`target` starts with `/api/`).
@@ -121,6 +133,7 @@ pub async fn answer(ops: &Ops, method: &str, target: &str) -> Reply {
                 }
             }
         },
+        ("GET", ["summary"]) => (200, summary(ops)),
         ("POST", ["backends", pool, backend, action @ ("drain" | "undrain")]) => {
             let pools = (ops.pools)();
             let Some(addr) = pools.find(pool, backend) else {
@@ -223,6 +236,56 @@ async fn kick(live: &LiveSet, id: &str, q: &str) -> Reply {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     (200, json!({"id": id.to_string(), "ended": true, "ended_after_ms": asked.elapsed().as_millis() as u64}))
+}
+
+/// `GET /api/summary`: open connections by route and by tenant, the `SUMMARY_NEWEST` newest
+/// (newest first, as `GET /api/connections/{id}` shows each), counters since start (connections
+/// started and ended, handshakes refused, closes by cause: the page turns them into rates) and
+/// today's usage per tenant (`metering::today`).
+fn summary(ops: &Ops) -> Value {
+    let (today, open) = ops.live.today();
+    let mut routes: BTreeMap<Option<String>, u64> = BTreeMap::new();
+    let mut tenants: BTreeMap<Option<String>, u64> = BTreeMap::new();
+    for l in &open {
+        let id = l.meter.identity();
+        *routes.entry(id.route.clone()).or_default() += 1;
+        *tenants.entry(id.tenant.clone()).or_default() += 1;
+    }
+    let rows = |key: &str, m: BTreeMap<Option<String>, u64>| -> Vec<Value> {
+        m.into_iter().map(|(k, n)| json!({key: k, "connections": n})).collect()
+    };
+    let now = Instant::now();
+    let newest: Vec<Value> = open.iter().rev().take(SUMMARY_NEWEST).map(|l| l.view(now)).collect();
+    let m = &ops.metrics;
+    let closes: Vec<Value> = sum_by(&m.closes, names::CAUSE)
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(cause, n)| json!({"cause": cause, "count": n}))
+        .collect();
+    json!({
+        "at": crate::billing::record::rfc3339_ms(std::time::SystemTime::now()),
+        "open": open.len(),
+        "routes": rows("route", routes),
+        "tenants": rows("tenant", tenants),
+        "newest": newest,
+        "started_total": sum_by(&m.connections_started, names::ROUTE).values().sum::<u64>(),
+        "ended_total": sum_by(&m.connections_total, names::ROUTE).values().sum::<u64>(),
+        "refused_total": sum_by(&m.handshake_rejections, names::ROUTE).values().sum::<u64>(),
+        "closes": closes,
+        "today": today.json(),
+    })
+}
+
+/// The values of counter family `c`, summed by its label `label`.
+fn sum_by(c: &IntCounterVec, label: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for family in c.collect() {
+        for m in family.get_metric() {
+            let key = m.get_label().iter().find(|l| l.name() == label).map_or("", |l| l.value());
+            *out.entry(key.to_string()).or_default() += m.get_counter().value() as u64;
+        }
+    }
+    out
 }
 
 /// `GET /api/backends`: pools, backends, health, draining, open connections each.
@@ -330,6 +393,8 @@ mod tests {
         assert!(locked.allows("/api/connections", far, Some("Bearer s3cret")));
         assert!(!locked.allows("/metrics", lo, None));
         assert!(locked.allows("/readyz", far, None) && locked.allows("/healthz", far, None));
+        assert!(locked.allows("/", far, None), "the status page itself holds no data");
+        assert!(!locked.allows("/api/summary", far, None));
         assert!(Access { metrics_public: true, ..locked }.allows("/metrics", far, None));
     }
 }

@@ -1,7 +1,8 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up) and
+//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up),
 //! `/readyz` (every public listener accepts connections right now: checked by connecting to it;
-//! the descriptor reserve is not in use: `fds`; and shutdown has not begun), on a port of its
-//! own.
+//! the descriptor reserve is not in use: `fds`; and shutdown has not begun), the JSON API
+//! (`api`) and the status page at `/` (`status.html`, compiled in: HTML and JavaScript that read
+//! the API), on a port of its own.
 //!
 //! The listener runs outside Pingora's service lifecycle, on a thread and a current-thread tokio
 //! runtime of its own (`AdminServer`), so it keeps answering while Pingora drains connections
@@ -53,6 +54,11 @@ const LINGER_BYTES: usize = 64 * 1024;
 pub const MAX_CONNECTIONS: usize = 64;
 /// Once the listener is stopped, how long answers in progress get to finish.
 const STOP_WAIT: Duration = Duration::from_secs(1);
+/// The status page served at `/`: static HTML and JavaScript that read the JSON API.
+const STATUS_PAGE: &str = include_str!("status.html");
+/// Headers of the status page: its script and style are inline, it talks to this origin only
+/// and may not be framed (its Kick buttons must not be clickjacked).
+const STATUS_PAGE_HEADERS: &str = "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; form-action 'none'; frame-ancestors 'none'\r\nX-Content-Type-Options: nosniff\r\n";
 
 /// What the admin endpoints answer from: the metrics registry, the readiness checks and the
 /// shutdown state.
@@ -81,6 +87,8 @@ pub struct Answer {
     pub body: Vec<u8>,
     /// Add `WWW-Authenticate: Bearer` (a 401).
     pub www_authenticate: bool,
+    /// Further header lines, each ending in CRLF (empty for most answers).
+    pub headers: &'static str,
 }
 
 impl Answer {
@@ -90,13 +98,14 @@ impl Answer {
             content_type: "text/plain; charset=utf-8".into(),
             body: body.as_bytes().to_vec(),
             www_authenticate: false,
+            headers: "",
         }
     }
 
     fn json(status: u16, body: &serde_json::Value) -> Answer {
         let mut body = serde_json::to_vec_pretty(body).unwrap_or_default();
         body.push(b'\n');
-        Answer { status, content_type: "application/json".into(), body, www_authenticate: false }
+        Answer { status, content_type: "application/json".into(), body, www_authenticate: false, headers: "" }
     }
 
     /// The whole response, head and (unless `head_only`) body, with `Connection: close`.
@@ -108,10 +117,11 @@ impl Answer {
             _ => "",
         };
         let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}{}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
             self.status,
             self.content_type,
-            self.body.len()
+            self.body.len(),
+            self.headers
         )
         .into_bytes();
         if !head_only {
@@ -223,14 +233,22 @@ impl Admin {
                     content_type: encoder.format_type().to_string(),
                     body: out,
                     www_authenticate: false,
+                    headers: "",
                 }
             }
+            "/" => Answer {
+                status: 200,
+                content_type: "text/html; charset=utf-8".into(),
+                body: STATUS_PAGE.as_bytes().to_vec(),
+                www_authenticate: false,
+                headers: STATUS_PAGE_HEADERS,
+            },
             "/healthz" => Answer::text(200, "ok\n"),
             "/readyz" => match self.ready().await {
                 Ok(()) => Answer::text(200, "ready\n"),
                 Err(why) => Answer::text(503, &format!("not ready: {why}\n")),
             },
-            _ => Answer::text(404, "not found; try /metrics, /healthz or /readyz\n"),
+            _ => Answer::text(404, "not found; try / (the status page), /metrics, /healthz or /readyz\n"),
         }
     }
 }
@@ -462,6 +480,17 @@ mod tests {
         assert!(head.ends_with("\r\n\r\n") && head.contains("Content-Length: 49"), "{head}");
         let m = String::from_utf8(Answer::text(405, "x").encode(false)).unwrap();
         assert!(m.contains("\r\nAllow: GET, HEAD, POST, DELETE\r\n"), "{m}");
+    }
+
+    #[tokio::test]
+    async fn the_status_page_is_served_at_the_root_with_its_policy() {
+        let admin = Admin::new(Registry::new(), Vec::new(), Descriptors::new(0), || 0);
+        let page = admin.answer("/").await;
+        assert_eq!((page.status, page.content_type.as_str()), (200, "text/html; charset=utf-8"));
+        let text = String::from_utf8(page.encode(false)).unwrap();
+        assert!(text.contains("\r\nContent-Security-Policy: default-src 'none';"), "{text}");
+        assert!(text.contains("frame-ancestors 'none'") && text.contains("/api/summary"));
+        assert!(!text.contains("http://") && !text.contains("https://"), "no external resources");
     }
 
     #[test]

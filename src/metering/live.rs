@@ -13,9 +13,14 @@
 //! Sequence numbers are taken under the connection's mutex, and `end` marks the connection ended
 //! under the same mutex, so a connection's records are numbered 0, 1, … without gaps and no
 //! `interim` follows its `stop`.
+//!
+//! `end` also adds the stop record's totals to today's per-tenant tally (`today`), under the
+//! tally's mutex while it deregisters the connection; `today()` reads the tally and the open
+//! connections under that mutex, so a connection is counted once, as ended or as open.
 
 use super::clock::ActiveClock;
 use super::rejections::Rejections;
+use super::today::Tally;
 use super::{Meter, Progress, Rejection};
 use crate::billing::{RecordKind, UsageLog, UsageRecord};
 use crate::relay::report::{Party, RelayReport};
@@ -29,7 +34,7 @@ use pingora_core::services::background::BackgroundService;
 use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Length of one tick of the interim wheel.
 const INTERIM_TICK: Duration = Duration::from_millis(100);
@@ -163,6 +168,8 @@ pub struct LiveSet {
     /// Connections by the tick their next interim is due (ticks of `INTERIM_TICK` from `epoch`).
     due: Mutex<Wheel<Weak<Live>>>,
     epoch: Instant,
+    /// Today's usage of the connections that ended (UTC day); taken before a shard's mutex.
+    today: Mutex<Tally>,
 }
 
 impl LiveSet {
@@ -178,6 +185,7 @@ impl LiveSet {
             draining: std::sync::atomic::AtomicBool::new(false),
             due: Mutex::new(Wheel::new(0)),
             epoch: Instant::now(),
+            today: Mutex::new(Tally::new(SystemTime::now())),
         }
     }
 
@@ -237,7 +245,6 @@ impl LiveSet {
     /// A connection ended as `report` says: deregister it and write its `stop` record, which is
     /// returned.
     pub fn end(&self, live: &Live, report: &RelayReport) -> UsageRecord {
-        lock(self.shard(&live.meter.id)).remove(&live.meter.id);
         let stop = {
             let mut s = lock(&live.state);
             s.ended = true;
@@ -250,8 +257,31 @@ impl LiveSet {
             self.add_units(&mut stop, &report.counts);
             stop
         };
+        {
+            // Counted as ended in the same critical section that takes it out of the open set.
+            let mut today = lock(&self.today);
+            today.roll(SystemTime::now());
+            lock(self.shard(&live.meter.id)).remove(&live.meter.id);
+            today.add_stop(&stop);
+        }
         self.usage.write(&stop);
         stop
+    }
+
+    /// Today's usage per tenant (the ended connections' stop records plus the open connections'
+    /// counts so far, each connection once) and the open connections it counted, oldest first.
+    pub fn today(&self) -> (Tally, Vec<Arc<Live>>) {
+        let (mut tally, open) = {
+            let mut today = lock(&self.today);
+            today.roll(SystemTime::now());
+            (today.clone(), self.all())
+        };
+        let now = Instant::now();
+        for l in &open {
+            let age = now.saturating_duration_since(l.meter.started());
+            tally.row(l.meter.identity().tenant.as_deref()).add_open(age, &l.counts());
+        }
+        (tally, open)
     }
 
     /// A connection's handshake failed: write its one record.
@@ -453,6 +483,22 @@ mod tests {
         assert_eq!(kinds, vec![("start", 0), ("interim", 1), ("interim", 2), ("stop", 3)]);
         assert_eq!(recs[1]["client_to_backend"]["messages"], 3, "interims carry the counts observed so far");
         assert_eq!(recs[1]["idempotency_key"].as_str().unwrap(), format!("{}:1", live.meter.id));
+    }
+
+    #[test]
+    fn today_counts_each_connection_once_as_ended_or_open() {
+        let (set, _spool, _dir) = set(Duration::from_secs(60));
+        let (ended, open) = (set.begin(Meter::start(None)), set.begin(Meter::start(None)));
+        let c = DirectionCounts { messages: 3, wire_bytes: 30, ..Default::default() };
+        open.observe([&c, &DirectionCounts::default()]);
+        let before = set.today().0.untenanted;
+        assert_eq!((before.connections, before.messages, before.client_to_backend_bytes), (2, 3, 30));
+        ended.observe([&c, &c]);
+        set.end(&ended, &report([c, c]));
+        let (tally, still_open) = set.today();
+        assert_eq!(still_open.len(), 1);
+        let u = tally.untenanted;
+        assert_eq!((u.connections, u.messages, u.client_to_backend_bytes, u.backend_to_client_bytes), (2, 9, 60, 30));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! Warm path (per connection). A `Meter` holds the identity and clocks of a connection: a
 //! monotonic `Instant` for the duration and a wall-clock `SystemTime` only for the record's
 //! timestamps (never subtracted from each other). `live.rs` keeps the relayed connections and
-//! runs the sweeper; `clock.rs` measures active time.
+//! runs the sweeper; `clock.rs` measures active time; `today.rs` tallies today's usage per tenant
+//! for the admin status page.
 
 // Bytes from the network never panic here: every failure is a value (see the module doc).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -17,6 +18,7 @@ pub mod clock;
 pub mod live;
 pub mod quota;
 pub mod rejections;
+pub mod today;
 
 use crate::billing::record::rfc3339_ms;
 use crate::billing::{CloseUsage, DirectionUsage, Identity, RecordKind, UsageRecord};

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod browser;
 pub mod hosts;
 pub mod postgres;
 pub mod wire;
