@@ -158,6 +158,10 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         let ops = Ops {
             live: live.clone(),
             pools: Arc::new(move || pools.load().pools.clone()),
+            objects: {
+                let current = current.clone();
+                Arc::new(move || current.load().objects.clone())
+            },
             plan,
             reload: Some(reload),
             metrics: metrics.clone(),

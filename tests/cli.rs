@@ -44,7 +44,10 @@ fn check_prints_every_error_and_exits_1() {
         err.contains("listeners[0].address: \"127.0.0.1\": is not host:port; write it as \"127.0.0.1:8080\""),
         "{err}"
     );
-    assert!(err.contains("pools[0].selection: \"fastest\": must be round_robin, random or ip_hash"), "{err}");
+    assert!(
+        err.contains("pools[0].selection: \"fastest\": must be round_robin, random, ip_hash or least_connections"),
+        "{err}"
+    );
     assert!(err.contains("routes[0].pool: \"q\": no pool has this name; use one of: p"), "{err}");
 }
 

@@ -253,6 +253,8 @@ async fn the_server_answers_as_its_openapi_document_says() {
             let targets: Vec<String> = if path.contains("{id}") {
                 let real = if method == "delete" { &ids[1] } else { &ids[0] };
                 vec![path.replace("{id}", real), path.replace("{id}", &unknown), path.replace("{id}", "nope")]
+            } else if path.contains("{pool}") && !path.contains("{backend}") {
+                vec![path.replace("{pool}", "p"), path.to_string()]
             } else if path == "/api/connections" {
                 vec![path.to_string(), format!("{path}?route=a&limit=1"), format!("{path}?limit=x")]
             } else {
@@ -276,8 +278,10 @@ async fn the_server_answers_as_its_openapi_document_says() {
             .keys()
             .filter_map(|k| k.as_str())
             .find(|p| {
-                let t = target.split('?').next().unwrap();
-                *p == t || (p.contains("{id}") && t.starts_with(p.trim_end_matches("{id}")))
+                // `{...}` stands for any one segment.
+                let t: Vec<&str> = target.split('?').next().unwrap().split('/').collect();
+                let p: Vec<&str> = p.split('/').collect();
+                p.len() == t.len() && p.iter().zip(&t).all(|(p, t)| p == t || p.starts_with('{'))
             })
             .unwrap();
         let op = &doc["paths"][template][method.to_lowercase().as_str()];
@@ -415,4 +419,238 @@ async fn the_summary_counts_each_connection_once() {
     assert_eq!(untenanted["connections"], 1, "{today}");
     assert_eq!((today["other"].clone(), today["max_tenants"].as_u64()), (Value::Null, Some(1000)));
     assert_eq!(api(weir.admin, "GET", "/api/summary", None).await.0, 401);
+}
+
+// ---- pushes, objects and rebalance (issue 12) -------------------------------------------------
+
+/// `method path` on the admin listener with the test token, a `content_type` and a raw body;
+/// (status, JSON body).
+async fn api_send(admin: SocketAddr, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(admin).await?;
+        s.write_all(head.as_bytes()).await?;
+        // A body over the limit is answered before it is read: the write may then fail.
+        let _ = s.write_all(body).await;
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(DEADLINE, io).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// The id of the only open connection, once it is listed.
+async fn only_connection(weir: &Weir) -> String {
+    crate::support::eventually("the connection in the list", || async {
+        let (_, list) = api(weir.admin, "GET", "/api/connections", Some(TOKEN)).await;
+        list["connections"][0]["id"].as_str().map(String::from)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_push_reaches_the_client_only_and_is_metered_as_the_gateways() {
+    let (backend, mut rx) = recording_echo_backend(None).await;
+    let weir = Weir::start_with_admin(&two_routes(backend.addr), "", &format!("  token: \"{TOKEN}\"\n")).await;
+    let mut ws = connect(&weir, "/a").await;
+    let id = only_connection(&weir).await;
+    let path = format!("/api/connections/{id}/messages");
+    let (status, answer) = api_send(weir.admin, "POST", &path, "text/plain", b"hello from weir").await;
+    assert_eq!((status, answer["queued"].as_bool()), (200, Some(true)), "{answer}");
+    assert_eq!(crate::support::recv(&mut ws).await, Message::text("hello from weir"));
+    let (status, _) = api_send(weir.admin, "POST", &format!("{path}?type=binary"), "text/plain", &[0, 1, 2]).await;
+    assert_eq!(status, 200);
+    assert_eq!(crate::support::recv(&mut ws).await, Message::binary(vec![0u8, 1, 2]));
+    // Bad inputs.
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let (status, _) =
+        api_send(weir.admin, "POST", &format!("/api/connections/{unknown}/messages"), "text/plain", b"x").await;
+    assert_eq!(status, 404);
+    assert_eq!(api_send(weir.admin, "POST", &path, "text/plain", &[0xff, 0xfe]).await.0, 400, "not UTF-8");
+    assert_eq!(api_send(weir.admin, "POST", &path, "text/plain", &vec![b'a'; 64 * 1024 + 1]).await.0, 413);
+    assert_eq!(api_send(weir.admin, "POST", &path, "image/png", b"x").await.0, 415);
+    ws.close(None).await.unwrap();
+    let r = weir.records_eventually(1).await.remove(0);
+    assert_eq!((r.gateway.messages, r.gateway.payload_bytes), (2, 15 + 3), "{r:?}");
+    assert_eq!((r.client_to_backend.messages, r.backend_to_client.messages), (0, 0), "{r:?}");
+    loop {
+        match next_event(&mut rx).await {
+            Event::Msg(Message::Text(t)) => panic!("the backend saw the push: {t}"),
+            Event::Msg(Message::Binary(b)) => panic!("the backend saw the push: {b:?}"),
+            Event::End => break,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_push_waits_for_the_backends_fragmented_message_to_end() {
+    use crate::support::wire::{accept_for, frame, head_header, RawConn};
+    let (to_backend, from_test) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let from_test = std::sync::Arc::new(tokio::sync::Mutex::new(Some(from_test)));
+    let backend = crate::support::backends::raw_backend(move |stream| {
+        let from_test = from_test.clone();
+        async move {
+            let Some(mut frames) = from_test.lock().await.take() else { return };
+            let mut conn = RawConn::new(stream);
+            let head = conn.read_head().await;
+            let key = head_header(&head, "sec-websocket-key").unwrap().to_string();
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                accept_for(&key)
+            );
+            conn.write(answer.as_bytes()).await;
+            while let Some(bytes) = frames.recv().await {
+                conn.write(&bytes).await;
+            }
+            let _ = conn.read_to_end().await;
+        }
+    })
+    .await;
+    let weir = Weir::start_with_admin(&two_routes(backend.addr), "", &format!("  token: \"{TOKEN}\"\n")).await;
+    let (mut client, _) = crate::support::wire::raw_client(weir.addr, "/a", "", b"").await;
+    let id = only_connection(&weir).await;
+    let first = frame(0x01, None, b"first half, ");
+    to_backend.send(first.clone()).unwrap();
+    assert_eq!(client.read_frame().await.unwrap().raw, first);
+    let path = format!("/api/connections/{id}/messages");
+    let (status, answer) = api_send(weir.admin, "POST", &path, "text/plain", b"pushed").await;
+    assert_eq!(status, 200, "{answer}");
+    // The push is queued until the backend's message ends: then it is the next frame.
+    let waiting = api(weir.admin, "GET", &format!("/api/connections/{id}"), Some(TOKEN)).await.1;
+    assert_eq!(waiting["pushes_waiting"], 1, "{waiting}");
+    let last = frame(0x80, None, b"second half");
+    to_backend.send(last.clone()).unwrap();
+    assert_eq!(client.read_frame().await.unwrap().raw, last, "the final fragment comes first");
+    let pushed = client.read_frame().await.unwrap();
+    assert_eq!((pushed.b0, pushed.masked, pushed.payload.as_slice()), (0x81, false, &b"pushed"[..]));
+}
+
+fn room_config() -> String {
+    "objects:\n  - {name: rooms, id: {path: \"/rooms/{id}\"}, builtin: room}\nroutes:\n  - {name: rooms, path_prefix: /rooms, object: rooms}\n".to_string()
+}
+
+/// The next message of a room member that is not a weir event.
+async fn room_message(ws: &mut crate::support::Client) -> Message {
+    loop {
+        let m = crate::support::recv(ws).await;
+        if !matches!(&m, Message::Text(t) if t.as_str().contains("\"weir\"")) {
+            return m;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_push_to_a_room_reaches_every_member_and_stays_in_history() {
+    let weir = Weir::start_with_admin(&room_config(), "", &format!("  token: \"{TOKEN}\"\n")).await;
+    let mut a = connect(&weir, "/rooms/lobby").await;
+    let mut b = connect(&weir, "/rooms/lobby").await;
+    let (status, all) = crate::support::eventually("the room listed with 2 connections", || async {
+        let (status, all) = api(weir.admin, "GET", "/api/objects", Some(TOKEN)).await;
+        (all["objects"][0]["connections"] == 2).then_some((status, all))
+    })
+    .await;
+    assert_eq!(status, 200);
+    let room = &all["objects"][0];
+    assert_eq!(
+        (room["namespace"].as_str(), room["id"].as_str(), room["host"].as_str()),
+        (Some("rooms"), Some("lobby"), Some("builtin:room")),
+        "{all}"
+    );
+    assert_eq!(room["connection_ids"].as_array().unwrap().len(), 2);
+    assert!(room["occupied_seconds"].as_f64().unwrap() >= 0.0 && room["occupied_since"].is_string());
+    let (status, one) = api(weir.admin, "GET", "/api/objects/rooms/lobby", Some(TOKEN)).await;
+    assert_eq!((status, one["id"].as_str()), (200, Some("lobby")), "{one}");
+    assert_eq!(api(weir.admin, "GET", "/api/objects/rooms/empty", Some(TOKEN)).await.0, 404);
+    assert_eq!(api(weir.admin, "GET", "/api/objects/nope/lobby", Some(TOKEN)).await.0, 404);
+
+    let (status, answer) =
+        api_send(weir.admin, "POST", "/api/objects/rooms/lobby/messages", "text/plain", b"announcement").await;
+    assert_eq!((status, answer["room_members"].as_u64()), (200, Some(2)), "{answer}");
+    assert_eq!(room_message(&mut a).await, Message::text("announcement"));
+    assert_eq!(room_message(&mut b).await, Message::text("announcement"));
+    let mut c = connect(&weir, "/rooms/lobby").await;
+    assert_eq!(room_message(&mut c).await, Message::text("announcement"), "in the history");
+    let (status, _) = api_send(weir.admin, "POST", "/api/objects/rooms/empty/messages", "text/plain", b"x").await;
+    assert_eq!(status, 404, "an unoccupied object");
+    // A push to one member's connection reaches that member only.
+    let ids: Vec<String> = api(weir.admin, "GET", "/api/connections", Some(TOKEN)).await.1["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    let first = ids.first().unwrap();
+    let (status, _) =
+        api_send(weir.admin, "POST", &format!("/api/connections/{first}/messages"), "text/plain", b"just you").await;
+    assert_eq!(status, 200);
+    assert_eq!(room_message(&mut a).await, Message::text("just you"), "the oldest connection is a's");
+}
+
+#[tokio::test]
+async fn a_rebalance_evens_out_a_least_connections_pool() {
+    let (a, b) = (echo_backend().await, echo_backend().await);
+    let config = format!(
+        "pools:\n  - name: p\n    selection: least_connections\n    backends: [\"{}\", \"{}\"]\n    health_check: {{kind: none}}\nroutes:\n  - {{name: a, path_prefix: /a, pool: p}}\n",
+        a.addr, b.addr
+    );
+    let extra = "drain:\n  window: 1s\n";
+    let weir = Weir::start_with_admin(&config, extra, &format!("  token: \"{TOKEN}\"\n")).await;
+    let b_label = b.addr.to_string();
+    assert_eq!(api(weir.admin, "POST", &format!("/api/backends/p/{b_label}/drain"), Some(TOKEN)).await.0, 200);
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(connect(&weir, "/a").await);
+    }
+    let per_backend = |all: &Value| {
+        let backends = all["pools"][0]["backends"].as_array().unwrap().clone();
+        backends.iter().map(|b| b["connections"].as_u64().unwrap()).collect::<Vec<_>>()
+    };
+    crate::support::eventually("20 on a", || async {
+        let (_, all) = api(weir.admin, "GET", "/api/backends", Some(TOKEN)).await;
+        (per_backend(&all) == [20, 0]).then_some(())
+    })
+    .await;
+    assert_eq!(api(weir.admin, "POST", &format!("/api/backends/p/{b_label}/undrain"), Some(TOKEN)).await.0, 200);
+    let (status, answer) = api(weir.admin, "POST", "/api/pools/p/rebalance", Some(TOKEN)).await;
+    assert_eq!(
+        (status, answer["closing"].as_u64(), answer["evens_out"].as_bool()),
+        (200, Some(10), Some(true)),
+        "{answer}"
+    );
+    assert_eq!(answer["per_backend"][a.addr.to_string()], 10, "{answer}");
+    // Each closed client reconnects, as a real one would.
+    let mut tasks = Vec::new();
+    for mut ws in clients {
+        let url = weir.url("/a");
+        tasks.push(tokio::spawn(async move {
+            // The clients not closed wait here, open, until the test aborts them.
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    assert_eq!(u16::from(f.code), 1012);
+                    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+                    let _open = ws;
+                    std::future::pending::<()>().await;
+                }
+                other => panic!("{other:?}"),
+            }
+        }));
+    }
+    crate::support::eventually("10 and 10", || async {
+        let (_, all) = api(weir.admin, "GET", "/api/backends", Some(TOKEN)).await;
+        let n = per_backend(&all);
+        (n.iter().sum::<u64>() == 20 && n.iter().all(|c| (9..=11).contains(c))).then_some(())
+    })
+    .await;
+    for t in tasks {
+        t.abort();
+    }
 }

@@ -1,6 +1,7 @@
-//! The admin API (`/api/...`, JSON): list and inspect open connections, kick one, drain the
-//! instance or a backend, reload the config, and the totals the status page shows
-//! (`/api/summary`). Every connection is named by the id of its usage records and
+//! The admin API (`/api/...`, JSON): list and inspect open connections, kick one, push a
+//! message to one or to every connection of an object, list occupied objects, drain the
+//! instance, drain or rebalance backends, reload the config, and the totals the status page
+//! shows (`/api/summary`). Every connection is named by the id of its usage records and
 //! `X-Weir-Connection-Id`.
 //!
 //! Warm path (one operator request at a time), on the admin listener's own thread and runtime.
@@ -9,8 +10,9 @@
 //! loopback peers only. Bad input gets a 4xx JSON error; nothing here panics on a request.
 
 use crate::http1::query;
-use crate::metering::live::{Live, LiveSet};
+use crate::metering::live::{Live, LiveSet, Push};
 use crate::metrics::{names, Metrics};
+use crate::objects::Objects;
 use crate::pools::Pools;
 use crate::relay::report::Cause;
 use crate::relay::Stop;
@@ -79,6 +81,8 @@ fn error(status: u16, message: &str) -> Reply {
 
 /// The backend pools in force (they change with a reload).
 pub type CurrentPools = Arc<dyn Fn() -> Arc<Pools> + Send + Sync>;
+/// The object namespaces in force (they change with a reload).
+pub type CurrentObjects = Arc<dyn Fn() -> Arc<Objects> + Send + Sync>;
 
 /// What `POST /api/reload` asks of the process (`crate::reload::Reloader`): re-read and apply
 /// the config file; what changed, or every error (the running config kept).
@@ -94,6 +98,8 @@ pub struct Ops {
     pub live: Arc<LiveSet>,
     /// Backend pools.
     pub pools: CurrentPools,
+    /// Object namespaces and their live placements (of the config snapshot in force).
+    pub objects: CurrentObjects,
     /// How drains close connections.
     pub plan: DrainPlan,
     /// Config reloads, when the process was started from a file.
@@ -103,8 +109,17 @@ pub struct Ops {
     pub metrics: Metrics,
 }
 
+/// What a request carries besides its method and target.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Request<'a> {
+    /// Its `Content-Type`, if any.
+    pub content_type: Option<&'a str>,
+    /// Its body (at most `admin::MAX_BODY` bytes; empty without one).
+    pub body: &'a [u8],
+}
+
 /// Answer `method target` on the API (`target` starts with `/api/`).
-pub async fn answer(ops: &Ops, method: &str, target: &str) -> Reply {
+pub async fn answer(ops: &Ops, method: &str, target: &str, request: Request<'_>) -> Reply {
     let (live, plan) = (&ops.live, ops.plan);
     let path = target.split('?').next().unwrap_or("");
     let q = query::query_of(target);
@@ -116,6 +131,23 @@ pub async fn answer(ops: &Ops, method: &str, target: &str) -> Reply {
             Err(e) => e,
         },
         ("DELETE", ["connections", id]) => kick(live, id, q).await,
+        ("POST", ["connections", id, "messages"]) => match (find(live, id), message(request, q)) {
+            (Err(e), _) | (_, Err(e)) => e,
+            (Ok(l), Ok(push)) => push_to(&l, push),
+        },
+        ("GET", ["objects"]) => (200, json!({ "objects": object_views(ops, None) })),
+        ("GET", ["objects", namespace, id]) => match (ops.objects)().find(namespace).cloned() {
+            None => error(404, "no such object namespace"),
+            Some(ns) => match ns.registry.view(id) {
+                None => error(404, "this object has no connection"),
+                Some(v) => (200, object_json(ops, namespace, &v)),
+            },
+        },
+        ("POST", ["objects", namespace, id, "messages"]) => match message(request, q) {
+            Err(e) => e,
+            Ok(push) => push_to_object(ops, namespace, id, push),
+        },
+        ("POST", ["pools", pool, "rebalance"]) => rebalance(ops, pool),
         ("POST", ["drain"]) => {
             let started = start_drain(live, plan);
             (202, json!({"draining": true, "connections": started, "window_ms": plan.window.as_millis() as u64}))
@@ -147,6 +179,161 @@ pub async fn answer(ops: &Ops, method: &str, target: &str) -> Reply {
         ("GET" | "DELETE" | "POST", _) => error(404, "no such API path; see docs/admin-api.yaml"),
         _ => error(405, "method not allowed"),
     }
+}
+
+/// The message of a push request: text for `Content-Type: text/plain` (or none, or
+/// `?type=text`), binary for `application/octet-stream` (or `?type=binary`).
+fn message(request: Request<'_>, q: &str) -> Result<Push, Reply> {
+    let kind = query::param(q, "type").map(|v| v.and_then(|b| String::from_utf8(b).ok()));
+    let text = match kind {
+        Some(Some(k)) if k == "text" => true,
+        Some(Some(k)) if k == "binary" => false,
+        Some(_) => return Err(error(400, "type must be text or binary")),
+        None => {
+            let mime = request.content_type.and_then(|c| c.split(';').next()).map(|m| m.trim().to_ascii_lowercase());
+            match mime.as_deref() {
+                None | Some("text/plain") => true,
+                Some("application/octet-stream") => false,
+                Some(_) => {
+                    return Err(error(415, "send text/plain (a text message) or application/octet-stream (binary)"))
+                }
+            }
+        }
+    };
+    if text && std::str::from_utf8(request.body).is_err() {
+        return Err(error(400, "a text message must be valid UTF-8"));
+    }
+    Ok(Push { text, payload: request.body.to_vec() })
+}
+
+/// `POST /api/connections/{id}/messages`: queue the message for that client; it goes out at
+/// the next message boundary of the backend's stream (at once when the backend is not in the
+/// middle of a message).
+fn push_to(l: &Live, push: Push) -> Reply {
+    let bytes = push.payload.len();
+    match l.push(push) {
+        Ok(waiting) => (200, json!({"id": l.meter.id.to_string(), "queued": true, "bytes": bytes, "waiting": waiting})),
+        Err(e) => {
+            let (status, message) = e.status();
+            error(status, message)
+        }
+    }
+}
+
+/// `POST /api/objects/{namespace}/{id}/messages`: a room gets it as a room message (stored,
+/// to every member); an object on hosts gets it pushed into each of its connections.
+fn push_to_object(ops: &Ops, namespace: &str, id: &str, push: Push) -> Reply {
+    let Some(ns) = (ops.objects)().find(namespace).cloned() else { return error(404, "no such object namespace") };
+    if ns.registry.view(id).is_none() {
+        return error(404, "this object has no connection");
+    }
+    let bytes = push.payload.len();
+    if let Some(crate::objects::session::Object::Room(rooms)) = &ns.builtin {
+        return match rooms.push(id, crate::objects::room::push_message(push)) {
+            Some(members) => (200, json!({"namespace": namespace, "id": id, "bytes": bytes, "room_members": members})),
+            None => error(404, "this room has no member"),
+        };
+    }
+    let mut queued = Vec::new();
+    let mut refused = Vec::new();
+    for l in connections_of(&ops.live, namespace, id) {
+        match l.push(push.clone()) {
+            Ok(_) => queued.push(l.meter.id.to_string()),
+            Err(e) => refused.push(json!({"id": l.meter.id.to_string(), "error": e.status().1})),
+        }
+    }
+    if queued.is_empty() && refused.is_empty() {
+        return error(404, "this object has no established connection");
+    }
+    let status = if queued.is_empty() { 409 } else { 200 };
+    (status, json!({"namespace": namespace, "id": id, "bytes": bytes, "queued": queued, "refused": refused}))
+}
+
+/// The open connections to object `namespace`/`id`.
+fn connections_of(live: &LiveSet, namespace: &str, id: &str) -> Vec<Arc<Live>> {
+    live.all()
+        .into_iter()
+        .filter(|l| l.meter.identity().object.as_ref().is_some_and(|o| o.namespace == namespace && o.id == id))
+        .collect()
+}
+
+/// Every occupied object (of `only` namespace, if given).
+fn object_views(ops: &Ops, only: Option<&str>) -> Vec<Value> {
+    (ops.objects)()
+        .all()
+        .iter()
+        .filter(|ns| only.is_none_or(|n| n == ns.config.name))
+        .flat_map(|ns| {
+            ns.registry.describe().into_iter().map(|v| object_json(ops, &ns.config.name, &v)).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn object_json(ops: &Ops, namespace: &str, v: &crate::objects::registry::ObjectView) -> Value {
+    let ids: Vec<String> = connections_of(&ops.live, namespace, &v.id).iter().map(|l| l.meter.id.to_string()).collect();
+    json!({
+        "namespace": namespace,
+        "id": v.id,
+        "host": v.host,
+        "connections": ids.len(),
+        "connection_ids": ids,
+        "leases": v.leases,
+        "occupied_since": crate::billing::record::rfc3339_ms(v.since),
+        "occupied_seconds": v.occupied.as_secs_f64(),
+        "moving": v.moving,
+    })
+}
+
+/// `POST /api/pools/{pool}/rebalance`: close just enough connections of the pool's fuller
+/// backends (with 1012, spread over the drain window) that, once their clients reconnect, every
+/// healthy, non-draining backend holds about as many. Under `selection: least_connections` the
+/// reconnects go to the emptier backends, so the pool evens out; under other policies this
+/// only closes the surplus.
+fn rebalance(ops: &Ops, pool: &str) -> Reply {
+    let Some((_, backends)) = (ops.pools)().describe().into_iter().find(|(name, _)| name == pool) else {
+        return error(404, "no such pool");
+    };
+    let eligible: Vec<_> = backends.iter().filter(|b| b.healthy && !b.draining).collect();
+    if eligible.is_empty() {
+        return error(409, "the pool has no healthy, non-draining backend");
+    }
+    let all = ops.live.all();
+    let on = |addr: SocketAddr| -> Vec<Arc<Live>> {
+        let addr = addr.to_string();
+        all.iter()
+            .filter(|l| {
+                let id = l.meter.identity();
+                id.pool.as_deref() == Some(pool) && id.object.is_none() && id.backend.as_deref() == Some(addr.as_str())
+            })
+            .cloned()
+            .collect()
+    };
+    let per: Vec<Vec<Arc<Live>>> = eligible.iter().map(|b| on(b.addr)).collect();
+    let total: usize = per.iter().map(Vec::len).sum();
+    // Each backend keeps at most its fair share, rounded up.
+    let share = total.div_ceil(eligible.len());
+    let stop = Stop { client: (1012, "rebalance".into()), backend: (1001, String::new()), cause: Cause::Drained };
+    let mut closing = serde_json::Map::new();
+    let mut chosen = Vec::new();
+    for (b, mut conns) in eligible.iter().zip(per) {
+        let surplus = conns.len().saturating_sub(share);
+        // The newest connections go first: they have the least state to lose.
+        conns.sort_by_key(|l| std::cmp::Reverse(l.meter.id));
+        chosen.extend(conns.into_iter().take(surplus));
+        closing.insert(b.label.clone(), json!(surplus));
+    }
+    let n = close_spread(chosen, ops.plan.window, stop);
+    if n > 0 {
+        tracing::info!(pool, connections = n, "rebalance: closing the surplus over the drain window");
+    }
+    (
+        200,
+        json!({
+            "pool": pool, "closing": n, "per_backend": closing, "share": share,
+            "window_ms": ops.plan.window.as_millis() as u64,
+            "evens_out": (ops.pools)().least_connections(pool),
+        }),
+    )
 }
 
 fn find(live: &LiveSet, id: &str) -> Result<Arc<Live>, Reply> {

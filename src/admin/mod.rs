@@ -13,8 +13,9 @@
 //! that stops the public listeners, so `/readyz` never blames a listener for a shutdown) and from
 //! its execution phases (`Server::watch_execution_phase`, which SIGINT's fast shutdown sends too).
 //!
-//! The HTTP is minimal: one request per connection (`Connection: close`), `GET` or `HEAD` only,
-//! the head read with `http1::head::read_head` (at most `MAX_HEAD_BYTES`, within
+//! The HTTP is minimal: one request per connection (`Connection: close`), `GET` or `HEAD` (the
+//! API also `POST` and `DELETE`, with a `Content-Length` body of at most `MAX_BODY` bytes read
+//! within `HEAD_TIMEOUT`; more gets 413), the head read with `http1::head::read_head` (at most `MAX_HEAD_BYTES`, within
 //! `HEAD_TIMEOUT`), at most `MAX_CONNECTIONS` served at once. The accept loop backs off on
 //! EMFILE/ENFILE as the built-in echo's does (`crate::accept`), counting failures in
 //! `weir_accept_errors_total{listener="admin"}`.
@@ -25,7 +26,7 @@ pub mod api;
 
 use crate::accept::AcceptErrors;
 use crate::fds::Descriptors;
-use crate::http1::head::{read_head, HeadError};
+use crate::http1::head::{read_head, HeadError, RequestHead};
 use async_trait::async_trait;
 use pingora_core::server::{ExecutionPhase, ShutdownWatch};
 use pingora_core::services::background::BackgroundService;
@@ -52,6 +53,8 @@ const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 /// Connections served at once; further ones wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Largest request body the API reads (a pushed message), bytes; longer bodies get 413.
+pub const MAX_BODY: usize = 64 * 1024;
 /// Once the listener is stopped, how long answers in progress get to finish.
 const STOP_WAIT: Duration = Duration::from_secs(1);
 /// The status page served at `/`: static HTML and JavaScript that read the JSON API.
@@ -426,7 +429,14 @@ async fn respond(admin: &Admin, mut stream: tokio::net::TcpStream) {
         }
         Ok(head) if head.path().starts_with("/api/") => match &admin.api {
             Some(ops) => {
-                let (status, body) = api::answer(ops, &head.method, &head.target).await;
+                let (status, body) = match read_body(&mut stream, &head).await {
+                    Ok(body) => {
+                        let content_type = head.headers.get("content-type");
+                        let request = api::Request { content_type: content_type.as_deref(), body: &body };
+                        api::answer(ops, &head.method, &head.target, request).await
+                    }
+                    Err(reply) => reply,
+                };
                 (Answer::json(status, &body), head.method == "HEAD")
             }
             None => (Answer::text(404, "no API on this instance\n"), false),
@@ -462,6 +472,35 @@ async fn respond(admin: &Admin, mut stream: tokio::net::TcpStream) {
         }
     })
     .await;
+}
+
+/// The request's body, by its `Content-Length` (none without one): at most `MAX_BODY` bytes,
+/// read within `HEAD_TIMEOUT`. A 4xx answer when it cannot be read.
+async fn read_body(stream: &mut tokio::net::TcpStream, head: &RequestHead) -> Result<Vec<u8>, api::Reply> {
+    let fail = |status: u16, message: &str| (status, serde_json::json!({ "error": message }));
+    if head.headers.get("transfer-encoding").is_some() {
+        return Err(fail(411, "send the body with a Content-Length, not chunked"));
+    }
+    let len = match head.headers.get("content-length") {
+        None => return Ok(Vec::new()),
+        Some(v) => v.trim().parse::<usize>().map_err(|_| fail(400, "Content-Length must be a whole number"))?,
+    };
+    if len > MAX_BODY {
+        return Err(fail(413, &format!("the body is over {MAX_BODY} bytes")));
+    }
+    let mut body = head.early().get(..len.min(head.early().len())).unwrap_or_default().to_vec();
+    let rest = len - body.len();
+    if rest > 0 {
+        let start = body.len();
+        body.resize(len, 0);
+        let read = tokio::time::timeout(HEAD_TIMEOUT, stream.read_exact(body.get_mut(start..).unwrap_or_default()));
+        match read.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(fail(400, "the connection closed inside the body")),
+            Err(_) => return Err(fail(408, "the request body did not arrive in time")),
+        }
+    }
+    Ok(body)
 }
 
 #[cfg(test)]

@@ -95,6 +95,10 @@ pub struct UsageRecord {
     pub client_to_backend: DirectionUsage,
     /// Traffic from the backend to the client.
     pub backend_to_client: DirectionUsage,
+    /// Messages weir itself sent the client (operator pushes, `POST
+    /// /api/connections/{id}/messages`): in neither direction's counts. Zero without pushes.
+    #[serde(default)]
+    pub gateway: DirectionUsage,
     /// How the WebSocket closed; absent when the handshake failed.
     pub close: Option<CloseUsage>,
     /// `open` until `stop`; then how the connection ended: completed, client_gone,

@@ -325,6 +325,9 @@ pub enum Selection {
     Random,
     /// Consistent hash of the client IP (same client → same backend while healthy).
     IpHash,
+    /// The healthy backend with the fewest open connections (ties: the first listed), counted
+    /// per backend from connect to end; `POST /api/pools/{pool}/rebalance` evens a pool out.
+    LeastConnections,
 }
 
 /// Health probing of a pool's backends.

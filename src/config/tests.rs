@@ -74,7 +74,7 @@ routes:
         "pools[0].backends[0]: \"10.0.0.7\": is not host:port; write it as \"10.0.0.7:8080\"",
         "pools[0].backends[1]: \"builtin:room\": `room` is not a built-in server",
         "pools[0].backends[3]: \"127.0.0.1:1\": is listed twice",
-        "pools[0].selection: \"least_conn\": must be round_robin, random or ip_hash",
+        "pools[0].selection: \"least_conn\": must be round_robin, random, ip_hash or least_connections",
         "pools[0].health_check.kind: \"ping\": must be tcp, http, handshake or none",
         "pools[1].name: \"chat\": is used by an earlier pool",
         "pools[1].backends: a pool needs at least one backend",
@@ -354,7 +354,7 @@ routes:
             "routes[1].pool (line 7, column 23): \"[p]\": must be a single value (text, an address, a duration or a name), not a list or a map",
             "server.grace_period: \"soon\": is not a duration; write a number with a unit, e.g. \"10s\"",
             "listeners[0].address: \"127.0.0.1\": is not host:port; write it as \"127.0.0.1:8080\"",
-            "pools[0].selection: \"fastest\": must be round_robin, random or ip_hash",
+            "pools[0].selection: \"fastest\": must be round_robin, random, ip_hash or least_connections",
             "routes[2].pool: \"nope\": no pool has this name; use one of: p",
         ]
     );

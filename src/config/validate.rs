@@ -656,8 +656,13 @@ impl Validator {
             None | Some("round_robin") => Selection::RoundRobin,
             Some("random") => Selection::Random,
             Some("ip_hash") => Selection::IpHash,
+            Some("least_connections") => Selection::LeastConnections,
             Some(other) => {
-                self.err(format!("pools[{i}].selection"), other, "must be round_robin, random or ip_hash");
+                self.err(
+                    format!("pools[{i}].selection"),
+                    other,
+                    "must be round_robin, random, ip_hash or least_connections",
+                );
                 Selection::RoundRobin
             }
         };

@@ -58,6 +58,8 @@ pub enum Serve {
         early: Vec<u8>,
         /// RSV bits the negotiated extensions allow.
         rsv: u8,
+        /// Its share of the backend's open count (pool backends; `least_connections`).
+        open: Option<crate::pools::OpenCount>,
     },
     /// A built-in object, run by weir itself.
     Object {
@@ -80,6 +82,8 @@ struct Ending {
     lease: Option<Lease>,
     /// Dropped with the ending: the caps count the connection until then.
     _permit: Option<Permit>,
+    /// Dropped with the ending: the backend's open count holds the connection until then.
+    _open: Option<crate::pools::OpenCount>,
 }
 
 impl Gateway {
@@ -92,14 +96,14 @@ impl Gateway {
         let metrics = self.metrics.connection(&route, &pool);
         let grace = self.grace_period;
         match serve {
-            Serve::Relay { backend, early: backend_early, rsv } => {
+            Serve::Relay { backend, early: backend_early, rsv, open } => {
                 let object = lease.as_ref().map(|l| l.object().clone());
                 let moved = lease.as_ref().map(Lease::evicted);
                 let observer = ConnObserver::new(metrics, live.clone(), object, moved, quota);
                 let policies = Self::policies(chunks, rsv, Some(&limits));
                 let relay = Relay::new([client, backend], policies, [&early, &backend_early], observer)
                     .with_guards(guards(&limits, live.meter.id.as_u128()));
-                let ending = Ending { gateway: self.clone(), route, pool, live, lease, _permit: permit };
+                let ending = Ending { gateway: self.clone(), route, pool, live, lease, _permit: permit, _open: open };
                 // A combinator, not an async block: the task holds the relay's future once.
                 let run = relay.run(shutdown, grace).map(move |(report, observer)| {
                     drop(observer);
@@ -110,10 +114,12 @@ impl Gateway {
             Serve::Object { object, id, handle } => {
                 // Built-in objects touch their accounting per message themselves.
                 let observer = ConnObserver::new(metrics, live.clone(), None, None, quota);
+                live.set_pushable(matches!(object, Object::Room(_)));
+                let pushes = live.clone();
                 let tap = Tap::new(client, early, Self::policies(chunks, 0, None), observer);
-                let ending = Ending { gateway: self.clone(), route, pool, live, lease, _permit: permit };
+                let ending = Ending { gateway: self.clone(), route, pool, live, lease, _permit: permit, _open: None };
                 tokio::spawn(async move {
-                    let report = match session::run(object, &id, tap, handle, shutdown, grace).await {
+                    let report = match session::run(object, &id, tap, handle, shutdown, grace, Some(pushes)).await {
                         (Some(tap), cause) => tap.finish(cause).0,
                         (None, _) => {
                             tracing::warn!(
@@ -160,7 +166,7 @@ fn guards(limits: &Limits, seed: u128) -> Guards {
 impl Ending {
     /// Count a finished connection, write its stop record and release its object lease.
     fn end(self, report: &RelayReport) {
-        let Ending { gateway, route, pool, live, lease, _permit } = self;
+        let Ending { gateway, route, pool, live, lease, _permit, _open } = self;
         let (route, pool) = (route.as_str(), pool.as_str());
         let m = &gateway.metrics;
         m.connections_total.with_label_values(&[route, pool, report.outcome.as_str()]).inc();

@@ -96,6 +96,16 @@ impl Observer for ConnObserver {
         self.live.poll_stop(cx)
     }
 
+    fn poll_push(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Vec<u8>> {
+        self.live.poll_pushes(cx, true).map(|pushes| {
+            let mut frames = Vec::with_capacity(pushes.iter().map(|p| p.payload.len() + 10).sum());
+            for p in pushes {
+                frames.extend_from_slice(&crate::relay::frame::encode_data_frame(p.text, &p.payload));
+            }
+            frames
+        })
+    }
+
     fn rtt(&mut self, side: Party, rtt: std::time::Duration) {
         let i = usize::from(side == Party::Backend);
         self.metrics.rtt[i].observe(rtt.as_secs_f64());

@@ -33,7 +33,7 @@ pub struct Snapshot {
     /// Its backend pools, indexed like `config.pools`.
     pub pools: Arc<Pools>,
     /// Its object namespaces, indexed like `config.objects`.
-    pub objects: Objects,
+    pub objects: Arc<Objects>,
     /// Its routes' authentication and the process's caps.
     pub gatekeeper: Gatekeeper,
     /// Per-message chunk sizes its pricing units need from the scanners.
@@ -108,10 +108,16 @@ impl Snapshot {
         )
         .map_err(|e| anyhow::anyhow!("building the backend pools: {e}"))?;
         let (objects, kept_namespaces) =
-            Objects::build(&config, &parts.usage, &parts.metrics, &parts.runner, previous.map(|p| &p.objects))?;
+            Objects::build(&config, &parts.usage, &parts.metrics, &parts.runner, previous.map(|p| &*p.objects))?;
         let chunks = crate::billing::units::chunks(&config.billing_units);
-        let snapshot =
-            Snapshot { config: Arc::new(config), routes, pools: Arc::new(pools), objects, gatekeeper, chunks };
+        let snapshot = Snapshot {
+            config: Arc::new(config),
+            routes,
+            pools: Arc::new(pools),
+            objects: Arc::new(objects),
+            gatekeeper,
+            chunks,
+        };
         Ok(Built { snapshot, kept_namespaces })
     }
 }

@@ -47,6 +47,8 @@ struct Connected {
     started: Instant,
     /// The object placement, for object hosts.
     lease: Option<Lease>,
+    /// Its share of the backend's open count (pool backends), held until the connection ends.
+    open: Option<crate::pools::OpenCount>,
 }
 
 impl Gateway {
@@ -110,7 +112,7 @@ impl Gateway {
             Ok(c) => c,
             Err(reason) => return self.reject(&mut req, reason).await,
         };
-        let Connected { addr, stream: mut backend, started, lease } = connected;
+        let Connected { addr, stream: mut backend, started, lease, open } = connected;
         req.meter.identity_mut().backend = Some(addr.to_string());
         let target = match hop {
             Hop::Host(ns, id) => Some(upstream::ObjectTarget {
@@ -146,7 +148,7 @@ impl Gateway {
         // Keep only the early bytes (usually none): the heads and buffers of the handshake end
         // here, so a long-lived connection carries nothing from it (README, "Idle cost").
         let early = req.head.early().to_vec();
-        let serve = Serve::Relay { backend, early: answer.early().to_vec(), rsv };
+        let serve = Serve::Relay { backend, early: answer.early().to_vec(), rsv, open };
         // A credential sent as the only subprotocol entry is named in the 101 when the backend
         // selected none (a browser that offered one fails a 101 without it).
         let entry = req.grant.key_entry.as_deref().filter(|_| answer.headers.get("sec-websocket-protocol").is_none());
@@ -211,8 +213,10 @@ impl Gateway {
                 }
             };
             tried.push(addr);
+            // Counted from now: concurrent connects see each other (least_connections).
+            let open = if lease.is_none() { snap.pools.opened(addr) } else { None };
             match upstream::connect(&self.connector, addr, timeouts.backend_connect).await {
-                Ok(stream) => return Ok(Connected { addr, stream, started, lease }),
+                Ok(stream) => return Ok(Connected { addr, stream, started, lease, open }),
                 Err(e) => {
                     tracing::warn!(backend = %addr, error = %e, "cannot connect to backend");
                     last = upstream_reason(&e);

@@ -39,6 +39,11 @@ use std::time::{Duration, Instant, SystemTime};
 /// Length of one tick of the interim wheel.
 const INTERIM_TICK: Duration = Duration::from_millis(100);
 
+/// Most pushed messages waiting for one connection (`Live::push`); more get `PushError::Full`.
+pub const MAX_QUEUED_PUSHES: usize = 16;
+/// Most payload bytes of pushed messages waiting for one connection.
+pub const MAX_QUEUED_PUSH_BYTES: usize = 256 * 1024;
+
 /// Shards of the registry (connections spread by id, so begin/end rarely contend).
 const SHARDS: usize = 16;
 
@@ -49,8 +54,43 @@ pub struct Live {
     state: Mutex<LiveState>,
     /// An order to close it (an operator's kick, a drain) is waiting in `LiveState::stop`.
     stop_pending: std::sync::atomic::AtomicBool,
-    /// The relay's waker, woken when an order comes.
+    /// Pushed messages are waiting in `LiveState::pushes`.
+    push_pending: std::sync::atomic::AtomicBool,
+    /// The relay's waker, woken when an order or a push comes.
     stop_waker: futures_util::task::AtomicWaker,
+    /// Its relay or built-in object takes pushes (false for the built-in echo).
+    pushable: std::sync::atomic::AtomicBool,
+}
+
+/// A message an operator pushed to one connection, waiting for its relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    /// A text message (valid UTF-8); otherwise binary.
+    pub text: bool,
+    /// The message payload, bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The connection is closing: a close frame was sent or received, or it was ordered closed.
+    Closing,
+    /// Its queue holds `MAX_QUEUED_PUSHES` messages or `MAX_QUEUED_PUSH_BYTES` bytes already.
+    Full,
+    /// What serves it takes no pushes (the built-in echo).
+    Unsupported,
+}
+
+impl PushError {
+    /// HTTP status and message for the admin API.
+    pub fn status(self) -> (u16, &'static str) {
+        match self {
+            PushError::Closing => (409, "the connection is closing (a close frame was sent or received)"),
+            PushError::Full => (429, "too many pushes waiting for this connection; retry later"),
+            PushError::Unsupported => (409, "this connection's built-in object takes no pushes"),
+        }
+    }
 }
 
 struct LiveState {
@@ -67,6 +107,20 @@ struct LiveState {
     stop: Option<Stop>,
     /// Its entry on the interim wheel.
     due: Option<Key>,
+    /// Its pushes (boxed: allocated at the first push; an idle connection holds one pointer).
+    pushed: Option<Box<Pushed>>,
+}
+
+/// A connection's pushes: those waiting and what was sent.
+#[derive(Default)]
+struct Pushed {
+    /// Pushed messages its relay has not taken yet (at most `MAX_QUEUED_PUSHES`).
+    pushes: std::collections::VecDeque<Push>,
+    /// Payload bytes in `pushes`.
+    push_bytes: usize,
+    /// What weir sent the client on its own (pushes taken by the relay): messages, frames,
+    /// payload and wire bytes.
+    gateway: DirectionCounts,
 }
 
 impl Live {
@@ -112,6 +166,88 @@ impl Live {
         }
     }
 
+    /// Queue `push` for the client; returns how many pushes are waiting with it. Refused once
+    /// the connection is closing, or over the queue's bounds.
+    pub fn push(&self, push: Push) -> Result<usize, PushError> {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+        if !self.pushable.load(Relaxed) {
+            return Err(PushError::Unsupported);
+        }
+        let waiting = {
+            let mut s = lock(&self.state);
+            let closing = s.counts.iter().any(|c| c.closes > 0);
+            if s.ended || s.stop.is_some() || self.stop_pending.load(Acquire) || closing {
+                return Err(PushError::Closing);
+            }
+            let p = s.pushed.get_or_insert_with(Box::default);
+            if p.pushes.len() >= MAX_QUEUED_PUSHES || p.push_bytes + push.payload.len() > MAX_QUEUED_PUSH_BYTES {
+                return Err(PushError::Full);
+            }
+            p.push_bytes += push.payload.len();
+            p.pushes.push_back(push);
+            p.pushes.len()
+        };
+        self.push_pending.store(true, Release);
+        self.stop_waker.wake();
+        Ok(waiting)
+    }
+
+    /// Mark whether what serves the connection takes pushes (true from `LiveSet::begin`).
+    pub fn set_pushable(&self, on: bool) {
+        self.pushable.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The relay's side: `Ready` with every waiting push once some are waiting (registers the
+    /// waker otherwise: one atomic load when none is). With `count`, they are counted as
+    /// weir's own traffic (`gateway`); built-in objects write them through their tap, which
+    /// counts them as the object's.
+    pub fn poll_pushes(&self, cx: &mut std::task::Context<'_>, count: bool) -> std::task::Poll<Vec<Push>> {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        if !self.push_pending.load(Acquire) {
+            self.stop_waker.register(cx.waker());
+            if !self.push_pending.load(Acquire) {
+                return std::task::Poll::Pending;
+            }
+        }
+        let mut s = lock(&self.state);
+        self.push_pending.store(false, Release);
+        let Some(pushed) = s.pushed.as_mut() else { return std::task::Poll::Pending };
+        let pushes: Vec<Push> = pushed.pushes.drain(..).collect();
+        pushed.push_bytes = 0;
+        if count {
+            for p in &pushes {
+                let len = p.payload.len() as u64;
+                let header = match len {
+                    0..=125 => 2,
+                    126..=0xFFFF => 4,
+                    _ => 10,
+                };
+                let g = &mut pushed.gateway;
+                g.messages += 1;
+                g.frames += 1;
+                g.data_frames += 1;
+                if p.text {
+                    g.text_messages += 1;
+                } else {
+                    g.binary_messages += 1;
+                }
+                g.payload_bytes += len;
+                g.wire_bytes += len + header;
+                g.largest_message_bytes = g.largest_message_bytes.max(len);
+            }
+        }
+        if pushes.is_empty() {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(pushes)
+        }
+    }
+
+    /// What weir sent the client on its own so far (pushes).
+    pub fn gateway_counts(&self) -> DirectionCounts {
+        lock(&self.state).pushed.as_ref().map(|p| p.gateway).unwrap_or_default()
+    }
+
     /// Order the connection closed as `stop` says (the first order wins).
     pub fn stop(&self, stop: Stop) {
         {
@@ -149,6 +285,8 @@ impl Live {
             "active_ms": s.active.total_at(now).as_millis() as u64,
             "client_to_backend": dir(&s.counts[0]),
             "backend_to_client": dir(&s.counts[1]),
+            "gateway": dir(&s.pushed.as_ref().map(|p| p.gateway).unwrap_or_default()),
+            "pushes_waiting": s.pushed.as_ref().map_or(0, |p| p.pushes.len()),
             "rtt_ms": {"client": rtt(s.rtt[0]), "backend": rtt(s.rtt[1])},
             "records": s.last_seq + 1,
         })
@@ -221,6 +359,8 @@ impl LiveSet {
         let live = Arc::new(Live {
             stop_pending: std::sync::atomic::AtomicBool::new(false),
             stop_waker: futures_util::task::AtomicWaker::new(),
+            push_pending: std::sync::atomic::AtomicBool::new(false),
+            pushable: std::sync::atomic::AtomicBool::new(true),
             state: Mutex::new(LiveState {
                 counts: none,
                 active: ActiveClock::new(self.idle_threshold),
@@ -231,6 +371,7 @@ impl LiveSet {
                 rtt: [None; 2],
                 stop: None,
                 due: None,
+                pushed: None,
             }),
             meter,
         });
@@ -254,6 +395,10 @@ impl LiveSet {
             s.last_seq += 1;
             let active = s.active.total_at(Instant::now());
             let mut stop = live.meter.stopped(s.last_seq, report, active);
+            if let Some(p) = s.pushed.take() {
+                // Pushes never taken by the relay were never sent: dropped with the connection.
+                stop.gateway = crate::billing::DirectionUsage::from(&p.gateway);
+            }
             self.add_units(&mut stop, &report.counts);
             stop
         };
@@ -342,6 +487,9 @@ impl LiveSet {
                 let active = s.active.total_at(now);
                 let mut r =
                     live.meter.snapshot(RecordKind::Interim, s.last_seq, Progress { counts: &s.counts, active });
+                if let Some(p) = &s.pushed {
+                    r.gateway = crate::billing::DirectionUsage::from(&p.gateway);
+                }
                 self.add_units(&mut r, &s.counts);
                 r
             };

@@ -140,6 +140,7 @@ impl Meter {
             subprotocol: self.subprotocol.clone(),
             client_to_backend: DirectionUsage::from(&progress.counts[0]),
             backend_to_client: DirectionUsage::from(&progress.counts[1]),
+            gateway: DirectionUsage::default(),
             close: None,
             outcome: if stop { String::new() } else { "open".into() },
             reason: None,

@@ -48,6 +48,11 @@ impl Occupancy {
         }
     }
 
+    /// When the occupancy began: monotonic and wall clock.
+    pub fn since(&self) -> (Instant, SystemTime) {
+        (self.since, self.since_wall)
+    }
+
     /// A message was processed at `now`.
     pub fn touch(&mut self, now: Instant) {
         self.active.touch(now);

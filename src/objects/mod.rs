@@ -139,6 +139,16 @@ impl Objects {
         Ok((Objects { namespaces }, kept_changed))
     }
 
+    /// Every namespace, in config order.
+    pub fn all(&self) -> &[Arc<Namespace>] {
+        &self.namespaces
+    }
+
+    /// The namespace named `name`.
+    pub fn find(&self, name: &str) -> Option<&Arc<Namespace>> {
+        self.namespaces.iter().find(|n| n.config.name == name)
+    }
+
     /// Namespace `i` (an index from a route's target).
     pub fn get(&self, i: usize) -> Option<&Arc<Namespace>> {
         self.namespaces.get(i)

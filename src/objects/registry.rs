@@ -90,6 +90,23 @@ impl ObjectHandle {
     }
 }
 
+/// One occupied object as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct ObjectView {
+    /// The object id.
+    pub id: String,
+    /// Its host: `host:port` as configured, or `builtin:<kind>`.
+    pub host: String,
+    /// Connections holding a lease on it (established or still connecting).
+    pub leases: usize,
+    /// When its occupancy began (wall clock).
+    pub since: std::time::SystemTime,
+    /// How long it has been occupied so far.
+    pub occupied: Duration,
+    /// Its host failed: its connections are being closed with 1012.
+    pub moving: bool,
+}
+
 /// The live placements of one namespace.
 pub struct Registry {
     namespace: String,
@@ -250,6 +267,32 @@ impl Registry {
             tracing::warn!(namespace = %self.namespace, host = %h.key, reason = reason.as_str(), moved, "object host failed; its objects move");
         }
         moved
+    }
+
+    /// Every occupied object of the namespace, by id (warm: the admin API).
+    pub fn describe(&self) -> Vec<ObjectView> {
+        let now = Instant::now();
+        let mut all: Vec<ObjectView> = self.entries().iter().map(|(id, e)| Self::view_of(id, e, now)).collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Object `id`, if it is occupied.
+    pub fn view(&self, id: &str) -> Option<ObjectView> {
+        self.entries().get(id).map(|e| Self::view_of(id, e, Instant::now()))
+    }
+
+    fn view_of(id: &str, e: &Entry, now: Instant) -> ObjectView {
+        let o = e.occupancy.lock();
+        let (since, since_wall) = o.since();
+        ObjectView {
+            id: id.to_string(),
+            host: o.host.clone(),
+            leases: e.live,
+            since: since_wall,
+            occupied: now.saturating_duration_since(since),
+            moving: e.evicted,
+        }
     }
 
     /// The health check reports `addr` healthy or not (Pingora calls this on every change).

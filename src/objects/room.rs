@@ -33,6 +33,7 @@ use super::history::{HistoryStore, Limits, MessageKind, RoomLog, StoreMetrics, S
 use super::registry::ObjectHandle;
 use super::session::Ended;
 use crate::config::RoomConfig;
+use crate::metering::live::{Live, Push};
 use crate::metrics::Metrics;
 use crate::relay::close::Close;
 use crate::relay::report::Cause;
@@ -211,11 +212,49 @@ impl Rooms {
         }
     }
 
+    /// An operator's message to room `id` (`POST /api/objects/{namespace}/{id}/messages`):
+    /// stored in the history and delivered to every member in the room's order, like a member's
+    /// message (the history does not record senders). Returns the members it was queued to, or
+    /// `None` when the room has no member.
+    pub fn push(&self, id: &str, msg: Message) -> Option<usize> {
+        let room = lock(&self.rooms).get(id).cloned()?;
+        let mut state = lock(&room.state);
+        if state.members.is_empty() {
+            return None;
+        }
+        self.store(&mut state, id, &msg);
+        self.broadcast(&mut state, msg, None);
+        Some(state.members.len())
+    }
+
+    /// Append `msg` to room `id`'s history (a failure is counted and logged: the message is
+    /// still delivered).
+    fn store(&self, state: &mut RoomState, id: &str, msg: &Message) {
+        let stored = match msg {
+            Message::Text(t) => StoredMessage { kind: MessageKind::Text, data: t.clone().into() },
+            Message::Binary(b) => StoredMessage { kind: MessageKind::Binary, data: b.clone() },
+            _ => return,
+        };
+        if let Some(Err(e)) = state.log.as_mut().map(|l| l.append(stored)) {
+            self.store_errors.inc();
+            tracing::warn!(namespace = %self.namespace, room = %id, error = %e, "cannot store a room message; it is delivered but not kept");
+        }
+    }
+
     /// Count member `id` as too slow; returns its leave event for the `members` left.
     fn slow_leave(&self, id: u64, members: usize) -> Message {
         self.slow.inc();
         tracing::info!(namespace = %self.namespace, member = id, "room member too slow; closing it with 1013");
         event("leave", id, members, Some("slow"))
+    }
+}
+
+/// An operator's push as a WebSocket message (text pushes were checked for UTF-8).
+pub fn push_message(p: Push) -> Message {
+    match (p.text, String::from_utf8(p.payload)) {
+        (true, Ok(t)) => Message::text(t),
+        (_, Ok(t)) => Message::binary(t.into_bytes()),
+        (_, Err(e)) => Message::binary(e.into_bytes()),
     }
 }
 
@@ -267,17 +306,11 @@ impl Membership {
 
     /// A member sent `msg`: store it and deliver it to everyone else, in room order.
     fn publish(&self, msg: Message) {
-        let stored = match &msg {
-            Message::Text(t) => StoredMessage { kind: MessageKind::Text, data: t.clone().into() },
-            Message::Binary(b) => StoredMessage { kind: MessageKind::Binary, data: b.clone() },
-            _ => return,
-        };
-        let mut state = lock(&self.room.state);
-        let stored = state.log.as_mut().map(|l| l.append(stored));
-        if let Some(Err(e)) = stored {
-            self.rooms.store_errors.inc();
-            tracing::warn!(namespace = %self.rooms.namespace, room = %self.id, error = %e, "cannot store a room message; it is delivered but not kept");
+        if !matches!(msg, Message::Text(_) | Message::Binary(_)) {
+            return;
         }
+        let mut state = lock(&self.room.state);
+        self.rooms.store(&mut state, &self.id, &msg);
         self.rooms.broadcast(&mut state, msg, Some(self.member));
     }
 }
@@ -336,12 +369,14 @@ impl End {
 }
 
 /// Run one member of room `id` over `ws` until it ends; returns the stream and whether weir
-/// closed it for shutdown.
+/// closed it for shutdown. Operator pushes to this one connection (`live`) are written to it
+/// between its queued room messages, and not stored.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     rooms: Arc<Rooms>,
     id: &str,
     mut ws: WebSocketStream<S>,
     object: ObjectHandle,
+    live: Option<Arc<Live>>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) -> Ended<S> {
@@ -392,6 +427,24 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     sink.flush().await
                 };
+                end = tokio::select! {
+                    biased;
+                    _ = kicked => Some(End::Slow),
+                    sent = tokio::time::timeout(send_timeout, write) => membership.after_write(sent),
+                };
+            }
+            pushes = std::future::poll_fn(|cx| match &live {
+                // Written by the object through its tap: counted as the object's traffic.
+                Some(l) => l.poll_pushes(cx, false),
+                None => std::task::Poll::Pending,
+            }) => {
+                let write = async {
+                    for p in pushes {
+                        sink.feed(push_message(p)).await?;
+                    }
+                    sink.flush().await
+                };
+                let Membership { kicked, .. } = &mut membership;
                 end = tokio::select! {
                     biased;
                     _ = kicked => Some(End::Slow),

@@ -13,6 +13,7 @@
 use super::echo;
 use super::registry::ObjectHandle;
 use super::room::{self, Rooms};
+use crate::metering::live::Live;
 use crate::relay::report::Cause;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +41,8 @@ const ROOM_MAX_SEND: usize = 64 << 20;
 /// when the object closed it for a reason of its own (shutdown, a message over the limit).
 pub type Ended<S> = (Option<S>, Option<Cause>);
 
-/// Run `object` for object id `id` over the client stream `io`.
+/// Run `object` for object id `id` over the client stream `io`; `live` is the connection's
+/// live-set entry (operator pushes to it reach a room member; the echo takes none).
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     object: Object,
     id: &str,
@@ -48,6 +50,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     handle: ObjectHandle,
     shutdown: watch::Receiver<bool>,
     grace: Duration,
+    live: Option<Arc<Live>>,
 ) -> Ended<S> {
     let config = match &object {
         Object::Echo { max_message } => crate::ws::ws_config(*max_message, *max_message),
@@ -57,6 +60,6 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     match object {
         Object::Echo { .. } => echo::serve(ws, handle, shutdown, grace).await,
-        Object::Room(rooms) => room::serve(rooms, id, ws, handle, shutdown, grace).await,
+        Object::Room(rooms) => room::serve(rooms, id, ws, handle, live, shutdown, grace).await,
     }
 }

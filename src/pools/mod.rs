@@ -23,6 +23,7 @@ use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
 use pingora_load_balancing::{Backend, LoadBalancer};
 pub use runner::{HealthRunner, HealthTask};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Most backends tried for one connection when connecting fails.
@@ -51,6 +52,8 @@ struct PoolRt {
     balancer: Balancer,
     /// Its backends as (label, address), for the admin API.
     backends: Vec<(String, SocketAddr)>,
+    /// Picks the backend with the fewest open connections (`least_connections`).
+    least: bool,
     /// What it was built from (config and resolved addresses): equal means reusable.
     built_from: String,
     _health: Option<HealthTask>,
@@ -59,9 +62,29 @@ struct PoolRt {
 /// All pools of one config snapshot, indexed like `Config::pools`.
 pub struct Pools {
     pools: Vec<Arc<PoolRt>>,
-    /// Backends an operator is draining: never selected for a new connection (shared by every
-    /// snapshot: a drain outlives a reload).
-    draining: Arc<std::sync::RwLock<std::collections::HashSet<SocketAddr>>>,
+    /// What outlives a reload: drains and open counts, by backend address.
+    backends: Arc<Backends>,
+}
+
+/// Per backend address, shared by every snapshot (a drain and the open count outlive a reload).
+#[derive(Default)]
+struct Backends {
+    /// Backends an operator is draining: never selected for a new connection.
+    draining: std::sync::RwLock<std::collections::HashSet<SocketAddr>>,
+    /// Open connections per backend (from connect to end; `OpenCount`); an entry is added for
+    /// every backend a snapshot names (cold), and only read on the warm path.
+    open: std::sync::RwLock<std::collections::HashMap<SocketAddr, Arc<AtomicUsize>>>,
+}
+
+/// One connection's share of its backend's open count: counted from connect, given back on drop
+/// (warm path: one atomic add each way).
+#[derive(Debug)]
+pub struct OpenCount(Arc<AtomicUsize>);
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One backend as the admin API shows it.
@@ -139,7 +162,8 @@ impl Pools {
                 }};
             }
             let balancer = match pool.selection {
-                Selection::RoundRobin => lb!(RoundRobin, RoundRobin),
+                // Least connections picks itself (`Pools::select`); the balancer keeps health.
+                Selection::RoundRobin | Selection::LeastConnections => lb!(RoundRobin, RoundRobin),
                 Selection::Random => lb!(Random, Random),
                 Selection::IpHash => lb!(IpHash, Consistent),
             };
@@ -147,12 +171,21 @@ impl Pools {
                 name: pool.name.clone(),
                 balancer,
                 backends: labels.iter().map(|(a, l)| (l.clone(), *a)).collect(),
+                least: pool.selection == Selection::LeastConnections,
                 built_from,
                 _health: health,
             }));
         }
-        let draining = previous.map(|p| p.draining.clone()).unwrap_or_default();
-        Ok(Pools { pools: built, draining })
+        let backends: Arc<Backends> = previous.map(|p| p.backends.clone()).unwrap_or_default();
+        {
+            let mut open = backends.open.write().unwrap_or_else(|p| p.into_inner());
+            for p in &built {
+                for (_, a) in &p.backends {
+                    open.entry(*a).or_default();
+                }
+            }
+        }
+        Ok(Pools { pools: built, backends })
     }
 
     /// Every backend address of every pool.
@@ -167,7 +200,7 @@ impl Pools {
 
     /// Drain (`true`) or undrain backend `addr`: a drained backend gets no new connection.
     pub fn set_draining(&self, addr: SocketAddr, on: bool) {
-        let mut d = self.draining.write().unwrap_or_else(|p| p.into_inner());
+        let mut d = self.backends.draining.write().unwrap_or_else(|p| p.into_inner());
         if on {
             d.insert(addr);
         } else {
@@ -176,7 +209,7 @@ impl Pools {
     }
 
     fn is_draining(&self, addr: &SocketAddr) -> bool {
-        self.draining.read().unwrap_or_else(|p| p.into_inner()).contains(addr)
+        self.backends.draining.read().unwrap_or_else(|p| p.into_inner()).contains(addr)
     }
 
     /// The address of `backend` (its label or address) in the pool named `pool`.
@@ -205,13 +238,42 @@ impl Pools {
             .collect()
     }
 
+    /// Count one connection open to `addr` until the returned count drops (`None` for an
+    /// address of no pool).
+    pub fn opened(&self, addr: SocketAddr) -> Option<OpenCount> {
+        let open = self.backends.open.read().unwrap_or_else(|p| p.into_inner());
+        let c = open.get(&addr)?;
+        c.fetch_add(1, Ordering::Relaxed);
+        Some(OpenCount(c.clone()))
+    }
+
+    /// Connections open to `addr` (connecting or relaying).
+    pub fn open_count(&self, addr: SocketAddr) -> usize {
+        let open = self.backends.open.read().unwrap_or_else(|p| p.into_inner());
+        open.get(&addr).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Whether the pool named `pool` selects by least connections.
+    pub fn least_connections(&self, pool: &str) -> bool {
+        self.pools.iter().any(|p| p.name == pool && p.least)
+    }
+
     /// Pick a healthy backend of pool `pool` not in `tried`; `client` keys `ip_hash`.
     pub fn select(&self, pool: usize, client: Option<IpAddr>, tried: &[SocketAddr]) -> Option<SocketAddr> {
+        let p = self.pools.get(pool)?;
+        if p.least {
+            return p
+                .backends
+                .iter()
+                .map(|(_, a)| *a)
+                .filter(|a| !tried.contains(a) && !self.is_draining(a) && p.balancer.healthy(a))
+                .min_by_key(|a| self.open_count(*a));
+        }
         let key = client.map(|ip| ip.to_string()).unwrap_or_default();
         let accept = |b: &Backend, healthy: bool| {
             healthy && !b.addr.as_inet().is_some_and(|a| tried.contains(a) || self.is_draining(a))
         };
-        let backend = match &self.pools.get(pool)?.balancer {
+        let backend = match &p.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key.as_bytes(), 256, accept),
             Balancer::Random(lb) => lb.select_with(key.as_bytes(), 256, accept),
             Balancer::IpHash(lb) => lb.select_with(key.as_bytes(), 256, accept),

@@ -349,6 +349,28 @@ pub fn encode_ping_frame(payload: &[u8], mask: Option<[u8; 4]>, out: &mut [u8; M
     encode_control(Opcode::Ping, len, payload.iter().copied(), mask, out)
 }
 
+/// A whole unmasked data frame (FIN set: one message) with `payload`, as weir sends it to a
+/// client on its own (an operator's push): text (opcode 0x1) or binary (0x2). Warm path: one
+/// allocation per pushed message.
+#[must_use]
+pub fn encode_data_frame(text: bool, payload: &[u8]) -> Vec<u8> {
+    let opcode = if text { Opcode::Text } else { Opcode::Binary };
+    let mut out = Vec::with_capacity(payload.len() + MAX_HEADER_LEN);
+    out.push(FIN_BIT | opcode.as_u8());
+    let len = payload.len() as u64;
+    if len <= 125 {
+        out.push(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        out.push(126);
+        out.extend_from_slice(&short.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
 /// Writes a control frame of `opcode` whose payload (`len` ≤ 125 bytes) is `payload`.
 fn encode_control(
     opcode: Opcode,

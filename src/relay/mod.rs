@@ -104,6 +104,15 @@ pub trait Observer {
         std::task::Poll::Pending
     }
 
+    /// Messages weir itself sends the client (an operator's push), as whole encoded frames
+    /// back to back, once some are waiting. The relay asks only when the stream toward the
+    /// client is at a message boundary (never inside a frame or a fragmented message) and it
+    /// sends no close yet; an implementation registers `cx`'s waker and wakes it when a push
+    /// comes (cheap when none is waiting). The relay counts none of it as relayed traffic.
+    fn poll_push(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Vec<u8>> {
+        std::task::Poll::Pending
+    }
+
     /// weir's keepalive ping to `side` (client or backend) was answered after `rtt`.
     fn rtt(&mut self, _side: report::Party, _rtt: std::time::Duration) {}
 }

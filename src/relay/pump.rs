@@ -61,6 +61,13 @@ struct Injected {
     sent: usize,
 }
 
+/// weir's own messages on their way to `dst` (an operator's push): whole frames back to back.
+struct Pushing {
+    frames: Vec<u8>,
+    /// How much of `frames` is written.
+    sent: usize,
+}
+
 /// One direction: bytes read from `src` and written to `dst`.
 struct Half {
     scanner: FrameScanner,
@@ -70,7 +77,12 @@ struct Half {
     sent: usize,
     /// weir's keepalive ping, written once `pending` is empty (boxed: rarely present).
     ping: Option<Box<Injected>>,
-    /// A gateway frame to write once `pending` and `ping` are written.
+    /// weir's own data messages (an operator's push, `Observer::poll_push`), whole frames back
+    /// to back, written once `pending` and `ping` are; taken only at a message boundary of
+    /// this direction, so they never land inside a frame or a fragmented message. Empty and
+    /// unallocated unless a push is on its way (boxed: an idle half holds one pointer).
+    push: Option<Box<Pushing>>,
+    /// A gateway frame to write once `pending`, `ping` and `push` are written.
     inject: Option<Injected>,
     /// `src` is not read until a rate guard resumes it (throttling).
     paused: bool,
@@ -96,6 +108,7 @@ impl Half {
             pending: Vec::new(),
             sent: 0,
             ping: None,
+            push: None,
             inject: None,
             paused: false,
             need_flush: false,
@@ -112,6 +125,7 @@ impl Half {
             && self.pending.is_empty()
             && self.inject.is_none()
             && self.ping.is_none()
+            && self.push.is_none()
             && (self.dst_shut || self.dst_dead)
     }
 
@@ -183,7 +197,20 @@ impl Half {
         self.settle(written, progress)
     }
 
-    /// Write `pending`, then weir's ping, then any other injected frame, then flush. `Ready`
+    /// True when weir may queue a message of its own for `dst` now: the stream is at a message
+    /// boundary (no partial frame, no open fragmented message), no push is still being
+    /// written, `dst` is alive and has no close frame, and `src` is relayed normally.
+    fn can_push(&self) -> bool {
+        self.push.is_none()
+            && !self.dst_has_close
+            && !self.dst_dead
+            && !self.discard
+            && self.scanner.at_frame_boundary()
+            && !self.scanner.in_message()
+    }
+
+    /// Write `pending`, then weir's ping, then weir's pushed messages, then any other injected
+    /// frame, then flush. `Ready`
     /// when all is written.
     fn drain<S: AsyncWrite + Unpin>(&mut self, dst: &mut S, cx: &mut Context<'_>, progress: &mut bool) -> Poll<()> {
         if !self.dst_dead {
@@ -201,6 +228,15 @@ impl Half {
             if self.write_injected(&mut ping, dst, cx, progress).is_pending() {
                 self.ping = Some(ping);
                 return Poll::Pending;
+            }
+        }
+        if let Some(mut push) = self.push.take() {
+            if !self.dst_dead {
+                let written = write_from(dst, cx, &push.frames, &mut push.sent);
+                if self.settle(written, progress).is_pending() {
+                    self.push = Some(push);
+                    return Poll::Pending;
+                }
             }
         }
         if let Some(mut inj) = self.inject.take() {
@@ -358,6 +394,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
                 self.stop(stop);
             }
         }
+        self.take_push(cx);
         let mut poll = self.poll_rounds(cx);
         for _ in 0..MAX_GUARD_PASSES {
             if poll.is_ready() || !self.guard(cx) {
@@ -365,11 +402,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             }
             poll = self.poll_rounds(cx);
         }
+        // The backend may have finished its message in these rounds: a push waiting for that
+        // boundary goes out now, not at the next wakeup.
+        if poll.is_pending() && self.take_push(cx) {
+            poll = self.poll_rounds(cx);
+        }
         // The observer hears once per wakeup, before the relay parks (or ends): counters still
         // move while the connection is open, at a fraction of the per-chunk cost.
         let Relay { halves: [c, b], relayed_until_move, observer, .. } = self;
         observer.progress([c.scanner.counts(), relayed_until_move.as_deref().unwrap_or(b.scanner.counts())]);
         poll
+    }
+
+    /// Take weir's pushed messages for the client from the observer if the stream toward the
+    /// client is at a message boundary (see `Half::can_push`) and the connection is not ending;
+    /// returns whether it took any. Mid-message nothing is asked: the backend's next bytes wake
+    /// the relay, and the push is taken at the boundary they reach.
+    fn take_push(&mut self, cx: &mut Context<'_>) -> bool {
+        let h = &self.halves[Direction::BackendToClient.index()];
+        if self.linger.is_some() || h.src_done || !h.can_push() {
+            return false;
+        }
+        match self.observer.poll_push(cx) {
+            Poll::Ready(frames) if !frames.is_empty() => {
+                let h = &mut self.halves[Direction::BackendToClient.index()];
+                h.push = Some(Box::new(Pushing { frames, sent: 0 }));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// What was relayed so far, per direction (bytes read and dropped after an object moved are

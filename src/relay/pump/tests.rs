@@ -111,11 +111,24 @@ impl Expect {
 
 type Seen = Arc<Mutex<Vec<[DirectionCounts; 2]>>>;
 
+/// Frames an operator pushed, waiting for the relay, and the relay's waker.
+type Pushes = Arc<Mutex<(Vec<u8>, Option<std::task::Waker>)>>;
+
+/// Push the encoded `frame` to the relay (as `Live::push` does) and wake it.
+fn push(pushes: &Pushes, frame: &[u8]) {
+    let mut p = pushes.lock().unwrap();
+    p.0.extend_from_slice(frame);
+    if let Some(w) = p.1.take() {
+        w.wake();
+    }
+}
+
 /// Records every `progress` call; optionally hands the relay a move signal (an object host).
 struct Probe {
     seen: Seen,
     moved: Option<watch::Receiver<bool>>,
     asked: u32,
+    pushes: Pushes,
 }
 
 impl Observer for Probe {
@@ -126,6 +139,15 @@ impl Observer for Probe {
     fn object_moved(&mut self) -> Option<watch::Receiver<bool>> {
         self.asked += 1;
         self.moved.take()
+    }
+
+    fn poll_push(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Vec<u8>> {
+        let mut p = self.pushes.lock().unwrap();
+        if p.0.is_empty() {
+            p.1 = Some(cx.waker().clone());
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(std::mem::take(&mut p.0))
     }
 }
 
@@ -157,6 +179,8 @@ struct Harness {
     backend: DuplexStream,
     shutdown: watch::Sender<bool>,
     seen: Seen,
+    /// Operator pushes for the relay to take.
+    pushes: Pushes,
     relay: JoinHandle<(RelayReport, Probe)>,
     started: Instant,
 }
@@ -167,13 +191,14 @@ async fn start(setup: Setup) -> Harness {
     client.write_all(&setup.preload[0]).await.unwrap();
     backend.write_all(&setup.preload[1]).await.unwrap();
     let seen = Seen::default();
-    let probe = Probe { seen: seen.clone(), moved: setup.moved, asked: 0 };
+    let pushes = Pushes::default();
+    let probe = Probe { seen: seen.clone(), moved: setup.moved, asked: 0, pushes: pushes.clone() };
     let [client_early, backend_early] = &setup.early;
     let relay =
         Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [client_early, backend_early], probe);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let relay = tokio::spawn(relay.run(shutdown_rx, GRACE));
-    Harness { client, backend, shutdown, seen, relay, started: Instant::now() }
+    Harness { client, backend, shutdown, seen, pushes, relay, started: Instant::now() }
 }
 
 impl Harness {
@@ -546,12 +571,12 @@ async fn a_relay_started_during_shutdown_closes_after_the_grace() {
     let (client, relay_client) = tokio::io::duplex(1024);
     let (backend, relay_backend) = tokio::io::duplex(1024);
     let seen = Seen::default();
-    let probe = Probe { seen: seen.clone(), moved: None, asked: 0 };
+    let probe = Probe { seen: seen.clone(), moved: None, asked: 0, pushes: Pushes::default() };
     let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
     let (shutdown, shutdown_rx) = watch::channel(true);
     let started = Instant::now();
     let relay = tokio::spawn(relay.run(shutdown_rx, GRACE));
-    let mut h = Harness { client, backend, shutdown, seen, relay, started };
+    let mut h = Harness { client, backend, shutdown, seen, pushes: Pushes::default(), relay, started };
 
     assert_eq!(read_to_eof(&mut h.client).await, gateway_close_to_client(Close::Shutdown));
     assert!(near(h.started.elapsed(), GRACE), "{:?}", h.started.elapsed());
@@ -828,4 +853,90 @@ async fn a_hosts_answer_to_a_move_is_not_the_first_close() {
     let (report, _, _) = h.finish().await;
     // As when the host never answers (`a_host_that_never_answers_a_move_is_given_up_after_the_linger`).
     assert_eq!(ending(&report), (Outcome::Moved, Party::Gateway, Some(1012), false));
+}
+
+// ---- operator pushes --------------------------------------------------------------------------
+
+/// Nothing arrives on `s` for a while (virtual time: only while everything is idle).
+async fn nothing_more(s: &mut DuplexStream) {
+    let mut byte = [0u8; 1];
+    assert!(timeout(Duration::from_secs(1), s.read(&mut byte)).await.is_err(), "unexpected bytes");
+}
+
+/// Ends a relay with a clean close handshake started by the client.
+async fn close_cleanly(mut h: Harness) -> RelayReport {
+    h.client.write_all(&client_close(1000)).await.unwrap();
+    let _ = read_n(&mut h.backend, client_close(1000).len()).await;
+    h.backend.write_all(&backend_close(1000)).await.unwrap();
+    let _ = read_n(&mut h.client, backend_close(1000).len()).await;
+    drop(h.client);
+    drop(h.backend);
+    let (report, _, _) = timeout(WAIT, h.relay).await.expect("the relay did not end").map(|(r, p)| (r, p, ())).unwrap();
+    report
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_push_at_a_message_boundary_reaches_only_the_client_and_is_not_counted_as_relayed() {
+    let mut h = start(Setup::default()).await;
+    let hello = unmasked(TEXT, b"hello");
+    h.backend.write_all(&hello).await.unwrap();
+    assert_eq!(read_n(&mut h.client, hello.len()).await, hello);
+    let pushed = crate::relay::frame::encode_data_frame(true, b"from weir");
+    push(&h.pushes, &pushed);
+    assert_eq!(read_n(&mut h.client, pushed.len()).await, pushed, "the push, as one unmasked frame");
+    nothing_more(&mut h.backend).await;
+    let report = close_cleanly(h).await;
+    let b = report.counts[1];
+    assert_eq!((b.messages, b.frames, b.wire_bytes), (1, 2, (hello.len() + backend_close(1000).len()) as u64));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_push_waits_for_the_end_of_a_fragmented_message() {
+    let mut h = start(Setup::default()).await;
+    let first = unmasked(0x01, b"part one, ");
+    h.backend.write_all(&first).await.unwrap();
+    assert_eq!(read_n(&mut h.client, first.len()).await, first);
+    let pushed = crate::relay::frame::encode_data_frame(false, &[1, 2, 3]);
+    push(&h.pushes, &pushed);
+    nothing_more(&mut h.client).await;
+    // A control frame inside the message is a frame boundary, not a message boundary.
+    let ping = unmasked(0x89, b"p");
+    h.backend.write_all(&ping).await.unwrap();
+    assert_eq!(read_n(&mut h.client, ping.len()).await, ping);
+    nothing_more(&mut h.client).await;
+    let last = unmasked(0x80, b"part two");
+    h.backend.write_all(&last).await.unwrap();
+    let mut expected = last.clone();
+    expected.extend_from_slice(&pushed);
+    assert_eq!(read_n(&mut h.client, expected.len()).await, expected, "the final fragment, then the push");
+    close_cleanly(h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_push_never_lands_inside_a_frame_split_across_reads() {
+    let mut h = start(Setup::default()).await;
+    let big = unmasked(BINARY, &[7u8; 300]);
+    h.backend.write_all(&big[..3]).await.unwrap();
+    assert_eq!(read_n(&mut h.client, 3).await, &big[..3]);
+    let pushed = crate::relay::frame::encode_data_frame(true, b"x");
+    push(&h.pushes, &pushed);
+    nothing_more(&mut h.client).await;
+    h.backend.write_all(&big[3..]).await.unwrap();
+    let mut expected = big[3..].to_vec();
+    expected.extend_from_slice(&pushed);
+    assert_eq!(read_n(&mut h.client, expected.len()).await, expected);
+    close_cleanly(h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_push_follows_a_close_to_the_client() {
+    let mut h = start(Setup::default()).await;
+    h.backend.write_all(&backend_close(1000)).await.unwrap();
+    assert_eq!(read_n(&mut h.client, backend_close(1000).len()).await, backend_close(1000));
+    push(&h.pushes, &crate::relay::frame::encode_data_frame(true, b"late"));
+    nothing_more(&mut h.client).await;
+    h.client.write_all(&client_close(1000)).await.unwrap();
+    let _ = read_n(&mut h.backend, client_close(1000).len()).await;
+    drop(h.backend);
+    expect_eof(&mut h.client).await;
 }
