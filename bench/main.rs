@@ -1638,7 +1638,7 @@ async fn open_idle(
     {
         keep(opened.with_context(|| format!("opening idle connection {}", open + 1))?);
         open += 1;
-        if open % 2000 == 0 || open == target {
+        if open.is_multiple_of(2000) || open == target {
             eprintln!("[{label}] {open} idle connections open");
         }
     }

@@ -24,6 +24,10 @@ enum Command {
         /// Configuration file.
         #[arg(long, short, default_value = "config.yaml")]
         config: PathBuf,
+        /// Take over the listening sockets of a running weir (zero-downtime binary upgrade):
+        /// start this, then send the old process SIGQUIT (README, "Binary upgrade").
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check a configuration file: print every error and exit 1, or print a summary and exit 0.
     Check {
@@ -168,7 +172,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             let c = match config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -176,7 +180,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let busy = unbindable(&c);
+            // In an upgrade the old process holds the ports: they come over with its sockets.
+            let busy = if upgrade { Vec::new() } else { unbindable(&c) };
             if !busy.is_empty() {
                 for line in busy {
                     eprintln!("weir: {line}");
@@ -187,7 +192,7 @@ fn main() -> ExitCode {
             for w in config::warnings(&c) {
                 tracing::warn!("{w}");
             }
-            match weir::server::run(c, &config) {
+            match weir::server::run(c, &config, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");

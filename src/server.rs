@@ -15,7 +15,7 @@
 use crate::admin::api::{close_backend, Access, DrainPlan, Ops};
 use crate::admin::{Admin, AdminServer, ShutdownWatcher};
 use crate::billing::delivery::Delivery;
-use crate::billing::spool::{Flusher, Spool};
+use crate::billing::spool::Flusher;
 use crate::billing::UsageLog;
 use crate::config::Config;
 use crate::fds::{Descriptors, Sampler};
@@ -41,6 +41,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
+/// How long `weir run --upgrade` waits for a spool slot to be free.
+const UPGRADE_SLOT_WAIT: Duration = Duration::from_secs(30);
+/// How long `weir run --upgrade` waits for the old process's sockets, in seconds.
+const UPGRADE_WAIT_SECONDS: usize = 60;
+
 /// Longest time the last delivery (after every service stopped) may take before weir exits.
 const FINAL_DELIVERY: Duration = Duration::from_secs(10);
 
@@ -50,13 +55,19 @@ const PINGORA_GRACE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Build every service from `config` (read from `path`, which SIGHUP and `POST /api/reload`
 /// re-read) and run until shutdown; returns after the last flush and delivery.
-pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
+/// With `upgrade`, the listening sockets are taken over from a running weir (`weir run
+/// --upgrade`, then SIGQUIT to the old process): see the README, "Binary upgrade".
+pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
     let registry = prometheus::default_registry().clone();
     let metrics = Metrics::register(&registry).context("registering metrics")?;
     metrics.prepare(&crate::gateway::known_labels(&config));
     let u = &config.usage;
-    let spool = Spool::open(&u.spool_dir)
+    // In an upgrade the old process keeps writing its slot while it drains: take the other one,
+    // waiting a little if the process before it is still delivering from there.
+    let wait = if upgrade { UPGRADE_SLOT_WAIT } else { Duration::ZERO };
+    let (spool, other_slot) = crate::billing::spool::open_slot(&u.spool_dir, wait)
         .with_context(|| format!("usage.spool_dir: cannot open the spool in {}", u.spool_dir.display()))?;
+    tracing::info!(slot = %spool.dir().display(), "spool slot");
     let usage = Arc::new(UsageLog::new(
         spool.clone(),
         metrics.clone(),
@@ -98,13 +109,23 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     let built = Snapshot::build(config.clone(), &snapshot_parts, None)?;
     let current: Current = Arc::new(arc_swap::ArcSwap::from_pointee(built.snapshot));
 
+    let upgrade_sock = config.upgrade_sock.clone().unwrap_or_else(|| config.data_dir.join("upgrade.sock"));
+    if let Some(dir) = upgrade_sock.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("server.upgrade_sock: cannot create {}", dir.display()))?;
+    }
     let conf = ServerConf {
         threads: config.threads,
+        upgrade_sock: upgrade_sock.to_string_lossy().into_owned(),
+        // How long `weir run --upgrade` waits for the old process to hand its sockets over
+        // (seconds: the operator sends SIGQUIT within this).
+        upgrade_sock_connect_accept_max_retries: Some(UPGRADE_WAIT_SECONDS),
         grace_period_seconds: Some((config.grace_period + PINGORA_GRACE_MARGIN).as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora_core::server::configuration::Opt { upgrade, ..Default::default() };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let http = Arc::new(pingora_proxy::http_proxy(&server.configuration, HttpRoutes::new(current.clone())));
@@ -184,9 +205,13 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     server.add_service(background_service("descriptor sampler", sampler));
     let accept_errors = metrics.accept_errors.clone();
     let delivery_service =
-        background_service("usage delivery", Delivery::new(spool.clone(), config.usage.sinks.clone(), metrics));
+        background_service("usage delivery", Delivery::new(spool.clone(), config.usage.sinks.clone(), metrics.clone()));
     let delivery = delivery_service.task();
     server.add_service(delivery_service);
+    server.add_service(background_service(
+        "spool adoption",
+        crate::billing::adopt::Adopter { dir: other_slot, sinks: config.usage.sinks.clone(), metrics },
+    ));
     let sinks: Vec<&str> = config.usage.sinks.iter().map(|s| s.name.as_str()).collect();
     // The admin listener is not a Pingora service: Pingora stops those at the first signal, and
     // scrapers must see the drain and its final counts. It starts last, right before `run`, so
@@ -194,7 +219,14 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     let mut phases = server.watch_execution_phase();
     let admin = match admin {
         Some((address, admin)) => {
-            let served = AdminServer::start(admin, address, &accept_errors, server.watch_execution_phase())
+            // In an upgrade the old process answers on the address until it exits: its drain,
+            // its final delivery and its final scrape window, then some slack.
+            let wait = if upgrade {
+                config.grace_period + config.admin_final_scrape + FINAL_DELIVERY + Duration::from_secs(60)
+            } else {
+                Duration::ZERO
+            };
+            let served = AdminServer::start(admin, address, &accept_errors, server.watch_execution_phase(), wait)
                 .with_context(|| format!("admin.address: cannot listen on {address}"))?;
             tracing::info!(%address, "admin listening (/metrics, /healthz, /readyz, /api)");
             Some(served)

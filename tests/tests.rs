@@ -19,6 +19,9 @@ mod operations;
 // Config reload (SIGHUP, POST /api/reload) with open connections.
 mod reload;
 
+// Zero-downtime binary upgrade: `weir run --upgrade` and SIGQUIT to the old process.
+mod upgrade;
+
 // Guards on open connections: idle, keepalive, close timeout, size and rate limits, lifetime.
 mod guards;
 

@@ -298,21 +298,34 @@ impl AdminServer {
     /// are counted in `accept_errors{listener="admin"}`.
     ///
     /// Start it right before `Server::run` (Pingora would lose this thread if it daemonized;
-    /// weir never asks it to).
+    /// weir never asks it to). With `wait` (a binary upgrade: the old process still answers on
+    /// the address until it exits), a busy address is bound as soon as it is free, within
+    /// `wait`.
     pub fn start(
         admin: Arc<Admin>,
         address: SocketAddr,
         accept_errors: &IntCounterVec,
         phases: broadcast::Receiver<ExecutionPhase>,
+        wait: Duration,
     ) -> std::io::Result<AdminServer> {
-        let listener = std::net::TcpListener::bind(address)?;
-        listener.set_nonblocking(true)?;
+        let bound = match std::net::TcpListener::bind(address) {
+            Ok(l) => Some(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && !wait.is_zero() => {
+                tracing::info!(%address, "admin address in use (the old process of an upgrade): taken once it is free");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(l) = &bound {
+            l.set_nonblocking(true)?;
+        }
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let errors = AcceptErrors::new(LISTENER, "admin", accept_errors);
         let (stop, stopped) = watch::channel(false);
         let served = admin.clone();
         let thread = std::thread::Builder::new().name("weir-admin".into()).spawn(move || {
             runtime.block_on(async move {
+                let Some(listener) = bound_within(bound, address, wait).await else { return };
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(e) => {
@@ -356,6 +369,32 @@ impl Drop for AdminServer {
 }
 
 /// Mark the start of shutdown on `admin` when Pingora enters a shutdown phase (or goes away).
+/// `bound`, or `address` bound within `wait` (polled every 100 ms: the old process of an
+/// upgrade frees it when it exits).
+async fn bound_within(
+    bound: Option<std::net::TcpListener>,
+    address: SocketAddr,
+    wait: Duration,
+) -> Option<std::net::TcpListener> {
+    if bound.is_some() {
+        return bound;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match std::net::TcpListener::bind(address).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
+            Ok(l) => {
+                tracing::info!(%address, "admin listening (taken over after the upgrade)");
+                return Some(l);
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                tracing::error!(%address, error = %e, "admin: the address did not come free; no admin listener");
+                return None;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
 async fn watch_phases(admin: Arc<Admin>, mut phases: broadcast::Receiver<ExecutionPhase>) {
     loop {
         match phases.recv().await {

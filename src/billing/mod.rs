@@ -7,6 +7,8 @@
 //!   records) and `objects` (occupancies) and written through it (warm path).
 //! - `spool.rs`: append-only segments, fsynced in batches at most every `usage.fsync_interval`
 //!   (warm append; background flusher).
+//! - `adopt.rs`: delivers what is left in the spool slot another (exited) process wrote, e.g.
+//!   after a binary upgrade (background).
 //! - `delivery.rs`: one loop per sink that reads the durable records after its own cursor,
 //!   delivers them in batches and advances the cursor only after the sink has them; a segment is
 //!   deleted only when every sink's cursor is past it (background).
@@ -18,6 +20,7 @@
 // Bytes from the network never panic here: every failure is a value (see the module doc).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod adopt;
 pub mod delivery;
 pub mod log;
 pub mod record;

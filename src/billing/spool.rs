@@ -36,6 +36,15 @@
 //!   cursor pointing at data that moved, and the line it was inside is delivered again (sinks
 //!   drop duplicates by idempotency key). A segment is deleted once every sink has delivered all
 //!   of it.
+//!
+//! # One writer per spool, two slots
+//! A process holds an exclusive lock (`flock` on `LOCK`) on the spool it writes for as long as
+//! it runs: a second weir on the same directory cannot interleave its lines. The spool
+//! directory has two slots, the directory itself and `handover/` inside it (`open_slot`): a
+//! process takes the first that is free, so during a binary upgrade (`weir run --upgrade`) the
+//! new process writes to the other slot while the old one drains. Whatever is left undelivered in
+//! the slot a process does not write is delivered by it once that slot is free (`Adopter`), so a
+//! record is never stranded in the slot of a process that exited.
 
 use crate::sync::lock;
 use async_trait::async_trait;
@@ -57,6 +66,10 @@ pub const SEGMENT_BYTES: u64 = 16 << 20;
 pub const MAX_RECORD: usize = 4 << 20;
 /// The quarantine file in the spool directory: one JSON line per damaged spool line.
 pub const QUARANTINE_FILE: &str = "quarantine.jsonl";
+/// The lock file a spool's writer holds (`flock`), with its pid.
+pub const LOCK_FILE: &str = "LOCK";
+/// The second slot, inside the spool directory (see "One writer per spool, two slots").
+pub const HANDOVER_DIR: &str = "handover";
 /// Most bytes of one damaged line kept in the quarantine file (its length is kept in full).
 pub const QUARANTINE_SAMPLE: usize = 64 << 10;
 
@@ -297,6 +310,60 @@ pub struct Spool {
     quarantined: Mutex<HashSet<(u64, u64)>>,
     /// Lines `open` quarantined, not yet counted in a metric.
     quarantined_on_open: AtomicU64,
+    /// The locked `LOCK` file: this process is the spool's only writer while it is open.
+    _lock: File,
+}
+
+/// Take the writer's lock of the spool in `dir` (`WouldBlock` when another process holds it).
+fn lock_dir(dir: &Path) -> io::Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let mut f = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path)?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is in use by another weir process (pid {holder})", dir.display()),
+            ));
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(e),
+    }
+    f.set_len(0)?;
+    f.write_all(std::process::id().to_string().as_bytes())?;
+    Ok(f)
+}
+
+/// Open the first free slot of the spool rooted at `root` (the directory, then its
+/// `handover/`), waiting up to `wait` for one to be free; returns the spool and the other slot.
+pub fn open_slot(root: &Path, wait: Duration) -> io::Result<(Arc<Spool>, PathBuf)> {
+    let handover = root.join(HANDOVER_DIR);
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let mut last = None;
+        for (slot, other) in [(root.to_path_buf(), handover.clone()), (handover.clone(), root.to_path_buf())] {
+            match Spool::open(&slot) {
+                Ok(s) => return Ok((s, other)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(last.unwrap_or_else(|| io::Error::other("no free spool slot")));
+        }
+        // Cold path: a process in an upgrade waits for the old one to free a slot.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether the spool in `dir` holds records some of `sinks` have not got (read from its files,
+/// without opening it: cheap enough to poll).
+pub fn has_undelivered(dir: &Path, sinks: &[&str]) -> bool {
+    let Ok(segs) = segments(dir) else { return false };
+    let (Some((first, _)), Some((start, last))) = (segs.first(), segs.last()) else { return false };
+    let end = start + fs::metadata(last).map(|m| m.len()).unwrap_or(0);
+    sinks.iter().any(|s| Cursor::load(dir, s, *first).offset < end)
 }
 
 struct Writer {
@@ -336,6 +403,7 @@ impl Spool {
     /// at the end.
     pub fn open(dir: &Path) -> io::Result<Arc<Spool>> {
         fs::create_dir_all(dir)?;
+        let lock = lock_dir(dir)?;
         let segs = segments(dir)?;
         let (seg_start, path) = match segs.last() {
             Some((start, path)) => (*start, path.clone()),
@@ -401,6 +469,7 @@ impl Spool {
             write_errors: AtomicU64::new(0),
             quarantined: Mutex::new(quarantined),
             quarantined_on_open: AtomicU64::new(on_open),
+            _lock: lock,
         }))
     }
 
@@ -1184,6 +1253,31 @@ mod tests {
         assert_eq!(all(d.path(), 0).len(), 40 - (segs[1].0 as usize / framed));
         // Reading from an offset that was released starts at the oldest segment.
         assert_eq!(s.first_offset(), segs[1].0);
+    }
+
+    #[test]
+    fn one_writer_per_slot_and_a_second_process_takes_the_handover_slot() {
+        let d = tempfile::tempdir().unwrap();
+        let (first, other) = open_slot(d.path(), Duration::ZERO).unwrap();
+        assert_eq!((first.dir(), other.as_path()), (d.path(), d.path().join(HANDOVER_DIR).as_path()));
+        let e = Spool::open(d.path()).err().expect("the slot is locked");
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert!(e.to_string().contains(&format!("pid {}", std::process::id())), "{e}");
+        let (second, other) = open_slot(d.path(), Duration::ZERO).unwrap();
+        assert_eq!((second.dir(), other.as_path()), (d.path().join(HANDOVER_DIR).as_path(), d.path()));
+        assert_eq!(open_slot(d.path(), Duration::ZERO).err().map(|e| e.kind()), Some(io::ErrorKind::WouldBlock));
+        second.append(b"{\"record\":\"stop\"}".to_vec());
+        second.flush();
+        let handover = d.path().join(HANDOVER_DIR);
+        assert!(has_undelivered(&handover, &["file"]));
+        let end = second.written();
+        drop(second);
+        Cursor::load(&handover, "file", 0).advance(end).unwrap();
+        assert!(!has_undelivered(&handover, &["file"]), "the sink has everything");
+        assert!(!has_undelivered(&d.path().join("nowhere"), &["file"]));
+        // Once its writer is gone, the slot opens again.
+        drop(first);
+        assert!(Spool::open(d.path()).is_ok());
     }
 
     #[test]

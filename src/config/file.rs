@@ -171,6 +171,9 @@ pub struct FileServer {
     /// File descriptors kept in reserve (count): new upgrades get 503 once fewer are free.
     /// Default: 256.
     pub fd_reserve: Option<u64>,
+    /// Unix socket a new weir (`weir run --upgrade`) takes the listening sockets over on (path).
+    /// Default: `upgrade.sock` in `data_dir`.
+    pub upgrade_sock: Option<String>,
 }
 
 /// `log:` settings.

@@ -232,7 +232,7 @@ static ECHO: Section = Section { what: "`echo`", file_struct: "FileEcho", keys: 
 static SERVER: Section = Section {
     what: "`server`",
     file_struct: "FileServer",
-    keys: &[opt("threads", Count), opt("grace_period", Text), opt("fd_reserve", Count)],
+    keys: &[opt("threads", Count), opt("grace_period", Text), opt("fd_reserve", Count), opt("upgrade_sock", Text)],
 };
 
 static LOG: Section =

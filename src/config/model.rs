@@ -15,6 +15,9 @@ pub struct Config {
     pub grace_period: Duration,
     /// File descriptors kept in reserve (count): new upgrades get 503 once fewer are free.
     pub fd_reserve: u64,
+    /// Unix socket of the binary upgrade (`server.upgrade_sock`); `None`: `upgrade.sock` in
+    /// `data_dir`.
+    pub upgrade_sock: Option<PathBuf>,
     /// Logging settings.
     pub log: LogConfig,
     /// Public listeners (at least one).

@@ -121,6 +121,21 @@ impl Validator {
             }
         };
         let log = self.log(&f.log);
+        let upgrade_sock = match f.server.upgrade_sock.as_deref() {
+            Some("") => {
+                self.err("server.upgrade_sock", "", "must not be empty; name a socket path or leave it out");
+                None
+            }
+            Some(p) if p.len() > 100 => {
+                self.err(
+                    "server.upgrade_sock",
+                    p,
+                    "is longer than a Unix socket path may be (100 bytes); pick a shorter path",
+                );
+                None
+            }
+            other => other.map(PathBuf::from),
+        };
 
         if f.listeners.is_empty() {
             self.err(
@@ -257,6 +272,7 @@ impl Validator {
             timeouts,
             usage,
             demo_page: f.demo_page,
+            upgrade_sock,
             data_dir: match f.data_dir.as_deref() {
                 None => PathBuf::from(DEFAULT_DATA_DIR),
                 Some("") => {

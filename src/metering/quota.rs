@@ -317,7 +317,7 @@ impl BackgroundService for QuotaTicker {
             self.tick(now - last);
             last = now;
             ticks += 1;
-            if ticks % SAVE_EVERY == 0 {
+            if ticks.is_multiple_of(SAVE_EVERY) {
                 let q = self.0.clone();
                 let _ = tokio::task::spawn_blocking(move || q.save()).await;
             }

@@ -199,8 +199,13 @@ impl Weir {
     /// Send SIGTERM and wait (bounded) for the process to exit; returns its exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         signal(self.child.id(), "TERM");
+        self.exited_within(DEADLINE)
+    }
+
+    /// Wait up to `within` for the process to exit (after a signal sent elsewhere).
+    pub fn exited_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let start = Instant::now();
-        while start.elapsed() < DEADLINE {
+        while start.elapsed() < within {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(status);
             }
