@@ -102,7 +102,7 @@ async fn ids_with_live_connections_stay_when_a_host_is_added() {
     let keys = vec![a.addr.to_string(), b_addr.to_string()];
     let weir = Weir::start(&hosts_config(&keys, "{kind: tcp, interval: 200ms}", "")).await;
     let b_label = b_addr.to_string();
-    weir.metric_eventually("weir_backend_healthy", &[("pool", "ns"), ("backend", &b_label)], |v| v == 0.0).await;
+    weir.metric_eventually("weir_backend_healthy", &[("namespace", "ns"), ("backend", &b_label)], |v| v == 0.0).await;
     // Ids that belong to b once b is up; while b is down they live on a.
     let ids = ids_owned_by(1, &keys, 3);
     let mut live = Vec::new();
@@ -112,7 +112,7 @@ async fn ids_with_live_connections_stay_when_a_host_is_added() {
         live.push(ws);
     }
     let b = ObjectHost::start_on("b", b_addr).await;
-    weir.metric_eventually("weir_backend_healthy", &[("pool", "ns"), ("backend", &b_label)], |v| v == 1.0).await;
+    weir.metric_eventually("weir_backend_healthy", &[("namespace", "ns"), ("backend", &b_label)], |v| v == 1.0).await;
     for id in &ids {
         let (_more, host) = join(&weir, id).await;
         assert_eq!(host, "a", "{id} has live connections on a; it must not move to the added host");

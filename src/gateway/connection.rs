@@ -11,6 +11,7 @@ use crate::admission::caps::Permit;
 use crate::config::{Limits, RateLimit};
 use crate::metering::live::Live;
 use crate::metering::quota::Tenant;
+use crate::metrics::Place;
 use crate::objects::registry::{Lease, ObjectHandle};
 use crate::objects::session::{self, Object};
 use crate::relay::guard::{Bucket, Guards, Keepalive, Rate, RateAction};
@@ -30,8 +31,8 @@ pub struct Established {
     pub early: Vec<u8>,
     /// Route name (label).
     pub route: String,
-    /// Pool or namespace name (label).
-    pub pool: String,
+    /// Its pool or namespace (labels).
+    pub place: Place,
     /// The route's guards.
     pub limits: Limits,
     /// The chunk sizes its scanners count (the pricing units of its snapshot).
@@ -77,7 +78,7 @@ pub enum Serve {
 struct Ending {
     gateway: Arc<Gateway>,
     route: String,
-    pool: String,
+    place: Place,
     live: Arc<Live>,
     lease: Option<Lease>,
     /// Dropped with the ending: the caps count the connection until then.
@@ -92,8 +93,8 @@ impl Gateway {
     /// the task is the relay's future plus what ending needs: an idle connection's task holds
     /// nothing else (no copy of its arguments, no handshake state).
     pub(super) fn start(self: &Arc<Self>, c: Established, shutdown: ShutdownWatch) {
-        let Established { client, early, route, pool, limits, chunks, live, lease, serve, permit, quota } = c;
-        let metrics = self.metrics.connection(&route, &pool);
+        let Established { client, early, route, place, limits, chunks, live, lease, serve, permit, quota } = c;
+        let metrics = self.metrics.connection(&route, &place);
         let grace = self.grace_period;
         match serve {
             Serve::Relay { backend, early: backend_early, rsv, open } => {
@@ -103,7 +104,7 @@ impl Gateway {
                 let policies = Self::policies(chunks, rsv, Some(&limits));
                 let relay = Relay::new([client, backend], policies, [&early, &backend_early], observer)
                     .with_guards(guards(&limits, live.meter.id.as_u128()));
-                let ending = Ending { gateway: self.clone(), route, pool, live, lease, _permit: permit, _open: open };
+                let ending = Ending { gateway: self.clone(), route, place, live, lease, _permit: permit, _open: open };
                 // A combinator, not an async block: the task holds the relay's future once.
                 let run = relay.run(shutdown, grace).map(move |(report, observer)| {
                     drop(observer);
@@ -117,7 +118,7 @@ impl Gateway {
                 live.set_pushable(matches!(object, Object::Room(_)));
                 let pushes = live.clone();
                 let tap = Tap::new(client, early, Self::policies(chunks, 0, None), observer);
-                let ending = Ending { gateway: self.clone(), route, pool, live, lease, _permit: permit, _open: None };
+                let ending = Ending { gateway: self.clone(), route, place, live, lease, _permit: permit, _open: None };
                 tokio::spawn(async move {
                     let report = match session::run(object, &id, tap, handle, shutdown, grace, Some(pushes)).await {
                         (Some(tap), cause) => tap.finish(cause).0,
@@ -166,10 +167,11 @@ fn guards(limits: &Limits, seed: u128) -> Guards {
 impl Ending {
     /// Count a finished connection, write its stop record and release its object lease.
     fn end(self, report: &RelayReport) {
-        let Ending { gateway, route, pool, live, lease, _permit, _open } = self;
-        let (route, pool) = (route.as_str(), pool.as_str());
+        let Ending { gateway, route, place, live, lease, _permit, _open } = self;
+        let route = route.as_str();
+        let [pool, ns] = place.labels();
         let m = &gateway.metrics;
-        m.connections_total.with_label_values(&[route, pool, report.outcome.as_str()]).inc();
+        m.connections_total.with_label_values(&[route, pool, ns, report.outcome.as_str()]).inc();
         let (initiator, class, cause) =
             (report.initiator.as_str(), code_class(report.close_code), report.cause.as_str());
         m.closes.with_label_values(&[route, initiator, class, cause]).inc();
@@ -183,7 +185,7 @@ impl Ending {
             );
         }
         if report.outcome == Outcome::Moved {
-            m.object_evictions.with_label_values(&[pool]).inc();
+            m.object_evictions.with_label_values(&[ns]).inc();
         }
         let record = gateway.live.end(&live, report);
         tracing::debug!(

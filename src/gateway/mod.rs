@@ -45,7 +45,7 @@ use crate::http1::head::{self, HeadError, RequestHead};
 use crate::metering::live::LiveSet;
 use crate::metering::quota::{self, Quotas};
 use crate::metering::{Meter, Rejection};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Place};
 use crate::relay::scanner::{Chunks, Role, ScanPolicy};
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
@@ -64,8 +64,8 @@ use tokio::io::AsyncWriteExt;
 /// `Metrics::prepare`, so every series starts at 0).
 pub fn known_labels(config: &Config) -> crate::metrics::Known<'_> {
     let target = |t: &Target| match t {
-        Target::Pool(i) => config.pools.get(*i).map(|p| p.name.as_str()),
-        Target::Object(i) => config.objects.get(*i).map(|n| n.name.as_str()),
+        Target::Pool(i) => config.pools.get(*i).map(|p| Place::pool(&p.name)),
+        Target::Object(i) => config.objects.get(*i).map(|n| Place::namespace(&n.name)),
     };
     crate::metrics::Known {
         routes: config.routes.iter().filter_map(|r| Some((r.name.as_str(), target(&r.target)?))).collect(),
@@ -157,8 +157,8 @@ pub struct Request {
     pub tls: bool,
     /// Route name (the `route` label).
     pub route: String,
-    /// Pool name, or namespace name on object routes (the `pool` label).
-    pub pool: String,
+    /// Its pool, or its namespace on object routes (the `pool` / `namespace` labels).
+    pub place: Place,
     /// The route's guards for the connection once upgraded.
     pub limits: Limits,
     /// The config snapshot the request is served with (to its 101).
@@ -284,9 +284,9 @@ impl Gateway {
         if route.tenant.is_some() {
             identity.tenant = route.tenant.clone();
         }
-        let pool = match route.target {
-            Target::Pool(i) => snap.config.pools.get(i).map(|p| p.name.clone()).unwrap_or_default(),
-            Target::Object(i) => snap.objects.get(i).map(|ns| ns.config.name.clone()).unwrap_or_default(),
+        let place = match route.target {
+            Target::Pool(i) => Place::pool(snap.config.pools.get(i).map_or("", |p| p.name.as_str())),
+            Target::Object(i) => Place::namespace(snap.objects.get(i).map_or("", |ns| ns.config.name.as_str())),
         };
         let mut req = Request {
             stream,
@@ -294,7 +294,7 @@ impl Gateway {
             meter,
             tls,
             route: route.name.clone(),
-            pool,
+            place,
             limits: route.limits,
             snap: snap.clone(),
             grant: Grant::default(),
@@ -326,7 +326,7 @@ impl Gateway {
             return None;
         }
         if let Target::Pool(_) = route.target {
-            req.meter.identity_mut().pool = Some(req.pool.clone());
+            req.meter.identity_mut().pool = Some(req.place.pool.clone());
         }
         match route.target {
             // Each path after the head is boxed: a connection still sending its head holds only

@@ -105,6 +105,7 @@ impl Snapshot {
             &listeners,
             &parts.runner,
             previous.map(|p| &*p.pools),
+            false,
         )
         .map_err(|e| anyhow::anyhow!("building the backend pools: {e}"))?;
         let (objects, kept_namespaces) =

@@ -142,7 +142,7 @@ impl Gateway {
                 return self.reject(&mut req, RejectReason::BackendBadHandshake).await;
             }
         }
-        self.metrics.backend_connect.with_label_values(&[&req.pool]).observe(started.elapsed().as_secs_f64());
+        self.metrics.backend_connect.with_label_values(&req.place.labels()).observe(started.elapsed().as_secs_f64());
         req.meter.subprotocol = answer.headers.get("sec-websocket-protocol");
         let rsv = allowed_rsv(answer.headers.get("sec-websocket-extensions").as_deref());
         // Keep only the early bytes (usually none): the heads and buffers of the handshake end
@@ -166,7 +166,7 @@ impl Gateway {
         lease: Option<Lease>,
         serve: Serve,
     ) {
-        let Request { mut stream, meter, route, pool, shutdown, head, limits, grant, snap, .. } = req;
+        let Request { mut stream, meter, route, place, shutdown, head, limits, grant, snap, .. } = req;
         let chunks = snap.chunks;
         drop(snap);
         let Grant { permit, quota, .. } = grant;
@@ -181,7 +181,7 @@ impl Gateway {
         }
         let live = self.live.begin(meter);
         let established =
-            Established { client: stream, early, route, pool, limits, chunks, live, lease, serve, permit, quota };
+            Established { client: stream, early, route, place, limits, chunks, live, lease, serve, permit, quota };
         self.start(established, shutdown);
     }
 

@@ -179,13 +179,13 @@ impl Metrics {
                 reg,
                 CONNECTIONS_ACTIVE,
                 "WebSocket connections currently relayed",
-                &[ROUTE, POOL],
+                &[ROUTE, POOL, NAMESPACE],
             )?,
             connections_started: counter(
                 reg,
                 CONNECTIONS_STARTED_TOTAL,
                 "WebSocket connections that got their 101",
-                &[ROUTE, POOL],
+                &[ROUTE, POOL, NAMESPACE],
             )?,
             build_info: gauge(reg, BUILD_INFO, "Always 1: the build's version and commit", &[VERSION, COMMIT])?,
             resident_memory: plain_gauge(reg, RESIDENT_MEMORY_BYTES, "The process's resident memory, bytes")?,
@@ -193,7 +193,7 @@ impl Metrics {
                 reg,
                 CONNECTIONS_TOTAL,
                 "Relayed WebSocket connections that ended, by outcome",
-                &[ROUTE, POOL, OUTCOME],
+                &[ROUTE, POOL, NAMESPACE, OUTCOME],
             )?,
             handshake_rejections: counter(
                 reg,
@@ -205,7 +205,7 @@ impl Metrics {
                 reg,
                 CONNECTION_DURATION_SECONDS,
                 "Lifetime of relayed WebSocket connections in seconds",
-                &[ROUTE, POOL],
+                &[ROUTE, POOL, NAMESPACE],
                 DURATION_BUCKETS,
             )?,
             peer_rtt: histogram(
@@ -263,14 +263,14 @@ impl Metrics {
                 reg,
                 BACKEND_CONNECT_SECONDS,
                 "Time to connect to a backend and complete its upgrade, seconds",
-                &[POOL],
+                &[POOL, NAMESPACE],
                 CONNECT_BUCKETS,
             )?,
             backend_healthy: gauge(
                 reg,
                 BACKEND_HEALTHY,
                 "1 when the backend passes its health check",
-                &[POOL, BACKEND],
+                &[POOL, NAMESPACE, BACKEND],
             )?,
             usage_records: counter(reg, USAGE_RECORDS_TOTAL, "Usage records written", &[KIND])?,
             usage_write_errors: counter(
@@ -366,13 +366,14 @@ impl Metrics {
         }
         let mut routes: Vec<&str> = known.routes.iter().map(|(r, _)| *r).collect();
         routes.push("none");
-        for &(route, pool) in &known.routes {
-            drop(self.connection_handles(route, pool));
-            let _ = self.connections_started.with_label_values(&[route, pool]);
+        for (route, place) in &known.routes {
+            let (route, [pool, ns]) = (*route, place.labels());
+            drop(self.connection_handles(route, place));
+            let _ = self.connections_started.with_label_values(&[route, pool, ns]);
             for o in Outcome::ALL {
-                let _ = self.connections_total.with_label_values(&[route, pool, o.as_str()]);
+                let _ = self.connections_total.with_label_values(&[route, pool, ns, o.as_str()]);
             }
-            let _ = self.backend_connect.with_label_values(&[pool]);
+            let _ = self.backend_connect.with_label_values(&[pool, ns]);
             for p in Party::ALL {
                 for class in CODE_CLASSES {
                     for c in Cause::ALL {
@@ -414,12 +415,14 @@ impl Metrics {
 
     /// Resolve the per-connection handles for `route` and `pool` and count the connection as
     /// started (warm path, once per connection, at its 101).
-    pub fn connection(&self, route: &str, pool: &str) -> ConnMetrics {
-        self.connections_started.with_label_values(&[route, pool]).inc();
-        self.connection_handles(route, pool)
+    pub fn connection(&self, route: &str, place: &Place) -> ConnMetrics {
+        let [pool, ns] = place.labels();
+        self.connections_started.with_label_values(&[route, pool, ns]).inc();
+        self.connection_handles(route, place)
     }
 
-    fn connection_handles(&self, route: &str, pool: &str) -> ConnMetrics {
+    fn connection_handles(&self, route: &str, place: &Place) -> ConnMetrics {
+        let [pool, ns] = place.labels();
         let dir = |d: Direction| DirMetrics {
             frames: FRAME_KINDS.map(|k| self.frames.with_label_values(&[route, d.as_str(), k])),
             messages: self.messages.with_label_values(&[route, d.as_str()]),
@@ -428,10 +431,46 @@ impl Metrics {
             reported: Reported::default(),
         };
         ConnMetrics {
-            active: self.connections_active.with_label_values(&[route, pool]),
-            duration: self.connection_duration.with_label_values(&[route, pool]),
+            active: self.connections_active.with_label_values(&[route, pool, ns]),
+            duration: self.connection_duration.with_label_values(&[route, pool, ns]),
             rtt: ["client", "backend"].map(|side| self.peer_rtt.with_label_values(&[route, side])),
             dirs: [dir(Direction::ClientToBackend), dir(Direction::BackendToClient)],
+        }
+    }
+}
+
+/// What serves a route, as metric labels: `pool` on pool routes, `namespace` on object routes
+/// (the other one empty), as the usage record has `pool` or `object.namespace`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Place {
+    /// The pool's name, on pool routes (else empty).
+    pub pool: String,
+    /// The object namespace's name, on object routes (else empty).
+    pub namespace: String,
+}
+
+impl Place {
+    /// A pool route's place.
+    pub fn pool(name: &str) -> Place {
+        Place { pool: name.to_string(), namespace: String::new() }
+    }
+
+    /// An object route's place.
+    pub fn namespace(name: &str) -> Place {
+        Place { pool: String::new(), namespace: name.to_string() }
+    }
+
+    /// `[pool, namespace]` label values.
+    pub fn labels(&self) -> [&str; 2] {
+        [&self.pool, &self.namespace]
+    }
+
+    /// Its name, whichever it is.
+    pub fn name(&self) -> &str {
+        if self.pool.is_empty() {
+            &self.namespace
+        } else {
+            &self.pool
         }
     }
 }
@@ -439,8 +478,8 @@ impl Metrics {
 /// The label values known at startup (`Metrics::prepare`).
 #[derive(Debug, Default)]
 pub struct Known<'a> {
-    /// `(route, pool or namespace)` of every route.
-    pub routes: Vec<(&'a str, &'a str)>,
+    /// `(route, what serves it)` of every route.
+    pub routes: Vec<(&'a str, Place)>,
     /// Every rejection label (`reason` of `weir_handshake_rejections_total`).
     pub reasons: Vec<&'a str>,
     /// Object namespaces.
@@ -557,7 +596,7 @@ mod tests {
     fn every_name_registers_and_is_prefixed() {
         let reg = Registry::new();
         let m = Metrics::register(&reg).unwrap();
-        m.connection("r", "p").active.inc();
+        m.connection("r", &Place::pool("p")).active.inc();
         m.handshake_rejections.with_label_values(&["r", "x"]).inc();
         for name in ALL {
             assert!(name.starts_with("weir_"), "{name}");

@@ -127,6 +127,7 @@ impl Objects {
                     &[Some(listener)],
                     runner,
                     None,
+                    true,
                 )?);
             }
             namespaces.push(Arc::new(Namespace {

@@ -3,12 +3,12 @@
 //! Cold/background path: one probe per backend per interval, never on a client's path.
 //! Kinds: `tcp` (connect succeeds), `http` (`GET path` answers 2xx) and `handshake` (a WebSocket
 //! upgrade on `path` answers 101 with the right `Sec-WebSocket-Accept`). A change of health is
-//! logged and exported as `weir_backend_healthy{pool,backend}`.
+//! logged and exported as `weir_backend_healthy{pool,namespace,backend}`.
 
 use crate::config::{HealthCheck, Pool};
 use crate::http1::head::read_response_head;
 use crate::http1::upgrade::{check_answer, Answer};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Place};
 use crate::relay::close::Close;
 use crate::relay::frame::{encode_close_frame, MAX_CLOSE_FRAME_LEN};
 use async_trait::async_trait;
@@ -26,6 +26,8 @@ const PROBE_KEY: &str = "d2Vpci1oZWFsdGgtcHJvYg=="; // base64 of the 16 bytes "w
 /// The probe of one pool.
 pub struct Probe {
     pool: String,
+    /// The `pool` / `namespace` labels (object hosts are probed as a namespace's).
+    place: Place,
     /// Each backend's address and its `backend` label (as configured).
     labels: Vec<(std::net::SocketAddr, String)>,
     check: HealthCheck,
@@ -38,11 +40,12 @@ impl Probe {
     /// `labels` name each backend address as configured.
     pub fn new(
         pool: &Pool,
+        place: Place,
         labels: Vec<(std::net::SocketAddr, String)>,
         metrics: Metrics,
         listener: Option<super::HealthListener>,
     ) -> Probe {
-        Probe { pool: pool.name.clone(), labels, check: pool.health.clone(), metrics, listener }
+        Probe { pool: pool.name.clone(), place, labels, check: pool.health.clone(), metrics, listener }
     }
 
     /// Time between probes, or `None` when probing is off.
@@ -117,7 +120,8 @@ impl pingora_load_balancing::health_check::HealthCheck for Probe {
         } else {
             tracing::warn!(pool = %self.pool, backend = %addr, "backend failed its health check; no new connections go to it");
         }
-        self.metrics.backend_healthy.with_label_values(&[&self.pool, &addr]).set(i64::from(healthy));
+        let [pool, ns] = self.place.labels();
+        self.metrics.backend_healthy.with_label_values(&[pool, ns, &addr]).set(i64::from(healthy));
         if let (Some(listener), Some(inet)) = (&self.listener, target.addr.as_inet()) {
             listener(*inet, healthy);
         }

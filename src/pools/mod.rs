@@ -18,7 +18,7 @@ pub mod health;
 pub mod runner;
 
 use crate::config::{Backend as ConfBackend, HealthCheck, Pool, Selection};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Place};
 use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
 use pingora_load_balancing::{Backend, LoadBalancer};
 pub use runner::{HealthRunner, HealthTask};
@@ -114,11 +114,12 @@ impl Pools {
         metrics: &Metrics,
         runner: &HealthRunner,
     ) -> std::io::Result<Pools> {
-        Pools::build_with(pools, resolve, metrics, &[], runner, None)
+        Pools::build_with(pools, resolve, metrics, &[], runner, None, false)
     }
 
     /// `build`, with a health listener per pool (`listeners[i]` for `pools[i]`, if any), reusing
-    /// the pools of `previous` (a reload's running snapshot) that did not change.
+    /// the pools of `previous` (a reload's running snapshot) that did not change. `namespaces`:
+    /// these are an object namespace's hosts (labelled `namespace`, not `pool`).
     pub fn build_with(
         pools: &[Pool],
         resolve: Resolve<'_>,
@@ -126,6 +127,7 @@ impl Pools {
         listeners: &[Option<HealthListener>],
         runner: &HealthRunner,
         previous: Option<&Pools>,
+        namespaces: bool,
     ) -> std::io::Result<Pools> {
         let mut built = Vec::new();
         for (i, pool) in pools.iter().enumerate() {
@@ -142,14 +144,17 @@ impl Pools {
             // `builtin:echo` (its loopback port changes at every start).
             let labels: Vec<(SocketAddr, String)> =
                 pool.backends.iter().map(|b| (resolve(b), backend_label(b))).collect();
+            let place = if namespaces { Place::namespace(&pool.name) } else { Place::pool(&pool.name) };
+            let [pool_label, ns_label] = place.labels();
             for (_, label) in &labels {
-                metrics.backend_healthy.with_label_values(&[&pool.name, label]).set(1);
+                metrics.backend_healthy.with_label_values(&[pool_label, ns_label, label]).set(1);
             }
             let mut health = None;
             macro_rules! lb {
                 ($variant:ident, $sel:ty) => {{
                     let mut lb = LoadBalancer::<$sel>::try_from_iter(addrs.iter().map(String::as_str))?;
-                    let probe = health::Probe::new(pool, labels.clone(), metrics.clone(), listener.clone());
+                    let probe =
+                        health::Probe::new(pool, place.clone(), labels.clone(), metrics.clone(), listener.clone());
                     if let Some(interval) = probe.interval() {
                         lb.set_health_check(Box::new(probe));
                         lb.health_check_frequency = Some(interval);
