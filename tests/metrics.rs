@@ -56,6 +56,13 @@ async fn metrics_count_during_and_after_a_connection() {
     .await;
     weir.metric_eventually("weir_connection_duration_seconds_count", &[("route", "p"), ("pool", "p")], |v| v == 1.0)
         .await;
+    // Per tenant (no tenant here: `none`), counted when the connection ends.
+    let none = [("tenant", "none")];
+    weir.metric_eventually("weir_tenant_connections_total", &none, |v| v == 1.0).await;
+    weir.metric_eventually("weir_tenant_connections_active", &none, |v| v == 0.0).await;
+    let tenant_up = [("tenant", "none"), ("direction", "client_to_backend")];
+    weir.metric_eventually("weir_tenant_messages_total", &tenant_up, |v| v == 3.0).await;
+    weir.metric_eventually("weir_tenant_wire_bytes_total", &tenant_up, |v| v >= wire_up as f64).await;
     weir.metric_eventually("weir_frames_total", &[up[0], up[1], ("kind", "close")], |v| v == 1.0).await;
     weir.metric_eventually("weir_frames_total", &[down[0], down[1], ("kind", "close")], |v| v == 1.0).await;
     weir.metric_eventually("weir_messages_total", &up, |v| v == 3.0).await;

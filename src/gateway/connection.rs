@@ -95,6 +95,8 @@ impl Gateway {
     pub(super) fn start(self: &Arc<Self>, c: Established, shutdown: ShutdownWatch) {
         let Established { client, early, route, place, limits, chunks, live, lease, serve, permit, quota } = c;
         let metrics = self.metrics.connection(&route, &place);
+        let tenant = self.metrics.tenant_labels.label(live.meter.identity().tenant.as_deref());
+        self.metrics.tenant_active.with_label_values(&[&tenant]).inc();
         let grace = self.grace_period;
         match serve {
             Serve::Relay { backend, early: backend_early, rsv, open } => {
@@ -172,6 +174,13 @@ impl Ending {
         let [pool, ns] = place.labels();
         let m = &gateway.metrics;
         m.connections_total.with_label_values(&[route, pool, ns, report.outcome.as_str()]).inc();
+        let tenant = m.tenant_labels.label(live.meter.identity().tenant.as_deref());
+        m.tenant_active.with_label_values(&[&tenant]).dec();
+        m.tenant_connections.with_label_values(&[&tenant]).inc();
+        for (d, c) in crate::relay::Direction::BOTH.iter().zip(&report.counts) {
+            m.tenant_messages.with_label_values(&[&tenant, d.as_str()]).inc_by(c.messages);
+            m.tenant_wire_bytes.with_label_values(&[&tenant, d.as_str()]).inc_by(c.wire_bytes);
+        }
         let (initiator, class, cause) =
             (report.initiator.as_str(), code_class(report.close_code), report.cause.as_str());
         m.closes.with_label_values(&[route, initiator, class, cause]).inc();

@@ -76,7 +76,27 @@ pub fn known_labels(config: &Config) -> crate::metrics::Known<'_> {
             .collect(),
         namespaces: config.objects.iter().map(|n| n.name.as_str()).collect(),
         sinks: config.usage.sinks.iter().map(|s| s.name.as_str()).collect(),
+        tenants: config_tenants(config),
     }
+}
+
+/// The tenants `config` names, in order, once each: the default tenant, routes' tenants, API
+/// keys' tenants and quotas' tenants.
+fn config_tenants(config: &Config) -> Vec<&str> {
+    let keys = config.routes.iter().flat_map(|r| r.auth.iter().flat_map(|a| &a.methods)).flat_map(|m| match m {
+        crate::config::AuthMethod::ApiKeys(keys) => keys.iter().map(|k| k.tenant.as_str()).collect(),
+        _ => Vec::new(),
+    });
+    let all = config
+        .usage
+        .default_tenant
+        .as_deref()
+        .into_iter()
+        .chain(config.routes.iter().filter_map(|r| r.tenant.as_deref()))
+        .chain(keys)
+        .chain(config.quotas.iter().filter_map(|q| q.tenant.as_deref()));
+    let mut seen = std::collections::HashSet::new();
+    all.filter(|t| seen.insert(*t)).collect()
 }
 
 /// A refusal by admission: the reason, the record's reason if not the label, a `Retry-After`.

@@ -7,6 +7,7 @@
 //! cardinality is bounded. Names live in `names.rs`.
 
 pub mod names;
+pub mod tenants;
 
 use crate::relay::scanner::DirectionCounts;
 use crate::relay::Direction;
@@ -65,6 +66,16 @@ pub struct Metrics {
     pub quota_utilisation: GaugeVec,
     /// See `names::ACCESS_LOG_DROPPED_TOTAL`.
     pub access_log_dropped: IntCounter,
+    /// See `names::TENANT_CONNECTIONS_ACTIVE`.
+    pub tenant_active: IntGaugeVec,
+    /// See `names::TENANT_CONNECTIONS_TOTAL`.
+    pub tenant_connections: IntCounterVec,
+    /// See `names::TENANT_MESSAGES_TOTAL`.
+    pub tenant_messages: IntCounterVec,
+    /// See `names::TENANT_WIRE_BYTES_TOTAL`.
+    pub tenant_wire_bytes: IntCounterVec,
+    /// Which tenants have a `tenant` label of their own.
+    pub tenant_labels: std::sync::Arc<tenants::TenantLabels>,
     /// See `names::CONFIG_RELOADS_TOTAL`.
     pub config_reloads: IntCounterVec,
     /// See `names::CONFIG_INFO`.
@@ -226,6 +237,26 @@ impl Metrics {
                 reg.register(Box::new(g.clone()))?;
                 g
             },
+            tenant_active: gauge(reg, TENANT_CONNECTIONS_ACTIVE, "WebSocket connections open per tenant", &[TENANT])?,
+            tenant_connections: counter(
+                reg,
+                TENANT_CONNECTIONS_TOTAL,
+                "WebSocket connections that ended, per tenant",
+                &[TENANT],
+            )?,
+            tenant_messages: counter(
+                reg,
+                TENANT_MESSAGES_TOTAL,
+                "Data messages of ended connections, per tenant and direction",
+                &[TENANT, DIRECTION],
+            )?,
+            tenant_wire_bytes: counter(
+                reg,
+                TENANT_WIRE_BYTES_TOTAL,
+                "Wire bytes of ended connections, per tenant and direction",
+                &[TENANT, DIRECTION],
+            )?,
+            tenant_labels: std::sync::Arc::default(),
             config_reloads: counter(reg, CONFIG_RELOADS_TOTAL, "Config reloads by result", &[RESULT])?,
             config_info: gauge(reg, CONFIG_INFO, "Always 1: the hash of the config file in force", &[HASH])?,
             access_log_dropped: plain_counter(
@@ -364,6 +395,15 @@ impl Metrics {
         for result in ["applied", "rejected"] {
             let _ = self.config_reloads.with_label_values(&[result]);
         }
+        for t in known.tenants.iter().map(|t| Some(*t)).chain([None]) {
+            let label = self.tenant_labels.label(t);
+            let _ = self.tenant_active.with_label_values(&[&label]);
+            let _ = self.tenant_connections.with_label_values(&[&label]);
+            for d in Direction::BOTH {
+                let _ = self.tenant_messages.with_label_values(&[&label, d.as_str()]);
+                let _ = self.tenant_wire_bytes.with_label_values(&[&label, d.as_str()]);
+            }
+        }
         let mut routes: Vec<&str> = known.routes.iter().map(|(r, _)| *r).collect();
         routes.push("none");
         for (route, place) in &known.routes {
@@ -486,6 +526,8 @@ pub struct Known<'a> {
     pub namespaces: Vec<&'a str>,
     /// Usage sinks.
     pub sinks: Vec<&'a str>,
+    /// Tenants the config names (routes, API keys, quotas, the default tenant).
+    pub tenants: Vec<&'a str>,
 }
 
 /// The git commit weir was built from (`build.rs`), or `unknown`.

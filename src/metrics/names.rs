@@ -22,6 +22,14 @@ pub const CONNECTION_DURATION_SECONDS: &str = "weir_connection_duration_seconds"
 pub const PEER_RTT_SECONDS: &str = "weir_peer_rtt_seconds";
 /// Gauge: share of a tenant's quota used in the current period (1 = all) {tenant, quota}.
 pub const QUOTA_UTILISATION: &str = "weir_quota_utilisation";
+/// Gauge: WebSocket connections open per tenant (bounded: see `metrics::tenants`) {tenant}.
+pub const TENANT_CONNECTIONS_ACTIVE: &str = "weir_tenant_connections_active";
+/// Counter: WebSocket connections that ended, per tenant {tenant}.
+pub const TENANT_CONNECTIONS_TOTAL: &str = "weir_tenant_connections_total";
+/// Counter: data messages of ended connections per tenant and direction {tenant, direction}.
+pub const TENANT_MESSAGES_TOTAL: &str = "weir_tenant_messages_total";
+/// Counter: wire bytes of ended connections per tenant and direction {tenant, direction}.
+pub const TENANT_WIRE_BYTES_TOTAL: &str = "weir_tenant_wire_bytes_total";
 /// Counter: config reloads (SIGHUP, `POST /api/reload`) by result {result}: `applied` or `rejected`.
 pub const CONFIG_RELOADS_TOTAL: &str = "weir_config_reloads_total";
 /// Gauge: always 1; the SHA-256 (first 16 hex digits) of the config file in force {hash}.
@@ -143,6 +151,10 @@ pub const ALL: &[&str] = &[
     CONNECTIONS_TOTAL,
     CONNECTIONS_STARTED_TOTAL,
     BUILD_INFO,
+    TENANT_CONNECTIONS_ACTIVE,
+    TENANT_CONNECTIONS_TOTAL,
+    TENANT_MESSAGES_TOTAL,
+    TENANT_WIRE_BYTES_TOTAL,
     CONFIG_RELOADS_TOTAL,
     CONFIG_INFO,
     RESIDENT_MEMORY_BYTES,
