@@ -61,6 +61,9 @@ impl BackgroundService for Delivery {
         loops.push(tokio::spawn(async move {
             loop {
                 metrics.spool_bytes.set(spool.bytes_on_disk() as i64);
+                if let Some(free) = spool.disk_free() {
+                    metrics.spool_disk_free.set(i64::try_from(free).unwrap_or(i64::MAX));
+                }
                 metrics.spool_waiting.set(spool.backlog_len() as i64);
                 metrics.spool_healthy.set(i64::from(spool.healthy()));
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -490,6 +490,12 @@ impl Spool {
         Ok(true)
     }
 
+    /// Bytes free for an unprivileged writer on the spool's file system (`statvfs`), if known.
+    pub fn disk_free(&self) -> Option<u64> {
+        let s = rustix::fs::statvfs(&self.dir).ok()?;
+        Some(s.f_bavail.saturating_mul(s.f_frsize))
+    }
+
     /// The spool directory.
     pub fn dir(&self) -> &Path {
         &self.dir

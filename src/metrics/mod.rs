@@ -116,6 +116,8 @@ pub struct Metrics {
     pub room_store_errors: IntCounterVec,
     /// See `names::SPOOL_BYTES`.
     pub spool_bytes: IntGauge,
+    /// See `names::SPOOL_DISK_FREE_BYTES`.
+    pub spool_disk_free: IntGauge,
     /// See `names::SPOOL_WAITING_RECORDS`.
     pub spool_waiting: IntGauge,
     /// See `names::SPOOL_HEALTHY`.
@@ -338,6 +340,7 @@ impl Metrics {
                 &[NAMESPACE],
             )?,
             spool_bytes: plain_gauge(reg, SPOOL_BYTES, "Bytes of usage records in the spool on disk")?,
+            spool_disk_free: plain_gauge(reg, SPOOL_DISK_FREE_BYTES, "Bytes free on the spool's file system")?,
             spool_waiting: plain_gauge(
                 reg,
                 SPOOL_WAITING_RECORDS,

@@ -72,6 +72,8 @@ pub const ROOM_SLOW_CLIENTS_TOTAL: &str = "weir_room_slow_clients_total";
 pub const ROOM_STORE_ERRORS_TOTAL: &str = "weir_room_store_errors_total";
 /// Gauge: bytes of usage records in the spool's segments on disk.
 pub const SPOOL_BYTES: &str = "weir_spool_bytes";
+/// Gauge: bytes free (for an unprivileged writer) on the spool's file system {}.
+pub const SPOOL_DISK_FREE_BYTES: &str = "weir_spool_disk_free_bytes";
 /// Gauge: usage records waiting in memory because the spool cannot be written.
 pub const SPOOL_WAITING_RECORDS: &str = "weir_spool_waiting_records";
 /// Gauge: 1 while the spool can be written, else 0 (new upgrades get 503 unless fail_open).
@@ -181,6 +183,7 @@ pub const ALL: &[&str] = &[
     ROOM_SLOW_CLIENTS_TOTAL,
     ROOM_STORE_ERRORS_TOTAL,
     SPOOL_BYTES,
+    SPOOL_DISK_FREE_BYTES,
     SPOOL_WAITING_RECORDS,
     SPOOL_HEALTHY,
     SINK_RECORDS_PENDING,
