@@ -48,6 +48,8 @@
 //! - `fds`: the descriptor limit, the open count and the reserve kept for weir itself
 //!   (background sampler; warm check).
 //! - `sync`: the poison-tolerant lock helper every mutex goes through.
+//! - `manual`: the man page and shell completions, generated from the command line's clap
+//!   definition (cold; `weir man`, `weir completions`).
 //!
 //! The README's "Code map" and `../shared/DESIGN.md` describe the data flow.
 
@@ -60,6 +62,7 @@ pub mod config;
 pub mod fds;
 pub mod gateway;
 pub mod http1;
+pub mod manual;
 pub mod metering;
 pub mod metrics;
 pub mod objects;

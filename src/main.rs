@@ -1,17 +1,42 @@
-//! The `weir` command: `weir run`, `weir check`, `weir usage`, `weir key`, `weir --version`.
+//! The `weir` command: `weir run`, `weir check`, `weir usage`, `weir key`, `weir --version`, and
+//! the hidden `weir man` / `weir completions SHELL` used to build the package.
 //!
 //! Cold path only: parse the command line, load the config, set up logging, hand over to
 //! `weir::server::run` (or to `weir::billing::report` for `usage`).
 
-use clap::{ArgGroup, Parser, Subcommand};
+use clap::{ArgGroup, CommandFactory, Parser, Subcommand};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use weir::billing::report::{self, By, Format, Range, Source};
 use weir::config::{self, LogConfig, LogFormat};
 
+/// `weir --version`: the crate version and the commit it was built from (`build.rs`).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("WEIR_COMMIT"), ")");
+
+/// Environment variables the man page documents.
+const ENVIRONMENT: [(&str, &str); 3] = [
+    ("WEIR_CONFIG", "The configuration file when --config is not given (run, check)."),
+    ("RUST_LOG", "Log filter overriding log.level, e.g. info,weir=debug."),
+    (
+        "any variable named in the configuration",
+        "String values may hold ${ENV_NAME} and ${file:PATH} references (see the README, Configuration).",
+    ),
+];
+
+/// Files the man page documents (as installed by the Debian package).
+const FILES: [(&str, &str); 3] = [
+    (
+        "/etc/weir/config.yaml",
+        "The configuration of the packaged service; relative paths in it are relative to /etc/weir.",
+    ),
+    ("/var/lib/weir", "The service's state: usage spool, usage file, room history."),
+    ("/usr/share/doc/weir/README.md", "The full documentation."),
+];
+
 /// A WebSocket gateway that relays connections byte for byte and meters every one.
 #[derive(Parser)]
-#[command(name = "weir", version, about)]
+#[command(name = "weir", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,10 +44,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway.
+    /// Run the gateway (SIGHUP reloads the configuration, SIGTERM drains and exits).
     Run {
-        /// Configuration file.
-        #[arg(long, short, default_value = "config.yaml")]
+        /// Configuration file; relative paths in it are relative to its directory.
+        #[arg(long, short, env = "WEIR_CONFIG", default_value = "config.yaml")]
         config: PathBuf,
         /// Take over the listening sockets of a running weir (zero-downtime binary upgrade):
         /// start this, then send the old process SIGQUIT (README, "Binary upgrade").
@@ -31,8 +56,8 @@ enum Command {
     },
     /// Check a configuration file: print every error and exit 1, or print a summary and exit 0.
     Check {
-        /// Configuration file.
-        #[arg(long, short, default_value = "config.yaml")]
+        /// Configuration file; relative paths in it are relative to its directory.
+        #[arg(long, short, env = "WEIR_CONFIG", default_value = "config.yaml")]
         config: PathBuf,
     },
     /// Print usage totals over a time range from the file sink or the PostgreSQL sink (the same
@@ -66,6 +91,15 @@ enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    /// Print the man page (roff) generated from this command line.
+    #[command(hide = true)]
+    Man,
+    /// Print a completion script for SHELL (bash or fish).
+    #[command(hide = true)]
+    Completions {
+        /// bash or fish.
+        shell: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -86,6 +120,23 @@ enum KeyAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Man => {
+            print!("{}", weir::manual::man_page(&Cli::command(), &ENVIRONMENT, &FILES));
+            ExitCode::SUCCESS
+        }
+        Command::Completions { shell } => match weir::manual::completions(&Cli::command(), &shell) {
+            Some(script) => {
+                print!("{script}");
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!(
+                    "weir completions: no completions for `{shell}`; use one of: {}",
+                    weir::manual::SHELLS.join(", ")
+                );
+                ExitCode::FAILURE
+            }
+        },
         Command::Usage { file, postgres, table, from, to, by, format } => {
             let source = match (file, postgres) {
                 (Some(_), _) if table.is_some() => {
@@ -192,6 +243,7 @@ fn main() -> ExitCode {
             for w in config::warnings(&c) {
                 tracing::warn!("{w}");
             }
+            log_paths(&config, &c);
             match weir::server::run(c, &config, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -247,12 +299,38 @@ fn unbindable(c: &weir::config::Config) -> Vec<String> {
     problems
 }
 
+/// Log where weir reads and writes, as absolute paths (relative ones in the file are relative to
+/// its directory), so an operator sees at once which spool and files a service uses.
+fn log_paths(path: &std::path::Path, c: &weir::config::Config) {
+    let config = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let files: Vec<String> = c
+        .usage
+        .sinks
+        .iter()
+        .filter_map(|s| match &s.kind {
+            config::SinkKind::File { path, .. } => Some(path.display().to_string()),
+            _ => None,
+        })
+        .collect();
+    tracing::info!(
+        config = %config.display(),
+        spool_dir = %c.usage.spool_dir.display(),
+        data_dir = %c.data_dir.display(),
+        usage_files = %files.join(", "),
+        "paths"
+    );
+}
+
 /// Logs go through `tracing`; Pingora's `log` records are bridged in (tracing-log). `RUST_LOG`
-/// overrides the configured level.
+/// overrides the configured level. Text logs carry colour codes only when stderr is a terminal
+/// (not in journald or a file).
 fn init_logging(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -10,10 +10,14 @@ fn weir(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-fn version_prints_the_crate_version() {
+fn version_prints_the_crate_version_and_commit() {
     let out = weir(&["--version"]);
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("weir {}", env!("CARGO_PKG_VERSION")));
+    let commit = weir::metrics::build_commit();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("weir {} (commit {commit})", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]

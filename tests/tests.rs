@@ -7,6 +7,10 @@ mod support;
 // The command line: --version, check, run with a bad config, usage.
 mod cli;
 
+// Installing and running as a service (issue 16): the Debian package from scripts/package.sh,
+// its unit and config, WEIR_CONFIG, secrets from the environment, paths relative to the config.
+mod package;
+
 // The handshake: client checks, rejections, backend answers (400/426/404/502/503/504/403).
 mod handshake;
 

@@ -7,7 +7,6 @@ use super::model::{
     QuotaOf, QuotaPeriod, RouteAdmission,
 };
 use super::validate::Validator;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Default `auth.subprotocol`: the prefix of a subprotocol entry carrying a credential.
@@ -235,10 +234,14 @@ impl Validator {
 
     /// A keys file: `SHA256HEX TENANT` per line, `#` comments and blank lines ignored.
     fn keys_file(&mut self, at: &str, path: &str) -> Vec<ApiKey> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match std::fs::read_to_string(self.path(path)) {
             Ok(t) => t,
             Err(e) => {
-                self.err(at, path, format!("cannot be read ({e}); name a file of `SHA256HEX TENANT` lines"));
+                self.err(
+                    at,
+                    path,
+                    format!("cannot be read ({e}){}; name a file of `SHA256HEX TENANT` lines", self.shown_at(path)),
+                );
                 return Vec::new();
             }
         };
@@ -291,16 +294,16 @@ impl Validator {
         };
         for (key, file) in [("public_key_file", &j.public_key_file), ("jwks_file", &j.jwks_file)] {
             if let Some(f) = file {
-                if !std::path::Path::new(f).is_file() {
-                    self.err(format!("{at}.{key}"), f, "is not a readable file");
+                if !self.path(f).is_file() {
+                    self.err(format!("{at}.{key}"), f, format!("is not a readable file{}", self.shown_at(f)));
                 }
             }
         }
         Some(JwtSettings {
             algorithms,
             secret: j.secret.clone(),
-            public_key_file: j.public_key_file.as_ref().map(PathBuf::from),
-            jwks_file: j.jwks_file.as_ref().map(PathBuf::from),
+            public_key_file: j.public_key_file.as_deref().map(|f| self.path(f)),
+            jwks_file: j.jwks_file.as_deref().map(|f| self.path(f)),
             issuer: j.issuer.clone(),
             audience: j.audience.clone(),
             leeway,

@@ -564,3 +564,95 @@ fn the_full_sample_passes_the_key_check() {
     assert!(checked.errors.is_empty(), "{:?}", checked.errors);
     assert_eq!(doc, sample(keys::Kind::Map(&keys::FILE)));
 }
+
+/// A minimal valid file with `extra` appended (top-level sections).
+fn minimal(extra: &str) -> String {
+    format!(
+        "listeners: [{{address: \"127.0.0.1:8080\"}}]\npools: [{{name: p, backends: [\"127.0.0.1:9000\"]}}]\n\
+         routes: [{{path_prefix: /, pool: p, tenant: t}}]\n{extra}"
+    )
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_files_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(etc.join("admin.token"), "0123456789abcdef0123\n").unwrap();
+    std::fs::write(etc.join("keys"), format!("{} acme\n", "ab".repeat(32))).unwrap();
+    let yaml = minimal(
+        "usage: {spool_dir: spool, sinks: [{kind: file, path: ../usage.jsonl}]}\ndata_dir: data\n\
+         access_log: /var/log/weir-access.jsonl\nadmin: {address: \"127.0.0.1:9090\", token_file: admin.token}\n",
+    )
+    .replace("tenant: t}", "tenant: t, auth: {keys_file: keys}}");
+    let path = etc.join("weir.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let c = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.usage.spool_dir, etc.join("spool"));
+    assert_eq!(c.data_dir, etc.join("data"));
+    assert!(
+        matches!(&c.usage.sinks[0].kind, SinkKind::File { path, .. } if *path == etc.join("../usage.jsonl")),
+        "{:?}",
+        c.usage.sinks[0].kind
+    );
+    assert_eq!(c.access_log, Some(AccessLogTarget::File("/var/log/weir-access.jsonl".into())), "absolute stays");
+    assert_eq!(c.admin_token.as_deref(), Some("0123456789abcdef0123"));
+    assert!(c.usage.spool_dir.is_absolute());
+
+    // Without a file (`parse`) relative paths stay relative to the working directory, as before.
+    let c = parse(&minimal("usage: {spool_dir: spool}\n"), "t").unwrap();
+    assert_eq!(c.usage.spool_dir, std::path::PathBuf::from("spool"));
+
+    // A relative path that is missing names where it was looked for.
+    let e = errors(&minimal("admin: {address: \"127.0.0.1:9090\", token_file: nowhere.token}\n"));
+    assert!(e[0].starts_with("admin.token_file: \"nowhere.token\": cannot be read"), "{e:?}");
+    let e = parse_in(&minimal("admin: {address: \"127.0.0.1:9090\", token_file: nowhere.token}\n"), "t", &etc)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("(at {}, relative to the config file's directory)", etc.join("nowhere.token").display())),
+        "{e}"
+    );
+}
+
+#[test]
+fn secrets_come_from_files_and_the_environment_and_are_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "0123456789abcdef0123\n").unwrap();
+    std::fs::write(dir.path().join("selection"), "fastest-secret-value").unwrap();
+    let path_var = std::env::var("PATH").expect("PATH is set under cargo");
+    let yaml = minimal(
+        "admin: {address: \"127.0.0.1:9090\", token: \"${file:token}\"}\n\
+         usage: {sinks: [{kind: postgres, url: \"host=db password=${PATH}\"}]}\n",
+    )
+    .replace("tenant: t", "tenant: \"$${literal}\"");
+    let c = parse_in(&yaml, "t", dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.admin_token.as_deref(), Some("0123456789abcdef0123"));
+    assert_eq!(c.routes[0].tenant.as_deref(), Some("${literal}"));
+    assert!(
+        matches!(&c.usage.sinks[0].kind, SinkKind::Postgres { url, .. } if *url == format!("host=db password={path_var}"))
+    );
+
+    // Every problem at once: a missing variable, a missing file, a bad value that came from a
+    // file (shown as written), and an ordinary error elsewhere.
+    let yaml = minimal(
+        "admin: {address: \"127.0.0.1:9090\", token: \"${WEIR_TEST_SURELY_UNSET_VARIABLE}\"}\n\
+         data_dir: \"${file:missing}\"\nserver: {threads: 0}\n",
+    )
+    .replace("backends: [", "selection: \"${file:selection}\", backends: [");
+    let e = parse_in(&yaml, "t", dir.path()).unwrap_err();
+    let text = e.to_string();
+    assert!(!text.contains("fastest-secret-value"), "{text}");
+    let lines: Vec<String> = e.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines.iter().any(|l| l.starts_with(
+        "admin.token: \"${WEIR_TEST_SURELY_UNSET_VARIABLE}\": the environment variable WEIR_TEST_SURELY_UNSET_VARIABLE is not set"
+    )), "{text}");
+    let missing = dir.path().join("missing").display().to_string();
+    assert!(
+        lines.iter().any(|l| l.starts_with("data_dir: \"${file:missing}\": cannot read") && l.contains(&missing)),
+        "{text}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("pools[0].selection: \"${file:selection}\": must be")), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("server.threads: \"0\"")), "{text}");
+}

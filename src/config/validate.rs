@@ -8,7 +8,7 @@ use super::file::*;
 use super::model::*;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Default rejection records per client address and window (`usage.rejections_per_client`).
@@ -82,9 +82,10 @@ pub const DEFAULT_ECHO_MAX_MESSAGE: usize = 1 << 20;
 /// Largest `echo.max_message` allowed, bytes.
 pub const MAX_ECHO_MAX_MESSAGE: u64 = 64 << 20;
 
-/// Validate a parsed file; `Err` holds every problem found.
-pub fn validate(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
-    let mut v = Validator { errors: Vec::new() };
+/// Validate a parsed file; `Err` holds every problem found. Relative paths in it are joined to
+/// `dir` (the config file's directory; empty: the working directory) before they are checked.
+pub fn validate(f: &FileConfig, dir: &Path) -> Result<Config, Vec<ConfigError>> {
+    let mut v = Validator { errors: Vec::new(), dir: dir.to_path_buf() };
     let config = v.config(f);
     if v.errors.is_empty() {
         Ok(config)
@@ -95,9 +96,16 @@ pub fn validate(f: &FileConfig) -> Result<Config, Vec<ConfigError>> {
 
 pub(super) struct Validator {
     errors: Vec<ConfigError>,
+    /// Directory relative paths are resolved against (the config file's).
+    dir: PathBuf,
 }
 
 impl Validator {
+    /// `p` as weir opens it: relative paths are joined to the config file's directory.
+    pub(super) fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
     pub(super) fn err(&mut self, key: impl Into<String>, value: impl std::fmt::Display, fix: impl Into<String>) {
         self.errors.push(ConfigError::new(key, value, fix));
     }
@@ -134,7 +142,7 @@ impl Validator {
                 );
                 None
             }
-            other => other.map(PathBuf::from),
+            other => other.map(|p| self.path(p)),
         };
 
         if f.listeners.is_empty() {
@@ -274,12 +282,12 @@ impl Validator {
             demo_page: f.demo_page,
             upgrade_sock,
             data_dir: match f.data_dir.as_deref() {
-                None => PathBuf::from(DEFAULT_DATA_DIR),
+                None => self.path(DEFAULT_DATA_DIR),
                 Some("") => {
                     self.err("data_dir", "", "must not be empty; name a directory such as weir-data");
-                    PathBuf::from(DEFAULT_DATA_DIR)
+                    self.path(DEFAULT_DATA_DIR)
                 }
-                Some(d) => PathBuf::from(d),
+                Some(d) => self.path(d),
             },
             objects,
             pools,
@@ -301,7 +309,7 @@ impl Validator {
                     self.err("access_log", "", "must be `stderr` or a file path");
                     None
                 }
-                Some(path) => Some(AccessLogTarget::File(PathBuf::from(path))),
+                Some(path) => Some(AccessLogTarget::File(self.path(path))),
             },
         }
     }
@@ -515,10 +523,26 @@ impl Validator {
     }
 
     fn existing_file(&mut self, key: &str, path: &str) -> PathBuf {
-        if !std::path::Path::new(path).is_file() {
-            self.err(key, path, "file not found; give the path of a PEM file readable by weir");
+        let resolved = self.path(path);
+        if !resolved.is_file() {
+            self.err(
+                key,
+                path,
+                format!("file not found{}; give the path of a PEM file readable by weir", self.shown_at(path)),
+            );
         }
-        PathBuf::from(path)
+        resolved
+    }
+
+    /// ` (at /abs/path)` when `path` is relative and resolved somewhere else, for "not found"
+    /// messages; empty otherwise.
+    pub(super) fn shown_at(&self, path: &str) -> String {
+        let resolved = self.path(path);
+        if resolved.as_os_str() == path {
+            String::new()
+        } else {
+            format!(" (at {}, relative to the config file's directory)", resolved.display())
+        }
     }
 
     /// `listeners` carries each listener's index in the file, for the error's key path.
@@ -567,10 +591,10 @@ impl Validator {
                 return None;
             }
             (Some(t), None) => t.clone(),
-            (None, Some(path)) => match std::fs::read_to_string(path) {
+            (None, Some(path)) => match std::fs::read_to_string(self.path(path)) {
                 Ok(text) => text.lines().next().unwrap_or("").trim().to_string(),
                 Err(e) => {
-                    self.err("admin.token_file", path, format!("cannot be read ({e})"));
+                    self.err("admin.token_file", path, format!("cannot be read ({e}){}", self.shown_at(path)));
                     return None;
                 }
             },
@@ -833,10 +857,10 @@ impl Validator {
         let non_empty = |v: &mut Self, key: &str, value: Option<&str>, default: &str| match value {
             Some("") => {
                 v.err(key, "", format!("must not be empty; the default is {default}"));
-                PathBuf::from(default)
+                v.path(default)
             }
-            Some(p) => PathBuf::from(p),
-            None => PathBuf::from(default),
+            Some(p) => v.path(p),
+            None => v.path(default),
         };
         let spool_dir = non_empty(self, "usage.spool_dir", u.spool_dir.as_deref(), DEFAULT_SPOOL_DIR);
         let fsync_interval = self.duration("usage.fsync_interval", u.fsync_interval.as_deref(), MAX_FSYNC_INTERVAL);
@@ -971,7 +995,7 @@ impl Validator {
                 }
                 let rotate_interval =
                     self.duration(&key("rotate_interval"), s.rotate_interval.as_deref(), DEFAULT_ROTATE_INTERVAL);
-                SinkKind::File { path: PathBuf::from(path), rotate_bytes, rotate_interval }
+                SinkKind::File { path: self.path(&path), rotate_bytes, rotate_interval }
             }
             "postgres" => {
                 unused(self, "path", s.path.is_some());

@@ -134,30 +134,42 @@ impl Weir {
             yaml.push_str(pools_and_routes);
             let config = dir.path().join("weir.yaml");
             std::fs::write(&config, &yaml).expect("write config");
-            let log = dir.path().join("weir.log");
-            let child = Command::new(env!("CARGO_BIN_EXE_weir"))
-                .args(["run", "--config"])
-                .arg(&config)
-                .current_dir(dir.path())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file"))
-                .spawn()
-                .expect("spawn weir");
-            let mut weir = Weir {
-                child,
-                addr: format!("127.0.0.1:{port}").parse().unwrap(),
-                admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
-                usage,
-                config,
-                dir,
-                log,
-            };
-            if weir.wait_ready().await {
-                return weir;
+            let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+            command.args(["run", "--config"]).arg(&config).current_dir(dir.path());
+            let addr = format!("127.0.0.1:{port}").parse().unwrap();
+            let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
+            match Weir::spawn(command, dir, config, addr, admin, usage).await {
+                Ok(weir) => return weir,
+                Err(log) => last_log = log,
             }
-            last_log = weir.log();
         }
         panic!("weir did not become ready; last log:\n{last_log}");
+    }
+
+    /// Spawn `command` (`weir run` with its arguments, environment and working directory set by
+    /// the caller; stdout and stderr are taken here) and wait for `/readyz` on `admin`. `Err`
+    /// holds weir's log if it exited first (e.g. a port race). `addr` is the public listener,
+    /// `usage` the usage file and `config` the config file the caller wrote into `dir`.
+    pub async fn spawn(
+        mut command: Command,
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        usage: PathBuf,
+    ) -> Result<Weir, String> {
+        let log = dir.path().join("weir.log");
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn weir");
+        let mut weir = Weir { child, addr, admin, usage, config, dir, log };
+        if weir.wait_ready().await {
+            Ok(weir)
+        } else {
+            Err(weir.log())
+        }
     }
 
     /// Wait for `/readyz` to answer 200; false if the process exited first (e.g. a port race).
