@@ -61,8 +61,9 @@ enum Command {
         config: PathBuf,
     },
     /// Print usage totals over a time range from the file sink or the PostgreSQL sink (the same
-    /// totals from either; see the README's "Usage reports").
-    #[command(group(ArgGroup::new("source").required(true).args(["file", "postgres"])))]
+    /// totals from either; see the README's "Usage reports"), or with --quotas each tenant's
+    /// standing against its quotas.
+    #[command(group(ArgGroup::new("source").required(true).args(["file", "postgres", "quotas"])))]
     Usage {
         /// The file sink's path; its rotated siblings (`PATH.<time>`) are read too.
         #[arg(long, value_name = "PATH")]
@@ -85,6 +86,16 @@ enum Command {
         /// Output: table, csv or json.
         #[arg(long, default_value = "table")]
         format: Format,
+        /// Each tenant's standing against its quotas (limit, used in the current period, share,
+        /// reset time, over or not), from `data_dir/quotas.json` and the config's `quotas`.
+        #[arg(long, conflicts_with_all = ["table", "from", "to", "by"])]
+        quotas: bool,
+        /// Configuration file (with --quotas).
+        #[arg(long, short, value_name = "PATH", requires = "quotas")]
+        config: Option<PathBuf>,
+        /// Only this tenant (with --quotas).
+        #[arg(long, requires = "quotas")]
+        tenant: Option<String>,
     },
     /// API keys for `routes[].auth.api_keys`: make a new one, or hash an existing one.
     Key {
@@ -137,7 +148,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Usage { file, postgres, table, from, to, by, format } => {
+        Command::Usage { quotas: true, config, tenant, format, .. } => {
+            quota_standing(&config.unwrap_or_else(|| "config.yaml".into()), tenant.as_deref(), format)
+        }
+        Command::Usage { file, postgres, table, from, to, by, format, .. } => {
             let source = match (file, postgres) {
                 (Some(_), _) if table.is_some() => {
                     eprintln!(
@@ -252,6 +266,37 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `weir usage --quotas`: print each tenant's standing (or only `tenant`'s) from the usage file
+/// in the config's `data_dir`, under the config's quotas.
+fn quota_standing(path: &std::path::Path, tenant: Option<&str>, format: Format) -> ExitCode {
+    let c = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if c.quotas.is_empty() {
+        eprintln!("weir usage: {} has no `quotas:`", path.display());
+        return ExitCode::FAILURE;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    match weir::metering::standing::standings(&c.quotas, &c.data_dir, tenant, now) {
+        Ok((rows, found)) => {
+            if !found {
+                let file = c.data_dir.join(weir::metering::quota::FILE);
+                eprintln!("weir usage: no quota usage saved yet ({} is missing): every use is 0", file.display());
+            }
+            print!("{}", weir::metering::standing::render(&rows, format));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weir usage: {e}");
+            ExitCode::FAILURE
         }
     }
 }

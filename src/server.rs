@@ -148,7 +148,12 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
             http,
         },
     );
+    let before_tls = gateway.before_tls(&config);
     let mut gateway_service = Service::new("weir gateway".to_string(), gateway);
+    if let Some(callback) = before_tls {
+        // `proxy_protocol` on a TLS listener: the PROXY header comes before the handshake.
+        gateway_service.endpoints().set_pre_tls_callback(callback);
+    }
     for l in &config.listeners {
         // Unbuffered: weir reads the head itself and relays from its own per-thread buffer, so a
         // Pingora read buffer per connection would only cost memory.
@@ -161,7 +166,7 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
             listener = listener.tls(settings);
         }
         gateway_service.add_listener(listener);
-        tracing::info!(address = %l.address, tls = l.tls.is_some(), "listening");
+        tracing::info!(address = %l.address, tls = l.tls.is_some(), proxy_protocol = l.proxy_protocol, "listening");
     }
     server.add_service(gateway_service);
 

@@ -237,6 +237,100 @@ async fn proxy_protocol_headers_name_the_client() {
     assert_eq!(status, 0, "no HTTP answer to a connection without a PROXY header");
 }
 
+/// A stream whose first write goes out together with `prefix` (one segment: a PROXY header and
+/// the TLS ClientHello arrive in one read, so weir must give back what follows the header).
+struct Prefixed {
+    inner: tokio::net::TcpStream,
+    prefix: Vec<u8>,
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if !self.prefix.is_empty() {
+            // Taken as written; `poll_flush` sends it with the prefix in one write.
+            self.prefix.extend_from_slice(buf);
+            return std::task::Poll::Ready(Ok(buf.len()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        while !self.prefix.is_empty() {
+            let this = &mut *self;
+            let n = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_write(cx, &this.prefix))?;
+            this.prefix.drain(..n);
+        }
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A `proxy_protocol` TLS listener: the PROXY header comes before the TLS handshake (v1 sent on
+/// its own, v2 in one segment with the ClientHello); its address is the record's and the
+/// backend's `X-Forwarded-For`. A TLS client without the header is closed before the handshake.
+#[tokio::test]
+async fn proxy_protocol_headers_before_tls_name_the_client() {
+    use crate::support::tls::TestCert;
+    use tokio::io::AsyncWriteExt;
+    let cert = TestCert::localhost();
+    let backend = echo_backend().await;
+    let listener = format!("{}    proxy_protocol: true\n", cert.listener_yaml());
+    let weir = Weir::start_listener(&pool_and_route("p", &[backend.addr], "/ws"), "", &listener).await;
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 9, 127, 0, 0, 1, 0x10, 0x92, 0x1f, 0x90]);
+    let v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 8443\r\n".to_vec();
+    for (header, ip, joined) in [(v1, "203.0.113.7", false), (v2, "198.51.100.9", true)] {
+        let mut tcp = tokio::net::TcpStream::connect(weir.addr).await.unwrap();
+        let io = if joined {
+            Prefixed { inner: tcp, prefix: header }
+        } else {
+            tcp.write_all(&header).await.unwrap();
+            Prefixed { inner: tcp, prefix: Vec::new() }
+        };
+        let tls = cert.connect(io).await.unwrap_or_else(|e| panic!("TLS after {ip}: {e}\n{}", weir.log()));
+        let (mut ws, resp) = tokio_tungstenite::client_async(TestCert::url(weir.addr, "/ws"), tls).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::text(ip)).await.unwrap();
+        assert_eq!(recv(&mut ws).await, Message::text(ip));
+        ws.close(None).await.unwrap();
+        let seen = crate::support::eventually("the backend saw it", || async {
+            backend.seen().into_iter().find(|s| s.header("x-forwarded-for") == Some(ip))
+        })
+        .await;
+        assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+        let records = weir.records_eventually(if joined { 2 } else { 1 }).await;
+        let r = records.last().unwrap();
+        assert!(r.identity.client_addr.as_deref().unwrap_or("").starts_with(&format!("{ip}:")), "{r:?}");
+    }
+    // No header: the ClientHello is not a PROXY header; closed before the handshake.
+    let tcp = tokio::net::TcpStream::connect(weir.addr).await.unwrap();
+    assert!(cert.connect(tcp).await.is_err(), "a TLS client without a PROXY header is closed");
+    weir.metric_eventually("weir_handshake_rejections_total", &[("reason", "bad_proxy_header")], |v| v == 1.0).await;
+}
+
 /// `trusted_proxies`: behind a trusted peer the client is the rightmost untrusted address of
 /// `X-Forwarded-For`; from anyone else the header is ignored (and not forwarded).
 #[tokio::test]
@@ -512,4 +606,57 @@ async fn a_quota_crossed_closes_with_1008_refuses_with_429_and_survives_a_restar
         (429, "quota messages_per_day exceeded for tenant acme"),
         "from the first upgrade"
     );
+}
+
+/// `weir usage --quotas`: after a graceful stop (which saves the usage file), each tenant's
+/// standing is read from `data_dir/quotas.json` under the config's quotas, no process running.
+#[tokio::test]
+async fn weir_usage_quotas_prints_a_tenants_standing_from_the_saved_file() {
+    let backend = echo_backend().await;
+    let data = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "pools:\n  - name: p\n    backends: [\"{}\"]\n    health_check: {{kind: none}}\nroutes:\n  - {{name: ws, path_prefix: /ws, pool: p, tenant: acme}}\n",
+        backend.addr
+    );
+    let extra = format!(
+        "data_dir: \"{}\"\nquotas:\n  - {{tenant: acme, of: messages, limit: 100, per: day}}\n  - {{tenant: \"*\", of: connection_seconds, limit: 3600, per: hour}}\n",
+        data.path().display()
+    );
+    let mut weir = Weir::start_with(&routes, &extra).await;
+    let mut ws = connect(&weir, "/ws").await;
+    for i in 0..3 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        assert_eq!(recv(&mut ws).await, Message::text(format!("m{i}")));
+    }
+    ws.close(None).await.unwrap();
+    weir.records_eventually(1).await;
+    assert!(weir.terminate().is_some_and(|s| s.success()), "{}", weir.log());
+
+    let config = weir.config.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir")).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&run(&["usage", "--quotas", "--config", config, "--tenant", "acme", "--format", "json"]))
+            .unwrap();
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{json}");
+    let messages = &rows[0];
+    assert_eq!(
+        (&messages["tenant"], &messages["quota"], &messages["limit"], &messages["used"], &messages["over"]),
+        (&"acme".into(), &"messages_per_day".into(), &100.into(), &6.into(), &false.into()),
+        "three round trips are six messages: {json}"
+    );
+    assert_eq!(messages["share"], 0.06);
+    let today = weir::billing::report::day_label(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64,
+    );
+    assert_eq!(messages["period_start"], format!("{today}T00:00:00Z"));
+    assert_eq!(rows[1]["quota"], "connection_seconds_per_hour");
+    assert!(rows[1]["used"].as_u64().unwrap() <= 60, "{json}");
+    let table = run(&["usage", "--quotas", "-c", config]);
+    assert!(table.starts_with("tenant  quota"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("acme    messages_per_day") && l.ends_with("no")), "{table}");
 }

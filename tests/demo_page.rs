@@ -143,3 +143,53 @@ routes:
     let sent: u64 = records.iter().map(|r| r.client_to_backend.messages).sum();
     assert_eq!(sent, 3, "alice sent two messages and bob one: {records:?}");
 }
+
+/// A route with an API key: the page, given the key, opens its WebSocket with the subprotocol
+/// entry `weir.key.<key>` and echoes (billed to the key's tenant; the backend never sees the
+/// entry); without the key the connection fails and the page says so.
+#[tokio::test]
+async fn demo_page_connects_with_an_api_key_as_a_subprotocol_entry_in_chromium() {
+    const KEY: &str = "k-demo-0123456789abcdef";
+    let backend = crate::support::backends::echo_backend().await;
+    let weir = Weir::start(&format!(
+        "demo_page: true\npools:\n  - {{name: p, backends: [\"{}\"], health_check: {{kind: none}}}}\nroutes:\n  - {{name: echo, path_prefix: /echo, pool: p, auth: {{api_keys: [{{sha256: \"{}\", tenant: acme}}]}}}}\n",
+        backend.addr,
+        weir::admission::auth::key_digest_hex(KEY)
+    ))
+    .await;
+    let (_browser, mut cdp) = browser().await;
+    let tab = cdp.open_tab(&format!("http://{}/", weir.addr)).await;
+
+    // No key: the upgrade gets 401 and the browser fails the connection.
+    let refused = r#"
+      $("connect").click();
+      await wait("the failure", () => lines("log").some((l) => l.includes("closed: code 1006")));
+      return lines("log").join("\n");
+    "#;
+    let log = cdp.run(&tab, refused).await;
+    assert!(log.contains("error"), "{log}");
+    assert!(!log.contains("open (protocol"), "{log}");
+    assert!(backend.seen().is_empty(), "no backend was touched");
+
+    let with_key = format!("$(\"key\").value = {};\n{ECHO_SESSION}", js(KEY));
+    let log = cdp.run(&tab, &with_key).await;
+    assert!(log.contains("open (protocol: key)"), "the 101 names the key entry; shown as `key`: {log}");
+    assert!(log.contains("< hello from chromium"), "{log}");
+    assert!(!log.contains(KEY), "the page never shows the key: {log}");
+
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("sec-websocket-protocol"), None, "the key entry is taken out");
+    assert_eq!(seen[0].header("x-weir-tenant"), Some("acme"));
+    let records = eventually("both usage records", || async {
+        let r = weir.records();
+        (r.len() >= 2).then_some(r)
+    })
+    .await;
+    let refused = records.iter().find(|r| r.status == 401).expect("the refusal's record");
+    assert_eq!(refused.reason.as_deref(), Some("no_credential"));
+    let admitted = records.iter().find(|r| r.status == 101).expect("the connection's record");
+    assert_eq!(admitted.identity.tenant.as_deref(), Some("acme"));
+    assert_eq!((admitted.client_to_backend.messages, admitted.backend_to_client.messages), (1, 1));
+    assert!(!std::fs::read_to_string(&weir.usage).unwrap().contains(KEY), "never in a record");
+}

@@ -242,10 +242,15 @@ fn expected_request(reads: &HeadReads<'_>) -> Expected {
 
 /// `proxy::read` answered as its loop says: `proxy::parse` of the bytes read so far, first of
 /// none, then after every read, until it answers; `NotProxy` when the stream ends (or falls
-/// silent) first. What it hands on is exactly the bytes read past the header.
+/// silent) first, `Closed` when it ends before a single byte. What it hands on is exactly the
+/// bytes read past the header.
 fn check_proxy(reader: &Script<'_>, result: &Result<(Option<std::net::SocketAddr>, Vec<u8>), ProxyError>) {
     let read = reader.read();
-    let mut expected = Err(ProxyError::NotProxy);
+    let ended = match reader.ending {
+        Ending::Eof | Ending::Error if read.is_empty() => ProxyError::Closed,
+        _ => ProxyError::NotProxy,
+    };
+    let mut expected = Err(ended);
     for &b in std::iter::once(&0).chain(&reader.boundaries) {
         match proxy::parse(&read[..b]) {
             Ok(None) => continue,

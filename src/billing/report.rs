@@ -613,27 +613,7 @@ pub fn render(rows: &[Row], by: By, format: Format) -> String {
                     line
                 })
                 .collect();
-            let widths: Vec<usize> = (0..header.len())
-                .map(|i| {
-                    std::iter::once(&header)
-                        .chain(&body)
-                        .map(|l| l.get(i).map_or(0, |c| c.chars().count()))
-                        .max()
-                        .unwrap_or(0)
-                })
-                .collect();
-            for line in std::iter::once(&header).chain(&body) {
-                let mut text = String::new();
-                for (i, (cell, w)) in line.iter().zip(&widths).enumerate() {
-                    if i == 0 {
-                        let _ = write!(text, "{cell:<w$}");
-                    } else {
-                        let _ = write!(text, "  {cell:>w$}");
-                    }
-                }
-                out.push_str(text.trim_end());
-                out.push('\n');
-            }
+            out = table(&header, &body, 1);
         }
         Format::Csv => {
             out.push_str(&header.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(","));
@@ -673,7 +653,38 @@ pub fn render(rows: &[Row], by: By, format: Format) -> String {
     out
 }
 
-fn csv_field(s: &str) -> String {
+/// Fixed-width columns: `header`, then `body`; the first `left` columns left-aligned, the others
+/// right, two spaces apart (also `weir usage --quotas`).
+pub fn table(header: &[String], body: &[Vec<String>], left: usize) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            std::iter::once(header)
+                .chain(body.iter().map(Vec::as_slice))
+                .map(|l| l.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for line in std::iter::once(header).chain(body.iter().map(Vec::as_slice)) {
+        let mut text = String::new();
+        for (i, (cell, w)) in line.iter().zip(&widths).enumerate() {
+            if i == 0 {
+                let _ = write!(text, "{cell:<w$}");
+            } else if i < left {
+                let _ = write!(text, "  {cell:<w$}");
+            } else {
+                let _ = write!(text, "  {cell:>w$}");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `s` as one CSV (RFC 4180) field, quoted when it needs to be.
+pub fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -681,7 +692,8 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn json_string(s: &str) -> String {
+/// `s` as a JSON string literal.
+pub fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 

@@ -494,13 +494,6 @@ impl Validator {
             key: self.existing_file(&format!("listeners[{i}].tls.key"), &t.key),
         });
         let proxy_protocol = l.proxy_protocol.unwrap_or(false);
-        if proxy_protocol && tls.is_some() {
-            self.err(
-                format!("listeners[{i}].proxy_protocol"),
-                "true",
-                "is not supported together with `tls` yet; terminate TLS at the load balancer, or drop one of them",
-            );
-        }
         Some(Listener { address: address?, tls, proxy_protocol })
     }
 

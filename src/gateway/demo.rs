@@ -3,6 +3,11 @@
 //!
 //! - **Echo**: open a WebSocket to any path (default `/echo`), send text, see what comes back,
 //!   close.
+//! - **API key** (optional, for routes with `auth`): when typed in, both parts open their
+//!   WebSocket with the one subprotocol entry `weir.key.<key>` (browsers cannot set an
+//!   `Authorization` header on a WebSocket); weir takes the entry out before the backend and
+//!   names it in the 101. The page shows it as `key`, never the key itself. A route that
+//!   changes `auth.subprotocol` needs a page of its own.
 //! - **Room chat**: join the built-in `room` object at `/rooms/<room>` (see `builtin/room.rs` for
 //!   the protocol) and chat with other tabs in the same room. A message is sent as JSON text
 //!   `{"from": name, "text": text}` and shown locally as `me: text` (the room does not send a
@@ -35,6 +40,10 @@ pub const PAGE: &str = r#"<!doctype html>
 <p>This page talks to backends through the gateway. Every message is metered; see
 <code>/metrics</code> on the admin port and the usage file for what was counted.</p>
 
+<p>
+  <label>API key <input id="key" type="password" autocomplete="off" placeholder="only for routes with auth"></label>
+</p>
+
 <h2>Echo</h2>
 <p>
   <label>Path <input id="path" value="/echo"></label>
@@ -66,6 +75,15 @@ pub const PAGE: &str = r#"<!doctype html>
 "use strict";
 const $ = (id) => document.getElementById(id);
 const wsUrl = (path) => (location.protocol === "https:" ? "wss:" : "ws:") + "//" + location.host + path;
+// The subprotocol entry that carries the API key (weir's default `auth.subprotocol`).
+const KEY_PREFIX = "weir.key.";
+// Open a WebSocket to `path`, with the API key as its only subprotocol entry when one is set.
+const openSocket = (path) => {
+  const key = $("key").value.trim();
+  return key ? new WebSocket(wsUrl(path), [KEY_PREFIX + key]) : new WebSocket(wsUrl(path));
+};
+// The selected subprotocol as shown: never the key itself.
+const shownProtocol = (p) => (p.startsWith(KEY_PREFIX) ? "key" : p || "none");
 
 // Echo.
 let ws = null;
@@ -82,9 +100,9 @@ function setOpen(open) {
 }
 $("connect").onclick = () => {
   const url = wsUrl($("path").value);
-  log("sys", "connecting to " + url);
-  ws = new WebSocket(url);
-  ws.onopen = () => { setOpen(true); log("sys", "open (protocol: " + (ws.protocol || "none") + ")"); };
+  log("sys", "connecting to " + url + ($("key").value.trim() ? " with the API key" : ""));
+  try { ws = openSocket($("path").value); } catch (e) { log("sys", "error: " + e.message); return; }
+  ws.onopen = () => { setOpen(true); log("sys", "open (protocol: " + shownProtocol(ws.protocol) + ")"); };
   ws.onmessage = (e) => log("in", "< " + e.data);
   ws.onerror = () => log("sys", "error");
   ws.onclose = (e) => { setOpen(false); log("sys", "closed: code " + e.code + (e.reason ? " (" + e.reason + ")" : "")); };
@@ -133,7 +151,9 @@ function showEvent(v) {
   else chat("sys", JSON.stringify(v));
 }
 $("join").onclick = () => {
-  const name = $("room").value, socket = new WebSocket(wsUrl("/rooms/" + encodeURIComponent(name)));
+  const name = $("room").value;
+  let socket;
+  try { socket = openSocket("/rooms/" + encodeURIComponent(name)); } catch (e) { chat("sys", "error: " + e.message); return; }
   let opened = false, earlier = 0, welcomed = false;
   socket.binaryType = "arraybuffer";
   room = socket;

@@ -16,6 +16,7 @@
 //!   answer (warm). `http.rs`: Pingora's `ProxyHttp` pipeline for plain HTTP on `http` routes
 //!   (warm). `demo.rs`: the demo page (warm). `external.rs`: admission by an `auth.external`
 //!   endpoint, its verdict applied to the request or passed on to the client (warm).
+//!   `proxied.rs`: which listeners expect a PROXY header, and reading it before TLS (warm).
 //!
 //! Pingora calls `Gateway::process_new` once per client connection, which serves its requests (its
 //! listener, TLS and HTTP/1 session handling stay Pingora's). For an upgrade the handshake runs
@@ -32,6 +33,7 @@ mod external;
 pub mod handshake;
 pub mod http;
 pub mod observer;
+pub mod proxied;
 pub mod reject;
 pub mod snapshot;
 pub mod upgrade;
@@ -143,7 +145,9 @@ pub struct Gateway {
     quotas: Arc<Quotas>,
     access: Option<Arc<AccessLog>>,
     /// Listener addresses whose connections start with a PROXY header.
-    proxy_listeners: Vec<SocketAddr>,
+    proxy_listeners: proxied::ProxyListeners,
+    /// Client addresses read from PROXY headers before TLS (`proxied::BeforeTls`).
+    proxied: Arc<proxied::Proxied>,
 }
 
 /// The shared parts a gateway serves with (built by `server`).
@@ -204,17 +208,22 @@ impl Gateway {
             http,
             quotas,
             access,
-            proxy_listeners: config.listeners.iter().filter(|l| l.proxy_protocol).map(|l| l.address).collect(),
+            proxy_listeners: proxied::ProxyListeners::new(&config.listeners),
+            proxied: Arc::new(proxied::Proxied::default()),
         }
     }
 
-    /// Whether a connection accepted at `local` came through a `proxy_protocol` listener (an
-    /// unspecified listener address matches any address with its port).
-    fn expects_proxy_header(&self, local: Option<SocketAddr>) -> bool {
-        let Some(local) = local else { return false };
-        self.proxy_listeners
-            .iter()
-            .any(|l| l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip()))
+    /// Pingora's pre-TLS callback that reads PROXY headers on `proxy_protocol` TLS listeners
+    /// for this gateway; `None` when no listener has both.
+    pub fn before_tls(&self, config: &Config) -> Option<Arc<dyn pingora_core::listeners::PreTlsProcess>> {
+        config.listeners.iter().any(|l| l.proxy_protocol && l.tls.is_some()).then(|| {
+            Arc::new(proxied::BeforeTls {
+                listeners: self.proxy_listeners.clone(),
+                proxied: self.proxied.clone(),
+                current: self.current.clone(),
+                rejections: self.metrics.handshake_rejections.clone(),
+            }) as Arc<dyn pingora_core::listeners::PreTlsProcess>
+        })
     }
 
     /// The client's address: the PROXY header's (already in `client`), then, when that peer is
@@ -239,7 +248,10 @@ impl Gateway {
         let tls = stream.get_ssl_digest().is_some();
         let mut already = Vec::new();
         let timeouts = self.current.load().config.timeouts;
-        if self.expects_proxy_header(local) {
+        if tls && self.proxy_listeners.expects(local) {
+            // Read before the TLS handshake (`proxied::BeforeTls`); none for LOCAL/UNKNOWN.
+            client = self.proxied.take(stream.id(), client).or(client);
+        } else if self.proxy_listeners.expects(local) {
             match crate::http1::proxy::read(&mut stream, timeouts.request_head).await {
                 Ok((addr, rest)) => {
                     client = addr.or(client);
@@ -247,7 +259,12 @@ impl Gateway {
                 }
                 Err(e) => {
                     tracing::debug!(peer = ?client, error = ?e, "no valid PROXY header on a proxy_protocol listener; closed");
-                    self.metrics.handshake_rejections.with_label_values(&[NO_ROUTE, reject::BAD_PROXY_HEADER]).inc();
+                    if e != crate::http1::proxy::ProxyError::Closed {
+                        self.metrics
+                            .handshake_rejections
+                            .with_label_values(&[NO_ROUTE, reject::BAD_PROXY_HEADER])
+                            .inc();
+                    }
                     return None;
                 }
             }

@@ -25,6 +25,8 @@ pub enum ProxyError {
     BadV1,
     /// A version 2 header that does not parse, or is longer than weir accepts.
     BadV2,
+    /// The peer closed before sending a byte (a TCP health check, `/readyz`): not a bad header.
+    Closed,
 }
 
 /// A parsed header: the client address it names (`None` for `UNKNOWN` / `LOCAL`: keep the
@@ -106,7 +108,7 @@ fn parse_v2(buf: &[u8]) -> Result<Option<Parsed>, ProxyError> {
 
 /// Read a PROXY header from `stream` within `timeout`: the client address it names and the
 /// bytes read after it (the start of the request). Anything else is an error (the listener
-/// expects PROXY: the connection is closed).
+/// expects PROXY: the connection is closed); `Closed` when the peer sent nothing at all.
 pub async fn read<S: AsyncRead + Unpin>(
     stream: &mut S,
     timeout: Duration,
@@ -119,6 +121,7 @@ pub async fn read<S: AsyncRead + Unpin>(
             }
             let mut chunk = [0u8; 512];
             match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) if buf.is_empty() => return Err(ProxyError::Closed),
                 Ok(0) | Err(_) => return Err(ProxyError::NotProxy),
                 Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
             }
@@ -199,6 +202,17 @@ mod tests {
         bad[12] = 0x31;
         assert_eq!(parse(&bad), Err(ProxyError::BadV2), "version 3");
         assert_eq!(parse(&v2(1, 0x11, &vec![0; 2000])), Err(ProxyError::BadV2), "too long");
+    }
+
+    #[tokio::test]
+    async fn read_gives_back_what_follows_and_tells_an_empty_connection_apart() {
+        let t = Duration::from_secs(1);
+        let mut bytes: &[u8] = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\n\x16\x03\x01";
+        let (addr, rest) = read(&mut bytes, t).await.unwrap();
+        assert_eq!((addr, rest.as_slice()), (Some("203.0.113.7:51234".parse().unwrap()), &b"\x16\x03\x01"[..]));
+        assert_eq!(read(&mut &b""[..], t).await, Err(ProxyError::Closed), "a TCP probe");
+        assert_eq!(read(&mut &b"PROXY TCP4"[..], t).await, Err(ProxyError::NotProxy), "cut short");
+        assert_eq!(read(&mut &b"\x16\x03\x01\x02"[..], t).await, Err(ProxyError::NotProxy), "a ClientHello");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! monotonic `Instant` for the duration and a wall-clock `SystemTime` only for the record's
 //! timestamps (never subtracted from each other). `live.rs` keeps the relayed connections and
 //! runs the sweeper; `clock.rs` measures active time; `today.rs` tallies today's usage per tenant
-//! for the admin status page.
+//! for the admin status page; `quota.rs` enforces tenants' quotas and `standing.rs` reports them
+//! from the saved file (`weir usage --quotas`, cold).
 
 // Bytes from the network never panic here: every failure is a value (see the module doc).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod live;
 pub mod quota;
 pub mod rejections;
+pub mod standing;
 pub mod today;
 
 use crate::billing::record::rfc3339_ms;

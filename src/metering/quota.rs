@@ -278,6 +278,35 @@ impl Quotas {
     }
 }
 
+/// One quota's usage as the usage file holds it (`read_saved`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedUse {
+    /// Start of the period it counts, Unix seconds (UTC).
+    pub start: i64,
+    /// Usage in that period, in the quota's unit.
+    pub used: u64,
+}
+
+/// The usage file as read back: tenant → quota name → use.
+pub type SavedUses = HashMap<String, HashMap<String, SavedUse>>;
+
+/// The usage file in `data_dir` as the running process last saved it (`weir usage --quotas`);
+/// `Ok(None)` when there is none yet.
+pub fn read_saved(data_dir: &std::path::Path) -> Result<Option<SavedUses>, String> {
+    let path = data_dir.join(FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let saved: Saved =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{} is not a quota usage file: {e}", path.display()))?;
+    let uses = saved.into_iter().map(|(tenant, quotas)| {
+        (tenant, quotas.into_iter().map(|(q, p)| (q, SavedUse { start: p.start, used: p.carried })).collect())
+    });
+    Ok(Some(uses.collect()))
+}
+
 /// The quota ticker: once a second, `Quotas::tick` and the close (1008, cause `quota`) of the
 /// open connections of tenants over a budget (a scan of the live set, only while such a tenant
 /// has connections open: new ones are refused); every few seconds and at shutdown, `save`.

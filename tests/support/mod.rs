@@ -8,6 +8,7 @@ pub mod backends;
 pub mod browser;
 pub mod hosts;
 pub mod postgres;
+pub mod tls;
 pub mod wire;
 
 use std::collections::HashSet;
