@@ -512,6 +512,8 @@ async fn a_real_prometheus_sees_what_weir_did_and_every_panel_and_alert_evaluate
     for (metric, labels, value) in EXPECTED {
         weir.metric_eventually(metric, labels, |v| v == *value).await;
     }
+    // The quota ticker (once a second) has published acme's utilisation.
+    weir.metric_eventually("weir_quota_utilisation", &[("tenant", "acme")], |v| v > 0.0).await;
     // ...and Prometheus has scraped after that. Prometheus may move a scrape's timestamp back
     // by up to 2 ms (to keep intervals even), hence the 10 ms margin.
     let last_event = now_secs() + 0.010;
