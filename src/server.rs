@@ -129,7 +129,12 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
     server.bootstrap();
 
     let http = Arc::new(pingora_proxy::http_proxy(&server.configuration, HttpRoutes::new(current.clone())));
-    let quotas = Quotas::new(config.quotas.clone(), Some(config.data_dir.clone()), metrics.quota_utilisation.clone());
+    let quotas = Quotas::new(
+        config.quotas.clone(),
+        config.billing_units.iter().map(|u| u.name.clone()).collect(),
+        Some(config.data_dir.clone()),
+        metrics.quota_utilisation.clone(),
+    );
     let gateway = Gateway::new(
         &config,
         Parts {

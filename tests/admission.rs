@@ -608,6 +608,49 @@ async fn a_quota_crossed_closes_with_1008_refuses_with_429_and_survives_a_restar
     );
 }
 
+/// A quota over a pricing unit (`of: unit:<name>`): the units of open connections count within
+/// a tick, so crossing it while connected closes with 1008 and the next upgrade gets 429.
+#[tokio::test]
+async fn a_quota_over_a_pricing_unit_is_enforced_while_connected() {
+    use futures_util::StreamExt;
+    let backend = echo_backend().await;
+    let routes = format!(
+        "pools:\n  - name: p\n    backends: [\"{}\"]\n    health_check: {{kind: none}}\nroutes:\n  - {{name: ws, path_prefix: /ws, pool: p, tenant: acme}}\n",
+        backend.addr
+    );
+    // One credit per 4 bytes of a message, each way: an 8-byte message is 2 credits.
+    let extra = "billing:\n  units:\n    - name: credits\n      terms: [{of: messages_in, chunk: 4}, {of: messages_out, chunk: 4}]\nquotas:\n  - {tenant: acme, of: \"unit:credits\", limit: 20, per: day}\n";
+    let weir = Weir::start_with(&routes, extra).await;
+    let mut ws = connect(&weir, "/ws").await;
+    // Each round trip: 2 credits in, 2 out. The fifth reaches 20 (the quota's next tick may
+    // close the connection from then on), the sixth passes it.
+    for i in 0..6 {
+        if ws.send(Message::text(format!("message{i}"))).await.is_err() {
+            break;
+        }
+    }
+    let closed = tokio::time::timeout(crate::support::DEADLINE, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), f.reason.to_string()),
+                Some(Ok(_)) => {}
+                other => panic!("expected a close, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed within the deadline, while open");
+    assert_eq!(closed, (1008, "quota exceeded".to_string()));
+    let r = weir.records_eventually(1).await.remove(0);
+    assert_eq!(r.close.unwrap().cause, "quota");
+    assert!(r.units["credits"] >= 20.0, "{:?}", r.units);
+    let (status, _, body) = raw_request(weir.addr, &upgrade_request(weir.addr, "/ws", "")).await.unwrap();
+    assert_eq!((status, body.as_str()), (429, "quota credits_per_day exceeded for tenant acme"));
+    let m = weir.metrics().await;
+    let used = metric(&m, "weir_quota_utilisation", &[("tenant", "acme"), ("quota", "credits_per_day")]).unwrap();
+    assert!(used >= 1.0, "{used}");
+}
+
 /// `weir usage --quotas`: after a graceful stop (which saves the usage file), each tenant's
 /// standing is read from `data_dir/quotas.json` under the config's quotas, no process running.
 #[tokio::test]

@@ -430,7 +430,7 @@ impl Validator {
     }
 
     /// `quotas:`.
-    pub(super) fn quotas(&mut self, list: &[FileQuota]) -> Vec<Quota> {
+    pub(super) fn quotas(&mut self, list: &[FileQuota], units: &[crate::billing::units::UnitRule]) -> Vec<Quota> {
         let mut seen = std::collections::HashSet::new();
         list.iter()
             .enumerate()
@@ -439,10 +439,29 @@ impl Validator {
                     "messages" => Some(QuotaOf::Messages),
                     "bytes" => Some(QuotaOf::Bytes),
                     "connection_seconds" => Some(QuotaOf::ConnectionSeconds),
-                    other => {
-                        self.err(format!("quotas[{i}].of"), other, "must be messages, bytes or connection_seconds");
-                        None
-                    }
+                    other => match other.strip_prefix("unit:") {
+                        Some(unit) => match units.iter().position(|u| u.name == unit) {
+                            Some(k) => Some(QuotaOf::Unit(k)),
+                            None => {
+                                let known: Vec<&str> = units.iter().map(|u| u.name.as_str()).collect();
+                                let fix = if known.is_empty() {
+                                    "names no unit: billing.units defines none".to_string()
+                                } else {
+                                    format!("names no unit of billing.units; known: {}", known.join(", "))
+                                };
+                                self.err(format!("quotas[{i}].of"), other, fix);
+                                None
+                            }
+                        },
+                        None => {
+                            self.err(
+                                format!("quotas[{i}].of"),
+                                other,
+                                "must be messages, bytes, connection_seconds or unit:<a billing.units name>",
+                            );
+                            None
+                        }
+                    },
                 };
                 let per = match q.per.as_str() {
                     "hour" => Some(QuotaPeriod::Hour),
@@ -460,7 +479,7 @@ impl Validator {
                 if let Some(t) = &tenant {
                     self.tenant_name(&format!("quotas[{i}].tenant"), t);
                 }
-                let name = format!("{}_per_{}", q.of, q.per);
+                let name = format!("{}_per_{}", q.of.strip_prefix("unit:").unwrap_or(&q.of), q.per);
                 if !seen.insert((tenant.clone(), name.clone())) {
                     self.err(
                         format!("quotas[{i}]"),

@@ -98,6 +98,8 @@ pub enum QuotaOf {
     Bytes,
     /// Seconds of open connections.
     ConnectionSeconds,
+    /// A pricing unit (`of: unit:<name>`): the index of its rule in `Config::billing_units`.
+    Unit(usize),
 }
 
 /// A quota's calendar period (UTC).

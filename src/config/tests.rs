@@ -656,3 +656,14 @@ fn secrets_come_from_files_and_the_environment_and_are_never_shown() {
     assert!(lines.iter().any(|l| l.starts_with("pools[0].selection: \"${file:selection}\": must be")), "{text}");
     assert!(lines.iter().any(|l| l.starts_with("server.threads: \"0\"")), "{text}");
 }
+
+#[test]
+fn a_quota_over_a_unit_names_a_billing_unit() {
+    let units = "billing:\n  units:\n    - {name: credits, terms: [{of: messages_in}]}\n";
+    let ok = format!("{units}quotas:\n  - {{tenant: acme, of: \"unit:credits\", limit: 5, per: day}}\n");
+    let c = parse(&minimal(&ok), "t").unwrap();
+    assert_eq!((c.quotas[0].of, c.quotas[0].name.as_str()), (crate::config::QuotaOf::Unit(0), "credits_per_day"));
+    let bad = format!("{units}quotas:\n  - {{tenant: acme, of: \"unit:nope\", limit: 5, per: day}}\n");
+    let e = errors(&minimal(&bad));
+    assert!(e.iter().any(|e| e.contains("quotas[0].of") && e.contains("known: credits")), "{e:?}");
+}

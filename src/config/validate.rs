@@ -239,7 +239,7 @@ impl Validator {
         let echo = self.echo(&f.echo);
         let admission = self.admission(&f.admission);
         let trusted_proxies = self.trusted_proxies(&f.trusted_proxies);
-        let quotas = self.quotas(&f.quotas);
+        let quotas = self.quotas(&f.quotas, &billing_units);
         let admin_token = f.admin.as_ref().and_then(|a| self.admin_token(a));
         let drain_window =
             self.duration("drain.window", f.drain.window.as_deref(), DEFAULT_DRAIN_WINDOW.min(grace_period));

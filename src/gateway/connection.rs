@@ -197,6 +197,12 @@ impl Ending {
             m.object_evictions.with_label_values(&[ns]).inc();
         }
         let record = gateway.live.end(&live, report);
+        if gateway.quotas.counts_units() {
+            // The units between the quota ticker's last count and the end, from the stop record.
+            if let Some(t) = record.identity.tenant.as_deref().and_then(|t| gateway.quotas.tenant(t)) {
+                gateway.quotas.connection_ended(&t, live.meter.id, &record.units);
+            }
+        }
         tracing::debug!(
             connection_id = %record.identity.connection_id, route, outcome = %record.outcome,
             duration_ms = record.duration_ms, close_code = ?report.close_code, initiator = report.initiator.as_str(),

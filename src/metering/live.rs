@@ -261,6 +261,13 @@ impl Live {
         self.stop_waker.wake();
     }
 
+    /// Its lifetime and active time so far (milliseconds) and its counts.
+    pub fn progress(&self, now: Instant) -> (u64, u64, [DirectionCounts; 2]) {
+        let s = lock(&self.state);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        (ms(now.saturating_duration_since(self.meter.started())), ms(s.active.total_at(now)), s.counts)
+    }
+
     /// What the admin API shows of this connection (`now`: for its age).
     pub fn view(&self, now: Instant) -> serde_json::Value {
         let id = self.meter.identity();
@@ -427,6 +434,12 @@ impl LiveSet {
             tally.row(l.meter.identity().tenant.as_deref()).add_open(age, &l.counts());
         }
         (tally, open)
+    }
+
+    /// The pricing units `live` has used so far, by name (the units in force now).
+    pub fn units_so_far(&self, live: &Live, now: Instant) -> std::collections::BTreeMap<String, f64> {
+        let (duration_ms, active_ms, counts) = live.progress(now);
+        self.usage.units().compute(duration_ms, active_ms, &counts)
     }
 
     /// A connection's handshake failed: write its one record.

@@ -1,10 +1,13 @@
-//! Quotas (`quotas:`): each tenant's budget of messages, bytes or connection seconds per UTC
-//! hour, day or month, enforced in the data path: a tenant over a budget gets 429 for new
+//! Quotas (`quotas:`): each tenant's budget of messages, bytes, connection seconds or a pricing
+//! unit (`of: unit:<name>`) per UTC hour, day or month, enforced in the data path: a tenant over a budget gets 429 for new
 //! upgrades and its open connections are closed with 1008 "quota exceeded" within about a second.
 //!
 //! Hot path: a connection's observer adds what moved to its tenant's `Tenant` counters (two
 //! relaxed atomic adds per wakeup that moved bytes). Background: `QuotaTicker`, once a second,
-//! adds connection seconds, rolls periods, compares each budget, orders the tenant's open
+//! adds connection seconds and (with unit quotas) the growth of each open connection's pricing
+//! units since the last tick (`QuotaTicker`; the rest is added from the stop record when the
+//! connection ends, `Quotas::connection_ended`, so a tenant's units equal its records'), rolls
+//! periods, compares each budget, orders the tenant's open
 //! connections closed (through the live set, only while an over-budget tenant has any), sets the
 //! utilisation gauge and
 //! every few seconds persists the usage of the current periods to `data_dir/quotas.json`, so a
@@ -52,6 +55,8 @@ pub struct Tenant {
     /// Milliseconds of open connections, added by the ticker.
     conn_ms: AtomicU64,
     open: AtomicU64,
+    /// Thousandths of each pricing unit a quota counts (indexed like `Quotas::unit_names`).
+    unit_milli: Box<[AtomicU64]>,
 }
 
 impl Tenant {
@@ -80,6 +85,16 @@ impl Tenant {
             QuotaOf::Messages => self.messages.load(Ordering::Relaxed),
             QuotaOf::Bytes => self.bytes.load(Ordering::Relaxed),
             QuotaOf::ConnectionSeconds => self.conn_ms.load(Ordering::Relaxed) / 1000,
+            QuotaOf::Unit(k) => self.unit_milli.get(k).map_or(0, |u| u.load(Ordering::Relaxed) / 1000),
+        }
+    }
+
+    /// Add `delta` of unit `k` (a fraction of a thousandth is dropped).
+    fn add_unit(&self, k: usize, delta: f64) {
+        if let Some(u) = self.unit_milli.get(k) {
+            if delta > 0.0 {
+                u.fetch_add((delta * 1000.0) as u64, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -117,12 +132,24 @@ pub struct Quotas {
     utilisation: GaugeVec,
     /// The refusal of each tenant over a budget: (quota name, seconds to its period's end).
     over: Mutex<HashMap<Arc<str>, (String, u64)>>,
+    /// The pricing units (`billing.units` names at startup) that `QuotaOf::Unit` indexes.
+    unit_names: Vec<String>,
+    /// Units a quota counts: whether the ticker computes them.
+    counts_units: bool,
+    /// Each open connection's units counted so far (indexed like `unit_names`).
+    counted: Mutex<HashMap<uuid::Uuid, Vec<f64>>>,
 }
 
 impl Quotas {
-    /// The budgets of `rules`, their usage file in `data_dir` (`None`: not kept), exporting
-    /// utilisation to `utilisation` {tenant, quota}.
-    pub fn new(rules: Vec<Quota>, data_dir: Option<PathBuf>, utilisation: GaugeVec) -> Arc<Quotas> {
+    /// The budgets of `rules` (their `QuotaOf::Unit` index `unit_names`, the `billing.units`
+    /// names), their usage file in `data_dir` (`None`: not kept), exporting utilisation to
+    /// `utilisation` {tenant, quota}.
+    pub fn new(
+        rules: Vec<Quota>,
+        unit_names: Vec<String>,
+        data_dir: Option<PathBuf>,
+        utilisation: GaugeVec,
+    ) -> Arc<Quotas> {
         let path = data_dir.map(|d| d.join(FILE));
         let saved = path
             .as_ref()
@@ -136,8 +163,12 @@ impl Quotas {
             })
             .unwrap_or_default();
         let names: Vec<String> = saved.keys().cloned().collect();
+        let counts_units = rules.iter().any(|r| matches!(r.of, QuotaOf::Unit(_)));
         let quotas = Arc::new(Quotas {
             rules,
+            unit_names,
+            counts_units,
+            counted: Mutex::default(),
             tracked: Mutex::default(),
             saved: Mutex::new(saved),
             path,
@@ -181,6 +212,7 @@ impl Quotas {
                 bytes: AtomicU64::new(0),
                 conn_ms: AtomicU64::new(0),
                 open: AtomicU64::new(0),
+                unit_milli: self.unit_names.iter().map(|_| AtomicU64::new(0)).collect(),
             }),
             periods: self
                 .rules
@@ -197,6 +229,37 @@ impl Quotas {
             labelled,
         });
         Some(entry.tenant.clone())
+    }
+
+    /// Whether a quota counts pricing units (the ticker then computes open connections' units).
+    pub fn counts_units(&self) -> bool {
+        self.counts_units
+    }
+
+    /// Count connection `id`'s units so far (`units`, by name, cumulative) toward `tenant`:
+    /// what grew since the last call.
+    pub fn count_units(&self, tenant: &Tenant, id: uuid::Uuid, units: &std::collections::BTreeMap<String, f64>) {
+        if !self.counts_units {
+            return;
+        }
+        let mut counted = lock(&self.counted);
+        let before = counted.entry(id).or_insert_with(|| vec![0.0; self.unit_names.len()]);
+        for (k, name) in self.unit_names.iter().enumerate() {
+            let now = units.get(name).copied().unwrap_or(0.0);
+            if let Some(b) = before.get_mut(k) {
+                tenant.add_unit(k, now - *b);
+                *b = now.max(*b);
+            }
+        }
+    }
+
+    /// Connection `id` ended with `units` in its stop record: count what is left and forget it.
+    pub fn connection_ended(&self, tenant: &Tenant, id: uuid::Uuid, units: &std::collections::BTreeMap<String, f64>) {
+        if !self.counts_units {
+            return;
+        }
+        self.count_units(tenant, id, units);
+        lock(&self.counted).remove(&id);
     }
 
     /// The refusal for a new upgrade of `tenant`: `(quota name, seconds to its period's end)`
@@ -314,6 +377,14 @@ pub struct QuotaTicker(pub Arc<Quotas>, pub Arc<LiveSet>);
 
 impl QuotaTicker {
     fn tick(&self, elapsed: Duration) {
+        if self.0.counts_units() {
+            // The units of every open connection of a tenant with a quota, so far.
+            let now = Instant::now();
+            for l in self.1.all() {
+                let Some(t) = l.meter.identity().tenant.as_deref().and_then(|t| self.0.tenant(t)) else { continue };
+                self.0.count_units(&t, l.meter.id, &self.1.units_so_far(&l, now));
+            }
+        }
         let over = self.0.tick(elapsed, unix_now());
         if over.is_empty() {
             return;
@@ -435,7 +506,8 @@ mod tests {
 
     #[test]
     fn a_tenant_over_its_budget_is_signalled_refused_and_reset_by_the_next_period() {
-        let q = Quotas::new(vec![rule(Some("acme"), QuotaOf::Messages, 10, QuotaPeriod::Hour)], None, gauge());
+        let q =
+            Quotas::new(vec![rule(Some("acme"), QuotaOf::Messages, 10, QuotaPeriod::Hour)], Vec::new(), None, gauge());
         assert!(q.tenant("beta").is_none(), "no quota applies");
         let acme = q.tenant("acme").unwrap();
         acme.opened();
@@ -456,17 +528,41 @@ mod tests {
     fn connection_seconds_and_a_restart_keep_the_period_usage() {
         let dir = tempfile::tempdir().unwrap();
         let rules = || vec![rule(None, QuotaOf::ConnectionSeconds, 100, QuotaPeriod::Day)];
-        let q = Quotas::new(rules(), Some(dir.path().to_path_buf()), gauge());
+        let q = Quotas::new(rules(), Vec::new(), Some(dir.path().to_path_buf()), gauge());
         let t = q.tenant("acme").unwrap();
         t.opened();
         t.opened();
         let now = unix_now();
         q.tick(Duration::from_secs(30), now);
         q.save();
-        let again = Quotas::new(rules(), Some(dir.path().to_path_buf()), gauge());
+        let again = Quotas::new(rules(), Vec::new(), Some(dir.path().to_path_buf()), gauge());
         let t2 = again.tenant("acme").unwrap();
         t2.opened();
         again.tick(Duration::from_secs(40), now);
         assert_eq!(again.refusal("acme").map(|(q, _)| q), Some("connectionseconds_day".to_string()), "60 + 40 ≥ 100");
+    }
+    #[test]
+    fn unit_quotas_count_open_connections_growth_and_the_rest_at_the_end() {
+        let rule = Quota {
+            name: "credits_per_day".into(),
+            tenant: Some("acme".into()),
+            of: QuotaOf::Unit(1),
+            limit: 10,
+            per: QuotaPeriod::Day,
+        };
+        let q = Quotas::new(vec![rule], vec!["other_unit".into(), "credits".into()], None, gauge());
+        assert!(q.counts_units());
+        let t = q.tenant("acme").unwrap();
+        let id = uuid::Uuid::now_v7();
+        let units = |c: f64| [("credits".to_string(), c), ("other_unit".to_string(), 100.0)].into_iter().collect();
+        q.count_units(&t, id, &units(4.5));
+        q.count_units(&t, id, &units(6.0));
+        assert_eq!(t.counter(QuotaOf::Unit(1)), 6, "growth since the last count, not the total twice");
+        assert!(q.tick(Duration::ZERO, unix_now()).is_empty() && q.refusal("acme").is_none());
+        q.connection_ended(&t, id, &units(10.25));
+        assert_eq!(t.counter(QuotaOf::Unit(1)), 10);
+        assert!(lock(&q.counted).is_empty(), "an ended connection is forgotten");
+        q.tick(Duration::ZERO, unix_now());
+        assert_eq!(q.refusal("acme").map(|r| r.0), Some("credits_per_day".into()));
     }
 }

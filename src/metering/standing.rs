@@ -85,6 +85,8 @@ fn unit(of: QuotaOf) -> &'static str {
         QuotaOf::Messages => "messages",
         QuotaOf::Bytes => "bytes",
         QuotaOf::ConnectionSeconds => "seconds",
+        // The quota's name says which unit (`<unit>_per_<period>`).
+        QuotaOf::Unit(_) => "units",
     }
 }
 
