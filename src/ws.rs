@@ -90,8 +90,9 @@ pub fn end_of(error: &Error) -> End {
 }
 
 /// Echo every text and binary message on `ws` back until the peer closes, fails, sends a message
-/// over the limit, or `stop` resolves; `on_message` runs once per echoed message. The caller
-/// sends the close the end calls for (`close`).
+/// over the limit, or `stop` resolves; `on_message` runs once per echoed message. Messages
+/// `pushed` hands over (an operator's push; `Poll::Pending` when none) are sent between echoes.
+/// The caller sends the close the end calls for (`close`).
 ///
 /// Backpressure: one message at a time. While an echo is being written (the peer does not read),
 /// nothing more is read, so the peer's writes stall in TCP and weir holds at most one message in
@@ -100,11 +101,23 @@ pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     mut on_message: impl FnMut(),
     stop: impl Future<Output = ()>,
+    mut pushed: impl FnMut(&mut std::task::Context<'_>) -> std::task::Poll<Vec<Message>>,
 ) -> End {
     tokio::pin!(stop);
     loop {
         let msg = tokio::select! {
             () = &mut stop => return End::Stopped,
+            msgs = std::future::poll_fn(&mut pushed) => {
+                for m in msgs {
+                    tokio::select! {
+                        () = &mut stop => return End::Stopped,
+                        sent = ws.send(m) => if sent.is_err() {
+                            return End::Peer;
+                        },
+                    }
+                }
+                continue;
+            }
             msg = ws.next() => msg,
         };
         match msg {
@@ -127,7 +140,12 @@ pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Send `close` and read until the peer answers or the stream ends, at most `CLOSE_WAIT`.
 pub async fn close<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, close: Close) {
-    let frame = CloseFrame { code: CloseCode::from(close.code()), reason: close.reason().into() };
+    close_with(ws, close.code(), close.reason()).await;
+}
+
+/// `close` with any code and reason (an operator's order: a kick's code, a drain's 1001).
+pub async fn close_with<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, code: u16, reason: &str) {
+    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
     let handshake = async {
         if ws.send(Message::Close(Some(frame))).await.is_ok() {
             while let Some(Ok(_)) = ws.next().await {}

@@ -654,3 +654,59 @@ async fn a_rebalance_evens_out_a_least_connections_pool() {
         t.abort();
     }
 }
+
+/// Built-in objects obey the same orders as relayed connections: a kick closes a room member
+/// with its code (the room sees it leave), a push reaches an echo object's client, and a drain
+/// closes an echo object's connection with 1001.
+#[tokio::test]
+async fn built_in_objects_take_kicks_pushes_and_drains() {
+    let config = "objects:\n  - {name: rooms, id: {path: \"/rooms/{id}\"}, builtin: room}\n  - {name: eo, id: {path: \"/obj/{id}\"}, builtin: echo}\nroutes:\n  - {name: rooms, path_prefix: /rooms, object: rooms}\n  - {name: eo, path_prefix: /obj, object: eo}\n";
+    let weir = Weir::start_with_admin(config, "drain:\n  window: 200ms\n", &format!("  token: \"{TOKEN}\"\n")).await;
+    let mut a = connect(&weir, "/rooms/lobby").await;
+    let mut b = connect(&weir, "/rooms/lobby").await;
+    let mut e = connect(&weir, "/obj/x").await;
+    let ids = crate::support::eventually("3 connections listed", || async {
+        let (_, all) = api(weir.admin, "GET", "/api/connections", Some(TOKEN)).await;
+        let list = all["connections"].as_array()?.clone();
+        (list.len() == 3).then_some(list)
+    })
+    .await;
+    let id_of = |route: &str, nth: usize| {
+        ids.iter().filter(|c| c["route"] == route).nth(nth).and_then(|c| c["id"].as_str()).unwrap().to_string()
+    };
+    // The oldest room connection is `a`.
+    let (status, body) =
+        api(weir.admin, "DELETE", &format!("/api/connections/{}?code=4000&reason=bye", id_of("rooms", 0)), Some(TOKEN))
+            .await;
+    assert_eq!((status, body["ended"].as_bool()), (200, Some(true)), "{body}");
+    let end = crate::support::drain_until_end(&mut a, DEADLINE).await;
+    let code = end.iter().find_map(|m| match m {
+        Message::Close(Some(f)) => Some((u16::from(f.code), f.reason.to_string())),
+        _ => None,
+    });
+    assert_eq!(code, Some((4000, "bye".to_string())), "{end:?}");
+    // b hears a's leave (its events are JSON text; bounded by the deadline).
+    let until = std::time::Instant::now() + DEADLINE;
+    loop {
+        assert!(std::time::Instant::now() < until, "b never saw a leave");
+        if let Message::Text(t) = crate::support::recv(&mut b).await {
+            if t.as_str().contains("leave") {
+                break;
+            }
+        }
+    }
+    // A push to the echo object's client.
+    let path = format!("/api/connections/{}/messages", id_of("eo", 0));
+    let (status, answer) = api_send(weir.admin, "POST", &path, "text/plain", b"from the operator").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(crate::support::recv(&mut e).await, Message::text("from the operator"));
+    // The echo still echoes, then a drain closes it with 1001.
+    e.send(Message::text("still")).await.unwrap();
+    assert_eq!(crate::support::recv(&mut e).await, Message::text("still"));
+    assert_eq!(api(weir.admin, "POST", "/api/drain", Some(TOKEN)).await.0, 202);
+    let end = crate::support::drain_until_end(&mut e, DEADLINE).await;
+    assert!(end.iter().any(|m| matches!(m, Message::Close(Some(f)) if u16::from(f.code) == 1001)), "{end:?}");
+    let records = weir.records_eventually(3).await;
+    let causes: Vec<_> = records.iter().filter_map(|r| r.close.as_ref().map(|c| c.cause.clone())).collect();
+    assert!(causes.contains(&"kicked".to_string()) && causes.contains(&"drained".to_string()), "{causes:?}");
+}

@@ -117,7 +117,6 @@ impl Gateway {
             Serve::Object { object, id, handle } => {
                 // Built-in objects touch their accounting per message themselves.
                 let observer = ConnObserver::new(metrics, live.clone(), None, None, quota);
-                live.set_pushable(matches!(object, Object::Room(_)));
                 let pushes = live.clone();
                 let tap = Tap::new(client, early, Self::policies(chunks, 0, None), observer);
                 let ending = Ending { gateway: self.clone(), route, place, live, lease, _permit: permit, _open: None };

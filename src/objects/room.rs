@@ -37,6 +37,7 @@ use crate::metering::live::{Live, Push};
 use crate::metrics::Metrics;
 use crate::relay::close::Close;
 use crate::relay::report::Cause;
+use crate::relay::Stop;
 use crate::sync::lock;
 use crate::ws::{close, drain_after, end_of};
 use futures_util::{SinkExt, StreamExt};
@@ -340,8 +341,10 @@ fn forges_event(text: &str) -> bool {
 }
 
 /// Why a member's session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum End {
+    /// An order to close it (an operator's kick, a drain, a quota): its close and cause.
+    Ordered(Stop),
     /// The client closed or went away.
     Client,
     /// Its queue overflowed.
@@ -359,7 +362,7 @@ impl End {
     /// The close weir sends the member for this end, if any.
     fn close(self) -> Option<Close> {
         match self {
-            End::Client => None,
+            End::Client | End::Ordered(_) => None,
             End::Slow => Some(Close::TooSlow),
             End::Shutdown => Some(Close::ObjectShutdown),
             End::Forged => Some(Close::Reserved),
@@ -416,6 +419,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             biased;
             _ = &mut membership.kicked => end = Some(End::Slow),
             () = &mut drain => end = Some(End::Shutdown),
+            stop = std::future::poll_fn(|cx| match &live {
+                Some(l) => l.poll_stop(cx),
+                None => std::task::Poll::Pending,
+            }) => end = Some(End::Ordered(stop)),
             out = membership.queue.recv() => {
                 let Some(out) = out else { end = Some(End::Client); continue };
                 // Everything already queued goes out with one flush, within `send_timeout`.
@@ -468,10 +475,13 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // Leave first: the queue and anything not yet sent are released before the close waits.
     drop(membership);
     let Ok(mut ws) = sink.reunite(stream) else { return (None, None) };
-    if let Some(c) = end.close() {
+    if let End::Ordered(order) = &end {
+        crate::ws::close_with(&mut ws, order.client.0, &order.client.1).await;
+    } else if let Some(c) = end.clone().close() {
         close(&mut ws, c).await;
     }
     let cause = match end {
+        End::Ordered(order) => Some(order.cause),
         End::Shutdown => Some(Cause::Shutdown),
         End::Read(crate::ws::End::TooBig) => Some(Cause::MessageTooBig),
         _ => None,

@@ -59,7 +59,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     };
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     match object {
-        Object::Echo { .. } => echo::serve(ws, handle, shutdown, grace).await,
+        Object::Echo { .. } => echo::serve(ws, handle, shutdown, grace, live).await,
         Object::Room(rooms) => room::serve(rooms, id, ws, handle, live, shutdown, grace).await,
     }
 }

@@ -77,7 +77,7 @@ async fn serve(stream: tokio::net::TcpStream, max_message: usize) {
     let Ok(Ok(mut ws)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await else {
         return;
     };
-    if let Some(c) = echo(&mut ws, || {}, std::future::pending()).await.close() {
+    if let Some(c) = echo(&mut ws, || {}, std::future::pending(), |_| std::task::Poll::Pending).await.close() {
         close(&mut ws, c).await;
     }
 }
