@@ -493,7 +493,7 @@ fn promql(metric: &str, labels: &[(&str, &str)]) -> String {
 async fn a_real_prometheus_sees_what_weir_did_and_every_panel_and_alert_evaluates() {
     let echo = echo_backend().await;
     let config = format!(
-        "pools:\n  - {{name: echo, backends: [\"{}\"], health_check: {{kind: none}}}}\n  - {{name: gone, backends: [\"{}\"], health_check: {{kind: none}}}}\n  - {{name: down, backends: [\"{}\"], health_check: {{kind: tcp, interval: 200ms}}}}\nobjects:\n  - {{name: rooms, id: {{path: \"/rooms/{{id}}\"}}, builtin: room}}\nroutes:\n  - {{name: echo, path_prefix: /echo, pool: echo, tenant: acme}}\n  - {{name: gone, path_prefix: /gone, pool: gone}}\n  - {{name: down, path_prefix: /down, pool: down}}\n  - {{name: rooms, path_prefix: /rooms, object: rooms}}\nquotas:\n  - {{tenant: \"*\", of: messages, limit: 1000000, per: day}}\n",
+        "pools:\n  - {{name: echo, backends: [\"{}\"], health_check: {{kind: none}}}}\n  - {{name: gone, backends: [\"{}\"], health_check: {{kind: none}}}}\n  - {{name: down, backends: [\"{}\"], health_check: {{kind: tcp, interval: 200ms}}}}\nobjects:\n  - {{name: rooms, id: {{path: \"/rooms/{{id}}\"}}, builtin: room}}\nroutes:\n  - {{name: echo, path_prefix: /echo, pool: echo, tenant: acme}}\n  - {{name: gone, path_prefix: /gone, pool: gone}}\n  - {{name: down, path_prefix: /down, pool: down}}\n  - {{name: rooms, path_prefix: /rooms, object: rooms}}\nquotas:\n  - {{tenant: \"*\", of: messages, limit: 1000000, per: day}}\nbilling:\n  units:\n    - {{name: credits, terms: [{{of: messages_in}}]}}\n",
         echo.addr,
         dead_addr(),
         dead_addr()

@@ -196,6 +196,9 @@ impl Ending {
             m.object_evictions.with_label_values(&[ns]).inc();
         }
         let record = gateway.live.end(&live, report);
+        for (unit, value) in &record.units {
+            m.units.with_label_values(&[unit.as_str(), &*tenant]).inc_by(*value);
+        }
         if gateway.quotas.counts_units() {
             // The units between the quota ticker's last count and the end, from the stop record.
             if let Some(t) = record.identity.tenant.as_deref().and_then(|t| gateway.quotas.tenant(t)) {

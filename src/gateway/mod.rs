@@ -79,6 +79,7 @@ pub fn known_labels(config: &Config) -> crate::metrics::Known<'_> {
         namespaces: config.objects.iter().map(|n| n.name.as_str()).collect(),
         sinks: config.usage.sinks.iter().map(|s| s.name.as_str()).collect(),
         tenants: config_tenants(config),
+        units: config.billing_units.iter().map(|u| u.name.as_str()).collect(),
     }
 }
 

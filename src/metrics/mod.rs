@@ -74,6 +74,8 @@ pub struct Metrics {
     pub tenant_messages: IntCounterVec,
     /// See `names::TENANT_WIRE_BYTES_TOTAL`.
     pub tenant_wire_bytes: IntCounterVec,
+    /// See `names::UNITS_TOTAL`.
+    pub units: prometheus::CounterVec,
     /// Which tenants have a `tenant` label of their own.
     pub tenant_labels: std::sync::Arc<tenants::TenantLabels>,
     /// See `names::CONFIG_RELOADS_TOTAL`.
@@ -258,6 +260,14 @@ impl Metrics {
                 "Wire bytes of ended connections, per tenant and direction",
                 &[TENANT, DIRECTION],
             )?,
+            units: {
+                let c = prometheus::CounterVec::new(
+                    Opts::new(UNITS_TOTAL, "Pricing units of ended connections, per unit and tenant"),
+                    &[UNIT, TENANT],
+                )?;
+                reg.register(Box::new(c.clone()))?;
+                c
+            },
             tenant_labels: std::sync::Arc::default(),
             config_reloads: counter(reg, CONFIG_RELOADS_TOTAL, "Config reloads by result", &[RESULT])?,
             config_info: gauge(reg, CONFIG_INFO, "Always 1: the hash of the config file in force", &[HASH])?,
@@ -400,6 +410,9 @@ impl Metrics {
         }
         for t in known.tenants.iter().map(|t| Some(*t)).chain([None]) {
             let label = self.tenant_labels.label(t);
+            for unit in &known.units {
+                let _ = self.units.with_label_values(&[*unit, &*label]);
+            }
             let _ = self.tenant_active.with_label_values(&[&label]);
             let _ = self.tenant_connections.with_label_values(&[&label]);
             for d in Direction::BOTH {
@@ -531,6 +544,8 @@ pub struct Known<'a> {
     pub sinks: Vec<&'a str>,
     /// Tenants the config names (routes, API keys, quotas, the default tenant).
     pub tenants: Vec<&'a str>,
+    /// Pricing units (`billing.units` names).
+    pub units: Vec<&'a str>,
 }
 
 /// The git commit weir was built from (`build.rs`), or `unknown`.

@@ -30,6 +30,10 @@ pub const TENANT_CONNECTIONS_TOTAL: &str = "weir_tenant_connections_total";
 pub const TENANT_MESSAGES_TOTAL: &str = "weir_tenant_messages_total";
 /// Counter: wire bytes of ended connections per tenant and direction {tenant, direction}.
 pub const TENANT_WIRE_BYTES_TOTAL: &str = "weir_tenant_wire_bytes_total";
+/// Counter: pricing units (`billing.units`) of ended connections, per unit and tenant {unit, tenant}.
+pub const UNITS_TOTAL: &str = "weir_units_total";
+/// Label: a pricing unit's name (`billing.units[].name`).
+pub const UNIT: &str = "unit";
 /// Counter: config reloads (SIGHUP, `POST /api/reload`) by result {result}: `applied` or `rejected`.
 pub const CONFIG_RELOADS_TOTAL: &str = "weir_config_reloads_total";
 /// Gauge: always 1; the SHA-256 (first 16 hex digits) of the config file in force {hash}.
@@ -157,6 +161,7 @@ pub const ALL: &[&str] = &[
     TENANT_CONNECTIONS_TOTAL,
     TENANT_MESSAGES_TOTAL,
     TENANT_WIRE_BYTES_TOTAL,
+    UNITS_TOTAL,
     CONFIG_RELOADS_TOTAL,
     CONFIG_INFO,
     RESIDENT_MEMORY_BYTES,
