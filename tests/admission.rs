@@ -559,7 +559,6 @@ async fn external_answers_are_cached_for_cache_ttl() {
 /// `quota`), the next upgrade gets 429 naming the quota, and that holds after a restart.
 #[tokio::test]
 async fn a_quota_crossed_closes_with_1008_refuses_with_429_and_survives_a_restart() {
-    use futures_util::StreamExt;
     let backend = echo_backend().await;
     let data = tempfile::tempdir().unwrap();
     let routes = format!(
@@ -577,17 +576,7 @@ async fn a_quota_crossed_closes_with_1008_refuses_with_429_and_survives_a_restar
         ws.send(Message::text(format!("m{i}"))).await.unwrap();
         assert_eq!(recv(&mut ws).await, Message::text(format!("m{i}")));
     }
-    let closed = tokio::time::timeout(crate::support::DEADLINE, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), f.reason.to_string()),
-                Some(Ok(_)) => {}
-                other => panic!("expected a close, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("closed within the deadline");
+    let closed = crate::support::next_close(&mut ws).await;
     assert_eq!(closed, (1008, "quota exceeded".to_string()));
     let r = weir.records_eventually(1).await.remove(0);
     assert_eq!(r.close.unwrap().cause, "quota");
@@ -612,7 +601,6 @@ async fn a_quota_crossed_closes_with_1008_refuses_with_429_and_survives_a_restar
 /// a tick, so crossing it while connected closes with 1008 and the next upgrade gets 429.
 #[tokio::test]
 async fn a_quota_over_a_pricing_unit_is_enforced_while_connected() {
-    use futures_util::StreamExt;
     let backend = echo_backend().await;
     let routes = format!(
         "pools:\n  - name: p\n    backends: [\"{}\"]\n    health_check: {{kind: none}}\nroutes:\n  - {{name: ws, path_prefix: /ws, pool: p, tenant: acme}}\n",
@@ -629,17 +617,7 @@ async fn a_quota_over_a_pricing_unit_is_enforced_while_connected() {
             break;
         }
     }
-    let closed = tokio::time::timeout(crate::support::DEADLINE, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), f.reason.to_string()),
-                Some(Ok(_)) => {}
-                other => panic!("expected a close, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("closed within the deadline, while open");
+    let closed = crate::support::next_close(&mut ws).await;
     assert_eq!(closed, (1008, "quota exceeded".to_string()));
     let r = weir.records_eventually(1).await.remove(0);
     assert_eq!(r.close.unwrap().cause, "quota");

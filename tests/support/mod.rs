@@ -395,6 +395,25 @@ where
     }
 }
 
+/// The close frame `ws` gets next, skipping other messages (code, reason); panics on anything
+/// else or after `DEADLINE`.
+pub async fn next_close<S>(ws: &mut S) -> (u16, String)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let read = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), f.reason.to_string()),
+                Some(Ok(_)) => {}
+                other => panic!("expected a close, got {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read).await.expect("a close within the deadline")
+}
+
 /// Read until the stream ends (None or an error) within `within`; returns every message read
 /// before the end. Panics if the stream is still open after `within` or after 100 000 messages.
 pub async fn drain_until_end<S>(ws: &mut S, within: Duration) -> Vec<Message>
