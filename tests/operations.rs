@@ -368,6 +368,33 @@ async fn a_backend_failing_its_health_check_gets_its_connections_closed_with_101
     assert_eq!(closed, 2, "only the failing backend's connections");
 }
 
+/// With `close_unhealthy: false` a backend that fails its health check gets no new connection,
+/// but its open ones keep running.
+#[tokio::test]
+async fn close_unhealthy_false_leaves_a_failing_backends_connections_open() {
+    let (a, b) = (echo_backend().await, echo_backend().await);
+    let routes = format!(
+        "pools:\n  - name: p\n    backends: [\"{}\", \"{}\"]\n    health_check: {{kind: tcp, interval: 200ms}}\n    close_unhealthy: false\nroutes:\n  - {{name: ws, path_prefix: /ws, pool: p}}\n",
+        a.addr, b.addr
+    );
+    let weir = Weir::start_with(&routes, "drain:\n  window: 200ms\n").await;
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        conns.push(connect(&weir, "/ws").await);
+    }
+    assert_eq!((a.seen().len(), b.seen().len()), (1, 1));
+    a.stop();
+    let backend = a.addr.to_string();
+    weir.metric_eventually("weir_backend_healthy", &[("backend", backend.as_str())], |v| v == 0.0).await;
+    // The health change has been handled: both connections still echo.
+    for (i, ws) in conns.iter_mut().enumerate() {
+        ws.send(Message::text(format!("still {i}"))).await.unwrap();
+        assert_eq!(crate::support::recv(ws).await, Message::text(format!("still {i}")));
+    }
+    let _fresh = connect(&weir, "/ws").await;
+    assert_eq!(b.seen().len(), 2, "new connections avoid the unhealthy backend");
+}
+
 /// `GET /api/summary`: open connections by route and tenant, closes by cause, and today's usage
 /// per tenant with each connection counted once (the ended one from its stop record, the open one
 /// with its counts so far).

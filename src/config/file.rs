@@ -318,6 +318,9 @@ pub struct FilePool {
     pub selection: Option<String>,
     /// How backend health is probed. Default: tcp every 5s.
     pub health_check: Option<FileHealthCheck>,
+    /// Close the open connections of a backend that fails its health check (1012, over the
+    /// drain window). Default: true.
+    pub close_unhealthy: Option<bool>,
 }
 
 /// A pool's `health_check:`.

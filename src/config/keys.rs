@@ -309,6 +309,7 @@ static POOL: Section = Section {
         opt("backends", Kind::List(&Text)),
         opt("selection", Text),
         opt("health_check", Kind::Map(&HEALTH_CHECK)),
+        opt("close_unhealthy", Bool),
     ],
 };
 

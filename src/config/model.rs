@@ -303,6 +303,8 @@ pub struct Pool {
     pub selection: Selection,
     /// Health probing.
     pub health: HealthCheck,
+    /// A backend that fails its health check gets its open connections closed with 1012.
+    pub close_unhealthy: bool,
 }
 
 /// One backend of a pool.

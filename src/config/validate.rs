@@ -703,7 +703,7 @@ impl Validator {
             None => HealthCheck::Tcp { interval: DEFAULT_HEALTH_INTERVAL },
             Some(h) => self.health(&format!("pools[{i}].health_check"), h),
         };
-        Pool { name: p.name.clone(), backends, selection, health }
+        Pool { name: p.name.clone(), backends, selection, health, close_unhealthy: p.close_unhealthy.unwrap_or(true) }
     }
 
     /// A `health_check:` at key path `at` (e.g. `pools[0].health_check`).

@@ -94,7 +94,8 @@ impl Snapshot {
             anyhow::bail!(unbound.join("; "));
         }
         let resolve = |b: &Backend| parts.resolve(b).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let listeners: Vec<Option<HealthListener>> = config.pools.iter().map(|_| parts.on_health.clone()).collect();
+        let listeners: Vec<Option<HealthListener>> =
+            config.pools.iter().map(|p| parts.on_health.clone().filter(|_| p.close_unhealthy)).collect();
         let routes = RouteTable::new(&config);
         let gatekeeper = Gatekeeper::new(routes.iter(), &config.admission, previous.map(|p| &p.gatekeeper.caps))
             .map_err(|e| anyhow::anyhow!(e))?;

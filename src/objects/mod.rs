@@ -114,6 +114,8 @@ impl Objects {
                     backends: hosts.iter().map(|(_, a)| Backend::Addr(*a)).collect(),
                     selection: Selection::RoundRobin,
                     health: health.clone(),
+                    // The registry moves an unhealthy host's objects (its own listener below).
+                    close_unhealthy: true,
                 };
                 let r = registry.clone();
                 let listener: HealthListener = Arc::new(move |addr, healthy| r.health_changed(addr, healthy));
