@@ -48,6 +48,8 @@
 //! - `fds`: the descriptor limit, the open count and the reserve kept for weir itself
 //!   (background sampler; warm check).
 //! - `sync`: the poison-tolerant lock helper every mutex goes through.
+//! - `tls_client`: rustls client configs for TLS to backends, object hosts, their probes and the
+//!   sinks (cold build, warm handshake).
 //! - `manual`: the man page and shell completions, generated from the command line's clap
 //!   definition (cold; `weir man`, `weir completions`).
 //!
@@ -72,4 +74,5 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod sync;
+pub mod tls_client;
 pub mod ws;

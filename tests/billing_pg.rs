@@ -4,6 +4,7 @@
 
 use crate::support::backends::{echo_backend, ws_config};
 use crate::support::postgres::Postgres;
+use crate::support::tls::TestCert;
 use crate::support::{eventually, metric, Weir, DEADLINE};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{BTreeMap, BTreeSet};
@@ -339,4 +340,51 @@ async fn postgres_down_for_30s_under_load_loses_and_duplicates_nothing() {
     let records = pg.count("SELECT count(*) FROM weir_usage").await;
     let failed = errors(&weir.metrics().await) - errors_before;
     eprintln!("{connections} connections, {records} records, {failed} failed postgres deliveries, {pending_at_end} pending after 30 s down");
+}
+
+/// `usage:` with one postgres sink at `url` (no file sink).
+fn pg_only(dir: &Path, url: &str) -> String {
+    format!(
+        "usage:\n  spool_dir: \"{}\"\n  fsync_interval: 20ms\n  sinks:\n    - {{kind: postgres, name: pg, url: \"{url}\"}}\n",
+        dir.join("spool").display()
+    )
+}
+
+#[tokio::test]
+async fn records_reach_a_tls_only_postgres_with_verify_full() {
+    let cert = TestCert::for_names(&["localhost", "127.0.0.1"]);
+    let pg = Postgres::start_new_tls(&cert).await;
+    let echo = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{} sslmode=verify-full sslrootcert={}", pg.url(), cert.cert.display());
+    let weir = Weir::start_with(&routes(echo.addr), &pg_only(dir.path(), &url)).await;
+    assert!(session(&weir.url("/chat"), 2).await, "the session failed:\n{}", weir.log());
+    eventually("the stop record in PostgreSQL", || async {
+        let n = pg.try_query("SELECT count(*) FROM weir_usage WHERE record = 'stop'").await.ok()?;
+        (n.first()?.first()? == "1").then_some(())
+    })
+    .await;
+    let rows =
+        pg.query("SELECT tenant, (body->'client_to_backend'->>'messages') FROM weir_usage WHERE record = 'stop'").await;
+    assert_eq!(rows, vec![vec!["acme".to_string(), "2".to_string()]]);
+    // The server saw the session over TLS (it accepts no other TCP session).
+    assert!(pg.count("SELECT count(*) FROM pg_stat_ssl WHERE ssl").await >= 1, "weir's session is over TLS");
+}
+
+#[tokio::test]
+async fn sslmode_require_against_a_server_without_tls_fails_and_keeps_the_records() {
+    let pg = Postgres::start_new().await;
+    let echo = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{} sslmode=require", pg.url());
+    let weir = Weir::start_with(&routes(echo.addr), &pg_only(dir.path(), &url)).await;
+    assert!(session(&weir.url("/chat"), 1).await);
+    weir.metric_eventually("weir_sink_delivery_errors_total", &[("sink", "pg")], |v| v >= 1.0).await;
+    weir.metric_eventually("weir_sink_records_pending", &[("sink", "pg")], |v| v >= 2.0).await;
+    eventually("the log to say the server has no TLS", || async {
+        weir.log().lines().any(|l| l.contains("usage sink failed") && l.contains("TLS")).then_some(())
+    })
+    .await;
+    let tables = pg.query("SELECT count(*) FROM pg_tables WHERE tablename = 'weir_usage'").await;
+    assert_eq!(tables, vec![vec!["0".to_string()]], "nothing reached the server in plaintext");
 }

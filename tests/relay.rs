@@ -7,14 +7,12 @@
 use crate::support::backends::{
     echo_backend, echo_reporting, next_event, raw_backend, recording_echo_backend, ws_backend, ws_config, Event,
 };
+use crate::support::slow_reader::{flood_until_blocked, slow_reader_stays_bounded, Flood};
 use crate::support::wire::{
     accept_for, close_payload, frame, head_header, raw_client, RawConn, RawFrame, BINARY, CLOSE, FIN, MASK, RSV1, TEXT,
 };
-use crate::support::{
-    connect, drain_until_end, eventually, http_get, pool_and_route, raw_request, recv, rss_kib, Weir, DEADLINE,
-};
+use crate::support::{connect, drain_until_end, http_get, pool_and_route, raw_request, recv, Weir, DEADLINE};
 use futures_util::{SinkExt, StreamExt};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -440,91 +438,13 @@ async fn client_vanishing_gives_backend_1001() {
     assert_eq!(r.close.as_ref().and_then(|c| c.code), Some(1001), "the code weir sent: {r:?}");
 }
 
-/// What the flooding backend of the slow-reader test reports.
-#[derive(Default)]
-struct Flood {
-    bytes: AtomicU64,
-    messages: AtomicU64,
-    bytes_when_blocked: AtomicU64,
-    blocked: AtomicBool,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_blocks_the_backend_and_weir_memory_stays_bounded() {
-    const CHUNK: usize = 64 * 1024;
-    const LIMIT: u64 = 256 << 20;
     let flood = Arc::new(Flood::default());
     let f = flood.clone();
-    let backend = ws_backend(None, move |mut ws| {
-        let f = f.clone();
-        async move {
-            let mut seq = 0u64;
-            while f.bytes.load(Ordering::SeqCst) < LIMIT {
-                let mut payload = vec![0xA5u8; CHUNK];
-                payload[..8].copy_from_slice(&seq.to_be_bytes());
-                let blocked = {
-                    let send = ws.send(Message::binary(payload));
-                    tokio::pin!(send);
-                    match tokio::time::timeout(Duration::from_secs(2), &mut send).await {
-                        Ok(r) => {
-                            if r.is_err() {
-                                return;
-                            }
-                            false
-                        }
-                        Err(_) => {
-                            f.bytes_when_blocked.store(f.bytes.load(Ordering::SeqCst), Ordering::SeqCst);
-                            f.blocked.store(true, Ordering::SeqCst);
-                            if send.await.is_err() {
-                                return;
-                            }
-                            true
-                        }
-                    }
-                };
-                seq += 1;
-                f.bytes.fetch_add(CHUNK as u64, Ordering::SeqCst);
-                f.messages.store(seq, Ordering::SeqCst);
-                if blocked {
-                    break;
-                }
-            }
-            let _ = ws.send(close_frame(1000, "flood over")).await;
-            while let Some(Ok(_)) = ws.next().await {}
-        }
-    })
-    .await;
+    let backend = ws_backend(None, move |ws| flood_until_blocked(ws, f.clone())).await;
     let weir = Weir::start(&pool_and_route("p", &[backend.addr], "/ws")).await;
-    let rss_before = rss_kib(weir.pid());
-    let mut ws = connect(&weir, "/ws").await;
-    let first = recv(&mut ws).await.into_data();
-    assert_eq!(&first[..8], &0u64.to_be_bytes());
-
-    // Stop reading until the backend's sends block.
-    eventually("the backend to be blocked", || async { flood.blocked.load(Ordering::SeqCst).then_some(()) }).await;
-    let sent = flood.bytes_when_blocked.load(Ordering::SeqCst);
-    let rss_blocked = rss_kib(weir.pid());
-    let grew = rss_blocked.saturating_sub(rss_before);
-    eprintln!("slow reader: backend blocked after {} KiB; weir RSS {rss_before} → {rss_blocked} KiB", sent >> 10);
-    assert!(sent < 64 << 20, "backend sent {} MiB before blocking; expected far less than 256 MiB", sent >> 20);
-    assert!(grew < 48 << 10, "weir RSS grew by {grew} KiB (from {rss_before} to {rss_blocked})");
-
-    // Now read everything, in order.
-    let mut next = 1u64;
-    let close = loop {
-        assert!(next <= LIMIT / CHUNK as u64 + 1, "more messages than the backend can send");
-        match recv(&mut ws).await {
-            Message::Binary(b) => {
-                assert_eq!(b.len(), CHUNK);
-                assert_eq!(u64::from_be_bytes(b[..8].try_into().unwrap()), next, "sequence");
-                next += 1;
-            }
-            other => break other,
-        }
-    };
-    assert_eq!(close, close_frame(1000, "flood over"));
-    assert_eq!(next, flood.messages.load(Ordering::SeqCst), "every message the backend sent arrived");
-    drain_until_end(&mut ws, DEADLINE).await;
+    slow_reader_stays_bounded(&weir, &flood).await;
 }
 
 #[tokio::test]

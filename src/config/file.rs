@@ -209,6 +209,22 @@ pub struct FileTls {
     pub key: String,
 }
 
+/// TLS to a pool's backends or an object namespace's hosts (`tls: {}`: system roots, default SNI).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClientTls {
+    /// Server name sent (SNI) and checked. Default: the host as written if it is a name.
+    pub sni: Option<String>,
+    /// PEM file of the trusted CA certificates. Default: the system roots.
+    pub ca_file: Option<String>,
+    /// PEM certificate chain presented to the server (mutual TLS; with `client_key`).
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<String>,
+    /// Check the server's certificate (chain and name). Default: true; false is warned about.
+    pub verify: Option<bool>,
+}
+
 /// `admin:` listener.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -303,6 +319,16 @@ pub struct FileSink {
     pub batch: Option<u64>,
     /// `http`: time a POST may take (duration). Default: 10s.
     pub timeout: Option<String>,
+    /// `http` (`https://` URLs) and `postgres`: PEM file of the trusted CA certificates.
+    /// Default: the system roots (postgres: `sslrootcert` in `url`).
+    pub ca_file: Option<String>,
+    /// `http` (`https://` URLs): PEM client certificate chain (mutual TLS; with `client_key`).
+    pub client_cert: Option<String>,
+    /// `http` (`https://` URLs): PEM private key of `client_cert`.
+    pub client_key: Option<String>,
+    /// `http`: the `Authorization` header value sent with every POST, e.g.
+    /// `"Bearer ${file:/etc/weir/sink.token}"`.
+    pub auth_header: Option<String>,
 }
 
 /// One `pools[]` entry.
@@ -321,6 +347,8 @@ pub struct FilePool {
     /// Close the open connections of a backend that fails its health check (1012, over the
     /// drain window). Default: true.
     pub close_unhealthy: Option<bool>,
+    /// Connect to the backends with TLS (`wss://`). Default: plain TCP.
+    pub tls: Option<FileClientTls>,
 }
 
 /// A pool's `health_check:`.
@@ -513,6 +541,8 @@ pub struct FileObject {
     pub room: Option<FileRoom>,
     /// Guards for this namespace's connections, key by key over the global ones.
     pub limits: Option<FileLimits>,
+    /// Connect to the hosts with TLS (`wss://`; hosts only). Default: plain TCP.
+    pub tls: Option<FileClientTls>,
 }
 
 /// An object namespace's `id:` source and rules.

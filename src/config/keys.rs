@@ -298,6 +298,10 @@ static SINK: Section = Section {
         opt("table", Text),
         opt("batch", Count),
         opt("timeout", Text),
+        opt("ca_file", Text),
+        opt("client_cert", Text),
+        opt("client_key", Text),
+        opt("auth_header", Text),
     ],
 };
 
@@ -310,6 +314,19 @@ static POOL: Section = Section {
         opt("selection", Text),
         opt("health_check", Kind::Map(&HEALTH_CHECK)),
         opt("close_unhealthy", Bool),
+        opt("tls", Kind::Map(&CLIENT_TLS)),
+    ],
+};
+
+static CLIENT_TLS: Section = Section {
+    what: "a backend `tls`",
+    file_struct: "FileClientTls",
+    keys: &[
+        opt("sni", Text),
+        opt("ca_file", Text),
+        opt("client_cert", Text),
+        opt("client_key", Text),
+        opt("verify", Bool),
     ],
 };
 
@@ -351,6 +368,7 @@ static OBJECT: Section = Section {
         opt("idle_window", Text),
         opt("room", Kind::Map(&ROOM)),
         opt("limits", Kind::Map(&LIMITS)),
+        opt("tls", Kind::Map(&CLIENT_TLS)),
     ],
 };
 

@@ -109,6 +109,22 @@ pub fn warnings(config: &Config) -> Vec<String> {
             ));
         }
     }
+    let unverified = |at: String, tls: &Option<crate::tls_client::ClientTls>, out: &mut Vec<String>| {
+        if tls.as_ref().is_some_and(|t| !t.verify) {
+            out.push(format!(
+                "{at}.verify: false: weir does not check the certificate, so anyone on the path can \
+                 impersonate the backend; give ca_file (and sni) and remove verify: false"
+            ));
+        }
+    };
+    for (i, p) in config.pools.iter().enumerate() {
+        unverified(format!("pools[{i}].tls"), &p.tls, &mut out);
+    }
+    for (i, o) in config.objects.iter().enumerate() {
+        if let ObjectKind::Hosts { tls, .. } = &o.kind {
+            unverified(format!("objects[{i}].tls"), tls, &mut out);
+        }
+    }
     out
 }
 

@@ -274,10 +274,12 @@ pub enum SinkKind {
     },
     /// A PostgreSQL table.
     Postgres {
-        /// Connection string.
+        /// Connection string (its `sslmode` / `sslrootcert` choose TLS).
         url: String,
         /// Table name.
         table: String,
+        /// PEM file of the CA certificates trusted for TLS (over the url's `sslrootcert`).
+        ca_file: Option<PathBuf>,
     },
     /// An HTTP collector taking CloudEvents batches.
     Http {
@@ -289,6 +291,10 @@ pub enum SinkKind {
         path: String,
         /// Time a POST may take.
         timeout: Duration,
+        /// TLS settings, for an `https://` URL.
+        tls: Option<crate::tls_client::ClientTls>,
+        /// `Authorization` header value sent with every POST (a secret: never logged).
+        auth_header: Option<String>,
     },
 }
 
@@ -305,6 +311,8 @@ pub struct Pool {
     pub health: HealthCheck,
     /// A backend that fails its health check gets its open connections closed with 1012.
     pub close_unhealthy: bool,
+    /// TLS to the backends (and their probes); `None`: plain TCP.
+    pub tls: Option<crate::tls_client::ClientTls>,
 }
 
 /// One backend of a pool.
@@ -676,6 +684,8 @@ pub enum ObjectKind {
         hosts: Vec<(String, SocketAddr)>,
         /// Health probing of the hosts.
         health: HealthCheck,
+        /// TLS to the hosts (and their probes); `None`: plain TCP.
+        tls: Option<crate::tls_client::ClientTls>,
     },
 }
 

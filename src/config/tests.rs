@@ -667,3 +667,45 @@ fn a_quota_over_a_unit_names_a_billing_unit() {
     let e = errors(&minimal(&bad));
     assert!(e.iter().any(|e| e.contains("quotas[0].of") && e.contains("known: credits")), "{e:?}");
 }
+
+#[test]
+fn backend_and_sink_tls_resolve_paths_name_bad_keys_and_warn_without_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), cert.cert.pem()).unwrap();
+    let pools = "pools: [{name: p, backends: [\"localhost:9000\"], tls: {ca_file: ca.pem}}]";
+    let yaml = minimal(
+        "usage: {sinks: [{kind: http, url: \"https://localhost/e\", ca_file: ca.pem, auth_header: \"Bearer x\"}]}\n",
+    )
+    .replace("pools: [{name: p, backends: [\"127.0.0.1:9000\"]}]", pools);
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let c = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let tls = c.pools[0].tls.as_ref().expect("pool tls");
+    assert_eq!(tls.ca_file.as_deref(), Some(dir.path().join("ca.pem").as_path()));
+    assert!(tls.verify && tls.sni.is_none());
+    assert_eq!(tls.names.first().map(|(_, n)| n.as_str()), Some("localhost"), "default SNI: the host as written");
+    match &c.usage.sinks[0].kind {
+        SinkKind::Http { addr, tls: Some(t), auth_header, .. } => {
+            assert_eq!(
+                (addr.as_str(), t.sni.as_deref(), auth_header.as_deref()),
+                ("localhost:443", Some("localhost"), Some("Bearer x"))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(warnings(&c).is_empty());
+
+    std::fs::write(&path, yaml.replace("tls: {ca_file: ca.pem}", "tls: {verify: false}")).unwrap();
+    let w = warnings(&load(&path).unwrap());
+    assert!(w.iter().any(|w| w.starts_with("pools[0].tls.verify: false")), "{w:?}");
+
+    let bad = yaml
+        .replace("tls: {ca_file: ca.pem}", "tls: {ca_file: missing.pem, client_cert: ca.pem}")
+        .replace("https://localhost/e\", ca_file: ca.pem", "http://localhost/e\", ca_file: ca.pem");
+    std::fs::write(&path, bad).unwrap();
+    let e = load(&path).unwrap_err().to_string();
+    assert!(e.contains("pools[0].tls.ca_file") && e.contains("missing.pem"), "{e}");
+    assert!(e.contains("pools[0].tls.client_cert") && e.contains("client_key"), "{e}");
+    assert!(e.contains("usage.sinks[0].ca_file") && e.contains("https:// URLs only"), "{e}");
+}

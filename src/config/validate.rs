@@ -663,6 +663,7 @@ impl Validator {
             );
         }
         let mut backends = Vec::new();
+        let mut names = Vec::new();
         for (j, b) in p.backends.iter().enumerate() {
             let key = format!("pools[{i}].backends[{j}]");
             let backend = match b.strip_prefix("builtin:") {
@@ -677,6 +678,9 @@ impl Validator {
                 }
                 None => self.addr(&key, b).map(Backend::Addr),
             };
+            if let (Some(Backend::Addr(a)), Some(name)) = (&backend, crate::tls_client::host_name(b)) {
+                names.push((*a, name));
+            }
             if let Some(backend) = backend {
                 if backends.contains(&backend) {
                     self.err(&key, b, "is listed twice in this pool; list each backend once");
@@ -703,7 +707,67 @@ impl Validator {
             None => HealthCheck::Tcp { interval: DEFAULT_HEALTH_INTERVAL },
             Some(h) => self.health(&format!("pools[{i}].health_check"), h),
         };
-        Pool { name: p.name.clone(), backends, selection, health, close_unhealthy: p.close_unhealthy.unwrap_or(true) }
+        let tls = p.tls.as_ref().and_then(|t| self.client_tls(&format!("pools[{i}].tls"), t, names));
+        if tls.is_some() && backends.iter().any(|b| matches!(b, Backend::Builtin(_))) {
+            self.err(
+                format!("pools[{i}].tls"),
+                "",
+                "built-in backends speak plain TCP inside weir; put them in a pool without `tls`",
+            );
+        }
+        Pool {
+            name: p.name.clone(),
+            backends,
+            selection,
+            health,
+            close_unhealthy: p.close_unhealthy.unwrap_or(true),
+            tls,
+        }
+    }
+
+    /// A backend `tls:` at key path `at`; `names`: the backends written as host names.
+    fn client_tls(
+        &mut self,
+        at: &str,
+        t: &FileClientTls,
+        names: Vec<(SocketAddr, String)>,
+    ) -> Option<crate::tls_client::ClientTls> {
+        if let Some(sni) = &t.sni {
+            if rustls::pki_types::ServerName::try_from(sni.as_str()).is_err() {
+                self.err(format!("{at}.sni"), sni, "is not a DNS name or IP address; write the name in the backend's certificate, e.g. backend.internal");
+            }
+        }
+        let file =
+            |v: &mut Self, k: &str, p: &Option<String>| p.as_ref().map(|p| v.existing_file(&format!("{at}.{k}"), p));
+        let ca_file = file(self, "ca_file", &t.ca_file);
+        let client_cert = file(self, "client_cert", &t.client_cert);
+        let client_key = file(self, "client_key", &t.client_key);
+        if client_cert.is_some() != client_key.is_some() {
+            let (k, missing) =
+                if client_cert.is_some() { ("client_cert", "client_key") } else { ("client_key", "client_cert") };
+            self.err(
+                format!("{at}.{k}"),
+                "",
+                format!("mutual TLS needs both client_cert and client_key; add {missing} or remove {k}"),
+            );
+            return None;
+        }
+        if [&ca_file, &client_cert, &client_key].iter().any(|p| p.as_ref().is_some_and(|p| !p.is_file())) {
+            return None;
+        }
+        let sni = t.sni.clone();
+        match crate::tls_client::ClientTls::new(sni, names, ca_file, client_cert, client_key, t.verify.unwrap_or(true))
+        {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                self.err(
+                    at,
+                    "",
+                    format!("{e}; give PEM files (CA certificates, a certificate chain and its private key)"),
+                );
+                None
+            }
+        }
     }
 
     /// A `health_check:` at key path `at` (e.g. `pools[0].health_check`).
@@ -975,6 +1039,10 @@ impl Validator {
         };
         let kind = match s.kind.as_str() {
             "file" => {
+                unused(self, "ca_file", s.ca_file.is_some());
+                unused(self, "client_cert", s.client_cert.is_some());
+                unused(self, "client_key", s.client_key.is_some());
+                unused(self, "auth_header", s.auth_header.is_some());
                 unused(self, "url", s.url.is_some());
                 unused(self, "table", s.table.is_some());
                 unused(self, "timeout", s.timeout.is_some());
@@ -995,6 +1063,9 @@ impl Validator {
                 unused(self, "rotate_bytes", s.rotate_bytes.is_some());
                 unused(self, "rotate_interval", s.rotate_interval.is_some());
                 unused(self, "timeout", s.timeout.is_some());
+                unused(self, "client_cert", s.client_cert.is_some());
+                unused(self, "client_key", s.client_key.is_some());
+                unused(self, "auth_header", s.auth_header.is_some());
                 let Some(url) = s.url.clone().filter(|u| !u.is_empty()) else {
                     self.err(
                         key("url"),
@@ -1014,7 +1085,20 @@ impl Validator {
                         "must be a plain SQL identifier: letters, digits and `_`, not starting with a digit",
                     );
                 }
-                SinkKind::Postgres { url, table }
+                let ca_file = s.ca_file.as_ref().map(|p| self.existing_file(&key("ca_file"), p));
+                match crate::billing::sinks::pg_tls::TlsMode::of(&url) {
+                    Ok((mode, _)) => {
+                        if ca_file.is_some() && mode == crate::billing::sinks::pg_tls::TlsMode::Off {
+                            self.err(
+                                key("ca_file"),
+                                s.ca_file.as_deref().unwrap_or_default(),
+                                "applies to TLS only; add sslmode=verify-full (or require) to url, or remove ca_file",
+                            );
+                        }
+                    }
+                    Err(e) => self.err(key("url"), &url, e),
+                }
+                SinkKind::Postgres { url, table, ca_file }
             }
             "http" => {
                 unused(self, "path", s.path.is_some());
@@ -1022,16 +1106,82 @@ impl Validator {
                 unused(self, "rotate_interval", s.rotate_interval.is_some());
                 unused(self, "table", s.table.is_some());
                 let url = s.url.clone().unwrap_or_default();
-                let Some(rest) = url.strip_prefix("http://") else {
-                    self.err(key("url"), &url, "must be an http:// URL of the collector, e.g. http://127.0.0.1:8088/events (https is not supported)");
-                    return None;
+                let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+                    (Some(rest), _) => (rest, false),
+                    (_, Some(rest)) => (rest, true),
+                    _ => {
+                        self.err(
+                            key("url"),
+                            &url,
+                            "must be an http:// or https:// URL of the collector, e.g. https://meter.internal/events",
+                        );
+                        return None;
+                    }
                 };
                 let (authority, path) =
                     rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
-                let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+                let has_port = authority.rsplit_once(':').is_some_and(|(_, p)| !p.contains(']'));
+                let port = if https { 443 } else { 80 };
+                let addr = if has_port { authority.to_string() } else { format!("{authority}:{port}") };
                 let timeout = self.duration(&key("timeout"), s.timeout.as_deref(), DEFAULT_HTTP_TIMEOUT);
-                self.addr(&key("url"), &addr)?;
-                SinkKind::Http { addr, host: authority.to_string(), path, timeout }
+                if let Some(h) = &s.auth_header {
+                    if h.is_empty() || h.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                        self.err(
+                            key("auth_header"),
+                            "(hidden)",
+                            "must be one non-empty line, e.g. \"Bearer ${file:/etc/weir/sink.token}\"",
+                        );
+                    }
+                }
+                let resolved = self.addr(&key("url"), &addr)?;
+                let tls = if https {
+                    let host = authority.rsplit_once(':').filter(|_| has_port).map_or(authority, |(h, _)| h);
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let file =
+                        |v: &mut Self, k: &str, p: &Option<String>| p.as_ref().map(|p| v.existing_file(&key(k), p));
+                    let ca_file = file(self, "ca_file", &s.ca_file);
+                    let client_cert = file(self, "client_cert", &s.client_cert);
+                    let client_key = file(self, "client_key", &s.client_key);
+                    let files_ok =
+                        [&ca_file, &client_cert, &client_key].iter().all(|p| p.as_ref().is_none_or(|p| p.is_file()));
+                    let built = crate::tls_client::ClientTls::new(
+                        Some(host.to_string()),
+                        vec![(resolved, host.to_string())],
+                        ca_file,
+                        client_cert,
+                        client_key,
+                        true,
+                    );
+                    match built {
+                        Ok(tls) => Some(tls),
+                        Err(e) => {
+                            if files_ok {
+                                self.err(key("ca_file"), "", format!("{e}; give PEM files (CA certificates, a certificate chain and its private key)"));
+                            }
+                            return None;
+                        }
+                    }
+                } else {
+                    for k in ["ca_file", "client_cert", "client_key"] {
+                        let set = match k {
+                            "ca_file" => s.ca_file.is_some(),
+                            "client_cert" => s.client_cert.is_some(),
+                            _ => s.client_key.is_some(),
+                        };
+                        if set {
+                            self.err(key(k), "", "applies to https:// URLs only; use https:// or remove it");
+                        }
+                    }
+                    None
+                };
+                SinkKind::Http {
+                    addr,
+                    host: authority.to_string(),
+                    path,
+                    timeout,
+                    tls,
+                    auth_header: s.auth_header.clone(),
+                }
             }
             other => {
                 self.err(key("kind"), other, "must be file, postgres or http");
@@ -1085,6 +1235,9 @@ impl Validator {
                 if o.forward_path.is_some() {
                     self.err(key("forward_path"), "", "built-in objects do not forward requests; remove forward_path");
                 }
+                if o.tls.is_some() {
+                    self.err(key("tls"), "", "built-in objects are served inside weir; remove tls");
+                }
                 match b {
                     "echo" => {
                         if o.room.is_some() {
@@ -1117,7 +1270,10 @@ impl Validator {
                     None => HealthCheck::Tcp { interval: DEFAULT_HEALTH_INTERVAL },
                     Some(h) => self.health(&key("health_check"), h),
                 };
-                ObjectKind::Hosts { hosts, health }
+                let names =
+                    hosts.iter().filter_map(|(h, a)| crate::tls_client::host_name(h).map(|n| (*a, n))).collect();
+                let tls = o.tls.as_ref().and_then(|t| self.client_tls(&key("tls"), t, names));
+                ObjectKind::Hosts { hosts, health, tls }
             }
             _ => {
                 self.err(

@@ -35,6 +35,9 @@ pub enum RejectReason {
     BackendTimeout,
     /// The backend answered 101 with a wrong `Sec-WebSocket-Accept`, or no valid response.
     BackendBadHandshake,
+    /// The TLS handshake with a `tls` backend failed (untrusted or wrong-name certificate, no
+    /// TLS): never retried in plaintext.
+    BackendTls,
     /// The object id is missing or breaks the namespace's id rules (the body names the rule).
     BadObjectId,
     /// The object's previous host failed and its connections have not ended yet.
@@ -81,7 +84,7 @@ pub enum RejectReason {
 impl RejectReason {
     /// Every reason, for metrics set up at startup (a new variant goes here too; the test
     /// `all_lists_every_reason_once` checks the labels are distinct).
-    pub const ALL: [RejectReason; 33] = {
+    pub const ALL: [RejectReason; 34] = {
         use RejectReason::*;
         [
             NotWebSocket,
@@ -98,6 +101,7 @@ impl RejectReason {
             BackendUnreachable,
             BackendTimeout,
             BackendBadHandshake,
+            BackendTls,
             BadObjectId,
             ObjectMoving,
             SpoolUnavailable,
@@ -139,7 +143,7 @@ impl RejectReason {
             NoCredential | BadCredential => 401,
             Forbidden | OriginNotAllowed | ExternalAuthDenied => 403,
             ClientAtCapacity | TenantAtCapacity | ClientRateLimited | TenantRateLimited | QuotaExceeded => 429,
-            BackendUnreachable | BackendBadHandshake => 502,
+            BackendUnreachable | BackendBadHandshake | BackendTls => 502,
             BackendTimeout => 504,
         }
     }
@@ -162,6 +166,7 @@ impl RejectReason {
             BackendUnreachable => "Backend unreachable",
             BackendTimeout => "Backend timed out",
             BackendBadHandshake => "Backend sent an invalid WebSocket handshake",
+            BackendTls => "Backend TLS handshake failed",
             BadObjectId => "Bad object id",
             ObjectMoving => "Object is moving to another host; retry",
             SpoolUnavailable => "Usage cannot be recorded right now; retry",
@@ -202,6 +207,7 @@ impl RejectReason {
             BackendUnreachable => "backend_unreachable",
             BackendTimeout => "backend_timeout",
             BackendBadHandshake => "backend_bad_handshake",
+            BackendTls => "backend_tls",
             BadObjectId => "bad_object_id",
             ObjectMoving => "object_moving",
             SpoolUnavailable => "spool_unavailable",
@@ -233,6 +239,7 @@ impl RejectReason {
             | BackendUnreachable
             | BackendTimeout
             | BackendBadHandshake
+            | BackendTls
             | ObjectMoving
             | SpoolUnavailable
             | DescriptorsExhausted

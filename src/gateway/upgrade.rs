@@ -194,6 +194,13 @@ impl Gateway {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut tried_hosts: Vec<usize> = Vec::new();
         let mut last = RejectReason::NoHealthyBackend;
+        let tls = match hop {
+            Hop::Pool(pool) => snap.config.pools.get(pool).and_then(|p| p.tls.as_ref()),
+            Hop::Host(ns, _) => match &ns.config.kind {
+                crate::config::ObjectKind::Hosts { tls, .. } => tls.as_ref(),
+                crate::config::ObjectKind::Builtin(_) => None,
+            },
+        };
         while tried.len() < MAX_CONNECT_ATTEMPTS {
             let (addr, lease) = match hop {
                 Hop::Pool(pool) => match snap.pools.select(pool, meter.client.map(|a| a.ip()), &tried) {
@@ -215,11 +222,13 @@ impl Gateway {
             tried.push(addr);
             // Counted from now: concurrent connects see each other (least_connections).
             let open = if lease.is_none() { snap.pools.opened(addr) } else { None };
-            match upstream::connect(&self.connector, addr, timeouts.backend_connect).await {
+            match upstream::connect(&self.connector, addr, timeouts.backend_connect, tls).await {
                 Ok(stream) => return Ok(Connected { addr, stream, started, lease, open }),
                 Err(e) => {
                     tracing::warn!(backend = %addr, error = %e, "cannot connect to backend");
+                    // A TLS failure is tried on the next backend like any other, never in plaintext.
                     last = upstream_reason(&e);
+
                     if let Some(lease) = lease {
                         lease.connect_failed();
                     }
@@ -251,5 +260,6 @@ fn upstream_reason(e: &UpstreamError) -> RejectReason {
         UpstreamError::Unreachable(_) => RejectReason::BackendUnreachable,
         UpstreamError::TimedOut(_) => RejectReason::BackendTimeout,
         UpstreamError::BadResponse(_) => RejectReason::BackendBadHandshake,
+        UpstreamError::Tls(_) => RejectReason::BackendTls,
     }
 }

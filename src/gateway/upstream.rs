@@ -1,5 +1,6 @@
-//! The backend half of the handshake: connect with Pingora's connector, forward the upgrade,
-//! read and check the backend's answer.
+//! The backend half of the handshake: connect with Pingora's connector (then TLS for `tls`
+//! pools and namespaces: rustls over the connected socket, a Pingora `TlsStream`, so the relay
+//! gets a `Stream` as for any other backend), forward the upgrade, read and check the answer.
 //!
 //! Warm path (once per connection). End-to-end headers (Sec-WebSocket-Protocol, -Extensions,
 //! cookies, Authorization, Origin, Host) are forwarded as sent. Hop-by-hop headers are dropped per
@@ -12,7 +13,9 @@
 //! address: there are no trusted proxies), `X-Forwarded-Proto` and `X-Weir-Connection-Id`.
 
 use crate::http1::head::{read_response_head, RequestHead, ResponseError, ResponseHead};
+use crate::tls_client::ClientTls;
 use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::BasicPeer;
 use pingora_error::ErrorType;
@@ -29,6 +32,8 @@ pub enum UpstreamError {
     TimedOut(String),
     /// The answer is not a valid HTTP/1.1 response head.
     BadResponse(String),
+    /// The TLS handshake failed (the text names the cause); never retried without TLS.
+    Tls(String),
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -37,6 +42,7 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Unreachable(s) => write!(f, "backend unreachable: {s}"),
             UpstreamError::TimedOut(s) => write!(f, "backend timed out: {s}"),
             UpstreamError::BadResponse(s) => write!(f, "backend answered badly: {s}"),
+            UpstreamError::Tls(s) => write!(f, "backend TLS: {s}"),
         }
     }
 }
@@ -50,19 +56,46 @@ impl From<ResponseError> for UpstreamError {
     }
 }
 
-/// Open a connection to `addr` within `timeout` (TCP through Pingora's connector).
+/// Open a connection to `addr` within `timeout` (TCP through Pingora's connector, then the TLS
+/// handshake when `tls` is set, both within `timeout`).
 pub async fn connect(
     connector: &TransportConnector,
     addr: SocketAddr,
     timeout: Duration,
+    tls: Option<&ClientTls>,
 ) -> Result<Stream, UpstreamError> {
+    let started = std::time::Instant::now();
     let mut peer = BasicPeer::new(&addr.to_string());
     peer.options.connection_timeout = Some(timeout);
     peer.options.total_connection_timeout = Some(timeout);
-    connector.new_stream(&peer).await.map_err(|e| match e.etype() {
+    let stream = connector.new_stream(&peer).await.map_err(|e| match e.etype() {
         ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => UpstreamError::TimedOut(e.to_string()),
         _ => UpstreamError::Unreachable(e.to_string()),
-    })
+    })?;
+    let Some(tls) = tls else { return Ok(stream) };
+    // A BasicPeer without TLS is a plain L4 stream: TLS goes over it as Pingora's own would.
+    let l4 = stream
+        .into_any()
+        .downcast::<L4Stream>()
+        .map_err(|_| UpstreamError::Unreachable("the connector returned no TCP stream".into()))?;
+    let name = match tls.server_name(addr) {
+        rustls::pki_types::ServerName::DnsName(n) => n.as_ref().to_string(),
+        rustls::pki_types::ServerName::IpAddress(ip) => std::net::IpAddr::from(ip).to_string(),
+        other => format!("{other:?}"),
+    };
+    let connector = tls.connector();
+    let handshake = pingora_core::protocols::tls::client::handshake(&connector, &name, *l4);
+    let left = timeout.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, handshake).await {
+        Ok(Ok(s)) => Ok(Box::new(s)),
+        Ok(Err(e)) => {
+            // Pingora nests its contexts; the rustls cause (and the SNI) come last.
+            let text = e.to_string();
+            let cause = text.rsplit_once("cause: ").map_or(text.as_str(), |(_, c)| c);
+            Err(UpstreamError::Tls(crate::tls_client::explain(cause)))
+        }
+        Err(_) => Err(UpstreamError::TimedOut(format!("no TLS handshake within {timeout:?}"))),
+    }
 }
 
 /// End-to-end headers of an upgrade that weir forwards even when the client names them in

@@ -94,7 +94,7 @@ impl Objects {
                     };
                     (Some((name.to_string(), object)), Vec::new(), DOWN_WITHOUT_HEALTH_CHECK)
                 }
-                ObjectKind::Hosts { hosts, health } => {
+                ObjectKind::Hosts { hosts, health, .. } => {
                     (None, hosts.clone(), health.interval().unwrap_or(DOWN_WITHOUT_HEALTH_CHECK))
                 }
             };
@@ -108,7 +108,7 @@ impl Objects {
                 metrics.clone(),
             ));
             let mut probes = None;
-            if let ObjectKind::Hosts { hosts, health } = &ns.kind {
+            if let ObjectKind::Hosts { hosts, health, tls } = &ns.kind {
                 let pool = Pool {
                     name: ns.name.clone(),
                     backends: hosts.iter().map(|(_, a)| Backend::Addr(*a)).collect(),
@@ -116,6 +116,7 @@ impl Objects {
                     health: health.clone(),
                     // The registry moves an unhealthy host's objects (its own listener below).
                     close_unhealthy: true,
+                    tls: tls.clone(),
                 };
                 let r = registry.clone();
                 let listener: HealthListener = Arc::new(move |addr, healthy| r.health_changed(addr, healthy));

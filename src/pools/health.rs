@@ -3,7 +3,8 @@
 //! Cold/background path: one probe per backend per interval, never on a client's path.
 //! Kinds: `tcp` (connect succeeds), `http` (`GET path` answers 2xx) and `handshake` (a WebSocket
 //! upgrade on `path` answers 101 with the right `Sec-WebSocket-Accept`). A change of health is
-//! logged and exported as `weir_backend_healthy{pool,namespace,backend}`.
+//! logged and exported as `weir_backend_healthy{pool,namespace,backend}`. For a `tls` pool every
+//! kind runs over TLS (a `tcp` probe is a connect and a TLS handshake), with the pool's settings.
 
 use crate::config::{HealthCheck, Pool};
 use crate::http1::head::read_response_head;
@@ -15,7 +16,7 @@ use async_trait::async_trait;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_load_balancing::Backend;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Longest time one probe may take (connect plus answer).
@@ -31,6 +32,7 @@ pub struct Probe {
     /// Each backend's address and its `backend` label (as configured).
     labels: Vec<(std::net::SocketAddr, String)>,
     check: HealthCheck,
+    tls: Option<crate::tls_client::ClientTls>,
     metrics: Metrics,
     listener: Option<super::HealthListener>,
 }
@@ -45,7 +47,15 @@ impl Probe {
         metrics: Metrics,
         listener: Option<super::HealthListener>,
     ) -> Probe {
-        Probe { pool: pool.name.clone(), place, labels, check: pool.health.clone(), metrics, listener }
+        Probe {
+            pool: pool.name.clone(),
+            place,
+            labels,
+            check: pool.health.clone(),
+            tls: pool.tls.clone(),
+            metrics,
+            listener,
+        }
     }
 
     /// Time between probes, or `None` when probing is off.
@@ -54,7 +64,26 @@ impl Probe {
     }
 
     async fn probe(&self, addr: std::net::SocketAddr) -> std::result::Result<(), String> {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        match &self.tls {
+            None => self.exchange(addr, tcp).await,
+            Some(tls) => {
+                let s = tls
+                    .connector()
+                    .connect(tls.server_name(addr), tcp)
+                    .await
+                    .map_err(|e| crate::tls_client::explain(&e.to_string()))?;
+                self.exchange(addr, s).await
+            }
+        }
+    }
+
+    /// The probe's request and answer over `s` (connected, TLS done).
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        addr: std::net::SocketAddr,
+        mut s: S,
+    ) -> std::result::Result<(), String> {
         let (path, request) = match &self.check {
             HealthCheck::None | HealthCheck::Tcp { .. } => return Ok(()),
             HealthCheck::Http { path, .. } => {
@@ -68,6 +97,7 @@ impl Probe {
             ),
         };
         s.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+        s.flush().await.map_err(|e| format!("write: {e}"))?;
         let answer = read_response_head(&mut s).await.map_err(|e| e.to_string())?;
         let code = answer.status;
         match &self.check {
@@ -81,6 +111,7 @@ impl Probe {
                         &mut close,
                     );
                     let _ = s.write_all(close.get(..len).unwrap_or_default()).await;
+                    let _ = s.flush().await;
                     Ok(())
                 } else {
                     Err(format!("upgrade on {path} answered {code}, expected 101 with a valid accept key"))

@@ -4,6 +4,7 @@
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -44,6 +45,11 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// A backend listening at `addr` whose accept loop is `task`.
+    pub fn new(addr: SocketAddr, seen: Arc<Mutex<Vec<Seen>>>, task: JoinHandle<()>) -> Backend {
+        Backend { addr, seen, task }
+    }
+
     /// Stop accepting (open connections keep running in their own tasks).
     pub fn stop(&self) {
         self.task.abort();
@@ -115,13 +121,16 @@ where
 /// The echo handler: sends every text and binary message back. Magic text messages:
 /// `close:CODE:REASON` makes the backend close with that code; `drop` makes it drop the TCP
 /// connection without a close frame.
-pub async fn echo(ws: Ws) {
+pub async fn echo<S: AsyncRead + AsyncWrite + Unpin>(ws: WebSocketStream<S>) {
     echo_reporting(ws, |_| {}).await
 }
 
 /// The echo handler, calling `seen` with every message received (control messages too) before
 /// acting on it.
-pub async fn echo_reporting(mut ws: Ws, mut seen: impl FnMut(&Message)) {
+pub async fn echo_reporting<S: AsyncRead + AsyncWrite + Unpin>(
+    mut ws: WebSocketStream<S>,
+    mut seen: impl FnMut(&Message),
+) {
     while let Some(Ok(msg)) = ws.next().await {
         seen(&msg);
         match msg {

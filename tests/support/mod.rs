@@ -8,6 +8,7 @@ pub mod backends;
 pub mod browser;
 pub mod hosts;
 pub mod postgres;
+pub mod slow_reader;
 pub mod tls;
 pub mod wire;
 

@@ -21,6 +21,8 @@ pub struct Postgres {
     /// Run the server commands as the `postgres` user (the tests run as root).
     as_postgres: bool,
     running: bool,
+    /// TLS only over TCP (`hostssl`): the harness's own sessions use the unix socket.
+    tls: bool,
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` holding `initdb`.
@@ -50,9 +52,20 @@ fn running_as_root() -> bool {
 impl Postgres {
     /// Create a cluster, start it and create the database `weir`.
     pub async fn start_new() -> Postgres {
+        Postgres::create(None).await
+    }
+
+    /// Like `start_new`, serving TLS with `cert` (`ssl = on`) and accepting TCP sessions over
+    /// TLS only (`hostssl` in pg_hba.conf).
+    pub async fn start_new_tls(cert: &super::tls::TestCert) -> Postgres {
+        Postgres::create(Some(cert)).await
+    }
+
+    async fn create(tls: Option<&super::tls::TestCert>) -> Postgres {
         let bin = server_bin();
         let dir = tempfile::tempdir().expect("tempdir");
         let as_postgres = running_as_root();
+        let mut owner = None;
         if as_postgres {
             let uid = Command::new("id").args(["-u", "postgres"]).output().expect("id -u postgres");
             let gid = Command::new("id").args(["-g", "postgres"]).output().expect("id -g postgres");
@@ -62,15 +75,39 @@ impl Postgres {
             };
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
                 .expect("chown the cluster directory to postgres");
+            owner = Some((uid, gid));
         }
-        let mut pg = Postgres { bin, dir, port: free_port(), as_postgres, running: false };
+        let mut pg = Postgres { bin, dir, port: free_port(), as_postgres, running: false, tls: tls.is_some() };
         let data = pg.data();
         pg.run("initdb", &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]);
-        let conf = format!(
+        let mut conf = format!(
             "\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 50\n",
             pg.port,
             pg.dir.path().display()
         );
+        if let Some(cert) = tls {
+            // The key must belong to the server's user and be private to it.
+            let (crt, key) = (pg.dir.path().join("server.crt"), pg.dir.path().join("server.key"));
+            std::fs::copy(&cert.cert, &crt).expect("copy the server certificate");
+            std::fs::copy(&cert.key, &key).expect("copy the server key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod key");
+            for f in [&crt, &key] {
+                std::os::unix::fs::chown(f, owner.map(|o| o.0), owner.map(|o| o.1)).expect("chown the TLS files");
+            }
+            conf.push_str(&format!(
+                "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+                crt.display(),
+                key.display()
+            ));
+            let hba_path = Path::new(&data).join("pg_hba.conf");
+            let hba = std::fs::read_to_string(&hba_path).expect("read pg_hba.conf");
+            let hba: String = hba
+                .lines()
+                .map(|l| l.strip_prefix("host ").map_or_else(|| l.to_string(), |rest| format!("hostssl {rest}")))
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::fs::write(&hba_path, hba + "\n").expect("write pg_hba.conf");
+        }
         let conf_path = Path::new(&data).join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf_path).expect("read postgresql.conf");
         text.push_str(&conf);
@@ -145,11 +182,20 @@ impl Postgres {
         format!("host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=5", self.port)
     }
 
+    /// The harness's own sessions: over TCP, or the unix socket on a TLS-only server.
+    fn session_url(&self, db: &str) -> String {
+        if self.tls {
+            format!("host={} port={} user=postgres dbname={db} connect_timeout=5", self.dir.path().display(), self.port)
+        } else {
+            self.url_for(db)
+        }
+    }
+
     /// A client of database `db`, retrying until the server accepts it (bounded by `DEADLINE`).
     async fn connect(&self, db: &str) -> Client {
         let start = Instant::now();
         loop {
-            match tokio_postgres::connect(&self.url_for(db), NoTls).await {
+            match tokio_postgres::connect(&self.session_url(db), NoTls).await {
                 Ok((client, connection)) => {
                     tokio::spawn(connection);
                     return client;

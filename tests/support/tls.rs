@@ -1,11 +1,19 @@
 //! TLS for tests: a self-signed certificate for `localhost` in a temporary directory (for a
-//! `listeners[].tls`) and a rustls client that trusts only it.
+//! `listeners[].tls`, a backend's `ca_file`, PostgreSQL's `ssl_cert_file`), a rustls client that
+//! trusts only it, a rustls acceptor serving it, and a `wss://` WebSocket backend.
 
+use super::backends::{ws_config, Backend, Seen};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::WebSocketStream;
+
+/// A WebSocket connection as a `wss://` backend sees it.
+pub type Wss = WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// A generated certificate and key, as PEM files, and the DER a client trusts.
 pub struct TestCert {
@@ -14,18 +22,39 @@ pub struct TestCert {
     /// The private key file.
     pub key: PathBuf,
     der: rustls::pki_types::CertificateDer<'static>,
+    key_der: Vec<u8>,
     _dir: tempfile::TempDir,
 }
 
 impl TestCert {
     /// A new self-signed certificate for `localhost`.
     pub fn localhost() -> TestCert {
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        TestCert::for_names(&["localhost"])
+    }
+
+    /// A new self-signed certificate for `names` (an IP address becomes an IP SAN).
+    pub fn for_names(names: &[&str]) -> TestCert {
+        let certified =
+            rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         std::fs::write(&cert, certified.cert.pem()).unwrap();
         std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
-        TestCert { cert, key, der: certified.cert.der().clone(), _dir: dir }
+        let key_der = certified.key_pair.serialize_der();
+        TestCert { cert, key, der: certified.cert.der().clone(), key_der, _dir: dir }
+    }
+
+    /// A TLS acceptor serving this certificate.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![self.der.clone()], key)
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 
     /// The listener lines (indented by four spaces, for `Weir::start_listener`) that terminate
@@ -53,4 +82,37 @@ impl TestCert {
     pub fn url(addr: SocketAddr, path: &str) -> String {
         format!("wss://localhost:{}{path}", addr.port())
     }
+}
+
+/// A `wss://` WebSocket backend serving `cert` that runs `handler` for each connection; the
+/// upgrade requests it sees are recorded (`Backend::seen`).
+pub async fn wss_backend<F, Fut>(cert: &TestCert, handler: F) -> Backend
+where
+    F: Fn(Wss) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let (seen2, acceptor, handler) = (seen.clone(), cert.acceptor(), Arc::new(handler));
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (seen, acceptor, handler) = (seen2.clone(), acceptor.clone(), handler.clone());
+            tokio::spawn(async move {
+                // A client that fails the handshake (a wrong CA on weir's side) just ends here.
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                #[allow(clippy::result_large_err)]
+                let callback = |req: &Request, resp: Response| {
+                    let path = req.uri().path().to_string();
+                    seen.lock().unwrap().push(Seen { path, ..Seen::default() });
+                    Ok(resp)
+                };
+                if let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(tls, callback, Some(ws_config())).await
+                {
+                    handler(ws).await;
+                }
+            });
+        }
+    });
+    Backend::new(addr, seen, task)
 }

@@ -5,14 +5,17 @@
 //! (`Connection: close`); any 2xx answer means the collector has every event, anything else
 //! (or no answer within `timeout`) is an error and the batch is sent again later. Each event's
 //! `id` is the record's idempotency key, so a collector that dedupes by `id` (as CloudEvents
-//! consumers should) keeps each record once. Plain `http://` only (no TLS).
+//! consumers should) keeps each record once. `https://` collectors are reached over rustls
+//! (`tls_client`: system roots or `ca_file`, optional client certificate); an `auth_header` is
+//! sent as `Authorization` and never logged.
 
 use super::Sink;
 use crate::http1::head::read_response_head;
+use crate::tls_client::ClientTls;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// CloudEvents `type` prefix; the record type is appended (`dev.weir.usage.stop`).
@@ -25,15 +28,33 @@ pub struct HttpSink {
     path: String,
     timeout: Duration,
     source: String,
+    tls: Option<ClientTls>,
+    auth_header: Option<String>,
 }
 
 impl HttpSink {
-    /// POST to `http://{host}{path}`, connecting to `addr`.
-    pub fn new(addr: &str, host: &str, path: &str, timeout: Duration) -> HttpSink {
+    /// POST to `http://{host}{path}` (`https://` with `tls`), connecting to `addr`, with
+    /// `Authorization: {auth_header}` when set.
+    pub fn new(
+        addr: &str,
+        host: &str,
+        path: &str,
+        timeout: Duration,
+        tls: Option<ClientTls>,
+        auth_header: Option<String>,
+    ) -> HttpSink {
         let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "weir".into());
-        HttpSink { addr: addr.into(), host: host.into(), path: path.into(), timeout, source: format!("weir://{node}") }
+        HttpSink {
+            addr: addr.into(),
+            host: host.into(),
+            path: path.into(),
+            timeout,
+            source: format!("weir://{node}"),
+            tls,
+            auth_header,
+        }
     }
 
     /// The CloudEvents batch body for `lines`.
@@ -62,15 +83,33 @@ impl HttpSink {
     }
 
     async fn post(&self, body: &[u8]) -> Result<u16, String> {
-        let mut s = TcpStream::connect(&self.addr).await.map_err(|e| format!("connect {}: {e}", self.addr))?;
+        let tcp = TcpStream::connect(&self.addr).await.map_err(|e| format!("connect {}: {e}", self.addr))?;
+        match &self.tls {
+            None => self.exchange(tcp, body).await,
+            Some(tls) => {
+                let addr = tcp.peer_addr().map_err(|e| format!("connect {}: {e}", self.addr))?;
+                let stream = tls
+                    .connector()
+                    .connect(tls.server_name(addr), tcp)
+                    .await
+                    .map_err(|e| format!("{}: {}", self.addr, crate::tls_client::explain(&e.to_string())))?;
+                self.exchange(stream, body).await
+            }
+        }
+    }
+
+    /// Send the request over `s` and read the answer's status.
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(&self, mut s: S, body: &[u8]) -> Result<u16, String> {
+        let auth = self.auth_header.as_ref().map_or_else(String::new, |h| format!("Authorization: {h}\r\n"));
         let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/cloudevents-batch+json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: weir\r\n\r\n",
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/cloudevents-batch+json\r\nContent-Length: {}\r\n{auth}Connection: close\r\nUser-Agent: weir\r\n\r\n",
             self.path,
             self.host,
             body.len()
         );
         s.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
         s.write_all(body).await.map_err(|e| e.to_string())?;
+        s.flush().await.map_err(|e| e.to_string())?;
         let answer = read_response_head(&mut s).await.map_err(|e| e.to_string())?;
         Ok(answer.status)
     }
@@ -95,7 +134,7 @@ mod tests {
 
     #[test]
     fn events_carry_the_key_type_and_record() {
-        let sink = HttpSink::new("127.0.0.1:1", "collector", "/e", Duration::from_secs(1));
+        let sink = HttpSink::new("127.0.0.1:1", "collector", "/e", Duration::from_secs(1), None, None);
         let line = br#"{"record":"stop","idempotency_key":"c1:3","connection_id":"c1","at":"2026-11-22T10:00:00.000Z","tenant":"acme"}"#.to_vec();
         let body: Value = serde_json::from_slice(&sink.body(&[line]).unwrap()).unwrap();
         let e = &body[0];

@@ -7,6 +7,7 @@
 
 pub mod file;
 pub mod http;
+pub mod pg_tls;
 pub mod postgres;
 
 use async_trait::async_trait;
@@ -25,7 +26,11 @@ pub fn build(config: &crate::config::Sink) -> Box<dyn Sink> {
         SinkKind::File { path, rotate_bytes, rotate_interval } => {
             Box::new(file::FileSink::new(path, *rotate_bytes, *rotate_interval))
         }
-        SinkKind::Http { addr, host, path, timeout } => Box::new(http::HttpSink::new(addr, host, path, *timeout)),
-        SinkKind::Postgres { url, table } => Box::new(postgres::PostgresSink::new(url, table)),
+        SinkKind::Http { addr, host, path, timeout, tls, auth_header } => {
+            Box::new(http::HttpSink::new(addr, host, path, *timeout, tls.clone(), auth_header.clone()))
+        }
+        SinkKind::Postgres { url, table, ca_file } => {
+            Box::new(postgres::PostgresSink::new(url, table, ca_file.clone()))
+        }
     }
 }

@@ -6,13 +6,31 @@
 //! (the delivery loop backs off between attempts); one statement per batch, with the keys and
 //! bodies as two arrays. Columns: `idempotency_key` (primary key), `record`, `at`,
 //! `connection_id`, `tenant`, `route`, `namespace`, `object_id`, `body` (the whole record,
-//! jsonb), `inserted_at`.
+//! jsonb), `inserted_at`. TLS follows the connection string's `sslmode` (`pg_tls`).
 
+use super::pg_tls::{self, TlsMode};
 use super::Sink;
 use async_trait::async_trait;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::Mutex;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, NoTls};
+
+/// `e` and its causes, `: `-separated (the TLS cause is in a source).
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
 
 /// Longest time to open a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,13 +39,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PostgresSink {
     url: String,
     table: String,
+    /// The `ca_file` setting (over the url's `sslrootcert`).
+    ca_file: Option<PathBuf>,
     client: Mutex<Option<Client>>,
 }
 
 impl PostgresSink {
-    /// A sink for `table` at `url` (a libpq-style connection string or `postgresql://` URL).
-    pub fn new(url: &str, table: &str) -> PostgresSink {
-        PostgresSink { url: url.into(), table: table.into(), client: Mutex::new(None) }
+    /// A sink for `table` at `url` (a libpq-style connection string or `postgresql://` URL),
+    /// trusting `ca_file` for TLS (else the url's `sslrootcert`, else the system roots).
+    pub fn new(url: &str, table: &str, ca_file: Option<PathBuf>) -> PostgresSink {
+        PostgresSink { url: url.into(), table: table.into(), ca_file, client: Mutex::new(None) }
     }
 
     /// `CREATE TABLE` (and its index) for `table`.
@@ -49,15 +70,44 @@ impl PostgresSink {
     }
 
     async fn connect(&self) -> Result<Client, String> {
-        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(&self.url, NoTls))
+        let (rest, mode, root) = pg_tls::split(&self.url)?;
+        let mut config: tokio_postgres::Config = rest.parse().map_err(|e| format!("connection string: {e}"))?;
+        let tls = match mode {
+            TlsMode::Off => None,
+            _ => {
+                let ca_file = pg_tls::ca_file(self.ca_file.as_deref(), root.as_deref());
+                let ssl = if mode == TlsMode::Prefer { SslMode::Prefer } else { SslMode::Require };
+                config.ssl_mode(ssl);
+                Some(pg_tls::connector(mode, ca_file.as_deref())?)
+            }
+        };
+        let connected = async {
+            let client = match tls {
+                None => {
+                    let (client, connection) = config.connect(NoTls).await?;
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, "postgres sink: connection ended");
+                        }
+                    });
+                    client
+                }
+                Some(tls) => {
+                    let (client, connection) = config.connect(tls).await?;
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, "postgres sink: connection ended");
+                        }
+                    });
+                    client
+                }
+            };
+            Ok::<_, tokio_postgres::Error>(client)
+        };
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, connected)
             .await
             .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| format!("connect: {e}"))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "postgres sink: connection ended");
-            }
-        });
+            .map_err(|e| format!("connect: {}", describe(&e)))?;
         client.batch_execute(&Self::schema(&self.table)).await.map_err(|e| format!("create table: {e}"))?;
         Ok(client)
     }
