@@ -17,6 +17,29 @@ if [ ! -x /usr/bin/chromium ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 fi
+# The cluster tests start a private etcd (never a system one) from Debian's etcd-server. Its
+# package may enable and start a system etcd on port 2379 where services can start: that one is
+# stopped and disabled again; one running before is left alone.
+if ! command -v etcd >/dev/null 2>&1; then
+  echo "weir: installing etcd-server (for the cluster tests' private etcd)" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  running_before=" $(pgrep -d ' ' -x etcd || true) "
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq etcd-server >/dev/null
+  for pid in $(pgrep -x etcd || true); do
+    case "$running_before" in
+      *" $pid "*) ;;
+      *)
+        echo "weir: stopping the etcd server the install started (pid $pid)" >&2
+        if [ -d /run/systemd/system ]; then
+          $sudo systemctl disable --now etcd.service >/dev/null 2>&1 || true
+        fi
+        $sudo kill "$pid" 2>/dev/null || true
+        ;;
+    esac
+  done
+fi
 # The billing tests start private PostgreSQL servers (never the system cluster) from Debian's
 # server binaries. A main cluster is not created on install (create_main_cluster = false), so
 # nothing system-wide is started.

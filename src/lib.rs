@@ -33,6 +33,9 @@
 //!   background).
 //! - `objects`: object namespaces: id → one owner, leases, eviction, accounting, and the objects
 //!   weir serves itself (echo, rooms with history) (warm).
+//! - `cluster`: with `cluster:`, object ownership across instances through etcd: membership
+//!   (a lease kept alive), object claims with fencing tokens, the peer hop's first line (warm /
+//!   background).
 //! - `metering`: per-connection `Meter`, active clock, the live set and its interim sweeper; it
 //!   writes every connection record (warm / background).
 //! - `billing`: the record contract and log, spool, delivery, sinks, pricing units, `weir usage`
@@ -60,6 +63,7 @@ pub mod access;
 pub mod admin;
 pub mod admission;
 pub mod billing;
+pub mod cluster;
 pub mod config;
 pub mod fds;
 pub mod gateway;

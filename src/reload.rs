@@ -5,7 +5,7 @@
 //!
 //! Cold path (one reload at a time). What a snapshot cannot change (listeners, the admin
 //! listener, the spool and sinks, quotas, threads, logging, the drain plan) is compared with the
-//! running config and reported as needing a restart, never applied half-way and never silently
+//! running config (`cluster` too) and reported as needing a restart, never applied half-way and never silently
 //! ignored. Backends the new config no longer names get their open connections closed over the
 //! drain window (`drain.removed_backends: close`, the default) or are left to end (`keep`).
 
@@ -86,7 +86,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         u.fail_open = false;
         u
     };
-    let checks: [(&str, bool); 13] = [
+    let checks: [(&str, bool); 14] = [
         ("server.threads", old.threads != new.threads),
         ("server.grace_period", old.grace_period != new.grace_period),
         ("server.fd_reserve", old.fd_reserve != new.fd_reserve),
@@ -105,6 +105,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
                 || old.drain_removed_backends != new.drain_removed_backends,
         ),
         ("access_log", old.access_log != new.access_log),
+        ("cluster", differs(&old.cluster, &new.cluster)),
     ];
     checks.into_iter().filter(|(_, d)| *d).map(|(k, _)| k.to_string()).collect()
 }

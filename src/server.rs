@@ -3,8 +3,8 @@
 //! Cold path, once per process. Order matters: metrics first (everything registers on them),
 //! then the usage file, the built-in backends (bound before pools, which name their addresses),
 //! the pools with their health services, the object namespaces (room stores opened, host
-//! health services), the gateway and background services (spool flusher, interim sweeper,
-//! delivery), and last the admin listener, on a thread of its own outside Pingora's services so
+//! health services), the cluster's membership and peer listener (with `cluster:`), the gateway
+//! and background services (spool flusher, interim sweeper, delivery), and last the admin listener, on a thread of its own outside Pingora's services so
 //! that it answers through the whole shutdown. Pingora owns the process until SIGTERM (graceful:
 //! listeners stop, `/readyz` turns 503, open WebSockets get `server.grace_period`, then a 1001
 //! close and their stop records) or SIGINT (immediate); then `run` makes every record durable,
@@ -128,6 +128,16 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
+    // `cluster:`: membership in etcd and the peer listener (bound now, so a taken port fails the
+    // start); without it nothing here touches etcd.
+    let cluster = config.cluster.clone().map(|c| crate::cluster::Cluster::new(c, metrics.clone()));
+    let peer_listener = match &cluster {
+        Some(c) => Some(
+            crate::gateway::peer::PeerListener::bind(c.clone(), current.clone(), config.grace_period)
+                .with_context(|| format!("cluster.peer.address: cannot listen on {}", c.config().peer_address))?,
+        ),
+        None => None,
+    };
     let http = Arc::new(pingora_proxy::http_proxy(&server.configuration, HttpRoutes::new(current.clone())));
     let quotas = Quotas::new(
         config.quotas.clone(),
@@ -151,6 +161,7 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
             live: live.clone(),
             fds: fds.clone(),
             http,
+            cluster: cluster.clone(),
         },
     );
     let before_tls = gateway.before_tls(&config);
@@ -178,6 +189,10 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
     let reloader = Reloader::new(path, current.clone(), snapshot_parts, live.clone(), plan, config_hash);
     server.add_service(background_service("config reload on SIGHUP", OnHangup(reloader.clone())));
     server.add_service(background_service("health checks", runner.service()));
+    if let (Some(c), Some(peers)) = (&cluster, peer_listener) {
+        server.add_service(background_service("cluster membership", c.membership()));
+        server.add_service(background_service("cluster peer listener", peers));
+    }
     // The admin listener itself is not a Pingora service (see below); this one only tells it
     // when Pingora's shutdown begins.
     let admin = config.admin.map(|address| {

@@ -53,6 +53,10 @@ mod prometheus;
 // Object namespaces: placement, failover with 1012, id rules, the built-in room, object records.
 mod objects;
 
+// Several instances sharing objects through a private etcd (issue 13): one owner per object,
+// the peer hop, 1012 when the owner dies, 503 while etcd is down.
+mod cluster;
+
 // The billing pipeline: start/interim/stop, tenants, active time, kill -9, a flaky collector, a full disk.
 mod billing;
 // Billing against a private PostgreSQL: file and postgres sinks agree, a 30 s outage under load,

@@ -69,6 +69,36 @@ pub struct FileConfig {
     pub drain: FileDrain,
     /// One JSON line per ended connection: `stderr` or a file path. Default: none.
     pub access_log: Option<String>,
+    /// Several weir instances that share object ownership through etcd. Default: none (one
+    /// process owns its objects alone).
+    pub cluster: Option<FileCluster>,
+}
+
+/// `cluster:` membership and object claims in etcd, and the peer listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCluster {
+    /// The cluster's name: the prefix of every etcd key weir writes (`<name>/members/…`).
+    pub name: String,
+    /// This process's name, unique in the cluster (it names the owner of the objects it claims).
+    pub instance: String,
+    /// etcd endpoints, `host:port` (v3 API, plain HTTP/2).
+    pub etcd: Vec<String>,
+    /// TTL of this instance's etcd lease (duration, 2s..60s): how long its claims outlive it.
+    /// Default: 5s.
+    pub lease_ttl: Option<String>,
+    /// The peer listener: where other instances relay clients of objects this one owns.
+    pub peer: FilePeer,
+}
+
+/// `cluster.peer:` the listener other instances relay to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePeer {
+    /// `host:port` to listen on, as the other instances reach it (published in etcd).
+    pub address: String,
+    /// A file holding the secret every instance shares (first line, at least 16 characters).
+    pub secret_file: String,
 }
 
 /// One `quotas[]` entry: a tenant's budget of a quantity per calendar period (UTC).

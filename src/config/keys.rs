@@ -98,7 +98,26 @@ pub static FILE: Section = Section {
         opt("quotas", Kind::List(&Kind::Map(&QUOTA))),
         opt("drain", Kind::Map(&DRAIN)),
         opt("access_log", Text),
+        opt("cluster", Kind::Map(&CLUSTER)),
     ],
+};
+
+static CLUSTER: Section = Section {
+    what: "`cluster`",
+    file_struct: "FileCluster",
+    keys: &[
+        req("name", Text, "prod"),
+        req("instance", Text, "weir-a"),
+        req("etcd", Kind::List(&Text), "[\"127.0.0.1:2379\"]"),
+        opt("lease_ttl", Text),
+        req("peer", Kind::Map(&PEER), "{address: \"127.0.0.1:7443\", secret_file: /etc/weir/peer.secret}"),
+    ],
+};
+
+static PEER: Section = Section {
+    what: "`cluster.peer`",
+    file_struct: "FilePeer",
+    keys: &[req("address", Text, "\"127.0.0.1:7443\""), req("secret_file", Text, "/etc/weir/peer.secret")],
 };
 
 static DRAIN: Section = Section {

@@ -14,6 +14,7 @@
 //! /etc/weir/config.yaml` means the same from anywhere.
 
 pub mod admission;
+pub mod cluster;
 pub mod error;
 pub mod file;
 pub mod keys;

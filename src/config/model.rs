@@ -63,6 +63,39 @@ pub struct Config {
     pub drain_removed_backends: bool,
     /// Where the per-connection access log goes (`access_log`); `None`: no access log.
     pub access_log: Option<AccessLogTarget>,
+    /// Object ownership shared with other instances through etcd (`cluster`); `None`: this
+    /// process owns its objects alone.
+    pub cluster: Option<Cluster>,
+}
+
+/// `cluster:` validated.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// Key prefix in etcd.
+    pub name: String,
+    /// This instance's name, unique in the cluster.
+    pub instance: String,
+    /// etcd endpoints, `host:port`.
+    pub etcd: Vec<String>,
+    /// TTL of the instance's etcd lease (whole seconds, 2..=60).
+    pub lease_ttl: Duration,
+    /// The peer listener's address (published in etcd; other instances connect to it).
+    pub peer_address: SocketAddr,
+    /// The secret shared by every instance (bytes of the secret file's first line).
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Cluster {
+    /// The secret is never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("instance", &self.instance)
+            .field("etcd", &self.etcd)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("peer_address", &self.peer_address)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where the access log goes.

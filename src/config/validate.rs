@@ -106,6 +106,11 @@ impl Validator {
         self.dir.join(p)
     }
 
+    /// How many problems were found so far.
+    pub(super) fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
     pub(super) fn err(&mut self, key: impl Into<String>, value: impl std::fmt::Display, fix: impl Into<String>) {
         self.errors.push(ConfigError::new(key, value, fix));
     }
@@ -157,7 +162,7 @@ impl Validator {
         let admin = f.admin.as_ref().and_then(|a| self.addr("admin.address", &a.address));
         let admin_final_scrape = self.final_scrape(f.admin.as_ref().and_then(|a| a.final_scrape.as_deref()));
         self.distinct_addresses(&listeners, admin);
-        let listeners = listeners.into_iter().map(|(_, l)| l).collect();
+        let listeners: Vec<Listener> = listeners.into_iter().map(|(_, l)| l).collect();
 
         let t = &f.timeouts;
         let timeouts = Timeouts {
@@ -261,6 +266,21 @@ impl Validator {
                 false
             }
         };
+        let cluster = f.cluster.as_ref().and_then(|c| self.cluster(c));
+        if let (Some(c), Some(a)) = (&cluster, admin) {
+            if c.peer_address == a {
+                self.err("cluster.peer.address", a, "is also the admin listener; give the peer listener its own port");
+            }
+        }
+        if let Some(c) = &cluster {
+            if listeners.iter().any(|l: &Listener| l.address == c.peer_address) {
+                self.err(
+                    "cluster.peer.address",
+                    c.peer_address,
+                    "is also a public listener; give the peer listener its own port",
+                );
+            }
+        }
         let drain_removed_backends = match f.drain.removed_backends.as_deref() {
             None | Some("close") => true,
             Some("keep") => false,
@@ -311,6 +331,7 @@ impl Validator {
                 }
                 Some(path) => Some(AccessLogTarget::File(self.path(path))),
             },
+            cluster,
         }
     }
 
@@ -558,7 +579,7 @@ impl Validator {
     }
 
     /// Resolve `host:port` (port 0 allowed for tests only on listeners; any port on backends).
-    fn addr(&mut self, key: &str, s: &str) -> Option<SocketAddr> {
+    pub(super) fn addr(&mut self, key: &str, s: &str) -> Option<SocketAddr> {
         if let Ok(a) = s.parse::<SocketAddr>() {
             return Some(a);
         }

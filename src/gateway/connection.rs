@@ -6,6 +6,7 @@
 //! path, observed by a `ConnObserver`.
 
 use super::observer::ConnObserver;
+use super::peer::PeerRelay;
 use super::Gateway;
 use crate::admission::caps::Permit;
 use crate::config::{Limits, RateLimit};
@@ -61,6 +62,8 @@ pub enum Serve {
         rsv: u8,
         /// Its share of the backend's open count (pool backends; `least_connections`).
         open: Option<crate::pools::OpenCount>,
+        /// Set when the backend is the object's owner instance (the peer hop).
+        peer: Option<super::peer::PeerRelay>,
     },
     /// A built-in object, run by weir itself.
     Object {
@@ -85,6 +88,8 @@ struct Ending {
     _permit: Option<Permit>,
     /// Dropped with the ending: the backend's open count holds the connection until then.
     _open: Option<crate::pools::OpenCount>,
+    /// Dropped with the ending: `weir_peer_relays_active` counts the connection until then.
+    _peer: Option<PeerRelay>,
 }
 
 impl Gateway {
@@ -99,14 +104,24 @@ impl Gateway {
         self.metrics.tenant_active.with_label_values(&[&tenant]).inc();
         let grace = self.grace_period;
         match serve {
-            Serve::Relay { backend, early: backend_early, rsv, open } => {
+            Serve::Relay { backend, early: backend_early, rsv, open, peer } => {
                 let object = lease.as_ref().map(|l| l.object().clone());
-                let moved = lease.as_ref().map(Lease::evicted);
+                let moved =
+                    lease.as_ref().map(Lease::evicted).or_else(|| peer.as_ref().map(|_| PeerRelay::move_signal()));
                 let observer = ConnObserver::new(metrics, live.clone(), object, moved, quota);
                 let policies = Self::policies(chunks, rsv, Some(&limits));
                 let relay = Relay::new([client, backend], policies, [&early, &backend_early], observer)
                     .with_guards(guards(&limits, live.meter.id.as_u128()));
-                let ending = Ending { gateway: self.clone(), route, place, live, lease, _permit: permit, _open: open };
+                let ending = Ending {
+                    gateway: self.clone(),
+                    route,
+                    place,
+                    live,
+                    lease,
+                    _permit: permit,
+                    _open: open,
+                    _peer: peer,
+                };
                 // A combinator, not an async block: the task holds the relay's future once.
                 let run = relay.run(shutdown, grace).map(move |(report, observer)| {
                     drop(observer);
@@ -119,7 +134,16 @@ impl Gateway {
                 let observer = ConnObserver::new(metrics, live.clone(), None, None, quota);
                 let pushes = live.clone();
                 let tap = Tap::new(client, early, Self::policies(chunks, 0, None), observer);
-                let ending = Ending { gateway: self.clone(), route, place, live, lease, _permit: permit, _open: None };
+                let ending = Ending {
+                    gateway: self.clone(),
+                    route,
+                    place,
+                    live,
+                    lease,
+                    _permit: permit,
+                    _open: None,
+                    _peer: None,
+                };
                 tokio::spawn(async move {
                     let report = match session::run(object, &id, tap, handle, shutdown, grace, Some(pushes)).await {
                         (Some(tap), cause) => tap.finish(cause).0,
@@ -168,7 +192,7 @@ fn guards(limits: &Limits, seed: u128) -> Guards {
 impl Ending {
     /// Count a finished connection, write its stop record and release its object lease.
     fn end(self, report: &RelayReport) {
-        let Ending { gateway, route, place, live, lease, _permit, _open } = self;
+        let Ending { gateway, route, place, live, lease, _permit, _open, _peer } = self;
         let route = route.as_str();
         let [pool, ns] = place.labels();
         let m = &gateway.metrics;

@@ -33,6 +33,7 @@ mod external;
 pub mod handshake;
 pub mod http;
 pub mod observer;
+pub mod peer;
 pub mod proxied;
 pub mod reject;
 pub mod snapshot;
@@ -149,6 +150,8 @@ pub struct Gateway {
     proxy_listeners: proxied::ProxyListeners,
     /// Client addresses read from PROXY headers before TLS (`proxied::BeforeTls`).
     proxied: Arc<proxied::Proxied>,
+    /// The cluster that shares object ownership, when `cluster:` is set.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The shared parts a gateway serves with (built by `server`).
@@ -167,6 +170,8 @@ pub struct Parts {
     pub quotas: Arc<Quotas>,
     /// The access log, when configured.
     pub access: Option<Arc<AccessLog>>,
+    /// The cluster, when `cluster:` is set (object claims and the peer hop).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// One client request on its way through the gateway: built once its head is read and routed,
@@ -198,7 +203,7 @@ pub struct Request {
 impl Gateway {
     /// Assemble the gateway from the validated config and the shared parts.
     pub fn new(config: &Config, parts: Parts) -> Gateway {
-        let Parts { current, metrics, live, fds, http, quotas, access } = parts;
+        let Parts { current, metrics, live, fds, http, quotas, access, cluster } = parts;
         Gateway {
             current,
             grace_period: config.grace_period,
@@ -211,6 +216,7 @@ impl Gateway {
             access,
             proxy_listeners: proxied::ProxyListeners::new(&config.listeners),
             proxied: Arc::new(proxied::Proxied::default()),
+            cluster,
         }
     }
 

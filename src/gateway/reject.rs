@@ -79,12 +79,15 @@ pub enum RejectReason {
     QuotaExceeded,
     /// The instance is draining (`POST /api/drain`).
     Draining,
+    /// The cluster's etcd does not answer (or this instance lost its lease): object routes
+    /// cannot find an object's owner.
+    ClusterUnavailable,
 }
 
 impl RejectReason {
     /// Every reason, for metrics set up at startup (a new variant goes here too; the test
     /// `all_lists_every_reason_once` checks the labels are distinct).
-    pub const ALL: [RejectReason; 34] = {
+    pub const ALL: [RejectReason; 35] = {
         use RejectReason::*;
         [
             NotWebSocket,
@@ -121,6 +124,7 @@ impl RejectReason {
             ExternalAuthUnavailable,
             QuotaExceeded,
             Draining,
+            ClusterUnavailable,
         ]
     };
 
@@ -139,7 +143,8 @@ impl RejectReason {
             | DescriptorsExhausted
             | AtCapacity
             | ExternalAuthUnavailable
-            | Draining => 503,
+            | Draining
+            | ClusterUnavailable => 503,
             NoCredential | BadCredential => 401,
             Forbidden | OriginNotAllowed | ExternalAuthDenied => 403,
             ClientAtCapacity | TenantAtCapacity | ClientRateLimited | TenantRateLimited | QuotaExceeded => 429,
@@ -184,6 +189,7 @@ impl RejectReason {
             TenantRateLimited => "Too many new connections for this tenant; retry later",
             QuotaExceeded => "Quota exceeded",
             Draining => "This instance is draining; retry",
+            ClusterUnavailable => "Object owners cannot be found right now; retry",
             ExternalAuthDenied => "Not allowed",
             ExternalAuthUnavailable => "Authentication is unavailable right now; retry",
         }
@@ -225,6 +231,7 @@ impl RejectReason {
             TenantRateLimited => "tenant_rate_limited",
             QuotaExceeded => "quota_exceeded",
             Draining => "draining",
+            ClusterUnavailable => "cluster_unavailable",
             ExternalAuthDenied => "external_auth",
             ExternalAuthUnavailable => "external_auth_unavailable",
         }
@@ -245,7 +252,8 @@ impl RejectReason {
             | DescriptorsExhausted
             | AtCapacity
             | ExternalAuthUnavailable
-            | Draining => self.as_str(),
+            | Draining
+            | ClusterUnavailable => self.as_str(),
             _ => "rejected",
         }
     }

@@ -6,12 +6,14 @@
 //! Warm path (once per connection).
 
 use super::connection::{Established, Serve};
+use super::peer::PeerRelay;
 use super::reject::{self, RejectReason};
 use super::snapshot::Snapshot;
 use super::upstream::{self, UpstreamError};
 use super::{handshake, Gateway, Grant, Request};
 use crate::admission::auth;
 use crate::billing::ObjectRef;
+use crate::cluster::{peer, Claim, ClaimError, Cluster};
 use crate::http1::upgrade::{accept_key, allowed_rsv, check_answer, switching_protocols, with_subprotocol, Answer};
 use crate::metering::{Meter, Rejection};
 use crate::objects::registry::{Lease, PlaceError};
@@ -32,11 +34,13 @@ pub enum Dest<'a> {
     Object(&'a crate::objects::Namespace),
 }
 
-/// Where connecting goes: a pool, or the host an object id is placed on.
+/// Where connecting goes: a pool, the host an object id is placed on, or the owner instance of
+/// a built-in object in a cluster (its peer listener, after the first line `line`).
 #[derive(Clone, Copy)]
 enum Hop<'a> {
     Pool(usize),
     Host(&'a Namespace, &'a str),
+    Peer { ns: &'a Namespace, id: &'a str, addr: SocketAddr, line: &'a [u8] },
 }
 
 /// A connected backend or object host.
@@ -78,6 +82,10 @@ impl Gateway {
             tracing::debug!(route = %req.route, namespace = %c.name, "the credential may not open this object");
             return self.reject(&mut req, RejectReason::Forbidden).await;
         }
+        if self.cluster.as_ref().is_some_and(|cl| !cl.healthy()) {
+            // Without etcd no instance can tell who owns the object: refuse rather than risk two.
+            return self.reject(&mut req, RejectReason::ClusterUnavailable).await;
+        }
         match &ns.builtin {
             Some(object) => self.builtin(req, &key, ns, id, object.clone()).await,
             None => self.relayed(req, &key, Hop::Host(ns, &id)).await,
@@ -93,16 +101,54 @@ impl Gateway {
         id: String,
         object: crate::objects::session::Object,
     ) {
+        let mut claim = None;
+        if let Some(cluster) = &self.cluster {
+            match cluster.claim(&ns.config.name, &id).await {
+                Ok(Claim::Mine(guard)) => claim = Some(guard),
+                Ok(Claim::Elsewhere { owner, peer, token }) => {
+                    tracing::debug!(route = %req.route, namespace = %ns.config.name, %owner, %peer, token, "object owned by another instance; relaying");
+                    let line = self.peer_line(&req, cluster, ns, &id, token);
+                    return self.relayed(req, key, Hop::Peer { ns, id: &id, addr: peer, line: &line }).await;
+                }
+                Err(ClaimError::Unavailable(why)) => {
+                    tracing::debug!(route = %req.route, namespace = %ns.config.name, %why, "cannot claim the object");
+                    return self.reject(&mut req, RejectReason::ClusterUnavailable).await;
+                }
+                Err(ClaimError::Stale) => return self.reject(&mut req, RejectReason::ObjectMoving).await,
+            }
+        }
         let tenant = req.meter.identity().tenant.clone();
         let connect_timeout = req.snap.config.timeouts.backend_connect;
-        let lease = match ns.registry.place(&id, tenant.as_deref(), &[], connect_timeout).await {
+        let mut lease = match ns.registry.place(&id, tenant.as_deref(), &[], connect_timeout).await {
             Ok(l) => l,
             Err(_) => return self.reject(&mut req, RejectReason::ObjectMoving).await,
         };
+        if let Some(guard) = claim {
+            lease.keep(guard);
+        }
         let answer = with_subprotocol(switching_protocols(&accept_key(key)), req.grant.key_entry.as_deref());
         let early = req.head.early().to_vec();
         let handle = lease.object().clone();
         self.established(req, &answer, early, Some(lease), Serve::Object { object, id, handle }).await;
+    }
+
+    /// The peer hop's first line for `req`: who the client is, as admission established it.
+    fn peer_line(&self, req: &Request, cluster: &Cluster, ns: &Namespace, id: &str, token: i64) -> Vec<u8> {
+        let who = req.meter.identity();
+        let authenticated = req.snap.config.routes.iter().any(|r| r.name == req.route && r.auth.is_some());
+        let identity = peer::Identity {
+            from: cluster.instance().to_string(),
+            namespace: ns.config.name.clone(),
+            id: id.to_string(),
+            token,
+            client: req.meter.client.map(|a| a.to_string()),
+            tenant: who.tenant.clone(),
+            route: req.route.clone(),
+            connection_id: who.connection_id.clone(),
+            credential: if authenticated { "accepted" } else { "none" }.to_string(),
+            at: 0,
+        };
+        peer::line(&cluster.config().secret, &identity)
     }
 
     /// Connect to `hop`, forward the upgrade, check the answer, answer the client and relay.
@@ -120,12 +166,19 @@ impl Gateway {
                 id,
                 forward_path: ns.config.forward_path.as_deref(),
             }),
+            // The owner serves the object itself: the path is not rewritten.
+            Hop::Peer { ns, id, .. } => {
+                Some(upstream::ObjectTarget { namespace: &ns.config.name, id, forward_path: None })
+            }
             Hop::Pool(_) => None,
         };
         let client_ip = req.meter.client.map(|a| a.ip());
         let connection_id = &req.meter.identity().connection_id;
         let tenant = req.meter.identity().tenant.as_deref();
-        let request = upstream::upgrade_request(&req.head, client_ip, req.tls, connection_id, tenant, target);
+        let mut request = upstream::upgrade_request(&req.head, client_ip, req.tls, connection_id, tenant, target);
+        if let Hop::Peer { line, .. } = hop {
+            request.splice(0..0, line.iter().copied());
+        }
         let answer = match upstream::handshake(&mut backend, &request, snap.config.timeouts.backend_handshake).await {
             Ok(a) => a,
             Err(e) => {
@@ -148,7 +201,8 @@ impl Gateway {
         // Keep only the early bytes (usually none): the heads and buffers of the handshake end
         // here, so a long-lived connection carries nothing from it (README, "Idle cost").
         let early = req.head.early().to_vec();
-        let serve = Serve::Relay { backend, early: answer.early().to_vec(), rsv, open };
+        let peer = matches!(hop, Hop::Peer { .. }).then(|| PeerRelay::new(&self.metrics.peer_relays_active));
+        let serve = Serve::Relay { backend, early: answer.early().to_vec(), rsv, open, peer };
         // A credential sent as the only subprotocol entry is named in the 101 when the backend
         // selected none (a browser that offered one fails a 101 without it).
         let entry = req.grant.key_entry.as_deref().filter(|_| answer.headers.get("sec-websocket-protocol").is_none());
@@ -194,15 +248,28 @@ impl Gateway {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut tried_hosts: Vec<usize> = Vec::new();
         let mut last = RejectReason::NoHealthyBackend;
+        if let Hop::Peer { addr, .. } = hop {
+            // One try: an owner that does not answer is dying; its claim goes with its lease,
+            // and the client's retry finds the new owner.
+            return match upstream::connect(&self.connector, addr, timeouts.backend_connect, None).await {
+                Ok(stream) => Ok(Connected { addr, stream, started, lease: None, open: None }),
+                Err(e) => {
+                    tracing::warn!(peer = %addr, error = %e, "cannot reach the owner instance");
+                    Err(RejectReason::ObjectMoving)
+                }
+            };
+        }
         let tls = match hop {
             Hop::Pool(pool) => snap.config.pools.get(pool).and_then(|p| p.tls.as_ref()),
             Hop::Host(ns, _) => match &ns.config.kind {
                 crate::config::ObjectKind::Hosts { tls, .. } => tls.as_ref(),
                 crate::config::ObjectKind::Builtin(_) => None,
             },
+            Hop::Peer { .. } => None,
         };
         while tried.len() < MAX_CONNECT_ATTEMPTS {
             let (addr, lease) = match hop {
+                Hop::Peer { .. } => break,
                 Hop::Pool(pool) => match snap.pools.select(pool, meter.client.map(|a| a.ip()), &tried) {
                     Some(addr) => (addr, None),
                     None => break,

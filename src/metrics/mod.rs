@@ -112,6 +112,14 @@ pub struct Metrics {
     pub object_moves: IntCounterVec,
     /// See `names::OBJECT_EVICTIONS_TOTAL`.
     pub object_evictions: IntCounterVec,
+    /// See `names::CLUSTER_MEMBERS`.
+    pub cluster_members: IntGauge,
+    /// See `names::CLUSTER_HEALTHY`.
+    pub cluster_healthy: IntGauge,
+    /// See `names::OBJECT_CLAIMS_TOTAL`.
+    pub object_claims: IntCounterVec,
+    /// See `names::PEER_RELAYS_ACTIVE`.
+    pub peer_relays_active: IntGauge,
     /// See `names::ROOM_SLOW_CLIENTS_TOTAL`.
     pub room_slow_clients: IntCounterVec,
     /// See `names::ROOM_STORE_ERRORS_TOTAL`.
@@ -337,6 +345,14 @@ impl Metrics {
                 "Client connections closed with 1012 because their object moved",
                 &[NAMESPACE],
             )?,
+            cluster_members: plain_gauge(reg, CLUSTER_MEMBERS, "Instances with a live membership in etcd")?,
+            cluster_healthy: plain_gauge(reg, CLUSTER_HEALTHY, "1 while this instance holds its etcd lease")?,
+            object_claims: counter(reg, OBJECT_CLAIMS_TOTAL, "Object claims in etcd, by result", &[RESULT])?,
+            peer_relays_active: plain_gauge(
+                reg,
+                PEER_RELAYS_ACTIVE,
+                "Client connections relayed to an owner instance over the peer hop",
+            )?,
             room_slow_clients: counter(
                 reg,
                 ROOM_SLOW_CLIENTS_TOTAL,
@@ -407,6 +423,9 @@ impl Metrics {
         self.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), build_commit()]).set(1);
         for result in ["applied", "rejected"] {
             let _ = self.config_reloads.with_label_values(&[result]);
+        }
+        for result in crate::cluster::ClaimResult::ALL {
+            let _ = self.object_claims.with_label_values(&[result.as_str()]);
         }
         for t in known.tenants.iter().map(|t| Some(*t)).chain([None]) {
             let label = self.tenant_labels.label(t);

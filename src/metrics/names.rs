@@ -70,6 +70,17 @@ pub const OBJECT_PLACEMENTS_TOTAL: &str = "weir_object_placements_total";
 pub const OBJECT_MOVES_TOTAL: &str = "weir_object_moves_total";
 /// Counter: client connections closed with 1012 because their object moved {namespace}.
 pub const OBJECT_EVICTIONS_TOTAL: &str = "weir_object_evictions_total";
+/// Gauge: instances with a live membership in the cluster's etcd (as this one last read them)
+/// {}; 0 without `cluster:`.
+pub const CLUSTER_MEMBERS: &str = "weir_cluster_members";
+/// Gauge: 1 while this instance holds its etcd lease and etcd answers, else 0 {}.
+pub const CLUSTER_HEALTHY: &str = "weir_cluster_healthy";
+/// Counter: object claims in etcd, by result (`created`, `mine`, `elsewhere`, `failed`)
+/// {result}.
+pub const OBJECT_CLAIMS_TOTAL: &str = "weir_object_claims_total";
+/// Gauge: client connections relayed to an owner instance over the peer hop, from this
+/// instance {}.
+pub const PEER_RELAYS_ACTIVE: &str = "weir_peer_relays_active";
 /// Counter: room clients closed because their send queue was full {namespace}.
 pub const ROOM_SLOW_CLIENTS_TOTAL: &str = "weir_room_slow_clients_total";
 /// Counter: room messages that could not be written to the history store {namespace}.
@@ -185,6 +196,10 @@ pub const ALL: &[&str] = &[
     OBJECT_PLACEMENTS_TOTAL,
     OBJECT_MOVES_TOTAL,
     OBJECT_EVICTIONS_TOTAL,
+    CLUSTER_MEMBERS,
+    CLUSTER_HEALTHY,
+    OBJECT_CLAIMS_TOTAL,
+    PEER_RELAYS_ACTIVE,
     ROOM_SLOW_CLIENTS_TOTAL,
     ROOM_STORE_ERRORS_TOTAL,
     SPOOL_BYTES,

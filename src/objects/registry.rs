@@ -243,6 +243,7 @@ impl Registry {
             object: e.occupancy.clone(),
             evicted: e.evict.subscribe(),
             connected: false,
+            claim: None,
         }
     }
 
@@ -336,6 +337,9 @@ pub struct Lease {
     object: ObjectHandle,
     evicted: watch::Receiver<bool>,
     connected: bool,
+    /// This instance's claim of the object in the cluster's etcd, held as long as the lease
+    /// (the last one dropped ends the claim, after the occupancy's record is written).
+    claim: Option<crate::cluster::ClaimGuard>,
 }
 
 impl Lease {
@@ -352,6 +356,11 @@ impl Lease {
     /// The index of the host, for `place`'s `exclude` list.
     pub fn host_index(&self) -> Option<usize> {
         self.host
+    }
+
+    /// Hold `claim` (the cluster's claim of the object) for as long as this lease.
+    pub fn keep(&mut self, claim: crate::cluster::ClaimGuard) {
+        self.claim = Some(claim);
     }
 
     /// The object's shared accounting.

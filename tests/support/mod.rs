@@ -6,6 +6,7 @@
 
 pub mod backends;
 pub mod browser;
+pub mod etcd;
 pub mod hosts;
 pub mod postgres;
 pub mod slow_reader;

@@ -1,0 +1,233 @@
+//! The peer hop, owner side: the peer listener where other instances of the cluster relay the
+//! clients of objects this instance owns; and `PeerRelay`, what the relaying side holds.
+//!
+//! Warm path (once per relayed connection), plus the accept loop (a background service). A
+//! peer connection starts with the first line of `cluster::peer` (checked against the shared
+//! secret; a bad one gets 403 and is closed), then the client's upgrade request as the relaying
+//! instance forwards it. The owner trusts the identity in the line (tenant, client, route,
+//! connection id: the relaying instance authenticated the client), claims the object (it must
+//! still be the owner: else 503 `object_moving`, which the relaying instance passes on), places
+//! it in the namespace's registry, answers 101 and runs the built-in object over the socket.
+//!
+//! Billing: the relaying instance relays every frame and writes the connection record; the
+//! owner writes only the object's record (its occupancy counts relayed members like local
+//! ones), never a connection record, so no connection is billed twice.
+
+use super::snapshot::Current;
+use super::{handshake, reject::RejectReason};
+use crate::cluster::{peer, Claim, ClaimError, Cluster};
+use crate::http1::head;
+use crate::http1::upgrade::{accept_key, switching_protocols};
+use crate::objects::session;
+use crate::relay::scanner::{DirectionCounts, ScanPolicy};
+use crate::relay::tap::Tap;
+use crate::relay::Observer;
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use prometheus::IntGauge;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// A client relayed to its object's owner instance, counted in `weir_peer_relays_active` while
+/// it lives (held by the connection's ending).
+pub struct PeerRelay(IntGauge);
+
+impl PeerRelay {
+    /// Count one more relayed client on `gauge`.
+    pub fn new(gauge: &IntGauge) -> PeerRelay {
+        gauge.inc();
+        PeerRelay(gauge.clone())
+    }
+
+    /// The relay's move signal for a peer hop: its sender is already gone, so the relay treats
+    /// the owner as an object host (an owner that goes away gets the client 1012 at once) and
+    /// never moves it on its own.
+    pub fn move_signal() -> watch::Receiver<bool> {
+        watch::channel(false).1
+    }
+}
+
+impl Drop for PeerRelay {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The owner's tap around a relayed member: counts for the object record, nothing else.
+struct Counting;
+
+impl Observer for Counting {
+    fn progress(&mut self, _counts: [&DirectionCounts; 2]) {}
+}
+
+/// The peer listener (a background service).
+pub struct PeerListener {
+    /// Bound at startup (so a taken port fails the start); taken by `start`.
+    listener: Mutex<Option<std::net::TcpListener>>,
+    current: Current,
+    cluster: Arc<Cluster>,
+    grace: Duration,
+}
+
+impl PeerListener {
+    /// Bind the peer listener of `cluster` (on its `peer.address`).
+    pub fn bind(cluster: Arc<Cluster>, current: Current, grace: Duration) -> std::io::Result<PeerListener> {
+        let listener = std::net::TcpListener::bind(cluster.config().peer_address)?;
+        listener.set_nonblocking(true)?;
+        Ok(PeerListener { listener: Mutex::new(Some(listener)), current, cluster, grace })
+    }
+}
+
+#[async_trait]
+impl BackgroundService for PeerListener {
+    /// Accept peer connections until shutdown; each is served in a task of its own.
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(std) = crate::sync::lock(&self.listener).take() else { return };
+        let listener = match tokio::net::TcpListener::from_std(std) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cluster: the peer listener cannot start");
+                return;
+            }
+        };
+        tracing::info!(address = %self.cluster.config().peer_address, "cluster: peer listener");
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, from)) => {
+                        let _ = stream.set_nodelay(true);
+                        let owner = Owner { current: self.current.clone(), cluster: self.cluster.clone(), grace: self.grace };
+                        tokio::spawn(owner.serve(stream, from, shutdown.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster: peer accept failed");
+                        // Backoff after a failed accept(2) (e.g. out of descriptors), not
+                        // synchronisation.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+}
+
+/// What serving one peer connection needs.
+struct Owner {
+    current: Current,
+    cluster: Arc<Cluster>,
+    grace: Duration,
+}
+
+/// Read the first line (up to `peer::MAX_LINE` bytes, ending in `\r\n`) within `timeout`:
+/// the line and the bytes read after it.
+async fn read_line(stream: &mut TcpStream, timeout: Duration) -> Option<(Vec<u8>, Vec<u8>)> {
+    let read = async {
+        let mut buf = Vec::with_capacity(512);
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            let from = buf.len().saturating_sub(1);
+            buf.extend_from_slice(chunk.get(..n)?);
+            if let Some(at) = buf.get(from..)?.windows(2).position(|w| w == b"\r\n") {
+                let end = from + at + 2;
+                let rest = buf.split_off(end);
+                return Some((buf, rest));
+            }
+            if buf.len() > peer::MAX_LINE {
+                return None;
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read).await.ok().flatten()
+}
+
+impl Owner {
+    async fn refuse(stream: &mut TcpStream, reason: RejectReason) {
+        let _ = stream.write_all(&reason.response()).await;
+        let _ = stream.flush().await;
+    }
+
+    /// Serve one relayed client: check the line, claim and place the object, answer 101, run it.
+    async fn serve(self, mut stream: TcpStream, from: SocketAddr, shutdown: ShutdownWatch) {
+        let timeouts = self.current.load().config.timeouts;
+        let Some((line, rest)) = read_line(&mut stream, timeouts.request_head).await else { return };
+        let identity = match peer::verify(&self.cluster.config().secret, &line) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(peer = %from, error = %e, "cluster: peer hop refused");
+                let _ = stream.write_all(&forbidden()).await;
+                return;
+            }
+        };
+        let head = match head::read_head_after(&mut stream, timeouts.request_head, &rest).await {
+            Ok(h) => h,
+            Err(_) => return,
+        };
+        let key = match handshake::check_client(&head) {
+            Ok(ws) => ws.key,
+            Err(reason) => return Self::refuse(&mut stream, reason).await,
+        };
+        let snap = self.current.load_full();
+        let Some(ns) = snap.objects.find(&identity.namespace) else {
+            return Self::refuse(&mut stream, RejectReason::UnknownRoute).await;
+        };
+        let Some(object) = ns.builtin.clone() else {
+            return Self::refuse(&mut stream, RejectReason::UnknownRoute).await;
+        };
+        let guard = match self.cluster.claim(&identity.namespace, &identity.id).await {
+            Ok(Claim::Mine(g)) => g,
+            Ok(Claim::Elsewhere { .. }) | Err(ClaimError::Stale) => {
+                return Self::refuse(&mut stream, RejectReason::ObjectMoving).await;
+            }
+            Err(ClaimError::Unavailable(_)) => {
+                return Self::refuse(&mut stream, RejectReason::ClusterUnavailable).await
+            }
+        };
+        let tenant = identity.tenant.as_deref();
+        let mut lease = match ns.registry.place(&identity.id, tenant, &[], timeouts.backend_connect).await {
+            Ok(l) => l,
+            Err(_) => return Self::refuse(&mut stream, RejectReason::ObjectMoving).await,
+        };
+        lease.keep(guard);
+        if stream.write_all(&switching_protocols(&accept_key(&key))).await.is_err() || stream.flush().await.is_err() {
+            return;
+        }
+        lease.connected();
+        tracing::debug!(
+            from = %identity.from, namespace = %identity.namespace, id = %identity.id,
+            connection_id = %identity.connection_id, token = identity.token, "cluster: serving a relayed client"
+        );
+        let handle = lease.object().clone();
+        let early = head.early().to_vec();
+        drop(head);
+        let chunks = snap.chunks;
+        drop(snap);
+        let policies = [crate::relay::scanner::Role::Client, crate::relay::scanner::Role::Server]
+            .map(|sender| ScanPolicy { sender, allowed_rsv: 0, chunks, max_frame: 0, max_message: 0 });
+        let tap = Tap::new(stream, early, policies, Counting);
+        let counts = match session::run(object, &identity.id, tap, handle, shutdown, self.grace, None).await {
+            (Some(tap), cause) => tap.finish(cause).0.counts,
+            (None, _) => Default::default(),
+        };
+        lease.finish(&counts);
+    }
+}
+
+/// The answer to a first line that does not check out.
+fn forbidden() -> Vec<u8> {
+    let body = "peer authentication failed";
+    format!(
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}

@@ -1,0 +1,235 @@
+//! Several instances sharing objects through etcd (issue 13): a private etcd and three `weir`
+//! processes on loopback. One owner key per object, one message order for every member however
+//! it is relayed, connection records from the instance each client reached and one object
+//! record in all, 1012 within a second when the owner dies and a new owner with a higher
+//! fencing token, and 503 `cluster_unavailable` on object routes while etcd is down (pool
+//! routes go on).
+
+use crate::support::etcd::Etcd;
+use crate::support::{connect, drain_until_end, eventually, free_port, metric, recv, Client, Weir, DEADLINE};
+use futures_util::{SinkExt, StreamExt};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A room namespace and an echo pool, each behind a route.
+const CONFIG: &str = "objects:\n  - {name: rooms, id: {path: \"/rooms/{id}\"}, builtin: room, room: {history: 100, send_queue: 256}}\npools:\n  - {name: echo, backends: [\"builtin:echo\"], health_check: {kind: none}}\nroutes:\n  - {name: rooms, path_prefix: /rooms, object: rooms}\n  - {name: echo, path_prefix: /echo, pool: echo}\n";
+
+/// etcd and `n` weir instances `weir-0` … in cluster `t`.
+struct Cluster {
+    etcd: Etcd,
+    weirs: Vec<Weir>,
+    /// Each instance's peer listener.
+    peers: Vec<String>,
+    _secret: tempfile::TempDir,
+}
+
+async fn start_cluster(n: usize) -> Cluster {
+    let etcd = Etcd::start().await;
+    let secret = tempfile::tempdir().expect("tempdir");
+    let secret_file = secret.path().join("peer.secret");
+    std::fs::write(&secret_file, "cluster-test-secret-0123456789\n").expect("write the secret");
+    let mut weirs = Vec::new();
+    let mut peers = Vec::new();
+    for i in 0..n {
+        let peer = format!("127.0.0.1:{}", free_port());
+        let extra = format!(
+            "cluster:\n  name: t\n  instance: weir-{i}\n  etcd: [\"127.0.0.1:{}\"]\n  lease_ttl: 2s\n  peer: {{address: \"{peer}\", secret_file: \"{}\"}}\n",
+            etcd.port,
+            secret_file.display()
+        );
+        weirs.push(Weir::start_with(CONFIG, &extra).await);
+        peers.push(peer);
+    }
+    for w in &weirs {
+        w.metric_eventually("weir_cluster_healthy", &[], |v| v == 1.0).await;
+        w.metric_eventually("weir_cluster_members", &[], |v| v == n as f64).await;
+    }
+    Cluster { etcd, weirs, peers, _secret: secret }
+}
+
+/// Join room `id` through `weir`: the client after its welcome and history, or the refusal's
+/// status.
+async fn try_join(weir: &Weir, id: &str) -> Result<Client, u16> {
+    let connecting = tokio_tungstenite::connect_async(weir.url(&format!("/rooms/{id}")));
+    match tokio::time::timeout(DEADLINE, connecting).await.expect("connect timed out") {
+        Ok((mut ws, _)) => {
+            let Message::Text(welcome) = recv(&mut ws).await else { panic!("expected the welcome") };
+            let welcome: serde_json::Value = serde_json::from_str(welcome.as_str()).expect("welcome JSON");
+            assert_eq!(welcome["weir"], "welcome");
+            for _ in 0..welcome["history"].as_u64().unwrap_or(0) {
+                recv(&mut ws).await;
+            }
+            Ok(ws)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("connect failed: {e}\n{}", weir.log()),
+    }
+}
+
+async fn join(weir: &Weir, id: &str) -> Client {
+    try_join(weir, id).await.unwrap_or_else(|status| panic!("join {id}: {status}\n{}", weir.log()))
+}
+
+/// The next `n` member messages (weir's own JSON events skipped).
+async fn member_messages(ws: &mut Client, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        if let Message::Text(t) = recv(ws).await {
+            let event = serde_json::from_str::<serde_json::Value>(t.as_str()).is_ok_and(|v| v.get("weir").is_some());
+            if !event {
+                got.push(t.to_string());
+            }
+        }
+    }
+    got
+}
+
+/// Read until a close frame arrives (within `within`); its code.
+async fn close_code(ws: &mut Client, within: Duration) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await.expect("no close in time") {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// Stop records of route `rooms` written by `weir`.
+fn room_records(weir: &Weir) -> Vec<weir::billing::UsageRecord> {
+    weir.records().into_iter().filter(|r| r.identity.route.as_deref() == Some("rooms") && r.status == 101).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_clients_on_three_instances_share_one_owner_and_one_order() {
+    let c = start_cluster(3).await;
+    // The first client makes weir-0 the owner; it only listens (the reference order).
+    let mut observer = join(&c.weirs[0], "lobby").await;
+    let mut clients = Vec::new();
+    for k in 0..30 {
+        clients.push((k, join(&c.weirs[k % 3], "lobby").await));
+    }
+    let keys = c.etcd.keys("t/objects/").await;
+    assert_eq!(keys.len(), 1, "one owner key: {keys:?}");
+    assert_eq!(keys[0].0, "t/objects/rooms/lobby");
+    assert!(keys[0].1.contains("\"weir-0\""), "{keys:?}");
+    for w in &c.weirs[1..] {
+        w.metric_eventually("weir_peer_relays_active", &[], |v| v == 10.0).await;
+    }
+    let sends = clients.into_iter().map(|(k, mut ws)| {
+        tokio::spawn(async move {
+            ws.send(Message::text(format!("m-{k}"))).await.expect("send");
+            let got = member_messages(&mut ws, 29).await;
+            (k, got, ws)
+        })
+    });
+    let sends: Vec<_> = sends.collect();
+    let reference = member_messages(&mut observer, 30).await;
+    let mut clients = Vec::new();
+    for s in sends {
+        let (k, got, ws) = s.await.expect("client task");
+        let mine = format!("m-{k}");
+        let expected: Vec<String> = reference.iter().filter(|m| **m != mine).cloned().collect();
+        assert_eq!(got, expected, "client {k} saw another order");
+        clients.push(ws);
+    }
+    clients.push(observer);
+    for ws in &mut clients {
+        ws.close(None).await.expect("close");
+        drain_until_end(ws, DEADLINE).await;
+    }
+    // Every connection is billed once, by the instance it reached; the relayed ones name the
+    // owner's peer listener as their backend.
+    let counts = eventually("31 connection records", || async {
+        let counts: Vec<usize> = c.weirs.iter().map(|w| room_records(w).len()).collect();
+        (counts.iter().sum::<usize>() == 31).then_some(counts)
+    })
+    .await;
+    assert_eq!(counts, vec![11, 10, 10]);
+    for w in &c.weirs[1..] {
+        assert!(room_records(w).iter().all(|r| r.identity.backend.as_deref() == Some(c.peers[0].as_str())));
+    }
+    // One object record in all, from the owner, counting every member.
+    let objects = eventually("the object record", || async {
+        let all: Vec<_> = c.weirs.iter().flat_map(|w| w.object_records()).collect();
+        (!all.is_empty()).then_some(all)
+    })
+    .await;
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    assert_eq!(c.weirs[0].object_records().len(), 1);
+    assert_eq!(objects[0].connections, 31);
+    // The occupancy ended: the owner key is gone.
+    eventually("the owner key deleted", || async { c.etcd.keys("t/objects/").await.is_empty().then_some(()) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_owner_gets_its_relayed_clients_1012_and_a_successor_with_a_higher_token() {
+    let mut c = start_cluster(3).await;
+    let _local = join(&c.weirs[0], "lobby").await;
+    let mut relayed = Vec::new();
+    for i in [1, 2, 1, 2] {
+        relayed.push(join(&c.weirs[i], "lobby").await);
+    }
+    let before = c.etcd.keys("t/objects/").await;
+    assert_eq!(before.len(), 1);
+    let killed = Instant::now();
+    c.weirs[0].kill9();
+    for ws in &mut relayed {
+        assert_eq!(close_code(ws, Duration::from_secs(2)).await, Some(1012));
+    }
+    let closed_after = killed.elapsed();
+    assert!(closed_after < Duration::from_secs(1), "1012 came after {closed_after:?}");
+    // Until the dead owner's lease expires its key stands: 503 object_moving, then a new owner.
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    let mut ws = eventually("a new owner", || async {
+        match try_join(&c.weirs[1], "lobby").await {
+            Ok(ws) => Some(ws),
+            Err(status) => {
+                assert_eq!(status, 503);
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+        }
+    })
+    .await;
+    let refused = refused.into_inner();
+    let moved_after = killed.elapsed();
+    let after = c.etcd.keys("t/objects/").await;
+    assert_eq!(after.len(), 1);
+    assert!(after[0].2 > before[0].2, "the fencing token grows: {before:?} → {after:?}");
+    assert!(after[0].1.contains("\"weir-1\""), "{after:?}");
+    // The room works again across instances.
+    let mut other = join(&c.weirs[2], "lobby").await;
+    other.send(Message::text("after")).await.expect("send");
+    assert_eq!(member_messages(&mut ws, 1).await, vec!["after".to_string()]);
+    eprintln!("cluster failover: 1012 after {closed_after:?}; new owner after {moved_after:?} ({refused} refusals)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_etcd_is_down_object_routes_answer_503_and_pool_routes_work() {
+    let mut c = start_cluster(2).await;
+    let mut ws = join(&c.weirs[1], "lobby").await;
+    ws.close(None).await.expect("close");
+    drain_until_end(&mut ws, DEADLINE).await;
+    let stopped = Instant::now();
+    c.etcd.stop();
+    for w in &c.weirs {
+        eventually("503 cluster_unavailable", || async {
+            (try_join(w, "lobby").await.err() == Some(503)).then_some(())
+        })
+        .await;
+    }
+    let refused_after = stopped.elapsed();
+    for w in &c.weirs {
+        w.metric_eventually("weir_cluster_healthy", &[], |v| v == 0.0).await;
+        let text = w.metrics().await;
+        let n = metric(&text, "weir_handshake_rejections_total", &[("reason", "cluster_unavailable")]);
+        assert!(n.unwrap_or(0.0) >= 1.0, "{text}");
+        // A pool route never touches etcd.
+        let mut echo = connect(w, "/echo").await;
+        echo.send(Message::text("ping")).await.expect("send");
+        assert_eq!(recv(&mut echo).await, Message::text("ping"));
+    }
+    eprintln!("cluster: object routes refused {refused_after:?} after etcd stopped");
+}
