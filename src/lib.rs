@@ -68,6 +68,7 @@ pub mod config;
 pub mod fds;
 pub mod gateway;
 pub mod http1;
+pub mod listener_tls;
 pub mod manual;
 pub mod metering;
 pub mod metrics;

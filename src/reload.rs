@@ -12,6 +12,7 @@
 use crate::admin::api::{close_backend, DrainPlan, Reload};
 use crate::config::Config;
 use crate::gateway::snapshot::{Current, Parts, Snapshot};
+use crate::listener_tls::ListenerCert;
 use crate::metering::live::LiveSet;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
@@ -41,6 +42,9 @@ pub struct Changes {
     pub removed_backends: Vec<String>,
     /// Their open connections being closed over the drain window.
     pub closing: usize,
+    /// TLS listener certificates re-read from their files (renewed ones take effect for new
+    /// handshakes).
+    pub certificates: usize,
 }
 
 /// Names added, removed and changed between two configs.
@@ -124,6 +128,8 @@ pub struct Reloader {
     live: Arc<LiveSet>,
     plan: DrainPlan,
     metrics: Metrics,
+    /// The TLS listeners' certificates, re-read at every reload.
+    certs: Vec<Arc<ListenerCert>>,
     /// One reload at a time; holds the hash in force.
     hash: Mutex<String>,
 }
@@ -137,10 +143,20 @@ impl Reloader {
         live: Arc<LiveSet>,
         plan: DrainPlan,
         hash: String,
+        certs: Vec<Arc<ListenerCert>>,
     ) -> Arc<Reloader> {
         let metrics = parts.metrics.clone();
         metrics.config_info.with_label_values(&[&hash]).set(1);
-        Arc::new(Reloader { path: path.to_path_buf(), current, parts, live, plan, metrics, hash: Mutex::new(hash) })
+        Arc::new(Reloader {
+            path: path.to_path_buf(),
+            current,
+            parts,
+            live,
+            plan,
+            metrics,
+            certs,
+            hash: Mutex::new(hash),
+        })
     }
 
     /// Re-read, validate and apply the config file; `why` names the trigger in the log. The
@@ -200,6 +216,18 @@ impl Reloader {
             restart_needed: restart_needed(o, n),
             ..Changes::default()
         };
+        // The listeners' certificates are read (and checked) before anything is swapped.
+        let mut pairs = Vec::new();
+        let mut cert_errors = Vec::new();
+        for c in &self.certs {
+            match c.read() {
+                Ok(p) => pairs.push(p),
+                Err(e) => cert_errors.push(format!("listeners: TLS certificate {}: {e}", c.cert_path().display())),
+            }
+        }
+        if !cert_errors.is_empty() {
+            return Err(cert_errors);
+        }
         let built = Snapshot::build(config, &self.parts, Some(&old)).map_err(|e| vec![format!("{e:#}")])?;
         for ns in &built.kept_namespaces {
             changes.restart_needed.push(format!("objects `{ns}` (kept as it runs: its live objects keep one owner)"));
@@ -214,6 +242,10 @@ impl Reloader {
         let after: BTreeSet<SocketAddr> = new.pools.addresses().into_iter().collect();
         let close = new.config.drain_removed_backends;
         self.current.store(Arc::new(new));
+        for (c, p) in self.certs.iter().zip(pairs) {
+            c.install(p);
+        }
+        changes.certificates = self.certs.len();
         for addr in before.difference(&after) {
             changes.removed_backends.push(addr.to_string());
             if close {

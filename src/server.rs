@@ -22,6 +22,7 @@ use crate::fds::{Descriptors, Sampler};
 use crate::gateway::http::HttpRoutes;
 use crate::gateway::snapshot::{Current, Parts as SnapshotParts, Snapshot};
 use crate::gateway::{Gateway, Parts};
+use crate::listener_tls::ListenerCert;
 use crate::metering::live::{LiveSet, Sweeper};
 use crate::metering::quota::{QuotaTicker, Quotas};
 use crate::metering::rejections::Rejections;
@@ -170,6 +171,7 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
         // `proxy_protocol` on a TLS listener: the PROXY header comes before the handshake.
         gateway_service.endpoints().set_pre_tls_callback(callback);
     }
+    let mut listener_certs = Vec::new();
     for l in &config.listeners {
         // Unbuffered: weir reads the head itself and relays from its own per-thread buffer, so a
         // Pingora read buffer per connection would only cost memory.
@@ -177,8 +179,13 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
         if let Some(tls) = &l.tls {
             let cert = tls.cert.to_string_lossy();
             let key = tls.key.to_string_lossy();
-            let settings = TlsSettings::intermediate(&cert, &key)
+            let mut settings = TlsSettings::intermediate(&cert, &key)
                 .map_err(|e| anyhow::anyhow!("listeners: TLS for {}: cannot load {cert} / {key}: {e}", l.address))?;
+            // Served through a resolver a reload swaps (renewed certificates, no restart).
+            let resolver = ListenerCert::load(&tls.cert, &tls.key)
+                .map_err(|e| anyhow::anyhow!("listeners: TLS for {}: {e}", l.address))?;
+            settings.set_cert_resolver(resolver.clone());
+            listener_certs.push(resolver);
             listener = listener.tls(settings);
         }
         gateway_service.add_listener(listener);
@@ -186,7 +193,8 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
     }
     server.add_service(gateway_service);
 
-    let reloader = Reloader::new(path, current.clone(), snapshot_parts, live.clone(), plan, config_hash);
+    let reloader =
+        Reloader::new(path, current.clone(), snapshot_parts, live.clone(), plan, config_hash, listener_certs);
     server.add_service(background_service("config reload on SIGHUP", OnHangup(reloader.clone())));
     server.add_service(background_service("health checks", runner.service()));
     if let (Some(c), Some(peers)) = (&cluster, peer_listener) {

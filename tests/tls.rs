@@ -244,3 +244,50 @@ async fn an_https_collector_with_an_untrusted_certificate_gets_nothing_and_the_r
     })
     .await;
 }
+
+/// A renewed listener certificate is taken on reload: new handshakes get it, an open `wss`
+/// connection goes on, and a certificate that does not load is refused with the running one kept.
+#[tokio::test]
+async fn a_reload_serves_a_renewed_listener_certificate_without_dropping_connections() {
+    let (first, second) = (TestCert::localhost(), TestCert::localhost());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("listener.pem"), dir.path().join("listener.key"));
+    std::fs::copy(&first.cert, &cert).unwrap();
+    std::fs::copy(&first.key, &key).unwrap();
+    let backend = echo_backend().await;
+    let weir = Weir::start_tls(&pool_and_route("p", &[backend.addr], "/ws"), &cert, &key).await;
+    async fn wss(
+        c: &TestCert,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>
+    {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let tls = c.connect(tcp).await?;
+        let (ws, _) =
+            tokio_tungstenite::client_async(TestCert::url(addr, "/ws"), tls).await.map_err(std::io::Error::other)?;
+        Ok(ws)
+    }
+    let open = |c| wss(c, weir.addr);
+    let mut old = open(&first).await.unwrap();
+    old.send(Message::text("before")).await.unwrap();
+    assert_eq!(recv(&mut old).await, Message::text("before"));
+    // Renew: the same paths, a new certificate.
+    std::fs::copy(&second.cert, &cert).unwrap();
+    std::fs::copy(&second.key, &key).unwrap();
+    let reload = "POST /api/reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n";
+    let (status, _, body) = raw_request(weir.admin, reload).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"certificates\": 1"), "{body}");
+    let mut renewed = open(&second).await.expect("a client trusting the new certificate connects");
+    renewed.send(Message::text("new")).await.unwrap();
+    assert_eq!(recv(&mut renewed).await, Message::text("new"));
+    assert!(open(&first).await.is_err(), "new handshakes no longer get the old certificate");
+    old.send(Message::text("after")).await.unwrap();
+    assert_eq!(recv(&mut old).await, Message::text("after"), "the open connection went on");
+    // A key that does not load: the reload is refused and the renewed certificate stays.
+    std::fs::write(&key, "not a key").unwrap();
+    let (status, _, body) = raw_request(weir.admin, reload).await.unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("listener.pem") && body.contains("private key"), "{body}");
+    assert!(open(&second).await.is_ok());
+}
