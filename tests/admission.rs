@@ -555,16 +555,21 @@ async fn external_answers_are_cached_for_cache_ttl() {
     assert_eq!(tenants, ["initech", "initech"]);
 }
 
+/// One pool of `backend` and route `/ws` billed to tenant `acme` (the quota tests').
+fn acme_route(backend: &Backend) -> String {
+    format!(
+        "pools:\n  - name: p\n    backends: [\"{}\"]\n    health_check: {{kind: none}}\nroutes:\n  - {{name: ws, path_prefix: /ws, pool: p, tenant: acme}}\n",
+        backend.addr
+    )
+}
+
 /// A quota crossed while connected: the connection is closed with 1008 "quota exceeded" (cause
 /// `quota`), the next upgrade gets 429 naming the quota, and that holds after a restart.
 #[tokio::test]
 async fn a_quota_crossed_closes_with_1008_refuses_with_429_and_survives_a_restart() {
     let backend = echo_backend().await;
     let data = tempfile::tempdir().unwrap();
-    let routes = format!(
-        "pools:\n  - name: p\n    backends: [\"{}\"]\n    health_check: {{kind: none}}\nroutes:\n  - {{name: ws, path_prefix: /ws, pool: p, tenant: acme}}\n",
-        backend.addr
-    );
+    let routes = acme_route(&backend);
     let extra = format!(
         "data_dir: \"{}\"\nquotas:\n  - {{tenant: acme, of: messages, limit: 10, per: day}}\n",
         data.path().display()
@@ -602,10 +607,7 @@ async fn a_quota_crossed_closes_with_1008_refuses_with_429_and_survives_a_restar
 #[tokio::test]
 async fn a_quota_over_a_pricing_unit_is_enforced_while_connected() {
     let backend = echo_backend().await;
-    let routes = format!(
-        "pools:\n  - name: p\n    backends: [\"{}\"]\n    health_check: {{kind: none}}\nroutes:\n  - {{name: ws, path_prefix: /ws, pool: p, tenant: acme}}\n",
-        backend.addr
-    );
+    let routes = acme_route(&backend);
     // One credit per 4 bytes of a message, each way: an 8-byte message is 2 credits.
     let extra = "billing:\n  units:\n    - name: credits\n      terms: [{of: messages_in, chunk: 4}, {of: messages_out, chunk: 4}]\nquotas:\n  - {tenant: acme, of: \"unit:credits\", limit: 20, per: day}\n";
     let weir = Weir::start_with(&routes, extra).await;
@@ -635,10 +637,7 @@ async fn a_quota_over_a_pricing_unit_is_enforced_while_connected() {
 async fn weir_usage_quotas_prints_a_tenants_standing_from_the_saved_file() {
     let backend = echo_backend().await;
     let data = tempfile::tempdir().unwrap();
-    let routes = format!(
-        "pools:\n  - name: p\n    backends: [\"{}\"]\n    health_check: {{kind: none}}\nroutes:\n  - {{name: ws, path_prefix: /ws, pool: p, tenant: acme}}\n",
-        backend.addr
-    );
+    let routes = acme_route(&backend);
     let extra = format!(
         "data_dir: \"{}\"\nquotas:\n  - {{tenant: acme, of: messages, limit: 100, per: day}}\n  - {{tenant: \"*\", of: connection_seconds, limit: 3600, per: hour}}\n",
         data.path().display()
