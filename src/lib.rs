@@ -51,6 +51,7 @@
 //! - `fds`: the descriptor limit, the open count and the reserve kept for weir itself
 //!   (background sampler; warm check).
 //! - `sync`: the poison-tolerant lock helper every mutex goes through.
+//! - `listener_tls`: TLS listener certificates a reload re-reads (a swapped resolver; cold).
 //! - `tls_client`: rustls client configs for TLS to backends, object hosts, their probes and the
 //!   sinks (cold build, warm handshake).
 //! - `manual`: the man page and shell completions, generated from the command line's clap

@@ -430,7 +430,7 @@ impl Validator {
     }
 
     /// `quotas:`.
-    pub(super) fn quotas(&mut self, list: &[FileQuota], units: &[crate::billing::units::UnitRule]) -> Vec<Quota> {
+    pub(super) fn quotas(&mut self, list: &[FileQuota], units: &[crate::config::UnitRule]) -> Vec<Quota> {
         let mut seen = std::collections::HashSet::new();
         list.iter()
             .enumerate()

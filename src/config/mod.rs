@@ -12,6 +12,10 @@
 //! in string values. Relative paths (in values and in `${file:…}`) are resolved against the
 //! config file's directory (`load`), never the working directory, so `weir run --config
 //! /etc/weir/config.yaml` means the same from anywhere.
+//!
+//! `pg_url.rs` reads libpq connection strings (`sslmode`, `sslrootcert`) for the checks here
+//! and for the PostgreSQL sink, which imports it (so config does not import billing: the
+//! dependency runs one way).
 
 pub mod admission;
 pub mod cluster;
@@ -20,6 +24,7 @@ pub mod file;
 pub mod keys;
 pub mod limits;
 pub mod model;
+pub mod pg_url;
 pub mod secrets;
 pub mod validate;
 

@@ -1107,9 +1107,9 @@ impl Validator {
                     );
                 }
                 let ca_file = s.ca_file.as_ref().map(|p| self.existing_file(&key("ca_file"), p));
-                match crate::billing::sinks::pg_tls::TlsMode::of(&url) {
+                match crate::config::pg_url::TlsMode::of(&url) {
                     Ok((mode, _)) => {
-                        if ca_file.is_some() && mode == crate::billing::sinks::pg_tls::TlsMode::Off {
+                        if ca_file.is_some() && mode == crate::config::pg_url::TlsMode::Off {
                             self.err(
                                 key("ca_file"),
                                 s.ca_file.as_deref().unwrap_or_default(),

@@ -81,6 +81,7 @@ pub fn known_labels(config: &Config) -> crate::metrics::Known<'_> {
         sinks: config.usage.sinks.iter().map(|s| s.name.as_str()).collect(),
         tenants: config_tenants(config),
         units: config.billing_units.iter().map(|u| u.name.as_str()).collect(),
+        claim_results: crate::cluster::ClaimResult::ALL.iter().map(|r| r.as_str()).collect(),
     }
 }
 

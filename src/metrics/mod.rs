@@ -424,8 +424,8 @@ impl Metrics {
         for result in ["applied", "rejected"] {
             let _ = self.config_reloads.with_label_values(&[result]);
         }
-        for result in crate::cluster::ClaimResult::ALL {
-            let _ = self.object_claims.with_label_values(&[result.as_str()]);
+        for result in &known.claim_results {
+            let _ = self.object_claims.with_label_values(&[result]);
         }
         for t in known.tenants.iter().map(|t| Some(*t)).chain([None]) {
             let label = self.tenant_labels.label(t);
@@ -565,6 +565,9 @@ pub struct Known<'a> {
     pub tenants: Vec<&'a str>,
     /// Pricing units (`billing.units` names).
     pub units: Vec<&'a str>,
+    /// Results of object claims (`weir_object_claims_total{result}`; from `cluster`, which
+    /// metrics does not import).
+    pub claim_results: Vec<&'a str>,
 }
 
 /// The git commit weir was built from (`build.rs`), or `unknown`.
