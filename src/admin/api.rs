@@ -506,7 +506,13 @@ fn backends(ops: &Ops) -> Value {
 /// at its own point of the window (spread by its id, so the clients reconnect gradually).
 /// Returns how many connections were open.
 pub fn start_drain(live: &Arc<LiveSet>, plan: DrainPlan) -> usize {
-    if !live.begin_drain() {
+    drain(live, plan, true)
+}
+
+/// `start_drain`; without `refuse_new` (a binary upgrade's old process) new upgrades on
+/// connections it already accepted are still served.
+pub fn drain(live: &Arc<LiveSet>, plan: DrainPlan, refuse_new: bool) -> usize {
+    if !live.begin_drain(refuse_new) {
         return live.len();
     }
     let reason = if plan.code == 1012 { "restart" } else { "draining" };

@@ -75,6 +75,8 @@ pub struct Admin {
     fds: Arc<Descriptors>,
     open: Box<dyn Fn() -> usize + Send + Sync>,
     shutting_down: AtomicBool,
+    /// The shutdown is a binary upgrade's (Pingora's SIGQUIT): the drain refuses nothing.
+    upgrading: AtomicBool,
     /// Pingora's shutdown watch, once `ShutdownWatcher` started.
     pingora_shutdown: OnceLock<ShutdownWatch>,
 }
@@ -152,6 +154,7 @@ impl Admin {
             fds,
             open: Box::new(open),
             shutting_down: AtomicBool::new(false),
+            upgrading: AtomicBool::new(false),
             pingora_shutdown: OnceLock::new(),
         }
     }
@@ -177,7 +180,7 @@ impl Admin {
     /// Start the drain of a shutdown (on the caller's runtime).
     pub fn drain_for_shutdown(&self) {
         if let Some(ops) = &self.api {
-            api::start_drain(&ops.live, ops.plan);
+            api::drain(&ops.live, ops.plan, !self.upgrading.load(Ordering::Relaxed));
         }
     }
 
@@ -398,7 +401,14 @@ async fn bound_within(
 async fn watch_phases(admin: Arc<Admin>, mut phases: broadcast::Receiver<ExecutionPhase>) {
     loop {
         match phases.recv().await {
-            Ok(phase) if shutdown_phase(&phase) => break,
+            Ok(phase) if shutdown_phase(&phase) => {
+                let upgrade = matches!(
+                    phase,
+                    ExecutionPhase::GracefulUpgradeTransferringFds | ExecutionPhase::GracefulUpgradeCloseTimeout
+                );
+                admin.upgrading.store(upgrade, Ordering::Relaxed);
+                break;
+            }
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => break,
         }

@@ -277,11 +277,9 @@ impl Gateway {
                 }
             }
         }
-        let mut watch = shutdown.clone();
-        let head = tokio::select! {
-            head = head::read_head_after(&mut stream, timeouts.request_head, &already) => head,
-            _ = watch.wait_for(|down| *down) => return None,
-        };
+        // A shutdown does not cut a head short: a connection accepted just before it (a binary
+        // upgrade's old process, say) is answered; the head's own timeout bounds the wait.
+        let head = head::read_head_after(&mut stream, timeouts.request_head, &already).await;
         drop(already);
         // The snapshot in force once the head is in: the request keeps it to its 101.
         let snap = self.current.load_full();

@@ -308,6 +308,8 @@ pub struct LiveSet {
     usage: Arc<UsageLog>,
     /// The per-address limit of rejection records, and the counter of rejections summarised.
     rejections: Option<(Rejections, IntCounter)>,
+    /// The drain of open connections began (`begin_drain`).
+    drain_started: std::sync::atomic::AtomicBool,
     /// A drain began: new upgrades are refused (`begin_drain`).
     draining: std::sync::atomic::AtomicBool,
     /// Connections by the tick their next interim is due (ticks of `INTERIM_TICK` from `epoch`).
@@ -328,6 +330,7 @@ impl LiveSet {
             usage,
             rejections: None,
             draining: std::sync::atomic::AtomicBool::new(false),
+            drain_started: std::sync::atomic::AtomicBool::new(false),
             due: Mutex::new(Wheel::new(0)),
             epoch: Instant::now(),
             today: Mutex::new(Tally::new(SystemTime::now())),
@@ -518,12 +521,19 @@ impl LiveSet {
         Some(self.epoch + INTERIM_TICK * u32::try_from(tick).unwrap_or(u32::MAX))
     }
 
-    /// Mark the instance draining (new upgrades are refused); true the first time.
-    pub fn begin_drain(&self) -> bool {
-        !self.draining.swap(true, std::sync::atomic::Ordering::Relaxed)
+    /// Begin the drain of open connections (true the first time); with `refuse_new`, new
+    /// upgrades are refused from now on too (`draining`). A binary upgrade's old process drains
+    /// without refusing: its listening socket lives on in the new process, so what it accepted
+    /// in its last moments is served, not refused.
+    pub fn begin_drain(&self, refuse_new: bool) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if refuse_new {
+            self.draining.store(true, Relaxed);
+        }
+        !self.drain_started.swap(true, Relaxed)
     }
 
-    /// True once a drain began.
+    /// True once a drain that refuses new upgrades began.
     pub fn draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
