@@ -103,25 +103,29 @@ impl Gateway {
         let tenant = self.metrics.tenant_labels.label(live.meter.identity().tenant.as_deref());
         self.metrics.tenant_active.with_label_values(&[&tenant]).inc();
         let grace = self.grace_period;
+        let mut ending = Ending {
+            gateway: self.clone(),
+            route,
+            place,
+            live: live.clone(),
+            lease,
+            _permit: permit,
+            _open: None,
+            _peer: None,
+        };
         match serve {
             Serve::Relay { backend, early: backend_early, rsv, open, peer } => {
-                let object = lease.as_ref().map(|l| l.object().clone());
-                let moved =
-                    lease.as_ref().map(Lease::evicted).or_else(|| peer.as_ref().map(|_| PeerRelay::move_signal()));
+                let object = ending.lease.as_ref().map(|l| l.object().clone());
+                let moved = ending
+                    .lease
+                    .as_ref()
+                    .map(Lease::evicted)
+                    .or_else(|| peer.as_ref().map(|_| PeerRelay::move_signal()));
                 let observer = ConnObserver::new(metrics, live.clone(), object, moved, quota);
                 let policies = Self::policies(chunks, rsv, Some(&limits));
                 let relay = Relay::new([client, backend], policies, [&early, &backend_early], observer)
                     .with_guards(guards(&limits, live.meter.id.as_u128()));
-                let ending = Ending {
-                    gateway: self.clone(),
-                    route,
-                    place,
-                    live,
-                    lease,
-                    _permit: permit,
-                    _open: open,
-                    _peer: peer,
-                };
+                (ending._open, ending._peer) = (open, peer);
                 // A combinator, not an async block: the task holds the relay's future once.
                 let run = relay.run(shutdown, grace).map(move |(report, observer)| {
                     drop(observer);
@@ -132,18 +136,8 @@ impl Gateway {
             Serve::Object { object, id, handle } => {
                 // Built-in objects touch their accounting per message themselves.
                 let observer = ConnObserver::new(metrics, live.clone(), None, None, quota);
-                let pushes = live.clone();
+                let pushes = live;
                 let tap = Tap::new(client, early, Self::policies(chunks, 0, None), observer);
-                let ending = Ending {
-                    gateway: self.clone(),
-                    route,
-                    place,
-                    live,
-                    lease,
-                    _permit: permit,
-                    _open: None,
-                    _peer: None,
-                };
                 tokio::spawn(async move {
                     let report = match session::run(object, &id, tap, handle, shutdown, grace, Some(pushes)).await {
                         (Some(tap), cause) => tap.finish(cause).0,
