@@ -6,7 +6,7 @@
 //! routes go on).
 
 use crate::support::etcd::Etcd;
-use crate::support::{connect, drain_until_end, eventually, free_port, metric, recv, Client, Weir, DEADLINE};
+use crate::support::{connect, drain_until_end, eventually, free_port, metric, recv, signal, Client, Weir, DEADLINE};
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -206,6 +206,55 @@ async fn a_dead_owner_gets_its_relayed_clients_1012_and_a_successor_with_a_highe
     eprintln!("cluster failover: 1012 after {closed_after:?}; new owner after {moved_after:?} ({refused} refusals)");
 }
 
+/// Issue 13, test 3: an owner paused (SIGSTOP) longer than its lease TTL. etcd expires its lease
+/// and another instance claims the room while it is frozen; once resumed, the old owner serves
+/// nothing more: its clients (local and relayed) get 1012 within a second, a message one of them
+/// sends at once reaches nobody, and the successor keeps the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_owner_evicts_its_objects_itself_and_never_serves_beside_its_successor() {
+    let c = start_cluster(3).await;
+    let mut local = join(&c.weirs[0], "lobby").await;
+    let mut relayed = join(&c.weirs[1], "lobby").await;
+    let before = c.etcd.keys("t/objects/").await;
+    assert!(before.len() == 1 && before[0].1.contains("\"weir-0\""), "{before:?}");
+    signal(c.weirs[0].pid(), "STOP");
+    // The lease (TTL 2 s) expires on etcd's side: the owner key goes with it.
+    eventually("the paused owner's key expired", || async {
+        let keys = c.etcd.keys("t/objects/").await;
+        keys.iter().all(|k| !k.1.contains("\"weir-0\"")).then_some(())
+    })
+    .await;
+    let mut successor = join(&c.weirs[1], "lobby").await;
+    let after = c.etcd.keys("t/objects/").await;
+    assert!(after.len() == 1 && after[0].1.contains("\"weir-1\""), "{after:?}");
+    assert!(after[0].2 > before[0].2, "the fencing token grows: {before:?} → {after:?}");
+    signal(c.weirs[0].pid(), "CONT");
+    let resumed = Instant::now();
+    // A message sent the moment the old owner resumes must not be ordered by it.
+    let _ = local.send(Message::text("late")).await;
+    assert_eq!(close_code(&mut local, Duration::from_secs(2)).await, Some(1012), "{}", c.weirs[0].log());
+    assert_eq!(close_code(&mut relayed, Duration::from_secs(2)).await, Some(1012));
+    let evicted_after = resumed.elapsed();
+    assert!(evicted_after < Duration::from_secs(1), "1012 came {evicted_after:?} after SIGCONT");
+    // The successor's room goes on, without the late message, and keeps its key.
+    let mut other = join(&c.weirs[2], "lobby").await;
+    other.send(Message::text("marker")).await.expect("send");
+    assert_eq!(member_messages(&mut successor, 1).await, vec!["marker".to_string()]);
+    assert_eq!(c.etcd.keys("t/objects/").await, after);
+    let text = c.weirs[0].metrics().await;
+    assert!(metric(&text, "weir_cluster_lease_losses_total", &[]).unwrap_or(0.0) >= 1.0, "{text}");
+    let moves = metric(&text, "weir_object_moves_total", &[("namespace", "rooms"), ("reason", "claim_lost")]);
+    assert_eq!(moves, Some(1.0), "{text}");
+    // The old owner joins again with a new lease, and relays its clients to the successor.
+    c.weirs[0].metric_eventually("weir_cluster_healthy", &[], |v| v == 1.0).await;
+    let mut back = join(&c.weirs[0], "lobby").await;
+    c.weirs[0].metric_eventually("weir_peer_relays_active", &[], |v| v == 1.0).await;
+    successor.send(Message::text("welcome back")).await.expect("send");
+    assert_eq!(member_messages(&mut back, 1).await, vec!["welcome back".to_string()]);
+    eprintln!("cluster pause: the old owner evicted its clients {evicted_after:?} after SIGCONT");
+}
+
+/// Issue 13, test 4: etcd stopped, then started again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn while_etcd_is_down_object_routes_answer_503_and_pool_routes_work() {
     let mut c = start_cluster(2).await;
@@ -231,5 +280,17 @@ async fn while_etcd_is_down_object_routes_answer_503_and_pool_routes_work() {
         echo.send(Message::text("ping")).await.expect("send");
         assert_eq!(recv(&mut echo).await, Message::text("ping"));
     }
-    eprintln!("cluster: object routes refused {refused_after:?} after etcd stopped");
+    // etcd returns (same data): every instance joins again and the room works across them.
+    c.etcd.restart().await;
+    let restarted = Instant::now();
+    for w in &c.weirs {
+        w.metric_eventually("weir_cluster_healthy", &[], |v| v == 1.0).await;
+        w.metric_eventually("weir_cluster_members", &[], |v| v == 2.0).await;
+    }
+    let mut a = eventually("a room after etcd returned", || async { try_join(&c.weirs[0], "lobby").await.ok() }).await;
+    let recovered_after = restarted.elapsed();
+    let mut b = join(&c.weirs[1], "lobby").await;
+    b.send(Message::text("again")).await.expect("send");
+    assert_eq!(member_messages(&mut a, 1).await, vec!["again".to_string()]);
+    eprintln!("cluster: object routes refused {refused_after:?} after etcd stopped; served again {recovered_after:?} after it returned");
 }

@@ -120,9 +120,12 @@ impl Local {
     }
 
     /// The lease is gone and every key with it: forget every claim (their guards release
-    /// nothing).
-    pub(super) fn forget_all(&self) {
-        crate::sync::lock(&self.slots).clear();
+    /// nothing). Returns how many there were.
+    pub(super) fn forget_all(&self) -> usize {
+        let mut slots = crate::sync::lock(&self.slots);
+        let n = slots.len();
+        slots.clear();
+        n
     }
 }
 
@@ -133,6 +136,8 @@ pub struct ClaimGuard {
     key: String,
     slot: SlotRef,
     token: i64,
+    /// The lease generation it was made under.
+    generation: u64,
 }
 
 impl std::fmt::Debug for ClaimGuard {
@@ -145,6 +150,38 @@ impl ClaimGuard {
     /// The object's fencing token.
     pub fn token(&self) -> i64 {
         self.token
+    }
+
+    /// True while the claim stands: the lease it was made under is still held and confirmed.
+    pub fn current(&self) -> bool {
+        self.check().current()
+    }
+
+    /// A cheap, cloneable test of `current` for the object's sessions.
+    pub fn check(&self) -> ClaimCheck {
+        ClaimCheck { cluster: self.cluster.clone(), generation: self.generation }
+    }
+
+    /// The cluster, to `watch` for the loss of the lease.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+}
+
+/// Whether a claim still stands, asked by an owned object before it acts on a message (an
+/// instance resumed after a pause must not serve an object another instance has claimed since,
+/// even in the moment before its watchdog evicts it). Warm path: an atomic load and a clock
+/// read.
+#[derive(Clone)]
+pub struct ClaimCheck {
+    cluster: Arc<Cluster>,
+    generation: u64,
+}
+
+impl ClaimCheck {
+    /// True while the lease the claim was made under is held and confirmed recently enough.
+    pub fn current(&self) -> bool {
+        self.cluster.generation() == self.generation && self.cluster.owner_valid()
     }
 }
 
@@ -172,6 +209,12 @@ impl Cluster {
         let key = self.object_key(namespace, id);
         // Bounded: the slot changes only when a release removes it between two looks.
         for _ in 0..8 {
+            if !self.owner_valid() {
+                // No lease, or one not confirmed recently enough to be sure etcd still has it.
+                self.count(ClaimResult::Failed);
+                return Err(ClaimError::Unavailable("lease not confirmed".into()));
+            }
+            let generation = self.generation();
             let slot = self.claims.slot(&key);
             let mut state = slot.clone().lock_owned().await;
             if !self.claims.current(&key, &slot) {
@@ -180,7 +223,13 @@ impl Cluster {
             if let Some(token) = state.token {
                 state.holders += 1;
                 self.count(ClaimResult::Mine);
-                return Ok(Claim::Mine(ClaimGuard { cluster: self.clone(), key, slot: slot.clone(), token }));
+                return Ok(Claim::Mine(ClaimGuard {
+                    cluster: self.clone(),
+                    key,
+                    slot: slot.clone(),
+                    token,
+                    generation,
+                }));
             }
             let result = self.claim_in_etcd(&key).await;
             let claim = match result {
@@ -192,7 +241,13 @@ impl Cluster {
                     });
                     state.token = Some(token);
                     state.holders = 1;
-                    return Ok(Claim::Mine(ClaimGuard { cluster: self.clone(), key, slot: slot.clone(), token }));
+                    return Ok(Claim::Mine(ClaimGuard {
+                        cluster: self.clone(),
+                        key,
+                        slot: slot.clone(),
+                        token,
+                        generation,
+                    }));
                 }
                 Ok(Found::Elsewhere { owner, peer, token }) => {
                     self.count(ClaimResult::Elsewhere);

@@ -23,20 +23,28 @@
 pub mod claims;
 pub mod peer;
 
-pub use claims::{Claim, ClaimError, ClaimGuard, ClaimResult};
+pub use claims::{Claim, ClaimCheck, ClaimError, ClaimGuard, ClaimResult};
 
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use etcd_client::{Client, ConnectOptions, GetOptions, PutOptions};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 /// Longest time one etcd request may take (claims, keepalives, reads) before it counts as
 /// failed: a claim is on a client's upgrade path.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What an owner of claimed objects does when this instance loses its lease (a namespace's
+/// registry: it evicts every object it holds under a claim, so their clients get 1012). The
+/// cluster defines it so that it imports nothing from above.
+pub trait LeaseLost: Send + Sync {
+    /// Every claim of this instance is gone: stop serving the claimed objects at once.
+    fn lease_lost(&self);
+}
 
 /// One instance's view of its cluster.
 pub struct Cluster {
@@ -49,6 +57,15 @@ pub struct Cluster {
     healthy: AtomicBool,
     metrics: Metrics,
     claims: claims::Local,
+    /// Counts lease losses: a claim made under an older generation is gone.
+    generation: AtomicU64,
+    /// The lease may be trusted until then (ms after `epoch`; 0: no lease): the last
+    /// acknowledged keepalive's send time + TTL − `margin()`. Past it, the instance evicts its
+    /// objects itself, before etcd can expire the lease and let another instance claim them.
+    valid_until: AtomicU64,
+    epoch: Instant,
+    /// Told when the lease is lost (weak: a namespace dropped by a reload goes).
+    watchers: Mutex<Vec<Weak<dyn LeaseLost>>>,
 }
 
 impl Cluster {
@@ -62,7 +79,70 @@ impl Cluster {
             healthy: AtomicBool::new(false),
             metrics,
             claims: claims::Local::default(),
+            generation: AtomicU64::new(0),
+            valid_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+            watchers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// How long before the lease's expiry on etcd's side this instance gives its objects up:
+    /// a quarter of the TTL, at least 500 ms (clock rates differ, and the eviction itself takes
+    /// a moment).
+    pub fn margin(&self) -> Duration {
+        (self.config.lease_ttl / 4).max(Duration::from_millis(500))
+    }
+
+    fn ms_since_epoch(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// The lease is confirmed as of `sent` (when the grant or keepalive that etcd answered was
+    /// sent): trust it until `sent` + TTL − margin.
+    fn confirmed(&self, sent: Instant) {
+        let until = sent + self.config.lease_ttl.saturating_sub(self.margin());
+        self.valid_until.store(self.ms_since_epoch(until).max(1), Ordering::Release);
+    }
+
+    /// True while this instance may serve the objects it claimed: it holds a lease whose last
+    /// confirmation is recent enough that etcd cannot have expired it.
+    pub fn owner_valid(&self) -> bool {
+        let until = self.valid_until.load(Ordering::Acquire);
+        until != 0 && self.ms_since_epoch(Instant::now()) < until
+    }
+
+    /// The current lease generation (a claim made under an older one is gone).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Tell `watcher` when the lease is lost (once per watcher; cheap to repeat).
+    pub fn watch(&self, watcher: &Arc<dyn LeaseLost>) {
+        let mut all = crate::sync::lock(&self.watchers);
+        if all.iter().any(|w| std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(watcher))) {
+            return;
+        }
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(watcher));
+    }
+
+    /// The lease is lost (expired on etcd's side, or not confirmed in time): forget every claim,
+    /// then have every watcher evict its claimed objects (1012 to their clients).
+    fn lose_lease(&self, why: &str) {
+        if self.lease.swap(0, Ordering::AcqRel) == 0 && self.valid_until.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        self.valid_until.store(0, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let forgotten = self.claims.forget_all();
+        self.set_healthy(false, why);
+        let watchers: Vec<Arc<dyn LeaseLost>> =
+            crate::sync::lock(&self.watchers).iter().filter_map(Weak::upgrade).collect();
+        for w in watchers {
+            w.lease_lost();
+        }
+        self.metrics.cluster_evictions.inc();
+        tracing::warn!(instance = %self.config.instance, why, claims = forgotten, "cluster: lease lost; this instance's objects were evicted (1012) and its claims forgotten");
     }
 
     /// This instance's name.
@@ -127,6 +207,7 @@ impl Membership {
             Ok(Err(e)) => return Err(format!("lease grant: {e}")),
             Err(_) => return Err("lease grant timed out".into()),
         };
+        let sent = Instant::now();
         let key = c.member_key(&c.config.instance);
         let value = c.config.peer_address.to_string();
         match tokio::time::timeout(OP_TIMEOUT, client.put(key, value, Some(PutOptions::new().with_lease(id)))).await {
@@ -135,8 +216,9 @@ impl Membership {
             Err(_) => return Err("member key timed out".into()),
         }
         c.lease.store(id, Ordering::Release);
+        c.confirmed(sent);
         tracing::info!(instance = %c.config.instance, lease = id, ttl, "cluster: joined");
-        Ok(Held { id, confirmed: Instant::now(), keeper: None })
+        Ok(Held { id, confirmed: sent, keeper: None })
     }
 
     /// One keepalive; `Err(true)` when the lease is gone (expired or revoked).
@@ -149,13 +231,18 @@ impl Membership {
             }
         }
         let Some((keeper, stream)) = held.keeper.as_mut() else { return Err((false, "no keepalive stream".into())) };
+        let sent = Instant::now();
         let round = async {
             keeper.keep_alive().await?;
             stream.message().await
         };
         match tokio::time::timeout(OP_TIMEOUT, round).await {
             Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                held.confirmed = Instant::now();
+                // etcd renewed the lease when it got the keepalive, after `sent`.
+                held.confirmed = sent;
+                if self.0.lease.load(Ordering::Acquire) == held.id {
+                    self.0.confirmed(sent);
+                }
                 Ok(())
             }
             Ok(Ok(Some(_))) => Err((true, "lease expired".into())),
@@ -170,6 +257,70 @@ impl Membership {
             Err(_) => {
                 held.keeper = None;
                 Err((false, "keepalive timed out".into()))
+            }
+        }
+    }
+
+    /// Join, then keep the lease alive every third of its TTL until shutdown; join anew when it
+    /// is lost. Returns the lease held at shutdown.
+    async fn keep_alive(&self, client: &mut Client, shutdown: &mut ShutdownWatch) -> Option<Held> {
+        let c = &self.0;
+        let mut held: Option<Held> = None;
+        loop {
+            if let Some(h) = held.as_ref().filter(|h| c.lease.load(Ordering::Acquire) != h.id) {
+                // The watchdog gave the lease up: revoke it (its keys go at once if etcd
+                // answers; else they expire with it) and join anew.
+                let _ = tokio::time::timeout(OP_TIMEOUT, client.lease_revoke(h.id)).await;
+                held = None;
+            }
+            match held.as_mut() {
+                None => match self.join(client).await {
+                    Ok(h) => {
+                        held = Some(h);
+                        c.set_healthy(true, "");
+                    }
+                    Err(why) => c.set_healthy(false, &why),
+                },
+                Some(h) => match self.keep(client, h).await {
+                    Ok(()) if c.lease.load(Ordering::Acquire) == h.id => c.set_healthy(true, ""),
+                    // Renewed, but the watchdog gave it up meanwhile: revoked above.
+                    Ok(()) => continue,
+                    Err((expired, why)) => {
+                        c.set_healthy(false, &why);
+                        if expired || h.confirmed.elapsed() >= c.config.lease_ttl.saturating_sub(c.margin()) {
+                            // Every key under the lease is gone (or may be soon): so are this
+                            // instance's claims.
+                            c.lose_lease(&format!("lease {} lost: {why}", h.id));
+                            held = None;
+                        }
+                    }
+                },
+            }
+            if c.healthy() {
+                self.count_members(client).await;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(c.config.lease_ttl / 3) => {}
+                _ = shutdown.changed() => return held,
+            }
+        }
+    }
+
+    /// Evict this instance's objects when the lease's deadline passes unconfirmed (never
+    /// returns). Split brain is what this prevents: an instance cut off from etcd stops serving
+    /// its objects before etcd can expire its lease and let another instance claim them.
+    async fn watchdog(&self) {
+        let c = &self.0;
+        loop {
+            let until = c.valid_until.load(Ordering::Acquire);
+            let wake = if until == 0 {
+                tokio::time::Instant::now() + c.config.lease_ttl / 3
+            } else {
+                tokio::time::Instant::from_std(c.epoch + Duration::from_millis(until))
+            };
+            tokio::time::sleep_until(wake).await;
+            if until != 0 && c.valid_until.load(Ordering::Acquire) == until && !c.owner_valid() {
+                c.lose_lease("no keepalive acknowledged within the lease TTL minus the margin");
             }
         }
     }
@@ -204,39 +355,13 @@ impl BackgroundService for Membership {
             }
         };
         let _ = c.client.set(client.clone());
-        let mut held: Option<Held> = None;
-        loop {
-            match held.as_mut() {
-                None => match self.join(&mut client).await {
-                    Ok(h) => {
-                        held = Some(h);
-                        c.set_healthy(true, "");
-                    }
-                    Err(why) => c.set_healthy(false, &why),
-                },
-                Some(h) => match self.keep(&mut client, h).await {
-                    Ok(()) => c.set_healthy(true, ""),
-                    Err((expired, why)) => {
-                        c.set_healthy(false, &why);
-                        if expired || h.confirmed.elapsed() >= c.config.lease_ttl {
-                            // Every key under the lease is gone: so are this instance's claims.
-                            tracing::warn!(instance = %c.config.instance, lease = h.id, "cluster: lease lost; its claims are gone");
-                            c.lease.store(0, Ordering::Release);
-                            c.claims.forget_all();
-                            held = None;
-                        }
-                    }
-                },
-            }
-            if c.healthy() {
-                self.count_members(&mut client).await;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(tick) => {}
-                _ = shutdown.changed() => break,
-            }
-        }
-        if let Some(h) = held {
+        // The watchdog runs beside the keepalives (a keepalive round may itself hang for up to
+        // `OP_TIMEOUT`): it evicts at the deadline, whatever the loop is waiting for.
+        let held = tokio::select! {
+            held = self.keep_alive(&mut client, &mut shutdown) => held,
+            () = self.watchdog() => None,
+        };
+        if let Some(h) = held.filter(|h| c.lease.load(Ordering::Acquire) == h.id) {
             let _ = tokio::time::timeout(OP_TIMEOUT, client.lease_revoke(h.id)).await;
             tracing::info!(instance = %c.config.instance, "cluster: left (lease revoked)");
         }

@@ -136,10 +136,13 @@ impl Gateway {
             Serve::Object { object, id, handle } => {
                 // Built-in objects touch their accounting per message themselves.
                 let observer = ConnObserver::new(metrics, live.clone(), None, None, quota);
-                let pushes = live;
+                let stops = match &ending.lease {
+                    Some(lease) => session::Stops::of(lease, Some(live)),
+                    None => session::Stops { live: Some(live), moved: None, claim: None },
+                };
                 let tap = Tap::new(client, early, Self::policies(chunks, 0, None), observer);
                 tokio::spawn(async move {
-                    let report = match session::run(object, &id, tap, handle, shutdown, grace, Some(pushes)).await {
+                    let report = match session::run(object, &id, tap, handle, shutdown, grace, stops).await {
                         (Some(tap), cause) => tap.finish(cause).0,
                         (None, _) => {
                             tracing::warn!(

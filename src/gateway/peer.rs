@@ -214,7 +214,8 @@ impl Owner {
         let policies = [crate::relay::scanner::Role::Client, crate::relay::scanner::Role::Server]
             .map(|sender| ScanPolicy { sender, allowed_rsv: 0, chunks, max_frame: 0, max_message: 0 });
         let tap = Tap::new(stream, early, policies, Counting);
-        let counts = match session::run(object, &identity.id, tap, handle, shutdown, self.grace, None).await {
+        let stops = session::Stops::of(&lease, None);
+        let counts = match session::run(object, &identity.id, tap, handle, shutdown, self.grace, stops).await {
             (Some(tap), cause) => tap.finish(cause).0.counts,
             (None, _) => Default::default(),
         };

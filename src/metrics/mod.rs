@@ -116,6 +116,8 @@ pub struct Metrics {
     pub cluster_members: IntGauge,
     /// See `names::CLUSTER_HEALTHY`.
     pub cluster_healthy: IntGauge,
+    /// See `names::CLUSTER_LEASE_LOSSES_TOTAL`.
+    pub cluster_evictions: IntCounter,
     /// See `names::OBJECT_CLAIMS_TOTAL`.
     pub object_claims: IntCounterVec,
     /// See `names::PEER_RELAYS_ACTIVE`.
@@ -347,6 +349,11 @@ impl Metrics {
             )?,
             cluster_members: plain_gauge(reg, CLUSTER_MEMBERS, "Instances with a live membership in etcd")?,
             cluster_healthy: plain_gauge(reg, CLUSTER_HEALTHY, "1 while this instance holds its etcd lease")?,
+            cluster_evictions: plain_counter(
+                reg,
+                CLUSTER_LEASE_LOSSES_TOTAL,
+                "Times this instance lost its etcd lease (or could not confirm it in time) and evicted its objects",
+            )?,
             object_claims: counter(reg, OBJECT_CLAIMS_TOTAL, "Object claims in etcd, by result", &[RESULT])?,
             peer_relays_active: plain_gauge(
                 reg,
@@ -475,7 +482,7 @@ impl Metrics {
         for ns in &known.namespaces {
             let _ = self.objects_active.with_label_values(&[ns]);
             let _ = self.object_placements.with_label_values(&[ns]);
-            for reason in ["health_check", "connect_failed"] {
+            for reason in ["health_check", "connect_failed", "claim_lost"] {
                 let _ = self.object_moves.with_label_values(&[ns, reason]);
             }
             let _ = self.object_evictions.with_label_values(&[ns]);

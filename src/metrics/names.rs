@@ -75,6 +75,9 @@ pub const OBJECT_EVICTIONS_TOTAL: &str = "weir_object_evictions_total";
 pub const CLUSTER_MEMBERS: &str = "weir_cluster_members";
 /// Gauge: 1 while this instance holds its etcd lease and etcd answers, else 0 {}.
 pub const CLUSTER_HEALTHY: &str = "weir_cluster_healthy";
+/// Counter: times this instance lost its etcd lease, or could not confirm it before
+/// TTL − margin, and evicted every object it owned (clients closed with 1012) {}.
+pub const CLUSTER_LEASE_LOSSES_TOTAL: &str = "weir_cluster_lease_losses_total";
 /// Counter: object claims in etcd, by result (`created`, `mine`, `elsewhere`, `failed`)
 /// {result}.
 pub const OBJECT_CLAIMS_TOTAL: &str = "weir_object_claims_total";

@@ -3,13 +3,11 @@
 
 use super::registry::ObjectHandle;
 use super::room::push_message;
-use super::session::Ended;
-use crate::metering::live::Live;
+use super::session::{Ended, Stops};
 use crate::relay::close::Close;
 use crate::relay::report::Cause;
 use crate::relay::Stop;
 use crate::ws::{close, close_with, drain_after, echo, End};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -17,22 +15,21 @@ use tokio_tungstenite::WebSocketStream;
 
 /// Echo on `ws` until the client leaves, weir shuts down and `grace` is over, or an order to
 /// close it comes through `live` (an operator's kick, a drain, a quota): then the client gets the
-/// ordered close and the record its cause. Messages pushed to the connection are sent to it.
+/// ordered close and the record its cause (also when the object must move: 1012). Messages
+/// pushed to the connection are sent to it.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut ws: WebSocketStream<S>,
     handle: ObjectHandle,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
-    live: Option<Arc<Live>>,
+    mut stops: Stops,
 ) -> Ended<S> {
     let mut ordered: Option<Stop> = None;
+    let live = stops.live.clone();
     let stop = async {
         tokio::select! {
             () = drain_after(&mut shutdown, grace) => {}
-            s = std::future::poll_fn(|cx| match &live {
-                Some(l) => l.poll_stop(cx),
-                None => std::task::Poll::Pending,
-            }) => ordered = Some(s),
+            s = stops.stopped() => ordered = Some(s),
         }
     };
     let pushed = |cx: &mut std::task::Context<'_>| match &live {

@@ -42,6 +42,8 @@ pub enum MoveReason {
     HealthCheck,
     /// Connecting to the host failed.
     ConnectFailed,
+    /// This instance lost its cluster lease, and with it its claim of the object.
+    ClaimLost,
 }
 
 impl MoveReason {
@@ -50,6 +52,7 @@ impl MoveReason {
         match self {
             MoveReason::HealthCheck => "health_check",
             MoveReason::ConnectFailed => "connect_failed",
+            MoveReason::ClaimLost => "claim_lost",
         }
     }
 }
@@ -70,6 +73,8 @@ struct Entry {
     host: Option<usize>,
     live: usize,
     evicted: bool,
+    /// Held under this instance's claim in the cluster (evicted when the lease is lost).
+    claimed: bool,
     /// Turns true on eviction; dropped (closing every receiver) when the entry goes.
     evict: watch::Sender<bool>,
     occupancy: ObjectHandle,
@@ -227,7 +232,7 @@ impl Registry {
             Instant::now(),
         ))));
         let (evict, _) = watch::channel(false);
-        let entry = Entry { host, live: 1, evicted: false, evict, occupancy };
+        let entry = Entry { host, live: 1, evicted: false, claimed: false, evict, occupancy };
         let lease = self.lease(id, &entry);
         entries.insert(id.to_string(), entry);
         self.active.inc();
@@ -268,6 +273,13 @@ impl Registry {
             tracing::warn!(namespace = %self.namespace, host = %h.key, reason = reason.as_str(), moved, "object host failed; its objects move");
         }
         moved
+    }
+
+    /// Evict `id` (if it is placed and not evicted yet) for `reason`.
+    fn evict_id(&self, id: &str, reason: MoveReason) {
+        if let Some(e) = self.entries().get_mut(id).filter(|e| !e.evicted) {
+            self.evict(e, reason);
+        }
     }
 
     /// Every occupied object of the namespace, by id (warm: the admin API).
@@ -329,6 +341,21 @@ impl Registry {
     }
 }
 
+impl crate::cluster::LeaseLost for Registry {
+    /// Evict every object held under a claim: its clients get 1012, and it is claimed and
+    /// placed anew (on whichever instance wins) once they are gone.
+    fn lease_lost(&self) {
+        let mut moved = 0;
+        for e in self.entries().values_mut().filter(|e| e.claimed && !e.evicted) {
+            self.evict(e, MoveReason::ClaimLost);
+            moved += 1;
+        }
+        if moved > 0 {
+            tracing::warn!(namespace = %self.namespace, moved, "cluster lease lost: this instance's objects move");
+        }
+    }
+}
+
 /// One connection's hold on an object placement. Dropping it releases the placement.
 pub struct Lease {
     registry: Arc<Registry>,
@@ -358,9 +385,25 @@ impl Lease {
         self.host
     }
 
-    /// Hold `claim` (the cluster's claim of the object) for as long as this lease.
+    /// Hold `claim` (the cluster's claim of the object) for as long as this lease. The
+    /// placement is evicted when the cluster lease is lost (at once if it already was).
     pub fn keep(&mut self, claim: crate::cluster::ClaimGuard) {
+        let registry: Arc<dyn crate::cluster::LeaseLost> = self.registry.clone();
+        claim.cluster().watch(&registry);
+        if let Some(e) = self.registry.entries().get_mut(&self.id) {
+            e.claimed = true;
+        }
+        // Checked after the flag is set: a loss before this is seen here, one after it by
+        // `lease_lost`.
+        if !claim.current() {
+            self.registry.evict_id(&self.id, MoveReason::ClaimLost);
+        }
         self.claim = Some(claim);
+    }
+
+    /// The test of this instance's claim of the object, when it holds one (in a cluster).
+    pub fn claim_check(&self) -> Option<crate::cluster::ClaimCheck> {
+        self.claim.as_ref().map(crate::cluster::ClaimGuard::check)
     }
 
     /// The object's shared accounting.

@@ -31,9 +31,9 @@
 
 use super::history::{HistoryStore, Limits, MessageKind, RoomLog, StoreMetrics, StoredMessage};
 use super::registry::ObjectHandle;
-use super::session::Ended;
+use super::session::{Ended, Stops};
 use crate::config::RoomConfig;
-use crate::metering::live::{Live, Push};
+use crate::metering::live::Push;
 use crate::metrics::Metrics;
 use crate::relay::close::Close;
 use crate::relay::report::Cause;
@@ -372,17 +372,19 @@ impl End {
 }
 
 /// Run one member of room `id` over `ws` until it ends; returns the stream and whether weir
-/// closed it for shutdown. Operator pushes to this one connection (`live`) are written to it
-/// between its queued room messages, and not stored.
+/// closed it for shutdown. Operator pushes to this one connection (`stops.live`) are written to
+/// it between its queued room messages, and not stored; orders in `stops` (a kick, a drain, a
+/// quota, the object's move: 1012) close it.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     rooms: Arc<Rooms>,
     id: &str,
     mut ws: WebSocketStream<S>,
     object: ObjectHandle,
-    live: Option<Arc<Live>>,
+    mut stops: Stops,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) -> Ended<S> {
+    let live = stops.live.clone();
     let mut membership = match rooms.join(id) {
         Ok(m) => m,
         Err(e) => {
@@ -419,10 +421,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             biased;
             _ = &mut membership.kicked => end = Some(End::Slow),
             () = &mut drain => end = Some(End::Shutdown),
-            stop = std::future::poll_fn(|cx| match &live {
-                Some(l) => l.poll_stop(cx),
-                None => std::task::Poll::Pending,
-            }) => end = Some(End::Ordered(stop)),
+            stop = stops.stopped() => end = Some(End::Ordered(stop)),
             out = membership.queue.recv() => {
                 let Some(out) = out else { end = Some(End::Client); continue };
                 // Everything already queued goes out with one flush, within `send_timeout`.
@@ -461,6 +460,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(t))) if forges_event(t.as_str()) => end = Some(End::Forged),
                 Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    // In a cluster, a message is ordered only while this instance owns the room.
+                    if let Some(lost) = stops.lost_claim() {
+                        end = Some(End::Ordered(lost));
+                        continue;
+                    }
                     object.touch();
                     membership.publish(m);
                 }

@@ -14,7 +14,9 @@ use super::echo;
 use super::registry::ObjectHandle;
 use super::room::{self, Rooms};
 use crate::metering::live::Live;
+use crate::relay::close::Close;
 use crate::relay::report::Cause;
+use crate::relay::Stop;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -41,8 +43,63 @@ const ROOM_MAX_SEND: usize = 64 << 20;
 /// when the object closed it for a reason of its own (shutdown, a message over the limit).
 pub type Ended<S> = (Option<S>, Option<Cause>);
 
-/// Run `object` for object id `id` over the client stream `io`; `live` is the connection's
-/// live-set entry (operator pushes to it reach a room member; the echo takes none).
+/// What may order a session to close before its client leaves: the connection's live-set entry
+/// (an operator's kick, a drain, a quota) and the object's move signal (its placement was
+/// evicted: in a cluster, this instance lost its claim of the object).
+pub struct Stops {
+    /// The connection's live-set entry (none for a client relayed from another instance).
+    pub live: Option<Arc<Live>>,
+    /// Turns true when the object must move (`Lease::evicted`).
+    pub moved: Option<watch::Receiver<bool>>,
+    /// This instance's claim of the object, in a cluster: a member's message is acted on only
+    /// while it stands.
+    pub claim: Option<crate::cluster::ClaimCheck>,
+}
+
+impl Stops {
+    /// The stops of a connection holding `lease`, with its live-set entry `live`.
+    pub fn of(lease: &super::registry::Lease, live: Option<Arc<Live>>) -> Stops {
+        Stops { live, moved: Some(lease.evicted()), claim: lease.claim_check() }
+    }
+
+    /// `None` while the object may go on serving; the move order once this instance's claim of
+    /// it is gone.
+    pub fn lost_claim(&self) -> Option<Stop> {
+        self.claim.as_ref().filter(|c| !c.current()).map(|_| moved_stop())
+    }
+
+    /// The first order: the live entry's, or 1012 "object moved" once the move signal turns
+    /// true. Cancel safe (a signal already given is seen again by the next call).
+    pub async fn stopped(&mut self) -> Stop {
+        let live = std::future::poll_fn(|cx| match &self.live {
+            Some(l) => l.poll_stop(cx),
+            None => std::task::Poll::Pending,
+        });
+        let moved = async {
+            let given = match self.moved.as_mut() {
+                Some(rx) => rx.wait_for(|m| *m).await.is_ok(),
+                None => false,
+            };
+            if !given {
+                // No signal, or its sender is gone (the placement ended): never.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            stop = live => stop,
+            () = moved => moved_stop(),
+        }
+    }
+}
+
+/// The order that closes a session whose object moved: 1012 "object moved".
+fn moved_stop() -> Stop {
+    let client = (Close::ObjectMoved.code(), "object moved".to_string());
+    Stop { backend: client.clone(), client, cause: Cause::ObjectMoved }
+}
+
+/// Run `object` for object id `id` over the client stream `io`; `stops.live` is the
+/// connection's live-set entry (operator pushes to it reach a room member; the echo takes none).
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     object: Object,
     id: &str,
@@ -50,7 +107,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     handle: ObjectHandle,
     shutdown: watch::Receiver<bool>,
     grace: Duration,
-    live: Option<Arc<Live>>,
+    stops: Stops,
 ) -> Ended<S> {
     let config = match &object {
         Object::Echo { max_message } => crate::ws::ws_config(*max_message, *max_message),
@@ -59,7 +116,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     };
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     match object {
-        Object::Echo { .. } => echo::serve(ws, handle, shutdown, grace, live).await,
-        Object::Room(rooms) => room::serve(rooms, id, ws, handle, live, shutdown, grace).await,
+        Object::Echo { .. } => echo::serve(ws, handle, shutdown, grace, stops).await,
+        Object::Room(rooms) => room::serve(rooms, id, ws, handle, stops, shutdown, grace).await,
     }
 }

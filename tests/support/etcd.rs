@@ -13,6 +13,8 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     /// Client port on 127.0.0.1.
     pub port: u16,
+    /// Peer port on 127.0.0.1.
+    peer: u16,
 }
 
 impl Etcd {
@@ -20,12 +22,29 @@ impl Etcd {
     pub async fn start() -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, peer) = (free_port(), free_port());
-        let client_url = format!("http://127.0.0.1:{port}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd.log");
+        let mut etcd = Etcd { child: None, dir, port, peer };
+        etcd.run().await;
+        etcd
+    }
+
+    /// Start it again after `stop`, on the same ports and data (the keys it had survive);
+    /// returns once it answers a read.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "etcd is still running");
+        self.run().await;
+    }
+
+    async fn run(&mut self) {
+        let client_url = format!("http://127.0.0.1:{}", self.port);
+        let peer_url = format!("http://127.0.0.1:{}", self.peer);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("etcd.log");
         let child = Command::new("etcd")
             .args(["--name", "test", "--data-dir"])
-            .arg(dir.path().join("data"))
+            .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("test={peer_url}")])
@@ -38,9 +57,8 @@ impl Etcd {
             .unwrap_or_else(|e| {
                 panic!("cannot run etcd ({e}): run ./scripts/test.sh (it installs Debian's etcd-server) or apt-get install etcd-server")
             });
-        let etcd = Etcd { child: Some(child), dir, port };
-        eventually("etcd answers", || async { etcd.client().await?.get("probe", None).await.ok().map(|_| ()) }).await;
-        etcd
+        self.child = Some(child);
+        eventually("etcd answers", || async { self.client().await?.get("probe", None).await.ok().map(|_| ()) }).await;
     }
 
     /// A client of this etcd, if it accepts one.
