@@ -6,6 +6,7 @@
 //! routes go on).
 
 use crate::support::etcd::Etcd;
+use crate::support::hosts::ObjectHost;
 use crate::support::{connect, drain_until_end, eventually, free_port, metric, recv, signal, Client, Weir, DEADLINE};
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
@@ -24,6 +25,11 @@ struct Cluster {
 }
 
 async fn start_cluster(n: usize) -> Cluster {
+    start_cluster_with(n, |_| CONFIG.to_string()).await
+}
+
+/// As `start_cluster`, with instance `i` running `config(i)` (its pools, objects and routes).
+async fn start_cluster_with(n: usize, config: impl Fn(usize) -> String) -> Cluster {
     let etcd = Etcd::start().await;
     let secret = tempfile::tempdir().expect("tempdir");
     let secret_file = secret.path().join("peer.secret");
@@ -37,7 +43,7 @@ async fn start_cluster(n: usize) -> Cluster {
             etcd.port,
             secret_file.display()
         );
-        weirs.push(Weir::start_with(CONFIG, &extra).await);
+        weirs.push(Weir::start_with(&config(i), &extra).await);
         peers.push(peer);
     }
     for w in &weirs {
@@ -293,4 +299,81 @@ async fn while_etcd_is_down_object_routes_answer_503_and_pool_routes_work() {
     b.send(Message::text("again")).await.expect("send");
     assert_eq!(member_messages(&mut a, 1).await, vec!["again".to_string()]);
     eprintln!("cluster: object routes refused {refused_after:?} after etcd stopped; served again {recovered_after:?} after it returned");
+}
+
+/// Issue 13, test 5: a host-namespace id. Two instances see host `a` differently (weir-1's
+/// health check finds it failing, weir-0 checks nothing), yet every client of one id reaches the
+/// one host recorded in etcd, whichever instance placed it first; the records go when the last
+/// connection anywhere ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_with_different_health_views_send_an_id_to_its_one_recorded_host() {
+    let a = ObjectHost::start("a").await;
+    let b = ObjectHost::start("b").await;
+    let keys = [a.addr.to_string(), b.addr.to_string()];
+    let config = |i: usize| {
+        let health = if i == 0 { "{kind: none}" } else { "{kind: handshake, interval: 200ms, path: /healthz}" };
+        format!(
+            "objects:\n  - {{name: ns, id: {{path: \"/o/{{id}}\"}}, hosts: [\"{}\", \"{}\"], health_check: {health}}}\nroutes:\n  - {{name: objects, path_prefix: /o, object: ns}}\n",
+            keys[0], keys[1]
+        )
+    };
+    let c = start_cluster_with(2, config).await;
+    a.set_healthy(false);
+    let a_label = keys[0].clone();
+    c.weirs[1]
+        .metric_eventually("weir_backend_healthy", &[("namespace", "ns"), ("backend", &a_label)], |v| v == 0.0)
+        .await;
+    // Ids whose rendezvous owner (both hosts up) is `a`.
+    let ids: Vec<String> = (0..)
+        .map(|k| format!("doc-{k}"))
+        .filter(|id| {
+            weir::objects::placement::owner("ns", id, [(0, keys[0].as_str()), (1, keys[1].as_str())]) == Some(0)
+        })
+        .take(2)
+        .collect();
+    // First id: placed by weir-0 (a looks healthy there) on a; weir-1's clients follow the
+    // record to a, though weir-1 would never place an id on a now.
+    let mut live = Vec::new();
+    let (ws, host) = hello(&c.weirs[0], &ids[0]).await;
+    assert_eq!(host, "a");
+    live.push(ws);
+    for _ in 0..4 {
+        let (ws, host) = hello(&c.weirs[1], &ids[0]).await;
+        assert_eq!(host, "a", "weir-1 must use the recorded host, not its own health view");
+        live.push(ws);
+    }
+    // Second id: placed by weir-1 first (on b, as a is down in its view); weir-0's clients
+    // follow to b, though b is not the id's rendezvous owner in weir-0's view.
+    let (ws, host) = hello(&c.weirs[1], &ids[1]).await;
+    assert_eq!(host, "b");
+    live.push(ws);
+    for _ in 0..4 {
+        let (ws, host) = hello(&c.weirs[0], &ids[1]).await;
+        assert_eq!(host, "b", "weir-0 must use the recorded host");
+        live.push(ws);
+    }
+    // One host per id, as both hosts saw it; each instance holds one record per id.
+    for (id, host, other) in [(&ids[0], &a, &b), (&ids[1], &b, &a)] {
+        assert_eq!(host.visits().iter().filter(|v| &v.id == id).count(), 5);
+        assert_eq!(other.visits().iter().filter(|v| &v.id == id).count(), 0, "{id} reached two hosts");
+        let recorded = c.etcd.keys(&format!("t/hosts/ns/{id}/")).await;
+        assert_eq!(recorded.len(), 2, "{recorded:?}");
+        assert!(recorded.iter().all(|r| r.1.contains(&format!("\"{}\"", host.addr))), "{recorded:?}");
+    }
+    for ws in &mut live {
+        ws.close(None).await.expect("close");
+        drain_until_end(ws, DEADLINE).await;
+    }
+    eventually("the host records deleted", || async { c.etcd.keys("t/hosts/").await.is_empty().then_some(()) }).await;
+    // With no connection left anywhere, the id is placed afresh: weir-1 now places it on b.
+    let (_ws, host) = hello(&c.weirs[1], &ids[0]).await;
+    assert_eq!(host, "b");
+}
+
+/// Connect to host-namespace object `id` through `weir`; the client and the name its host greets
+/// with.
+async fn hello(weir: &Weir, id: &str) -> (Client, String) {
+    let mut ws = connect(weir, &format!("/o/{id}")).await;
+    let Message::Text(t) = recv(&mut ws).await else { panic!("expected the host's greeting") };
+    (ws, t.as_str().trim_start_matches("host:").to_string())
 }

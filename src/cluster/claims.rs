@@ -85,14 +85,16 @@ pub enum ClaimError {
 
 /// One key's local state.
 #[derive(Debug, Default)]
-struct Slot {
+pub(super) struct Slot {
     /// The fencing token while this instance owns the key (also while its delete is pending).
-    token: Option<i64>,
+    pub(super) token: Option<i64>,
     /// Connections holding the claim.
-    holders: usize,
+    pub(super) holders: usize,
+    /// The host recorded in the key (host namespaces' claims).
+    pub(super) host: Option<String>,
 }
 
-type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
+pub(super) type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
 
 /// This instance's claims, by key.
 #[derive(Default)]
@@ -101,16 +103,16 @@ pub(super) struct Local {
 }
 
 impl Local {
-    fn slot(&self, key: &str) -> SlotRef {
+    pub(super) fn slot(&self, key: &str) -> SlotRef {
         crate::sync::lock(&self.slots).entry(key.to_string()).or_default().clone()
     }
 
-    fn current(&self, key: &str, slot: &SlotRef) -> bool {
+    pub(super) fn current(&self, key: &str, slot: &SlotRef) -> bool {
         crate::sync::lock(&self.slots).get(key).is_some_and(|s| Arc::ptr_eq(s, slot))
     }
 
     /// Drop `slot` from the map if it is still the key's and holds nothing.
-    fn forget(&self, key: &str, slot: &SlotRef, state: &Slot) {
+    pub(super) fn forget(&self, key: &str, slot: &SlotRef, state: &Slot) {
         if state.holders == 0 && state.token.is_none() {
             let mut slots = crate::sync::lock(&self.slots);
             if slots.get(key).is_some_and(|s| Arc::ptr_eq(s, slot)) {
@@ -147,6 +149,11 @@ impl std::fmt::Debug for ClaimGuard {
 }
 
 impl ClaimGuard {
+    /// A hold on `key`'s claim (its slot's holders already count it).
+    pub(super) fn new(cluster: &Arc<Cluster>, key: String, slot: SlotRef, token: i64, generation: u64) -> ClaimGuard {
+        ClaimGuard { cluster: cluster.clone(), key, slot, token, generation }
+    }
+
     /// The object's fencing token.
     pub fn token(&self) -> i64 {
         self.token
@@ -200,7 +207,7 @@ impl Cluster {
         format!("{}/objects/{namespace}/{id}", self.config.name)
     }
 
-    fn count(&self, r: ClaimResult) {
+    pub(super) fn count(&self, r: ClaimResult) {
         self.metrics.object_claims.with_label_values(&[r.as_str()]).inc();
     }
 
@@ -330,6 +337,7 @@ impl Cluster {
             }
         }
         state.token = None;
+        state.host = None;
         self.claims.forget(key, slot, &state);
     }
 }

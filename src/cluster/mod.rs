@@ -6,6 +6,8 @@
 //! - `claims.rs`: object claims: "create `<name>/objects/<ns>/<id>` under my lease if absent,
 //!   else read it" in one transaction; the key's `create_revision` is the fencing token; the
 //!   key goes when the object's occupancy here ends (warm: once per connection).
+//! - `hosts.rs`: claims of host-namespace ids: every instance connects the clients of one id
+//!   to the one host recorded in etcd (warm: once per connection).
 //! - `peer.rs`: the peer hop's first line, `WEIR-PEER 1 <hmac> <identity>`: built by the
 //!   instance a client reached, checked (constant time) by the owner (warm, pure).
 //!
@@ -21,9 +23,11 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod claims;
+pub mod hosts;
 pub mod peer;
 
 pub use claims::{Claim, ClaimCheck, ClaimError, ClaimGuard, ClaimResult};
+pub use hosts::HostClaim;
 
 use crate::metrics::Metrics;
 use async_trait::async_trait;

@@ -276,7 +276,14 @@ impl Gateway {
                 },
                 Hop::Host(ns, id) => {
                     let tenant = meter.identity().tenant.as_deref();
-                    let lease = match ns.registry.place(id, tenant, &tried_hosts, timeouts.backend_connect).await {
+                    let wait = timeouts.backend_connect;
+                    let placed = match &self.cluster {
+                        // In a cluster an id has one recorded host: it is not tried elsewhere.
+                        Some(_) if !tried_hosts.is_empty() => break,
+                        Some(cluster) => Self::claimed_host(cluster, ns, id, tenant, wait).await?,
+                        None => ns.registry.place(id, tenant, &tried_hosts, wait).await,
+                    };
+                    let lease = match placed {
                         Ok(l) => l,
                         Err(PlaceError::NoHost) => break,
                         Err(PlaceError::Moving) => return Err(RejectReason::ObjectMoving),
@@ -303,6 +310,36 @@ impl Gateway {
             }
         }
         Err(last)
+    }
+
+    /// In a cluster: place `id` on the host recorded for it in etcd (recording this instance's
+    /// choice when no instance has connections to it), holding the claim with the lease.
+    async fn claimed_host(
+        cluster: &Arc<Cluster>,
+        ns: &Namespace,
+        id: &str,
+        tenant: Option<&str>,
+        wait: std::time::Duration,
+    ) -> Result<Result<Lease, PlaceError>, RejectReason> {
+        let choice = ns.registry.choose(id, &[]);
+        let claim = match cluster.claim_host(&ns.config.name, id, choice).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(Err(PlaceError::NoHost)),
+            Err(ClaimError::Unavailable(why)) => {
+                tracing::debug!(namespace = %ns.config.name, %why, "cannot claim the object's host");
+                return Err(RejectReason::ClusterUnavailable);
+            }
+            Err(ClaimError::Stale) => return Err(RejectReason::ObjectMoving),
+        };
+        let Some(host) = ns.registry.host_named(&claim.host) else {
+            tracing::warn!(namespace = %ns.config.name, host = %claim.host, "the host recorded for an id is not among this instance's hosts (do the instances' configs differ?)");
+            return Err(RejectReason::ObjectMoving);
+        };
+        let placed = ns.registry.place_on(id, tenant, host, wait).await;
+        Ok(placed.map(|mut lease| {
+            lease.keep(claim.guard);
+            lease
+        }))
     }
 
     /// The backend answered the upgrade with `status`, not 101: pass its answer on unchanged.

@@ -182,9 +182,49 @@ impl Registry {
         exclude: &[usize],
         wait: Duration,
     ) -> Result<Lease, PlaceError> {
+        self.place_with(id, tenant, exclude, None, wait).await
+    }
+
+    /// As `place`, but on host `host` (its index), whatever this process's health view says: the
+    /// host a cluster recorded for the id. A live placement of the id on another host is
+    /// evicted and waited for.
+    pub async fn place_on(
+        self: &Arc<Self>,
+        id: &str,
+        tenant: Option<&str>,
+        host: usize,
+        wait: Duration,
+    ) -> Result<Lease, PlaceError> {
+        self.place_with(id, tenant, &[], Some(host), wait).await
+    }
+
+    /// The host a fresh placement of `id` would get (rendezvous over the eligible hosts not in
+    /// `exclude`), or the one it has while it is placed: its `hosts` entry as configured.
+    pub fn choose(&self, id: &str, exclude: &[usize]) -> Option<&str> {
+        let placed = self.entries().get(id).filter(|e| !e.evicted).and_then(|e| e.host);
+        let host = placed.filter(|h| self.eligible(*h, exclude)).or_else(|| {
+            let candidates = self.hosts.iter().enumerate().filter(|(i, _)| self.eligible(*i, exclude));
+            super::placement::owner(&self.namespace, id, candidates.map(|(i, h)| (i, h.key.as_str())))
+        })?;
+        self.hosts.get(host).map(|h| h.key.as_str())
+    }
+
+    /// The index of the host written `key` in the namespace's `hosts`.
+    pub fn host_named(&self, key: &str) -> Option<usize> {
+        self.hosts.iter().position(|h| h.key == key)
+    }
+
+    async fn place_with(
+        self: &Arc<Self>,
+        id: &str,
+        tenant: Option<&str>,
+        exclude: &[usize],
+        forced: Option<usize>,
+        wait: Duration,
+    ) -> Result<Lease, PlaceError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let mut gone = match self.try_place(id, tenant, exclude) {
+            let mut gone = match self.try_place(id, tenant, exclude, forced) {
                 Ok(lease) => return Ok(lease),
                 Err(None) => return Err(PlaceError::NoHost),
                 Err(Some(gone)) => gone,
@@ -198,27 +238,37 @@ impl Registry {
     }
 
     /// One attempt: a lease, or `Err(Some(rx))` to wait for an evicted placement to drain
-    /// (`rx` closes when it has), or `Err(None)` when no host is eligible.
+    /// (`rx` closes when it has), or `Err(None)` when no host is eligible. `forced`: the host,
+    /// eligible or not.
     fn try_place(
         self: &Arc<Self>,
         id: &str,
         tenant: Option<&str>,
         exclude: &[usize],
+        forced: Option<usize>,
     ) -> Result<Lease, Option<watch::Receiver<bool>>> {
         let mut entries = self.entries();
         if let Some(e) = entries.get_mut(id) {
-            if !e.evicted && e.host.is_none_or(|h| self.eligible(h, exclude)) {
+            let stays = match forced {
+                Some(f) => e.host == Some(f),
+                None => e.host.is_none_or(|h| self.eligible(h, exclude)),
+            };
+            if !e.evicted && stays {
                 e.live += 1;
                 return Ok(self.lease(id, e));
             }
             if !e.evicted {
-                // Its host turned ineligible between a health report and now.
+                // Its host turned ineligible between a health report and now (or the cluster
+                // recorded another one).
                 self.evict(e, MoveReason::HealthCheck);
             }
             return Err(Some(e.evict.subscribe()));
         }
         let (host, key) = if let Some(b) = &self.builtin {
             (None, b.clone())
+        } else if let Some(f) = forced {
+            let h = self.hosts.get(f).ok_or(None)?;
+            (Some(f), h.key.clone())
         } else {
             let candidates = self.hosts.iter().enumerate().filter(|(i, _)| self.eligible(*i, exclude));
             let owner = super::placement::owner(&self.namespace, id, candidates.map(|(i, h)| (i, h.key.as_str())));
