@@ -14,10 +14,16 @@
 //! Membership: one lease per instance (`cluster.lease_ttl`), kept alive every third of its TTL;
 //! `<name>/members/<instance>` → its peer address, attached to it. When the keepalive fails,
 //! the instance is unhealthy (`weir_cluster_healthy` 0) and object routes answer 503
-//! `cluster_unavailable` until it succeeds again; a lease that expired meanwhile is granted
-//! anew (the claims made under it are gone from etcd, and forgotten here). Pool routes never
-//! touch etcd. The gateway serves the peer listener (`gateway::peer`); this module imports
-//! nothing from it.
+//! `cluster_unavailable` until it succeeds again. Pool routes never touch etcd.
+//!
+//! Self-eviction (split brain): the lease is trusted until the send time of the last keepalive
+//! etcd acknowledged + TTL − `margin()`; etcd cannot expire it before then. A watchdog (beside the
+//! keepalive loop, one timer per process) gives the lease up at that deadline: every claim is
+//! forgotten, the generation moves on (`ClaimCheck`s of older claims turn false), and every
+//! `LeaseLost` watcher (each namespace's registry) evicts its claimed objects, so their clients
+//! get 1012 before another instance can claim them. The keepalive loop then revokes the old
+//! lease (if etcd still has it) and joins with a new one. The gateway serves the peer listener
+//! (`gateway::peer`) and the registries implement `LeaseLost`; this module imports neither.
 
 // Bytes from the network never panic here: every failure is a value (see the module doc).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
