@@ -110,7 +110,12 @@ impl ClientCa {
     /// `rejected` counts certificates refused. The error names the file and why.
     pub fn load(ca_file: &Path, mode: Mode, rejected: IntCounter) -> Result<Arc<ClientCa>, String> {
         let verifier = build(ca_file, mode)?;
-        Ok(Arc::new(ClientCa { ca_file: ca_file.to_path_buf(), mode, current: ArcSwap::from_pointee(verifier), rejected }))
+        Ok(Arc::new(ClientCa {
+            ca_file: ca_file.to_path_buf(),
+            mode,
+            current: ArcSwap::from_pointee(verifier),
+            rejected,
+        }))
     }
 
     /// Build the verifier from the file again (a reload checks it before it installs anything).

@@ -10,9 +10,9 @@
 //! drain window (`drain.removed_backends: close`, the default) or are left to end (`keep`).
 
 use crate::admin::api::{close_backend, DrainPlan, Reload};
+use crate::client_cert::ClientCa;
 use crate::config::Config;
 use crate::gateway::snapshot::{Current, Parts, Snapshot};
-use crate::client_cert::ClientCa;
 use crate::listener_tls::ListenerCert;
 use crate::metering::live::LiveSet;
 use crate::metrics::Metrics;
@@ -243,7 +243,9 @@ impl Reloader {
         for c in &self.files.client_cas {
             match c.read() {
                 Ok(v) => verifiers.push(v),
-                Err(e) => cert_errors.push(format!("listeners: tls.client_auth.ca_file {}: {e}", c.ca_path().display())),
+                Err(e) => {
+                    cert_errors.push(format!("listeners: tls.client_auth.ca_file {}: {e}", c.ca_path().display()))
+                }
             }
         }
         if !cert_errors.is_empty() {

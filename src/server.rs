@@ -17,12 +17,12 @@ use crate::admin::{Admin, AdminServer, ShutdownWatcher};
 use crate::billing::delivery::Delivery;
 use crate::billing::spool::Flusher;
 use crate::billing::UsageLog;
+use crate::client_cert::{Callbacks as ClientCertHook, ClientCa};
 use crate::config::Config;
 use crate::fds::{Descriptors, Sampler};
 use crate::gateway::http::HttpRoutes;
 use crate::gateway::snapshot::{Current, Parts as SnapshotParts, Snapshot};
 use crate::gateway::{Gateway, Parts};
-use crate::client_cert::{Callbacks as ClientCertHook, ClientCa};
 use crate::listener_tls::ListenerCert;
 use crate::metering::live::{LiveSet, Sweeper};
 use crate::metering::quota::{QuotaTicker, Quotas};
@@ -181,17 +181,18 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
             let cert = tls.cert.to_string_lossy();
             let key = tls.key.to_string_lossy();
             let mut settings = match &tls.client_auth {
-                None => TlsSettings::intermediate(&cert, &key)
-                    .map_err(|e| anyhow::anyhow!("listeners: TLS for {}: cannot load {cert} / {key}: {e}", l.address))?,
+                None => TlsSettings::intermediate(&cert, &key).map_err(|e| {
+                    anyhow::anyhow!("listeners: TLS for {}: cannot load {cert} / {key}: {e}", l.address)
+                })?,
                 Some(ca) => {
                     // Mutual TLS: a verifier a reload swaps, and a post-handshake hook that hands
                     // the verified subject to the gateway (src/client_cert.rs).
                     let label = l.address.to_string();
                     let count = |result: &str| metrics.tls_client_auth.with_label_values(&[&label, result]);
-                    let verifier = ClientCa::load(&ca.ca_file, ca.mode, count("rejected")).map_err(|e| {
-                        anyhow::anyhow!("listeners: tls.client_auth for {}: {e}", l.address)
-                    })?;
-                    let hook = ClientCertHook { listener: label.clone(), verified: count("verified"), none: count("none") };
+                    let verifier = ClientCa::load(&ca.ca_file, ca.mode, count("rejected"))
+                        .map_err(|e| anyhow::anyhow!("listeners: tls.client_auth for {}: {e}", l.address))?;
+                    let hook =
+                        ClientCertHook { listener: label.clone(), verified: count("verified"), none: count("none") };
                     let mut s = TlsSettings::with_callbacks(Box::new(hook))
                         .map_err(|e| anyhow::anyhow!("listeners: TLS for {}: {e}", l.address))?;
                     s.set_client_cert_verifier(verifier.clone());

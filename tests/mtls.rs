@@ -102,7 +102,11 @@ async fn an_optional_listener_admits_without_a_certificate_but_a_client_cert_rou
     tokio::io::AsyncWriteExt::write_all(&mut tls, forged.as_bytes()).await.unwrap();
     let mut answer = vec![0u8; 64];
     let n = tokio::io::AsyncReadExt::read(&mut tls, &mut answer).await.unwrap();
-    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 401"), "{}", String::from_utf8_lossy(&answer[..n]));
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
     // A certificate from the CA with a subject `allow` does not match: 401 too.
     let stranger = open(weir.addr, &server, Some(&ca.client("intruder")), "/cert").await;
     assert_eq!(stranger.err().as_deref(), Some("HTTP 401"));

@@ -653,7 +653,8 @@ async fn object_hosts_over_tls_keep_one_owner_per_id_are_probed_over_tls_and_ref
     let c = ObjectHost::start_tls("c", &cert).await;
     let only = vec![c.addr.to_string()];
     let untrusting = Weir::start(&tls_hosts_config(&only, "{kind: none}", &other_ca.cert)).await;
-    let (status, _, body) = raw_request(untrusting.addr, &upgrade_request(untrusting.addr, "/o/room-1", "")).await.unwrap();
+    let (status, _, body) =
+        raw_request(untrusting.addr, &upgrade_request(untrusting.addr, "/o/room-1", "")).await.unwrap();
     assert_eq!((status, body.as_str()), (502, "Backend TLS handshake failed"));
     untrusting
         .metric_eventually("weir_handshake_rejections_total", &[("route", "objects"), ("reason", "backend_tls")], |v| {

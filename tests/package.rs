@@ -247,9 +247,9 @@ async fn dpkg_installs_the_package_into_a_throwaway_root_and_the_installed_weir_
     };
     assert_eq!(status(&root), "install ok installed");
     let listed = String::from_utf8_lossy(
-        &run(Command::new("dpkg-query").arg(format!("--admindir={}", root.join("var/lib/dpkg").display())).args([
-            "-L", "weir",
-        ]))
+        &run(Command::new("dpkg-query")
+            .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
+            .args(["-L", "weir"]))
         .stdout,
     )
     .to_string();

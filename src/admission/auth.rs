@@ -276,7 +276,10 @@ mod tests {
         assert_eq!(got.from, Found::Subprotocol("weir.key.k-acme".into()));
         assert_eq!(a.check("/c", &fields(&[]), None), Err(AuthError::Missing));
         assert_eq!(a.check("/c", &fields(&[("Authorization", "Basic k-acme")]), None), Err(AuthError::Missing));
-        assert_eq!(a.check("/c", &fields(&[("Authorization", "Bearer nope")]), None), Err(AuthError::Invalid("unknown_key")));
+        assert_eq!(
+            a.check("/c", &fields(&[("Authorization", "Bearer nope")]), None),
+            Err(AuthError::Invalid("unknown_key"))
+        );
         assert_eq!(auth(None).check("/c?key=k-acme", &fields(&[]), None), Err(AuthError::Missing), "query not allowed");
     }
 
@@ -339,8 +342,8 @@ mod tests {
         let forged = fields(&[("X-Client-Cert-CN", "tenant-a"), ("Authorization", "Bearer tenant-a")]);
         assert_eq!(a.check("/c", &forged, None), Err(AuthError::Invalid("unknown_key")));
         let san_only = ClientCertAuth { tenant_from: TenantFrom::SanDns, allow: vec![], objects: vec![] };
-        let only = Authenticator::new(&Auth { sources: sources(), methods: vec![AuthMethod::ClientCert(san_only)] })
-            .unwrap();
+        let only =
+            Authenticator::new(&Auth { sources: sources(), methods: vec![AuthMethod::ClientCert(san_only)] }).unwrap();
         assert_eq!(only.check("/c", &key_hdr, None), Err(AuthError::Missing), "a header is never looked at");
         let san = PeerCert { san_dns: vec!["svc.example".into()], ..PeerCert::default() };
         assert_eq!(only.check("/c", &none, Some(&san)).unwrap().tenant, "svc.example");

@@ -240,7 +240,11 @@ impl Validator {
         let allow = c.allow.clone().unwrap_or_default();
         for (k, p) in allow.iter().enumerate() {
             if p.is_empty() {
-                self.err(format!("{at}.allow[{k}]"), p, "must not be empty; write a tenant or a pattern such as team-*");
+                self.err(
+                    format!("{at}.allow[{k}]"),
+                    p,
+                    "must not be empty; write a tenant or a pattern such as team-*",
+                );
             }
         }
         ClientCertAuth { tenant_from, allow, objects: c.objects.clone().unwrap_or_default() }

@@ -131,7 +131,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
         .collect();
     if !cert_routes.is_empty() {
         for (i, l) in config.listeners.iter().enumerate() {
-            if !l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()) {
+            if l.tls.as_ref().is_none_or(|t| t.client_auth.is_none()) {
                 out.push(format!(
                     "listeners[{i}]: {} asks for no client certificate, so routes {cert_routes:?} (auth.client_cert) \
                      admit its clients only by their other methods (else 401); add tls.client_auth to it or \

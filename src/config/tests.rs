@@ -727,9 +727,14 @@ fn client_certificates_need_a_listener_that_asks_for_them_and_bad_values_are_nam
     std::fs::write(&path, yaml(&format!("{mtls}, {{address: \"127.0.0.1:8080\"}}"))).unwrap();
     let c = load(&path).unwrap_or_else(|e| panic!("{e}"));
     let ca = c.listeners[0].tls.as_ref().and_then(|t| t.client_auth.as_ref()).expect("client_auth");
-    assert_eq!((ca.ca_file.as_path(), ca.mode), (dir.path().join("ca.pem").as_path(), crate::client_cert::Mode::Optional));
+    assert_eq!(
+        (ca.ca_file.as_path(), ca.mode),
+        (dir.path().join("ca.pem").as_path(), crate::client_cert::Mode::Optional)
+    );
     match &c.routes[0].auth.as_ref().expect("auth").methods[0] {
-        AuthMethod::ClientCert(a) => assert_eq!((a.tenant_from, a.allow.as_slice()), (TenantFrom::O, &["t-*".to_string()][..])),
+        AuthMethod::ClientCert(a) => {
+            assert_eq!((a.tenant_from, a.allow.as_slice()), (TenantFrom::O, &["t-*".to_string()][..]))
+        }
         other => panic!("{other:?}"),
     }
     let w = warnings(&c);

@@ -527,7 +527,10 @@ impl Validator {
         let tls = l.tls.as_ref().map(|t| TlsFiles {
             cert: self.existing_file(&format!("listeners[{i}].tls.cert"), &t.cert),
             key: self.existing_file(&format!("listeners[{i}].tls.key"), &t.key),
-            client_auth: t.client_auth.as_ref().map(|c| self.client_auth(&format!("listeners[{i}].tls.client_auth"), c)),
+            client_auth: t
+                .client_auth
+                .as_ref()
+                .map(|c| self.client_auth(&format!("listeners[{i}].tls.client_auth"), c)),
         });
         let proxy_protocol = l.proxy_protocol.unwrap_or(false);
         Some(Listener { address: address?, tls, proxy_protocol })

@@ -85,7 +85,10 @@ impl TestCert {
         let config = match client {
             None => config.with_no_client_auth(),
             Some(c) => config
-                .with_client_auth_cert(vec![c.der.clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(c.key_der.clone().into()))
+                .with_client_auth_cert(
+                    vec![c.der.clone()],
+                    rustls::pki_types::PrivateKeyDer::Pkcs8(c.key_der.clone().into()),
+                )
                 .unwrap(),
         };
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
