@@ -7,7 +7,7 @@
 //! CA file in force (rustls' `WebPkiClientVerifier`, swapped by a reload). The peer certificate
 //! reaches the gateway through Pingora's post-handshake hook: `TlsSettings::with_callbacks` takes
 //! a `TlsAccept` whose `handshake_complete_callback` sees the `TlsRef` (the verified chain); it
-//! parses the leaf once (`Subject`) and returns it, and Pingora stores it in the connection's
+//! parses the leaf once into a `PeerCert` (`HandshakeHook`) and returns it, and Pingora stores it in the connection's
 //! `SslDigest::extension`, which `Gateway::serve` reads (`peer_cert`). Nothing a client sends
 //! in a header can stand in for it: the extension is only ever set by that hook, and only after
 //! rustls verified the chain to the CA.
@@ -16,7 +16,9 @@
 //! with a certificate), `none` (completed without one: `mode: optional`), `rejected` (a
 //! certificate that does not chain to the CA, counted when the verifier refuses it). A client
 //! that sends no certificate to a `mode: required` listener fails inside rustls before any hook
-//! runs, so that case is not counted (Pingora logs the failed handshake at debug).
+//! runs, so that case is not counted. Pingora logs every failed handshake itself (`Downstream
+//! handshake error from ADDR: …`, level error, one line each, as for any TLS failure); weir's own
+//! per-connection lines here are at debug.
 //!
 //! The verifier offers no CA names (`root_hint_subjects` is empty: the swapped CA cannot lend a
 //! borrowed list), so a client with several certificates picks without a hint.
@@ -202,7 +204,7 @@ impl ClientCertVerifier for ClientCa {
 
 /// Pingora's post-handshake hook of a `client_auth` listener: parses the verified leaf into a
 /// `PeerCert` for the connection's `SslDigest` and counts the handshake.
-pub struct Callbacks {
+pub struct HandshakeHook {
     /// The listener's address (for the debug log).
     pub listener: String,
     /// `weir_tls_client_auth_total{listener, result="verified"}`.
@@ -212,7 +214,7 @@ pub struct Callbacks {
 }
 
 #[async_trait]
-impl TlsAccept for Callbacks {
+impl TlsAccept for HandshakeHook {
     async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
         let Some(der) = tls.peer_certificate_der() else {
             self.none.inc();

@@ -17,7 +17,7 @@ use crate::admin::{Admin, AdminServer, ShutdownWatcher};
 use crate::billing::delivery::Delivery;
 use crate::billing::spool::Flusher;
 use crate::billing::UsageLog;
-use crate::client_cert::{Callbacks as ClientCertHook, ClientCa};
+use crate::client_cert::{ClientCa, HandshakeHook};
 use crate::config::Config;
 use crate::fds::{Descriptors, Sampler};
 use crate::gateway::http::HttpRoutes;
@@ -192,7 +192,7 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
                     let verifier = ClientCa::load(&ca.ca_file, ca.mode, count("rejected"))
                         .map_err(|e| anyhow::anyhow!("listeners: tls.client_auth for {}: {e}", l.address))?;
                     let hook =
-                        ClientCertHook { listener: label.clone(), verified: count("verified"), none: count("none") };
+                        HandshakeHook { listener: label.clone(), verified: count("verified"), none: count("none") };
                     let mut s = TlsSettings::with_callbacks(Box::new(hook))
                         .map_err(|e| anyhow::anyhow!("listeners: TLS for {}: {e}", l.address))?;
                     s.set_client_cert_verifier(verifier.clone());
