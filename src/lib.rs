@@ -51,6 +51,8 @@
 //! - `fds`: the descriptor limit, the open count and the reserve kept for weir itself
 //!   (background sampler; warm check).
 //! - `sync`: the poison-tolerant lock helper every mutex goes through.
+//! - `client_cert`: mutual TLS on listeners: the client CA a reload re-reads and the verified
+//!   subject `auth.client_cert` bills (cold; one parse per handshake).
 //! - `listener_tls`: TLS listener certificates a reload re-reads (a swapped resolver; cold).
 //! - `tls_client`: rustls client configs for TLS to backends, object hosts, their probes and the
 //!   sinks (cold build, warm handshake).
@@ -64,6 +66,7 @@ pub mod access;
 pub mod admin;
 pub mod admission;
 pub mod billing;
+pub mod client_cert;
 pub mod cluster;
 pub mod config;
 pub mod fds;

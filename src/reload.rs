@@ -10,6 +10,7 @@
 //! drain window (`drain.removed_backends: close`, the default) or are left to end (`keep`).
 
 use crate::admin::api::{close_backend, DrainPlan, Reload};
+use crate::client_cert::ClientCa;
 use crate::config::Config;
 use crate::gateway::snapshot::{Current, Parts, Snapshot};
 use crate::listener_tls::ListenerCert;
@@ -45,6 +46,19 @@ pub struct Changes {
     /// TLS listener certificates re-read from their files (renewed ones take effect for new
     /// handshakes).
     pub certificates: usize,
+    /// Client CA files (`listeners[].tls.client_auth.ca_file`) re-read (new handshakes are
+    /// verified against them).
+    pub client_cas: usize,
+}
+
+/// The files of the TLS listeners a reload re-reads (same paths; listeners themselves need a
+/// restart).
+#[derive(Default)]
+pub struct ListenerFiles {
+    /// Each TLS listener's certificate and key.
+    pub certs: Vec<Arc<ListenerCert>>,
+    /// Each `client_auth` listener's client CA.
+    pub client_cas: Vec<Arc<ClientCa>>,
 }
 
 /// Names added, removed and changed between two configs.
@@ -128,8 +142,8 @@ pub struct Reloader {
     live: Arc<LiveSet>,
     plan: DrainPlan,
     metrics: Metrics,
-    /// The TLS listeners' certificates, re-read at every reload.
-    certs: Vec<Arc<ListenerCert>>,
+    /// The TLS listeners' certificates and client CAs, re-read at every reload.
+    files: ListenerFiles,
     /// One reload at a time; holds the hash in force.
     hash: Mutex<String>,
 }
@@ -143,7 +157,7 @@ impl Reloader {
         live: Arc<LiveSet>,
         plan: DrainPlan,
         hash: String,
-        certs: Vec<Arc<ListenerCert>>,
+        files: ListenerFiles,
     ) -> Arc<Reloader> {
         let metrics = parts.metrics.clone();
         metrics.config_info.with_label_values(&[&hash]).set(1);
@@ -154,7 +168,7 @@ impl Reloader {
             live,
             plan,
             metrics,
-            certs,
+            files,
             hash: Mutex::new(hash),
         })
     }
@@ -219,10 +233,19 @@ impl Reloader {
         // The listeners' certificates are read (and checked) before anything is swapped.
         let mut pairs = Vec::new();
         let mut cert_errors = Vec::new();
-        for c in &self.certs {
+        for c in &self.files.certs {
             match c.read() {
                 Ok(p) => pairs.push(p),
                 Err(e) => cert_errors.push(format!("listeners: TLS certificate {}: {e}", c.cert_path().display())),
+            }
+        }
+        let mut verifiers = Vec::new();
+        for c in &self.files.client_cas {
+            match c.read() {
+                Ok(v) => verifiers.push(v),
+                Err(e) => {
+                    cert_errors.push(format!("listeners: tls.client_auth.ca_file {}: {e}", c.ca_path().display()))
+                }
             }
         }
         if !cert_errors.is_empty() {
@@ -242,10 +265,14 @@ impl Reloader {
         let after: BTreeSet<SocketAddr> = new.pools.addresses().into_iter().collect();
         let close = new.config.drain_removed_backends;
         self.current.store(Arc::new(new));
-        for (c, p) in self.certs.iter().zip(pairs) {
+        for (c, p) in self.files.certs.iter().zip(pairs) {
             c.install(p);
         }
-        changes.certificates = self.certs.len();
+        for (c, v) in self.files.client_cas.iter().zip(verifiers) {
+            c.install(v);
+        }
+        changes.certificates = self.files.certs.len();
+        changes.client_cas = self.files.client_cas.len();
         for addr in before.difference(&after) {
             changes.removed_backends.push(addr.to_string());
             if close {

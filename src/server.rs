@@ -17,6 +17,7 @@ use crate::admin::{Admin, AdminServer, ShutdownWatcher};
 use crate::billing::delivery::Delivery;
 use crate::billing::spool::Flusher;
 use crate::billing::UsageLog;
+use crate::client_cert::{ClientCa, HandshakeHook};
 use crate::config::Config;
 use crate::fds::{Descriptors, Sampler};
 use crate::gateway::http::HttpRoutes;
@@ -29,7 +30,7 @@ use crate::metering::rejections::Rejections;
 use crate::metrics::Metrics;
 use crate::pools::builtin::Builtins;
 use crate::pools::{HealthListener, HealthRunner};
-use crate::reload::{OnHangup, Reloader};
+use crate::reload::{ListenerFiles, OnHangup, Reloader};
 use anyhow::Context;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
@@ -171,7 +172,7 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
         // `proxy_protocol` on a TLS listener: the PROXY header comes before the handshake.
         gateway_service.endpoints().set_pre_tls_callback(callback);
     }
-    let mut listener_certs = Vec::new();
+    let mut listener_files = ListenerFiles::default();
     for l in &config.listeners {
         // Unbuffered: weir reads the head itself and relays from its own per-thread buffer, so a
         // Pingora read buffer per connection would only cost memory.
@@ -179,22 +180,41 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
         if let Some(tls) = &l.tls {
             let cert = tls.cert.to_string_lossy();
             let key = tls.key.to_string_lossy();
-            let mut settings = TlsSettings::intermediate(&cert, &key)
-                .map_err(|e| anyhow::anyhow!("listeners: TLS for {}: cannot load {cert} / {key}: {e}", l.address))?;
+            let mut settings = match &tls.client_auth {
+                None => TlsSettings::intermediate(&cert, &key).map_err(|e| {
+                    anyhow::anyhow!("listeners: TLS for {}: cannot load {cert} / {key}: {e}", l.address)
+                })?,
+                Some(ca) => {
+                    // Mutual TLS: a verifier a reload swaps, and a post-handshake hook that hands
+                    // the verified subject to the gateway (src/client_cert.rs).
+                    let label = l.address.to_string();
+                    let count = |result: &str| metrics.tls_client_auth.with_label_values(&[&label, result]);
+                    let verifier = ClientCa::load(&ca.ca_file, ca.mode, count("rejected"))
+                        .map_err(|e| anyhow::anyhow!("listeners: tls.client_auth for {}: {e}", l.address))?;
+                    let hook =
+                        HandshakeHook { listener: label.clone(), verified: count("verified"), none: count("none") };
+                    let mut s = TlsSettings::with_callbacks(Box::new(hook))
+                        .map_err(|e| anyhow::anyhow!("listeners: TLS for {}: {e}", l.address))?;
+                    s.set_client_cert_verifier(verifier.clone());
+                    listener_files.client_cas.push(verifier);
+                    s
+                }
+            };
             // Served through a resolver a reload swaps (renewed certificates, no restart).
             let resolver = ListenerCert::load(&tls.cert, &tls.key)
                 .map_err(|e| anyhow::anyhow!("listeners: TLS for {}: {e}", l.address))?;
             settings.set_cert_resolver(resolver.clone());
-            listener_certs.push(resolver);
+            listener_files.certs.push(resolver);
             listener = listener.tls(settings);
         }
         gateway_service.add_listener(listener);
-        tracing::info!(address = %l.address, tls = l.tls.is_some(), proxy_protocol = l.proxy_protocol, "listening");
+        let client_auth = l.tls.as_ref().and_then(|t| t.client_auth.as_ref()).map(|c| format!("{:?}", c.mode));
+        tracing::info!(address = %l.address, tls = l.tls.is_some(), ?client_auth, proxy_protocol = l.proxy_protocol, "listening");
     }
     server.add_service(gateway_service);
 
     let reloader =
-        Reloader::new(path, current.clone(), snapshot_parts, live.clone(), plan, config_hash, listener_certs);
+        Reloader::new(path, current.clone(), snapshot_parts, live.clone(), plan, config_hash, listener_files);
     server.add_service(background_service("config reload on SIGHUP", OnHangup(reloader.clone())));
     server.add_service(background_service("health checks", runner.service()));
     if let (Some(c), Some(peers)) = (&cluster, peer_listener) {

@@ -1,9 +1,10 @@
 //! Object namespaces: placement (deterministic, sticky while live), failover with 1012 and no
 //! id on two hosts at once, id rules, the built-in room (order, history across a restart, slow
-//! clients), size limits (1009) and protocol violations on built-in objects, and object usage
-//! records.
+//! clients), size limits (1009) and protocol violations on built-in objects, object usage
+//! records, and object hosts over TLS (`objects[].tls`: placement, probes, an untrusted CA).
 
 use crate::support::hosts::{ObjectHost, Visit};
+use crate::support::tls::TestCert;
 use crate::support::{connect, eventually, free_port, raw_request, recv, upgrade_request, Client, Weir, DEADLINE};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -607,4 +608,58 @@ async fn protocol_violation_on_a_builtin_object_is_counted_and_recorded() {
         let close = r.close.as_ref().map(|c| (c.code, c.initiator.as_str()));
         assert_eq!(close, Some((Some(1002), "gateway")), "{route}: {r:?}");
     }
+}
+
+/// `hosts_config` with `tls: {ca_file, sni: localhost}` on the namespace.
+fn tls_hosts_config(hosts: &[String], health: &str, ca: &std::path::Path) -> String {
+    hosts_config(hosts, health, &format!("    tls: {{ca_file: \"{}\", sni: localhost}}\n", ca.display()))
+}
+
+/// Object hosts that speak only TLS: every client of one id reaches the same host (over TLS:
+/// the hosts accept nothing else), handshake probes over TLS see a host go down and come back up,
+/// and a namespace trusting another CA gets 502 `backend_tls`, never a plaintext attempt.
+#[tokio::test]
+async fn object_hosts_over_tls_keep_one_owner_per_id_are_probed_over_tls_and_refuse_an_untrusted_ca() {
+    let cert = TestCert::localhost();
+    let (a, b) = (ObjectHost::start_tls("a", &cert).await, ObjectHost::start_tls("b", &cert).await);
+    let keys = vec![a.addr.to_string(), b.addr.to_string()];
+    let health = "{kind: handshake, interval: 200ms, path: /healthz}";
+    let weir = Weir::start(&tls_hosts_config(&keys, health, &cert.cert)).await;
+
+    for want in 0..2 {
+        for id in ids_owned_by(want, &keys, 2) {
+            let (mut first, host1) = join(&weir, &id).await;
+            let (mut second, host2) = join(&weir, &id).await;
+            assert_eq!((host1.as_str(), host2.as_str()), (["a", "b"][want], ["a", "b"][want]), "{id}");
+            first.send(Message::text("over tls")).await.unwrap();
+            assert_eq!(recv(&mut first).await, Message::text("over tls"));
+            first.close(None).await.unwrap();
+            second.close(None).await.unwrap();
+        }
+    }
+    let visits = a.visits().len() + b.visits().len();
+    assert_eq!(visits, 8, "every connection reached a host over TLS");
+    assert!(a.visits().iter().chain(b.visits().iter()).all(|v| v.namespace == "ns"));
+
+    // Probes over TLS: a host answering 503 goes down, and up again once it answers 101.
+    let labels = [("namespace", "ns"), ("backend", keys[0].as_str())];
+    a.set_healthy(false);
+    weir.metric_eventually("weir_backend_healthy", &labels, |v| v == 0.0).await;
+    a.set_healthy(true);
+    weir.metric_eventually("weir_backend_healthy", &labels, |v| v == 1.0).await;
+
+    // A namespace that trusts another CA: 502 backend_tls, and nothing reached a host.
+    let other_ca = TestCert::localhost();
+    let c = ObjectHost::start_tls("c", &cert).await;
+    let only = vec![c.addr.to_string()];
+    let untrusting = Weir::start(&tls_hosts_config(&only, "{kind: none}", &other_ca.cert)).await;
+    let (status, _, body) =
+        raw_request(untrusting.addr, &upgrade_request(untrusting.addr, "/o/room-1", "")).await.unwrap();
+    assert_eq!((status, body.as_str()), (502, "Backend TLS handshake failed"));
+    untrusting
+        .metric_eventually("weir_handshake_rejections_total", &[("route", "objects"), ("reason", "backend_tls")], |v| {
+            v >= 1.0
+        })
+        .await;
+    assert!(c.visits().is_empty(), "nothing reached the host in plaintext or otherwise");
 }

@@ -1,10 +1,11 @@
 //! Installing and running weir like a service (issue 16): the Debian package built by
 //! `scripts/package.sh` from this test build's binary (its files, its conffile, its extracted
-//! binary checking its own config, its systemd unit), `WEIR_CONFIG`, and a running weir whose
-//! admin token comes from the environment and whose relative paths are relative to its config
-//! file, not to its working directory.
+//! binary checking its own config, its systemd unit), the package installed by dpkg itself into
+//! a throwaway root and its binary run as the unit runs it, `WEIR_CONFIG`, and a running weir
+//! whose admin token comes from the environment and whose relative paths are relative to its
+//! config file, not to its working directory.
 
-use crate::support::{connect, free_port, raw_request, Weir};
+use crate::support::{connect, free_port, http_get, raw_request, Weir};
 use futures_util::SinkExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -191,4 +192,141 @@ async fn a_service_config_takes_its_token_from_the_environment_and_paths_from_it
         return;
     }
     panic!("weir did not become ready; last log:\n{last_log}");
+}
+
+/// dpkg on a throwaway root: `root` is the instdir, its `var/lib/dpkg` the database (created
+/// empty here), the log beside it. `--force-script-chrootless` runs the maintainer scripts on this
+/// system with `DPKG_ROOT` set (they touch only files under it: no user, no systemctl; see
+/// packaging/debian/postinst); `--force-depends`: the empty database knows no libc6 or adduser;
+/// `--force-not-root`: the tests may run unprivileged.
+fn dpkg(root: &Path) -> Command {
+    let admindir = root.join("var/lib/dpkg");
+    std::fs::create_dir_all(admindir.join("info")).unwrap();
+    std::fs::create_dir_all(admindir.join("updates")).unwrap();
+    if !admindir.join("status").exists() {
+        std::fs::write(admindir.join("status"), "").unwrap();
+    }
+    let mut c = Command::new("dpkg");
+    c.arg(format!("--root={}", root.display()))
+        .arg(format!("--admindir={}", admindir.display()))
+        .arg(format!("--log={}", root.join("dpkg.log").display()))
+        .args(["--force-not-root", "--force-script-chrootless", "--force-depends"])
+        .env_remove("DPKG_ROOT");
+    c
+}
+
+/// The package as a user installs it, but into a throwaway root with dpkg itself: dpkg records
+/// it as installed, the postinst makes the admin token (only under the root), the installed
+/// binary checks the installed config, then runs the way `weir.service`'s `ExecStart` does
+/// (`/usr/bin/weir run --config /etc/weir/config.yaml`, working directory `/var/lib/weir`) with a
+/// user's config on ephemeral ports and answers `/readyz` 200, and a purge removes it all.
+///
+/// Not done: `systemctl start` of the unit. It needs PID 1 to be systemd and root, and would
+/// install a unit and a `weir` user on the live system; this test leaves nothing behind, so it
+/// checks the unit with `systemd-analyze verify` (the test above) and runs `ExecStart` itself.
+#[tokio::test]
+async fn dpkg_installs_the_package_into_a_throwaway_root_and_the_installed_weir_becomes_ready() {
+    if !has("dpkg") || !has("dpkg-deb") {
+        eprintln!("skipped: dpkg is not installed (Debian/Ubuntu: apt-get install dpkg)");
+        return;
+    }
+    let user_before = run(Command::new("sh").args(["-c", "getent passwd weir || true"])).stdout;
+    let token_before = Path::new("/etc/weir/admin.token").exists();
+    let tmp = tempfile::tempdir().unwrap();
+    let deb = build_package(tmp.path());
+    let root = tmp.path().join("root");
+    run(dpkg(&root).arg("--install").arg(&deb));
+
+    let status = |root: &Path| {
+        let out = Command::new("dpkg-query")
+            .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
+            .args(["-W", "-f=${Status}", "weir"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(status(&root), "install ok installed");
+    let listed = String::from_utf8_lossy(
+        &run(Command::new("dpkg-query")
+            .arg(format!("--admindir={}", root.join("var/lib/dpkg").display()))
+            .args(["-L", "weir"]))
+        .stdout,
+    )
+    .to_string();
+    for f in FILES.iter().map(|f| f.trim_start_matches('.').trim_end_matches('/')) {
+        assert!(listed.lines().any(|l| l == f), "dpkg does not list {f}:\n{listed}");
+        assert!(root.join(f.trim_start_matches('/')).exists(), "{f} is not installed");
+    }
+    // The postinst made the admin token under the root only, and no user.
+    let token = root.join("etc/weir/admin.token");
+    let text = std::fs::read_to_string(&token).expect("the postinst's admin token");
+    assert!(text.len() == 41 && text.trim_end().chars().all(|c| c.is_ascii_alphanumeric()), "{text:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&token).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(Path::new("/etc/weir/admin.token").exists(), token_before, "the real /etc was touched");
+    let user_after = run(Command::new("sh").args(["-c", "getent passwd weir || true"])).stdout;
+    assert_eq!(user_after, user_before, "the postinst changed the system's users");
+
+    // The installed binary checks the installed config (its absolute paths moved into the root).
+    let weir_bin = root.join("usr/bin/weir");
+    let config = root.join("etc/weir/config.yaml");
+    let shipped = std::fs::read_to_string(&config).unwrap();
+    let packaged = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/config.yaml")).unwrap();
+    assert_eq!(shipped, packaged, "dpkg installed another config.yaml");
+    let state = root.join("var/lib/weir");
+    let rooted = shipped
+        .replace("/etc/weir/", &format!("{}/", root.join("etc/weir").display()))
+        .replace("/var/lib/weir/", &format!("{}/", state.display()));
+    std::fs::write(&config, rooted).unwrap();
+    let out = run(Command::new(&weir_bin).arg("check").arg("--config").arg(&config));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 listener(s), 1 pool(s)"), "{out:?}");
+
+    // A user's own config, started as the unit's ExecStart does (systemd would make the state
+    // directory: StateDirectory=weir) and from WorkingDirectory=/var/lib/weir.
+    std::fs::create_dir_all(&state).unwrap();
+    let mut last_log = String::new();
+    let mut started = None;
+    for _attempt in 0..3 {
+        let (port, admin_port) = (free_port(), free_port());
+        let yaml = format!(
+            "listeners: [{{address: \"127.0.0.1:{port}\"}}]\n\
+             admin: {{address: \"127.0.0.1:{admin_port}\", token_file: \"{token}\"}}\n\
+             usage: {{file: \"{state}/usage.jsonl\", spool_dir: \"{state}/spool\", fsync_interval: 20ms}}\n\
+             data_dir: \"{state}/data\"\nserver: {{threads: 2, grace_period: 1s}}\n\
+             pools: [{{name: app, backends: [\"builtin:echo\"], health_check: {{kind: none}}}}]\n\
+             routes: [{{name: app, path_prefix: /, pool: app}}]\n",
+            token = token.display(),
+            state = state.display()
+        );
+        std::fs::write(&config, yaml).unwrap();
+        let mut command = Command::new(&weir_bin);
+        command.arg("run").arg("--config").arg(&config).current_dir(&state);
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        match Weir::spawn(command, logs, config.clone(), addr, admin, state.join("usage.jsonl")).await {
+            Ok(w) => {
+                started = Some(w);
+                break;
+            }
+            Err(log) => last_log = log,
+        }
+    }
+    let mut weir = started.unwrap_or_else(|| panic!("the installed weir did not become ready; last log:\n{last_log}"));
+    let (status_code, _, body) = http_get(weir.admin, "/readyz").await.unwrap();
+    assert_eq!(status_code, 200, "{body}");
+    let mut ws = connect(&weir, "/echo").await;
+    ws.send(Message::text("installed")).await.unwrap();
+    assert_eq!(crate::support::recv(&mut ws).await, Message::text("installed"));
+    ws.close(None).await.unwrap();
+    weir.records_eventually(1).await;
+    assert!(state.join("spool").is_dir(), "the spool is in the state directory");
+    let exit = weir.terminate().expect("weir exits after SIGTERM");
+    assert!(exit.success(), "{exit:?}\n{}", weir.log());
+
+    // Purge: the files and the postinst's token go; the state directory stays (documented).
+    run(dpkg(&root).arg("--purge").arg("weir"));
+    assert_ne!(status(&root), "install ok installed");
+    assert!(!weir_bin.exists() && !token.exists() && !config.exists(), "purge left files behind");
+    assert!(state.join("spool").is_dir(), "purge removed /var/lib/weir");
 }

@@ -32,6 +32,9 @@ mod guards;
 // TLS termination on a public listener.
 mod tls;
 
+// Mutual TLS on a listener: client_auth required/optional, auth.client_cert, CA reload.
+mod mtls;
+
 // The demo page in headless Chromium, against the built-in echo backend.
 mod demo_page;
 // The admin status page in headless Chromium: login, totals, backends, kicking a connection.

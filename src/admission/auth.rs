@@ -1,13 +1,16 @@
 //! Authentication of an upgrade (`routes[].auth`): find the credential (header, query parameter
 //! or a `Sec-WebSocket-Protocol` entry), verify it against the route's methods in order (API
 //! keys by SHA-256 digest, JWTs), and say which tenant it bills and which object ids it may open.
+//! A client certificate the listener verified (`client_cert`, `crate::client_cert::PeerCert`) is
+//! tried first; it is never read from the request.
 //!
 //! Warm path (once per upgrade). Credentials are never logged, recorded or counted: errors carry
 //! a label only. The credential weir consumed is removed from the request before the backend
 //! sees it (`strip`); the backend learns the tenant from `X-Weir-Tenant`.
 
 use super::jwt::{JwtError, JwtVerifier};
-use crate::config::{Auth, AuthMethod, CredentialSources};
+use crate::client_cert::PeerCert;
+use crate::config::{Auth, AuthMethod, ClientCertAuth, CredentialSources, TenantFrom};
 use crate::http1::head::RequestHead;
 use crate::http1::query;
 use crate::http1::Fields;
@@ -23,6 +26,8 @@ pub enum Found {
     Query(String),
     /// One `Sec-WebSocket-Protocol` entry, as sent.
     Subprotocol(String),
+    /// The client certificate the listener verified (nothing to remove from the request).
+    ClientCert,
 }
 
 /// An admitted credential.
@@ -55,6 +60,7 @@ struct KeyGrant {
 enum Method {
     Keys(HashMap<[u8; 32], KeyGrant>),
     Jwt(Box<JwtVerifier>),
+    ClientCert(ClientCertAuth),
 }
 
 /// A route's verifier, built once at startup.
@@ -76,6 +82,7 @@ impl Authenticator {
                         .collect(),
                 )),
                 AuthMethod::Jwt(settings) => JwtVerifier::new(settings).map(|v| Method::Jwt(Box::new(v))),
+                AuthMethod::ClientCert(c) => Ok(Method::ClientCert(c.clone())),
                 // Served by `external::External` (the `Gatekeeper` builds no verifier for it).
                 AuthMethod::External(_) => Err("external auth has no local verifier".into()),
             })
@@ -83,9 +90,23 @@ impl Authenticator {
         Ok(Authenticator { sources: auth.sources.clone(), methods })
     }
 
-    /// Verify the credential of a request for `target` with `headers`.
-    pub fn check(&self, target: &str, headers: &Fields) -> Result<Admitted, AuthError> {
-        let (credential, from) = self.find(target, headers).ok_or(AuthError::Missing)?;
+    /// Verify the credential of a request for `target` with `headers`, arriving with `peer`, the
+    /// client certificate its listener verified (if any): certificate methods first, then the
+    /// credential found in the request.
+    pub fn check(&self, target: &str, headers: &Fields, peer: Option<&PeerCert>) -> Result<Admitted, AuthError> {
+        let mut last = None;
+        for method in &self.methods {
+            if let (Method::ClientCert(c), Some(p)) = (method, peer) {
+                match client_cert_tenant(c, p) {
+                    Ok(tenant) => return Ok(Admitted { tenant, objects: c.objects.clone(), from: Found::ClientCert }),
+                    Err(why) => last = Some(AuthError::Invalid(why)),
+                }
+            }
+        }
+        let in_request = self.methods.iter().any(|m| !matches!(m, Method::ClientCert(_)));
+        let Some((credential, from)) = in_request.then(|| self.find(target, headers)).flatten() else {
+            return Err(last.unwrap_or(AuthError::Missing));
+        };
         let mut last = AuthError::Invalid("unknown_key");
         for method in &self.methods {
             match method {
@@ -99,6 +120,7 @@ impl Authenticator {
                     Ok(g) => return Ok(Admitted { tenant: g.tenant, objects: g.objects, from }),
                     Err(e) => last = AuthError::Invalid(jwt_label(e)),
                 },
+                Method::ClientCert(_) => {}
             }
         }
         Err(last)
@@ -133,6 +155,24 @@ impl Authenticator {
     }
 }
 
+/// The tenant a verified certificate bills under `c`, or the label of why it is not admitted.
+fn client_cert_tenant(c: &ClientCertAuth, p: &PeerCert) -> Result<String, &'static str> {
+    let field = match c.tenant_from {
+        TenantFrom::Cn => p.cn.as_deref(),
+        TenantFrom::O => p.o.as_deref(),
+        TenantFrom::Ou => p.ou.as_deref(),
+        TenantFrom::SanDns => p.san_dns.first().map(String::as_str),
+    };
+    // The same rule as a configured tenant name (1 to 128 printable characters).
+    let tenant = field
+        .filter(|t| !t.is_empty() && t.len() <= 128 && !t.chars().any(char::is_control))
+        .ok_or("client_cert_no_tenant")?;
+    if !object_allowed(&c.allow, tenant) {
+        return Err("client_cert_not_allowed");
+    }
+    Ok(tenant.to_string())
+}
+
 /// The label of a JWT failure.
 fn jwt_label(e: JwtError) -> &'static str {
     e.as_str()
@@ -142,6 +182,7 @@ fn jwt_label(e: JwtError) -> &'static str {
 /// subprotocol entry; an emptied `Sec-WebSocket-Protocol` header goes entirely).
 pub fn strip(head: &mut RequestHead, from: &Found) {
     match from {
+        Found::ClientCert => {}
         Found::Header(name) => head.headers.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
         Found::Query(name) => head.target = query::without_param(&head.target, name),
         Found::Subprotocol(entry) => {
@@ -227,16 +268,19 @@ mod tests {
     #[test]
     fn a_key_is_found_in_each_place_and_maps_to_its_tenant() {
         let a = auth(Some("key"));
-        let got = a.check("/c", &fields(&[("Authorization", "Bearer k-acme")])).unwrap();
+        let got = a.check("/c", &fields(&[("Authorization", "Bearer k-acme")]), None).unwrap();
         assert_eq!((got.tenant.as_str(), got.from), ("acme", Found::Header("authorization".into())));
-        let got = a.check("/c?x=1&key=k-beta", &fields(&[])).unwrap();
+        let got = a.check("/c?x=1&key=k-beta", &fields(&[]), None).unwrap();
         assert_eq!((got.tenant.as_str(), got.from), ("beta", Found::Query("key".into())));
-        let got = a.check("/c", &fields(&[("Sec-WebSocket-Protocol", "chat, weir.key.k-acme")])).unwrap();
+        let got = a.check("/c", &fields(&[("Sec-WebSocket-Protocol", "chat, weir.key.k-acme")]), None).unwrap();
         assert_eq!(got.from, Found::Subprotocol("weir.key.k-acme".into()));
-        assert_eq!(a.check("/c", &fields(&[])), Err(AuthError::Missing));
-        assert_eq!(a.check("/c", &fields(&[("Authorization", "Basic k-acme")])), Err(AuthError::Missing));
-        assert_eq!(a.check("/c", &fields(&[("Authorization", "Bearer nope")])), Err(AuthError::Invalid("unknown_key")));
-        assert_eq!(auth(None).check("/c?key=k-acme", &fields(&[])), Err(AuthError::Missing), "query not allowed");
+        assert_eq!(a.check("/c", &fields(&[]), None), Err(AuthError::Missing));
+        assert_eq!(a.check("/c", &fields(&[("Authorization", "Basic k-acme")]), None), Err(AuthError::Missing));
+        assert_eq!(
+            a.check("/c", &fields(&[("Authorization", "Bearer nope")]), None),
+            Err(AuthError::Invalid("unknown_key"))
+        );
+        assert_eq!(auth(None).check("/c?key=k-acme", &fields(&[]), None), Err(AuthError::Missing), "query not allowed");
     }
 
     async fn parse(raw: &str) -> RequestHead {
@@ -266,5 +310,43 @@ mod tests {
         assert!(object_allowed(&[], "anything"));
         assert!(object_allowed(&["*a*b*".to_string()], "xxaxxbxx"));
         assert!(!object_allowed(&["*a*b".to_string()], "xxaxxbxx"));
+    }
+
+    #[test]
+    fn a_verified_certificate_bills_its_subject_and_nothing_in_the_request_stands_in_for_it() {
+        use crate::config::{ClientCertAuth, TenantFrom};
+        let key = crate::config::admission::parse_sha256(&key_digest_hex("k-acme")).unwrap();
+        let sources = || CredentialSources { header: "authorization".into(), query: None, subprotocol: None };
+        let a = Authenticator::new(&Auth {
+            sources: sources(),
+            methods: vec![
+                AuthMethod::ClientCert(ClientCertAuth {
+                    tenant_from: TenantFrom::Cn,
+                    allow: vec!["tenant-*".into()],
+                    objects: vec!["room-*".into()],
+                }),
+                AuthMethod::ApiKeys(vec![ApiKey { sha256: key, tenant: "acme".into(), objects: vec![] }]),
+            ],
+        })
+        .unwrap();
+        let peer = |cn: &str| PeerCert { cn: Some(cn.into()), ..PeerCert::default() };
+        let none = fields(&[]);
+        let got = a.check("/c", &none, Some(&peer("tenant-a"))).unwrap();
+        assert_eq!((got.tenant.as_str(), &got.from), ("tenant-a", &Found::ClientCert));
+        assert_eq!(got.objects, vec!["room-*".to_string()]);
+        assert_eq!(a.check("/c", &none, Some(&peer("intruder"))), Err(AuthError::Invalid("client_cert_not_allowed")));
+        assert_eq!(a.check("/c", &none, None), Err(AuthError::Missing));
+        // A certificate not allowed does not stop a valid key; a header naming a subject is no credential.
+        let key_hdr = fields(&[("Authorization", "Bearer k-acme")]);
+        assert_eq!(a.check("/c", &key_hdr, Some(&peer("intruder"))).unwrap().tenant, "acme");
+        let forged = fields(&[("X-Client-Cert-CN", "tenant-a"), ("Authorization", "Bearer tenant-a")]);
+        assert_eq!(a.check("/c", &forged, None), Err(AuthError::Invalid("unknown_key")));
+        let san_only = ClientCertAuth { tenant_from: TenantFrom::SanDns, allow: vec![], objects: vec![] };
+        let only =
+            Authenticator::new(&Auth { sources: sources(), methods: vec![AuthMethod::ClientCert(san_only)] }).unwrap();
+        assert_eq!(only.check("/c", &key_hdr, None), Err(AuthError::Missing), "a header is never looked at");
+        let san = PeerCert { san_dns: vec!["svc.example".into()], ..PeerCert::default() };
+        assert_eq!(only.check("/c", &none, Some(&san)).unwrap().tenant, "svc.example");
+        assert_eq!(only.check("/c", &none, Some(&peer("x"))), Err(AuthError::Invalid("client_cert_no_tenant")));
     }
 }

@@ -1,10 +1,13 @@
 //! `routes[].auth`, `routes[].origins`, `admission:`: validation of who may connect and how
 //! many. Cold path (startup and `weir check`); every bad value is reported with its key path.
 
-use super::file::{FileAdmission, FileApiKey, FileAuth, FileConnRate, FileExternalAuth, FileJwt, FileQuota, FileRoute};
+use super::file::{
+    FileAdmission, FileApiKey, FileAuth, FileClientCertAuth, FileConnRate, FileExternalAuth, FileJwt, FileQuota,
+    FileRoute,
+};
 use super::model::{
-    Admission, ApiKey, Auth, AuthMethod, CredentialSources, ExternalAuth, JwtSettings, NewConnRate, Origins, Quota,
-    QuotaOf, QuotaPeriod, RouteAdmission,
+    Admission, ApiKey, Auth, AuthMethod, ClientCertAuth, CredentialSources, ExternalAuth, JwtSettings, NewConnRate,
+    Origins, Quota, QuotaOf, QuotaPeriod, RouteAdmission, TenantFrom,
 };
 use super::validate::Validator;
 use std::time::Duration;
@@ -150,6 +153,7 @@ impl Validator {
                 ("api_keys", !a.api_keys.is_empty()),
                 ("keys_file", a.keys_file.is_some()),
                 ("jwt", a.jwt.is_some()),
+                ("client_cert", a.client_cert.is_some()),
                 ("header", a.header.is_some()),
                 ("query", a.query.is_some()),
                 ("subprotocol", a.subprotocol.is_some()),
@@ -185,6 +189,9 @@ impl Validator {
         };
         let sources = CredentialSources { header, query: a.query.clone(), subprotocol };
         let mut methods = Vec::new();
+        if let Some(c) = &a.client_cert {
+            methods.push(AuthMethod::ClientCert(self.client_cert(&format!("{at}.client_cert"), c)));
+        }
         let mut keys: Vec<ApiKey> = a
             .api_keys
             .iter()
@@ -202,15 +209,45 @@ impl Validator {
                 methods.push(AuthMethod::Jwt(settings));
             }
         }
-        if a.api_keys.is_empty() && a.keys_file.is_none() && a.jwt.is_none() {
+        if a.api_keys.is_empty() && a.keys_file.is_none() && a.jwt.is_none() && a.client_cert.is_none() {
             self.err(
                 at,
                 "",
-                "names no method; add `api_keys: [{sha256: ..., tenant: ...}]`, `keys_file`, `jwt` or `external`",
+                "names no method; add `api_keys: [{sha256: ..., tenant: ...}]`, `keys_file`, `jwt`, `client_cert` \
+                 or `external`",
             );
             return None;
         }
         Some(Auth { sources, methods })
+    }
+
+    /// `auth.client_cert`: the subject field, the tenants allowed and the objects.
+    fn client_cert(&mut self, at: &str, c: &FileClientCertAuth) -> ClientCertAuth {
+        let tenant_from = match c.tenant_from.as_deref() {
+            None | Some("cn") => TenantFrom::Cn,
+            Some("o") => TenantFrom::O,
+            Some("ou") => TenantFrom::Ou,
+            Some("san_dns") => TenantFrom::SanDns,
+            Some(other) => {
+                self.err(
+                    format!("{at}.tenant_from"),
+                    other,
+                    "must be cn (the default), o, ou or san_dns (the first DNS subject alternative name)",
+                );
+                TenantFrom::Cn
+            }
+        };
+        let allow = c.allow.clone().unwrap_or_default();
+        for (k, p) in allow.iter().enumerate() {
+            if p.is_empty() {
+                self.err(
+                    format!("{at}.allow[{k}]"),
+                    p,
+                    "must not be empty; write a tenant or a pattern such as team-*",
+                );
+            }
+        }
+        ClientCertAuth { tenant_from, allow, objects: c.objects.clone().unwrap_or_default() }
     }
 
     fn api_key(&mut self, at: &str, k: &FileApiKey) -> Option<ApiKey> {

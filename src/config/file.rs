@@ -237,6 +237,20 @@ pub struct FileTls {
     pub cert: String,
     /// Path of the PEM private key.
     pub key: String,
+    /// Ask clients for a certificate (mutual TLS); its verified subject can be a route's
+    /// credential (`routes[].auth.client_cert`). Default: none asked.
+    pub client_auth: Option<FileClientAuth>,
+}
+
+/// `listeners[].tls.client_auth:` client certificates checked on this listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClientAuth {
+    /// PEM file of the CA certificates a client's certificate must chain to (re-read on reload).
+    pub ca_file: String,
+    /// `required` (no certificate, or one not from the CA: the TLS handshake fails) or `optional`
+    /// (a client may connect without one). Default: required.
+    pub mode: Option<String>,
 }
 
 /// TLS to a pool's backends or an object namespace's hosts (`tls: {}`: system roots, default SNI).
@@ -438,6 +452,9 @@ pub struct FileAuth {
     pub keys_file: Option<String>,
     /// JSON Web Tokens.
     pub jwt: Option<FileJwt>,
+    /// The client certificate the listener verified (`listeners[].tls.client_auth`): its subject
+    /// names the tenant. Tried before `api_keys` and `jwt`.
+    pub client_cert: Option<FileClientCertAuth>,
     /// Forward authentication: an HTTP endpoint decides (as NGINX `auth_request`, Envoy
     /// `ext_authz`, Traefik ForwardAuth); not combined with the other methods.
     pub external: Option<FileExternalAuth>,
@@ -450,6 +467,20 @@ pub struct FileAuth {
     /// entry is removed before the backend sees the request; `""` turns it off. Default:
     /// `weir.key.`.
     pub subprotocol: Option<String>,
+}
+
+/// `auth.client_cert:` the verified client certificate as the credential.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClientCertAuth {
+    /// The subject field billed as the tenant: `cn`, `o`, `ou` or `san_dns` (the first DNS name
+    /// of the subject alternative names). Default: cn.
+    pub tenant_from: Option<String>,
+    /// Tenants admitted (`*` wildcards), matched against that field. Default: any verified
+    /// certificate.
+    pub allow: Option<Vec<String>>,
+    /// Object ids its connections may open (`*` wildcards). Default: any.
+    pub objects: Option<Vec<String>>,
 }
 
 /// One `auth.api_keys[]` entry.

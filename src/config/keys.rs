@@ -169,11 +169,18 @@ static AUTH: Section = Section {
         opt("api_keys", Kind::List(&Kind::Map(&API_KEY))),
         opt("keys_file", Text),
         opt("jwt", Kind::Map(&JWT)),
+        opt("client_cert", Kind::Map(&CLIENT_CERT_AUTH)),
         opt("external", Kind::Map(&EXTERNAL_AUTH)),
         opt("header", Text),
         opt("query", Text),
         opt("subprotocol", Text),
     ],
+};
+
+static CLIENT_CERT_AUTH: Section = Section {
+    what: "`client_cert`",
+    file_struct: "FileClientCertAuth",
+    keys: &[opt("tenant_from", Text), opt("allow", Kind::List(&Text)), opt("objects", Kind::List(&Text))],
 };
 
 static API_KEY: Section = Section {
@@ -266,7 +273,17 @@ static LISTENER: Section = Section {
 static TLS: Section = Section {
     what: "`tls`",
     file_struct: "FileTls",
-    keys: &[req("cert", Text, "/etc/weir/cert.pem"), req("key", Text, "/etc/weir/key.pem")],
+    keys: &[
+        req("cert", Text, "/etc/weir/cert.pem"),
+        req("key", Text, "/etc/weir/key.pem"),
+        opt("client_auth", Kind::Map(&CLIENT_AUTH)),
+    ],
+};
+
+static CLIENT_AUTH: Section = Section {
+    what: "`client_auth`",
+    file_struct: "FileClientAuth",
+    keys: &[req("ca_file", Text, "/etc/weir/clients-ca.pem"), opt("mode", Text)],
 };
 
 static ADMIN: Section = Section {

@@ -123,6 +123,24 @@ pub fn warnings(config: &Config) -> Vec<String> {
             ));
         }
     };
+    let cert_routes: Vec<&str> = config
+        .routes
+        .iter()
+        .filter(|r| r.auth.iter().flat_map(|a| &a.methods).any(|m| matches!(m, AuthMethod::ClientCert(_))))
+        .map(|r| r.name.as_str())
+        .collect();
+    if !cert_routes.is_empty() {
+        for (i, l) in config.listeners.iter().enumerate() {
+            if l.tls.as_ref().is_none_or(|t| t.client_auth.is_none()) {
+                out.push(format!(
+                    "listeners[{i}]: {} asks for no client certificate, so routes {cert_routes:?} (auth.client_cert) \
+                     admit its clients only by their other methods (else 401); add tls.client_auth to it or \
+                     bind it elsewhere",
+                    l.address
+                ));
+            }
+        }
+    }
     for (i, p) in config.pools.iter().enumerate() {
         unverified(format!("pools[{i}].tls"), &p.tls, &mut out);
     }

@@ -246,6 +246,17 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Private key path.
     pub key: PathBuf,
+    /// Client certificates asked for (mutual TLS), if any.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// `listeners[].tls.client_auth`: the client CA and whether a certificate is required.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    /// PEM file of the trusted client CAs (re-read on reload).
+    pub ca_file: PathBuf,
+    /// Required or optional.
+    pub mode: crate::client_cert::Mode,
 }
 
 /// Handshake-phase timeouts.
@@ -480,6 +491,32 @@ pub enum AuthMethod {
     Jwt(JwtSettings),
     /// An HTTP endpoint that decides (forward authentication); the only method when set.
     External(ExternalAuth),
+    /// The client certificate the listener verified (mutual TLS).
+    ClientCert(ClientCertAuth),
+}
+
+/// `auth.client_cert`: which subject field is the tenant, and which tenants are admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertAuth {
+    /// The subject field billed as the tenant.
+    pub tenant_from: TenantFrom,
+    /// Tenants admitted (`*` wildcards); empty: any.
+    pub allow: Vec<String>,
+    /// Object ids its connections may open (`*` wildcards); empty: any.
+    pub objects: Vec<String>,
+}
+
+/// A subject field of a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantFrom {
+    /// The common name (CN).
+    Cn,
+    /// The organization (O).
+    O,
+    /// The organizational unit (OU).
+    Ou,
+    /// The first DNS name of the subject alternative names.
+    SanDns,
 }
 
 /// Forward authentication (`auth.external`): weir asks an HTTP endpoint about each upgrade.

@@ -709,3 +709,46 @@ fn backend_and_sink_tls_resolve_paths_name_bad_keys_and_warn_without_verificatio
     assert!(e.contains("pools[0].tls.client_cert") && e.contains("client_key"), "{e}");
     assert!(e.contains("usage.sinks[0].ca_file") && e.contains("https:// URLs only"), "{e}");
 }
+
+#[test]
+fn client_certificates_need_a_listener_that_asks_for_them_and_bad_values_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    for f in ["ca.pem", "cert.pem"] {
+        std::fs::write(dir.path().join(f), cert.cert.pem()).unwrap();
+    }
+    std::fs::write(dir.path().join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+    let route = "routes: [{path_prefix: /, pool: p, auth: {client_cert: {tenant_from: o, allow: [\"t-*\"]}}}]";
+    let mtls = "{address: \"127.0.0.1:8443\", tls: {cert: cert.pem, key: key.pem, client_auth: {ca_file: ca.pem, mode: optional}}}";
+    let yaml = |listeners: &str| {
+        format!("listeners: [{listeners}]\npools: [{{name: p, backends: [\"127.0.0.1:9000\"]}}]\n{route}\n")
+    };
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, yaml(&format!("{mtls}, {{address: \"127.0.0.1:8080\"}}"))).unwrap();
+    let c = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let ca = c.listeners[0].tls.as_ref().and_then(|t| t.client_auth.as_ref()).expect("client_auth");
+    assert_eq!(
+        (ca.ca_file.as_path(), ca.mode),
+        (dir.path().join("ca.pem").as_path(), crate::client_cert::Mode::Optional)
+    );
+    match &c.routes[0].auth.as_ref().expect("auth").methods[0] {
+        AuthMethod::ClientCert(a) => {
+            assert_eq!((a.tenant_from, a.allow.as_slice()), (TenantFrom::O, &["t-*".to_string()][..]))
+        }
+        other => panic!("{other:?}"),
+    }
+    let w = warnings(&c);
+    assert!(w.iter().any(|w| w.starts_with("listeners[1]: 127.0.0.1:8080 asks for no client certificate")), "{w:?}");
+
+    std::fs::write(&path, yaml("{address: \"127.0.0.1:8080\"}")).unwrap();
+    let e = load(&path).unwrap_err().to_string();
+    assert!(e.contains("routes[0].auth.client_cert") && e.contains("no listener asks for client certificates"), "{e}");
+
+    let bad = yaml(&mtls.replace("mode: optional", "mode: sometimes").replace("ca_file: ca.pem", "ca_file: key.pem"))
+        .replace("tenant_from: o", "tenant_from: email");
+    std::fs::write(&path, bad).unwrap();
+    let e = load(&path).unwrap_err().to_string();
+    assert!(e.contains("listeners[0].tls.client_auth.mode") && e.contains("sometimes"), "{e}");
+    assert!(e.contains("listeners[0].tls.client_auth.ca_file") && e.contains("no PEM certificate"), "{e}");
+    assert!(e.contains("routes[0].auth.client_cert.tenant_from") && e.contains("email"), "{e}");
+}

@@ -240,6 +240,20 @@ impl Validator {
                 );
             }
         }
+        // A certificate credential needs a listener that asks for certificates (see also the
+        // warning in `warnings` for listeners that do not).
+        if !listeners.iter().any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some())) {
+            for (i, r) in f.routes.iter().enumerate() {
+                if r.auth.as_ref().is_some_and(|a| a.client_cert.is_some()) {
+                    self.err(
+                        format!("routes[{i}].auth.client_cert"),
+                        "",
+                        "no listener asks for client certificates, so this method could never admit; add \
+                         `tls: {cert, key, client_auth: {ca_file: ...}}` to a listener or remove client_cert",
+                    );
+                }
+            }
+        }
         let billing_units = f.billing.as_ref().map(|b| self.billing(b)).unwrap_or_default();
         let echo = self.echo(&f.echo);
         let admission = self.admission(&f.admission);
@@ -513,9 +527,39 @@ impl Validator {
         let tls = l.tls.as_ref().map(|t| TlsFiles {
             cert: self.existing_file(&format!("listeners[{i}].tls.cert"), &t.cert),
             key: self.existing_file(&format!("listeners[{i}].tls.key"), &t.key),
+            client_auth: t
+                .client_auth
+                .as_ref()
+                .map(|c| self.client_auth(&format!("listeners[{i}].tls.client_auth"), c)),
         });
         let proxy_protocol = l.proxy_protocol.unwrap_or(false);
         Some(Listener { address: address?, tls, proxy_protocol })
+    }
+
+    /// `listeners[i].tls.client_auth`: the client CA (read now, so a bad file is reported by
+    /// `weir check`) and the mode.
+    fn client_auth(&mut self, at: &str, c: &FileClientAuth) -> ClientAuth {
+        use crate::client_cert::Mode;
+        let mode = match c.mode.as_deref() {
+            None | Some("required") => Mode::Required,
+            Some("optional") => Mode::Optional,
+            Some(other) => {
+                self.err(
+                    format!("{at}.mode"),
+                    other,
+                    "must be required (a client without a certificate from ca_file fails the handshake; \
+                     the default) or optional",
+                );
+                Mode::Required
+            }
+        };
+        let ca_file = self.existing_file(&format!("{at}.ca_file"), &c.ca_file);
+        if ca_file.is_file() {
+            if let Err(e) = crate::tls_client::certs(&ca_file) {
+                self.err(format!("{at}.ca_file"), &c.ca_file, format!("{e}; give a PEM file of CA certificates"));
+            }
+        }
+        ClientAuth { ca_file, mode }
     }
 
     /// `trusted_proxies`: CIDRs (or single addresses).

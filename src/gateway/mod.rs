@@ -186,6 +186,8 @@ pub struct Request {
     pub meter: Meter,
     /// The client came over TLS.
     pub tls: bool,
+    /// The client certificate its listener verified (`listeners[].tls.client_auth`), if any.
+    pub peer: Option<Arc<crate::client_cert::PeerCert>>,
     /// Route name (the `route` label).
     pub route: String,
     /// Its pool, or its namespace on object routes (the `pool` / `namespace` labels).
@@ -253,7 +255,11 @@ impl Gateway {
         let digest = stream.get_socket_digest();
         let mut client = digest.as_ref().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
         let local = digest.as_ref().and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        let tls = stream.get_ssl_digest().is_some();
+        let ssl = stream.get_ssl_digest();
+        let tls = ssl.is_some();
+        // Set only by the listener's post-handshake hook, after rustls verified the chain.
+        let peer = crate::client_cert::peer_cert(ssl.as_deref());
+        drop(ssl);
         let mut already = Vec::new();
         let timeouts = self.current.load().config.timeouts;
         if tls && self.proxy_listeners.expects(local) {
@@ -336,6 +342,7 @@ impl Gateway {
             head,
             meter,
             tls,
+            peer,
             route: route.name.clone(),
             place,
             limits: route.limits,
@@ -424,7 +431,7 @@ impl Gateway {
             self.admit_external(req, ext).await?;
         }
         if let Some(a) = gatekeeper.auth(index) {
-            match a.check(&req.head.target, &req.head.headers) {
+            match a.check(&req.head.target, &req.head.headers, req.peer.as_deref()) {
                 Ok(admitted) => {
                     auth::strip(&mut req.head, &admitted.from);
                     req.grant.key_entry = match &admitted.from {

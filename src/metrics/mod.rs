@@ -146,6 +146,8 @@ pub struct Metrics {
     pub spool_quarantined: IntCounter,
     /// See `names::ACCEPT_ERRORS_TOTAL`.
     pub accept_errors: IntCounterVec,
+    /// See `names::TLS_CLIENT_AUTH_TOTAL`.
+    pub tls_client_auth: IntCounterVec,
     /// See `names::OPEN_FDS`.
     pub open_fds: IntGauge,
     /// See `names::MAX_FDS`.
@@ -401,6 +403,12 @@ impl Metrics {
                 ACCEPT_ERRORS_TOTAL,
                 "Failed accepts on weir's own listeners",
                 &[LISTENER, REASON],
+            )?,
+            tls_client_auth: counter(
+                reg,
+                TLS_CLIENT_AUTH_TOTAL,
+                "TLS handshakes on client_auth listeners by client certificate result",
+                &[LISTENER, RESULT],
             )?,
             open_fds: plain_gauge(reg, OPEN_FDS, "File descriptors the process has open")?,
             max_fds: plain_gauge(reg, MAX_FDS, "The process's file descriptor limit (RLIMIT_NOFILE, soft)")?,

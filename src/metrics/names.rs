@@ -34,6 +34,9 @@ pub const TENANT_WIRE_BYTES_TOTAL: &str = "weir_tenant_wire_bytes_total";
 pub const UNITS_TOTAL: &str = "weir_units_total";
 /// Label: a pricing unit's name (`billing.units[].name`).
 pub const UNIT: &str = "unit";
+/// Counter: TLS handshakes on `client_auth` listeners by client certificate result {listener,
+/// result}: `verified`, `none` (optional mode, no certificate) or `rejected` (not from the CA).
+pub const TLS_CLIENT_AUTH_TOTAL: &str = "weir_tls_client_auth_total";
 /// Counter: config reloads (SIGHUP, `POST /api/reload`) by result {result}: `applied` or `rejected`.
 pub const CONFIG_RELOADS_TOTAL: &str = "weir_config_reloads_total";
 /// Gauge: always 1; the SHA-256 (first 16 hex digits) of the config file in force {hash}.
@@ -167,6 +170,7 @@ pub const ROOM_STORE_EVICTIONS_TOTAL: &str = "weir_room_store_evictions_total";
 pub const REJECTIONS_SUMMARISED_TOTAL: &str = "weir_rejections_summarised_total";
 /// Every metric name above, for tests that check dashboards and docs use only known names.
 pub const ALL: &[&str] = &[
+    TLS_CLIENT_AUTH_TOTAL,
     CONNECTIONS_ACTIVE,
     CONNECTIONS_TOTAL,
     CONNECTIONS_STARTED_TOTAL,

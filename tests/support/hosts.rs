@@ -2,7 +2,7 @@
 //! report every connection they served (object id, open and close instants), so a test can
 //! prove no id was served by two hosts at once. A host can be killed (every socket dropped at
 //! once, like a crashed process) or made to fail its health check (`/healthz` upgrades answer
-//! 503) while its WebSockets stay up.
+//! 503) while its WebSockets stay up. A host may speak TLS (`start_tls`).
 
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
@@ -50,6 +50,16 @@ impl ObjectHost {
 
     /// Start a host named `name` on `addr`.
     pub async fn start_on(name: &str, addr: SocketAddr) -> ObjectHost {
+        Self::start_full(name, addr, None).await
+    }
+
+    /// Start a host named `name` on an ephemeral loopback port that speaks TLS with `cert`
+    /// (every connection, health probes included; a client that fails the handshake is dropped).
+    pub async fn start_tls(name: &str, cert: &super::tls::TestCert) -> ObjectHost {
+        Self::start_full(name, "127.0.0.1:0".parse().unwrap(), Some(cert.acceptor())).await
+    }
+
+    async fn start_full(name: &str, addr: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> ObjectHost {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let host = ObjectHost {
@@ -66,7 +76,14 @@ impl ObjectHost {
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (name, visits, healthy, delay) = (name.clone(), visits.clone(), healthy.clone(), delay.clone());
-                let conn = tokio::spawn(serve(stream, name, visits, healthy, delay));
+                let conn = match tls.clone() {
+                    None => tokio::spawn(serve(stream, name, visits, healthy, delay)),
+                    Some(acceptor) => tokio::spawn(async move {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            serve(stream, name, visits, healthy, delay).await;
+                        }
+                    }),
+                };
                 tasks.lock().unwrap().push(conn);
             }
         });
@@ -108,8 +125,8 @@ impl Drop for ObjectHost {
     }
 }
 
-async fn serve(
-    stream: tokio::net::TcpStream,
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: S,
     name: String,
     visits: Arc<Mutex<Vec<Visit>>>,
     healthy: Arc<AtomicBool>,

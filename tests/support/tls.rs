@@ -1,6 +1,7 @@
 //! TLS for tests: a self-signed certificate for `localhost` in a temporary directory (for a
 //! `listeners[].tls`, a backend's `ca_file`, PostgreSQL's `ssl_cert_file`), a rustls client that
-//! trusts only it, a rustls acceptor serving it, and a `wss://` WebSocket backend.
+//! trusts only it (optionally presenting a client certificate), a rustls acceptor serving it, a
+//! `wss://` WebSocket backend, and a CA issuing client certificates (`TestCa`, for mutual TLS).
 
 use super::backends::{ws_config, Backend, Seen};
 use std::net::SocketAddr;
@@ -65,14 +66,31 @@ impl TestCert {
 
     /// Run a TLS client handshake for `localhost` over `io`, trusting only this certificate.
     pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(&self, io: S) -> std::io::Result<TlsStream<S>> {
+        self.connect_as(io, None).await
+    }
+
+    /// As `connect`, presenting `client` (a certificate and its key) when the server asks.
+    pub async fn connect_as<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: S,
+        client: Option<&ClientCert>,
+    ) -> std::io::Result<TlsStream<S>> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.der.clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let config = match client {
+            None => config.with_no_client_auth(),
+            Some(c) => config
+                .with_client_auth_cert(
+                    vec![c.der.clone()],
+                    rustls::pki_types::PrivateKeyDer::Pkcs8(c.key_der.clone().into()),
+                )
+                .unwrap(),
+        };
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let connect = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, io);
         tokio::time::timeout(super::DEADLINE, connect).await.map_err(|_| std::io::Error::other("TLS timed out"))?
@@ -115,4 +133,57 @@ where
         }
     });
     Backend::new(addr, seen, task)
+}
+
+/// A certificate authority for client certificates: its certificate as a PEM file (a listener's
+/// `client_auth.ca_file`) and the means to sign client certificates.
+pub struct TestCa {
+    /// The CA certificate (PEM).
+    pub cert: PathBuf,
+    ca: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    _dir: tempfile::TempDir,
+}
+
+/// A client certificate (DER) and its key, signed by a `TestCa`.
+pub struct ClientCert {
+    der: rustls::pki_types::CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+impl TestCa {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let ca = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("ca.pem");
+        std::fs::write(&cert, ca.pem()).unwrap();
+        TestCa { cert, ca, key, _dir: dir }
+    }
+
+    /// A client certificate with subject CN `cn`, signed by this CA.
+    pub fn client(&self, cn: &str) -> ClientCert {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.ca, &self.key).unwrap();
+        ClientCert { der: cert.der().clone(), key_der: key.serialize_der() }
+    }
+}
+
+impl TestCert {
+    /// The listener lines (as `listener_yaml`) that also ask for client certificates from `ca`
+    /// (`mode`: required or optional).
+    pub fn mtls_listener_yaml(&self, ca: &std::path::Path, mode: &str) -> String {
+        format!(
+            "{}      client_auth:\n        ca_file: \"{}\"\n        mode: {mode}\n",
+            self.listener_yaml(),
+            ca.display()
+        )
+    }
 }
