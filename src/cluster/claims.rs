@@ -211,32 +211,41 @@ impl Cluster {
         self.metrics.object_claims.with_label_values(&[r.as_str()]).inc();
     }
 
+    /// `key`'s slot, locked, with the lease generation of now; `None` when a release removed
+    /// the slot meanwhile (look again). Fails without a confirmed lease.
+    pub(super) async fn lock_slot(
+        &self,
+        key: &str,
+    ) -> Result<Option<(SlotRef, tokio::sync::OwnedMutexGuard<Slot>, u64)>, ClaimError> {
+        if !self.owner_valid() {
+            // No lease, or one not confirmed recently enough to be sure etcd still has it.
+            return Err(self.failed(ClaimError::Unavailable("lease not confirmed".into())));
+        }
+        let generation = self.generation();
+        let slot = self.claims.slot(key);
+        let state = slot.clone().lock_owned().await;
+        Ok(self.claims.current(key, &slot).then_some((slot, state, generation)))
+    }
+
+    /// Count a failed claim; etcd not answering makes this instance unhealthy.
+    pub(super) fn failed(&self, e: ClaimError) -> ClaimError {
+        self.count(ClaimResult::Failed);
+        if let ClaimError::Unavailable(why) = &e {
+            self.set_healthy(false, why);
+        }
+        e
+    }
+
     /// Find or become the owner of object `id` of `namespace` (a linearizable transaction).
     pub async fn claim(self: &Arc<Self>, namespace: &str, id: &str) -> Result<Claim, ClaimError> {
         let key = self.object_key(namespace, id);
         // Bounded: the slot changes only when a release removes it between two looks.
         for _ in 0..8 {
-            if !self.owner_valid() {
-                // No lease, or one not confirmed recently enough to be sure etcd still has it.
-                self.count(ClaimResult::Failed);
-                return Err(ClaimError::Unavailable("lease not confirmed".into()));
-            }
-            let generation = self.generation();
-            let slot = self.claims.slot(&key);
-            let mut state = slot.clone().lock_owned().await;
-            if !self.claims.current(&key, &slot) {
-                continue;
-            }
+            let Some((slot, mut state, generation)) = self.lock_slot(&key).await? else { continue };
             if let Some(token) = state.token {
                 state.holders += 1;
                 self.count(ClaimResult::Mine);
-                return Ok(Claim::Mine(ClaimGuard {
-                    cluster: self.clone(),
-                    key,
-                    slot: slot.clone(),
-                    token,
-                    generation,
-                }));
+                return Ok(Claim::Mine(ClaimGuard::new(self, key, slot.clone(), token, generation)));
             }
             let result = self.claim_in_etcd(&key).await;
             let claim = match result {
@@ -248,25 +257,13 @@ impl Cluster {
                     });
                     state.token = Some(token);
                     state.holders = 1;
-                    return Ok(Claim::Mine(ClaimGuard {
-                        cluster: self.clone(),
-                        key,
-                        slot: slot.clone(),
-                        token,
-                        generation,
-                    }));
+                    return Ok(Claim::Mine(ClaimGuard::new(self, key, slot.clone(), token, generation)));
                 }
                 Ok(Found::Elsewhere { owner, peer, token }) => {
                     self.count(ClaimResult::Elsewhere);
                     Ok(Claim::Elsewhere { owner, peer, token })
                 }
-                Err(e) => {
-                    self.count(ClaimResult::Failed);
-                    if let ClaimError::Unavailable(why) = &e {
-                        self.set_healthy(false, why);
-                    }
-                    Err(e)
-                }
+                Err(e) => Err(self.failed(e)),
             };
             self.claims.forget(&key, &slot, &state);
             return claim;

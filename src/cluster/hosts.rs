@@ -54,16 +54,7 @@ impl Cluster {
         let prefix = format!("{}/hosts/{namespace}/{id}/", self.config.name);
         let key = format!("{prefix}{}", self.config.instance);
         for _ in 0..8 {
-            if !self.owner_valid() {
-                self.count(ClaimResult::Failed);
-                return Err(ClaimError::Unavailable("lease not confirmed".into()));
-            }
-            let generation = self.generation();
-            let slot = self.claims.slot(&key);
-            let mut state = slot.clone().lock_owned().await;
-            if !self.claims.current(&key, &slot) {
-                continue;
-            }
+            let Some((slot, mut state, generation)) = self.lock_slot(&key).await? else { continue };
             if let (Some(token), Some(host)) = (state.token, state.host.clone()) {
                 state.holders += 1;
                 self.count(ClaimResult::Mine);
@@ -83,13 +74,7 @@ impl Cluster {
                     }));
                 }
                 Ok(None) => Ok(None),
-                Err(e) => {
-                    self.count(ClaimResult::Failed);
-                    if let ClaimError::Unavailable(why) = &e {
-                        self.set_healthy(false, why);
-                    }
-                    Err(e)
-                }
+                Err(e) => Err(self.failed(e)),
             };
             self.claims.forget(&key, &slot, &state);
             return claim;
