@@ -20,6 +20,7 @@ pub mod accounting;
 pub mod echo;
 pub mod history;
 pub mod id;
+pub mod kept;
 pub mod placement;
 pub mod registry;
 pub mod room;
