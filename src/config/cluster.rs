@@ -83,6 +83,27 @@ impl Validator {
                 Vec::new()
             }
         };
+        let history = c.history.as_ref().map(|h| {
+            let ca_file = h.ca_file.as_ref().map(|p| self.existing_file("cluster.history.ca_file", p));
+            match crate::config::pg_url::TlsMode::of(&h.postgres) {
+                Ok((crate::config::pg_url::TlsMode::Off, _)) if ca_file.is_some() => self.err(
+                    "cluster.history.ca_file",
+                    h.ca_file.as_deref().unwrap_or_default(),
+                    "applies to TLS only; add sslmode=verify-full (or require) to cluster.history.postgres, or remove ca_file",
+                ),
+                Ok(_) => {}
+                // The connection string is not shown: it may hold a password.
+                Err(e) => self.err("cluster.history.postgres", "(connection string)", e),
+            }
+            if h.postgres.trim().is_empty() {
+                self.err(
+                    "cluster.history.postgres",
+                    "\"\"",
+                    "name the database, e.g. \"host=127.0.0.1 user=weir dbname=weir\"",
+                );
+            }
+            crate::config::model::ClusterHistory { postgres: h.postgres.clone(), ca_file }
+        });
         if self.error_count() > before {
             return None;
         }
@@ -93,6 +114,7 @@ impl Validator {
             lease_ttl,
             peer_address: peer_address?,
             secret,
+            history,
         })
     }
 }

@@ -42,7 +42,9 @@ const ROOM_MAX_SEND: usize = 64 << 20;
 pub type Ended<S> = (Option<S>, Option<Cause>);
 
 /// Run `object` for object id `id` over the client stream `io`; `live` is the connection's
-/// live-set entry (operator pushes to it reach a room member; the echo takes none).
+/// live-set entry (operator pushes to it reach a room member; the echo takes none); `join` is
+/// how a room member joins (fencing token, `?since=`; the echo ignores it).
+#[allow(clippy::too_many_arguments)]
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     object: Object,
     id: &str,
@@ -51,6 +53,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     shutdown: watch::Receiver<bool>,
     grace: Duration,
     live: Option<Arc<Live>>,
+    join: room::Join,
 ) -> Ended<S> {
     let config = match &object {
         Object::Echo { max_message } => crate::ws::ws_config(*max_message, *max_message),
@@ -60,6 +63,6 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     match object {
         Object::Echo { .. } => echo::serve(ws, handle, shutdown, grace, live).await,
-        Object::Room(rooms) => room::serve(rooms, id, ws, handle, live, shutdown, grace).await,
+        Object::Room(rooms) => room::serve(rooms, id, join, ws, handle, live, shutdown, grace).await,
     }
 }
