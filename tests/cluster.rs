@@ -6,6 +6,7 @@
 //! routes go on).
 
 use crate::support::etcd::Etcd;
+use crate::support::postgres::Postgres;
 use crate::support::{connect, drain_until_end, eventually, free_port, metric, recv, Client, Weir, DEADLINE};
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
@@ -24,6 +25,12 @@ struct Cluster {
 }
 
 async fn start_cluster(n: usize) -> Cluster {
+    start_cluster_with(n, CONFIG, "").await
+}
+
+/// `start_cluster` with another objects/pools/routes `config` and `cluster_extra` lines in
+/// `cluster:` (e.g. `  history: {postgres: "…"}\n`).
+async fn start_cluster_with(n: usize, config: &str, cluster_extra: &str) -> Cluster {
     let etcd = Etcd::start().await;
     let secret = tempfile::tempdir().expect("tempdir");
     let secret_file = secret.path().join("peer.secret");
@@ -33,11 +40,11 @@ async fn start_cluster(n: usize) -> Cluster {
     for i in 0..n {
         let peer = format!("127.0.0.1:{}", free_port());
         let extra = format!(
-            "cluster:\n  name: t\n  instance: weir-{i}\n  etcd: [\"127.0.0.1:{}\"]\n  lease_ttl: 2s\n  peer: {{address: \"{peer}\", secret_file: \"{}\"}}\n",
+            "cluster:\n  name: t\n  instance: weir-{i}\n  etcd: [\"127.0.0.1:{}\"]\n  lease_ttl: 2s\n  peer: {{address: \"{peer}\", secret_file: \"{}\"}}\n{cluster_extra}",
             etcd.port,
             secret_file.display()
         );
-        weirs.push(Weir::start_with(CONFIG, &extra).await);
+        weirs.push(Weir::start_with(config, &extra).await);
         peers.push(peer);
     }
     for w in &weirs {
@@ -232,4 +239,105 @@ async fn while_etcd_is_down_object_routes_answer_503_and_pool_routes_work() {
         assert_eq!(recv(&mut echo).await, Message::text("ping"));
     }
     eprintln!("cluster: object routes refused {refused_after:?} after etcd stopped");
+}
+
+/// Join `path` through `weir`: the client, its welcome and the history it announces; `None`
+/// while the owner is moving (503).
+async fn try_join_path(weir: &Weir, path: &str) -> Option<(Client, serde_json::Value, Vec<String>)> {
+    let connecting = tokio_tungstenite::connect_async(weir.url(path));
+    match tokio::time::timeout(DEADLINE, connecting).await.expect("connect timed out") {
+        Ok((mut ws, _)) => {
+            let first = recv(&mut ws).await;
+            let Message::Text(welcome) = first else {
+                // The room may refuse the join right after the 101 while it moves (1012).
+                return None;
+            };
+            let welcome: serde_json::Value = serde_json::from_str(welcome.as_str()).expect("welcome JSON");
+            assert_eq!(welcome["weir"], "welcome");
+            let mut history = Vec::new();
+            for _ in 0..welcome["history"].as_u64().unwrap_or(0) {
+                history.push(recv(&mut ws).await.into_text().expect("text").to_string());
+            }
+            Some((ws, welcome, history))
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503, "{}", weir.log());
+            None
+        }
+        Err(e) => panic!("connect failed: {e}\n{}", weir.log()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_postgres_history_a_client_resumes_exactly_after_the_owner_is_killed() {
+    const SENT: usize = 3000;
+    let pg = Postgres::start_new().await;
+    let config = CONFIG.replace("room: {history: 100, send_queue: 256}", "room: {history: 10000, send_queue: 4096}");
+    let history = format!("  history: {{postgres: \"{}\"}}\n", pg.url());
+    let mut c = start_cluster_with(3, &config, &history).await;
+    // weir-0 owns the room; the listener and the sender are relayed from weir-1 and weir-2.
+    let _owner_side = join(&c.weirs[0], "lobby").await;
+    let (mut listener, welcome, _) = try_join_path(&c.weirs[1], "/rooms/lobby").await.expect("join");
+    assert_eq!((welcome["seq"].as_u64(), welcome["from"].as_u64()), (Some(0), Some(1)), "{welcome}");
+    let mut sender = join(&c.weirs[2], "lobby").await;
+    let sending = tokio::spawn(async move {
+        for i in 1..=SENT {
+            if sender.send(Message::text(format!("m{i}"))).await.is_err() {
+                return;
+            }
+        }
+    });
+    // The listener numbers what it receives (it never sends): history F..S, then +1 each.
+    let mut seen: Vec<String> = Vec::new();
+    let mut killed = false;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    for _ in 0..SENT + 100 {
+        match tokio::time::timeout_at(deadline, listener.next()).await.expect("the listener got no close") {
+            Some(Ok(Message::Text(t))) => {
+                let is_event = serde_json::from_str::<serde_json::Value>(t.as_str()).is_ok_and(|v| v.get("weir").is_some());
+                if !is_event {
+                    seen.push(t.to_string());
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1012));
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+        if seen.len() >= 10 && !killed {
+            c.weirs[0].kill9();
+            killed = true;
+        }
+    }
+    assert!(killed, "the owner was killed while messages flowed");
+    let _ = sending.await;
+    let last_seen = seen.len();
+    assert!(last_seen < SENT, "the owner died before every message was delivered ({last_seen})");
+    let expected: Vec<String> = (1..=last_seen).map(|i| format!("m{i}")).collect();
+    assert_eq!(seen, expected, "the listener saw the room's order");
+    // Back through weir-1 with since=<last seen>: the new owner (weir-1 or weir-2) sends
+    // exactly the missed ones, none twice.
+    let (mut back, welcome, missed) = eventually("a new owner", || async {
+        try_join_path(&c.weirs[1], &format!("/rooms/lobby?since={last_seen}")).await
+    })
+    .await;
+    let seq = welcome["seq"].as_u64().expect("seq") as usize;
+    assert_eq!((welcome["from"].as_u64(), welcome["gap"].as_bool()), (Some(last_seen as u64 + 1), Some(false)), "{welcome}");
+    let resumed: Vec<String> = (last_seen + 1..=seq).map(|i| format!("m{i}")).collect();
+    assert_eq!(missed, resumed, "exactly the missed messages, in order");
+    // The history is intact at the new owner: messages 1..=seq, in order, each once.
+    let (_, welcome, all) = try_join_path(&c.weirs[2], "/rooms/lobby").await.expect("join the new owner");
+    assert_eq!((welcome["seq"].as_u64(), welcome["from"].as_u64()), (Some(seq as u64), Some(1)), "{welcome}");
+    assert_eq!(all, (1..=seq).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    let rows = pg.count("SELECT count(*) FROM weir_room_history WHERE namespace = 'rooms' AND room = 'lobby'").await;
+    assert_eq!(rows, seq as i64);
+    // Live messages continue the numbers.
+    let mut other = join(&c.weirs[2], "lobby").await;
+    other.send(Message::text("after")).await.expect("send");
+    assert_eq!(member_messages(&mut back, 1).await, vec!["after".to_string()]);
+    let (_, welcome, tail) = try_join_path(&c.weirs[1], &format!("/rooms/lobby?since={seq}")).await.expect("join");
+    assert_eq!((welcome["seq"].as_u64(), tail), (Some(seq as u64 + 1), vec!["after".to_string()]));
+    eprintln!("postgres history: {last_seen} seen before the kill, {} resumed, {seq} stored", seq - last_seen);
 }
