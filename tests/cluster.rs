@@ -275,10 +275,11 @@ async fn with_a_postgres_history_a_client_resumes_exactly_after_the_owner_is_kil
     let config = CONFIG.replace("room: {history: 100, send_queue: 256}", "room: {history: 10000, send_queue: 4096}");
     let history = format!("  history: {{postgres: \"{}\"}}\n", pg.url());
     let mut c = start_cluster_with(3, &config, &history).await;
-    // weir-0 owns the room; the listener and the sender are relayed from weir-1 and weir-2.
+    // weir-0 owns the room; the listeners and the sender are relayed from weir-1 and weir-2.
     let _owner_side = join(&c.weirs[0], "lobby").await;
-    let (mut listener, welcome, _) = try_join_path(&c.weirs[1], "/rooms/lobby").await.expect("join");
+    let (mut gone, welcome, _) = try_join_path(&c.weirs[1], "/rooms/lobby").await.expect("join");
     assert_eq!((welcome["seq"].as_u64(), welcome["from"].as_u64()), (Some(0), Some(1)), "{welcome}");
+    let (mut through, _, _) = try_join_path(&c.weirs[2], "/rooms/lobby").await.expect("join");
     let mut sender = join(&c.weirs[2], "lobby").await;
     let sending = tokio::spawn(async move {
         for i in 1..=SENT {
@@ -287,57 +288,79 @@ async fn with_a_postgres_history_a_client_resumes_exactly_after_the_owner_is_kil
             }
         }
     });
-    // The listener numbers what it receives (it never sends): history F..S, then +1 each.
-    let mut seen: Vec<String> = Vec::new();
-    let mut killed = false;
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    for _ in 0..SENT + 100 {
-        match tokio::time::timeout_at(deadline, listener.next()).await.expect("the listener got no close") {
-            Some(Ok(Message::Text(t))) => {
-                let is_event = serde_json::from_str::<serde_json::Value>(t.as_str()).is_ok_and(|v| v.get("weir").is_some());
-                if !is_event {
-                    seen.push(t.to_string());
+    // `through` reads until the owner's death closes it with 1012. Listeners number what they
+    // receive (they never send): history F..S, then +1 each.
+    let reading = tokio::spawn(async move {
+        let mut seen: Vec<String> = Vec::new();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        for _ in 0..SENT + 100 {
+            match tokio::time::timeout_at(deadline, through.next()).await.expect("no close in time") {
+                Some(Ok(Message::Text(t))) => {
+                    let is_event =
+                        serde_json::from_str::<serde_json::Value>(t.as_str()).is_ok_and(|v| v.get("weir").is_some());
+                    if !is_event {
+                        seen.push(t.to_string());
+                    }
                 }
+                Some(Ok(Message::Close(frame))) => {
+                    assert_eq!(frame.map(|f| u16::from(f.code)), Some(1012));
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
             }
-            Some(Ok(Message::Close(frame))) => {
-                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1012));
-                break;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => break,
         }
-        if seen.len() >= 10 && !killed {
-            c.weirs[0].kill9();
-            killed = true;
-        }
-    }
-    assert!(killed, "the owner was killed while messages flowed");
+        seen
+    });
+    // `gone` sees 10 messages and loses its connection; the room goes on, then its owner dies.
+    let gone_seen = member_messages(&mut gone, 10).await;
+    drop(gone);
+    let stored = || async {
+        pg.count("SELECT count(*) FROM weir_room_history WHERE namespace = 'rooms' AND room = 'lobby'").await
+    };
+    eventually("100 more messages stored", || async { (stored().await >= 110).then_some(()) }).await;
+    let stored_at_kill = stored().await;
+    c.weirs[0].kill9();
     let _ = sending.await;
-    let last_seen = seen.len();
-    assert!(last_seen < SENT, "the owner died before every message was delivered ({last_seen})");
-    let expected: Vec<String> = (1..=last_seen).map(|i| format!("m{i}")).collect();
-    assert_eq!(seen, expected, "the listener saw the room's order");
+    let through_seen = reading.await.expect("reader");
+    let numbered = |n: usize| (1..=n).map(|i| format!("m{i}")).collect::<Vec<String>>();
+    assert_eq!(gone_seen, numbered(10), "the room's order");
+    assert_eq!(through_seen, numbered(through_seen.len()), "the room's order");
     // Back through weir-1 with since=<last seen>: the new owner (weir-1 or weir-2) sends
     // exactly the missed ones, none twice.
-    let (mut back, welcome, missed) = eventually("a new owner", || async {
-        try_join_path(&c.weirs[1], &format!("/rooms/lobby?since={last_seen}")).await
-    })
-    .await;
-    let seq = welcome["seq"].as_u64().expect("seq") as usize;
-    assert_eq!((welcome["from"].as_u64(), welcome["gap"].as_bool()), (Some(last_seen as u64 + 1), Some(false)), "{welcome}");
-    let resumed: Vec<String> = (last_seen + 1..=seq).map(|i| format!("m{i}")).collect();
-    assert_eq!(missed, resumed, "exactly the missed messages, in order");
+    let mut seq = 0;
+    let mut back = Vec::new();
+    for (name, last_seen) in [("gone", 10), ("through", through_seen.len())] {
+        let (ws, welcome, missed) = eventually("a new owner", || async {
+            try_join_path(&c.weirs[1], &format!("/rooms/lobby?since={last_seen}")).await
+        })
+        .await;
+        seq = welcome["seq"].as_u64().expect("seq") as usize;
+        assert_eq!(
+            (welcome["from"].as_u64(), welcome["gap"].as_bool()),
+            (Some(last_seen as u64 + 1), Some(false)),
+            "{name}: {welcome}"
+        );
+        let resumed: Vec<String> = (last_seen + 1..=seq).map(|i| format!("m{i}")).collect();
+        assert_eq!(missed, resumed, "{name}: exactly the missed messages, in order");
+        back.push(ws);
+    }
+    assert!(seq as i64 >= stored_at_kill, "every stored message is kept: {seq} < {stored_at_kill}");
+    assert!(stored_at_kill < SENT as i64, "the owner died while messages flowed");
     // The history is intact at the new owner: messages 1..=seq, in order, each once.
     let (_, welcome, all) = try_join_path(&c.weirs[2], "/rooms/lobby").await.expect("join the new owner");
     assert_eq!((welcome["seq"].as_u64(), welcome["from"].as_u64()), (Some(seq as u64), Some(1)), "{welcome}");
-    assert_eq!(all, (1..=seq).map(|i| format!("m{i}")).collect::<Vec<_>>());
-    let rows = pg.count("SELECT count(*) FROM weir_room_history WHERE namespace = 'rooms' AND room = 'lobby'").await;
-    assert_eq!(rows, seq as i64);
+    assert_eq!(all, numbered(seq));
+    assert_eq!(stored().await, seq as i64);
     // Live messages continue the numbers.
     let mut other = join(&c.weirs[2], "lobby").await;
     other.send(Message::text("after")).await.expect("send");
-    assert_eq!(member_messages(&mut back, 1).await, vec!["after".to_string()]);
+    assert_eq!(member_messages(&mut back[0], 1).await, vec!["after".to_string()]);
     let (_, welcome, tail) = try_join_path(&c.weirs[1], &format!("/rooms/lobby?since={seq}")).await.expect("join");
     assert_eq!((welcome["seq"].as_u64(), tail), (Some(seq as u64 + 1), vec!["after".to_string()]));
-    eprintln!("postgres history: {last_seen} seen before the kill, {} resumed, {seq} stored", seq - last_seen);
+    let last_seen = through_seen.len();
+    eprintln!(
+        "postgres history: killed at {stored_at_kill} of {SENT} stored; {last_seen} seen through the kill, {} resumed; {seq} stored",
+        seq - last_seen
+    );
 }

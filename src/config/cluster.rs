@@ -162,6 +162,29 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_history_is_read_and_its_errors_named_without_the_connection_string() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("peer.secret"), "0123456789abcdef-secret\n").unwrap();
+        let base = "{name: prod, instance: weir-a, etcd: [\"127.0.0.1:2379\"], peer: {address: \"127.0.0.1:7443\", secret_file: peer.secret}";
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            yaml(&format!("{base}, history: {{postgres: \"host=db user=weir password=hunter2\"}}}}")),
+        )
+        .unwrap();
+        let c = crate::config::load(&path).unwrap().cluster.unwrap();
+        let h = c.history.clone().unwrap();
+        assert_eq!((h.postgres.as_str(), h.ca_file), ("host=db user=weir password=hunter2", None));
+        assert!(!format!("{c:?}").contains("hunter2"), "the connection string is never shown");
+        std::fs::write(&path, yaml(&format!("{base}, history: {{postgres: \"host=db password=hunter2 sslmode=sometimes\", ca_file: /nonexistent/ca.pem}}}}"))).unwrap();
+        let errors = crate::config::load(&path).unwrap_err().to_string();
+        for key in ["cluster.history.postgres", "cluster.history.ca_file", "verify-full"] {
+            assert!(errors.contains(key), "no {key} in {errors}");
+        }
+        assert!(!errors.contains("hunter2"), "{errors}");
+    }
+
+    #[test]
     fn a_missing_key_is_named() {
         let text = yaml("{name: prod, instance: a, etcd: [\"127.0.0.1:2379\"]}");
         let errors = match parse(&text, "t.yaml") {

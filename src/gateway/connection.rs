@@ -141,7 +141,8 @@ impl Gateway {
                 let pushes = live;
                 let tap = Tap::new(client, early, Self::policies(chunks, 0, None), observer);
                 tokio::spawn(async move {
-                    let report = match session::run(object, &id, tap, handle, shutdown, grace, Some(pushes), join).await {
+                    let report = match session::run(object, &id, tap, handle, shutdown, grace, Some(pushes), join).await
+                    {
                         (Some(tap), cause) => tap.finish(cause).0,
                         (None, _) => {
                             tracing::warn!(

@@ -101,7 +101,8 @@ impl PgHistory {
             return Ok(c.clone());
         }
         *guard = None;
-        let client = pg_tls::connect(&self.url, self.ca_file.as_deref(), "room history").await.map_err(PgError::Store)?;
+        let client =
+            pg_tls::connect(&self.url, self.ca_file.as_deref(), "room history").await.map_err(PgError::Store)?;
         // Two instances creating the tables at once may collide once: the second try sees them.
         if let Err(first) = client.batch_execute(SCHEMA).await {
             client.batch_execute(SCHEMA).await.map_err(|e| PgError::Store(format!("create tables: {first}; {e}")))?;

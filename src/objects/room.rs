@@ -510,10 +510,8 @@ impl RoomWriter {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         // Bounded per round by MAX_BATCH; ends when every sender is gone.
         while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let pending: Vec<(Message, Option<u64>, StoredMessage)> = batch
-                .drain(..)
-                .filter_map(|p: Pending| stored(&p.msg).map(|s| (p.msg, p.except, s)))
-                .collect();
+            let pending: Vec<(Message, Option<u64>, StoredMessage)> =
+                batch.drain(..).filter_map(|p: Pending| stored(&p.msg).map(|s| (p.msg, p.except, s))).collect();
             let rows: Vec<(u64, StoredMessage)> =
                 pending.iter().enumerate().map(|(i, (_, _, s))| (self.next + i as u64, s.clone())).collect();
             let ns = &self.rooms.namespace;
