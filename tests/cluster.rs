@@ -364,3 +364,52 @@ async fn with_a_postgres_history_a_client_resumes_exactly_after_the_owner_is_kil
         seq - last_seen
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fenced_append_closes_the_room_with_1012_and_a_store_error_with_1011() {
+    let mut pg = Postgres::start_new().await;
+    let history = format!("  history: {{postgres: \"{}\"}}\n", pg.url());
+    let c = start_cluster_with(1, CONFIG, &history).await;
+    let w = &c.weirs[0];
+    let (mut a, _, _) = try_join_path(w, "/rooms/fenced").await.expect("join");
+    let (mut b, _, _) = try_join_path(w, "/rooms/fenced").await.expect("join");
+    a.send(Message::text("before")).await.expect("send");
+    assert_eq!(member_messages(&mut b, 1).await, vec!["before".to_string()]);
+    // A newer owner took the room in PostgreSQL (as after a partition): the next append is
+    // fenced, nothing is written, every member gets 1012.
+    pg.query("UPDATE weir_room_owner SET token = token + 1000 WHERE room = 'fenced'").await;
+    a.send(Message::text("stale")).await.expect("send");
+    for ws in [&mut a, &mut b] {
+        assert_eq!(close_code(ws, DEADLINE).await, Some(1012));
+    }
+    let fenced = [("namespace", "rooms")];
+    w.metric_eventually("weir_room_history_fenced_total", &fenced, |v| v == 1.0).await;
+    let rows = pg.query("SELECT convert_from(payload, 'UTF8') FROM weir_room_history WHERE room = 'fenced'").await;
+    assert_eq!(rows, vec![vec!["before".to_string()]], "the fenced message was not stored");
+    // A join with the old token is refused with 1012 too, and counted.
+    let refused = tokio_tungstenite::connect_async(w.url("/rooms/fenced")).await;
+    let (mut ws, _) = refused.expect("the 101 comes before the room's answer");
+    assert_eq!(close_code(&mut ws, DEADLINE).await, Some(1012));
+    w.metric_eventually("weir_room_history_fenced_total", &fenced, |v| v == 2.0).await;
+
+    // Another room: PostgreSQL stops, the next message cannot be stored: 1011 for everyone,
+    // nothing delivered; once it is back, a member resumes with since.
+    let (mut a, _, _) = try_join_path(w, "/rooms/outage").await.expect("join");
+    let (mut b, _, _) = try_join_path(w, "/rooms/outage").await.expect("join");
+    a.send(Message::text("one")).await.expect("send");
+    assert_eq!(member_messages(&mut b, 1).await, vec!["one".to_string()]);
+    pg.stop();
+    a.send(Message::text("lost")).await.expect("send");
+    for ws in [&mut a, &mut b] {
+        assert_eq!(close_code(ws, DEADLINE).await, Some(1011));
+    }
+    w.metric_eventually("weir_room_store_errors_total", &[("namespace", "rooms")], |v| v >= 1.0).await;
+    pg.start().await;
+    let (mut back, welcome, missed) =
+        eventually("the room reopens", || async { try_join_path(w, "/rooms/outage?since=0").await }).await;
+    assert_eq!((welcome["seq"].as_u64(), welcome["from"].as_u64()), (Some(1), Some(1)), "{welcome}");
+    assert_eq!(missed, vec!["one".to_string()], "the undelivered message was not kept");
+    let (mut other, _, _) = try_join_path(w, "/rooms/outage").await.expect("join");
+    other.send(Message::text("two")).await.expect("send");
+    assert_eq!(member_messages(&mut back, 1).await, vec!["two".to_string()]);
+}

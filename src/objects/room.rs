@@ -827,3 +827,20 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     };
     (Some(ws.into_inner()), cause)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Join;
+
+    #[test]
+    fn since_is_read_from_the_query_and_anything_odd_is_ignored() {
+        assert_eq!(Join::since_of("/rooms/a?since=42"), Some(42));
+        assert_eq!(Join::since_of("/rooms/a?x=1&since=0&y"), Some(0));
+        assert_eq!(Join::since_of("/rooms/a?since=7#frag"), Some(7));
+        for odd in ["/rooms/a", "/rooms/a?since=", "/rooms/a?since=-1", "/rooms/a?since=1e3", "/rooms/a?since=+5"] {
+            assert_eq!(Join::since_of(odd), None, "{odd}");
+        }
+        assert_eq!(Join::since_of("/rooms/a?since=99999999999999999999999"), None, "over u64");
+        assert_eq!(Join::since_of("/rooms/a?sinceX=3"), None);
+    }
+}
