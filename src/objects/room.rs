@@ -7,11 +7,11 @@
 //! client never slows the room: when its queue is full, or one write to it (the welcome and
 //! history, or a batch of live messages) takes longer than `room.send_timeout`, it is removed and
 //! closed with 1013 ("Try Again Later", `Close::TooSlow`); it may reconnect and gets the history
-//! again (or resumes with `?since=`). A removed member's task stops writing at once (every write watches its kick), drops its
-//! queue and the history it had left to send, gets at most `ws::CLOSE_WAIT` for the close, and
-//! then its socket is dropped. So a member holds at most `room.send_queue` queued messages, the
-//! history (`room.history` messages, `room.history_bytes` bytes) while it is sent, and
-//! tungstenite's write buffer, and nothing once it is removed.
+//! again (or resumes with `?since=`). A removed member's task stops writing at once (every write
+//! watches its kick), drops its queue and the history it had left to send, gets at most
+//! `ws::CLOSE_WAIT` for the close, and then its socket is dropped. So a member holds at most
+//! `room.send_queue` queued messages, the history (`room.history` messages, `room.history_bytes`
+//! bytes) while it is sent, and tungstenite's write buffer, and nothing once it is removed.
 //!
 //! Protocol seen by a client (all weir events are JSON text messages with a `"weir"` key; user
 //! messages are delivered verbatim, text as text and binary as binary):
