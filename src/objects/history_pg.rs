@@ -18,7 +18,8 @@
 //!
 //! Warm path (the room's writer task, once per batch of messages) and cold (a room's open).
 //! One connection for the process, opened on first use and again after it breaks (each call
-//! reconnects when the last connection is closed; a failed call is the caller's to handle:
+//! reconnects when the last connection is closed or did not answer within `OP_TIMEOUT`; a
+//! failed call is the caller's to handle:
 //! the room closes its members with 1011, they reconnect and resume with `?since=`). Queries
 //! of many rooms share the connection (tokio-postgres pipelines them).
 
@@ -26,8 +27,10 @@ use super::history::{kind_byte, kind_of_value, StoredMessage};
 use super::kept::Kept;
 use crate::billing::sinks::pg_tls;
 use bytes::Bytes;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_postgres::Client;
 
 /// `CREATE TABLE` for both tables.
@@ -45,6 +48,9 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS weir_room_owner (
         token bigint NOT NULL,
         at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (namespace, room, seq));";
+
+/// Longest a statement may take; then the call fails (and the connection is replaced).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,12 +110,39 @@ impl PgHistory {
         let client =
             pg_tls::connect(&self.url, self.ca_file.as_deref(), "room history").await.map_err(PgError::Store)?;
         // Two instances creating the tables at once may collide once: the second try sees them.
-        if let Err(first) = client.batch_execute(SCHEMA).await {
-            client.batch_execute(SCHEMA).await.map_err(|e| PgError::Store(format!("create tables: {first}; {e}")))?;
-        }
+        let create = async {
+            if let Err(first) = client.batch_execute(SCHEMA).await {
+                client.batch_execute(SCHEMA).await.map_err(|e| format!("create tables: {first}; {e}"))?;
+            }
+            Ok::<(), String>(())
+        };
+        tokio::time::timeout(OP_TIMEOUT, create)
+            .await
+            .map_err(|_| PgError::Store(format!("create tables: no answer within {OP_TIMEOUT:?}")))?
+            .map_err(PgError::Store)?;
         let client = Arc::new(client);
         *guard = Some(client.clone());
         Ok(client)
+    }
+
+    /// Run `op` on the connection within `OP_TIMEOUT`; a timed-out connection is dropped (the
+    /// next call opens another), as a broken one is.
+    async fn with_client<T, F, Fut>(&self, op: F) -> Result<T, PgError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<T, PgError>>,
+    {
+        let client = self.client().await?;
+        match tokio::time::timeout(OP_TIMEOUT, op(client.clone())).await {
+            Ok(r) => r,
+            Err(_) => {
+                let mut guard = self.client.lock().await;
+                if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client)) {
+                    *guard = None;
+                }
+                Err(PgError::Store(format!("no answer within {OP_TIMEOUT:?}")))
+            }
+        }
     }
 
     /// Open room `room` of `namespace` as its owner with `token`: raise the owner row to it and
@@ -123,54 +156,56 @@ impl PgHistory {
         keep: usize,
         keep_bytes: u64,
     ) -> Result<Kept, PgError> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "INSERT INTO weir_room_owner (namespace, room, token) VALUES ($1, $2, $3)
+        self.with_client(|client| async move {
+            let row = client
+                .query_one(
+                    "INSERT INTO weir_room_owner (namespace, room, token) VALUES ($1, $2, $3)
                  ON CONFLICT (namespace, room) DO UPDATE SET token = GREATEST(weir_room_owner.token, EXCLUDED.token)
                  RETURNING token",
-                &[&namespace, &room, &token],
-            )
-            .await
-            .map_err(store)?;
-        let owner: i64 = row.try_get(0).map_err(store)?;
-        if owner > token {
-            return Err(PgError::Fenced);
-        }
-        let last: i64 = client
-            .query_one(
-                "SELECT COALESCE(MAX(seq), 0) FROM weir_room_history WHERE namespace = $1 AND room = $2",
-                &[&namespace, &room],
-            )
-            .await
-            .map_err(store)?
-            .try_get(0)
-            .map_err(store)?;
-        let limit = i64::try_from(keep).unwrap_or(i64::MAX);
-        let bytes = i64::try_from(keep_bytes).unwrap_or(i64::MAX);
-        let rows = client
-            .query(
-                "SELECT seq, kind, payload FROM (
+                    &[&namespace, &room, &token],
+                )
+                .await
+                .map_err(store)?;
+            let owner: i64 = row.try_get(0).map_err(store)?;
+            if owner > token {
+                return Err(PgError::Fenced);
+            }
+            let last: i64 = client
+                .query_one(
+                    "SELECT COALESCE(MAX(seq), 0) FROM weir_room_history WHERE namespace = $1 AND room = $2",
+                    &[&namespace, &room],
+                )
+                .await
+                .map_err(store)?
+                .try_get(0)
+                .map_err(store)?;
+            let limit = i64::try_from(keep).unwrap_or(i64::MAX);
+            let bytes = i64::try_from(keep_bytes).unwrap_or(i64::MAX);
+            let rows = client
+                .query(
+                    "SELECT seq, kind, payload FROM (
                     SELECT seq, kind, payload, SUM(octet_length(payload)) OVER (ORDER BY seq DESC) AS running
                     FROM weir_room_history WHERE namespace = $1 AND room = $2
                     ORDER BY seq DESC LIMIT $3) AS newest
                  WHERE running <= $4 ORDER BY seq",
-                &[&namespace, &room, &limit, &bytes],
-            )
-            .await
-            .map_err(store)?;
-        let mut kept = Kept::new(keep, keep_bytes, u64::try_from(last).unwrap_or(0));
-        for row in rows {
-            let seq: i64 = row.try_get(0).map_err(store)?;
-            let kind: i16 = row.try_get(1).map_err(store)?;
-            let payload: Vec<u8> = row.try_get(2).map_err(store)?;
-            let Some(kind) = kind_of_value(kind) else {
-                tracing::warn!(namespace, room, seq, kind, "room history: a row of unknown kind is skipped");
-                continue;
-            };
-            kept.push(u64::try_from(seq).unwrap_or(0), StoredMessage { kind, data: Bytes::from(payload) });
-        }
-        Ok(kept)
+                    &[&namespace, &room, &limit, &bytes],
+                )
+                .await
+                .map_err(store)?;
+            let mut kept = Kept::new(keep, keep_bytes, u64::try_from(last).unwrap_or(0));
+            for row in rows {
+                let seq: i64 = row.try_get(0).map_err(store)?;
+                let kind: i16 = row.try_get(1).map_err(store)?;
+                let payload: Vec<u8> = row.try_get(2).map_err(store)?;
+                let Some(kind) = kind_of_value(kind) else {
+                    tracing::warn!(namespace, room, seq, kind, "room history: a row of unknown kind is skipped");
+                    continue;
+                };
+                kept.push(u64::try_from(seq).unwrap_or(0), StoredMessage { kind, data: Bytes::from(payload) });
+            }
+            Ok(kept)
+        })
+        .await
     }
 
     /// Append `batch` (numbered messages, in order) to the room in one statement, if the owner
@@ -191,19 +226,22 @@ impl PgHistory {
         }
         let kinds: Vec<i16> = batch.iter().map(|(_, m)| i16::from(kind_byte(m.kind))).collect();
         let payloads: Vec<&[u8]> = batch.iter().map(|(_, m)| m.data.as_ref()).collect();
-        let client = self.client().await?;
-        let inserted = client
-            .execute(
-                "INSERT INTO weir_room_history (namespace, room, seq, kind, payload, token, at)
+        let inserted = self
+            .with_client(|client| async move {
+                client
+                    .execute(
+                        "INSERT INTO weir_room_history (namespace, room, seq, kind, payload, token, at)
                  SELECT $1::text, $2::text, m.seq, m.kind, m.payload, $3::bigint, now()
                  FROM unnest($4::bigint[], $5::smallint[], $6::bytea[]) AS m(seq, kind, payload)
                  WHERE EXISTS (SELECT 1 FROM weir_room_owner o
                                WHERE o.namespace = $1::text AND o.room = $2::text AND o.token = $3::bigint
                                FOR SHARE)",
-                &[&namespace, &room, &token, &seqs, &kinds, &payloads],
-            )
-            .await
-            .map_err(store)?;
+                        &[&namespace, &room, &token, &seqs, &kinds, &payloads],
+                    )
+                    .await
+                    .map_err(store)
+            })
+            .await?;
         if inserted == 0 {
             return Err(PgError::Fenced);
         }
@@ -214,16 +252,18 @@ impl PgHistory {
     /// row still holds `token`; returns the rows deleted.
     pub async fn trim(&self, namespace: &str, room: &str, token: i64, below: u64) -> Result<u64, PgError> {
         let below = seq_value(below)?;
-        let client = self.client().await?;
-        client
-            .execute(
-                "DELETE FROM weir_room_history
+        self.with_client(|client| async move {
+            client
+                .execute(
+                    "DELETE FROM weir_room_history
                  WHERE namespace = $1 AND room = $2 AND seq < $3
                    AND EXISTS (SELECT 1 FROM weir_room_owner o
                                WHERE o.namespace = $1 AND o.room = $2 AND o.token = $4 FOR SHARE)",
-                &[&namespace, &room, &below, &token],
-            )
-            .await
-            .map_err(store)
+                    &[&namespace, &room, &below, &token],
+                )
+                .await
+                .map_err(store)
+        })
+        .await
     }
 }
