@@ -32,7 +32,8 @@
 //! - `pools`: Pingora load balancers, health probes, the built-in echo backend (warm /
 //!   background).
 //! - `objects`: object namespaces: id → one owner, leases, eviction, accounting, and the objects
-//!   weir serves itself (echo, rooms with history) (warm).
+//!   weir serves itself (echo, rooms with numbered history, in files or shared in
+//!   PostgreSQL) (warm).
 //! - `cluster`: with `cluster:`, object ownership across instances through etcd: membership
 //!   (a lease kept alive), object claims with fencing tokens, the peer hop's first line (warm /
 //!   background).

@@ -7,6 +7,7 @@
 
 use crate::support::etcd::Etcd;
 use crate::support::hosts::ObjectHost;
+use crate::support::postgres::Postgres;
 use crate::support::{connect, drain_until_end, eventually, free_port, metric, recv, signal, Client, Weir, DEADLINE};
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
@@ -25,11 +26,12 @@ struct Cluster {
 }
 
 async fn start_cluster(n: usize) -> Cluster {
-    start_cluster_with(n, |_| CONFIG.to_string()).await
+    start_cluster_with(n, |_| CONFIG.to_string(), "").await
 }
 
-/// As `start_cluster`, with instance `i` running `config(i)` (its pools, objects and routes).
-async fn start_cluster_with(n: usize, config: impl Fn(usize) -> String) -> Cluster {
+/// `start_cluster` with instance `i` running `config(i)` (its pools, objects and routes) and
+/// `cluster_extra` lines in `cluster:` (e.g. `  history: {postgres: "…"}\n`).
+async fn start_cluster_with(n: usize, config: impl Fn(usize) -> String, cluster_extra: &str) -> Cluster {
     let etcd = Etcd::start().await;
     let secret = tempfile::tempdir().expect("tempdir");
     let secret_file = secret.path().join("peer.secret");
@@ -39,7 +41,7 @@ async fn start_cluster_with(n: usize, config: impl Fn(usize) -> String) -> Clust
     for i in 0..n {
         let peer = format!("127.0.0.1:{}", free_port());
         let extra = format!(
-            "cluster:\n  name: t\n  instance: weir-{i}\n  etcd: [\"127.0.0.1:{}\"]\n  lease_ttl: 2s\n  peer: {{address: \"{peer}\", secret_file: \"{}\"}}\n",
+            "cluster:\n  name: t\n  instance: weir-{i}\n  etcd: [\"127.0.0.1:{}\"]\n  lease_ttl: 2s\n  peer: {{address: \"{peer}\", secret_file: \"{}\"}}\n{cluster_extra}",
             etcd.port,
             secret_file.display()
         );
@@ -215,12 +217,17 @@ async fn a_dead_owner_gets_its_relayed_clients_1012_and_a_successor_with_a_highe
 /// Issue 13, test 3: an owner paused (SIGSTOP) longer than its lease TTL. etcd expires its lease
 /// and another instance claims the room while it is frozen; once resumed, the old owner serves
 /// nothing more: its clients (local and relayed) get 1012 within a second, a message one of them
-/// sends at once reaches nobody, and the successor keeps the key.
+/// sends at once reaches nobody and is not in the shared history (PostgreSQL), and the successor
+/// keeps the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_owner_evicts_its_objects_itself_and_never_serves_beside_its_successor() {
-    let c = start_cluster(3).await;
+    let pg = Postgres::start_new().await;
+    let history = format!("  history: {{postgres: \"{}\"}}\n", pg.url());
+    let c = start_cluster_with(3, |_| CONFIG.to_string(), &history).await;
     let mut local = join(&c.weirs[0], "lobby").await;
     let mut relayed = join(&c.weirs[1], "lobby").await;
+    local.send(Message::text("before")).await.expect("send");
+    assert_eq!(member_messages(&mut relayed, 1).await, vec!["before".to_string()]);
     let before = c.etcd.keys("t/objects/").await;
     assert!(before.len() == 1 && before[0].1.contains("\"weir-0\""), "{before:?}");
     signal(c.weirs[0].pid(), "STOP");
@@ -257,6 +264,10 @@ async fn a_paused_owner_evicts_its_objects_itself_and_never_serves_beside_its_su
     c.weirs[0].metric_eventually("weir_peer_relays_active", &[], |v| v == 1.0).await;
     successor.send(Message::text("welcome back")).await.expect("send");
     assert_eq!(member_messages(&mut back, 1).await, vec!["welcome back".to_string()]);
+    // The shared history holds the room's messages in order, and never the late one.
+    let (_ws, welcome, kept) = try_join_path(&c.weirs[2], "/rooms/lobby?since=0").await.expect("join");
+    assert_eq!(kept, ["before", "marker", "welcome back"], "{welcome}");
+    assert_eq!(welcome["seq"].as_u64(), Some(3), "{welcome}");
     eprintln!("cluster pause: the old owner evicted its clients {evicted_after:?} after SIGCONT");
 }
 
@@ -317,7 +328,7 @@ async fn instances_with_different_health_views_send_an_id_to_its_one_recorded_ho
             keys[0], keys[1]
         )
     };
-    let c = start_cluster_with(2, config).await;
+    let c = start_cluster_with(2, config, "").await;
     a.set_healthy(false);
     let a_label = keys[0].clone();
     c.weirs[1]
@@ -376,4 +387,181 @@ async fn hello(weir: &Weir, id: &str) -> (Client, String) {
     let mut ws = connect(weir, &format!("/o/{id}")).await;
     let Message::Text(t) = recv(&mut ws).await else { panic!("expected the host's greeting") };
     (ws, t.as_str().trim_start_matches("host:").to_string())
+}
+
+/// Join `path` through `weir`: the client, its welcome and the history it announces; `None`
+/// while the owner is moving (503).
+async fn try_join_path(weir: &Weir, path: &str) -> Option<(Client, serde_json::Value, Vec<String>)> {
+    let connecting = tokio_tungstenite::connect_async(weir.url(path));
+    match tokio::time::timeout(DEADLINE, connecting).await.expect("connect timed out") {
+        Ok((mut ws, _)) => {
+            let first = recv(&mut ws).await;
+            let Message::Text(welcome) = first else {
+                // The room may refuse the join right after the 101 while it moves (1012).
+                return None;
+            };
+            let welcome: serde_json::Value = serde_json::from_str(welcome.as_str()).expect("welcome JSON");
+            assert_eq!(welcome["weir"], "welcome");
+            let mut history = Vec::new();
+            for _ in 0..welcome["history"].as_u64().unwrap_or(0) {
+                history.push(recv(&mut ws).await.into_text().expect("text").to_string());
+            }
+            Some((ws, welcome, history))
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503, "{}", weir.log());
+            None
+        }
+        Err(e) => panic!("connect failed: {e}\n{}", weir.log()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_postgres_history_a_client_resumes_exactly_after_the_owner_is_killed() {
+    const SENT: usize = 3000;
+    let pg = Postgres::start_new().await;
+    let config = CONFIG.replace("room: {history: 100, send_queue: 256}", "room: {history: 10000, send_queue: 4096}");
+    let history = format!("  history: {{postgres: \"{}\"}}\n", pg.url());
+    let mut c = start_cluster_with(3, |_| config.clone(), &history).await;
+    // weir-0 owns the room; the listeners and the sender are relayed from weir-1 and weir-2.
+    let _owner_side = join(&c.weirs[0], "lobby").await;
+    let (mut gone, welcome, _) = try_join_path(&c.weirs[1], "/rooms/lobby").await.expect("join");
+    assert_eq!((welcome["seq"].as_u64(), welcome["from"].as_u64()), (Some(0), Some(1)), "{welcome}");
+    let (mut through, _, _) = try_join_path(&c.weirs[2], "/rooms/lobby").await.expect("join");
+    let mut sender = join(&c.weirs[2], "lobby").await;
+    let sending = tokio::spawn(async move {
+        for i in 1..=SENT {
+            if sender.send(Message::text(format!("m{i}"))).await.is_err() {
+                return;
+            }
+        }
+    });
+    // `through` reads until the owner's death closes it with 1012. Listeners number what they
+    // receive (they never send): history F..S, then +1 each.
+    let reading = tokio::spawn(async move {
+        let mut seen: Vec<String> = Vec::new();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        for _ in 0..SENT + 100 {
+            match tokio::time::timeout_at(deadline, through.next()).await.expect("no close in time") {
+                Some(Ok(Message::Text(t))) => {
+                    let is_event =
+                        serde_json::from_str::<serde_json::Value>(t.as_str()).is_ok_and(|v| v.get("weir").is_some());
+                    if !is_event {
+                        seen.push(t.to_string());
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    assert_eq!(frame.map(|f| u16::from(f.code)), Some(1012));
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+        seen
+    });
+    // `gone` sees 10 messages and loses its connection; the room goes on, then its owner dies.
+    let gone_seen = member_messages(&mut gone, 10).await;
+    drop(gone);
+    let stored = || async {
+        pg.count("SELECT count(*) FROM weir_room_history WHERE namespace = 'rooms' AND room = 'lobby'").await
+    };
+    eventually("100 more messages stored", || async { (stored().await >= 110).then_some(()) }).await;
+    let stored_at_kill = stored().await;
+    c.weirs[0].kill9();
+    let _ = sending.await;
+    let through_seen = reading.await.expect("reader");
+    let numbered = |n: usize| (1..=n).map(|i| format!("m{i}")).collect::<Vec<String>>();
+    assert_eq!(gone_seen, numbered(10), "the room's order");
+    assert_eq!(through_seen, numbered(through_seen.len()), "the room's order");
+    // Back through weir-1 with since=<last seen>: the new owner (weir-1 or weir-2) sends
+    // exactly the missed ones, none twice.
+    let mut seq = 0;
+    let mut back = Vec::new();
+    for (name, last_seen) in [("gone", 10), ("through", through_seen.len())] {
+        let (ws, welcome, missed) = eventually("a new owner", || async {
+            try_join_path(&c.weirs[1], &format!("/rooms/lobby?since={last_seen}")).await
+        })
+        .await;
+        seq = welcome["seq"].as_u64().expect("seq") as usize;
+        assert_eq!(
+            (welcome["from"].as_u64(), welcome["gap"].as_bool()),
+            (Some(last_seen as u64 + 1), Some(false)),
+            "{name}: {welcome}"
+        );
+        let resumed: Vec<String> = (last_seen + 1..=seq).map(|i| format!("m{i}")).collect();
+        assert_eq!(missed, resumed, "{name}: exactly the missed messages, in order");
+        back.push(ws);
+    }
+    assert!(seq as i64 >= stored_at_kill, "every stored message is kept: {seq} < {stored_at_kill}");
+    assert!(stored_at_kill < SENT as i64, "the owner died while messages flowed");
+    // The history is intact at the new owner: messages 1..=seq, in order, each once.
+    let (_, welcome, all) = try_join_path(&c.weirs[2], "/rooms/lobby").await.expect("join the new owner");
+    assert_eq!((welcome["seq"].as_u64(), welcome["from"].as_u64()), (Some(seq as u64), Some(1)), "{welcome}");
+    assert_eq!(all, numbered(seq));
+    assert_eq!(stored().await, seq as i64);
+    // Live messages continue the numbers.
+    let mut other = join(&c.weirs[2], "lobby").await;
+    other.send(Message::text("after")).await.expect("send");
+    assert_eq!(member_messages(&mut back[0], 1).await, vec!["after".to_string()]);
+    // Through the new owner and through the other instance (a peer hop forwards the request
+    // target, so `since` reaches the owner).
+    for w in &c.weirs[1..] {
+        let (_, welcome, tail) = try_join_path(w, &format!("/rooms/lobby?since={seq}")).await.expect("join");
+        assert_eq!((welcome["seq"].as_u64(), tail), (Some(seq as u64 + 1), vec!["after".to_string()]));
+    }
+    let last_seen = through_seen.len();
+    eprintln!(
+        "postgres history: killed at {stored_at_kill} of {SENT} stored; {last_seen} seen through the kill, {} resumed; {seq} stored",
+        seq - last_seen
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fenced_append_closes_the_room_with_1012_and_a_store_error_with_1011() {
+    let mut pg = Postgres::start_new().await;
+    let history = format!("  history: {{postgres: \"{}\"}}\n", pg.url());
+    let c = start_cluster_with(1, |_| CONFIG.to_string(), &history).await;
+    let w = &c.weirs[0];
+    let (mut a, _, _) = try_join_path(w, "/rooms/fenced").await.expect("join");
+    let (mut b, _, _) = try_join_path(w, "/rooms/fenced").await.expect("join");
+    a.send(Message::text("before")).await.expect("send");
+    assert_eq!(member_messages(&mut b, 1).await, vec!["before".to_string()]);
+    // A newer owner took the room in PostgreSQL (as after a partition): the next append is
+    // fenced, nothing is written, every member gets 1012.
+    pg.query("UPDATE weir_room_owner SET token = token + 1000 WHERE room = 'fenced'").await;
+    a.send(Message::text("stale")).await.expect("send");
+    for ws in [&mut a, &mut b] {
+        assert_eq!(close_code(ws, DEADLINE).await, Some(1012));
+    }
+    let fenced = [("namespace", "rooms")];
+    w.metric_eventually("weir_room_history_fenced_total", &fenced, |v| v == 1.0).await;
+    let rows = pg.query("SELECT convert_from(payload, 'UTF8') FROM weir_room_history WHERE room = 'fenced'").await;
+    assert_eq!(rows, vec![vec!["before".to_string()]], "the fenced message was not stored");
+    // A join with the old token is refused with 1012 too, and counted.
+    let refused = tokio_tungstenite::connect_async(w.url("/rooms/fenced")).await;
+    let (mut ws, _) = refused.expect("the 101 comes before the room's answer");
+    assert_eq!(close_code(&mut ws, DEADLINE).await, Some(1012));
+    w.metric_eventually("weir_room_history_fenced_total", &fenced, |v| v == 2.0).await;
+
+    // Another room: PostgreSQL stops, the next message cannot be stored: 1011 for everyone,
+    // nothing delivered; once it is back, a member resumes with since.
+    let (mut a, _, _) = try_join_path(w, "/rooms/outage").await.expect("join");
+    let (mut b, _, _) = try_join_path(w, "/rooms/outage").await.expect("join");
+    a.send(Message::text("one")).await.expect("send");
+    assert_eq!(member_messages(&mut b, 1).await, vec!["one".to_string()]);
+    pg.stop();
+    a.send(Message::text("lost")).await.expect("send");
+    for ws in [&mut a, &mut b] {
+        assert_eq!(close_code(ws, DEADLINE).await, Some(1011));
+    }
+    w.metric_eventually("weir_room_store_errors_total", &[("namespace", "rooms")], |v| v >= 1.0).await;
+    pg.start().await;
+    let (mut back, welcome, missed) =
+        eventually("the room reopens", || async { try_join_path(w, "/rooms/outage?since=0").await }).await;
+    assert_eq!((welcome["seq"].as_u64(), welcome["from"].as_u64()), (Some(1), Some(1)), "{welcome}");
+    assert_eq!(missed, vec!["one".to_string()], "the undelivered message was not kept");
+    let (mut other, _, _) = try_join_path(w, "/rooms/outage").await.expect("join");
+    other.send(Message::text("two")).await.expect("send");
+    assert_eq!(member_messages(&mut back, 1).await, vec!["two".to_string()]);
 }

@@ -56,6 +56,9 @@ mod prometheus;
 // Object namespaces: placement, failover with 1012, id rules, the built-in room, object records.
 mod objects;
 
+// Room sequence numbers and `?since=N` resume; the shared PostgreSQL room history's fence.
+mod rooms;
+
 // Several instances sharing objects through a private etcd (issue 13): one owner per object,
 // the peer hop, 1012 when the owner dies, 503 while etcd is down.
 mod cluster;

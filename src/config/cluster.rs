@@ -83,6 +83,27 @@ impl Validator {
                 Vec::new()
             }
         };
+        let history = c.history.as_ref().map(|h| {
+            let ca_file = h.ca_file.as_ref().map(|p| self.existing_file("cluster.history.ca_file", p));
+            match crate::config::pg_url::TlsMode::of(&h.postgres) {
+                Ok((crate::config::pg_url::TlsMode::Off, _)) if ca_file.is_some() => self.err(
+                    "cluster.history.ca_file",
+                    h.ca_file.as_deref().unwrap_or_default(),
+                    "applies to TLS only; add sslmode=verify-full (or require) to cluster.history.postgres, or remove ca_file",
+                ),
+                Ok(_) => {}
+                // The connection string is not shown: it may hold a password.
+                Err(e) => self.err("cluster.history.postgres", "(connection string)", e),
+            }
+            if h.postgres.trim().is_empty() {
+                self.err(
+                    "cluster.history.postgres",
+                    "\"\"",
+                    "name the database, e.g. \"host=127.0.0.1 user=weir dbname=weir\"",
+                );
+            }
+            crate::config::model::ClusterHistory { postgres: h.postgres.clone(), ca_file }
+        });
         if self.error_count() > before {
             return None;
         }
@@ -93,6 +114,7 @@ impl Validator {
             lease_ttl,
             peer_address: peer_address?,
             secret,
+            history,
         })
     }
 }
@@ -137,6 +159,29 @@ mod tests {
         ] {
             assert!(errors.iter().any(|e| e.contains(key)), "no error for {key} in {errors:#?}");
         }
+    }
+
+    #[test]
+    fn a_shared_history_is_read_and_its_errors_named_without_the_connection_string() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("peer.secret"), "0123456789abcdef-secret\n").unwrap();
+        let base = "{name: prod, instance: weir-a, etcd: [\"127.0.0.1:2379\"], peer: {address: \"127.0.0.1:7443\", secret_file: peer.secret}";
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            yaml(&format!("{base}, history: {{postgres: \"host=db user=weir password=hunter2\"}}}}")),
+        )
+        .unwrap();
+        let c = crate::config::load(&path).unwrap().cluster.unwrap();
+        let h = c.history.clone().unwrap();
+        assert_eq!((h.postgres.as_str(), h.ca_file), ("host=db user=weir password=hunter2", None));
+        assert!(!format!("{c:?}").contains("hunter2"), "the connection string is never shown");
+        std::fs::write(&path, yaml(&format!("{base}, history: {{postgres: \"host=db password=hunter2 sslmode=sometimes\", ca_file: /nonexistent/ca.pem}}}}"))).unwrap();
+        let errors = crate::config::load(&path).unwrap_err().to_string();
+        for key in ["cluster.history.postgres", "cluster.history.ca_file", "verify-full"] {
+            assert!(errors.contains(key), "no {key} in {errors}");
+        }
+        assert!(!errors.contains("hunter2"), "{errors}");
     }
 
     #[test]

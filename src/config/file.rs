@@ -89,6 +89,18 @@ pub struct FileCluster {
     pub lease_ttl: Option<String>,
     /// The peer listener: where other instances relay clients of objects this one owns.
     pub peer: FilePeer,
+    /// Where built-in rooms keep their history in the cluster (default: each instance's files).
+    pub history: Option<FileClusterHistory>,
+}
+
+/// `cluster.history:` the shared room history.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClusterHistory {
+    /// PostgreSQL connection string (libpq keywords or `postgresql://` URL; TLS from `sslmode`).
+    pub postgres: String,
+    /// CA file to trust for TLS (else the string's `sslrootcert`, else the system roots).
+    pub ca_file: Option<String>,
 }
 
 /// `cluster.peer:` the listener other instances relay to.

@@ -111,7 +111,14 @@ static CLUSTER: Section = Section {
         req("etcd", Kind::List(&Text), "[\"127.0.0.1:2379\"]"),
         opt("lease_ttl", Text),
         req("peer", Kind::Map(&PEER), "{address: \"127.0.0.1:7443\", secret_file: /etc/weir/peer.secret}"),
+        opt("history", Kind::Map(&CLUSTER_HISTORY)),
     ],
+};
+
+static CLUSTER_HISTORY: Section = Section {
+    what: "`cluster.history`",
+    file_struct: "FileClusterHistory",
+    keys: &[req("postgres", Text, "\"host=127.0.0.1 user=weir dbname=weir\""), opt("ca_file", Text)],
 };
 
 static PEER: Section = Section {

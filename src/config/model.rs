@@ -83,6 +83,24 @@ pub struct Cluster {
     pub peer_address: SocketAddr,
     /// The secret shared by every instance (bytes of the secret file's first line).
     pub secret: Vec<u8>,
+    /// The shared room history (`cluster.history`), if set.
+    pub history: Option<ClusterHistory>,
+}
+
+/// `cluster.history`: built-in rooms keep their history in PostgreSQL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterHistory {
+    /// PostgreSQL connection string (may hold a password: never shown).
+    pub postgres: String,
+    /// CA file to trust for TLS, resolved against the config's directory.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for ClusterHistory {
+    /// The connection string is never shown (it may hold a password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterHistory").field("ca_file", &self.ca_file).finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -94,6 +112,7 @@ impl std::fmt::Debug for Cluster {
             .field("etcd", &self.etcd)
             .field("lease_ttl", &self.lease_ttl)
             .field("peer_address", &self.peer_address)
+            .field("history", &self.history)
             .finish_non_exhaustive()
     }
 }

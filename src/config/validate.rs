@@ -580,7 +580,7 @@ impl Validator {
             .collect()
     }
 
-    fn existing_file(&mut self, key: &str, path: &str) -> PathBuf {
+    pub(super) fn existing_file(&mut self, key: &str, path: &str) -> PathBuf {
         let resolved = self.path(path);
         if !resolved.is_file() {
             self.err(

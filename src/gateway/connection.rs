@@ -73,6 +73,8 @@ pub enum Serve {
         id: String,
         /// The object's shared accounting.
         handle: ObjectHandle,
+        /// How a room member joins (fencing token, `?since=`).
+        join: crate::objects::room::Join,
     },
 }
 
@@ -133,7 +135,7 @@ impl Gateway {
                 });
                 tokio::spawn(run);
             }
-            Serve::Object { object, id, handle } => {
+            Serve::Object { object, id, handle, join } => {
                 // Built-in objects touch their accounting per message themselves.
                 let observer = ConnObserver::new(metrics, live.clone(), None, None, quota);
                 let stops = match &ending.lease {
@@ -142,7 +144,7 @@ impl Gateway {
                 };
                 let tap = Tap::new(client, early, Self::policies(chunks, 0, None), observer);
                 tokio::spawn(async move {
-                    let report = match session::run(object, &id, tap, handle, shutdown, grace, stops).await {
+                    let report = match session::run(object, &id, tap, handle, shutdown, grace, stops, join).await {
                         (Some(tap), cause) => tap.finish(cause).0,
                         (None, _) => {
                             tracing::warn!(

@@ -197,6 +197,11 @@ impl Owner {
             Ok(l) => l,
             Err(_) => return Self::refuse(&mut stream, RejectReason::ObjectMoving).await,
         };
+        // The relaying instance forwards the client's request target: its `?since=` is here.
+        let join = crate::objects::room::Join {
+            token: Some(guard.token()),
+            since: crate::objects::room::Join::since_of(&head.target),
+        };
         lease.keep(guard);
         if stream.write_all(&switching_protocols(&accept_key(&key))).await.is_err() || stream.flush().await.is_err() {
             return;
@@ -215,7 +220,7 @@ impl Owner {
             .map(|sender| ScanPolicy { sender, allowed_rsv: 0, chunks, max_frame: 0, max_message: 0 });
         let tap = Tap::new(stream, early, policies, Counting);
         let stops = session::Stops::of(&lease, None);
-        let counts = match session::run(object, &identity.id, tap, handle, shutdown, self.grace, stops).await {
+        let counts = match session::run(object, &identity.id, tap, handle, shutdown, self.grace, stops, join).await {
             (Some(tap), cause) => tap.finish(cause).0.counts,
             (None, _) => Default::default(),
         };

@@ -17,6 +17,7 @@ use crate::cluster::{peer, Claim, ClaimError, Cluster};
 use crate::http1::upgrade::{accept_key, allowed_rsv, check_answer, switching_protocols, with_subprotocol, Answer};
 use crate::metering::{Meter, Rejection};
 use crate::objects::registry::{Lease, PlaceError};
+use crate::objects::room::Join;
 use crate::objects::Namespace;
 use crate::pools::MAX_CONNECT_ATTEMPTS;
 use pingora_core::protocols::Stream;
@@ -123,13 +124,15 @@ impl Gateway {
             Ok(l) => l,
             Err(_) => return self.reject(&mut req, RejectReason::ObjectMoving).await,
         };
+        // The room's store fences its appends with the claim's token; `?since=` asks to resume.
+        let join = Join { token: claim.as_ref().map(|g| g.token()), since: Join::since_of(&req.head.target) };
         if let Some(guard) = claim {
             lease.keep(guard);
         }
         let answer = with_subprotocol(switching_protocols(&accept_key(key)), req.grant.key_entry.as_deref());
         let early = req.head.early().to_vec();
         let handle = lease.object().clone();
-        self.established(req, &answer, early, Some(lease), Serve::Object { object, id, handle }).await;
+        self.established(req, &answer, early, Some(lease), Serve::Object { object, id, handle, join }).await;
     }
 
     /// The peer hop's first line for `req`: who the client is, as admission established it.

@@ -126,6 +126,8 @@ pub struct Metrics {
     pub room_slow_clients: IntCounterVec,
     /// See `names::ROOM_STORE_ERRORS_TOTAL`.
     pub room_store_errors: IntCounterVec,
+    /// See `names::ROOM_HISTORY_FENCED_TOTAL`.
+    pub room_history_fenced: IntCounterVec,
     /// See `names::SPOOL_BYTES`.
     pub spool_bytes: IntGauge,
     /// See `names::SPOOL_DISK_FREE_BYTES`.
@@ -372,6 +374,12 @@ impl Metrics {
                 reg,
                 ROOM_STORE_ERRORS_TOTAL,
                 "Room messages that could not be written to the history store",
+                &[NAMESPACE],
+            )?,
+            room_history_fenced: counter(
+                reg,
+                ROOM_HISTORY_FENCED_TOTAL,
+                "Room appends or opens refused by the shared history's fencing token (a newer owner)",
                 &[NAMESPACE],
             )?,
             spool_bytes: plain_gauge(reg, SPOOL_BYTES, "Bytes of usage records in the spool on disk")?,

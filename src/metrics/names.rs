@@ -91,6 +91,8 @@ pub const PEER_RELAYS_ACTIVE: &str = "weir_peer_relays_active";
 pub const ROOM_SLOW_CLIENTS_TOTAL: &str = "weir_room_slow_clients_total";
 /// Counter: room messages that could not be written to the history store {namespace}.
 pub const ROOM_STORE_ERRORS_TOTAL: &str = "weir_room_store_errors_total";
+/// Counter: room appends or opens refused by the shared history's fence (a newer owner) {namespace}.
+pub const ROOM_HISTORY_FENCED_TOTAL: &str = "weir_room_history_fenced_total";
 /// Gauge: bytes of usage records in the spool's segments on disk.
 pub const SPOOL_BYTES: &str = "weir_spool_bytes";
 /// Gauge: bytes free (for an unprivileged writer) on the spool's file system {}.
@@ -210,6 +212,7 @@ pub const ALL: &[&str] = &[
     PEER_RELAYS_ACTIVE,
     ROOM_SLOW_CLIENTS_TOTAL,
     ROOM_STORE_ERRORS_TOTAL,
+    ROOM_HISTORY_FENCED_TOTAL,
     SPOOL_BYTES,
     SPOOL_DISK_FREE_BYTES,
     SPOOL_WAITING_RECORDS,

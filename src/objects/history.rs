@@ -21,12 +21,22 @@
 //! File format: the file of room `id` is `<lowercase hex of id's bytes>.log` in the store's
 //! directory, so any id is a safe file name (ids longer than 100 bytes are split into
 //! directories of 200 hex digits each, `<hex>/<hex>.log`, to stay under the 255-byte name limit).
-//! The file starts with the 8-byte header `WEIRHST1`, followed by records:
-//! `u32 LE payload length | u8 kind (0 text, 1 binary) | u32 LE checksum | payload`, where the
-//! checksum is FNV-1a 32-bit over the kind byte followed by the payload. On load, a record that is
-//! partial, longer than 64 MiB, of unknown kind or with a bad checksum ends the log: the file is
-//! truncated to the end of the last valid record (with a warning). A file with a wrong header is
-//! renamed to `<name>.corrupt-<unix-seconds>` (with a warning) and a fresh log is started.
+//! The file starts with the 16-byte header `WEIRHST2` + `u64 LE floor` (every record's sequence
+//! number is above the floor: a compaction that keeps nothing still knows the room's newest
+//! number), followed by records:
+//! `u32 LE payload length | u8 kind (0 text, 1 binary) | u64 LE seq | u32 LE checksum | payload`,
+//! where the checksum is FNV-1a 32-bit over the kind byte, the 8 seq bytes and the payload, and
+//! each record's seq is larger than the one before (and than the floor). On load, a record that
+//! is partial, longer than 64 MiB, of unknown kind, out of sequence or with a bad checksum ends
+//! the log: the file is truncated to the end of the last valid record (with a warning). A file
+//! with a wrong header is renamed to `<name>.corrupt-<unix-seconds>` (with a warning) and a fresh
+//! log is started (its numbers start again at 1). A version 1 file (`WEIRHST1`, records without
+//! seq: `u32 len | u8 kind | u32 checksum over kind and payload | payload`) is read with numbers
+//! 1, 2, … and rewritten as version 2 at once (like a compaction; if that fails, the load fails).
+//!
+//! Sequence numbers: the next message of a room is numbered one above the newest record (or the
+//! floor). A message whose append failed keeps its number in memory (it is delivered), so after
+//! a restart that number is missing, never reused.
 //!
 //! Durability: every append is a single `write(2)` of the whole record to a file opened with
 //! `O_APPEND`, without fsync. A message whose append returned is therefore kept if the process
@@ -39,21 +49,28 @@
 //! more than `2 * keep` records nor more than `2 * keep_bytes` payload bytes plus one message
 //! (plus 9 bytes per record and the header). A `.tmp` left by a crash is removed at `open`.
 
+use super::kept::Kept;
 use crate::sync::lock;
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// First bytes of every history log.
-const HEADER: &[u8; 8] = b"WEIRHST1";
-/// Bytes before a record's payload: length, kind, checksum.
-const RECORD_HEAD: usize = 9;
+/// First bytes of every history log (version 2), before the floor.
+const MAGIC: &[u8; 8] = b"WEIRHST2";
+/// First bytes of a version 1 log (read, then rewritten as version 2).
+const MAGIC_V1: &[u8; 8] = b"WEIRHST1";
+/// Bytes of the version 2 header: magic and floor.
+const HEADER_LEN: usize = 16;
+/// Bytes before a record's payload: length, kind, seq, checksum.
+const RECORD_HEAD: usize = 17;
+/// Bytes before a version 1 record's payload: length, kind, checksum.
+const RECORD_HEAD_V1: usize = 9;
 /// Largest payload a record may hold, bytes.
 const MAX_PAYLOAD: usize = 64 << 20;
 /// Id bytes per path component (200 hex digits, leaving room for the suffixes).
@@ -164,15 +181,15 @@ impl HistoryStore {
         Ok(HistoryStore { shared: Arc::new(shared) })
     }
 
-    /// Open (creating if missing) the log of room `id` and load its kept messages.
+    /// Open (creating if missing) the log of room `id` and load its kept messages (a version 1
+    /// log is rewritten as version 2 here).
     pub fn load(&self, id: &str) -> io::Result<RoomLog> {
         let path = room_path(&self.shared.dir, id);
         let limits = self.shared.limits;
         let mut log = RoomLog {
             file: None,
             path,
-            history: VecDeque::new(),
-            history_bytes: 0,
+            kept: Kept::new(limits.keep, limits.keep_bytes, 0),
             records: 0,
             disk_len: 0,
             disk_payload: 0,
@@ -186,9 +203,11 @@ impl HistoryStore {
         if let Some(parent) = log.path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        log.open_and_scan()?;
+        let version = log.open_and_scan()?;
         log.account();
-        if log.over_limit() {
+        if version == 1 {
+            log.compact()?;
+        } else if log.over_limit() {
             if let Err(e) = log.compact() {
                 tracing::warn!(path = %log.path.display(), error = %e, "room history: compaction on load failed");
             }
@@ -341,15 +360,14 @@ fn remove_empty_parents(path: &Path, dir: &Path) {
     }
 }
 
-/// One room's open log plus its in-memory history (the kept messages, oldest first).
+/// One room's open log plus its in-memory history (the kept messages, oldest first, numbered).
 #[derive(Debug)]
 pub struct RoomLog {
     /// The log opened for reading and appending; `None` if it must be reopened (or `keep` is 0).
     file: Option<File>,
     path: PathBuf,
-    history: VecDeque<StoredMessage>,
-    /// Payload bytes in `history`.
-    history_bytes: u64,
+    /// The kept messages and the newest sequence number.
+    kept: Kept,
     /// Valid records in the file.
     records: u64,
     /// Length of the file up to the end of the last valid record.
@@ -373,31 +391,45 @@ impl Drop for RoomLog {
 impl RoomLog {
     /// The kept messages, oldest first.
     pub fn history(&self) -> impl Iterator<Item = &StoredMessage> + '_ {
-        self.history.iter()
+        self.kept.messages()
+    }
+
+    /// The kept messages with their sequence numbers.
+    pub fn kept(&self) -> &Kept {
+        &self.kept
+    }
+
+    /// Sequence number of the newest message (0: none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.kept.last()
     }
 
     /// Number of kept messages.
     pub fn len(&self) -> usize {
-        self.history.len()
+        self.kept.len()
     }
 
     /// Whether no message is kept.
     pub fn is_empty(&self) -> bool {
-        self.history.is_empty()
+        self.kept.is_empty()
     }
 
     /// Payload bytes of the kept messages.
     pub fn bytes(&self) -> u64 {
-        self.history_bytes
+        self.kept.bytes()
     }
 
-    /// Append one message to the log and the in-memory history; compacts the log when due.
+    /// Append one message, numbered `last_seq() + 1`, to the log and the in-memory history;
+    /// compacts the log when due. On an error the message keeps its number (and stays in
+    /// memory): `last_seq()` is its number either way.
     pub fn append(&mut self, msg: StoredMessage) -> io::Result<()> {
+        let seq = self.kept.last() + 1;
         if self.limits.keep == 0 {
+            self.kept.push(seq, msg);
             return Ok(());
         }
-        let record = encode(&msg);
-        self.push(msg);
+        let record = encode(seq, &msg);
+        self.kept.push(seq, msg);
         self.write_record(&record?)?;
         if self.over_limit() {
             self.compact()?;
@@ -409,17 +441,6 @@ impl RoomLog {
     fn over_limit(&self) -> bool {
         let keep = u64::try_from(self.limits.keep).unwrap_or(u64::MAX);
         self.records > keep.saturating_mul(2) || self.disk_payload > self.limits.keep_bytes.saturating_mul(2)
-    }
-
-    /// Push `msg` to the in-memory history, dropping the oldest beyond `keep` messages or
-    /// `keep_bytes` bytes.
-    fn push(&mut self, msg: StoredMessage) {
-        self.history_bytes += msg.data.len() as u64;
-        self.history.push_back(msg);
-        while self.history.len() > self.limits.keep || self.history_bytes > self.limits.keep_bytes {
-            let Some(old) = self.history.pop_front() else { break };
-            self.history_bytes -= old.data.len() as u64;
-        }
     }
 
     /// Count the file's current length in the store's bytes gauge.
@@ -462,25 +483,40 @@ impl RoomLog {
         Ok(())
     }
 
-    /// Open (creating if missing) the log, check its header and load its valid records.
-    fn open_and_scan(&mut self) -> io::Result<()> {
+    /// Open (creating if missing) the log, check its header and load its valid records;
+    /// returns the file's format version (1 must be rewritten before appending).
+    fn open_and_scan(&mut self) -> io::Result<u8> {
         let mut file = open_append(&self.path, true)?;
         let file_len = file.metadata()?.len();
-        let mut header = Vec::with_capacity(HEADER.len());
-        (&mut file).take(HEADER.len() as u64).read_to_end(&mut header)?;
-        if header.as_slice() != HEADER.as_slice() {
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        (&mut file).take(HEADER_LEN as u64).read_to_end(&mut header)?;
+        let version = match header.get(..MAGIC.len()) {
+            Some(m) if m == MAGIC_V1 => Some((1, MAGIC.len() as u64, 0)),
+            Some(m) if m == MAGIC && header.len() == HEADER_LEN => {
+                let mut floor = [0u8; 8];
+                floor.copy_from_slice(&header[MAGIC.len()..]);
+                Some((2, HEADER_LEN as u64, u64::from_le_bytes(floor)))
+            }
+            _ => None,
+        };
+        let Some((version, start, floor)) = version else {
+            let torn = MAGIC.starts_with(&header[..header.len().min(MAGIC.len())])
+                || MAGIC_V1.starts_with(&header[..header.len().min(MAGIC.len())]);
             let mut torn_len = file_len;
-            if !HEADER.starts_with(&header) {
+            if !torn {
                 drop(file);
                 file = self.set_aside()?;
                 torn_len = 0;
             }
             start_fresh(&file, &self.path, torn_len)?;
-            self.disk_len = HEADER.len() as u64;
+            self.disk_len = HEADER_LEN as u64;
             self.file = Some(file);
-            return Ok(());
-        }
-        let scan = scan_records(&file, file_len, self.limits)?;
+            return Ok(2);
+        };
+        // The header was read: the reader goes on from `start` (a v1 header is 8 bytes).
+        let mut reader = BufReader::with_capacity(64 << 10, &file);
+        reader.seek(io::SeekFrom::Start(start))?;
+        let scan = scan_records(reader, version, start, file_len, floor, self.limits)?;
         if scan.valid_end < file_len {
             tracing::warn!(
                 path = %self.path.display(),
@@ -490,13 +526,12 @@ impl RoomLog {
             );
             file.set_len(scan.valid_end)?;
         }
-        self.history = scan.messages;
-        self.history_bytes = scan.bytes;
+        self.kept = scan.kept;
         self.records = scan.records;
         self.disk_len = scan.valid_end;
         self.disk_payload = scan.payload;
         self.file = Some(file);
-        Ok(())
+        Ok(version)
     }
 
     /// Rename a log with a wrong header to `<name>.corrupt-<unix-seconds>`; open a new empty one.
@@ -515,7 +550,7 @@ impl RoomLog {
     /// Rewrite the log to hold only the kept messages (tmp file, fsync, rename, fsync dir).
     fn compact(&mut self) -> io::Result<()> {
         let tmp = with_suffix(&self.path, ".tmp");
-        let len = match write_compacted(&tmp, &self.history) {
+        let len = match write_compacted(&tmp, &self.kept) {
             Ok(len) => len,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -527,9 +562,9 @@ impl RoomLog {
             return Err(e);
         }
         self.file = None;
-        self.records = self.history.len() as u64;
+        self.records = self.kept.len() as u64;
         self.disk_len = len;
-        self.disk_payload = self.history_bytes;
+        self.disk_payload = self.kept.bytes();
         self.account();
         sync_parent(&self.path)?;
         self.ensure_open()
@@ -538,10 +573,8 @@ impl RoomLog {
 
 /// Valid records found by a scan of a log.
 struct Scan {
-    /// The kept messages (within `keep` and `keep_bytes`), oldest first.
-    messages: VecDeque<StoredMessage>,
-    /// Payload bytes of `messages`.
-    bytes: u64,
+    /// The kept messages (within `keep` and `keep_bytes`), oldest first, and the newest number.
+    kept: Kept,
     /// Number of valid records.
     records: u64,
     /// Payload bytes of the valid records.
@@ -552,26 +585,44 @@ struct Scan {
     stop: &'static str,
 }
 
-/// Read the records after the header of `file` (`file_len` bytes), keeping the last ones within
-/// `limits`.
-fn scan_records(file: &File, file_len: u64, limits: Limits) -> io::Result<Scan> {
-    let mut reader = BufReader::with_capacity(64 << 10, file);
-    let mut scan =
-        Scan { messages: VecDeque::new(), bytes: 0, records: 0, payload: 0, valid_end: HEADER.len() as u64, stop: "" };
+/// Read the records of a log of format `version` from `reader` (at offset `start` of a file of
+/// `file_len` bytes), keeping the last ones within `limits`. Version 1 records are numbered 1,
+/// 2, …; version 2 records carry their number, which must grow (above `floor`).
+fn scan_records(
+    mut reader: impl Read,
+    version: u8,
+    start: u64,
+    file_len: u64,
+    floor: u64,
+    limits: Limits,
+) -> io::Result<Scan> {
+    let mut scan = Scan {
+        kept: Kept::new(limits.keep, limits.keep_bytes, floor),
+        records: 0,
+        payload: 0,
+        valid_end: start,
+        stop: "",
+    };
+    let head_len = if version == 1 { RECORD_HEAD_V1 } else { RECORD_HEAD };
     loop {
-        match read_record(&mut reader, file_len.saturating_sub(scan.valid_end))? {
+        let remaining = file_len.saturating_sub(scan.valid_end);
+        let record = if version == 1 {
+            read_record_v1(&mut reader, remaining)?.map(|m| m.map(|m| (scan.kept.last() + 1, m)))
+        } else {
+            read_record(&mut reader, remaining)?
+        };
+        match record {
             Ok(None) => return Ok(scan),
-            Ok(Some(msg)) => {
+            Ok(Some((seq, _))) if seq <= scan.kept.last() => {
+                scan.stop = "record sequence number out of order";
+                return Ok(scan);
+            }
+            Ok(Some((seq, msg))) => {
                 let len = msg.data.len() as u64;
-                scan.valid_end += RECORD_HEAD as u64 + len;
+                scan.valid_end += head_len as u64 + len;
                 scan.records += 1;
                 scan.payload += len;
-                scan.bytes += len;
-                scan.messages.push_back(msg);
-                while scan.messages.len() > limits.keep || scan.bytes > limits.keep_bytes {
-                    let Some(old) = scan.messages.pop_front() else { break };
-                    scan.bytes -= old.data.len() as u64;
-                }
+                scan.kept.push(seq, msg);
             }
             Err(reason) => {
                 scan.stop = reason;
@@ -581,9 +632,13 @@ fn scan_records(file: &File, file_len: u64, limits: Limits) -> io::Result<Scan> 
     }
 }
 
-/// Read one record with `remaining` bytes left in the file: `Ok(None)` at a clean end,
-/// `Err(reason)` for a torn or corrupt record.
-fn read_record(reader: &mut impl Read, remaining: u64) -> io::Result<Result<Option<StoredMessage>, &'static str>> {
+/// Read one version 2 record with `remaining` bytes left in the file: `Ok(None)` at a clean
+/// end, `Err(reason)` for a torn or corrupt record.
+#[allow(clippy::type_complexity)]
+fn read_record(
+    reader: &mut impl Read,
+    remaining: u64,
+) -> io::Result<Result<Option<(u64, StoredMessage)>, &'static str>> {
     let mut head = [0u8; RECORD_HEAD];
     let got = read_full(reader, &mut head)?;
     if got == 0 {
@@ -592,12 +647,13 @@ fn read_record(reader: &mut impl Read, remaining: u64) -> io::Result<Result<Opti
     if got < RECORD_HEAD {
         return Ok(Err("partial record header"));
     }
-    let [l0, l1, l2, l3, kind, c0, c1, c2, c3] = head;
+    let [l0, l1, l2, l3, kind, s0, s1, s2, s3, s4, s5, s6, s7, c0, c1, c2, c3] = head;
     let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    let seq = [s0, s1, s2, s3, s4, s5, s6, s7];
     if len > MAX_PAYLOAD {
         return Ok(Err("record length over 64 MiB"));
     }
-    let Some(kind) = kind_of(kind) else {
+    let Some(kind_v) = kind_of(kind) else {
         return Ok(Err("unknown record kind"));
     };
     if (RECORD_HEAD + len) as u64 > remaining {
@@ -607,10 +663,41 @@ fn read_record(reader: &mut impl Read, remaining: u64) -> io::Result<Result<Opti
     if read_full(reader, &mut payload)? < len {
         return Ok(Err("partial record payload"));
     }
-    if checksum(head[4], &payload) != u32::from_le_bytes([c0, c1, c2, c3]) {
+    if checksum_v2(kind, &seq, &payload) != u32::from_le_bytes([c0, c1, c2, c3]) {
         return Ok(Err("record checksum mismatch"));
     }
-    Ok(Ok(Some(StoredMessage { kind, data: Bytes::from(payload) })))
+    Ok(Ok(Some((u64::from_le_bytes(seq), StoredMessage { kind: kind_v, data: Bytes::from(payload) }))))
+}
+
+/// Read one version 1 record (no seq) with `remaining` bytes left in the file.
+fn read_record_v1(reader: &mut impl Read, remaining: u64) -> io::Result<Result<Option<StoredMessage>, &'static str>> {
+    let mut head = [0u8; RECORD_HEAD_V1];
+    let got = read_full(reader, &mut head)?;
+    if got == 0 {
+        return Ok(Ok(None));
+    }
+    if got < RECORD_HEAD_V1 {
+        return Ok(Err("partial record header"));
+    }
+    let [l0, l1, l2, l3, kind, c0, c1, c2, c3] = head;
+    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    if len > MAX_PAYLOAD {
+        return Ok(Err("record length over 64 MiB"));
+    }
+    let Some(kind_v) = kind_of(kind) else {
+        return Ok(Err("unknown record kind"));
+    };
+    if (RECORD_HEAD_V1 + len) as u64 > remaining {
+        return Ok(Err("partial record payload"));
+    }
+    let mut payload = vec![0u8; len];
+    if read_full(reader, &mut payload)? < len {
+        return Ok(Err("partial record payload"));
+    }
+    if checksum(kind, &payload) != u32::from_le_bytes([c0, c1, c2, c3]) {
+        return Ok(Err("record checksum mismatch"));
+    }
+    Ok(Ok(Some(StoredMessage { kind: kind_v, data: Bytes::from(payload) })))
 }
 
 /// Read into `buf` until it is full or the reader ends; returns the bytes read.
@@ -637,22 +724,48 @@ fn kind_of(byte: u8) -> Option<MessageKind> {
 }
 
 /// The kind byte of a message kind.
-fn kind_byte(kind: MessageKind) -> u8 {
+pub(crate) fn kind_byte(kind: MessageKind) -> u8 {
     match kind {
         MessageKind::Text => KIND_TEXT,
         MessageKind::Binary => KIND_BINARY,
     }
 }
 
-/// FNV-1a 32-bit over the kind byte followed by the payload.
-fn checksum(kind: u8, payload: &[u8]) -> u32 {
-    const OFFSET: u32 = 0x811c_9dc5;
-    const PRIME: u32 = 0x0100_0193;
-    std::iter::once(&kind).chain(payload).fold(OFFSET, |hash, &b| (hash ^ u32::from(b)).wrapping_mul(PRIME))
+/// The message kind of a stored kind value (`kind_byte`), if known.
+pub(crate) fn kind_of_value(value: i16) -> Option<MessageKind> {
+    u8::try_from(value).ok().and_then(kind_of)
 }
 
-/// The head (length, kind, checksum) of the record of `msg`; errors if the payload is too long.
-fn record_head(msg: &StoredMessage) -> io::Result<[u8; RECORD_HEAD]> {
+/// FNV-1a 32-bit over `bytes`, continuing from `hash`.
+fn fnv1a<'a>(hash: u32, bytes: impl IntoIterator<Item = &'a u8>) -> u32 {
+    const PRIME: u32 = 0x0100_0193;
+    bytes.into_iter().fold(hash, |hash, &b| (hash ^ u32::from(b)).wrapping_mul(PRIME))
+}
+
+/// FNV-1a offset basis.
+const FNV_OFFSET: u32 = 0x811c_9dc5;
+
+/// FNV-1a 32-bit over the kind byte followed by the payload (version 1 records).
+fn checksum(kind: u8, payload: &[u8]) -> u32 {
+    fnv1a(FNV_OFFSET, std::iter::once(&kind).chain(payload))
+}
+
+/// FNV-1a 32-bit over the kind byte, the seq bytes and the payload (version 2 records).
+fn checksum_v2(kind: u8, seq: &[u8; 8], payload: &[u8]) -> u32 {
+    fnv1a(FNV_OFFSET, std::iter::once(&kind).chain(seq).chain(payload))
+}
+
+/// The version 2 header with `floor`.
+fn header(floor: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..MAGIC.len()].copy_from_slice(MAGIC);
+    h[MAGIC.len()..].copy_from_slice(&floor.to_le_bytes());
+    h
+}
+
+/// The head (length, kind, seq, checksum) of the record of message `seq`; errors if the payload
+/// is too long.
+fn record_head(seq: u64, msg: &StoredMessage) -> io::Result<[u8; RECORD_HEAD]> {
     let len = u32::try_from(msg.data.len()).ok().filter(|&l| l as usize <= MAX_PAYLOAD).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -660,30 +773,32 @@ fn record_head(msg: &StoredMessage) -> io::Result<[u8; RECORD_HEAD]> {
         )
     })?;
     let kind = kind_byte(msg.kind);
+    let seq = seq.to_le_bytes();
     let mut head = [0u8; RECORD_HEAD];
     head[..4].copy_from_slice(&len.to_le_bytes());
     head[4] = kind;
-    head[5..].copy_from_slice(&checksum(kind, &msg.data).to_le_bytes());
+    head[5..13].copy_from_slice(&seq);
+    head[13..].copy_from_slice(&checksum_v2(kind, &seq, &msg.data).to_le_bytes());
     Ok(head)
 }
 
-/// The whole encoded record of `msg`, ready for a single write.
-fn encode(msg: &StoredMessage) -> io::Result<Vec<u8>> {
-    let head = record_head(msg)?;
+/// The whole encoded record of message `seq`, ready for a single write.
+fn encode(seq: u64, msg: &StoredMessage) -> io::Result<Vec<u8>> {
+    let head = record_head(seq, msg)?;
     let mut record = Vec::with_capacity(RECORD_HEAD + msg.data.len());
     record.extend_from_slice(&head);
     record.extend_from_slice(&msg.data);
     Ok(record)
 }
 
-/// Write a complete log holding `messages` to `tmp` and fsync it; returns its length.
-fn write_compacted(tmp: &Path, messages: &VecDeque<StoredMessage>) -> io::Result<u64> {
+/// Write a complete log holding the `kept` messages to `tmp` and fsync it; returns its length.
+fn write_compacted(tmp: &Path, kept: &Kept) -> io::Result<u64> {
     let file = OpenOptions::new().write(true).create(true).truncate(true).open(tmp)?;
     let mut out = BufWriter::with_capacity(64 << 10, file);
-    out.write_all(HEADER)?;
-    let mut len = HEADER.len() as u64;
-    for msg in messages {
-        out.write_all(&record_head(msg)?)?;
+    out.write_all(&header(kept.first() - 1))?;
+    let mut len = HEADER_LEN as u64;
+    for (seq, msg) in kept.entries() {
+        out.write_all(&record_head(*seq, msg)?)?;
         out.write_all(&msg.data)?;
         len += (RECORD_HEAD + msg.data.len()) as u64;
     }
@@ -699,8 +814,8 @@ fn start_fresh(file: &File, path: &Path, file_len: u64) -> io::Result<()> {
         file.set_len(0)?;
     }
     let mut writer: &File = file;
-    let written = writer.write(HEADER)?;
-    if written != HEADER.len() {
+    let written = writer.write(&header(0))?;
+    if written != HEADER_LEN {
         let _ = file.set_len(0);
         return Err(io::Error::new(io::ErrorKind::WriteZero, "short write of history header"));
     }

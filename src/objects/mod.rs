@@ -5,7 +5,9 @@
 //! - `registry.rs`: live placements, leases, eviction on host failure (warm).
 //! - `accounting.rs`: per-object connected and active time → object usage records (warm).
 //! - `session.rs`: a client of a built-in object, terminated inside weir (warm): `echo.rs` (the
-//!   echo object), `room.rs` (broadcast rooms) with `history.rs` (their durable history).
+//!   echo object), `room.rs` (broadcast rooms) with `kept.rs` (the in-memory history, numbered,
+//!   and the `?since=` selection), `history.rs` (their history in a file per room, the default)
+//!   and `history_pg.rs` (their history shared in PostgreSQL, with `cluster.history`).
 //!
 //! Cold path: `Objects::build` creates one `Namespace` runtime per `objects[]` entry, with the
 //! health checks of its hosts (Pingora load balancers used only for probing, run by the
@@ -19,7 +21,9 @@
 pub mod accounting;
 pub mod echo;
 pub mod history;
+pub mod history_pg;
 pub mod id;
+pub mod kept;
 pub mod placement;
 pub mod registry;
 pub mod room;
@@ -66,6 +70,13 @@ impl Objects {
     ) -> anyhow::Result<(Objects, Vec<String>)> {
         let mut namespaces = Vec::new();
         let mut kept_changed = Vec::new();
+        // With `cluster.history`, every room namespace built here shares one PostgreSQL store
+        // (connected on first use).
+        let shared_history = config
+            .cluster
+            .as_ref()
+            .and_then(|c| c.history.as_ref())
+            .map(|h| Arc::new(history_pg::PgHistory::new(&h.postgres, h.ca_file.clone())));
         for ns in &config.objects {
             if let Some(old) = previous.and_then(|p| p.namespaces.iter().find(|o| o.config.name == ns.name)) {
                 if format!("{:?}", old.config) != format!("{ns:?}") {
@@ -82,7 +93,8 @@ impl Objects {
                         }
                         BuiltinObject::Room(room) => {
                             let dir = config.data_dir.join("rooms").join(&ns.name);
-                            let rooms = Rooms::new(&ns.name, *room, &dir, metrics).map_err(|e| {
+                            let shared = shared_history.clone();
+                            let rooms = Rooms::new(&ns.name, *room, &dir, shared, metrics).map_err(|e| {
                                 anyhow::anyhow!(
                                     "objects `{}`: cannot open the room store {}: {e}",
                                     ns.name,

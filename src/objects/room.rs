@@ -1,35 +1,65 @@
 //! The built-in `room` object: a broadcast room per id, with history that survives a restart.
 //!
 //! Warm path per message: a message from one member takes the room's mutex once, is appended to
-//! the history store (one `write(2)`), and is queued, in the same order for everyone, to every
+//! the history store (see Stores below), and is queued, in the same order for everyone, to every
 //! other member's bounded send queue (`room.send_queue` messages). The mutex is never held
 //! across an await. Each member's connection task writes its own queue to its socket, so a slow
 //! client never slows the room: when its queue is full, or one write to it (the welcome and
 //! history, or a batch of live messages) takes longer than `room.send_timeout`, it is removed and
 //! closed with 1013 ("Try Again Later", `Close::TooSlow`); it may reconnect and gets the history
-//! again. A removed member's task stops writing at once (every write watches its kick), drops its
-//! queue and the history it had left to send, gets at most `ws::CLOSE_WAIT` for the close, and
-//! then its socket is dropped. So a member holds at most `room.send_queue` queued messages, the
-//! history (`room.history` messages, `room.history_bytes` bytes) while it is sent, and
-//! tungstenite's write buffer, and nothing once it is removed.
+//! again (or resumes with `?since=`). A removed member's task stops writing at once (every write
+//! watches its kick), drops its queue and the history it had left to send, gets at most
+//! `ws::CLOSE_WAIT` for the close, and then its socket is dropped. So a member holds at most
+//! `room.send_queue` queued messages, the history (`room.history` messages, `room.history_bytes`
+//! bytes) while it is sent, and tungstenite's write buffer, and nothing once it is removed.
 //!
 //! Protocol seen by a client (all weir events are JSON text messages with a `"weir"` key; user
 //! messages are delivered verbatim, text as text and binary as binary):
-//! 1. `{"weir":"welcome","room":ID,"member":N,"members":M,"history":K}`,
-//! 2. the last K messages of the room, oldest first,
+//! 1. `{"weir":"welcome","room":ID,"member":N,"members":M,"history":K,"seq":S,"from":F,"gap":G}`,
+//! 2. K history messages, oldest first: numbers F, F+1, …, S (K = 0 and F = S+1 when none),
 //! 3. live: other members' messages, and `{"weir":"join"|"leave","member":N,"members":M}`
 //!    (a leave has `"reason":"closed"` or `"slow"`).
+//!
+//! Sequence numbers: every room message (a member's or an operator's push) gets the next number
+//! of its room, 1, 2, 3, …, kept by the history store across restarts (and, in a cluster, across
+//! owners). `S` is the newest message's number (0: none yet). A member's own messages are not
+//! echoed to it but are numbered too, so a client that numbers what it receives (history F..S,
+//! then +1 per user message; events carry no number) is exact while it only listens; a client
+//! that sends should resume from the last number it received.
+//!
+//! Resume: `?since=N` on the upgrade URL (the request target, also through a peer hop) asks for
+//! the messages after N instead of the last K: N+1..S, in order, then live ones (`"from"` is
+//! N+1). When N+1 is older than the history keeps, every kept message is sent and `"gap":true`
+//! (`"from"` says where it starts); N > S (a client of a reset store) gets the normal history
+//! and `"gap":true`. A `since` that is not a decimal number is ignored (normal history, no
+//! error). It is bounded like the history (`room.history` messages, `room.history_bytes`).
 //!
 //! Member numbers are unique in the namespace for the life of the process. A member that sends a
 //! text message that is a JSON object with a top-level `"weir"` key (which would forge an event)
 //! is closed with 1008 (`Close::Reserved`) and the message is not delivered.
 //!
-//! Cold path: a room's history is loaded from `data_dir/rooms/<namespace>/` when its first
+//! Stores: by default each namespace keeps a file per room under
+//! `data_dir/rooms/<namespace>/` (`history.rs`): a room's history is loaded when its first
 //! member joins (a synchronous read under that room's lock only: joins to other rooms go on);
-//! the room is dropped from memory when its last member leaves and nobody is joining. The store
-//! keeps at most `room.max_rooms_on_disk` room files (see `history.rs`).
+//! an append is one `write(2)` under the room's lock before the message is queued (a failed
+//! append is counted in `weir_room_store_errors_total` and the message still delivered). The
+//! room is dropped from memory when its last member leaves and nobody is joining. The store
+//! keeps at most `room.max_rooms_on_disk` room files.
+//!
+//! With `cluster.history.postgres`, the history is shared in PostgreSQL (`history_pg.rs`): a
+//! room is opened by its owner with the claim's fencing token (a newer owner's token makes the
+//! join fail: 1012, counted in `weir_room_history_fenced_total`). Messages go to the room's
+//! writer task (a bounded queue, `WRITER_QUEUE`; a member's read waits when it is full), which
+//! appends consecutive messages in one statement and only then, under the room's lock, adds
+//! them to the in-memory history and queues them to the members: a message some member saw is
+//! always stored (write-ahead), in the room's order. An append refused by the fence closes every
+//! member with 1012 ("object moved": the room has a new owner; counted, warned); a store error
+//! closes them with 1011 (counted in `weir_room_store_errors_total`); they reconnect and resume
+//! with `?since=`. The writer deletes rows no longer kept every `TRIM_EVERY` messages.
 
 use super::history::{HistoryStore, Limits, MessageKind, RoomLog, StoreMetrics, StoredMessage};
+use super::history_pg::{PgError, PgHistory};
+use super::kept::Kept;
 use super::registry::ObjectHandle;
 use super::session::{Ended, Stops};
 use crate::config::RoomConfig;
@@ -44,18 +74,56 @@ use futures_util::{SinkExt, StreamExt};
 use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+/// Messages waiting for a room's writer (shared store): beyond it a member's read waits.
+const WRITER_QUEUE: usize = 1024;
+/// Most messages the writer appends in one statement.
+const MAX_BATCH: usize = 256;
+/// The writer deletes rows no longer kept after this many messages (and at least `room.history`).
+const TRIM_EVERY: usize = 256;
+
+/// How a member joins a room: what the gateway knows of the connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Join {
+    /// The object's fencing token when this instance owns it through a cluster claim
+    /// (`ClaimGuard::token()`); required by the shared (PostgreSQL) store.
+    pub token: Option<i64>,
+    /// `?since=N` of the upgrade URL: the last sequence number the client saw.
+    pub since: Option<u64>,
+}
+
+impl Join {
+    /// The `since` query parameter of request target `target`, if it is a decimal number
+    /// (anything else is ignored: the member gets the normal history).
+    pub fn since_of(target: &str) -> Option<u64> {
+        let query = target.split_once('?')?.1;
+        let query = query.split('#').next().unwrap_or("");
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == "since" && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse().ok())?
+        })
+    }
+}
+
+/// Where a namespace's rooms keep their history.
+enum Store {
+    /// A file per room (single instance).
+    File(HistoryStore),
+    /// PostgreSQL, shared by the cluster.
+    Shared(Arc<PgHistory>),
+}
+
 /// Every room of one namespace.
 pub struct Rooms {
     namespace: String,
     config: RoomConfig,
-    store: HistoryStore,
+    store: Store,
     /// Rooms with members (or members on their way in). Held only to find or insert a room,
     /// never while a room's history loads.
     rooms: Mutex<HashMap<String, Arc<Room>>>,
@@ -63,6 +131,7 @@ pub struct Rooms {
     next_member: AtomicU64,
     slow: IntCounter,
     store_errors: IntCounter,
+    fenced: IntCounter,
 }
 
 /// One room with members.
@@ -70,18 +139,73 @@ struct Room {
     state: Mutex<RoomState>,
     /// Joins between finding the room and adding their member: the room stays in the map.
     arriving: AtomicUsize,
+    /// Shared store: the room's writer, once opened (the first join opens it; later ones wait).
+    writer: tokio::sync::OnceCell<Writer>,
+}
+
+/// A shared-store room's writer task: its token and its queue.
+struct Writer {
+    token: i64,
+    queue: mpsc::Sender<Pending>,
+}
+
+/// A message on its way to the writer.
+struct Pending {
+    msg: Message,
+    /// The member that sent it (not sent back to it).
+    except: Option<u64>,
 }
 
 struct RoomState {
-    /// Loaded by the first member to join, under this lock (not the namespace's).
-    log: Option<RoomLog>,
+    /// Loaded by the first member to join, under this lock (file store) or by the opening
+    /// join (shared store).
+    log: Option<Log>,
     members: Vec<Member>,
+    /// The room stopped (fenced, or its store failed): its members were closed, joins fail.
+    stopped: bool,
+}
+
+/// A room's history in memory.
+enum Log {
+    /// The open room file (and its kept messages).
+    File(RoomLog),
+    /// The kept messages of the shared store.
+    Shared(Kept),
+}
+
+impl Log {
+    fn kept(&self) -> &Kept {
+        match self {
+            Log::File(l) => l.kept(),
+            Log::Shared(k) => k,
+        }
+    }
+}
+
+/// Why a member was removed by the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kick {
+    /// Its queue overflowed: 1013.
+    Slow,
+    /// The room's store refused an append (a newer owner): 1012.
+    Moved,
+    /// The room's store failed: 1011.
+    Failed,
 }
 
 struct Member {
     id: u64,
     queue: mpsc::Sender<Message>,
-    kick: Option<oneshot::Sender<()>>,
+    kick: Option<oneshot::Sender<Kick>>,
+}
+
+/// Why a join failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum JoinError {
+    /// Another instance owns the room now (fenced), or the room just stopped: 1012.
+    Moved,
+    /// The history cannot be opened: 1011.
+    Unavailable(String),
 }
 
 fn event(kind: &str, member: u64, members: usize, reason: Option<&str>) -> Message {
@@ -89,29 +213,47 @@ fn event(kind: &str, member: u64, members: usize, reason: Option<&str>) -> Messa
     Message::text(format!("{{\"weir\":\"{kind}\",\"member\":{member},\"members\":{members}{reason}}}"))
 }
 
+/// The stored form of a user message (`None` for control messages).
+fn stored(msg: &Message) -> Option<StoredMessage> {
+    match msg {
+        Message::Text(t) => Some(StoredMessage { kind: MessageKind::Text, data: t.clone().into() }),
+        Message::Binary(b) => Some(StoredMessage { kind: MessageKind::Binary, data: b.clone() }),
+        _ => None,
+    }
+}
+
 impl Rooms {
-    /// The rooms of `namespace`, keeping history under `dir`.
+    /// The rooms of `namespace`, keeping history under `dir`, or in `shared` (PostgreSQL) when
+    /// given (then `dir` is not used).
     pub fn new(
         namespace: &str,
         config: RoomConfig,
         dir: &std::path::Path,
+        shared: Option<Arc<PgHistory>>,
         metrics: &Metrics,
     ) -> std::io::Result<Rooms> {
         let limits =
             Limits { keep: config.history, keep_bytes: config.history_bytes, max_rooms: config.max_rooms_on_disk };
-        let store_metrics = StoreMetrics {
-            bytes: metrics.room_store_bytes.with_label_values(&[namespace]),
-            rooms: metrics.room_store_rooms.with_label_values(&[namespace]),
-            evictions: metrics.room_store_evictions.with_label_values(&[namespace]),
+        let store = match shared {
+            Some(pg) => Store::Shared(pg),
+            None => {
+                let store_metrics = StoreMetrics {
+                    bytes: metrics.room_store_bytes.with_label_values(&[namespace]),
+                    rooms: metrics.room_store_rooms.with_label_values(&[namespace]),
+                    evictions: metrics.room_store_evictions.with_label_values(&[namespace]),
+                };
+                Store::File(HistoryStore::open(dir, limits, store_metrics)?)
+            }
         };
         Ok(Rooms {
             namespace: namespace.to_string(),
             config,
-            store: HistoryStore::open(dir, limits, store_metrics)?,
+            store,
             rooms: Mutex::new(HashMap::new()),
             next_member: AtomicU64::new(1),
             slow: metrics.room_slow_clients.with_label_values(&[namespace]),
             store_errors: metrics.room_store_errors.with_label_values(&[namespace]),
+            fenced: metrics.room_history_fenced.with_label_values(&[namespace]),
         })
     }
 
@@ -121,30 +263,54 @@ impl Rooms {
     }
 
     /// Join room `id`: returns the membership with the welcome and history to send first.
-    fn join(self: &Arc<Self>, id: &str) -> std::io::Result<Membership> {
+    async fn join(self: &Arc<Self>, id: &str, join: Join) -> Result<Membership, JoinError> {
         let room = {
             let mut rooms = lock(&self.rooms);
             let room = rooms
                 .entry(id.to_string())
                 .or_insert_with(|| {
                     Arc::new(Room {
-                        state: Mutex::new(RoomState { log: None, members: Vec::new() }),
+                        state: Mutex::new(RoomState { log: None, members: Vec::new(), stopped: false }),
                         arriving: AtomicUsize::new(0),
+                        writer: tokio::sync::OnceCell::new(),
                     })
                 })
                 .clone();
             room.arriving.fetch_add(1, Ordering::SeqCst);
             room
         };
+        let opened = match &self.store {
+            Store::File(_) => Ok(()),
+            Store::Shared(pg) => match join.token {
+                None => Err(JoinError::Unavailable("the shared history needs the object's fencing token".into())),
+                Some(token) => match room.writer.get_or_try_init(|| self.open_shared(pg, id, &room, token)).await {
+                    Ok(w) if w.token == token => Ok(()),
+                    Ok(_) => Err(JoinError::Moved),
+                    Err(e) => Err(e),
+                },
+            },
+        };
         let mut state = lock(&room.state);
         room.arriving.fetch_sub(1, Ordering::SeqCst);
+        let failed = match opened {
+            Err(e) => Some(e),
+            Ok(()) if state.stopped => Some(JoinError::Moved),
+            Ok(()) => None,
+        };
+        if let Some(e) = failed {
+            drop(state);
+            self.forget_if_empty(id, &room);
+            return Err(e);
+        }
         if state.log.is_none() {
-            match self.store.load(id) {
-                Ok(log) => state.log = Some(log),
-                Err(e) => {
-                    drop(state);
-                    self.forget_if_empty(id, &room);
-                    return Err(e);
+            if let Store::File(store) = &self.store {
+                match store.load(id) {
+                    Ok(log) => state.log = Some(Log::File(log)),
+                    Err(e) => {
+                        drop(state);
+                        self.forget_if_empty(id, &room);
+                        return Err(JoinError::Unavailable(e.to_string()));
+                    }
                 }
             }
         }
@@ -153,11 +319,20 @@ impl Rooms {
         let (kick, kicked) = oneshot::channel();
         state.members.push(Member { id: member, queue, kick: Some(kick) });
         let members = state.members.len();
-        let history: Vec<Message> = state.log.iter().flat_map(|l| l.history()).map(to_message).collect();
+        let selection = state.log.as_ref().map(|l| l.kept().select(join.since)).unwrap_or(super::kept::Selection {
+            from: 1,
+            seq: 0,
+            gap: join.since.is_some_and(|n| n > 0),
+            messages: Vec::new(),
+        });
+        let history: Vec<Message> = selection.messages.iter().map(to_message).collect();
         let welcome = Message::text(format!(
-            "{{\"weir\":\"welcome\",\"room\":{},\"member\":{member},\"members\":{members},\"history\":{}}}",
+            "{{\"weir\":\"welcome\",\"room\":{},\"member\":{member},\"members\":{members},\"history\":{},\"seq\":{},\"from\":{},\"gap\":{}}}",
             serde_json::Value::from(id),
-            history.len()
+            history.len(),
+            selection.seq,
+            selection.from,
+            selection.gap
         ));
         self.broadcast(&mut state, event("join", member, members, None), Some(member));
         drop(state);
@@ -172,6 +347,43 @@ impl Rooms {
         })
     }
 
+    /// Open room `id` in the shared store with `token`: load its history into the room and
+    /// start its writer.
+    async fn open_shared(
+        self: &Arc<Self>,
+        pg: &Arc<PgHistory>,
+        id: &str,
+        room: &Arc<Room>,
+        token: i64,
+    ) -> Result<Writer, JoinError> {
+        let kept = match pg.open(&self.namespace, id, token, self.config.history, self.config.history_bytes).await {
+            Ok(k) => k,
+            Err(PgError::Fenced) => {
+                self.fenced.inc();
+                tracing::warn!(namespace = %self.namespace, room = %id, token, "room history: a newer owner opened this room; refusing the join (1012)");
+                return Err(JoinError::Moved);
+            }
+            Err(PgError::Store(e)) => {
+                tracing::error!(namespace = %self.namespace, room = %id, error = %e, "room history: cannot open the room in PostgreSQL");
+                return Err(JoinError::Unavailable(e));
+            }
+        };
+        let next = kept.last() + 1;
+        lock(&room.state).log = Some(Log::Shared(kept));
+        let (queue, rx) = mpsc::channel(WRITER_QUEUE);
+        let writer = RoomWriter {
+            rooms: self.clone(),
+            pg: pg.clone(),
+            id: id.to_string(),
+            token,
+            room: Arc::downgrade(room),
+            next,
+            untrimmed: 0,
+        };
+        tokio::spawn(writer.run(rx));
+        Ok(Writer { token, queue })
+    }
+
     /// Drop `room` from the map if nobody is in it or on the way in.
     fn forget_if_empty(&self, id: &str, room: &Arc<Room>) {
         let mut rooms = lock(&self.rooms);
@@ -180,6 +392,24 @@ impl Rooms {
             && room.arriving.load(Ordering::SeqCst) == 0
             && rooms.get(id).is_some_and(|r| Arc::ptr_eq(r, room))
         {
+            rooms.remove(id);
+        }
+    }
+
+    /// Stop `room` (its store fenced or failed): close every member with `kick`, make joins to
+    /// it fail and drop it from the map (the next join opens the room afresh).
+    fn stop(&self, id: &str, room: &Arc<Room>, kick: Kick) {
+        let mut rooms = lock(&self.rooms);
+        {
+            let mut state = lock(&room.state);
+            state.stopped = true;
+            for mut m in state.members.drain(..) {
+                if let Some(k) = m.kick.take() {
+                    let _ = k.send(kick);
+                }
+            }
+        }
+        if rooms.get(id).is_some_and(|r| Arc::ptr_eq(r, room)) {
             rooms.remove(id);
         }
     }
@@ -198,7 +428,7 @@ impl Rooms {
                     Ok(()) => true,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         if let Some(k) = m.kick.take() {
-                            let _ = k.send(());
+                            let _ = k.send(Kick::Slow);
                         }
                         slow.push(m.id);
                         false
@@ -216,9 +446,22 @@ impl Rooms {
     /// An operator's message to room `id` (`POST /api/objects/{namespace}/{id}/messages`):
     /// stored in the history and delivered to every member in the room's order, like a member's
     /// message (the history does not record senders). Returns the members it was queued to, or
-    /// `None` when the room has no member.
+    /// `None` when the room has no member (or, with the shared store, its writer's queue is
+    /// full or gone: counted as a store error).
     pub fn push(&self, id: &str, msg: Message) -> Option<usize> {
         let room = lock(&self.rooms).get(id).cloned()?;
+        if let Some(writer) = room.writer.get() {
+            let members = lock(&room.state).members.len();
+            if members == 0 {
+                return None;
+            }
+            if let Err(e) = writer.queue.try_send(Pending { msg, except: None }) {
+                self.store_errors.inc();
+                tracing::warn!(namespace = %self.namespace, room = %id, error = %e, "room history: the room's writer cannot take an operator's message");
+                return None;
+            }
+            return Some(members);
+        }
         let mut state = lock(&room.state);
         if state.members.is_empty() {
             return None;
@@ -228,17 +471,15 @@ impl Rooms {
         Some(state.members.len())
     }
 
-    /// Append `msg` to room `id`'s history (a failure is counted and logged: the message is
-    /// still delivered).
+    /// Append `msg` to room `id`'s history file (a failure is counted and logged: the message
+    /// is still delivered).
     fn store(&self, state: &mut RoomState, id: &str, msg: &Message) {
-        let stored = match msg {
-            Message::Text(t) => StoredMessage { kind: MessageKind::Text, data: t.clone().into() },
-            Message::Binary(b) => StoredMessage { kind: MessageKind::Binary, data: b.clone() },
-            _ => return,
-        };
-        if let Some(Err(e)) = state.log.as_mut().map(|l| l.append(stored)) {
-            self.store_errors.inc();
-            tracing::warn!(namespace = %self.namespace, room = %id, error = %e, "cannot store a room message; it is delivered but not kept");
+        let Some(stored) = stored(msg) else { return };
+        if let Some(Log::File(log)) = state.log.as_mut() {
+            if let Err(e) = log.append(stored) {
+                self.store_errors.inc();
+                tracing::warn!(namespace = %self.namespace, room = %id, error = %e, "cannot store a room message; it is delivered but not kept");
+            }
         }
     }
 
@@ -250,6 +491,75 @@ impl Rooms {
     }
 }
 
+/// The writer task of a shared-store room: appends what members send, in order, then delivers
+/// it. Ends when the room is dropped (its queue closes) or stopped.
+struct RoomWriter {
+    rooms: Arc<Rooms>,
+    pg: Arc<PgHistory>,
+    id: String,
+    token: i64,
+    room: Weak<Room>,
+    /// The next message's sequence number.
+    next: u64,
+    /// Messages appended since the last trim.
+    untrimmed: usize,
+}
+
+impl RoomWriter {
+    async fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        // Bounded per round by MAX_BATCH; ends when every sender is gone.
+        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let pending: Vec<(Message, Option<u64>, StoredMessage)> =
+                batch.drain(..).filter_map(|p: Pending| stored(&p.msg).map(|s| (p.msg, p.except, s))).collect();
+            let rows: Vec<(u64, StoredMessage)> =
+                pending.iter().enumerate().map(|(i, (_, _, s))| (self.next + i as u64, s.clone())).collect();
+            let ns = &self.rooms.namespace;
+            match self.pg.append(ns, &self.id, self.token, &rows).await {
+                Ok(()) => {}
+                Err(PgError::Fenced) => {
+                    self.rooms.fenced.inc();
+                    tracing::warn!(namespace = %ns, room = %self.id, token = self.token, "room history: append fenced (a newer owner opened the room); closing its members with 1012");
+                    return self.stop(Kick::Moved);
+                }
+                Err(PgError::Store(e)) => {
+                    self.rooms.store_errors.inc_by(rows.len() as u64);
+                    tracing::error!(namespace = %ns, room = %self.id, error = %e, "room history: append failed; closing the room's members with 1011");
+                    return self.stop(Kick::Failed);
+                }
+            }
+            self.next += rows.len() as u64;
+            self.untrimmed += rows.len();
+            let Some(room) = self.room.upgrade() else { continue };
+            let below = {
+                let mut state = lock(&room.state);
+                for ((msg, except, _), (seq, stored)) in pending.into_iter().zip(rows) {
+                    if let Some(Log::Shared(kept)) = state.log.as_mut() {
+                        kept.push(seq, stored);
+                    }
+                    self.rooms.broadcast(&mut state, msg, except);
+                }
+                // The newest row always stays: it carries the room's newest number.
+                state.log.as_ref().map(|l| l.kept().first().min(l.kept().last()))
+            };
+            drop(room);
+            if self.untrimmed >= TRIM_EVERY.max(self.rooms.config.history) {
+                self.untrimmed = 0;
+                if let Some(below) = below {
+                    if let Err(e) = self.pg.trim(ns, &self.id, self.token, below).await {
+                        tracing::warn!(namespace = %ns, room = %self.id, error = %e, "room history: cannot delete old rows");
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop(&self, kick: Kick) {
+        if let Some(room) = self.room.upgrade() {
+            self.rooms.stop(&self.id, &room, kick);
+        }
+    }
+}
 /// An operator's push as a WebSocket message (text pushes were checked for UTF-8).
 pub fn push_message(p: Push) -> Message {
     match (p.text, String::from_utf8(p.payload)) {
@@ -275,7 +585,7 @@ pub struct Membership {
     room: Arc<Room>,
     member: u64,
     queue: mpsc::Receiver<Message>,
-    kicked: oneshot::Receiver<()>,
+    kicked: oneshot::Receiver<Kick>,
     first: Option<(Message, Vec<Message>)>,
 }
 
@@ -305,9 +615,15 @@ impl Membership {
         }
     }
 
-    /// A member sent `msg`: store it and deliver it to everyone else, in room order.
-    fn publish(&self, msg: Message) {
+    /// A member sent `msg`: store it and deliver it to everyone else, in room order (with the
+    /// shared store, through the room's writer: this waits while its queue is full).
+    async fn publish(&self, msg: Message) {
         if !matches!(msg, Message::Text(_) | Message::Binary(_)) {
+            return;
+        }
+        if let Some(writer) = self.room.writer.get() {
+            // A closed queue means the room stopped: this member was kicked already.
+            let _ = writer.queue.send(Pending { msg, except: Some(self.member) }).await;
             return;
         }
         let mut state = lock(&self.room.state);
@@ -349,6 +665,10 @@ enum End {
     Client,
     /// Its queue overflowed.
     Slow,
+    /// The room moved to another owner (its store's fence refused an append, or the join).
+    Moved,
+    /// The room's history is unavailable (it cannot be opened, or an append failed).
+    Unavailable,
     /// weir is shutting down.
     Shutdown,
     /// It sent a message shaped like a weir event.
@@ -359,11 +679,22 @@ enum End {
 }
 
 impl End {
+    /// The end of a member the room removed (`Err`: it removed itself as too slow).
+    fn kicked(kick: Result<Kick, oneshot::error::RecvError>) -> End {
+        match kick {
+            Ok(Kick::Moved) => End::Moved,
+            Ok(Kick::Failed) => End::Unavailable,
+            Ok(Kick::Slow) | Err(_) => End::Slow,
+        }
+    }
+
     /// The close weir sends the member for this end, if any.
     fn close(self) -> Option<Close> {
         match self {
             End::Client | End::Ordered(_) => None,
             End::Slow => Some(Close::TooSlow),
+            End::Moved => Some(Close::ObjectMoved),
+            End::Unavailable => Some(Close::RoomUnavailable),
             End::Shutdown => Some(Close::ObjectShutdown),
             End::Forged => Some(Close::Reserved),
             End::Read(end) => end.close(),
@@ -374,10 +705,13 @@ impl End {
 /// Run one member of room `id` over `ws` until it ends; returns the stream and whether weir
 /// closed it for shutdown. Operator pushes to this one connection (`stops.live`) are written to
 /// it between its queued room messages, and not stored; orders in `stops` (a kick, a drain, a
-/// quota, the object's move: 1012) close it.
+/// quota, the object's move: 1012) close it. `join` carries the fencing token and the client's
+/// `?since=`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     rooms: Arc<Rooms>,
     id: &str,
+    join: Join,
     mut ws: WebSocketStream<S>,
     object: ObjectHandle,
     mut stops: Stops,
@@ -385,9 +719,13 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     grace: Duration,
 ) -> Ended<S> {
     let live = stops.live.clone();
-    let mut membership = match rooms.join(id) {
+    let mut membership = match rooms.join(id, join).await {
         Ok(m) => m,
-        Err(e) => {
+        Err(JoinError::Moved) => {
+            close(&mut ws, Close::ObjectMoved).await;
+            return (Some(ws.into_inner()), None);
+        }
+        Err(JoinError::Unavailable(e)) => {
             tracing::error!(namespace = %rooms.namespace, room = id, error = %e, "cannot open the room's history");
             close(&mut ws, Close::RoomUnavailable).await;
             return (Some(ws.into_inner()), None);
@@ -409,7 +747,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             };
             tokio::select! {
                 biased;
-                _ = kicked => Some(End::Slow),
+                k = kicked => Some(End::kicked(k)),
                 sent = tokio::time::timeout(send_timeout, write) => membership.after_write(sent),
             }
         }
@@ -419,7 +757,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     while end.is_none() {
         tokio::select! {
             biased;
-            _ = &mut membership.kicked => end = Some(End::Slow),
+            k = &mut membership.kicked => end = Some(End::kicked(k)),
             () = &mut drain => end = Some(End::Shutdown),
             stop = stops.stopped() => end = Some(End::Ordered(stop)),
             out = membership.queue.recv() => {
@@ -435,7 +773,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 end = tokio::select! {
                     biased;
-                    _ = kicked => Some(End::Slow),
+                    k = kicked => Some(End::kicked(k)),
                     sent = tokio::time::timeout(send_timeout, write) => membership.after_write(sent),
                 };
             }
@@ -453,7 +791,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 let Membership { kicked, .. } = &mut membership;
                 end = tokio::select! {
                     biased;
-                    _ = kicked => Some(End::Slow),
+                    k = kicked => Some(End::kicked(k)),
                     sent = tokio::time::timeout(send_timeout, write) => membership.after_write(sent),
                 };
             }
@@ -466,7 +804,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         continue;
                     }
                     object.touch();
-                    membership.publish(m);
+                    membership.publish(m).await;
                 }
                 // tungstenite answers pings and closes itself; the stream ends after a close.
                 Some(Ok(_)) => {}
@@ -487,8 +825,26 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let cause = match end {
         End::Ordered(order) => Some(order.cause),
         End::Shutdown => Some(Cause::Shutdown),
+        End::Moved => Some(Cause::ObjectMoved),
         End::Read(crate::ws::End::TooBig) => Some(Cause::MessageTooBig),
         _ => None,
     };
     (Some(ws.into_inner()), cause)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Join;
+
+    #[test]
+    fn since_is_read_from_the_query_and_anything_odd_is_ignored() {
+        assert_eq!(Join::since_of("/rooms/a?since=42"), Some(42));
+        assert_eq!(Join::since_of("/rooms/a?x=1&since=0&y"), Some(0));
+        assert_eq!(Join::since_of("/rooms/a?since=7#frag"), Some(7));
+        for odd in ["/rooms/a", "/rooms/a?since=", "/rooms/a?since=-1", "/rooms/a?since=1e3", "/rooms/a?since=+5"] {
+            assert_eq!(Join::since_of(odd), None, "{odd}");
+        }
+        assert_eq!(Join::since_of("/rooms/a?since=99999999999999999999999"), None, "over u64");
+        assert_eq!(Join::since_of("/rooms/a?sinceX=3"), None);
+    }
 }

@@ -99,7 +99,9 @@ fn moved_stop() -> Stop {
 }
 
 /// Run `object` for object id `id` over the client stream `io`; `stops.live` is the
-/// connection's live-set entry (operator pushes to it reach a room member; the echo takes none).
+/// connection's live-set entry (operator pushes to it reach a room member; the echo takes none);
+/// `join` is how a room member joins (fencing token, `?since=`; the echo ignores it).
+#[allow(clippy::too_many_arguments)]
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     object: Object,
     id: &str,
@@ -108,6 +110,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     shutdown: watch::Receiver<bool>,
     grace: Duration,
     stops: Stops,
+    join: room::Join,
 ) -> Ended<S> {
     let config = match &object {
         Object::Echo { max_message } => crate::ws::ws_config(*max_message, *max_message),
@@ -117,6 +120,6 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     match object {
         Object::Echo { .. } => echo::serve(ws, handle, shutdown, grace, stops).await,
-        Object::Room(rooms) => room::serve(rooms, id, ws, handle, stops, shutdown, grace).await,
+        Object::Room(rooms) => room::serve(rooms, id, join, ws, handle, stops, shutdown, grace).await,
     }
 }

@@ -3,7 +3,10 @@
 //! the first three and no `sslrootcert`, so both are taken out before it parses the rest), and a
 //! rustls connector for tokio-postgres.
 //!
-//! Background path (a connect of the delivery loop). As in libpq: `require` encrypts without
+//! `connect` opens a connection with that TLS (used by the sink and by the shared room history,
+//! `objects::history_pg`), within `CONNECT_TIMEOUT`, its connection task spawned.
+//!
+//! Background path (a connect of the delivery loop, or of the room history). As in libpq: `require` encrypts without
 //! checking the certificate unless a CA is given (then it checks the chain, as `verify-ca`);
 //! `verify-full` checks the chain and the host name; `require` and stricter never fall back to
 //! plaintext (a server without TLS is an error); `prefer` does when the server has no TLS.
@@ -20,6 +23,69 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
 pub use crate::config::pg_url::{split, TlsMode};
+
+/// Longest time to open a connection.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `e` and its causes, `: `-separated (the TLS cause is in a source).
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Open a connection to `url` (a libpq-style connection string or `postgresql://` URL) with
+/// the TLS its `sslmode` asks for, trusting `ca_file` (else the url's `sslrootcert`, else the
+/// system roots); its connection task is spawned (its end logged at debug as `who`).
+pub async fn connect(url: &str, ca_file: Option<&Path>, who: &'static str) -> Result<tokio_postgres::Client, String> {
+    use tokio_postgres::config::SslMode;
+    let (rest, mode, root) = split(url)?;
+    let mut config: tokio_postgres::Config = rest.parse().map_err(|e| format!("connection string: {e}"))?;
+    let tls = match mode {
+        TlsMode::Off => None,
+        _ => {
+            let ca_file = self::ca_file(ca_file, root.as_deref());
+            let ssl = if mode == TlsMode::Prefer { SslMode::Prefer } else { SslMode::Require };
+            config.ssl_mode(ssl);
+            Some(connector(mode, ca_file.as_deref())?)
+        }
+    };
+    let connected = async {
+        let client = match tls {
+            None => {
+                let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "{who}: connection ended");
+                    }
+                });
+                client
+            }
+            Some(tls) => {
+                let (client, connection) = config.connect(tls).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "{who}: connection ended");
+                    }
+                });
+                client
+            }
+        };
+        Ok::<_, tokio_postgres::Error>(client)
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connected)
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {}", describe(&e)))
+}
 
 /// A rustls connector for `mode` (not `Off`), trusting `ca_file` (else the system roots).
 pub fn connector(mode: TlsMode, ca_file: Option<&Path>) -> Result<MakeRustls, String> {

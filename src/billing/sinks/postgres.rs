@@ -8,32 +8,12 @@
 //! `connection_id`, `tenant`, `route`, `namespace`, `object_id`, `body` (the whole record,
 //! jsonb), `inserted_at`. TLS follows the connection string's `sslmode` (`pg_tls`).
 
-use super::pg_tls::{self, TlsMode};
+use super::pg_tls;
 use super::Sink;
 use async_trait::async_trait;
 use std::path::PathBuf;
-use std::time::Duration;
 use tokio::sync::Mutex;
-use tokio_postgres::config::SslMode;
-use tokio_postgres::{Client, NoTls};
-
-/// `e` and its causes, `: `-separated (the TLS cause is in a source).
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
-/// Longest time to open a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use tokio_postgres::Client;
 
 /// A PostgreSQL table.
 pub struct PostgresSink {
@@ -70,44 +50,7 @@ impl PostgresSink {
     }
 
     async fn connect(&self) -> Result<Client, String> {
-        let (rest, mode, root) = pg_tls::split(&self.url)?;
-        let mut config: tokio_postgres::Config = rest.parse().map_err(|e| format!("connection string: {e}"))?;
-        let tls = match mode {
-            TlsMode::Off => None,
-            _ => {
-                let ca_file = pg_tls::ca_file(self.ca_file.as_deref(), root.as_deref());
-                let ssl = if mode == TlsMode::Prefer { SslMode::Prefer } else { SslMode::Require };
-                config.ssl_mode(ssl);
-                Some(pg_tls::connector(mode, ca_file.as_deref())?)
-            }
-        };
-        let connected = async {
-            let client = match tls {
-                None => {
-                    let (client, connection) = config.connect(NoTls).await?;
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(error = %e, "postgres sink: connection ended");
-                        }
-                    });
-                    client
-                }
-                Some(tls) => {
-                    let (client, connection) = config.connect(tls).await?;
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(error = %e, "postgres sink: connection ended");
-                        }
-                    });
-                    client
-                }
-            };
-            Ok::<_, tokio_postgres::Error>(client)
-        };
-        let client = tokio::time::timeout(CONNECT_TIMEOUT, connected)
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| format!("connect: {}", describe(&e)))?;
+        let client = pg_tls::connect(&self.url, self.ca_file.as_deref(), "postgres sink").await?;
         client.batch_execute(&Self::schema(&self.table)).await.map_err(|e| format!("create table: {e}"))?;
         Ok(client)
     }

@@ -97,32 +97,60 @@ fn history(log: &RoomLog) -> Vec<StoredMessage> {
     log.history().cloned().collect()
 }
 
-/// Independent parse of a log file: the records after the header, checksums verified.
-fn parse_file(bytes: &[u8]) -> Vec<StoredMessage> {
-    assert_eq!(&bytes[..8], b"WEIRHST1");
+/// Independent parse of a version 2 log file: the floor and the records after the header,
+/// checksums verified, sequence numbers growing.
+fn parse_file_seq(bytes: &[u8]) -> (u64, Vec<(u64, StoredMessage)>) {
+    assert_eq!(&bytes[..8], b"WEIRHST2");
+    let floor = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
     let mut out = Vec::new();
-    let mut at = 8;
+    let mut at = 16;
+    let mut last = floor;
     while at < bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         let kind = bytes[at + 4];
-        let sum = u32::from_le_bytes(bytes[at + 5..at + 9].try_into().unwrap());
-        let payload = &bytes[at + 9..at + 9 + len];
+        let seq = u64::from_le_bytes(bytes[at + 5..at + 13].try_into().unwrap());
+        let sum = u32::from_le_bytes(bytes[at + 13..at + 17].try_into().unwrap());
+        let payload = &bytes[at + 17..at + 17 + len];
         let mut h: u32 = 0x811c9dc5;
-        for &b in std::iter::once(&kind).chain(payload) {
+        for &b in std::iter::once(&kind).chain(&bytes[at + 5..at + 13]).chain(payload) {
             h ^= u32::from(b);
             h = h.wrapping_mul(16777619);
         }
         assert_eq!(h, sum, "checksum of record at {at}");
+        assert!(seq > last, "seq {seq} after {last}");
+        last = seq;
         let kind = match kind {
             0 => MessageKind::Text,
             1 => MessageKind::Binary,
             k => panic!("kind {k}"),
         };
-        out.push(StoredMessage { kind, data: Bytes::copy_from_slice(payload) });
-        at += 9 + len;
+        out.push((seq, StoredMessage { kind, data: Bytes::copy_from_slice(payload) }));
+        at += 17 + len;
     }
     assert_eq!(at, bytes.len());
+    (floor, out)
+}
+
+/// The messages of a version 2 log file.
+fn parse_file(bytes: &[u8]) -> Vec<StoredMessage> {
+    parse_file_seq(bytes).1.into_iter().map(|(_, m)| m).collect()
+}
+
+/// A version 1 log holding `msgs` (the format before sequence numbers).
+fn v1_file(msgs: &[StoredMessage]) -> Vec<u8> {
+    let mut out = b"WEIRHST1".to_vec();
+    for m in msgs {
+        let kind = kind_byte(m.kind);
+        out.extend_from_slice(&(m.data.len() as u32).to_le_bytes());
+        out.push(kind);
+        out.extend_from_slice(&checksum(kind, &m.data).to_le_bytes());
+        out.extend_from_slice(&m.data);
+    }
     out
+}
+
+fn seqs(log: &RoomLog) -> Vec<u64> {
+    log.kept().entries().map(|(s, _)| *s).collect()
 }
 
 #[test]
@@ -239,11 +267,11 @@ fn corrupt_middle_record_drops_it_and_the_rest() {
         log.append(m.clone()).unwrap();
     }
     let full = std::fs::read(&log.path).unwrap();
-    let end1 = 8 + 9 + 3;
+    let end1 = 16 + 17 + 3;
     // (what, byte offset in record 2, new value)
     let corruptions: [(&str, usize, u8); 6] = [
-        ("checksum", 6, 0x55),
-        ("payload", 10, b'X'),
+        ("checksum", 14, 0x55),
+        ("payload", 18, b'X'),
         ("kind flipped to other valid kind", 4, 1),
         ("unknown kind", 4, 7),
         ("length over 64 MiB", 3, 0xff),
@@ -281,7 +309,7 @@ fn wrong_header_is_set_aside() {
         .collect();
     assert_eq!(aside.len(), 1);
     assert_eq!(std::fs::read(&aside[0]).unwrap(), junk);
-    assert_eq!(std::fs::read(&path).unwrap(), HEADER);
+    assert_eq!(std::fs::read(&path).unwrap(), header(0));
     let mut log = log;
     log.append(text("fresh")).unwrap();
     drop(log);
@@ -297,7 +325,7 @@ fn empty_or_torn_header_starts_fresh() {
         std::fs::write(&path, content).unwrap();
         let mut log = store.load(id).unwrap();
         assert!(log.is_empty());
-        assert_eq!(std::fs::read(&path).unwrap(), HEADER);
+        assert_eq!(std::fs::read(&path).unwrap(), header(0));
         log.append(binary(b"z")).unwrap();
         assert_eq!(history(&store.load(id).unwrap()), vec![binary(b"z")]);
     }
@@ -537,4 +565,101 @@ fn keep_zero_leaves_the_store_untouched_and_counts_existing_files() {
     assert_eq!(metrics.rooms.get(), 1);
     drop(touch_in(&store, "y"));
     assert_eq!(on_disk(dir.path()).0.len(), 1);
+}
+
+#[test]
+fn sequence_numbers_grow_across_compaction_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = 3;
+    {
+        let store = open_store(dir.path(), keep).unwrap();
+        let mut log = store.load("r").unwrap();
+        assert_eq!(log.last_seq(), 0);
+        for i in 1..=10u64 {
+            log.append(text(&format!("m{i}"))).unwrap();
+            assert_eq!(log.last_seq(), i);
+        }
+        assert_eq!(seqs(&log), vec![8, 9, 10]);
+    }
+    let path = room_path(dir.path(), "r");
+    let (floor, records) = parse_file_seq(&std::fs::read(&path).unwrap());
+    assert!(records.iter().map(|(s, _)| *s).eq(floor + 1..=10), "floor {floor}: {records:?}");
+    let store = open_store(dir.path(), keep).unwrap();
+    let mut log = store.load("r").unwrap();
+    assert_eq!((seqs(&log), log.last_seq()), (vec![8, 9, 10], 10));
+    log.append(text("m11")).unwrap();
+    assert_eq!(log.last_seq(), 11);
+    drop(log);
+    // A smaller keep on load compacts; the numbers stay.
+    let store = open_store(dir.path(), 1).unwrap();
+    let log = store.load("r").unwrap();
+    assert_eq!((seqs(&log), log.last_seq()), (vec![11], 11));
+    let (floor, records) = parse_file_seq(&std::fs::read(&path).unwrap());
+    assert_eq!((floor, records.len()), (10, 1));
+}
+
+#[test]
+fn a_compaction_that_keeps_nothing_keeps_the_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { keep: 4, keep_bytes: 4, max_rooms: 100 };
+    {
+        let store = HistoryStore::open(dir.path(), limits, detached()).unwrap();
+        let mut log = store.load("r").unwrap();
+        for m in [text("ab"), text("cd"), binary(&[0; 9]), binary(&[1; 9]), binary(&[2; 9])] {
+            log.append(m).unwrap();
+        }
+        assert!(log.is_empty());
+        assert_eq!(log.last_seq(), 5);
+    }
+    let store = HistoryStore::open(dir.path(), limits, detached()).unwrap();
+    let mut log = store.load("r").unwrap();
+    assert_eq!((log.len(), log.last_seq()), (0, 5));
+    log.append(text("x")).unwrap();
+    assert_eq!(seqs(&log), vec![6]);
+}
+
+#[test]
+fn a_version_1_log_is_read_numbered_from_1_and_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), 3).unwrap();
+    let path = room_path(dir.path(), "old");
+    let msgs: Vec<StoredMessage> = (1..=5).map(|i| text(&format!("v1-{i}"))).collect();
+    std::fs::write(&path, v1_file(&msgs)).unwrap();
+    let mut log = store.load("old").unwrap();
+    assert_eq!(history(&log), msgs[2..].to_vec());
+    assert_eq!((seqs(&log), log.last_seq()), (vec![3, 4, 5], 5));
+    let (floor, records) = parse_file_seq(&std::fs::read(&path).unwrap());
+    assert_eq!((floor, records.iter().map(|(s, _)| *s).collect::<Vec<_>>()), (2, vec![3, 4, 5]));
+    log.append(text("v2")).unwrap();
+    drop(log);
+    let log = store.load("old").unwrap();
+    assert_eq!(seqs(&log), vec![4, 5, 6]);
+    // A torn version 1 tail is cut off as before, then the rest rewritten.
+    let mut torn = v1_file(&msgs[..2]);
+    torn.extend_from_slice(&[7, 0, 0]);
+    let path = room_path(dir.path(), "torn1");
+    std::fs::write(&path, &torn).unwrap();
+    let log = store.load("torn1").unwrap();
+    assert_eq!((history(&log), log.last_seq()), (msgs[..2].to_vec(), 2));
+    assert_eq!(parse_file(&std::fs::read(&path).unwrap()), msgs[..2].to_vec());
+}
+
+#[test]
+fn a_record_out_of_sequence_ends_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path(), 10).unwrap();
+    let mut log = store.load("orig").unwrap();
+    for m in [text("a"), text("b")] {
+        log.append(m).unwrap();
+    }
+    let mut bytes = std::fs::read(&log.path).unwrap();
+    drop(log);
+    // A third record numbered 2 again, with a valid checksum.
+    let m = text("c");
+    bytes.extend_from_slice(&encode(2, &m).unwrap());
+    let path = room_path(dir.path(), "dup");
+    std::fs::write(&path, &bytes).unwrap();
+    let (log, warnings) = with_warnings(|| store.load("dup").unwrap());
+    assert_eq!(history(&log), vec![text("a"), text("b")]);
+    assert!(warnings.iter().any(|w| w.contains("out of order")), "{warnings:?}");
 }
