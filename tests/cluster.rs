@@ -418,7 +418,9 @@ async fn try_join_path(weir: &Weir, path: &str) -> Option<(Client, serde_json::V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_a_postgres_history_a_client_resumes_exactly_after_the_owner_is_killed() {
-    const SENT: usize = 3000;
+    // An upper bound: the sender goes on until the owner's death closes its connection (a fixed
+    // small count could all be stored before the kill on a fast run).
+    const SENT: usize = 100_000;
     let pg = Postgres::start_new().await;
     let config = CONFIG.replace("room: {history: 100, send_queue: 256}", "room: {history: 10000, send_queue: 4096}");
     let history = format!("  history: {{postgres: \"{}\"}}\n", pg.url());
@@ -430,8 +432,9 @@ async fn with_a_postgres_history_a_client_resumes_exactly_after_the_owner_is_kil
     let (mut through, _, _) = try_join_path(&c.weirs[2], "/rooms/lobby").await.expect("join");
     let mut sender = join(&c.weirs[2], "lobby").await;
     let sending = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
         for i in 1..=SENT {
-            if sender.send(Message::text(format!("m{i}"))).await.is_err() {
+            if sender.send(Message::text(format!("m{i}"))).await.is_err() || tokio::time::Instant::now() > deadline {
                 return;
             }
         }
