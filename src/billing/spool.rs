@@ -1268,6 +1268,37 @@ mod tests {
     }
 
     #[test]
+    fn a_line_framed_in_place_has_the_bytes_of_the_checksummed_frame() {
+        // Issue 14: records are serialised straight into their line; the bytes must be those of
+        // the frame as it was built before (head, lowercase hex of the CRC, mid, record, `}\n`).
+        let records: [&[u8]; 3] = [b"{}", "{\"a\":\"\u{e9}\\n\",\"n\":123}".as_bytes(), b""];
+        for record in records {
+            let want =
+                [CHECKED_HEAD, format!("{:08x}", crc32c(record)).as_bytes(), CHECKED_MID, record, b"}\n"].concat();
+            let mut line = b"before".to_vec();
+            frame_into(&mut line, |b| {
+                b.extend_from_slice(record);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            assert_eq!(&line[6..], &want[..], "{}", String::from_utf8_lossy(&line));
+            assert_eq!(encode_line(record), want);
+            assert_eq!(
+                decode_line(&want[..want.len() - 1]).ok().filter(|_| !record.is_empty()),
+                (!record.is_empty()).then_some(record)
+            );
+        }
+        // A writer that fails leaves the buffer as it was.
+        let mut line = b"keep".to_vec();
+        assert!(frame_into(&mut line, |b| {
+            b.extend_from_slice(b"{\"half");
+            Err(())
+        })
+        .is_err());
+        assert_eq!(line, b"keep");
+    }
+
+    #[test]
     fn segments_rotate_and_are_released_only_when_delivered() {
         let d = tempfile::tempdir().unwrap();
         let s = Spool::open(d.path()).unwrap();
