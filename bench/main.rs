@@ -6,10 +6,11 @@
 //! ```text
 //! cargo build --release            # builds both `weir` and `weir-bench`
 //! cargo run --release --bin weir-bench -- [--quick]
-//!     [--only direct,weir,floor]
+//!     [--only direct,weir,floor,nginx,haproxy]
 //!     [--scenarios small,bulk,handshake,idle,keepalive,idle-echo,idle-room,idle-builtin]
 //!     [--weir-bin PATH]
 //!     [--baseline-bin PATH]
+//!     [--nginx-bin PATH] [--haproxy-bin PATH]
 //! ```
 //!
 //! The table goes to stdout, progress to stderr. `--quick` is a smoke test (at most 1 s per
@@ -26,6 +27,18 @@
 //! * `weir`:   client → weir (1 worker thread, metering on) → echo server.
 //! * `floor`:  client → plain TCP relay (`tokio::io::copy_bidirectional` per connection,
 //!   nothing else, 1 worker thread) → echo server. This is the floor weir is compared with.
+//! * `nginx` (only with `--only …,nginx`; needs `nginx`, e.g. `apt-get install nginx-light`, and
+//!   then `systemctl disable --now nginx`: the bench never uses a system nginx): client → NGINX
+//!   as a WebSocket proxy (`proxy_http_version 1.1`, `Upgrade`/`Connection` headers passed,
+//!   `proxy_buffer_size 64k`, `proxy_buffers 4 64k`, `access_log off`) → echo server. One process
+//!   (`master_process off`, `worker_processes 1`), so the measured PID is the one doing the work,
+//!   with `-p <scratch dir>` and every path (pid, logs, temp dirs) in the scratch directory.
+//! * `haproxy` (only with `--only …,haproxy`, likewise): client → HAProxy 2.x in `mode http`
+//!   (the upgrade becomes a tunnel), `nbthread 1`, `tune.bufsize 65536`, no logging, started
+//!   with `-db` (foreground, one process) → echo server.
+//!
+//! NGINX and HAProxy listen on an ephemeral loopback port (picked by binding 127.0.0.1:0 and
+//! releasing it), are ready when that port accepts TCP, and are killed by PID like the others.
 //!
 //! The echo server and the floor relay are this binary re-executed with hidden subcommands
 //! (`weir-bench echo --listen 127.0.0.1:0 --port-file F`, `weir-bench floor --listen ..
@@ -65,8 +78,10 @@
 //!   messages per connection or 10 s. `MB/s` = payload echoed back (10^6 bytes) / wall time;
 //!   `CPU µs/MB` = relay CPU time / MB relayed, where each echoed MB crosses the relay twice and
 //!   so counts as 2 MB (the same convention as `small`).
-//! * `handshake`: 8 concurrent loops of TCP connect + WebSocket handshake + one 16-byte echo +
-//!   close handshake, for 5 s or 5 000 handshakes. `handshakes/s` = completed / wall time.
+//! * `handshake`: 64 concurrent loops of TCP connect + WebSocket handshake (upgrade, 101) + one
+//!   16-byte echo + close handshake, for 5 s or 20 000 cycles. `handshakes/s` = completed / wall
+//!   time; `CPU µs/handshake cycle` = relay CPU time over the run / cycles completed (issue 14;
+//!   before it the scenario ran 8 loops and had no CPU row).
 //! * `idle`: opens N = 9 900 idle WebSocket connections (200 handshakes in flight at a time),
 //!   each after one 16-byte echo. N is limited by `RLIMIT_NOFILE` (20 000 here): a proxied
 //!   connection costs the relay two descriptors. RSS is read before opening, at N/10 and at N,
@@ -108,7 +123,8 @@
 //! The `weir / floor` column is computed from the same run; with `--baseline-bin` a second weir
 //! binary (say, the previous commit's) runs right before weir in every scenario, and the
 //! `weir / baseline` column compares the two. After the table the tool checks
-//! the issues' targets: CPU per small message ≤ 1.3× floor, bulk MB/s ≥ 0.8× floor and
+//! the issues' targets: handshake-cycle CPU ≤ 0.75× floor's and, with `nginx` measured, ≤
+//! nginx's, with handshakes/s ≥ nginx's (issue 14); CPU per small message ≤ 1.3× floor, bulk MB/s ≥ 0.8× floor and
 //! ≤ 16 KiB RSS per idle connection for weir (judged on `KiB/conn`), then, with every guard on
 //! (issue 10), CPU per small message ≤ 1.15× floor and ≤ 8 KiB RSS per idle connection at
 //! 9 900 connections (not judged when N is lower, as with `--quick`); it also prints the
@@ -215,6 +231,15 @@ struct Cli {
     /// the `baseline` column, with a `weir / baseline` ratio.
     #[arg(long, value_name = "PATH")]
     baseline_bin: Option<PathBuf>,
+
+    /// The nginx binary for `--only …,nginx` [default: `nginx` on `PATH`, or /usr/sbin/nginx].
+    #[arg(long, value_name = "PATH")]
+    nginx_bin: Option<PathBuf>,
+
+    /// The haproxy binary for `--only …,haproxy` [default: `haproxy` on `PATH`, or
+    /// /usr/sbin/haproxy].
+    #[arg(long, value_name = "PATH")]
+    haproxy_bin: Option<PathBuf>,
 }
 
 /// Processes the benchmark starts by re-executing itself.
@@ -245,6 +270,12 @@ enum Target {
     Direct,
     Weir,
     Floor,
+    /// NGINX as a WebSocket proxy (`nginx` on `PATH` or `--nginx-bin`): one process, 64 KiB
+    /// proxy buffers.
+    Nginx,
+    /// HAProxy in HTTP mode (`haproxy` on `PATH` or `--haproxy-bin`): one process, one thread,
+    /// 64 KiB buffers (`tune.bufsize`).
+    Haproxy,
     /// The `--baseline-bin` weir (not selectable with `--only`; added when that flag is given).
     #[value(skip)]
     Baseline,
@@ -256,6 +287,8 @@ impl Target {
             Target::Direct => "direct",
             Target::Weir => "weir",
             Target::Floor => "floor",
+            Target::Nginx => "nginx",
+            Target::Haproxy => "haproxy",
             Target::Baseline => "baseline",
         }
     }
@@ -295,7 +328,7 @@ impl Scenario {
         match self {
             Scenario::Small => vec![Row::SmallRate, Row::SmallCpu],
             Scenario::Bulk => vec![Row::BulkRate, Row::BulkCpu],
-            Scenario::Handshake => vec![Row::Handshakes],
+            Scenario::Handshake => vec![Row::Handshakes, Row::HandshakeCpu],
             Scenario::Keepalive => vec![
                 Row::KeepaliveCpuOff,
                 Row::KeepaliveCpuOn,
@@ -332,7 +365,7 @@ impl Scenario {
     fn runs_on(self, target: Target) -> bool {
         match self {
             Scenario::Keepalive => target == Target::Weir,
-            _ if self.builtins() => !matches!(target, Target::Direct | Target::Floor),
+            _ if self.builtins() => matches!(target, Target::Weir | Target::Baseline),
             _ => true,
         }
     }
@@ -494,8 +527,8 @@ impl Params {
                 per_conn: if quick { 500 } else { 5_000 },
                 dur: secs(10, 1_000),
             },
-            hs_loops: 8,
-            hs_max: if quick { 1_000 } else { 5_000 },
+            hs_loops: 64,
+            hs_max: if quick { 2_000 } else { 20_000 },
             hs_dur: secs(5, 1_000),
             idle_n: if quick { 1_000 } else { 9_900 },
             builtin_idle_n: if quick { 500 } else { 2_000 },
@@ -577,6 +610,10 @@ struct Ctx {
     weir: Option<PathBuf>,
     /// The `--baseline-bin` weir, measured as the `baseline` target.
     baseline: Option<PathBuf>,
+    /// The nginx binary (with `--only …,nginx`).
+    nginx: Option<PathBuf>,
+    /// The haproxy binary (with `--only …,haproxy`).
+    haproxy: Option<PathBuf>,
     tmp: TempDir,
     clk_tck: f64,
     params: Params,
@@ -609,6 +646,16 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
             Some(resolve_weir(Some(p), &exe)?)
         }
         None => None,
+    };
+    let nginx = if targets.contains(&Target::Nginx) {
+        Some(resolve_tool("nginx", cli.nginx_bin.as_deref(), "--nginx-bin", "apt-get install nginx-light")?)
+    } else {
+        None
+    };
+    let haproxy = if targets.contains(&Target::Haproxy) {
+        Some(resolve_tool("haproxy", cli.haproxy_bin.as_deref(), "--haproxy-bin", "apt-get install haproxy")?)
+    } else {
+        None
     };
 
     // SAFETY: sysconf has no preconditions.
@@ -650,6 +697,8 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
         exe,
         weir,
         baseline,
+        nginx,
+        haproxy,
         tmp: TempDir::new().context("creating a temporary directory")?,
         clk_tck: clk_tck as f64,
         params,
@@ -665,10 +714,11 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
 
     // Targets run in the order direct, floor, weir for every scenario, so that slow drifts on the
     // shared host hit all columns of a row alike.
-    let run_order: Vec<Target> = [Target::Direct, Target::Floor, Target::Baseline, Target::Weir]
-        .into_iter()
-        .filter(|t| targets.contains(t))
-        .collect();
+    let run_order: Vec<Target> =
+        [Target::Direct, Target::Floor, Target::Nginx, Target::Haproxy, Target::Baseline, Target::Weir]
+            .into_iter()
+            .filter(|t| targets.contains(t))
+            .collect();
     let mut results: BTreeMap<(Row, Target), Cell> = BTreeMap::new();
     let mut failures = 0usize;
     for &scenario in &scenarios {
@@ -730,6 +780,23 @@ fn resolve_weir(explicit: Option<&Path>, exe: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A third-party proxy's binary: `explicit`, else `name` on `PATH`, else `/usr/sbin/<name>`.
+fn resolve_tool(name: &str, explicit: Option<&Path>, flag: &str, install: &str) -> Result<PathBuf> {
+    let found = match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file()),
+    };
+    match found {
+        Some(p) if p.is_file() => Ok(p),
+        _ => bail!("{name} not found: install it (`{install}`; stop and disable the service the package starts) or point {flag} at it, or leave it out of --only"),
+    }
+}
+
 /// Upper bound on one (scenario, target) run, including process start-up and teardown.
 fn backstop(p: &Params, scenario: Scenario) -> Duration {
     let slack = STARTUP_TIMEOUT + 2 * OP_TIMEOUT + DRAIN_TIMEOUT;
@@ -784,10 +851,16 @@ async fn run_one(ctx: &Ctx, scenario: Scenario, target: Target, label: &str) -> 
             vec![(Row::BulkRate, rate), (Row::BulkCpu, cpu)]
         }
         Scenario::Handshake => {
+            let cpu0 = cpu_time(ctx, dep.pid)?;
             let (n, elapsed) = run_handshakes(&dep, p).await?;
+            let cpu = cpu_time(ctx, dep.pid)?.saturating_sub(cpu0);
             let rate = n as f64 / elapsed.as_secs_f64();
-            eprintln!("[{label}] {n} handshakes in {elapsed:.2?}: {rate:.0}/s");
-            vec![(Row::Handshakes, rate)]
+            let per = cpu.as_secs_f64() * 1e6 / n as f64;
+            eprintln!(
+                "[{label}] {n} handshakes in {elapsed:.2?}: {rate:.0}/s, {} CPU {cpu:.2?} = {per:.1} µs/cycle",
+                dep.measured_name()
+            );
+            vec![(Row::Handshakes, rate), (Row::HandshakeCpu, per)]
         }
         Scenario::Idle | Scenario::IdleEcho | Scenario::IdleRoom | Scenario::IdleBuiltin => {
             let kind = scenario.idle().context("an idle scenario without a kind")?;
@@ -881,6 +954,8 @@ impl Deployment {
             Target::Direct => "echo server",
             Target::Weir => "weir",
             Target::Floor => "floor relay",
+            Target::Nginx => "nginx",
+            Target::Haproxy => "haproxy",
             Target::Baseline => "baseline weir",
         }
     }
@@ -930,6 +1005,37 @@ async fn deploy(ctx: &Ctx, target: Target, builtins: bool, keepalive: &str) -> R
             let pid = floor.pid();
             procs.push(floor);
             Ok(Deployment { target, addr, pid, admin: None, _procs: procs })
+        }
+        Target::Nginx | Target::Haproxy => {
+            let bin = if target == Target::Nginx { &ctx.nginx } else { &ctx.haproxy };
+            let bin = bin.as_ref().context("the proxy binary was not resolved")?;
+            let (listen, _) = free_loopback_ports()?;
+            let name = target.name();
+            let config_path = dir.join(format!("{name}-{tag}.conf"));
+            let log_path = dir.join(format!("{name}-{tag}.log"));
+            let scratch = dir.join(format!("{name}-{tag}"));
+            fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+            let config = if target == Target::Nginx {
+                nginx_config(listen, echo_addr, &scratch)
+            } else {
+                haproxy_config(listen, echo_addr)
+            };
+            fs::write(&config_path, config).with_context(|| format!("writing {}", config_path.display()))?;
+            let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+            let mut cmd = Command::new(bin);
+            if target == Target::Nginx {
+                // -e: the error log before the config is read (else /var/log/nginx).
+                cmd.arg("-p").arg(&scratch).arg("-e").arg(scratch.join("error.log")).arg("-c").arg(&config_path);
+            } else {
+                // -db: foreground, no daemon; one process.
+                cmd.arg("-db").arg("-f").arg(&config_path);
+            }
+            cmd.stdin(Stdio::null()).stdout(log.try_clone().context("duplicating the log handle")?).stderr(log);
+            let mut proxy = Proc::spawn(name, cmd)?;
+            wait_listening(&mut proxy, listen, &log_path).await?;
+            let pid = proxy.pid();
+            procs.push(proxy);
+            Ok(Deployment { target, addr: listen, pid, admin: None, _procs: procs })
         }
         Target::Weir | Target::Baseline => {
             let bin = if target == Target::Weir { &ctx.weir } else { &ctx.baseline };
@@ -1096,6 +1202,90 @@ limits:
     pool: echo
 {routes}"#
     ))
+}
+
+/// NGINX as a WebSocket proxy to `echo`: one process (`master_process off`, so the measured PID
+/// is the one doing the work), 64 KiB proxy buffers, no access log, every path under `scratch`.
+fn nginx_config(listen: SocketAddr, echo: SocketAddr, scratch: &Path) -> String {
+    let d = scratch.display();
+    format!(
+        r#"# Generated by weir-bench.
+daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{
+    worker_connections 20480;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://{echo};
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_buffer_size 64k;
+            proxy_buffers 4 64k;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// HAProxy in HTTP mode in front of `echo` (the upgrade becomes a tunnel): one process, one
+/// thread, 64 KiB buffers, no logging.
+fn haproxy_config(listen: SocketAddr, echo: SocketAddr) -> String {
+    format!(
+        r#"# Generated by weir-bench.
+global
+    nbthread 1
+    tune.bufsize 65536
+defaults
+    mode http
+    timeout connect 10s
+    timeout client 1h
+    timeout server 1h
+    timeout tunnel 1h
+frontend bench
+    bind {listen}
+    default_backend echo
+backend echo
+    server echo {echo}
+"#
+    )
+}
+
+/// Waits until `proxy` accepts TCP on `listen`.
+async fn wait_listening(proxy: &mut Proc, listen: SocketAddr, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Err(e) = proxy.check_running() {
+            bail!("during start-up, {e:#}; end of its log ({}):\n{}", log.display(), log_tail(log));
+        }
+        if let Ok(Ok(_)) = timeout(POLL_INTERVAL * 10, TcpStream::connect(listen)).await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} (pid {}) did not accept on {listen} within {STARTUP_TIMEOUT:?}; end of its log:\n{}",
+                proxy.name,
+                proxy.pid(),
+                log_tail(log)
+            );
+        }
+        sleep(POLL_INTERVAL).await;
+    }
 }
 
 /// Waits until weir accepts TCP on its listener and its admin `/readyz` answers 200.
@@ -1904,6 +2094,7 @@ enum Row {
     BulkRate,
     BulkCpu,
     Handshakes,
+    HandshakeCpu,
     IdleKib(IdleKind),
     IdleSlope(IdleKind),
     KeepaliveCpuOff,
@@ -1919,7 +2110,7 @@ impl Row {
         match self {
             Row::SmallRate | Row::SmallCpu => "small",
             Row::BulkRate | Row::BulkCpu => "bulk",
-            Row::Handshakes => "handshake",
+            Row::Handshakes | Row::HandshakeCpu => "handshake",
             Row::IdleKib(kind) | Row::IdleSlope(kind) => match kind {
                 IdleKind::Relay => "idle",
                 IdleKind::EchoObject => "idle-echo",
@@ -1941,7 +2132,8 @@ impl Row {
             Row::SmallCpu => "CPU µs/msg".into(),
             Row::BulkRate => "MB/s".into(),
             Row::BulkCpu => "CPU µs/MB relayed".into(),
-            Row::Handshakes => "handshakes/s".into(),
+            Row::Handshakes => format!("handshakes/s, {} concurrent", p.hs_loops),
+            Row::HandshakeCpu => "CPU µs/handshake cycle".into(),
             Row::IdleKib(_) => "RSS KiB/conn".into(),
             Row::IdleSlope(_) => "RSS KiB/conn slope N/10→N".into(),
             Row::KeepaliveCpuOff => format!("CPU ms/s ({} conns, no pings)", p.idle_n),
@@ -1955,7 +2147,7 @@ impl Row {
 
     /// Whether the figure is read from the measured process (echo server for `direct`).
     fn per_process(self) -> bool {
-        matches!(self, Row::SmallCpu | Row::BulkCpu | Row::IdleKib(_) | Row::IdleSlope(_))
+        matches!(self, Row::SmallCpu | Row::BulkCpu | Row::HandshakeCpu | Row::IdleKib(_) | Row::IdleSlope(_))
     }
 
     fn format(self, v: f64) -> String {
@@ -1970,7 +2162,7 @@ impl Row {
             | Row::KeepalivePingRate => {
                 format!("{v:.2}")
             }
-            Row::BulkRate | Row::BulkCpu => format!("{v:.1}"),
+            Row::BulkRate | Row::BulkCpu | Row::HandshakeCpu => format!("{v:.1}"),
         }
     }
 }
@@ -1992,15 +2184,16 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
         let _ = writeln!(out, "- {}: {}", s.name(), ctx.params.describe(s));
     }
     let _ = writeln!(out);
-    let with_baseline = targets.contains(&Target::Baseline);
-    if with_baseline {
-        let _ =
-            writeln!(out, "| scenario | metric | direct | weir | floor | weir / floor | baseline | weir / baseline |");
-        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
-    } else {
-        let _ = writeln!(out, "| scenario | metric | direct | weir | floor | weir / floor |");
-        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+    // Columns: direct, weir, floor, weir / floor, then each other target measured with weir's
+    // ratio to it (nginx, haproxy, baseline).
+    let extra: Vec<Target> =
+        [Target::Nginx, Target::Haproxy, Target::Baseline].into_iter().filter(|t| targets.contains(t)).collect();
+    let _ = write!(out, "| scenario | metric | direct | weir | floor | weir / floor |");
+    for t in &extra {
+        let _ = write!(out, " {} | weir / {} |", t.name(), t.name());
     }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|{}", "---:|---:|".repeat(extra.len()));
     let value = |row: Row, t: Target| match results.get(&(row, t)) {
         Some(Ok(v)) => Some(*v),
         _ => None,
@@ -2020,25 +2213,23 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
                     None => "-".into(),
                 }
             };
-            let ratio = match (value(row, Target::Weir), value(row, Target::Floor)) {
-                (Some(w), Some(f)) if f != 0.0 => format!("{:.2}", w / f),
+            let ratio = |t: Target, digits: usize| match (value(row, Target::Weir), value(row, t)) {
+                (Some(w), Some(b)) if b != 0.0 => format!("{:.digits$}", w / b),
                 _ => "-".into(),
             };
             let _ = write!(
                 out,
-                "| {} | {} | {} | {} | {} | {ratio} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 row.scenario(),
                 row.metric(&ctx.params),
                 cell(Target::Direct),
                 cell(Target::Weir),
-                cell(Target::Floor)
+                cell(Target::Floor),
+                ratio(Target::Floor, 2)
             );
-            if with_baseline {
-                let vs = match (value(row, Target::Weir), value(row, Target::Baseline)) {
-                    (Some(w), Some(b)) if b != 0.0 => format!("{:.3}", w / b),
-                    _ => "-".into(),
-                };
-                let _ = write!(out, " {} | {vs} |", cell(Target::Baseline));
+            for &t in &extra {
+                let digits = if t == Target::Baseline { 3 } else { 2 };
+                let _ = write!(out, " {} | {} |", cell(t), ratio(t, digits));
             }
             let _ = writeln!(out);
         }
@@ -2047,7 +2238,7 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
     let _ = writeln!(
         out,
         "† direct has no relay: the figure is the echo server's. CPU and RSS are otherwise the \
-         relay process's (weir or floor). small msgs/s counts round trips; for CPU a round trip \
+         relay process's (weir, floor, nginx or haproxy). small msgs/s counts round trips; for CPU a round trip \
          is 2 messages relayed and an echoed MB is 2 MB relayed. Every weir runs with every \
          guard on (`limits:`, none reached); keepalive is measured on weir only."
     );
@@ -2076,6 +2267,31 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
         _ => "not measured (needs bulk on weir and floor)".into(),
     };
     let _ = writeln!(out, "- bulk MB/s ≥ 0.8× floor: {bulk}");
+    let hs_cpu = |t: Target| value(Row::HandshakeCpu, t);
+    let hs_rate = |t: Target| value(Row::Handshakes, t);
+    let handshake_cpu = match (hs_cpu(Target::Weir), hs_cpu(Target::Floor)) {
+        (Some(w), Some(f)) if f > 0.0 => {
+            format!("weir {w:.1} vs floor {f:.1} µs = {:.2}× — {}", w / f, verdict(w <= 0.75 * f))
+        }
+        _ => "not measured (needs handshake on weir and floor)".into(),
+    };
+    let _ = writeln!(out, "- handshake cycle CPU ≤ 0.75× floor (issue 14): {handshake_cpu}");
+    if targets.contains(&Target::Nginx) {
+        let cpu = match (hs_cpu(Target::Weir), hs_cpu(Target::Nginx)) {
+            (Some(w), Some(n)) if n > 0.0 => {
+                format!("weir {w:.1} vs nginx {n:.1} µs = {:.2}× — {}", w / n, verdict(w <= n))
+            }
+            _ => "not measured (needs handshake on weir and nginx)".into(),
+        };
+        let _ = writeln!(out, "- handshake cycle CPU ≤ nginx (issue 14): {cpu}");
+        let rate = match (hs_rate(Target::Weir), hs_rate(Target::Nginx)) {
+            (Some(w), Some(n)) if n > 0.0 => {
+                format!("weir {w:.0} vs nginx {n:.0}/s = {:.2}× — {}", w / n, verdict(w >= n))
+            }
+            _ => "not measured (needs handshake on weir and nginx)".into(),
+        };
+        let _ = writeln!(out, "- handshakes/s ≥ nginx (issue 14): {rate}");
+    }
     let relay = IdleKind::Relay;
     let idle = match (value(Row::IdleKib(relay), Target::Weir), value(Row::IdleSlope(relay), Target::Weir)) {
         (Some(k), slope) => format!(

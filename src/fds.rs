@@ -3,6 +3,9 @@
 //! out is visible (`weir_open_fds`, `weir_max_fds`, `/readyz` 503) and survivable (new upgrades
 //! get 503 before `accept` and `connect` start failing).
 //!
+//! Start (cold): `raise_limit` raises the soft `RLIMIT_NOFILE` to the hard limit once, at `weir
+//! run`, and logs both (a unit's `LimitNOFILE=` or the shell's `ulimit -Hn` is then the only knob).
+//!
 //! Background: `Sampler`, a service, counts `/proc/self/fd` and reads `/proc/self/limits` every
 //! `SAMPLE_INTERVAL` (the limit is read again each time: `prlimit` can change it while weir
 //! runs). Warm path: `Descriptors::exhausted`, two atomic loads per upgrade. Linux only; where
@@ -14,10 +17,13 @@ use pingora_core::services::background::BackgroundService;
 use prometheus::IntGauge;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Time between two samples of the open descriptors.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Shortest time between two "descriptor headroom used" warnings.
+pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The descriptor counts, shared by the sampler (writer), the gateway and `/readyz` (readers).
 #[derive(Debug)]
@@ -85,6 +91,52 @@ impl Descriptors {
     }
 }
 
+/// What `raise_limit` did to `RLIMIT_NOFILE`, descriptors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raised {
+    /// The soft limit weir started with.
+    pub was: u64,
+    /// The soft limit now (the hard limit, unless raising failed).
+    pub now: u64,
+    /// The hard limit (`u64::MAX`: unlimited).
+    pub hard: u64,
+}
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit (an unlimited hard limit: to
+/// `/proc/sys/fs/nr_open`, the most the kernel allows) and log `soft → new soft (hard)`. A
+/// failure is logged and leaves the limit as it was; weir runs on with fewer descriptors.
+pub fn raise_limit() -> Raised {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let was = limit.current.unwrap_or(u64::MAX);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    let target = if hard == u64::MAX {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok());
+        nr_open.unwrap_or(was).max(was)
+    } else {
+        hard
+    };
+    let mut now = was;
+    if target > was {
+        match setrlimit(Resource::Nofile, Rlimit { current: Some(target), maximum: limit.maximum }) {
+            Ok(()) => now = target,
+            Err(e) => tracing::warn!(
+                soft = was,
+                hard,
+                error = %e,
+                "cannot raise the soft descriptor limit (RLIMIT_NOFILE) to the hard one; weir runs with the soft one"
+            ),
+        }
+    }
+    tracing::info!(
+        soft = was,
+        new_soft = now,
+        hard,
+        "descriptor limit (RLIMIT_NOFILE): {was} → {now} ({hard} hard); raise the hard limit (LimitNOFILE=, ulimit -Hn) to hold more connections"
+    );
+    Raised { was, now, hard }
+}
+
 /// The soft "Max open files" of this process, from `/proc/self/limits`.
 fn soft_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -120,6 +172,9 @@ fn resident_bytes() -> Option<i64> {
 impl BackgroundService for Sampler {
     async fn start(&self, _shutdown: ShutdownWatch) {
         let mut was_exhausted = false;
+        // When the last "headroom used" warning was logged: repeated at most every WARN_INTERVAL
+        // while the reserve stays in use (or the count flaps around it).
+        let mut warned: Option<Instant> = None;
         loop {
             let fds = self.fds.clone();
             // Reading /proc is a blocking call: off the service's runtime thread.
@@ -130,14 +185,13 @@ impl BackgroundService for Sampler {
                 self.rss.set(rss);
             }
             let exhausted = self.fds.exhausted();
-            if exhausted != was_exhausted {
-                if exhausted {
-                    tracing::warn!(state = %self.fds.describe(), "descriptor headroom used: new upgrades get 503 and /readyz 503 until descriptors are free again");
-                } else {
-                    tracing::info!(state = %self.fds.describe(), "descriptors free again: upgrades accepted");
-                }
-                was_exhausted = exhausted;
+            if exhausted && warned.is_none_or(|at| at.elapsed() >= WARN_INTERVAL) {
+                tracing::warn!(state = %self.fds.describe(), "descriptor headroom used: new upgrades get 503 (descriptors_exhausted) and /readyz 503 until descriptors are free again; raise the hard RLIMIT_NOFILE (LimitNOFILE=) to hold more (README, \"Descriptors\")");
+                warned = Some(Instant::now());
+            } else if !exhausted && was_exhausted {
+                tracing::info!(state = %self.fds.describe(), "descriptors free again: upgrades accepted");
             }
+            was_exhausted = exhausted;
             tokio::time::sleep(SAMPLE_INTERVAL).await;
         }
     }

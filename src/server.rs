@@ -60,6 +60,8 @@ const PINGORA_GRACE_MARGIN: Duration = Duration::from_secs(2);
 /// With `upgrade`, the listening sockets are taken over from a running weir (`weir run
 /// --upgrade`, then SIGQUIT to the old process): see the README, "Binary upgrade".
 pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
+    // First: everything after this opens descriptors.
+    crate::fds::raise_limit();
     let registry = prometheus::default_registry().clone();
     let metrics = Metrics::register(&registry).context("registering metrics")?;
     metrics.prepare(&crate::gateway::known_labels(&config));

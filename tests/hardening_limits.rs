@@ -121,6 +121,36 @@ async fn descriptor_headroom_refuses_upgrades_with_503_and_readyz_turns_503() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 }
 
+/// Issue 14: one process's soft descriptor limit (often 1024) capped weir below what its hard
+/// limit allows. `weir run` now raises the soft limit to the hard one at start, logs both, and
+/// `weir_max_fds` reports the raised limit.
+#[tokio::test]
+async fn weir_raises_its_soft_descriptor_limit_to_the_hard_limit_at_start() {
+    let hard = hard_nofile();
+    assert!(hard >= 64, "this test needs a hard RLIMIT_NOFILE of at least 64, have {hard}");
+    let soft = (hard / 2).min(1024);
+    let nofile = format!("--nofile={soft}:{hard}");
+    let backend = echo_backend().await;
+    let weir = Weir::start_wrapped(&["prlimit", &nofile, "--"], &pool_and_route("p", &[backend.addr], "/ws"), "").await;
+    weir.metric_eventually("weir_max_fds", &[], |v| v == hard as f64).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", weir.pid())).expect("weir's limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("Max open files");
+    let fields: Vec<&str> = line.trim_start_matches("Max open files").split_whitespace().collect();
+    let hard_text = hard.to_string();
+    assert_eq!(fields[..2], [hard_text.as_str(), hard_text.as_str()], "soft and hard: {line}");
+    let log = weir.log();
+    assert!(log.contains(&format!("{soft} → {hard} ({hard} hard)")), "no line about the raise in:\n{log}");
+}
+
+/// The hard "Max open files" of this (the test) process; weir, its child, inherits it.
+fn hard_nofile() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("Max open files");
+    let hard = line.trim_start_matches("Max open files").split_whitespace().nth(1).expect("hard limit");
+    // "unlimited" cannot be exceeded by a test: treat it as the kernel's most.
+    hard.parse().unwrap_or(1 << 20)
+}
+
 /// Issue 9, item 17: `weir check` accepted an unauthenticated admin listener on 0.0.0.0 without a
 /// word. It still accepts it (the operations issue adds a token), with a warning that names the
 /// key and the fix; a loopback admin address gets none.

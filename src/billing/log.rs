@@ -1,7 +1,9 @@
 //! `UsageLog`: hands every usage record to the spool, one JSON line each.
 //!
 //! Warm path (once per record). Serialising and the spool's single `write(2)` happen on the
-//! caller's thread, so a record is in the spool's page cache before its connection's task goes
+//! caller's thread; the record is serialised straight into its spool line (`frame_into`), in a
+//! per-thread buffer that is reused, so a record costs no allocation, and its counter is a handle
+//! resolved once (issue 14), so a record is in the spool's page cache before its connection's task goes
 //! on; the spool's flusher makes it durable within `usage.fsync_interval`, and the sinks deliver
 //! it from there (`delivery.rs`). Nothing is dropped: a record the spool cannot write waits
 //! in memory (see `spool.rs`).
@@ -10,8 +12,21 @@ use super::record::{ObjectRecord, UsageRecord};
 use super::spool::Spool;
 use super::Units;
 use crate::metrics::Metrics;
+use prometheus::IntCounter;
 use serde::Serialize;
+use std::cell::RefCell;
 use std::sync::Arc;
+
+/// Bytes a record's line buffer starts with (a stop record's line is about 700).
+const LINE_CAPACITY: usize = 2048;
+
+thread_local! {
+    /// The spool line being built on this thread (cleared, never shrunk below its capacity).
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(LINE_CAPACITY));
+}
+
+/// The record kinds `weir_usage_records_total` counts (its `kind` label).
+const KINDS: [&str; 6] = ["start", "interim", "stop", "rejection", "object", "rejections"];
 
 /// The way into the spool, shared by every connection.
 pub struct UsageLog {
@@ -19,12 +34,15 @@ pub struct UsageLog {
     metrics: Metrics,
     /// The units in force: a reload swaps them (`set_units`).
     units: arc_swap::ArcSwap<Units>,
+    /// `weir_usage_records_total{kind}` for each of `KINDS`, resolved once.
+    written: [IntCounter; KINDS.len()],
 }
 
 impl UsageLog {
     /// Records go to `spool`; `units` are the pricing units connection records carry.
     pub fn new(spool: Arc<Spool>, metrics: Metrics, units: Units) -> UsageLog {
-        UsageLog { spool, metrics, units: arc_swap::ArcSwap::from_pointee(units) }
+        let written = KINDS.map(|k| metrics.usage_records.with_label_values(&[k]));
+        UsageLog { spool, metrics, units: arc_swap::ArcSwap::from_pointee(units), written }
     }
 
     /// The spool behind this log.
@@ -64,11 +82,29 @@ impl UsageLog {
     }
 
     fn append<T: Serialize>(&self, record: &T, kind: &str, key: &str) {
-        match serde_json::to_vec(record) {
-            Ok(line) => {
-                self.spool.append(line);
-                self.metrics.usage_records.with_label_values(&[kind]).inc();
+        let encode = |line: &mut Vec<u8>| {
+            line.clear();
+            super::spool::frame_into(line, |buf| serde_json::to_writer(buf, record))
+        };
+        let framed = LINE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut line) => encode(&mut line).map(|()| {
+                self.spool.append_line(&line);
+                if line.capacity() > 4 * LINE_CAPACITY {
+                    // One huge record does not keep its buffer alive on this thread.
+                    *line = Vec::with_capacity(LINE_CAPACITY);
+                }
+            }),
+            // Not expected (nothing here re-enters); a buffer of its own then.
+            Err(_) => {
+                let mut line = Vec::with_capacity(LINE_CAPACITY);
+                encode(&mut line).map(|()| self.spool.append_line(&line))
             }
+        });
+        match framed {
+            Ok(()) => match KINDS.iter().position(|k| *k == kind) {
+                Some(i) => self.written[i].inc(),
+                None => self.metrics.usage_records.with_label_values(&[kind]).inc(),
+            },
             Err(e) => {
                 // Only a bug can get here (every field serialises); say which record it was.
                 tracing::error!(error = %e, key, "cannot serialise a usage record");

@@ -133,12 +133,34 @@ pub fn crc32c(data: &[u8]) -> u32 {
 /// The spool line of `record` (its JSON, without a newline), newline included.
 pub fn encode_line(record: &[u8]) -> Vec<u8> {
     let mut line = Vec::with_capacity(record.len() + CHECKED_OVERHEAD + 1);
-    line.extend_from_slice(CHECKED_HEAD);
-    line.extend_from_slice(format!("{:08x}", crc32c(record)).as_bytes());
-    line.extend_from_slice(CHECKED_MID);
-    line.extend_from_slice(record);
-    line.extend_from_slice(b"}\n");
+    let Ok(()) = frame_into(&mut line, |buf| {
+        buf.extend_from_slice(record);
+        Ok::<(), std::convert::Infallible>(())
+    });
     line
+}
+
+/// Append a spool line to `line` in one pass: the frame's head, the record `write` appends
+/// (its JSON, without a newline), then the checksum is filled in over exactly those bytes and
+/// the frame closed, newline included. The same bytes as `encode_line`, without a second buffer
+/// or a copy of the record (issue 14: a record is encoded once, into a buffer that is reused).
+pub fn frame_into<E>(line: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+    let begin = line.len();
+    line.extend_from_slice(CHECKED_HEAD);
+    let hex = line.len();
+    line.extend_from_slice(b"00000000");
+    line.extend_from_slice(CHECKED_MID);
+    let record = line.len();
+    if let Err(e) = write(line) {
+        line.truncate(begin);
+        return Err(e);
+    }
+    let crc = crc32c(&line[record..]);
+    for (i, b) in line[hex..hex + 8].iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[((crc >> (28 - 4 * i)) & 0xf) as usize];
+    }
+    line.extend_from_slice(b"}\n");
+    Ok(())
 }
 
 /// The record in a checked spool line (without its newline), or why it is not one.
@@ -535,18 +557,23 @@ impl Spool {
     /// fails: a record that cannot be written now waits in memory and is written, in order, when
     /// the spool can take it.
     pub fn append(&self, record: Vec<u8>) {
-        let line = encode_line(&record);
+        self.append_line(&encode_line(&record));
+    }
+
+    /// Append one whole spool line (`frame_into`'s, newline included), copied only if it has to
+    /// wait in memory. Never fails, as `append`.
+    pub fn append_line(&self, line: &[u8]) {
         self.appended.fetch_add(1, Ordering::Relaxed);
         let mut w = lock(&self.writer);
         let mut backlog = lock(&self.backlog);
         if !backlog.is_empty() {
-            backlog.push_back(line);
+            backlog.push_back(line.to_vec());
             return;
         }
         drop(backlog);
-        if let Err(e) = self.write_line(&mut w, &line) {
+        if let Err(e) = self.write_line(&mut w, line) {
             self.failed(&e);
-            lock(&self.backlog).push_back(line);
+            lock(&self.backlog).push_back(line.to_vec());
         }
     }
 
@@ -1238,6 +1265,37 @@ mod tests {
         assert_eq!((first.bad[0].len, first.bad[0].bytes.len()), ((MAX_RECORD + 11) as u64, QUARANTINE_SAMPLE));
         let rest = read_batch(d.path(), first.next, end, 100, MAX_RECORD).unwrap();
         assert_eq!((rest.records, rest.next), (vec![record(1)], end));
+    }
+
+    #[test]
+    fn a_line_framed_in_place_has_the_bytes_of_the_checksummed_frame() {
+        // Issue 14: records are serialised straight into their line; the bytes must be those of
+        // the frame as it was built before (head, lowercase hex of the CRC, mid, record, `}\n`).
+        let records: [&[u8]; 3] = [b"{}", "{\"a\":\"\u{e9}\\n\",\"n\":123}".as_bytes(), b""];
+        for record in records {
+            let want =
+                [CHECKED_HEAD, format!("{:08x}", crc32c(record)).as_bytes(), CHECKED_MID, record, b"}\n"].concat();
+            let mut line = b"before".to_vec();
+            frame_into(&mut line, |b| {
+                b.extend_from_slice(record);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+            assert_eq!(&line[6..], &want[..], "{}", String::from_utf8_lossy(&line));
+            assert_eq!(encode_line(record), want);
+            assert_eq!(
+                decode_line(&want[..want.len() - 1]).ok().filter(|_| !record.is_empty()),
+                (!record.is_empty()).then_some(record)
+            );
+        }
+        // A writer that fails leaves the buffer as it was.
+        let mut line = b"keep".to_vec();
+        assert!(frame_into(&mut line, |b| {
+            b.extend_from_slice(b"{\"half");
+            Err(())
+        })
+        .is_err());
+        assert_eq!(line, b"keep");
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct Established {
     pub route: String,
     /// Its pool or namespace (labels).
     pub place: Place,
+    /// Its metric handles (started counted already).
+    pub metrics: crate::metrics::ConnMetrics,
     /// The route's guards.
     pub limits: Limits,
     /// The chunk sizes its scanners count (the pricing units of its snapshot).
@@ -100,8 +102,7 @@ impl Gateway {
     /// the task is the relay's future plus what ending needs: an idle connection's task holds
     /// nothing else (no copy of its arguments, no handshake state).
     pub(super) fn start(self: &Arc<Self>, c: Established, shutdown: ShutdownWatch) {
-        let Established { client, early, route, place, limits, chunks, live, lease, serve, permit, quota } = c;
-        let metrics = self.metrics.connection(&route, &place);
+        let Established { client, early, route, place, metrics, limits, chunks, live, lease, serve, permit, quota } = c;
         let tenant = self.metrics.tenant_labels.label(live.meter.identity().tenant.as_deref());
         self.metrics.tenant_active.with_label_values(&[&tenant]).inc();
         let grace = self.grace_period;

@@ -190,6 +190,8 @@ pub struct Request {
     pub peer: Option<Arc<crate::client_cert::PeerCert>>,
     /// Route name (the `route` label).
     pub route: String,
+    /// Its index in `snap.routes` (and `snap.route_handles`).
+    pub route_index: usize,
     /// Its pool, or its namespace on object routes (the `pool` / `namespace` labels).
     pub place: Place,
     /// The route's guards for the connection once upgraded.
@@ -333,10 +335,7 @@ impl Gateway {
         if route.tenant.is_some() {
             identity.tenant = route.tenant.clone();
         }
-        let place = match route.target {
-            Target::Pool(i) => Place::pool(snap.config.pools.get(i).map_or("", |p| p.name.as_str())),
-            Target::Object(i) => Place::namespace(snap.objects.get(i).map_or("", |ns| ns.config.name.as_str())),
-        };
+        let place = snap.place(route);
         let mut req = Request {
             stream,
             head,
@@ -344,6 +343,7 @@ impl Gateway {
             tls,
             peer,
             route: route.name.clone(),
+            route_index,
             place,
             limits: route.limits,
             snap: snap.clone(),

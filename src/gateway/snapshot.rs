@@ -7,12 +7,13 @@
 //! an open connection keeps what its snapshot gave it (its backend, its limits, its object's
 //! owner), so a reload never touches it. Parts that did not change are shared with the running
 //! snapshot rather than rebuilt: a pool keeps its health state, a namespace its live objects
-//! and room store, the caps their counts.
+//! and room store, the caps their counts. Each route's connection metric handles are resolved
+//! here too (`route_handles`), so a connection clones them rather than looking them up.
 
 use crate::admission::Gatekeeper;
 use crate::billing::UsageLog;
-use crate::config::{Backend, BuiltinKind, Config};
-use crate::metrics::Metrics;
+use crate::config::{Backend, BuiltinKind, Config, Route, Target};
+use crate::metrics::{Metrics, Place, RouteHandles};
 use crate::objects::Objects;
 use crate::pools::{HealthListener, HealthRunner, Pools};
 use crate::relay::scanner::Chunks;
@@ -38,6 +39,8 @@ pub struct Snapshot {
     pub gatekeeper: Gatekeeper,
     /// Per-message chunk sizes its pricing units need from the scanners.
     pub chunks: Chunks,
+    /// Each route's connection metric handles, indexed like `routes`.
+    pub route_handles: Vec<RouteHandles>,
 }
 
 /// What building a snapshot takes from the running process.
@@ -112,6 +115,8 @@ impl Snapshot {
         let (objects, kept_namespaces) =
             Objects::build(&config, &parts.usage, &parts.metrics, &parts.runner, previous.map(|p| &*p.objects))?;
         let chunks = crate::billing::units::chunks(&config.billing_units);
+        let route_handles =
+            routes.iter().map(|r| parts.metrics.route_handles(&r.name, &place(&config, &objects, r))).collect();
         let snapshot = Snapshot {
             config: Arc::new(config),
             routes,
@@ -119,7 +124,21 @@ impl Snapshot {
             objects: Arc::new(objects),
             gatekeeper,
             chunks,
+            route_handles,
         };
         Ok(Built { snapshot, kept_namespaces })
+    }
+
+    /// What serves `route` (its metric labels).
+    pub fn place(&self, route: &Route) -> Place {
+        place(&self.config, &self.objects, route)
+    }
+}
+
+/// What serves `route` under `config` and its namespaces `objects`.
+fn place(config: &Config, objects: &Objects, route: &Route) -> Place {
+    match route.target {
+        Target::Pool(i) => Place::pool(config.pools.get(i).map_or("", |p| p.name.as_str())),
+        Target::Object(i) => Place::namespace(objects.get(i).map_or("", |ns| ns.config.name.as_str())),
     }
 }

@@ -198,7 +198,11 @@ impl Gateway {
                 return self.reject(&mut req, RejectReason::BackendBadHandshake).await;
             }
         }
-        self.metrics.backend_connect.with_label_values(&req.place.labels()).observe(started.elapsed().as_secs_f64());
+        let connect = started.elapsed().as_secs_f64();
+        match req.snap.route_handles.get(req.route_index) {
+            Some(handles) => handles.backend_connect.observe(connect),
+            None => self.metrics.backend_connect.with_label_values(&req.place.labels()).observe(connect),
+        }
         req.meter.subprotocol = answer.headers.get("sec-websocket-protocol");
         let rsv = allowed_rsv(answer.headers.get("sec-websocket-extensions").as_deref());
         // Keep only the early bytes (usually none): the heads and buffers of the handshake end
@@ -223,8 +227,12 @@ impl Gateway {
         lease: Option<Lease>,
         serve: Serve,
     ) {
-        let Request { mut stream, meter, route, place, shutdown, head, limits, grant, snap, .. } = req;
+        let Request { mut stream, meter, route, route_index, place, shutdown, head, limits, grant, snap, .. } = req;
         let chunks = snap.chunks;
+        let metrics = match snap.route_handles.get(route_index) {
+            Some(handles) => handles.connection(),
+            None => self.metrics.connection(&route, &place),
+        };
         drop(snap);
         let Grant { permit, quota, .. } = grant;
         drop(head);
@@ -237,8 +245,20 @@ impl Gateway {
             l.connected();
         }
         let live = self.live.begin(meter);
-        let established =
-            Established { client: stream, early, route, place, limits, chunks, live, lease, serve, permit, quota };
+        let established = Established {
+            client: stream,
+            early,
+            route,
+            place,
+            metrics,
+            limits,
+            chunks,
+            live,
+            lease,
+            serve,
+            permit,
+            quota,
+        };
         self.start(established, shutdown);
     }
 

@@ -17,7 +17,7 @@ use crate::tls_client::ClientTls;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
-use pingora_core::upstreams::peer::BasicPeer;
+use pingora_core::upstreams::peer::{BasicPeer, PeerOptions};
 use pingora_error::ErrorType;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -65,7 +65,13 @@ pub async fn connect(
     tls: Option<&ClientTls>,
 ) -> Result<Stream, UpstreamError> {
     let started = std::time::Instant::now();
-    let mut peer = BasicPeer::new(&addr.to_string());
+    // Built from the address itself: `BasicPeer::new` takes a string it parses again (and
+    // unwraps), which cost a formatted String per connection (issue 14).
+    let mut peer = BasicPeer {
+        _address: pingora_core::protocols::l4::socket::SocketAddr::Inet(addr),
+        sni: String::new(),
+        options: PeerOptions::new(),
+    };
     peer.options.connection_timeout = Some(timeout);
     peer.options.total_connection_timeout = Some(timeout);
     let stream = connector.new_stream(&peer).await.map_err(|e| match e.etype() {

@@ -519,6 +519,18 @@ impl Metrics {
         self.connection_handles(route, place)
     }
 
+    /// The handles of `route` (served by `place`), resolved once for a snapshot: a connection
+    /// then clones them (`RouteHandles::connection`) instead of looking up some twenty label
+    /// sets (issue 14).
+    pub fn route_handles(&self, route: &str, place: &Place) -> RouteHandles {
+        let [pool, ns] = place.labels();
+        RouteHandles {
+            started: self.connections_started.with_label_values(&[route, pool, ns]),
+            conn: self.connection_handles(route, place),
+            backend_connect: self.backend_connect.with_label_values(&[pool, ns]),
+        }
+    }
+
     fn connection_handles(&self, route: &str, place: &Place) -> ConnMetrics {
         let [pool, ns] = place.labels();
         let dir = |d: Direction| DirMetrics {
@@ -534,6 +546,26 @@ impl Metrics {
             rtt: ["client", "backend"].map(|side| self.peer_rtt.with_label_values(&[route, side])),
             dirs: [dir(Direction::ClientToBackend), dir(Direction::BackendToClient)],
         }
+    }
+}
+
+/// One route's connection metric handles, resolved when its snapshot is built (cold path); a
+/// reload builds new ones, and open connections keep theirs (as they keep their route).
+#[derive(Clone)]
+pub struct RouteHandles {
+    /// `weir_connections_started_total` of the route.
+    started: IntCounter,
+    /// What each connection starts with (every `Reported` count 0).
+    conn: ConnMetrics,
+    /// `weir_backend_connect_seconds` of the route's pool or namespace.
+    pub backend_connect: Histogram,
+}
+
+impl RouteHandles {
+    /// Count a started connection and give it its handles (warm path: clones, no lookup).
+    pub fn connection(&self) -> ConnMetrics {
+        self.started.inc();
+        self.conn.clone()
     }
 }
 
@@ -603,6 +635,7 @@ pub fn build_commit() -> &'static str {
 pub const FRAME_KINDS: [&str; 4] = ["data", "ping", "pong", "close"];
 
 /// Per-direction counters already resolved for one connection.
+#[derive(Clone)]
 struct DirMetrics {
     frames: [IntCounter; 4],
     messages: IntCounter,
@@ -627,6 +660,7 @@ struct Reported {
 }
 
 /// Label handles of one connection (warm path to create, hot path to update).
+#[derive(Clone)]
 pub struct ConnMetrics {
     /// The active-connections gauge child.
     pub active: IntGauge,

@@ -109,7 +109,17 @@ impl Weir {
         Self::start_full(pools_and_routes, extra, listener, "").await
     }
 
+    /// Like `start_with`, with weir started through `wrapper` (a command and its arguments that
+    /// end by running the command after them in the same process, e.g. `prlimit --nofile=…`).
+    pub async fn start_wrapped(wrapper: &[&str], pools_and_routes: &str, extra: &str) -> Weir {
+        Self::start_in(wrapper, pools_and_routes, extra, "", "").await
+    }
+
     async fn start_full(pools_and_routes: &str, extra: &str, tls_yaml: &str, admin_yaml: &str) -> Weir {
+        Self::start_in(&[], pools_and_routes, extra, tls_yaml, admin_yaml).await
+    }
+
+    async fn start_in(wrapper: &[&str], pools_and_routes: &str, extra: &str, tls_yaml: &str, admin_yaml: &str) -> Weir {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -137,7 +147,14 @@ impl Weir {
             yaml.push_str(pools_and_routes);
             let config = dir.path().join("weir.yaml");
             std::fs::write(&config, &yaml).expect("write config");
-            let mut command = Command::new(env!("CARGO_BIN_EXE_weir"));
+            let mut command = match wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(env!("CARGO_BIN_EXE_weir"));
+                    c
+                }
+                None => Command::new(env!("CARGO_BIN_EXE_weir")),
+            };
             command.args(["run", "--config"]).arg(&config).current_dir(dir.path());
             let addr = format!("127.0.0.1:{port}").parse().unwrap();
             let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
