@@ -109,6 +109,42 @@ async fn a_member_that_reconnects_with_since_gets_exactly_the_messages_it_missed
     assert_eq!((numbers(&welcome), history), ((8, 8, false), vec!["m8".to_string()]));
 }
 
+/// `?acks=1`: a member that sends is told the number of each of its own messages, in the
+/// room's order, so it can number everything it has and resume exactly, sending or not.
+#[tokio::test]
+async fn a_sender_with_acks_numbers_its_own_messages_and_resumes_exactly() {
+    let data = tempfile::tempdir().unwrap();
+    let extra = format!("data_dir: \"{}\"\n", data.path().display());
+    let weir = Weir::start_with(ROOMS, &extra).await;
+    let (mut a, welcome, _) = join(&weir, "/rooms/acks?acks=1").await;
+    assert_eq!(numbers(&welcome), (0, 1, false));
+    let (mut b, _, _) = join(&weir, "/rooms/acks").await;
+    // a sends 1 and 2, then b sends 3: a hears "sent 1", "sent 2", then b's message.
+    a.send(Message::text("a1")).await.unwrap();
+    a.send(Message::text("a2")).await.unwrap();
+    assert_eq!(user_messages(&mut b, 2).await, ["a1", "a2"]);
+    b.send(Message::text("b3")).await.unwrap();
+    let mut heard = Vec::new();
+    while heard.len() < 3 {
+        let m = recv(&mut a).await;
+        match event(&m) {
+            Some(e) if e["weir"] == "sent" => heard.push(format!("sent {}", e["seq"])),
+            Some(_) => {}
+            None => heard.push(m.into_text().unwrap().to_string()),
+        }
+    }
+    assert_eq!(heard, ["sent 1", "sent 2", "b3"]);
+    // Without acks, b gets no such event for its own message: its next message is a's.
+    a.send(Message::text("a4")).await.unwrap();
+    let next = recv(&mut b).await;
+    assert_eq!(next.into_text().unwrap().as_str(), "a4", "b did not ask for acks");
+    // a knows it has 1..=4 (4 by its ack): resuming from 4 gets nothing, from 2 exactly 3 and 4.
+    let (_a2, welcome, kept) = join(&weir, "/rooms/acks?acks=1&since=4").await;
+    assert_eq!((numbers(&welcome), kept.len()), ((4, 5, false), 0));
+    let (_a3, welcome, kept) = join(&weir, "/rooms/acks?since=2&acks=1").await;
+    assert_eq!((numbers(&welcome), kept), ((4, 3, false), vec!["b3".to_string(), "a4".to_string()]));
+}
+
 fn text(s: &str) -> StoredMessage {
     StoredMessage { kind: MessageKind::Text, data: bytes::Bytes::copy_from_slice(s.as_bytes()) }
 }

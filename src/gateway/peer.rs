@@ -198,10 +198,7 @@ impl Owner {
             Err(_) => return Self::refuse(&mut stream, RejectReason::ObjectMoving).await,
         };
         // The relaying instance forwards the client's request target: its `?since=` is here.
-        let join = crate::objects::room::Join {
-            token: Some(guard.token()),
-            since: crate::objects::room::Join::since_of(&head.target),
-        };
+        let join = crate::objects::room::Join::of(Some(guard.token()), &head.target);
         lease.keep(guard);
         if stream.write_all(&switching_protocols(&accept_key(&key))).await.is_err() || stream.flush().await.is_err() {
             return;

@@ -125,7 +125,7 @@ impl Gateway {
             Err(_) => return self.reject(&mut req, RejectReason::ObjectMoving).await,
         };
         // The room's store fences its appends with the claim's token; `?since=` asks to resume.
-        let join = Join { token: claim.as_ref().map(|g| g.token()), since: Join::since_of(&req.head.target) };
+        let join = Join::of(claim.as_ref().map(|g| g.token()), &req.head.target);
         if let Some(guard) = claim {
             lease.keep(guard);
         }

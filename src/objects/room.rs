@@ -18,14 +18,16 @@
 //! 1. `{"weir":"welcome","room":ID,"member":N,"members":M,"history":K,"seq":S,"from":F,"gap":G}`,
 //! 2. K history messages, oldest first: numbers F, F+1, …, S (K = 0 and F = S+1 when none),
 //! 3. live: other members' messages, and `{"weir":"join"|"leave","member":N,"members":M}`
-//!    (a leave has `"reason":"closed"` or `"slow"`).
+//!    (a leave has `"reason":"closed"` or `"slow"`); with `?acks=1`, `{"weir":"sent","seq":N}`
+//!    for the member's own messages.
 //!
 //! Sequence numbers: every room message (a member's or an operator's push) gets the next number
 //! of its room, 1, 2, 3, …, kept by the history store across restarts (and, in a cluster, across
 //! owners). `S` is the newest message's number (0: none yet). A member's own messages are not
 //! echoed to it but are numbered too, so a client that numbers what it receives (history F..S,
-//! then +1 per user message; events carry no number) is exact while it only listens; a client
-//! that sends should resume from the last number it received.
+//! then +1 per user message; events carry no number) is exact while it only listens. A member
+//! that joined with `?acks=1` gets `{"weir":"sent","seq":N}` for each of its own messages where
+//! the others get the message, so it is exact while it sends too.
 //!
 //! Resume: `?since=N` on the upgrade URL (the request target, also through a peer hop) asks for
 //! the messages after N instead of the last K: N+1..S, in order, then live ones (`"from"` is
@@ -96,9 +98,20 @@ pub struct Join {
     pub token: Option<i64>,
     /// `?since=N` of the upgrade URL: the last sequence number the client saw.
     pub since: Option<u64>,
+    /// `?acks=1` of the upgrade URL: the member is told the number of each of its own messages
+    /// (`{"weir":"sent","seq":N}`, where the others get the message), so it can number
+    /// everything and resume exactly even while it sends.
+    pub acks: bool,
 }
 
 impl Join {
+    /// How a member with the upgrade request target `target` joins, under fencing token `token`.
+    pub fn of(token: Option<i64>, target: &str) -> Join {
+        let query = crate::http1::query::query_of(target);
+        let acks = matches!(crate::http1::query::param(query, "acks"), Some(Some(v)) if v == b"1" || v == b"true");
+        Join { token, since: Join::since_of(target), acks }
+    }
+
     /// The `since` query parameter of request target `target`, if it is a decimal number
     /// (anything else is ignored: the member gets the normal history).
     pub fn since_of(target: &str) -> Option<u64> {
@@ -197,6 +210,8 @@ struct Member {
     id: u64,
     queue: mpsc::Sender<Message>,
     kick: Option<oneshot::Sender<Kick>>,
+    /// It asked for the numbers of its own messages (`?acks=1`).
+    acks: bool,
 }
 
 /// Why a join failed.
@@ -317,7 +332,7 @@ impl Rooms {
         let member = self.next_member.fetch_add(1, Ordering::Relaxed);
         let (queue, rx) = mpsc::channel(self.config.send_queue);
         let (kick, kicked) = oneshot::channel();
-        state.members.push(Member { id: member, queue, kick: Some(kick) });
+        state.members.push(Member { id: member, queue, kick: Some(kick), acks: join.acks });
         let members = state.members.len();
         let selection = state.log.as_ref().map(|l| l.kept().select(join.since)).unwrap_or(super::kept::Selection {
             from: 1,
@@ -417,14 +432,26 @@ impl Rooms {
     /// Queue `msg` to every member but `except`; members whose queue is full are removed,
     /// kicked and announced as leaving (which may overflow others in turn).
     fn broadcast(&self, state: &mut RoomState, msg: Message, except: Option<u64>) {
-        let mut pending = vec![(msg, except)];
-        while let Some((msg, except)) = pending.pop() {
+        self.order(state, msg, except, None);
+    }
+
+    /// Queue room message `msg`, number `seq` (if stored), sent by member `sender`, to every
+    /// other member; the sender gets `{"weir":"sent","seq":N}` in its place if it asked for acks.
+    fn order(&self, state: &mut RoomState, msg: Message, sender: Option<u64>, seq: Option<u64>) {
+        let ack = seq.map(|n| Message::text(format!("{{\"weir\":\"sent\",\"seq\":{n}}}")));
+        let mut pending = vec![(msg, sender, ack)];
+        while let Some((msg, except, ack)) = pending.pop() {
             let mut slow = Vec::new();
             state.members.retain_mut(|m| {
-                if Some(m.id) == except {
-                    return true;
-                }
-                match m.queue.try_send(msg.clone()) {
+                let out = if Some(m.id) != except {
+                    &msg
+                } else {
+                    match &ack {
+                        Some(a) if m.acks => a,
+                        _ => return true,
+                    }
+                };
+                match m.queue.try_send(out.clone()) {
                     Ok(()) => true,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         if let Some(k) = m.kick.take() {
@@ -438,7 +465,7 @@ impl Rooms {
                 }
             });
             for id in slow {
-                pending.push((self.slow_leave(id, state.members.len()), None));
+                pending.push((self.slow_leave(id, state.members.len()), None, None));
             }
         }
     }
@@ -472,13 +499,16 @@ impl Rooms {
     }
 
     /// Append `msg` to room `id`'s history file (a failure is counted and logged: the message
-    /// is still delivered).
-    fn store(&self, state: &mut RoomState, id: &str, msg: &Message) {
-        let Some(stored) = stored(msg) else { return };
-        if let Some(Log::File(log)) = state.log.as_mut() {
-            if let Err(e) = log.append(stored) {
+    /// is still delivered); its number once stored.
+    fn store(&self, state: &mut RoomState, id: &str, msg: &Message) -> Option<u64> {
+        let stored = stored(msg)?;
+        let Some(Log::File(log)) = state.log.as_mut() else { return None };
+        match log.append(stored) {
+            Ok(()) => Some(log.last_seq()),
+            Err(e) => {
                 self.store_errors.inc();
                 tracing::warn!(namespace = %self.namespace, room = %id, error = %e, "cannot store a room message; it is delivered but not kept");
+                None
             }
         }
     }
@@ -537,7 +567,7 @@ impl RoomWriter {
                     if let Some(Log::Shared(kept)) = state.log.as_mut() {
                         kept.push(seq, stored);
                     }
-                    self.rooms.broadcast(&mut state, msg, except);
+                    self.rooms.order(&mut state, msg, except, Some(seq));
                 }
                 // The newest row always stays: it carries the room's newest number.
                 state.log.as_ref().map(|l| l.kept().first().min(l.kept().last()))
@@ -627,8 +657,8 @@ impl Membership {
             return;
         }
         let mut state = lock(&self.room.state);
-        self.rooms.store(&mut state, &self.id, &msg);
-        self.rooms.broadcast(&mut state, msg, Some(self.member));
+        let seq = self.rooms.store(&mut state, &self.id, &msg);
+        self.rooms.order(&mut state, msg, Some(self.member), seq);
     }
 }
 
