@@ -7,7 +7,7 @@
 //! cargo build --release            # builds both `weir` and `weir-bench`
 //! cargo run --release --bin weir-bench -- [--quick]
 //!     [--only direct,weir,floor,nginx,haproxy]
-//!     [--scenarios small,bulk,handshake,idle,keepalive,idle-echo,idle-room,idle-builtin]
+//!     [--scenarios small,bulk,handshake,latency,idle,keepalive,idle-echo,idle-room,idle-builtin]
 //!     [--weir-bin PATH]
 //!     [--baseline-bin PATH]
 //!     [--nginx-bin PATH] [--haproxy-bin PATH]
@@ -82,6 +82,11 @@
 //!   16-byte echo + close handshake, for 5 s or 20 000 cycles. `handshakes/s` = completed / wall
 //!   time; `CPU µs/handshake cycle` = relay CPU time over the run / cycles completed (issue 14;
 //!   before it the scenario ran 8 loops and had no CPU row).
+//! * `latency`: 100 connections each send a 64-byte binary message every 5 ms (20 000 msgs/s in
+//!   all) for 10 s, their schedules spread over one period; each message carries the time it was
+//!   scheduled to go, so a sender that falls behind counts its delay (no coordinated omission).
+//!   `round trip p50/p99 µs` over every echo. Issue 14's "added p99" is a target's p99 minus
+//!   `direct`'s, judged against haproxy's when both run.
 //! * `idle`: opens N = 9 900 idle WebSocket connections (200 handshakes in flight at a time),
 //!   each after one 16-byte echo. N is limited by `RLIMIT_NOFILE` (20 000 here): a proxied
 //!   connection costs the relay two descriptors. RSS is read before opening, at N/10 and at N,
@@ -308,6 +313,8 @@ enum Scenario {
     IdleRoom,
     /// Idle connections relayed to weir's built-in echo backend.
     IdleBuiltin,
+    /// Round-trip latency of paced small echoes (p50 and p99; issue 14's "added p99").
+    Latency,
 }
 
 impl Scenario {
@@ -321,6 +328,7 @@ impl Scenario {
             Scenario::IdleEcho => "idle-echo",
             Scenario::IdleRoom => "idle-room",
             Scenario::IdleBuiltin => "idle-builtin",
+            Scenario::Latency => "latency",
         }
     }
 
@@ -329,6 +337,7 @@ impl Scenario {
             Scenario::Small => vec![Row::SmallRate, Row::SmallCpu],
             Scenario::Bulk => vec![Row::BulkRate, Row::BulkCpu],
             Scenario::Handshake => vec![Row::Handshakes, Row::HandshakeCpu],
+            Scenario::Latency => vec![Row::LatencyP50, Row::LatencyP99],
             Scenario::Keepalive => vec![
                 Row::KeepaliveCpuOff,
                 Row::KeepaliveCpuOn,
@@ -351,7 +360,7 @@ impl Scenario {
             Scenario::IdleEcho => Some(IdleKind::EchoObject),
             Scenario::IdleRoom => Some(IdleKind::Room),
             Scenario::IdleBuiltin => Some(IdleKind::EchoBackend),
-            Scenario::Small | Scenario::Bulk | Scenario::Handshake | Scenario::Keepalive => None,
+            Scenario::Small | Scenario::Bulk | Scenario::Handshake | Scenario::Keepalive | Scenario::Latency => None,
         }
     }
 
@@ -501,6 +510,10 @@ struct Params {
     idle_concurrency: usize,
     /// The `keepalive` scenario's CPU window (it opens `idle_n` connections).
     keepalive_window: Duration,
+    /// `latency`: connections, messages per second on each, and for how long.
+    lat_conns: usize,
+    lat_rate: u32,
+    lat_dur: Duration,
 }
 
 impl Params {
@@ -534,6 +547,9 @@ impl Params {
             builtin_idle_n: if quick { 500 } else { 2_000 },
             idle_concurrency: 200,
             keepalive_window: secs(10, 3_000),
+            lat_conns: 100,
+            lat_rate: 200,
+            lat_dur: secs(10, 1_000),
         }
     }
 
@@ -571,6 +587,13 @@ impl Params {
             Scenario::IdleBuiltin => format!(
                 "N = {} idle conns relayed to weir's built-in echo backend (RSS at N/10 and N), weir only",
                 self.builtin_idle_n
+            ),
+            Scenario::Latency => format!(
+                "{} conns × {} msgs/s of 64 B ({} msgs/s in all) for {:?}; round trip from each message's scheduled send time",
+                self.lat_conns,
+                self.lat_rate,
+                self.lat_conns as u32 * self.lat_rate,
+                self.lat_dur
             ),
         }
     }
@@ -804,6 +827,7 @@ fn backstop(p: &Params, scenario: Scenario) -> Duration {
         Scenario::Small => p.small.dur + slack + OP_TIMEOUT * 2,
         Scenario::Bulk => p.bulk.dur + slack + OP_TIMEOUT * 2,
         Scenario::Handshake => p.hs_dur + slack,
+        Scenario::Latency => p.lat_dur + slack + OP_TIMEOUT * 3,
         Scenario::Idle | Scenario::IdleEcho | Scenario::IdleRoom | Scenario::IdleBuiltin => {
             2 * IDLE_OPEN_TIMEOUT + 3 * SETTLE_INTERVAL * SETTLE_MAX_READS as u32 + slack
         }
@@ -861,6 +885,11 @@ async fn run_one(ctx: &Ctx, scenario: Scenario, target: Target, label: &str) -> 
                 dep.measured_name()
             );
             vec![(Row::Handshakes, rate), (Row::HandshakeCpu, per)]
+        }
+        Scenario::Latency => {
+            let (p50, p99, n) = run_latency(&dep, p).await?;
+            eprintln!("[{label}] {n} round trips: p50 {p50:.0} µs, p99 {p99:.0} µs");
+            vec![(Row::LatencyP50, p50), (Row::LatencyP99, p99)]
         }
         Scenario::Idle | Scenario::IdleEcho | Scenario::IdleRoom | Scenario::IdleBuiltin => {
             let kind = scenario.idle().context("an idle scenario without a kind")?;
@@ -1732,6 +1761,75 @@ async fn pipeline_conn(ws: Ws, load: PipeLoad, deadline: Instant, hard: Instant)
     Ok((ws, received))
 }
 
+/// `latency`: `lat_conns` connections each send a 64-byte message every `1 / lat_rate` s for
+/// `lat_dur` (their schedules spread over one period), stamped with the time it was *scheduled*
+/// to go (so a sender that falls behind adds its delay to the figure instead of hiding it); every
+/// echo's round trip is kept. Returns p50 and p99 in µs and the number of round trips.
+async fn run_latency(dep: &Deployment, p: &Params) -> Result<(f64, f64, usize)> {
+    let mut conns = Vec::with_capacity(p.lat_conns);
+    for _ in 0..p.lat_conns {
+        conns.push(open_ws(dep.addr, light_config()).await?);
+    }
+    let start = Instant::now() + Duration::from_millis(100);
+    let mut tasks = JoinSet::new();
+    for (i, ws) in conns.into_iter().enumerate() {
+        tasks.spawn(latency_conn(ws, *p, start, i));
+    }
+    let mut all = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.context("latency task")??);
+    }
+    ensure!(!all.is_empty(), "no round trip measured");
+    all.sort_unstable();
+    let at = |q: f64| all.get(((all.len() - 1) as f64 * q).round() as usize).copied().unwrap_or(0) as f64 / 1e3;
+    Ok((at(0.5), at(0.99), all.len()))
+}
+
+/// One `latency` connection (number `i`): round trips in ns.
+async fn latency_conn(ws: Ws, p: Params, start: Instant, i: usize) -> Result<Vec<u64>> {
+    let (mut sink, mut stream) = ws.split();
+    let period = Duration::from_secs_f64(1.0 / f64::from(p.lat_rate));
+    let first = start + period.mul_f64(i as f64 / p.lat_conns as f64);
+    let n = (p.lat_dur.as_secs_f64() * f64::from(p.lat_rate)) as u64;
+    let hard = start + p.lat_dur + OP_TIMEOUT * 2;
+    let writer = async {
+        for k in 0..n {
+            let due = first + period * k as u32;
+            sleep_until(due).await;
+            let mut m = vec![0u8; 64];
+            m[..8].copy_from_slice(&k.to_le_bytes());
+            let scheduled = due.saturating_duration_since(start).as_nanos() as u64;
+            m[8..16].copy_from_slice(&scheduled.to_le_bytes());
+            timeout_at(hard, sink.send(Message::Binary(m.into())))
+                .await
+                .context("write timed out")?
+                .context("writing")?;
+        }
+        Ok::<(), anyhow::Error>(())
+    };
+    let reader = async {
+        let mut rtts = Vec::with_capacity(n as usize);
+        while (rtts.len() as u64) < n {
+            match timeout_at(hard, stream.next()).await.context("timed out waiting for echoes")? {
+                Some(Ok(Message::Binary(b))) if b.len() == 64 => {
+                    let scheduled = u64::from_le_bytes(b[8..16].try_into().unwrap_or_default());
+                    let now = Instant::now().saturating_duration_since(start).as_nanos() as u64;
+                    rtts.push(now.saturating_sub(scheduled));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(other)) => bail!("unexpected message: {other:?}"),
+                Some(Err(e)) => return Err(e).context("reading echoes"),
+                None => bail!("connection closed by the peer after {} echoes", rtts.len()),
+            }
+        }
+        Ok(rtts)
+    };
+    let ((), rtts) = tokio::try_join!(writer, reader)?;
+    let ws = sink.reunite(stream).map_err(|_| anyhow!("cannot reunite the WebSocket halves"))?;
+    close_ws(ws).await?;
+    Ok(rtts)
+}
+
 async fn run_handshakes(dep: &Deployment, p: &Params) -> Result<(u64, Duration)> {
     let claimed = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
@@ -2095,6 +2193,8 @@ enum Row {
     BulkCpu,
     Handshakes,
     HandshakeCpu,
+    LatencyP50,
+    LatencyP99,
     IdleKib(IdleKind),
     IdleSlope(IdleKind),
     KeepaliveCpuOff,
@@ -2111,6 +2211,7 @@ impl Row {
             Row::SmallRate | Row::SmallCpu => "small",
             Row::BulkRate | Row::BulkCpu => "bulk",
             Row::Handshakes | Row::HandshakeCpu => "handshake",
+            Row::LatencyP50 | Row::LatencyP99 => "latency",
             Row::IdleKib(kind) | Row::IdleSlope(kind) => match kind {
                 IdleKind::Relay => "idle",
                 IdleKind::EchoObject => "idle-echo",
@@ -2134,6 +2235,8 @@ impl Row {
             Row::BulkCpu => "CPU µs/MB relayed".into(),
             Row::Handshakes => format!("handshakes/s, {} concurrent", p.hs_loops),
             Row::HandshakeCpu => "CPU µs/handshake cycle".into(),
+            Row::LatencyP50 => format!("round trip p50 µs ({} msgs/s)", p.lat_conns as u32 * p.lat_rate),
+            Row::LatencyP99 => format!("round trip p99 µs ({} msgs/s)", p.lat_conns as u32 * p.lat_rate),
             Row::IdleKib(_) => "RSS KiB/conn".into(),
             Row::IdleSlope(_) => "RSS KiB/conn slope N/10→N".into(),
             Row::KeepaliveCpuOff => format!("CPU ms/s ({} conns, no pings)", p.idle_n),
@@ -2153,6 +2256,7 @@ impl Row {
     fn format(self, v: f64) -> String {
         match self {
             Row::SmallRate | Row::Handshakes | Row::KeepalivePings | Row::KeepalivePongs => format!("{v:.0}"),
+            Row::LatencyP50 | Row::LatencyP99 => format!("{v:.0}"),
             Row::SmallCpu => format!("{v:.3}"),
             Row::IdleKib(_)
             | Row::IdleSlope(_)
@@ -2291,6 +2395,20 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
             _ => "not measured (needs handshake on weir and nginx)".into(),
         };
         let _ = writeln!(out, "- handshakes/s ≥ nginx (issue 14): {rate}");
+    }
+    let p99 = |t: Target| value(Row::LatencyP99, t);
+    if let (Some(d), Some(w)) = (p99(Target::Direct), p99(Target::Weir)) {
+        let added = |x: f64| x - d;
+        let line = match p99(Target::Haproxy) {
+            Some(h) => format!(
+                "weir +{:.0} µs vs haproxy +{:.0} µs over direct's {d:.0} — {}",
+                added(w),
+                added(h),
+                verdict(added(w) <= added(h))
+            ),
+            None => format!("weir +{:.0} µs over direct's {d:.0} (haproxy not measured)", added(w)),
+        };
+        let _ = writeln!(out, "- added p99 ≤ haproxy's (issue 14): {line}");
     }
     let relay = IdleKind::Relay;
     let idle = match (value(Row::IdleKib(relay), Target::Weir), value(Row::IdleSlope(relay), Target::Weir)) {
