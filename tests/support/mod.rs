@@ -14,7 +14,6 @@ pub mod tls;
 pub mod wire;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -264,14 +263,16 @@ impl Weir {
         .await
     }
 
-    /// Every line of the usage file so far, as JSON.
+    /// Every complete line of the usage file so far, as JSON. A last line without its newline is
+    /// still being written by the file sink (a reader can see part of a write): it is left for
+    /// the next look.
     pub fn usage_lines(&self) -> Vec<serde_json::Value> {
-        let Ok(f) = std::fs::File::open(&self.usage) else { return Vec::new() };
-        BufReader::new(f)
+        let Ok(bytes) = std::fs::read(&self.usage) else { return Vec::new() };
+        let end = bytes.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+        String::from_utf8_lossy(&bytes[..end])
             .lines()
-            .map_while(Result::ok)
             .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad usage line {l}: {e}")))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad usage line {l}: {e}")))
             .collect()
     }
 
