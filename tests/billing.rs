@@ -37,7 +37,7 @@ pub(crate) fn sink_records(path: &Path) -> Vec<Value> {
     let mut seen = HashSet::new();
     weir::billing::sinks::file::files(path)
         .iter()
-        .flat_map(|p| std::fs::read_to_string(p).unwrap_or_default().lines().map(String::from).collect::<Vec<_>>())
+        .flat_map(|p| crate::support::complete_lines(p))
         .map(|l| serde_json::from_str::<Value>(&l).unwrap_or_else(|e| panic!("corrupt sink line {l}: {e}")))
         .filter(|v| seen.insert(v["idempotency_key"].as_str().unwrap_or_default().to_string()))
         .collect()

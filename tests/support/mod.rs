@@ -267,10 +267,8 @@ impl Weir {
     /// still being written by the file sink (a reader can see part of a write): it is left for
     /// the next look.
     pub fn usage_lines(&self) -> Vec<serde_json::Value> {
-        let Ok(bytes) = std::fs::read(&self.usage) else { return Vec::new() };
-        let end = bytes.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-        String::from_utf8_lossy(&bytes[..end])
-            .lines()
+        complete_lines(&self.usage)
+            .iter()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad usage line {l}: {e}")))
             .collect()
@@ -323,6 +321,15 @@ impl Drop for Weir {
 /// Send `signal` (e.g. `TERM`) to a process the test started, via the `kill` command.
 pub fn signal(pid: u32, signal: &str) {
     let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}
+
+/// The complete lines of a file another process appends to (none if it cannot be read): a last
+/// line without its newline is still being written (a reader can see part of a `write(2)`) and is
+/// left out.
+pub fn complete_lines(path: &std::path::Path) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(path) else { return Vec::new() };
+    let end = bytes.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+    String::from_utf8_lossy(&bytes[..end]).lines().map(String::from).collect()
 }
 
 /// The value of `name{labels…}` in Prometheus text (labels are a subset match), if present.
