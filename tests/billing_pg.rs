@@ -35,13 +35,9 @@ fn usage(dir: &Path, file: &Path, url: &str) -> String {
 fn file_records(file: &Path) -> Vec<serde_json::Value> {
     weir::billing::sinks::file::files(file)
         .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .flat_map(|text| {
-            text.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l}: {e}")))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|p| crate::support::complete_lines(p))
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad line {l}: {e}")))
         .collect()
 }
 
