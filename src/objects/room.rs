@@ -107,21 +107,23 @@ pub struct Join {
 impl Join {
     /// How a member with the upgrade request target `target` joins, under fencing token `token`.
     pub fn of(token: Option<i64>, target: &str) -> Join {
-        let query = crate::http1::query::query_of(target);
-        let acks = matches!(crate::http1::query::param(query, "acks"), Some(Some(v)) if v == b"1" || v == b"true");
+        let acks = matches!(query_value(target, "acks").as_deref(), Some(b"1" | b"true"));
         Join { token, since: Join::since_of(target), acks }
     }
 
     /// The `since` query parameter of request target `target`, if it is a decimal number
     /// (anything else is ignored: the member gets the normal history).
     pub fn since_of(target: &str) -> Option<u64> {
-        let query = target.split_once('?')?.1;
-        let query = query.split('#').next().unwrap_or("");
-        query.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k == "since" && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse().ok())?
-        })
+        let v = query_value(target, "since").filter(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit))?;
+        std::str::from_utf8(&v).ok()?.parse().ok()
     }
+}
+
+/// The decoded value of query parameter `name` of `target` (the project's query parser; a
+/// fragment, should a client send one, is not part of the query).
+fn query_value(target: &str, name: &str) -> Option<Vec<u8>> {
+    let target = target.split('#').next().unwrap_or(target);
+    crate::http1::query::param(crate::http1::query::query_of(target), name).flatten()
 }
 
 /// Where a namespace's rooms keep their history.
