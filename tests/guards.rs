@@ -242,11 +242,14 @@ async fn throttling_delivers_every_message_later_and_closes_nothing() {
         ws.send(Message::text(format!("m{i}"))).await.unwrap();
         assert_eq!(recv(&mut ws).await, Message::text(format!("m{i}")));
     }
-    // 25 messages over the burst at 20 per second: about a second and a quarter of pauses.
-    assert!(started.elapsed() >= Duration::from_millis(1000), "throttled: {:?}", started.elapsed());
+    let elapsed = started.elapsed();
     ws.close(None).await.unwrap();
     crate::support::drain_until_end(&mut ws, DEADLINE).await;
     let r = weir.records_eventually(1).await.remove(0);
+    // 25 messages over the burst at 20 per second: about a second and a quarter of pauses. On
+    // failure the record says whether this weir relayed the 30 messages (a run under full-suite
+    // load once saw 513 ms; not reproduced since: this message is what the next one must show).
+    assert!(elapsed >= Duration::from_millis(1000), "throttled: {elapsed:?}; record: {r:?}; addr {}", weir.addr);
     assert_eq!((r.close.unwrap().cause.as_str(), r.client_to_backend.messages), ("client_close", 30));
 }
 

@@ -111,6 +111,45 @@ async fn sixteen_mib_binary_message_is_echoed_intact() {
     assert_eq!(r.backend_to_client.largest_message_bytes, 16 << 20);
 }
 
+/// Large frames between plain TCP sockets: the rest of each frame of 128 KiB or more after the
+/// first read is spliced (`weir_splice_bytes_total`), both ways, and every message still arrives
+/// intact and is counted to the byte; small frames between them pass as before.
+#[tokio::test]
+async fn large_frames_are_spliced_intact_and_counted_to_the_byte() {
+    let backend = echo_backend().await;
+    let weir = Weir::start(&pool_and_route("p", &[backend.addr], "/ws")).await;
+    let mut ws = connect(&weir, "/ws").await;
+    let sizes = [3 << 20, 65_535, 5, 200_000, (1 << 20) + 3, 17];
+    for (i, &len) in sizes.iter().enumerate() {
+        let data = noise(len, 0xfeed + i as u64);
+        ws.send(Message::binary(data.clone())).await.unwrap();
+        let Message::Binary(got) = recv(&mut ws).await else { panic!("expected the binary echo of {len} bytes") };
+        assert!(got.len() == len && got[..] == data[..], "message {i} ({len} bytes) changed on the way");
+    }
+    close_normally(&mut ws).await;
+    let r = &weir.records_eventually(1).await[0];
+    let payload: u64 = sizes.iter().map(|&l| l as u64).sum();
+    assert_eq!((r.client_to_backend.payload_bytes, r.backend_to_client.payload_bytes), (payload + 2, payload + 2));
+    // Headers: 2 bytes, +2 for 126..=65535, +8 above; client frames +4 for the mask key.
+    let header = |l: usize| {
+        2 + if l < 126 {
+            0
+        } else if l <= 0xFFFF {
+            2
+        } else {
+            8
+        }
+    };
+    let headers: u64 = sizes.iter().map(|&l| header(l) as u64).sum::<u64>() + 2;
+    let n = sizes.len() as u64 + 1;
+    assert_eq!(r.client_to_backend.wire_bytes, payload + 2 + headers + 4 * n);
+    assert_eq!(r.backend_to_client.wire_bytes, payload + 2 + headers);
+    let spliced = crate::support::metric(&weir.metrics().await, "weir_splice_bytes_total", &[]).unwrap_or(0.0);
+    let least: u64 = sizes.iter().filter(|&&l| l >= 128 << 10).map(|&l| l as u64 - (64 << 10)).sum();
+    assert!(spliced >= (2 * least) as f64, "spliced {spliced} bytes, expected at least {}", 2 * least);
+    assert!(spliced <= (2 * payload) as f64, "spliced {spliced} bytes of {} relayed", 2 * payload);
+}
+
 #[tokio::test]
 async fn fragmented_message_with_interleaved_ping_arrives_whole() {
     let (backend, mut events) = recording_echo_backend(None).await;

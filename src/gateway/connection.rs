@@ -5,6 +5,7 @@
 //! Warm path at both ends; in between the relay (or the tap around a built-in object) is the hot
 //! path, observed by a `ConnObserver`.
 
+use super::io::Io;
 use super::observer::ConnObserver;
 use super::peer::PeerRelay;
 use super::Gateway;
@@ -126,8 +127,9 @@ impl Gateway {
                     .or_else(|| peer.as_ref().map(|_| PeerRelay::move_signal()));
                 let observer = ConnObserver::new(metrics, live.clone(), object, moved, quota);
                 let policies = Self::policies(chunks, rsv, Some(&limits));
-                let relay = Relay::new([client, backend], policies, [&early, &backend_early], observer)
-                    .with_guards(guards(&limits, live.meter.id.as_u128()));
+                let relay =
+                    Relay::new([Io::new(client), Io::new(backend)], policies, [&early, &backend_early], observer)
+                        .with_guards(guards(&limits, live.meter.id.as_u128()));
                 (ending._open, ending._peer) = (open, peer);
                 // A combinator, not an async block: the task holds the relay's future once.
                 let run = relay.run(shutdown, grace).map(move |(report, observer)| {

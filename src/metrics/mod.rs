@@ -203,6 +203,12 @@ fn histogram(
 impl Metrics {
     /// Create every family and register it on `reg`.
     pub fn register(reg: &Registry) -> prometheus::Result<Metrics> {
+        // The relay's process-wide splice counters (it keeps them itself: no handle per connection).
+        if let Some(s) = crate::relay::splice::STATS.as_ref() {
+            reg.register(Box::new(s.bytes.clone()))?;
+            reg.register(Box::new(s.fallbacks.clone()))?;
+            reg.register(Box::new(s.pipes.clone()))?;
+        }
         Ok(Metrics {
             connections_active: gauge(
                 reg,

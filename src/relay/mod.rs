@@ -8,6 +8,8 @@
 //!   frame boundaries (hot path per chunk; warm path at the ends).
 //! - `tap.rs`: `Tap`, the scanners around a stream weir terminates itself (built-in objects;
 //!   hot path).
+//! - `splice.rs`: `Pipe`, the bounded pipe pool, and the `Splice` trait: the rest of a large
+//!   frame moves socket → pipe → socket between plain TCP streams (hot path per readiness).
 //! - `report.rs`: `RelayReport` and the one function that decides how a connection ended (warm).
 //! - `close.rs`: `Close`, every close frame weir sends itself (code, reason, label).
 //! - `guard.rs`: `Guards` (idle, lifetime, close timeout, keepalive, rates) and `Watch`, one
@@ -32,6 +34,7 @@ pub mod guard;
 pub mod pump;
 pub mod report;
 pub mod scanner;
+pub mod splice;
 pub mod tap;
 pub mod timers;
 pub mod wheel;

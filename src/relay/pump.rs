@@ -24,6 +24,7 @@ use super::frame::{encode_close_frame, encode_ping_frame, Violation, MAX_CLOSE_F
 use super::guard::{find_pong, Charge, Due, Guards, Watch};
 use super::report::{Cause, Ending, Party, RelayReport};
 use super::scanner::{DirectionCounts, Feed, FrameScanner, ScanPolicy};
+use super::splice::{Pipe, Splice, SPLICE_MIN};
 use super::timers::Timers;
 use super::{Direction, Observer, Stop};
 use std::cell::RefCell;
@@ -99,6 +100,11 @@ struct Half {
     /// Read `src` only to see its close frame (or end); forward nothing more. Used when an
     /// object moves: the host must have answered weir's 1012 before the object lives elsewhere.
     discard: bool,
+    /// The pipe the rest of a large frame is spliced through, while one is (boxed: most halves
+    /// never hold one). Its bytes come before anything else queued for `dst`.
+    pipe: Option<Box<Pipe>>,
+    /// The frame (by `DirectionCounts::frames`) for which no pipe was free: it is copied.
+    pipeless_frame: u64,
 }
 
 impl Half {
@@ -117,6 +123,8 @@ impl Half {
             dst_shut: false,
             dst_has_close: false,
             discard: false,
+            pipe: None,
+            pipeless_frame: 0,
         }
     }
 
@@ -126,6 +134,7 @@ impl Half {
             && self.inject.is_none()
             && self.ping.is_none()
             && self.push.is_none()
+            && self.pipe.as_ref().is_none_or(|p| p.held() == 0)
             && (self.dst_shut || self.dst_dead)
     }
 
@@ -306,9 +315,11 @@ pub struct Relay<S, O> {
     watch: Option<Box<Watch>>,
     /// Both sockets are to be dropped now (an unanswered close frame timed out).
     abort: bool,
+    /// Both streams are plain TCP: the rest of a large frame may be spliced (`splice.rs`).
+    splice: bool,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     /// A relay between `client` and `backend`. `client_early` and `backend_early` are bytes each
     /// side sent after its handshake head that were already read; they are scanned and
     /// forwarded first.
@@ -318,6 +329,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
         [client_early, backend_early]: [&[u8]; 2],
         observer: O,
     ) -> Relay<S, O> {
+        let splice = client.tcp().is_some() && backend.tcp().is_some();
         let mut relay = Relay {
             io: [client, backend],
             halves: [Half::new(client_policy), Half::new(backend_policy)],
@@ -329,6 +341,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
             close_on_linger: None,
             watch: None,
             abort: false,
+            splice,
         };
         for (d, early) in [(Direction::ClientToBackend, client_early), (Direction::BackendToClient, backend_early)] {
             if !early.is_empty() {
@@ -474,6 +487,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
 
     fn poll_half(&mut self, d: Direction, cx: &mut Context<'_>, progress: &mut bool) {
         let (s, t) = (d.index(), 1 - d.index());
+        if self.halves[s].pipe.is_some() && self.drain_pipe(d, cx, progress).is_pending() {
+            return;
+        }
         let h = &mut self.halves[s];
         let was_dead = h.dst_dead;
         let drained = h.drain(&mut self.io[t], cx, progress);
@@ -492,6 +508,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
                 h.dst_shut = true;
                 *progress = true;
             }
+            return;
+        }
+        if self.splice && self.splice_in(d, cx, progress) {
             return;
         }
         let read = SCRATCH.with(|cell| {
@@ -530,6 +549,91 @@ impl<S: AsyncRead + AsyncWrite + Unpin, O: Observer> Relay<S, O> {
                 self.src_ended(d, true);
             }
         }
+    }
+
+    /// Write what the pipe of direction `d` holds to its destination; once it is empty and the
+    /// frame it served is through, give the pipe back. `Pending` while the destination is blocked.
+    fn drain_pipe(&mut self, d: Direction, cx: &mut Context<'_>, progress: &mut bool) -> Poll<()> {
+        let (s, t) = (d.index(), 1 - d.index());
+        let h = &mut self.halves[s];
+        let Some(pipe) = h.pipe.as_mut() else { return Poll::Ready(()) };
+        if pipe.held() > 0 && !h.dst_dead {
+            let Some(dst) = self.io[t].tcp() else { return Poll::Ready(()) };
+            let before = pipe.held();
+            let drained = pipe.poll_drain(dst, cx);
+            if pipe.held() < before {
+                *progress = true;
+            }
+            match drained {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => {
+                    h.dst_dead = true;
+                    h.pipe = None;
+                    self.side_ended(t, true);
+                    return Poll::Ready(());
+                }
+            }
+        }
+        // The pipe is empty now, or its destination is dead: given back once the frame it served
+        // is through (a dead destination's pipe is closed with what it holds).
+        if h.dst_dead || h.scanner.frame_remaining().is_none_or(|r| r == 0) {
+            h.pipe = None;
+        }
+        Poll::Ready(())
+    }
+
+    /// Splice the rest of the current frame of direction `d` when it is a large data frame and
+    /// both streams are plain TCP: move up to a pipe's worth from the source into the pipe and
+    /// on to the destination. Returns whether this took the turn (the caller reads nothing).
+    fn splice_in(&mut self, d: Direction, cx: &mut Context<'_>, progress: &mut bool) -> bool {
+        let (s, t) = (d.index(), 1 - d.index());
+        let h = &mut self.halves[s];
+        let Some(rest) = h.scanner.frame_remaining().filter(|&r| r > 0) else { return false };
+        if h.discard || h.dst_dead || (h.pipe.is_none() && rest < SPLICE_MIN) {
+            return false;
+        }
+        let frame = h.scanner.counts().frames;
+        if h.pipe.is_none() && h.pipeless_frame != frame {
+            h.pipe = Pipe::take().map(Box::new);
+            if h.pipe.is_none() {
+                // None free: this frame is copied, and the pool is not asked again for it.
+                h.pipeless_frame = frame;
+            }
+        }
+        let (Some(pipe), Some(src)) = (h.pipe.as_mut(), self.io[s].tcp()) else { return false };
+        let max = usize::try_from(rest).unwrap_or(usize::MAX);
+        match pipe.poll_fill(src, max, cx) {
+            Poll::Pending => {
+                // A sender that stalls mid-frame holds no pipe: an empty one goes back to the
+                // pool until its next bytes arrive.
+                if pipe.held() == 0 {
+                    h.pipe = None;
+                }
+            }
+            Poll::Ready(Ok(0)) => {
+                *progress = true;
+                self.src_ended(d, false);
+            }
+            Poll::Ready(Ok(n)) => {
+                *progress = true;
+                h.scanner.skip_payload(n as u64);
+                if let Some(dst) = self.io[t].tcp() {
+                    // Straight on, as the copy path writes at once; what the destination does
+                    // not take now waits in the pipe for the next round.
+                    if let Poll::Ready(Err(_)) = pipe.poll_drain(dst, cx) {
+                        h.dst_dead = true;
+                        h.pipe = None;
+                        self.side_ended(t, true);
+                    }
+                }
+            }
+            Poll::Ready(Err(_)) => {
+                *progress = true;
+                self.src_ended(d, true);
+            }
+        }
+        true
     }
 
     /// Scan a chunk read in direction `d` and forward what may be forwarded.

@@ -277,6 +277,21 @@ impl FrameScanner {
         (self.hdr_len == 0 && self.violation.is_none()).then_some(self.remaining)
     }
 
+    /// Accounts for up to `n` payload bytes of the current frame that the relay moved without
+    /// reading them (splice(2)): counted exactly as `feed` would count them. Only payload no rule
+    /// looks at can be skipped: none while a header is partial, a close code is still arriving,
+    /// or the scanner is poisoned. Returns the bytes skipped (`n` capped at the frame's rest).
+    pub fn skip_payload(&mut self, n: u64) -> u64 {
+        if self.hdr_len != 0 || self.violation.is_some() || self.code != CloseCode::Idle {
+            return 0;
+        }
+        let take = n.min(self.remaining);
+        self.remaining -= take;
+        self.counts.payload_bytes = self.counts.payload_bytes.saturating_add(take);
+        self.counts.wire_bytes = self.counts.wire_bytes.saturating_add(take);
+        take
+    }
+
     /// Counters so far.
     #[must_use]
     pub fn counts(&self) -> &DirectionCounts {

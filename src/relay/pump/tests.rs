@@ -940,3 +940,90 @@ async fn no_push_follows_a_close_to_the_client() {
     drop(h.backend);
     expect_eof(&mut h.client).await;
 }
+
+// ---- splice over real sockets ---------------------------------------------------------------
+
+/// Two connected loopback TCP sockets.
+async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (b, _) = l.accept().await.unwrap();
+    (a, b)
+}
+
+/// Between plain TCP sockets the rest of a large frame is spliced, in both directions: what
+/// follows it (small frames, the close) arrives after it and in order, a reader that takes the
+/// bytes in small pieces slows nothing into disorder, the counts are those of the bytes sent, and
+/// the splice counter moved. (Real sockets: time is not paused here.)
+#[tokio::test]
+async fn spliced_frames_keep_their_order_and_every_byte_is_counted() {
+    let ((mut client, relay_client), (relay_backend, mut backend)) = (tcp_pair().await, tcp_pair().await);
+    let seen = Seen::default();
+    let probe = Probe { seen: seen.clone(), moved: None, asked: 0, pushes: Pushes::default() };
+    let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
+    let (_shutdown, shutdown_rx) = watch::channel(false);
+    let relay = tokio::spawn(relay.run(shutdown_rx, GRACE));
+    let spliced = || crate::relay::splice::STATS.as_ref().unwrap().bytes.get();
+    let before = spliced();
+
+    let big: Vec<u8> = (0..(2u32 << 20)).map(|i| (i * 13 + i / 509) as u8).collect();
+    let from_client =
+        [masked(BINARY, &big), masked(TEXT, b"after"), masked(BINARY, &big[..300_000]), client_close(1000)].concat();
+    let from_backend = [unmasked(BINARY, &big[7..]), unmasked(TEXT, b"then"), backend_close(1000)].concat();
+    let to_send = from_client.clone();
+    let writer = tokio::spawn(async move {
+        client.write_all(&to_send).await.unwrap();
+        client
+    });
+    // The backend reads in 1000-byte pieces, yielding between them.
+    let mut got = Vec::new();
+    let mut piece = [0u8; 1000];
+    while got.len() < from_client.len() {
+        let n = timeout(WAIT, backend.read(&mut piece)).await.expect("backend read").unwrap();
+        assert!(n > 0, "EOF after {} of {} bytes", got.len(), from_client.len());
+        got.extend_from_slice(&piece[..n]);
+        tokio::task::yield_now().await;
+    }
+    assert!(got == from_client, "the backend got other bytes than the client sent");
+    let mut client = writer.await.unwrap();
+    backend.write_all(&from_backend).await.unwrap();
+    backend.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    timeout(WAIT, client.read_to_end(&mut back)).await.expect("client read").unwrap();
+    assert!(back == from_backend, "the client got other bytes than the backend sent");
+    client.shutdown().await.unwrap();
+    expect_tcp_eof(&mut backend).await;
+
+    let (report, _) = timeout(WAIT, relay).await.expect("the relay did not end").unwrap();
+    assert_eq!(ending(&report), (Outcome::Completed, Party::Client, Some(1000), true));
+    let to_backend = Expect {
+        binary: 2,
+        text: 1,
+        closes: 1,
+        payload: (2 << 20) + 5 + 300_000 + 2,
+        wire: from_client.len() as u64,
+        largest: 2 << 20,
+        ..Default::default()
+    };
+    let to_client = Expect {
+        binary: 1,
+        text: 1,
+        closes: 1,
+        payload: (2 << 20) - 7 + 4 + 2,
+        wire: from_backend.len() as u64,
+        largest: (2 << 20) - 7,
+        ..Default::default()
+    };
+    assert_eq!(report.counts, [to_backend.counts(), to_client.counts()]);
+    assert_eq!(seen.lock().unwrap().last(), Some(&report.counts));
+    // Each big frame's rest after the first read (at most SCRATCH_SIZE) went through a pipe.
+    let least = 2 * (2 << 20) as u64 - 7 + 300_000 - 3 * SCRATCH_SIZE as u64;
+    assert!(spliced() - before >= least, "spliced {} bytes, expected at least {least}", spliced() - before);
+}
+
+/// The next read of `s` is EOF.
+async fn expect_tcp_eof(s: &mut tokio::net::TcpStream) {
+    let mut rest = Vec::new();
+    timeout(WAIT, s.read_to_end(&mut rest)).await.expect("timed out waiting for EOF").unwrap();
+    assert_eq!(rest, b"", "expected EOF and no more bytes");
+}

@@ -982,3 +982,42 @@ proptest! {
         }
     }
 }
+
+/// Payload moved without being read (`skip_payload`, the relay's splice path) counts exactly as
+/// fed payload, from every split point of the script; nothing is skipped inside a header or a
+/// close code, nor past the current frame.
+#[test]
+fn skipped_payload_counts_as_fed_from_every_point() {
+    for (sender, policy) in [(Role::Server, SERVER), (Role::Client, CLIENT)] {
+        let script = script(sender);
+        let b = &script.bytes;
+        for i in 0..=b.len() {
+            // Every point outside the big frame, every 61st inside it (70 000 bytes).
+            let big = &script.frames[7];
+            if i > big.header_end + 3 && i < big.end - 3 && i % 61 != 0 {
+                continue;
+            }
+            for want in [1u64, 4096, u64::MAX] {
+                let mut s = FrameScanner::new(policy);
+                assert_eq!(s.feed(&b[..i]), Feed::Ok);
+                let before = s.frame_remaining();
+                let skipped = s.skip_payload(want);
+                assert!(skipped <= want, "at {i}: skipped {skipped} of {want}");
+                match before {
+                    None => assert_eq!(skipped, 0, "at {i}: inside a header"),
+                    Some(rest) if skipped > 0 => assert_eq!(skipped, rest.min(want), "at {i}"),
+                    Some(_) => {}
+                }
+                let at = i + skipped as usize;
+                assert_state_after(&script, &s, at);
+                assert_eq!(s.feed(&b[at..]), Feed::Ok, "rest after {i}+{skipped}");
+                assert_finished(&s, sender);
+            }
+        }
+        // Inside the close frame's code nothing is skipped: the code must be read.
+        let close = &script.frames[8];
+        let mut s = FrameScanner::new(policy);
+        assert_eq!(s.feed(&b[..close.header_end + 1]), Feed::Ok);
+        assert_eq!(s.skip_payload(10), 0);
+    }
+}
