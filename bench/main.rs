@@ -7,7 +7,7 @@
 //! cargo build --release            # builds both `weir` and `weir-bench`
 //! cargo run --release --bin weir-bench -- [--quick]
 //!     [--only direct,weir,floor,nginx,haproxy]
-//!     [--scenarios small,bulk,handshake,latency,idle,keepalive,idle-echo,idle-room,idle-builtin]
+//!     [--scenarios small,bulk,huge,handshake,latency,idle,keepalive,idle-echo,idle-room,idle-builtin]
 //!     [--weir-bin PATH]
 //!     [--baseline-bin PATH]
 //!     [--nginx-bin PATH] [--haproxy-bin PATH]
@@ -25,7 +25,8 @@
 //!
 //! * `direct`: client → echo server.
 //! * `weir`:   client → weir (1 worker thread, metering on) → echo server.
-//! * `floor`:  client → plain TCP relay (`tokio::io::copy_bidirectional` per connection,
+//! * `floor`:  client → plain TCP relay (`tokio::io::copy_bidirectional_with_sizes`, 64 KiB
+//!   buffers each way, per connection;
 //!   nothing else, 1 worker thread) → echo server. This is the floor weir is compared with.
 //! * `nginx` (only with `--only …,nginx`; needs `nginx`, e.g. `apt-get install nginx-light`, and
 //!   then `systemctl disable --now nginx`: the bench never uses a system nginx): client → NGINX
@@ -219,7 +220,7 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "small,bulk,handshake,idle,keepalive,idle-echo,idle-room,idle-builtin"
+        default_value = "small,bulk,huge,handshake,idle,keepalive,idle-echo,idle-room,idle-builtin"
     )]
     scenarios: Vec<Scenario>,
 
@@ -303,6 +304,8 @@ impl Target {
 enum Scenario {
     Small,
     Bulk,
+    /// 1 MiB messages: the splice path (issue 14's zero copy).
+    Huge,
     Handshake,
     Idle,
     /// What weir's keepalive pings cost: idle relayed connections, pings on and off.
@@ -322,6 +325,7 @@ impl Scenario {
         match self {
             Scenario::Small => "small",
             Scenario::Bulk => "bulk",
+            Scenario::Huge => "huge",
             Scenario::Handshake => "handshake",
             Scenario::Idle => "idle",
             Scenario::Keepalive => "keepalive",
@@ -336,6 +340,7 @@ impl Scenario {
         match self {
             Scenario::Small => vec![Row::SmallRate, Row::SmallCpu],
             Scenario::Bulk => vec![Row::BulkRate, Row::BulkCpu],
+            Scenario::Huge => vec![Row::HugeRate, Row::HugeCpu],
             Scenario::Handshake => vec![Row::Handshakes, Row::HandshakeCpu],
             Scenario::Latency => vec![Row::LatencyP50, Row::LatencyP99],
             Scenario::Keepalive => vec![
@@ -360,7 +365,12 @@ impl Scenario {
             Scenario::IdleEcho => Some(IdleKind::EchoObject),
             Scenario::IdleRoom => Some(IdleKind::Room),
             Scenario::IdleBuiltin => Some(IdleKind::EchoBackend),
-            Scenario::Small | Scenario::Bulk | Scenario::Handshake | Scenario::Keepalive | Scenario::Latency => None,
+            Scenario::Small
+            | Scenario::Bulk
+            | Scenario::Huge
+            | Scenario::Handshake
+            | Scenario::Keepalive
+            | Scenario::Latency => None,
         }
     }
 
@@ -501,6 +511,8 @@ struct PipeLoad {
 struct Params {
     small: PipeLoad,
     bulk: PipeLoad,
+    /// `huge`: 1 MiB messages.
+    huge: PipeLoad,
     hs_loops: usize,
     hs_max: u64,
     hs_dur: Duration,
@@ -540,6 +552,13 @@ impl Params {
                 per_conn: if quick { 500 } else { 5_000 },
                 dur: secs(10, 1_000),
             },
+            huge: PipeLoad {
+                conns: 4,
+                size: 1024 * 1024,
+                window: 2,
+                per_conn: if quick { 50 } else { 1_000 },
+                dur: secs(10, 1_000),
+            },
             hs_loops: 64,
             hs_max: if quick { 2_000 } else { 20_000 },
             hs_dur: secs(5, 1_000),
@@ -563,6 +582,7 @@ impl Params {
         match scenario {
             Scenario::Small => pipe(&self.small),
             Scenario::Bulk => pipe(&self.bulk),
+            Scenario::Huge => pipe(&self.huge),
             Scenario::Handshake => format!(
                 "{} loops of connect + handshake + 16 B echo + close, ≤ {} or {:?}",
                 self.hs_loops, self.hs_max, self.hs_dur
@@ -826,6 +846,7 @@ fn backstop(p: &Params, scenario: Scenario) -> Duration {
     match scenario {
         Scenario::Small => p.small.dur + slack + OP_TIMEOUT * 2,
         Scenario::Bulk => p.bulk.dur + slack + OP_TIMEOUT * 2,
+        Scenario::Huge => p.huge.dur + slack + OP_TIMEOUT * 2,
         Scenario::Handshake => p.hs_dur + slack,
         Scenario::Latency => p.lat_dur + slack + OP_TIMEOUT * 3,
         Scenario::Idle | Scenario::IdleEcho | Scenario::IdleRoom | Scenario::IdleBuiltin => {
@@ -862,17 +883,12 @@ async fn run_one(ctx: &Ctx, scenario: Scenario, target: Target, label: &str) -> 
             vec![(Row::SmallRate, rate), (Row::SmallCpu, cpu)]
         }
         Scenario::Bulk => {
-            let out = run_pipelined(ctx, &dep, &p.bulk, label).await?;
-            let mb = out.round_trips as f64 * p.bulk.size as f64 / 1e6;
-            let rate = mb / out.elapsed.as_secs_f64();
-            let cpu = out.cpu.as_secs_f64() * 1e6 / (2.0 * mb);
-            eprintln!(
-                "[{label}] {mb:.1} MB echoed in {:.2?}: {rate:.1} MB/s, {} CPU {:.2?} = {cpu:.1} µs/MB relayed",
-                out.elapsed,
-                dep.measured_name(),
-                out.cpu
-            );
+            let (rate, cpu) = run_volume(ctx, &dep, &p.bulk, label).await?;
             vec![(Row::BulkRate, rate), (Row::BulkCpu, cpu)]
+        }
+        Scenario::Huge => {
+            let (rate, cpu) = run_volume(ctx, &dep, &p.huge, label).await?;
+            vec![(Row::HugeRate, rate), (Row::HugeCpu, cpu)]
         }
         Scenario::Handshake => {
             let cpu0 = cpu_time(ctx, dep.pid)?;
@@ -1625,6 +1641,22 @@ struct PipeOut {
     cpu: Duration,
 }
 
+/// A volume scenario (`bulk`, `huge`): MB/s echoed, and the measured process's CPU µs per MB
+/// relayed (an echoed MB is 2 MB relayed).
+async fn run_volume(ctx: &Ctx, dep: &Deployment, load: &PipeLoad, label: &str) -> Result<(f64, f64)> {
+    let out = run_pipelined(ctx, dep, load, label).await?;
+    let mb = out.round_trips as f64 * load.size as f64 / 1e6;
+    let rate = mb / out.elapsed.as_secs_f64();
+    let cpu = out.cpu.as_secs_f64() * 1e6 / (2.0 * mb);
+    eprintln!(
+        "[{label}] {mb:.1} MB echoed in {:.2?}: {rate:.1} MB/s, {} CPU {:.2?} = {cpu:.1} µs/MB relayed",
+        out.elapsed,
+        dep.measured_name(),
+        out.cpu
+    );
+    Ok((rate, cpu))
+}
+
 async fn run_pipelined(ctx: &Ctx, dep: &Deployment, load: &PipeLoad, label: &str) -> Result<PipeOut> {
     ensure!(load.size >= 16 && load.window > 0, "bad load parameters");
     let mut conns = Vec::with_capacity(load.conns);
@@ -2166,6 +2198,9 @@ async fn echo_one(ws: &mut Ws, msg: Message) -> Result<(), WsError> {
     }
 }
 
+/// The floor's copy buffer per direction, bytes.
+const FLOOR_BUF: usize = 64 * 1024;
+
 async fn floor_conn(client: TcpStream, upstream: SocketAddr) {
     // Failures are the client going away or the echo server being killed: nothing to report.
     let _ = floor_relay(client, upstream).await;
@@ -2177,7 +2212,9 @@ async fn floor_relay(mut client: TcpStream, upstream: SocketAddr) -> io::Result<
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "upstream connect timed out"))??;
     up.set_nodelay(true)?;
-    tokio::io::copy_bidirectional(&mut client, &mut up).await?;
+    // 64 KiB each way, as weir's scratch read and NGINX's and HAProxy's buffers in this bench
+    // (issue 14 defines the floor so; tokio's default is 8 KiB).
+    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut up, FLOOR_BUF, FLOOR_BUF).await?;
     Ok(())
 }
 
@@ -2191,6 +2228,8 @@ enum Row {
     SmallCpu,
     BulkRate,
     BulkCpu,
+    HugeRate,
+    HugeCpu,
     Handshakes,
     HandshakeCpu,
     LatencyP50,
@@ -2210,6 +2249,7 @@ impl Row {
         match self {
             Row::SmallRate | Row::SmallCpu => "small",
             Row::BulkRate | Row::BulkCpu => "bulk",
+            Row::HugeRate | Row::HugeCpu => "huge",
             Row::Handshakes | Row::HandshakeCpu => "handshake",
             Row::LatencyP50 | Row::LatencyP99 => "latency",
             Row::IdleKib(kind) | Row::IdleSlope(kind) => match kind {
@@ -2231,8 +2271,8 @@ impl Row {
         match self {
             Row::SmallRate => "msgs/s".into(),
             Row::SmallCpu => "CPU µs/msg".into(),
-            Row::BulkRate => "MB/s".into(),
-            Row::BulkCpu => "CPU µs/MB relayed".into(),
+            Row::BulkRate | Row::HugeRate => "MB/s".into(),
+            Row::BulkCpu | Row::HugeCpu => "CPU µs/MB relayed".into(),
             Row::Handshakes => format!("handshakes/s, {} concurrent", p.hs_loops),
             Row::HandshakeCpu => "CPU µs/handshake cycle".into(),
             Row::LatencyP50 => format!("round trip p50 µs ({} msgs/s)", p.lat_conns as u32 * p.lat_rate),
@@ -2250,7 +2290,10 @@ impl Row {
 
     /// Whether the figure is read from the measured process (echo server for `direct`).
     fn per_process(self) -> bool {
-        matches!(self, Row::SmallCpu | Row::BulkCpu | Row::HandshakeCpu | Row::IdleKib(_) | Row::IdleSlope(_))
+        matches!(
+            self,
+            Row::SmallCpu | Row::BulkCpu | Row::HugeCpu | Row::HandshakeCpu | Row::IdleKib(_) | Row::IdleSlope(_)
+        )
     }
 
     fn format(self, v: f64) -> String {
@@ -2266,7 +2309,7 @@ impl Row {
             | Row::KeepalivePingRate => {
                 format!("{v:.2}")
             }
-            Row::BulkRate | Row::BulkCpu | Row::HandshakeCpu => format!("{v:.1}"),
+            Row::BulkRate | Row::BulkCpu | Row::HugeRate | Row::HugeCpu | Row::HandshakeCpu => format!("{v:.1}"),
         }
     }
 }
@@ -2371,6 +2414,24 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
         _ => "not measured (needs bulk on weir and floor)".into(),
     };
     let _ = writeln!(out, "- bulk MB/s ≥ 0.8× floor: {bulk}");
+    let huge_cpu = match (value(Row::HugeCpu, Target::Weir), value(Row::HugeCpu, Target::Floor)) {
+        (Some(w), Some(f)) if f > 0.0 => {
+            format!("weir {w:.1} vs floor {f:.1} µs/MB = {:.2}× — {}", w / f, verdict(w <= 0.6 * f))
+        }
+        _ => "not measured (needs huge on weir and floor)".into(),
+    };
+    let _ = writeln!(out, "- 1 MiB messages, CPU per MB ≤ 0.6× floor (issue 14, splice): {huge_cpu}");
+    let huge_rate = match (value(Row::HugeRate, Target::Weir), value(Row::HugeRate, Target::Floor)) {
+        (Some(w), Some(f)) if f > 0.0 => {
+            format!("weir {w:.1} vs floor {f:.1} MB/s = {:.2}× — {}", w / f, verdict(w >= f))
+        }
+        _ => "not measured (needs huge on weir and floor)".into(),
+    };
+    let _ = writeln!(out, "- 1 MiB messages, MB/s ≥ floor (issue 14, splice): {huge_rate}");
+    if let (Some(w), Some(b)) = (value(Row::BulkCpu, Target::Weir), value(Row::BulkCpu, Target::Baseline)) {
+        let line = format!("weir {w:.1} vs baseline {b:.1} µs/MB = {:.2}× — {}", w / b, verdict(w <= 1.05 * b));
+        let _ = writeln!(out, "- bulk (64 KiB) CPU not worse than the baseline (±5%, issue 14): {line}");
+    }
     let hs_cpu = |t: Target| value(Row::HandshakeCpu, t);
     let hs_rate = |t: Target| value(Row::Handshakes, t);
     let handshake_cpu = match (hs_cpu(Target::Weir), hs_cpu(Target::Floor)) {

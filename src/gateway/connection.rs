@@ -261,3 +261,39 @@ impl Ending {
         }
     }
 }
+
+#[cfg(test)]
+mod size_report {
+    use std::mem::size_of;
+
+    /// What an idle relayed connection holds in weir's memory, piece by piece (README "Idle
+    /// cost"): printed with `--nocapture`, and held to the sizes measured when they were last
+    /// made smaller, so a field added to a per-connection type is a decision, not an accident.
+    #[test]
+    fn per_connection_state_stays_within_its_measured_sizes() {
+        let sizes = [
+            (
+                "Relay<Io, ConnObserver> (in the connection's task)",
+                size_of::<crate::relay::pump::Relay<super::Io, super::ConnObserver>>(),
+                1096,
+            ),
+            ("  of it, ConnObserver", size_of::<super::ConnObserver>(), 360),
+            ("  of it, one Io (a Pingora stream's box, or a tokio TcpStream once spliced)", size_of::<super::Io>(), 40),
+            ("  of it, one FrameScanner", size_of::<crate::relay::scanner::FrameScanner>(), 216),
+            ("Ending (beside the relay in the task)", size_of::<super::Ending>(), 320),
+            ("Live (the live-set entry, shared)", size_of::<crate::metering::live::Live>(), 600),
+            ("Watch (boxed guard state, with limits on)", size_of::<crate::relay::guard::Watch>(), 536),
+            (
+                "Pingora's L4 stream (no longer held: Io::Tcp)",
+                size_of::<pingora_core::protocols::l4::stream::Stream>(),
+                usize::MAX,
+            ),
+        ];
+        for (what, size, _) in sizes {
+            eprintln!("{size:>6} B  {what}");
+        }
+        for (what, size, most) in sizes {
+            assert!(size <= most, "{what}: {size} bytes, more than the {most} measured");
+        }
+    }
+}

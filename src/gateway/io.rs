@@ -1,11 +1,12 @@
-//! `Io`: one side of a relayed connection as the relay gets it. A plain TCP stream leaves
-//! Pingora's wrapper for a bare tokio `TcpStream`, so the relay can splice between two of them
-//! (`relay::splice`) and no per-read bookkeeping of the wrapper runs on the hot path; anything
-//! else (TLS, a connection replayed after plain HTTP requests) stays as Pingora made it and is
-//! never spliced. The choice is made by type, never by descriptor.
+//! `Io`: one side of a relayed connection as the relay gets it. A plain TCP stream stays in
+//! Pingora's wrapper until the relay meets the first frame worth splicing (`relay::splice`); then
+//! it leaves the wrapper for a bare tokio `TcpStream` (`Splice::make_tcp`), so a short or chatty
+//! connection pays nothing for it. Anything else (TLS, a connection replayed after plain HTTP
+//! requests) stays as Pingora made it and is never spliced. The choice is made by type, never by
+//! descriptor.
 //!
-//! Warm path: `Io::new` once per side per connection (a dup(2), the wrapper's drop with its
-//! epoll deregistration, and one epoll registration).
+//! Warm path: `Io::new` once per side per connection (a type check); `make_tcp` at most once per
+//! side (a dup(2), the wrapper's drop with its epoll deregistration, one epoll registration).
 
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
@@ -19,37 +20,36 @@ use tokio::net::TcpStream;
 /// One side of a relayed connection.
 #[derive(Debug)]
 pub enum Io {
-    /// A plain TCP socket, out of Pingora's wrapper: payload may be spliced.
+    /// Pingora's L4 stream over a TCP socket (weir's listeners and backends are TCP addresses,
+    /// never Unix sockets): may leave its wrapper for splicing.
+    Plain(Stream),
+    /// The same socket out of the wrapper: payload may be spliced.
     Tcp(TcpStream),
     /// Anything else (TLS, a replayed HTTP connection), as Pingora made it.
     Other(Stream),
 }
 
 impl Io {
-    /// `stream` as the relay takes it. Plain TCP (Pingora's L4 stream: weir's listeners and
-    /// backends are TCP addresses, never Unix sockets) is taken over through a duplicate of its descriptor, and the wrapper is dropped (the socket
-    /// stays open through the duplicate). weir's listeners and backend connections use no L4
-    /// read buffer (`L4BufferSettings::unbuffered`; connector streams are unbuffered too), and a
-    /// PROXY header's leftover that Pingora holds is read by the request head's first read (2 KiB
-    /// or more, while the leftover is under 512 bytes), so the wrapper holds no unread byte here.
-    /// If the takeover fails, the stream stays wrapped.
+    /// `stream` as the relay takes it.
     pub fn new(stream: Stream) -> Io {
-        let Some(l4) = stream.as_any().downcast_ref::<L4Stream>() else { return Io::Other(stream) };
-        let tcp = rustix::io::fcntl_dupfd_cloexec(borrow_socket(l4), 0)
-            .map_err(io::Error::from)
-            .map(std::net::TcpStream::from)
-            .and_then(TcpStream::from_std);
-        match tcp {
-            Ok(tcp) => {
-                drop(stream);
-                Io::Tcp(tcp)
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot take the socket out of Pingora's stream; relayed without splice");
-                Io::Other(stream)
-            }
+        if stream.as_any().is::<L4Stream>() {
+            Io::Plain(stream)
+        } else {
+            Io::Other(stream)
         }
     }
+}
+
+/// The socket of `stream` (a Pingora L4 stream) as a tokio `TcpStream` of its own, through a
+/// duplicate of its descriptor; the caller then drops the wrapper (the socket stays open through
+/// the duplicate). The wrapper holds no unread byte: weir's listeners and backend connections use
+/// no L4 read buffer (`L4BufferSettings::unbuffered`; connector streams are unbuffered too), a
+/// PROXY header's leftover that Pingora holds is read by the request head's first read (2 KiB or
+/// more, while the leftover is under 512 bytes), and its write buffer is empty (capacity 0).
+fn take_socket(stream: &Stream) -> io::Result<TcpStream> {
+    let l4 = stream.as_any().downcast_ref::<L4Stream>().ok_or(io::ErrorKind::Unsupported)?;
+    let fd = rustix::io::fcntl_dupfd_cloexec(borrow_socket(l4), 0)?;
+    TcpStream::from_std(std::net::TcpStream::from(fd))
 }
 
 /// The descriptor `l4` owns, borrowed for as long as `l4` is.
@@ -62,10 +62,32 @@ fn borrow_socket(l4: &L4Stream) -> BorrowedFd<'_> {
 }
 
 impl crate::relay::splice::Splice for Io {
+    fn can_splice(&self) -> bool {
+        !matches!(self, Io::Other(_))
+    }
+
+    fn make_tcp(&mut self) -> bool {
+        match self {
+            Io::Tcp(_) => true,
+            Io::Other(_) => false,
+            Io::Plain(stream) => match take_socket(stream) {
+                Ok(tcp) => {
+                    // The wrapper is dropped here; the socket lives on in `tcp`.
+                    *self = Io::Tcp(tcp);
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot take the socket out of Pingora's stream; relayed without splice");
+                    false
+                }
+            },
+        }
+    }
+
     fn tcp(&self) -> Option<&TcpStream> {
         match self {
             Io::Tcp(s) => Some(s),
-            Io::Other(_) => None,
+            Io::Plain(_) | Io::Other(_) => None,
         }
     }
 }
@@ -74,7 +96,7 @@ impl AsyncRead for Io {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Other(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Plain(s) | Io::Other(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -83,21 +105,21 @@ impl AsyncWrite for Io {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Other(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Plain(s) | Io::Other(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Io::Other(s) => Pin::new(s).poll_flush(cx),
+            Io::Plain(s) | Io::Other(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Other(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Plain(s) | Io::Other(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -748,6 +748,10 @@ mod tests {
         }
         let registered: Vec<String> = reg.gather().iter().map(|f| f.name().to_string()).collect();
         assert!(registered.iter().all(|n| known(n)), "{registered:?}");
+        // The relay names its splice metrics itself: they are the ones named here.
+        for name in [SPLICE_BYTES_TOTAL, SPLICE_FALLBACKS_TOTAL, SPLICE_PIPES] {
+            assert!(registered.iter().any(|n| n == name), "{name} is not registered: {registered:?}");
+        }
     }
 
     /// Grafana dashboards (`*.json`) and Prometheus rule files and their unit tests (`*.yml`) in

@@ -170,8 +170,18 @@ pub const ROOM_STORE_EVICTIONS_TOTAL: &str = "weir_room_store_evictions_total";
 /// Counter: rejections counted in a summary record instead of a record each (over the per-client
 /// rate) {}.
 pub const REJECTIONS_SUMMARISED_TOTAL: &str = "weir_rejections_summarised_total";
+/// Counter: payload bytes relayed with splice(2) between plain TCP sockets {} (registered from
+/// `relay::splice::STATS`, which names it itself: the relay imports nothing from weir).
+pub const SPLICE_BYTES_TOTAL: &str = "weir_splice_bytes_total";
+/// Counter: large frames copied instead of spliced because no pipe was free {}.
+pub const SPLICE_FALLBACKS_TOTAL: &str = "weir_splice_fallbacks_total";
+/// Gauge: pipes open for splice(2), in use or idle in the pools {}.
+pub const SPLICE_PIPES: &str = "weir_splice_pipes";
 /// Every metric name above, for tests that check dashboards and docs use only known names.
 pub const ALL: &[&str] = &[
+    SPLICE_BYTES_TOTAL,
+    SPLICE_FALLBACKS_TOTAL,
+    SPLICE_PIPES,
     TLS_CLIENT_AUTH_TOTAL,
     CONNECTIONS_ACTIVE,
     CONNECTIONS_TOTAL,

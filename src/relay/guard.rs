@@ -254,6 +254,12 @@ impl Watch {
         }
     }
 
+    /// Whether direction `d` has a byte rate (`bandwidth`): the relay then moves at most one
+    /// read's worth between charges, spliced or not.
+    pub fn meters_bytes(&self, d: usize) -> bool {
+        self.guards.rates.get(d).copied().flatten().is_some_and(|r| r.bytes.is_some())
+    }
+
     /// Directions whose pause is over at `now` (cleared here).
     pub fn resume(&mut self, now: u64) -> [bool; 2] {
         let mut out = [false; 2];

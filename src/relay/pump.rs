@@ -83,8 +83,9 @@ struct Half {
     /// this direction, so they never land inside a frame or a fragmented message. Empty and
     /// unallocated unless a push is on its way (boxed: an idle half holds one pointer).
     push: Option<Box<Pushing>>,
-    /// A gateway frame to write once `pending`, `ping` and `push` are written.
-    inject: Option<Injected>,
+    /// A gateway frame to write once `pending`, `ping` and `push` are written (boxed: present
+    /// only at the end, and 150 bytes inline in every half otherwise).
+    inject: Option<Box<Injected>>,
     /// `src` is not read until a rate guard resumes it (throttling).
     paused: bool,
     /// `dst` needs a flush (bytes went into its write path since the last flush).
@@ -170,7 +171,7 @@ impl Half {
         let mut buf = [0u8; MAX_CLOSE_FRAME_LEN];
         let mask = to_backend.then(mask_key);
         let len = encode_close_frame(code, reason, mask, &mut buf);
-        self.inject = Some(Injected { buf, len, sent: 0 });
+        self.inject = Some(Box::new(Injected { buf, len, sent: 0 }));
         self.dst_has_close = true;
         true
     }
@@ -315,7 +316,8 @@ pub struct Relay<S, O> {
     watch: Option<Box<Watch>>,
     /// Both sockets are to be dropped now (an unanswered close frame timed out).
     abort: bool,
-    /// Both streams are plain TCP: the rest of a large frame may be spliced (`splice.rs`).
+    /// Both streams are plain TCP: the rest of a large frame may be spliced (`splice.rs`; the
+    /// streams leave their wrappers at the first such frame).
     splice: bool,
 }
 
@@ -329,7 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         [client_early, backend_early]: [&[u8]; 2],
         observer: O,
     ) -> Relay<S, O> {
-        let splice = client.tcp().is_some() && backend.tcp().is_some();
+        let splice = client.can_splice() && backend.can_splice();
         let mut relay = Relay {
             io: [client, backend],
             halves: [Half::new(client_policy), Half::new(backend_policy)],
@@ -593,6 +595,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         if h.discard || h.dst_dead || (h.pipe.is_none() && rest < SPLICE_MIN) {
             return false;
         }
+        if self.io.iter().any(|io| io.tcp().is_none()) {
+            // The first large frame: both sockets leave their wrappers now, or never.
+            if !self.io.iter_mut().all(|io| io.make_tcp()) {
+                self.splice = false;
+                return false;
+            }
+            // Wakers registered on the wrappers are gone: every side is polled again.
+            *progress = true;
+        }
+        let h = &mut self.halves[s];
         let frame = h.scanner.counts().frames;
         if h.pipe.is_none() && h.pipeless_frame != frame {
             h.pipe = Pipe::take().map(Box::new);
@@ -602,7 +614,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             }
         }
         let (Some(pipe), Some(src)) = (h.pipe.as_mut(), self.io[s].tcp()) else { return false };
-        let max = usize::try_from(rest).unwrap_or(usize::MAX);
+        let mut max = usize::try_from(rest).unwrap_or(usize::MAX);
+        if self.watch.as_ref().is_some_and(|w| w.meters_bytes(s)) {
+            // A byte rate is charged per wakeup: no more at once than a copied read.
+            max = max.min(SCRATCH_SIZE);
+        }
         match pipe.poll_fill(src, max, cx) {
             Poll::Pending => {
                 // A sender that stalls mid-frame holds no pipe: an empty one goes back to the
@@ -800,7 +816,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     /// anything the relay must drive.
     fn guard(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(mut w) = self.watch.take() else { return false };
-        let (now, at) = (Timers::global().now(), Instant::now());
+        // One clock read per wakeup: the tick is derived from the same instant.
+        let at = Instant::now();
+        let now = Timers::global().ticks(at);
         w.alarm.fired(now);
         let closes = [0, 1].map(|i| self.halves[i].scanner.close().is_some());
         w.observe(now, self.counts(), closes);

@@ -1,6 +1,7 @@
 //! Zero-copy payload: the rest of a large data frame moves socket → pipe → socket with
 //! splice(2), never through user space. Only between two plain TCP sockets (the streams say so by
-//! type, `Splice::tcp`); TLS streams are never spliced, because their bytes must be decrypted
+//! type, `Splice::can_splice`, and leave any wrapper at the first such frame,
+//! `Splice::make_tcp`); TLS streams are never spliced, because their bytes must be decrypted
 //! and encrypted by weir.
 //!
 //! The relay still reads every frame header itself (through its scratch buffer) and hands the
@@ -17,7 +18,7 @@
 //! `Pipe::poll_drain` per readiness of a splicing connection.
 
 use prometheus::{IntCounter, IntGauge};
-use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags};
+use rustix::pipe::{fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags};
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -35,9 +36,10 @@ pub const SPLICE_MIN: u64 = 64 * 1024;
 pub const MAX_PIPES: usize = 128;
 /// Idle pipes kept per worker thread for the next large frame.
 const IDLE_PER_THREAD: usize = 8;
-/// Capacity asked of each pipe, bytes (the kernel's default is 64 KiB; `fs.pipe-max-size` caps
-/// it, and a refusal keeps the default).
-const PIPE_CAPACITY: usize = 1024 * 1024;
+/// Capacity asked of each pipe, bytes (the kernel's default is 64 KiB). 128 of them take 32 MiB,
+/// within `fs.pipe-user-pages-soft` (64 MiB per user by default: past it the kernel gives new
+/// pipes 2 pages); a refusal keeps what the kernel gave, which is read back.
+const PIPE_CAPACITY: usize = 256 * 1024;
 
 /// Process-wide splice statistics, registered by the metrics module.
 pub struct SpliceStats {
@@ -83,16 +85,36 @@ thread_local! {
     static IDLE: RefCell<Vec<Fds>> = const { RefCell::new(Vec::new()) };
 }
 
-/// What the relay asks of a stream to splice from or to it.
+/// What the relay asks of a stream to splice from or to it. Decided by the stream's type: TLS
+/// and in-memory streams never splice.
 pub trait Splice {
-    /// The plain TCP socket under this stream, when bytes may be spliced from or to it
-    /// (decided by the stream's type: TLS or in-memory streams answer `None`).
+    /// Whether this stream is plain TCP underneath (perhaps still inside a wrapper).
+    fn can_splice(&self) -> bool {
+        false
+    }
+
+    /// Make the plain TCP socket usable directly (the first time, the stream may leave a wrapper:
+    /// any waker registered on the wrapper is then forgotten, so the relay polls both sides
+    /// again); `false` if it cannot be.
+    fn make_tcp(&mut self) -> bool {
+        false
+    }
+
+    /// The plain TCP socket, once `make_tcp` has made it usable.
     fn tcp(&self) -> Option<&TcpStream> {
         None
     }
 }
 
 impl Splice for TcpStream {
+    fn can_splice(&self) -> bool {
+        true
+    }
+
+    fn make_tcp(&mut self) -> bool {
+        true
+    }
+
     fn tcp(&self) -> Option<&TcpStream> {
         Some(self)
     }
@@ -136,7 +158,9 @@ impl Pipe {
             stats(|s| s.pipes.inc());
             match pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) {
                 Ok((read, write)) => {
-                    let capacity = fcntl_setpipe_size(&write, PIPE_CAPACITY).unwrap_or(64 * 1024);
+                    let capacity = fcntl_setpipe_size(&write, PIPE_CAPACITY)
+                        .or_else(|_| fcntl_getpipe_size(&write))
+                        .unwrap_or(4096);
                     Some(Fds { read, write, capacity })
                 }
                 Err(e) => {
