@@ -259,7 +259,11 @@ impl Gateway {
     async fn serve(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
         let digest = stream.get_socket_digest();
         let mut client = digest.as_ref().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        let local = digest.as_ref().and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        // The local address (a getsockname(2)) matters only when some listener expects PROXY.
+        let proxied = self.proxy_listeners.any()
+            && self
+                .proxy_listeners
+                .expects(digest.as_ref().and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied()));
         let ssl = stream.get_ssl_digest();
         let tls = ssl.is_some();
         // Set only by the listener's post-handshake hook, after rustls verified the chain.
@@ -267,10 +271,10 @@ impl Gateway {
         drop(ssl);
         let mut already = Vec::new();
         let timeouts = self.current.load().config.timeouts;
-        if tls && self.proxy_listeners.expects(local) {
+        if tls && proxied {
             // Read before the TLS handshake (`proxied::BeforeTls`); none for LOCAL/UNKNOWN.
             client = self.proxied.take(stream.id(), client).or(client);
-        } else if self.proxy_listeners.expects(local) {
+        } else if proxied {
             match crate::http1::proxy::read(&mut stream, timeouts.request_head).await {
                 Ok((addr, rest)) => {
                     client = addr.or(client);

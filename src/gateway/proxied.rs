@@ -40,6 +40,11 @@ impl ProxyListeners {
         ProxyListeners(listeners.iter().filter(|l| l.proxy_protocol).map(|l| l.address).collect())
     }
 
+    /// Whether any listener expects a PROXY header.
+    pub fn any(&self) -> bool {
+        !self.0.is_empty()
+    }
+
     /// Whether a connection accepted at `local` came through a `proxy_protocol` listener (an
     /// unspecified listener address matches any address with its port).
     pub fn expects(&self, local: Option<SocketAddr>) -> bool {
@@ -102,6 +107,9 @@ pub struct BeforeTls {
 #[async_trait]
 impl PreTlsProcess for BeforeTls {
     async fn process(&self, stream: &mut L4Stream) -> pingora_error::Result<()> {
+        if !self.listeners.any() {
+            return Ok(());
+        }
         let digest = stream.get_socket_digest();
         let local = digest.as_ref().and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
         if !self.listeners.expects(local) {

@@ -506,9 +506,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             return;
         }
         if h.src_done {
-            if !h.dst_shut && !h.dst_dead && Pin::new(&mut self.io[t]).poll_shutdown(cx).is_ready() {
-                h.dst_shut = true;
-                *progress = true;
+            if !h.dst_shut && !h.dst_dead {
+                // The connection's last act on a plain TCP socket whose peer already ended its
+                // side (the other half is finished): the close(2) right after sends the same FIN,
+                // so the shutdown(2) is skipped. TLS streams always shut down (close_notify).
+                let last = self.halves[t].finished() && self.io[t].can_splice();
+                if last || Pin::new(&mut self.io[t]).poll_shutdown(cx).is_ready() {
+                    self.halves[s].dst_shut = true;
+                    *progress = true;
+                }
             }
             return;
         }
