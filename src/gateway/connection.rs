@@ -275,10 +275,10 @@ mod size_report {
             (
                 "Relay<Io, ConnObserver> (in the connection's task)",
                 size_of::<crate::relay::pump::Relay<super::Io, super::ConnObserver>>(),
-                1096,
+                1112,
             ),
             ("  of it, ConnObserver", size_of::<super::ConnObserver>(), 360),
-            ("  of it, one Io (a Pingora stream's box, or a tokio TcpStream once spliced)", size_of::<super::Io>(), 40),
+            ("  of it, one Io (a tokio TcpStream)", size_of::<super::Io>(), 40),
             ("  of it, one FrameScanner", size_of::<crate::relay::scanner::FrameScanner>(), 216),
             ("Ending (beside the relay in the task)", size_of::<super::Ending>(), 320),
             ("Live (the live-set entry, shared)", size_of::<crate::metering::live::Live>(), 600),

@@ -1,12 +1,13 @@
-//! `Io`: one side of a relayed connection as the relay gets it. A plain TCP stream stays in
-//! Pingora's wrapper until the relay meets the first frame worth splicing (`relay::splice`); then
-//! it leaves the wrapper for a bare tokio `TcpStream` (`Splice::make_tcp`), so a short or chatty
-//! connection pays nothing for it. Anything else (TLS, a connection replayed after plain HTTP
-//! requests) stays as Pingora made it and is never spliced. The choice is made by type, never by
-//! descriptor.
+//! `Io`: one side of a relayed connection as the relay gets it. A plain TCP stream leaves
+//! Pingora's wrapper for a bare tokio `TcpStream` when the relay starts: the relay can then
+//! splice between two of them (`relay::splice`), and an idle connection no longer holds the
+//! wrapper and its socket digest (about 1.7 KB per connection, both sides; README "Idle cost").
+//! Anything else (TLS, a connection replayed after plain HTTP requests) stays as Pingora made it
+//! and is never spliced. The choice is made by type, never by descriptor.
 //!
-//! Warm path: `Io::new` once per side per connection (a type check); `make_tcp` at most once per
-//! side (a dup(2), the wrapper's drop with its epoll deregistration, one epoll registration).
+//! Warm path: `Io::new` once per side per connection: for plain TCP a dup(2) and one epoll
+//! registration (the wrapper's drop deregisters and closes the original descriptor, as it would
+//! have at the connection's end).
 
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
@@ -20,22 +21,30 @@ use tokio::net::TcpStream;
 /// One side of a relayed connection.
 #[derive(Debug)]
 pub enum Io {
-    /// Pingora's L4 stream over a TCP socket (weir's listeners and backends are TCP addresses,
-    /// never Unix sockets): may leave its wrapper for splicing.
-    Plain(Stream),
-    /// The same socket out of the wrapper: payload may be spliced.
+    /// A plain TCP socket out of Pingora's wrapper: payload may be spliced.
     Tcp(TcpStream),
-    /// Anything else (TLS, a replayed HTTP connection), as Pingora made it.
+    /// Anything else (TLS, a replayed HTTP connection), or a socket that could not be taken out
+    /// of its wrapper, as Pingora made it.
     Other(Stream),
 }
 
 impl Io {
-    /// `stream` as the relay takes it.
+    /// `stream` as the relay takes it: Pingora's L4 stream (over TCP: weir's listeners and
+    /// backends are TCP addresses, never Unix sockets) becomes a tokio `TcpStream`.
     pub fn new(stream: Stream) -> Io {
-        if stream.as_any().is::<L4Stream>() {
-            Io::Plain(stream)
-        } else {
-            Io::Other(stream)
+        if !stream.as_any().is::<L4Stream>() {
+            return Io::Other(stream);
+        }
+        match take_socket(&stream) {
+            Ok(tcp) => {
+                // The wrapper goes; the socket lives on in `tcp`.
+                drop(stream);
+                Io::Tcp(tcp)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot take the socket out of Pingora's stream; relayed without splice");
+                Io::Other(stream)
+            }
         }
     }
 }
@@ -62,32 +71,10 @@ fn borrow_socket(l4: &L4Stream) -> BorrowedFd<'_> {
 }
 
 impl crate::relay::splice::Splice for Io {
-    fn can_splice(&self) -> bool {
-        !matches!(self, Io::Other(_))
-    }
-
-    fn make_tcp(&mut self) -> bool {
-        match self {
-            Io::Tcp(_) => true,
-            Io::Other(_) => false,
-            Io::Plain(stream) => match take_socket(stream) {
-                Ok(tcp) => {
-                    // The wrapper is dropped here; the socket lives on in `tcp`.
-                    *self = Io::Tcp(tcp);
-                    true
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot take the socket out of Pingora's stream; relayed without splice");
-                    false
-                }
-            },
-        }
-    }
-
     fn tcp(&self) -> Option<&TcpStream> {
         match self {
             Io::Tcp(s) => Some(s),
-            Io::Plain(_) | Io::Other(_) => None,
+            Io::Other(_) => None,
         }
     }
 }
@@ -96,7 +83,7 @@ impl AsyncRead for Io {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Plain(s) | Io::Other(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Other(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -105,21 +92,21 @@ impl AsyncWrite for Io {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Plain(s) | Io::Other(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Other(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Io::Plain(s) | Io::Other(s) => Pin::new(s).poll_flush(cx),
+            Io::Other(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Plain(s) | Io::Other(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Other(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -28,7 +28,7 @@ use super::splice::{Pipe, Splice, SPLICE_MIN};
 use super::timers::Timers;
 use super::{Direction, Observer, Stop};
 use std::cell::RefCell;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -106,6 +106,8 @@ struct Half {
     pipe: Option<Box<Pipe>>,
     /// The frame (by `DirectionCounts::frames`) for which no pipe was free: it is copied.
     pipeless_frame: u64,
+    /// The frame (by `DirectionCounts::frames`) being spliced, to its end.
+    spliced_frame: u64,
 }
 
 impl Half {
@@ -126,6 +128,7 @@ impl Half {
             discard: false,
             pipe: None,
             pipeless_frame: 0,
+            spliced_frame: 0,
         }
     }
 
@@ -316,9 +319,102 @@ pub struct Relay<S, O> {
     watch: Option<Box<Watch>>,
     /// Both sockets are to be dropped now (an unanswered close frame timed out).
     abort: bool,
-    /// Both streams are plain TCP: the rest of a large frame may be spliced (`splice.rs`; the
-    /// streams leave their wrappers at the first such frame).
+    /// Both streams are plain TCP: the rest of a large frame may be spliced (`splice.rs`).
     splice: bool,
+}
+
+/// A watch receiver's next change, as an owned future: `true` when the value changed, `false`
+/// when the sender is gone. Boxed: it waits for the whole life of an idle connection, and held
+/// inline it would grow every connection's task (see `Run`).
+type Changed = Pin<Box<dyn Future<Output = (bool, watch::Receiver<bool>)> + Send>>;
+
+fn changed(mut rx: watch::Receiver<bool>) -> Changed {
+    Box::pin(async move {
+        let ok = rx.changed().await.is_ok();
+        (ok, rx)
+    })
+}
+
+/// `Relay::run`'s future: the relay, and what it waits on besides its sockets (the shutdown
+/// watch, an object's move signal, the drain's grace). Written by hand rather than as an async fn
+/// around `tokio::select!`: that state machine added 1.1 KB to every connection's task, this one
+/// adds a few words inline and one 150-byte box for the shutdown watch.
+pub struct Run<S, O> {
+    /// Taken when the relay ends.
+    relay: Option<Relay<S, O>>,
+    /// The shutdown watch, until the first poll sets up the waiting.
+    start: Option<watch::Receiver<bool>>,
+    /// The shutdown watch's next change, until the drain begins or the sender is gone.
+    shutdown: Option<Changed>,
+    /// The object's move signal's next change (relays to object hosts).
+    moved: Option<Changed>,
+    /// The end of the drain's grace, once shutdown began.
+    drain_at: Option<Pin<Box<Sleep>>>,
+    grace: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer + Unpin> Future for Run<S, O> {
+    type Output = (RelayReport, O);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(RelayReport, O)> {
+        let this = self.get_mut();
+        let Some(relay) = this.relay.as_mut() else { return Poll::Pending };
+        if let Some(shutdown) = this.start.take() {
+            // The relay starts: a shutdown already under way starts its grace now, and the move
+            // signal is asked for (once).
+            if *shutdown.borrow() {
+                this.drain_at = Some(Box::pin(sleep(this.grace)));
+            } else {
+                this.shutdown = Some(changed(shutdown));
+            }
+            let mut moved = relay.observer.object_moved();
+            relay.object = moved.is_some();
+            if moved.as_mut().is_some_and(|m| *m.borrow_and_update()) {
+                relay.object_moved();
+            }
+            this.moved = moved.map(changed);
+        }
+        // In this order, each a source of wakeups: the relay, the move signal, the shutdown
+        // watch, the drain's grace; after any of the last three acts, the relay goes first again.
+        loop {
+            if relay.poll_relay(cx).is_ready() {
+                return match this.relay.take() {
+                    Some(relay) => Poll::Ready(relay.finish()),
+                    None => Poll::Pending,
+                };
+            }
+            if let Some(m) = this.moved.as_mut().filter(|_| !relay.ending.moved) {
+                if let Poll::Ready((ok, mut rx)) = m.as_mut().poll(cx) {
+                    this.moved = None;
+                    if ok {
+                        if *rx.borrow_and_update() {
+                            relay.object_moved();
+                        }
+                        this.moved = Some(changed(rx));
+                    }
+                    continue;
+                }
+            }
+            if let Some(sh) = this.shutdown.as_mut() {
+                if let Poll::Ready((ok, rx)) = sh.as_mut().poll(cx) {
+                    this.shutdown = None;
+                    if ok && *rx.borrow() {
+                        this.drain_at = Some(Box::pin(sleep(this.grace)));
+                    } else if ok {
+                        this.shutdown = Some(changed(rx));
+                    }
+                    continue;
+                }
+            }
+            if let Some(t) = this.drain_at.as_mut().filter(|_| !relay.ending.shutdown) {
+                if t.as_mut().poll(cx).is_ready() {
+                    relay.begin_drain();
+                    continue;
+                }
+            }
+            return Poll::Pending;
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
@@ -331,7 +427,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         [client_early, backend_early]: [&[u8]; 2],
         observer: O,
     ) -> Relay<S, O> {
-        let splice = client.can_splice() && backend.can_splice();
+        let splice = client.tcp().is_some() && backend.tcp().is_some();
         let mut relay = Relay {
             io: [client, backend],
             halves: [Half::new(client_policy), Half::new(backend_policy)],
@@ -363,39 +459,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         self
     }
 
-    /// Relay until both sides are finished; returns the report and the observer. When
+    /// Relay until both sides are finished; resolves to the report and the observer. When
     /// `shutdown` turns true, the connection gets `grace` more time and is then closed with
     /// `Close::Shutdown` on both sides.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) -> (RelayReport, O) {
-        let mut drain_at: Option<Pin<Box<Sleep>>> = None;
-        let mut watching = true;
-        if *shutdown.borrow() {
-            drain_at = Some(Box::pin(sleep(grace)));
-        }
-        let mut moved = self.observer.object_moved();
-        self.object = moved.is_some();
-        if moved.as_mut().is_some_and(|m| *m.borrow_and_update()) {
-            self.object_moved();
-        }
-        loop {
-            tokio::select! {
-                biased;
-                () = poll_fn(|cx| self.poll_relay(cx)) => break,
-                changed = async { moved.as_mut()?.changed().await.ok() }, if moved.is_some() && !self.ending.moved => match changed {
-                    Some(()) if moved.as_mut().is_some_and(|m| *m.borrow_and_update()) => self.object_moved(),
-                    Some(()) => {}
-                    None => moved = None,
-                },
-                changed = shutdown.changed(), if watching && drain_at.is_none() => match changed {
-                    Ok(()) if *shutdown.borrow() => drain_at = Some(Box::pin(sleep(grace))),
-                    Ok(()) => {}
-                    Err(_) => watching = false,
-                },
-                () = async { if let Some(t) = drain_at.as_mut() { t.await } }, if drain_at.is_some() && !self.ending.shutdown => {
-                    self.begin_drain();
-                }
-            }
-        }
+    pub fn run(self, shutdown: watch::Receiver<bool>, grace: Duration) -> Run<S, O> {
+        Run { relay: Some(self), start: Some(shutdown), shutdown: None, moved: None, drain_at: None, grace }
+    }
+
+    /// The report and the observer, once the relay has ended (not inlined into `run`'s future).
+    fn finish(self) -> (RelayReport, O) {
         let [c, b] = self.counts();
         let counts = [*c, *b];
         let report = self.ending.report(counts, [self.halves[0].scanner.close(), self.halves[1].scanner.close()]);
@@ -510,7 +582,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
                 // The connection's last act on a plain TCP socket whose peer already ended its
                 // side (the other half is finished): the close(2) right after sends the same FIN,
                 // so the shutdown(2) is skipped. TLS streams always shut down (close_notify).
-                let last = self.halves[t].finished() && self.io[t].can_splice();
+                let last = self.halves[t].finished() && self.io[t].tcp().is_some();
                 if last || Pin::new(&mut self.io[t]).poll_shutdown(cx).is_ready() {
                     self.halves[s].dst_shut = true;
                     *progress = true;
@@ -598,20 +670,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         let (s, t) = (d.index(), 1 - d.index());
         let h = &mut self.halves[s];
         let Some(rest) = h.scanner.frame_remaining().filter(|&r| r > 0) else { return false };
-        if h.discard || h.dst_dead || (h.pipe.is_none() && rest < SPLICE_MIN) {
+        // A frame is spliced from the read where its rest is at least `SPLICE_MIN` to its end
+        // (also after its sender stalled and the empty pipe went back to the pool).
+        let frame = h.scanner.counts().frames;
+        if h.discard || h.dst_dead || (h.pipe.is_none() && rest < SPLICE_MIN && h.spliced_frame != frame) {
             return false;
         }
-        if self.io.iter().any(|io| io.tcp().is_none()) {
-            // The first large frame: both sockets leave their wrappers now, or never.
-            if !self.io.iter_mut().all(|io| io.make_tcp()) {
-                self.splice = false;
-                return false;
-            }
-            // Wakers registered on the wrappers are gone: every side is polled again.
-            *progress = true;
-        }
-        let h = &mut self.halves[s];
-        let frame = h.scanner.counts().frames;
         if h.pipe.is_none() && h.pipeless_frame != frame {
             h.pipe = Pipe::take().map(Box::new);
             if h.pipe.is_none() {
@@ -619,6 +683,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
                 h.pipeless_frame = frame;
             }
         }
+        h.spliced_frame = frame;
         let (Some(pipe), Some(src)) = (h.pipe.as_mut(), self.io[s].tcp()) else { return false };
         let mut max = usize::try_from(rest).unwrap_or(usize::MAX);
         if self.watch.as_ref().is_some_and(|w| w.meters_bytes(s)) {

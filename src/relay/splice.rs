@@ -1,7 +1,6 @@
 //! Zero-copy payload: the rest of a large data frame moves socket → pipe → socket with
 //! splice(2), never through user space. Only between two plain TCP sockets (the streams say so by
-//! type, `Splice::can_splice`, and leave any wrapper at the first such frame,
-//! `Splice::make_tcp`); TLS streams are never spliced, because their bytes must be decrypted
+//! type, `Splice::tcp`); TLS streams are never spliced, because their bytes must be decrypted
 //! and encrypted by weir.
 //!
 //! The relay still reads every frame header itself (through its scratch buffer) and hands the
@@ -85,36 +84,16 @@ thread_local! {
     static IDLE: RefCell<Vec<Fds>> = const { RefCell::new(Vec::new()) };
 }
 
-/// What the relay asks of a stream to splice from or to it. Decided by the stream's type: TLS
-/// and in-memory streams never splice.
+/// What the relay asks of a stream to splice from or to it: its plain TCP socket. Decided by
+/// the stream's type: TLS and in-memory streams answer `None` and are never spliced.
 pub trait Splice {
-    /// Whether this stream is plain TCP underneath (perhaps still inside a wrapper).
-    fn can_splice(&self) -> bool {
-        false
-    }
-
-    /// Make the plain TCP socket usable directly (the first time, the stream may leave a wrapper:
-    /// any waker registered on the wrapper is then forgotten, so the relay polls both sides
-    /// again); `false` if it cannot be.
-    fn make_tcp(&mut self) -> bool {
-        false
-    }
-
-    /// The plain TCP socket, once `make_tcp` has made it usable.
+    /// The plain TCP socket under this stream, when bytes may be spliced from or to it.
     fn tcp(&self) -> Option<&TcpStream> {
         None
     }
 }
 
 impl Splice for TcpStream {
-    fn can_splice(&self) -> bool {
-        true
-    }
-
-    fn make_tcp(&mut self) -> bool {
-        true
-    }
-
     fn tcp(&self) -> Option<&TcpStream> {
         Some(self)
     }

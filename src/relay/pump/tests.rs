@@ -1027,3 +1027,19 @@ async fn expect_tcp_eof(s: &mut tokio::net::TcpStream) {
     timeout(WAIT, s.read_to_end(&mut rest)).await.expect("timed out waiting for EOF").unwrap();
     assert_eq!(rest, b"", "expected EOF and no more bytes");
 }
+
+/// The future a connection's task holds is the relay and a few words: what `run` waits on besides
+/// the sockets is boxed, not inlined (an async fn around `select!` added 1.1 KB here).
+#[tokio::test]
+async fn the_run_future_is_the_relay_and_a_few_words() {
+    let (_a, relay_client) = tokio::io::duplex(64);
+    let (_b, relay_backend) = tokio::io::duplex(64);
+    let probe = Probe { seen: Seen::default(), moved: None, asked: 0, pushes: Pushes::default() };
+    let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
+    let relay_size = std::mem::size_of_val(&relay);
+    let (_tx, rx) = watch::channel(false);
+    let run = relay.run(rx, GRACE);
+    let run_size = std::mem::size_of_val(&run);
+    eprintln!("relay {relay_size} B, run future {run_size} B");
+    assert!(run_size <= relay_size + 72, "run future {run_size} B for a {relay_size} B relay");
+}
