@@ -275,14 +275,15 @@ mod size_report {
             (
                 "Relay<Io, ConnObserver> (in the connection's task)",
                 size_of::<crate::relay::pump::Relay<super::Io, super::ConnObserver>>(),
-                1112,
+                976,
             ),
-            ("  of it, ConnObserver", size_of::<super::ConnObserver>(), 360),
+            ("  of it, ConnObserver", size_of::<super::ConnObserver>(), 224),
             ("  of it, one Io (a tokio TcpStream)", size_of::<super::Io>(), 40),
             ("  of it, one FrameScanner", size_of::<crate::relay::scanner::FrameScanner>(), 216),
             ("Ending (beside the relay in the task)", size_of::<super::Ending>(), 320),
             ("Live (the live-set entry, shared)", size_of::<crate::metering::live::Live>(), 600),
             ("Watch (boxed guard state, with limits on)", size_of::<crate::relay::guard::Watch>(), 536),
+            ("  of it, its copy of the route's Guards", size_of::<crate::relay::guard::Guards>(), 208),
             (
                 "Pingora's L4 stream (no longer held: Io::Tcp)",
                 size_of::<pingora_core::protocols::l4::stream::Stream>(),

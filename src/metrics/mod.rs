@@ -15,6 +15,7 @@ use names::*;
 use prometheus::{
     GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+use std::sync::Arc;
 
 /// Connection-duration buckets, seconds: from a failed page load to a three-day session.
 const DURATION_BUCKETS: &[f64] = &[
@@ -544,14 +545,14 @@ impl Metrics {
             messages: self.messages.with_label_values(&[route, d.as_str()]),
             payload_bytes: self.payload_bytes.with_label_values(&[route, d.as_str()]),
             wire_bytes: self.wire_bytes.with_label_values(&[route, d.as_str()]),
-            reported: Reported::default(),
         };
-        ConnMetrics {
+        let handles = ConnHandles {
             active: self.connections_active.with_label_values(&[route, pool, ns]),
             duration: self.connection_duration.with_label_values(&[route, pool, ns]),
             rtt: ["client", "backend"].map(|side| self.peer_rtt.with_label_values(&[route, side])),
             dirs: [dir(Direction::ClientToBackend), dir(Direction::BackendToClient)],
-        }
+        };
+        ConnMetrics { handles: Arc::new(handles), reported: [Reported::default(); 2] }
     }
 }
 
@@ -640,15 +641,12 @@ pub fn build_commit() -> &'static str {
 /// continuation) and the three control frames.
 pub const FRAME_KINDS: [&str; 4] = ["data", "ping", "pong", "close"];
 
-/// Per-direction counters already resolved for one connection.
-#[derive(Clone)]
+/// Per-direction counters of one route, resolved once.
 struct DirMetrics {
     frames: [IntCounter; 4],
     messages: IntCounter,
     payload_bytes: IntCounter,
     wire_bytes: IntCounter,
-    /// What has been added to the counters so far (deltas are pushed, never totals).
-    reported: Reported,
 }
 
 /// The counts a connection has added to its counters: only the fields that have one (a
@@ -665,9 +663,8 @@ struct Reported {
     messages: u64,
 }
 
-/// Label handles of one connection (warm path to create, hot path to update).
-#[derive(Clone)]
-pub struct ConnMetrics {
+/// The label handles of one route's connections, shared by all of them.
+pub struct ConnHandles {
     /// The active-connections gauge child.
     pub active: IntGauge,
     /// The duration histogram child.
@@ -675,6 +672,25 @@ pub struct ConnMetrics {
     /// The keepalive RTT histogram children, `[client, backend]`.
     pub rtt: [Histogram; 2],
     dirs: [DirMetrics; 2],
+}
+
+/// One connection's metrics: its route's handles (one shared pointer: a connection clones one
+/// `Arc`, not 18 handles, and holds 136 bytes, not 272) and what it has added to them so far
+/// (warm path to create, hot path to update).
+#[derive(Clone)]
+pub struct ConnMetrics {
+    handles: Arc<ConnHandles>,
+    /// What has been added to the counters so far, per direction (deltas are pushed, never
+    /// totals).
+    reported: [Reported; 2],
+}
+
+impl std::ops::Deref for ConnMetrics {
+    type Target = ConnHandles;
+
+    fn deref(&self) -> &ConnHandles {
+        &self.handles
+    }
 }
 
 fn add(c: &IntCounter, now: u64, before: u64) {
@@ -687,8 +703,8 @@ impl ConnMetrics {
     /// Push what `c` gained since the last call for direction `d`. Hot path: returns at once
     /// when nothing moved, otherwise a few atomic adds.
     pub fn update(&mut self, d: Direction, c: &DirectionCounts) {
-        let m = &mut self.dirs[d.index()];
-        let r = m.reported;
+        let (m, reported) = (&self.handles.dirs[d.index()], &mut self.reported[d.index()]);
+        let r = *reported;
         if c.wire_bytes == r.wire_bytes {
             return;
         }
@@ -701,7 +717,7 @@ impl ConnMetrics {
             add(&m.frames[3], c.closes, r.closes);
             add(&m.messages, c.messages, r.messages);
         }
-        m.reported = Reported {
+        *reported = Reported {
             wire_bytes: c.wire_bytes,
             payload_bytes: c.payload_bytes,
             frames: c.frames,
