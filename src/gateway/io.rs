@@ -52,9 +52,10 @@ impl Io {
 /// The socket of `stream` (a Pingora L4 stream) as a tokio `TcpStream` of its own, through a
 /// duplicate of its descriptor; the caller then drops the wrapper (the socket stays open through
 /// the duplicate). The wrapper holds no unread byte: weir's listeners and backend connections use
-/// no L4 read buffer (`L4BufferSettings::unbuffered`; connector streams are unbuffered too), a
-/// PROXY header's leftover that Pingora holds is read by the request head's first read (2 KiB or
-/// more, while the leftover is under 512 bytes), and its write buffer is empty (capacity 0).
+/// no L4 read buffer (`L4BufferSettings::unbuffered`; connector streams are unbuffered too), its
+/// rewind buffer is used only for a PROXY header read before TLS (and TLS streams are never taken
+/// over: a plain listener's PROXY leftover is weir's own, handed to the head reader), and its
+/// write buffer has capacity 0.
 fn take_socket(stream: &Stream) -> io::Result<TcpStream> {
     let l4 = stream.as_any().downcast_ref::<L4Stream>().ok_or(io::ErrorKind::Unsupported)?;
     let fd = rustix::io::fcntl_dupfd_cloexec(borrow_socket(l4), 0)?;
