@@ -1043,3 +1043,69 @@ async fn the_run_future_is_the_relay_and_a_few_words() {
     eprintln!("relay {relay_size} B, run future {run_size} B");
     assert!(run_size <= relay_size + 72, "run future {run_size} B for a {relay_size} B relay");
 }
+
+/// A client that ends its stream in the middle of a spliced frame: the backend gets every byte
+/// the client sent, in order, then the end of the stream (no close frame can follow half a
+/// frame); the relay ends as "client gone" and counts exactly the bytes that passed.
+#[tokio::test]
+async fn a_client_ending_mid_splice_passes_every_byte_and_ends_as_gone() {
+    let ((mut client, relay_client), (relay_backend, mut backend)) = (tcp_pair().await, tcp_pair().await);
+    let probe = Probe { seen: Seen::default(), moved: None, asked: 0, pushes: Pushes::default() };
+    let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
+    let (_shutdown, shutdown_rx) = watch::channel(false);
+    let relay = tokio::spawn(relay.run(shutdown_rx, GRACE));
+    let spliced = || crate::relay::splice::STATS.as_ref().unwrap().bytes.get();
+    let before = spliced();
+
+    let payload: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + i / 263) as u8).collect();
+    let whole = masked(BINARY, &payload);
+    let sent = &whole[..whole.len() - 600_000];
+    let to_send = sent.to_vec();
+    let writer = tokio::spawn(async move {
+        client.write_all(&to_send).await.unwrap();
+        client.shutdown().await.unwrap();
+        client
+    });
+    let mut got = Vec::new();
+    timeout(WAIT, backend.read_to_end(&mut got)).await.expect("backend read").unwrap();
+    assert!(got == sent, "the backend got {} bytes, other than the {} sent", got.len(), sent.len());
+    drop(backend);
+    let _client = writer.await.unwrap();
+
+    let (report, _) = timeout(WAIT, relay).await.expect("the relay did not end").unwrap();
+    assert_eq!((report.outcome, report.initiator), (Outcome::ClientGone, Party::Client));
+    let c = report.counts[0];
+    assert_eq!((c.wire_bytes, c.payload_bytes, c.frames), (sent.len() as u64, sent.len() as u64 - 14, 1));
+    let least = (sent.len() - 14 - SCRATCH_SIZE) as u64;
+    assert!(spliced() - before >= least, "spliced {} bytes, expected at least {least}", spliced() - before);
+}
+
+/// A backend that goes away while a frame toward it is being spliced: the pipe's bytes are
+/// dropped with it, the client gets 1011 (the stream toward it is at a frame boundary), and the
+/// relay ends as "backend gone" without waiting for the rest of the client's frame.
+#[tokio::test]
+async fn a_backend_gone_mid_splice_gets_the_client_1011() {
+    let ((client, relay_client), (relay_backend, mut backend)) = (tcp_pair().await, tcp_pair().await);
+    let probe = Probe { seen: Seen::default(), moved: None, asked: 0, pushes: Pushes::default() };
+    let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
+    let (_shutdown, shutdown_rx) = watch::channel(false);
+    let relay = tokio::spawn(relay.run(shutdown_rx, GRACE));
+
+    let payload = vec![0x5Au8; 8 << 20];
+    let frame = masked(BINARY, &payload);
+    let (mut client_rx, mut client_tx) = client.into_split();
+    // The client writes until the relay stops taking its bytes (an error once weir closes).
+    let writer = tokio::spawn(async move {
+        let _ = client_tx.write_all(&frame).await;
+    });
+    let mut first = vec![0u8; 200_000];
+    timeout(WAIT, backend.read_exact(&mut first)).await.expect("backend read").unwrap();
+    drop(backend);
+
+    let mut back = Vec::new();
+    let _ = timeout(WAIT, client_rx.read_to_end(&mut back)).await.expect("the client's stream did not end");
+    assert_eq!(back, gateway_close_to_client(Close::BackendGone), "the client gets 1011 and the end");
+    let (report, _) = timeout(WAIT, relay).await.expect("the relay did not end").unwrap();
+    assert_eq!((report.outcome, report.initiator), (Outcome::BackendGone, Party::Backend));
+    writer.abort();
+}
