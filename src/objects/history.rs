@@ -648,21 +648,11 @@ fn read_record(
         return Ok(Err("partial record header"));
     }
     let [l0, l1, l2, l3, kind, s0, s1, s2, s3, s4, s5, s6, s7, c0, c1, c2, c3] = head;
-    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
     let seq = [s0, s1, s2, s3, s4, s5, s6, s7];
-    if len > MAX_PAYLOAD {
-        return Ok(Err("record length over 64 MiB"));
-    }
-    let Some(kind_v) = kind_of(kind) else {
-        return Ok(Err("unknown record kind"));
+    let (kind_v, payload) = match read_body(reader, RECORD_HEAD, [l0, l1, l2, l3], kind, remaining)? {
+        Ok(body) => body,
+        Err(reason) => return Ok(Err(reason)),
     };
-    if (RECORD_HEAD + len) as u64 > remaining {
-        return Ok(Err("partial record payload"));
-    }
-    let mut payload = vec![0u8; len];
-    if read_full(reader, &mut payload)? < len {
-        return Ok(Err("partial record payload"));
-    }
     if checksum_v2(kind, &seq, &payload) != u32::from_le_bytes([c0, c1, c2, c3]) {
         return Ok(Err("record checksum mismatch"));
     }
@@ -680,24 +670,41 @@ fn read_record_v1(reader: &mut impl Read, remaining: u64) -> io::Result<Result<O
         return Ok(Err("partial record header"));
     }
     let [l0, l1, l2, l3, kind, c0, c1, c2, c3] = head;
-    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    let (kind_v, payload) = match read_body(reader, RECORD_HEAD_V1, [l0, l1, l2, l3], kind, remaining)? {
+        Ok(body) => body,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    if checksum(kind, &payload) != u32::from_le_bytes([c0, c1, c2, c3]) {
+        return Ok(Err("record checksum mismatch"));
+    }
+    Ok(Ok(Some(StoredMessage { kind: kind_v, data: Bytes::from(payload) })))
+}
+
+/// A record's body after its head (`head_len` bytes, both versions): its length (`len`, little
+/// endian) and kind checked, then its payload read, with `remaining` bytes left in the file
+/// before the head. `Err(reason)` for a torn or corrupt record.
+fn read_body(
+    reader: &mut impl Read,
+    head_len: usize,
+    len: [u8; 4],
+    kind: u8,
+    remaining: u64,
+) -> io::Result<Result<(MessageKind, Vec<u8>), &'static str>> {
+    let len = u32::from_le_bytes(len) as usize;
     if len > MAX_PAYLOAD {
         return Ok(Err("record length over 64 MiB"));
     }
-    let Some(kind_v) = kind_of(kind) else {
+    let Some(kind) = kind_of(kind) else {
         return Ok(Err("unknown record kind"));
     };
-    if (RECORD_HEAD_V1 + len) as u64 > remaining {
+    if (head_len + len) as u64 > remaining {
         return Ok(Err("partial record payload"));
     }
     let mut payload = vec![0u8; len];
     if read_full(reader, &mut payload)? < len {
         return Ok(Err("partial record payload"));
     }
-    if checksum(kind, &payload) != u32::from_le_bytes([c0, c1, c2, c3]) {
-        return Ok(Err("record checksum mismatch"));
-    }
-    Ok(Ok(Some(StoredMessage { kind: kind_v, data: Bytes::from(payload) })))
+    Ok(Ok((kind, payload)))
 }
 
 /// Read into `buf` until it is full or the reader ends; returns the bytes read.
