@@ -259,11 +259,7 @@ impl Gateway {
     async fn serve(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
         let digest = stream.get_socket_digest();
         let mut client = digest.as_ref().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        // The local address (a getsockname(2)) matters only when some listener expects PROXY.
-        let proxied = self.proxy_listeners.any()
-            && self
-                .proxy_listeners
-                .expects(digest.as_ref().and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied()));
+        let proxied = self.proxy_listeners.expects_on(digest.as_deref());
         let ssl = stream.get_ssl_digest();
         let tls = ssl.is_some();
         // Set only by the listener's post-handshake hook, after rustls verified the chain.

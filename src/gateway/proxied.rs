@@ -20,7 +20,7 @@ use crate::sync::lock;
 use async_trait::async_trait;
 use pingora_core::listeners::PreTlsProcess;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{GetSocketDigest, UniqueID, UniqueIDType};
+use pingora_core::protocols::{GetSocketDigest, SocketDigest, UniqueID, UniqueIDType};
 use pingora_error::{Error, ErrorType};
 use prometheus::IntCounterVec;
 use std::collections::HashMap;
@@ -40,16 +40,17 @@ impl ProxyListeners {
         ProxyListeners(listeners.iter().filter(|l| l.proxy_protocol).map(|l| l.address).collect())
     }
 
-    /// Whether any listener expects a PROXY header.
-    pub fn any(&self) -> bool {
-        !self.0.is_empty()
-    }
-
     /// Whether a connection accepted at `local` came through a `proxy_protocol` listener (an
     /// unspecified listener address matches any address with its port).
     pub fn expects(&self, local: Option<SocketAddr>) -> bool {
         let Some(local) = local else { return false };
         self.0.iter().any(|l| l.port() == local.port() && (l.ip().is_unspecified() || l.ip() == local.ip()))
+    }
+
+    /// `expects` for a connection with socket digest `digest`. Its local address costs a
+    /// getsockname(2), so it is read only when some listener expects PROXY at all.
+    pub fn expects_on(&self, digest: Option<&SocketDigest>) -> bool {
+        !self.0.is_empty() && self.expects(digest.and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied()))
     }
 }
 
@@ -107,12 +108,8 @@ pub struct BeforeTls {
 #[async_trait]
 impl PreTlsProcess for BeforeTls {
     async fn process(&self, stream: &mut L4Stream) -> pingora_error::Result<()> {
-        if !self.listeners.any() {
-            return Ok(());
-        }
         let digest = stream.get_socket_digest();
-        let local = digest.as_ref().and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
-        if !self.listeners.expects(local) {
+        if !self.listeners.expects_on(digest.as_deref()) {
             return Ok(());
         }
         let peer = digest.as_ref().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
