@@ -667,7 +667,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     /// both streams are plain TCP: move up to a pipe's worth from the source into the pipe and
     /// on to the destination. Returns whether this took the turn (the caller reads nothing).
     fn splice_in(&mut self, d: Direction, cx: &mut Context<'_>, progress: &mut bool) -> bool {
-        let (s, t) = (d.index(), 1 - d.index());
+        let s = d.index();
         let h = &mut self.halves[s];
         let Some(rest) = h.scanner.frame_remaining().filter(|&r| r > 0) else { return false };
         // A frame is spliced from the read where its rest is at least `SPLICE_MIN` to its end
@@ -705,15 +705,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             Poll::Ready(Ok(n)) => {
                 *progress = true;
                 h.scanner.skip_payload(n as u64);
-                if let Some(dst) = self.io[t].tcp() {
-                    // Straight on, as the copy path writes at once; what the destination does
-                    // not take now waits in the pipe for the next round.
-                    if let Poll::Ready(Err(_)) = pipe.poll_drain(dst, cx) {
-                        h.dst_dead = true;
-                        h.pipe = None;
-                        self.side_ended(t, true);
-                    }
-                }
+                // Straight on, as the copy path writes at once; what the destination does not
+                // take now waits in the pipe for the next round.
+                let _ = self.drain_pipe(d, cx, progress);
             }
             Poll::Ready(Err(_)) => {
                 *progress = true;

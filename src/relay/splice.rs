@@ -234,13 +234,14 @@ impl Drop for Pipe {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::future::poll_fn;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    async fn pair() -> (TcpStream, TcpStream) {
+    /// Two connected loopback TCP sockets.
+    pub(crate) async fn tcp_pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (b, _) = l.accept().await.unwrap();
@@ -251,7 +252,7 @@ mod tests {
     /// goes back to the pool and is reused; a pipe dropped while holding bytes is closed.
     #[tokio::test]
     async fn bytes_cross_a_pipe_intact_and_pipes_are_reused() {
-        let ((mut tx, src), (dst, mut rx)) = (pair().await, pair().await);
+        let ((mut tx, src), (dst, mut rx)) = (tcp_pair().await, tcp_pair().await);
         let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i * 7 + i / 251) as u8).collect();
         let writer = tokio::spawn(async move {
             tx.write_all(&data).await.unwrap();

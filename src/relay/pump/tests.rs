@@ -13,6 +13,7 @@ use crate::relay::frame::Violation;
 use crate::relay::report::{Outcome, Party, RelayReport};
 use crate::relay::scanner::tests::frame;
 use crate::relay::scanner::{Chunks, DirectionCounts, Role, ScanPolicy};
+use crate::relay::splice::tests::tcp_pair;
 use crate::relay::{Direction, Observer};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -943,12 +944,32 @@ async fn no_push_follows_a_close_to_the_client() {
 
 // ---- splice over real sockets ---------------------------------------------------------------
 
-/// Two connected loopback TCP sockets.
-async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-    let (b, _) = l.accept().await.unwrap();
-    (a, b)
+/// A running relay between two real loopback connections, and their far ends.
+struct TcpHarness {
+    /// The client's end.
+    client: tokio::net::TcpStream,
+    /// The backend's end.
+    backend: tokio::net::TcpStream,
+    /// What the observer heard.
+    seen: Seen,
+    /// Held for the relay's life (dropping it would end the shutdown watching).
+    _shutdown: watch::Sender<bool>,
+    relay: JoinHandle<(RelayReport, Probe)>,
+}
+
+async fn start_tcp() -> TcpHarness {
+    let ((client, relay_client), (relay_backend, backend)) = (tcp_pair().await, tcp_pair().await);
+    let seen = Seen::default();
+    let probe = Probe { seen: seen.clone(), moved: None, asked: 0, pushes: Pushes::default() };
+    let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let relay = tokio::spawn(relay.run(shutdown_rx, GRACE));
+    TcpHarness { client, backend, seen, _shutdown: shutdown, relay }
+}
+
+/// Payload bytes spliced in this process so far (other tests add to it: a lower bound only).
+fn spliced() -> u64 {
+    crate::relay::splice::STATS.as_ref().unwrap().bytes.get()
 }
 
 /// Between plain TCP sockets the rest of a large frame is spliced, in both directions: what
@@ -957,13 +978,7 @@ async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
 /// the splice counter moved. (Real sockets: time is not paused here.)
 #[tokio::test]
 async fn spliced_frames_keep_their_order_and_every_byte_is_counted() {
-    let ((mut client, relay_client), (relay_backend, mut backend)) = (tcp_pair().await, tcp_pair().await);
-    let seen = Seen::default();
-    let probe = Probe { seen: seen.clone(), moved: None, asked: 0, pushes: Pushes::default() };
-    let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
-    let (_shutdown, shutdown_rx) = watch::channel(false);
-    let relay = tokio::spawn(relay.run(shutdown_rx, GRACE));
-    let spliced = || crate::relay::splice::STATS.as_ref().unwrap().bytes.get();
+    let TcpHarness { mut client, mut backend, seen, _shutdown, relay } = start_tcp().await;
     let before = spliced();
 
     let big: Vec<u8> = (0..(2u32 << 20)).map(|i| (i * 13 + i / 509) as u8).collect();
@@ -1049,12 +1064,7 @@ async fn the_run_future_is_the_relay_and_a_few_words() {
 /// frame); the relay ends as "client gone" and counts exactly the bytes that passed.
 #[tokio::test]
 async fn a_client_ending_mid_splice_passes_every_byte_and_ends_as_gone() {
-    let ((mut client, relay_client), (relay_backend, mut backend)) = (tcp_pair().await, tcp_pair().await);
-    let probe = Probe { seen: Seen::default(), moved: None, asked: 0, pushes: Pushes::default() };
-    let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
-    let (_shutdown, shutdown_rx) = watch::channel(false);
-    let relay = tokio::spawn(relay.run(shutdown_rx, GRACE));
-    let spliced = || crate::relay::splice::STATS.as_ref().unwrap().bytes.get();
+    let TcpHarness { mut client, mut backend, _shutdown, relay, .. } = start_tcp().await;
     let before = spliced();
 
     let payload: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + i / 263) as u8).collect();
@@ -1085,11 +1095,7 @@ async fn a_client_ending_mid_splice_passes_every_byte_and_ends_as_gone() {
 /// relay ends as "backend gone" without waiting for the rest of the client's frame.
 #[tokio::test]
 async fn a_backend_gone_mid_splice_gets_the_client_1011() {
-    let ((client, relay_client), (relay_backend, mut backend)) = (tcp_pair().await, tcp_pair().await);
-    let probe = Probe { seen: Seen::default(), moved: None, asked: 0, pushes: Pushes::default() };
-    let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
-    let (_shutdown, shutdown_rx) = watch::channel(false);
-    let relay = tokio::spawn(relay.run(shutdown_rx, GRACE));
+    let TcpHarness { client, mut backend, _shutdown, relay, .. } = start_tcp().await;
 
     let payload = vec![0x5Au8; 8 << 20];
     let frame = masked(BINARY, &payload);
