@@ -191,7 +191,8 @@ impl Weir {
         }
     }
 
-    /// Wait for `/readyz` to answer 200; false if the process exited first (e.g. a port race).
+    /// Wait for `/readyz` to answer 200 with the public listener weir's own; false if the process
+    /// exited first or another process holds its port (port races: see `listener_owner`).
     async fn wait_ready(&mut self) -> bool {
         let start = Instant::now();
         while start.elapsed() < DEADLINE {
@@ -199,7 +200,11 @@ impl Weir {
                 return false;
             }
             if let Ok((200, _, _)) = http_get(self.admin, "/readyz").await {
-                return true;
+                match listener_owner(self.child.id(), self.addr.port()) {
+                    Owner::Weir => return true,
+                    Owner::Other => return false,
+                    Owner::Nobody => {}
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -315,6 +320,45 @@ impl Drop for Weir {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Who listens on a loopback TCP port.
+enum Owner {
+    /// The weir process under test.
+    Weir,
+    /// Some other socket: the port was free when `free_port` handed it out, another test's
+    /// listener bound it before weir did, and Pingora retries its bind (for up to 30 s) while
+    /// weir's `/readyz` reaches the other listener. A client would talk to the wrong server.
+    Other,
+    /// No one yet.
+    Nobody,
+}
+
+/// Who listens on `port`: the listening sockets on it (`/proc/net/tcp`, `tcp6`, state 0A) and
+/// whether one of them is among process `pid`'s descriptors.
+fn listener_owner(pid: u32, port: u16) -> Owner {
+    let port = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[1].ends_with(&port) && f[3] == "0A" {
+                inodes.push(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return Owner::Nobody;
+    }
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten();
+    let ours = fds
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()));
+    if ours {
+        Owner::Weir
+    } else {
+        Owner::Other
     }
 }
 
