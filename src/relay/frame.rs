@@ -107,18 +107,23 @@ impl fmt::Display for Opcode {
 }
 
 /// A complete, well-formed frame header as it appeared on the wire.
+///
+/// `repr(C)` with the 8-byte length first: in Rust's own layout the 5-byte `mask` sat at an odd
+/// offset, and the scanner's hot loop moved headers through the stack as unaligned words that
+/// missed store forwarding (perf: two loads held 60 % of `FrameScanner::feed`'s samples).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct FrameHeader {
+    /// Payload length in bytes, as announced by the header.
+    pub payload_len: u64,
+    /// The 4-byte masking key, present when the mask bit is set.
+    pub mask: Option<[u8; 4]>,
     /// FIN bit: this frame ends its message.
     pub fin: bool,
     /// RSV bits as `0b100` = RSV1, `0b010` = RSV2, `0b001` = RSV3.
     pub rsv: u8,
     /// The frame's opcode.
     pub opcode: Opcode,
-    /// The 4-byte masking key, present when the mask bit is set.
-    pub mask: Option<[u8; 4]>,
-    /// Payload length in bytes, as announced by the header.
-    pub payload_len: u64,
     /// Length of this header on the wire in bytes (2..=14).
     pub header_len: u8,
 }
@@ -258,6 +263,7 @@ pub fn header_len(second_byte: u8) -> u8 {
 /// # Errors
 ///
 /// The first broken rule of a complete header, as listed above.
+#[inline]
 pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, Violation> {
     let Some(&[b0, b1]) = buf.first_chunk::<2>() else {
         return Ok(None);

@@ -332,6 +332,7 @@ impl FrameScanner {
     }
 
     /// Adds `len` forwarded bytes to the wire counter.
+    #[inline(always)]
     fn add_wire(&mut self, len: usize) {
         let len = u64::try_from(len).unwrap_or(u64::MAX);
         self.counts.wire_bytes = self.counts.wire_bytes.saturating_add(len);
@@ -341,6 +342,7 @@ impl FrameScanner {
     ///
     /// Without a buffered start it parses in place; otherwise it copies exactly the bytes the
     /// header still lacks (never payload) into the 14-byte buffer.
+    #[inline(always)]
     fn take_header(&mut self, rest: &[u8]) -> Result<(Option<FrameHeader>, usize), Violation> {
         if self.hdr_len == 0 {
             if let Some(header) = parse_header(rest)? {
@@ -382,6 +384,7 @@ impl FrameScanner {
 
     /// Checks a complete header, reads its close code if `after` (the rest of the chunk) has
     /// it, then counts the frame and moves on to its payload.
+    #[inline(always)]
     fn accept(&mut self, header: &FrameHeader, after: &[u8]) -> Result<(), Violation> {
         self.check(header)?;
         if header.opcode == Opcode::Close {
@@ -402,6 +405,7 @@ impl FrameScanner {
     }
 
     /// The per-direction rules for a complete header, in the order the module doc lists.
+    #[inline(always)]
     fn check(&self, header: &FrameHeader) -> Result<(), Violation> {
         match (self.policy.sender, header.mask.is_some()) {
             (Role::Client, false) => return Err(Violation::UnmaskedClientFrame),
@@ -429,6 +433,7 @@ impl FrameScanner {
 
     /// The configured size limits, for a data frame that passed every protocol rule: decided
     /// from the header, before any of its payload is forwarded.
+    #[inline(always)]
     fn check_size(&self, header: &FrameHeader) -> Result<(), Violation> {
         let ScanPolicy { max_frame, max_message, .. } = self.policy;
         if max_frame != 0 && header.payload_len > max_frame {
@@ -442,6 +447,7 @@ impl FrameScanner {
     }
 
     /// Counts a header that passed every check.
+    #[inline(always)]
     fn count(&mut self, header: &FrameHeader) {
         let c = &mut self.counts;
         c.frames = c.frames.saturating_add(1);
