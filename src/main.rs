@@ -309,7 +309,8 @@ fn quota_standing(path: &std::path::Path, tenant: Option<&str>, format: Format) 
 /// here first (all at once, so that two entries that overlap, such as 0.0.0.0:8080 and
 /// 127.0.0.1:8080, are caught too) and releases them before handing over. A small race remains:
 /// another process can take a port between this check and Pingora's own bind; that case still
-/// ends in Pingora's retries.
+/// ends in Pingora's retries, and `/readyz` says so instead of reaching the other process's
+/// listener (`admin::owner`).
 fn unbindable(c: &weir::config::Config) -> Vec<String> {
     let addresses = c
         .listeners

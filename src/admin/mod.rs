@@ -1,6 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up),
-//! `/readyz` (every public listener accepts connections right now: checked by connecting to it;
-//! the descriptor reserve is not in use: `fds`; and shutdown has not begun), the JSON API
+//! `/readyz` (every public listener accepts connections right now: checked by connecting to it,
+//! after `owner` confirmed once that the socket on its port is weir's own; the descriptor reserve is not in use: `fds`; and shutdown has not begun), the JSON API
 //! (`api`) and the status page at `/` (`status.html`, compiled in: HTML and JavaScript that read
 //! the API), on a port of its own.
 //!
@@ -23,6 +23,7 @@
 //! Cold/warm path: one request at a time from a scraper; never on a client's path.
 
 pub mod api;
+pub mod owner;
 
 use crate::accept::AcceptErrors;
 use crate::fds::Descriptors;
@@ -72,6 +73,8 @@ pub struct Admin {
     access: api::Access,
     registry: Registry,
     listeners: Vec<SocketAddr>,
+    /// Per listener: its listening socket was seen among this process's own (`owner`), once.
+    confirmed: Vec<AtomicBool>,
     fds: Arc<Descriptors>,
     open: Box<dyn Fn() -> usize + Send + Sync>,
     shutting_down: AtomicBool,
@@ -150,6 +153,7 @@ impl Admin {
             api: None,
             access: api::Access::default(),
             registry,
+            confirmed: listeners.iter().map(|_| AtomicBool::new(false)).collect(),
             listeners,
             fds,
             open: Box::new(open),
@@ -204,7 +208,19 @@ impl Admin {
         if self.fds.exhausted() {
             return Err(format!("the public listeners cannot take new connections: {}", self.fds.describe()));
         }
-        for l in &self.listeners {
+        for (l, confirmed) in self.listeners.iter().zip(&self.confirmed) {
+            if !confirmed.load(Ordering::Relaxed) {
+                match owner::listener_owner(std::process::id(), *l) {
+                    owner::Owner::Process | owner::Owner::Unknown => confirmed.store(true, Ordering::Relaxed),
+                    owner::Owner::Other => {
+                        return Err(format!(
+                            "listener {l}: another process listens on port {}; weir's own bind is still being retried",
+                            l.port()
+                        ))
+                    }
+                    owner::Owner::Nobody => return Err(format!("listener {l} is not listening yet")),
+                }
+            }
             let mut target = *l;
             if target.ip().is_unspecified() {
                 target.set_ip(match target.ip() {
@@ -604,5 +620,24 @@ mod tests {
         assert!(String::from_utf8_lossy(&admin.answer("/readyz").await.body).contains("draining 0 connections"));
         assert_eq!(admin.answer("/healthz").await.status, 200);
         assert_eq!(admin.answer("/metrics").await.status, 200);
+    }
+
+    #[tokio::test]
+    async fn readyz_is_not_fooled_by_another_process_on_a_listener_s_port() {
+        // The race it guards: another process takes the port between weir's bind check and
+        // Pingora's own (retried) bind, and answers the test connection.
+        let (taken, mut holder) = owner::tests::port_held_by_another_process();
+        let admin = Admin::new(Registry::new(), vec![taken], Descriptors::new(0), || 0);
+        let a = admin.answer("/readyz").await;
+        let body = String::from_utf8_lossy(&a.body).into_owned();
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        assert_eq!(a.status, 503, "{body}");
+        assert!(body.contains(&format!("listener {taken}: another process listens on port")), "{body}");
+
+        let own = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = Admin::new(Registry::new(), vec![own.local_addr().unwrap()], Descriptors::new(0), || 0);
+        assert_eq!(admin.answer("/readyz").await.status, 200);
+        assert!(admin.confirmed[0].load(Ordering::Relaxed), "confirmed once, then only connected to");
     }
 }

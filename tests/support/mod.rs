@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use weir::admin::owner::{listener_owner, Owner};
 use weir::billing::UsageRecord;
 
 /// A tokio-tungstenite client connection through weir.
@@ -191,20 +192,20 @@ impl Weir {
         }
     }
 
-    /// Wait for `/readyz` to answer 200 with the public listener weir's own; false if the process
-    /// exited first or another process holds its port (port races: see `listener_owner`).
+    /// Wait for `/readyz` to answer 200 (which it does only once the public listener is weir's
+    /// own); false if the process exited first or another process holds its port: the port was
+    /// free when `free_port` handed it out, another test's listener bound it before weir did, and
+    /// Pingora retries its bind for up to 30 s (`weir::admin::owner`).
     async fn wait_ready(&mut self) -> bool {
         let start = Instant::now();
         while start.elapsed() < DEADLINE {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if let Ok((200, _, _)) = http_get(self.admin, "/readyz").await {
-                match listener_owner(self.child.id(), self.addr.port()) {
-                    Owner::Weir => return true,
-                    Owner::Other => return false,
-                    Owner::Nobody => {}
-                }
+            match http_get(self.admin, "/readyz").await {
+                Ok((200, _, _)) => return true,
+                _ if listener_owner(self.child.id(), self.addr) == Owner::Other => return false,
+                _ => {}
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -320,45 +321,6 @@ impl Drop for Weir {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Who listens on a loopback TCP port.
-enum Owner {
-    /// The weir process under test.
-    Weir,
-    /// Some other socket: the port was free when `free_port` handed it out, another test's
-    /// listener bound it before weir did, and Pingora retries its bind (for up to 30 s) while
-    /// weir's `/readyz` reaches the other listener. A client would talk to the wrong server.
-    Other,
-    /// No one yet.
-    Nobody,
-}
-
-/// Who listens on `port`: the listening sockets on it (`/proc/net/tcp`, `tcp6`, state 0A) and
-/// whether one of them is among process `pid`'s descriptors.
-fn listener_owner(pid: u32, port: u16) -> Owner {
-    let port = format!(":{port:04X}");
-    let mut inodes = Vec::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 9 && f[1].ends_with(&port) && f[3] == "0A" {
-                inodes.push(format!("socket:[{}]", f[9]));
-            }
-        }
-    }
-    if inodes.is_empty() {
-        return Owner::Nobody;
-    }
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten();
-    let ours = fds
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .any(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()));
-    if ours {
-        Owner::Weir
-    } else {
-        Owner::Other
     }
 }
 
