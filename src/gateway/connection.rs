@@ -58,7 +58,7 @@ pub enum Serve {
     /// The relay to a backend or object host.
     Relay {
         /// The backend stream.
-        backend: Stream,
+        backend: Io,
         /// Bytes the backend sent after its 101 head.
         early: Vec<u8>,
         /// RSV bits the negotiated extensions allow.
@@ -127,9 +127,8 @@ impl Gateway {
                     .or_else(|| peer.as_ref().map(|_| PeerRelay::move_signal()));
                 let observer = ConnObserver::new(metrics, live.clone(), object, moved, quota);
                 let policies = Self::policies(chunks, rsv, Some(&limits));
-                let relay =
-                    Relay::new([Io::new(client), Io::new(backend)], policies, [&early, &backend_early], observer)
-                        .with_guards(guards(&limits, live.meter.id.as_u128()));
+                let relay = Relay::new([Io::new(client), backend], policies, [&early, &backend_early], observer)
+                    .with_guards(guards(&limits, live.meter.id.as_u128()));
                 (ending._open, ending._peer) = (open, peer);
                 // A combinator, not an async block: the task holds the relay's future once.
                 let run = relay.run(shutdown, grace).map(move |(report, observer)| {

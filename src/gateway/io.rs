@@ -1,11 +1,12 @@
-//! `Io`: one side of a relayed connection as the relay gets it. A plain TCP stream leaves
-//! Pingora's wrapper for a bare tokio `TcpStream` when the relay starts: the relay can then
-//! splice between two of them (`relay::splice`), and an idle connection no longer holds the
-//! wrapper and its socket digest (about 1.7 KB per connection, both sides; README "Idle cost").
-//! Anything else (TLS, a connection replayed after plain HTTP requests) stays as Pingora made it
-//! and is never spliced. The choice is made by type, never by descriptor.
+//! `Io`: one side of a relayed connection as the relay gets it. A backend over plain TCP is
+//! connected as a bare tokio `TcpStream` (`upstream::connect`); a client's plain TCP stream
+//! leaves Pingora's wrapper for one when the relay starts. The relay can then splice between two
+//! of them (`relay::splice`), and an idle connection holds no wrapper and no socket digest (about
+//! 1.7 KB per connection, both sides; README "Idle cost"). Anything else (TLS, a connection
+//! replayed after plain HTTP requests) stays as Pingora made it and is never spliced. The choice
+//! is made by type, never by descriptor.
 //!
-//! Warm path: `Io::new` once per side per connection: for plain TCP a dup(2) and one epoll
+//! Warm path: `Io::new` once per client per connection: for plain TCP a dup(2) and one epoll
 //! registration (the wrapper's drop deregisters and closes the original descriptor, as it would
 //! have at the connection's end).
 
@@ -51,9 +52,8 @@ impl Io {
 
 /// The socket of `stream` (a Pingora L4 stream) as a tokio `TcpStream` of its own, through a
 /// duplicate of its descriptor; the caller then drops the wrapper (the socket stays open through
-/// the duplicate). The wrapper holds no unread byte: weir's listeners and backend connections use
-/// no L4 read buffer (`L4BufferSettings::unbuffered`; connector streams are unbuffered too), its
-/// rewind buffer is used only for a PROXY header read before TLS (and TLS streams are never taken
+/// the duplicate). The wrapper holds no unread byte: weir's listeners use no L4 read buffer
+/// (`L4BufferSettings::unbuffered`), its rewind buffer is used only for a PROXY header read before TLS (and TLS streams are never taken
 /// over: a plain listener's PROXY leftover is weir's own, handed to the head reader), and its
 /// write buffer has capacity 0.
 fn take_socket(stream: &Stream) -> io::Result<TcpStream> {

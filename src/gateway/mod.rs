@@ -55,7 +55,6 @@ use crate::metrics::{Metrics, Place};
 use crate::relay::scanner::{Chunks, Role, ScanPolicy};
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
-use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
@@ -142,7 +141,6 @@ pub struct Gateway {
     /// The config snapshot new requests are served with.
     current: Current,
     grace_period: Duration,
-    connector: TransportConnector,
     metrics: Metrics,
     /// Open connections and the writer of every connection record.
     live: Arc<LiveSet>,
@@ -215,7 +213,6 @@ impl Gateway {
         Gateway {
             current,
             grace_period: config.grace_period,
-            connector: TransportConnector::new(None),
             metrics,
             live,
             fds,
@@ -383,7 +380,7 @@ impl Gateway {
         }
         match route.target {
             // Each path after the head is boxed: a connection still sending its head holds only
-            // this function's small state, not the largest path's (an upgrade's connector and
+            // this function's small state, not the largest path's (an upgrade's connect and
             // handshake futures made a half-sent head cost about 31 KiB; README "Security").
             Target::Pool(_) if route.kind == RouteKind::Http && !wants_ws => {
                 self.metrics.http_requests.with_label_values(&[&route.name]).inc();

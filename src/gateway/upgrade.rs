@@ -6,6 +6,7 @@
 //! Warm path (once per connection).
 
 use super::connection::{Established, Serve};
+use super::io::Io;
 use super::peer::PeerRelay;
 use super::reject::{self, RejectReason};
 use super::snapshot::Snapshot;
@@ -20,7 +21,6 @@ use crate::objects::registry::{Lease, PlaceError};
 use crate::objects::room::Join;
 use crate::objects::Namespace;
 use crate::pools::MAX_CONNECT_ATTEMPTS;
-use pingora_core::protocols::Stream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,7 +47,7 @@ enum Hop<'a> {
 /// A connected backend or object host.
 struct Connected {
     addr: SocketAddr,
-    stream: Stream,
+    stream: Io,
     /// When connecting started (the connect histogram covers connect and upgrade).
     started: Instant,
     /// The object placement, for object hosts.
@@ -88,7 +88,9 @@ impl Gateway {
             return self.reject(&mut req, RejectReason::ClusterUnavailable).await;
         }
         match &ns.builtin {
-            Some(object) => self.builtin(req, &key, ns, id, object.clone()).await,
+            // Boxed: its state is the largest of an upgrade's (13.8 KB), and every upgrade's
+            // future would be that size and be copied whole (issue 14's handshake profile).
+            Some(object) => Box::pin(self.builtin(req, &key, ns, id, object.clone())).await,
             None => self.relayed(req, &key, Hop::Host(ns, &id)).await,
         }
     }
@@ -274,7 +276,7 @@ impl Gateway {
         if let Hop::Peer { addr, .. } = hop {
             // One try: an owner that does not answer is dying; its claim goes with its lease,
             // and the client's retry finds the new owner.
-            return match upstream::connect(&self.connector, addr, timeouts.backend_connect, None).await {
+            return match upstream::connect(addr, timeouts.backend_connect, None).await {
                 Ok(stream) => Ok(Connected { addr, stream, started, lease: None, open: None }),
                 Err(e) => {
                     tracing::warn!(peer = %addr, error = %e, "cannot reach the owner instance");
@@ -303,7 +305,8 @@ impl Gateway {
                     let placed = match &self.cluster {
                         // In a cluster an id has one recorded host: it is not tried elsewhere.
                         Some(_) if !tried_hosts.is_empty() => break,
-                        Some(cluster) => Self::claimed_host(cluster, ns, id, tenant, wait).await?,
+                        // Boxed: etcd's client futures (7 KB) only in a cluster.
+                        Some(cluster) => Box::pin(Self::claimed_host(cluster, ns, id, tenant, wait)).await?,
                         None => ns.registry.place(id, tenant, &tried_hosts, wait).await,
                     };
                     let lease = match placed {
@@ -319,7 +322,7 @@ impl Gateway {
             tried.push(addr);
             // Counted from now: concurrent connects see each other (least_connections).
             let open = if lease.is_none() { snap.pools.opened(addr) } else { None };
-            match upstream::connect(&self.connector, addr, timeouts.backend_connect, tls).await {
+            match upstream::connect(addr, timeouts.backend_connect, tls).await {
                 Ok(stream) => return Ok(Connected { addr, stream, started, lease, open }),
                 Err(e) => {
                     tracing::warn!(backend = %addr, error = %e, "cannot connect to backend");
@@ -366,13 +369,7 @@ impl Gateway {
     }
 
     /// The backend answered the upgrade with `status`, not 101: pass its answer on unchanged.
-    async fn refused(
-        &self,
-        mut req: Request,
-        answer: crate::http1::head::ResponseHead,
-        mut backend: Stream,
-        status: u16,
-    ) {
+    async fn refused(&self, mut req: Request, answer: crate::http1::head::ResponseHead, mut backend: Io, status: u16) {
         tracing::debug!(route = %req.route, status, "backend refused the upgrade; passing its answer through");
         let timeout = req.snap.config.timeouts.backend_handshake;
         let _ = upstream::pass_through(answer, &mut backend, &mut req.stream, timeout).await;

@@ -1,6 +1,14 @@
-//! The backend half of the handshake: connect with Pingora's connector (then TLS for `tls`
-//! pools and namespaces: rustls over the connected socket, a Pingora `TlsStream`, so the relay
-//! gets a `Stream` as for any other backend), forward the upgrade, read and check the answer.
+//! The backend half of the handshake: connect (a tokio `TcpStream`, then TLS for `tls` pools and
+//! namespaces: rustls over the connected socket through Pingora's TLS client, a Pingora
+//! `TlsStream`), forward the upgrade, read and check the answer.
+//!
+//! Plain TCP backends are connected with tokio directly, not Pingora's `TransportConnector`: the
+//! relay wants a bare socket (`Io::Tcp`: splice, no wrapper held while idle), and taking one out
+//! of Pingora's wrapper costs a dup(2), a second epoll registration, its removal and a second
+//! close(2), and the wrapper's own `getsockopt` on drop. With Pingora's `getsockname` and
+//! `IP_BIND_ADDRESS_NO_PORT`, that was 7 of the 41 system calls of a handshake cycle, and its
+//! 8 KB connect future was copied into every upgrade's state (issue 14's profile). The socket
+//! is set up as Pingora's connector set it: `TCP_NODELAY`, connect within the timeout.
 //!
 //! Warm path (once per connection). End-to-end headers (Sec-WebSocket-Protocol, -Extensions,
 //! cookies, Authorization, Origin, Host) are forwarded as sent. Hop-by-hop headers are dropped per
@@ -12,16 +20,14 @@
 //! `X-Real-IP`, names with `_`) and weir sets `X-Forwarded-For` and `X-Real-IP` (the client's
 //! address: there are no trusted proxies), `X-Forwarded-Proto` and `X-Weir-Connection-Id`.
 
+use super::io::Io;
 use crate::http1::head::{read_response_head, RequestHead, ResponseError, ResponseHead};
 use crate::tls_client::ClientTls;
-use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::Stream;
-use pingora_core::upstreams::peer::{BasicPeer, PeerOptions};
-use pingora_error::ErrorType;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// How connecting or handshaking with a backend failed.
 #[derive(Debug)]
@@ -56,44 +62,30 @@ impl From<ResponseError> for UpstreamError {
     }
 }
 
-/// Open a connection to `addr` within `timeout` (TCP through Pingora's connector, then the TLS
-/// handshake when `tls` is set, both within `timeout`).
-pub async fn connect(
-    connector: &TransportConnector,
-    addr: SocketAddr,
-    timeout: Duration,
-    tls: Option<&ClientTls>,
-) -> Result<Stream, UpstreamError> {
+/// Open a connection to `addr` within `timeout` (TCP, then the TLS handshake when `tls` is set,
+/// both within `timeout`): a plain socket is `Io::Tcp`, a TLS stream `Io::Other`.
+pub async fn connect(addr: SocketAddr, timeout: Duration, tls: Option<&ClientTls>) -> Result<Io, UpstreamError> {
     let started = std::time::Instant::now();
-    // Built from the address itself: `BasicPeer::new` takes a string it parses again (and
-    // unwraps), which cost a formatted String per connection (issue 14).
-    let mut peer = BasicPeer {
-        _address: pingora_core::protocols::l4::socket::SocketAddr::Inet(addr),
-        sni: String::new(),
-        options: PeerOptions::new(),
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Err(UpstreamError::Unreachable(format!("connecting to {addr}: {e}"))),
+        Err(_) => return Err(UpstreamError::TimedOut(format!("no connection to {addr} within {timeout:?}"))),
     };
-    peer.options.connection_timeout = Some(timeout);
-    peer.options.total_connection_timeout = Some(timeout);
-    let stream = connector.new_stream(&peer).await.map_err(|e| match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => UpstreamError::TimedOut(e.to_string()),
-        _ => UpstreamError::Unreachable(e.to_string()),
-    })?;
-    let Some(tls) = tls else { return Ok(stream) };
-    // A BasicPeer without TLS is a plain L4 stream: TLS goes over it as Pingora's own would.
-    let l4 = stream
-        .into_any()
-        .downcast::<L4Stream>()
-        .map_err(|_| UpstreamError::Unreachable("the connector returned no TCP stream".into()))?;
+    tcp.set_nodelay(true).map_err(|e| UpstreamError::Unreachable(format!("connected to {addr}: {e}")))?;
+    let Some(tls) = tls else { return Ok(Io::Tcp(tcp)) };
+    // TLS goes over the socket as Pingora's own connector would put it: a Pingora L4 stream.
+    let l4 = L4Stream::from(tcp);
     let name = match tls.server_name(addr) {
         rustls::pki_types::ServerName::DnsName(n) => n.as_ref().to_string(),
         rustls::pki_types::ServerName::IpAddress(ip) => std::net::IpAddr::from(ip).to_string(),
         other => format!("{other:?}"),
     };
     let connector = tls.connector();
-    let handshake = pingora_core::protocols::tls::client::handshake(&connector, &name, *l4);
+    // Boxed: the handshake's state is 6.7 KB, and only TLS backends need it.
+    let handshake = Box::pin(pingora_core::protocols::tls::client::handshake(&connector, &name, l4));
     let left = timeout.saturating_sub(started.elapsed());
     match tokio::time::timeout(left, handshake).await {
-        Ok(Ok(s)) => Ok(Box::new(s)),
+        Ok(Ok(s)) => Ok(Io::Other(Box::new(s))),
         Ok(Err(e)) => {
             // Pingora nests its contexts; the rustls cause (and the SNI) come last.
             let text = e.to_string();
@@ -213,7 +205,11 @@ pub fn upgrade_request(
 }
 
 /// Send `request` and read the backend's response head, both within `timeout`.
-pub async fn handshake(backend: &mut Stream, request: &[u8], timeout: Duration) -> Result<ResponseHead, UpstreamError> {
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    backend: &mut S,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<ResponseHead, UpstreamError> {
     let io = async {
         backend
             .write_all(request)
@@ -230,10 +226,10 @@ pub async fn handshake(backend: &mut Stream, request: &[u8], timeout: Duration) 
 
 /// Copy a non-101 answer to the client unchanged: the head and its body (by Content-Length,
 /// until EOF, or for chunked bodies until the final chunk), within `timeout`.
-pub async fn pass_through(
+pub async fn pass_through<B: AsyncRead + Unpin, C: AsyncWrite + Unpin>(
     resp: ResponseHead,
-    backend: &mut Stream,
-    client: &mut Stream,
+    backend: &mut B,
+    client: &mut C,
     timeout: Duration,
 ) -> std::io::Result<()> {
     let copy = async {
