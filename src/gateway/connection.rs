@@ -10,13 +10,13 @@ use super::observer::ConnObserver;
 use super::peer::PeerRelay;
 use super::Gateway;
 use crate::admission::caps::Permit;
-use crate::config::{Limits, RateLimit};
+use crate::config::Limits;
 use crate::metering::live::Live;
 use crate::metering::quota::Tenant;
 use crate::metrics::Place;
 use crate::objects::registry::{Lease, ObjectHandle};
 use crate::objects::session::{self, Object};
-use crate::relay::guard::{Bucket, Guards, Keepalive, Rate, RateAction};
+use crate::relay::guard::Guards;
 use crate::relay::pump::Relay;
 use crate::relay::report::{code_class, Outcome, RelayReport};
 use crate::relay::tap::Tap;
@@ -37,8 +37,10 @@ pub struct Established {
     pub place: Place,
     /// Its metric handles (started counted already).
     pub metrics: crate::metrics::ConnMetrics,
-    /// The route's guards.
+    /// The route's limits (its size limits go to the scanners).
     pub limits: Limits,
+    /// The route's guards, shared by its connections.
+    pub guards: Arc<Guards>,
     /// The chunk sizes its scanners count (the pricing units of its snapshot).
     pub chunks: crate::relay::scanner::Chunks,
     /// Its live-set entry (identity and interim state).
@@ -88,7 +90,8 @@ struct Ending {
     route: String,
     place: Place,
     live: Arc<Live>,
-    lease: Option<Lease>,
+    /// The object placement (boxed: 136 bytes, and pool routes have none).
+    lease: Option<Box<Lease>>,
     /// Dropped with the ending: the caps count the connection until then.
     _permit: Option<Permit>,
     /// Dropped with the ending: the backend's open count holds the connection until then.
@@ -103,7 +106,21 @@ impl Gateway {
     /// the task is the relay's future plus what ending needs: an idle connection's task holds
     /// nothing else (no copy of its arguments, no handshake state).
     pub(super) fn start(self: &Arc<Self>, c: Established, shutdown: ShutdownWatch) {
-        let Established { client, early, route, place, metrics, limits, chunks, live, lease, serve, permit, quota } = c;
+        let Established {
+            client,
+            early,
+            route,
+            place,
+            metrics,
+            limits,
+            guards,
+            chunks,
+            live,
+            lease,
+            serve,
+            permit,
+            quota,
+        } = c;
         let tenant = self.metrics.tenant_labels.label(live.meter.identity().tenant.as_deref());
         self.metrics.tenant_active.with_label_values(&[&tenant]).inc();
         let grace = self.grace_period;
@@ -112,7 +129,7 @@ impl Gateway {
             route,
             place,
             live: live.clone(),
-            lease,
+            lease: lease.map(Box::new),
             _permit: permit,
             _open: None,
             _peer: None,
@@ -122,13 +139,13 @@ impl Gateway {
                 let object = ending.lease.as_ref().map(|l| l.object().clone());
                 let moved = ending
                     .lease
-                    .as_ref()
+                    .as_deref()
                     .map(Lease::evicted)
                     .or_else(|| peer.as_ref().map(|_| PeerRelay::move_signal()));
                 let observer = ConnObserver::new(metrics, live.clone(), object, moved, quota);
                 let policies = Self::policies(chunks, rsv, Some(&limits));
                 let relay = Relay::new([Io::new(client), backend], policies, [&early, &backend_early], observer)
-                    .with_guards(guards(&limits, live.meter.id.as_u128()));
+                    .with_guards(&guards, lifetime_share(live.meter.id.as_u128()));
                 (ending._open, ending._peer) = (open, peer);
                 // A combinator, not an async block: the task holds the relay's future once.
                 let run = relay.run(shutdown, grace).map(move |(report, observer)| {
@@ -140,7 +157,7 @@ impl Gateway {
             Serve::Object { object, id, handle, join } => {
                 // Built-in objects touch their accounting per message themselves.
                 let observer = ConnObserver::new(metrics, live.clone(), None, None, quota);
-                let stops = match &ending.lease {
+                let stops = match ending.lease.as_deref() {
                     Some(lease) => session::Stops::of(lease, Some(live)),
                     None => session::Stops { live: Some(live), moved: None, claim: None },
                 };
@@ -163,31 +180,10 @@ impl Gateway {
     }
 }
 
-/// The relay's guards for one connection under `limits`; `seed` picks its share of the lifetime
-/// jitter (the connection id: random, and the same if asked twice).
-fn guards(limits: &Limits, seed: u128) -> Guards {
-    let rate = |d: usize| {
-        let bucket = |r: &RateLimit| Bucket { per_second: r.per_second as f64, burst: r.burst as f64 };
-        let messages = limits.message_rate.filter(|r| r.from[d]);
-        let bytes = limits.bandwidth.filter(|r| r.from[d]);
-        let throttle = messages.or(bytes)?.throttle;
-        Some(Rate {
-            messages: messages.as_ref().map(bucket),
-            bytes: bytes.as_ref().map(bucket),
-            action: if throttle { RateAction::Throttle } else { RateAction::Close },
-        })
-    };
-    // A fraction in [0, 1) from the id's low bits (a v7 UUID's random part).
-    let share = (seed as u64 & 0xFFFF_FFFF) as f64 / (1u64 << 32) as f64;
-    Guards {
-        idle_timeout: limits.idle_timeout,
-        control_is_activity: limits.control_frames_are_activity,
-        lifetime: limits.max_lifetime.map(|l| l.saturating_sub(limits.lifetime_jitter.mul_f64(share))),
-        lifetime_restart: limits.lifetime_restart,
-        close_timeout: limits.close_timeout,
-        keepalive: limits.keepalive.map(|k| Keepalive { interval: k.interval, timeout: k.timeout, backend: k.backend }),
-        rates: [rate(0), rate(1)],
-    }
+/// A connection's share (in [0, 1)) of its route's lifetime jitter, from the low bits of its id
+/// (a v7 UUID's random part): random, and the same if asked twice.
+fn lifetime_share(id: u128) -> f64 {
+    (id as u64 & 0xFFFF_FFFF) as f64 / (1u64 << 32) as f64
 }
 
 impl Ending {
@@ -274,15 +270,15 @@ mod size_report {
             (
                 "Relay<Io, ConnObserver> (in the connection's task)",
                 size_of::<crate::relay::pump::Relay<super::Io, super::ConnObserver>>(),
-                976,
+                824,
             ),
-            ("  of it, ConnObserver", size_of::<super::ConnObserver>(), 224),
+            ("  of it, ConnObserver", size_of::<super::ConnObserver>(), 72),
             ("  of it, one Io (a tokio TcpStream)", size_of::<super::Io>(), 40),
             ("  of it, one FrameScanner", size_of::<crate::relay::scanner::FrameScanner>(), 216),
-            ("Ending (beside the relay in the task)", size_of::<super::Ending>(), 320),
-            ("Live (the live-set entry, shared)", size_of::<crate::metering::live::Live>(), 600),
-            ("Watch (boxed guard state, with limits on)", size_of::<crate::relay::guard::Watch>(), 536),
-            ("  of it, its copy of the route's Guards", size_of::<crate::relay::guard::Guards>(), 208),
+            ("Ending (beside the relay in the task)", size_of::<super::Ending>(), 192),
+            ("Live (the live-set entry, shared)", size_of::<crate::metering::live::Live>(), 536),
+            ("Watch (boxed guard state, with limits on)", size_of::<crate::relay::guard::Watch>(), 344),
+            ("Guards (one per route, shared: not per connection)", size_of::<crate::relay::guard::Guards>(), 224),
             (
                 "Pingora's L4 stream (no longer held: Io::Tcp)",
                 size_of::<pingora_core::protocols::l4::stream::Stream>(),

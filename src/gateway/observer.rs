@@ -2,10 +2,13 @@
 //! its metric handles, its live-set entry and, on object routes, the object's accounting and move
 //! signal. The relay defines the `Observer` trait; this is its only implementation.
 //!
-//! Hot path: `progress` runs once per relay wakeup; each listener hears only when its input
-//! moved (metrics when bytes moved, the live set when wire bytes moved, the object when a
-//! message completed). Warm path: built at the 101; dropped at the end, which closes the
-//! connection's share of the active gauge and observes its duration.
+//! Hot path: `progress` runs once per relay wakeup and returns at once unless wire bytes moved.
+//! Then the live set takes the new counts and hands back the ones they replace, and every other
+//! listener gets the difference: the metric counters, the tenant's quota, the object (when a
+//! message completed). The live-set entry's copy is the one record of what was reported, so the
+//! observer keeps no counts of its own beyond the wire total. Warm path: built at the 101;
+//! dropped at the end, which closes the connection's share of the active gauge and observes its
+//! duration.
 
 use crate::metering::live::Live;
 use crate::metering::quota::Tenant;
@@ -29,11 +32,7 @@ pub struct ConnObserver {
     moved: Option<watch::Receiver<bool>>,
     /// The tenant's quota counters.
     quota: Option<Arc<Tenant>>,
-    /// Messages and wire bytes (both directions) at the last quota update.
-    quota_seen: (u64, u64),
     started: Instant,
-    /// Messages (both directions) at the last object touch.
-    messages_seen: u64,
     /// Wire bytes (both directions) at the last live-set update.
     observed_wire: u64,
 }
@@ -51,38 +50,28 @@ impl ConnObserver {
         if let Some(t) = &quota {
             t.opened();
         }
-        ConnObserver {
-            metrics,
-            live,
-            object,
-            moved,
-            quota,
-            quota_seen: (0, 0),
-            started: Instant::now(),
-            messages_seen: 0,
-            observed_wire: 0,
-        }
+        ConnObserver { metrics, live, object, moved, quota, started: Instant::now(), observed_wire: 0 }
     }
 }
 
 impl Observer for ConnObserver {
     fn progress(&mut self, [client, backend]: [&DirectionCounts; 2]) {
-        self.metrics.update(Direction::ClientToBackend, client);
-        self.metrics.update(Direction::BackendToClient, backend);
+        // Every count moves with the bytes fed (frames, messages and payload only with wire
+        // bytes), so unchanged wire bytes mean nothing to tell.
         let wire = client.wire_bytes + backend.wire_bytes;
+        if wire == self.observed_wire {
+            return;
+        }
+        self.observed_wire = wire;
+        let [c0, b0] = self.live.observe([client, backend]);
+        self.metrics.update(Direction::ClientToBackend, client, &c0);
+        self.metrics.update(Direction::BackendToClient, backend, &b0);
+        let (messages, before) = (client.messages + backend.messages, c0.messages + b0.messages);
         if let Some(tenant) = &self.quota {
-            let messages = client.messages + backend.messages;
-            let (m0, w0) = std::mem::replace(&mut self.quota_seen, (messages, wire));
-            tenant.add(messages.saturating_sub(m0), wire.saturating_sub(w0));
+            tenant.add(messages.saturating_sub(before), wire.saturating_sub(c0.wire_bytes + b0.wire_bytes));
         }
-        if wire != self.observed_wire {
-            self.observed_wire = wire;
-            self.live.observe([client, backend]);
-        }
-        if let Some(object) = &self.object {
-            let messages = client.messages + backend.messages;
-            if messages != self.messages_seen {
-                self.messages_seen = messages;
+        if messages != before {
+            if let Some(object) = &self.object {
                 object.touch();
             }
         }

@@ -12,10 +12,11 @@
 
 use crate::admission::Gatekeeper;
 use crate::billing::UsageLog;
-use crate::config::{Backend, BuiltinKind, Config, Route, Target};
+use crate::config::{Backend, BuiltinKind, Config, Limits, RateLimit, Route, Target};
 use crate::metrics::{Metrics, Place, RouteHandles};
 use crate::objects::Objects;
 use crate::pools::{HealthListener, HealthRunner, Pools};
+use crate::relay::guard::{Bucket, Guards, Keepalive, Rate, RateAction};
 use crate::relay::scanner::Chunks;
 use crate::routing::RouteTable;
 use std::collections::HashMap;
@@ -41,6 +42,8 @@ pub struct Snapshot {
     pub chunks: Chunks,
     /// Each route's connection metric handles, indexed like `routes`.
     pub route_handles: Vec<RouteHandles>,
+    /// Each route's guards, indexed like `routes`, shared by its connections.
+    pub route_guards: Vec<Arc<Guards>>,
 }
 
 /// What building a snapshot takes from the running process.
@@ -117,6 +120,7 @@ impl Snapshot {
         let chunks = crate::billing::units::chunks(&config.billing_units);
         let route_handles =
             routes.iter().map(|r| parts.metrics.route_handles(&r.name, &place(&config, &objects, r))).collect();
+        let route_guards = routes.iter().map(|r| Arc::new(guards(&r.limits))).collect();
         let snapshot = Snapshot {
             config: Arc::new(config),
             routes,
@@ -125,6 +129,7 @@ impl Snapshot {
             gatekeeper,
             chunks,
             route_handles,
+            route_guards,
         };
         Ok(Built { snapshot, kept_namespaces })
     }
@@ -140,5 +145,31 @@ fn place(config: &Config, objects: &Objects, route: &Route) -> Place {
     match route.target {
         Target::Pool(i) => Place::pool(config.pools.get(i).map_or("", |p| p.name.as_str())),
         Target::Object(i) => Place::namespace(objects.get(i).map_or("", |ns| ns.config.name.as_str())),
+    }
+}
+
+/// The relay's guards for a route's connections under `limits` (each connection takes its own
+/// share of `lifetime_jitter` when its relay starts).
+pub fn guards(limits: &Limits) -> Guards {
+    let rate = |d: usize| {
+        let bucket = |r: &RateLimit| Bucket { per_second: r.per_second as f64, burst: r.burst as f64 };
+        let messages = limits.message_rate.filter(|r| r.from[d]);
+        let bytes = limits.bandwidth.filter(|r| r.from[d]);
+        let throttle = messages.or(bytes)?.throttle;
+        Some(Rate {
+            messages: messages.as_ref().map(bucket),
+            bytes: bytes.as_ref().map(bucket),
+            action: if throttle { RateAction::Throttle } else { RateAction::Close },
+        })
+    };
+    Guards {
+        idle_timeout: limits.idle_timeout,
+        control_is_activity: limits.control_frames_are_activity,
+        lifetime: limits.max_lifetime,
+        lifetime_jitter: limits.lifetime_jitter,
+        lifetime_restart: limits.lifetime_restart,
+        close_timeout: limits.close_timeout,
+        keepalive: limits.keepalive.map(|k| Keepalive { interval: k.interval, timeout: k.timeout, backend: k.backend }),
+        rates: [rate(0), rate(1)],
     }
 }

@@ -235,6 +235,10 @@ impl Gateway {
             Some(handles) => handles.connection(),
             None => self.metrics.connection(&route, &place),
         };
+        let guards = match snap.route_guards.get(route_index) {
+            Some(guards) => guards.clone(),
+            None => Arc::new(super::snapshot::guards(&limits)),
+        };
         drop(snap);
         let Grant { permit, quota, .. } = grant;
         drop(head);
@@ -254,6 +258,7 @@ impl Gateway {
             place,
             metrics,
             limits,
+            guards,
             chunks,
             live,
             lease,

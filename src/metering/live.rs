@@ -103,8 +103,9 @@ struct LiveState {
     ended: bool,
     /// Round-trip time of the last answered keepalive ping, `[client, backend]`.
     rtt: [Option<Duration>; 2],
-    /// An order to close the connection, until its relay takes it.
-    stop: Option<Stop>,
+    /// An order to close the connection, until its relay takes it (boxed: 80 bytes, rarely
+    /// present).
+    stop: Option<Box<Stop>>,
     /// Its entry on the interim wheel.
     due: Option<Key>,
     /// Its pushes (boxed: allocated at the first push; an idle connection holds one pointer).
@@ -124,15 +125,16 @@ struct Pushed {
 }
 
 impl Live {
-    /// The relay's counts after a wakeup that moved bytes.
-    pub fn observe(&self, counts: [&DirectionCounts; 2]) {
+    /// The relay's counts after a wakeup that moved bytes; returns the counts they replace (what
+    /// the observer had reported before, so it pushes only the difference on).
+    pub fn observe(&self, counts: [&DirectionCounts; 2]) -> [DirectionCounts; 2] {
         let mut s = lock(&self.state);
         let frames = counts[0].data_frames + counts[1].data_frames;
         if frames != s.data_frames {
             s.data_frames = frames;
             s.active.touch(Instant::now());
         }
-        s.counts = [*counts[0], *counts[1]];
+        std::mem::replace(&mut s.counts, [*counts[0], *counts[1]])
     }
 
     /// The counts last observed.
@@ -161,7 +163,7 @@ impl Live {
             }
         }
         match lock(&self.state).stop.take() {
-            Some(stop) => std::task::Poll::Ready(stop),
+            Some(stop) => std::task::Poll::Ready(*stop),
             None => std::task::Poll::Pending,
         }
     }
@@ -255,7 +257,7 @@ impl Live {
             if s.ended || s.stop.is_some() || self.stop_pending.load(std::sync::atomic::Ordering::Acquire) {
                 return;
             }
-            s.stop = Some(stop);
+            s.stop = Some(Box::new(stop));
         }
         self.stop_pending.store(true, std::sync::atomic::Ordering::Release);
         self.stop_waker.wake();

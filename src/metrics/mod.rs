@@ -552,7 +552,7 @@ impl Metrics {
             rtt: ["client", "backend"].map(|side| self.peer_rtt.with_label_values(&[route, side])),
             dirs: [dir(Direction::ClientToBackend), dir(Direction::BackendToClient)],
         };
-        ConnMetrics { handles: Arc::new(handles), reported: [Reported::default(); 2] }
+        ConnMetrics { handles: Arc::new(handles) }
     }
 }
 
@@ -649,20 +649,6 @@ struct DirMetrics {
     wire_bytes: IntCounter,
 }
 
-/// The counts a connection has added to its counters: only the fields that have one (a
-/// `DirectionCounts` would cost twice the memory per connection).
-#[derive(Clone, Copy, Default)]
-struct Reported {
-    wire_bytes: u64,
-    payload_bytes: u64,
-    frames: u64,
-    data_frames: u64,
-    pings: u64,
-    pongs: u64,
-    closes: u64,
-    messages: u64,
-}
-
 /// The label handles of one route's connections, shared by all of them.
 pub struct ConnHandles {
     /// The active-connections gauge child.
@@ -674,15 +660,13 @@ pub struct ConnHandles {
     dirs: [DirMetrics; 2],
 }
 
-/// One connection's metrics: its route's handles (one shared pointer: a connection clones one
-/// `Arc`, not 18 handles, and holds 136 bytes, not 272) and what it has added to them so far
-/// (warm path to create, hot path to update).
+/// One connection's metrics: its route's handles, one shared pointer (a connection clones one
+/// `Arc`, not 18 handles). What it has added so far is its live-set entry's copy of its counts
+/// (`ConnObserver::progress`), so it holds nothing else (warm path to create, hot path to
+/// update).
 #[derive(Clone)]
 pub struct ConnMetrics {
     handles: Arc<ConnHandles>,
-    /// What has been added to the counters so far, per direction (deltas are pushed, never
-    /// totals).
-    reported: [Reported; 2],
 }
 
 impl std::ops::Deref for ConnMetrics {
@@ -700,11 +684,10 @@ fn add(c: &IntCounter, now: u64, before: u64) {
 }
 
 impl ConnMetrics {
-    /// Push what `c` gained since the last call for direction `d`. Hot path: returns at once
-    /// when nothing moved, otherwise a few atomic adds.
-    pub fn update(&mut self, d: Direction, c: &DirectionCounts) {
-        let (m, reported) = (&self.handles.dirs[d.index()], &mut self.reported[d.index()]);
-        let r = *reported;
+    /// Push what direction `d` gained from `before` to `c` (deltas are pushed, never totals).
+    /// Hot path: returns at once when nothing moved, otherwise a few atomic adds.
+    pub fn update(&self, d: Direction, c: &DirectionCounts, before: &DirectionCounts) {
+        let (m, r) = (&self.handles.dirs[d.index()], before);
         if c.wire_bytes == r.wire_bytes {
             return;
         }
@@ -717,16 +700,6 @@ impl ConnMetrics {
             add(&m.frames[3], c.closes, r.closes);
             add(&m.messages, c.messages, r.messages);
         }
-        *reported = Reported {
-            wire_bytes: c.wire_bytes,
-            payload_bytes: c.payload_bytes,
-            frames: c.frames,
-            data_frames: c.data_frames,
-            pings: c.pings,
-            pongs: c.pongs,
-            closes: c.closes,
-            messages: c.messages,
-        };
     }
 }
 

@@ -18,16 +18,21 @@ use super::scanner::DirectionCounts;
 use super::timers::{Alarm, Timers};
 use std::time::{Duration, Instant};
 
-/// What weir enforces on one connection; every field `None`/off disables that guard.
+/// What weir enforces on the connections of one route, shared by them (one `Arc` per route: a
+/// connection's `Watch` holds a pointer, not a 200-byte copy); every field `None`/off disables
+/// that guard.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Guards {
     /// Close with 1001 "idle timeout" when no data frame passed in either direction this long.
     pub idle_timeout: Option<Duration>,
     /// Pings and pongs (from the peers, never weir's own) count as activity for `idle_timeout`.
     pub control_is_activity: bool,
-    /// This connection's lifetime (the configured maximum minus its jitter); then 1001, or 1012
-    /// when `lifetime_restart`.
+    /// The longest a connection lives; then 1001, or 1012 when `lifetime_restart`. Each
+    /// connection's is shorter by its share of `lifetime_jitter` (`Watch::new`).
     pub lifetime: Option<Duration>,
+    /// Spread of the lifetimes: a connection's ends up to this much before `lifetime`, so those
+    /// opened together do not all reconnect at once.
+    pub lifetime_jitter: Duration,
     /// Close at the end of `lifetime` with 1012 (reconnect now) instead of 1001.
     pub lifetime_restart: bool,
     /// After one side's close frame, the other has this long to answer; then both sockets are
@@ -148,10 +153,11 @@ struct Tokens {
 /// One connection's guard state (see the module doc).
 #[derive(Debug)]
 pub struct Watch {
-    guards: Guards,
+    guards: std::sync::Arc<Guards>,
+    /// Tick this connection's lifetime ends (its share of the jitter taken off).
+    lifetime_end: Option<u64>,
     /// The connection's one entry on the wheel.
     pub alarm: Alarm,
-    started: u64,
     last_active: u64,
     /// Activity counter at the last `observe` (data frames, or all frames).
     activity: u64,
@@ -166,8 +172,13 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// The state of a connection starting at tick `now` (`at` for the token buckets).
-    pub fn new(guards: Guards, now: u64, at: Instant) -> Watch {
+    /// The state of a connection starting at tick `now` (`at` for the token buckets) under
+    /// `guards`; `share` (in [0, 1)) is how much of the lifetime jitter it gets.
+    pub fn new(guards: std::sync::Arc<Guards>, share: f64, now: u64, at: Instant) -> Watch {
+        let lifetime_end = guards.lifetime.map(|l| {
+            let mine = l.saturating_sub(guards.lifetime_jitter.mul_f64(share.clamp(0.0, 1.0)));
+            now.saturating_add(Timers::ticks_in(mine))
+        });
         let tokens = guards.rates.map(|r| {
             r.map(|r| Tokens {
                 messages: r.messages.map_or(0.0, |b| b.burst),
@@ -179,8 +190,8 @@ impl Watch {
         });
         Watch {
             guards,
+            lifetime_end,
             alarm: Alarm::default(),
-            started: now,
             last_active: now,
             activity: 0,
             close_since: None,
@@ -283,7 +294,7 @@ impl Watch {
         if let Some(side) = self.peers.iter().position(|p| p.answer_by.is_some_and(|by| now >= by)) {
             return Some(Due::Dead(side));
         }
-        if g.lifetime.is_some_and(|l| now >= self.started.saturating_add(Timers::ticks_in(l))) {
+        if self.lifetime_end.is_some_and(|end| now >= end) {
             return Some(Due::Lifetime);
         }
         if g.idle_timeout.is_some_and(|t| now >= self.last_active.saturating_add(Timers::ticks_in(t))) {
@@ -296,10 +307,9 @@ impl Watch {
     pub fn next(&self) -> Option<u64> {
         let g = &self.guards;
         let close = self.close_since.zip(g.close_timeout).map(|(s, t)| s.saturating_add(Timers::ticks_in(t)));
-        let lifetime = g.lifetime.map(|l| self.started.saturating_add(Timers::ticks_in(l)));
         let idle = g.idle_timeout.map(|t| self.last_active.saturating_add(Timers::ticks_in(t)));
         let peers = (0..2).flat_map(|s| [self.peers[s].answer_by, self.ping_at(s)]);
-        [close, lifetime, idle].into_iter().chain(peers).chain(self.paused_until).flatten().min()
+        [close, self.lifetime_end, idle].into_iter().chain(peers).chain(self.paused_until).flatten().min()
     }
 
     /// When `side` should next be pinged: it was silent for the interval and no ping waits.
@@ -375,6 +385,7 @@ pub fn find_pong(remaining: Option<u64>, chunk: &[u8], payload: &PingPayload, ma
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn counts(data_frames: u64, wire_bytes: u64) -> DirectionCounts {
         DirectionCounts { data_frames, frames: data_frames, wire_bytes, messages: data_frames, ..Default::default() }
@@ -387,7 +398,7 @@ mod tests {
     #[test]
     fn idle_moves_with_data_frames_only() {
         let t0 = Instant::now();
-        let mut w = Watch::new(idle(100), 0, t0);
+        let mut w = Watch::new(Arc::new(idle(100)), 0.0, 0, t0);
         let none = DirectionCounts::default();
         assert_eq!(w.next(), Some(10));
         assert_eq!(w.due(9), None);
@@ -399,7 +410,7 @@ mod tests {
         w.observe(8, [&ping, &none], [false, false]);
         assert_eq!(w.due(15), Some(Due::Idle));
         // Unless control frames count.
-        let mut w = Watch::new(Guards { control_is_activity: true, ..idle(100) }, 0, t0);
+        let mut w = Watch::new(Arc::new(Guards { control_is_activity: true, ..idle(100) }), 0.0, 0, t0);
         w.observe(8, [&ping, &none], [false, false]);
         assert_eq!(w.next(), Some(18));
     }
@@ -407,7 +418,7 @@ mod tests {
     #[test]
     fn an_unanswered_close_is_due_after_the_close_timeout() {
         let g = Guards { close_timeout: Some(Duration::from_millis(50)), ..Guards::default() };
-        let mut w = Watch::new(g, 0, Instant::now());
+        let mut w = Watch::new(Arc::new(g), 0.0, 0, Instant::now());
         let none = DirectionCounts::default();
         assert_eq!(w.next(), None);
         w.observe(3, [&none, &none], [true, false]);
@@ -421,7 +432,7 @@ mod tests {
     fn keepalive_pings_a_silent_side_and_declares_it_dead_when_it_stays_silent() {
         let k = Keepalive { interval: Duration::from_millis(100), timeout: Duration::from_millis(50), backend: false };
         let t0 = Instant::now();
-        let mut w = Watch::new(Guards { keepalive: Some(k), ..Guards::default() }, 0, t0);
+        let mut w = Watch::new(Arc::new(Guards { keepalive: Some(k), ..Guards::default() }), 0.0, 0, t0);
         let none = DirectionCounts::default();
         assert_eq!((w.next(), w.due(9), w.due(10)), (Some(10), None, Some(Due::Ping(0))), "only the client");
         let payload = w.pinged(0, 10, t0);
@@ -441,7 +452,7 @@ mod tests {
     fn after_weirs_pong_the_next_ping_is_an_interval_after_the_last() {
         let k = Keepalive { interval: Duration::from_millis(100), timeout: Duration::from_millis(50), backend: false };
         let t0 = Instant::now();
-        let mut w = Watch::new(Guards { keepalive: Some(k), ..Guards::default() }, 0, t0);
+        let mut w = Watch::new(Arc::new(Guards { keepalive: Some(k), ..Guards::default() }), 0.0, 0, t0);
         let none = DirectionCounts::default();
         let mut pings = 0;
         for now in 0..=1000u64 {
@@ -461,11 +472,21 @@ mod tests {
     fn the_close_action_trips_when_the_burst_is_spent_and_throttle_pauses_until_refilled() {
         let t0 = Instant::now();
         let rate = |action| Rate { messages: Some(Bucket { per_second: 10.0, burst: 5.0 }), bytes: None, action };
-        let mut w = Watch::new(Guards { rates: [Some(rate(RateAction::Close)), None], ..Guards::default() }, 0, t0);
+        let mut w = Watch::new(
+            Arc::new(Guards { rates: [Some(rate(RateAction::Close)), None], ..Guards::default() }),
+            0.0,
+            0,
+            t0,
+        );
         assert_eq!(w.charge(0, &counts(5, 0), t0, 0), Charge::Ok, "the burst");
         assert_eq!(w.charge(1, &counts(500, 0), t0, 0), Charge::Ok, "the other direction is not limited");
         assert_eq!(w.charge(0, &counts(6, 0), t0, 0), Charge::Close);
-        let mut w = Watch::new(Guards { rates: [Some(rate(RateAction::Throttle)), None], ..Guards::default() }, 0, t0);
+        let mut w = Watch::new(
+            Arc::new(Guards { rates: [Some(rate(RateAction::Throttle)), None], ..Guards::default() }),
+            0.0,
+            0,
+            t0,
+        );
         // 10 over the burst at 10/s: a second's pause (100 ticks).
         assert_eq!(w.charge(0, &counts(15, 0), t0, 0), Charge::PauseUntil(100));
         assert_eq!(w.next(), Some(100));
@@ -507,13 +528,26 @@ mod tests {
     #[test]
     fn footprint_is_small() {
         let size = std::mem::size_of::<Watch>();
-        assert!(size <= 544, "{size}");
+        assert!(size <= 352, "{size}");
     }
 
     #[test]
     fn lifetime_is_due_at_its_tick() {
         let g = Guards { lifetime: Some(Duration::from_millis(200)), ..Guards::default() };
-        let w = Watch::new(g, 7, Instant::now());
+        let w = Watch::new(Arc::new(g), 0.0, 7, Instant::now());
         assert_eq!((w.next(), w.due(26), w.due(27)), (Some(27), None, Some(Due::Lifetime)));
+    }
+
+    #[test]
+    fn each_connection_takes_its_share_of_the_lifetime_jitter_off() {
+        let g = Arc::new(Guards {
+            lifetime: Some(Duration::from_millis(200)),
+            lifetime_jitter: Duration::from_millis(100),
+            ..Guards::default()
+        });
+        // One route's guards, three connections: no share, half, and a share out of range.
+        let ends = [0.0, 0.5, 7.0].map(|share| Watch::new(g.clone(), share, 7, Instant::now()).next());
+        assert_eq!(ends, [Some(27), Some(22), Some(17)]);
+        assert_eq!(Arc::strong_count(&g), 1, "the watches are gone; the route's guards stay");
     }
 }

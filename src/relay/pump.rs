@@ -450,11 +450,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         relay
     }
 
-    /// Enforce `guards` on this connection (from now: idle, lifetime and keepalive count from
-    /// this call).
-    pub fn with_guards(mut self, guards: Guards) -> Relay<S, O> {
+    /// Enforce `guards` (its route's, shared) on this connection, which gets `share` (in
+    /// [0, 1)) of the lifetime jitter; from now: idle, lifetime and keepalive count from this
+    /// call.
+    pub fn with_guards(mut self, guards: &std::sync::Arc<Guards>, share: f64) -> Relay<S, O> {
         if !guards.is_off() {
-            self.watch = Some(Box::new(Watch::new(guards, Timers::global().now(), Instant::now())));
+            let watch = Watch::new(guards.clone(), share, Timers::global().now(), Instant::now());
+            self.watch = Some(Box::new(watch));
         }
         self
     }
