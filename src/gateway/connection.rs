@@ -270,7 +270,7 @@ mod size_report {
             (
                 "Relay<Io, ConnObserver> (in the connection's task)",
                 size_of::<crate::relay::pump::Relay<super::Io, super::ConnObserver>>(),
-                824,
+                776,
             ),
             ("  of it, ConnObserver", size_of::<super::ConnObserver>(), 72),
             ("  of it, one Io (a tokio TcpStream)", size_of::<super::Io>(), 40),

@@ -62,27 +62,27 @@ struct Injected {
     sent: usize,
 }
 
-/// weir's own messages on their way to `dst` (an operator's push): whole frames back to back.
-struct Pushing {
-    frames: Vec<u8>,
-    /// How much of `frames` is written.
+/// Bytes on their way to `dst` that it did not take at once: relayed bytes it pushed back, or
+/// weir's own messages (an operator's push, whole frames back to back).
+struct Queued {
+    bytes: Vec<u8>,
+    /// How much of `bytes` is written.
     sent: usize,
 }
 
 /// One direction: bytes read from `src` and written to `dst`.
 struct Half {
     scanner: FrameScanner,
-    /// Bytes read but not yet written to `dst` (empty and unallocated unless `dst` pushed back).
-    pending: Vec<u8>,
-    /// How much of `pending` is written.
-    sent: usize,
+    /// Bytes read but not yet written to `dst` (boxed, and only while `dst` pushes back: an idle
+    /// half holds one pointer).
+    pending: Option<Box<Queued>>,
     /// weir's keepalive ping, written once `pending` is empty (boxed: rarely present).
     ping: Option<Box<Injected>>,
     /// weir's own data messages (an operator's push, `Observer::poll_push`), whole frames back
     /// to back, written once `pending` and `ping` are; taken only at a message boundary of
     /// this direction, so they never land inside a frame or a fragmented message. Empty and
     /// unallocated unless a push is on its way (boxed: an idle half holds one pointer).
-    push: Option<Box<Pushing>>,
+    push: Option<Box<Queued>>,
     /// A gateway frame to write once `pending`, `ping` and `push` are written (boxed: present
     /// only at the end, and 150 bytes inline in every half otherwise).
     inject: Option<Box<Injected>>,
@@ -114,8 +114,7 @@ impl Half {
     fn new(policy: ScanPolicy) -> Half {
         Half {
             scanner: FrameScanner::new(policy),
-            pending: Vec::new(),
-            sent: 0,
+            pending: None,
             ping: None,
             push: None,
             inject: None,
@@ -132,9 +131,17 @@ impl Half {
         }
     }
 
+    /// Queue `bytes` for `dst` after what is already queued.
+    fn keep(&mut self, bytes: &[u8]) {
+        match self.pending.as_mut() {
+            Some(p) => p.bytes.extend_from_slice(bytes),
+            None => self.pending = Some(Box::new(Queued { bytes: bytes.to_vec(), sent: 0 })),
+        }
+    }
+
     fn finished(&self) -> bool {
         self.src_done
-            && self.pending.is_empty()
+            && self.pending.is_none()
             && self.inject.is_none()
             && self.ping.is_none()
             && self.push.is_none()
@@ -226,16 +233,16 @@ impl Half {
     /// frame, then flush. `Ready`
     /// when all is written.
     fn drain<S: AsyncWrite + Unpin>(&mut self, dst: &mut S, cx: &mut Context<'_>, progress: &mut bool) -> Poll<()> {
-        if !self.dst_dead {
-            let written = write_from(dst, cx, &self.pending, &mut self.sent);
-            if self.settle(written, progress).is_pending() {
-                return Poll::Pending;
+        // Written in full (or `dst` is dead), the buffer is released: a connection that is not
+        // pushing back holds none.
+        if let Some(mut pending) = self.pending.take() {
+            if !self.dst_dead {
+                let written = write_from(dst, cx, &pending.bytes, &mut pending.sent);
+                if self.settle(written, progress).is_pending() {
+                    self.pending = Some(pending);
+                    return Poll::Pending;
+                }
             }
-        }
-        if !self.pending.is_empty() {
-            // Release the buffer: a connection that is not pushing back holds none.
-            self.pending = Vec::new();
-            self.sent = 0;
         }
         if let Some(mut ping) = self.ping.take() {
             if self.write_injected(&mut ping, dst, cx, progress).is_pending() {
@@ -245,7 +252,7 @@ impl Half {
         }
         if let Some(mut push) = self.push.take() {
             if !self.dst_dead {
-                let written = write_from(dst, cx, &push.frames, &mut push.sent);
+                let written = write_from(dst, cx, &push.bytes, &mut push.sent);
                 if self.settle(written, progress).is_pending() {
                     self.push = Some(push);
                     return Poll::Pending;
@@ -444,7 +451,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         for (d, early) in [(Direction::ClientToBackend, client_early), (Direction::BackendToClient, backend_early)] {
             if !early.is_empty() {
                 let n = relay.ingest(d, early);
-                relay.halves[d.index()].pending.extend_from_slice(early.get(..n).unwrap_or(early));
+                relay.halves[d.index()].keep(early.get(..n).unwrap_or(early));
             }
         }
         relay
@@ -515,7 +522,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         match self.observer.poll_push(cx) {
             Poll::Ready(frames) if !frames.is_empty() => {
                 let h = &mut self.halves[Direction::BackendToClient.index()];
-                h.push = Some(Box::new(Pushing { frames, sent: 0 }));
+                h.push = Some(Box::new(Queued { bytes: frames, sent: 0 }));
                 true
             }
             _ => false,
@@ -805,8 +812,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         if h.dst_dead {
             self.side_ended(t, true);
         } else if off < bytes.len() {
-            h.pending.extend_from_slice(bytes.get(off..).unwrap_or_default());
-            h.sent = 0;
+            h.keep(bytes.get(off..).unwrap_or_default());
         } else if h.need_flush {
             if let Poll::Ready(Ok(())) = Pin::new(&mut self.io[t]).poll_flush(cx) {
                 h.need_flush = false;
