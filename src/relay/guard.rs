@@ -265,6 +265,12 @@ impl Watch {
         }
     }
 
+    /// Whether direction `d` has a rate (`message_rate` or `bandwidth`): the relay then reads it
+    /// at most once between charges, so no read goes past a pause its predecessor earned.
+    pub fn rated(&self, d: usize) -> bool {
+        self.guards.rates.get(d).copied().flatten().is_some()
+    }
+
     /// Whether direction `d` has a byte rate (`bandwidth`): the relay then moves at most one
     /// read's worth between charges, spliced or not.
     pub fn meters_bytes(&self, d: usize) -> bool {

@@ -1115,3 +1115,85 @@ async fn a_backend_gone_mid_splice_gets_the_client_1011() {
     assert_eq!((report.outcome, report.initiator), (Outcome::BackendGone, Party::Backend));
     writer.abort();
 }
+
+// ---- rates are charged per read -------------------------------------------------------------
+
+/// A stream that hands out one queued chunk per read, at once, as a socket does when another
+/// thread's I/O driver marks it ready again while the relay is still polling it; it takes every
+/// write.
+struct Trickle {
+    chunks: std::collections::VecDeque<Vec<u8>>,
+    written: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Trickle {
+    fn new(chunks: impl IntoIterator<Item = Vec<u8>>) -> Trickle {
+        Trickle { chunks: chunks.into_iter().collect(), written: Arc::default() }
+    }
+}
+
+impl tokio::io::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.chunks.pop_front() {
+            Some(chunk) => {
+                buf.put_slice(&chunk);
+                std::task::Poll::Ready(Ok(()))
+            }
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Trickle {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.written.lock().unwrap().extend_from_slice(bytes);
+        std::task::Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl crate::relay::splice::Splice for Trickle {}
+
+#[tokio::test]
+async fn a_throttled_sender_is_charged_per_read_not_per_poll() {
+    use crate::relay::guard::{Bucket, Guards, Rate, RateAction};
+    // Ten messages, each its own read, all ready at once: one poll of the relay could read them
+    // all. Burst 2 at 1 per second: the first two pass, the third is read (it is what goes over)
+    // and pauses the client; the rest wait.
+    let client = Trickle::new((0..10).map(|i| masked(TEXT, format!("m{i}").as_bytes())));
+    let backend = Trickle::new([]);
+    let forwarded = backend.written.clone();
+    let probe = Probe { seen: Seen::default(), moved: None, asked: 0, pushes: Pushes::default() };
+    let rate =
+        Rate { messages: Some(Bucket { per_second: 1.0, burst: 2.0 }), bytes: None, action: RateAction::Throttle };
+    let guards = Arc::new(Guards { rates: [Some(rate), None], ..Guards::default() });
+    let relay =
+        Relay::new([client, backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe).with_guards(&guards, 0.0);
+    let (_shutdown, shutdown_rx) = watch::channel(false);
+    let mut run = std::pin::pin!(relay.run(shutdown_rx, GRACE));
+    assert!(futures_util::poll!(run.as_mut()).is_pending());
+    let sent = forwarded.lock().unwrap().clone();
+    let one = masked(TEXT, b"m0").len();
+    assert_eq!(sent.len() / one, 3, "burst 2 and the read that went over: {sent:02X?}");
+}
