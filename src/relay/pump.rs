@@ -31,7 +31,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
@@ -60,6 +60,23 @@ struct Injected {
     buf: [u8; MAX_CLOSE_FRAME_LEN],
     len: usize,
     sent: usize,
+}
+
+/// Something waiting in a half to be written to `dst`: its bytes and how many are written.
+trait Outgoing {
+    fn parts(&mut self) -> (&[u8], &mut usize);
+}
+
+impl Outgoing for Injected {
+    fn parts(&mut self) -> (&[u8], &mut usize) {
+        (self.buf.get(..self.len).unwrap_or(&[]), &mut self.sent)
+    }
+}
+
+impl Outgoing for Queued {
+    fn parts(&mut self) -> (&[u8], &mut usize) {
+        (&self.bytes, &mut self.sent)
+    }
 }
 
 /// Bytes on their way to `dst` that it did not take at once: relayed bytes it pushed back, or
@@ -202,19 +219,27 @@ impl Half {
         }
     }
 
-    /// Write the rest of weir's frame `frame` to `dst` (nothing once `dst` is dead).
-    fn write_injected<S: AsyncWrite + Unpin>(
+    /// Write the rest of what waits in the slot `slot` picks (`pending`, `ping`, `push` or
+    /// `inject`) to `dst`; once it is all written, or `dst` is dead, the slot is emptied (and its
+    /// box freed: an idle half holds none). `Pending` while `dst` is blocked.
+    #[inline]
+    fn send<T: Outgoing, S: AsyncWrite + Unpin>(
         &mut self,
-        frame: &mut Injected,
+        slot: fn(&mut Half) -> &mut Option<Box<T>>,
         dst: &mut S,
         cx: &mut Context<'_>,
         progress: &mut bool,
     ) -> Poll<()> {
-        if self.dst_dead {
-            return Poll::Ready(());
+        let Some(mut out) = slot(self).take() else { return Poll::Ready(()) };
+        if !self.dst_dead {
+            let (bytes, sent) = out.parts();
+            let written = write_from(dst, cx, bytes, sent);
+            if self.settle(written, progress).is_pending() {
+                *slot(self) = Some(out);
+                return Poll::Pending;
+            }
         }
-        let written = write_from(dst, cx, frame.buf.get(..frame.len).unwrap_or(&[]), &mut frame.sent);
-        self.settle(written, progress)
+        Poll::Ready(())
     }
 
     /// True when weir may queue a message of its own for `dst` now: the stream is at a message
@@ -230,41 +255,12 @@ impl Half {
     }
 
     /// Write `pending`, then weir's ping, then weir's pushed messages, then any other injected
-    /// frame, then flush. `Ready`
-    /// when all is written.
+    /// frame, then flush. `Ready` when all is written.
     fn drain<S: AsyncWrite + Unpin>(&mut self, dst: &mut S, cx: &mut Context<'_>, progress: &mut bool) -> Poll<()> {
-        // Written in full (or `dst` is dead), the buffer is released: a connection that is not
-        // pushing back holds none.
-        if let Some(mut pending) = self.pending.take() {
-            if !self.dst_dead {
-                let written = write_from(dst, cx, &pending.bytes, &mut pending.sent);
-                if self.settle(written, progress).is_pending() {
-                    self.pending = Some(pending);
-                    return Poll::Pending;
-                }
-            }
-        }
-        if let Some(mut ping) = self.ping.take() {
-            if self.write_injected(&mut ping, dst, cx, progress).is_pending() {
-                self.ping = Some(ping);
-                return Poll::Pending;
-            }
-        }
-        if let Some(mut push) = self.push.take() {
-            if !self.dst_dead {
-                let written = write_from(dst, cx, &push.bytes, &mut push.sent);
-                if self.settle(written, progress).is_pending() {
-                    self.push = Some(push);
-                    return Poll::Pending;
-                }
-            }
-        }
-        if let Some(mut inj) = self.inject.take() {
-            if self.write_injected(&mut inj, dst, cx, progress).is_pending() {
-                self.inject = Some(inj);
-                return Poll::Pending;
-            }
-        }
+        ready!(self.send(|h| &mut h.pending, dst, cx, progress));
+        ready!(self.send(|h| &mut h.ping, dst, cx, progress));
+        ready!(self.send(|h| &mut h.push, dst, cx, progress));
+        ready!(self.send(|h| &mut h.inject, dst, cx, progress));
         if self.need_flush && !self.dst_dead {
             match Pin::new(&mut *dst).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.need_flush = false,
