@@ -1,7 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up),
 //! `/readyz` (every public listener accepts connections right now: checked by connecting to it,
-//! after `owner` confirmed once that the socket on its port is weir's own; the descriptor reserve is not in use: `fds`; and shutdown has not begun), the JSON API
-//! (`api`) and the status page at `/` (`status.html`, compiled in: HTML and JavaScript that read
+//! after `owner` confirmed once that the socket on its port is weir's own; the descriptor
+//! reserve is not in use: `fds`; and shutdown has not begun), the JSON API (`api`) and the
+//! status page at `/` (`status.html`, compiled in: HTML and JavaScript that read
 //! the API), on a port of its own.
 //!
 //! The listener runs outside Pingora's service lifecycle, on a thread and a current-thread tokio

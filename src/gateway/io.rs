@@ -22,7 +22,8 @@ use tokio::net::TcpStream;
 /// One side of a relayed connection.
 #[derive(Debug)]
 pub enum Io {
-    /// A plain TCP socket out of Pingora's wrapper: payload may be spliced.
+    /// A plain TCP socket (a backend weir connected, or a client's out of Pingora's wrapper):
+    /// payload may be spliced.
     Tcp(TcpStream),
     /// Anything else (TLS, a replayed HTTP connection), or a socket that could not be taken out
     /// of its wrapper, as Pingora made it.
@@ -30,8 +31,8 @@ pub enum Io {
 }
 
 impl Io {
-    /// `stream` as the relay takes it: Pingora's L4 stream (over TCP: weir's listeners and
-    /// backends are TCP addresses, never Unix sockets) becomes a tokio `TcpStream`.
+    /// A client's `stream` as the relay takes it: Pingora's L4 stream (over TCP: weir's
+    /// listeners are TCP addresses, never Unix sockets) becomes a tokio `TcpStream`.
     pub fn new(stream: Stream) -> Io {
         if !stream.as_any().is::<L4Stream>() {
             return Io::Other(stream);
@@ -53,9 +54,9 @@ impl Io {
 /// The socket of `stream` (a Pingora L4 stream) as a tokio `TcpStream` of its own, through a
 /// duplicate of its descriptor; the caller then drops the wrapper (the socket stays open through
 /// the duplicate). The wrapper holds no unread byte: weir's listeners use no L4 read buffer
-/// (`L4BufferSettings::unbuffered`), its rewind buffer is used only for a PROXY header read before TLS (and TLS streams are never taken
-/// over: a plain listener's PROXY leftover is weir's own, handed to the head reader), and its
-/// write buffer has capacity 0.
+/// (`L4BufferSettings::unbuffered`), its rewind buffer is used only for a PROXY header read
+/// before TLS (and TLS streams are never taken over: a plain listener's PROXY leftover is weir's
+/// own, handed to the head reader), and its write buffer has capacity 0.
 fn take_socket(stream: &Stream) -> io::Result<TcpStream> {
     let l4 = stream.as_any().downcast_ref::<L4Stream>().ok_or(io::ErrorKind::Unsupported)?;
     let fd = rustix::io::fcntl_dupfd_cloexec(borrow_socket(l4), 0)?;

@@ -265,8 +265,8 @@ impl Watch {
         }
     }
 
-    /// Whether direction `d` has a rate (`message_rate` or `bandwidth`): the relay then reads it
-    /// at most once between charges, so no read goes past a pause its predecessor earned.
+    /// Whether direction `d` has a rate (`message_rate` or `bandwidth`): the relay then charges
+    /// each read of it at once, so no read goes past a pause its predecessor earned.
     pub fn rated(&self, d: usize) -> bool {
         self.guards.rates.get(d).copied().flatten().is_some()
     }

@@ -494,7 +494,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             }
             poll = self.poll_rounds(cx);
         }
-
         // The backend may have finished its message in these rounds: a push waiting for that
         // boundary goes out now, not at the next wakeup.
         if poll.is_pending() && self.take_push(cx) {
@@ -649,13 +648,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     fn read_done(&mut self, d: Direction) {
         let Some(w) = self.watch.as_mut().filter(|w| w.rated(d.index())) else { return };
         let at = Instant::now();
-        let now = Timers::global().ticks(at);
-        match w.charge(d.index(), self.halves[d.index()].scanner.counts(), at, now) {
-            Charge::Ok => {}
-            Charge::PauseUntil(_) => self.halves[d.index()].paused = true,
+        let charge = w.charge(d.index(), self.halves[d.index()].scanner.counts(), at, Timers::global().ticks(at));
+        self.charged(d, charge);
+    }
+
+    /// Act on a charge of direction `d` (at a read, or the guard's once per wakeup): a pause
+    /// stops reading its source; over the limit with `action: close`, the connection is closed
+    /// with 1008. Returns whether it closed.
+    fn charged(&mut self, d: Direction, charge: Charge) -> bool {
+        match charge {
+            Charge::Ok => false,
+            Charge::PauseUntil(_) => {
+                self.halves[d.index()].paused = true;
+                false
+            }
             Charge::Close => {
                 tracing::debug!(direction = d.as_str(), "over the rate limit; closing with 1008");
                 self.limit_close(d, Close::RateLimited, Cause::RateLimited);
+                true
             }
         }
     }
@@ -918,14 +928,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         w.observe(now, self.counts(), closes);
         let mut acted = false;
         for d in Direction::BOTH {
-            match w.charge(d.index(), self.halves[d.index()].scanner.counts(), at, now) {
-                Charge::Ok => {}
-                Charge::Close => {
-                    tracing::debug!(direction = d.as_str(), "over the rate limit; closing with 1008");
-                    self.limit_close(d, Close::RateLimited, Cause::RateLimited);
-                    return true;
-                }
-                Charge::PauseUntil(_) => self.halves[d.index()].paused = true,
+            let charge = w.charge(d.index(), self.halves[d.index()].scanner.counts(), at, now);
+            if self.charged(d, charge) {
+                return true;
             }
         }
         for (h, resume) in self.halves.iter_mut().zip(w.resume(now)) {
