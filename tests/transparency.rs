@@ -73,3 +73,144 @@ async fn the_echo_of_a_valid_message_comes_before_the_close_of_a_violation() {
     let r = weir.records_eventually(1).await.remove(0);
     assert_eq!(r.outcome, "protocol_error", "{r:?}");
 }
+
+/// What a peer answered one case: the frames (first byte, payload) it sent until EOF, and whether
+/// the connection was still open after 3 s of silence (a case ends with a close, so a peer that
+/// follows the protocol has ended it by then).
+type Answer = (Vec<(u8, Vec<u8>)>, bool);
+
+async fn answer(addr: std::net::SocketAddr, bytes: &[u8]) -> Answer {
+    let (mut c, head) = raw_client(addr, "/ws", "", b"").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let _ = c.try_write(bytes).await;
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(3), c.read_frame()).await {
+            Ok(Some(f)) => out.push((f.raw[0], f.payload.clone())),
+            Ok(None) => return (out, false),
+            Err(_) => return (out, true),
+        }
+    }
+}
+
+/// One line per frame: opcode byte and length, or a close's code and reason.
+fn show((frames, open): &Answer) -> String {
+    let frames = frames.iter().map(|(b0, p)| match (b0 & 0x0f, p.get(..2)) {
+        (CLOSE, Some(c)) => {
+            format!("{b0:#x} close {} {:?}", u16::from_be_bytes([c[0], c[1]]), String::from_utf8_lossy(&p[2..]))
+        }
+        _ => format!("{b0:#x} len {}", p.len()),
+    });
+    frames.chain([if *open { "[still open]" } else { "[eof]" }.to_string()]).collect::<Vec<_>>().join(", ")
+}
+
+/// The close code of `frame`, if it is a close frame with one.
+fn code_of((b0, p): &(u8, Vec<u8>)) -> Option<u16> {
+    (b0 & 0x0f == CLOSE && p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]))
+}
+
+/// An Autobahn-style battery (framing, pings, reserved bits and opcodes, fragmentation, UTF-8,
+/// close codes, length encodings, masking), each case followed by a normal close: the client
+/// sees through weir what it sees from the tungstenite echo backend directly. Where the backend
+/// fails the connection by dropping it (tungstenite sends no close frame on a protocol error),
+/// weir closes it with 1002 when it found the violation itself, or 1011 when the backend went
+/// away (bad UTF-8, which weir does not check); where the backend answers a bad close code with
+/// 1002 and a reason, weir's 1002 may have its own reason.
+#[tokio::test]
+async fn an_autobahn_style_battery_looks_the_same_through_weir_as_directly() {
+    use crate::support::wire::BINARY;
+    let backend = echo_backend().await;
+    let weir = Weir::start(&pool_and_route("p", &[backend.addr], "/ws")).await;
+    let m = Some(MASK);
+    // A masked frame with its length bytes given as they are (for non-minimal forms).
+    let with_len = |b0: u8, len: &[u8], payload: &[u8]| {
+        let masked = payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]);
+        [b0].into_iter().chain(len.iter().copied()).chain(MASK).chain(masked).collect::<Vec<u8>>()
+    };
+    let close_with = |code: u16, reason: &[u8]| [&code.to_be_bytes()[..], reason].concat();
+    // (case, bytes, what weir closes with where the backend drops the connection)
+    let mut cases: Vec<(String, Vec<u8>, u16)> = Vec::new();
+    let mut case = |name: String, bytes: Vec<u8>| cases.push((name, bytes, 1002));
+    for len in [0usize, 1, 125, 126, 127, 128, 65535, 65536, 300_000] {
+        case(format!("text {len}"), frame(FIN | TEXT, m, &vec![b'*'; len]));
+        case(format!("binary {len}"), frame(FIN | BINARY, m, &vec![0xfe; len]));
+    }
+    case("ping 0".into(), frame(FIN | 0x9, m, b""));
+    case("ping 125".into(), frame(FIN | 0x9, m, &[b'p'; 125]));
+    case("ping 126".into(), frame(FIN | 0x9, m, &[b'p'; 126]));
+    case("ping without FIN".into(), frame(0x9, m, b"x"));
+    case("unsolicited pong".into(), frame(FIN | 0xA, m, b"x"));
+    case("pong 126".into(), frame(FIN | 0xA, m, &[b'p'; 126]));
+    for rsv in [0x40u8, 0x20, 0x10, 0x70] {
+        case(format!("text with rsv {rsv:#x}"), frame(FIN | rsv | TEXT, m, b"hi"));
+        case(format!("ping with rsv {rsv:#x}"), frame(FIN | rsv | 0x9, m, b"hi"));
+    }
+    for op in [3u8, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF] {
+        case(format!("opcode {op:#x}"), frame(FIN | op, m, b""));
+        case(format!("opcode {op:#x} after a text"), [frame(FIN | TEXT, m, b"a"), frame(FIN | op, m, b"abc")].concat());
+    }
+    case("two fragments".into(), [frame(TEXT, m, b"ab"), frame(FIN, m, b"cd")].concat());
+    case("empty fragments".into(), [frame(TEXT, m, b""), frame(0, m, b""), frame(FIN, m, b"")].concat());
+    case("continuation alone".into(), frame(FIN, m, b"cd"));
+    case("unfinished continuation alone".into(), frame(0, m, b"cd"));
+    case("text inside fragments".into(), [frame(TEXT, m, b"ab"), frame(FIN | TEXT, m, b"cd")].concat());
+    case(
+        "ping inside fragments".into(),
+        [frame(TEXT, m, b"ab"), frame(FIN | 0x9, m, b"p"), frame(FIN, m, b"cd")].concat(),
+    );
+    case("close inside fragments".into(), frame(TEXT, m, b"ab"));
+    case("utf-8 split between fragments".into(), [frame(TEXT, m, &[0xce]), frame(FIN, m, &[0xba])].concat());
+    case("close without payload".into(), frame(FIN | CLOSE, m, b""));
+    case("close with one byte".into(), frame(FIN | CLOSE, m, b"\x03"));
+    for code in [
+        0u16, 999, 1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1015, 1016,
+        1100, 2000, 2999, 3000, 3999, 4000, 4999, 5000, 65535,
+    ] {
+        case(format!("close {code}"), frame(FIN | CLOSE, m, &close_with(code, b"")));
+    }
+    case("close with a reason".into(), frame(FIN | CLOSE, m, &close_with(1000, b"bye")));
+    case("close with 123 bytes of reason".into(), frame(FIN | CLOSE, m, &close_with(1000, &[b'r'; 123])));
+    case("close without FIN".into(), frame(CLOSE, m, &close_with(1000, b"")));
+    case(
+        "text after a close".into(),
+        [frame(FIN | CLOSE, m, &close_with(1000, b"")), frame(FIN | TEXT, m, b"x")].concat(),
+    );
+    case("16-bit length for 5 bytes".into(), with_len(FIN | TEXT, &[0x80 | 126, 0, 5], b"hello"));
+    case("64-bit length for 5 bytes".into(), with_len(FIN | BINARY, &[0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 5], b"hello"));
+    case("16-bit length for a 5-byte ping".into(), with_len(FIN | 0x9, &[0x80 | 126, 0, 5], b"hello"));
+    case(
+        "64-bit length with the top bit".into(),
+        with_len(FIN | TEXT, &[0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 5], b"hello"),
+    );
+    case("unmasked text".into(), frame(FIN | TEXT, None, b"hello"));
+    // Not checked by weir: the backend drops the connection, and weir tells the client 1011.
+    let utf8 = [
+        ("invalid utf-8", frame(FIN | TEXT, m, &[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xff])),
+        ("invalid utf-8 across fragments", [frame(TEXT, m, &[0xce]), frame(FIN, m, &[0x28])].concat()),
+        ("close reason not utf-8", frame(FIN | CLOSE, m, &close_with(1000, &[0xff, 0xfe]))),
+    ];
+    cases.extend(utf8.map(|(name, bytes)| (name.to_string(), bytes, 1011)));
+
+    let close = frame(FIN | CLOSE, m, &close_with(1000, b""));
+    let mut wrong = Vec::new();
+    for (name, bytes, weirs_code) in &cases {
+        let bytes = [&bytes[..], &close].concat();
+        let (direct, through) = tokio::join!(answer(backend.addr, &bytes), answer(weir.addr, &bytes));
+        let same = direct == through
+            || match (direct.0.split_last(), through.0.split_last()) {
+                // The backend dropped the connection: weir closed it after the same frames.
+                (last, Some((w, before))) if last.is_none_or(|(d, _)| code_of(d).is_none()) => {
+                    direct.0 == before && code_of(w) == Some(*weirs_code) && !direct.1 && !through.1
+                }
+                // Both failed it with 1002; the reasons may differ.
+                (Some((d, d_before)), Some((w, w_before))) => {
+                    d_before == w_before && code_of(d) == Some(1002) && code_of(w) == Some(1002)
+                }
+                _ => false,
+            };
+        if !same {
+            wrong.push(format!("{name}:\n  direct:      {}\n  through weir: {}", show(&direct), show(&through)));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} cases differ:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
+}

@@ -135,8 +135,6 @@ pub struct FrameHeader {
 pub enum Violation {
     /// The opcode is one of the reserved values 0x3–0x7 or 0xB–0xF.
     ReservedOpcode,
-    /// The payload length used a longer encoding than needed (16-bit form below 126, 64-bit form below 65536).
-    NonMinimalLength,
     /// The 64-bit payload length has its most significant bit set.
     LengthTooLarge,
     /// A control frame announced more than 125 payload bytes.
@@ -169,9 +167,8 @@ pub enum Violation {
 
 impl Violation {
     /// Every variant, in declaration order (for label pre-registration and tests).
-    pub const ALL: [Violation; 15] = [
+    pub const ALL: [Violation; 14] = [
         Self::ReservedOpcode,
-        Self::NonMinimalLength,
         Self::LengthTooLarge,
         Self::ControlFrameTooLong,
         Self::FragmentedControlFrame,
@@ -194,12 +191,11 @@ impl Violation {
         matches!(self, Self::FrameTooBig | Self::MessageTooBig)
     }
 
-    /// Short `snake_case` label for a Prometheus label value (a fixed set of 15).
+    /// Short `snake_case` label for a Prometheus label value (a fixed set of 14).
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ReservedOpcode => "reserved_opcode",
-            Self::NonMinimalLength => "non_minimal_length",
             Self::LengthTooLarge => "length_too_large",
             Self::ControlFrameTooLong => "control_frame_too_long",
             Self::FragmentedControlFrame => "fragmented_control_frame",
@@ -221,7 +217,6 @@ impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::ReservedOpcode => "frame uses a reserved opcode",
-            Self::NonMinimalLength => "frame payload length is not minimally encoded",
             Self::LengthTooLarge => "frame payload length has its most significant bit set",
             Self::ControlFrameTooLong => "control frame payload is longer than 125 bytes",
             Self::FragmentedControlFrame => "control frame is fragmented (FIN clear)",
@@ -256,8 +251,11 @@ pub fn header_len(second_byte: u8) -> u8 {
 /// Parses the frame header at the start of `buf`; `Ok(None)` (nothing consumed) until all of it is there.
 ///
 /// Bytes after the header are ignored. A complete header is checked in this order: reserved
-/// opcode, 64-bit length with its top bit set, non-minimal length encoding, control frame longer
-/// than 125 bytes, fragmented control frame. Per-direction rules (masking, RSV bits, message
+/// opcode, 64-bit length with its top bit set, control frame longer than 125 bytes, fragmented
+/// control frame. A length in a longer form than needed (16-bit below 126, 64-bit below 65 536)
+/// is read as it says: RFC 6455 asks senders for the minimal form, but receivers such as
+/// tungstenite accept the others, and refusing them would make weir less transparent than the
+/// backend behind it. Per-direction rules (masking, RSV bits, message
 /// sequencing, close payloads) belong to the scanner.
 ///
 /// # Errors
@@ -281,11 +279,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, Violation> {
             let Some((ext, rest)) = rest.split_first_chunk::<2>() else {
                 return Ok(None);
             };
-            let len = u16::from_be_bytes(*ext);
-            if len < u16::from(LEN_16) {
-                return Err(Violation::NonMinimalLength);
-            }
-            (u64::from(len), rest)
+            (u64::from(u16::from_be_bytes(*ext)), rest)
         }
         LEN_64 => {
             let Some((ext, rest)) = rest.split_first_chunk::<8>() else {
@@ -294,9 +288,6 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, Violation> {
             let len = u64::from_be_bytes(*ext);
             if len >> 63 != 0 {
                 return Err(Violation::LengthTooLarge);
-            }
-            if u16::try_from(len).is_ok() {
-                return Err(Violation::NonMinimalLength);
             }
             (len, rest)
         }

@@ -56,9 +56,8 @@ impl<S, O: Observer> Tap<S, O> {
             self.ending.first_close.get_or_insert(Party::sender_of(d));
         }
         // A violation ends the client's stream at the last valid byte: the object never sees a
-        // frame the scanner did not count (tungstenite accepts some the scanner refuses, such as
-        // a non-minimal length), its next read fails, and it closes with `Close::ProtocolError`,
-        // as the relay would.
+        // frame the scanner did not count (should tungstenite accept one the scanner refuses),
+        // its next read fails, and it closes with `Close::ProtocolError`, as the relay would.
         let mut valid = bytes.len();
         if let Feed::Violation { violation, valid_up_to } = feed {
             valid = valid_up_to.min(bytes.len());

@@ -74,13 +74,21 @@ fn reserved_opcodes() {
     }
 }
 
+/// Lengths in a longer form than needed are read as they say (as tungstenite reads them).
 #[test]
-fn non_minimal_lengths() {
-    assert_parses(&[0x82, 0x7E, 0x00, 0x00], Err(Violation::NonMinimalLength));
-    assert_parses(&[0x82, 0x7E, 0x00, 0x7D], Err(Violation::NonMinimalLength));
-    assert_parses(&[0x82, 0x7F, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF], Err(Violation::NonMinimalLength));
-    assert_parses(&[0x82, 0x7F, 0, 0, 0, 0, 0, 0, 0, 0x05], Err(Violation::NonMinimalLength));
-    assert_parses(&[0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4], Err(Violation::NonMinimalLength));
+fn non_minimal_lengths_are_read_as_they_say() {
+    for (bytes, len) in [
+        (&[0x82, 0x7E, 0x00, 0x00][..], 0),
+        (&[0x82, 0x7E, 0x00, 0x7D], 125),
+        (&[0x82, 0x7F, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF], 0xFFFF),
+        (&[0x82, 0x7F, 0, 0, 0, 0, 0, 0, 0, 0x05], 5),
+        (&[0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4], 0),
+        // A control frame's length is its value, whatever the form.
+        (&[0x89, 0x7E, 0x00, 0x7D], 125),
+    ] {
+        let h = parse_header(bytes).expect("valid").expect("complete");
+        assert_eq!((h.payload_len, usize::from(h.header_len)), (len, bytes.len()), "{bytes:x?}");
+    }
 }
 
 #[test]
@@ -104,9 +112,8 @@ fn control_frame_rules() {
 
 #[test]
 fn check_order_is_fixed() {
-    // Reserved opcode wins over a bad length; top bit wins over non-minimal; length over control rules.
-    assert_parses(&[0x83, 0x7E, 0x00, 0x01], Err(Violation::ReservedOpcode));
-    assert_parses(&[0x09, 0x7E, 0x00, 0x01], Err(Violation::NonMinimalLength));
+    // Reserved opcode wins over a bad length; length over control rules.
+    assert_parses(&[0x83, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0], Err(Violation::ReservedOpcode));
     assert_parses(&[0x09, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0], Err(Violation::LengthTooLarge));
 }
 
