@@ -214,3 +214,69 @@ async fn an_autobahn_style_battery_looks_the_same_through_weir_as_directly() {
     }
     assert!(wrong.is_empty(), "{} of {} cases differ:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
 }
+
+/// The status line of the answer to `request` sent to `addr`.
+async fn status_line(addr: std::net::SocketAddr, request: &str) -> String {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut c = crate::support::wire::RawConn::new(stream);
+    c.write(request.as_bytes()).await;
+    c.read_head().await.lines().next().unwrap_or("").to_string()
+}
+
+/// Upgrade requests that a backend accepts in forms a browser does not send (lower-case names,
+/// `Upgrade: WebSocket`, `Connection: keep-alive, Upgrade`, padded values, a subprotocol offer
+/// over two lines, a 7 KB header, an absolute-form target) are upgraded through weir too; an
+/// absolute-form target is routed by its path and reaches the backend in origin form with its
+/// authority as `Host`, as RFC 9112 §3.2.2 asks of the server that receives it.
+#[tokio::test]
+async fn upgrade_requests_in_uncommon_but_valid_forms_are_upgraded_as_directly() {
+    let backend = echo_backend().await;
+    let weir = Weir::start(&pool_and_route("p", &[backend.addr], "/ws")).await;
+    let std = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    let lower = std
+        .replace("Upgrade:", "upgrade:")
+        .replace("Connection:", "connection:")
+        .replace("Sec-WebSocket-", "sec-websocket-");
+    let variants: Vec<(&str, String, String)> = vec![
+        ("lower-case names", "/ws".into(), lower),
+        ("Upgrade: WebSocket", "/ws".into(), std.replace("websocket", "WebSocket")),
+        (
+            "Connection: keep-alive, Upgrade",
+            "/ws".into(),
+            std.replace("Connection: Upgrade", "Connection: keep-alive, Upgrade"),
+        ),
+        ("padded values", "/ws".into(), std.replace("Upgrade: websocket", "Upgrade:   websocket  ")),
+        (
+            "subprotocols over two lines",
+            "/ws".into(),
+            format!("{std}Sec-WebSocket-Protocol: a\r\nSec-WebSocket-Protocol: b\r\n"),
+        ),
+        ("a 7 KB header", "/ws".into(), format!("{std}X-Big: {}\r\n", "a".repeat(7000))),
+        ("a query", "/ws?a=b&c=%20".into(), std.into()),
+        ("absolute form", "http://{addr}/ws?via=absolute".into(), std.into()),
+    ];
+    for (name, target, headers) in variants {
+        for addr in [backend.addr, weir.addr] {
+            let target = target.replace("{addr}", &addr.to_string());
+            let request = format!("GET {target} HTTP/1.1\r\nHost: elsewhere.example\r\n{headers}\r\n");
+            let line = status_line(addr, &request).await;
+            assert!(
+                line.starts_with("HTTP/1.1 101"),
+                "{name}, {}: {line}",
+                if addr == weir.addr { "through weir" } else { "directly" }
+            );
+        }
+    }
+    let seen = backend.seen();
+    let absolute: Vec<_> = seen.iter().filter(|s| s.query == "via=absolute").collect();
+    assert_eq!(absolute.len(), 2, "both absolute-form requests reached the backend");
+    for s in absolute {
+        assert_eq!(s.path, "/ws");
+    }
+    let through = seen.iter().rfind(|s| s.query == "via=absolute").unwrap();
+    assert_eq!(
+        through.header("host"),
+        Some(weir.addr.to_string().as_str()),
+        "the target's authority, not the Host field"
+    );
+}

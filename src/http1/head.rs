@@ -24,7 +24,8 @@ const INITIAL_READ: usize = 2048;
 pub struct RequestHead {
     /// Request method as sent.
     pub method: String,
-    /// Request target as sent (path and query).
+    /// Request target in origin form (path and query): as sent, or the path and query of an
+    /// absolute-form target (whose authority is then the `Host` field; see `origin_form`).
     pub target: String,
     /// HTTP minor version: 1 for HTTP/1.1, 0 for HTTP/1.0.
     pub minor_version: u8,
@@ -199,12 +200,40 @@ fn parse(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
         Ok(httparse::Status::Partial) => Ok(None),
         Ok(httparse::Status::Complete(len)) => {
             let method = req.method.unwrap_or("").to_string();
-            let target = req.path.unwrap_or("").to_string();
+            let mut headers = Fields::from_parsed(req.headers);
+            let target = origin_form(req.path.unwrap_or(""), &mut headers);
             let minor = req.version.unwrap_or(0);
-            Ok(Some((method, target, minor, Fields::from_parsed(req.headers), len)))
+            Ok(Some((method, target, minor, headers, len)))
         }
         Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
         Err(e) => Err(HeadError::Malformed(e.to_string())),
+    }
+}
+
+/// The origin form of a request target. An absolute-form target (`http://host:port/path?q`, also
+/// `https`, `ws`, `wss`; RFC 9112 §3.2.2) becomes its path and query (`/` when it has no path),
+/// and its authority replaces every `Host` field, since a server must then ignore `Host` and
+/// use the target's: the request is routed, checked and forwarded as an origin-form request to
+/// that host, which is what a client talking to the backend directly would get. Any other target
+/// (origin form, `*`, an authority with userinfo, no authority) is kept as sent.
+fn origin_form(target: &str, headers: &mut Fields) -> String {
+    let rest = ["http://", "https://", "ws://", "wss://"].iter().find_map(|scheme| {
+        let head = target.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme).then(|| &target[scheme.len()..])
+    });
+    let Some(rest) = rest else { return target.to_string() };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() || authority.contains('@') {
+        return target.to_string();
+    }
+    let name = headers.0.iter().find(|(n, _)| n.eq_ignore_ascii_case("host")).map_or("Host".into(), |(n, _)| n.clone());
+    headers.0.retain(|(n, _)| !n.eq_ignore_ascii_case("host"));
+    headers.0.insert(0, (name, authority.as_bytes().to_vec()));
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
     }
 }
 
@@ -330,6 +359,34 @@ mod tests {
         }
         let same = b"POST / HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nok";
         assert_eq!(head_of(same).message_end(same), MessageEnd::At(same.len()));
+    }
+
+    #[test]
+    fn an_absolute_form_target_is_routed_by_its_path_and_its_authority_is_the_host() {
+        let head = head_of(b"GET http://Chat.Example.com:8080/rooms/a?x=1 HTTP/1.1\r\nhost: other\r\nHost: again\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!((head.target.as_str(), head.path()), ("/rooms/a?x=1", "/rooms/a"));
+        assert_eq!(head.host().as_deref(), Some("chat.example.com"));
+        let hosts: Vec<&[u8]> = head.headers.all("host").collect();
+        assert_eq!(hosts, [&b"Chat.Example.com:8080"[..]], "one Host, the target's, named as the client named it");
+        assert_eq!(head.headers.0[0].0, "host");
+        for (target, origin) in [
+            ("WSS://h?q", "/?q"),
+            ("ws://h", "/"),
+            ("https://[::1]:9/p", "/p"),
+            ("/plain?x", "/plain?x"),
+            ("http://user@h/p", "http://user@h/p"),
+            ("http:///p", "http:///p"),
+            ("*", "*"),
+            ("ftp://h/p", "ftp://h/p"),
+        ] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(head_of(raw.as_bytes()).target, origin, "{target}");
+        }
+        assert_eq!(
+            head_of(b"GET https://[::1]:9/p HTTP/1.1\r\n\r\n").host().as_deref(),
+            Some("[::1]"),
+            "no Host field: added"
+        );
     }
 
     #[test]
