@@ -128,7 +128,7 @@ async fn an_optional_listener_admits_without_a_certificate_but_a_client_cert_rou
         records
             .iter()
             .find(|r| r.outcome == "completed" && r.identity.route.as_deref() == Some(route))
-            .map(|r| r.identity.tenant.clone())
+            .map(|r| r.identity.tenant.as_deref().map(String::from))
     };
     assert_eq!(tenant_of("cert"), Some(Some("tenant-a".to_string())), "{records:?}");
     assert_eq!(tenant_of("open"), Some(None), "{records:?}");

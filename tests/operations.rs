@@ -161,7 +161,7 @@ async fn the_access_log_has_a_line_per_connection() {
         serde_json::from_str(text.lines().next()?).ok()
     })
     .await;
-    assert_eq!(line["id"].as_str(), Some(record.identity.connection_id.as_str()), "{line}");
+    assert_eq!(line["id"].as_str(), Some(record.identity.connection_id.to_string().as_str()), "{line}");
     assert_eq!(
         (line["route"].as_str(), line["tenant"].as_str(), line["cause"].as_str()),
         (Some("a"), Some("acme"), Some("client_close"))

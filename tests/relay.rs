@@ -284,7 +284,7 @@ async fn backend_subprotocol_reaches_client_and_headers_are_forwarded() {
     assert_eq!(s.header("origin"), Some("http://app.example.test"));
     assert_eq!(s.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(s.header("x-forwarded-proto"), Some("http"));
-    assert_eq!(s.header("x-weir-connection-id"), Some(r.identity.connection_id.as_str()));
+    assert_eq!(s.header("x-weir-connection-id"), Some(r.identity.connection_id.to_string().as_str()));
 }
 
 #[tokio::test]
@@ -428,7 +428,7 @@ async fn two_hundred_concurrent_connections_each_get_their_own_messages_in_order
         assert_eq!(r.outcome, "completed", "{r:?}");
         assert_eq!((r.client_to_backend.messages, r.backend_to_client.messages), (MSGS as u64, MSGS as u64), "{r:?}");
     }
-    let ids: std::collections::HashSet<_> = records.iter().map(|r| r.identity.connection_id.clone()).collect();
+    let ids: std::collections::HashSet<_> = records.iter().map(|r| r.identity.connection_id).collect();
     assert_eq!(ids.len(), CONNS, "connection ids are unique");
 }
 

@@ -69,7 +69,7 @@ async fn a_wss_backend_is_relayed_and_probed_over_tls() {
     let records = weir.records_eventually(1).await;
     let r = &records[0];
     assert_eq!(r.outcome, "completed");
-    assert_eq!(r.identity.backend.as_deref(), Some(backend.addr.to_string().as_str()));
+    assert_eq!(r.identity.backend, Some(backend.addr));
     assert_eq!((r.client_to_backend.messages, r.backend_to_client.messages), (2, 2));
     assert_eq!(r.client_to_backend.payload_bytes, 1016);
 

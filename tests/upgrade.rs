@@ -126,7 +126,7 @@ async fn an_upgrade_keeps_accepting_and_lets_old_connections_drain() {
     // Every connection of both processes has its stop record, once.
     let records = crate::support::eventually("a stop record for every connection", || async {
         let r = old.records();
-        let ids: HashSet<_> = r.iter().map(|r| r.identity.connection_id.clone()).collect();
+        let ids: HashSet<_> = r.iter().map(|r| r.identity.connection_id).collect();
         (ids.len() == 5 + ok).then_some(r)
     })
     .await;

@@ -212,7 +212,9 @@ fn message(request: Request<'_>, q: &str) -> Result<Push, Reply> {
 fn push_to(l: &Live, push: Push) -> Reply {
     let bytes = push.payload.len();
     match l.push(push) {
-        Ok(waiting) => (200, json!({"id": l.meter.id.to_string(), "queued": true, "bytes": bytes, "waiting": waiting})),
+        Ok(waiting) => {
+            (200, json!({"id": l.meter.id().to_string(), "queued": true, "bytes": bytes, "waiting": waiting}))
+        }
         Err(e) => {
             let (status, message) = e.status();
             error(status, message)
@@ -238,8 +240,8 @@ fn push_to_object(ops: &Ops, namespace: &str, id: &str, push: Push) -> Reply {
     let mut refused = Vec::new();
     for l in connections_of(&ops.live, namespace, id) {
         match l.push(push.clone()) {
-            Ok(_) => queued.push(l.meter.id.to_string()),
-            Err(e) => refused.push(json!({"id": l.meter.id.to_string(), "error": e.status().1})),
+            Ok(_) => queued.push(l.meter.id().to_string()),
+            Err(e) => refused.push(json!({"id": l.meter.id().to_string(), "error": e.status().1})),
         }
     }
     if queued.is_empty() && refused.is_empty() {
@@ -270,7 +272,8 @@ fn object_views(ops: &Ops, only: Option<&str>) -> Vec<Value> {
 }
 
 fn object_json(ops: &Ops, namespace: &str, v: &crate::objects::registry::ObjectView) -> Value {
-    let ids: Vec<String> = connections_of(&ops.live, namespace, &v.id).iter().map(|l| l.meter.id.to_string()).collect();
+    let ids: Vec<String> =
+        connections_of(&ops.live, namespace, &v.id).iter().map(|l| l.meter.id().to_string()).collect();
     json!({
         "namespace": namespace,
         "id": v.id,
@@ -299,11 +302,10 @@ fn rebalance(ops: &Ops, pool: &str) -> Reply {
     }
     let all = ops.live.all();
     let on = |addr: SocketAddr| -> Vec<Arc<Live>> {
-        let addr = addr.to_string();
         all.iter()
             .filter(|l| {
                 let id = l.meter.identity();
-                id.pool.as_deref() == Some(pool) && id.object.is_none() && id.backend.as_deref() == Some(addr.as_str())
+                id.pool.as_deref() == Some(pool) && id.object.is_none() && id.backend == Some(addr)
             })
             .cloned()
             .collect()
@@ -318,7 +320,7 @@ fn rebalance(ops: &Ops, pool: &str) -> Reply {
     for (b, mut conns) in eligible.iter().zip(per) {
         let surplus = conns.len().saturating_sub(share);
         // The newest connections go first: they have the least state to lose.
-        conns.sort_by_key(|l| std::cmp::Reverse(l.meter.id));
+        conns.sort_by_key(|l| std::cmp::Reverse(l.meter.id()));
         chosen.extend(conns.into_iter().take(surplus));
         closing.insert(b.label.clone(), json!(surplus));
     }
@@ -363,7 +365,7 @@ fn list(live: &LiveSet, q: &str) -> Reply {
     let wanted = |key: &str, v: &Value| param(key).is_none_or(|want| v.as_str() == Some(want.as_str()));
     let mut out = Vec::new();
     let mut more = false;
-    for l in live.all().into_iter().filter(|l| after.is_none_or(|a| l.meter.id > a)) {
+    for l in live.all().into_iter().filter(|l| after.is_none_or(|a| l.meter.id() > a)) {
         let v = l.view(now);
         let ok = wanted("route", &v["route"])
             && wanted("tenant", &v["tenant"])
@@ -411,7 +413,7 @@ async fn kick(live: &LiveSet, id: &str, q: &str) -> Reply {
     };
     let asked = Instant::now();
     l.stop(Stop { client: (code, reason), backend: (1001, String::new()), cause: Cause::Kicked });
-    let id = l.meter.id;
+    let id = l.meter.id();
     drop(l);
     while live.get(&id).is_some() {
         if asked.elapsed() >= KICK_WAIT {
@@ -431,14 +433,14 @@ async fn kick(live: &LiveSet, id: &str, q: &str) -> Reply {
 /// today's usage per tenant (`metering::today`).
 fn summary(ops: &Ops) -> Value {
     let (today, open) = ops.live.today();
-    let mut routes: BTreeMap<Option<String>, u64> = BTreeMap::new();
-    let mut tenants: BTreeMap<Option<String>, u64> = BTreeMap::new();
+    let mut routes: BTreeMap<Option<crate::billing::Name>, u64> = BTreeMap::new();
+    let mut tenants: BTreeMap<Option<crate::billing::Name>, u64> = BTreeMap::new();
     for l in &open {
         let id = l.meter.identity();
         *routes.entry(id.route.clone()).or_default() += 1;
         *tenants.entry(id.tenant.clone()).or_default() += 1;
     }
-    let rows = |key: &str, m: BTreeMap<Option<String>, u64>| -> Vec<Value> {
+    let rows = |key: &str, m: BTreeMap<Option<crate::billing::Name>, u64>| -> Vec<Value> {
         m.into_iter().map(|(k, n)| json!({key: k, "connections": n})).collect()
     };
     let now = Instant::now();
@@ -477,10 +479,10 @@ fn sum_by(c: &IntCounterVec, label: &str) -> BTreeMap<String, u64> {
 
 /// `GET /api/backends`: pools, backends, health, draining, open connections each.
 fn backends(ops: &Ops) -> Value {
-    let mut open: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut open: std::collections::HashMap<SocketAddr, u64> = std::collections::HashMap::new();
     for l in ops.live.all() {
-        if let Some(b) = &l.meter.identity().backend {
-            *open.entry(b.clone()).or_default() += 1;
+        if let Some(b) = l.meter.identity().backend {
+            *open.entry(b).or_default() += 1;
         }
     }
     let pools: Vec<Value> = (ops.pools)()
@@ -492,7 +494,7 @@ fn backends(ops: &Ops) -> Value {
                 .map(|b| {
                     json!({
                         "backend": b.label, "address": b.addr.to_string(), "healthy": b.healthy,
-                        "draining": b.draining, "connections": open.get(&b.addr.to_string()).copied().unwrap_or(0),
+                        "draining": b.draining, "connections": open.get(&b.addr).copied().unwrap_or(0),
                     })
                 })
                 .collect();
@@ -529,9 +531,7 @@ pub fn drain(live: &Arc<LiveSet>, plan: DrainPlan, refuse_new: bool) -> usize {
 /// Close the open connections to backend `addr` with 1012 (reconnect: the next lands on another
 /// backend), spread over the drain window; returns how many.
 pub fn close_backend(live: &LiveSet, addr: SocketAddr, plan: DrainPlan, why: &str) -> usize {
-    let addr = addr.to_string();
-    let conns: Vec<Arc<Live>> =
-        live.all().into_iter().filter(|l| l.meter.identity().backend.as_deref() == Some(addr.as_str())).collect();
+    let conns: Vec<Arc<Live>> = live.all().into_iter().filter(|l| l.meter.identity().backend == Some(addr)).collect();
     let stop = Stop { client: (1012, why.into()), backend: (1001, String::new()), cause: Cause::Drained };
     let n = close_spread(conns, plan.window, stop);
     if n > 0 {
@@ -545,7 +545,7 @@ fn close_spread(conns: Vec<Arc<Live>>, window: Duration, stop: Stop) -> usize {
     let mut order: Vec<(Duration, Arc<Live>)> = conns
         .into_iter()
         .map(|l| {
-            let share = (l.meter.id.as_u128() as u64 & 0xFFFF_FFFF) as f64 / (1u64 << 32) as f64;
+            let share = (l.meter.id().as_u128() as u64 & 0xFFFF_FFFF) as f64 / (1u64 << 32) as f64;
             (window.mul_f64(share), l)
         })
         .collect();

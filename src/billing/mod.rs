@@ -31,7 +31,7 @@ pub mod units;
 
 pub use log::UsageLog;
 pub use record::{
-    CloseUsage, DirectionUsage, Identity, ObjectRecord, ObjectRef, RecordKind, RejectionSummary, UsageRecord,
+    CloseUsage, DirectionUsage, Identity, Name, ObjectRecord, ObjectRef, RecordKind, RejectionSummary, UsageRecord,
 };
 
 use crate::relay::scanner::DirectionCounts;

@@ -7,6 +7,7 @@
 
 use crate::relay::scanner::DirectionCounts;
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -40,26 +41,65 @@ impl RecordKind {
     }
 }
 
+/// A name from the config (a tenant, route or pool), shared by every connection that carries
+/// it: a connection holds a reference, not a copy.
+pub type Name = Arc<str>;
+
 /// Who a connection is: fixed once it is routed and connected, shared by all of its records
-/// (held behind an `Arc`, never copied per record).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// (held behind an `Arc`, never copied per record). An open connection holds it for its whole
+/// life, so it keeps values, not text: the id, addresses and start time are formatted only when
+/// a record is written, and the names are the config's own (README "Idle cost").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
-    /// Sortable unique id (UUIDv7 text), also sent to the backend as `X-Weir-Connection-Id`.
-    pub connection_id: String,
+    /// Sortable unique id (UUIDv7; in JSON its hyphenated text), also sent to the backend as
+    /// `X-Weir-Connection-Id`.
+    pub connection_id: uuid::Uuid,
     /// Tenant the route bills to (`routes[].tenant`, else `usage.default_tenant`).
-    pub tenant: Option<String>,
+    pub tenant: Option<Name>,
     /// Route name, when the request matched a route.
-    pub route: Option<String>,
+    pub route: Option<Name>,
     /// Pool name, when the request matched a pool route.
-    pub pool: Option<String>,
+    pub pool: Option<Name>,
     /// The object the connection addressed, on object routes.
     pub object: Option<ObjectRef>,
-    /// Backend `host:port`, when one was picked.
-    pub backend: Option<String>,
-    /// Client `ip:port`.
-    pub client_addr: Option<String>,
-    /// When the request head started arriving (RFC 3339 UTC, milliseconds).
-    pub started_at: String,
+    /// Backend address (in JSON `ip:port`), when one was picked.
+    pub backend: Option<SocketAddr>,
+    /// Client address (in JSON `ip:port`).
+    pub client_addr: Option<SocketAddr>,
+    /// When the request head started arriving (in JSON RFC 3339 UTC, milliseconds).
+    #[serde(with = "rfc3339_millis")]
+    pub started_at: SystemTime,
+}
+
+impl Identity {
+    /// A connection that started at `started_at` from `client`, with nothing else known yet.
+    pub fn new(connection_id: uuid::Uuid, client_addr: Option<SocketAddr>, started_at: SystemTime) -> Identity {
+        Identity {
+            connection_id,
+            tenant: None,
+            route: None,
+            pool: None,
+            object: None,
+            backend: None,
+            client_addr,
+            started_at,
+        }
+    }
+}
+
+/// A `SystemTime` as RFC 3339 UTC text with milliseconds, the form of every record timestamp.
+mod rfc3339_millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::SystemTime;
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// One connection's usage so far: `start`, `interim` or `stop` (cumulative counts each time).
@@ -256,4 +296,35 @@ pub struct CloseUsage {
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T14:05:06.123Z`.
 pub fn rfc3339_ms(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An identity holds values; its JSON is the record contract's text, and reads back equal.
+    #[test]
+    fn an_identity_is_written_as_the_contract_s_text_and_read_back() {
+        let started_at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123);
+        let mut id = Identity::new(
+            uuid::Uuid::from_u128(0x0192_8e3a_0000_7000_8000_0000_0000_00ab),
+            Some("[::1]:4242".parse().unwrap()),
+            started_at,
+        );
+        id.tenant = Some(Name::from("acme"));
+        id.route = Some(Name::from("chat"));
+        id.backend = Some("127.0.0.1:9001".parse().unwrap());
+        let json = serde_json::to_value(&id).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "connection_id": "01928e3a-0000-7000-8000-0000000000ab",
+                "tenant": "acme", "route": "chat", "pool": null, "object": null,
+                "backend": "127.0.0.1:9001", "client_addr": "[::1]:4242",
+                "started_at": rfc3339_ms(started_at),
+            })
+        );
+        assert!(json["started_at"].as_str().unwrap().ends_with(".123Z"), "{json}");
+        assert_eq!(serde_json::from_value::<Identity>(json).unwrap(), id);
+    }
 }

@@ -145,7 +145,7 @@ impl Gateway {
                 let observer = ConnObserver::new(metrics, live.clone(), object, moved, quota);
                 let policies = Self::policies(chunks, rsv, Some(&limits));
                 let relay = Relay::new([Io::new(client), backend], policies, [&early, &backend_early], observer)
-                    .with_guards(&guards, lifetime_share(live.meter.id.as_u128()));
+                    .with_guards(&guards, lifetime_share(live.meter.id().as_u128()));
                 (ending._open, ending._peer) = (open, peer);
                 // A combinator, not an async block: the task holds the relay's future once.
                 let run = relay.run(shutdown, grace).map(move |(report, observer)| {
@@ -223,7 +223,7 @@ impl Ending {
         if gateway.quotas.counts_units() {
             // The units between the quota ticker's last count and the end, from the stop record.
             if let Some(t) = record.identity.tenant.as_deref().and_then(|t| gateway.quotas.tenant(t)) {
-                gateway.quotas.connection_ended(&t, live.meter.id, &record.units);
+                gateway.quotas.connection_ended(&t, live.meter.id(), &record.units);
             }
         }
         tracing::debug!(
@@ -276,7 +276,12 @@ mod size_report {
             ("  of it, one Io (a tokio TcpStream)", size_of::<super::Io>(), 40),
             ("  of it, one FrameScanner", size_of::<crate::relay::scanner::FrameScanner>(), 216),
             ("Ending (beside the relay in the task)", size_of::<super::Ending>(), 192),
-            ("Live (the live-set entry, shared)", size_of::<crate::metering::live::Live>(), 536),
+            ("Live (the live-set entry, shared)", size_of::<crate::metering::live::Live>(), 472),
+            (
+                "Identity (behind an Arc in the entry; no heap of its own but a tenant from a credential)",
+                size_of::<crate::billing::Identity>(),
+                192,
+            ),
             ("Watch (boxed guard state, with limits on)", size_of::<crate::relay::guard::Watch>(), 344),
             ("Guards (one per route, shared: not per connection)", size_of::<crate::relay::guard::Guards>(), 224),
             (

@@ -18,12 +18,12 @@ impl Gateway {
     /// and body, counted and recorded (`external_auth: <status>`), and returned as
     /// `ExternalAuthDenied` so that `serve` does not answer again.
     pub(super) async fn admit_external(&self, req: &mut Request, ext: &External) -> Result<(), Refused> {
-        let client = req.meter.client.map(|a| a.ip());
+        let client = req.meter.client().map(|a| a.ip());
         match ext.check(&req.head, client, req.tls).await {
             Verdict::Admit { tenant, copy } => {
                 ext.apply(&mut req.head, copy);
                 if tenant.is_some() {
-                    req.meter.identity_mut().tenant = tenant;
+                    req.meter.identity_mut().tenant = tenant.map(Into::into);
                 }
                 Ok(())
             }

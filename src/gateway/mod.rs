@@ -296,7 +296,7 @@ impl Gateway {
             Err(_) => client,
         };
         let mut meter = Meter::start(client);
-        meter.identity_mut().tenant = snap.config.usage.default_tenant.clone();
+        meter.identity_mut().tenant = snap.default_tenant.clone();
         let head = match head {
             Ok(h) => h,
             Err(HeadError::Closed | HeadError::TimedOut | HeadError::Io(_)) => return None,
@@ -330,10 +330,12 @@ impl Gateway {
             self.refuse(&mut stream, RejectReason::UnknownRoute, None, NO_ROUTE, record).await;
             return None;
         };
-        let identity = meter.identity_mut();
-        identity.route = Some(route.name.clone());
-        if route.tenant.is_some() {
-            identity.tenant = route.tenant.clone();
+        if let Some(names) = snap.route_names.get(route_index) {
+            let identity = meter.identity_mut();
+            identity.route = Some(names.route.clone());
+            if names.tenant.is_some() {
+                identity.tenant = names.tenant.clone();
+            }
         }
         let place = snap.place(route);
         let mut req = Request {
@@ -375,8 +377,8 @@ impl Gateway {
             self.reject(&mut req, RejectReason::DescriptorsExhausted).await;
             return None;
         }
-        if let Target::Pool(_) = route.target {
-            req.meter.identity_mut().pool = Some(req.place.pool.clone());
+        if let Some(pool) = snap.route_names.get(route_index).and_then(|n| n.pool.clone()) {
+            req.meter.identity_mut().pool = Some(pool);
         }
         match route.target {
             // Each path after the head is boxed: a connection still sending its head holds only
@@ -440,7 +442,7 @@ impl Gateway {
                         }
                         _ => None,
                     };
-                    req.meter.identity_mut().tenant = Some(admitted.tenant);
+                    req.meter.identity_mut().tenant = Some(admitted.tenant.into());
                     req.grant.objects = admitted.objects;
                 }
                 Err(auth::AuthError::Missing) => return Err((RejectReason::NoCredential, None, None)),
@@ -449,7 +451,7 @@ impl Gateway {
                 }
             }
         }
-        let ip = req.meter.client.map(|a| a.ip());
+        let ip = req.meter.client().map(|a| a.ip());
         let tenant = req.meter.identity().tenant.clone();
         if let Some(t) = tenant.as_deref().filter(|_| !self.quotas.is_empty()) {
             if let Some((name, retry)) = self.quotas.refusal(t) {

@@ -11,7 +11,7 @@
 //! here too (`route_handles`), so a connection clones them rather than looking them up.
 
 use crate::admission::Gatekeeper;
-use crate::billing::UsageLog;
+use crate::billing::{Name, UsageLog};
 use crate::config::{Backend, BuiltinKind, Config, Limits, RateLimit, Route, Target};
 use crate::metrics::{Metrics, Place, RouteHandles};
 use crate::objects::Objects;
@@ -44,6 +44,21 @@ pub struct Snapshot {
     pub route_handles: Vec<RouteHandles>,
     /// Each route's guards, indexed like `routes`, shared by its connections.
     pub route_guards: Vec<Arc<Guards>>,
+    /// Each route's names as its connections' identities carry them, indexed like `routes`.
+    pub route_names: Vec<RouteNames>,
+    /// `usage.default_tenant`, as identities carry it.
+    pub default_tenant: Option<Name>,
+}
+
+/// A route's names for connection identities, made once per snapshot so that a connection
+/// holds references to them rather than copies.
+pub struct RouteNames {
+    /// The route's name.
+    pub route: Name,
+    /// Its pool's name, on pool routes.
+    pub pool: Option<Name>,
+    /// Its tenant (`routes[].tenant`), if set.
+    pub tenant: Option<Name>,
 }
 
 /// What building a snapshot takes from the running process.
@@ -121,6 +136,18 @@ impl Snapshot {
         let route_handles =
             routes.iter().map(|r| parts.metrics.route_handles(&r.name, &place(&config, &objects, r))).collect();
         let route_guards = routes.iter().map(|r| Arc::new(guards(&r.limits))).collect();
+        let route_names = routes
+            .iter()
+            .map(|r| RouteNames {
+                route: Name::from(r.name.as_str()),
+                pool: match r.target {
+                    Target::Pool(i) => config.pools.get(i).map(|p| Name::from(p.name.as_str())),
+                    Target::Object(_) => None,
+                },
+                tenant: r.tenant.as_deref().map(Name::from),
+            })
+            .collect();
+        let default_tenant = config.usage.default_tenant.as_deref().map(Name::from);
         let snapshot = Snapshot {
             config: Arc::new(config),
             routes,
@@ -130,6 +157,8 @@ impl Snapshot {
             chunks,
             route_handles,
             route_guards,
+            route_names,
+            default_tenant,
         };
         Ok(Built { snapshot, kept_namespaces })
     }

@@ -146,10 +146,10 @@ impl Gateway {
             namespace: ns.config.name.clone(),
             id: id.to_string(),
             token,
-            client: req.meter.client.map(|a| a.to_string()),
-            tenant: who.tenant.clone(),
+            client: req.meter.client().map(|a| a.to_string()),
+            tenant: who.tenant.as_deref().map(String::from),
             route: req.route.clone(),
-            connection_id: who.connection_id.clone(),
+            connection_id: who.connection_id.to_string(),
             credential: if authenticated { "accepted" } else { "none" }.to_string(),
             at: 0,
         };
@@ -164,7 +164,7 @@ impl Gateway {
             Err(reason) => return self.reject(&mut req, reason).await,
         };
         let Connected { addr, stream: mut backend, started, lease, open } = connected;
-        req.meter.identity_mut().backend = Some(addr.to_string());
+        req.meter.identity_mut().backend = Some(addr);
         let target = match hop {
             Hop::Host(ns, id) => Some(upstream::ObjectTarget {
                 namespace: &ns.config.name,
@@ -177,8 +177,8 @@ impl Gateway {
             }
             Hop::Pool(_) => None,
         };
-        let client_ip = req.meter.client.map(|a| a.ip());
-        let connection_id = &req.meter.identity().connection_id;
+        let client_ip = req.meter.client().map(|a| a.ip());
+        let connection_id = req.meter.id();
         let tenant = req.meter.identity().tenant.as_deref();
         let mut request = upstream::upgrade_request(&req.head, client_ip, req.tls, connection_id, tenant, target);
         if let Hop::Peer { line, .. } = hop {
@@ -300,7 +300,7 @@ impl Gateway {
         while tried.len() < MAX_CONNECT_ATTEMPTS {
             let (addr, lease) = match hop {
                 Hop::Peer { .. } => break,
-                Hop::Pool(pool) => match snap.pools.select(pool, meter.client.map(|a| a.ip()), &tried) {
+                Hop::Pool(pool) => match snap.pools.select(pool, meter.client().map(|a| a.ip()), &tried) {
                     Some(addr) => (addr, None),
                     None => break,
                 },

@@ -161,7 +161,7 @@ pub fn upgrade_request(
     head: &RequestHead,
     client_ip: Option<IpAddr>,
     tls: bool,
-    connection_id: &str,
+    connection_id: uuid::Uuid,
     tenant: Option<&str>,
     object: Option<ObjectTarget<'_>>,
 ) -> Vec<u8> {
@@ -270,9 +270,15 @@ mod tests {
     fn hop_by_hop_headers_are_replaced_and_forwarding_headers_added() {
         let raw = "GET /chat HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade, X-Secret\r\nUpgrade: websocket\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nCookie: s=1\r\nAuthorization: Bearer t\r\nSec-WebSocket-Protocol: chat\r\nX-Forwarded-For: 10.0.0.1\r\nX-Weir-Connection-Id: spoof\r\n\r\n";
         let head = head_of(raw);
-        let out =
-            String::from_utf8(upgrade_request(&head, Some("127.0.0.9".parse().unwrap()), false, "id-1", None, None))
-                .unwrap();
+        let out = String::from_utf8(upgrade_request(
+            &head,
+            Some("127.0.0.9".parse().unwrap()),
+            false,
+            uuid::Uuid::from_u128(1),
+            None,
+            None,
+        ))
+        .unwrap();
         assert!(out.starts_with("GET /chat HTTP/1.1\r\nHost: a\r\n"));
         assert!(!out.contains("X-Secret"), "{out}");
         assert!(!out.contains("Keep-Alive"), "{out}");
@@ -286,7 +292,7 @@ mod tests {
         assert!(!out.contains("10.0.0.1"), "{out}");
         assert!(out.contains("X-Real-IP: 127.0.0.9\r\n"), "{out}");
         assert!(out.contains("X-Forwarded-Proto: http\r\n"));
-        assert!(out.ends_with("X-Weir-Connection-Id: id-1\r\n\r\n"));
+        assert!(out.ends_with("X-Weir-Connection-Id: 00000000-0000-0000-0000-000000000001\r\n\r\n"));
     }
 
     fn head_of(raw: &str) -> RequestHead {
@@ -309,7 +315,8 @@ mod tests {
     #[test]
     fn end_to_end_headers_named_in_connection_are_kept() {
         let raw = "GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, Host, Sec-WebSocket-Key, Sec-WebSocket-Version, Sec-WebSocket-Protocol, Sec-WebSocket-Extensions, Origin, Authorization, Cookie, X-Secret\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\nSec-WebSocket-Extensions: permessage-deflate\r\nOrigin: o\r\nAuthorization: Bearer t\r\nCookie: s=1\r\nX-Secret: 1\r\n\r\n";
-        let out = String::from_utf8(upgrade_request(&head_of(raw), None, false, "id", None, None)).unwrap();
+        let out =
+            String::from_utf8(upgrade_request(&head_of(raw), None, false, uuid::Uuid::nil(), None, None)).unwrap();
         for kept in [
             "Host: a",
             "Sec-WebSocket-Key: k",
@@ -332,7 +339,7 @@ mod tests {
             &head_of(raw),
             Some("10.1.2.3".parse().unwrap()),
             true,
-            "id",
+            uuid::Uuid::nil(),
             None,
             None,
         ))

@@ -282,14 +282,14 @@ impl Live {
         };
         let rtt = |r: Option<Duration>| r.map(|d| d.as_secs_f64() * 1000.0);
         serde_json::json!({
-            "id": self.meter.id.to_string(),
+            "id": self.meter.id().to_string(),
             "route": id.route,
             "tenant": id.tenant,
             "client": id.client_addr,
             "backend": id.backend,
             "pool": id.pool,
             "object": id.object,
-            "started_at": id.started_at,
+            "started_at": crate::billing::record::rfc3339_ms(id.started_at),
             "age_ms": now.saturating_duration_since(self.meter.started()).as_millis() as u64,
             "active_ms": s.active.total_at(now).as_millis() as u64,
             "client_to_backend": dir(&s.counts[0]),
@@ -387,7 +387,7 @@ impl LiveSet {
             }),
             meter,
         });
-        lock(self.shard(&live.meter.id)).insert(live.meter.id, live.clone());
+        lock(self.shard(&live.meter.id())).insert(live.meter.id(), live.clone());
         let at = self.due_tick(lock(&live.state).next_interim);
         let key = lock(&self.due).insert(at, Arc::downgrade(&live));
         lock(&live.state).due = Some(key);
@@ -418,7 +418,7 @@ impl LiveSet {
             // Counted as ended in the same critical section that takes it out of the open set.
             let mut today = lock(&self.today);
             today.roll(SystemTime::now());
-            lock(self.shard(&live.meter.id)).remove(&live.meter.id);
+            lock(self.shard(&live.meter.id())).remove(&live.meter.id());
             today.add_stop(&stop);
         }
         self.usage.write(&stop);
@@ -450,7 +450,7 @@ impl LiveSet {
     /// A connection's handshake failed: write its one record.
     pub fn reject(&self, meter: &Meter, rejection: Rejection<'_>) {
         if let Some((limit, summarised)) = &self.rejections {
-            if !limit.admit(meter.client.map(|a| a.ip()), rejection.status, Instant::now()) {
+            if !limit.admit(meter.client().map(|a| a.ip()), rejection.status, Instant::now()) {
                 // Over this address's records for the window: its summary counts it.
                 summarised.inc();
                 return;
@@ -549,7 +549,7 @@ impl LiveSet {
     pub fn all(&self) -> Vec<Arc<Live>> {
         let mut all: Vec<Arc<Live>> =
             self.shards.iter().flat_map(|s| lock(s).values().cloned().collect::<Vec<_>>()).collect();
-        all.sort_by_key(|l| l.meter.id);
+        all.sort_by_key(|l| l.meter.id());
         all
     }
 
@@ -655,7 +655,7 @@ mod tests {
             recs.iter().map(|r| (r["record"].as_str().unwrap(), r["seq"].as_u64().unwrap())).collect();
         assert_eq!(kinds, vec![("start", 0), ("interim", 1), ("interim", 2), ("stop", 3)]);
         assert_eq!(recs[1]["client_to_backend"]["messages"], 3, "interims carry the counts observed so far");
-        assert_eq!(recs[1]["idempotency_key"].as_str().unwrap(), format!("{}:1", live.meter.id));
+        assert_eq!(recs[1]["idempotency_key"].as_str().unwrap(), format!("{}:1", live.meter.id()));
     }
 
     #[test]

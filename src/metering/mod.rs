@@ -33,14 +33,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// Identity and clocks of one connection, from the first byte of its request to its end.
 #[derive(Debug)]
 pub struct Meter {
-    /// Sortable unique id (UUIDv7), also sent to the backend as `X-Weir-Connection-Id`.
-    pub id: uuid::Uuid,
     started: Instant,
-    started_wall: SystemTime,
-    /// Client address.
-    pub client: Option<SocketAddr>,
-    /// Who the connection is; filled in while it is routed and connected (`identity_mut`), then
-    /// shared by every record.
+    /// Who the connection is (with its id, client address and wall-clock start); filled in while
+    /// it is routed and connected (`identity_mut`), then shared by every record.
     identity: Arc<Identity>,
     /// Subprotocol the backend chose, if any.
     pub subprotocol: Option<String>,
@@ -69,15 +64,23 @@ pub struct Progress<'a> {
 impl Meter {
     /// Start metering a connection from `client` now.
     pub fn start(client: Option<SocketAddr>) -> Meter {
-        let id = uuid::Uuid::now_v7();
-        let started_wall = SystemTime::now();
-        let identity = Identity {
-            connection_id: id.to_string(),
-            client_addr: client.map(|a| a.to_string()),
-            started_at: rfc3339_ms(started_wall),
-            ..Identity::default()
-        };
-        Meter { id, started: Instant::now(), started_wall, client, identity: Arc::new(identity), subprotocol: None }
+        let identity = Identity::new(uuid::Uuid::now_v7(), client, SystemTime::now());
+        Meter { started: Instant::now(), identity: Arc::new(identity), subprotocol: None }
+    }
+
+    /// Sortable unique id (UUIDv7), also sent to the backend as `X-Weir-Connection-Id`.
+    pub fn id(&self) -> uuid::Uuid {
+        self.identity.connection_id
+    }
+
+    /// The client's address.
+    pub fn client(&self) -> Option<SocketAddr> {
+        self.identity.client_addr
+    }
+
+    /// When metering started (wall clock: for records' timestamps only).
+    pub fn started_wall(&self) -> SystemTime {
+        self.identity.started_at
     }
 
     /// When metering started (monotonic).
@@ -124,7 +127,7 @@ impl Meter {
     /// A record of kind `kind` with sequence `seq` and the cumulative `progress` so far.
     fn snapshot(&self, kind: RecordKind, seq: u64, progress: Progress<'_>) -> UsageRecord {
         let duration = self.started.elapsed();
-        let now_wall = self.started_wall + duration;
+        let now_wall = self.identity.started_at + duration;
         let active = progress.active.min(duration);
         let stop = kind == RecordKind::Stop;
         UsageRecord {

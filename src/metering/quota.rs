@@ -382,7 +382,7 @@ impl QuotaTicker {
             let now = Instant::now();
             for l in self.1.all() {
                 let Some(t) = l.meter.identity().tenant.as_deref().and_then(|t| self.0.tenant(t)) else { continue };
-                self.0.count_units(&t, l.meter.id, &self.1.units_so_far(&l, now));
+                self.0.count_units(&t, l.meter.id(), &self.1.units_so_far(&l, now));
             }
         }
         let over = self.0.tick(elapsed, unix_now());
