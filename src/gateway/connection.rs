@@ -148,7 +148,7 @@ impl Gateway {
                     .with_guards(&guards, lifetime_share(live.meter.id().as_u128()));
                 (ending._open, ending._peer) = (open, peer);
                 // A combinator, not an async block: the task holds the relay's future once.
-                let run = relay.run(shutdown, grace).map(move |(report, observer)| {
+                let run = relay.run(grace).map(move |(report, observer)| {
                     drop(observer);
                     ending.end(&report);
                 });

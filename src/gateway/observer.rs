@@ -85,6 +85,10 @@ impl Observer for ConnObserver {
         self.live.poll_stop(cx)
     }
 
+    fn poll_shutdown(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.live.poll_shutdown(cx)
+    }
+
     fn poll_push(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Vec<u8>> {
         self.live.poll_pushes(cx, true).map(|pushes| {
             let mut frames = Vec::with_capacity(pushes.iter().map(|p| p.payload.len() + 10).sum());

@@ -56,6 +56,8 @@ pub struct Live {
     stop_pending: std::sync::atomic::AtomicBool,
     /// Pushed messages are waiting in `LiveState::pushes`.
     push_pending: std::sync::atomic::AtomicBool,
+    /// weir began to shut down (`LiveSet::begin_shutdown`): the relay's grace period runs.
+    shutdown: std::sync::atomic::AtomicBool,
     /// The relay's waker, woken when an order or a push comes.
     stop_waker: futures_util::task::AtomicWaker,
     /// Its relay or built-in object takes pushes (false for the built-in echo).
@@ -166,6 +168,27 @@ impl Live {
             Some(stop) => std::task::Poll::Ready(*stop),
             None => std::task::Poll::Pending,
         }
+    }
+
+    /// The relay's side: `Ready` once weir began to shut down (registers the waker otherwise;
+    /// one atomic load and a waker registration before).
+    pub fn poll_shutdown(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::sync::atomic::Ordering::Acquire;
+        if self.shutdown.load(Acquire) {
+            return std::task::Poll::Ready(());
+        }
+        self.stop_waker.register(cx.waker());
+        if self.shutdown.load(Acquire) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// Tell the connection weir began to shut down (its relay then runs out its grace period).
+    fn begin_shutdown(&self) {
+        self.shutdown.store(true, std::sync::atomic::Ordering::Release);
+        self.stop_waker.wake();
     }
 
     /// Queue `push` for the client; returns how many pushes are waiting with it. Refused once
@@ -314,6 +337,8 @@ pub struct LiveSet {
     drain_started: std::sync::atomic::AtomicBool,
     /// A drain began: new upgrades are refused (`begin_drain`).
     draining: std::sync::atomic::AtomicBool,
+    /// weir began to shut down (`begin_shutdown`).
+    shutting_down: std::sync::atomic::AtomicBool,
     /// Connections by the tick their next interim is due (ticks of `INTERIM_TICK` from `epoch`).
     due: Mutex<Wheel<Weak<Live>>>,
     epoch: Instant,
@@ -333,6 +358,7 @@ impl LiveSet {
             rejections: None,
             draining: std::sync::atomic::AtomicBool::new(false),
             drain_started: std::sync::atomic::AtomicBool::new(false),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             due: Mutex::new(Wheel::new(0)),
             epoch: Instant::now(),
             today: Mutex::new(Tally::new(SystemTime::now())),
@@ -363,6 +389,20 @@ impl LiveSet {
         &self.shards[i % self.shards.len()]
     }
 
+    /// weir began to shut down: tell every open connection, and every one registered from now
+    /// (each relay then runs out `server.grace_period` and closes with 1001). One walk over the
+    /// set instead of a shutdown watch held by every idle connection (README "Idle cost").
+    pub fn begin_shutdown(&self) {
+        if self.shutting_down.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        for shard in &self.shards {
+            for live in lock(shard).values() {
+                live.begin_shutdown();
+            }
+        }
+    }
+
     /// A connection got its 101: register it and write its `start` record.
     pub fn begin(&self, meter: Meter) -> Arc<Live> {
         let none = [DirectionCounts::default(); 2];
@@ -372,6 +412,7 @@ impl LiveSet {
             stop_pending: std::sync::atomic::AtomicBool::new(false),
             stop_waker: futures_util::task::AtomicWaker::new(),
             push_pending: std::sync::atomic::AtomicBool::new(false),
+            shutdown: std::sync::atomic::AtomicBool::new(false),
             pushable: std::sync::atomic::AtomicBool::new(true),
             state: Mutex::new(LiveState {
                 counts: none,
@@ -388,6 +429,11 @@ impl LiveSet {
             meter,
         });
         lock(self.shard(&live.meter.id())).insert(live.meter.id(), live.clone());
+        // After the insert: `begin_shutdown` sets the flag before it walks the shards, so a
+        // connection it did not find sees the flag here.
+        if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+            live.begin_shutdown();
+        }
         let at = self.due_tick(lock(&live.state).next_interim);
         let key = lock(&self.due).insert(at, Arc::downgrade(&live));
         lock(&live.state).due = Some(key);
@@ -582,12 +628,32 @@ impl BackgroundService for Sweeper {
     /// Sweep when the next interim is due (at least once a second, which also writes due
     /// rejection summaries) until the service's runtime stops. The shutdown signal does not stop
     /// it: connections that drain for `server.grace_period` are still billed by interval, and
-    /// each ends with its stop record.
-    async fn start(&self, _shutdown: ShutdownWatch) {
+    /// each ends with its stop record. It passes the signal on to every open relay
+    /// (`LiveSet::begin_shutdown`).
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut told = false;
         loop {
             let second = Instant::now() + Duration::from_secs(1);
             let wake = self.set.next_due().map_or(second, |due| due.min(second));
-            tokio::time::sleep_until(wake.into()).await;
+            if !told && *shutdown.borrow() {
+                told = true;
+                self.set.begin_shutdown();
+            }
+            if !told {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake.into()) => {}
+                    changed = shutdown.changed() => {
+                        if changed.is_err() {
+                            // The signal's sender is gone: the server is ending anyway.
+                            told = true;
+                            self.set.begin_shutdown();
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                tokio::time::sleep_until(wake.into()).await;
+            }
             let set = self.set.clone();
             // Records are written with a blocking write(2) each: off the runtime thread.
             let _ = tokio::task::spawn_blocking(move || set.sweep(Instant::now())).await;
@@ -631,6 +697,33 @@ mod tests {
             cause: crate::relay::report::Cause::ClientClose,
             violation: None,
         }
+    }
+
+    /// A shutdown reaches every open connection's relay (its waker is woken) and every one that
+    /// begins after it; one walk over the set, no watch per connection.
+    #[test]
+    fn a_shutdown_reaches_open_connections_and_those_that_begin_after_it() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::{Context, Poll, Wake, Waker};
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let (set, _spool, _dir) = set(Duration::from_secs(60));
+        let before = set.begin(Meter::start(None));
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(before.poll_shutdown(&mut cx), Poll::Pending);
+        set.begin_shutdown();
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "the parked relay is woken");
+        assert_eq!(before.poll_shutdown(&mut cx), Poll::Ready(()));
+        let after = set.begin(Meter::start(None));
+        assert_eq!(after.poll_shutdown(&mut cx), Poll::Ready(()), "a connection that began during shutdown");
+        set.begin_shutdown();
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "told once");
     }
 
     #[test]

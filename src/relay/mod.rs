@@ -107,6 +107,13 @@ pub trait Observer {
         std::task::Poll::Pending
     }
 
+    /// Ready once weir began to shut down: the relay then gives the connection its grace period
+    /// and closes it with `Close::Shutdown`. Polled once per wakeup until then: an
+    /// implementation registers `cx`'s waker and wakes it when shutdown begins (cheap before).
+    fn poll_shutdown(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::task::Poll::Pending
+    }
+
     /// Messages weir itself sends the client (an operator's push), as whole encoded frames
     /// back to back, once some are waiting. The relay asks only when the stream toward the
     /// client is at a message boundary (never inside a frame or a fragmented message) and it

@@ -338,17 +338,16 @@ fn changed(mut rx: watch::Receiver<bool>) -> Changed {
     })
 }
 
-/// `Relay::run`'s future: the relay, and what it waits on besides its sockets (the shutdown
-/// watch, an object's move signal, the drain's grace). Written by hand rather than as an async fn
-/// around `tokio::select!`: that state machine added 1.1 KB to every connection's task, this one
-/// adds a few words inline and one 150-byte box for the shutdown watch.
+/// `Relay::run`'s future: the relay, and what it waits on besides its sockets (an object's move
+/// signal, the drain's grace; that shutdown began, the observer says). Written by hand rather
+/// than as an async fn around `tokio::select!`: that state machine added 1.1 KB to every
+/// connection's task, this one adds a few words inline. Shutdown is the observer's to tell (the
+/// live set tells every open connection at once), so an idle connection holds no watch of it.
 pub struct Run<S, O> {
     /// Taken when the relay ends.
     relay: Option<Relay<S, O>>,
-    /// The shutdown watch, until the first poll sets up the waiting.
-    start: Option<watch::Receiver<bool>>,
-    /// The shutdown watch's next change, until the drain begins or the sender is gone.
-    shutdown: Option<Changed>,
+    /// The first poll has asked for the move signal.
+    started: bool,
     /// The object's move signal's next change (relays to object hosts).
     moved: Option<Changed>,
     /// The end of the drain's grace, once shutdown began.
@@ -362,14 +361,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer + Unpin> Future for
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(RelayReport, O)> {
         let this = self.get_mut();
         let Some(relay) = this.relay.as_mut() else { return Poll::Pending };
-        if let Some(shutdown) = this.start.take() {
-            // The relay starts: a shutdown already under way starts its grace now, and the move
-            // signal is asked for (once).
-            if *shutdown.borrow() {
-                this.drain_at = Some(Box::pin(sleep(this.grace)));
-            } else {
-                this.shutdown = Some(changed(shutdown));
-            }
+        if !this.started {
+            // The relay starts: the move signal is asked for (once).
+            this.started = true;
             let mut moved = relay.observer.object_moved();
             relay.object = moved.is_some();
             if moved.as_mut().is_some_and(|m| *m.borrow_and_update()) {
@@ -377,8 +371,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer + Unpin> Future for
             }
             this.moved = moved.map(changed);
         }
-        // In this order, each a source of wakeups: the relay, the move signal, the shutdown
-        // watch, the drain's grace; after any of the last three acts, the relay goes first again.
+        // In this order, each a source of wakeups: the relay, the move signal, the start of a
+        // shutdown, the drain's grace; after any of the last three acts, the relay goes first
+        // again.
         loop {
             if relay.poll_relay(cx).is_ready() {
                 return match this.relay.take() {
@@ -398,16 +393,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer + Unpin> Future for
                     continue;
                 }
             }
-            if let Some(sh) = this.shutdown.as_mut() {
-                if let Poll::Ready((ok, rx)) = sh.as_mut().poll(cx) {
-                    this.shutdown = None;
-                    if ok && *rx.borrow() {
-                        this.drain_at = Some(Box::pin(sleep(this.grace)));
-                    } else if ok {
-                        this.shutdown = Some(changed(rx));
-                    }
-                    continue;
-                }
+            if this.drain_at.is_none() && relay.observer.poll_shutdown(cx).is_ready() {
+                this.drain_at = Some(Box::pin(sleep(this.grace)));
+                continue;
             }
             if let Some(t) = this.drain_at.as_mut().filter(|_| !relay.ending.shutdown) {
                 if t.as_mut().poll(cx).is_ready() {
@@ -464,11 +452,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         self
     }
 
-    /// Relay until both sides are finished; resolves to the report and the observer. When
-    /// `shutdown` turns true, the connection gets `grace` more time and is then closed with
-    /// `Close::Shutdown` on both sides.
-    pub fn run(self, shutdown: watch::Receiver<bool>, grace: Duration) -> Run<S, O> {
-        Run { relay: Some(self), start: Some(shutdown), shutdown: None, moved: None, drain_at: None, grace }
+    /// Relay until both sides are finished; resolves to the report and the observer. Once the
+    /// observer says shutdown began (`Observer::poll_shutdown`), the connection gets `grace` more
+    /// time and is then closed with `Close::Shutdown` on both sides.
+    pub fn run(self, grace: Duration) -> Run<S, O> {
+        Run { relay: Some(self), started: false, moved: None, drain_at: None, grace }
     }
 
     /// The report and the observer, once the relay has ended (not inlined into `run`'s future).

@@ -124,12 +124,24 @@ fn push(pushes: &Pushes, frame: &[u8]) {
     }
 }
 
+/// weir's shutdown as an observer tells it: begun, and the waker to wake when it begins.
+type ShutdownFlag = Arc<Mutex<(bool, Option<std::task::Waker>)>>;
+
+fn begin_shutdown(flag: &ShutdownFlag) {
+    let mut f = flag.lock().unwrap();
+    f.0 = true;
+    if let Some(w) = f.1.take() {
+        w.wake();
+    }
+}
+
 /// Records every `progress` call; optionally hands the relay a move signal (an object host).
 struct Probe {
     seen: Seen,
     moved: Option<watch::Receiver<bool>>,
     asked: u32,
     pushes: Pushes,
+    shutdown: ShutdownFlag,
 }
 
 impl Observer for Probe {
@@ -140,6 +152,15 @@ impl Observer for Probe {
     fn object_moved(&mut self) -> Option<watch::Receiver<bool>> {
         self.asked += 1;
         self.moved.take()
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let mut f = self.shutdown.lock().unwrap();
+        if f.0 {
+            return std::task::Poll::Ready(());
+        }
+        f.1 = Some(cx.waker().clone());
+        std::task::Poll::Pending
     }
 
     fn poll_push(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Vec<u8>> {
@@ -178,7 +199,7 @@ struct Harness {
     client: DuplexStream,
     /// The backend's end.
     backend: DuplexStream,
-    shutdown: watch::Sender<bool>,
+    shutdown: ShutdownFlag,
     seen: Seen,
     /// Operator pushes for the relay to take.
     pushes: Pushes,
@@ -193,12 +214,13 @@ async fn start(setup: Setup) -> Harness {
     backend.write_all(&setup.preload[1]).await.unwrap();
     let seen = Seen::default();
     let pushes = Pushes::default();
-    let probe = Probe { seen: seen.clone(), moved: setup.moved, asked: 0, pushes: pushes.clone() };
+    let shutdown = ShutdownFlag::default();
+    let probe =
+        Probe { seen: seen.clone(), moved: setup.moved, asked: 0, pushes: pushes.clone(), shutdown: shutdown.clone() };
     let [client_early, backend_early] = &setup.early;
     let relay =
         Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [client_early, backend_early], probe);
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let relay = tokio::spawn(relay.run(shutdown_rx, GRACE));
+    let relay = tokio::spawn(relay.run(GRACE));
     Harness { client, backend, shutdown, seen, pushes, relay, started: Instant::now() }
 }
 
@@ -520,7 +542,7 @@ async fn shutdown_at_a_frame_boundary_closes_both_sides_with_1001_after_the_grac
     h.client.write_all(&c1).await.unwrap();
     assert_eq!(read_n(&mut h.backend, c1.len()).await, c1);
 
-    h.shutdown.send(true).unwrap();
+    begin_shutdown(&h.shutdown);
     let asked = Instant::now();
     // During the grace the connection still works.
     let b1 = unmasked(TEXT, b"still here");
@@ -549,7 +571,7 @@ async fn shutdown_never_puts_a_close_frame_inside_a_frame() {
     h.client.write_all(&big[..sent]).await.unwrap();
     assert_eq!(read_n(&mut h.backend, sent).await, &big[..sent]);
 
-    h.shutdown.send(true).unwrap();
+    begin_shutdown(&h.shutdown);
     let asked = Instant::now();
     // The backend → client direction is at a boundary: the client gets 1001 when the grace is
     // over.
@@ -572,11 +594,13 @@ async fn a_relay_started_during_shutdown_closes_after_the_grace() {
     let (client, relay_client) = tokio::io::duplex(1024);
     let (backend, relay_backend) = tokio::io::duplex(1024);
     let seen = Seen::default();
-    let probe = Probe { seen: seen.clone(), moved: None, asked: 0, pushes: Pushes::default() };
+    // weir is shutting down already when the relay starts.
+    let shutdown = ShutdownFlag::new(Mutex::new((true, None)));
+    let probe =
+        Probe { seen: seen.clone(), moved: None, asked: 0, pushes: Pushes::default(), shutdown: shutdown.clone() };
     let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
-    let (shutdown, shutdown_rx) = watch::channel(true);
     let started = Instant::now();
-    let relay = tokio::spawn(relay.run(shutdown_rx, GRACE));
+    let relay = tokio::spawn(relay.run(GRACE));
     let mut h = Harness { client, backend, shutdown, seen, pushes: Pushes::default(), relay, started };
 
     assert_eq!(read_to_eof(&mut h.client).await, gateway_close_to_client(Close::Shutdown));
@@ -952,19 +976,22 @@ struct TcpHarness {
     backend: tokio::net::TcpStream,
     /// What the observer heard.
     seen: Seen,
-    /// Held for the relay's life (dropping it would end the shutdown watching).
-    _shutdown: watch::Sender<bool>,
     relay: JoinHandle<(RelayReport, Probe)>,
 }
 
 async fn start_tcp() -> TcpHarness {
     let ((client, relay_client), (relay_backend, backend)) = (tcp_pair().await, tcp_pair().await);
     let seen = Seen::default();
-    let probe = Probe { seen: seen.clone(), moved: None, asked: 0, pushes: Pushes::default() };
+    let probe = Probe {
+        seen: seen.clone(),
+        moved: None,
+        asked: 0,
+        pushes: Pushes::default(),
+        shutdown: ShutdownFlag::default(),
+    };
     let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let relay = tokio::spawn(relay.run(shutdown_rx, GRACE));
-    TcpHarness { client, backend, seen, _shutdown: shutdown, relay }
+    let relay = tokio::spawn(relay.run(GRACE));
+    TcpHarness { client, backend, seen, relay }
 }
 
 /// Payload bytes spliced in this process so far (other tests add to it: a lower bound only).
@@ -978,7 +1005,7 @@ fn spliced() -> u64 {
 /// the splice counter moved. (Real sockets: time is not paused here.)
 #[tokio::test]
 async fn spliced_frames_keep_their_order_and_every_byte_is_counted() {
-    let TcpHarness { mut client, mut backend, seen, _shutdown, relay } = start_tcp().await;
+    let TcpHarness { mut client, mut backend, seen, relay } = start_tcp().await;
     let before = spliced();
 
     let big: Vec<u8> = (0..(2u32 << 20)).map(|i| (i * 13 + i / 509) as u8).collect();
@@ -1049,11 +1076,16 @@ async fn expect_tcp_eof(s: &mut tokio::net::TcpStream) {
 async fn the_run_future_is_the_relay_and_a_few_words() {
     let (_a, relay_client) = tokio::io::duplex(64);
     let (_b, relay_backend) = tokio::io::duplex(64);
-    let probe = Probe { seen: Seen::default(), moved: None, asked: 0, pushes: Pushes::default() };
+    let probe = Probe {
+        seen: Seen::default(),
+        moved: None,
+        asked: 0,
+        pushes: Pushes::default(),
+        shutdown: ShutdownFlag::default(),
+    };
     let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
     let relay_size = std::mem::size_of_val(&relay);
-    let (_tx, rx) = watch::channel(false);
-    let run = relay.run(rx, GRACE);
+    let run = relay.run(GRACE);
     let run_size = std::mem::size_of_val(&run);
     eprintln!("relay {relay_size} B, run future {run_size} B");
     assert!(run_size <= relay_size + 72, "run future {run_size} B for a {relay_size} B relay");
@@ -1064,7 +1096,7 @@ async fn the_run_future_is_the_relay_and_a_few_words() {
 /// frame); the relay ends as "client gone" and counts exactly the bytes that passed.
 #[tokio::test]
 async fn a_client_ending_mid_splice_passes_every_byte_and_ends_as_gone() {
-    let TcpHarness { mut client, mut backend, _shutdown, relay, .. } = start_tcp().await;
+    let TcpHarness { mut client, mut backend, relay, .. } = start_tcp().await;
     let before = spliced();
 
     let payload: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 + i / 263) as u8).collect();
@@ -1095,7 +1127,7 @@ async fn a_client_ending_mid_splice_passes_every_byte_and_ends_as_gone() {
 /// relay ends as "backend gone" without waiting for the rest of the client's frame.
 #[tokio::test]
 async fn a_backend_gone_mid_splice_gets_the_client_1011() {
-    let TcpHarness { client, mut backend, _shutdown, relay, .. } = start_tcp().await;
+    let TcpHarness { client, mut backend, relay, .. } = start_tcp().await;
 
     let payload = vec![0x5Au8; 8 << 20];
     let frame = masked(BINARY, &payload);
@@ -1184,14 +1216,19 @@ async fn a_throttled_sender_is_charged_per_read_not_per_poll() {
     let client = Trickle::new((0..10).map(|i| masked(TEXT, format!("m{i}").as_bytes())));
     let backend = Trickle::new([]);
     let forwarded = backend.written.clone();
-    let probe = Probe { seen: Seen::default(), moved: None, asked: 0, pushes: Pushes::default() };
+    let probe = Probe {
+        seen: Seen::default(),
+        moved: None,
+        asked: 0,
+        pushes: Pushes::default(),
+        shutdown: ShutdownFlag::default(),
+    };
     let rate =
         Rate { messages: Some(Bucket { per_second: 1.0, burst: 2.0 }), bytes: None, action: RateAction::Throttle };
     let guards = Arc::new(Guards { rates: [Some(rate), None], ..Guards::default() });
     let relay =
         Relay::new([client, backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe).with_guards(&guards, 0.0);
-    let (_shutdown, shutdown_rx) = watch::channel(false);
-    let mut run = std::pin::pin!(relay.run(shutdown_rx, GRACE));
+    let mut run = std::pin::pin!(relay.run(GRACE));
     assert!(futures_util::poll!(run.as_mut()).is_pending());
     let sent = forwarded.lock().unwrap().clone();
     let one = masked(TEXT, b"m0").len();
