@@ -99,13 +99,17 @@ fn take_token(e: &mut Entry, rate: Option<NewConnRate>, now: Instant) -> Result<
     }
 }
 
-/// The key of a client address: an IPv4 address, or the /64 of an IPv6 one.
-fn ip_key(ip: IpAddr) -> u128 {
+/// The key of a client address: an IPv4 address, or the /64 of an IPv6 one. Two words rather
+/// than a `u128`: every permit holds one, and a `u128` would align the permit, and the
+/// connection's ending state around it, to 16 bytes.
+type IpKey = [u64; 2];
+
+fn ip_key(ip: IpAddr) -> IpKey {
     match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)) | (0xffff << 32),
+        IpAddr::V4(v4) => [0, u64::from(u32::from(v4)) | (0xffff << 32)],
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => ip_key(IpAddr::V4(v4)),
-            None => u128::from(v6) & !((1u128 << 64) - 1),
+            None => [(u128::from(v6) >> 64) as u64, 0],
         },
     }
 }
@@ -117,7 +121,7 @@ pub struct Caps {
     total: AtomicU64,
     /// Open connections per route name.
     routes: Mutex<HashMap<String, Arc<AtomicU64>>>,
-    ips: Mutex<Table<u128>>,
+    ips: Mutex<Table<IpKey>>,
     tenants: Mutex<Table<Arc<str>>>,
 }
 
@@ -125,7 +129,7 @@ pub struct Caps {
 pub struct Permit {
     caps: Arc<Caps>,
     route: Arc<AtomicU64>,
-    ip: Option<Option<u128>>,
+    ip: Option<Option<IpKey>>,
     tenant: Option<Option<Arc<str>>>,
 }
 

@@ -13,7 +13,6 @@ use crate::admission::caps::Permit;
 use crate::config::Limits;
 use crate::metering::live::Live;
 use crate::metering::quota::Tenant;
-use crate::metrics::Place;
 use crate::objects::registry::{Lease, ObjectHandle};
 use crate::objects::session::{self, Object};
 use crate::relay::guard::Guards;
@@ -31,10 +30,6 @@ pub struct Established {
     pub client: Stream,
     /// Bytes the client sent after its request head (scanned and served first).
     pub early: Vec<u8>,
-    /// Route name (label).
-    pub route: String,
-    /// Its pool or namespace (labels).
-    pub place: Place,
     /// Its metric handles (started counted already).
     pub metrics: crate::metrics::ConnMetrics,
     /// The route's limits (its size limits go to the scanners).
@@ -87,8 +82,7 @@ pub enum Serve {
 /// never inside it.
 struct Ending {
     gateway: Arc<Gateway>,
-    route: String,
-    place: Place,
+    /// Its entry in the live set; its identity names the route, pool or namespace (labels).
     live: Arc<Live>,
     /// The object placement (boxed: 136 bytes, and pool routes have none).
     lease: Option<Box<Lease>>,
@@ -106,28 +100,12 @@ impl Gateway {
     /// the task is the relay's future plus what ending needs: an idle connection's task holds
     /// nothing else (no copy of its arguments, no handshake state).
     pub(super) fn start(self: &Arc<Self>, c: Established, shutdown: ShutdownWatch) {
-        let Established {
-            client,
-            early,
-            route,
-            place,
-            metrics,
-            limits,
-            guards,
-            chunks,
-            live,
-            lease,
-            serve,
-            permit,
-            quota,
-        } = c;
+        let Established { client, early, metrics, limits, guards, chunks, live, lease, serve, permit, quota } = c;
         let tenant = self.metrics.tenant_labels.label(live.meter.identity().tenant.as_deref());
         self.metrics.tenant_active.with_label_values(&[&tenant]).inc();
         let grace = self.grace_period;
         let mut ending = Ending {
             gateway: self.clone(),
-            route,
-            place,
             live: live.clone(),
             lease: lease.map(Box::new),
             _permit: permit,
@@ -167,7 +145,7 @@ impl Gateway {
                         (Some(tap), cause) => tap.finish(cause).0,
                         (None, _) => {
                             tracing::warn!(
-                                route = %ending.route,
+                                route = ending.live.meter.identity().route.as_deref().unwrap_or(""),
                                 "built-in object session lost its stream; its stop record has the counts last seen"
                             );
                             RelayReport::lost(ending.live.counts())
@@ -189,9 +167,12 @@ fn lifetime_share(id: u128) -> f64 {
 impl Ending {
     /// Count a finished connection, write its stop record and release its object lease.
     fn end(self, report: &RelayReport) {
-        let Ending { gateway, route, place, live, lease, _permit, _open, _peer } = self;
-        let route = route.as_str();
-        let [pool, ns] = place.labels();
+        let Ending { gateway, live, lease, _permit, _open, _peer } = self;
+        let identity = live.meter.identity();
+        let route = identity.route.as_deref().unwrap_or("");
+        // As `Place::labels`: the pool on pool routes, the namespace on object routes.
+        let (pool, ns) =
+            (identity.pool.as_deref().unwrap_or(""), identity.object.as_ref().map_or("", |o| &*o.namespace));
         let m = &gateway.metrics;
         m.connections_total.with_label_values(&[route, pool, ns, report.outcome.as_str()]).inc();
         let tenant = m.tenant_labels.label(live.meter.identity().tenant.as_deref());
@@ -272,10 +253,15 @@ mod size_report {
                 size_of::<crate::relay::pump::Relay<super::Io, super::ConnObserver>>(),
                 776,
             ),
+            (
+                "Run<Io, ConnObserver> (the relay's future: the relay and what it waits on)",
+                size_of::<crate::relay::pump::Run<super::Io, super::ConnObserver>>(),
+                808,
+            ),
             ("  of it, ConnObserver", size_of::<super::ConnObserver>(), 72),
             ("  of it, one Io (a tokio TcpStream)", size_of::<super::Io>(), 40),
             ("  of it, one FrameScanner", size_of::<crate::relay::scanner::FrameScanner>(), 216),
-            ("Ending (beside the relay in the task)", size_of::<super::Ending>(), 192),
+            ("Ending (beside the relay in the task)", size_of::<super::Ending>(), 104),
             ("Live (the live-set entry, shared)", size_of::<crate::metering::live::Live>(), 472),
             (
                 "Identity (behind an Arc in the entry; no heap of its own but a tenant from a credential)",

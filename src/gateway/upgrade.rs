@@ -251,21 +251,8 @@ impl Gateway {
             l.connected();
         }
         let live = self.live.begin(meter);
-        let established = Established {
-            client: stream,
-            early,
-            route,
-            place,
-            metrics,
-            limits,
-            guards,
-            chunks,
-            live,
-            lease,
-            serve,
-            permit,
-            quota,
-        };
+        let established =
+            Established { client: stream, early, metrics, limits, guards, chunks, live, lease, serve, permit, quota };
         self.start(established, shutdown);
     }
 

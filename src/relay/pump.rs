@@ -352,7 +352,9 @@ pub struct Run<S, O> {
     moved: Option<Changed>,
     /// The end of the drain's grace, once shutdown began.
     drain_at: Option<Pin<Box<Sleep>>>,
-    grace: Duration,
+    /// The drain's grace, milliseconds (saturated at `u32::MAX`, 49 days: a `Duration` would
+    /// take 16 bytes of every connection's task for it).
+    grace_ms: u32,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer + Unpin> Future for Run<S, O> {
@@ -394,7 +396,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer + Unpin> Future for
                 }
             }
             if this.drain_at.is_none() && relay.observer.poll_shutdown(cx).is_ready() {
-                this.drain_at = Some(Box::pin(sleep(this.grace)));
+                this.drain_at = Some(Box::pin(sleep(Duration::from_millis(u64::from(this.grace_ms)))));
                 continue;
             }
             if let Some(t) = this.drain_at.as_mut().filter(|_| !relay.ending.shutdown) {
@@ -456,7 +458,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     /// observer says shutdown began (`Observer::poll_shutdown`), the connection gets `grace` more
     /// time and is then closed with `Close::Shutdown` on both sides.
     pub fn run(self, grace: Duration) -> Run<S, O> {
-        Run { relay: Some(self), started: false, moved: None, drain_at: None, grace }
+        let grace_ms = u32::try_from(grace.as_millis()).unwrap_or(u32::MAX);
+        Run { relay: Some(self), started: false, moved: None, drain_at: None, grace_ms }
     }
 
     /// The report and the observer, once the relay has ended (not inlined into `run`'s future).
