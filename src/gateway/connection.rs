@@ -268,7 +268,7 @@ mod size_report {
                 size_of::<crate::billing::Identity>(),
                 192,
             ),
-            ("Watch (boxed guard state, with limits on)", size_of::<crate::relay::guard::Watch>(), 344),
+            ("Watch (boxed guard state, with limits on)", size_of::<crate::relay::guard::Watch>(), 224),
             ("Guards (one per route, shared: not per connection)", size_of::<crate::relay::guard::Guards>(), 224),
             (
                 "Pingora's L4 stream (no longer held: Io::Tcp)",

@@ -150,6 +150,15 @@ struct Tokens {
     seen_bytes: u64,
 }
 
+/// One connection's rate-limit state: both directions' buckets and pauses. Boxed in `Watch` and
+/// made only when the route has a rate: rates are off by default, and an idle connection without
+/// them carries no buckets.
+#[derive(Debug)]
+struct Rates {
+    tokens: [Option<Tokens>; 2],
+    paused_until: [Option<u64>; 2],
+}
+
 /// One connection's guard state (see the module doc).
 #[derive(Debug)]
 pub struct Watch {
@@ -164,8 +173,8 @@ pub struct Watch {
     /// Tick one side's close frame was first seen while the other had not answered.
     close_since: Option<u64>,
     peers: [Peer; 2],
-    tokens: [Option<Tokens>; 2],
-    paused_until: [Option<u64>; 2],
+    /// The rate limits' state, when the route has a rate.
+    rates: Option<Box<Rates>>,
     pings_sent: u32,
     /// A close frame was seen: no more pings.
     closing: bool,
@@ -179,14 +188,17 @@ impl Watch {
             let mine = l.saturating_sub(guards.lifetime_jitter.mul_f64(share.clamp(0.0, 1.0)));
             now.saturating_add(Timers::ticks_in(mine))
         });
-        let tokens = guards.rates.map(|r| {
-            r.map(|r| Tokens {
-                messages: r.messages.map_or(0.0, |b| b.burst),
-                bytes: r.bytes.map_or(0.0, |b| b.burst),
-                at,
-                seen_messages: 0,
-                seen_bytes: 0,
-            })
+        let rates = guards.rates.iter().any(Option::is_some).then(|| {
+            let tokens = guards.rates.map(|r| {
+                r.map(|r| Tokens {
+                    messages: r.messages.map_or(0.0, |b| b.burst),
+                    bytes: r.bytes.map_or(0.0, |b| b.burst),
+                    at,
+                    seen_messages: 0,
+                    seen_bytes: 0,
+                })
+            });
+            Box::new(Rates { tokens, paused_until: [None, None] })
         });
         Watch {
             guards,
@@ -196,8 +208,7 @@ impl Watch {
             activity: 0,
             close_since: None,
             peers: [Peer { heard_at: now, ..Peer::default() }, Peer { heard_at: now, ..Peer::default() }],
-            tokens,
-            paused_until: [None, None],
+            rates,
             pings_sent: 0,
             closing: false,
         }
@@ -231,7 +242,8 @@ impl Watch {
 
     /// Debit direction `d`'s buckets with what it sent since the last call.
     pub fn charge(&mut self, d: usize, counts: &DirectionCounts, at: Instant, now: u64) -> Charge {
-        let (Some(rate), Some(t)) = (self.guards.rates.get(d).copied().flatten(), self.tokens.get_mut(d)) else {
+        let Some(state) = self.rates.as_deref_mut() else { return Charge::Ok };
+        let (Some(rate), Some(t)) = (self.guards.rates.get(d).copied().flatten(), state.tokens.get_mut(d)) else {
             return Charge::Ok;
         };
         let Some(t) = t.as_mut() else { return Charge::Ok };
@@ -259,7 +271,9 @@ impl Watch {
             RateAction::Close => Charge::Close,
             RateAction::Throttle => {
                 let until = now.saturating_add(Timers::ticks_in(Duration::from_secs_f64(wait.min(3600.0))));
-                self.paused_until[d] = Some(until);
+                if let Some(p) = state.paused_until.get_mut(d) {
+                    *p = Some(until);
+                }
                 Charge::PauseUntil(until)
             }
         }
@@ -280,7 +294,8 @@ impl Watch {
     /// Directions whose pause is over at `now` (cleared here).
     pub fn resume(&mut self, now: u64) -> [bool; 2] {
         let mut out = [false; 2];
-        for (o, p) in out.iter_mut().zip(self.paused_until.iter_mut()) {
+        let Some(state) = self.rates.as_deref_mut() else { return out };
+        for (o, p) in out.iter_mut().zip(state.paused_until.iter_mut()) {
             if p.is_some_and(|until| until <= now) {
                 *p = None;
                 *o = true;
@@ -315,7 +330,8 @@ impl Watch {
         let close = self.close_since.zip(g.close_timeout).map(|(s, t)| s.saturating_add(Timers::ticks_in(t)));
         let idle = g.idle_timeout.map(|t| self.last_active.saturating_add(Timers::ticks_in(t)));
         let peers = (0..2).flat_map(|s| [self.peers[s].answer_by, self.ping_at(s)]);
-        [close, self.lifetime_end, idle].into_iter().chain(peers).chain(self.paused_until).flatten().min()
+        let paused = self.rates.as_deref().map_or([None, None], |r| r.paused_until);
+        [close, self.lifetime_end, idle].into_iter().chain(peers).chain(paused).flatten().min()
     }
 
     /// When `side` should next be pinged: it was silent for the interval and no ping waits.
