@@ -60,8 +60,8 @@ pub struct Identity {
     pub route: Option<Name>,
     /// Pool name, when the request matched a pool route.
     pub pool: Option<Name>,
-    /// The object the connection addressed, on object routes.
-    pub object: Option<ObjectRef>,
+    /// The object the connection addressed, on object routes (boxed: pool routes have none).
+    pub object: Option<Box<ObjectRef>>,
     /// Backend address (in JSON `ip:port`), when one was picked.
     pub backend: Option<SocketAddr>,
     /// Client address (in JSON `ip:port`).

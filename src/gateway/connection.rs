@@ -266,7 +266,7 @@ mod size_report {
             (
                 "Identity (behind an Arc in the entry; no heap of its own but a tenant from a credential)",
                 size_of::<crate::billing::Identity>(),
-                192,
+                152,
             ),
             ("Watch (boxed guard state, with limits on)", size_of::<crate::relay::guard::Watch>(), 224),
             ("Guards (one per route, shared: not per connection)", size_of::<crate::relay::guard::Guards>(), 224),

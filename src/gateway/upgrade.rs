@@ -78,7 +78,7 @@ impl Gateway {
                 return self.refuse(&mut req.stream, reason, Some(&detail), &req.route, Some(&req.meter)).await;
             }
         };
-        req.meter.identity_mut().object = Some(ObjectRef { namespace: c.name.clone(), id: id.clone() });
+        req.meter.identity_mut().object = Some(Box::new(ObjectRef { namespace: c.name.clone(), id: id.clone() }));
         if !auth::object_allowed(&req.grant.objects, &id) {
             tracing::debug!(route = %req.route, namespace = %c.name, "the credential may not open this object");
             return self.reject(&mut req, RejectReason::Forbidden).await;
