@@ -144,6 +144,13 @@ struct Probe {
     shutdown: ShutdownFlag,
 }
 
+impl Probe {
+    /// A probe with no move signal, no pushes and no shutdown.
+    fn new(seen: Seen) -> Probe {
+        Probe { seen, moved: None, asked: 0, pushes: Pushes::default(), shutdown: ShutdownFlag::default() }
+    }
+}
+
 impl Observer for Probe {
     fn progress(&mut self, [c, b]: [&DirectionCounts; 2]) {
         self.seen.lock().unwrap().push([*c, *b]);
@@ -982,13 +989,7 @@ struct TcpHarness {
 async fn start_tcp() -> TcpHarness {
     let ((client, relay_client), (relay_backend, backend)) = (tcp_pair().await, tcp_pair().await);
     let seen = Seen::default();
-    let probe = Probe {
-        seen: seen.clone(),
-        moved: None,
-        asked: 0,
-        pushes: Pushes::default(),
-        shutdown: ShutdownFlag::default(),
-    };
+    let probe = Probe::new(seen.clone());
     let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
     let relay = tokio::spawn(relay.run(GRACE));
     TcpHarness { client, backend, seen, relay }
@@ -1076,13 +1077,7 @@ async fn expect_tcp_eof(s: &mut tokio::net::TcpStream) {
 async fn the_run_future_is_the_relay_and_a_few_words() {
     let (_a, relay_client) = tokio::io::duplex(64);
     let (_b, relay_backend) = tokio::io::duplex(64);
-    let probe = Probe {
-        seen: Seen::default(),
-        moved: None,
-        asked: 0,
-        pushes: Pushes::default(),
-        shutdown: ShutdownFlag::default(),
-    };
+    let probe = Probe::new(Seen::default());
     let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
     let relay_size = std::mem::size_of_val(&relay);
     let run = relay.run(GRACE);
@@ -1216,13 +1211,7 @@ async fn a_throttled_sender_is_charged_per_read_not_per_poll() {
     let client = Trickle::new((0..10).map(|i| masked(TEXT, format!("m{i}").as_bytes())));
     let backend = Trickle::new([]);
     let forwarded = backend.written.clone();
-    let probe = Probe {
-        seen: Seen::default(),
-        moved: None,
-        asked: 0,
-        pushes: Pushes::default(),
-        shutdown: ShutdownFlag::default(),
-    };
+    let probe = Probe::new(Seen::default());
     let rate =
         Rate { messages: Some(Bucket { per_second: 1.0, burst: 2.0 }), bytes: None, action: RateAction::Throttle };
     let guards = Arc::new(Guards { rates: [Some(rate), None], ..Guards::default() });
