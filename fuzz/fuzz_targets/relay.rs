@@ -101,19 +101,38 @@ fn spawn_relay(
     policies: [ScanPolicy; 2],
     early: [&[u8]; 2],
     probe: Probe,
-    shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) -> JoinHandle<(RelayReport, Probe)> {
     let relay = Relay::new(io, policies, early, probe);
-    tokio::spawn(relay.run(shutdown, grace))
+    tokio::spawn(relay.run(grace))
+}
+
+/// weir's shutdown as the observer tells the relay (as the live set does): begun, and the
+/// waker to wake when it begins.
+#[derive(Clone, Default)]
+struct ShutdownSignal(std::sync::Arc<std::sync::Mutex<(bool, Option<std::task::Waker>)>>);
+
+impl ShutdownSignal {
+    fn new(begun: bool) -> ShutdownSignal {
+        ShutdownSignal(std::sync::Arc::new(std::sync::Mutex::new((begun, None))))
+    }
+
+    fn send(&self) {
+        let mut s = self.0.lock().unwrap();
+        s.0 = true;
+        if let Some(w) = s.1.take() {
+            w.wake();
+        }
+    }
 }
 
 /// The observer: checks that the counts only grow, keeps the last ones; hands an object host's
-/// relay its move signal.
+/// relay its move signal; tells it when shutdown began.
 struct Probe {
     last: Option<[DirectionCounts; 2]>,
     moved: Option<watch::Receiver<bool>>,
     asked: u32,
+    shutdown: ShutdownSignal,
 }
 
 impl Observer for Probe {
@@ -130,6 +149,15 @@ impl Observer for Probe {
     fn object_moved(&mut self) -> Option<watch::Receiver<bool>> {
         self.asked += 1;
         self.moved.take()
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let mut s = self.shutdown.0.lock().unwrap();
+        if s.0 {
+            return std::task::Poll::Ready(());
+        }
+        s.1 = Some(cx.waker().clone());
+        std::task::Poll::Pending
     }
 }
 
@@ -447,16 +475,15 @@ struct Setup {
 async fn run(setup: Setup, mut script: Script<'_>) {
     let (client_end, relay_client) = tokio::io::duplex(setup.caps[0]);
     let (backend_end, relay_backend) = tokio::io::duplex(setup.caps[1]);
-    let (shutdown_tx, shutdown_rx) = watch::channel(setup.shutdown_at_start);
+    let shutdown = ShutdownSignal::new(setup.shutdown_at_start);
     let (moved_tx, moved_rx) = watch::channel(setup.moved_at_start);
-    let probe = Probe { last: None, moved: setup.object.then_some(moved_rx), asked: 0 };
+    let probe = Probe { last: None, moved: setup.object.then_some(moved_rx), asked: 0, shutdown: shutdown.clone() };
     let started = Instant::now();
     let relay = spawn_relay(
         [relay_client, relay_backend],
         setup.policies,
         [&setup.early[0], &setup.early[1]],
         probe,
-        shutdown_rx,
         setup.grace,
     );
     let mut peers = [Peer::new(client_end, &setup.early[0]), Peer::new(backend_end, &setup.early[1])];
@@ -486,7 +513,7 @@ async fn run(setup: Setup, mut script: Script<'_>) {
             }
             Op::Sleep(d) => tokio::time::sleep(d).await,
             Op::ShutdownSignal => {
-                let _ = shutdown_tx.send(true);
+                shutdown.send();
             }
             Op::MoveSignal => {
                 let _ = moved_tx.send(true);
@@ -541,7 +568,7 @@ async fn run(setup: Setup, mut script: Script<'_>) {
     assert!(took <= END_BOUND, "the relay took {took:?} after both peers stopped");
 
     check(&report, &probe, &peers, &vanished, &setup);
-    drop((shutdown_tx, moved_tx));
+    drop(moved_tx);
 }
 
 /// At most the first 64 bytes, for the debug output.
