@@ -68,15 +68,20 @@ pub fn with_subprotocol(mut head: Vec<u8>, entry: Option<&str>) -> Vec<u8> {
     head
 }
 
+/// In `allowed_rsv`'s answer: the bits may be set on every frame, not only a data message's
+/// first (the scanner's `RSV_ON_EVERY_FRAME`, same value; http1 imports nothing from the relay).
+pub const RSV_ON_EVERY_FRAME: u8 = 0b1000;
+
 /// RSV bits the negotiated extensions allow, from the server's `Sec-WebSocket-Extensions`:
-/// permessage-deflate allows RSV1; an extension weir does not know allows all three (weir
-/// cannot tell what it uses them for); none allows none.
+/// permessage-deflate allows RSV1 on a data message's first frame; an extension weir does not
+/// know allows all three on every frame (weir cannot tell what it uses them for, or on which
+/// frames: `RSV_ON_EVERY_FRAME`); none allows none.
 pub fn allowed_rsv(extensions: Option<&str>) -> u8 {
     let Some(ext) = extensions.filter(|e| !e.trim().is_empty()) else { return 0 };
     let names = ext.split(',').map(|e| e.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     let mut rsv = 0;
     for name in names {
-        rsv |= if name == "permessage-deflate" { 0b100 } else { 0b111 };
+        rsv |= if name == "permessage-deflate" { 0b100 } else { 0b111 | RSV_ON_EVERY_FRAME };
     }
     rsv
 }
@@ -95,7 +100,8 @@ mod tests {
     fn extensions_set_rsv_bits() {
         assert_eq!(allowed_rsv(None), 0);
         assert_eq!(allowed_rsv(Some("permessage-deflate; client_max_window_bits=15")), 0b100);
-        assert_eq!(allowed_rsv(Some("x-custom")), 0b111);
+        assert_eq!(allowed_rsv(Some("x-custom")), 0b1111);
+        assert_eq!(allowed_rsv(Some("permessage-deflate, x-webkit-deflate-frame")), 0b1111);
     }
 
     fn answer(status: u16, headers: &[(&str, &str)]) -> ResponseHead {

@@ -57,7 +57,8 @@ pub struct ScanPolicy {
     pub sender: Role,
     /// RSV bits the negotiated extensions allow on the first frame of a data message
     /// (`0b100` = RSV1 for permessage-deflate, `0` with no extension); never on control or
-    /// continuation frames.
+    /// continuation frames, unless [`RSV_ON_EVERY_FRAME`] is set too (an extension weir does not
+    /// know: it may use them on any frame).
     pub allowed_rsv: u8,
     /// Chunk sizes whose per-message counts go to [`DirectionCounts::chunked`] (slot by slot).
     pub chunks: Chunks,
@@ -68,6 +69,11 @@ pub struct ScanPolicy {
     /// takes a message over it is [`Violation::MessageTooBig`].
     pub max_message: u64,
 }
+
+/// In [`ScanPolicy::allowed_rsv`]: the allowed RSV bits may be set on every frame, control and
+/// continuation frames too (an extension weir does not know was negotiated; weir cannot tell
+/// which frames it marks, so it leaves them to the peers, as a direct connection would).
+pub const RSV_ON_EVERY_FRAME: u8 = 0b1000;
 
 impl ScanPolicy {
     /// A policy for `sender` with no extension, no chunk counting and no size limits.
@@ -414,6 +420,7 @@ impl FrameScanner {
         }
         let allowed_rsv = match header.opcode {
             Opcode::Text | Opcode::Binary => self.policy.allowed_rsv,
+            _ if self.policy.allowed_rsv & RSV_ON_EVERY_FRAME != 0 => self.policy.allowed_rsv,
             _ => 0,
         };
         if header.rsv & !allowed_rsv != 0 {

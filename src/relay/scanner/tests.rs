@@ -338,6 +338,28 @@ fn rsv1_with_permessage_deflate() {
     assert_violation(SERVER, &bytes, start, start + 2, Violation::ReservedBits);
 }
 
+/// An extension weir does not know may mark any frame: its RSV bits pass on continuation and
+/// control frames too, and the message rules still hold.
+#[test]
+fn an_unknown_extension_s_rsv_bits_pass_on_every_frame() {
+    let policy = ScanPolicy { allowed_rsv: 0b111 | super::RSV_ON_EVERY_FRAME, ..SERVER };
+    let mut bytes = frame(0x61, None, b"first");
+    bytes.extend(frame(0xD9, None, b"ping"));
+    bytes.extend(frame(0x30, None, b"middle"));
+    bytes.extend(frame(0xC0, None, b"last"));
+    bytes.extend(frame(0xF8, None, &[0x03, 0xE8]));
+    let mut s = FrameScanner::new(policy);
+    assert_eq!(s.feed(&bytes), Feed::Ok);
+    assert_eq!((s.counts().messages, s.counts().pings, s.counts().closes), (1, 1, 1));
+    assert_eq!(s.counts().largest_message_bytes, 15);
+    // Without the flag, the same bits are refused on a continuation frame.
+    let plain = ScanPolicy { allowed_rsv: 0b111, ..SERVER };
+    let mut bytes = frame(0x61, None, b"first");
+    let start = bytes.len();
+    bytes.extend(frame(0xC0, None, b"last"));
+    assert_violation(plain, &bytes, start, start + 2, Violation::ReservedBits);
+}
+
 #[test]
 fn fragmentation_rules() {
     for policy in [SERVER, CLIENT] {
@@ -928,7 +950,7 @@ proptest! {
         frames in prop::collection::vec(hostile_frame(), 0..=8),
         garbage in prop::collection::vec(any::<u8>(), 0..=4),
         client in any::<bool>(),
-        allowed_rsv in 0u8..8,
+        allowed_rsv in 0u8..16,
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..=12),
     ) {
         let policy = ScanPolicy { sender: if client { Role::Client } else { Role::Server }, allowed_rsv, chunks: Chunks::default(), max_frame: 0, max_message: 0 };
