@@ -280,3 +280,60 @@ async fn upgrade_requests_in_uncommon_but_valid_forms_are_upgraded_as_directly()
         "the target's authority, not the Host field"
     );
 }
+
+/// A backend that negotiates an extension weir does not know (`x-custom`) may set RSV bits on
+/// any frame: its continuation and control frames with RSV bits reach the client byte for byte,
+/// and the client's do too, as on a direct connection.
+#[tokio::test]
+async fn an_unknown_extension_s_rsv_bits_pass_on_every_frame_both_ways() {
+    use crate::support::backends::raw_backend;
+    use crate::support::wire::{accept_for, KEY};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let from_backend = [
+        frame(0x61, None, b"first"),
+        frame(0xD9, None, b"ping"),
+        frame(0x30, None, b"middle"),
+        frame(0xC0, None, b"last"),
+    ]
+    .concat();
+    let from_client =
+        [frame(0x51, Some(MASK), b"one"), frame(0x60, Some(MASK), b"two"), frame(0xA0, Some(MASK), b"three")].concat();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let (sent, want) = (from_backend.clone(), from_client.len());
+    let backend = raw_backend(move |mut s| {
+        let (sent, seen_tx) = (sent.clone(), seen_tx.clone());
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let head = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Extensions: x-custom\r\n\r\n", accept_for(KEY));
+            s.write_all(&[head.as_bytes(), &sent].concat()).await.unwrap();
+            let mut got = Vec::new();
+            while got.len() < want {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = seen_tx.send(got);
+        }
+    })
+    .await;
+    let weir = Weir::start(&pool_and_route("p", &[backend.addr], "/ws")).await;
+    let (mut c, head) = raw_client(weir.addr, "/ws", "Sec-WebSocket-Extensions: x-custom\r\n", b"").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(crate::support::wire::head_header(&head, "sec-websocket-extensions"), Some("x-custom"));
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.extend(c.read_frame().await.expect("a frame").raw);
+    }
+    assert_eq!(got, from_backend, "the backend's frames, byte for byte");
+    c.write(&from_client).await;
+    let seen = tokio::time::timeout(crate::support::DEADLINE, seen_rx.recv()).await.unwrap().unwrap();
+    assert_eq!(seen, from_client, "the client's frames, byte for byte");
+}
