@@ -175,7 +175,7 @@ impl Ending {
             (identity.pool.as_deref().unwrap_or(""), identity.object.as_ref().map_or("", |o| &*o.namespace));
         let m = &gateway.metrics;
         m.connections_total.with_label_values(&[route, pool, ns, report.outcome.as_str()]).inc();
-        let tenant = m.tenant_labels.label(live.meter.identity().tenant.as_deref());
+        let tenant = m.tenant_labels.label(identity.tenant.as_deref());
         m.tenant_active.with_label_values(&[&tenant]).dec();
         m.tenant_connections.with_label_values(&[&tenant]).inc();
         for (d, c) in crate::relay::Direction::BOTH.iter().zip(&report.counts) {

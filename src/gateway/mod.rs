@@ -330,7 +330,8 @@ impl Gateway {
             self.refuse(&mut stream, RejectReason::UnknownRoute, None, NO_ROUTE, record).await;
             return None;
         };
-        if let Some(names) = snap.route_names.get(route_index) {
+        let names = snap.route_names.get(route_index);
+        if let Some(names) = names {
             let identity = meter.identity_mut();
             identity.route = Some(names.route.clone());
             if names.tenant.is_some() {
@@ -377,7 +378,7 @@ impl Gateway {
             self.reject(&mut req, RejectReason::DescriptorsExhausted).await;
             return None;
         }
-        if let Some(pool) = snap.route_names.get(route_index).and_then(|n| n.pool.clone()) {
+        if let Some(pool) = names.and_then(|n| n.pool.clone()) {
             req.meter.identity_mut().pool = Some(pool);
         }
         match route.target {

@@ -133,17 +133,15 @@ impl Snapshot {
         let (objects, kept_namespaces) =
             Objects::build(&config, &parts.usage, &parts.metrics, &parts.runner, previous.map(|p| &*p.objects))?;
         let chunks = crate::billing::units::chunks(&config.billing_units);
-        let route_handles =
-            routes.iter().map(|r| parts.metrics.route_handles(&r.name, &place(&config, &objects, r))).collect();
+        let places: Vec<Place> = routes.iter().map(|r| place(&config, &objects, r)).collect();
+        let route_handles = routes.iter().zip(&places).map(|(r, p)| parts.metrics.route_handles(&r.name, p)).collect();
         let route_guards = routes.iter().map(|r| Arc::new(guards(&r.limits))).collect();
         let route_names = routes
             .iter()
-            .map(|r| RouteNames {
+            .zip(&places)
+            .map(|(r, p)| RouteNames {
                 route: Name::from(r.name.as_str()),
-                pool: match r.target {
-                    Target::Pool(i) => config.pools.get(i).map(|p| Name::from(p.name.as_str())),
-                    Target::Object(_) => None,
-                },
+                pool: (!p.pool.is_empty()).then(|| Name::from(p.pool.as_str())),
                 tenant: r.tenant.as_deref().map(Name::from),
             })
             .collect();

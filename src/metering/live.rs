@@ -157,12 +157,8 @@ impl Live {
     /// The relay's side: `Ready` with the order once one was given (registers the waker
     /// otherwise; one atomic load and a waker registration when none is pending).
     pub fn poll_stop(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Stop> {
-        use std::sync::atomic::Ordering::Acquire;
-        if !self.stop_pending.load(Acquire) {
-            self.stop_waker.register(cx.waker());
-            if !self.stop_pending.load(Acquire) {
-                return std::task::Poll::Pending;
-            }
+        if !self.raised(&self.stop_pending, cx) {
+            return std::task::Poll::Pending;
         }
         match lock(&self.state).stop.take() {
             Some(stop) => std::task::Poll::Ready(*stop),
@@ -173,16 +169,23 @@ impl Live {
     /// The relay's side: `Ready` once weir began to shut down (registers the waker otherwise;
     /// one atomic load and a waker registration before).
     pub fn poll_shutdown(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        use std::sync::atomic::Ordering::Acquire;
-        if self.shutdown.load(Acquire) {
-            return std::task::Poll::Ready(());
-        }
-        self.stop_waker.register(cx.waker());
-        if self.shutdown.load(Acquire) {
+        if self.raised(&self.shutdown, cx) {
             std::task::Poll::Ready(())
         } else {
             std::task::Poll::Pending
         }
+    }
+
+    /// Whether `flag` (an order, pushes, shutdown) is set; when it is not, the relay's waker is
+    /// registered first and the flag read again, so a setter that wakes after storing it is never
+    /// missed.
+    fn raised(&self, flag: &std::sync::atomic::AtomicBool, cx: &mut std::task::Context<'_>) -> bool {
+        use std::sync::atomic::Ordering::Acquire;
+        if flag.load(Acquire) {
+            return true;
+        }
+        self.stop_waker.register(cx.waker());
+        flag.load(Acquire)
     }
 
     /// Tell the connection weir began to shut down (its relay then runs out its grace period).
@@ -227,12 +230,9 @@ impl Live {
     /// weir's own traffic (`gateway`); built-in objects write them through their tap, which
     /// counts them as the object's.
     pub fn poll_pushes(&self, cx: &mut std::task::Context<'_>, count: bool) -> std::task::Poll<Vec<Push>> {
-        use std::sync::atomic::Ordering::{Acquire, Release};
-        if !self.push_pending.load(Acquire) {
-            self.stop_waker.register(cx.waker());
-            if !self.push_pending.load(Acquire) {
-                return std::task::Poll::Pending;
-            }
+        use std::sync::atomic::Ordering::Release;
+        if !self.raised(&self.push_pending, cx) {
+            return std::task::Poll::Pending;
         }
         let mut s = lock(&self.state);
         self.push_pending.store(false, Release);
@@ -633,15 +633,17 @@ impl BackgroundService for Sweeper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut told = false;
         loop {
-            let second = Instant::now() + Duration::from_secs(1);
-            let wake = self.set.next_due().map_or(second, |due| due.min(second));
             if !told && *shutdown.borrow() {
                 told = true;
                 self.set.begin_shutdown();
             }
-            if !told {
+            let second = Instant::now() + Duration::from_secs(1);
+            let wake = tokio::time::sleep_until(self.set.next_due().map_or(second, |due| due.min(second)).into());
+            if told {
+                wake.await;
+            } else {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(wake.into()) => {}
+                    _ = wake => {}
                     changed = shutdown.changed() => {
                         if changed.is_err() {
                             // The signal's sender is gone: the server is ending anyway.
@@ -651,8 +653,6 @@ impl BackgroundService for Sweeper {
                         continue;
                     }
                 }
-            } else {
-                tokio::time::sleep_until(wake.into()).await;
             }
             let set = self.set.clone();
             // Records are written with a blocking write(2) each: off the runtime thread.

@@ -78,11 +78,6 @@ impl Meter {
         self.identity.client_addr
     }
 
-    /// When metering started (wall clock: for records' timestamps only).
-    pub fn started_wall(&self) -> SystemTime {
-        self.identity.started_at
-    }
-
     /// When metering started (monotonic).
     pub fn started(&self) -> Instant {
         self.started
