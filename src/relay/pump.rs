@@ -12,7 +12,10 @@
 //! without a close frame, the other side gets one (`Close::BackendGone` toward the client,
 //! `Close::ClientGone` toward the backend) if its stream is at a frame boundary, its write half
 //! is shut down, and the connection ends when both sides have finished or `LINGER` after the
-//! first end, whichever comes first. Gateway frames are never counted as relayed traffic.
+//! first end, whichever comes first. A side that ends after the closing handshake (both close
+//! frames through) ends the other side with it: neither may send anything more, so both sockets
+//! are closed once what is queued is written, with no shutdown(2) and no wait for the other end
+//! (`after_closing_handshake`). Gateway frames are never counted as relayed traffic.
 //!
 //! A relay to an object host gets a move signal from its observer (`Observer::object_moved`):
 //! when it turns true, both sides get `Close::ObjectMoved` (1012) and the host is still read (its
@@ -156,14 +159,18 @@ impl Half {
         }
     }
 
-    fn finished(&self) -> bool {
+    /// Its source is done and nothing is left to write to `dst`.
+    fn quiet(&self) -> bool {
         self.src_done
             && self.pending.is_none()
             && self.inject.is_none()
             && self.ping.is_none()
             && self.push.is_none()
             && self.pipe.as_ref().is_none_or(|p| p.held() == 0)
-            && (self.dst_shut || self.dst_dead)
+    }
+
+    fn finished(&self) -> bool {
+        self.quiet() && (self.dst_shut || self.dst_dead)
     }
 
     /// Queue weir's ping with `payload` for `dst` if its stream is at a frame boundary and it
@@ -576,9 +583,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         if h.src_done {
             if !h.dst_shut && !h.dst_dead {
                 // The connection's last act on a plain TCP socket whose peer already ended its
-                // side (the other half is finished): the close(2) right after sends the same FIN,
-                // so the shutdown(2) is skipped. TLS streams always shut down (close_notify).
-                let last = self.halves[t].finished() && self.io[t].tcp().is_some();
+                // side (the other half has nothing more to read or write): the close(2) right
+                // after sends the same FIN, so the shutdown(2) is skipped. TLS streams always shut
+                // down (close_notify).
+                let last = self.halves[t].quiet() && self.io[t].tcp().is_some();
                 if last || Pin::new(&mut self.io[t]).poll_shutdown(cx).is_ready() {
                     self.halves[s].dst_shut = true;
                     *progress = true;
@@ -855,8 +863,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             if h.inject_close(close, d == Direction::ClientToBackend) {
                 self.ending.injected_code.get_or_insert(close.code());
             }
+        } else if !error {
+            self.after_closing_handshake(d);
         }
         self.side_ended(d.index(), error);
+    }
+
+    /// The sender of `d` ended its stream after its close frame. If the other sender's close
+    /// frame is through as well, the closing handshake is over: nothing either may still send
+    /// is for anyone (RFC 6455 §5.5.1), so the other sender is read no more either, and both
+    /// sockets are closed once what is queued for them is written. This is what a direct peer
+    /// does after the handshake (the server closes its TCP connection, §7.1.1), without the
+    /// shutdown(2) of the other side and the wait for its end that relaying the end alone takes.
+    fn after_closing_handshake(&mut self, d: Direction) {
+        let other = &mut self.halves[1 - d.index()];
+        if !other.src_done && other.scanner.close().is_some() && other.scanner.at_frame_boundary() {
+            other.src_done = true;
+        }
     }
 
     /// Note that `side` ended (its read ended or a write to it failed) and start the linger.

@@ -241,11 +241,7 @@ impl FrameScanner {
                 if let Err(violation) = self.read_close_code(rest) {
                     return self.fail(violation, None);
                 }
-                let take = usize::try_from(self.remaining).map_or(rest.len(), |r| r.min(rest.len()));
-                let take64 = u64::try_from(take).unwrap_or(u64::MAX);
-                self.remaining = self.remaining.saturating_sub(take64);
-                self.counts.payload_bytes = self.counts.payload_bytes.saturating_add(take64);
-                pos += take;
+                pos += self.take_payload(rest);
                 continue;
             }
             let frame_start = (self.hdr_len == 0).then_some(pos);
@@ -255,8 +251,14 @@ impl FrameScanner {
             };
             pos += used;
             if let Some(header) = header {
-                if let Err(violation) = self.accept(&header, chunk.get(pos..).unwrap_or_default()) {
+                let after = chunk.get(pos..).unwrap_or_default();
+                if let Err(violation) = self.accept(&header, after) {
                     return self.fail(violation, frame_start);
+                }
+                if self.code == CloseCode::Idle {
+                    // The frame's payload in this chunk, counted in the same pass (no close code
+                    // is left to read from it).
+                    pos += self.take_payload(after);
                 }
             }
         }
@@ -335,6 +337,16 @@ impl FrameScanner {
         self.violation = Some(violation);
         self.violation_at_boundary = frame_start.is_some();
         Feed::Violation { valid_up_to, violation }
+    }
+
+    /// Counts what `rest` holds of the current frame's payload as fed; returns how many bytes.
+    #[inline(always)]
+    fn take_payload(&mut self, rest: &[u8]) -> usize {
+        let take = usize::try_from(self.remaining).map_or(rest.len(), |r| r.min(rest.len()));
+        let take64 = u64::try_from(take).unwrap_or(u64::MAX);
+        self.remaining = self.remaining.saturating_sub(take64);
+        self.counts.payload_bytes = self.counts.payload_bytes.saturating_add(take64);
+        take
     }
 
     /// Adds `len` forwarded bytes to the wire counter.
@@ -487,6 +499,7 @@ impl FrameScanner {
     }
 
     /// Counts a completed data message of `len` payload bytes whose first frame had opcode `kind`.
+    #[inline(always)]
     fn finish_message(&mut self, kind: Opcode, len: u64) {
         let c = &mut self.counts;
         c.messages = c.messages.saturating_add(1);

@@ -340,6 +340,51 @@ async fn bytes_flow_both_ways_unchanged_and_a_close_handshake_completes() {
     assert_eq!(report.counts, [to_backend.counts(), to_client.counts()]);
 }
 
+/// After the closing handshake the backend ends its TCP connection, as a server does: the relay
+/// ends both sides at once instead of waiting for the client's own end (which this client never
+/// sends) until `LINGER`.
+#[tokio::test(start_paused = true)]
+async fn after_the_closing_handshake_the_backends_end_ends_both_sides_at_once() {
+    let mut h = start(Setup::default()).await;
+    let cc = client_close(1000);
+    h.client.write_all(&cc).await.unwrap();
+    assert_eq!(read_n(&mut h.backend, cc.len()).await, cc);
+    let bc = backend_close(1000);
+    h.backend.write_all(&bc).await.unwrap();
+    h.backend.shutdown().await.unwrap();
+    assert_eq!(read_to_eof(&mut h.client).await, bc);
+    expect_eof(&mut h.backend).await;
+
+    let (report, _, took) = h.finish().await;
+    assert!(took < LINGER, "the relay waited for the client's end: {took:?}");
+    assert_eq!(ending(&report), (Outcome::Completed, Party::Client, Some(1000), true));
+}
+
+/// A side that ends before the closing handshake is over still leaves the other side its time:
+/// the backend answers the client's close and ends, and the client, whose close is only half
+/// through, is read on until it has sent the rest.
+#[tokio::test(start_paused = true)]
+async fn a_close_frame_still_arriving_is_read_to_its_end() {
+    let mut h = start(Setup::default()).await;
+    let cc = masked(CLOSE, &[&1000u16.to_be_bytes()[..], b"bye now"].concat());
+    let (head, tail) = cc.split_at(9);
+    h.client.write_all(head).await.unwrap();
+    assert_eq!(read_n(&mut h.backend, head.len()).await, head);
+    let bc = backend_close(1000);
+    h.backend.write_all(&bc).await.unwrap();
+    h.backend.shutdown().await.unwrap();
+    assert_eq!(read_to_eof(&mut h.client).await, bc);
+    h.client.write_all(tail).await.unwrap();
+    assert_eq!(read_n(&mut h.backend, tail.len()).await, tail);
+    h.client.shutdown().await.unwrap();
+    expect_eof(&mut h.backend).await;
+
+    let (report, _, took) = h.finish().await;
+    assert!(took < LINGER, "{took:?}");
+    assert_eq!(ending(&report), (Outcome::Completed, Party::Client, Some(1000), true));
+    assert_eq!(report.counts[0].wire_bytes, cc.len() as u64);
+}
+
 #[tokio::test(start_paused = true)]
 async fn early_bytes_go_out_first_and_are_counted() {
     // The client's early bytes end in the middle of a frame's header: the rest of that frame is
