@@ -274,6 +274,19 @@ async fn expect_eof(s: &mut DuplexStream) {
     assert_eq!(read_to_eof(s).await, b"", "expected EOF and no more bytes");
 }
 
+/// The client sends close 1000, the backend answers with its own and ends its TCP connection;
+/// the client gets the answer and then EOF. Returns the two close frames (client's, backend's).
+async fn close_then_backend_ends(h: &mut Harness) -> (Vec<u8>, Vec<u8>) {
+    let cc = client_close(1000);
+    h.client.write_all(&cc).await.unwrap();
+    assert_eq!(read_n(&mut h.backend, cc.len()).await, cc);
+    let bc = backend_close(1000);
+    h.backend.write_all(&bc).await.unwrap();
+    h.backend.shutdown().await.unwrap();
+    assert_eq!(read_to_eof(&mut h.client).await, bc);
+    (cc, bc)
+}
+
 /// `elapsed` is `timer` (virtual time jumps straight to a timer's deadline, up to rounding).
 fn near(elapsed: Duration, timer: Duration) -> bool {
     elapsed >= timer && elapsed < timer + Duration::from_millis(10)
@@ -303,13 +316,7 @@ async fn bytes_flow_both_ways_unchanged_and_a_close_handshake_completes() {
 
     // The client starts the close, the backend answers and (as a server does) ends the TCP
     // connection first; the client then ends its own.
-    let cc = client_close(1000);
-    h.client.write_all(&cc).await.unwrap();
-    assert_eq!(read_n(&mut h.backend, cc.len()).await, cc);
-    let bc = backend_close(1000);
-    h.backend.write_all(&bc).await.unwrap();
-    h.backend.shutdown().await.unwrap();
-    assert_eq!(read_to_eof(&mut h.client).await, bc);
+    let (cc, bc) = close_then_backend_ends(&mut h).await;
     h.client.shutdown().await.unwrap();
     expect_eof(&mut h.backend).await;
 
@@ -346,13 +353,7 @@ async fn bytes_flow_both_ways_unchanged_and_a_close_handshake_completes() {
 #[tokio::test(start_paused = true)]
 async fn after_the_closing_handshake_the_backends_end_ends_both_sides_at_once() {
     let mut h = start(Setup::default()).await;
-    let cc = client_close(1000);
-    h.client.write_all(&cc).await.unwrap();
-    assert_eq!(read_n(&mut h.backend, cc.len()).await, cc);
-    let bc = backend_close(1000);
-    h.backend.write_all(&bc).await.unwrap();
-    h.backend.shutdown().await.unwrap();
-    assert_eq!(read_to_eof(&mut h.client).await, bc);
+    close_then_backend_ends(&mut h).await;
     expect_eof(&mut h.backend).await;
 
     let (report, _, took) = h.finish().await;
@@ -408,13 +409,7 @@ async fn early_bytes_go_out_first_and_are_counted() {
     let to_client = [&x[..], &y].concat();
     assert_eq!(read_n(&mut h.client, to_client.len()).await, to_client);
 
-    let cc = client_close(1000);
-    h.client.write_all(&cc).await.unwrap();
-    assert_eq!(read_n(&mut h.backend, cc.len()).await, cc);
-    let bc = backend_close(1000);
-    h.backend.write_all(&bc).await.unwrap();
-    h.backend.shutdown().await.unwrap();
-    assert_eq!(read_to_eof(&mut h.client).await, bc);
+    let (cc, bc) = close_then_backend_ends(&mut h).await;
     h.client.shutdown().await.unwrap();
     expect_eof(&mut h.backend).await;
 
@@ -704,13 +699,7 @@ async fn a_slow_backend_stops_the_relay_reading_the_client() {
     wrote.unwrap();
     assert!(got.unwrap() == wire, "the backend received other bytes than the client sent");
 
-    let cc = client_close(1000);
-    h.client.write_all(&cc).await.unwrap();
-    assert_eq!(read_n(&mut h.backend, cc.len()).await, cc);
-    let bc = backend_close(1000);
-    h.backend.write_all(&bc).await.unwrap();
-    h.backend.shutdown().await.unwrap();
-    assert_eq!(read_to_eof(&mut h.client).await, bc);
+    let (cc, bc) = close_then_backend_ends(&mut h).await;
     h.client.shutdown().await.unwrap();
     expect_eof(&mut h.backend).await;
 
