@@ -9,13 +9,17 @@
 //!     [--only direct,weir,floor,nginx,haproxy]
 //!     [--scenarios small,bulk,huge,handshake,latency,idle,keepalive,idle-echo,idle-room,idle-builtin]
 //!     [--weir-bin PATH]
-//!     [--baseline-bin PATH]
+//!     [--baseline-bin PATH] [--runs N]
 //!     [--nginx-bin PATH] [--haproxy-bin PATH]
 //! ```
 //!
 //! The table goes to stdout, progress to stderr. `--quick` is a smoke test (at most 1 s per
 //! throughput scenario, 1 000 idle relayed connections, a 3 s keepalive window, 500 idle
-//! connections to each built-in); without it a full run takes a few minutes.
+//! connections to each built-in); without it a full run takes a few minutes. `--runs N` repeats
+//! every scenario N times (its targets in turn within each repetition): each cell is the best of
+//! the N, and with `--baseline-bin` a second table gives, per row, the median and range of the
+//! N `weir / baseline` ratios, each taken within one repetition (on a noisy shared host the
+//! paired ratio moves far less than either figure).
 //! The exit status is 0 whenever the benchmark ran, whether or not weir meets its targets
 //! (this is a report, not a test); it is non-zero only if something failed.
 //!
@@ -228,6 +232,13 @@ struct Cli {
     /// 3 s window) and 500 to each built-in.
     #[arg(long)]
     quick: bool,
+
+    /// Repetitions of every scenario, its targets run in turn within each (a noisy host's drift
+    /// then hits every column alike). Each cell is the best of the repetitions (highest rate,
+    /// lowest CPU, memory and latency), and with `--baseline-bin` the median of the repetitions'
+    /// `weir / baseline` ratios is printed too: the before/after figure that noise moves least.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    runs: u32,
 
     /// The weir binary [default: `weir` in the directory of this executable].
     #[arg(long, value_name = "PATH")]
@@ -660,6 +671,8 @@ struct Ctx {
     tmp: TempDir,
     clk_tck: f64,
     params: Params,
+    /// `--runs`: repetitions of every scenario; a cell is the best of them.
+    runs: u32,
     next_tag: AtomicU32,
 }
 
@@ -745,6 +758,7 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
         tmp: TempDir::new().context("creating a temporary directory")?,
         clk_tck: clk_tck as f64,
         params,
+        runs: cli.runs,
         next_tag: AtomicU32::new(0),
     };
     eprintln!(
@@ -763,30 +777,51 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
             .filter(|t| targets.contains(t))
             .collect();
     let mut results: BTreeMap<(Row, Target), Cell> = BTreeMap::new();
+    // Per row, `weir / baseline` of each repetition in which both were measured.
+    let mut paired: BTreeMap<Row, Vec<f64>> = BTreeMap::new();
     let mut failures = 0usize;
     for &scenario in &scenarios {
-        for &target in &run_order {
-            if !scenario.runs_on(target) {
-                continue;
-            }
-            let label = format!("{}/{}", scenario.name(), target.name());
-            eprintln!("[{label}] {}", ctx.params.describe(scenario));
-            let backstop = backstop(&ctx.params, scenario);
-            let outcome = match timeout(backstop, run_one(&ctx, scenario, target, &label)).await {
-                Ok(r) => r,
-                Err(_) => Err(anyhow!("scenario exceeded its overall limit of {backstop:?}")),
-            };
-            match outcome {
-                Ok(values) => {
-                    for (row, v) in values {
-                        results.insert((row, target), Ok(v));
+        for run in 1..=ctx.runs {
+            let mut this_run: BTreeMap<(Row, Target), f64> = BTreeMap::new();
+            for &target in &run_order {
+                if !scenario.runs_on(target) {
+                    continue;
+                }
+                let label = match ctx.runs {
+                    1 => format!("{}/{}", scenario.name(), target.name()),
+                    n => format!("{}/{} run {run}/{n}", scenario.name(), target.name()),
+                };
+                eprintln!("[{label}] {}", ctx.params.describe(scenario));
+                let backstop = backstop(&ctx.params, scenario);
+                let outcome = match timeout(backstop, run_one(&ctx, scenario, target, &label)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(anyhow!("scenario exceeded its overall limit of {backstop:?}")),
+                };
+                match outcome {
+                    Ok(values) => {
+                        for (row, v) in values {
+                            this_run.insert((row, target), v);
+                            let best = match results.get(&(row, target)) {
+                                Some(Ok(old)) => row.better(*old, v),
+                                _ => v,
+                            };
+                            results.insert((row, target), Ok(best));
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        eprintln!("[{label}] error: {e:#}");
+                        for row in scenario.rows() {
+                            results.entry((row, target)).or_insert_with(|| Err(format!("{e:#}")));
+                        }
                     }
                 }
-                Err(e) => {
-                    failures += 1;
-                    eprintln!("[{label}] error: {e:#}");
-                    for row in scenario.rows() {
-                        results.insert((row, target), Err(format!("{e:#}")));
+            }
+            for row in scenario.rows() {
+                if let (Some(w), Some(b)) = (this_run.get(&(row, Target::Weir)), this_run.get(&(row, Target::Baseline)))
+                {
+                    if *b != 0.0 {
+                        paired.entry(row).or_default().push(w / b);
                     }
                 }
             }
@@ -794,6 +829,9 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
     }
 
     print!("{}", report(&ctx, &targets, &scenarios, &results));
+    if ctx.runs > 1 {
+        print!("{}", paired_report(&ctx.params, ctx.runs, &paired));
+    }
     if failures > 0 {
         ctx.tmp.keep();
         eprintln!(
@@ -2288,6 +2326,26 @@ impl Row {
         }
     }
 
+    /// The better of two measurements of this row: the higher rate, else the lower figure (CPU,
+    /// memory, latency); keepalive's informational counts keep the higher.
+    fn better(self, a: f64, b: f64) -> f64 {
+        let higher = matches!(
+            self,
+            Row::SmallRate
+                | Row::BulkRate
+                | Row::HugeRate
+                | Row::Handshakes
+                | Row::KeepalivePingRate
+                | Row::KeepalivePings
+                | Row::KeepalivePongs
+        );
+        if higher == (b > a) {
+            b
+        } else {
+            a
+        }
+    }
+
     /// Whether the figure is read from the measured process (echo server for `direct`).
     fn per_process(self) -> bool {
         matches!(
@@ -2329,6 +2387,9 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
     let _ = writeln!(out);
     for &s in scenarios {
         let _ = writeln!(out, "- {}: {}", s.name(), ctx.params.describe(s));
+    }
+    if ctx.runs > 1 {
+        let _ = writeln!(out, "- each cell: the best of {} runs, the targets in turn within each", ctx.runs);
     }
     let _ = writeln!(out);
     // Columns: direct, weir, floor, weir / floor, then each other target measured with weir's
@@ -2526,6 +2587,34 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
         .collect();
     if !builtins.is_empty() {
         let _ = writeln!(out, "- idle cost of weir's built-in endpoints (no target): {}", builtins.join(", "));
+    }
+    out
+}
+
+/// The `--runs` summary: per row, the median of the repetitions' `weir / baseline` ratios, with
+/// their range and count.
+fn paired_report(p: &Params, runs: u32, paired: &BTreeMap<Row, Vec<f64>>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if paired.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\nweir / baseline in each of {runs} runs (median, range, runs with both measured):\n");
+    let _ = writeln!(out, "| scenario | metric | median | lowest | highest | runs |");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+    for (row, ratios) in paired {
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {median:.3} | {:.3} | {:.3} | {n} |",
+            row.scenario(),
+            row.metric(p),
+            sorted[0],
+            sorted[n - 1]
+        );
     }
     out
 }
