@@ -111,10 +111,10 @@ const END_TO_END: [&str; 8] = [
 
 /// True for headers that describe one connection only (RFC 9110 §7.6.1): the fixed ones, and
 /// those the client named in `Connection` unless they are `END_TO_END`.
-fn hop_by_hop(name: &str, nominated: &[String]) -> bool {
+fn hop_by_hop(name: &str, nominated: &[&[u8]]) -> bool {
     const FIXED: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"];
     FIXED.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || (nominated.iter().any(|n| name.eq_ignore_ascii_case(n))
+        || (nominated.iter().any(|n| name.as_bytes().eq_ignore_ascii_case(n))
             && !END_TO_END.iter().any(|h| name.eq_ignore_ascii_case(h)))
 }
 
@@ -165,15 +165,24 @@ pub fn upgrade_request(
     tenant: Option<&str>,
     object: Option<ObjectTarget<'_>>,
 ) -> Vec<u8> {
-    let nominated: Vec<String> = head
+    use std::io::Write as _;
+    // The tokens the client named in `Connection`, borrowed from its head.
+    let nominated: Vec<&[u8]> = head
         .headers
         .all("connection")
-        .flat_map(|v| String::from_utf8_lossy(v).split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+        .flat_map(|v| v.split(|&b| b == b',').map(<[u8]>::trim_ascii))
         .filter(|t| !t.is_empty())
         .collect();
     let mut out = Vec::with_capacity(head.head_len + 160);
-    let target = object.map_or_else(|| head.target.clone(), |o| o.rewrite(&head.target));
-    out.extend_from_slice(format!("{} {target} HTTP/1.1\r\n", head.method).as_bytes());
+    // Writing into a `Vec` cannot fail.
+    match object {
+        Some(o) => {
+            let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method, o.rewrite(&head.target));
+        }
+        None => {
+            let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method, head.target);
+        }
+    }
     for (name, value) in head.headers.iter() {
         if hop_by_hop(name, &nominated) || forged(name) {
             continue;
@@ -185,20 +194,16 @@ pub fn upgrade_request(
     }
     out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
     if let Some(ip) = client_ip {
-        out.extend_from_slice(format!("X-Forwarded-For: {ip}\r\nX-Real-IP: {ip}\r\n").as_bytes());
+        let _ = write!(out, "X-Forwarded-For: {ip}\r\nX-Real-IP: {ip}\r\n");
     }
     let proto = if tls { "https" } else { "http" };
-    out.extend_from_slice(
-        format!("X-Forwarded-Proto: {proto}\r\nX-Weir-Connection-Id: {connection_id}\r\n").as_bytes(),
-    );
+    let _ = write!(out, "X-Forwarded-Proto: {proto}\r\nX-Weir-Connection-Id: {connection_id}\r\n");
     if let Some(t) = tenant.filter(|t| t.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))) {
-        out.extend_from_slice(format!("X-Weir-Tenant: {t}\r\n").as_bytes());
+        let _ = write!(out, "X-Weir-Tenant: {t}\r\n");
     }
     if let Some(o) = object {
         // Ids pass the namespace's `allowed` set (printable ASCII), so they are valid header values.
-        out.extend_from_slice(
-            format!("X-Weir-Object-Namespace: {}\r\nX-Weir-Object-Id: {}\r\n", o.namespace, o.id).as_bytes(),
-        );
+        let _ = write!(out, "X-Weir-Object-Namespace: {}\r\nX-Weir-Object-Id: {}\r\n", o.namespace, o.id);
     }
     out.extend_from_slice(b"\r\n");
     out
