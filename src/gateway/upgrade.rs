@@ -16,9 +16,6 @@ use crate::admission::auth;
 use crate::billing::ObjectRef;
 use crate::cluster::{peer, Claim, ClaimError, Cluster};
 use crate::http1::upgrade::{accept_key, allowed_rsv, check_answer, switching_protocols, with_subprotocol, Answer};
-
-// http1 (a leaf) and the relay name the "on every frame" RSV flag each for itself.
-const _: () = assert!(crate::http1::upgrade::RSV_ON_EVERY_FRAME == crate::relay::scanner::RSV_ON_EVERY_FRAME);
 use crate::metering::{Meter, Rejection};
 use crate::objects::registry::{Lease, PlaceError};
 use crate::objects::room::Join;
@@ -28,6 +25,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
+
+// http1 (a leaf) and the relay name the "on every frame" RSV flag each for itself.
+const _: () = assert!(crate::http1::upgrade::RSV_ON_EVERY_FRAME == crate::relay::scanner::RSV_ON_EVERY_FRAME);
 
 /// What serves an upgrade: a route's target.
 #[derive(Clone, Copy)]

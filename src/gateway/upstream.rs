@@ -174,15 +174,9 @@ pub fn upgrade_request(
         .filter(|t| !t.is_empty())
         .collect();
     let mut out = Vec::with_capacity(head.head_len + 160);
+    let target = object.map_or(std::borrow::Cow::Borrowed(head.target.as_str()), |o| o.rewrite(&head.target).into());
     // Writing into a `Vec` cannot fail.
-    match object {
-        Some(o) => {
-            let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method, o.rewrite(&head.target));
-        }
-        None => {
-            let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method, head.target);
-        }
-    }
+    let _ = write!(out, "{} {target} HTTP/1.1\r\n", head.method);
     for (name, value) in head.headers.iter() {
         if hop_by_hop(name, &nominated) || forged(name) {
             continue;
