@@ -40,8 +40,7 @@
 //!   more than it read plus one close frame;
 //! - a reported violation is the first one in what its sender wrote; a connection closed for a
 //!   size limit had a sender whose first violation is that limit;
-//! - the observer's counts only grow, its last ones are the report's, `object_moved` is asked
-//!   once; `clean` implies `Completed`, a violation means `ProtocolError`.
+//! - the observer's counts only grow, its last ones are the report's; `clean` implies `Completed`, a violation means `ProtocolError`.
 
 #![no_main]
 
@@ -102,9 +101,10 @@ fn spawn_relay(
     early: [&[u8]; 2],
     probe: Probe,
     grace: Duration,
+    moved: Option<watch::Receiver<bool>>,
 ) -> JoinHandle<(RelayReport, Probe)> {
     let relay = Relay::new(io, policies, early, probe);
-    tokio::spawn(relay.run(grace))
+    tokio::spawn(relay.run(grace, moved))
 }
 
 /// weir's shutdown as the observer tells the relay (as the live set does): begun, and the
@@ -126,12 +126,10 @@ impl ShutdownSignal {
     }
 }
 
-/// The observer: checks that the counts only grow, keeps the last ones; hands an object host's
-/// relay its move signal; tells it when shutdown began.
+/// The observer: checks that the counts only grow, keeps the last ones; tells the relay when
+/// shutdown began.
 struct Probe {
     last: Option<[DirectionCounts; 2]>,
-    moved: Option<watch::Receiver<bool>>,
-    asked: u32,
     shutdown: ShutdownSignal,
 }
 
@@ -144,11 +142,6 @@ impl Observer for Probe {
             }
         }
         self.last = Some(now);
-    }
-
-    fn object_moved(&mut self) -> Option<watch::Receiver<bool>> {
-        self.asked += 1;
-        self.moved.take()
     }
 
     fn poll_shutdown(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
@@ -477,7 +470,7 @@ async fn run(setup: Setup, mut script: Script<'_>) {
     let (backend_end, relay_backend) = tokio::io::duplex(setup.caps[1]);
     let shutdown = ShutdownSignal::new(setup.shutdown_at_start);
     let (moved_tx, moved_rx) = watch::channel(setup.moved_at_start);
-    let probe = Probe { last: None, moved: setup.object.then_some(moved_rx), asked: 0, shutdown: shutdown.clone() };
+    let probe = Probe { last: None, shutdown: shutdown.clone() };
     let started = Instant::now();
     let relay = spawn_relay(
         [relay_client, relay_backend],
@@ -485,6 +478,7 @@ async fn run(setup: Setup, mut script: Script<'_>) {
         [&setup.early[0], &setup.early[1]],
         probe,
         setup.grace,
+        setup.object.then_some(moved_rx),
     );
     let mut peers = [Peer::new(client_end, &setup.early[0]), Peer::new(backend_end, &setup.early[1])];
     let budget = if setup.caps.iter().any(|&c| c < SMALL_PIPE) { SMALL_PIPE_BUDGET } else { FRAME_BUDGET };
@@ -584,7 +578,6 @@ fn scan(policy: ScanPolicy, bytes: &[u8]) -> FrameScanner {
 }
 
 fn check(report: &RelayReport, probe: &Probe, peers: &[Peer; 2], vanished: &[bool; 2], setup: &Setup) {
-    assert_eq!(probe.asked, 1, "object_moved is asked once");
     assert_eq!(probe.last.as_ref(), Some(&report.counts), "the observer's last counts are the report's");
     assert_eq!(report.violation.is_some(), report.outcome == Outcome::ProtocolError, "{report:?}");
     if report.clean {

@@ -78,16 +78,15 @@ pub enum Serve {
     },
 }
 
-/// What ending a connection needs once it has run: kept beside the running relay (or session),
-/// never inside it.
+/// What ending a connection needs once it has run, besides its live-set entry (which the
+/// observer holds): kept beside the running relay (or session), never inside it.
 struct Ending {
     gateway: Arc<Gateway>,
-    /// Its entry in the live set; its identity names the route, pool or namespace (labels).
-    live: Arc<Live>,
     /// The object placement (boxed: 136 bytes, and pool routes have none).
     lease: Option<Box<Lease>>,
-    /// Dropped with the ending: the caps count the connection until then.
-    _permit: Option<Permit>,
+    /// Dropped with the ending: the caps count the connection until then (boxed: 64 bytes, held
+    /// only when a cap is configured).
+    _permit: Option<Box<Permit>>,
     /// Dropped with the ending: the backend's open count holds the connection until then.
     _open: Option<crate::pools::OpenCount>,
     /// Dropped with the ending: `weir_peer_relays_active` counts the connection until then.
@@ -106,9 +105,8 @@ impl Gateway {
         let grace = self.grace_period;
         let mut ending = Ending {
             gateway: self.clone(),
-            live: live.clone(),
             lease: lease.map(Box::new),
-            _permit: permit,
+            _permit: permit.map(Box::new),
             _open: None,
             _peer: None,
         };
@@ -120,24 +118,25 @@ impl Gateway {
                     .as_deref()
                     .map(Lease::evicted)
                     .or_else(|| peer.as_ref().map(|_| PeerRelay::move_signal()));
-                let observer = ConnObserver::new(metrics, live.clone(), object, moved, quota);
+                let observer = ConnObserver::new(metrics, live.clone(), object, quota);
                 let policies = Self::policies(chunks, rsv, Some(&limits));
                 let relay = Relay::new([Io::new(client), backend], policies, [&early, &backend_early], observer)
                     .with_guards(&guards, lifetime_share(live.meter.id().as_u128()));
                 (ending._open, ending._peer) = (open, peer);
                 // A combinator, not an async block: the task holds the relay's future once.
-                let run = relay.run(grace).map(move |(report, observer)| {
+                let run = relay.run(grace, moved).map(move |(report, observer)| {
+                    let live = observer.live().clone();
                     drop(observer);
-                    ending.end(&report);
+                    ending.end(&live, &report);
                 });
                 tokio::spawn(run);
             }
             Serve::Object { object, id, handle, join } => {
                 // Built-in objects touch their accounting per message themselves.
-                let observer = ConnObserver::new(metrics, live.clone(), None, None, quota);
+                let observer = ConnObserver::new(metrics, live.clone(), None, quota);
                 let stops = match ending.lease.as_deref() {
-                    Some(lease) => session::Stops::of(lease, Some(live)),
-                    None => session::Stops { live: Some(live), moved: None, claim: None },
+                    Some(lease) => session::Stops::of(lease, Some(live.clone())),
+                    None => session::Stops { live: Some(live.clone()), moved: None, claim: None },
                 };
                 let tap = Tap::new(client, early, Self::policies(chunks, 0, None), observer);
                 tokio::spawn(async move {
@@ -145,13 +144,13 @@ impl Gateway {
                         (Some(tap), cause) => tap.finish(cause).0,
                         (None, _) => {
                             tracing::warn!(
-                                route = ending.live.meter.identity().route.as_deref().unwrap_or(""),
+                                route = live.meter.identity().route.as_deref().unwrap_or(""),
                                 "built-in object session lost its stream; its stop record has the counts last seen"
                             );
-                            RelayReport::lost(ending.live.counts())
+                            RelayReport::lost(live.counts())
                         }
                     };
-                    ending.end(&report);
+                    ending.end(&live, &report);
                 });
             }
         }
@@ -165,9 +164,10 @@ fn lifetime_share(id: u128) -> f64 {
 }
 
 impl Ending {
-    /// Count a finished connection, write its stop record and release its object lease.
-    fn end(self, report: &RelayReport) {
-        let Ending { gateway, live, lease, _permit, _open, _peer } = self;
+    /// Count a finished connection (its live-set entry `live`), write its stop record and release
+    /// its object lease.
+    fn end(self, live: &Arc<Live>, report: &RelayReport) {
+        let Ending { gateway, lease, _permit, _open, _peer } = self;
         let identity = live.meter.identity();
         let route = identity.route.as_deref().unwrap_or("");
         // As `Place::labels`: the pool on pool routes, the namespace on object routes.
@@ -197,7 +197,7 @@ impl Ending {
         if report.outcome == Outcome::Moved {
             m.object_evictions.with_label_values(&[ns]).inc();
         }
-        let record = gateway.live.end(&live, report);
+        let record = gateway.live.end(live, report);
         for (unit, value) in &record.units {
             m.units.with_label_values(&[unit.as_str(), &*tenant]).inc_by(*value);
         }
@@ -244,24 +244,25 @@ mod size_report {
 
     /// What an idle relayed connection holds in weir's memory, piece by piece (README "Idle
     /// cost"): printed with `--nocapture`, and held to the sizes measured when they were last
-    /// made smaller, so a field added to a per-connection type is a decision, not an accident.
+    /// made smaller (in the test profile; in a release build each `Io` is 8 bytes smaller), so a
+    /// field added to a per-connection type is a decision, not an accident.
     #[test]
     fn per_connection_state_stays_within_its_measured_sizes() {
         let sizes = [
             (
                 "Relay<Io, ConnObserver> (in the connection's task)",
                 size_of::<crate::relay::pump::Relay<super::Io, super::ConnObserver>>(),
-                776,
+                728,
             ),
             (
                 "Run<Io, ConnObserver> (the relay's future: the relay and what it waits on)",
                 size_of::<crate::relay::pump::Run<super::Io, super::ConnObserver>>(),
-                808,
+                760,
             ),
-            ("  of it, ConnObserver", size_of::<super::ConnObserver>(), 72),
+            ("  of it, ConnObserver", size_of::<super::ConnObserver>(), 40),
             ("  of it, one Io (a tokio TcpStream)", size_of::<super::Io>(), 40),
             ("  of it, one FrameScanner", size_of::<crate::relay::scanner::FrameScanner>(), 216),
-            ("Ending (beside the relay in the task)", size_of::<super::Ending>(), 104),
+            ("Ending (beside the relay in the task)", size_of::<super::Ending>(), 40),
             ("Live (the live-set entry, shared)", size_of::<crate::metering::live::Live>(), 472),
             (
                 "Identity (behind an Arc in the entry; no heap of its own but a tenant from a credential)",

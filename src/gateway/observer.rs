@@ -1,6 +1,5 @@
 //! `ConnObserver`: the one observer of a connection's relay or tap, holding what listens to it:
-//! its metric handles, its live-set entry and, on object routes, the object's accounting and move
-//! signal. The relay defines the `Observer` trait; this is its only implementation.
+//! its metric handles, its live-set entry and, on object routes, the object's accounting. The relay defines the `Observer` trait; this is its only implementation.
 //!
 //! Hot path: `progress` runs once per relay wakeup and returns at once unless wire bytes moved.
 //! Then the live set takes the new counts and hands back the ones they replace, and every other
@@ -18,8 +17,6 @@ use crate::relay::report::Party;
 use crate::relay::scanner::DirectionCounts;
 use crate::relay::{Direction, Observer};
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::sync::watch;
 
 /// What listens to one connection while it runs.
 pub struct ConnObserver {
@@ -28,11 +25,8 @@ pub struct ConnObserver {
     /// The object's shared accounting, touched per wakeup that completed a message (relays to
     /// object hosts; built-in objects touch it themselves).
     object: Option<ObjectHandle>,
-    /// The object's move signal, handed to the relay when it starts.
-    moved: Option<watch::Receiver<bool>>,
     /// The tenant's quota counters.
     quota: Option<Arc<Tenant>>,
-    started: Instant,
     /// Wire bytes (both directions) at the last live-set update.
     observed_wire: u64,
 }
@@ -43,14 +37,18 @@ impl ConnObserver {
         metrics: ConnMetrics,
         live: Arc<Live>,
         object: Option<ObjectHandle>,
-        moved: Option<watch::Receiver<bool>>,
         quota: Option<Arc<Tenant>>,
     ) -> ConnObserver {
         metrics.active.inc();
         if let Some(t) = &quota {
             t.opened();
         }
-        ConnObserver { metrics, live, object, moved, quota, started: Instant::now(), observed_wire: 0 }
+        ConnObserver { metrics, live, object, quota, observed_wire: 0 }
+    }
+
+    /// Its live-set entry.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
     }
 }
 
@@ -75,10 +73,6 @@ impl Observer for ConnObserver {
                 object.touch();
             }
         }
-    }
-
-    fn object_moved(&mut self) -> Option<watch::Receiver<bool>> {
-        self.moved.take()
     }
 
     fn poll_stop(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<crate::relay::Stop> {
@@ -112,6 +106,7 @@ impl Drop for ConnObserver {
             tenant.closed();
         }
         self.metrics.active.dec();
-        self.metrics.duration.observe(self.started.elapsed().as_secs_f64());
+        // From the request head, as the stop record's `duration_ms`.
+        self.metrics.duration.observe(self.live.meter.started().elapsed().as_secs_f64());
     }
 }

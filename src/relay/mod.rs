@@ -40,7 +40,6 @@ pub mod timers;
 pub mod wheel;
 
 use scanner::DirectionCounts;
-use tokio::sync::watch;
 
 /// An order to close one connection (an operator's kick, a drain): the close frame each side
 /// gets and the cause recorded.
@@ -75,6 +74,14 @@ impl Direction {
         }
     }
 
+    /// The other direction.
+    pub fn reverse(self) -> Direction {
+        match self {
+            Direction::ClientToBackend => Direction::BackendToClient,
+            Direction::BackendToClient => Direction::ClientToBackend,
+        }
+    }
+
     /// 0 for client→backend, 1 for backend→client.
     pub fn index(self) -> usize {
         self as usize
@@ -90,14 +97,6 @@ pub trait Observer {
     /// The cumulative counts of both directions (`[client → backend, backend → client]`) after
     /// a wakeup.
     fn progress(&mut self, counts: [&DirectionCounts; 2]);
-
-    /// For a connection to an object host: a signal that turns true when the object moves off
-    /// its host (the relay then closes both sides with `Close::ObjectMoved`, and a host that
-    /// goes away gets its client 1012 instead of 1011). `None` for a plain backend. Asked once,
-    /// when the relay starts.
-    fn object_moved(&mut self) -> Option<watch::Receiver<bool>> {
-        None
-    }
 
     /// An order to close the connection (a kick, a drain), once it is given: the relay then
     /// closes it as `Stop` says. Polled once per wakeup until the connection is ending: an

@@ -17,7 +17,7 @@
 //! are closed once what is queued is written, with no shutdown(2) and no wait for the other end
 //! (`after_closing_handshake`). Gateway frames are never counted as relayed traffic.
 //!
-//! A relay to an object host gets a move signal from its observer (`Observer::object_moved`):
+//! A relay to an object host gets its object's move signal (`Relay::run`'s `moved`):
 //! when it turns true, both sides get `Close::ObjectMoved` (1012) and the host is still read (its
 //! bytes dropped) until it answers the close or ends, so the object is never live on two hosts;
 //! a host that goes away gets its clients a 1012 too.
@@ -322,9 +322,9 @@ pub struct Relay<S, O> {
     /// The backend's counts when weir started discarding its bytes (object moved): what is read
     /// after that is not relayed, so it is not counted. Boxed: most relays never need it.
     relayed_until_move: Option<Box<DirectionCounts>>,
-    /// After a protocol violation or a limit: the half (by index) whose destination, the
+    /// After a protocol violation or a limit: the half (by direction) whose destination, the
     /// sender, gets this close when the linger ends.
-    close_on_linger: Option<(usize, Close)>,
+    close_on_linger: Option<(Direction, Close)>,
     /// The guards' state, when any guard is on (boxed: a few hundred bytes, not every relay).
     watch: Option<Box<Watch>>,
     /// Both sockets are to be dropped now (an unanswered close frame timed out).
@@ -333,15 +333,21 @@ pub struct Relay<S, O> {
     splice: bool,
 }
 
-/// A watch receiver's next change, as an owned future: `true` when the value changed, `false`
-/// when the sender is gone. Boxed: it waits for the whole life of an idle connection, and held
-/// inline it would grow every connection's task (see `Run`).
-type Changed = Pin<Box<dyn Future<Output = (bool, watch::Receiver<bool>)> + Send>>;
+/// An object's move signal as an owned future: `true` once the signal is true (at once when it
+/// already is), `false` when its sender is gone first. Boxed: it waits for the whole life of an
+/// idle connection, and held inline it would grow every connection's task (see `Run`).
+type Moved = Pin<Box<dyn Future<Output = bool> + Send>>;
 
-fn changed(mut rx: watch::Receiver<bool>) -> Changed {
+fn move_signal(mut rx: watch::Receiver<bool>) -> Moved {
     Box::pin(async move {
-        let ok = rx.changed().await.is_ok();
-        (ok, rx)
+        loop {
+            if *rx.borrow_and_update() {
+                return true;
+            }
+            if rx.changed().await.is_err() {
+                return false;
+            }
+        }
     })
 }
 
@@ -353,10 +359,8 @@ fn changed(mut rx: watch::Receiver<bool>) -> Changed {
 pub struct Run<S, O> {
     /// Taken when the relay ends.
     relay: Option<Relay<S, O>>,
-    /// The first poll has asked for the move signal.
-    started: bool,
-    /// The object's move signal's next change (relays to object hosts).
-    moved: Option<Changed>,
+    /// The object's move signal (relays to object hosts), until it fires or its sender is gone.
+    moved: Option<Moved>,
     /// The end of the drain's grace, once shutdown began.
     drain_at: Option<Pin<Box<Sleep>>>,
     /// The drain's grace, milliseconds (saturated at `u32::MAX`, 49 days: a `Duration` would
@@ -370,16 +374,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer + Unpin> Future for
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(RelayReport, O)> {
         let this = self.get_mut();
         let Some(relay) = this.relay.as_mut() else { return Poll::Pending };
-        if !this.started {
-            // The relay starts: the move signal is asked for (once).
-            this.started = true;
-            let mut moved = relay.observer.object_moved();
-            relay.object = moved.is_some();
-            if moved.as_mut().is_some_and(|m| *m.borrow_and_update()) {
-                relay.object_moved();
-            }
-            this.moved = moved.map(changed);
-        }
         // In this order, each a source of wakeups: the relay, the move signal, the start of a
         // shutdown, the drain's grace; after any of the last three acts, the relay goes first
         // again.
@@ -390,14 +384,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer + Unpin> Future for
                     None => Poll::Pending,
                 };
             }
-            if let Some(m) = this.moved.as_mut().filter(|_| !relay.ending.moved) {
-                if let Poll::Ready((ok, mut rx)) = m.as_mut().poll(cx) {
+            if let Some(m) = this.moved.as_mut() {
+                if let Poll::Ready(now) = m.as_mut().poll(cx) {
                     this.moved = None;
-                    if ok {
-                        if *rx.borrow_and_update() {
-                            relay.object_moved();
-                        }
-                        this.moved = Some(changed(rx));
+                    if now {
+                        relay.object_moved();
                     }
                     continue;
                 }
@@ -463,10 +454,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
 
     /// Relay until both sides are finished; resolves to the report and the observer. Once the
     /// observer says shutdown began (`Observer::poll_shutdown`), the connection gets `grace` more
-    /// time and is then closed with `Close::Shutdown` on both sides.
-    pub fn run(self, grace: Duration) -> Run<S, O> {
+    /// time and is then closed with `Close::Shutdown` on both sides. `moved` is the object's move
+    /// signal on a relay to an object host (`None` for a plain backend): when it turns true, both
+    /// sides get `Close::ObjectMoved` (1012), and a host that goes away gets its client 1012
+    /// instead of 1011.
+    pub fn run(mut self, grace: Duration, moved: Option<watch::Receiver<bool>>) -> Run<S, O> {
         let grace_ms = u32::try_from(grace.as_millis()).unwrap_or(u32::MAX);
-        Run { relay: Some(self), started: false, moved: None, drain_at: None, grace_ms }
+        self.object = moved.is_some();
+        Run { relay: Some(self), moved: moved.map(move_signal), drain_at: None, grace_ms }
     }
 
     /// The report and the observer, once the relay has ended (not inlined into `run`'s future).
@@ -547,8 +542,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
                     let Some((t, close)) = self.close_on_linger.take() else { return Poll::Ready(()) };
                     // A violation's (or a limit's) sender has had its answers: now its close, and
                     // one more `LINGER` to write it.
-                    let h = &mut self.halves[t];
-                    h.inject_close(close, t == CLIENT);
+                    let h = &mut self.halves[t.index()];
+                    h.inject_close(close, t == Direction::ClientToBackend);
                     h.src_done = true;
                     self.linger = Some(Box::pin(sleep(LINGER)));
                     continue;
@@ -925,7 +920,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         h.inject_close(close, d == Direction::ClientToBackend);
         h.src_done = true;
         h.paused = false;
-        self.close_on_linger = Some((1 - d.index(), close));
+        self.close_on_linger = Some((d.reverse(), close));
         self.start_linger();
     }
 
