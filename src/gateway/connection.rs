@@ -252,18 +252,26 @@ mod size_report {
             (
                 "Relay<Io, ConnObserver> (in the connection's task)",
                 size_of::<crate::relay::pump::Relay<super::Io, super::ConnObserver>>(),
-                728,
+                456,
             ),
             (
                 "Run<Io, ConnObserver> (the relay's future: the relay and what it waits on)",
                 size_of::<crate::relay::pump::Run<super::Io, super::ConnObserver>>(),
-                760,
+                488,
             ),
-            ("  of it, ConnObserver", size_of::<super::ConnObserver>(), 40),
+            ("  of it, ConnObserver", size_of::<super::ConnObserver>(), 32),
             ("  of it, one Io (a tokio TcpStream)", size_of::<super::Io>(), 40),
-            ("  of it, one FrameScanner", size_of::<crate::relay::scanner::FrameScanner>(), 216),
+            (
+                "  of it, one Scan (a frame scanner; the relay keeps no counters)",
+                size_of::<crate::relay::scanner::Scan>(),
+                96,
+            ),
             ("Ending (beside the relay in the task)", size_of::<super::Ending>(), 40),
-            ("Live (the live-set entry, shared)", size_of::<crate::metering::live::Live>(), 472),
+            (
+                "Live (the live-set entry, shared; the one copy of the counts)",
+                size_of::<crate::metering::live::Live>(),
+                464,
+            ),
             (
                 "Identity (behind an Arc in the entry; no heap of its own but a tenant from a credential)",
                 size_of::<crate::billing::Identity>(),

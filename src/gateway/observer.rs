@@ -1,13 +1,13 @@
 //! `ConnObserver`: the one observer of a connection's relay or tap, holding what listens to it:
-//! its metric handles, its live-set entry and, on object routes, the object's accounting. The relay defines the `Observer` trait; this is its only implementation.
+//! its metric handles, its live-set entry and, on object routes, the object's accounting. The
+//! relay defines the `Observer` trait; this is its only implementation.
 //!
-//! Hot path: `progress` runs once per relay wakeup and returns at once unless wire bytes moved.
-//! Then the live set takes the new counts and hands back the ones they replace, and every other
-//! listener gets the difference: the metric counters, the tenant's quota, the object (when a
-//! message completed). The live-set entry's copy is the one record of what was reported, so the
-//! observer keeps no counts of its own beyond the wire total. Warm path: built at the 101;
-//! dropped at the end, which closes the connection's share of the active gauge and observes its
-//! duration.
+//! Hot path: `progress` runs once per relay wakeup that moved bytes, with what that wakeup
+//! counted. The live-set entry adds it to the connection's counts (the one copy of them: the
+//! relay keeps none, and the interim sweeper and the admin API read the entry), and every other
+//! listener gets it as it is: the metric counters, the tenant's quota, the object (when a message
+//! completed). Warm path: built at the 101; dropped at the end, which closes the connection's
+//! share of the active gauge and observes its duration.
 
 use crate::metering::live::Live;
 use crate::metering::quota::Tenant;
@@ -27,8 +27,6 @@ pub struct ConnObserver {
     object: Option<ObjectHandle>,
     /// The tenant's quota counters.
     quota: Option<Arc<Tenant>>,
-    /// Wire bytes (both directions) at the last live-set update.
-    observed_wire: u64,
 }
 
 impl ConnObserver {
@@ -43,7 +41,7 @@ impl ConnObserver {
         if let Some(t) = &quota {
             t.opened();
         }
-        ConnObserver { metrics, live, object, quota, observed_wire: 0 }
+        ConnObserver { metrics, live, object, quota }
     }
 
     /// Its live-set entry.
@@ -54,25 +52,22 @@ impl ConnObserver {
 
 impl Observer for ConnObserver {
     fn progress(&mut self, [client, backend]: [&DirectionCounts; 2]) {
-        // Every count moves with the bytes fed (frames, messages and payload only with wire
-        // bytes), so unchanged wire bytes mean nothing to tell.
-        let wire = client.wire_bytes + backend.wire_bytes;
-        if wire == self.observed_wire {
-            return;
-        }
-        self.observed_wire = wire;
-        let [c0, b0] = self.live.observe([client, backend]);
-        self.metrics.update(Direction::ClientToBackend, client, &c0);
-        self.metrics.update(Direction::BackendToClient, backend, &b0);
-        let (messages, before) = (client.messages + backend.messages, c0.messages + b0.messages);
+        self.live.add([client, backend]);
+        self.metrics.add(Direction::ClientToBackend, client);
+        self.metrics.add(Direction::BackendToClient, backend);
+        let messages = client.messages + backend.messages;
         if let Some(tenant) = &self.quota {
-            tenant.add(messages.saturating_sub(before), wire.saturating_sub(c0.wire_bytes + b0.wire_bytes));
+            tenant.add(messages, client.wire_bytes + backend.wire_bytes);
         }
-        if messages != before {
+        if messages != 0 {
             if let Some(object) = &self.object {
                 object.touch();
             }
         }
+    }
+
+    fn totals(&self) -> [DirectionCounts; 2] {
+        self.live.counts()
     }
 
     fn poll_stop(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<crate::relay::Stop> {

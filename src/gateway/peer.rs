@@ -62,7 +62,12 @@ impl Drop for PeerRelay {
 struct Counting;
 
 impl Observer for Counting {
-    fn progress(&mut self, _counts: [&DirectionCounts; 2]) {}
+    fn progress(&mut self, _fresh: [&DirectionCounts; 2]) {}
+
+    /// Never asked: a tap reports the counts it keeps itself.
+    fn totals(&self) -> [DirectionCounts; 2] {
+        Default::default()
+    }
 }
 
 /// The peer listener (a background service).

@@ -1,9 +1,10 @@
 //! The live-connection registry and the one sweeper that writes every `interim` record.
 //!
 //! Warm path: `begin` at the 101 (registers the connection and writes its `start`), `end` at its
-//! end (deregisters it and writes its `stop`). Hot path: `Live::observe`, once per relay wakeup
-//! that moved bytes, stores the cumulative counts and touches the active-time clock under the
-//! connection's own uncontended mutex. Background: `sweep`, run by the `Sweeper` service (never a
+//! end (deregisters it and writes its `stop`). Hot path: `Live::add`, once per relay wakeup that
+//! moved bytes, adds what the wakeup counted to the connection's counts (their one copy: the
+//! relay keeps none) and touches the active-time clock under the connection's own uncontended
+//! mutex. Background: `sweep`, run by the `Sweeper` service (never a
 //! timer per connection), writes an `interim` for each connection whose interval is due, with the
 //! cumulative counts so far and the next sequence number. Due connections come off a timing wheel
 //! (`relay::wheel`, 100 ms ticks): each open connection has one entry, moved one interval on when
@@ -98,8 +99,6 @@ impl PushError {
 struct LiveState {
     counts: [DirectionCounts; 2],
     active: ActiveClock,
-    /// Data frames seen at the last `observe` (for the active clock).
-    data_frames: u64,
     last_seq: u64,
     next_interim: Instant,
     ended: bool,
@@ -127,19 +126,19 @@ struct Pushed {
 }
 
 impl Live {
-    /// The relay's counts after a wakeup that moved bytes; returns the counts they replace (what
-    /// the observer had reported before, so it pushes only the difference on).
-    pub fn observe(&self, counts: [&DirectionCounts; 2]) -> [DirectionCounts; 2] {
+    /// What a wakeup of the relay (or a tap's read or write) counted: added to the connection's
+    /// counts; data frames keep it active (the active-time clock).
+    pub fn add(&self, fresh: [&DirectionCounts; 2]) {
         let mut s = lock(&self.state);
-        let frames = counts[0].data_frames + counts[1].data_frames;
-        if frames != s.data_frames {
-            s.data_frames = frames;
+        for (total, more) in s.counts.iter_mut().zip(fresh) {
+            total.add(more);
+        }
+        if fresh.iter().any(|c| c.data_frames != 0) {
             s.active.touch(Instant::now());
         }
-        std::mem::replace(&mut s.counts, [*counts[0], *counts[1]])
     }
 
-    /// The counts last observed.
+    /// The counts so far (the sum of every `add`).
     pub fn counts(&self) -> [DirectionCounts; 2] {
         lock(&self.state).counts
     }
@@ -417,7 +416,6 @@ impl LiveSet {
             state: Mutex::new(LiveState {
                 counts: none,
                 active: ActiveClock::new(self.idle_threshold),
-                data_frames: 0,
                 last_seq: 0,
                 next_interim: meter.started() + self.interval,
                 ended: false,
@@ -733,7 +731,7 @@ mod tests {
         let t0 = live.meter.started();
         assert_eq!(set.sweep(t0 + Duration::from_secs(59)), 0, "not due yet");
         let c = DirectionCounts { messages: 3, data_frames: 3, frames: 3, ..Default::default() };
-        live.observe([&c, &DirectionCounts::default()]);
+        live.add([&c, &DirectionCounts::default()]);
         assert_eq!(set.sweep(t0 + Duration::from_secs(61)), 1);
         assert_eq!(set.sweep(t0 + Duration::from_secs(62)), 0, "the next one is an interval later");
         // A stall of ten intervals gives one interim, not ten.
@@ -756,10 +754,10 @@ mod tests {
         let (set, _spool, _dir) = set(Duration::from_secs(60));
         let (ended, open) = (set.begin(Meter::start(None)), set.begin(Meter::start(None)));
         let c = DirectionCounts { messages: 3, wire_bytes: 30, ..Default::default() };
-        open.observe([&c, &DirectionCounts::default()]);
+        open.add([&c, &DirectionCounts::default()]);
         let before = set.today().0.untenanted;
         assert_eq!((before.connections, before.messages, before.client_to_backend_bytes), (2, 3, 30));
-        ended.observe([&c, &c]);
+        ended.add([&c, &c]);
         set.end(&ended, &report([c, c]));
         let (tally, still_open) = set.today();
         assert_eq!(still_open.len(), 1);

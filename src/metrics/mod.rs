@@ -677,28 +677,29 @@ impl std::ops::Deref for ConnMetrics {
     }
 }
 
-fn add(c: &IntCounter, now: u64, before: u64) {
-    if now > before {
-        c.inc_by(now - before);
+/// Adds `n` to `c` (no atomic add for 0).
+fn bump(c: &IntCounter, n: u64) {
+    if n != 0 {
+        c.inc_by(n);
     }
 }
 
 impl ConnMetrics {
-    /// Push what direction `d` gained from `before` to `c` (deltas are pushed, never totals).
-    /// Hot path: returns at once when nothing moved, otherwise a few atomic adds.
-    pub fn update(&self, d: Direction, c: &DirectionCounts, before: &DirectionCounts) {
-        let (m, r) = (&self.handles.dirs[d.index()], before);
-        if c.wire_bytes == r.wire_bytes {
+    /// Push what direction `d` counted in one wakeup (`fresh`: deltas, never totals). Hot path:
+    /// returns at once when nothing moved, otherwise a few atomic adds.
+    pub fn add(&self, d: Direction, fresh: &DirectionCounts) {
+        let (m, c) = (&self.handles.dirs[d.index()], fresh);
+        if c.wire_bytes == 0 {
             return;
         }
-        add(&m.wire_bytes, c.wire_bytes, r.wire_bytes);
-        add(&m.payload_bytes, c.payload_bytes, r.payload_bytes);
-        if c.frames != r.frames {
-            add(&m.frames[0], c.data_frames, r.data_frames);
-            add(&m.frames[1], c.pings, r.pings);
-            add(&m.frames[2], c.pongs, r.pongs);
-            add(&m.frames[3], c.closes, r.closes);
-            add(&m.messages, c.messages, r.messages);
+        bump(&m.wire_bytes, c.wire_bytes);
+        bump(&m.payload_bytes, c.payload_bytes);
+        if c.frames != 0 {
+            bump(&m.frames[0], c.data_frames);
+            bump(&m.frames[1], c.pings);
+            bump(&m.frames[2], c.pongs);
+            bump(&m.frames[3], c.closes);
+            bump(&m.messages, c.messages);
         }
     }
 }

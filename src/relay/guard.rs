@@ -3,8 +3,8 @@
 //! `Watch` is one connection's state, kept by the relay (boxed, only when a guard is on) and
 //! consulted once per wakeup.
 //!
-//! Warm path (per wakeup): `Watch::observe` notes activity from the scanners' counters (a few
-//! comparisons), `Watch::charge` debits the rate buckets, `Watch::due` says what is due now and
+//! Warm path (per wakeup): `Watch::observe` notes activity from what the scanners counted in the
+//! wakeup (a few comparisons), `Watch::charge` debits the rate buckets, `Watch::due` says what is due now and
 //! `Watch::next` the earliest deadline, which the relay arms on the process's one `Timers` wheel.
 //! Deadlines are plain ticks here: activity only moves these fields, never the wheel, and an
 //! alarm that fires early (the deadline moved) is simply re-armed. No task, timer or thread of its
@@ -127,7 +127,7 @@ pub type PingPayload = [u8; 8];
 /// One side's keepalive state.
 #[derive(Debug, Default)]
 struct Peer {
-    /// Wire bytes read from this side at the last `observe`.
+    /// Wire bytes read from this side in this wakeup at the last `observe`.
     heard_bytes: u64,
     /// Tick this side was last heard from (sent anything).
     heard_at: u64,
@@ -168,7 +168,7 @@ pub struct Watch {
     /// The connection's one entry on the wheel.
     pub alarm: Alarm,
     last_active: u64,
-    /// Activity counter at the last `observe` (data frames, or all frames).
+    /// Activity counter (data frames, or all frames) in this wakeup at the last `observe`.
     activity: u64,
     /// Tick one side's close frame was first seen while the other had not answered.
     close_since: Option<u64>,
@@ -214,9 +214,24 @@ impl Watch {
         }
     }
 
-    /// Note what the scanners saw since the last call: activity, which side was heard from,
-    /// whether a close waits for its answer. `closes` says which side (client, backend) has sent
-    /// its close frame.
+    /// A new wakeup of the relay begins: the counts `observe` and `charge` are given start from
+    /// zero again (the relay counts each wakeup on its own), so what they were last given is
+    /// forgotten.
+    pub fn begin_wakeup(&mut self) {
+        self.activity = 0;
+        for peer in &mut self.peers {
+            peer.heard_bytes = 0;
+        }
+        if let Some(rates) = self.rates.as_deref_mut() {
+            for t in rates.tokens.iter_mut().flatten() {
+                (t.seen_messages, t.seen_bytes) = (0, 0);
+            }
+        }
+    }
+
+    /// Note what the scanners saw since the last call (`counts` grow from zero at
+    /// `begin_wakeup`): activity, which side was heard from, whether a close waits for its
+    /// answer. `closes` says which side (client, backend) has sent its close frame.
     pub fn observe(&mut self, now: u64, counts: [&DirectionCounts; 2], closes: [bool; 2]) {
         let activity = counts
             .iter()
@@ -240,7 +255,8 @@ impl Watch {
         };
     }
 
-    /// Debit direction `d`'s buckets with what it sent since the last call.
+    /// Debit direction `d`'s buckets with what it sent since the last call (`counts` grow from
+    /// zero at `begin_wakeup`).
     pub fn charge(&mut self, d: usize, counts: &DirectionCounts, at: Instant, now: u64) -> Charge {
         let Some(state) = self.rates.as_deref_mut() else { return Charge::Ok };
         let (Some(rate), Some(t)) = (self.guards.rates.get(d).copied().flatten(), state.tokens.get_mut(d)) else {

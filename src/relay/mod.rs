@@ -91,12 +91,15 @@ impl Direction {
 /// What the relay (or a tap) tells the rest of weir about one connection while it runs.
 ///
 /// Implemented above the relay, once per connection. `progress` is on the hot path: it runs once
-/// per wakeup of the connection (not per chunk), so an implementation compares with what it saw
-/// last and does nothing when nothing moved.
+/// per wakeup of the connection that moved bytes (not per chunk), with what the scanners counted
+/// in that wakeup; the observer keeps the sums (the relay keeps no counters of its own).
 pub trait Observer {
-    /// The cumulative counts of both directions (`[client → backend, backend → client]`) after
-    /// a wakeup.
-    fn progress(&mut self, counts: [&DirectionCounts; 2]);
+    /// What the scanners counted since the last call (`[client → backend, backend → client]`),
+    /// after a wakeup that moved bytes: add it to the connection's counts (`DirectionCounts::add`).
+    fn progress(&mut self, fresh: [&DirectionCounts; 2]);
+
+    /// The connection's counts: the sum of every `progress`. The relay's report carries them.
+    fn totals(&self) -> [DirectionCounts; 2];
 
     /// An order to close the connection (a kick, a drain), once it is given: the relay then
     /// closes it as `Stop` says. Polled once per wakeup until the connection is ending: an

@@ -26,7 +26,7 @@ use super::close::Close;
 use super::frame::{encode_close_frame, encode_ping_frame, Violation, MAX_CLOSE_FRAME_LEN};
 use super::guard::{find_pong, Charge, Due, Guards, Watch};
 use super::report::{Cause, Ending, Party, RelayReport};
-use super::scanner::{DirectionCounts, Feed, FrameScanner, ScanPolicy};
+use super::scanner::{DirectionCounts, Feed, Scan, ScanPolicy};
 use super::splice::{Pipe, Splice, SPLICE_MIN};
 use super::timers::Timers;
 use super::{Direction, Observer, Stop};
@@ -90,9 +90,15 @@ struct Queued {
     sent: usize,
 }
 
+/// What the scanners counted in the current wakeup, per direction (`[client → backend, backend →
+/// client]`): kept on the stack and handed to the observer at the end of the wakeup. The relay
+/// keeps no counters of its own (the observer keeps the sums), so an idle connection's task holds
+/// none.
+type Fresh = [DirectionCounts; 2];
+
 /// One direction: bytes read from `src` and written to `dst`.
 struct Half {
-    scanner: FrameScanner,
+    scanner: Scan,
     /// Bytes read but not yet written to `dst` (boxed, and only while `dst` pushes back: an idle
     /// half holds one pointer).
     pending: Option<Box<Queued>>,
@@ -124,16 +130,16 @@ struct Half {
     /// The pipe the rest of a large frame is spliced through, while one is (boxed: most halves
     /// never hold one). Its bytes come before anything else queued for `dst`.
     pipe: Option<Box<Pipe>>,
-    /// The frame (by `DirectionCounts::frames`) for which no pipe was free: it is copied.
-    pipeless_frame: u64,
-    /// The frame (by `DirectionCounts::frames`) being spliced, to its end.
-    spliced_frame: u64,
+    /// The frame (by `Scan::frame`) for which no pipe was free: it is copied.
+    pipeless_frame: u32,
+    /// The frame (by `Scan::frame`) being spliced, to its end.
+    spliced_frame: u32,
 }
 
 impl Half {
     fn new(policy: ScanPolicy) -> Half {
         Half {
-            scanner: FrameScanner::new(policy),
+            scanner: Scan::new(policy),
             pending: None,
             ping: None,
             push: None,
@@ -319,9 +325,6 @@ pub struct Relay<S, O> {
     linger: Option<Pin<Box<Sleep>>>,
     /// The backend is an object host: a host that goes away gets its client 1012.
     object: bool,
-    /// The backend's counts when weir started discarding its bytes (object moved): what is read
-    /// after that is not relayed, so it is not counted. Boxed: most relays never need it.
-    relayed_until_move: Option<Box<DirectionCounts>>,
     /// After a protocol violation or a limit: the half (by direction) whose destination, the
     /// sender, gets this close when the linger ends.
     close_on_linger: Option<(Direction, Close)>,
@@ -331,6 +334,9 @@ pub struct Relay<S, O> {
     abort: bool,
     /// Both streams are plain TCP: the rest of a large frame may be spliced (`splice.rs`).
     splice: bool,
+    /// weir discards the backend's bytes since its object moved: read, not relayed, so not
+    /// counted.
+    host_uncounted: bool,
 }
 
 /// An object's move signal as an owned future: `true` once the signal is true (at once when it
@@ -426,18 +432,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             ending: Ending::default(),
             linger: None,
             object: false,
-            relayed_until_move: None,
             close_on_linger: None,
             watch: None,
             abort: false,
             splice,
+            host_uncounted: false,
         };
+        let mut fresh = Fresh::default();
         for (d, early) in [(Direction::ClientToBackend, client_early), (Direction::BackendToClient, backend_early)] {
             if !early.is_empty() {
-                let n = relay.ingest(d, early);
+                let n = relay.ingest(d, early, &mut fresh);
                 relay.halves[d.index()].keep(early.get(..n).unwrap_or(early));
             }
         }
+        relay.report(&mut fresh);
         relay
     }
 
@@ -446,8 +454,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     /// call.
     pub fn with_guards(mut self, guards: &std::sync::Arc<Guards>, share: f64) -> Relay<S, O> {
         if !guards.is_off() {
-            let watch = Watch::new(guards.clone(), share, Timers::global().now(), Instant::now());
-            self.watch = Some(Box::new(watch));
+            let at = Instant::now();
+            let (now, rated) = (Timers::global().ticks(at), guards.rates.iter().any(Option::is_some));
+            self.watch = Some(Box::new(Watch::new(guards.clone(), share, now, at)));
+            if rated {
+                // What came with the handshakes (counted in `new`) is charged like any read.
+                let early = self.observer.totals();
+                for d in Direction::BOTH {
+                    self.read_done(d, &early);
+                }
+            }
         }
         self
     }
@@ -466,13 +482,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
 
     /// The report and the observer, once the relay has ended (not inlined into `run`'s future).
     fn finish(self) -> (RelayReport, O) {
-        let [c, b] = self.counts();
-        let counts = [*c, *b];
+        let counts = self.observer.totals();
         let report = self.ending.report(counts, [self.halves[0].scanner.close(), self.halves[1].scanner.close()]);
         (report, self.observer)
     }
 
+    /// Hand what the scanners counted (`fresh`, emptied) to the observer, if any bytes moved;
+    /// the backend's bytes read after its object moved are not relayed, so not counted.
+    fn report(&mut self, fresh: &mut Fresh) {
+        if self.host_uncounted {
+            fresh[Direction::BackendToClient.index()] = DirectionCounts::default();
+        }
+        if fresh.iter().any(|c| c.wire_bytes != 0) {
+            let [c, b] = &*fresh;
+            self.observer.progress([c, b]);
+            *fresh = Fresh::default();
+        }
+    }
+
     fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // What this wakeup counts, handed to the observer at its end.
+        let mut fresh = Fresh::default();
+        if let Some(w) = self.watch.as_mut() {
+            w.begin_wakeup();
+        }
         // An order from outside (a kick, a drain), until the connection is ending anyway.
         if self.linger.is_none() {
             if let Poll::Ready(stop) = self.observer.poll_stop(cx) {
@@ -480,22 +513,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             }
         }
         self.take_push(cx);
-        let mut poll = self.poll_rounds(cx);
+        let mut poll = self.poll_rounds(cx, &mut fresh);
         for _ in 0..MAX_GUARD_PASSES {
-            if poll.is_ready() || !self.guard(cx) {
+            if poll.is_ready() || !self.guard(cx, &fresh) {
                 break;
             }
-            poll = self.poll_rounds(cx);
+            poll = self.poll_rounds(cx, &mut fresh);
         }
         // The backend may have finished its message in these rounds: a push waiting for that
         // boundary goes out now, not at the next wakeup.
         if poll.is_pending() && self.take_push(cx) {
-            poll = self.poll_rounds(cx);
+            poll = self.poll_rounds(cx, &mut fresh);
         }
         // The observer hears once per wakeup, before the relay parks (or ends): counters still
         // move while the connection is open, at a fraction of the per-chunk cost.
-        let Relay { halves: [c, b], relayed_until_move, observer, .. } = self;
-        observer.progress([c.scanner.counts(), relayed_until_move.as_deref().unwrap_or(b.scanner.counts())]);
+        self.report(&mut fresh);
         poll
     }
 
@@ -518,21 +550,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         }
     }
 
-    /// What was relayed so far, per direction (bytes read and dropped after an object moved are
-    /// not relayed).
-    fn counts(&self) -> [&DirectionCounts; 2] {
-        let [c, b] = &self.halves;
-        [c.scanner.counts(), self.relayed_until_move.as_deref().unwrap_or(b.scanner.counts())]
-    }
-
-    fn poll_rounds(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll_rounds(&mut self, cx: &mut Context<'_>, fresh: &mut Fresh) -> Poll<()> {
         for _ in 0..MAX_ROUNDS_PER_POLL {
             if self.abort {
                 return Poll::Ready(());
             }
             let mut progress = false;
             for d in Direction::BOTH {
-                self.poll_half(d, cx, &mut progress);
+                self.poll_half(d, cx, &mut progress, fresh);
             }
             if self.halves.iter().all(Half::finished) {
                 return Poll::Ready(());
@@ -557,7 +582,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         Poll::Pending
     }
 
-    fn poll_half(&mut self, d: Direction, cx: &mut Context<'_>, progress: &mut bool) {
+    fn poll_half(&mut self, d: Direction, cx: &mut Context<'_>, progress: &mut bool, fresh: &mut Fresh) {
         let (s, t) = (d.index(), 1 - d.index());
         if self.halves[s].pipe.is_some() && self.drain_pipe(d, cx, progress).is_pending() {
             return;
@@ -589,7 +614,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             }
             return;
         }
-        if self.splice && self.splice_in(d, cx, progress) {
+        if self.splice && self.splice_in(d, cx, progress, fresh) {
             return;
         }
         let read = SCRATCH.with(|cell| {
@@ -606,11 +631,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
                     let chunk = buf.get(..n).unwrap_or_default();
                     match self.weirs_pong(d, chunk) {
                         Some((a, b)) => {
-                            self.relay_chunk(d, chunk.get(..a).unwrap_or_default(), cx);
+                            self.relay_chunk(d, chunk.get(..a).unwrap_or_default(), cx, fresh);
                             self.ponged(d);
-                            self.relay_chunk(d, chunk.get(b..).unwrap_or_default(), cx);
+                            self.relay_chunk(d, chunk.get(b..).unwrap_or_default(), cx, fresh);
                         }
-                        None => self.relay_chunk(d, chunk, cx),
+                        None => self.relay_chunk(d, chunk, cx, fresh),
                     }
                     Some(Ok(n))
                 }
@@ -624,7 +649,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             }
             Some(Ok(_)) => {
                 *progress = true;
-                self.read_done(d);
+                self.read_done(d, fresh);
             }
             Some(Err(())) => {
                 *progress = true;
@@ -639,10 +664,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     /// ready again mid-poll), and each must meet the pause its predecessor earned: charged only
     /// per wakeup, a throttled client got 30 messages through in 0.5 s instead of 1.25 under
     /// load. A pause set here is armed by the guard at the end of the wakeup.
-    fn read_done(&mut self, d: Direction) {
+    fn read_done(&mut self, d: Direction, fresh: &Fresh) {
         let Some(w) = self.watch.as_mut().filter(|w| w.rated(d.index())) else { return };
         let at = Instant::now();
-        let charge = w.charge(d.index(), self.halves[d.index()].scanner.counts(), at, Timers::global().ticks(at));
+        let charge = w.charge(d.index(), &fresh[d.index()], at, Timers::global().ticks(at));
         self.charged(d, charge);
     }
 
@@ -699,13 +724,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     /// Splice the rest of the current frame of direction `d` when it is a large data frame and
     /// both streams are plain TCP: move up to a pipe's worth from the source into the pipe and
     /// on to the destination. Returns whether this took the turn (the caller reads nothing).
-    fn splice_in(&mut self, d: Direction, cx: &mut Context<'_>, progress: &mut bool) -> bool {
+    fn splice_in(&mut self, d: Direction, cx: &mut Context<'_>, progress: &mut bool, fresh: &mut Fresh) -> bool {
         let s = d.index();
         let h = &mut self.halves[s];
         let Some(rest) = h.scanner.frame_remaining().filter(|&r| r > 0) else { return false };
         // A frame is spliced from the read where its rest is at least `SPLICE_MIN` to its end
         // (also after its sender stalled and the empty pipe went back to the pool).
-        let frame = h.scanner.counts().frames;
+        let frame = h.scanner.frame();
         if h.discard || h.dst_dead || (h.pipe.is_none() && rest < SPLICE_MIN && h.spliced_frame != frame) {
             return false;
         }
@@ -737,8 +762,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             }
             Poll::Ready(Ok(n)) => {
                 *progress = true;
-                h.scanner.skip_payload(n as u64);
-                self.read_done(d);
+                h.scanner.skip_payload(&mut fresh[s], n as u64);
+                self.read_done(d, fresh);
                 // Straight on, as the copy path writes at once; what the destination does not
                 // take now waits in the pipe for the next round.
                 let _ = self.drain_pipe(d, cx, progress);
@@ -752,11 +777,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     }
 
     /// Scan a chunk read in direction `d` and forward what may be forwarded.
-    fn relay_chunk(&mut self, d: Direction, chunk: &[u8], cx: &mut Context<'_>) {
+    fn relay_chunk(&mut self, d: Direction, chunk: &[u8], cx: &mut Context<'_>, fresh: &mut Fresh) {
         if chunk.is_empty() {
             return;
         }
-        let fwd = self.ingest(d, chunk);
+        let fwd = self.ingest(d, chunk, fresh);
         if !self.halves[d.index()].discard {
             self.forward(d, chunk.get(..fwd).unwrap_or_default(), cx);
         }
@@ -778,11 +803,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         }
     }
 
-    /// Scan a chunk read in direction `d`; returns how many of its bytes may be forwarded.
-    fn ingest(&mut self, d: Direction, chunk: &[u8]) -> usize {
+    /// Scan a chunk read in direction `d`, counting it into `fresh`; returns how many of its
+    /// bytes may be forwarded.
+    fn ingest(&mut self, d: Direction, chunk: &[u8], fresh: &mut Fresh) -> usize {
         let h = &mut self.halves[d.index()];
         let had_close = h.scanner.close().is_some();
-        let feed = h.scanner.feed(chunk);
+        let feed = h.scanner.feed(&mut fresh[d.index()], chunk);
         if h.discard && h.scanner.close().is_some() {
             h.src_done = true;
         }
@@ -927,17 +953,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     /// Consult the guards after a wakeup: note activity, charge the rate buckets, act on what is
     /// due and arm the alarm for the next deadline. Returns whether it queued or changed
     /// anything the relay must drive.
-    fn guard(&mut self, cx: &mut Context<'_>) -> bool {
+    fn guard(&mut self, cx: &mut Context<'_>, fresh: &Fresh) -> bool {
         let Some(mut w) = self.watch.take() else { return false };
         // One clock read per wakeup: the tick is derived from the same instant.
         let at = Instant::now();
         let now = Timers::global().ticks(at);
         w.alarm.fired(now);
         let closes = [0, 1].map(|i| self.halves[i].scanner.close().is_some());
-        w.observe(now, self.counts(), closes);
+        w.observe(now, [&fresh[0], &fresh[1]], closes);
         let mut acted = false;
         for d in Direction::BOTH {
-            let charge = w.charge(d.index(), self.halves[d.index()].scanner.counts(), at, now);
+            let charge = w.charge(d.index(), &fresh[d.index()], at, now);
             if self.charged(d, charge) {
                 return true;
             }
@@ -1046,7 +1072,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             // 1012 above could not go out mid-frame, the client's stream is just closed). Found
             // by the relay fuzz target (fuzz/regressions/relay/).
             h.dst_has_close = true;
-            self.relayed_until_move = Some(Box::new(*h.scanner.counts()));
+            self.host_uncounted = true;
         }
     }
 

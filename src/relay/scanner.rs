@@ -1,7 +1,7 @@
 //! Frame scanner: follows one direction of a relayed WebSocket connection frame by frame,
 //! counting frames, messages and bytes and checking what RFC 6455 requires of that direction.
 //!
-//! Hot path: [`FrameScanner::feed`] runs once per relayed chunk. Contract:
+//! Hot path: [`Scan::feed`] runs once per relayed chunk. Contract:
 //! - Sans-io: no I/O, no clock, no allocation, no copy of the payload. The relay forwards the very
 //!   bytes it fed; the scanner only observes them.
 //! - Chunks may be split anywhere, also inside a 2–14 byte header and down to 1 byte at a time;
@@ -9,8 +9,10 @@
 //! - It reads header bytes and nothing else, except the first 2 payload bytes of a close frame,
 //!   which it unmasks with the frame's key to learn the close code. A partial header is kept in a
 //!   14-byte buffer; payload is skipped with arithmetic, so a feed costs O(headers in the chunk).
-//! - Its parsing state is under a hundred bytes (96 on 64-bit targets, 32 of them the chunk sizes
-//!   and size limits of [`ScanPolicy`]), 216 with the counters.
+//! - Its parsing state ([`Scan`]) is under a hundred bytes (96 on 64-bit targets, 40 of them its
+//!   [`ScanPolicy`]). It keeps no counters: each feed adds what it counted to the counters it is
+//!   given, so the relay keeps none per connection (it counts a wakeup's worth on its stack and
+//!   hands that to its observer). [`FrameScanner`] is a scan with its own counters (216 bytes).
 //! - Per-message chunk counts ([`DirectionCounts::chunked`]) cost a comparison per completed
 //!   message when no chunk size is set, and one division per set size otherwise.
 //!
@@ -130,6 +132,28 @@ pub struct DirectionCounts {
     pub chunked: [u64; 4],
 }
 
+impl DirectionCounts {
+    /// Adds `more` (counted since these were): every counter summed, the largest message the
+    /// larger of the two.
+    pub fn add(&mut self, more: &DirectionCounts) {
+        let sum = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        sum(&mut self.frames, more.frames);
+        sum(&mut self.messages, more.messages);
+        sum(&mut self.text_messages, more.text_messages);
+        sum(&mut self.binary_messages, more.binary_messages);
+        sum(&mut self.data_frames, more.data_frames);
+        sum(&mut self.pings, more.pings);
+        sum(&mut self.pongs, more.pongs);
+        sum(&mut self.closes, more.closes);
+        sum(&mut self.payload_bytes, more.payload_bytes);
+        sum(&mut self.wire_bytes, more.wire_bytes);
+        self.largest_message_bytes = self.largest_message_bytes.max(more.largest_message_bytes);
+        for (a, b) in self.chunked.iter_mut().zip(more.chunked) {
+            sum(a, b);
+        }
+    }
+}
+
 /// The close frame a direction sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CloseInfo {
@@ -173,13 +197,84 @@ enum CloseCode {
     },
 }
 
-/// Sans-io frame scanner for one direction of a WebSocket connection.
+/// Sans-io frame scanner for one direction of a WebSocket connection, with its counters.
 #[derive(Clone, Debug)]
 pub struct FrameScanner {
+    scan: Scan,
+    /// Counters so far.
+    counts: DirectionCounts,
+}
+
+impl FrameScanner {
+    /// A scanner at the start of a direction's byte stream.
+    #[must_use]
+    pub fn new(policy: ScanPolicy) -> Self {
+        FrameScanner { scan: Scan::new(policy), counts: DirectionCounts::default() }
+    }
+
+    /// Scans the next chunk of the stream; see [`Feed`] for what to forward.
+    ///
+    /// Once poisoned, returns the same violation with `valid_up_to: 0` and counts nothing more.
+    pub fn feed(&mut self, chunk: &[u8]) -> Feed {
+        self.scan.feed(&mut self.counts, chunk)
+    }
+
+    /// Counters so far.
+    #[must_use]
+    pub fn counts(&self) -> &DirectionCounts {
+        &self.counts
+    }
+
+    /// See [`Scan::skip_payload`].
+    pub fn skip_payload(&mut self, n: u64) -> u64 {
+        self.scan.skip_payload(&mut self.counts, n)
+    }
+
+    /// See [`Scan::at_frame_boundary`].
+    #[must_use]
+    pub fn at_frame_boundary(&self) -> bool {
+        self.scan.at_frame_boundary()
+    }
+
+    /// See [`Scan::frame_remaining`].
+    #[must_use]
+    pub fn frame_remaining(&self) -> Option<u64> {
+        self.scan.frame_remaining()
+    }
+
+    /// See [`Scan::close`].
+    #[must_use]
+    pub fn close(&self) -> Option<CloseInfo> {
+        self.scan.close()
+    }
+
+    /// See [`Scan::violation`].
+    #[must_use]
+    pub fn violation(&self) -> Option<Violation> {
+        self.scan.violation()
+    }
+
+    /// See [`Scan::in_message`].
+    #[must_use]
+    pub fn in_message(&self) -> bool {
+        self.scan.in_message()
+    }
+
+    /// See [`Scan::policy`].
+    #[must_use]
+    pub fn policy(&self) -> ScanPolicy {
+        self.scan.policy()
+    }
+}
+
+/// The frame scanner without its counters: it adds what it counts to the counters each call
+/// passes in (the relay's: what one wakeup counted, handed to its observer at the end of it).
+#[derive(Clone, Debug)]
+pub struct Scan {
     /// Rules for this direction.
     policy: ScanPolicy,
-    /// Counters reported to the meter.
-    counts: DirectionCounts,
+    /// Ordinal of the current frame (wrapping): tells one frame from the next.
+    frame: u32,
     /// Payload bytes of the current frame not yet fed.
     remaining: u64,
     /// Payload bytes of the open fragmented message so far.
@@ -202,13 +297,13 @@ pub struct FrameScanner {
     violation_at_boundary: bool,
 }
 
-impl FrameScanner {
+impl Scan {
     /// A scanner at the start of a direction's byte stream.
     #[must_use]
     pub fn new(policy: ScanPolicy) -> Self {
         Self {
             policy,
-            counts: DirectionCounts::default(),
+            frame: 0,
             remaining: 0,
             message_bytes: 0,
             hdr: [0; MAX_HEADER_LEN],
@@ -222,10 +317,11 @@ impl FrameScanner {
         }
     }
 
-    /// Scans the next chunk of the stream; see [`Feed`] for what to forward.
+    /// Scans the next chunk of the stream, adding what it counts to `c`; see [`Feed`] for what
+    /// to forward.
     ///
     /// Once poisoned, returns the same violation with `valid_up_to: 0` and counts nothing more.
-    pub fn feed(&mut self, chunk: &[u8]) -> Feed {
+    pub fn feed(&mut self, c: &mut DirectionCounts, chunk: &[u8]) -> Feed {
         if let Some(violation) = self.violation {
             return Feed::Violation { valid_up_to: 0, violation };
         }
@@ -239,30 +335,30 @@ impl FrameScanner {
                 // Only the tail of a frame whose header ended in an earlier chunk can still be
                 // reading its close code, so a violation here leaves nothing of this chunk valid.
                 if let Err(violation) = self.read_close_code(rest) {
-                    return self.fail(violation, None);
+                    return self.fail(c, violation, None);
                 }
-                pos += self.take_payload(rest);
+                pos += self.take_payload(c, rest);
                 continue;
             }
             let frame_start = (self.hdr_len == 0).then_some(pos);
             let (header, used) = match self.take_header(rest) {
                 Ok(taken) => taken,
-                Err(violation) => return self.fail(violation, frame_start),
+                Err(violation) => return self.fail(c, violation, frame_start),
             };
             pos += used;
             if let Some(header) = header {
                 let after = chunk.get(pos..).unwrap_or_default();
-                if let Err(violation) = self.accept(&header, after) {
-                    return self.fail(violation, frame_start);
+                if let Err(violation) = self.accept(c, &header, after) {
+                    return self.fail(c, violation, frame_start);
                 }
                 if self.code == CloseCode::Idle {
                     // The frame's payload in this chunk, counted in the same pass (no close code
                     // is left to read from it).
-                    pos += self.take_payload(after);
+                    pos += self.take_payload(c, after);
                 }
             }
         }
-        self.add_wire(chunk.len());
+        add_wire(c, chunk.len());
         Feed::Ok
     }
 
@@ -286,24 +382,26 @@ impl FrameScanner {
     }
 
     /// Accounts for up to `n` payload bytes of the current frame that the relay moved without
-    /// reading them (splice(2)): counted exactly as `feed` would count them. Only payload no rule
-    /// looks at can be skipped: none while a header is partial, a close code is still arriving,
-    /// or the scanner is poisoned. Returns the bytes skipped (`n` capped at the frame's rest).
-    pub fn skip_payload(&mut self, n: u64) -> u64 {
+    /// reading them (splice(2)): counted into `c` exactly as `feed` would count them. Only payload
+    /// no rule looks at can be skipped: none while a header is partial, a close code is still
+    /// arriving, or the scanner is poisoned. Returns the bytes skipped (`n` capped at the frame's
+    /// rest).
+    pub fn skip_payload(&mut self, c: &mut DirectionCounts, n: u64) -> u64 {
         if self.hdr_len != 0 || self.violation.is_some() || self.code != CloseCode::Idle {
             return 0;
         }
         let take = n.min(self.remaining);
         self.remaining -= take;
-        self.counts.payload_bytes = self.counts.payload_bytes.saturating_add(take);
-        self.counts.wire_bytes = self.counts.wire_bytes.saturating_add(take);
+        c.payload_bytes = c.payload_bytes.saturating_add(take);
+        c.wire_bytes = c.wire_bytes.saturating_add(take);
         take
     }
 
-    /// Counters so far.
+    /// Ordinal of the current frame (the last whose header was seen), wrapping at `u32::MAX`:
+    /// tells one frame from the next, as a counter would without keeping one.
     #[must_use]
-    pub fn counts(&self) -> &DirectionCounts {
-        &self.counts
+    pub fn frame(&self) -> u32 {
+        self.frame
     }
 
     /// The first close frame, once its 2 code bytes have arrived (at once for an empty payload).
@@ -331,9 +429,9 @@ impl FrameScanner {
     }
 
     /// Poisons the scanner; `frame_start` is where the offending frame began in this chunk.
-    fn fail(&mut self, violation: Violation, frame_start: Option<usize>) -> Feed {
+    fn fail(&mut self, c: &mut DirectionCounts, violation: Violation, frame_start: Option<usize>) -> Feed {
         let valid_up_to = frame_start.unwrap_or(0);
-        self.add_wire(valid_up_to);
+        add_wire(c, valid_up_to);
         self.violation = Some(violation);
         self.violation_at_boundary = frame_start.is_some();
         Feed::Violation { valid_up_to, violation }
@@ -341,19 +439,12 @@ impl FrameScanner {
 
     /// Counts what `rest` holds of the current frame's payload as fed; returns how many bytes.
     #[inline(always)]
-    fn take_payload(&mut self, rest: &[u8]) -> usize {
+    fn take_payload(&mut self, c: &mut DirectionCounts, rest: &[u8]) -> usize {
         let take = usize::try_from(self.remaining).map_or(rest.len(), |r| r.min(rest.len()));
         let take64 = u64::try_from(take).unwrap_or(u64::MAX);
         self.remaining = self.remaining.saturating_sub(take64);
-        self.counts.payload_bytes = self.counts.payload_bytes.saturating_add(take64);
+        c.payload_bytes = c.payload_bytes.saturating_add(take64);
         take
-    }
-
-    /// Adds `len` forwarded bytes to the wire counter.
-    #[inline(always)]
-    fn add_wire(&mut self, len: usize) {
-        let len = u64::try_from(len).unwrap_or(u64::MAX);
-        self.counts.wire_bytes = self.counts.wire_bytes.saturating_add(len);
     }
 
     /// Takes header bytes from `rest`: the header if now complete, and how many bytes were used.
@@ -403,7 +494,7 @@ impl FrameScanner {
     /// Checks a complete header, reads its close code if `after` (the rest of the chunk) has
     /// it, then counts the frame and moves on to its payload.
     #[inline(always)]
-    fn accept(&mut self, header: &FrameHeader, after: &[u8]) -> Result<(), Violation> {
+    fn accept(&mut self, c: &mut DirectionCounts, header: &FrameHeader, after: &[u8]) -> Result<(), Violation> {
         self.check(header)?;
         if header.opcode == Opcode::Close {
             let reason_len = u16::try_from(header.payload_len.saturating_sub(2)).unwrap_or(u16::MAX);
@@ -417,7 +508,7 @@ impl FrameScanner {
                     CloseCode::Reading { got: 0, bytes: [0; 2], key: header.mask.unwrap_or_default(), reason_len };
             }
         }
-        self.count(header);
+        self.count(c, header);
         self.remaining = header.payload_len;
         Ok(())
     }
@@ -467,14 +558,14 @@ impl FrameScanner {
 
     /// Counts a header that passed every check.
     #[inline(always)]
-    fn count(&mut self, header: &FrameHeader) {
-        let c = &mut self.counts;
+    fn count(&mut self, c: &mut DirectionCounts, header: &FrameHeader) {
+        self.frame = self.frame.wrapping_add(1);
         c.frames = c.frames.saturating_add(1);
         match header.opcode {
             Opcode::Text | Opcode::Binary => {
                 c.data_frames = c.data_frames.saturating_add(1);
                 if header.fin {
-                    self.finish_message(header.opcode, header.payload_len);
+                    self.finish_message(c, header.opcode, header.payload_len);
                 } else {
                     self.open = Some(header.opcode);
                     self.message_bytes = header.payload_len;
@@ -485,7 +576,7 @@ impl FrameScanner {
                 self.message_bytes = self.message_bytes.saturating_add(header.payload_len);
                 if header.fin {
                     if let Some(kind) = self.open.take() {
-                        self.finish_message(kind, self.message_bytes);
+                        self.finish_message(c, kind, self.message_bytes);
                     }
                 }
             }
@@ -500,8 +591,7 @@ impl FrameScanner {
 
     /// Counts a completed data message of `len` payload bytes whose first frame had opcode `kind`.
     #[inline(always)]
-    fn finish_message(&mut self, kind: Opcode, len: u64) {
-        let c = &mut self.counts;
+    fn finish_message(&mut self, c: &mut DirectionCounts, kind: Opcode, len: u64) {
         c.messages = c.messages.saturating_add(1);
         if kind == Opcode::Text {
             c.text_messages = c.text_messages.saturating_add(1);
@@ -511,14 +601,14 @@ impl FrameScanner {
         c.largest_message_bytes = c.largest_message_bytes.max(len);
         self.message_bytes = 0;
         if !self.policy.chunks.is_unused() {
-            self.count_chunks(len);
+            self.count_chunks(c, len);
         }
     }
 
     /// Adds a completed message of `len` payload bytes to every used chunk slot.
-    fn count_chunks(&mut self, len: u64) {
+    fn count_chunks(&self, c: &mut DirectionCounts, len: u64) {
         let sizes = self.policy.chunks.0;
-        for (total, size) in self.counts.chunked.iter_mut().zip(sizes) {
+        for (total, size) in c.chunked.iter_mut().zip(sizes) {
             if size != 0 {
                 let pieces = len.div_ceil(u64::from(size)).max(1);
                 *total = total.saturating_add(pieces);
@@ -564,6 +654,13 @@ impl FrameScanner {
             self.close = Some(CloseInfo { code, reason_len });
         }
     }
+}
+
+/// Adds `len` forwarded bytes to the wire counter of `c`.
+#[inline(always)]
+fn add_wire(c: &mut DirectionCounts, len: usize) {
+    let len = u64::try_from(len).unwrap_or(u64::MAX);
+    c.wire_bytes = c.wire_bytes.saturating_add(len);
 }
 
 #[cfg(test)]

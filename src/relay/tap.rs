@@ -4,14 +4,14 @@
 //! Hot path (per read and write). Bytes read from the client are scanned as client frames,
 //! bytes written to it as server frames; the payloads are not touched and nothing is copied
 //! except the client's early bytes (read with the request head), served first. The observer
-//! hears the counts after every read and write that moved bytes. `Tap::report` turns the two
+//! hears what each read and write that moved bytes counted. `Tap::report` turns the two
 //! scanners into the same `RelayReport` a relay produces (through the same `Ending::report`),
 //! with the built-in object in the backend's place; a protocol violation is reported like one
 //! on a relayed connection.
 
 use super::close::Close;
 use super::report::{Cause, Ending, Outcome, Party, RelayReport};
-use super::scanner::{Feed, FrameScanner, ScanPolicy};
+use super::scanner::{DirectionCounts, Feed, Scan, ScanPolicy};
 use super::{Direction, Observer};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -23,7 +23,9 @@ pub struct Tap<S, O> {
     early: Vec<u8>,
     early_at: usize,
     /// `[client → object, object → client]`.
-    scanners: [FrameScanner; 2],
+    scanners: [Scan; 2],
+    /// What each direction carried so far, as `scanners`.
+    counts: [DirectionCounts; 2],
     observer: O,
     ending: Ending,
     /// The client's read ended: `Some(true)` on an error, `Some(false)` on EOF.
@@ -38,7 +40,8 @@ impl<S, O: Observer> Tap<S, O> {
             io,
             early,
             early_at: 0,
-            scanners: policies.map(FrameScanner::new),
+            scanners: policies.map(Scan::new),
+            counts: Default::default(),
             observer,
             ending: Ending::default(),
             read_ended: None,
@@ -50,7 +53,8 @@ impl<S, O: Observer> Tap<S, O> {
     fn scan(&mut self, d: Direction, bytes: &[u8]) -> usize {
         let s = &mut self.scanners[d.index()];
         let had_close = s.close().is_some();
-        let feed = s.feed(bytes);
+        let mut fresh = DirectionCounts::default();
+        let feed = s.feed(&mut fresh, bytes);
         // A close after weir's own (a protocol error's 1002) is a reply, not the start of the end.
         if !had_close && s.close().is_some() && self.ending.gateway_code.is_none() {
             self.ending.first_close.get_or_insert(Party::sender_of(d));
@@ -73,8 +77,14 @@ impl<S, O: Observer> Tap<S, O> {
                 }
             }
         }
-        let [c, o] = &self.scanners;
-        self.observer.progress([c.counts(), o.counts()]);
+        if fresh.wire_bytes != 0 {
+            self.counts[d.index()].add(&fresh);
+            let none = DirectionCounts::default();
+            self.observer.progress(match d {
+                Direction::ClientToBackend => [&fresh, &none],
+                Direction::BackendToClient => [&none, &fresh],
+            });
+        }
         valid
     }
 
@@ -100,7 +110,7 @@ impl<S, O: Observer> Tap<S, O> {
         // Without a completed close handshake: the object closed (e.g. a slow client) and the
         // client did not answer, or the client went away.
         ending.first_end = Some(if closes[1].is_some() { Party::Backend } else { Party::Client });
-        let mut report = ending.report([*c.counts(), *o.counts()], closes);
+        let mut report = ending.report(self.counts, closes);
         if shutdown && report.violation.is_none() {
             // weir's own object closed it for shutdown: the client's answer to that close does
             // not make it a completed connection.
