@@ -398,7 +398,7 @@ impl Watch {
 
 /// Where weir's pong (payload `payload`, masked when `masked`) sits in `chunk`, the next bytes
 /// read from a side, when it is there whole: `(start, end)`. `remaining` is the payload of the
-/// current frame still to come at the chunk's start (`FrameScanner::frame_remaining`); `None`
+/// current frame still to come at the chunk's start (`Scan::frame_remaining`); `None`
 /// (a header split across reads) finds nothing. Walks headers only; runs only while a ping of
 /// weir's is outstanding on that side.
 pub fn find_pong(remaining: Option<u64>, chunk: &[u8], payload: &PingPayload, masked: bool) -> Option<(usize, usize)> {

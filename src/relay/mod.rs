@@ -1,8 +1,9 @@
 //! The relay: everything that happens to a WebSocket connection after the 101.
 //!
 //! - `frame.rs`: sans-io RFC 6455 frame-header parser and close-frame encoder (hot path).
-//! - `scanner.rs`: `FrameScanner`, fed chunks split anywhere; counts and validates one direction
-//!   without touching payload bytes (hot path).
+//! - `scanner.rs`: `Scan`, fed chunks split anywhere; counts (into the counters it is given) and
+//!   validates one direction without touching payload bytes (hot path); `FrameScanner` is a scan
+//!   with counters of its own.
 //! - `pump.rs`: `Relay`, one state machine that drives both directions of a connection, forwards
 //!   bytes from the buffer they were read into, applies backpressure, and injects close frames at
 //!   frame boundaries (hot path per chunk; warm path at the ends).

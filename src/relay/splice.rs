@@ -4,7 +4,7 @@
 //! and encrypted by weir.
 //!
 //! The relay still reads every frame header itself (through its scratch buffer) and hands the
-//! frame scanner the spliced byte counts (`FrameScanner::skip_payload`), so counts, limits and
+//! frame scanner the spliced byte counts (`Scan::skip_payload`), so counts, limits and
 //! rates see every byte.
 //!
 //! Pipes come from a bounded pool: at most `MAX_PIPES` exist in the process (two descriptors
