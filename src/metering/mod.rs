@@ -37,8 +37,8 @@ pub struct Meter {
     /// Who the connection is (with its id, client address and wall-clock start); filled in while
     /// it is routed and connected (`identity_mut`), then shared by every record.
     identity: Arc<Identity>,
-    /// Subprotocol the backend chose, if any.
-    pub subprotocol: Option<String>,
+    /// Subprotocol the backend chose, if any (boxed text: 16 bytes of every live entry, not 24).
+    pub subprotocol: Option<Box<str>>,
 }
 
 /// Why a handshake failed: the one record of a rejected connection.
@@ -137,7 +137,7 @@ impl Meter {
             idle_ms: (duration.as_millis() - active.as_millis()) as u64,
             requests: 1,
             status: 101,
-            subprotocol: self.subprotocol.clone(),
+            subprotocol: self.subprotocol.as_deref().map(str::to_owned),
             client_to_backend: DirectionUsage::from(&progress.counts[0]),
             backend_to_client: DirectionUsage::from(&progress.counts[1]),
             gateway: DirectionUsage::default(),
