@@ -270,14 +270,14 @@ mod size_report {
             (
                 "Live (the live-set entry, shared; the one copy of the counts)",
                 size_of::<crate::metering::live::Live>(),
-                464,
+                432,
             ),
             (
                 "Identity (behind an Arc in the entry; no heap of its own but a tenant from a credential)",
                 size_of::<crate::billing::Identity>(),
                 152,
             ),
-            ("Watch (boxed guard state, with limits on)", size_of::<crate::relay::guard::Watch>(), 224),
+            ("Watch (boxed guard state, with limits on)", size_of::<crate::relay::guard::Watch>(), 192),
             ("Guards (one per route, shared: not per connection)", size_of::<crate::relay::guard::Guards>(), 224),
             (
                 "Pingora's L4 stream (no longer held: Io::Tcp)",

@@ -124,8 +124,12 @@ pub enum Due {
 /// weir's ping payload: `weir` and a 4-byte sequence number.
 pub type PingPayload = [u8; 8];
 
+/// A deadline that never comes: a tick no clock reaches (deadlines are plain ticks rather than
+/// `Option`s, 8 bytes each where an `Option<u64>` takes 16).
+const NEVER: u64 = u64::MAX;
+
 /// One side's keepalive state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Peer {
     /// Wire bytes read from this side in this wakeup at the last `observe`.
     heard_bytes: u64,
@@ -136,8 +140,15 @@ struct Peer {
     ping: Option<(PingPayload, Instant)>,
     /// Tick the last ping was sent (kept after its pong: the next one is an interval later).
     pinged_at: u64,
-    /// The side must be heard from by this tick (a ping is unanswered).
-    answer_by: Option<u64>,
+    /// The side must be heard from by this tick (a ping is unanswered); `NEVER` when none is.
+    answer_by: u64,
+}
+
+impl Peer {
+    /// A side heard from at tick `now`, not pinged yet.
+    fn new(now: u64) -> Peer {
+        Peer { heard_bytes: 0, heard_at: now, ping: None, pinged_at: 0, answer_by: NEVER }
+    }
 }
 
 /// One direction's token buckets.
@@ -163,15 +174,17 @@ struct Rates {
 #[derive(Debug)]
 pub struct Watch {
     guards: std::sync::Arc<Guards>,
-    /// Tick this connection's lifetime ends (its share of the jitter taken off).
-    lifetime_end: Option<u64>,
+    /// Tick this connection's lifetime ends (its share of the jitter taken off); `NEVER` without
+    /// a lifetime.
+    lifetime_end: u64,
     /// The connection's one entry on the wheel.
     pub alarm: Alarm,
     last_active: u64,
     /// Activity counter (data frames, or all frames) in this wakeup at the last `observe`.
     activity: u64,
-    /// Tick one side's close frame was first seen while the other had not answered.
-    close_since: Option<u64>,
+    /// Tick by which the other side must answer the close frame one side sent (`close_timeout`
+    /// after it was first seen); `NEVER` while no close waits for an answer.
+    close_by: u64,
     peers: [Peer; 2],
     /// The rate limits' state, when the route has a rate.
     rates: Option<Box<Rates>>,
@@ -184,7 +197,7 @@ impl Watch {
     /// The state of a connection starting at tick `now` (`at` for the token buckets) under
     /// `guards`; `share` (in [0, 1)) is how much of the lifetime jitter it gets.
     pub fn new(guards: std::sync::Arc<Guards>, share: f64, now: u64, at: Instant) -> Watch {
-        let lifetime_end = guards.lifetime.map(|l| {
+        let lifetime_end = guards.lifetime.map_or(NEVER, |l| {
             let mine = l.saturating_sub(guards.lifetime_jitter.mul_f64(share.clamp(0.0, 1.0)));
             now.saturating_add(Timers::ticks_in(mine))
         });
@@ -206,8 +219,8 @@ impl Watch {
             alarm: Alarm::default(),
             last_active: now,
             activity: 0,
-            close_since: None,
-            peers: [Peer { heard_at: now, ..Peer::default() }, Peer { heard_at: now, ..Peer::default() }],
+            close_by: NEVER,
+            peers: [Peer::new(now), Peer::new(now)],
             rates,
             pings_sent: 0,
             closing: false,
@@ -245,13 +258,14 @@ impl Watch {
             if c.wire_bytes != peer.heard_bytes {
                 peer.heard_bytes = c.wire_bytes;
                 peer.heard_at = now;
-                peer.answer_by = None;
+                peer.answer_by = NEVER;
             }
         }
         self.closing |= closes[0] || closes[1];
-        self.close_since = match closes {
-            [true, true] | [false, false] => None,
-            _ => Some(self.close_since.unwrap_or(now)),
+        self.close_by = match (closes, self.guards.close_timeout) {
+            ([true, true] | [false, false], _) | (_, None) => NEVER,
+            (_, Some(t)) if self.close_by == NEVER => now.saturating_add(Timers::ticks_in(t)),
+            _ => self.close_by,
         };
     }
 
@@ -323,15 +337,13 @@ impl Watch {
     /// The most final thing due at `now`, if any. `Ping` stays due until `pinged` is called.
     pub fn due(&self, now: u64) -> Option<Due> {
         let g = &self.guards;
-        if let (Some(since), Some(t)) = (self.close_since, g.close_timeout) {
-            if now >= since.saturating_add(Timers::ticks_in(t)) {
-                return Some(Due::CloseTimeout);
-            }
+        if now >= self.close_by {
+            return Some(Due::CloseTimeout);
         }
-        if let Some(side) = self.peers.iter().position(|p| p.answer_by.is_some_and(|by| now >= by)) {
+        if let Some(side) = self.peers.iter().position(|p| now >= p.answer_by) {
             return Some(Due::Dead(side));
         }
-        if self.lifetime_end.is_some_and(|end| now >= end) {
+        if now >= self.lifetime_end {
             return Some(Due::Lifetime);
         }
         if g.idle_timeout.is_some_and(|t| now >= self.last_active.saturating_add(Timers::ticks_in(t))) {
@@ -343,11 +355,12 @@ impl Watch {
     /// The earliest tick at which something is due (for the alarm).
     pub fn next(&self) -> Option<u64> {
         let g = &self.guards;
-        let close = self.close_since.zip(g.close_timeout).map(|(s, t)| s.saturating_add(Timers::ticks_in(t)));
         let idle = g.idle_timeout.map(|t| self.last_active.saturating_add(Timers::ticks_in(t)));
-        let peers = (0..2).flat_map(|s| [self.peers[s].answer_by, self.ping_at(s)]);
+        let deadlines = [self.close_by, self.lifetime_end, self.peers[0].answer_by, self.peers[1].answer_by];
+        let pings = (0..2).map(|s| self.ping_at(s));
         let paused = self.rates.as_deref().map_or([None, None], |r| r.paused_until);
-        [close, self.lifetime_end, idle].into_iter().chain(peers).chain(paused).flatten().min()
+        let set = deadlines.into_iter().filter(|&t| t != NEVER).map(Some);
+        set.chain([idle]).chain(pings).chain(paused).flatten().min()
     }
 
     /// When `side` should next be pinged: it was silent for the interval and no ping waits.
@@ -357,7 +370,7 @@ impl Watch {
             return None;
         }
         let p = &self.peers[side];
-        if p.answer_by.is_some() {
+        if p.answer_by != NEVER {
             return None;
         }
         // After a ping, the next one is an interval after it was sent (or after the side was
@@ -374,7 +387,7 @@ impl Watch {
         let p = &mut self.peers[side];
         p.ping = Some((payload, at));
         p.pinged_at = now;
-        p.answer_by = Some(now.saturating_add(Timers::ticks_in(timeout)));
+        p.answer_by = now.saturating_add(Timers::ticks_in(timeout));
         payload
     }
 
@@ -386,7 +399,7 @@ impl Watch {
     /// weir's pong came back from `side` at `at`: the round-trip time.
     pub fn ponged(&mut self, side: usize, at: Instant) -> Option<Duration> {
         let (_, sent) = self.peers[side].ping.take()?;
-        self.peers[side].answer_by = None;
+        self.peers[side].answer_by = NEVER;
         Some(at.saturating_duration_since(sent))
     }
 
@@ -504,6 +517,26 @@ mod tests {
             }
         }
         assert_eq!(pings, 100, "one ping per interval over 10 s of silence");
+    }
+
+    #[test]
+    fn each_wakeup_counts_from_zero() {
+        // The relay hands the guards what the current wakeup counted, from zero at each
+        // `begin_wakeup`: the second wakeup's 4 messages are charged whole, and its bytes are
+        // heard, though its counts equal the first wakeup's.
+        let t0 = Instant::now();
+        let rate =
+            Rate { messages: Some(Bucket { per_second: 0.001, burst: 6.0 }), bytes: None, action: RateAction::Close };
+        let k = Keepalive { interval: Duration::from_millis(100), timeout: Duration::from_millis(100), backend: false };
+        let guards = Guards { rates: [Some(rate), None], keepalive: Some(k), ..Guards::default() };
+        let mut w = Watch::new(Arc::new(guards), 0.0, 0, t0);
+        let none = DirectionCounts::default();
+        w.observe(1, [&counts(4, 40), &none], [false, false]);
+        assert_eq!(w.charge(0, &counts(4, 40), t0, 1), Charge::Ok, "4 of the burst of 6");
+        w.begin_wakeup();
+        w.observe(5, [&counts(4, 40), &none], [false, false]);
+        assert_eq!(w.next(), Some(15), "heard at tick 5: the next ping is an interval after it");
+        assert_eq!(w.charge(0, &counts(4, 40), t0, 5), Charge::Close, "4 more: 8, over the burst");
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //! Hot path (per chunk): read from one side into a per-thread scratch buffer, feed the frame
 //! scanner, write the same bytes to the other side straight from that buffer. The scanners count
 //! into the wakeup's counters on the stack (`Fresh`), which the `Observer` gets once per wakeup,
-//! before the relay parks: the relay keeps no counters (the observer keeps the sums). Only when the other side cannot take
-//! everything at once are the leftover bytes copied into a per-connection buffer, and the side
-//! they came from is not read again until they are written: that is the backpressure, and it
-//! bounds memory per connection to one read (64 KiB) per direction. An idle connection holds no
-//! buffer, no timer and no task wakeup: the future is parked on the two sockets' readiness.
+//! before the relay parks: the relay keeps no counters (the observer keeps the sums). Only when
+//! the other side cannot take everything at once are the leftover bytes copied into a
+//! per-connection buffer, and the side they came from is not read again until they are written:
+//! that is the backpressure, and it bounds memory per connection to one read (64 KiB) per
+//! direction. An idle connection holds no buffer, no timer and no task wakeup: the future is
+//! parked on the two sockets' readiness.
 //!
 //! Warm path (the ends): EOF, errors, protocol violations and shutdown. When one side goes away
 //! without a close frame, the other side gets one (`Close::BackendGone` toward the client,
