@@ -59,14 +59,18 @@ impl Drop for PeerRelay {
 }
 
 /// The owner's tap around a relayed member: counts for the object record, nothing else.
-struct Counting;
+#[derive(Default)]
+struct Counting([DirectionCounts; 2]);
 
 impl Observer for Counting {
-    fn progress(&mut self, _fresh: [&DirectionCounts; 2]) {}
+    fn progress(&mut self, fresh: [&DirectionCounts; 2]) {
+        for (total, more) in self.0.iter_mut().zip(fresh) {
+            total.add(more);
+        }
+    }
 
-    /// Never asked: a tap reports the counts it keeps itself.
     fn totals(&self) -> [DirectionCounts; 2] {
-        Default::default()
+        self.0
     }
 }
 
@@ -220,7 +224,7 @@ impl Owner {
         drop(snap);
         let policies = [crate::relay::scanner::Role::Client, crate::relay::scanner::Role::Server]
             .map(|sender| ScanPolicy { sender, allowed_rsv: 0, chunks, max_frame: 0, max_message: 0 });
-        let tap = Tap::new(stream, early, policies, Counting);
+        let tap = Tap::new(stream, early, policies, Counting::default());
         let stops = session::Stops::of(&lease, None);
         let counts = match session::run(object, &identity.id, tap, handle, shutdown, self.grace, stops, join).await {
             (Some(tap), cause) => tap.finish(cause).0.counts,

@@ -4,10 +4,10 @@
 //! Hot path (per read and write). Bytes read from the client are scanned as client frames,
 //! bytes written to it as server frames; the payloads are not touched and nothing is copied
 //! except the client's early bytes (read with the request head), served first. The observer
-//! hears what each read and write that moved bytes counted. `Tap::report` turns the two
-//! scanners into the same `RelayReport` a relay produces (through the same `Ending::report`),
-//! with the built-in object in the backend's place; a protocol violation is reported like one
-//! on a relayed connection.
+//! hears what each read and write that moved bytes counted and keeps the sums, as a relay's
+//! does. `Tap::finish` turns the two scanners and those sums into the same `RelayReport` a relay
+//! produces (through the same `Ending::report`), with the built-in object in the backend's place;
+//! a protocol violation is reported like one on a relayed connection.
 
 use super::close::Close;
 use super::report::{Cause, Ending, Outcome, Party, RelayReport};
@@ -24,8 +24,6 @@ pub struct Tap<S, O> {
     early_at: usize,
     /// `[client → object, object → client]`.
     scanners: [Scan; 2],
-    /// What each direction carried so far, as `scanners`.
-    counts: [DirectionCounts; 2],
     observer: O,
     ending: Ending,
     /// The client's read ended: `Some(true)` on an error, `Some(false)` on EOF.
@@ -41,7 +39,6 @@ impl<S, O: Observer> Tap<S, O> {
             early,
             early_at: 0,
             scanners: policies.map(Scan::new),
-            counts: Default::default(),
             observer,
             ending: Ending::default(),
             read_ended: None,
@@ -78,7 +75,6 @@ impl<S, O: Observer> Tap<S, O> {
             }
         }
         if fresh.wire_bytes != 0 {
-            self.counts[d.index()].add(&fresh);
             let none = DirectionCounts::default();
             self.observer.progress(match d {
                 Direction::ClientToBackend => [&fresh, &none],
@@ -110,7 +106,7 @@ impl<S, O: Observer> Tap<S, O> {
         // Without a completed close handshake: the object closed (e.g. a slow client) and the
         // client did not answer, or the client went away.
         ending.first_end = Some(if closes[1].is_some() { Party::Backend } else { Party::Client });
-        let mut report = ending.report(self.counts, closes);
+        let mut report = ending.report(self.observer.totals(), closes);
         if shutdown && report.violation.is_none() {
             // weir's own object closed it for shutdown: the client's answer to that close does
             // not make it a completed connection.
