@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what building weir needs and a fresh machine may lack: cmake and a C compiler
-# (Pingora builds zlib-ng and ring from C), pkg-config, and protoc with protobuf's well-known
+# Installs what building weir needs and a fresh machine may lack: cmake, make and a C compiler
+# (Pingora builds zlib-ng and ring from C, and the `weir` binary's allocator, jemalloc, builds
+# with make), pkg-config, and protoc with protobuf's well-known
 # types (the etcd client, `cluster:`, compiles etcd's protobuf definitions). Idempotent; sourced
 # by run.sh and test.sh. Uses apt-get (Debian/Ubuntu), as root or through sudo.
 set -euo pipefail
