@@ -151,12 +151,20 @@ pub struct Sampler {
     open: IntGauge,
     max: IntGauge,
     rss: IntGauge,
+    /// Called once, before the second sample (one `SAMPLE_INTERVAL` after start): gives the
+    /// memory startup used and freed back to the kernel.
+    release_memory: Option<fn()>,
 }
 
 impl Sampler {
     /// Sample `fds` into the `open` and `max` gauges, and the resident memory into `rss`.
     pub fn new(fds: Arc<Descriptors>, open: IntGauge, max: IntGauge, rss: IntGauge) -> Sampler {
-        Sampler { fds, open, max, rss }
+        Sampler { fds, open, max, rss, release_memory: None }
+    }
+
+    /// Call `release` once, one `SAMPLE_INTERVAL` after start, before that sample.
+    pub fn releasing_memory_after_start(self, release: fn()) -> Sampler {
+        Sampler { release_memory: Some(release), ..self }
     }
 }
 
@@ -175,10 +183,19 @@ impl BackgroundService for Sampler {
         // When the last "headroom used" warning was logged: repeated at most every WARN_INTERVAL
         // while the reserve stays in use (or the count flaps around it).
         let mut warned: Option<Instant> = None;
+        // Samples taken so far.
+        let mut taken = 0u32;
         loop {
             let fds = self.fds.clone();
-            // Reading /proc is a blocking call: off the service's runtime thread.
-            let _ = tokio::task::spawn_blocking(move || fds.sample()).await;
+            let release = if taken == 1 { self.release_memory } else { None };
+            // Reading /proc (and releasing memory) are blocking calls: off the service's runtime
+            // thread.
+            let _ = tokio::task::spawn_blocking(move || {
+                release.inspect(|release| release());
+                fds.sample()
+            })
+            .await;
+            taken = taken.saturating_add(1);
             self.open.set(self.fds.open() as i64);
             self.max.set(self.fds.max() as i64);
             if let Some(rss) = resident_bytes() {

@@ -59,7 +59,9 @@ const PINGORA_GRACE_MARGIN: Duration = Duration::from_secs(2);
 /// re-read) and run until shutdown; returns after the last flush and delivery.
 /// With `upgrade`, the listening sockets are taken over from a running weir (`weir run
 /// --upgrade`, then SIGQUIT to the old process): see the README, "Binary upgrade".
-pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
+/// `release_memory` gives the allocator's freed pages back to the kernel; it is called once,
+/// after start (`fds::Sampler`).
+pub fn run(config: Config, path: &Path, upgrade: bool, release_memory: fn()) -> anyhow::Result<()> {
     // First: everything after this opens descriptors.
     crate::fds::raise_limit();
     let registry = prometheus::default_registry().clone();
@@ -256,7 +258,8 @@ pub fn run(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
     if !quotas.is_empty() {
         server.add_service(background_service("quota ticker", QuotaTicker(quotas.clone(), live.clone())));
     }
-    let sampler = Sampler::new(fds, metrics.open_fds.clone(), metrics.max_fds.clone(), metrics.resident_memory.clone());
+    let sampler = Sampler::new(fds, metrics.open_fds.clone(), metrics.max_fds.clone(), metrics.resident_memory.clone())
+        .releasing_memory_after_start(release_memory);
     server.add_service(background_service("descriptor sampler", sampler));
     let accept_errors = metrics.accept_errors.clone();
     let delivery_service =
