@@ -6,7 +6,7 @@
 //! `cargo run --release --example scan_speed`
 
 use std::time::Instant;
-use weir::relay::scanner::{Chunks, FrameScanner, Role, ScanPolicy};
+use weir::relay::scanner::{Chunks, FrameScanner, Role, ScanLimits, ScanPolicy};
 
 /// Frames per buffer: about what one read of the `small` scenario holds.
 const FRAMES: usize = 150;
@@ -32,16 +32,15 @@ fn main() {
     println!("| direction | chunk counting | ns per frame |");
     println!("|---|---|---:|");
     for (masked, chunks) in [(true, false), (false, false), (true, true)] {
-        let mut policy = ScanPolicy::new(if masked { Role::Client } else { Role::Server });
-        policy.max_frame = 16 << 20;
-        policy.max_message = 64 << 20;
+        let policy = ScanPolicy::new(if masked { Role::Client } else { Role::Server });
+        let mut limits = ScanLimits { max_frame: 16 << 20, max_message: 64 << 20, ..ScanLimits::NONE };
         if chunks {
-            policy.chunks = Chunks([4096, 0, 0, 0]);
+            limits.chunks = Chunks([4096, 0, 0, 0]);
         }
         let buf = frames(masked);
         let mut best = f64::MAX;
         for _ in 0..5 {
-            let mut scanner = FrameScanner::new(policy);
+            let mut scanner = FrameScanner::new(policy, limits);
             let started = Instant::now();
             for _ in 0..FEEDS {
                 let _ = std::hint::black_box(scanner.feed(std::hint::black_box(&buf)));

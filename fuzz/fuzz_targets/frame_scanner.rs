@@ -25,9 +25,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use weir::relay::frame::{Violation, MAX_HEADER_LEN};
-use weir::relay::scanner::{Chunks, DirectionCounts, Feed, FrameScanner, Role, ScanPolicy};
+use weir::relay::scanner::{Chunks, DirectionCounts, Feed, FrameScanner, Role, ScanLimits, ScanPolicy};
 
-/// Chunk-size presets for `ScanPolicy::chunks` (unused, one size, several, extremes).
+/// Chunk-size presets for `ScanLimits::chunks` (unused, one size, several, extremes).
 const CHUNKS: [Chunks; 4] =
     [Chunks([0; 4]), Chunks([32 * 1024, 0, 0, 0]), Chunks([1, 125, 0, 4096]), Chunks([u32::MAX, 7, 65_536, 1])];
 /// Size-limit presets, `(max_frame, max_message)` (0: no limit).
@@ -39,10 +39,8 @@ fuzz_target!(|data: &[u8]| {
     let policy = ScanPolicy {
         sender: if selector & 1 == 0 { Role::Client } else { Role::Server },
         allowed_rsv: if selector & 2 == 0 { 0 } else { 0b100 },
-        chunks: CHUNKS[usize::from((selector >> 2) & 3)],
-        max_frame,
-        max_message,
     };
+    let limits = ScanLimits { chunks: CHUNKS[usize::from((selector >> 2) & 3)], max_frame, max_message };
     let (splits, stream) = match rest.split_first() {
         Some((&n, rest)) => rest.split_at(usize::from(n & 0x1F).min(rest.len())),
         None => (&[][..], rest),
@@ -50,9 +48,9 @@ fuzz_target!(|data: &[u8]| {
     let lens: Vec<usize> =
         splits.iter().map(|&b| if b < 0xC0 { usize::from(b) } else { usize::from(b - 0xBF) * 256 }).collect();
 
-    let whole = scan(policy, std::iter::once(stream));
-    let split = scan(policy, SplitChunks { stream, lens: &lens, next: 0, empty_run: 0 });
-    let bytewise = scan(policy, stream.chunks(1));
+    let whole = scan(policy, limits, std::iter::once(stream));
+    let split = scan(policy, limits, SplitChunks { stream, lens: &lens, next: 0, empty_run: 0 });
+    let bytewise = scan(policy, limits, stream.chunks(1));
     compare(&whole, &split, stream.len(), "split");
     compare(&whole, &bytewise, stream.len(), "one byte at a time");
 });
@@ -97,8 +95,8 @@ struct Scanned {
 }
 
 /// Feeds `chunks` to a fresh scanner, checking the per-feed contract after every feed.
-fn scan<'a>(policy: ScanPolicy, chunks: impl Iterator<Item = &'a [u8]>) -> Scanned {
-    let mut s = FrameScanner::new(policy);
+fn scan<'a>(policy: ScanPolicy, limits: ScanLimits, chunks: impl Iterator<Item = &'a [u8]>) -> Scanned {
+    let mut s = FrameScanner::new(policy, limits);
     // Bytes the relay forwards: the whole chunk for `Ok`, `chunk[..valid_up_to]` for a violation.
     let mut forwarded: u64 = 0;
     for chunk in chunks {
@@ -144,7 +142,7 @@ fn scan<'a>(policy: ScanPolicy, chunks: impl Iterator<Item = &'a [u8]>) -> Scann
             None if s.violation().is_none() => assert!(!s.at_frame_boundary(), "no frame_remaining() at a boundary"),
             None => {}
         }
-        check_consistent(&after, policy);
+        check_consistent(&after, policy, &limits);
     }
     Scanned {
         counts: *s.counts(),
@@ -180,7 +178,7 @@ fn check_monotonic(before: &DirectionCounts, after: &DirectionCounts) {
 }
 
 /// Relations between the counters that hold after any feed.
-fn check_consistent(c: &DirectionCounts, policy: ScanPolicy) {
+fn check_consistent(c: &DirectionCounts, policy: ScanPolicy, limits: &ScanLimits) {
     assert_eq!(c.frames, c.data_frames + c.pings + c.pongs + c.closes, "frames by kind: {c:?}");
     assert_eq!(c.messages, c.text_messages + c.binary_messages, "messages by kind: {c:?}");
     assert!(c.messages <= c.data_frames, "more messages than data frames: {c:?}");
@@ -188,7 +186,7 @@ fn check_consistent(c: &DirectionCounts, policy: ScanPolicy) {
     // and every counted payload byte was forwarded.
     let min_header = if policy.sender == Role::Client { 6 } else { 2 };
     assert!(c.payload_bytes + min_header * c.frames <= c.wire_bytes, "more counted than forwarded: {c:?}");
-    for (k, (&n, &size)) in c.chunked.iter().zip(&policy.chunks.0).enumerate() {
+    for (k, (&n, &size)) in c.chunked.iter().zip(&limits.chunks.0).enumerate() {
         if size == 0 {
             assert_eq!(n, 0, "chunked[{k}] counts an unused slot");
         } else {

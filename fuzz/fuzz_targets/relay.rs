@@ -8,7 +8,7 @@
 //! Input layout (every byte string is a valid input; a missing argument ends the script):
 //! - byte 0, flags: bit 0 the backend is an object host (the relay is handed a move
 //!   signal); bits 1 and 2 `allowed_rsv` `0b100` for the client's and the backend's direction;
-//!   bit 3 chunk sizes set in both policies; bits 4 and 5 how the client and the backend stop
+//!   bit 3 chunk sizes set (both directions); bits 4 and 5 how the client and the backend stop
 //!   at the end (0: shut down their write half and read until EOF; 1: vanish); bit 6 the
 //!   shutdown signal is already true when the relay starts; bit 7 the object has already moved;
 //! - byte 1: the pipes' capacities, `CAPS[b & 7]` for the client's, `CAPS[(b >> 3) & 7]` for
@@ -58,7 +58,7 @@ use weir::relay::close::Close;
 use weir::relay::frame::{Violation, MAX_CLOSE_FRAME_LEN};
 use weir::relay::pump::{Relay, LINGER, SCRATCH_SIZE};
 use weir::relay::report::{Cause, Outcome, RelayReport};
-use weir::relay::scanner::{Chunks, DirectionCounts, FrameScanner, Role, ScanPolicy};
+use weir::relay::scanner::{Chunks, DirectionCounts, FrameScanner, Role, ScanLimits, ScanPolicy};
 use weir::relay::Observer;
 
 /// Pipe capacities to pick from, bytes (1: every write blocks after a byte).
@@ -99,12 +99,13 @@ thread_local! {
 fn spawn_relay(
     io: [DuplexStream; 2],
     policies: [ScanPolicy; 2],
+    limits: ScanLimits,
     early: [&[u8]; 2],
     probe: Probe,
     grace: Duration,
     moved: Option<watch::Receiver<bool>>,
 ) -> JoinHandle<(RelayReport, Probe)> {
-    let relay = Relay::new(io, policies, early, probe);
+    let relay = Relay::new(io, policies, limits, early, probe);
     tokio::spawn(relay.run(grace, moved))
 }
 
@@ -405,13 +406,8 @@ fuzz_target!(|data: &[u8]| {
     let early = [s.take(usize::from(ce)).to_vec(), s.take(usize::from(be)).to_vec()];
     let chunks = if flags & 8 != 0 { Chunks([1, 125, 0, 4096]) } else { Chunks([0; 4]) };
     let (max_frame, max_message) = LIMITS[usize::from(caps >> 6)];
-    let policy = |sender, rsv_flag: u8| ScanPolicy {
-        sender,
-        allowed_rsv: if flags & rsv_flag != 0 { 0b100 } else { 0 },
-        chunks,
-        max_frame,
-        max_message,
-    };
+    let policy =
+        |sender, rsv_flag: u8| ScanPolicy { sender, allowed_rsv: if flags & rsv_flag != 0 { 0b100 } else { 0 } };
     let policies = [policy(Role::Client, 2), policy(Role::Server, 4)];
     let setup = Setup {
         object: flags & 1 != 0,
@@ -421,6 +417,7 @@ fuzz_target!(|data: &[u8]| {
         caps: [CAPS[usize::from(caps & 7)], CAPS[usize::from((caps >> 3) & 7)]],
         grace: Duration::from_millis(50 * u64::from(grace)),
         policies,
+        limits: ScanLimits { chunks, max_frame, max_message },
         early,
     };
     RT.with(|rt| rt.block_on(run(setup, s)));
@@ -434,6 +431,7 @@ struct Setup {
     caps: [usize; 2],
     grace: Duration,
     policies: [ScanPolicy; 2],
+    limits: ScanLimits,
     early: [Vec<u8>; 2],
 }
 
@@ -447,6 +445,7 @@ async fn run(setup: Setup, mut script: Script<'_>) {
     let relay = spawn_relay(
         [relay_client, relay_backend],
         setup.policies,
+        setup.limits,
         [&setup.early[0], &setup.early[1]],
         probe,
         setup.grace,
@@ -459,7 +458,10 @@ async fn run(setup: Setup, mut script: Script<'_>) {
 
     let debug = std::env::var_os("WEIR_FUZZ_DEBUG").is_some();
     if debug {
-        eprintln!("caps {:?}, policies {:?}, early {:02X?}", setup.caps, setup.policies, setup.early);
+        eprintln!(
+            "caps {:?}, policies {:?}, limits {:?}, early {:02X?}",
+            setup.caps, setup.policies, setup.limits, setup.early
+        );
     }
     while let Some(op) = next_op(&mut script, &mut budgets) {
         if debug {
@@ -543,8 +545,8 @@ fn trim(bytes: &[u8]) -> &[u8] {
 }
 
 /// A fresh scanner's view of `bytes`, fed at once.
-fn scan(policy: ScanPolicy, bytes: &[u8]) -> FrameScanner {
-    let mut s = FrameScanner::new(policy);
+fn scan(policy: ScanPolicy, limits: ScanLimits, bytes: &[u8]) -> FrameScanner {
+    let mut s = FrameScanner::new(policy, limits);
     let _ = s.feed(bytes);
     s
 }
@@ -556,8 +558,9 @@ fn check(report: &RelayReport, probe: &Probe, peers: &[Peer; 2], vanished: &[boo
         assert_eq!(report.outcome, Outcome::Completed, "{report:?}");
     }
     if report.cause == Cause::MessageTooBig {
-        let limited =
-            (0..2).any(|d| scan(setup.policies[d], &peers[d].sent).violation().is_some_and(Violation::is_limit));
+        let limited = (0..2).any(|d| {
+            scan(setup.policies[d], setup.limits, &peers[d].sent).violation().is_some_and(Violation::is_limit)
+        });
         assert!(limited, "closed for a size limit no sender went over: {report:?}");
     }
     // d = 0: client → backend; d = 1: backend → client.
@@ -567,7 +570,11 @@ fn check(report: &RelayReport, probe: &Probe, peers: &[Peer; 2], vanished: &[boo
         let w = usize::try_from(counts.wire_bytes).unwrap();
         assert!(w <= from.sent.len(), "direction {d}: {w} bytes counted, {} sent", from.sent.len());
         let relayed = &from.sent[..w];
-        assert_eq!(counts, scan(setup.policies[d], relayed).counts(), "direction {d}: the counts of what was relayed");
+        assert_eq!(
+            counts,
+            scan(setup.policies[d], setup.limits, relayed).counts(),
+            "direction {d}: the counts of what was relayed"
+        );
 
         // What the receiver got: the relayed bytes, then at most one close frame of weir's own.
         let got = &to.received;
@@ -575,7 +582,7 @@ fn check(report: &RelayReport, probe: &Probe, peers: &[Peer; 2], vanished: &[boo
         assert!(got[..n] == relayed[..n], "direction {d}: the receiver got bytes the sender did not send");
         let tail = &got[n..];
         if !tail.is_empty() {
-            let relayed_scan = scan(setup.policies[d], relayed);
+            let relayed_scan = scan(setup.policies[d], setup.limits, relayed);
             assert!(
                 relayed_scan.at_frame_boundary(),
                 "direction {d}: weir's close frame {tail:02X?} went out mid-frame, after {:02X?}",
@@ -591,14 +598,18 @@ fn check(report: &RelayReport, probe: &Probe, peers: &[Peer; 2], vanished: &[boo
             let bound = SCRATCH_SIZE.max(setup.early[d].len());
             assert!(undelivered <= bound, "direction {d}: {w} bytes counted as relayed, {} delivered", got.len());
         }
-        let seen = scan(setup.policies[d], got);
+        let seen = scan(setup.policies[d], setup.limits, got);
         assert_eq!(seen.violation(), None, "direction {d}: weir forwarded a bad stream: {got:02X?}");
 
         // A violation weir reports is the first one in what its sender sent.
         if let Some((dir, v)) = report.violation {
             if dir.index() == d {
                 assert_ne!(v, Violation::DataAfterClose, "data after a close is dropped, not a violation");
-                assert_eq!(scan(setup.policies[d], &from.sent).violation(), Some(v), "direction {d}: {report:?}");
+                assert_eq!(
+                    scan(setup.policies[d], setup.limits, &from.sent).violation(),
+                    Some(v),
+                    "direction {d}: {report:?}"
+                );
             }
         }
     }

@@ -52,7 +52,7 @@ use crate::metering::live::LiveSet;
 use crate::metering::quota::{self, Quotas};
 use crate::metering::{Meter, Rejection};
 use crate::metrics::{Metrics, Place};
-use crate::relay::scanner::{Chunks, Role, ScanPolicy};
+use crate::relay::scanner::{Chunks, Role, ScanLimits, ScanPolicy};
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::Stream;
@@ -402,17 +402,13 @@ impl Gateway {
         }
     }
 
-    /// The scanner policies of a connection's two directions, `[client, backend]`, with the
-    /// route's size limits (built-in objects pass `None`: they enforce their own).
-    fn policies(chunks: Chunks, rsv: u8, limits: Option<&Limits>) -> [ScanPolicy; 2] {
+    /// The scanner policies of a connection's two directions, `[client, backend]`, and what
+    /// both enforce and count: the route's size limits (built-in objects pass `None`: they
+    /// enforce their own) and the chunk sizes.
+    fn policies(chunks: Chunks, rsv: u8, limits: Option<&Limits>) -> ([ScanPolicy; 2], ScanLimits) {
         let (max_frame, max_message) = limits.map_or((0, 0), |l| (l.max_frame, l.max_message));
-        [Role::Client, Role::Server].map(|sender| ScanPolicy {
-            sender,
-            allowed_rsv: rsv,
-            chunks,
-            max_frame,
-            max_message,
-        })
+        let policies = [Role::Client, Role::Server].map(|sender| ScanPolicy { sender, allowed_rsv: rsv });
+        (policies, ScanLimits { chunks, max_frame, max_message })
     }
 
     /// Refuse `req` with `reason`: answer, count and record it.

@@ -19,7 +19,7 @@ use crate::cluster::{peer, Claim, ClaimError, Cluster};
 use crate::http1::head;
 use crate::http1::upgrade::{accept_key, switching_protocols};
 use crate::objects::session;
-use crate::relay::scanner::{DirectionCounts, ScanPolicy};
+use crate::relay::scanner::{DirectionCounts, ScanLimits, ScanPolicy};
 use crate::relay::tap::Tap;
 use crate::relay::Observer;
 use async_trait::async_trait;
@@ -223,8 +223,9 @@ impl Owner {
         let chunks = snap.chunks;
         drop(snap);
         let policies = [crate::relay::scanner::Role::Client, crate::relay::scanner::Role::Server]
-            .map(|sender| ScanPolicy { sender, allowed_rsv: 0, chunks, max_frame: 0, max_message: 0 });
-        let tap = Tap::new(stream, early, policies, Counting::default());
+            .map(|sender| ScanPolicy { sender, allowed_rsv: 0 });
+        let limits = ScanLimits { chunks, ..ScanLimits::NONE };
+        let tap = Tap::new(stream, early, policies, limits, Counting::default());
         let stops = session::Stops::of(&lease, None);
         let counts = match session::run(object, &identity.id, tap, handle, shutdown, self.grace, stops, join).await {
             (Some(tap), cause) => tap.finish(cause).0.counts,

@@ -25,7 +25,7 @@ use super::today::Tally;
 use super::{Meter, Progress, Rejection};
 use crate::billing::{RecordKind, UsageLog, UsageRecord};
 use crate::relay::report::{Party, RelayReport};
-use crate::relay::scanner::DirectionCounts;
+use crate::relay::scanner::{DirectionCounts, PlainCounts};
 use crate::relay::wheel::{Key, Wheel};
 use crate::relay::Stop;
 use crate::sync::lock;
@@ -39,6 +39,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Length of one tick of the interim wheel.
 const INTERIM_TICK: Duration = Duration::from_millis(100);
+
+/// `d` in nanoseconds (saturated at 584 years).
+fn nanos_of(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// Most pushed messages waiting for one connection (`Live::push`); more get `PushError::Full`.
 pub const MAX_QUEUED_PUSHES: usize = 16;
@@ -97,10 +102,17 @@ impl PushError {
 }
 
 struct LiveState {
-    counts: [DirectionCounts; 2],
+    /// Both directions' counters, the one copy of them; their chunk counts are in `chunked`.
+    counts: [PlainCounts; 2],
+    /// Both directions' chunk counts (`DirectionCounts::chunked`), boxed: made at the first
+    /// `add` that has one (billing units that count in chunks), so an entry without them is
+    /// 64 bytes smaller (README "Idle cost").
+    chunked: Option<Box<[[u64; 4]; 2]>>,
     active: ActiveClock,
     last_seq: u64,
-    next_interim: Instant,
+    /// When its next interim is due, nanoseconds after the set's `epoch` (8 bytes, where an
+    /// `Instant` takes 16).
+    next_interim: u64,
     ended: bool,
     /// Round-trip time of the last answered keepalive ping, `[client, backend]`, microseconds
     /// (saturated at `u32::MAX`, 71 minutes; 8 bytes where two `Option<Duration>` take 32).
@@ -126,13 +138,29 @@ struct Pushed {
     gateway: DirectionCounts,
 }
 
+impl LiveState {
+    /// The counts so far, chunk counts included.
+    fn counts(&self) -> [DirectionCounts; 2] {
+        let chunked = self.chunked.as_deref().copied().unwrap_or_default();
+        [0, 1].map(|d| self.counts[d].with_chunks(chunked[d]))
+    }
+}
+
 impl Live {
     /// What a wakeup of the relay (or a tap's read or write) counted: added to the connection's
     /// counts; data frames keep it active (the active-time clock).
     pub fn add(&self, fresh: [&DirectionCounts; 2]) {
         let mut s = lock(&self.state);
         for (total, more) in s.counts.iter_mut().zip(fresh) {
-            total.add(more);
+            total.add_counters(more);
+        }
+        if fresh.iter().any(|c| c.chunked != [0; 4]) {
+            let chunked = s.chunked.get_or_insert_with(Box::default);
+            for (total, more) in chunked.iter_mut().zip(fresh) {
+                for (a, b) in total.iter_mut().zip(more.chunked) {
+                    *a = a.saturating_add(b);
+                }
+            }
         }
         if fresh.iter().any(|c| c.data_frames != 0) {
             s.active.touch(Instant::now());
@@ -141,7 +169,7 @@ impl Live {
 
     /// The counts so far (the sum of every `add`).
     pub fn counts(&self) -> [DirectionCounts; 2] {
-        lock(&self.state).counts
+        lock(&self.state).counts()
     }
 
     /// Note the round-trip time of an answered keepalive ping to `side`.
@@ -291,14 +319,14 @@ impl Live {
     pub fn progress(&self, now: Instant) -> (u64, u64, [DirectionCounts; 2]) {
         let s = lock(&self.state);
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        (ms(now.saturating_duration_since(self.meter.started())), ms(s.active.total_at(now)), s.counts)
+        (ms(now.saturating_duration_since(self.meter.started())), ms(s.active.total_at(now)), s.counts())
     }
 
     /// What the admin API shows of this connection (`now`: for its age).
     pub fn view(&self, now: Instant) -> serde_json::Value {
         let id = self.meter.identity();
         let s = lock(&self.state);
-        let dir = |c: &DirectionCounts| {
+        let dir = |c: &PlainCounts| {
             serde_json::json!({
                 "messages": c.messages, "frames": c.frames, "payload_bytes": c.payload_bytes,
                 "wire_bytes": c.wire_bytes, "pings": c.pings, "pongs": c.pongs,
@@ -313,12 +341,12 @@ impl Live {
             "backend": id.backend,
             "pool": id.pool,
             "object": id.object,
-            "started_at": crate::billing::record::rfc3339_ms(id.started_at),
+            "started_at": crate::billing::record::rfc3339_ms(id.started_at.system_time()),
             "age_ms": now.saturating_duration_since(self.meter.started()).as_millis() as u64,
             "active_ms": s.active.total_at(now).as_millis() as u64,
             "client_to_backend": dir(&s.counts[0]),
             "backend_to_client": dir(&s.counts[1]),
-            "gateway": dir(&s.pushed.as_ref().map(|p| p.gateway).unwrap_or_default()),
+            "gateway": dir(&s.pushed.as_ref().map(|p| p.gateway.with_chunks(())).unwrap_or_default()),
             "pushes_waiting": s.pushed.as_ref().map_or(0, |p| p.pushes.len()),
             "rtt_ms": {"client": rtt(s.rtt[0]), "backend": rtt(s.rtt[1])},
             "records": s.last_seq + 1,
@@ -368,14 +396,18 @@ impl LiveSet {
 
     /// The interim wheel's tick of `t`, rounded down (the tick `now` is in).
     fn tick(&self, t: Instant) -> u64 {
-        let d = t.saturating_duration_since(self.epoch);
-        (d.as_nanos() / INTERIM_TICK.as_nanos()).min(u128::from(u64::MAX)) as u64
+        self.nanos(t) / nanos_of(INTERIM_TICK)
     }
 
-    /// The first tick at or after `t` (an interim is never early; at most one tick late).
-    fn due_tick(&self, t: Instant) -> u64 {
-        let d = t.saturating_duration_since(self.epoch);
-        d.as_nanos().div_ceil(INTERIM_TICK.as_nanos()).min(u128::from(u64::MAX)) as u64
+    /// The first tick at or after `at` (nanoseconds after `epoch`: an interim is never early; at
+    /// most one tick late).
+    fn due_tick(&self, at: u64) -> u64 {
+        at.div_ceil(nanos_of(INTERIM_TICK))
+    }
+
+    /// `t` in nanoseconds after `epoch` (0 before it; saturated after 584 years).
+    fn nanos(&self, t: Instant) -> u64 {
+        nanos_of(t.saturating_duration_since(self.epoch))
     }
 
     /// Limit rejection records per client address (`Rejections`); `summarised` counts the
@@ -416,10 +448,11 @@ impl LiveSet {
             shutdown: std::sync::atomic::AtomicBool::new(false),
             pushable: std::sync::atomic::AtomicBool::new(true),
             state: Mutex::new(LiveState {
-                counts: none,
+                counts: [PlainCounts::default(); 2],
+                chunked: None,
                 active: ActiveClock::new(self.idle_threshold),
                 last_seq: 0,
-                next_interim: meter.started() + self.interval,
+                next_interim: self.nanos(meter.started()).saturating_add(nanos_of(self.interval)),
                 ended: false,
                 rtt: [None; 2],
                 stop: None,
@@ -545,16 +578,18 @@ impl LiveSet {
                 }
                 s.last_seq += 1;
                 // The next one is due one interval later, never in a burst after a stall.
-                let next = s.next_interim + self.interval;
-                s.next_interim = if next <= now { now + self.interval } else { next };
+                let interval = nanos_of(self.interval);
+                let next = s.next_interim.saturating_add(interval);
+                let now_ns = self.nanos(now);
+                s.next_interim = if next <= now_ns { now_ns.saturating_add(interval) } else { next };
                 s.due = Some(lock(&self.due).insert(self.due_tick(s.next_interim), Arc::downgrade(&live)));
                 let active = s.active.total_at(now);
-                let mut r =
-                    live.meter.snapshot(RecordKind::Interim, s.last_seq, Progress { counts: &s.counts, active });
+                let counts = s.counts();
+                let mut r = live.meter.snapshot(RecordKind::Interim, s.last_seq, Progress { counts: &counts, active });
                 if let Some(p) = &s.pushed {
                     r.gateway = crate::billing::DirectionUsage::from(&p.gateway);
                 }
-                self.add_units(&mut r, &s.counts);
+                self.add_units(&mut r, &counts);
                 r
             };
             self.usage.write(&record);
@@ -742,6 +777,28 @@ mod tests {
             [Some(Duration::from_micros(u64::from(u32::MAX))), Some(Duration::from_micros(1))],
             "below a microsecond counts as one (an answer was seen); beyond 71 minutes saturates"
         );
+    }
+
+    /// The chunk counts are summed apart from the counters, in a box made only by the first
+    /// `add` that has some, and come back with them.
+    #[test]
+    fn chunk_counts_are_kept_apart_and_only_when_counted() {
+        let (set, _spool, _dir) = set(Duration::from_secs(60));
+        let live = set.begin(Meter::start(None));
+        let plain =
+            DirectionCounts { messages: 2, data_frames: 2, frames: 2, largest_message_bytes: 9, ..Default::default() };
+        live.add([&plain, &plain]);
+        assert!(lock(&live.state).chunked.is_none(), "no chunk counted: no box");
+        let chunked = DirectionCounts { messages: 1, chunked: [1, 0, 3, 0], largest_message_bytes: 4, ..plain };
+        live.add([&DirectionCounts::default(), &chunked]);
+        live.add([&DirectionCounts::default(), &chunked]);
+        assert!(lock(&live.state).chunked.is_some());
+        let mut want = plain;
+        want.add(&chunked);
+        want.add(&chunked);
+        assert_eq!(live.counts(), [plain, want]);
+        assert_eq!(live.counts()[1].chunked, [2, 0, 6, 0]);
+        assert_eq!(live.counts()[1].largest_message_bytes, 9);
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl Meter {
     /// A record of kind `kind` with sequence `seq` and the cumulative `progress` so far.
     fn snapshot(&self, kind: RecordKind, seq: u64, progress: Progress<'_>) -> UsageRecord {
         let duration = self.started.elapsed();
-        let now_wall = self.identity.started_at + duration;
+        let now_wall = self.identity.started_at.system_time() + duration;
         let active = progress.active.min(duration);
         let stop = kind == RecordKind::Stop;
         UsageRecord {

@@ -28,7 +28,7 @@ use super::close::Close;
 use super::frame::{encode_close_frame, encode_ping_frame, Violation, MAX_CLOSE_FRAME_LEN};
 use super::guard::{find_pong, Charge, Due, Guards, Watch};
 use super::report::{Cause, Ending, Party, RelayReport};
-use super::scanner::{DirectionCounts, Feed, Scan, ScanPolicy};
+use super::scanner::{DirectionCounts, Feed, Scan, ScanLimits, ScanPolicy};
 use super::splice::{Pipe, Splice, SPLICE_MIN};
 use super::timers::Timers;
 use super::{Direction, Observer, Stop};
@@ -101,19 +101,9 @@ type Fresh = [DirectionCounts; 2];
 /// One direction: bytes read from `src` and written to `dst`.
 struct Half {
     scanner: Scan,
-    /// Bytes read but not yet written to `dst` (boxed, and only while `dst` pushes back: an idle
-    /// half holds one pointer).
-    pending: Option<Box<Queued>>,
-    /// weir's keepalive ping, written once `pending` is empty (boxed: rarely present).
-    ping: Option<Box<Injected>>,
-    /// weir's own data messages (an operator's push, `Observer::poll_push`), whole frames back
-    /// to back, written once `pending` and `ping` are; taken only at a message boundary of
-    /// this direction, so they never land inside a frame or a fragmented message. Empty and
-    /// unallocated unless a push is on its way (boxed: an idle half holds one pointer).
-    push: Option<Box<Queued>>,
-    /// A gateway frame to write once `pending`, `ping` and `push` are written (boxed: present
-    /// only at the end, and 150 bytes inline in every half otherwise).
-    inject: Option<Box<Injected>>,
+    /// What waits for `dst` and the splice pipe, boxed as one and only while any is present:
+    /// an idle half holds one pointer (`tidy` frees it once all are gone).
+    backlog: Option<Box<Backlog>>,
     /// `src` is not read until a rate guard resumes it (throttling).
     paused: bool,
     /// `dst` needs a flush (bytes went into its write path since the last flush).
@@ -129,23 +119,46 @@ struct Half {
     /// Read `src` only to see its close frame (or end); forward nothing more. Used when an
     /// object moves: the host must have answered weir's 1012 before the object lives elsewhere.
     discard: bool,
-    /// The pipe the rest of a large frame is spliced through, while one is (boxed: most halves
-    /// never hold one). Its bytes come before anything else queued for `dst`.
-    pipe: Option<Box<Pipe>>,
     /// The frame (by `Scan::frame`) for which no pipe was free: it is copied.
     pipeless_frame: u32,
     /// The frame (by `Scan::frame`) being spliced, to its end.
     spliced_frame: u32,
 }
 
+/// What a half holds only now and then, in write order: boxed as one in `Half::backlog`.
+#[derive(Default)]
+struct Backlog {
+    /// The pipe the rest of a large frame is spliced through, while one is. Its bytes come
+    /// before anything else queued for `dst`.
+    pipe: Option<Pipe>,
+    /// Bytes read but not yet written to `dst` (while `dst` pushes back).
+    pending: Option<Queued>,
+    /// weir's keepalive ping, written once `pending` is empty.
+    ping: Option<Injected>,
+    /// weir's own data messages (an operator's push, `Observer::poll_push`), whole frames back
+    /// to back, written once `pending` and `ping` are; taken only at a message boundary of
+    /// this direction, so they never land inside a frame or a fragmented message.
+    push: Option<Queued>,
+    /// A gateway frame (a close) to write once `pending`, `ping` and `push` are written.
+    inject: Option<Injected>,
+}
+
+impl Backlog {
+    /// Nothing waits and no pipe is held.
+    fn is_empty(&self) -> bool {
+        self.pipe.is_none()
+            && self.pending.is_none()
+            && self.ping.is_none()
+            && self.push.is_none()
+            && self.inject.is_none()
+    }
+}
+
 impl Half {
     fn new(policy: ScanPolicy) -> Half {
         Half {
             scanner: Scan::new(policy),
-            pending: None,
-            ping: None,
-            push: None,
-            inject: None,
+            backlog: None,
             paused: false,
             need_flush: false,
             src_done: false,
@@ -153,28 +166,55 @@ impl Half {
             dst_shut: false,
             dst_has_close: false,
             discard: false,
-            pipe: None,
             pipeless_frame: 0,
             spliced_frame: 0,
         }
     }
 
+    /// Its backlog, made now if it has none.
+    fn backlog(&mut self) -> &mut Backlog {
+        self.backlog.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the backlog once nothing is left in it.
+    fn tidy(&mut self) {
+        if self.backlog.as_ref().is_some_and(|b| b.is_empty()) {
+            self.backlog = None;
+        }
+    }
+
+    /// The splice pipe, while one is held.
+    fn pipe(&mut self) -> Option<&mut Pipe> {
+        self.backlog.as_mut().and_then(|b| b.pipe.as_mut())
+    }
+
+    /// Gives the splice pipe back (to its pool, or closed with what it holds).
+    fn drop_pipe(&mut self) {
+        if let Some(b) = self.backlog.as_mut() {
+            b.pipe = None;
+        }
+        self.tidy();
+    }
+
     /// Queue `bytes` for `dst` after what is already queued.
     fn keep(&mut self, bytes: &[u8]) {
-        match self.pending.as_mut() {
+        let b = self.backlog();
+        match b.pending.as_mut() {
             Some(p) => p.bytes.extend_from_slice(bytes),
-            None => self.pending = Some(Box::new(Queued { bytes: bytes.to_vec(), sent: 0 })),
+            None => b.pending = Some(Queued { bytes: bytes.to_vec(), sent: 0 }),
         }
     }
 
     /// Its source is done and nothing is left to write to `dst`.
     fn quiet(&self) -> bool {
         self.src_done
-            && self.pending.is_none()
-            && self.inject.is_none()
-            && self.ping.is_none()
-            && self.push.is_none()
-            && self.pipe.as_ref().is_none_or(|p| p.held() == 0)
+            && self.backlog.as_ref().is_none_or(|b| {
+                b.pending.is_none()
+                    && b.inject.is_none()
+                    && b.ping.is_none()
+                    && b.push.is_none()
+                    && b.pipe.as_ref().is_none_or(|p| p.held() == 0)
+            })
     }
 
     fn finished(&self) -> bool {
@@ -189,14 +229,17 @@ impl Half {
         }
         let mut buf = [0u8; MAX_CLOSE_FRAME_LEN];
         let len = encode_ping_frame(payload, to_backend.then(mask_key), &mut buf);
-        self.ping = Some(Box::new(Injected { buf, len, sent: 0 }));
+        self.backlog().ping = Some(Injected { buf, len, sent: 0 });
         true
     }
 
     /// True when a ping may be queued now: `dst`'s stream at a frame boundary, no ping waiting,
     /// no close sent.
     fn can_inject_ping(&self) -> bool {
-        self.ping.is_none() && !self.dst_has_close && !self.dst_dead && self.scanner.at_frame_boundary()
+        self.backlog.as_ref().is_none_or(|b| b.ping.is_none())
+            && !self.dst_has_close
+            && !self.dst_dead
+            && self.scanner.at_frame_boundary()
     }
 
     /// Queue a close frame for `dst` if its stream is at a frame boundary and it has none yet;
@@ -213,7 +256,7 @@ impl Half {
         let mut buf = [0u8; MAX_CLOSE_FRAME_LEN];
         let mask = to_backend.then(mask_key);
         let len = encode_close_frame(code, reason, mask, &mut buf);
-        self.inject = Some(Box::new(Injected { buf, len, sent: 0 }));
+        self.backlog().inject = Some(Injected { buf, len, sent: 0 });
         self.dst_has_close = true;
         true
     }
@@ -234,26 +277,31 @@ impl Half {
         }
     }
 
-    /// Write the rest of what waits in the slot `slot` picks (`pending`, `ping`, `push` or
-    /// `inject`) to `dst`; once it is all written, or `dst` is dead, the slot is emptied (and its
-    /// box freed: an idle half holds none). `Pending` while `dst` is blocked.
+    /// Write the rest of what waits in the backlog's slot `slot` picks (`pending`, `ping`,
+    /// `push` or `inject`) to `dst`; once it is all written, or `dst` is dead, the slot is
+    /// emptied (and the backlog freed when nothing else is in it: an idle half holds none).
+    /// `Pending` while `dst` is blocked.
     #[inline]
     fn send<T: Outgoing, S: AsyncWrite + Unpin>(
         &mut self,
-        slot: fn(&mut Half) -> &mut Option<Box<T>>,
+        slot: fn(&mut Backlog) -> &mut Option<T>,
         dst: &mut S,
         cx: &mut Context<'_>,
         progress: &mut bool,
     ) -> Poll<()> {
-        let Some(mut out) = slot(self).take() else { return Poll::Ready(()) };
+        let Some(b) = self.backlog.as_deref_mut() else { return Poll::Ready(()) };
+        let Some(out) = slot(b) else { return Poll::Ready(()) };
         if !self.dst_dead {
             let (bytes, sent) = out.parts();
             let written = write_from(dst, cx, bytes, sent);
             if self.settle(written, progress).is_pending() {
-                *slot(self) = Some(out);
                 return Poll::Pending;
             }
         }
+        if let Some(b) = self.backlog.as_deref_mut() {
+            *slot(b) = None;
+        }
+        self.tidy();
         Poll::Ready(())
     }
 
@@ -261,7 +309,7 @@ impl Half {
     /// boundary (no partial frame, no open fragmented message), no push is still being
     /// written, `dst` is alive and has no close frame, and `src` is relayed normally.
     fn can_push(&self) -> bool {
-        self.push.is_none()
+        self.backlog.as_ref().is_none_or(|b| b.push.is_none())
             && !self.dst_has_close
             && !self.dst_dead
             && !self.discard
@@ -272,10 +320,10 @@ impl Half {
     /// Write `pending`, then weir's ping, then weir's pushed messages, then any other injected
     /// frame, then flush. `Ready` when all is written.
     fn drain<S: AsyncWrite + Unpin>(&mut self, dst: &mut S, cx: &mut Context<'_>, progress: &mut bool) -> Poll<()> {
-        ready!(self.send(|h| &mut h.pending, dst, cx, progress));
-        ready!(self.send(|h| &mut h.ping, dst, cx, progress));
-        ready!(self.send(|h| &mut h.push, dst, cx, progress));
-        ready!(self.send(|h| &mut h.inject, dst, cx, progress));
+        ready!(self.send(|b| &mut b.pending, dst, cx, progress));
+        ready!(self.send(|b| &mut b.ping, dst, cx, progress));
+        ready!(self.send(|b| &mut b.push, dst, cx, progress));
+        ready!(self.send(|b| &mut b.inject, dst, cx, progress));
         if self.need_flush && !self.dst_dead {
             match Pin::new(&mut *dst).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.need_flush = false,
@@ -321,6 +369,8 @@ pub struct Relay<S, O> {
     io: [S; 2],
     /// Indexed by `Direction::index`.
     halves: [Half; 2],
+    /// What both halves' scanners enforce and count (the same both ways: held once).
+    limits: ScanLimits,
     observer: O,
     /// What happened at the end so far (turned into the report by `Ending::report`).
     ending: Ending,
@@ -346,6 +396,11 @@ pub struct Relay<S, O> {
 /// idle connection, and held inline it would grow every connection's task (see `Run`).
 type Moved = Pin<Box<dyn Future<Output = bool> + Send>>;
 
+/// Where `Run` holds the move signal: boxed once more, so that the task holds a thin pointer (8
+/// bytes) instead of the future's fat one (16), which keeps every connection's task cell in
+/// jemalloc's 512-byte class. Costs relays to object hosts one 16-byte block each.
+type MovedSlot = Option<Box<Moved>>;
+
 fn move_signal(mut rx: watch::Receiver<bool>) -> Moved {
     Box::pin(async move {
         loop {
@@ -368,7 +423,7 @@ pub struct Run<S, O> {
     /// Taken when the relay ends.
     relay: Option<Relay<S, O>>,
     /// The object's move signal (relays to object hosts), until it fires or its sender is gone.
-    moved: Option<Moved>,
+    moved: MovedSlot,
     /// The end of the drain's grace, once shutdown began.
     drain_at: Option<Pin<Box<Sleep>>>,
     /// The drain's grace, milliseconds (saturated at `u32::MAX`, 49 days: a `Duration` would
@@ -393,7 +448,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer + Unpin> Future for
                 };
             }
             if let Some(m) = this.moved.as_mut() {
-                if let Poll::Ready(now) = m.as_mut().poll(cx) {
+                if let Poll::Ready(now) = m.as_mut().as_mut().poll(cx) {
                     this.moved = None;
                     if now {
                         relay.object_moved();
@@ -417,12 +472,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer + Unpin> Future for
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
-    /// A relay between `client` and `backend`. `client_early` and `backend_early` are bytes each
-    /// side sent after its handshake head that were already read; they are scanned and
-    /// forwarded first.
+    /// A relay between `client` and `backend`, each direction scanned under its policy and
+    /// both under `limits`. `client_early` and `backend_early` are bytes each side sent after
+    /// its handshake head that were already read; they are scanned and forwarded first.
     pub fn new(
         [client, backend]: [S; 2],
         [client_policy, backend_policy]: [ScanPolicy; 2],
+        limits: ScanLimits,
         [client_early, backend_early]: [&[u8]; 2],
         observer: O,
     ) -> Relay<S, O> {
@@ -430,6 +486,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         let mut relay = Relay {
             io: [client, backend],
             halves: [Half::new(client_policy), Half::new(backend_policy)],
+            limits,
             observer,
             ending: Ending::default(),
             linger: None,
@@ -479,7 +536,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     pub fn run(mut self, grace: Duration, moved: Option<watch::Receiver<bool>>) -> Run<S, O> {
         let grace_ms = u32::try_from(grace.as_millis()).unwrap_or(u32::MAX);
         self.object = moved.is_some();
-        Run { relay: Some(self), moved: moved.map(move_signal), drain_at: None, grace_ms }
+        Run { relay: Some(self), moved: moved.map(|rx| Box::new(move_signal(rx))), drain_at: None, grace_ms }
     }
 
     /// The report and the observer, once the relay has ended (not inlined into `run`'s future).
@@ -545,7 +602,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         match self.observer.poll_push(cx) {
             Poll::Ready(frames) if !frames.is_empty() => {
                 let h = &mut self.halves[Direction::BackendToClient.index()];
-                h.push = Some(Box::new(Queued { bytes: frames, sent: 0 }));
+                h.backlog().push = Some(Queued { bytes: frames, sent: 0 });
                 true
             }
             _ => false,
@@ -586,7 +643,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
 
     fn poll_half(&mut self, d: Direction, cx: &mut Context<'_>, progress: &mut bool, fresh: &mut Fresh) {
         let (s, t) = (d.index(), 1 - d.index());
-        if self.halves[s].pipe.is_some() && self.drain_pipe(d, cx, progress).is_pending() {
+        if self.halves[s].pipe().is_some() && self.drain_pipe(d, cx, progress).is_pending() {
             return;
         }
         let h = &mut self.halves[s];
@@ -696,8 +753,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     fn drain_pipe(&mut self, d: Direction, cx: &mut Context<'_>, progress: &mut bool) -> Poll<()> {
         let (s, t) = (d.index(), 1 - d.index());
         let h = &mut self.halves[s];
-        let Some(pipe) = h.pipe.as_mut() else { return Poll::Ready(()) };
-        if pipe.held() > 0 && !h.dst_dead {
+        let dst_dead = h.dst_dead;
+        let Some(pipe) = h.pipe() else { return Poll::Ready(()) };
+        if pipe.held() > 0 && !dst_dead {
             let Some(dst) = self.io[t].tcp() else { return Poll::Ready(()) };
             let before = pipe.held();
             let drained = pipe.poll_drain(dst, cx);
@@ -709,7 +767,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => {
                     h.dst_dead = true;
-                    h.pipe = None;
+                    h.drop_pipe();
                     self.side_ended(t, true);
                     return Poll::Ready(());
                 }
@@ -718,7 +776,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         // The pipe is empty now, or its destination is dead: given back once the frame it served
         // is through (a dead destination's pipe is closed with what it holds).
         if h.dst_dead || h.scanner.frame_remaining().is_none_or(|r| r == 0) {
-            h.pipe = None;
+            h.drop_pipe();
         }
         Poll::Ready(())
     }
@@ -733,18 +791,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         // A frame is spliced from the read where its rest is at least `SPLICE_MIN` to its end
         // (also after its sender stalled and the empty pipe went back to the pool).
         let frame = h.scanner.frame();
-        if h.discard || h.dst_dead || (h.pipe.is_none() && rest < SPLICE_MIN && h.spliced_frame != frame) {
+        let has_pipe = h.pipe().is_some();
+        if h.discard || h.dst_dead || (!has_pipe && rest < SPLICE_MIN && h.spliced_frame != frame) {
             return false;
         }
-        if h.pipe.is_none() && h.pipeless_frame != frame {
-            h.pipe = Pipe::take().map(Box::new);
-            if h.pipe.is_none() {
+        if !has_pipe && h.pipeless_frame != frame {
+            match Pipe::take() {
+                Some(pipe) => h.backlog().pipe = Some(pipe),
                 // None free: this frame is copied, and the pool is not asked again for it.
-                h.pipeless_frame = frame;
+                None => h.pipeless_frame = frame,
             }
         }
         h.spliced_frame = frame;
-        let (Some(pipe), Some(src)) = (h.pipe.as_mut(), self.io[s].tcp()) else { return false };
+        let (Some(pipe), Some(src)) = (h.pipe(), self.io[s].tcp()) else { return false };
         let mut max = usize::try_from(rest).unwrap_or(usize::MAX);
         if self.watch.as_ref().is_some_and(|w| w.meters_bytes(s)) {
             // A byte rate is charged per wakeup: no more at once than a copied read.
@@ -755,7 +814,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
                 // A sender that stalls mid-frame holds no pipe: an empty one goes back to the
                 // pool until its next bytes arrive.
                 if pipe.held() == 0 {
-                    h.pipe = None;
+                    h.drop_pipe();
                 }
             }
             Poll::Ready(Ok(0)) => {
@@ -810,7 +869,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     fn ingest(&mut self, d: Direction, chunk: &[u8], fresh: &mut Fresh) -> usize {
         let h = &mut self.halves[d.index()];
         let had_close = h.scanner.close().is_some();
-        let feed = h.scanner.feed(&mut fresh[d.index()], chunk);
+        let feed = h.scanner.feed(&self.limits, &mut fresh[d.index()], chunk);
         if h.discard && h.scanner.close().is_some() {
             h.src_done = true;
         }

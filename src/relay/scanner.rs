@@ -9,10 +9,12 @@
 //! - It reads header bytes and nothing else, except the first 2 payload bytes of a close frame,
 //!   which it unmasks with the frame's key to learn the close code. A partial header is kept in a
 //!   14-byte buffer; payload is skipped with arithmetic, so a feed costs O(headers in the chunk).
-//! - Its parsing state ([`Scan`]) is under a hundred bytes (96 on 64-bit targets, 40 of them its
-//!   [`ScanPolicy`]). It keeps no counters: each feed adds what it counted to the counters it is
-//!   given, so the relay keeps none per connection (it counts a wakeup's worth on its stack and
-//!   hands that to its observer). [`FrameScanner`] is a scan with its own counters (216 bytes).
+//! - Its parsing state ([`Scan`]) is 64 bytes on 64-bit targets. It keeps no counters: each feed
+//!   adds what it counted to the counters it is given, so the relay keeps none per connection (it
+//!   counts a wakeup's worth on its stack and hands that to its observer). Nor does it keep the
+//!   route's limits and chunk sizes ([`ScanLimits`], the same in both directions): each feed is
+//!   given them, so a connection holds them once, not once per direction. [`FrameScanner`] is a
+//!   scan with its own limits and counters.
 //! - Per-message chunk counts ([`DirectionCounts::chunked`]) cost a comparison per completed
 //!   message when no chunk size is set, and one division per set size otherwise.
 //!
@@ -21,7 +23,7 @@
 //! and only on the first frame of a data message; continuation frames only inside a fragmented
 //! message and no new data message inside one; close payloads empty or carrying a valid code; no
 //! data frame after this direction's close frame; then the configured size limits
-//! ([`ScanPolicy::max_frame`], [`ScanPolicy::max_message`]), reported like violations but marked
+//! ([`ScanLimits::max_frame`], [`ScanLimits::max_message`]), reported like violations but marked
 //! by [`Violation::is_limit`]. The checks of a complete header run in that order, so one header
 //! yields one deterministic violation.
 //!
@@ -52,7 +54,8 @@ pub enum Role {
     Server,
 }
 
-/// What one direction may send, fixed at the handshake.
+/// What one direction may send, fixed at the handshake (its sizes and chunk counting are the
+/// connection's [`ScanLimits`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScanPolicy {
     /// The sender of this direction's bytes.
@@ -62,6 +65,12 @@ pub struct ScanPolicy {
     /// continuation frames, unless [`RSV_ON_EVERY_FRAME`] is set too (an extension weir does not
     /// know: it may use them on any frame).
     pub allowed_rsv: u8,
+}
+
+/// What a connection's scanners count and allow in both directions, fixed at the handshake (the
+/// route's limits, the config's chunk sizes): held once per connection and given to each feed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanLimits {
     /// Chunk sizes whose per-message counts go to [`DirectionCounts::chunked`] (slot by slot).
     pub chunks: Chunks,
     /// Largest payload of one data frame, bytes (0: no limit); a larger header is
@@ -72,16 +81,21 @@ pub struct ScanPolicy {
     pub max_message: u64,
 }
 
+impl ScanLimits {
+    /// No size limits and no chunk counting.
+    pub const NONE: ScanLimits = ScanLimits { chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
+}
+
 /// In [`ScanPolicy::allowed_rsv`]: the allowed RSV bits may be set on every frame, control and
 /// continuation frames too (an extension weir does not know was negotiated; weir cannot tell
 /// which frames it marks, so it leaves them to the peers, as a direct connection would).
 pub const RSV_ON_EVERY_FRAME: u8 = 0b1000;
 
 impl ScanPolicy {
-    /// A policy for `sender` with no extension, no chunk counting and no size limits.
+    /// A policy for `sender` with no extension.
     #[must_use]
     pub const fn new(sender: Role) -> ScanPolicy {
-        ScanPolicy { sender, allowed_rsv: 0, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 }
+        ScanPolicy { sender, allowed_rsv: 0 }
     }
 }
 
@@ -102,9 +116,10 @@ impl Chunks {
     }
 }
 
-/// Traffic counters for one direction, all monotonic.
+/// Traffic counters for one direction, all monotonic. `C` holds the chunk counts: `[u64; 4]`
+/// (the default) or nothing ([`PlainCounts`]).
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DirectionCounts {
+pub struct DirectionCounts<C = [u64; 4]> {
     /// Frames whose header has been fully seen, in frames.
     pub frames: u64,
     /// Completed data messages (counted at the header of their FIN frame), in messages.
@@ -127,15 +142,20 @@ pub struct DirectionCounts {
     pub wire_bytes: u64,
     /// Largest completed data message (sum of its frames' payload lengths), in bytes.
     pub largest_message_bytes: u64,
-    /// Per chunk-size slot of [`ScanPolicy::chunks`]: completed data messages counted in chunks,
+    /// Per chunk-size slot of [`ScanLimits::chunks`]: completed data messages counted in chunks,
     /// each `max(1, ceil(len / size))`, in chunks (0 for unused slots).
-    pub chunked: [u64; 4],
+    pub chunked: C,
 }
 
-impl DirectionCounts {
-    /// Adds `more` (counted since these were): every counter summed, the largest message the
-    /// larger of the two.
-    pub fn add(&mut self, more: &DirectionCounts) {
+/// A direction's counters without its chunk counts: 88 bytes instead of 120, what a connection's
+/// live-set entry keeps inline (its chunk counts, zero unless billing units count in chunks, are
+/// boxed apart).
+pub type PlainCounts = DirectionCounts<()>;
+
+impl<C> DirectionCounts<C> {
+    /// Adds `more`'s counters (counted since these were), not its chunk counts: every counter
+    /// summed, the largest message the larger of the two.
+    pub fn add_counters<D>(&mut self, more: &DirectionCounts<D>) {
         let sum = |a: &mut u64, b: u64| *a = a.saturating_add(b);
         sum(&mut self.frames, more.frames);
         sum(&mut self.messages, more.messages);
@@ -148,8 +168,34 @@ impl DirectionCounts {
         sum(&mut self.payload_bytes, more.payload_bytes);
         sum(&mut self.wire_bytes, more.wire_bytes);
         self.largest_message_bytes = self.largest_message_bytes.max(more.largest_message_bytes);
+    }
+
+    /// These counters with `chunked` as their chunk counts.
+    pub fn with_chunks<D>(&self, chunked: D) -> DirectionCounts<D> {
+        DirectionCounts {
+            frames: self.frames,
+            messages: self.messages,
+            text_messages: self.text_messages,
+            binary_messages: self.binary_messages,
+            data_frames: self.data_frames,
+            pings: self.pings,
+            pongs: self.pongs,
+            closes: self.closes,
+            payload_bytes: self.payload_bytes,
+            wire_bytes: self.wire_bytes,
+            largest_message_bytes: self.largest_message_bytes,
+            chunked,
+        }
+    }
+}
+
+impl DirectionCounts {
+    /// Adds `more` (counted since these were): every counter summed, chunk counts too, the
+    /// largest message the larger of the two.
+    pub fn add(&mut self, more: &DirectionCounts) {
+        self.add_counters(more);
         for (a, b) in self.chunked.iter_mut().zip(more.chunked) {
-            sum(a, b);
+            *a = a.saturating_add(b);
         }
     }
 }
@@ -201,6 +247,8 @@ enum CloseCode {
 #[derive(Clone, Debug)]
 pub struct FrameScanner {
     scan: Scan,
+    /// Its sizes and chunk counting.
+    limits: ScanLimits,
     /// Counters so far.
     counts: DirectionCounts,
 }
@@ -208,15 +256,15 @@ pub struct FrameScanner {
 impl FrameScanner {
     /// A scanner at the start of a direction's byte stream.
     #[must_use]
-    pub fn new(policy: ScanPolicy) -> Self {
-        FrameScanner { scan: Scan::new(policy), counts: DirectionCounts::default() }
+    pub fn new(policy: ScanPolicy, limits: ScanLimits) -> Self {
+        FrameScanner { scan: Scan::new(policy), limits, counts: DirectionCounts::default() }
     }
 
     /// Scans the next chunk of the stream; see [`Feed`] for what to forward.
     ///
     /// Once poisoned, returns the same violation with `valid_up_to: 0` and counts nothing more.
     pub fn feed(&mut self, chunk: &[u8]) -> Feed {
-        self.scan.feed(&mut self.counts, chunk)
+        self.scan.feed(&self.limits, &mut self.counts, chunk)
     }
 
     /// Counters so far.
@@ -264,6 +312,12 @@ impl FrameScanner {
     #[must_use]
     pub fn policy(&self) -> ScanPolicy {
         self.scan.policy()
+    }
+
+    /// Its sizes and chunk counting.
+    #[must_use]
+    pub fn limits(&self) -> &ScanLimits {
+        &self.limits
     }
 }
 
@@ -317,11 +371,11 @@ impl Scan {
         }
     }
 
-    /// Scans the next chunk of the stream, adding what it counts to `c`; see [`Feed`] for what
-    /// to forward.
+    /// Scans the next chunk of the stream under `limits` (the connection's, the same at every
+    /// feed), adding what it counts to `c`; see [`Feed`] for what to forward.
     ///
     /// Once poisoned, returns the same violation with `valid_up_to: 0` and counts nothing more.
-    pub fn feed(&mut self, c: &mut DirectionCounts, chunk: &[u8]) -> Feed {
+    pub fn feed(&mut self, limits: &ScanLimits, c: &mut DirectionCounts, chunk: &[u8]) -> Feed {
         if let Some(violation) = self.violation {
             return Feed::Violation { valid_up_to: 0, violation };
         }
@@ -348,7 +402,7 @@ impl Scan {
             pos += used;
             if let Some(header) = header {
                 let after = chunk.get(pos..).unwrap_or_default();
-                if let Err(violation) = self.accept(c, &header, after) {
+                if let Err(violation) = self.accept(limits, c, &header, after) {
                     return self.fail(c, violation, frame_start);
                 }
                 if self.code == CloseCode::Idle {
@@ -494,8 +548,14 @@ impl Scan {
     /// Checks a complete header, reads its close code if `after` (the rest of the chunk) has
     /// it, then counts the frame and moves on to its payload.
     #[inline(always)]
-    fn accept(&mut self, c: &mut DirectionCounts, header: &FrameHeader, after: &[u8]) -> Result<(), Violation> {
-        self.check(header)?;
+    fn accept(
+        &mut self,
+        limits: &ScanLimits,
+        c: &mut DirectionCounts,
+        header: &FrameHeader,
+        after: &[u8],
+    ) -> Result<(), Violation> {
+        self.check(limits, header)?;
         if header.opcode == Opcode::Close {
             let reason_len = u16::try_from(header.payload_len.saturating_sub(2)).unwrap_or(u16::MAX);
             if header.payload_len == 0 {
@@ -508,14 +568,14 @@ impl Scan {
                     CloseCode::Reading { got: 0, bytes: [0; 2], key: header.mask.unwrap_or_default(), reason_len };
             }
         }
-        self.count(c, header);
+        self.count(limits, c, header);
         self.remaining = header.payload_len;
         Ok(())
     }
 
     /// The per-direction rules for a complete header, in the order the module doc lists.
     #[inline(always)]
-    fn check(&self, header: &FrameHeader) -> Result<(), Violation> {
+    fn check(&self, limits: &ScanLimits, header: &FrameHeader) -> Result<(), Violation> {
         match (self.policy.sender, header.mask.is_some()) {
             (Role::Client, false) => return Err(Violation::UnmaskedClientFrame),
             (Role::Server, true) => return Err(Violation::MaskedServerFrame),
@@ -536,7 +596,7 @@ impl Scan {
             Opcode::Continuation if self.open.is_none() => Err(Violation::UnexpectedContinuation),
             Opcode::Text | Opcode::Binary if self.open.is_some() => Err(Violation::ExpectedContinuation),
             Opcode::Close if header.payload_len == 1 => Err(Violation::InvalidClosePayload),
-            Opcode::Text | Opcode::Binary | Opcode::Continuation => self.check_size(header),
+            Opcode::Text | Opcode::Binary | Opcode::Continuation => self.check_size(limits, header),
             _ => Ok(()),
         }
     }
@@ -544,8 +604,8 @@ impl Scan {
     /// The configured size limits, for a data frame that passed every protocol rule: decided
     /// from the header, before any of its payload is forwarded.
     #[inline(always)]
-    fn check_size(&self, header: &FrameHeader) -> Result<(), Violation> {
-        let ScanPolicy { max_frame, max_message, .. } = self.policy;
+    fn check_size(&self, limits: &ScanLimits, header: &FrameHeader) -> Result<(), Violation> {
+        let ScanLimits { max_frame, max_message, .. } = *limits;
         if max_frame != 0 && header.payload_len > max_frame {
             return Err(Violation::FrameTooBig);
         }
@@ -558,14 +618,14 @@ impl Scan {
 
     /// Counts a header that passed every check.
     #[inline(always)]
-    fn count(&mut self, c: &mut DirectionCounts, header: &FrameHeader) {
+    fn count(&mut self, limits: &ScanLimits, c: &mut DirectionCounts, header: &FrameHeader) {
         self.frame = self.frame.wrapping_add(1);
         c.frames = c.frames.saturating_add(1);
         match header.opcode {
             Opcode::Text | Opcode::Binary => {
                 c.data_frames = c.data_frames.saturating_add(1);
                 if header.fin {
-                    self.finish_message(c, header.opcode, header.payload_len);
+                    self.finish_message(limits, c, header.opcode, header.payload_len);
                 } else {
                     self.open = Some(header.opcode);
                     self.message_bytes = header.payload_len;
@@ -576,7 +636,7 @@ impl Scan {
                 self.message_bytes = self.message_bytes.saturating_add(header.payload_len);
                 if header.fin {
                     if let Some(kind) = self.open.take() {
-                        self.finish_message(c, kind, self.message_bytes);
+                        self.finish_message(limits, c, kind, self.message_bytes);
                     }
                 }
             }
@@ -591,7 +651,7 @@ impl Scan {
 
     /// Counts a completed data message of `len` payload bytes whose first frame had opcode `kind`.
     #[inline(always)]
-    fn finish_message(&mut self, c: &mut DirectionCounts, kind: Opcode, len: u64) {
+    fn finish_message(&mut self, limits: &ScanLimits, c: &mut DirectionCounts, kind: Opcode, len: u64) {
         c.messages = c.messages.saturating_add(1);
         if kind == Opcode::Text {
             c.text_messages = c.text_messages.saturating_add(1);
@@ -600,19 +660,8 @@ impl Scan {
         }
         c.largest_message_bytes = c.largest_message_bytes.max(len);
         self.message_bytes = 0;
-        if !self.policy.chunks.is_unused() {
-            self.count_chunks(c, len);
-        }
-    }
-
-    /// Adds a completed message of `len` payload bytes to every used chunk slot.
-    fn count_chunks(&self, c: &mut DirectionCounts, len: u64) {
-        let sizes = self.policy.chunks.0;
-        for (total, size) in c.chunked.iter_mut().zip(sizes) {
-            if size != 0 {
-                let pieces = len.div_ceil(u64::from(size)).max(1);
-                *total = total.saturating_add(pieces);
-            }
+        if !limits.chunks.is_unused() {
+            count_chunks(limits.chunks, c, len);
         }
     }
 
@@ -652,6 +701,16 @@ impl Scan {
     fn record_close(&mut self, code: Option<u16>, reason_len: u16) {
         if self.close.is_none() {
             self.close = Some(CloseInfo { code, reason_len });
+        }
+    }
+}
+
+/// Adds a completed message of `len` payload bytes to every used slot of `chunks`.
+fn count_chunks(chunks: Chunks, c: &mut DirectionCounts, len: u64) {
+    for (total, size) in c.chunked.iter_mut().zip(chunks.0) {
+        if size != 0 {
+            let pieces = len.div_ceil(u64::from(size)).max(1);
+            *total = total.saturating_add(pieces);
         }
     }
 }

@@ -11,7 +11,7 @@
 
 use super::close::Close;
 use super::report::{Cause, Ending, Outcome, Party, RelayReport};
-use super::scanner::{DirectionCounts, Feed, Scan, ScanPolicy};
+use super::scanner::{DirectionCounts, Feed, Scan, ScanLimits, ScanPolicy};
 use super::{Direction, Observer};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -24,6 +24,8 @@ pub struct Tap<S, O> {
     early_at: usize,
     /// `[client → object, object → client]`.
     scanners: [Scan; 2],
+    /// What both scanners enforce and count.
+    limits: ScanLimits,
     observer: O,
     ending: Ending,
     /// The client's read ended: `Some(true)` on an error, `Some(false)` on EOF.
@@ -32,13 +34,14 @@ pub struct Tap<S, O> {
 
 impl<S, O: Observer> Tap<S, O> {
     /// Wrap `io`; `early` are client bytes already read after its request head; `policies` are
-    /// `[client, server]`.
-    pub fn new(io: S, early: Vec<u8>, policies: [ScanPolicy; 2], observer: O) -> Tap<S, O> {
+    /// `[client, server]`, and `limits` what both enforce and count.
+    pub fn new(io: S, early: Vec<u8>, policies: [ScanPolicy; 2], limits: ScanLimits, observer: O) -> Tap<S, O> {
         Tap {
             io,
             early,
             early_at: 0,
             scanners: policies.map(Scan::new),
+            limits,
             observer,
             ending: Ending::default(),
             read_ended: None,
@@ -51,7 +54,7 @@ impl<S, O: Observer> Tap<S, O> {
         let s = &mut self.scanners[d.index()];
         let had_close = s.close().is_some();
         let mut fresh = DirectionCounts::default();
-        let feed = s.feed(&mut fresh, bytes);
+        let feed = s.feed(&self.limits, &mut fresh, bytes);
         // A close after weir's own (a protocol error's 1002) is a reply, not the start of the end.
         if !had_close && s.close().is_some() && self.ending.gateway_code.is_none() {
             self.ending.first_close.get_or_insert(Party::sender_of(d));

@@ -1,5 +1,5 @@
 use super::*;
-use crate::relay::scanner::{Feed, FrameScanner, Role, ScanPolicy};
+use crate::relay::scanner::{Feed, FrameScanner, Role, ScanLimits, ScanPolicy};
 
 fn term(of: Quantity, per: f64) -> UnitTerm {
     UnitTerm { of, per, chunk: None }
@@ -26,7 +26,7 @@ fn scan(rules: &[UnitRule], sender: Role, sizes: &[usize]) -> DirectionCounts {
     for &len in sizes {
         encode(&mut bytes, sender, len);
     }
-    let mut s = FrameScanner::new(ScanPolicy { chunks: chunks(rules), ..ScanPolicy::new(sender) });
+    let mut s = FrameScanner::new(ScanPolicy::new(sender), ScanLimits { chunks: chunks(rules), ..ScanLimits::NONE });
     assert_eq!(s.feed(&bytes), Feed::Ok);
     *s.counts()
 }

@@ -12,7 +12,7 @@ use crate::relay::close::Close;
 use crate::relay::frame::Violation;
 use crate::relay::report::{Outcome, Party, RelayReport};
 use crate::relay::scanner::tests::frame;
-use crate::relay::scanner::{Chunks, DirectionCounts, Role, ScanPolicy};
+use crate::relay::scanner::{DirectionCounts, Role, ScanLimits, ScanPolicy};
 use crate::relay::splice::tests::tcp_pair;
 use crate::relay::{Direction, Observer};
 use std::sync::{Arc, Mutex};
@@ -22,10 +22,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 
-const CLIENT_POLICY: ScanPolicy =
-    ScanPolicy { sender: Role::Client, allowed_rsv: 0, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
-const SERVER_POLICY: ScanPolicy =
-    ScanPolicy { sender: Role::Server, allowed_rsv: 0, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
+const CLIENT_POLICY: ScanPolicy = ScanPolicy::new(Role::Client);
+const SERVER_POLICY: ScanPolicy = ScanPolicy::new(Role::Server);
 /// The client's masking key.
 const KEY: [u8; 4] = [0x3A, 0x91, 0x5C, 0xE7];
 /// Bound on every wait for the relay (virtual time: it only elapses while everything is idle).
@@ -228,8 +226,13 @@ async fn start(setup: Setup) -> Harness {
     let shutdown = ShutdownFlag::default();
     let probe = Probe { seen: seen.clone(), pushes: pushes.clone(), shutdown: shutdown.clone() };
     let [client_early, backend_early] = &setup.early;
-    let relay =
-        Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [client_early, backend_early], probe);
+    let relay = Relay::new(
+        [relay_client, relay_backend],
+        [CLIENT_POLICY, SERVER_POLICY],
+        ScanLimits::NONE,
+        [client_early, backend_early],
+        probe,
+    );
     let relay = tokio::spawn(relay.run(GRACE, setup.moved));
     Harness { client, backend, shutdown, seen, pushes, relay, started: Instant::now() }
 }
@@ -638,7 +641,8 @@ async fn a_relay_started_during_shutdown_closes_after_the_grace() {
     // weir is shutting down already when the relay starts.
     let shutdown = ShutdownFlag::new(Mutex::new((true, None)));
     let probe = Probe { seen: seen.clone(), pushes: Pushes::default(), shutdown: shutdown.clone() };
-    let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
+    let relay =
+        Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], ScanLimits::NONE, [&[], &[]], probe);
     let started = Instant::now();
     let relay = tokio::spawn(relay.run(GRACE, None));
     let mut h = Harness { client, backend, shutdown, seen, pushes: Pushes::default(), relay, started };
@@ -1017,7 +1021,8 @@ async fn start_tcp() -> TcpHarness {
     let ((client, relay_client), (relay_backend, backend)) = (tcp_pair().await, tcp_pair().await);
     let seen = Seen::default();
     let probe = Probe::new(seen.clone());
-    let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
+    let relay =
+        Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], ScanLimits::NONE, [&[], &[]], probe);
     let relay = tokio::spawn(relay.run(GRACE, None));
     TcpHarness { client, backend, seen, relay }
 }
@@ -1105,7 +1110,8 @@ async fn the_run_future_is_the_relay_and_a_few_words() {
     let (_a, relay_client) = tokio::io::duplex(64);
     let (_b, relay_backend) = tokio::io::duplex(64);
     let probe = Probe::new(Seen::default());
-    let relay = Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe);
+    let relay =
+        Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], ScanLimits::NONE, [&[], &[]], probe);
     let relay_size = std::mem::size_of_val(&relay);
     let run = relay.run(GRACE, None);
     let run_size = std::mem::size_of_val(&run);
@@ -1242,11 +1248,41 @@ async fn a_throttled_sender_is_charged_per_read_not_per_poll() {
     let rate =
         Rate { messages: Some(Bucket { per_second: 1.0, burst: 2.0 }), bytes: None, action: RateAction::Throttle };
     let guards = Arc::new(Guards { rates: [Some(rate), None], ..Guards::default() });
-    let relay =
-        Relay::new([client, backend], [CLIENT_POLICY, SERVER_POLICY], [&[], &[]], probe).with_guards(&guards, 0.0);
+    let relay = Relay::new([client, backend], [CLIENT_POLICY, SERVER_POLICY], ScanLimits::NONE, [&[], &[]], probe)
+        .with_guards(&guards, 0.0);
     let mut run = std::pin::pin!(relay.run(GRACE, None));
     assert!(futures_util::poll!(run.as_mut()).is_pending());
     let sent = forwarded.lock().unwrap().clone();
     let one = masked(TEXT, b"m0").len();
     assert_eq!(sent.len() / one, 3, "burst 2 and the read that went over: {sent:02X?}");
+}
+
+/// A half holds its backlog (one box for what waits for `dst` and the splice pipe) only while
+/// something waits: made by the first queued bytes, kept while `dst` pushes back, freed once
+/// everything is written, so an idle half holds one null pointer.
+#[tokio::test]
+async fn a_half_holds_its_backlog_only_while_something_waits() {
+    use std::task::{Context, Poll};
+    let mut h = super::Half::new(CLIENT_POLICY);
+    assert!(h.backlog.is_none());
+    h.keep(b"relayed");
+    assert!(h.inject_ping(b"hi", false));
+    assert!(h.backlog.is_some());
+    // Room for 4 bytes: `dst` pushes back, and what is left stays.
+    let (mut dst, mut peer) = tokio::io::duplex(4);
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut progress = false;
+    assert_eq!(h.drain(&mut dst, &mut cx, &mut progress), Poll::Pending);
+    assert!(progress && h.backlog.is_some());
+    let mut got = Vec::new();
+    while h.drain(&mut dst, &mut cx, &mut progress).is_pending() {
+        let mut buf = [0u8; 4];
+        let n = peer.read(&mut buf).await.unwrap();
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(h.backlog.is_none(), "freed once all is written");
+    drop(dst);
+    peer.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, [&b"relayed"[..], &frame(0x89, None, b"hi")].concat());
 }

@@ -1,12 +1,10 @@
 use super::*;
 use proptest::prelude::*;
 
-const SERVER: ScanPolicy =
-    ScanPolicy { sender: Role::Server, allowed_rsv: 0, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
-const CLIENT: ScanPolicy =
-    ScanPolicy { sender: Role::Client, allowed_rsv: 0, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
-const DEFLATE_SERVER: ScanPolicy =
-    ScanPolicy { sender: Role::Server, allowed_rsv: 0b100, chunks: Chunks([0; 4]), max_frame: 0, max_message: 0 };
+const SERVER: ScanPolicy = ScanPolicy { sender: Role::Server, allowed_rsv: 0 };
+const CLIENT: ScanPolicy = ScanPolicy { sender: Role::Client, allowed_rsv: 0 };
+const DEFLATE_SERVER: ScanPolicy = ScanPolicy { sender: Role::Server, allowed_rsv: 0b100 };
+const NONE: ScanLimits = ScanLimits::NONE;
 const KEY: [u8; 4] = [0x9C, 0x41, 0xE7, 0x0D];
 
 /// Test-only encoder, independent of the code under test: `b0` is the first header byte
@@ -142,7 +140,7 @@ fn script_layout_is_as_computed() {
         assert_eq!(script.bytes.len() as u64, script_truth(sender).wire_bytes);
         assert_eq!(script.frames[0].start, 0);
         assert_eq!(script.frames[7].header_end - script.frames[7].start, if sender == Role::Client { 14 } else { 10 });
-        let mut s = FrameScanner::new(policy);
+        let mut s = FrameScanner::new(policy, NONE);
         assert_eq!(s.feed(&script.bytes), Feed::Ok);
         assert_finished(&s, sender);
         assert_eq!(s.policy(), policy);
@@ -155,7 +153,7 @@ fn script_split_at_every_point() {
         let script = script(sender);
         let b = &script.bytes;
         for i in 0..=b.len() {
-            let mut s = FrameScanner::new(policy);
+            let mut s = FrameScanner::new(policy, NONE);
             assert_eq!(s.feed(&b[..i]), Feed::Ok, "split {i}");
             assert_state_after(&script, &s, i);
             assert_eq!(s.feed(&b[i..]), Feed::Ok, "split {i}");
@@ -164,8 +162,8 @@ fn script_split_at_every_point() {
             // above it: the sum must be what one scanner with its own counters counts.
             let mut scan = Scan::new(policy);
             let (mut first, mut second) = (DirectionCounts::default(), DirectionCounts::default());
-            assert_eq!(scan.feed(&mut first, &b[..i]), Feed::Ok, "split {i}");
-            assert_eq!(scan.feed(&mut second, &b[i..]), Feed::Ok, "split {i}");
+            assert_eq!(scan.feed(&NONE, &mut first, &b[..i]), Feed::Ok, "split {i}");
+            assert_eq!(scan.feed(&NONE, &mut second, &b[i..]), Feed::Ok, "split {i}");
             first.add(&second);
             assert_eq!(first, script_truth(sender), "counters fed in pieces, split {i}");
         }
@@ -176,7 +174,7 @@ fn script_split_at_every_point() {
 fn script_one_byte_at_a_time() {
     for (sender, policy) in [(Role::Server, SERVER), (Role::Client, CLIENT)] {
         let script = script(sender);
-        let mut s = FrameScanner::new(policy);
+        let mut s = FrameScanner::new(policy, NONE);
         for (i, byte) in script.bytes.iter().enumerate() {
             assert_eq!(s.feed(std::slice::from_ref(byte)), Feed::Ok, "byte {i}");
             assert_state_after(&script, &s, i + 1);
@@ -194,7 +192,7 @@ fn script_in_three_chunks_around_every_header() {
         for sp in &script.frames {
             for a in sp.start..=sp.header_end {
                 for z in a..=(sp.header_end + 2).min(b.len()) {
-                    let mut s = FrameScanner::new(policy);
+                    let mut s = FrameScanner::new(policy, NONE);
                     for chunk in [&b[..a], &b[a..z], &b[z..]] {
                         assert_eq!(s.feed(chunk), Feed::Ok);
                     }
@@ -207,7 +205,7 @@ fn script_in_three_chunks_around_every_header() {
 
 #[test]
 fn empty_chunks_change_nothing() {
-    let mut s = FrameScanner::new(SERVER);
+    let mut s = FrameScanner::new(SERVER, NONE);
     assert_eq!(s.feed(&[]), Feed::Ok);
     assert!(s.at_frame_boundary());
     assert_eq!(s.feed(&[0x81]), Feed::Ok);
@@ -231,14 +229,14 @@ fn assert_violation(policy: ScanPolicy, bytes: &[u8], start: usize, detect: usiz
         assert_eq!(s.counts().wire_bytes, wire, "poisoned scanner counts nothing");
         assert_eq!(s.at_frame_boundary(), boundary);
     };
-    let mut s = FrameScanner::new(policy);
+    let mut s = FrameScanner::new(policy, NONE);
     assert_eq!(s.feed(bytes), Feed::Violation { valid_up_to: start, violation: want }, "whole");
     assert!(s.at_frame_boundary());
     assert_eq!(s.counts().wire_bytes, start as u64);
     let whole = *s.counts();
     poisoned(&mut s);
     for i in 0..=bytes.len() {
-        let mut s = FrameScanner::new(policy);
+        let mut s = FrameScanner::new(policy, NONE);
         let first = s.feed(&bytes[..i]);
         if i >= detect {
             assert_eq!(first, Feed::Violation { valid_up_to: start, violation: want }, "split {i}");
@@ -323,7 +321,7 @@ fn rsv1_with_permessage_deflate() {
     ok.extend(frame(0x89, None, b""));
     ok.extend(frame(0x80, None, b"ressed"));
     ok.extend(frame(0xC2, None, b"one frame"));
-    let mut s = FrameScanner::new(DEFLATE_SERVER);
+    let mut s = FrameScanner::new(DEFLATE_SERVER, NONE);
     assert_eq!(s.feed(&ok), Feed::Ok);
     assert_eq!(s.counts().messages, 2);
     assert_eq!(s.counts().largest_message_bytes, 10);
@@ -356,7 +354,7 @@ fn an_unknown_extension_s_rsv_bits_pass_on_every_frame() {
     bytes.extend(frame(0x30, None, b"middle"));
     bytes.extend(frame(0xC0, None, b"last"));
     bytes.extend(frame(0xF8, None, &[0x03, 0xE8]));
-    let mut s = FrameScanner::new(policy);
+    let mut s = FrameScanner::new(policy, NONE);
     assert_eq!(s.feed(&bytes), Feed::Ok);
     assert_eq!((s.counts().messages, s.counts().pings, s.counts().closes), (1, 1, 1));
     assert_eq!(s.counts().largest_message_bytes, 15);
@@ -413,12 +411,12 @@ fn close_code_is_unmasked_before_validation() {
     // 1000 masked with 0xFFFF reads as 64535 on the wire, which would be invalid.
     let bytes = frame(0x88, Some([0xFF, 0xFF, 0x00, 0x00]), &close_payload(1000, b"ok"));
     assert_eq!(&bytes[6..8], &[0xFC, 0x17]);
-    let mut s = FrameScanner::new(CLIENT);
+    let mut s = FrameScanner::new(CLIENT, NONE);
     assert_eq!(s.feed(&bytes), Feed::Ok);
     assert_eq!(s.close(), Some(CloseInfo { code: Some(1000), reason_len: 2 }));
     // And an invalid code hidden behind a mask is still caught.
     let bytes = frame(0x88, Some([0x12, 0x34, 0x56, 0x78]), &close_payload(1005, b""));
-    let mut s = FrameScanner::new(CLIENT);
+    let mut s = FrameScanner::new(CLIENT, NONE);
     assert_eq!(s.feed(&bytes), Feed::Violation { valid_up_to: 0, violation: Violation::InvalidCloseCode });
 }
 
@@ -426,7 +424,7 @@ fn close_code_is_unmasked_before_validation() {
 fn close_code_split_across_chunks() {
     let bytes = frame(0x88, Some(KEY), &close_payload(1001, b"away"));
     // Header in chunk 1, first code byte in chunk 2, second code byte and reason in chunk 3.
-    let mut s = FrameScanner::new(CLIENT);
+    let mut s = FrameScanner::new(CLIENT, NONE);
     assert_eq!(s.feed(&bytes[..6]), Feed::Ok);
     assert_eq!(s.counts().closes, 1);
     assert_eq!(s.close(), None);
@@ -439,7 +437,7 @@ fn close_code_split_across_chunks() {
 
 #[test]
 fn empty_close_is_known_at_its_header() {
-    let mut s = FrameScanner::new(SERVER);
+    let mut s = FrameScanner::new(SERVER, NONE);
     assert_eq!(s.feed(&[0x88]), Feed::Ok);
     assert_eq!(s.close(), None);
     assert_eq!(s.feed(&[0x00]), Feed::Ok);
@@ -459,7 +457,7 @@ fn after_close() {
         bytes.extend(frame(0x89, key, b"still alive?"));
         bytes.extend(frame(0x8A, key, b""));
         bytes.extend(frame(0x88, key, &close_payload(1001, b"")));
-        let mut s = FrameScanner::new(policy);
+        let mut s = FrameScanner::new(policy, NONE);
         assert_eq!(s.feed(&bytes), Feed::Ok);
         assert_eq!(s.close(), Some(CloseInfo { code: Some(1000), reason_len: 4 }));
         assert_eq!(s.counts().closes, 2);
@@ -482,7 +480,7 @@ fn after_close() {
 #[test]
 fn straddling_header_violation() {
     // A valid frame, then a reserved-opcode header split 1|1 across two chunks.
-    let mut s = FrameScanner::new(SERVER);
+    let mut s = FrameScanner::new(SERVER, NONE);
     assert_eq!(s.feed(&[0x81, 0x02, b'h', b'i', 0x83]), Feed::Ok);
     assert!(!s.at_frame_boundary());
     assert_eq!(s.feed(&[0x00, 0x81, 0x00]), Feed::Violation { valid_up_to: 0, violation: Violation::ReservedOpcode });
@@ -490,7 +488,7 @@ fn straddling_header_violation() {
     assert_eq!(s.counts().wire_bytes, 5);
     assert_eq!(s.counts().frames, 1);
     // The same header whole in the second chunk: boundary, nothing of it forwarded.
-    let mut s = FrameScanner::new(SERVER);
+    let mut s = FrameScanner::new(SERVER, NONE);
     assert_eq!(s.feed(&[0x81, 0x02, b'h', b'i']), Feed::Ok);
     assert_eq!(s.feed(&[0x83, 0x00]), Feed::Violation { valid_up_to: 0, violation: Violation::ReservedOpcode });
     assert!(s.at_frame_boundary());
@@ -500,13 +498,13 @@ fn straddling_header_violation() {
 #[test]
 fn violation_order_for_one_header() {
     // Unmasked + RSV2 + continuation-without-message: masking is reported first.
-    let mut s = FrameScanner::new(CLIENT);
+    let mut s = FrameScanner::new(CLIENT, NONE);
     assert_eq!(s.feed(&[0xA0, 0x00]), Feed::Violation { valid_up_to: 0, violation: Violation::UnmaskedClientFrame });
     // RSV before sequencing.
-    let mut s = FrameScanner::new(SERVER);
+    let mut s = FrameScanner::new(SERVER, NONE);
     assert_eq!(s.feed(&[0xA0, 0x00]), Feed::Violation { valid_up_to: 0, violation: Violation::ReservedBits });
     // Frame-parser errors before any per-direction rule.
-    let mut s = FrameScanner::new(CLIENT);
+    let mut s = FrameScanner::new(CLIENT, NONE);
     assert_eq!(s.feed(&[0xB3, 0x00]), Feed::Violation { valid_up_to: 0, violation: Violation::ReservedOpcode });
 }
 
@@ -549,7 +547,7 @@ fn chunk_script(sender: Role) -> (Vec<u8>, Vec<(usize, u64)>) {
         }
     }
     let close = close_payload(1000, b"");
-    bytes.extend_from_slice(&frame(0x88, key_for(chunk_policy(sender)), &close));
+    bytes.extend_from_slice(&frame(0x88, key_for(ScanPolicy::new(sender)), &close));
     (bytes, fins)
 }
 
@@ -570,9 +568,8 @@ fn expected_chunked(lens: impl IntoIterator<Item = u64>, chunks: Chunks) -> [u64
     out
 }
 
-fn chunk_policy(sender: Role) -> ScanPolicy {
-    ScanPolicy { chunks: CHUNKS, ..ScanPolicy::new(sender) }
-}
+/// What the chunk tests scan under: `CHUNKS`, no size limits.
+const CHUNK_LIMITS: ScanLimits = ScanLimits { chunks: CHUNKS, ..ScanLimits::NONE };
 
 #[test]
 fn chunk_counts_of_the_script() {
@@ -580,7 +577,7 @@ fn chunk_counts_of_the_script() {
         let (bytes, fins) = chunk_script(sender);
         let lens: Vec<u64> = fins.iter().map(|&(_, len)| len).collect();
         assert_eq!(lens, vec![0, 32_768, 32_769, 32_769, 1]);
-        let mut s = FrameScanner::new(chunk_policy(sender));
+        let mut s = FrameScanner::new(ScanPolicy::new(sender), CHUNK_LIMITS);
         assert_eq!(s.feed(&bytes), Feed::Ok);
         let c = s.counts();
         assert_eq!(c.messages, 5);
@@ -600,7 +597,7 @@ fn chunk_counts_split_at_every_point() {
         let (bytes, fins) = chunk_script(sender);
         let total = expected_chunked(fins.iter().map(|&(_, len)| len), CHUNKS);
         for i in 0..=bytes.len() {
-            let mut s = FrameScanner::new(chunk_policy(sender));
+            let mut s = FrameScanner::new(ScanPolicy::new(sender), CHUNK_LIMITS);
             assert_eq!(s.feed(&bytes[..i]), Feed::Ok, "split {i}");
             // A message counts once the header of its FIN frame is complete.
             let done = fins.iter().filter(|&&(end, _)| end <= i).map(|&(_, len)| len);
@@ -614,7 +611,7 @@ fn chunk_counts_split_at_every_point() {
 #[test]
 fn chunk_counts_one_byte_at_a_time() {
     let (bytes, fins) = chunk_script(Role::Client);
-    let mut s = FrameScanner::new(chunk_policy(Role::Client));
+    let mut s = FrameScanner::new(ScanPolicy::new(Role::Client), CHUNK_LIMITS);
     for (i, byte) in bytes.iter().enumerate() {
         assert_eq!(s.feed(std::slice::from_ref(byte)), Feed::Ok, "byte {i}");
         let done = fins.iter().filter(|&&(end, _)| end <= i + 1).map(|&(_, len)| len);
@@ -625,7 +622,7 @@ fn chunk_counts_one_byte_at_a_time() {
 #[test]
 fn chunk_boundaries_exact_multiples_and_empty() {
     let one = |len: usize| {
-        let mut s = FrameScanner::new(ScanPolicy { chunks: Chunks([32_768, 0, 0, 0]), ..SERVER });
+        let mut s = FrameScanner::new(SERVER, ScanLimits { chunks: Chunks([32_768, 0, 0, 0]), ..NONE });
         assert_eq!(s.feed(&frame(0x82, None, &vec![0; len])), Feed::Ok);
         s.counts().chunked[0]
     };
@@ -644,7 +641,7 @@ fn chunk_boundaries_exact_multiples_and_empty() {
 fn fragmented_message_is_one_message_of_its_total_length() {
     // 2048 + 1 bytes in two fragments with a ping between them: one message of 2049 bytes,
     // so 2 chunks of 2 KiB (not 1 + 1 per fragment and nothing for the ping).
-    let mut s = FrameScanner::new(ScanPolicy { chunks: Chunks([2_048, 0, 0, 0]), ..SERVER });
+    let mut s = FrameScanner::new(SERVER, ScanLimits { chunks: Chunks([2_048, 0, 0, 0]), ..NONE });
     assert_eq!(s.feed(&frame(0x02, None, &[0; 2_048])), Feed::Ok);
     assert_eq!(s.counts().chunked[0], 0, "nothing counts before the FIN frame");
     assert_eq!(s.feed(&frame(0x89, None, &[0; 125])), Feed::Ok);
@@ -661,8 +658,8 @@ fn fragmented_message_is_one_message_of_its_total_length() {
 #[test]
 fn no_chunk_sizes_count_nothing() {
     let (bytes, _) = chunk_script(Role::Server);
-    let mut s = FrameScanner::new(SERVER);
-    assert!(SERVER.chunks.is_unused());
+    let mut s = FrameScanner::new(SERVER, NONE);
+    assert!(NONE.chunks.is_unused());
     assert_eq!(s.feed(&bytes), Feed::Ok);
     assert_eq!(s.counts().chunked, [0; 4]);
     assert_eq!(s.counts().messages, 5);
@@ -673,7 +670,7 @@ fn chunk_counts_stop_at_a_violation() {
     // A 3-byte message, then a masked server frame: only the first message counts.
     let mut bytes = frame(0x82, None, &[1, 2, 3]);
     bytes.extend_from_slice(&frame(0x82, Some(KEY), &[4, 5]));
-    let mut s = FrameScanner::new(chunk_policy(Role::Server));
+    let mut s = FrameScanner::new(ScanPolicy::new(Role::Server), CHUNK_LIMITS);
     assert!(matches!(s.feed(&bytes), Feed::Violation { .. }));
     assert_eq!(s.counts().chunked, [1, 0, 1, 3]);
 }
@@ -682,7 +679,7 @@ fn chunk_counts_stop_at_a_violation() {
 
 #[test]
 fn huge_frame_is_skipped_arithmetically() {
-    let mut s = FrameScanner::new(SERVER);
+    let mut s = FrameScanner::new(SERVER, NONE);
     let len: u64 = 1 << 62;
     let mut head = vec![0x82, 127];
     head.extend_from_slice(&len.to_be_bytes());
@@ -881,9 +878,9 @@ proptest! {
         sizes in prop::array::uniform4(prop_oneof![2 => Just(0u32), 2 => 1u32..=100, 1 => 1u32..=70_000, 1 => any::<u32>()]),
     ) {
         let chunks = Chunks(sizes);
-        let policy = ScanPolicy { chunks, ..if client { CLIENT } else { SERVER } };
+        let policy = if client { CLIENT } else { SERVER };
         let built = prop_stream::Built::new(&items, close, client.then_some(key), chunks);
-        let mut s = FrameScanner::new(policy);
+        let mut s = FrameScanner::new(policy, ScanLimits { chunks, ..NONE });
         for chunk in prop_stream::chunks(&built.bytes, &cuts) {
             prop_assert_eq!(s.feed(chunk), Feed::Ok);
         }
@@ -961,14 +958,14 @@ proptest! {
         allowed_rsv in 0u8..16,
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..=12),
     ) {
-        let policy = ScanPolicy { sender: if client { Role::Client } else { Role::Server }, allowed_rsv, chunks: Chunks::default(), max_frame: 0, max_message: 0 };
+        let policy = ScanPolicy { sender: if client { Role::Client } else { Role::Server }, allowed_rsv };
         let mut bytes = hostile_bytes(&frames, client);
         bytes.extend_from_slice(&garbage);
 
-        let mut whole = FrameScanner::new(policy);
+        let mut whole = FrameScanner::new(policy, NONE);
         let verdict = whole.feed(&bytes);
 
-        let mut split = FrameScanner::new(policy);
+        let mut split = FrameScanner::new(policy, NONE);
         let mut chunk_start = 0;
         let mut found = None;
         for chunk in prop_stream::chunks(&bytes, &cuts) {
@@ -1021,7 +1018,7 @@ fn skipped_payload_counts_as_fed_from_every_point() {
                 continue;
             }
             for want in [1u64, 4096, u64::MAX] {
-                let mut s = FrameScanner::new(policy);
+                let mut s = FrameScanner::new(policy, NONE);
                 assert_eq!(s.feed(&b[..i]), Feed::Ok);
                 let before = s.frame_remaining();
                 let skipped = s.skip_payload(want);
@@ -1039,7 +1036,7 @@ fn skipped_payload_counts_as_fed_from_every_point() {
         }
         // Inside the close frame's code nothing is skipped: the code must be read.
         let close = &script.frames[8];
-        let mut s = FrameScanner::new(policy);
+        let mut s = FrameScanner::new(policy, NONE);
         assert_eq!(s.feed(&b[..close.header_end + 1]), Feed::Ok);
         assert_eq!(s.skip_payload(10), 0);
     }
