@@ -25,7 +25,7 @@ use super::today::Tally;
 use super::{Meter, Progress, Rejection};
 use crate::billing::{RecordKind, UsageLog, UsageRecord};
 use crate::relay::report::{Party, RelayReport};
-use crate::relay::scanner::{DirectionCounts, PlainCounts};
+use crate::relay::scanner::{add_chunk_counts, DirectionCounts, PlainCounts};
 use crate::relay::wheel::{Key, Wheel};
 use crate::relay::Stop;
 use crate::sync::lock;
@@ -157,9 +157,7 @@ impl Live {
         if fresh.iter().any(|c| c.chunked != [0; 4]) {
             let chunked = s.chunked.get_or_insert_with(Box::default);
             for (total, more) in chunked.iter_mut().zip(fresh) {
-                for (a, b) in total.iter_mut().zip(more.chunked) {
-                    *a = a.saturating_add(b);
-                }
+                add_chunk_counts(total, &more.chunked);
             }
         }
         if fresh.iter().any(|c| c.data_frames != 0) {

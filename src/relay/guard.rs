@@ -438,6 +438,7 @@ pub fn find_pong(remaining: Option<u64>, chunk: &[u8], payload: &PingPayload, ma
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// A connection on a route with a rate holds its `Rates` in a 112-byte block (README "Idle
     /// cost"): held to it, so a field added is a decision.
@@ -445,7 +446,6 @@ mod tests {
     fn rate_state_fits_its_size_class() {
         assert!(std::mem::size_of::<Rates>() <= 112, "{}", std::mem::size_of::<Rates>());
     }
-    use std::sync::Arc;
 
     fn counts(data_frames: u64, wire_bytes: u64) -> DirectionCounts {
         DirectionCounts { data_frames, frames: data_frames, wire_bytes, messages: data_frames, ..Default::default() }

@@ -144,13 +144,14 @@ struct Backlog {
 }
 
 impl Backlog {
+    /// Nothing waits in the four queues (the pipe aside).
+    fn queues_empty(&self) -> bool {
+        self.pending.is_none() && self.ping.is_none() && self.push.is_none() && self.inject.is_none()
+    }
+
     /// Nothing waits and no pipe is held.
     fn is_empty(&self) -> bool {
-        self.pipe.is_none()
-            && self.pending.is_none()
-            && self.ping.is_none()
-            && self.push.is_none()
-            && self.inject.is_none()
+        self.queues_empty() && self.pipe.is_none()
     }
 }
 
@@ -208,13 +209,7 @@ impl Half {
     /// Its source is done and nothing is left to write to `dst`.
     fn quiet(&self) -> bool {
         self.src_done
-            && self.backlog.as_ref().is_none_or(|b| {
-                b.pending.is_none()
-                    && b.inject.is_none()
-                    && b.ping.is_none()
-                    && b.push.is_none()
-                    && b.pipe.as_ref().is_none_or(|p| p.held() == 0)
-            })
+            && self.backlog.as_ref().is_none_or(|b| b.queues_empty() && b.pipe.as_ref().is_none_or(|p| p.held() == 0))
     }
 
     fn finished(&self) -> bool {

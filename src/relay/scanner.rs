@@ -194,9 +194,14 @@ impl DirectionCounts {
     /// largest message the larger of the two.
     pub fn add(&mut self, more: &DirectionCounts) {
         self.add_counters(more);
-        for (a, b) in self.chunked.iter_mut().zip(more.chunked) {
-            *a = a.saturating_add(b);
-        }
+        add_chunk_counts(&mut self.chunked, &more.chunked);
+    }
+}
+
+/// Adds the chunk counts `more` (counted since `total` was) to `total`, slot by slot.
+pub fn add_chunk_counts(total: &mut [u64; 4], more: &[u64; 4]) {
+    for (a, b) in total.iter_mut().zip(more) {
+        *a = a.saturating_add(*b);
     }
 }
 
@@ -312,12 +317,6 @@ impl FrameScanner {
     #[must_use]
     pub fn policy(&self) -> ScanPolicy {
         self.scan.policy()
-    }
-
-    /// Its sizes and chunk counting.
-    #[must_use]
-    pub fn limits(&self) -> &ScanLimits {
-        &self.limits
     }
 }
 
