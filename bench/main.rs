@@ -99,7 +99,10 @@
 //!   `KiB/conn` = (RSS at N − RSS before) / N; `slope` = (RSS at N − RSS at N/10) / (N − N/10),
 //!   which leaves out one-off warm-up allocations. If the hard `RLIMIT_NOFILE` is lower, N is
 //!   lowered to fit and a note is printed. RSS is user-space memory only: kernel socket buffers
-//!   are not in it. The echo server uses tokio-tungstenite's default config, whose 128 KiB read
+//!   are not in it. For weir, `heap B/conn` = (`weir_heap_allocated_bytes` at N − at N/10) /
+//!   (N − N/10), read from its admin `/metrics` after each settled RSS: jemalloc's count of the
+//!   bytes weir holds, which does not move with page-level noise as RSS does (it includes the
+//!   growth of weir's per-connection tables, amortised). The echo server uses tokio-tungstenite's default config, whose 128 KiB read
 //!   buffer is zero-filled on first read, so `direct`'s idle figure is mostly that buffer.
 //! * `idle-echo`, `idle-room`, `idle-builtin`: the same measurement (N = 2 000 connections,
 //!   RSS before, at N/10 and at N) for what weir serves itself, so they run on `weir` (and
@@ -364,7 +367,7 @@ impl Scenario {
             ],
             Scenario::Idle | Scenario::IdleEcho | Scenario::IdleRoom | Scenario::IdleBuiltin => {
                 let kind = self.idle().unwrap_or(IdleKind::Relay);
-                vec![Row::IdleKib(kind), Row::IdleSlope(kind)]
+                vec![Row::IdleKib(kind), Row::IdleSlope(kind), Row::IdleHeap(kind)]
             }
         }
     }
@@ -947,8 +950,7 @@ async fn run_one(ctx: &Ctx, scenario: Scenario, target: Target, label: &str) -> 
         }
         Scenario::Idle | Scenario::IdleEcho | Scenario::IdleRoom | Scenario::IdleBuiltin => {
             let kind = scenario.idle().context("an idle scenario without a kind")?;
-            let (at_n, slope) = run_idle(&dep, p, kind, label).await?;
-            vec![(Row::IdleKib(kind), at_n), (Row::IdleSlope(kind), slope)]
+            run_idle(&dep, p, kind, label).await?
         }
         Scenario::Keepalive => bail!("keepalive runs on its own deployments"),
     };
@@ -1940,16 +1942,30 @@ async fn run_handshakes(dep: &Deployment, p: &Params) -> Result<(u64, Duration)>
     Ok((total, elapsed))
 }
 
-/// Returns (KiB per connection at N, KiB per connection between N/10 and N).
-async fn run_idle(dep: &Deployment, p: &Params, kind: IdleKind, label: &str) -> Result<(f64, f64)> {
+/// The idle rows: RSS KiB per connection at N and between N/10 and N, and (from weir's
+/// `weir_heap_allocated_bytes`, when it exports it) heap bytes per connection between N/10 and N.
+async fn run_idle(dep: &Deployment, p: &Params, kind: IdleKind, label: &str) -> Result<Vec<(Row, f64)>> {
     let n = p.idle_count(kind);
     let n1 = n / 10;
+    // weir's heap figures are sampled every 500 ms, as settled RSS is read: read after it.
+    let heap = |admin: Option<SocketAddr>| async move {
+        let Some(admin) = admin else { return Ok::<_, anyhow::Error>(None) };
+        let read = |name| scrape_sum(admin, name);
+        let [allocated, active, resident] = [
+            read("weir_heap_allocated_bytes").await?,
+            read("weir_heap_active_bytes").await?,
+            read("weir_heap_resident_bytes").await?,
+        ];
+        Ok((allocated > 0.0).then_some([allocated, active, resident]))
+    };
     let rss0 = settled_rss_kib(dep.pid).await?;
     let mut conns: Vec<Ws> = Vec::with_capacity(n);
     open_idle(dep.addr, kind, 0..n1, p.idle_concurrency, label, |ws| conns.push(ws)).await?;
     let rss1 = settled_rss_kib(dep.pid).await?;
+    let heap1 = heap(dep.admin).await?;
     open_idle(dep.addr, kind, n1..n, p.idle_concurrency, label, |ws| conns.push(ws)).await?;
     let rss2 = settled_rss_kib(dep.pid).await?;
+    let heap2 = heap(dep.admin).await?;
     // The guards are on: none may have closed a connection while it was measured.
     if let (IdleKind::Relay, Some(admin)) = (kind, dep.admin) {
         let active = scrape_sum(admin, "weir_connections_active").await?;
@@ -1969,9 +1985,21 @@ async fn run_idle(dep: &Deployment, p: &Params, kind: IdleKind, label: &str) -> 
          {rss2} KiB at {n} ({at_n:.2} KiB/conn), slope {slope:.2} KiB/conn",
         dep.measured_name()
     );
+    let mut rows = vec![(Row::IdleKib(kind), at_n), (Row::IdleSlope(kind), slope)];
+    if let (Some(h1), Some(h2)) = (heap1, heap2) {
+        let [allocated, active, resident] = [0, 1, 2].map(|i| (h2[i] - h1[i]) / (n - n1) as f64);
+        eprintln!(
+            "[{label}] weir heap N/10→N, bytes per connection: allocated {allocated:.0}, active \
+             {active:.0}, resident {resident:.0} (at N: {:.1} / {:.1} / {:.1} MB)",
+            h2[0] / 1e6,
+            h2[1] / 1e6,
+            h2[2] / 1e6
+        );
+        rows.push((Row::IdleHeap(kind), allocated));
+    }
     // The connections are dropped here (TCP FIN); the processes are killed right after.
     drop(conns);
-    Ok((at_n, slope))
+    Ok(rows)
 }
 
 /// Opens the idle connections of `kind` numbered `range`, at most `concurrency` handshakes at a
@@ -2274,6 +2302,8 @@ enum Row {
     LatencyP99,
     IdleKib(IdleKind),
     IdleSlope(IdleKind),
+    /// weir's heap (jemalloc `stats.allocated`) per connection between N/10 and N, bytes.
+    IdleHeap(IdleKind),
     KeepaliveCpuOff,
     KeepaliveCpuOn,
     KeepalivePerPing,
@@ -2290,7 +2320,7 @@ impl Row {
             Row::HugeRate | Row::HugeCpu => "huge",
             Row::Handshakes | Row::HandshakeCpu => "handshake",
             Row::LatencyP50 | Row::LatencyP99 => "latency",
-            Row::IdleKib(kind) | Row::IdleSlope(kind) => match kind {
+            Row::IdleKib(kind) | Row::IdleSlope(kind) | Row::IdleHeap(kind) => match kind {
                 IdleKind::Relay => "idle",
                 IdleKind::EchoObject => "idle-echo",
                 IdleKind::Room => "idle-room",
@@ -2317,6 +2347,7 @@ impl Row {
             Row::LatencyP99 => format!("round trip p99 µs ({} msgs/s)", p.lat_conns as u32 * p.lat_rate),
             Row::IdleKib(_) => "RSS KiB/conn".into(),
             Row::IdleSlope(_) => "RSS KiB/conn slope N/10→N".into(),
+            Row::IdleHeap(_) => "heap B/conn N/10→N (weir_heap_allocated_bytes)".into(),
             Row::KeepaliveCpuOff => format!("CPU ms/s ({} conns, no pings)", p.idle_n),
             Row::KeepaliveCpuOn => format!("CPU ms/s ({} conns, interval 1s: 1 ping/s each)", p.idle_n),
             Row::KeepalivePerPing => "CPU µs per ping (difference / pings)".into(),
@@ -2350,14 +2381,20 @@ impl Row {
     fn per_process(self) -> bool {
         matches!(
             self,
-            Row::SmallCpu | Row::BulkCpu | Row::HugeCpu | Row::HandshakeCpu | Row::IdleKib(_) | Row::IdleSlope(_)
+            Row::SmallCpu
+                | Row::BulkCpu
+                | Row::HugeCpu
+                | Row::HandshakeCpu
+                | Row::IdleKib(_)
+                | Row::IdleSlope(_)
+                | Row::IdleHeap(_)
         )
     }
 
     fn format(self, v: f64) -> String {
         match self {
             Row::SmallRate | Row::Handshakes | Row::KeepalivePings | Row::KeepalivePongs => format!("{v:.0}"),
-            Row::LatencyP50 | Row::LatencyP99 => format!("{v:.0}"),
+            Row::LatencyP50 | Row::LatencyP99 | Row::IdleHeap(_) => format!("{v:.0}"),
             Row::SmallCpu => format!("{v:.3}"),
             Row::IdleKib(_)
             | Row::IdleSlope(_)

@@ -8,9 +8,10 @@
 //!
 //! Background: `Sampler`, a service, counts `/proc/self/fd` and reads `/proc/self/limits` every
 //! `SAMPLE_INTERVAL` (the limit is read again each time: `prlimit` can change it while weir
-//! runs). Warm path: `Descriptors::exhausted`, two atomic loads per upgrade. Linux only; where
+//! runs); it also samples the resident memory and the allocator's figures (`heap`). Warm path: `Descriptors::exhausted`, two atomic loads per upgrade. Linux only; where
 //! `/proc` is missing the counts stay 0 and nothing is refused.
 
+use crate::heap::{Allocator, HeapGauges};
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -151,20 +152,23 @@ pub struct Sampler {
     open: IntGauge,
     max: IntGauge,
     rss: IntGauge,
-    /// Called once, before the second sample (one `SAMPLE_INTERVAL` after start): gives the
-    /// memory startup used and freed back to the kernel.
-    release_memory: Option<fn()>,
+    /// The process's allocator: released once, before the second sample (one
+    /// `SAMPLE_INTERVAL` after start, for the memory startup used and freed), and read into
+    /// `heap` at every sample.
+    allocator: Allocator,
+    heap: Option<HeapGauges>,
 }
 
 impl Sampler {
     /// Sample `fds` into the `open` and `max` gauges, and the resident memory into `rss`.
     pub fn new(fds: Arc<Descriptors>, open: IntGauge, max: IntGauge, rss: IntGauge) -> Sampler {
-        Sampler { fds, open, max, rss, release_memory: None }
+        Sampler { fds, open, max, rss, allocator: Allocator::NONE, heap: None }
     }
 
-    /// Call `release` once, one `SAMPLE_INTERVAL` after start, before that sample.
-    pub fn releasing_memory_after_start(self, release: fn()) -> Sampler {
-        Sampler { release_memory: Some(release), ..self }
+    /// Release `allocator`'s freed pages once, one `SAMPLE_INTERVAL` after start, before that
+    /// sample; export its figures to `heap` at every sample.
+    pub fn with_allocator(self, allocator: Allocator, heap: HeapGauges) -> Sampler {
+        Sampler { allocator, heap: Some(heap), ..self }
     }
 }
 
@@ -187,14 +191,18 @@ impl BackgroundService for Sampler {
         let mut taken = 0u32;
         loop {
             let fds = self.fds.clone();
-            let release = if taken == 1 { self.release_memory } else { None };
+            let (release, stats) = ((taken == 1).then_some(self.allocator.release), self.allocator.stats);
             // Reading /proc (and releasing memory) are blocking calls: off the service's runtime
             // thread.
-            let _ = tokio::task::spawn_blocking(move || {
+            let heap = tokio::task::spawn_blocking(move || {
                 release.inspect(|release| release());
-                fds.sample()
+                fds.sample();
+                stats()
             })
             .await;
+            if let (Some(gauges), Ok(Some(heap))) = (&self.heap, heap) {
+                gauges.set(heap);
+            }
             taken = taken.saturating_add(1);
             self.open.set(self.fds.open() as i64);
             self.max.set(self.fds.max() as i64);

@@ -51,6 +51,8 @@
 //!   so it answers through the whole shutdown (warm).
 //! - `fds`: the descriptor limit, the open count and the reserve kept for weir itself
 //!   (background sampler; warm check).
+//! - `heap`: what the server may ask of the binary's allocator (release freed pages, its
+//!   figures) and the `weir_heap_*_bytes` gauges (background; leaf).
 //! - `sync`: the poison-tolerant lock helper every mutex goes through.
 //! - `client_cert`: mutual TLS on listeners: the client CA a reload re-reads and the verified
 //!   subject `auth.client_cert` bills (cold; one parse per handshake).
@@ -72,6 +74,7 @@ pub mod cluster;
 pub mod config;
 pub mod fds;
 pub mod gateway;
+pub mod heap;
 pub mod http1;
 pub mod listener_tls;
 pub mod manual;

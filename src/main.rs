@@ -31,12 +31,27 @@ pub static malloc_conf: Option<&'static std::ffi::c_char> =
     // SAFETY: a pointer to the first byte of a NUL-terminated 'static literal.
     Some(unsafe { &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() });
 
+/// What `weir run` lets the server do with jemalloc.
+const ALLOCATOR: weir::heap::Allocator = weir::heap::Allocator { release: release_freed_memory, stats: heap_stats };
+
 /// Returns every page jemalloc holds freed to the kernel now (all arenas). Called once, after
 /// start, for the memory startup used and freed.
 fn release_freed_memory() {
     if let Err(rc) = mallctl_do(c"arena.4096.purge") {
         tracing::debug!(rc, "jemalloc: arena.4096.purge failed");
     }
+}
+
+/// jemalloc's figures now: refreshed (`epoch`), then read (`stats.*`; jemalloc is built with
+/// its statistics, the `stats` feature).
+fn heap_stats() -> Option<weir::heap::HeapStats> {
+    mallctl_write(c"epoch", 1u64).ok()?;
+    let read = |name: &std::ffi::CStr| mallctl_read::<usize>(name).ok().map(|v| v as u64);
+    Some(weir::heap::HeapStats {
+        allocated: read(c"stats.allocated")?,
+        active: read(c"stats.active")?,
+        resident: read(c"stats.resident")?,
+    })
 }
 
 /// Runs jemalloc control `name`, one that takes no input and gives no output (`arena.4096.purge`:
@@ -47,6 +62,45 @@ fn mallctl_do(name: &std::ffi::CStr) -> Result<(), i32> {
     // SAFETY: `name` is NUL-terminated; with null old/new pointers jemalloc reads and writes
     // nothing but its own state.
     match unsafe { tikv_jemalloc_sys::mallctl(name.as_ptr(), null_mut(), null_mut(), null_mut(), 0) } {
+        0 => Ok(()),
+        rc => Err(rc),
+    }
+}
+
+/// Reads jemalloc value `name`, of type `T` (a `bool`, `u64`, `usize` or `isize` as jemalloc
+/// documents the name); `Err` carries its error number, also when jemalloc wrote another size.
+#[allow(unsafe_code)]
+fn mallctl_read<T: Copy + Default>(name: &std::ffi::CStr) -> Result<T, i32> {
+    let mut value = T::default();
+    let mut len = std::mem::size_of::<T>();
+    // SAFETY: `name` is NUL-terminated; `value` is a valid `T` of `len` bytes, and jemalloc
+    // writes at most `len` bytes to it (it fails with EINVAL when its value has another size);
+    // nothing is written to jemalloc.
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(name.as_ptr(), (&mut value as *mut T).cast(), &mut len, std::ptr::null_mut(), 0)
+    };
+    match rc {
+        0 if len == std::mem::size_of::<T>() => Ok(value),
+        0 => Err(rustix::io::Errno::INVAL.raw_os_error()),
+        rc => Err(rc),
+    }
+}
+
+/// Writes `value` to jemalloc control `name` (of type `T`), reading nothing back.
+#[allow(unsafe_code)]
+fn mallctl_write<T: Copy>(name: &std::ffi::CStr, mut value: T) -> Result<(), i32> {
+    // SAFETY: `name` is NUL-terminated; jemalloc reads `size_of::<T>()` bytes from `value`, a
+    // valid `T`, and writes nothing (null old pointer).
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            (&mut value as *mut T).cast(),
+            std::mem::size_of::<T>(),
+        )
+    };
+    match rc {
         0 => Ok(()),
         rc => Err(rc),
     }
@@ -299,7 +353,7 @@ fn main() -> ExitCode {
                 tracing::warn!("{w}");
             }
             log_paths(&config, &c);
-            match weir::server::run(c, &config, upgrade, release_freed_memory) {
+            match weir::server::run(c, &config, upgrade, ALLOCATOR) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -426,18 +480,8 @@ fn init_logging(log: &LogConfig) {
 
 #[cfg(test)]
 mod tests {
-    /// Reads jemalloc's option `name` of type `T`.
-    #[allow(unsafe_code)]
-    fn option<T: Default>(name: &std::ffi::CStr) -> T {
-        let mut value = T::default();
-        let mut len = std::mem::size_of::<T>();
-        // SAFETY: `value` is a valid `T` of `len` bytes, the size jemalloc writes for these
-        // options (bool, ssize_t); nothing is written to jemalloc.
-        let rc = unsafe {
-            tikv_jemalloc_sys::mallctl(name.as_ptr(), (&mut value as *mut T).cast(), &mut len, std::ptr::null_mut(), 0)
-        };
-        assert_eq!((rc, len), (0, std::mem::size_of::<T>()), "mallctl {name:?}");
-        value
+    fn option<T: Copy + Default>(name: &std::ffi::CStr) -> T {
+        super::mallctl_read(name).unwrap_or_else(|rc| panic!("mallctl {name:?}: error {rc}"))
     }
 
     #[test]
@@ -452,5 +496,21 @@ mod tests {
         assert_eq!(option::<isize>(c"opt.muzzy_decay_ms"), 0);
         assert_eq!(super::mallctl_do(c"arena.4096.purge"), Ok(()));
         assert!(super::mallctl_do(c"arena.4096.no_such_control").is_err());
+    }
+
+    #[test]
+    fn the_allocator_counts_what_the_program_holds() {
+        let before = super::heap_stats().expect("jemalloc is built with its statistics");
+        assert!(
+            before.allocated > 0 && before.allocated <= before.active && before.active <= before.resident,
+            "{before:?}"
+        );
+        // 4 MiB held: the figures grow by it (other test threads allocate too: a margin).
+        let held = vec![1u8; 4 << 20];
+        let during = super::heap_stats().unwrap();
+        let grew = during.allocated as i64 - before.allocated as i64;
+        assert!((3 << 20..6 << 20).contains(&grew), "allocated grew by {grew} bytes for 4 MiB held");
+        drop(held);
+        assert!(super::mallctl_read::<u32>(c"stats.allocated").is_err(), "a size mismatch is an error");
     }
 }

@@ -59,9 +59,9 @@ const PINGORA_GRACE_MARGIN: Duration = Duration::from_secs(2);
 /// re-read) and run until shutdown; returns after the last flush and delivery.
 /// With `upgrade`, the listening sockets are taken over from a running weir (`weir run
 /// --upgrade`, then SIGQUIT to the old process): see the README, "Binary upgrade".
-/// `release_memory` gives the allocator's freed pages back to the kernel; it is called once,
-/// after start (`fds::Sampler`).
-pub fn run(config: Config, path: &Path, upgrade: bool, release_memory: fn()) -> anyhow::Result<()> {
+/// `allocator` is the binary's allocator: its freed pages are given back once after start and
+/// its figures exported (`fds::Sampler`).
+pub fn run(config: Config, path: &Path, upgrade: bool, allocator: crate::heap::Allocator) -> anyhow::Result<()> {
     // First: everything after this opens descriptors.
     crate::fds::raise_limit();
     let registry = prometheus::default_registry().clone();
@@ -259,7 +259,7 @@ pub fn run(config: Config, path: &Path, upgrade: bool, release_memory: fn()) -> 
         server.add_service(background_service("quota ticker", QuotaTicker(quotas.clone(), live.clone())));
     }
     let sampler = Sampler::new(fds, metrics.open_fds.clone(), metrics.max_fds.clone(), metrics.resident_memory.clone())
-        .releasing_memory_after_start(release_memory);
+        .with_allocator(allocator, metrics.heap.clone());
     server.add_service(background_service("descriptor sampler", sampler));
     let accept_errors = metrics.accept_errors.clone();
     let delivery_service =

@@ -102,6 +102,14 @@ async fn closed_label_sets_start_at_zero_and_the_build_is_exported() {
     let build = crate::support::metric(&text, "weir_build_info", &[("version", env!("CARGO_PKG_VERSION"))]);
     assert_eq!(build, Some(1.0), "weir_build_info");
     weir.metric_eventually("weir_resident_memory_bytes", &[], |v| v > 1e6).await;
+    // The allocator's own figures (jemalloc's statistics), sampled with it: what weir holds
+    // fits in the pages that hold it, and those in what stays resident.
+    weir.metric_eventually("weir_heap_allocated_bytes", &[], |v| v > 1e5).await;
+    let text = weir.metrics().await;
+    let figure = |name| crate::support::metric(&text, name, &[]).unwrap_or_else(|| panic!("{name} missing"));
+    let [allocated, active, resident] =
+        ["weir_heap_allocated_bytes", "weir_heap_active_bytes", "weir_heap_resident_bytes"].map(figure);
+    assert!(allocated <= active && active <= resident, "{allocated} ≤ {active} ≤ {resident}");
     let mut ws = connect(&weir, "/ws").await;
     weir.metric_eventually("weir_connections_started_total", &[("route", "p"), ("pool", "p")], |v| v == 1.0).await;
     ws.close(None).await.unwrap();

@@ -283,7 +283,7 @@ mod size_report {
                 size_of::<crate::billing::Identity>(),
                 144,
             ),
-            ("Watch (boxed guard state, with limits on)", size_of::<crate::relay::guard::Watch>(), 192),
+            ("Watch (boxed guard state, with limits on)", size_of::<crate::relay::guard::Watch>(), 160),
             ("Guards (one per route, shared: not per connection)", size_of::<crate::relay::guard::Guards>(), 224),
             (
                 "Pingora's L4 stream (no longer held: Io::Tcp)",

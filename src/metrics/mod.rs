@@ -57,6 +57,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// See `names::RESIDENT_MEMORY_BYTES`.
     pub resident_memory: IntGauge,
+    /// See `names::HEAP_ALLOCATED_BYTES` and its two neighbours.
+    pub heap: crate::heap::HeapGauges,
     /// See `names::HANDSHAKE_REJECTIONS_TOTAL`.
     pub handshake_rejections: IntCounterVec,
     /// See `names::CONNECTION_DURATION_SECONDS`.
@@ -225,6 +227,19 @@ impl Metrics {
             )?,
             build_info: gauge(reg, BUILD_INFO, "Always 1: the build's version and commit", &[VERSION, COMMIT])?,
             resident_memory: plain_gauge(reg, RESIDENT_MEMORY_BYTES, "The process's resident memory, bytes")?,
+            heap: crate::heap::HeapGauges {
+                allocated: plain_gauge(reg, HEAP_ALLOCATED_BYTES, "Bytes in the heap blocks weir holds")?,
+                active: plain_gauge(
+                    reg,
+                    HEAP_ACTIVE_BYTES,
+                    "Bytes in the allocator's pages that hold blocks, their free slots included",
+                )?,
+                resident: plain_gauge(
+                    reg,
+                    HEAP_RESIDENT_BYTES,
+                    "Bytes the allocator keeps resident, its metadata and unreturned free pages included",
+                )?,
+            },
             connections_total: counter(
                 reg,
                 CONNECTIONS_TOTAL,

@@ -12,6 +12,14 @@ pub const CONNECTIONS_STARTED_TOTAL: &str = "weir_connections_started_total";
 pub const BUILD_INFO: &str = "weir_build_info";
 /// Gauge: the process's resident memory, bytes {}.
 pub const RESIDENT_MEMORY_BYTES: &str = "weir_resident_memory_bytes";
+/// Gauge: bytes in the heap blocks weir holds (jemalloc `stats.allocated`), bytes {}.
+pub const HEAP_ALLOCATED_BYTES: &str = "weir_heap_allocated_bytes";
+/// Gauge: bytes in the allocator's pages that hold blocks, free slots included (`stats.active`),
+/// bytes {}.
+pub const HEAP_ACTIVE_BYTES: &str = "weir_heap_active_bytes";
+/// Gauge: bytes the allocator keeps resident, its metadata and unreturned free pages included
+/// (`stats.resident`), bytes {}.
+pub const HEAP_RESIDENT_BYTES: &str = "weir_heap_resident_bytes";
 /// Counter: relayed WebSocket connections that ended, by outcome {route, pool, outcome}.
 pub const CONNECTIONS_TOTAL: &str = "weir_connections_total";
 /// Counter: upgrade requests refused before or during the handshake {route, reason}.
@@ -195,6 +203,9 @@ pub const ALL: &[&str] = &[
     CONFIG_RELOADS_TOTAL,
     CONFIG_INFO,
     RESIDENT_MEMORY_BYTES,
+    HEAP_ALLOCATED_BYTES,
+    HEAP_ACTIVE_BYTES,
+    HEAP_RESIDENT_BYTES,
     HANDSHAKE_REJECTIONS_TOTAL,
     CONNECTION_DURATION_SECONDS,
     PEER_RTT_SECONDS,

@@ -34,31 +34,52 @@ pub struct Timers {
 }
 
 /// A connection's one entry in the facility: armed for a tick, disarmed on drop.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Alarm {
-    armed: Option<(u64, Key)>,
+    /// The tick it is armed for; `UNARMED` when it is not (a plain tick: 16 bytes with the key,
+    /// where an `Option<(u64, Key)>` takes 24).
+    at: u64,
+    /// Its wheel entry, while armed.
+    key: Key,
+}
+
+/// `Alarm::at` of an alarm that is not armed (a tick no clock reaches).
+const UNARMED: u64 = u64::MAX;
+
+impl Default for Alarm {
+    fn default() -> Self {
+        Alarm { at: UNARMED, key: Key::default() }
+    }
 }
 
 impl Alarm {
     /// The tick this alarm is armed for.
     pub fn at(&self) -> Option<u64> {
-        self.armed.map(|(at, _)| at)
+        (self.at != UNARMED).then_some(self.at)
+    }
+
+    /// Its wheel entry, taken: the alarm is no longer armed.
+    fn take(&mut self) -> Option<Key> {
+        let armed = self.at().map(|_| self.key);
+        self.at = UNARMED;
+        armed
     }
 
     /// Make sure `waker` is woken at tick `at` or earlier: arms if nothing is armed or the armed
     /// tick is later (an earlier armed tick is kept: when it fires, the owner re-arms).
     pub fn arm(&mut self, at: u64, waker: &Waker) {
-        if self.armed.is_some_and(|(armed, _)| armed <= at) {
+        if self.at().is_some_and(|armed| armed <= at) {
             return;
         }
         let timers = Timers::global();
         let mut wheel = timers.lock();
-        if let Some((_, key)) = self.armed.take() {
+        if let Some(key) = self.take() {
             wheel.remove(key);
         }
         let earliest = wheel.next_due();
-        let key = wheel.insert(at, waker.clone());
-        self.armed = Some((at.max(wheel.now() + 1), key));
+        self.key = wheel.insert(at, waker.clone());
+        // A tick past the clock's reach is armed as the last one it reaches.
+        self.at = at.max(wheel.now() + 1).min(UNARMED - 1);
         drop(wheel);
         if earliest.is_none_or(|e| at < e) {
             timers.wake.notify_one();
@@ -67,14 +88,14 @@ impl Alarm {
 
     /// Forget the armed tick once it has passed (the entry fired); the next `arm` inserts anew.
     pub fn fired(&mut self, now: u64) {
-        if self.armed.is_some_and(|(at, _)| at <= now) {
-            self.armed = None;
+        if self.at().is_some_and(|at| at <= now) {
+            self.at = UNARMED;
         }
     }
 
     /// Cancel the armed entry, if any.
     pub fn disarm(&mut self) {
-        if let Some((_, key)) = self.armed.take() {
+        if let Some(key) = self.take() {
             Timers::global().lock().remove(key);
         }
     }
@@ -110,6 +131,12 @@ impl Timers {
     /// The tick of `t` (rounded down; 0 before the facility's epoch).
     pub fn ticks(&self, t: Instant) -> u64 {
         (t.saturating_duration_since(self.epoch).as_nanos() / TICK.as_nanos()) as u64
+    }
+
+    /// Nanoseconds from the process's facility's epoch to `t` (0 before it, saturated at 584
+    /// years): an instant in 8 bytes.
+    pub fn nanos(t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(Timers::global().epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Ticks in `d`, rounded up (a deadline is never early).

@@ -27,7 +27,9 @@ const NONE: u32 = u32::MAX;
 pub const MAX_SPAN: u64 = (1 << (SLOT_BITS as u64 * LEVELS as u64)) - 1;
 
 /// A handle to one inserted entry: stale once it expired or was removed (the generation moves).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The default names the first slab entry's first generation: a placeholder for a handle not
+/// yet made, never to be used as one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Key {
     index: u32,
     generation: u32,
