@@ -251,7 +251,7 @@ mod size_report {
     /// edge: in a release build (368 bytes) it fills the connection's task cell to exactly 512
     /// bytes (`-Zprint-type-sizes`: header 32, core 432, trailer 48), and 8 bytes more would take
     /// the cell to jemalloc's 640-byte class. `Live`'s too: with the `Arc`'s counts it fills a
-    /// 384-byte block; 8 bytes more take it to 448.
+    /// 320-byte block; 8 bytes more take it to 384. `Watch` fills the 160-byte class.
     #[test]
     fn per_connection_state_stays_within_its_measured_sizes() {
         let sizes = [
@@ -276,7 +276,7 @@ mod size_report {
             (
                 "Live (the live-set entry, shared; the one copy of the counts)",
                 size_of::<crate::metering::live::Live>(),
-                368,
+                304,
             ),
             (
                 "Identity (behind an Arc in the entry, +16: the 160-byte class; a credential's tenant is its only heap)",

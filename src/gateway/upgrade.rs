@@ -208,7 +208,7 @@ impl Gateway {
             Some(handles) => handles.backend_connect.observe(connect),
             None => self.metrics.backend_connect.with_label_values(&req.place.labels()).observe(connect),
         }
-        req.meter.subprotocol = answer.headers.get("sec-websocket-protocol").map(String::into_boxed_str);
+        req.meter.set_subprotocol(answer.headers.get("sec-websocket-protocol"));
         let rsv = allowed_rsv(answer.headers.get("sec-websocket-extensions").as_deref());
         // Keep only the early bytes (usually none): the heads and buffers of the handshake end
         // here, so a long-lived connection carries nothing from it (README, "Idle cost").

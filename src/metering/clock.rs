@@ -5,40 +5,40 @@
 
 use std::time::{Duration, Instant};
 
-/// Union of activity windows, accumulated as messages arrive.
-#[derive(Debug, Clone, Copy)]
+/// Union of activity windows, accumulated as messages arrive. 16 bytes (every open connection
+/// keeps one): the window is its owner's (`touch` is given it), the times are nanoseconds.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ActiveClock {
-    window: Duration,
-    total: Duration,
-    until: Option<Instant>,
+    /// Active time so far, nanoseconds (the part of the last window still to come included).
+    total: u64,
+    /// When the last window ends (`mono::nanos`); 0 before the first message.
+    until: u64,
 }
 
 impl ActiveClock {
-    /// A clock whose every message keeps the object active for `window`.
-    pub fn new(window: Duration) -> ActiveClock {
-        ActiveClock { window, total: Duration::ZERO, until: None }
+    /// A clock that has seen no message.
+    pub fn new() -> ActiveClock {
+        ActiveClock::default()
     }
 
-    /// A message was processed at `now`.
-    pub fn touch(&mut self, now: Instant) {
-        let end = now + self.window;
-        match self.until {
+    /// A message was processed at `now`: it keeps the owner active for `window`.
+    pub fn touch(&mut self, now: Instant, window: Duration) {
+        let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        let now = crate::mono::nanos(now);
+        let end = now.saturating_add(window);
+        let added = match self.until {
             // Overlaps the current window: extend it.
-            Some(until) if now < until => self.total += end.saturating_duration_since(until),
-            _ => self.total += self.window,
-        }
-        self.until = Some(self.until.map_or(end, |u| u.max(end)));
-    }
-
-    /// The window each message opens.
-    pub fn window(&self) -> Duration {
-        self.window
+            until if until != 0 && now < until => end.saturating_sub(until),
+            _ => window,
+        };
+        self.total = self.total.saturating_add(added);
+        self.until = self.until.max(end);
     }
 
     /// Active time up to `end` (the part of the last window after `end` is not counted).
     pub fn total_at(&self, end: Instant) -> Duration {
-        let overhang = self.until.map_or(Duration::ZERO, |u| u.saturating_duration_since(end));
-        self.total.saturating_sub(overhang)
+        let overhang = self.until.saturating_sub(crate::mono::nanos(end));
+        Duration::from_nanos(self.total.saturating_sub(overhang))
     }
 }
 
@@ -51,12 +51,12 @@ mod tests {
     #[test]
     fn overlapping_windows_count_once() {
         let t0 = Instant::now();
-        let mut c = ActiveClock::new(10 * S);
-        c.touch(t0);
-        c.touch(t0 + 3 * S); // extends to t0+13
-        c.touch(t0 + 2 * S); // inside, earlier end: no change
+        let mut c = ActiveClock::new();
+        c.touch(t0, 10 * S);
+        c.touch(t0 + 3 * S, 10 * S); // extends to t0+13
+        c.touch(t0 + 2 * S, 10 * S); // inside, earlier end: no change
         assert_eq!(c.total_at(t0 + 100 * S), 13 * S);
-        c.touch(t0 + 50 * S); // disjoint: a fresh window
+        c.touch(t0 + 50 * S, 10 * S); // disjoint: a fresh window
         assert_eq!(c.total_at(t0 + 100 * S), 23 * S);
         // Clipped at the end of the occupancy.
         assert_eq!(c.total_at(t0 + 55 * S), 18 * S);
@@ -65,6 +65,6 @@ mod tests {
     #[test]
     fn no_message_no_activity() {
         let t0 = Instant::now();
-        assert_eq!(ActiveClock::new(10 * S).total_at(t0 + S), Duration::ZERO);
+        assert_eq!(ActiveClock::new().total_at(t0 + S), Duration::ZERO);
     }
 }

@@ -68,6 +68,9 @@ pub struct Live {
     stop_waker: futures_util::task::AtomicWaker,
     /// Its relay or built-in object takes pushes (false for the built-in echo).
     pushable: std::sync::atomic::AtomicBool,
+    /// How long traffic keeps it active (the set's `idle_threshold`), milliseconds (saturated
+    /// at 49 days; 4 bytes beside the flags).
+    window_ms: u32,
 }
 
 /// A message an operator pushed to one connection, waiting for its relay.
@@ -102,12 +105,12 @@ impl PushError {
 }
 
 struct LiveState {
-    /// Both directions' counters, the one copy of them; their chunk counts are in `chunked`.
+    /// Both directions' counters, the one copy of them; their chunk counts are in `extra`.
     counts: [PlainCounts; 2],
-    /// Both directions' chunk counts (`DirectionCounts::chunked`), boxed: made at the first
-    /// `add` that has one (billing units that count in chunks), so an entry without them is
-    /// 64 bytes smaller (README "Idle cost").
-    chunked: Option<Box<[[u64; 4]; 2]>>,
+    /// What most connections never have (chunk counts, an order to close, pushes), boxed: made
+    /// by the first of them, so an entry without them holds one pointer (README "Idle cost").
+    extra: Option<Box<Extra>>,
+    /// Its active time (the window is `Live::window`).
     active: ActiveClock,
     last_seq: u64,
     /// When its next interim is due, nanoseconds after the set's `epoch` (8 bytes, where an
@@ -117,12 +120,19 @@ struct LiveState {
     /// Round-trip time of the last answered keepalive ping, `[client, backend]`, microseconds
     /// (saturated at `u32::MAX`, 71 minutes; 8 bytes where two `Option<Duration>` take 32).
     rtt: [Option<std::num::NonZeroU32>; 2],
-    /// An order to close the connection, until its relay takes it (boxed: 80 bytes, rarely
-    /// present).
-    stop: Option<Box<Stop>>,
     /// Its entry on the interim wheel.
     due: Option<Key>,
-    /// Its pushes (boxed: allocated at the first push; an idle connection holds one pointer).
+}
+
+/// The parts of a connection's state that most connections never have.
+#[derive(Default)]
+struct Extra {
+    /// Both directions' chunk counts (`DirectionCounts::chunked`): nonzero only with billing
+    /// units that count in chunks.
+    chunked: [[u64; 4]; 2],
+    /// An order to close the connection, until its relay takes it (boxed: 80 bytes).
+    stop: Option<Box<Stop>>,
+    /// Its pushes (boxed: allocated at the first push).
     pushed: Option<Box<Pushed>>,
 }
 
@@ -141,8 +151,23 @@ struct Pushed {
 impl LiveState {
     /// The counts so far, chunk counts included.
     fn counts(&self) -> [DirectionCounts; 2] {
-        let chunked = self.chunked.as_deref().copied().unwrap_or_default();
+        let chunked = self.extra.as_ref().map(|e| e.chunked).unwrap_or_default();
         [0, 1].map(|d| self.counts[d].with_chunks(chunked[d]))
+    }
+
+    /// Its rare parts, made now if they were not.
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// An order to close it was given and not yet taken.
+    fn stop_waits(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| e.stop.is_some())
+    }
+
+    /// Its pushes, if it ever had one.
+    fn pushed(&self) -> Option<&Pushed> {
+        self.extra.as_ref()?.pushed.as_deref()
     }
 }
 
@@ -155,13 +180,12 @@ impl Live {
             total.add_counters(more);
         }
         if fresh.iter().any(|c| c.chunked != [0; 4]) {
-            let chunked = s.chunked.get_or_insert_with(Box::default);
-            for (total, more) in chunked.iter_mut().zip(fresh) {
+            for (total, more) in s.extra().chunked.iter_mut().zip(fresh) {
                 add_chunk_counts(total, &more.chunked);
             }
         }
         if fresh.iter().any(|c| c.data_frames != 0) {
-            s.active.touch(Instant::now());
+            s.active.touch(Instant::now(), Duration::from_millis(u64::from(self.window_ms)));
         }
     }
 
@@ -187,7 +211,7 @@ impl Live {
         if !self.raised(&self.stop_pending, cx) {
             return std::task::Poll::Pending;
         }
-        match lock(&self.state).stop.take() {
+        match lock(&self.state).extra.as_mut().and_then(|e| e.stop.take()) {
             Some(stop) => std::task::Poll::Ready(*stop),
             None => std::task::Poll::Pending,
         }
@@ -231,10 +255,10 @@ impl Live {
         let waiting = {
             let mut s = lock(&self.state);
             let closing = s.counts.iter().any(|c| c.closes > 0);
-            if s.ended || s.stop.is_some() || self.stop_pending.load(Acquire) || closing {
+            if s.ended || s.stop_waits() || self.stop_pending.load(Acquire) || closing {
                 return Err(PushError::Closing);
             }
-            let p = s.pushed.get_or_insert_with(Box::default);
+            let p = s.extra().pushed.get_or_insert_with(Box::default);
             if p.pushes.len() >= MAX_QUEUED_PUSHES || p.push_bytes + push.payload.len() > MAX_QUEUED_PUSH_BYTES {
                 return Err(PushError::Full);
             }
@@ -263,7 +287,7 @@ impl Live {
         }
         let mut s = lock(&self.state);
         self.push_pending.store(false, Release);
-        let Some(pushed) = s.pushed.as_mut() else { return std::task::Poll::Pending };
+        let Some(pushed) = s.extra.as_mut().and_then(|e| e.pushed.as_mut()) else { return std::task::Poll::Pending };
         let pushes: Vec<Push> = pushed.pushes.drain(..).collect();
         pushed.push_bytes = 0;
         if count {
@@ -297,17 +321,17 @@ impl Live {
 
     /// What weir sent the client on its own so far (pushes).
     pub fn gateway_counts(&self) -> DirectionCounts {
-        lock(&self.state).pushed.as_ref().map(|p| p.gateway).unwrap_or_default()
+        lock(&self.state).pushed().map(|p| p.gateway).unwrap_or_default()
     }
 
     /// Order the connection closed as `stop` says (the first order wins).
     pub fn stop(&self, stop: Stop) {
         {
             let mut s = lock(&self.state);
-            if s.ended || s.stop.is_some() || self.stop_pending.load(std::sync::atomic::Ordering::Acquire) {
+            if s.ended || s.stop_waits() || self.stop_pending.load(std::sync::atomic::Ordering::Acquire) {
                 return;
             }
-            s.stop = Some(Box::new(stop));
+            s.extra().stop = Some(Box::new(stop));
         }
         self.stop_pending.store(true, std::sync::atomic::Ordering::Release);
         self.stop_waker.wake();
@@ -344,8 +368,8 @@ impl Live {
             "active_ms": s.active.total_at(now).as_millis() as u64,
             "client_to_backend": dir(&s.counts[0]),
             "backend_to_client": dir(&s.counts[1]),
-            "gateway": dir(&s.pushed.as_ref().map(|p| p.gateway.with_chunks(())).unwrap_or_default()),
-            "pushes_waiting": s.pushed.as_ref().map_or(0, |p| p.pushes.len()),
+            "gateway": dir(&s.pushed().map(|p| p.gateway.with_chunks(())).unwrap_or_default()),
+            "pushes_waiting": s.pushed().map_or(0, |p| p.pushes.len()),
             "rtt_ms": {"client": rtt(s.rtt[0]), "backend": rtt(s.rtt[1])},
             "records": s.last_seq + 1,
         })
@@ -445,17 +469,16 @@ impl LiveSet {
             push_pending: std::sync::atomic::AtomicBool::new(false),
             shutdown: std::sync::atomic::AtomicBool::new(false),
             pushable: std::sync::atomic::AtomicBool::new(true),
+            window_ms: u32::try_from(self.idle_threshold.as_millis()).unwrap_or(u32::MAX),
             state: Mutex::new(LiveState {
                 counts: [PlainCounts::default(); 2],
-                chunked: None,
-                active: ActiveClock::new(self.idle_threshold),
+                extra: None,
+                active: ActiveClock::new(),
                 last_seq: 0,
                 next_interim: self.nanos(meter.started()).saturating_add(nanos_of(self.interval)),
                 ended: false,
                 rtt: [None; 2],
-                stop: None,
                 due: None,
-                pushed: None,
             }),
             meter,
         });
@@ -484,7 +507,7 @@ impl LiveSet {
             s.last_seq += 1;
             let active = s.active.total_at(Instant::now());
             let mut stop = live.meter.stopped(s.last_seq, report, active);
-            if let Some(p) = s.pushed.take() {
+            if let Some(p) = s.extra.as_mut().and_then(|e| e.pushed.take()) {
                 // Pushes never taken by the relay were never sent: dropped with the connection.
                 stop.gateway = crate::billing::DirectionUsage::from(&p.gateway);
             }
@@ -584,7 +607,7 @@ impl LiveSet {
                 let active = s.active.total_at(now);
                 let counts = s.counts();
                 let mut r = live.meter.snapshot(RecordKind::Interim, s.last_seq, Progress { counts: &counts, active });
-                if let Some(p) = &s.pushed {
+                if let Some(p) = s.pushed() {
                     r.gateway = crate::billing::DirectionUsage::from(&p.gateway);
                 }
                 self.add_units(&mut r, &counts);
@@ -786,11 +809,11 @@ mod tests {
         let plain =
             DirectionCounts { messages: 2, data_frames: 2, frames: 2, largest_message_bytes: 9, ..Default::default() };
         live.add([&plain, &plain]);
-        assert!(lock(&live.state).chunked.is_none(), "no chunk counted: no box");
+        assert!(lock(&live.state).extra.is_none(), "no chunk counted: no box");
         let chunked = DirectionCounts { messages: 1, chunked: [1, 0, 3, 0], largest_message_bytes: 4, ..plain };
         live.add([&DirectionCounts::default(), &chunked]);
         live.add([&DirectionCounts::default(), &chunked]);
-        assert!(lock(&live.state).chunked.is_some());
+        assert!(lock(&live.state).extra.is_some());
         let mut want = plain;
         want.add(&chunked);
         want.add(&chunked);

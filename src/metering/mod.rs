@@ -33,12 +33,15 @@ use std::time::{Duration, Instant, SystemTime};
 /// Identity and clocks of one connection, from the first byte of its request to its end.
 #[derive(Debug)]
 pub struct Meter {
-    started: Instant,
+    /// When metering started (`mono::nanos`: 8 bytes of every live entry, where an `Instant`
+    /// takes 16).
+    started: u64,
     /// Who the connection is (with its id, client address and wall-clock start); filled in while
     /// it is routed and connected (`identity_mut`), then shared by every record.
     identity: Arc<Identity>,
-    /// Subprotocol the backend chose, if any (boxed text: 16 bytes of every live entry, not 24).
-    pub subprotocol: Option<Box<str>>,
+    /// Subprotocol the backend chose, if any (its text boxed once more: a thin pointer, 8 bytes
+    /// of every live entry where a `Box<str>` takes 16).
+    subprotocol: Option<Box<Box<str>>>,
 }
 
 /// Why a handshake failed: the one record of a rejected connection.
@@ -65,7 +68,7 @@ impl Meter {
     /// Start metering a connection from `client` now.
     pub fn start(client: Option<SocketAddr>) -> Meter {
         let identity = Identity::new(uuid::Uuid::now_v7(), client, SystemTime::now());
-        Meter { started: Instant::now(), identity: Arc::new(identity), subprotocol: None }
+        Meter { started: crate::mono::now(), identity: Arc::new(identity), subprotocol: None }
     }
 
     /// Sortable unique id (UUIDv7), also sent to the backend as `X-Weir-Connection-Id`.
@@ -80,7 +83,17 @@ impl Meter {
 
     /// When metering started (monotonic).
     pub fn started(&self) -> Instant {
-        self.started
+        crate::mono::instant(self.started)
+    }
+
+    /// The subprotocol the backend chose, if any.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.subprotocol.as_deref().map(|s| &**s)
+    }
+
+    /// Note the subprotocol the backend chose (`None`: none).
+    pub fn set_subprotocol(&mut self, chosen: Option<String>) {
+        self.subprotocol = chosen.map(|s| Box::new(s.into_boxed_str()));
     }
 
     /// Who the connection is.
@@ -121,7 +134,7 @@ impl Meter {
 
     /// A record of kind `kind` with sequence `seq` and the cumulative `progress` so far.
     fn snapshot(&self, kind: RecordKind, seq: u64, progress: Progress<'_>) -> UsageRecord {
-        let duration = self.started.elapsed();
+        let duration = self.started().elapsed();
         let now_wall = self.identity.started_at.system_time() + duration;
         let active = progress.active.min(duration);
         let stop = kind == RecordKind::Stop;
@@ -137,7 +150,7 @@ impl Meter {
             idle_ms: (duration.as_millis() - active.as_millis()) as u64,
             requests: 1,
             status: 101,
-            subprotocol: self.subprotocol.as_deref().map(str::to_owned),
+            subprotocol: self.subprotocol().map(str::to_owned),
             client_to_backend: DirectionUsage::from(&progress.counts[0]),
             backend_to_client: DirectionUsage::from(&progress.counts[1]),
             gateway: DirectionUsage::default(),

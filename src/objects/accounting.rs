@@ -24,6 +24,8 @@ pub struct Occupancy {
     /// Tenant of the route that placed it.
     pub tenant: Option<String>,
     active: ActiveClock,
+    /// How long each message keeps the object active.
+    idle_window: Duration,
     connections: u64,
     live: usize,
     peak: usize,
@@ -39,7 +41,8 @@ impl Occupancy {
             since_wall: SystemTime::now(),
             host,
             tenant,
-            active: ActiveClock::new(idle_window),
+            active: ActiveClock::new(),
+            idle_window,
             connections: 0,
             live: 0,
             peak: 0,
@@ -55,7 +58,7 @@ impl Occupancy {
 
     /// A message was processed at `now`.
     pub fn touch(&mut self, now: Instant) {
-        self.active.touch(now);
+        self.active.touch(now, self.idle_window);
     }
 
     /// A connection to the object was established (its 101 was sent).
@@ -103,7 +106,7 @@ impl Occupancy {
             ended_at,
             connected_ms: connected.as_millis() as u64,
             active_ms: self.active.total_at(end).min(connected).as_millis() as u64,
-            idle_window_ms: self.active.window().as_millis() as u64,
+            idle_window_ms: self.idle_window.as_millis() as u64,
             connections: self.connections,
             peak_connections: self.peak as u64,
             messages_in: self.counts[0].messages,

@@ -142,8 +142,8 @@ struct Peer {
     heard_bytes: u64,
     /// Tick this side was last heard from (sent anything).
     heard_at: u64,
-    /// When the outstanding ping (`Watch::pings_out`) was sent, nanoseconds after the timer
-    /// facility's epoch (`Timers::nanos`: 8 bytes where an `Instant` takes 16).
+    /// When the outstanding ping (`Watch::pings_out`) was sent (`mono::nanos`: 8 bytes where an
+    /// `Instant` takes 16).
     ping_sent: u64,
     /// Tick the last ping was sent (kept after its pong: the next one is an interval later).
     pinged_at: u64,
@@ -402,7 +402,7 @@ impl Watch {
             *out = self.pings_sent;
         }
         let p = &mut self.peers[side];
-        p.ping_sent = Timers::nanos(at);
+        p.ping_sent = crate::mono::nanos(at);
         p.pinged_at = now;
         p.answer_by = now.saturating_add(Timers::ticks_in(timeout));
         ping_payload(self.pings_sent)
@@ -419,7 +419,7 @@ impl Watch {
         *out = 0;
         let p = &mut self.peers[side];
         p.answer_by = NEVER;
-        Some(Duration::from_nanos(Timers::nanos(at).saturating_sub(p.ping_sent)))
+        Some(at.saturating_duration_since(crate::mono::instant(p.ping_sent)))
     }
 
     /// Close with 1012 (not 1001) at the end of the lifetime.
@@ -508,8 +508,8 @@ mod tests {
     #[test]
     fn keepalive_pings_a_silent_side_and_declares_it_dead_when_it_stays_silent() {
         let k = Keepalive { interval: Duration::from_millis(100), timeout: Duration::from_millis(50), backend: false };
-        // Ping times are kept from the timer facility's epoch: it starts before them, as in a relay.
-        Timers::global();
+        // Ping times are kept from the process's epoch (`mono`): it starts before them, as in a relay.
+        crate::mono::now();
         let t0 = Instant::now();
         let mut w = Watch::new(Arc::new(Guards { keepalive: Some(k), ..Guards::default() }), 0.0, 0, t0);
         let none = DirectionCounts::default();
@@ -531,7 +531,7 @@ mod tests {
     #[test]
     fn each_side_waits_for_its_own_ping_and_numbers_skip_zero() {
         let k = Keepalive { interval: Duration::from_millis(100), timeout: Duration::from_millis(50), backend: true };
-        Timers::global();
+        crate::mono::now();
         let t0 = Instant::now();
         let mut w = Watch::new(Arc::new(Guards { keepalive: Some(k), ..Guards::default() }), 0.0, 0, t0);
         w.pings_sent = u32::MAX - 1;

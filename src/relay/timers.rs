@@ -133,12 +133,6 @@ impl Timers {
         (t.saturating_duration_since(self.epoch).as_nanos() / TICK.as_nanos()) as u64
     }
 
-    /// Nanoseconds from the process's facility's epoch to `t` (0 before it, saturated at 584
-    /// years): an instant in 8 bytes.
-    pub fn nanos(t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(Timers::global().epoch).as_nanos()).unwrap_or(u64::MAX)
-    }
-
     /// Ticks in `d`, rounded up (a deadline is never early).
     pub fn ticks_in(d: Duration) -> u64 {
         d.as_nanos().div_ceil(TICK.as_nanos()).min(u64::MAX as u128) as u64
