@@ -153,8 +153,8 @@ pub struct Sampler {
     max: IntGauge,
     rss: IntGauge,
     /// The process's allocator: released once, before the second sample (one
-    /// `SAMPLE_INTERVAL` after start, for the memory startup used and freed), and read into
-    /// `heap` at every sample.
+    /// `SAMPLE_INTERVAL` after start, for the memory startup used and freed), its decayed pages
+    /// given back before every other, and read into `heap` at every sample.
     allocator: Allocator,
     heap: Option<HeapGauges>,
 }
@@ -166,7 +166,8 @@ impl Sampler {
     }
 
     /// Release `allocator`'s freed pages once, one `SAMPLE_INTERVAL` after start, before that
-    /// sample; export its figures to `heap` at every sample.
+    /// sample, and its decayed ones before every other; export its figures to `heap` at every
+    /// sample.
     pub fn with_allocator(self, allocator: Allocator, heap: HeapGauges) -> Sampler {
         Sampler { allocator, heap: Some(heap), ..self }
     }
@@ -191,11 +192,13 @@ impl BackgroundService for Sampler {
         let mut taken = 0u32;
         loop {
             let fds = self.fds.clone();
-            let (release, stats) = ((taken == 1).then_some(self.allocator.release), self.allocator.stats);
+            // Once, after start: everything startup freed; then what decayed since the last pass.
+            let release = if taken == 1 { self.allocator.release } else { self.allocator.decay };
+            let stats = self.allocator.stats;
             // Reading /proc (and releasing memory) are blocking calls: off the service's runtime
             // thread.
             let heap = tokio::task::spawn_blocking(move || {
-                release.inspect(|release| release());
+                release();
                 fds.sample();
                 stats()
             })

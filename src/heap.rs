@@ -1,9 +1,9 @@
-//! The process's allocator as the server sees it: `Allocator`, the two things `main.rs` lets the
-//! server do with it (give freed pages back, read its figures), so the library does not depend
+//! The process's allocator as the server sees it: `Allocator`, what `main.rs` lets the server
+//! do with it (give freed pages back, read its figures), so the library does not depend
 //! on which allocator the binary links; and `HeapGauges`, where its figures are exported.
 //!
-//! Background only: `fds::Sampler` calls `Allocator::release` once after start and reads
-//! `Allocator::stats` into the gauges every `fds::SAMPLE_INTERVAL`. Nothing here is on a
+//! Background only: `fds::Sampler` calls `Allocator::release` once after start, and
+//! `Allocator::decay` and `Allocator::stats` (into the gauges) every `fds::SAMPLE_INTERVAL`. Nothing here is on a
 //! connection's path.
 
 use prometheus::IntGauge;
@@ -27,13 +27,18 @@ pub struct HeapStats {
 pub struct Allocator {
     /// Gives every freed page the allocator holds back to the kernel now.
     pub release: fn(),
+    /// Gives back the freed pages the allocator's decay has let go of by now (jemalloc's
+    /// background thread does it too, but sleeps up to a whole decay time while fewer than
+    /// 1 024 pages per arena wait: what a burst of handshakes freed stayed resident a second
+    /// or more after it).
+    pub decay: fn(),
     /// The allocator's figures now (`None` when it keeps none).
     pub stats: fn() -> Option<HeapStats>,
 }
 
 impl Allocator {
     /// An allocator the server can do nothing with (tests, other binaries).
-    pub const NONE: Allocator = Allocator { release: || {}, stats: || None };
+    pub const NONE: Allocator = Allocator { release: || {}, decay: || {}, stats: || None };
 }
 
 /// The gauges `HeapStats` are exported to (`weir_heap_*_bytes`).

@@ -32,13 +32,22 @@ pub static malloc_conf: Option<&'static std::ffi::c_char> =
     Some(unsafe { &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() });
 
 /// What `weir run` lets the server do with jemalloc.
-const ALLOCATOR: weir::heap::Allocator = weir::heap::Allocator { release: release_freed_memory, stats: heap_stats };
+const ALLOCATOR: weir::heap::Allocator =
+    weir::heap::Allocator { release: release_freed_memory, decay: return_decayed_memory, stats: heap_stats };
 
 /// Returns every page jemalloc holds freed to the kernel now (all arenas). Called once, after
 /// start, for the memory startup used and freed.
 fn release_freed_memory() {
     if let Err(rc) = mallctl_do(c"arena.4096.purge") {
         tracing::debug!(rc, "jemalloc: arena.4096.purge failed");
+    }
+}
+
+/// Returns to the kernel the freed pages jemalloc's decay (`dirty_decay_ms`) has let go of by
+/// now, in every arena. Called every half second by the descriptor sampler.
+fn return_decayed_memory() {
+    if let Err(rc) = mallctl_do(c"arena.4096.decay") {
+        tracing::debug!(rc, "jemalloc: arena.4096.decay failed");
     }
 }
 
@@ -495,6 +504,7 @@ mod tests {
         assert_eq!(option::<isize>(c"opt.dirty_decay_ms"), 1000);
         assert_eq!(option::<isize>(c"opt.muzzy_decay_ms"), 0);
         assert_eq!(super::mallctl_do(c"arena.4096.purge"), Ok(()));
+        assert_eq!(super::mallctl_do(c"arena.4096.decay"), Ok(()));
         assert!(super::mallctl_do(c"arena.4096.no_such_control").is_err());
     }
 

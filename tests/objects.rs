@@ -466,7 +466,9 @@ async fn object_usage_records_equal_what_the_clients_did() {
     assert_eq!((x.connections, x.peak_connections), (2, 2));
     assert_eq!((x.messages_in, x.messages_out), (8, 8));
     assert!(x.payload_bytes_in >= bytes && x.payload_bytes_out >= bytes, "{x:?}");
-    assert!(x.active_ms > 0 && x.active_ms <= x.connected_ms, "{x:?}");
+    // Whole milliseconds: an occupancy this short (a release build on loopback can run it in
+    // under 2 ms) may round its active time down to 0, never past the connected time.
+    assert!(x.active_ms <= x.connected_ms && (x.active_ms > 0 || x.connected_ms <= 1), "{x:?}");
     assert_eq!(x.idle_window_ms, 100);
     let d1 = objects.iter().find(|r| r.namespace == "hosted").unwrap();
     assert_eq!((d1.object_id.as_str(), d1.host.clone()), ("d1", host.addr.to_string()));
