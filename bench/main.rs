@@ -95,7 +95,8 @@
 //! * `idle`: opens N = 9 900 idle WebSocket connections (200 handshakes in flight at a time),
 //!   each after one 16-byte echo. N is limited by `RLIMIT_NOFILE` (20 000 here): a proxied
 //!   connection costs the relay two descriptors. RSS is read before opening, at N/10 and at N,
-//!   each after it settles (two reads 500 ms apart differ by ≤ 64 KiB, at most 10 s).
+//!   each after it settles (2 s after the last connection opened, twice weir's allocator decay
+//!   time, then until two reads 500 ms apart differ by ≤ 64 KiB, at most 10 s more).
 //!   `KiB/conn` = (RSS at N − RSS before) / N; `slope` = (RSS at N − RSS at N/10) / (N − N/10),
 //!   which leaves out one-off warm-up allocations. If the hard `RLIMIT_NOFILE` is lower, N is
 //!   lowered to fit and a note is printed. RSS is user-space memory only: kernel socket buffers
@@ -187,6 +188,10 @@ const OP_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on opening all idle connections of one step.
 const IDLE_OPEN_TIMEOUT: Duration = Duration::from_secs(180);
+/// RSS is read only after this long without new connections: twice weir's allocator decay
+/// time (`dirty_decay_ms: 1000`), so pages a burst of handshakes freed are not counted as held
+/// by the idle connections (glibc's processes return or keep them at once: no change there).
+const SETTLE_QUIET: Duration = Duration::from_secs(2);
 /// RSS is settled when two reads this far apart differ by at most `SETTLE_TOLERANCE_KIB`.
 const SETTLE_INTERVAL: Duration = Duration::from_millis(500);
 const SETTLE_TOLERANCE_KIB: u64 = 64;
@@ -891,7 +896,7 @@ fn backstop(p: &Params, scenario: Scenario) -> Duration {
         Scenario::Handshake => p.hs_dur + slack,
         Scenario::Latency => p.lat_dur + slack + OP_TIMEOUT * 3,
         Scenario::Idle | Scenario::IdleEcho | Scenario::IdleRoom | Scenario::IdleBuiltin => {
-            2 * IDLE_OPEN_TIMEOUT + 3 * SETTLE_INTERVAL * SETTLE_MAX_READS as u32 + slack
+            2 * IDLE_OPEN_TIMEOUT + 3 * (SETTLE_QUIET + SETTLE_INTERVAL * SETTLE_MAX_READS as u32) + slack
         }
         // Two weir runs, each: start-up, opening, warm-up, window, four scrapes.
         Scenario::Keepalive => {
@@ -1538,9 +1543,10 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .with_context(|| format!("no VmRSS in {path}"))
 }
 
-/// Reads RSS every `SETTLE_INTERVAL` until two reads agree within `SETTLE_TOLERANCE_KIB`
+/// Waits `SETTLE_QUIET`, then reads RSS every `SETTLE_INTERVAL` until two reads agree within `SETTLE_TOLERANCE_KIB`
 /// (at most `SETTLE_MAX_READS` reads).
 async fn settled_rss_kib(pid: u32) -> Result<u64> {
+    sleep(SETTLE_QUIET).await;
     let mut prev = rss_kib(pid)?;
     for _ in 0..SETTLE_MAX_READS {
         sleep(SETTLE_INTERVAL).await;
