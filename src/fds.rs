@@ -8,8 +8,9 @@
 //!
 //! Background: `Sampler`, a service, counts `/proc/self/fd` and reads `/proc/self/limits` every
 //! `SAMPLE_INTERVAL` (the limit is read again each time: `prlimit` can change it while weir
-//! runs); it also samples the resident memory and the allocator's figures (`heap`). Warm path: `Descriptors::exhausted`, two atomic loads per upgrade. Linux only; where
-//! `/proc` is missing the counts stay 0 and nothing is refused.
+//! runs); it also samples the resident memory and the allocator's figures (`heap`). Warm path:
+//! `Descriptors::exhausted`, two atomic loads per upgrade. Linux only; where `/proc` is missing
+//! the counts stay 0 and nothing is refused.
 
 use crate::heap::{Allocator, HeapGauges};
 use async_trait::async_trait;

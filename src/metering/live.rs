@@ -135,7 +135,7 @@ struct LiveState {
     /// What most connections never have (chunk counts, an order to close, pushes), boxed: made
     /// by the first of them, so an entry without them holds one pointer (README "Idle cost").
     extra: Option<Box<Extra>>,
-    /// Its active time (the window is `Live::window`).
+    /// Its active time (the window is `Live::window_ms`).
     active: ActiveClock,
     last_seq: u64,
     /// When its next interim is due, nanoseconds after the set's `epoch` (8 bytes, where an
