@@ -1,10 +1,10 @@
 //! The process's allocator as the server sees it: `Allocator`, what `main.rs` lets the server
-//! do with it (give freed pages back, read its figures), so the library does not depend
-//! on which allocator the binary links; and `HeapGauges`, where its figures are exported.
+//! do with it (give freed pages back, read its figures), so the library does not depend on
+//! which allocator the binary links; and `HeapGauges`, where its figures are exported.
 //!
 //! Background only: `fds::Sampler` calls `Allocator::release` once after start, and
-//! `Allocator::decay` and `Allocator::stats` (into the gauges) every `fds::SAMPLE_INTERVAL`. Nothing here is on a
-//! connection's path.
+//! `Allocator::decay` and `Allocator::stats` (into the gauges) every `fds::SAMPLE_INTERVAL`.
+//! Nothing here is on a connection's path.
 
 use prometheus::IntGauge;
 

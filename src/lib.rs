@@ -54,7 +54,6 @@
 //! - `heap`: what the server may ask of the binary's allocator (release freed pages, its
 //!   figures) and the `weir_heap_*_bytes` gauges (background; leaf).
 //! - `sync`: the poison-tolerant lock helper every mutex goes through.
-//! - `mono`: monotonic instants in 8 bytes (nanoseconds after the process's epoch; leaf).
 //! - `client_cert`: mutual TLS on listeners: the client CA a reload re-reads and the verified
 //!   subject `auth.client_cert` bills (cold; one parse per handshake).
 //! - `listener_tls`: TLS listener certificates a reload re-reads (a swapped resolver; cold).
@@ -81,7 +80,6 @@ pub mod listener_tls;
 pub mod manual;
 pub mod metering;
 pub mod metrics;
-pub mod mono;
 pub mod objects;
 pub mod pools;
 pub mod relay;

@@ -59,8 +59,8 @@ const PINGORA_GRACE_MARGIN: Duration = Duration::from_secs(2);
 /// re-read) and run until shutdown; returns after the last flush and delivery.
 /// With `upgrade`, the listening sockets are taken over from a running weir (`weir run
 /// --upgrade`, then SIGQUIT to the old process): see the README, "Binary upgrade".
-/// `allocator` is the binary's allocator: its freed pages are given back once after start and
-/// its figures exported (`fds::Sampler`).
+/// `allocator` is the binary's allocator: all its freed pages are given back once after start,
+/// its decayed ones every half second, and its figures exported (`fds::Sampler`).
 pub fn run(config: Config, path: &Path, upgrade: bool, allocator: crate::heap::Allocator) -> anyhow::Result<()> {
     // First: everything after this opens descriptors.
     crate::fds::raise_limit();

@@ -3,6 +3,7 @@
 //!
 //! Warm path (one `touch` per relay wakeup with traffic), sans-io: callers pass the `Instant`.
 
+use crate::relay::mono;
 use std::time::{Duration, Instant};
 
 /// Union of activity windows, accumulated as messages arrive. 16 bytes (every open connection
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 pub struct ActiveClock {
     /// Active time so far, nanoseconds (the part of the last window still to come included).
     total: u64,
-    /// When the last window ends (`mono::nanos`); 0 before the first message.
+    /// When the last window ends (`relay::mono::nanos`); 0 before the first message.
     until: u64,
 }
 
@@ -23,8 +24,8 @@ impl ActiveClock {
 
     /// A message was processed at `now`: it keeps the owner active for `window`.
     pub fn touch(&mut self, now: Instant, window: Duration) {
-        let window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
-        let now = crate::mono::nanos(now);
+        let window = mono::nanos_in(window);
+        let now = mono::nanos(now);
         let end = now.saturating_add(window);
         let added = match self.until {
             // Overlaps the current window: extend it.
@@ -37,7 +38,7 @@ impl ActiveClock {
 
     /// Active time up to `end` (the part of the last window after `end` is not counted).
     pub fn total_at(&self, end: Instant) -> Duration {
-        let overhang = self.until.saturating_sub(crate::mono::nanos(end));
+        let overhang = self.until.saturating_sub(mono::nanos(end));
         Duration::from_nanos(self.total.saturating_sub(overhang))
     }
 }

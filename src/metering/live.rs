@@ -24,6 +24,7 @@ use super::rejections::Rejections;
 use super::today::Tally;
 use super::{Meter, Progress, Rejection};
 use crate::billing::{RecordKind, UsageLog, UsageRecord};
+use crate::relay::mono;
 use crate::relay::report::{Party, RelayReport};
 use crate::relay::scanner::{add_chunk_counts, DirectionCounts, PlainCounts};
 use crate::relay::wheel::{Key, Wheel};
@@ -39,11 +40,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Length of one tick of the interim wheel.
 const INTERIM_TICK: Duration = Duration::from_millis(100);
-
-/// `d` in nanoseconds (saturated at 584 years).
-fn nanos_of(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
 
 /// Most pushed messages waiting for one connection (`Live::push`); more get `PushError::Full`.
 pub const MAX_QUEUED_PUSHES: usize = 16;
@@ -138,7 +134,7 @@ struct LiveState {
     /// Its active time (the window is `Live::window_ms`).
     active: ActiveClock,
     last_seq: u64,
-    /// When its next interim is due, nanoseconds after the set's `epoch` (8 bytes, where an
+    /// When its next interim is due (`relay::mono::nanos`: 8 bytes, where an
     /// `Instant` takes 16).
     next_interim: u64,
     ended: bool,
@@ -415,9 +411,9 @@ pub struct LiveSet {
     draining: std::sync::atomic::AtomicBool,
     /// weir began to shut down (`begin_shutdown`).
     shutting_down: std::sync::atomic::AtomicBool,
-    /// Connections by the tick their next interim is due (ticks of `INTERIM_TICK` from `epoch`).
+    /// Connections by the tick their next interim is due (ticks of `INTERIM_TICK` from the
+    /// process's epoch, `relay::mono`).
     due: Mutex<Wheel<Weak<Live>>>,
-    epoch: Instant,
     /// Today's usage of the connections that ended (UTC day); taken before a shard's mutex.
     today: Mutex<Tally>,
 }
@@ -426,6 +422,8 @@ impl LiveSet {
     /// A registry writing `interim` records every `interval` to `usage`; traffic keeps a
     /// connection active for `idle_threshold`.
     pub fn new(interval: Duration, idle_threshold: Duration, usage: Arc<UsageLog>) -> LiveSet {
+        // Its ticks count from the process's epoch: fixed no later than now.
+        mono::now();
         LiveSet {
             shards: (0..SHARDS).map(|_| Mutex::new(HashSet::new())).collect(),
             interval,
@@ -436,25 +434,19 @@ impl LiveSet {
             drain_started: std::sync::atomic::AtomicBool::new(false),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             due: Mutex::new(Wheel::new(0)),
-            epoch: Instant::now(),
             today: Mutex::new(Tally::new(SystemTime::now())),
         }
     }
 
     /// The interim wheel's tick of `t`, rounded down (the tick `now` is in).
     fn tick(&self, t: Instant) -> u64 {
-        self.nanos(t) / nanos_of(INTERIM_TICK)
+        mono::nanos(t) / mono::nanos_in(INTERIM_TICK)
     }
 
-    /// The first tick at or after `at` (nanoseconds after `epoch`: an interim is never early; at
-    /// most one tick late).
+    /// The first tick at or after `at` (`mono::nanos`: an interim is never early; at most one
+    /// tick late).
     fn due_tick(&self, at: u64) -> u64 {
-        at.div_ceil(nanos_of(INTERIM_TICK))
-    }
-
-    /// `t` in nanoseconds after `epoch` (0 before it; saturated after 584 years).
-    fn nanos(&self, t: Instant) -> u64 {
-        nanos_of(t.saturating_duration_since(self.epoch))
+        at.div_ceil(mono::nanos_in(INTERIM_TICK))
     }
 
     /// Limit rejection records per client address (`Rejections`); `summarised` counts the
@@ -500,7 +492,7 @@ impl LiveSet {
                 extra: None,
                 active: ActiveClock::new(),
                 last_seq: 0,
-                next_interim: self.nanos(meter.started()).saturating_add(nanos_of(self.interval)),
+                next_interim: mono::nanos(meter.started()).saturating_add(mono::nanos_in(self.interval)),
                 ended: false,
                 rtt: [None; 2],
                 due: None,
@@ -624,9 +616,9 @@ impl LiveSet {
                 }
                 s.last_seq += 1;
                 // The next one is due one interval later, never in a burst after a stall.
-                let interval = nanos_of(self.interval);
+                let interval = mono::nanos_in(self.interval);
                 let next = s.next_interim.saturating_add(interval);
-                let now_ns = self.nanos(now);
+                let now_ns = mono::nanos(now);
                 s.next_interim = if next <= now_ns { now_ns.saturating_add(interval) } else { next };
                 s.due = Some(lock(&self.due).insert(self.due_tick(s.next_interim), Arc::downgrade(&live)));
                 let active = s.active.total_at(now);
@@ -647,7 +639,7 @@ impl LiveSet {
     /// When the next interim is due, if any connection is open.
     fn next_due(&self) -> Option<Instant> {
         let tick = lock(&self.due).next_due()?;
-        Some(self.epoch + INTERIM_TICK * u32::try_from(tick).unwrap_or(u32::MAX))
+        Some(mono::instant(tick.saturating_mul(mono::nanos_in(INTERIM_TICK))))
     }
 
     /// Begin the drain of open connections (true the first time); with `refuse_new`, new

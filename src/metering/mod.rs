@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// Identity and clocks of one connection, from the first byte of its request to its end.
 #[derive(Debug)]
 pub struct Meter {
-    /// When metering started (`mono::nanos`: 8 bytes of every live entry, where an `Instant`
+    /// When metering started (`relay::mono::nanos`: 8 bytes of every live entry, where an `Instant`
     /// takes 16).
     started: u64,
     /// Who the connection is (with its id, client address and wall-clock start); filled in while
@@ -68,7 +68,7 @@ impl Meter {
     /// Start metering a connection from `client` now.
     pub fn start(client: Option<SocketAddr>) -> Meter {
         let identity = Identity::new(uuid::Uuid::now_v7(), client, SystemTime::now());
-        Meter { started: crate::mono::now(), identity: Arc::new(identity), subprotocol: None }
+        Meter { started: crate::relay::mono::now(), identity: Arc::new(identity), subprotocol: None }
     }
 
     /// Sortable unique id (UUIDv7), also sent to the backend as `X-Weir-Connection-Id`.
@@ -83,7 +83,7 @@ impl Meter {
 
     /// When metering started (monotonic).
     pub fn started(&self) -> Instant {
-        crate::mono::instant(self.started)
+        crate::relay::mono::instant(self.started)
     }
 
     /// The subprotocol the backend chose, if any.

@@ -221,7 +221,7 @@ impl Watch {
             now.saturating_add(Timers::ticks_in(mine))
         });
         let rates = guards.rates.iter().any(Option::is_some).then(|| {
-            let at = crate::mono::nanos(at);
+            let at = super::mono::nanos(at);
             let tokens = guards.rates.map(|r| {
                 r.map_or_else(Tokens::default, |r| Tokens {
                     messages: r.messages.map_or(0.0, |b| b.burst),
@@ -297,7 +297,7 @@ impl Watch {
         let (Some(rate), Some(t)) = (self.guards.rates.get(d).copied().flatten(), state.tokens.get_mut(d)) else {
             return Charge::Ok;
         };
-        let at = crate::mono::nanos(at);
+        let at = super::mono::nanos(at);
         let elapsed = at.saturating_sub(t.at) as f64 / 1e9;
         t.at = at;
         let mut wait = 0.0f64;
@@ -407,7 +407,7 @@ impl Watch {
             *out = self.pings_sent;
         }
         let p = &mut self.peers[side];
-        p.ping_sent = crate::mono::nanos(at);
+        p.ping_sent = super::mono::nanos(at);
         p.pinged_at = now;
         p.answer_by = now.saturating_add(Timers::ticks_in(timeout));
         ping_payload(self.pings_sent)
@@ -424,7 +424,7 @@ impl Watch {
         *out = 0;
         let p = &mut self.peers[side];
         p.answer_by = NEVER;
-        Some(at.saturating_duration_since(crate::mono::instant(p.ping_sent)))
+        Some(at.saturating_duration_since(super::mono::instant(p.ping_sent)))
     }
 
     /// Close with 1012 (not 1001) at the end of the lifetime.
@@ -467,6 +467,16 @@ mod tests {
     #[test]
     fn rate_state_fits_its_size_class() {
         assert!(std::mem::size_of::<Rates>() <= 96, "{}", std::mem::size_of::<Rates>());
+    }
+
+    /// A connection's guard state with keepalive on (interval 100 ms, timeout 50 ms; the
+    /// backend pinged too with `backend`), started at tick 0 and at the returned instant.
+    fn pinging(backend: bool) -> (Watch, Instant) {
+        let k = Keepalive { interval: Duration::from_millis(100), timeout: Duration::from_millis(50), backend };
+        // Ping times are kept from the process's epoch (`mono`): it starts before them, as in a relay.
+        crate::relay::mono::now();
+        let t0 = Instant::now();
+        (Watch::new(Arc::new(Guards { keepalive: Some(k), ..Guards::default() }), 0.0, 0, t0), t0)
     }
 
     fn counts(data_frames: u64, wire_bytes: u64) -> DirectionCounts {
@@ -512,11 +522,7 @@ mod tests {
 
     #[test]
     fn keepalive_pings_a_silent_side_and_declares_it_dead_when_it_stays_silent() {
-        let k = Keepalive { interval: Duration::from_millis(100), timeout: Duration::from_millis(50), backend: false };
-        // Ping times are kept from the process's epoch (`mono`): it starts before them, as in a relay.
-        crate::mono::now();
-        let t0 = Instant::now();
-        let mut w = Watch::new(Arc::new(Guards { keepalive: Some(k), ..Guards::default() }), 0.0, 0, t0);
+        let (mut w, t0) = pinging(false);
         let none = DirectionCounts::default();
         assert_eq!((w.next(), w.due(9), w.due(10)), (Some(10), None, Some(Due::Ping(0))), "only the client");
         let payload = w.pinged(0, 10, t0);
@@ -535,10 +541,7 @@ mod tests {
     /// 0 (no ping outstanding) when they wrap.
     #[test]
     fn each_side_waits_for_its_own_ping_and_numbers_skip_zero() {
-        let k = Keepalive { interval: Duration::from_millis(100), timeout: Duration::from_millis(50), backend: true };
-        crate::mono::now();
-        let t0 = Instant::now();
-        let mut w = Watch::new(Arc::new(Guards { keepalive: Some(k), ..Guards::default() }), 0.0, 0, t0);
+        let (mut w, t0) = pinging(true);
         w.pings_sent = u32::MAX - 1;
         let client = w.pinged(0, 10, t0);
         let backend = w.pinged(1, 10, t0 + Duration::from_millis(1));
@@ -553,9 +556,7 @@ mod tests {
     /// an interval after the last one, not at once (it was: pings flooded a silent client).
     #[test]
     fn after_weirs_pong_the_next_ping_is_an_interval_after_the_last() {
-        let k = Keepalive { interval: Duration::from_millis(100), timeout: Duration::from_millis(50), backend: false };
-        let t0 = Instant::now();
-        let mut w = Watch::new(Arc::new(Guards { keepalive: Some(k), ..Guards::default() }), 0.0, 0, t0);
+        let (mut w, t0) = pinging(false);
         let none = DirectionCounts::default();
         let mut pings = 0;
         for now in 0..=1000u64 {

@@ -17,6 +17,8 @@
 //!   connection's deadlines, consulted once per wakeup (warm path).
 //! - `timers.rs`: `Timers`, the process's one deadline facility (a `wheel.rs` hierarchical
 //!   timing wheel driven by one thread); a connection holds at most one entry, its `Alarm`.
+//! - `mono.rs`: instants in 8 bytes (nanoseconds after the process's one monotonic epoch), the
+//!   time base of the timers, the guards and, above the relay, the live set and active clocks.
 //!
 //! The relay knows no one: it imports nothing from the rest of weir (std, tokio and the like
 //! only). What it tells the outside goes through the `Observer` trait defined here and
@@ -32,6 +34,7 @@
 pub mod close;
 pub mod frame;
 pub mod guard;
+pub mod mono;
 pub mod pump;
 pub mod report;
 pub mod scanner;

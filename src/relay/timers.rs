@@ -17,6 +17,7 @@
 //!
 //! Resolution: one tick is `TICK` (10 ms); a deadline fires within one tick after it is due.
 
+use super::mono;
 use super::wheel::{Key, Wheel};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
@@ -27,7 +28,6 @@ pub const TICK: Duration = Duration::from_millis(10);
 
 /// The process's deadline facility (see the module doc). Get it with `Timers::global`.
 pub struct Timers {
-    epoch: Instant,
     wheel: Mutex<Wheel<Waker>>,
     /// Signalled when an entry due earlier than the driver's planned wakeup is armed.
     wake: Condvar,
@@ -112,8 +112,9 @@ impl Timers {
     pub fn global() -> &'static Timers {
         static GLOBAL: OnceLock<&'static Timers> = OnceLock::new();
         GLOBAL.get_or_init(|| {
-            let timers: &'static Timers =
-                Box::leak(Box::new(Timers { epoch: Instant::now(), wheel: Mutex::default(), wake: Condvar::new() }));
+            // Ticks count from the process's epoch: fixed no later than now.
+            mono::now();
+            let timers: &'static Timers = Box::leak(Box::new(Timers { wheel: Mutex::default(), wake: Condvar::new() }));
             let spawned = std::thread::Builder::new().name("weir-timers".into()).spawn(move || timers.drive());
             if let Err(e) = spawned {
                 // Without the driver no guard deadline fires; connections still end normally.
@@ -128,9 +129,9 @@ impl Timers {
         self.ticks(Instant::now())
     }
 
-    /// The tick of `t` (rounded down; 0 before the facility's epoch).
+    /// The tick of `t` (rounded down; ticks count from the process's epoch, `mono`).
     pub fn ticks(&self, t: Instant) -> u64 {
-        (t.saturating_duration_since(self.epoch).as_nanos() / TICK.as_nanos()) as u64
+        mono::nanos(t) / mono::nanos_in(TICK)
     }
 
     /// Ticks in `d`, rounded up (a deadline is never early).
@@ -170,7 +171,7 @@ impl Timers {
             wheel = match wheel.next_due() {
                 None => self.wake.wait(wheel).unwrap_or_else(|p| p.into_inner()),
                 Some(at) => {
-                    let at = self.epoch + TICK * u32::try_from(at).unwrap_or(u32::MAX);
+                    let at = mono::instant(at.saturating_mul(mono::nanos_in(TICK)));
                     let wait = at.saturating_duration_since(Instant::now());
                     self.wake.wait_timeout(wheel, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0)
                 }

@@ -1,6 +1,7 @@
-//! Monotonic instants in 8 bytes: nanoseconds after the process's epoch (the first use of this
-//! module), for state every open connection keeps, where an `Instant` takes 16 bytes (README
-//! "Idle cost"). Leaf; any path.
+//! Monotonic instants in 8 bytes: nanoseconds after the process's one epoch (the first use of
+//! this module), for state every open connection keeps, where an `Instant` takes 16 bytes
+//! (README "Idle cost"), and the time base the timers' and the live set's ticks count from.
+//! Leaf; any path.
 
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -10,7 +11,12 @@ static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// `t` as nanoseconds after the epoch (0 for an instant before it, saturated at 584 years).
 pub fn nanos(t: Instant) -> u64 {
-    u64::try_from(t.saturating_duration_since(*EPOCH).as_nanos()).unwrap_or(u64::MAX)
+    nanos_in(t.saturating_duration_since(*EPOCH))
+}
+
+/// `d` in nanoseconds (saturated at 584 years).
+pub fn nanos_in(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The instant `n` nanoseconds after the epoch.
@@ -32,5 +38,7 @@ mod tests {
         let t = Instant::now() + Duration::from_millis(5);
         assert_eq!(instant(nanos(t)), t);
         assert!(now() < nanos(t));
+        assert_eq!(nanos_in(Duration::from_millis(3)), 3_000_000);
+        assert_eq!(nanos_in(Duration::MAX), u64::MAX);
     }
 }
