@@ -333,6 +333,9 @@ mod tests {
         bytes[2 * line + line / 2] ^= 1;
         bytes[3 * line + line / 2] ^= 1;
         std::fs::write(&seg, &bytes).unwrap();
+        // Found by the next process (this one would deliver its records from memory).
+        drop(spool);
+        let spool = Spool::open(&spool_dir).unwrap();
         let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
         let sinks = vec![file_sink("a", d.path()), file_sink("b", d.path())];
         let delivery = Delivery::new(spool.clone(), sinks, metrics.clone());

@@ -1,12 +1,12 @@
 //! `UsageLog`: hands every usage record to the spool, one JSON line each.
 //!
-//! Warm path (once per record). Serialising and the spool's single `write(2)` happen on the
-//! caller's thread; the record is serialised straight into its spool line (`frame_into`), in a
-//! per-thread buffer that is reused, so a record costs no allocation, and its counter is a handle
-//! resolved once (issue 14), so a record is in the spool's page cache before its connection's task goes
-//! on; the spool's flusher makes it durable within `usage.fsync_interval`, and the sinks deliver
-//! it from there (`delivery.rs`). Nothing is dropped: a record the spool cannot write waits
-//! in memory (see `spool.rs`).
+//! Warm path (once per record). The record is serialised on the caller's thread straight into
+//! its spool line (`frame_into`), in a per-thread buffer that is reused, so a record costs no
+//! allocation, and its counter is a handle resolved once (issue 14). The spool writes it together
+//! with the other records of the same scheduler pass, once that pass is over
+//! (`Spool::append_line`); its flusher makes it durable within `usage.fsync_interval`, and the
+//! sinks deliver it from there (`delivery.rs`). Nothing is dropped: a record the spool cannot
+//! write waits in memory (see `spool.rs`).
 
 use super::record::{ObjectRecord, UsageRecord};
 use super::spool::Spool;

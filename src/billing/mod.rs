@@ -7,6 +7,8 @@
 //!   records) and `objects` (occupancies) and written through it (warm path).
 //! - `spool.rs`: append-only segments, fsynced in batches at most every `usage.fsync_interval`
 //!   (warm append; background flusher).
+//! - `tail.rs`: the newest spooled lines in memory, so sinks that keep up read them without
+//!   reading the disk back (warm, pure).
 //! - `adopt.rs`: delivers what is left in the spool slot another (exited) process wrote, e.g.
 //!   after a binary upgrade (background).
 //! - `delivery.rs`: one loop per sink that reads the durable records after its own cursor,
@@ -27,6 +29,7 @@ pub mod record;
 pub mod report;
 pub mod sinks;
 pub mod spool;
+pub mod tail;
 pub mod units;
 
 pub use log::UsageLog;
