@@ -274,7 +274,12 @@ impl Pools {
                 .filter(|a| !tried.contains(a) && !self.is_draining(a) && p.balancer.healthy(a))
                 .min_by_key(|a| self.open_count(*a));
         }
-        let key = client.map(|ip| ip.to_string()).unwrap_or_default();
+        // Only `ip_hash` reads the key (the address as text: the same mapping as before); the
+        // others ignore it, so they are not handed a formatted string per connection.
+        let key = match (&p.balancer, client) {
+            (Balancer::IpHash(_), Some(ip)) => ip.to_string(),
+            _ => String::new(),
+        };
         let accept = |b: &Backend, healthy: bool| {
             healthy && !b.addr.as_inet().is_some_and(|a| tried.contains(a) || self.is_draining(a))
         };

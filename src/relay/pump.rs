@@ -616,24 +616,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             if self.halves.iter().all(Half::finished) {
                 return Poll::Ready(());
             }
-            if let Some(linger) = self.linger.as_mut() {
-                if linger.as_mut().poll(cx).is_ready() {
-                    let Some((t, close)) = self.close_on_linger.take() else { return Poll::Ready(()) };
-                    // A violation's (or a limit's) sender has had its answers: now its close, and
-                    // one more `LINGER` to write it.
-                    let h = &mut self.halves[t.index()];
-                    h.inject_close(close, t == Direction::ClientToBackend);
-                    h.src_done = true;
-                    self.linger = Some(Box::pin(sleep(LINGER)));
-                    continue;
-                }
-            }
             if !progress {
-                return Poll::Pending;
+                return match self.poll_linger(cx) {
+                    Poll::Ready(true) => continue,
+                    Poll::Ready(false) => Poll::Ready(()),
+                    Poll::Pending => Poll::Pending,
+                };
             }
+        }
+        // The round budget is spent with bytes still moving: the linger still bounds the end (a
+        // peer that keeps sending cannot outlast it), then the task yields.
+        if self.poll_linger(cx) == Poll::Ready(false) {
+            return Poll::Ready(());
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Polls the linger, if one runs: only when the relay would wait (no progress) or yields, so
+    /// a connection whose ends finish while bytes still move (a closing handshake answered at
+    /// once) never registers it with tokio's timer, whose registration of a deadline earlier
+    /// than its next wakeup costs a `write(2)` to wake its driver (issue 14: 1.5 such writes per
+    /// handshake, most of them this one). `Ready(true)`: it ran out and the sender that broke a
+    /// rule got its close, with one more `LINGER` to write it; `Ready(false)`: it ran out, the
+    /// connection ends; `Pending`: it runs on, or there is none.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let Some(linger) = self.linger.as_mut() else { return Poll::Pending };
+        ready!(linger.as_mut().poll(cx));
+        let Some((t, close)) = self.close_on_linger.take() else { return Poll::Ready(false) };
+        let h = &mut self.halves[t.index()];
+        h.inject_close(close, t == Direction::ClientToBackend);
+        h.src_done = true;
+        self.linger = Some(Box::pin(sleep(LINGER)));
+        Poll::Ready(true)
     }
 
     fn poll_half(&mut self, d: Direction, cx: &mut Context<'_>, progress: &mut bool, fresh: &mut Fresh) {
