@@ -136,7 +136,7 @@ struct Probe {
 }
 
 impl Observer for Probe {
-    fn progress(&mut self, fresh: [&DirectionCounts; 2]) {
+    fn progress(&mut self, fresh: [&DirectionCounts; 2], _at: std::time::Instant) {
         assert!(fresh.iter().any(|c| c.wire_bytes != 0), "progress without bytes: {fresh:?}");
         for (t, f) in self.totals.iter_mut().zip(fresh) {
             t.add(f);

@@ -51,8 +51,8 @@ impl ConnObserver {
 }
 
 impl Observer for ConnObserver {
-    fn progress(&mut self, [client, backend]: [&DirectionCounts; 2]) {
-        self.live.add([client, backend]);
+    fn progress(&mut self, [client, backend]: [&DirectionCounts; 2], at: std::time::Instant) {
+        self.live.add([client, backend], at);
         self.metrics.add(Direction::ClientToBackend, client);
         self.metrics.add(Direction::BackendToClient, backend);
         let messages = client.messages + backend.messages;

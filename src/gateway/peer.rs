@@ -63,7 +63,7 @@ impl Drop for PeerRelay {
 struct Counting([DirectionCounts; 2]);
 
 impl Observer for Counting {
-    fn progress(&mut self, fresh: [&DirectionCounts; 2]) {
+    fn progress(&mut self, fresh: [&DirectionCounts; 2], _at: std::time::Instant) {
         for (total, more) in self.0.iter_mut().zip(fresh) {
             total.add(more);
         }

@@ -193,9 +193,9 @@ impl LiveState {
 }
 
 impl Live {
-    /// What a wakeup of the relay (or a tap's read or write) counted: added to the connection's
-    /// counts; data frames keep it active (the active-time clock).
-    pub fn add(&self, fresh: [&DirectionCounts; 2]) {
+    /// What a wakeup of the relay (or a tap's read or write) counted at `at`: added to the
+    /// connection's counts; data frames keep it active (the active-time clock).
+    pub fn add(&self, fresh: [&DirectionCounts; 2], at: Instant) {
         let mut s = lock(&self.state);
         for (total, more) in s.counts.iter_mut().zip(fresh) {
             total.add_counters(more);
@@ -206,7 +206,7 @@ impl Live {
             }
         }
         if fresh.iter().any(|c| c.data_frames != 0) {
-            s.active.touch(Instant::now(), Duration::from_millis(u64::from(self.window_ms)));
+            s.active.touch(at, Duration::from_millis(u64::from(self.window_ms)));
         }
     }
 
@@ -825,11 +825,11 @@ mod tests {
         let live = set.begin(Meter::start(None));
         let plain =
             DirectionCounts { messages: 2, data_frames: 2, frames: 2, largest_message_bytes: 9, ..Default::default() };
-        live.add([&plain, &plain]);
+        live.add([&plain, &plain], Instant::now());
         assert!(lock(&live.state).extra.is_none(), "no chunk counted: no box");
         let chunked = DirectionCounts { messages: 1, chunked: [1, 0, 3, 0], largest_message_bytes: 4, ..plain };
-        live.add([&DirectionCounts::default(), &chunked]);
-        live.add([&DirectionCounts::default(), &chunked]);
+        live.add([&DirectionCounts::default(), &chunked], Instant::now());
+        live.add([&DirectionCounts::default(), &chunked], Instant::now());
         assert!(lock(&live.state).extra.is_some());
         let mut want = plain;
         want.add(&chunked);
@@ -846,7 +846,7 @@ mod tests {
         let t0 = live.meter.started();
         assert_eq!(set.sweep(t0 + Duration::from_secs(59)), 0, "not due yet");
         let c = DirectionCounts { messages: 3, data_frames: 3, frames: 3, ..Default::default() };
-        live.add([&c, &DirectionCounts::default()]);
+        live.add([&c, &DirectionCounts::default()], Instant::now());
         assert_eq!(set.sweep(t0 + Duration::from_secs(61)), 1);
         assert_eq!(set.sweep(t0 + Duration::from_secs(62)), 0, "the next one is an interval later");
         // A stall of ten intervals gives one interim, not ten.
@@ -869,10 +869,10 @@ mod tests {
         let (set, _spool, _dir) = set(Duration::from_secs(60));
         let (ended, open) = (set.begin(Meter::start(None)), set.begin(Meter::start(None)));
         let c = DirectionCounts { messages: 3, wire_bytes: 30, ..Default::default() };
-        open.add([&c, &DirectionCounts::default()]);
+        open.add([&c, &DirectionCounts::default()], Instant::now());
         let before = set.today().0.untenanted;
         assert_eq!((before.connections, before.messages, before.client_to_backend_bytes), (2, 3, 30));
-        ended.add([&c, &c]);
+        ended.add([&c, &c], Instant::now());
         set.end(&ended, &report([c, c]));
         let (tally, still_open) = set.today();
         assert_eq!(still_open.len(), 1);

@@ -100,7 +100,9 @@ impl Direction {
 pub trait Observer {
     /// What the scanners counted since the last call (`[client → backend, backend → client]`),
     /// after a wakeup that moved bytes: add it to the connection's counts (`DirectionCounts::add`).
-    fn progress(&mut self, fresh: [&DirectionCounts; 2]);
+    /// `at` is the wakeup's instant (the relay's one clock read for it): a clock an
+    /// implementation keeps (active time) moves to it, with no clock read of its own.
+    fn progress(&mut self, fresh: [&DirectionCounts; 2], at: std::time::Instant);
 
     /// The connection's counts: the sum of every `progress`. The relay's report carries them.
     fn totals(&self) -> [DirectionCounts; 2];

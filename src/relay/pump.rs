@@ -96,7 +96,37 @@ struct Queued {
 /// client]`): kept on the stack and handed to the observer at the end of the wakeup. The relay
 /// keeps no counters of its own (the observer keeps the sums), so an idle connection's task holds
 /// none.
-type Fresh = [DirectionCounts; 2];
+///
+/// It also holds the wakeup's one clock read (`Fresh::now`): the rate charges of its reads, its
+/// guard pass and the observer's active-time clock all take the same instant, one
+/// `clock_gettime` per wakeup instead of one for each of them (issue 14).
+#[derive(Default)]
+struct Fresh {
+    /// Per direction (`Direction::index`).
+    counts: [DirectionCounts; 2],
+    /// The wakeup's instant, read when first needed.
+    at: Option<Instant>,
+}
+
+impl Fresh {
+    /// The wakeup's instant (read from the clock the first time it is asked for).
+    fn now(&mut self) -> Instant {
+        *self.at.get_or_insert_with(Instant::now)
+    }
+}
+
+impl std::ops::Index<usize> for Fresh {
+    type Output = DirectionCounts;
+    fn index(&self, d: usize) -> &DirectionCounts {
+        &self.counts[d]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Fresh {
+    fn index_mut(&mut self, d: usize) -> &mut DirectionCounts {
+        &mut self.counts[d]
+    }
+}
 
 /// One direction: bytes read from `src` and written to `dst`.
 struct Half {
@@ -513,9 +543,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             self.watch = Some(Box::new(Watch::new(guards.clone(), share, now, at)));
             if rated {
                 // What came with the handshakes (counted in `new`) is charged like any read.
-                let early = self.observer.totals();
+                let mut early = Fresh { counts: self.observer.totals(), at: Some(at) };
                 for d in Direction::BOTH {
-                    self.read_done(d, &early);
+                    self.read_done(d, &mut early);
                 }
             }
         }
@@ -547,10 +577,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         if self.host_uncounted {
             fresh[Direction::BackendToClient.index()] = DirectionCounts::default();
         }
-        if fresh.iter().any(|c| c.wire_bytes != 0) {
-            let [c, b] = &*fresh;
-            self.observer.progress([c, b]);
-            *fresh = Fresh::default();
+        if fresh.counts.iter().any(|c| c.wire_bytes != 0) {
+            let at = fresh.now();
+            let [c, b] = &fresh.counts;
+            self.observer.progress([c, b], at);
+            fresh.counts = Default::default();
         }
     }
 
@@ -569,7 +600,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         self.take_push(cx);
         let mut poll = self.poll_rounds(cx, &mut fresh);
         for _ in 0..MAX_GUARD_PASSES {
-            if poll.is_ready() || !self.guard(cx, &fresh) {
+            if poll.is_ready() || !self.guard(cx, &mut fresh) {
                 break;
             }
             poll = self.poll_rounds(cx, &mut fresh);
@@ -733,9 +764,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     /// ready again mid-poll), and each must meet the pause its predecessor earned: charged only
     /// per wakeup, a throttled client got 30 messages through in 0.5 s instead of 1.25 under
     /// load. A pause set here is armed by the guard at the end of the wakeup.
-    fn read_done(&mut self, d: Direction, fresh: &Fresh) {
-        let Some(w) = self.watch.as_mut().filter(|w| w.rated(d.index())) else { return };
-        let at = Instant::now();
+    fn read_done(&mut self, d: Direction, fresh: &mut Fresh) {
+        if !self.watch.as_ref().is_some_and(|w| w.rated(d.index())) {
+            return;
+        }
+        let at = fresh.now();
+        let Some(w) = self.watch.as_mut() else { return };
         let charge = w.charge(d.index(), &fresh[d.index()], at, Timers::global().ticks(at));
         self.charged(d, charge);
     }
@@ -1024,10 +1058,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     /// Consult the guards after a wakeup: note activity, charge the rate buckets, act on what is
     /// due and arm the alarm for the next deadline. Returns whether it queued or changed
     /// anything the relay must drive.
-    fn guard(&mut self, cx: &mut Context<'_>, fresh: &Fresh) -> bool {
+    fn guard(&mut self, cx: &mut Context<'_>, fresh: &mut Fresh) -> bool {
         let Some(mut w) = self.watch.take() else { return false };
-        // One clock read per wakeup: the tick is derived from the same instant.
-        let at = Instant::now();
+        // The wakeup's one clock read: the tick is derived from the same instant.
+        let at = fresh.now();
         let now = Timers::global().ticks(at);
         w.alarm.fired(now);
         let closes = [0, 1].map(|i| self.halves[i].scanner.close().is_some());

@@ -79,10 +79,11 @@ impl<S, O: Observer> Tap<S, O> {
         }
         if fresh.wire_bytes != 0 {
             let none = DirectionCounts::default();
-            self.observer.progress(match d {
+            let counts = match d {
                 Direction::ClientToBackend => [&fresh, &none],
                 Direction::BackendToClient => [&none, &fresh],
-            });
+            };
+            self.observer.progress(counts, std::time::Instant::now());
         }
         valid
     }

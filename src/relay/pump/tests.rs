@@ -150,7 +150,7 @@ impl Probe {
 }
 
 impl Observer for Probe {
-    fn progress(&mut self, fresh: [&DirectionCounts; 2]) {
+    fn progress(&mut self, fresh: [&DirectionCounts; 2], _at: std::time::Instant) {
         assert!(fresh.iter().any(|c| c.wire_bytes != 0), "progress without bytes: {fresh:?}");
         let mut totals = self.totals();
         for (t, f) in totals.iter_mut().zip(fresh) {

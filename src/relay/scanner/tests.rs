@@ -1041,3 +1041,71 @@ fn skipped_payload_counts_as_fed_from_every_point() {
         assert_eq!(s.skip_payload(10), 0);
     }
 }
+
+/// Runs of small whole data frames (the fast path) count exactly as the same bytes fed one at a
+/// time (the general path), in both directions, with an extension's RSV1; whatever the fast
+/// path leaves (a size limit under 125, a refused RSV bit, a fragment, a control frame, chunk
+/// counting) gets the general path's verdict at the same byte.
+#[test]
+fn runs_of_small_frames_count_as_fed_a_byte_at_a_time() {
+    let deflate_client = ScanPolicy { sender: Role::Client, allowed_rsv: 0b100 };
+    let limited = ScanLimits { max_frame: 40, ..NONE };
+    let chunked = ScanLimits { chunks: Chunks([16, 0, 0, 0]), ..NONE };
+    for (policy, limits) in [
+        (SERVER, NONE),
+        (CLIENT, NONE),
+        (DEFLATE_SERVER, NONE),
+        (deflate_client, NONE),
+        (CLIENT, limited),
+        (SERVER, chunked),
+    ] {
+        let key = key_for(policy);
+        let mut bytes = Vec::new();
+        let mut messages = 0;
+        for n in 0..200usize {
+            let len = (n * 7) % 126;
+            let deflate = policy.allowed_rsv & 0b100 != 0;
+            let b0 = match n % 11 {
+                3 if deflate => 0x81 | 0x40, // RSV1: the extension's compressed message
+                5 => 0x01,                   // a fragment (FIN clear) ...
+                6 => 0x80,                   // ... and its last part
+                7 => 0x89,                   // a ping
+                _ if n % 2 == 0 => 0x82,     // binary
+                _ => 0x81,                   // text
+            };
+            messages += u64::from(b0 & 0x80 != 0 && b0 & 0x0F < 0x8);
+            bytes.extend(frame(b0, key, &vec![b'x'; len]));
+        }
+        if policy.allowed_rsv == 0 {
+            // RSV1 without the extension, after all that: refused where it starts.
+            bytes.extend(frame(0x81 | 0x40, key, b"late"));
+        }
+        let mut whole = FrameScanner::new(policy, limits);
+        let verdict = whole.feed(&bytes);
+        let mut bytewise = FrameScanner::new(policy, limits);
+        let mut found = Feed::Ok;
+        for (i, b) in bytes.iter().enumerate() {
+            if let Feed::Violation { violation, .. } = bytewise.feed(std::slice::from_ref(b)) {
+                found = Feed::Violation { valid_up_to: i, violation };
+                break;
+            }
+        }
+        match (verdict, found) {
+            (Feed::Ok, Feed::Ok) => {}
+            (Feed::Violation { violation: a, valid_up_to }, Feed::Violation { violation: b, .. }) => {
+                assert_eq!(a, b, "{policy:?}");
+                assert!(whole.at_frame_boundary(), "{policy:?}: stopped at a frame start");
+                assert_eq!(whole.counts().wire_bytes, valid_up_to as u64, "{policy:?}");
+            }
+            other => panic!("{policy:?} {limits:?}: whole vs byte by byte {other:?}"),
+        }
+        // The same counts, but for the bytes of the refused frame's header a byte-by-byte feed
+        // had already taken (the module doc: counters cover what was forwarded).
+        let mut same = *bytewise.counts();
+        same.wire_bytes = whole.counts().wire_bytes;
+        assert_eq!(whole.counts(), &same, "{policy:?} {limits:?}");
+        if limits == NONE {
+            assert_eq!(whole.counts().messages, messages, "{policy:?}: every message of the run");
+        }
+    }
+}
