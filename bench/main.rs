@@ -16,7 +16,8 @@
 //! The table goes to stdout, progress to stderr. `--quick` is a smoke test (at most 1 s per
 //! throughput scenario, 1 000 idle relayed connections, a 3 s keepalive window, 500 idle
 //! connections to each built-in); without it a full run takes a few minutes. `--runs N` repeats
-//! every scenario N times (its targets in turn within each repetition): each cell is the best of
+//! every scenario N times (its targets in turn within each repetition, in reverse order in every
+//! second one): each cell is the best of
 //! the N, and with `--baseline-bin` a second table gives, per row, the median and range of the
 //! N `weir / baseline` ratios, each taken within one repetition (on a noisy shared host the
 //! paired ratio moves far less than either figure).
@@ -241,8 +242,9 @@ struct Cli {
     #[arg(long)]
     quick: bool,
 
-    /// Repetitions of every scenario, its targets run in turn within each (a noisy host's drift
-    /// then hits every column alike). Each cell is the best of the repetitions (highest rate,
+    /// Repetitions of every scenario, its targets run in turn within each, in reverse order in
+    /// every second (a noisy host's drift, and what one target's run leaves behind for the next,
+    /// then hit every column alike). Each cell is the best of the repetitions (highest rate,
     /// lowest CPU, memory and latency), and with `--baseline-bin` the median of the repetitions'
     /// `weir / baseline` ratios is printed too: the before/after figure that noise moves least.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
@@ -777,8 +779,9 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
         ctx.tmp.path().display()
     );
 
-    // Targets run in the order direct, floor, weir for every scenario, so that slow drifts on the
-    // shared host hit all columns of a row alike.
+    // Targets run in the order direct, floor, NGINX, HAProxy, baseline, weir for every scenario
+    // (reversed in every second repetition), so that slow drifts on the shared host hit all
+    // columns of a row alike.
     let run_order: Vec<Target> =
         [Target::Direct, Target::Floor, Target::Nginx, Target::Haproxy, Target::Baseline, Target::Weir]
             .into_iter()
@@ -791,7 +794,13 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
     for &scenario in &scenarios {
         for run in 1..=ctx.runs {
             let mut this_run: BTreeMap<(Row, Target), f64> = BTreeMap::new();
-            for &target in &run_order {
+            // Every second repetition runs the targets in reverse order: what a run leaves behind
+            // for the next (tens of thousands of TIME_WAIT sockets after a handshake run, which
+            // make every later connect(2) search longer for a free port) then falls on each
+            // target in turn instead of always on the last (weir).
+            let order: Vec<Target> =
+                if run % 2 == 0 { run_order.iter().rev().copied().collect() } else { run_order.clone() };
+            for &target in &order {
                 if !scenario.runs_on(target) {
                     continue;
                 }
@@ -2432,7 +2441,11 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
         let _ = writeln!(out, "- {}: {}", s.name(), ctx.params.describe(s));
     }
     if ctx.runs > 1 {
-        let _ = writeln!(out, "- each cell: the best of {} runs, the targets in turn within each", ctx.runs);
+        let _ = writeln!(
+            out,
+            "- each cell: the best of {} runs, the targets in turn within each (reversed in every second)",
+            ctx.runs
+        );
     }
     let _ = writeln!(out);
     // Columns: direct, weir, floor, weir / floor, then each other target measured with weir's
