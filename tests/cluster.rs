@@ -424,7 +424,11 @@ async fn with_a_postgres_history_a_client_resumes_exactly_after_the_owner_is_kil
     // small count could all be stored before the kill on a fast run).
     const SENT: usize = 100_000;
     let pg = Postgres::start_new().await;
-    let config = CONFIG.replace("room: {history: 100, send_queue: 256}", "room: {history: 10000, send_queue: 4096}");
+    // History for every message the sender can send: what a resuming client missed is then
+    // always in the window, however far the room got before the kill took effect (with 10 000,
+    // a fast sender once had 11 503 stored by then, and the client resuming from 10 rightly got
+    // a gap).
+    let config = CONFIG.replace("room: {history: 100, send_queue: 256}", "room: {history: 100000, send_queue: 4096}");
     let history = format!("  history: {{postgres: \"{}\"}}\n", pg.url());
     let mut c = start_cluster_with(3, |_| config.clone(), &history).await;
     // weir-0 owns the room; the listeners and the sender are relayed from weir-1 and weir-2.
