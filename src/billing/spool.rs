@@ -181,6 +181,15 @@ pub fn frame_into<E>(line: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>) -> Res
     Ok(())
 }
 
+/// The lines of `bytes`, back to back, of the lengths `lens` (the pending lines of one write).
+fn lines_of<'a>(bytes: &'a [u8], lens: &'a [usize]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    lens.iter().scan(bytes, |rest, &len| {
+        let (line, after) = rest.split_at_checked(len)?;
+        *rest = after;
+        Some(line)
+    })
+}
+
 /// The record in a line `frame_into` made (newline included), by its shape alone: for a line
 /// this process has just written, whose checksum it computed itself.
 fn framed_record(line: &[u8]) -> Option<&[u8]> {
@@ -650,13 +659,7 @@ impl Spool {
         let lens = std::mem::take(&mut w.pending_lens);
         if let Err(e) = self.write_lines(w, &pending, &lens) {
             self.failed(&e);
-            let mut backlog = lock(&self.backlog);
-            let mut rest = pending.as_slice();
-            for len in &lens {
-                let (line, after) = rest.split_at(*len);
-                backlog.push_back(line.to_vec());
-                rest = after;
-            }
+            lock(&self.backlog).extend(lines_of(&pending, &lens).map(<[u8]>::to_vec));
         }
         // Keep the buffers for the next lines unless one burst made them large.
         if pending.capacity() <= PENDING_KEEP {
@@ -685,16 +688,13 @@ impl Spool {
         w.dirty = true;
         self.written.store(w.seg_start + w.seg_len, Ordering::Relaxed);
         let mut tail = lock(&self.tail);
-        let mut rest = bytes;
-        for len in lens {
-            let (line, after) = rest.split_at(*len);
+        for line in lines_of(bytes, lens) {
             match framed_record(line) {
                 Some(record) => tail.push(offset, line.len() as u64, record),
                 // Not a line `frame_into` made (not expected): sinks read it from disk, checked.
                 None => tail.clear(offset + line.len() as u64),
             }
             offset += line.len() as u64;
-            rest = after;
         }
         Ok(())
     }

@@ -440,7 +440,7 @@ impl LiveSet {
 
     /// The interim wheel's tick of `t`, rounded down (the tick `now` is in).
     fn tick(&self, t: Instant) -> u64 {
-        mono::nanos(t) / mono::nanos_in(INTERIM_TICK)
+        mono::ticks(t, INTERIM_TICK)
     }
 
     /// The first tick at or after `at` (`mono::nanos`: an interim is never early; at most one
@@ -639,7 +639,7 @@ impl LiveSet {
     /// When the next interim is due, if any connection is open.
     fn next_due(&self) -> Option<Instant> {
         let tick = lock(&self.due).next_due()?;
-        Some(mono::instant(tick.saturating_mul(mono::nanos_in(INTERIM_TICK))))
+        Some(mono::tick_start(tick, INTERIM_TICK))
     }
 
     /// Begin the drain of open connections (true the first time); with `refuse_new`, new

@@ -24,6 +24,17 @@ pub fn instant(n: u64) -> Instant {
     *EPOCH + Duration::from_nanos(n)
 }
 
+/// The tick `t` falls in, counting ticks of length `tick` from the epoch (rounded down): the
+/// timers' and the interim wheel's clock.
+pub fn ticks(t: Instant, tick: Duration) -> u64 {
+    nanos(t) / nanos_in(tick)
+}
+
+/// The instant tick `n` (of length `tick`, counted from the epoch) starts.
+pub fn tick_start(n: u64, tick: Duration) -> Instant {
+    instant(n.saturating_mul(nanos_in(tick)))
+}
+
 /// Now, as nanoseconds after the epoch.
 pub fn now() -> u64 {
     nanos(Instant::now())
@@ -40,5 +51,8 @@ mod tests {
         assert!(now() < nanos(t));
         assert_eq!(nanos_in(Duration::from_millis(3)), 3_000_000);
         assert_eq!(nanos_in(Duration::MAX), u64::MAX);
+        let tick = Duration::from_millis(10);
+        let n = ticks(t, tick);
+        assert!(tick_start(n, tick) <= t && t < tick_start(n + 1, tick), "t lies in its tick");
     }
 }

@@ -765,11 +765,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     /// per wakeup, a throttled client got 30 messages through in 0.5 s instead of 1.25 under
     /// load. A pause set here is armed by the guard at the end of the wakeup.
     fn read_done(&mut self, d: Direction, fresh: &mut Fresh) {
-        if !self.watch.as_ref().is_some_and(|w| w.rated(d.index())) {
-            return;
-        }
+        let Some(w) = self.watch.as_mut().filter(|w| w.rated(d.index())) else { return };
         let at = fresh.now();
-        let Some(w) = self.watch.as_mut() else { return };
         let charge = w.charge(d.index(), &fresh[d.index()], at, Timers::global().ticks(at));
         self.charged(d, charge);
     }

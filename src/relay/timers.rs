@@ -131,7 +131,7 @@ impl Timers {
 
     /// The tick of `t` (rounded down; ticks count from the process's epoch, `mono`).
     pub fn ticks(&self, t: Instant) -> u64 {
-        mono::nanos(t) / mono::nanos_in(TICK)
+        mono::ticks(t, TICK)
     }
 
     /// Ticks in `d`, rounded up (a deadline is never early).
@@ -171,7 +171,7 @@ impl Timers {
             wheel = match wheel.next_due() {
                 None => self.wake.wait(wheel).unwrap_or_else(|p| p.into_inner()),
                 Some(at) => {
-                    let at = mono::instant(at.saturating_mul(mono::nanos_in(TICK)));
+                    let at = mono::tick_start(at, TICK);
                     let wait = at.saturating_duration_since(Instant::now());
                     self.wake.wait_timeout(wheel, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0)
                 }
