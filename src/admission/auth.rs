@@ -183,21 +183,19 @@ fn jwt_label(e: JwtError) -> &'static str {
 pub fn strip(head: &mut RequestHead, from: &Found) {
     match from {
         Found::ClientCert => {}
-        Found::Header(name) => head.headers.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
+        Found::Header(name) => head.headers.retain(|n, _| !n.eq_ignore_ascii_case(name)),
         Found::Query(name) => head.target = query::without_param(&head.target, name),
         Found::Subprotocol(entry) => {
-            for (name, value) in head.headers.0.iter_mut() {
-                if name.eq_ignore_ascii_case("sec-websocket-protocol") {
-                    let kept: Vec<&str> = std::str::from_utf8(value)
-                        .unwrap_or("")
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|e| !e.is_empty() && e != entry)
-                        .collect();
-                    *value = kept.join(", ").into_bytes();
-                }
-            }
-            head.headers.0.retain(|(n, v)| !(n.eq_ignore_ascii_case("sec-websocket-protocol") && v.is_empty()));
+            head.headers.rewrite("sec-websocket-protocol", |value| {
+                let kept: Vec<&str> = std::str::from_utf8(value)
+                    .unwrap_or("")
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty() && e != entry)
+                    .collect();
+                kept.join(", ").into_bytes()
+            });
+            head.headers.retain(|n, v| !(n.eq_ignore_ascii_case("sec-websocket-protocol") && v.is_empty()));
         }
     }
 }
@@ -262,7 +260,7 @@ mod tests {
     }
 
     fn fields(list: &[(&str, &str)]) -> Fields {
-        Fields(list.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect())
+        Fields::from_pairs(list.iter().copied())
     }
 
     #[test]

@@ -140,8 +140,10 @@ impl External {
     /// names never reaches the backend), then add `copy` (from an admitting answer).
     pub fn apply(&self, head: &mut RequestHead, copy: Vec<(String, Vec<u8>)>) {
         let names = &self.cfg.copy_headers;
-        head.headers.0.retain(|(n, _)| !names.iter().any(|c| n.eq_ignore_ascii_case(c)));
-        head.headers.0.extend(copy);
+        head.headers.retain(|n, _| !names.iter().any(|c| n.eq_ignore_ascii_case(c)));
+        for (name, value) in copy {
+            head.headers.push(&name, &value);
+        }
     }
 
     /// The request sent to the endpoint for the upgrade `head`.
@@ -226,7 +228,7 @@ impl External {
                     .headers
                     .iter()
                     .filter(|(n, _)| self.cfg.copy_headers.iter().any(|c| n.eq_ignore_ascii_case(c)))
-                    .cloned()
+                    .map(|(n, v)| (n.to_string(), v.to_vec()))
                     .collect();
                 Ok(Verdict::Admit { tenant, copy })
             }
@@ -236,7 +238,7 @@ impl External {
                     .headers
                     .iter()
                     .filter(|(n, _)| PASSED_HEADERS.iter().any(|p| n.eq_ignore_ascii_case(p)))
-                    .cloned()
+                    .map(|(n, v)| (n.to_string(), v.to_vec()))
                     .collect();
                 Ok(Verdict::Deny(Denial { status, headers, body }))
             }

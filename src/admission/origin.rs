@@ -32,7 +32,7 @@ mod tests {
     }
 
     fn with_origin(o: &str) -> Fields {
-        Fields(vec![("Origin".into(), o.as_bytes().to_vec())])
+        Fields::from_pairs([("Origin", o)])
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `UsageLog`: hands every usage record to the spool, one JSON line each.
 //!
 //! Warm path (once per record). The record is serialised on the caller's thread straight into
-//! its spool line (`frame_into`), in a per-thread buffer that is reused, so a record costs no
+//! its spool line (`frame_into`; connection records by `json.rs`, the others by serde_json), in a per-thread buffer that is reused, so a record costs no
 //! allocation, and its counter is a handle resolved once (issue 14). The spool writes it together
 //! with the other records of the same scheduler pass, once that pass is over
 //! (`Spool::append_line`); its flusher makes it durable within `usage.fsync_interval`, and the
@@ -13,7 +13,6 @@ use super::spool::Spool;
 use super::Units;
 use crate::metrics::Metrics;
 use prometheus::IntCounter;
-use serde::Serialize;
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -57,7 +56,10 @@ impl UsageLog {
 
     /// Append one connection record (counted under `UsageRecord::label`).
     pub fn write(&self, record: &UsageRecord) {
-        self.append(record, record.label(), &record.idempotency_key);
+        self.append(record.label(), &record.idempotency_key, |buf| {
+            super::json::write_usage(buf, record);
+            Ok(())
+        });
     }
 
     /// The pricing units records carry: those in force when the record is written.
@@ -73,18 +75,19 @@ impl UsageLog {
 
     /// Append one rejection summary (counted as kind `rejections`).
     pub fn write_summary(&self, record: &super::record::RejectionSummary) {
-        self.append(record, record.record.as_str(), &record.idempotency_key);
+        self.append(record.record.as_str(), &record.idempotency_key, |buf| serde_json::to_writer(buf, record));
     }
 
     /// Append one object record (counted as kind `object`).
     pub fn write_object(&self, record: &ObjectRecord) {
-        self.append(record, record.record.as_str(), &record.idempotency_key);
+        self.append(record.record.as_str(), &record.idempotency_key, |buf| serde_json::to_writer(buf, record));
     }
 
-    fn append<T: Serialize>(&self, record: &T, kind: &str, key: &str) {
+    /// Append the record `json` writes (its JSON, without a newline) as one spool line.
+    fn append(&self, kind: &str, key: &str, json: impl Fn(&mut Vec<u8>) -> serde_json::Result<()>) {
         let encode = |line: &mut Vec<u8>| {
             line.clear();
-            super::spool::frame_into(line, |buf| serde_json::to_writer(buf, record))
+            super::spool::frame_into(line, &json)
         };
         let framed = LINE.with(|cell| match cell.try_borrow_mut() {
             Ok(mut line) => encode(&mut line).map(|()| {

@@ -3,6 +3,8 @@
 //!
 //! - `record.rs`: the contract: `UsageRecord` (start, interim, stop), `ObjectRecord`, their kinds
 //!   and the connection `Identity` records share (warm path: serialised once per record).
+//! - `json.rs`: a connection record's JSON written straight into its spool line, byte for byte
+//!   serde_json's (warm path).
 //! - `log.rs`: `UsageLog`, the one way into the spool; records are made by `metering` (connection
 //!   records) and `objects` (occupancies) and written through it (warm path).
 //! - `spool.rs`: append-only segments, fsynced in batches at most every `usage.fsync_interval`
@@ -24,6 +26,7 @@
 
 pub mod adopt;
 pub mod delivery;
+pub mod json;
 pub mod log;
 pub mod record;
 pub mod report;

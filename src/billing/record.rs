@@ -316,7 +316,20 @@ pub struct CloseUsage {
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T14:05:06.123Z`.
 pub fn rfc3339_ms(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    let mut text = Vec::with_capacity(RFC3339_MS_LEN);
+    write_rfc3339_ms(&mut text, t);
+    // humantime writes ASCII only.
+    String::from_utf8(text).unwrap_or_default()
+}
+
+/// Length of `rfc3339_ms`'s text, bytes (years 0000–9999).
+const RFC3339_MS_LEN: usize = "2026-11-22T14:05:06.123Z".len();
+
+/// Append `rfc3339_ms(t)` to `out` (no allocation beyond `out`'s growth).
+pub fn write_rfc3339_ms(out: &mut Vec<u8>, t: SystemTime) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{}", humantime::format_rfc3339_millis(t));
 }
 
 #[cfg(test)]

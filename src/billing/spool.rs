@@ -126,8 +126,39 @@ const CRC32C_TABLES: [[u32; 256]; 8] = {
     t
 };
 
-/// CRC-32C of `data` (8 bytes per step; about 1 GB/s, well under a microsecond per record).
+/// CRC-32C of `data`: with the CPU's `crc32` instruction where it has one (x86-64 with SSE4.2;
+/// about 0.1 µs for a 700-byte record), else by tables (about 1 GB/s).
 pub fn crc32c(data: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("sse4.2") {
+        #[allow(unsafe_code)]
+        // SAFETY: `crc32c_sse42` needs SSE4.2, which the CPU was just found to have.
+        return unsafe { crc32c_sse42(data) };
+    }
+    crc32c_by_tables(data)
+}
+
+/// `crc32c` with SSE4.2's `crc32` instruction, 8 bytes per step (it computes exactly this
+/// polynomial, reflected, as the tables do).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+fn crc32c_sse42(data: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+    let mut chunks = data.chunks_exact(8);
+    let mut c = u64::from(!0u32);
+    for b in &mut chunks {
+        c = _mm_crc32_u64(c, u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+    }
+    // The instruction leaves the upper half zero.
+    let mut c = c as u32;
+    for &b in chunks.remainder() {
+        c = _mm_crc32_u8(c, b);
+    }
+    !c
+}
+
+/// `crc32c` by tables, for CPUs without the instruction (8 bytes per step).
+fn crc32c_by_tables(data: &[u8]) -> u32 {
     let t = &CRC32C_TABLES;
     let mut c = !0u32;
     let mut chunks = data.chunks_exact(8);
@@ -1133,7 +1164,8 @@ mod tests {
     fn crc32c_is_the_castagnoli_checksum() {
         assert_eq!(crc32c(b"123456789"), 0xe306_9283);
         assert_eq!(crc32c(b""), 0);
-        // Slicing by 8 agrees with the bit-by-bit definition at every length and alignment.
+        // The instruction (where the CPU has it) and slicing by 8 agree with the bit-by-bit
+        // definition at every length and alignment.
         let bitwise = |data: &[u8]| {
             let mut c = !0u32;
             for &b in data {
@@ -1147,7 +1179,9 @@ mod tests {
         let data: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         for start in 0..8 {
             for end in start..data.len() {
-                assert_eq!(crc32c(&data[start..end]), bitwise(&data[start..end]), "{start}..{end}");
+                let want = bitwise(&data[start..end]);
+                assert_eq!(crc32c(&data[start..end]), want, "{start}..{end}");
+                assert_eq!(crc32c_by_tables(&data[start..end]), want, "tables {start}..{end}");
             }
         }
     }

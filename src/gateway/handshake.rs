@@ -73,7 +73,7 @@ mod tests {
             method: method.into(),
             target: "/".into(),
             minor_version: minor,
-            headers: Fields(headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect()),
+            headers: Fields::from_pairs(headers.iter().copied()),
             buf: BytesMut::new(),
             head_len: 0,
         }

@@ -45,7 +45,7 @@ impl RequestHead {
 
     /// The `Host` header without its port, lower-cased.
     pub fn host(&self) -> Option<String> {
-        self.headers.get("host").map(|h| super::host_without_port(&h))
+        self.headers.all("host").next().map(|h| super::host_without_port(String::from_utf8_lossy(h).trim()))
     }
 
     /// Bytes the client sent after the head.
@@ -227,9 +227,9 @@ fn origin_form(target: &str, headers: &mut Fields) -> String {
     if authority.is_empty() || authority.contains('@') {
         return target.to_string();
     }
-    let name = headers.0.iter().find(|(n, _)| n.eq_ignore_ascii_case("host")).map_or("Host".into(), |(n, _)| n.clone());
-    headers.0.retain(|(n, _)| !n.eq_ignore_ascii_case("host"));
-    headers.0.insert(0, (name, authority.as_bytes().to_vec()));
+    let name = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("host")).map_or("Host", |(n, _)| n).to_string();
+    headers.retain(|n, _| !n.eq_ignore_ascii_case("host"));
+    headers.push_first(&name, authority.as_bytes());
     if path.starts_with('/') {
         path.to_string()
     } else {
@@ -368,7 +368,7 @@ mod tests {
         assert_eq!(head.host().as_deref(), Some("chat.example.com"));
         let hosts: Vec<&[u8]> = head.headers.all("host").collect();
         assert_eq!(hosts, [&b"Chat.Example.com:8080"[..]], "one Host, the target's, named as the client named it");
-        assert_eq!(head.headers.0[0].0, "host");
+        assert_eq!(head.headers.iter().next().map(|(n, _)| n), Some("host"));
         for (target, origin) in [
             ("WSS://h?q", "/?q"),
             ("ws://h", "/"),

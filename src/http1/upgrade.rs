@@ -105,7 +105,7 @@ mod tests {
     }
 
     fn answer(status: u16, headers: &[(&str, &str)]) -> ResponseHead {
-        let fields = Fields(headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect());
+        let fields = Fields::from_pairs(headers.iter().copied());
         ResponseHead { status, headers: fields, buf: BytesMut::new(), head_len: 0 }
     }
 

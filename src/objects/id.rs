@@ -136,7 +136,7 @@ mod tests {
     }
 
     fn none() -> Fields {
-        Fields(Vec::new())
+        Fields::new()
     }
 
     #[test]
@@ -161,9 +161,9 @@ mod tests {
         assert_eq!(extract(&q, &r, "/x?ro%6Fm=a+b", &none()), Ok("a b".into()));
         assert!(matches!(extract(&q, &r, "/x?rooms=1", &none()), Err(IdError::Missing(_))));
         let h = IdSource::Header("x-room".into());
-        let headers = Fields(vec![("X-Room".into(), b"abc".to_vec())]);
+        let headers = Fields::from_pairs([("X-Room", "abc")]);
         assert_eq!(extract(&h, &r, "/", &headers), Ok("abc".into()));
-        let twice = Fields(vec![("X-Room".into(), b"a".to_vec()), ("x-room".into(), b"b".to_vec())]);
+        let twice = Fields::from_pairs([("X-Room", "a"), ("x-room", "b")]);
         assert!(matches!(extract(&h, &r, "/", &twice), Err(IdError::Missing(_))));
         assert!(matches!(extract(&h, &r, "/", &none()), Err(IdError::Missing(_))));
     }
