@@ -16,11 +16,13 @@ use futures_util::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
+use weir::relay::pump::{AFTER_SPLICE_READ, SCRATCH_SIZE};
 
 /// Deterministic pseudo-random bytes (xorshift64), so large payloads are not all one value.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -148,6 +150,41 @@ async fn large_frames_are_spliced_intact_and_counted_to_the_byte() {
     let least: u64 = sizes.iter().filter(|&&l| l >= 128 << 10).map(|&l| l as u64 - (64 << 10)).sum();
     assert!(spliced >= (2 * least) as f64, "spliced {spliced} bytes, expected at least {}", 2 * least);
     assert!(spliced <= (2 * payload) as f64, "spliced {spliced} bytes of {} relayed", 2 * payload);
+}
+
+/// Large frames back to back: after one was spliced to its end, the next one's header is read
+/// with a short read (`AFTER_SPLICE_READ`), so all of each later frame but that read is spliced,
+/// not all but a whole scratch buffer (64 KiB) of it.
+#[tokio::test]
+async fn back_to_back_large_frames_are_spliced_from_their_first_kilobyte() {
+    const N: usize = 6;
+    const LEN: usize = (1 << 20) + 3;
+    let backend = echo_backend().await;
+    let weir = Weir::start(&pool_and_route("p", &[backend.addr], "/ws")).await;
+    let (mut tx, mut rx) = connect(&weir, "/ws").await.split();
+    let messages: Vec<Vec<u8>> = (0..N).map(|i| noise(LEN, 0xb0b + i as u64)).collect();
+    let to_send = messages.clone();
+    // Sent without waiting for the echoes, read while sending (the echoes would otherwise fill
+    // the sockets and stop the backend reading).
+    let sender = tokio::spawn(async move {
+        for m in to_send {
+            tx.send(Message::binary(m)).await.unwrap();
+        }
+        tx
+    });
+    for (i, want) in messages.iter().enumerate() {
+        let got = timeout(DEADLINE, rx.next()).await.expect("echo").expect("a message").unwrap();
+        let Message::Binary(got) = got else { panic!("expected the binary echo of message {i}") };
+        assert!(got[..] == want[..], "message {i} changed on the way");
+    }
+    let mut ws = sender.await.unwrap().reunite(rx).unwrap();
+    close_normally(&mut ws).await;
+    weir.records_eventually(1).await;
+    let spliced = crate::support::metric(&weir.metrics().await, "weir_splice_bytes_total", &[]).unwrap_or(0.0);
+    // Per direction: the first frame all but one scratch read, every later one all but one short
+    // read (header included).
+    let least = (LEN - SCRATCH_SIZE + (N - 1) * (LEN - AFTER_SPLICE_READ)) as u64;
+    assert!(spliced >= (2 * least) as f64, "spliced {spliced} bytes, expected at least {}", 2 * least);
 }
 
 #[tokio::test]

@@ -290,9 +290,14 @@ impl SinkLoop {
 
 /// Seconds since the record in `line` was made (0 if it has no readable `at`).
 fn age_of(line: &[u8]) -> f64 {
-    let at = serde_json::from_slice::<serde_json::Value>(line)
-        .ok()
-        .and_then(|v| v["at"].as_str().and_then(|s| humantime::parse_rfc3339(s).ok()));
+    /// The one field read (borrowed: nothing else of the record is built).
+    #[derive(serde::Deserialize)]
+    struct At<'a> {
+        #[serde(borrow)]
+        at: Option<std::borrow::Cow<'a, str>>,
+    }
+    let at =
+        serde_json::from_slice::<At<'_>>(line).ok().and_then(|r| r.at.and_then(|s| humantime::parse_rfc3339(&s).ok()));
     at.and_then(|t| SystemTime::now().duration_since(t).ok()).map_or(0.0, |d| d.as_secs_f64())
 }
 
@@ -308,6 +313,18 @@ mod tests {
             name: name.into(),
             batch: 2,
             kind: SinkKind::File { path, rotate_bytes: 1 << 30, rotate_interval: Duration::from_secs(3600) },
+        }
+    }
+
+    /// A record's age comes from its `at` alone; anything unreadable is age 0.
+    #[test]
+    fn a_record_s_age_is_read_from_its_at() {
+        let at = crate::billing::record::rfc3339_ms(SystemTime::now() - Duration::from_secs(90));
+        let line = format!(r#"{{"record":"stop","units":{{"a":1.5}},"at":"{at}","close":null}}"#);
+        let age = age_of(line.as_bytes());
+        assert!((89.0..100.0).contains(&age), "{age}");
+        for bad in [&br#"{"at":null}"#[..], br#"{"record":"stop"}"#, br#"{"at":"yesterday"}"#, b"not json", b""] {
+            assert_eq!(age_of(bad), 0.0, "{}", String::from_utf8_lossy(bad));
         }
     }
 

@@ -44,6 +44,12 @@ use tokio::time::{sleep, Sleep};
 
 /// Size of the per-thread read buffer, bytes: the largest chunk read from a socket at once.
 pub const SCRATCH_SIZE: usize = 64 * 1024;
+/// The first read of a direction right after it spliced a frame to its end, bytes: the next
+/// frame's header and a little of its payload, so that when it is large too, its rest is spliced
+/// from there instead of after a whole scratch buffer of it was copied (reads stay this short
+/// until that header is complete). A stream of small frames after a large one pays one short
+/// read.
+pub const AFTER_SPLICE_READ: usize = 1024;
 /// Longest time a connection stays open after its first side ended (EOF, error or a gateway
 /// close): the other side has this long to finish its close.
 pub const LINGER: Duration = Duration::from_secs(1);
@@ -151,7 +157,8 @@ struct Half {
     discard: bool,
     /// The frame (by `Scan::frame`) for which no pipe was free: it is copied.
     pipeless_frame: u32,
-    /// The frame (by `Scan::frame`) being spliced, to its end.
+    /// The frame (by `Scan::frame`) being spliced, to its end (`u32::MAX` before any: no frame
+    /// has that ordinal until four billion have passed).
     spliced_frame: u32,
 }
 
@@ -198,7 +205,7 @@ impl Half {
             dst_has_close: false,
             discard: false,
             pipeless_frame: 0,
-            spliced_frame: 0,
+            spliced_frame: u32::MAX,
         }
     }
 
@@ -717,9 +724,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         if self.splice && self.splice_in(d, cx, progress, fresh) {
             return;
         }
+        let h = &self.halves[s];
+        // Spliced to its end, and the next header not complete yet (`None` while part of it is
+        // buffered; the frame ordinal moves on once it is).
+        let after_splice = h.spliced_frame == h.scanner.frame() && h.scanner.frame_remaining().unwrap_or(0) == 0;
+        let len = if after_splice { AFTER_SPLICE_READ } else { SCRATCH_SIZE };
         let read = SCRATCH.with(|cell| {
             let Ok(mut buf) = cell.try_borrow_mut() else { return None };
-            let mut rb = ReadBuf::new(&mut buf[..]);
+            let mut rb = ReadBuf::new(buf.get_mut(..len).unwrap_or_default());
             match Pin::new(&mut self.io[s]).poll_read(cx, &mut rb) {
                 Poll::Pending => None,
                 Poll::Ready(Err(_)) => Some(Err(())),
