@@ -1,8 +1,9 @@
 //! `UsageLog`: hands every usage record to the spool, one JSON line each.
 //!
 //! Warm path (once per record). The record is serialised on the caller's thread straight into
-//! its spool line (`frame_into`; connection records by `json.rs`, the others by serde_json), in a per-thread buffer that is reused, so a record costs no
-//! allocation, and its counter is a handle resolved once (issue 14). The spool writes it together
+//! its spool line (`frame_into`; connection records by `json.rs`, the others by serde_json), in
+//! a per-thread buffer that is reused, so a record costs no allocation, and its counter is a
+//! handle resolved once (issue 14). The spool writes it together
 //! with the other records of the same scheduler pass, once that pass is over
 //! (`Spool::append_line`); its flusher makes it durable within `usage.fsync_interval`, and the
 //! sinks deliver it from there (`delivery.rs`). Nothing is dropped: a record the spool cannot
