@@ -224,22 +224,12 @@ impl External {
                     None => None,
                     Some(v) => tenant_of(v)?,
                 };
-                let copy = head
-                    .headers
-                    .iter()
-                    .filter(|(n, _)| self.cfg.copy_headers.iter().any(|c| n.eq_ignore_ascii_case(c)))
-                    .map(|(n, v)| (n.to_string(), v.to_vec()))
-                    .collect();
+                let copy = fields_named(&head.headers, &self.cfg.copy_headers);
                 Ok(Verdict::Admit { tenant, copy })
             }
             100..=199 => Err(AskError::BadAnswer(format!("status {} is not a final answer", head.status))),
             status @ 300..=599 => {
-                let headers = head
-                    .headers
-                    .iter()
-                    .filter(|(n, _)| PASSED_HEADERS.iter().any(|p| n.eq_ignore_ascii_case(p)))
-                    .map(|(n, v)| (n.to_string(), v.to_vec()))
-                    .collect();
+                let headers = fields_named(&head.headers, &PASSED_HEADERS);
                 Ok(Verdict::Deny(Denial { status, headers, body }))
             }
             other => Err(AskError::BadAnswer(format!("status {other} is not an HTTP status"))),
@@ -431,6 +421,16 @@ fn cost(v: &Verdict) -> usize {
         Verdict::Deny(d) => d.body.len() + fields(&d.headers),
         Verdict::Unavailable | Verdict::FailOpen => 0,
     }
+}
+
+/// The fields of `fields` named in `names` (case-insensitive), in order, as owned pairs (an
+/// answer's fields outlive the answer: cached verdicts, the backend's request).
+fn fields_named(fields: &Fields, names: &[impl AsRef<str>]) -> Vec<(String, Vec<u8>)> {
+    fields
+        .iter()
+        .filter(|(n, _)| names.iter().any(|c| n.eq_ignore_ascii_case(c.as_ref())))
+        .map(|(n, v)| (n.to_string(), v.to_vec()))
+        .collect()
 }
 
 #[cfg(test)]

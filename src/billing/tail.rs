@@ -167,7 +167,7 @@ mod tests {
         let mut t = Tail::with_capacity(100, capacity);
         let mut at = 100;
         for (i, &len) in lens.iter().enumerate() {
-            t.push(at, len, &vec![b'a' + i as u8; len as usize - 10]);
+            t.push(at, len, &rec(i as u8, len as usize));
             at += len;
         }
         t

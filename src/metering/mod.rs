@@ -138,13 +138,14 @@ impl Meter {
         let now_wall = self.identity.started_at.system_time() + duration;
         let active = progress.active.min(duration);
         let stop = kind == RecordKind::Stop;
+        let at = rfc3339_ms(now_wall);
         UsageRecord {
             record: kind,
             idempotency_key: idempotency_key(self.identity.connection_id, seq),
             seq,
-            at: rfc3339_ms(now_wall),
+            ended_at: stop.then(|| at.clone()),
+            at,
             identity: self.identity.clone(),
-            ended_at: stop.then(|| rfc3339_ms(now_wall)),
             duration_ms: duration.as_millis() as u64,
             active_ms: active.as_millis() as u64,
             idle_ms: (duration.as_millis() - active.as_millis()) as u64,

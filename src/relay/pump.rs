@@ -44,7 +44,8 @@ use tokio::time::{sleep, Sleep};
 
 /// Size of the per-thread read buffer, bytes: the largest chunk read from a socket at once.
 pub const SCRATCH_SIZE: usize = 64 * 1024;
-/// The first read of a direction right after it spliced a frame to its end, bytes: the next
+/// The first read of a direction right after it spliced a frame to its end (or copied one that
+/// would have been spliced but found no pipe free), bytes: the next
 /// frame's header and a little of its payload, so that when it is large too, its rest is spliced
 /// from there instead of after a whole scratch buffer of it was copied (reads stay this short
 /// until that header is complete). A stream of small frames after a large one pays one short
