@@ -21,8 +21,9 @@ use crate::client_cert::{ClientCa, HandshakeHook};
 use crate::config::Config;
 use crate::fds::{Descriptors, Sampler};
 use crate::gateway::http::HttpRoutes;
+use crate::gateway::listen::{Plain, PlainListeners};
 use crate::gateway::snapshot::{Current, Parts as SnapshotParts, Snapshot};
-use crate::gateway::{Gateway, Parts};
+use crate::gateway::{Gateway, Parts, Tls};
 use crate::listener_tls::ListenerCert;
 use crate::metering::live::{LiveSet, Sweeper};
 use crate::metering::quota::{QuotaTicker, Quotas};
@@ -151,7 +152,7 @@ pub fn run(config: Config, path: &Path, upgrade: bool, allocator: crate::heap::A
         Some(config.data_dir.clone()),
         metrics.quota_utilisation.clone(),
     );
-    let gateway = Gateway::new(
+    let gateway = Arc::new(Gateway::new(
         &config,
         Parts {
             access: match &config.access_log {
@@ -169,15 +170,23 @@ pub fn run(config: Config, path: &Path, upgrade: bool, allocator: crate::heap::A
             http,
             cluster: cluster.clone(),
         },
-    );
+    ));
+    // Plain-TCP listeners: weir's own accept loop (`gateway::listen`); TLS listeners: Pingora's,
+    // which runs the TLS handshake. Each service has its own runtime of `threads` threads.
+    let plain: Vec<Plain> = config
+        .listeners
+        .iter()
+        .filter(|l| l.tls.is_none())
+        .map(|l| Plain { address: l.address, proxy_protocol: l.proxy_protocol })
+        .collect();
     let before_tls = gateway.before_tls(&config);
-    let mut gateway_service = Service::new("weir gateway".to_string(), gateway);
+    let mut gateway_service = Service::new("weir gateway tls".to_string(), Tls(gateway.clone()));
     if let Some(callback) = before_tls {
         // `proxy_protocol` on a TLS listener: the PROXY header comes before the handshake.
         gateway_service.endpoints().set_pre_tls_callback(callback);
     }
     let mut listener_files = ListenerFiles::default();
-    for l in &config.listeners {
+    for l in config.listeners.iter().filter(|l| l.tls.is_some()) {
         // Unbuffered: weir reads the head itself and relays from its own per-thread buffer, so a
         // Pingora read buffer per connection would only cost memory.
         let mut listener = ListenerConfig::tcp(l.address.to_string()).l4_buffer(L4BufferSettings::unbuffered());
@@ -212,10 +221,17 @@ pub fn run(config: Config, path: &Path, upgrade: bool, allocator: crate::heap::A
             listener = listener.tls(settings);
         }
         gateway_service.add_listener(listener);
+    }
+    for l in &config.listeners {
         let client_auth = l.tls.as_ref().and_then(|t| t.client_auth.as_ref()).map(|c| format!("{:?}", c.mode));
         tracing::info!(address = %l.address, tls = l.tls.is_some(), ?client_auth, proxy_protocol = l.proxy_protocol, "listening");
     }
-    server.add_service(gateway_service);
+    if config.listeners.iter().any(|l| l.tls.is_some()) {
+        server.add_service(gateway_service);
+    }
+    if !plain.is_empty() {
+        server.add_service(PlainListeners::new(gateway, plain, metrics.accept_errors.clone()));
+    }
 
     let reloader =
         Reloader::new(path, current.clone(), snapshot_parts, live.clone(), plan, config_hash, listener_files);

@@ -124,6 +124,48 @@ async fn descriptor_headroom_refuses_upgrades_with_503_and_readyz_turns_503() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 }
 
+/// Issue 14, eleventh part: the gateway's plain listeners are weir's own accept loop (not
+/// Pingora's, which slept 1 s on EMFILE, logged every failure and counted none). Out of
+/// descriptors, its failed accepts are counted in
+/// `weir_accept_errors_total{listener="gateway",reason="fd_limit"}` and logged at most once a
+/// second with a count; once descriptors are free, upgrades go through again.
+#[tokio::test]
+async fn the_gateway_s_accept_loop_counts_and_backs_off_when_descriptors_run_out() {
+    let backend = echo_backend().await;
+    let server = "server:\n  threads: 2\n  grace_period: 1s\n  fd_reserve: 0\n";
+    let weir = Weir::start_with(&pool_and_route("p", &[backend.addr], "/ws"), server).await;
+    let open = weir.metric_eventually("weir_open_fds", &[], |v| v > 0.0).await as u64;
+    let set_limit = |limit: u64| {
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &weir.pid().to_string(), &format!("--nofile={limit}:")])
+            .status()
+            .expect("prlimit");
+        assert!(status.success(), "prlimit failed");
+    };
+    let soft = weir.metric_eventually("weir_max_fds", &[], |v| v > 0.0).await as u64;
+    set_limit(open + 20);
+    // Connections that never send a head hold one descriptor each in weir once accepted; past
+    // the limit the kernel still completes them into the backlog, and accept(2) fails.
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(tokio::net::TcpStream::connect(weir.addr).await.expect("connect"));
+    }
+    let counted = weir
+        .metric_eventually("weir_accept_errors_total", &[("listener", "gateway"), ("reason", "fd_limit")], |v| v >= 1.0)
+        .await;
+    let log = weir.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("gateway: accept failed")).collect();
+    assert!(!lines.is_empty(), "no log line about the failed accepts ({counted} counted)");
+    assert!(lines.iter().all(|l| l.contains("fd_limit")), "{lines:?}");
+    drop(silent);
+    set_limit(soft);
+    eventually("an upgrade once descriptors are free", || async {
+        let (_c, head) = raw_client(weir.addr, "/ws", "", b"").await;
+        head.starts_with("HTTP/1.1 101").then_some(())
+    })
+    .await;
+}
+
 /// Issue 14: one process's soft descriptor limit (often 1024) capped weir below what its hard
 /// limit allows. `weir run` now raises the soft limit to the hard one at start, logs both, and
 /// `weir_max_fds` reports the raised limit.

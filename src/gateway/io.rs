@@ -1,14 +1,16 @@
 //! `Io`: one side of a relayed connection as the relay gets it. A backend over plain TCP is
-//! connected as a bare tokio `TcpStream` (`upstream::connect`); a client's plain TCP stream
-//! leaves Pingora's wrapper for one when the relay starts. The relay can then splice between two
-//! of them (`relay::splice`), and an idle connection holds no wrapper and no socket digest (about
-//! 1.7 KB per connection, both sides; README "Idle cost"). Anything else (TLS, a connection
+//! connected as a bare tokio `TcpStream` (`upstream::connect`); a client accepted by weir's own
+//! plain-TCP listener (`listen::Accepted`) already is one and is unwrapped; a plain TCP stream
+//! that came through Pingora's listener leaves Pingora's wrapper for one when the relay starts.
+//! The relay can then splice between two of them (`relay::splice`), and an idle connection holds
+//! no wrapper and no socket digest (README "Idle cost"). Anything else (TLS, a connection
 //! replayed after plain HTTP requests) stays as Pingora made it and is never spliced. The choice
 //! is made by type, never by descriptor.
 //!
-//! Warm path: `Io::new` once per client per connection: for plain TCP a dup(2) and one epoll
-//! registration (the wrapper's drop deregisters and closes the original descriptor, as it would
-//! have at the connection's end).
+//! Warm path: `Io::new` once per client per connection: a move out of a box for weir's own
+//! listener's sockets; for one out of Pingora's wrapper a dup(2) and one epoll registration (the
+//! wrapper's drop deregisters and closes the original descriptor, as it would have at the
+//! connection's end).
 
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
@@ -31,9 +33,15 @@ pub enum Io {
 }
 
 impl Io {
-    /// A client's `stream` as the relay takes it: Pingora's L4 stream (over TCP: weir's
-    /// listeners are TCP addresses, never Unix sockets) becomes a tokio `TcpStream`.
+    /// A client's `stream` as the relay takes it: a socket weir's own listener accepted is
+    /// unwrapped; Pingora's L4 stream (over TCP: weir's listeners are TCP addresses, never Unix
+    /// sockets) becomes a tokio `TcpStream` through a duplicate of its descriptor.
     pub fn new(stream: Stream) -> Io {
+        // Accepted by weir's own listener: the socket is already a bare tokio `TcpStream`.
+        let stream = match super::listen::Accepted::into_tcp(stream) {
+            Ok(tcp) => return Io::Tcp(tcp),
+            Err(other) => other,
+        };
         if !stream.as_any().is::<L4Stream>() {
             return Io::Other(stream);
         }

@@ -20,11 +20,15 @@
 //!   endpoint, its verdict applied to the request or passed on to the client (warm).
 //!   `proxied.rs`: which listeners expect a PROXY header, and reading it before TLS (warm).
 //!
-//! Pingora calls `Gateway::process_new` once per client connection, which serves its requests (its
-//! listener, TLS and HTTP/1 session handling stay Pingora's). For an upgrade the handshake runs
-//! in Pingora's per-request task, which (with the handshake's state) ends at the 101; the
-//! connection then lives in a small task of its own. A WebSocket therefore costs one parked task
-//! of 1 KB, no timer and no wakeup while idle (measured: README "Idle cost").
+//! - `listen.rs`: the plain-TCP listeners, weir's own accept loop (cold: binding; warm: one
+//!   accept and spawn per connection).
+//!
+//! `Gateway::process` runs once per client connection and serves its requests: weir's own
+//! accept loop calls it for plain-TCP listeners (`listen.rs`), Pingora's listener for TLS
+//! listeners (`Tls`, after Pingora's TLS handshake). For an upgrade the handshake runs in the
+//! connection's first task, which (with the handshake's state) ends at the 101; the connection
+//! then lives in a small task of its own. A WebSocket therefore costs one parked task of 1 KB, no
+//! timer and no wakeup while idle (measured: README "Idle cost").
 
 // Bytes from the network never panic here: every failure is a value (see the module doc).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -35,6 +39,7 @@ mod external;
 pub mod handshake;
 pub mod http;
 pub mod io;
+pub mod listen;
 pub mod observer;
 pub mod peer;
 pub mod proxied;
@@ -254,9 +259,14 @@ impl Gateway {
     /// route (Pingora's proxy; the stream may come back for the next request), the demo page, or
     /// a rejection.
     async fn serve(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
-        let digest = stream.get_socket_digest();
-        let mut client = digest.as_ref().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
-        let proxied = self.proxy_listeners.expects_on(digest.as_deref());
+        let (mut client, proxied) = match listen::Accepted::facts(&stream) {
+            Some((peer, proxied)) => (Some(peer), proxied),
+            None => {
+                let digest = stream.get_socket_digest();
+                let client = digest.as_ref().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+                (client, self.proxy_listeners.expects_on(digest.as_deref()))
+            }
+        };
         let ssl = stream.get_ssl_digest();
         let tls = ssl.is_some();
         // Set only by the listener's post-handshake hook, after rustls verified the chain.
@@ -268,7 +278,8 @@ impl Gateway {
             // Read before the TLS handshake (`proxied::BeforeTls`); none for LOCAL/UNKNOWN.
             client = self.proxied.take(stream.id(), client).or(client);
         } else if proxied {
-            match crate::http1::proxy::read(&mut stream, timeouts.request_head).await {
+            // Boxed (its read buffer): only `proxy_protocol` listeners' connections hold it.
+            match Box::pin(crate::http1::proxy::read(&mut stream, timeouts.request_head)).await {
                 Ok((addr, rest)) => {
                     client = addr.or(client);
                     already = rest;
@@ -427,7 +438,8 @@ impl Gateway {
         let snap = req.snap.clone();
         let gatekeeper = &snap.gatekeeper;
         if let Some(ext) = gatekeeper.external(index) {
-            self.admit_external(req, ext).await?;
+            // Boxed: the endpoint's HTTP exchange would otherwise size every connection's task.
+            Box::pin(self.admit_external(req, ext)).await?;
         }
         if let Some(a) = gatekeeper.auth(index) {
             match a.check(&req.head.target, &req.head.headers, req.peer.as_deref()) {
@@ -531,23 +543,39 @@ impl Gateway {
     }
 }
 
-#[async_trait]
-impl ServerApp for Gateway {
-    /// Runs once per client connection, after Pingora's listener (and TLS) accepted it: serves
-    /// its requests one after another while an `http` route's keep-alive connection can take
-    /// another. weir implements Pingora's `ServerApp` itself rather than `HttpServerApp`: that
-    /// wrapper's state (sized for HTTP/2 sessions weir never negotiates) would be held by every
-    /// connection still sending its head.
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let mut next = self.serve(stream, shutdown).await;
-        while let Some(reused) = next {
-            let (stream, _) = reused.consume();
-            next = self.serve(stream, shutdown).await;
+impl Gateway {
+    /// Serve one client connection: its requests one after another while an `http` route's
+    /// keep-alive connection can take another. Called by weir's plain-TCP listener
+    /// (`listen.rs`) and, for TLS listeners, by Pingora's (`Tls`).
+    pub async fn process(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        // One `serve` call site: its future is held once in the connection's task.
+        let mut stream = stream;
+        while let Some(reused) = self.serve(stream, shutdown).await {
+            stream = reused.consume().0;
         }
+    }
+
+    /// What ends with the last listener: Pingora's HTTP proxy's cleanup.
+    pub async fn cleanup(&self) {
+        self.http.http_cleanup().await;
+    }
+}
+
+/// The gateway as Pingora's app for its TLS listeners (Pingora runs the TLS handshake).
+pub struct Tls(pub Arc<Gateway>);
+
+#[async_trait]
+impl ServerApp for Tls {
+    /// Runs once per client connection, after Pingora's listener and TLS accepted it. weir
+    /// implements Pingora's `ServerApp` itself rather than `HttpServerApp`: that wrapper's state
+    /// (sized for HTTP/2 sessions weir never negotiates) would be held by every connection still
+    /// sending its head.
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        self.0.process(stream, shutdown).await;
         None
     }
 
     async fn cleanup(&self) {
-        self.http.http_cleanup().await;
+        self.0.cleanup().await;
     }
 }
