@@ -150,15 +150,25 @@ async fn the_gateway_s_accept_loop_counts_and_backs_off_when_descriptors_run_out
     for _ in 0..40 {
         silent.push(tokio::net::TcpStream::connect(weir.addr).await.expect("connect"));
     }
-    let counted = weir
-        .metric_eventually("weir_accept_errors_total", &[("listener", "gateway"), ("reason", "fd_limit")], |v| v >= 1.0)
+    // The admin listener cannot accept either meanwhile: read the log first, the metric once
+    // descriptors are free again.
+    let failed = |log: &str| log.lines().filter(|l| l.contains("gateway: accept failed")).count();
+    eventually("the gateway's first accept error in the log", || async { (failed(&weir.log()) > 0).then_some(()) })
         .await;
     let log = weir.log();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("gateway: accept failed")).collect();
-    assert!(!lines.is_empty(), "no log line about the failed accepts ({counted} counted)");
     assert!(lines.iter().all(|l| l.contains("fd_limit")), "{lines:?}");
     drop(silent);
     set_limit(soft);
+    let counted = weir
+        .metric_eventually("weir_accept_errors_total", &[("listener", "gateway"), ("reason", "fd_limit")], |v| {
+            v >= lines.len() as f64
+        })
+        .await;
+    eprintln!(
+        "weir_accept_errors_total{{listener=\"gateway\",reason=\"fd_limit\"}} = {counted}; {} lines",
+        lines.len()
+    );
     eventually("an upgrade once descriptors are free", || async {
         let (_c, head) = raw_client(weir.addr, "/ws", "", b"").await;
         head.starts_with("HTTP/1.1 101").then_some(())

@@ -9,7 +9,8 @@ use std::time::Duration;
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Worker threads for the gateway listeners (count, ≥ 1).
+    /// Worker threads for the gateway listeners (count, ≥ 1; per kind: plain-TCP and TLS listeners
+    /// each run on a runtime of this many).
     pub threads: usize,
     /// Time open WebSockets get after SIGTERM before weir closes them with 1001.
     pub grace_period: Duration,

@@ -108,8 +108,8 @@ impl Fields {
     /// Replace the value of every field named `name` (case-insensitive) with `new(value)`.
     pub fn rewrite(&mut self, name: &str, mut new: impl FnMut(&[u8]) -> Vec<u8>) {
         for i in 0..self.spans.len() {
-            let (n, value) = self.field(self.spans[i]);
-            if n.eq_ignore_ascii_case(name) {
+            if self.is_named(self.spans[i], name) {
+                let (_, value) = self.field(self.spans[i]);
                 let value = new(value);
                 let start = self.bytes.len();
                 self.bytes.extend_from_slice(&value);
@@ -118,9 +118,18 @@ impl Fields {
         }
     }
 
-    /// Values of every field named `name` (case-insensitive), in order.
+    /// Values of every field named `name` (case-insensitive), in order. Names are compared as
+    /// bytes: a lookup checks no name's UTF-8.
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.spans
+            .iter()
+            .filter(move |&&s| self.is_named(s, name))
+            .map(move |&[_, _, vs, ve]| self.bytes.get(vs..ve).unwrap_or(&[]))
+    }
+
+    /// Whether the field at `span` is named `name` (case-insensitive).
+    fn is_named(&self, [ns, ne, _, _]: [usize; 4], name: &str) -> bool {
+        self.bytes.get(ns..ne).is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
     }
 
     /// The first field named `name`, as text (lossy), trimmed.
