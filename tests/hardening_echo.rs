@@ -277,14 +277,7 @@ async fn echo_accept_loop_backs_off_when_descriptors_run_out() {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .expect("Max open files in /proc/PID/limits");
-    let set_limit = |limit: u64| {
-        let status = std::process::Command::new("prlimit")
-            .args(["--pid", &weir.pid().to_string(), &format!("--nofile={limit}:")])
-            .status()
-            .expect("prlimit");
-        assert!(status.success(), "prlimit failed");
-    };
-    set_limit(open + 30);
+    weir.set_nofile(open + 30, None);
 
     // Use the descriptors up: connections to /echo (three descriptors each in weir, until weir
     // refuses them), then connections straight to the echo backend, which accepts until it
@@ -335,7 +328,7 @@ async fn echo_accept_loop_backs_off_when_descriptors_run_out() {
     // those logged).
     drop(direct);
     drop(clients);
-    set_limit(soft);
+    weir.set_nofile(soft, None);
     let counted = weir
         .metric_eventually("weir_accept_errors_total", &[("listener", "echo"), ("reason", "fd_limit")], |v| {
             v >= logged as f64

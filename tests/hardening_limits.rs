@@ -85,11 +85,7 @@ async fn descriptor_headroom_refuses_upgrades_with_503_and_readyz_turns_503() {
     // Room for about 20 relayed connections (two descriptors each) above the reserve; weir opens
     // a few files of its own lazily (the usage file, spool segments), so fewer may fit.
     let limit = open + RESERVE + 40;
-    let status = std::process::Command::new("prlimit")
-        .args(["--pid", &weir.pid().to_string(), &format!("--nofile={limit}:{limit}")])
-        .status()
-        .expect("prlimit");
-    assert!(status.success());
+    weir.set_nofile(limit, Some(limit));
     weir.metric_eventually("weir_max_fds", &[], |v| v == limit as f64).await;
 
     let mut clients = Vec::new();
@@ -135,15 +131,8 @@ async fn the_gateway_s_accept_loop_counts_and_backs_off_when_descriptors_run_out
     let server = "server:\n  threads: 2\n  grace_period: 1s\n  fd_reserve: 0\n";
     let weir = Weir::start_with(&pool_and_route("p", &[backend.addr], "/ws"), server).await;
     let open = weir.metric_eventually("weir_open_fds", &[], |v| v > 0.0).await as u64;
-    let set_limit = |limit: u64| {
-        let status = std::process::Command::new("prlimit")
-            .args(["--pid", &weir.pid().to_string(), &format!("--nofile={limit}:")])
-            .status()
-            .expect("prlimit");
-        assert!(status.success(), "prlimit failed");
-    };
     let soft = weir.metric_eventually("weir_max_fds", &[], |v| v > 0.0).await as u64;
-    set_limit(open + 20);
+    weir.set_nofile(open + 20, None);
     // Connections that never send a head hold one descriptor each in weir once accepted; past
     // the limit the kernel still completes them into the backlog, and accept(2) fails.
     let mut silent = Vec::new();
@@ -159,7 +148,7 @@ async fn the_gateway_s_accept_loop_counts_and_backs_off_when_descriptors_run_out
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("gateway: accept failed")).collect();
     assert!(lines.iter().all(|l| l.contains("fd_limit")), "{lines:?}");
     drop(silent);
-    set_limit(soft);
+    weir.set_nofile(soft, None);
     let counted = weir
         .metric_eventually("weir_accept_errors_total", &[("listener", "gateway"), ("reason", "fd_limit")], |v| {
             v >= lines.len() as f64

@@ -11,8 +11,8 @@
 //! - `connection.rs`: the one after-101 path: a task of its own runs the relay (or a built-in
 //!   object behind a tap) to the end and ends the connection (warm; the relay is hot).
 //! - `observer.rs`: `ConnObserver`, what listens to a running connection (hot).
-//! - `io.rs`: `Io`, a relayed side: plain TCP out of Pingora's wrapper (so the relay can
-//!   splice, and an idle connection holds no wrapper), anything else as Pingora made it (warm).
+//! - `io.rs`: `Io`, a relayed side: a bare tokio socket (so the relay can splice, and an idle
+//!   connection holds no wrapper), anything else as Pingora made it (warm).
 //! - `handshake.rs`: RFC 6455 client checks (warm, pure). `reject.rs`: `RejectReason` → status,
 //!   body, metric label (warm, pure). `upstream.rs`: connect, forward the upgrade, read the
 //!   answer (warm). `http.rs`: Pingora's `ProxyHttp` pipeline for plain HTTP on `http` routes

@@ -222,6 +222,17 @@ impl Weir {
         self.child.id()
     }
 
+    /// Set weir's descriptor limit with prlimit(1): `soft` and, when given, `hard` (else the
+    /// hard limit stays).
+    pub fn set_nofile(&self, soft: u64, hard: Option<u64>) {
+        let hard = hard.map(|h| h.to_string()).unwrap_or_default();
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &self.pid().to_string(), &format!("--nofile={soft}:{hard}")])
+            .status()
+            .expect("prlimit");
+        assert!(status.success(), "prlimit failed");
+    }
+
     /// `ws://` URL for `path` on the public listener.
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.addr)
