@@ -1,15 +1,19 @@
-//! Accept loops weir runs itself (the built-in echo backend, the admin listener): what a failed
-//! `accept(2)` means and what the loop does about it. Running out of descriptors (EMFILE/ENFILE)
+//! Accept loops weir runs itself (the gateway's plain-TCP listeners, the built-in echo backend,
+//! the admin listener): what a failed `accept(2)` means and what the loop does about it
+//! (`AcceptErrors::next`, the one accept-with-backoff they all use). Running out of descriptors (EMFILE/ENFILE)
 //! or memory does not go away by retrying at once: the loop pauses, 10 ms doubling to 1 s, as
 //! tokio and hyper servers do; it logs at most one line a second with a count, and counts every
-//! failure in `weir_accept_errors_total{listener,reason}`. A leaf: pure state, plus the counters.
+//! failure in `weir_accept_errors_total{listener,reason}`. A leaf: state, the counters and the
+//! accept itself.
 //!
-//! Warm path (once per failed accept). Pingora's own listeners (the gateway's) have their own
+//! Warm path (once per accept). Pingora's own listeners (the gateway's TLS ones) have their own
 //! loop: see the README, "Security".
 
 use prometheus::{IntCounter, IntCounterVec};
 use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
 
 /// First pause after a failed accept that calls for one.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -83,6 +87,25 @@ impl AcceptErrors {
     /// An accept succeeded.
     pub fn accepted(&mut self) {
         self.failures.accepted();
+    }
+
+    /// The next connection on `listener`. A failed accept is counted, logged and followed by its
+    /// pause (`failed`) before the next try. Cancel-safe: dropped during an accept or a pause,
+    /// it loses no connection (a caller selects it against its shutdown signal).
+    pub async fn next(&mut self, listener: &TcpListener) -> (TcpStream, SocketAddr) {
+        loop {
+            match listener.accept().await {
+                Ok(accepted) => {
+                    self.accepted();
+                    return accepted;
+                }
+                Err(e) => {
+                    if let Some(pause) = self.failed(&e) {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+        }
     }
 
     /// An accept failed with `error`: count it, log it (at most once a second, with a count),

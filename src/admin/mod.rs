@@ -455,25 +455,14 @@ async fn serve(
                 Err(_) => break,
             },
         };
-        let pause = tokio::select! {
+        tokio::select! {
             () = stopped(&mut stop) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    errors.accepted();
-                    let admin = admin.clone();
-                    tokio::spawn(async move {
-                        respond(&admin, stream).await;
-                        drop(permit);
-                    });
-                    continue;
-                }
-                Err(e) => errors.failed(&e),
-            },
-        };
-        if let Some(pause) = pause {
-            tokio::select! {
-                () = stopped(&mut stop) => break,
-                () = tokio::time::sleep(pause) => {}
+            (stream, _) = errors.next(&listener) => {
+                let admin = admin.clone();
+                tokio::spawn(async move {
+                    respond(&admin, stream).await;
+                    drop(permit);
+                });
             }
         }
     }

@@ -168,29 +168,17 @@ async fn accept_loop(
         if *shutdown.borrow() {
             break;
         }
-        let pause = tokio::select! {
+        tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                continue;
             }
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    errors.accepted();
-                    // As Pingora's listener does: the gateway writes whole heads and frames.
-                    let _ = tcp.set_nodelay(true);
-                    let stream: Stream = Box::new(Accepted { tcp, peer, proxy_protocol: plain.proxy_protocol });
-                    tokio::spawn(serve(gateway.clone(), stream, shutdown.clone()));
-                    continue;
-                }
-                Err(e) => errors.failed(&e),
-            },
-        };
-        if let Some(pause) = pause {
-            tokio::select! {
-                _ = shutdown.changed() => {}
-                () = tokio::time::sleep(pause) => {}
+            (tcp, peer) = errors.next(&listener) => {
+                // As Pingora's listener does: the gateway writes whole heads and frames.
+                let _ = tcp.set_nodelay(true);
+                let stream: Stream = Box::new(Accepted { tcp, peer, proxy_protocol: plain.proxy_protocol });
+                tokio::spawn(serve(gateway.clone(), stream, shutdown.clone()));
             }
         }
     }

@@ -49,21 +49,10 @@ impl BackgroundService for Echo {
         };
         let mut errors = AcceptErrors::new(LISTENER, "built-in echo", &self.accept_errors);
         loop {
-            let pause = tokio::select! {
+            tokio::select! {
                 _ = shutdown.changed() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        errors.accepted();
-                        tokio::spawn(serve(stream, self.max_message));
-                        continue;
-                    }
-                    Err(e) => errors.failed(&e),
-                },
-            };
-            if let Some(pause) = pause {
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    () = tokio::time::sleep(pause) => {}
+                (stream, _) = errors.next(&listener) => {
+                    tokio::spawn(serve(stream, self.max_message));
                 }
             }
         }
