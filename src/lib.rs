@@ -54,6 +54,7 @@
 //! - `heap`: what the server may ask of the binary's allocator (release freed pages, its
 //!   figures) and the `weir_heap_*_bytes` gauges (background; leaf).
 //! - `sync`: the poison-tolerant lock helper every mutex goes through.
+//! - `text`: addresses appended to byte buffers without the formatter (warm; leaf).
 //! - `client_cert`: mutual TLS on listeners: the client CA a reload re-reads and the verified
 //!   subject `auth.client_cert` bills (cold; one parse per handshake).
 //! - `listener_tls`: TLS listener certificates a reload re-reads (a swapped resolver; cold).
@@ -87,5 +88,6 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod sync;
+pub mod text;
 pub mod tls_client;
 pub mod ws;

@@ -9,8 +9,7 @@
 //! fails it.
 
 use super::record::{CloseUsage, DirectionUsage, Identity, UsageRecord};
-use std::fmt::Display;
-use std::io::Write;
+use std::net::SocketAddr;
 
 /// Append `record`'s JSON (no newline) to `out`.
 pub fn write_usage(out: &mut Vec<u8>, record: &UsageRecord) {
@@ -80,9 +79,9 @@ fn identity(out: &mut Vec<u8>, id: &Identity) {
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"backend\":");
-    opt_display(out, id.backend.as_ref());
+    opt_addr(out, id.backend.as_ref());
     out.extend_from_slice(b",\"client_addr\":");
-    opt_display(out, id.client_addr.as_ref());
+    opt_addr(out, id.client_addr.as_ref());
     out.extend_from_slice(b",\"started_at\":\"");
     super::record::write_rfc3339_ms(out, id.started_at.system_time());
     out.push(b'"');
@@ -135,14 +134,13 @@ fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-/// A value serde writes with `collect_str` (addresses): its `Display` text, which never needs
+/// A socket address as serde writes it (`collect_str`): its `Display` text, which never needs
 /// escaping (digits, dots, colons, brackets, a `%` scope id).
-fn opt_display(out: &mut Vec<u8>, v: Option<&impl Display>) {
-    match v {
-        Some(v) => {
+fn opt_addr(out: &mut Vec<u8>, addr: Option<&SocketAddr>) {
+    match addr {
+        Some(a) => {
             out.push(b'"');
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "{v}");
+            crate::text::push_socket_addr(out, a);
             out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),

@@ -165,7 +165,6 @@ pub fn upgrade_request(
     tenant: Option<&str>,
     object: Option<ObjectTarget<'_>>,
 ) -> Vec<u8> {
-    use std::io::Write as _;
     // The tokens the client named in `Connection`, borrowed from its head.
     let nominated: Vec<&[u8]> = head
         .headers
@@ -175,8 +174,10 @@ pub fn upgrade_request(
         .collect();
     let mut out = Vec::with_capacity(head.head_len + 160);
     let target = object.map_or(std::borrow::Cow::Borrowed(head.target.as_str()), |o| o.rewrite(&head.target).into());
-    // Writing into a `Vec` cannot fail.
-    let _ = write!(out, "{} {target} HTTP/1.1\r\n", head.method);
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in head.headers.iter() {
         if hop_by_hop(name, &nominated) || forged(name) {
             continue;
@@ -188,16 +189,30 @@ pub fn upgrade_request(
     }
     out.extend_from_slice(b"Connection: Upgrade\r\nUpgrade: websocket\r\n");
     if let Some(ip) = client_ip {
-        let _ = write!(out, "X-Forwarded-For: {ip}\r\nX-Real-IP: {ip}\r\n");
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        let start = out.len();
+        crate::text::push_ip(&mut out, ip);
+        let end = out.len();
+        out.extend_from_slice(b"\r\nX-Real-IP: ");
+        out.extend_from_within(start..end);
+        out.extend_from_slice(b"\r\n");
     }
-    let proto = if tls { "https" } else { "http" };
-    let _ = write!(out, "X-Forwarded-Proto: {proto}\r\nX-Weir-Connection-Id: {connection_id}\r\n");
+    out.extend_from_slice(if tls { b"X-Forwarded-Proto: https\r\n" } else { b"X-Forwarded-Proto: http\r\n" });
+    out.extend_from_slice(b"X-Weir-Connection-Id: ");
+    out.extend_from_slice(connection_id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes());
+    out.extend_from_slice(b"\r\n");
     if let Some(t) = tenant.filter(|t| t.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))) {
-        let _ = write!(out, "X-Weir-Tenant: {t}\r\n");
+        out.extend_from_slice(b"X-Weir-Tenant: ");
+        out.extend_from_slice(t.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if let Some(o) = object {
         // Ids pass the namespace's `allowed` set (printable ASCII), so they are valid header values.
-        let _ = write!(out, "X-Weir-Object-Namespace: {}\r\nX-Weir-Object-Id: {}\r\n", o.namespace, o.id);
+        for (name, value) in [(&b"X-Weir-Object-Namespace: "[..], o.namespace), (b"X-Weir-Object-Id: ", o.id)] {
+            out.extend_from_slice(name);
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
     out.extend_from_slice(b"\r\n");
     out

@@ -1,0 +1,86 @@
+//! Addresses appended to byte buffers as `Display` prints them, without the formatter: the
+//! connection records (`billing::json`) and the backend's upgrade request
+//! (`gateway::upstream`) write a client or backend address per connection, and `Display` of an
+//! IPv4 address goes through `core::fmt` once per octet (about 1 400 instructions for an
+//! `a.b.c.d:port`, callgrind; this writes it in about a quarter of that).
+//!
+//! Warm path (a few addresses per connection). Leaf: imports nothing from weir.
+
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// Append `ip` as `Display` prints it.
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => push_ipv4(out, v4),
+        // Rare enough on these paths to leave to `Display` (its `::` compression rules).
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// Append `addr` as `Display` prints it: `a.b.c.d:port`, or `[v6%scope]:port`.
+pub fn push_socket_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
+    match addr {
+        SocketAddr::V4(a) => {
+            push_ipv4(out, *a.ip());
+            out.push(b':');
+            out.extend_from_slice(itoa::Buffer::new().format(a.port()).as_bytes());
+        }
+        SocketAddr::V6(a) => {
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
+fn push_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        out.extend_from_slice(digits.format(octet).as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv6Addr, SocketAddrV6};
+
+    fn any_addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+            (any::<[u16; 8]>(), any::<u16>(), any::<u32>()).prop_map(|(ip, port, scope)| {
+                SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, 0, scope))
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn addresses_read_as_display_prints_them(addr in any_addr()) {
+            let mut out = b"x".to_vec();
+            push_socket_addr(&mut out, &addr);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), format!("x{addr}"));
+            let mut out = Vec::new();
+            push_ip(&mut out, addr.ip());
+            prop_assert_eq!(String::from_utf8(out).unwrap(), addr.ip().to_string());
+        }
+    }
+
+    #[test]
+    fn the_edges_of_every_octet_and_port() {
+        for (ip, port) in
+            [([0, 0, 0, 0], 0), ([255, 255, 255, 255], 65535), ([10, 9, 100, 99], 80), ([1, 20, 0, 255], 1)]
+        {
+            let addr = SocketAddr::from((ip, port));
+            let mut out = Vec::new();
+            push_socket_addr(&mut out, &addr);
+            assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
+        }
+    }
+}
