@@ -147,14 +147,24 @@ fn opt_addr(out: &mut Vec<u8>, addr: Option<&SocketAddr>) {
     }
 }
 
-/// `s` as a JSON string, escaped as serde_json escapes: `"` and `\` with a backslash, the
+/// `s` as a JSON string, escaped as serde_json escapes: `"` and `\\` with a backslash, the
 /// control characters below 0x20 as `\b \t \n \f \r` or `\u00XX`; everything else (DEL and
-/// non-ASCII included) as is.
+/// non-ASCII included) as is. Eight bytes at a time are checked for anything to escape (record
+/// strings rarely have any), then copied at once.
 fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(word) = bytes.get(i..i + 8) {
+            let word = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+            if !needs_escape(word) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -164,7 +174,10 @@ fn string(out: &mut Vec<u8>, s: &str) {
             0x0c => b"\\f",
             b'\r' => b"\\r",
             0x00..=0x1f => &[],
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.extend_from_slice(&bytes[start..i]);
         if escape.is_empty() {
@@ -173,10 +186,22 @@ fn string(out: &mut Vec<u8>, s: &str) {
         } else {
             out.extend_from_slice(escape);
         }
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// Whether any of the eight bytes in `word` is below 0x20, `"` or `\\` (exact: the "has a zero
+/// byte" and "has a byte less than n" bit tricks report no false positives for the word as a
+/// whole).
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+    (below_space | has_zero(word ^ (ONES * u64::from(b'"'))) | has_zero(word ^ (ONES * u64::from(b'\\')))) != 0
 }
 
 #[cfg(test)]
@@ -315,6 +340,23 @@ mod tests {
 
     /// Every control character, the two that need a backslash, DEL and non-ASCII text, one by
     /// one and together.
+    /// The word check is exact for every byte at every position, between neighbours that
+    /// stress the bit tricks' borrows (0x00, 0x20, 0x80, 0xff and plain letters).
+    #[test]
+    fn the_word_check_finds_exactly_the_bytes_to_escape() {
+        let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+        for fill in [b'a', 0x20, 0x21, 0x80, 0xff, 0x7f] {
+            for at in 0..8 {
+                for b in 0..=255u8 {
+                    let mut word = [fill; 8];
+                    word[at] = b;
+                    let want = escaped(b) || escaped(fill);
+                    assert_eq!(needs_escape(u64::from_le_bytes(word)), want, "{word:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn strings_are_escaped_as_serde_json_escapes_them() {
         let all: String = (0u8..0x80).map(char::from).chain("é€😀".chars()).collect();

@@ -134,12 +134,17 @@ impl Fields {
 
     /// The first field named `name`, as text (lossy), trimmed.
     pub fn get(&self, name: &str) -> Option<String> {
-        self.all(name).next().map(|v| String::from_utf8_lossy(v).trim().to_string())
+        self.all(name).next().map(|v| match std::str::from_utf8(v) {
+            Ok(text) => text.trim().to_owned(),
+            Err(_) => String::from_utf8_lossy(v).trim().to_owned(),
+        })
     }
 
-    /// Whether any `name` field contains `token` in its comma-separated list (case-insensitive).
+    /// Whether any `name` field contains `token` in its comma-separated list (case-insensitive;
+    /// elements trimmed of ASCII whitespace, which covers HTTP's optional whitespace, space and
+    /// tab). Compared as bytes: a token is ASCII, so bytes that are not UTF-8 never match it.
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.all(name).any(|v| String::from_utf8_lossy(v).split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        self.all(name).any(|v| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
     }
 }
 
@@ -192,6 +197,25 @@ mod tests {
         ] {
             assert_eq!(host_without_port(h), want, "{h}");
         }
+    }
+
+    /// Tokens are found in any field of the name, in any element of its list, whatever their
+    /// case and the optional whitespace around them; never inside a longer element or in bytes
+    /// that are not UTF-8. `get` trims, and shows bytes that are not UTF-8 as U+FFFD.
+    #[test]
+    fn tokens_are_list_elements_of_any_field_of_the_name() {
+        let mut f = Fields::from_pairs([("Connection", "keep-alive"), ("connection", " foo,\tUpGrade ,bar")]);
+        assert!(f.has_token("CONNECTION", "upgrade"));
+        assert!(f.has_token("connection", "keep-alive"));
+        assert!(!f.has_token("connection", "upgrades"));
+        assert!(!f.has_token("connection", "grade"));
+        assert!(!f.has_token("upgrade", "upgrade"));
+        f.push("Upgrade", b"\xffwebsocket, \xfe, websocket\xff");
+        assert!(!f.has_token("upgrade", "websocket"));
+        f.push("Upgrade", b" websocket ");
+        assert!(f.has_token("upgrade", "WebSocket"));
+        assert_eq!(f.get("upgrade").as_deref(), Some("\u{fffd}websocket, \u{fffd}, websocket\u{fffd}"));
+        assert_eq!(f.get("connection").as_deref(), Some("keep-alive"));
     }
 
     /// Fields keep their order through pushes, removals and rewrites, and compare by content.
