@@ -525,29 +525,23 @@ impl Scan {
         let masked = self.policy.sender == Role::Client;
         let mask_bit = if masked { 0x80 } else { 0 };
         let header_len = if masked { 6 } else { 2 };
-        // RSV bits a data frame may carry (the negotiated extension's, on a message's first frame).
-        let refused_rsv = !self.policy.allowed_rsv & 0b111;
+        // The first byte with the RSV bits a data frame may carry (the negotiated extension's, on
+        // a message's first frame) cleared: FIN, no other RSV bit, text or binary is 0x81 or 0x82.
+        let keep = !((self.policy.allowed_rsv & 0b111) << 4);
+        // The longest payload taken here: the 7-bit length form's, within the size limits.
         let ScanLimits { max_frame, max_message, .. } = *limits;
+        let small_limit = [max_frame, max_message].into_iter().filter(|&m| m != 0).fold(125, u64::min) as u8;
         let (mut pos, mut frames, mut text, mut payload, mut largest) = (0usize, 0u64, 0u64, 0u64, 0u64);
         while let Some(&[b0, b1]) = rest.get(pos..).and_then(|r| r.first_chunk::<2>()) {
-            let opcode = b0 & 0x0F;
-            let len = b1 & 0x7F;
+            // With the mask bit the rules want flipped off, the length; a wrong mask bit leaves
+            // it at 0x80 or more, over any `small_limit`.
+            let len = b1 ^ mask_bit;
             let total = header_len + usize::from(len);
-            let whole = rest.len() - pos >= total;
-            let limited =
-                (max_frame != 0 && u64::from(len) > max_frame) || (max_message != 0 && u64::from(len) > max_message);
-            if b0 & 0x80 == 0
-                || !(opcode == 0x1 || opcode == 0x2)
-                || (b0 >> 4) & refused_rsv != 0
-                || b1 & 0x80 != mask_bit
-                || len >= 126
-                || limited
-                || !whole
-            {
+            if (b0 & keep).wrapping_sub(0x81) > 1 || len > small_limit || rest.len() - pos < total {
                 break;
             }
             frames += 1;
-            text += u64::from(opcode == 0x1);
+            text += u64::from(b0 & 0x0F == 0x1);
             payload += u64::from(len);
             largest = largest.max(u64::from(len));
             pos += total;

@@ -956,16 +956,19 @@ proptest! {
         garbage in prop::collection::vec(any::<u8>(), 0..=4),
         client in any::<bool>(),
         allowed_rsv in 0u8..16,
+        max_frame in prop_oneof![Just(0u64), 1u64..=130],
+        max_message in prop_oneof![Just(0u64), 1u64..=130],
         cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..=12),
     ) {
         let policy = ScanPolicy { sender: if client { Role::Client } else { Role::Server }, allowed_rsv };
+        let limits = ScanLimits { max_frame, max_message, ..NONE };
         let mut bytes = hostile_bytes(&frames, client);
         bytes.extend_from_slice(&garbage);
 
-        let mut whole = FrameScanner::new(policy, NONE);
+        let mut whole = FrameScanner::new(policy, limits);
         let verdict = whole.feed(&bytes);
 
-        let mut split = FrameScanner::new(policy, NONE);
+        let mut split = FrameScanner::new(policy, limits);
         let mut chunk_start = 0;
         let mut found = None;
         for chunk in prop_stream::chunks(&bytes, &cuts) {
