@@ -147,7 +147,7 @@ fn opt_addr(out: &mut Vec<u8>, addr: Option<&SocketAddr>) {
     }
 }
 
-/// `s` as a JSON string, escaped as serde_json escapes: `"` and `\\` with a backslash, the
+/// `s` as a JSON string, escaped as serde_json escapes: `"` and `\` with a backslash, the
 /// control characters below 0x20 as `\b \t \n \f \r` or `\u00XX`; everything else (DEL and
 /// non-ASCII included) as is. Eight bytes at a time are checked for anything to escape (record
 /// strings rarely have any), then copied at once.
@@ -193,7 +193,7 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Whether any of the eight bytes in `word` is below 0x20, `"` or `\\` (exact: the "has a zero
+/// Whether any of the eight bytes in `word` is below 0x20, `"` or `\` (exact: the "has a zero
 /// byte" and "has a byte less than n" bit tricks report no false positives for the word as a
 /// whole).
 fn needs_escape(word: u64) -> bool {
@@ -338,8 +338,6 @@ mod tests {
         }
     }
 
-    /// Every control character, the two that need a backslash, DEL and non-ASCII text, one by
-    /// one and together.
     /// The word check is exact for every byte at every position, between neighbours that
     /// stress the bit tricks' borrows (0x00, 0x20, 0x80, 0xff and plain letters).
     #[test]
@@ -357,6 +355,8 @@ mod tests {
         }
     }
 
+    /// Every control character, the two that need a backslash, DEL and non-ASCII text, one by
+    /// one and together.
     #[test]
     fn strings_are_escaped_as_serde_json_escapes_them() {
         let all: String = (0u8..0x80).map(char::from).chain("é€😀".chars()).collect();

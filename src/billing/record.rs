@@ -326,9 +326,9 @@ pub fn rfc3339_ms(t: SystemTime) -> String {
 const RFC3339_MS_LEN: usize = "2026-11-22T14:05:06.123Z".len();
 
 /// Append `rfc3339_ms(t)` to `out` (no allocation beyond `out`'s growth). Written digit by digit
-/// (a quarter of the instructions `humantime`'s `Display` took through the formatter); times
-/// outside 1970–9999 are written as the nearest end of that range (`humantime` panicked before
-/// 1970 and wrote nothing after 9999).
+/// (30 % fewer instructions than `humantime`'s `Display` through the formatter: 1 921 → 1 359
+/// per handshake cycle's five timestamps, callgrind); times outside 1970–9999 are written as the
+/// nearest end of that range (`humantime` panicked before 1970 and wrote nothing after 9999).
 pub fn write_rfc3339_ms(out: &mut Vec<u8>, t: SystemTime) {
     /// 9999-12-31T23:59:59.999Z, milliseconds since the epoch.
     const LAST_MS: u64 = 253_402_300_799_999;

@@ -100,8 +100,7 @@ impl Gateway {
     /// nothing else (no copy of its arguments, no handshake state).
     pub(super) fn start(self: &Arc<Self>, c: Established, shutdown: ShutdownWatch) {
         let Established { client, early, metrics, limits, guards, chunks, live, lease, serve, permit, quota } = c;
-        let tenant = self.metrics.tenant_labels.label(live.meter.identity().tenant.as_deref());
-        self.metrics.tenant_active.with_label_values(&[&tenant]).inc();
+        self.metrics.tenant(live.meter.identity().tenant.as_deref()).active.inc();
         let grace = self.grace_period;
         let mut ending = Ending {
             gateway: self.clone(),
@@ -177,12 +176,12 @@ impl Ending {
             (identity.pool.as_deref().unwrap_or(""), identity.object.as_ref().map_or("", |o| &*o.namespace));
         let m = &gateway.metrics;
         m.connections_total.with_label_values(&[route, pool, ns, report.outcome.as_str()]).inc();
-        let tenant = m.tenant_labels.label(identity.tenant.as_deref());
-        m.tenant_active.with_label_values(&[&tenant]).dec();
-        m.tenant_connections.with_label_values(&[&tenant]).inc();
-        for (d, c) in crate::relay::Direction::BOTH.iter().zip(&report.counts) {
-            m.tenant_messages.with_label_values(&[&tenant, d.as_str()]).inc_by(c.messages);
-            m.tenant_wire_bytes.with_label_values(&[&tenant, d.as_str()]).inc_by(c.wire_bytes);
+        let tenant = m.tenant(identity.tenant.as_deref());
+        tenant.active.dec();
+        tenant.connections.inc();
+        for (i, c) in report.counts.iter().enumerate() {
+            tenant.messages[i].inc_by(c.messages);
+            tenant.wire_bytes[i].inc_by(c.wire_bytes);
         }
         let (initiator, class, cause) =
             (report.initiator.as_str(), code_class(report.close_code), report.cause.as_str());
@@ -201,7 +200,7 @@ impl Ending {
         }
         let record = gateway.live.end(live, report);
         for (unit, value) in &record.units {
-            m.units.with_label_values(&[unit.as_str(), &*tenant]).inc_by(*value);
+            m.units.with_label_values(&[unit.as_str(), &*tenant.label]).inc_by(*value);
         }
         if gateway.quotas.counts_units() {
             // The units between the quota ticker's last count and the end, from the stop record.

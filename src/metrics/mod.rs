@@ -458,6 +458,21 @@ impl Metrics {
         })
     }
 
+    /// The series of `tenant`'s label (`tenants::TenantLabels`), made on first use.
+    pub fn tenant(&self, tenant: Option<&str>) -> std::sync::Arc<tenants::TenantSeries> {
+        self.tenant_labels.series(tenant, |label| {
+            let per_direction =
+                |family: &IntCounterVec| Direction::BOTH.map(|d| family.with_label_values(&[&*label, d.as_str()]));
+            tenants::TenantSeries {
+                active: self.tenant_active.with_label_values(&[&*label]),
+                connections: self.tenant_connections.with_label_values(&[&*label]),
+                messages: per_direction(&self.tenant_messages),
+                wire_bytes: per_direction(&self.tenant_wire_bytes),
+                label,
+            }
+        })
+    }
+
     /// Start every series whose label values are known at startup at 0, so the first event of
     /// each is visible to `rate()`/`increase()` and failure-only counters exist before a failure
     /// (cold path). Routes come as `(route, pool or namespace)`; `reasons` are the rejection
@@ -473,15 +488,9 @@ impl Metrics {
             let _ = self.object_claims.with_label_values(&[result]);
         }
         for t in known.tenants.iter().map(|t| Some(*t)).chain([None]) {
-            let label = self.tenant_labels.label(t);
+            let series = self.tenant(t);
             for unit in &known.units {
-                let _ = self.units.with_label_values(&[*unit, &*label]);
-            }
-            let _ = self.tenant_active.with_label_values(&[&label]);
-            let _ = self.tenant_connections.with_label_values(&[&label]);
-            for d in Direction::BOTH {
-                let _ = self.tenant_messages.with_label_values(&[&label, d.as_str()]);
-                let _ = self.tenant_wire_bytes.with_label_values(&[&label, d.as_str()]);
+                let _ = self.units.with_label_values(&[*unit, &*series.label]);
             }
         }
         let mut routes: Vec<&str> = known.routes.iter().map(|(r, _)| *r).collect();
