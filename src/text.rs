@@ -24,9 +24,12 @@ pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 pub fn push_socket_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
     match addr {
         SocketAddr::V4(a) => {
-            push_ipv4(out, *a.ip());
-            out.push(b':');
-            out.extend_from_slice(itoa::Buffer::new().format(a.port()).as_bytes());
+            // Built on the stack and appended at once: one copy, not one per piece.
+            let mut text = Text::<21>::default();
+            text.ipv4(*a.ip());
+            text.push(b':');
+            text.decimal(u64::from(a.port()));
+            out.extend_from_slice(text.as_bytes());
         }
         SocketAddr::V6(a) => {
             // Writing to a Vec cannot fail.
@@ -36,12 +39,61 @@ pub fn push_socket_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
 }
 
 fn push_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
-    let mut digits = itoa::Buffer::new();
-    for (i, octet) in ip.octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push(b'.');
+    let mut text = Text::<15>::default();
+    text.ipv4(ip);
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// A short text built on the stack (`N` bytes at most: what does not fit is dropped, which the
+/// callers' sizes rule out).
+struct Text<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Default for Text<N> {
+    fn default() -> Self {
+        Text { bytes: [0; N], len: 0 }
+    }
+}
+
+impl<const N: usize> Text<N> {
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.bytes.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
         }
-        out.extend_from_slice(digits.format(octet).as_bytes());
+    }
+
+    /// `n` in decimal, without leading zeros.
+    fn decimal(&mut self, n: u64) {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut rest = n;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        for &d in &digits[start..] {
+            self.push(d);
+        }
+    }
+
+    fn ipv4(&mut self, ip: Ipv4Addr) {
+        for (i, octet) in ip.octets().into_iter().enumerate() {
+            if i > 0 {
+                self.push(b'.');
+            }
+            self.decimal(u64::from(octet));
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
     }
 }
 

@@ -334,24 +334,28 @@ pub fn write_rfc3339_ms(out: &mut Vec<u8>, t: SystemTime) {
     const LAST_MS: u64 = 253_402_300_799_999;
     let ms = t
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).min(LAST_MS));
+        // Seconds and milliseconds apart: `as_millis` divides a u128 (a library call).
+        .map_or(0, |d| d.as_secs().saturating_mul(1000).saturating_add(u64::from(d.subsec_millis())).min(LAST_MS));
     let (secs, millis) = (ms / 1000, (ms % 1000) as u32);
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let second_of_day = (secs % 86_400) as u32;
     let mut text = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, mut n: u32| {
-        for i in (at..at + width).rev() {
-            text[i] = b'0' + (n % 10) as u8;
-            n /= 10;
+    // Two digits at a time (`n` < 100).
+    let mut two = |at: usize, n: u32| {
+        if let Some(pair) = text.get_mut(at..at + 2) {
+            pair.copy_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
         }
     };
-    put(0, 4, year as u32);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, second_of_day / 3600);
-    put(14, 2, second_of_day / 60 % 60);
-    put(17, 2, second_of_day % 60);
-    put(20, 3, millis);
+    let year = year as u32;
+    two(0, year / 100);
+    two(2, year % 100);
+    two(5, month);
+    two(8, day);
+    two(11, second_of_day / 3600);
+    two(14, second_of_day / 60 % 60);
+    two(17, second_of_day % 60);
+    two(21, millis % 100);
+    text[20] = b'0' + (millis / 100) as u8;
     out.extend_from_slice(&text);
 }
 
