@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # User-space instructions per handshake cycle or per relayed small message, counted exactly by
-# valgrind's callgrind while weir-bench drives weir: the figure that a noisy shared host does not
-# move (CPU time on these machines moves ±15 % between runs of one binary; an instruction count
-# moves well under 1 %). It is not time: kernel work, cache misses and waits are not in it. Use it
-# to compare builds (a before/after of a user-space change), and weir-bench for the time.
+# valgrind's callgrind while weir-bench drives weir: the figure that a noisy shared host hardly
+# moves (CPU time on these machines moves ±15 % between runs of one binary; an instruction count
+# about 2.5 %, as the timer and record-delivery threads batch differently under load). It is not
+# time: kernel work, cache misses and waits are not in it. Use it to compare builds (a
+# before/after of a user-space change), and weir-bench for the time.
 #
 #   bench/instructions.sh [--scenario handshake|small] [--top N] [--keep DIR] WEIR_BIN [WEIR_BIN ...]
 #
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
     --scenario) scenario=$2; shift 2 ;;
     --top) top=$2; shift 2 ;;
     --keep) keep=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) bins+=("$1"); shift ;;
   esac
 done

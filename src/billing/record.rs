@@ -360,8 +360,9 @@ pub fn write_rfc3339_ms(out: &mut Vec<u8>, t: SystemTime) {
 }
 
 /// (year, month, day) of the day `days` after 1970-01-01 in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+/// (Howard Hinnant's `civil_from_days`): record timestamps, quota periods (`metering::quota`),
+/// weir-bench's report.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -454,19 +454,9 @@ pub fn period_end(per: QuotaPeriod, start: i64) -> i64 {
     }
 }
 
-/// (year, month, day) of a day number since 1970-01-01 (H. Hinnant's algorithm); also dates
-/// weir-bench's report.
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
+/// (year, month, day) of a day number since 1970-01-01: the records' calendar, here for the
+/// quota periods and weir-bench's report.
+pub use crate::billing::record::civil_from_days;
 
 /// Day number since 1970-01-01 of a (year, month, day).
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {

@@ -39,35 +39,62 @@ pub struct TenantSeries {
 /// The tenants that have a label of their own, and every label's series.
 #[derive(Default)]
 pub struct TenantLabels {
-    /// By label: the tenants' own, `OTHER` and `NONE` (these two not counted in the cap).
-    known: RwLock<HashMap<Arc<str>, Arc<TenantSeries>>>,
+    known: RwLock<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    /// By label: the tenants' own, `OTHER` and `NONE`.
+    series: HashMap<Arc<str>, Arc<TenantSeries>>,
+    /// How many tenants have a label of their own (`OTHER` and `NONE` not counted).
+    named: usize,
+}
+
+impl Known {
+    /// The label `tenant` is counted under, if that label has series already (`None`: a tenant
+    /// not seen before, while there is room for it).
+    fn get(&self, tenant: Option<&str>) -> Option<&Arc<TenantSeries>> {
+        match tenant {
+            None => self.series.get(NONE),
+            // A tenant named `none` or `other` is counted as `other`, never as the tenantless.
+            Some(t) if t == NONE || t == OTHER => self.series.get(OTHER),
+            Some(t) => {
+                self.series.get(t).or_else(
+                    || {
+                        if self.named >= MAX_TENANT_LABELS {
+                            self.series.get(OTHER)
+                        } else {
+                            None
+                        }
+                    },
+                )
+            }
+        }
+    }
 }
 
 impl TenantLabels {
     /// The series of `tenant`'s label (registering the tenant while there is room), made with
     /// `make` the first time a label is seen.
     pub fn series(&self, tenant: Option<&str>, make: impl FnOnce(Arc<str>) -> TenantSeries) -> Arc<TenantSeries> {
-        let key = tenant.unwrap_or(NONE);
-        // A tenant named `none` is not the tenantless: it falls through to `OTHER` below.
-        if tenant != Some(NONE) {
-            if let Some(s) = self.known.read().unwrap_or_else(|p| p.into_inner()).get(key) {
-                return s.clone();
-            }
-        }
-        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-        let label = match tenant {
-            None => NONE,
-            Some(t) if known.contains_key(t) => t,
-            Some(t) if t == OTHER || t == NONE => OTHER,
-            Some(_) if known.keys().filter(|k| &***k != OTHER && &***k != NONE).count() >= MAX_TENANT_LABELS => OTHER,
-            Some(t) => t,
-        };
-        if let Some(s) = known.get(label) {
+        if let Some(s) = self.known.read().unwrap_or_else(|p| p.into_inner()).get(tenant) {
             return s.clone();
         }
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = known.get(tenant) {
+            return s.clone();
+        }
+        let label = match tenant {
+            None => NONE,
+            Some(t) if t == NONE || t == OTHER || known.named >= MAX_TENANT_LABELS => OTHER,
+            Some(t) => {
+                known.named += 1;
+                t
+            }
+        };
         let label: Arc<str> = Arc::from(label);
         let series = Arc::new(make(label.clone()));
-        known.insert(label, series.clone());
+        known.series.insert(label, series.clone());
         series
     }
 }
