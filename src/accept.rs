@@ -1,10 +1,10 @@
 //! Accept loops weir runs itself (the gateway's plain-TCP listeners, the built-in echo backend,
-//! the admin listener): what a failed `accept(2)` means and what the loop does about it
-//! (`AcceptErrors::next`, the one accept-with-backoff they all use). Running out of descriptors (EMFILE/ENFILE)
-//! or memory does not go away by retrying at once: the loop pauses, 10 ms doubling to 1 s, as
-//! tokio and hyper servers do; it logs at most one line a second with a count, and counts every
-//! failure in `weir_accept_errors_total{listener,reason}`. A leaf: state, the counters and the
-//! accept itself.
+//! the admin listener, the cluster's peer listener): what a failed `accept(2)` means and what the
+//! loop does about it (`AcceptErrors::next`, the one accept-with-backoff they all use). Running
+//! out of descriptors (EMFILE/ENFILE) or memory does not go away by retrying at once: the loop
+//! pauses, 10 ms doubling to 1 s, as tokio and hyper servers do; it logs at most one line a
+//! second with a count, and counts every failure in `weir_accept_errors_total{listener,reason}`.
+//! A leaf: state, the counters and the accept itself.
 //!
 //! Warm path (once per accept). Pingora's own listeners (the gateway's TLS ones) have their own
 //! loop: see the README, "Security".

@@ -140,8 +140,13 @@ pub fn run(config: Config, path: &Path, upgrade: bool, allocator: crate::heap::A
     let cluster = config.cluster.clone().map(|c| crate::cluster::Cluster::new(c, metrics.clone()));
     let peer_listener = match &cluster {
         Some(c) => Some(
-            crate::gateway::peer::PeerListener::bind(c.clone(), current.clone(), config.grace_period)
-                .with_context(|| format!("cluster.peer.address: cannot listen on {}", c.config().peer_address))?,
+            crate::gateway::peer::PeerListener::bind(
+                c.clone(),
+                current.clone(),
+                config.grace_period,
+                metrics.accept_errors.clone(),
+            )
+            .with_context(|| format!("cluster.peer.address: cannot listen on {}", c.config().peer_address))?,
         ),
         None => None,
     };

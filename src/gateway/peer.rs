@@ -15,6 +15,7 @@
 
 use super::snapshot::Current;
 use super::{handshake, reject::RejectReason};
+use crate::accept::AcceptErrors;
 use crate::cluster::{peer, Claim, ClaimError, Cluster};
 use crate::http1::head;
 use crate::http1::upgrade::{accept_key, switching_protocols};
@@ -25,7 +26,7 @@ use crate::relay::Observer;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use prometheus::IntGauge;
+use prometheus::{IntCounterVec, IntGauge};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,6 +75,9 @@ impl Observer for Counting {
     }
 }
 
+/// `listener` label of the peer listener's failed accepts in `weir_accept_errors_total`.
+pub const LISTENER: &str = "peer";
+
 /// The peer listener (a background service).
 pub struct PeerListener {
     /// Bound at startup (so a taken port fails the start); taken by `start`.
@@ -81,14 +85,22 @@ pub struct PeerListener {
     current: Current,
     cluster: Arc<Cluster>,
     grace: Duration,
+    /// `weir_accept_errors_total`, where its failed accepts are counted.
+    accept_errors: IntCounterVec,
 }
 
 impl PeerListener {
-    /// Bind the peer listener of `cluster` (on its `peer.address`).
-    pub fn bind(cluster: Arc<Cluster>, current: Current, grace: Duration) -> std::io::Result<PeerListener> {
+    /// Bind the peer listener of `cluster` (on its `peer.address`); failed accepts are counted
+    /// in `accept_errors`.
+    pub fn bind(
+        cluster: Arc<Cluster>,
+        current: Current,
+        grace: Duration,
+        accept_errors: IntCounterVec,
+    ) -> std::io::Result<PeerListener> {
         let listener = std::net::TcpListener::bind(cluster.config().peer_address)?;
         listener.set_nonblocking(true)?;
-        Ok(PeerListener { listener: Mutex::new(Some(listener)), current, cluster, grace })
+        Ok(PeerListener { listener: Mutex::new(Some(listener)), current, cluster, grace, accept_errors })
     }
 }
 
@@ -105,21 +117,16 @@ impl BackgroundService for PeerListener {
             }
         };
         tracing::info!(address = %self.cluster.config().peer_address, "cluster: peer listener");
+        // Failed accepts back off, are logged once a second and counted, as on weir's other
+        // listeners (`crate::accept`).
+        let mut errors = AcceptErrors::new(LISTENER, "cluster peer", &self.accept_errors);
         loop {
             tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, from)) => {
-                        let _ = stream.set_nodelay(true);
-                        let owner = Owner { current: self.current.clone(), cluster: self.cluster.clone(), grace: self.grace };
-                        tokio::spawn(owner.serve(stream, from, shutdown.clone()));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cluster: peer accept failed");
-                        // Backoff after a failed accept(2) (e.g. out of descriptors), not
-                        // synchronisation.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
+                (stream, from) = errors.next(&listener) => {
+                    let _ = stream.set_nodelay(true);
+                    let owner = Owner { current: self.current.clone(), cluster: self.cluster.clone(), grace: self.grace };
+                    tokio::spawn(owner.serve(stream, from, shutdown.clone()));
+                }
                 _ = shutdown.changed() => break,
             }
         }

@@ -157,7 +157,8 @@ pub const TENANT: &str = "tenant";
 pub const QUOTA: &str = "quota";
 /// Label: a connection's side: `client` or `backend`.
 pub const SIDE: &str = "side";
-/// Label: a listener weir runs itself (`echo` for the built-in echo backend).
+/// Label: a listener weir runs itself (`gateway`, `echo` for the built-in echo backend, `admin`,
+/// `peer` for the cluster's peer listener).
 pub const LISTENER: &str = "listener";
 
 /// Counter: spooled records that failed their checksum or did not parse, moved to the
