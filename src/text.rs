@@ -65,20 +65,9 @@ impl<const N: usize> Text<N> {
         }
     }
 
-    /// `n` in decimal, without leading zeros.
+    /// `n` in decimal (`itoa`'s digits).
     fn decimal(&mut self, n: u64) {
-        let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        let mut rest = n;
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        for &d in &digits[start..] {
+        for &d in itoa::Buffer::new().format(n).as_bytes() {
             self.push(d);
         }
     }

@@ -51,24 +51,15 @@ struct Known {
 }
 
 impl Known {
-    /// The label `tenant` is counted under, if that label has series already (`None`: a tenant
-    /// not seen before, while there is room for it).
-    fn get(&self, tenant: Option<&str>) -> Option<&Arc<TenantSeries>> {
+    /// The label `tenant` is counted under: `NONE` without a tenant; `OTHER` for a tenant named
+    /// `none` or `other` (never the tenantless) and for a new one once `MAX_TENANT_LABELS` have
+    /// their own; else its own name.
+    fn label<'a>(&self, tenant: Option<&'a str>) -> &'a str {
         match tenant {
-            None => self.series.get(NONE),
-            // A tenant named `none` or `other` is counted as `other`, never as the tenantless.
-            Some(t) if t == NONE || t == OTHER => self.series.get(OTHER),
-            Some(t) => {
-                self.series.get(t).or_else(
-                    || {
-                        if self.named >= MAX_TENANT_LABELS {
-                            self.series.get(OTHER)
-                        } else {
-                            None
-                        }
-                    },
-                )
-            }
+            None => NONE,
+            Some(t) if t == NONE || t == OTHER => OTHER,
+            Some(t) if self.named >= MAX_TENANT_LABELS && !self.series.contains_key(t) => OTHER,
+            Some(t) => t,
         }
     }
 }
@@ -77,21 +68,20 @@ impl TenantLabels {
     /// The series of `tenant`'s label (registering the tenant while there is room), made with
     /// `make` the first time a label is seen.
     pub fn series(&self, tenant: Option<&str>, make: impl FnOnce(Arc<str>) -> TenantSeries) -> Arc<TenantSeries> {
-        if let Some(s) = self.known.read().unwrap_or_else(|p| p.into_inner()).get(tenant) {
-            return s.clone();
+        {
+            let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = known.series.get(known.label(tenant)) {
+                return s.clone();
+            }
         }
         let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = known.get(tenant) {
+        let label = known.label(tenant);
+        if let Some(s) = known.series.get(label) {
             return s.clone();
         }
-        let label = match tenant {
-            None => NONE,
-            Some(t) if t == NONE || t == OTHER || known.named >= MAX_TENANT_LABELS => OTHER,
-            Some(t) => {
-                known.named += 1;
-                t
-            }
-        };
+        if label != NONE && label != OTHER {
+            known.named += 1;
+        }
         let label: Arc<str> = Arc::from(label);
         let series = Arc::new(make(label.clone()));
         known.series.insert(label, series.clone());
