@@ -1,6 +1,7 @@
 //! The one after-101 path: every upgraded connection, relayed to a backend or served by a
-//! built-in object, runs to its end in a task of its own (`Gateway::start`) and is ended here
-//! (`Ending::end`: metrics, the stop record, the object lease).
+//! built-in object, runs to its end (`Gateway::start`: a relay as a `Running` future its caller
+//! runs, a built-in object in a task of its own) and is ended here (`Ending::end`: metrics, the
+//! stop record, the object lease).
 //!
 //! Warm path at both ends; in between the relay (or the tap around a built-in object) is the hot
 //! path, observed by a `ConnObserver`.
@@ -16,13 +17,15 @@ use crate::metering::quota::Tenant;
 use crate::objects::registry::{Lease, ObjectHandle};
 use crate::objects::session::{self, Object};
 use crate::relay::guard::Guards;
-use crate::relay::pump::Relay;
+use crate::relay::pump::{Relay, Run};
 use crate::relay::report::{code_class, Outcome, RelayReport};
 use crate::relay::tap::Tap;
-use futures_util::FutureExt;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 /// An upgraded connection after its 101.
 pub struct Established {
@@ -94,11 +97,13 @@ struct Ending {
 }
 
 impl Gateway {
-    /// Start a connection's own task: it runs the relay (or the built-in object behind a tap) to
-    /// the end, then ends the connection. The relay is built here, before the task exists, and
-    /// the task is the relay's future plus what ending needs: an idle connection's task holds
-    /// nothing else (no copy of its arguments, no handshake state).
-    pub(super) fn start(self: &Arc<Self>, c: Established, shutdown: ShutdownWatch) {
+    /// Start an upgraded connection's life after its 101. A relay comes back as `Running`, for
+    /// the caller to run where it stands (weir's own listeners: in the connection's first task,
+    /// once the handshake's state is freed; `listen::Conn`) or to spawn; a built-in object
+    /// behind a tap gets a task of its own here (`None`). The relay is built here, and `Running`
+    /// is the relay's future plus what ending needs: an idle connection holds nothing else (no
+    /// copy of its arguments, no handshake state).
+    pub(super) fn start(self: &Arc<Self>, c: Established, shutdown: ShutdownWatch) -> Option<Running> {
         let Established { client, early, metrics, limits, guards, chunks, live, lease, serve, permit, quota } = c;
         self.metrics.tenant(live.meter.identity().tenant.as_deref()).active.inc();
         let grace = self.grace_period;
@@ -123,13 +128,7 @@ impl Gateway {
                 let relay = Relay::new(io, policies, scan_limits, [&early, &backend_early], observer)
                     .with_guards(&guards, lifetime_share(live.meter.id().as_u128()));
                 (ending._open, ending._peer) = (open, peer);
-                // A combinator, not an async block: the task holds the relay's future once.
-                let run = relay.run(grace, moved).map(move |(report, observer)| {
-                    let live = observer.live().clone();
-                    drop(observer);
-                    ending.end(&live, &report);
-                });
-                tokio::spawn(run);
+                Some(Running { run: relay.run(grace, moved), ending: Some(ending) })
             }
             Serve::Object { object, id, handle, join } => {
                 // Built-in objects touch their accounting per message themselves.
@@ -153,8 +152,34 @@ impl Gateway {
                     };
                     ending.end(&live, &report);
                 });
+                None
             }
         }
+    }
+}
+
+/// A relayed connection from its 101 to its end: the relay's future and, beside it, what ending
+/// the connection needs (`Ending::end` runs when the relay finishes). Written by hand, not as a
+/// combinator around a closure, so its type can be named where it is held (`listen::Conn`).
+pub struct Running {
+    /// The relay.
+    run: Run<Io, ConnObserver>,
+    /// Taken when the relay ends.
+    ending: Option<Ending>,
+}
+
+impl Future for Running {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let (report, observer) = std::task::ready!(Pin::new(&mut this.run).poll(cx));
+        let live = observer.live().clone();
+        drop(observer);
+        if let Some(ending) = this.ending.take() {
+            ending.end(&live, &report);
+        }
+        Poll::Ready(())
     }
 }
 

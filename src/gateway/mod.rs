@@ -52,6 +52,7 @@ use crate::access::AccessLog;
 use crate::admission::caps::{Permit, Refusal};
 use crate::admission::{auth, origin};
 use crate::config::{Config, Limits, Route, RouteKind, Target};
+use connection::Running;
 use crate::http1::head::{self, HeadError, RequestHead};
 use crate::metering::live::LiveSet;
 use crate::metering::quota::{self, Quotas};
@@ -255,10 +256,10 @@ impl Gateway {
         Some(forwarded.map_or(peer, |ip| SocketAddr::new(ip, 0)))
     }
 
-    /// Serve one request on `stream`: a WebSocket (relayed to its end), plain HTTP on an `http`
-    /// route (Pingora's proxy; the stream may come back for the next request), the demo page, or
-    /// a rejection.
-    async fn serve(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<ReusedHttpStream> {
+    /// Serve one request on `stream`: a WebSocket (up to its 101; a relay comes back to run),
+    /// plain HTTP on an `http` route (Pingora's proxy; the stream may come back for the next
+    /// request), the demo page, or a rejection.
+    async fn serve(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Next> {
         let (mut client, proxied) = match listen::Accepted::facts(&stream) {
             Some((peer, proxied)) => (Some(peer), proxied),
             None => {
@@ -398,18 +399,13 @@ impl Gateway {
             // handshake futures made a half-sent head cost about 31 KiB; README "Security").
             Target::Pool(_) if route.kind == RouteKind::Http && !wants_ws => {
                 self.metrics.http_requests.with_label_values(&[&route.name]).inc();
-                Box::pin(http::proxy(&self.http, req.stream, req.head, shutdown)).await
+                Box::pin(http::proxy(&self.http, req.stream, req.head, shutdown)).await.map(Next::Reused)
             }
-            Target::Pool(i) => {
-                Box::pin(self.upgrade(req, upgrade::Dest::Pool(i))).await;
-                None
-            }
-            Target::Object(i) => {
-                if let Some(ns) = snap.objects.get(i) {
-                    Box::pin(self.upgrade(req, upgrade::Dest::Object(ns))).await;
-                }
-                None
-            }
+            Target::Pool(i) => Box::pin(self.upgrade(req, upgrade::Dest::Pool(i))).await.map(Next::Relay),
+            Target::Object(i) => match snap.objects.get(i) {
+                Some(ns) => Box::pin(self.upgrade(req, upgrade::Dest::Object(ns))).await.map(Next::Relay),
+                None => None,
+            },
         }
     }
 
@@ -545,13 +541,17 @@ impl Gateway {
 
 impl Gateway {
     /// Serve one client connection: its requests one after another while an `http` route's
-    /// keep-alive connection can take another. Called by weir's plain-TCP listener
-    /// (`listen.rs`) and, for TLS listeners, by Pingora's (`Tls`).
-    pub async fn process(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+    /// keep-alive connection can take another, until one upgrades: its relay comes back to be
+    /// run (`Running`). Called by weir's plain-TCP listener (`listen.rs`) and, for TLS
+    /// listeners, by Pingora's (`Tls`).
+    pub async fn process(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Running> {
         // One `serve` call site: its future is held once in the connection's task.
         let mut stream = stream;
-        while let Some(reused) = self.serve(stream, shutdown).await {
-            stream = reused.consume().0;
+        loop {
+            match self.serve(stream, shutdown).await? {
+                Next::Reused(reused) => stream = reused.consume().0,
+                Next::Relay(running) => return Some(running),
+            }
         }
     }
 
@@ -559,6 +559,14 @@ impl Gateway {
     pub async fn cleanup(&self) {
         self.http.http_cleanup().await;
     }
+}
+
+/// What a served request leaves for its connection.
+enum Next {
+    /// An `http` route's keep-alive connection, ready for its next request.
+    Reused(ReusedHttpStream),
+    /// An upgraded connection's relay, to run to its end.
+    Relay(Running),
 }
 
 /// The gateway as Pingora's app for its TLS listeners (Pingora runs the TLS handshake).
@@ -571,7 +579,10 @@ impl ServerApp for Tls {
     /// (sized for HTTP/2 sessions weir never negotiates) would be held by every connection still
     /// sending its head.
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        self.0.process(stream, shutdown).await;
+        // In a task of its own: Pingora's task (several KB) is not held by an idle connection.
+        if let Some(running) = self.0.process(stream, shutdown).await {
+            tokio::spawn(running);
+        }
         None
     }
 

@@ -1,11 +1,12 @@
 //! A client's upgrade on its way to its target: the client's handshake checks, the object id,
 //! connect with retries (pool backends and object hosts through one loop), the backend's answer
 //! and the 101 to the client. Every failure is answered, counted and recorded here (through
-//! `Gateway::reject`); success hands the connection to the after-101 path (`connection.rs`).
+//! `Gateway::reject`); success hands the connection to the after-101 path (`connection.rs`),
+//! and a relay's `Running` future back up to the caller that runs it.
 //!
 //! Warm path (once per connection).
 
-use super::connection::{Established, Serve};
+use super::connection::{Established, Running, Serve};
 use super::io::Io;
 use super::peer::PeerRelay;
 use super::reject::{self, RejectReason};
@@ -62,10 +63,13 @@ struct Connected {
 impl Gateway {
     /// The WebSocket path: check the client's upgrade (and its object id), then serve it from a
     /// built-in object, or connect to a backend or object host and relay.
-    pub(super) async fn upgrade(self: &Arc<Self>, mut req: Request, dest: Dest<'_>) {
+    pub(super) async fn upgrade(self: &Arc<Self>, mut req: Request, dest: Dest<'_>) -> Option<Running> {
         let key = match handshake::check_client(&req.head) {
             Ok(ws) => ws.key,
-            Err(reason) => return self.reject(&mut req, reason).await,
+            Err(reason) => {
+                    self.reject(&mut req, reason).await;
+                    return None;
+                }
         };
         let ns = match dest {
             Dest::Pool(i) => return self.relayed(req, &key, Hop::Pool(i)).await,
@@ -78,17 +82,26 @@ impl Gateway {
                 let detail = e.to_string();
                 tracing::debug!(route = %req.route, namespace = %c.name, error = %detail, "bad object id");
                 let reason = RejectReason::BadObjectId;
-                return self.refuse(&mut req.stream, reason, Some(&detail), &req.route, Some(&req.meter)).await;
+                {
+                    self.refuse(&mut req.stream, reason, Some(&detail), &req.route, Some(&req.meter)).await;
+                    return None;
+                }
             }
         };
         req.meter.identity_mut().object = Some(Box::new(ObjectRef { namespace: c.name.clone(), id: id.clone() }));
         if !auth::object_allowed(&req.grant.objects, &id) {
             tracing::debug!(route = %req.route, namespace = %c.name, "the credential may not open this object");
-            return self.reject(&mut req, RejectReason::Forbidden).await;
+            {
+                self.reject(&mut req, RejectReason::Forbidden).await;
+                return None;
+            }
         }
         if self.cluster.as_ref().is_some_and(|cl| !cl.healthy()) {
             // Without etcd no instance can tell who owns the object: refuse rather than risk two.
-            return self.reject(&mut req, RejectReason::ClusterUnavailable).await;
+            {
+                self.reject(&mut req, RejectReason::ClusterUnavailable).await;
+                return None;
+            }
         }
         match &ns.builtin {
             // Boxed: its state is the largest of an upgrade's (13.8 KB), and every upgrade's
@@ -106,7 +119,7 @@ impl Gateway {
         ns: &Namespace,
         id: String,
         object: crate::objects::session::Object,
-    ) {
+    ) -> Option<Running> {
         let mut claim = None;
         if let Some(cluster) = &self.cluster {
             match cluster.claim(&ns.config.name, &id).await {
@@ -118,16 +131,25 @@ impl Gateway {
                 }
                 Err(ClaimError::Unavailable(why)) => {
                     tracing::debug!(route = %req.route, namespace = %ns.config.name, %why, "cannot claim the object");
-                    return self.reject(&mut req, RejectReason::ClusterUnavailable).await;
+                    {
+                        self.reject(&mut req, RejectReason::ClusterUnavailable).await;
+                        return None;
+                    }
                 }
-                Err(ClaimError::Stale) => return self.reject(&mut req, RejectReason::ObjectMoving).await,
+                Err(ClaimError::Stale) => {
+                    self.reject(&mut req, RejectReason::ObjectMoving).await;
+                    return None;
+                }
             }
         }
         let tenant = req.meter.identity().tenant.clone();
         let connect_timeout = req.snap.config.timeouts.backend_connect;
         let mut lease = match ns.registry.place(&id, tenant.as_deref(), &[], connect_timeout).await {
             Ok(l) => l,
-            Err(_) => return self.reject(&mut req, RejectReason::ObjectMoving).await,
+            Err(_) => {
+                    self.reject(&mut req, RejectReason::ObjectMoving).await;
+                    return None;
+                }
         };
         // The room's store fences its appends with the claim's token; `?since=` asks to resume.
         let join = Join::of(claim.as_ref().map(|g| g.token()), &req.head.target);
@@ -137,7 +159,7 @@ impl Gateway {
         let answer = with_subprotocol(switching_protocols(&accept_key(key)), req.grant.key_entry.as_deref());
         let early = req.head.early().to_vec();
         let handle = lease.object().clone();
-        self.established(req, &answer, early, Some(lease), Serve::Object { object, id, handle, join }).await;
+        self.established(req, &answer, early, Some(lease), Serve::Object { object, id, handle, join }).await
     }
 
     /// The peer hop's first line for `req`: who the client is, as admission established it.
@@ -160,11 +182,14 @@ impl Gateway {
     }
 
     /// Connect to `hop`, forward the upgrade, check the answer, answer the client and relay.
-    async fn relayed(self: &Arc<Self>, mut req: Request, key: &str, hop: Hop<'_>) {
+    async fn relayed(self: &Arc<Self>, mut req: Request, key: &str, hop: Hop<'_>) -> Option<Running> {
         let snap = req.snap.clone();
         let connected = match self.connect(&snap, hop, &req.meter).await {
             Ok(c) => c,
-            Err(reason) => return self.reject(&mut req, reason).await,
+            Err(reason) => {
+                    self.reject(&mut req, reason).await;
+                    return None;
+                }
         };
         let Connected { addr, stream: mut backend, started, lease, open } = connected;
         req.meter.identity_mut().backend = Some(addr);
@@ -191,16 +216,25 @@ impl Gateway {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(route = %req.route, backend = %addr, error = %e, "backend handshake failed");
-                return self.reject(&mut req, upstream_reason(&e)).await;
+                {
+                    self.reject(&mut req, upstream_reason(&e)).await;
+                    return None;
+                }
             }
         };
         drop(request);
         match check_answer(&answer, key) {
             Answer::Accepted => {}
-            Answer::Refused(status) => return self.refused(req, answer, backend, status).await,
+            Answer::Refused(status) => {
+                    self.refused(req, answer, backend, status).await;
+                    return None;
+                }
             Answer::BadHandshake => {
                 tracing::warn!(route = %req.route, backend = %addr, "backend answered 101 without a valid Sec-WebSocket-Accept/Upgrade");
-                return self.reject(&mut req, RejectReason::BackendBadHandshake).await;
+                {
+                    self.reject(&mut req, RejectReason::BackendBadHandshake).await;
+                    return None;
+                }
             }
         }
         let connect = started.elapsed().as_secs_f64();
@@ -219,7 +253,7 @@ impl Gateway {
         // selected none (a browser that offered one fails a 101 without it).
         let entry = req.grant.key_entry.as_deref().filter(|_| answer.headers.get("sec-websocket-protocol").is_none());
         let head_101 = with_subprotocol(answer.head().to_vec(), entry);
-        self.established(req, &head_101, early, lease, serve).await;
+        self.established(req, &head_101, early, lease, serve).await
     }
 
     /// Send the 101 `head` to the client and hand the connection to its task; if the client is
@@ -231,7 +265,7 @@ impl Gateway {
         early: Vec<u8>,
         lease: Option<Lease>,
         serve: Serve,
-    ) {
+    ) -> Option<Running> {
         let Request { mut stream, meter, route, route_index, place, shutdown, head, limits, grant, snap, .. } = req;
         let chunks = snap.chunks;
         let metrics = match snap.route_handles.get(route_index) {
@@ -247,7 +281,8 @@ impl Gateway {
         drop(head);
         if stream.write_all(head_101).await.is_err() || stream.flush().await.is_err() {
             let gone = Rejection { status: 101, outcome: "client_gone", reason: "client closed during the handshake" };
-            return self.live.reject(&meter, gone);
+            self.live.reject(&meter, gone);
+            return None;
         }
         let mut lease = lease;
         if let Some(l) = lease.as_mut() {
@@ -256,7 +291,7 @@ impl Gateway {
         let live = self.live.begin(meter);
         let established =
             Established { client: stream, early, metrics, limits, guards, chunks, live, lease, serve, permit, quota };
-        self.start(established, shutdown);
+        self.start(established, shutdown)
     }
 
     /// Connect to `hop`: a backend picked from the pool, or the host the object id is placed on,
