@@ -32,12 +32,12 @@ use pingora_core::protocols::{
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
 use prometheus::IntCounterVec;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::future::Future;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -191,7 +191,11 @@ async fn accept_loop(
 
 /// A plain connection's task: the gateway serves it up to its 101 (or its end), then its relay
 /// runs in the same task.
-fn serve(gateway: Arc<Gateway>, stream: Stream, shutdown: ShutdownWatch) -> Conn<impl Future<Output = Option<Running>>> {
+fn serve(
+    gateway: Arc<Gateway>,
+    stream: Stream,
+    shutdown: ShutdownWatch,
+) -> Conn<impl Future<Output = Option<Running>>> {
     Conn::Handshake(Box::pin(handshake(gateway, stream, shutdown)))
 }
 
@@ -206,6 +210,9 @@ async fn handshake(gateway: Arc<Gateway>, stream: Stream, shutdown: ShutdownWatc
 /// its whole life (README "Idle cost"); the box is freed at the 101, before the relay starts.
 /// (One task instead of a second one spawned at the 101: issue 14's handshake profile put a
 /// spawn, its copies of the future and its scheduling at about 3 % of a handshake cycle.)
+// The relay inline, deliberately: it is what the task holds for the connection's life, and a box
+// would add an allocation and a pointer to every connection.
+#[allow(clippy::large_enum_variant)]
 enum Conn<H> {
     /// Reading the head, admission, connecting, the 101.
     Handshake(Pin<Box<H>>),

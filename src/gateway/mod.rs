@@ -52,7 +52,6 @@ use crate::access::AccessLog;
 use crate::admission::caps::{Permit, Refusal};
 use crate::admission::{auth, origin};
 use crate::config::{Config, Limits, Route, RouteKind, Target};
-use connection::Running;
 use crate::http1::head::{self, HeadError, RequestHead};
 use crate::metering::live::LiveSet;
 use crate::metering::quota::{self, Quotas};
@@ -60,6 +59,7 @@ use crate::metering::{Meter, Rejection};
 use crate::metrics::{Metrics, Place};
 use crate::relay::scanner::{Chunks, Role, ScanLimits, ScanPolicy};
 use async_trait::async_trait;
+use connection::Running;
 use pingora_core::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
@@ -562,6 +562,9 @@ impl Gateway {
 }
 
 /// What a served request leaves for its connection.
+// Returned once per connection and moved straight into its task: a box would be an allocation
+// more per connection.
+#[allow(clippy::large_enum_variant)]
 enum Next {
     /// An `http` route's keep-alive connection, ready for its next request.
     Reused(ReusedHttpStream),

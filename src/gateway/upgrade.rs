@@ -67,9 +67,9 @@ impl Gateway {
         let key = match handshake::check_client(&req.head) {
             Ok(ws) => ws.key,
             Err(reason) => {
-                    self.reject(&mut req, reason).await;
-                    return None;
-                }
+                self.reject(&mut req, reason).await;
+                return None;
+            }
         };
         let ns = match dest {
             Dest::Pool(i) => return self.relayed(req, &key, Hop::Pool(i)).await,
@@ -147,9 +147,9 @@ impl Gateway {
         let mut lease = match ns.registry.place(&id, tenant.as_deref(), &[], connect_timeout).await {
             Ok(l) => l,
             Err(_) => {
-                    self.reject(&mut req, RejectReason::ObjectMoving).await;
-                    return None;
-                }
+                self.reject(&mut req, RejectReason::ObjectMoving).await;
+                return None;
+            }
         };
         // The room's store fences its appends with the claim's token; `?since=` asks to resume.
         let join = Join::of(claim.as_ref().map(|g| g.token()), &req.head.target);
@@ -187,9 +187,9 @@ impl Gateway {
         let connected = match self.connect(&snap, hop, &req.meter).await {
             Ok(c) => c,
             Err(reason) => {
-                    self.reject(&mut req, reason).await;
-                    return None;
-                }
+                self.reject(&mut req, reason).await;
+                return None;
+            }
         };
         let Connected { addr, stream: mut backend, started, lease, open } = connected;
         req.meter.identity_mut().backend = Some(addr);
@@ -226,9 +226,9 @@ impl Gateway {
         match check_answer(&answer, key) {
             Answer::Accepted => {}
             Answer::Refused(status) => {
-                    self.refused(req, answer, backend, status).await;
-                    return None;
-                }
+                self.refused(req, answer, backend, status).await;
+                return None;
+            }
             Answer::BadHandshake => {
                 tracing::warn!(route = %req.route, backend = %addr, "backend answered 101 without a valid Sec-WebSocket-Accept/Upgrade");
                 {
