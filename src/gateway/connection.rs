@@ -11,7 +11,6 @@ use super::observer::ConnObserver;
 use super::peer::PeerRelay;
 use super::Gateway;
 use crate::admission::caps::Permit;
-use crate::config::Limits;
 use crate::metering::live::Live;
 use crate::metering::quota::Tenant;
 use crate::objects::registry::{Lease, ObjectHandle};
@@ -35,8 +34,8 @@ pub struct Established {
     pub early: Vec<u8>,
     /// Its metric handles (started counted already).
     pub metrics: crate::metrics::ConnMetrics,
-    /// The route's limits (its size limits go to the scanners).
-    pub limits: Limits,
+    /// The route's `(max_frame, max_message)`, bytes (0: none), for the scanners.
+    pub sizes: (u64, u64),
     /// The route's guards, shared by its connections.
     pub guards: Arc<Guards>,
     /// The chunk sizes its scanners count (the pricing units of its snapshot).
@@ -104,7 +103,7 @@ impl Gateway {
     /// is the relay's future plus what ending needs: an idle connection holds nothing else (no
     /// copy of its arguments, no handshake state).
     pub(super) fn start(self: &Arc<Self>, c: Established, shutdown: ShutdownWatch) -> Option<Running> {
-        let Established { client, early, metrics, limits, guards, chunks, live, lease, serve, permit, quota } = c;
+        let Established { client, early, metrics, sizes, guards, chunks, live, lease, serve, permit, quota } = c;
         self.metrics.tenant(live.meter.identity().tenant.as_deref()).active.inc();
         let grace = self.grace_period;
         let mut ending = Ending {
@@ -123,7 +122,7 @@ impl Gateway {
                     .map(Lease::evicted)
                     .or_else(|| peer.as_ref().map(|_| PeerRelay::move_signal()));
                 let observer = ConnObserver::new(metrics, live.clone(), object, quota);
-                let (policies, scan_limits) = Self::policies(chunks, rsv, Some(&limits));
+                let (policies, scan_limits) = Self::policies(chunks, rsv, sizes);
                 let io = [Io::new(client), backend];
                 let relay = Relay::new(io, policies, scan_limits, [&early, &backend_early], observer)
                     .with_guards(&guards, lifetime_share(live.meter.id().as_u128()));
@@ -137,7 +136,7 @@ impl Gateway {
                     Some(lease) => session::Stops::of(lease, Some(live.clone())),
                     None => session::Stops { live: Some(live.clone()), moved: None, claim: None },
                 };
-                let (policies, scan_limits) = Self::policies(chunks, 0, None);
+                let (policies, scan_limits) = Self::policies(chunks, 0, (0, 0));
                 let tap = Tap::new(client, early, policies, scan_limits, observer);
                 tokio::spawn(async move {
                     let report = match session::run(object, &id, tap, handle, shutdown, grace, stops, join).await {

@@ -51,7 +51,7 @@ pub mod upstream;
 use crate::access::AccessLog;
 use crate::admission::caps::{Permit, Refusal};
 use crate::admission::{auth, origin};
-use crate::config::{Config, Limits, Route, RouteKind, Target};
+use crate::config::{Config, Route, RouteKind, Target};
 use crate::http1::head::{self, HeadError, RequestHead};
 use crate::metering::live::LiveSet;
 use crate::metering::quota::{self, Quotas};
@@ -201,8 +201,6 @@ pub struct Request {
     pub route_index: usize,
     /// Its pool, or its namespace on object routes (the `pool` / `namespace` labels).
     pub place: Place,
-    /// The route's guards for the connection once upgraded.
-    pub limits: Limits,
     /// The config snapshot the request is served with (to its 101).
     pub snap: Arc<Snapshot>,
     /// What admission granted: the object ids the credential may open (empty: any) and the
@@ -360,7 +358,6 @@ impl Gateway {
             route: route.name.clone(),
             route_index,
             place,
-            limits: route.limits,
             snap: snap.clone(),
             grant: Grant::default(),
             shutdown: shutdown.clone(),
@@ -410,10 +407,9 @@ impl Gateway {
     }
 
     /// The scanner policies of a connection's two directions, `[client, backend]`, and what
-    /// both enforce and count: the route's size limits (built-in objects pass `None`: they
-    /// enforce their own) and the chunk sizes.
-    fn policies(chunks: Chunks, rsv: u8, limits: Option<&Limits>) -> ([ScanPolicy; 2], ScanLimits) {
-        let (max_frame, max_message) = limits.map_or((0, 0), |l| (l.max_frame, l.max_message));
+    /// both enforce and count: the route's size limits, `(max_frame, max_message)` in bytes
+    /// (built-in objects pass zeros, none: they enforce their own), and the chunk sizes.
+    fn policies(chunks: Chunks, rsv: u8, (max_frame, max_message): (u64, u64)) -> ([ScanPolicy; 2], ScanLimits) {
         let policies = [Role::Client, Role::Server].map(|sender| ScanPolicy { sender, allowed_rsv: rsv });
         (policies, ScanLimits { chunks, max_frame, max_message })
     }

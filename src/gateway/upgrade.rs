@@ -305,16 +305,18 @@ impl Gateway {
         lease: Option<Lease>,
         serve: Serve,
     ) -> Option<Running> {
-        let Request { stream, meter, route, route_index, place, shutdown, head, limits, grant, snap, .. } = req;
+        let Request { stream, meter, route, route_index, place, shutdown, head, grant, snap, .. } = req;
         drop(head);
         let chunks = snap.chunks;
         let metrics = match snap.route_handles.get(route_index) {
             Some(handles) => handles.connection(),
             None => self.metrics.connection(&route, &place),
         };
-        let guards = match snap.route_guards.get(route_index) {
-            Some(guards) => guards.clone(),
-            None => Arc::new(super::snapshot::guards(&limits)),
+        // Both built from the snapshot's one route table, so both are there; were they not, the
+        // connection would run without guards or size limits rather than panic.
+        let (guards, sizes) = match (snap.route_guards.get(route_index), snap.routes.get(route_index)) {
+            (Some(guards), Some(route)) => (guards.clone(), (route.limits.max_frame, route.limits.max_message)),
+            _ => (Arc::default(), (0, 0)),
         };
         drop(snap);
         let Grant { permit, quota, .. } = grant;
@@ -324,7 +326,7 @@ impl Gateway {
         }
         let live = self.live.begin(meter);
         let established =
-            Established { client: stream, early, metrics, limits, guards, chunks, live, lease, serve, permit, quota };
+            Established { client: stream, early, metrics, sizes, guards, chunks, live, lease, serve, permit, quota };
         self.start(established, shutdown)
     }
 
@@ -466,23 +468,25 @@ mod tests {
     /// argument twice (the argument, then the body's copy of it) and the rare non-101 answer's
     /// pass-through inline: 5 912, 4 632 and 2 304 bytes in a release build. Written as
     /// functions returning an `async move` block, with the pass-through boxed: 3 216, 2 536 and
-    /// 904 (the test profile's a few words more). Held to those with a little room, so growth
-    /// is a decision; printed with `--nocapture`.
+    /// 904; and once the request stopped carrying a copy of its route's `limits:` (the 101 path
+    /// reads the two sizes it needs from the snapshot), 2 848, 2 344 and 728 (the test
+    /// profile's a few words more). Held to those with a little room, so growth is a decision;
+    /// printed with `--nocapture`.
     #[test]
     fn an_upgrade_s_futures_stay_small() {
         let sizes = [
-            ("upgrade", future_size(|g: &'static Arc<Gateway>, r: Request, d: Dest<'static>| g.upgrade(r, d)), 3300),
+            ("upgrade", future_size(|g: &'static Arc<Gateway>, r: Request, d: Dest<'static>| g.upgrade(r, d)), 2950),
             (
                 "relayed",
                 future_size(|g: &'static Arc<Gateway>, r: Request, k: &'static str| g.relayed(r, k, Hop::Pool(0))),
-                2600,
+                2450,
             ),
             (
                 "established",
                 future_size(|g: &'static Arc<Gateway>, r: Request, s: Serve| {
                     g.established(r, &[], Vec::new(), None, s)
                 }),
-                960,
+                780,
             ),
         ];
         for (what, size, most) in sizes {

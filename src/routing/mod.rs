@@ -43,6 +43,11 @@ impl RouteTable {
         })
     }
 
+    /// The route at `index` (an index `resolve_indexed` gave).
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
+    }
+
     /// The routes in table order (the order of `resolve_indexed`'s indices).
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
