@@ -486,7 +486,7 @@ async fn an_external_refusal_reaches_the_client_with_its_status_and_body() {
 
     let records = weir.records_eventually(2).await;
     let got: Vec<(u16, &str, &str)> =
-        records.iter().map(|r| (r.status, r.outcome.as_str(), r.reason.as_deref().unwrap_or(""))).collect();
+        records.iter().map(|r| (r.status, r.outcome.as_ref(), r.reason.as_deref().unwrap_or(""))).collect();
     assert_eq!(got, [(403, "rejected", "external_auth: 403"), (401, "rejected", "external_auth: 401")]);
     let m = weir.metrics().await;
     assert_eq!(

@@ -40,7 +40,7 @@ async fn demo_page_talks_to_the_builtin_echo_in_chromium() {
     assert_eq!(record.backend_to_client.messages, 1);
     assert_eq!(record.client_to_backend.payload_bytes, 19 + 5, "message + close payload (1000 + \"bye\")");
     let close = record.close.expect("close");
-    assert_eq!((close.code, close.initiator.as_str(), close.clean), (Some(1000), "client", true));
+    assert_eq!((close.code, close.initiator.as_ref(), close.clean), (Some(1000), "client", true));
     assert_eq!(record.outcome, "completed");
 }
 

@@ -59,7 +59,7 @@ async fn unknown_route_is_404() {
     let (status, _, body) = raw_request(weir.addr, &upgrade_request(weir.addr, "/nope", "")).await.unwrap();
     assert_eq!((status, body.as_str()), (404, "No route"));
     let records = weir.records_eventually(1).await;
-    assert_eq!((records[0].status, records[0].outcome.as_str()), (404, "rejected"));
+    assert_eq!((records[0].status, records[0].outcome.as_ref()), (404, "rejected"));
 }
 
 #[tokio::test]
@@ -68,7 +68,7 @@ async fn backend_down_is_502_and_recorded() {
     let (status, _, body) = raw_request(weir.addr, &upgrade_request(weir.addr, "/ws", "")).await.unwrap();
     assert_eq!((status, body.as_str()), (502, "Backend unreachable"));
     let records = weir.records_eventually(1).await;
-    assert_eq!((records[0].status, records[0].outcome.as_str()), (502, "backend_unreachable"));
+    assert_eq!((records[0].status, records[0].outcome.as_ref()), (502, "backend_unreachable"));
     weir.metric_eventually("weir_handshake_rejections_total", &[("reason", "backend_unreachable")], |v| v == 1.0).await;
 }
 
@@ -98,7 +98,7 @@ async fn backend_403_is_passed_through_unchanged() {
     tokio::time::timeout(crate::support::DEADLINE, s.read_to_end(&mut got)).await.unwrap().unwrap();
     assert_eq!(String::from_utf8_lossy(&got), ANSWER);
     let records = weir.records_eventually(1).await;
-    assert_eq!((records[0].status, records[0].outcome.as_str()), (403, "backend_refused"));
+    assert_eq!((records[0].status, records[0].outcome.as_ref()), (403, "backend_refused"));
 }
 
 #[tokio::test]
@@ -153,5 +153,5 @@ async fn backend_connect_timeout_is_504() {
     let (status, _, body) = raw_request(weir.addr, &upgrade_request(weir.addr, "/ws", "")).await.unwrap();
     assert_eq!((status, body.as_str()), (504, "Backend timed out"));
     let records = weir.records_eventually(1).await;
-    assert_eq!((records[0].status, records[0].outcome.as_str()), (504, "backend_timeout"));
+    assert_eq!((records[0].status, records[0].outcome.as_ref()), (504, "backend_timeout"));
 }

@@ -64,7 +64,7 @@ async fn a_frame_the_scanner_refuses_closes_a_room_member_before_delivery() {
     })
     .await;
     assert_eq!(
-        (r.outcome.as_str(), r.reason.as_deref()),
+        (r.outcome.as_ref(), r.reason.as_deref()),
         ("protocol_error", Some("client_to_backend: reserved_opcode")),
         "{r:?}"
     );

@@ -151,8 +151,8 @@ async fn usage_record_equals_ground_truth_for_a_scripted_mix() {
     // Sanity of the truth itself: 18 frames up (4 + 12 + 1 + close), 16 down (2 + 12 + 1 + close).
     assert_eq!((up.0.frames, up.0.messages, down.0.frames, down.0.messages), (18, 14, 16, 14));
     let close = r.close.as_ref().expect("close");
-    assert_eq!((close.code, close.initiator.as_str(), close.clean), (Some(4001), "client", true));
-    assert_eq!((r.outcome.as_str(), r.status, r.requests, r.reason.as_deref()), ("completed", 101, 1, None));
+    assert_eq!((close.code, close.initiator.as_ref(), close.clean), (Some(4001), "client", true));
+    assert_eq!((r.outcome.as_ref(), r.status, r.requests, r.reason.as_deref()), ("completed", 101, 1, None));
     assert_eq!((r.identity.route.as_deref(), r.identity.pool.as_deref()), (Some("p"), Some("p")));
     // Identity and time, as the record's JSON has them (text).
     let lines = weir.usage_lines();

@@ -617,11 +617,11 @@ async fn protocol_violation_on_a_builtin_object_is_counted_and_recorded() {
         })
         .await;
         assert_eq!(
-            (r.outcome.as_str(), r.reason.as_deref()),
+            (r.outcome.as_ref(), r.reason.as_deref()),
             ("protocol_error", Some("client_to_backend: unmasked_client_frame")),
             "{route}: {r:?}"
         );
-        let close = r.close.as_ref().map(|c| (c.code, c.initiator.as_str()));
+        let close = r.close.as_ref().map(|c| (c.code, c.initiator.as_ref()));
         assert_eq!(close, Some((Some(1002), "gateway")), "{route}: {r:?}");
     }
 }

@@ -734,6 +734,6 @@ async fn built_in_objects_take_kicks_pushes_and_drains() {
     let end = crate::support::drain_until_end(&mut e, DEADLINE).await;
     assert!(end.iter().any(|m| matches!(m, Message::Close(Some(f)) if u16::from(f.code) == 1001)), "{end:?}");
     let records = weir.records_eventually(3).await;
-    let causes: Vec<_> = records.iter().filter_map(|r| r.close.as_ref().map(|c| c.cause.clone())).collect();
+    let causes: Vec<_> = records.iter().filter_map(|r| r.close.as_ref().map(|c| c.cause.to_string())).collect();
     assert!(causes.contains(&"kicked".to_string()) && causes.contains(&"drained".to_string()), "{causes:?}");
 }

@@ -32,7 +32,7 @@ async fn data_after_a_close_gets_the_backends_answer() {
     let got = frames_until_eof(&mut c).await;
     assert_eq!(got, vec![(FIN | CLOSE, close_payload(1000))], "the backend's own close, nothing else");
     let r = weir.records_eventually(1).await.remove(0);
-    assert_eq!((r.outcome.as_str(), r.reason.as_deref()), ("completed", None), "{r:?}");
+    assert_eq!((r.outcome.as_ref(), r.reason.as_deref()), ("completed", None), "{r:?}");
 }
 
 /// 2. A first fragment, a close (legal between fragments), then the last fragment: the same.

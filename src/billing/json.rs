@@ -290,8 +290,15 @@ mod tests {
             Just(RecordKind::Object),
             Just(RecordKind::Rejections)
         ];
-        let close = proptest::option::of((proptest::option::of(any::<u16>()), text(), any::<bool>(), text()))
-            .prop_map(|c| c.map(|(code, initiator, clean, cause)| CloseUsage { code, initiator, clean, cause }));
+        let close =
+            proptest::option::of((proptest::option::of(any::<u16>()), text(), any::<bool>(), text())).prop_map(|c| {
+                c.map(|(code, initiator, clean, cause)| CloseUsage {
+                    code,
+                    initiator: initiator.into(),
+                    clean,
+                    cause: cause.into(),
+                })
+            });
         (
             (kind, text(), any::<u64>(), text(), identity(), proptest::option::of(text())),
             (any::<[u64; 4]>(), any::<u16>(), proptest::option::of(text())),
@@ -320,7 +327,7 @@ mod tests {
                     backend_to_client,
                     gateway,
                     close,
-                    outcome,
+                    outcome: outcome.into(),
                     reason,
                     units,
                 }

@@ -7,6 +7,7 @@
 
 use crate::relay::scanner::DirectionCounts;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -165,8 +166,9 @@ pub struct UsageRecord {
     /// `open` until `stop`; then how the connection ended: completed, client_gone,
     /// backend_gone, protocol_error, shutdown, moved, or for failed handshakes rejected,
     /// backend_unreachable, backend_timeout, no_healthy_backend, backend_refused,
-    /// backend_bad_handshake, object_moving, spool_unavailable.
-    pub outcome: String,
+    /// backend_bad_handshake, object_moving, spool_unavailable. (Borrowed when weir makes the
+    /// record: every value is a fixed name; owned when a record is read back.)
+    pub outcome: Cow<'static, str>,
     /// Detail for failures: the reject reason or the protocol violation.
     pub reason: Option<String>,
     /// Billable units so far (`billing.units`), by unit name.
@@ -304,14 +306,14 @@ pub struct CloseUsage {
     /// sent; null if none.
     pub code: Option<u16>,
     /// Who started the close: client, backend or gateway.
-    pub initiator: String,
+    pub initiator: Cow<'static, str>,
     /// Both sides sent close frames and neither connection failed.
     pub clean: bool,
     /// Why the connection ended: client_close, backend_close, client_gone, backend_gone,
     /// protocol_error, message_too_big, shutdown, object_moved, idle_timeout, max_lifetime,
     /// close_timeout, dead_peer or rate_limited.
     #[serde(default)]
-    pub cause: String,
+    pub cause: Cow<'static, str>,
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T14:05:06.123Z`.

@@ -50,7 +50,7 @@ pub struct Rejection<'a> {
     /// HTTP status weir answered with (or 101 when the client left during the 101).
     pub status: u16,
     /// The record's `outcome` (a `RejectReason`'s outcome label).
-    pub outcome: &'a str,
+    pub outcome: &'static str,
     /// The record's `reason`: the detail.
     pub reason: &'a str,
 }
@@ -113,7 +113,7 @@ impl Meter {
         let progress = Progress { counts: &none, active: Duration::ZERO };
         let mut record = self.snapshot(RecordKind::Stop, 0, progress);
         record.status = r.status;
-        record.outcome = r.outcome.to_string();
+        record.outcome = r.outcome.into();
         record.reason = Some(r.reason.to_string());
         record
     }
@@ -123,11 +123,11 @@ impl Meter {
         let mut r = self.snapshot(RecordKind::Stop, seq, Progress { counts: &report.counts, active });
         r.close = Some(CloseUsage {
             code: report.close_code,
-            initiator: report.initiator.as_str().to_string(),
+            initiator: report.initiator.as_str().into(),
             clean: report.clean,
-            cause: report.cause.as_str().to_string(),
+            cause: report.cause.as_str().into(),
         });
-        r.outcome = report.outcome.as_str().to_string();
+        r.outcome = report.outcome.as_str().into();
         r.reason = report.violation.map(|(d, v)| format!("{}: {}", d.as_str(), v.as_str()));
         r
     }
@@ -156,7 +156,7 @@ impl Meter {
             backend_to_client: DirectionUsage::from(&progress.counts[1]),
             gateway: DirectionUsage::default(),
             close: None,
-            outcome: if stop { String::new() } else { "open".into() },
+            outcome: if stop { "".into() } else { "open".into() },
             reason: None,
             units: Default::default(),
         }
