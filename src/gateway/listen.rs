@@ -18,8 +18,9 @@
 //! (README "Binary upgrade"); a busy port is retried as Pingora retried it (30 times, 1 s apart).
 //!
 //! Cold path: `start_service` binds. Warm path: one accept, one `set_nodelay` and one spawn per
-//! connection; `Conn` moves from handshake to relay once per connection. A failed accept backs off as the other accept loops do (`crate::accept`),
-//! counted as `weir_accept_errors_total{listener="gateway"}`.
+//! connection, and `Conn`'s one move from handshake to relay. A failed accept backs off as the
+//! other accept loops do (`crate::accept`), counted as
+//! `weir_accept_errors_total{listener="gateway"}`.
 
 use super::connection::Running;
 use super::Gateway;
@@ -205,7 +206,7 @@ async fn handshake(gateway: Arc<Gateway>, stream: Stream, shutdown: ShutdownWatc
 }
 
 /// A plain connection's life in its one task: the handshake, then the relay. The handshake's
-/// future is boxed: it is about four times the relay's size (test below), and a task holds its
+/// future is boxed: it is three to four times the relay's size (tests below), and a task holds its
 /// future inline, so an idle relayed connection would otherwise carry the handshake's size for
 /// its whole life (README "Idle cost"); the box is freed at the 101, before the relay starts.
 /// (One task instead of a second one spawned at the 101: issue 14's handshake profile put a

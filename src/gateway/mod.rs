@@ -8,8 +8,9 @@
 //!   startup and by `crate::reload` (cold).
 //! - `upgrade.rs`: a client's upgrade to its target: the client checks, the object id, connect
 //!   with retries (pools and object hosts alike), the backend's answer, the 101 (warm).
-//! - `connection.rs`: the one after-101 path: a task of its own runs the relay (or a built-in
-//!   object behind a tap) to the end and ends the connection (warm; the relay is hot).
+//! - `connection.rs`: the one after-101 path: the relay (`Running`, run by its caller) or a
+//!   built-in object behind a tap (a task of its own) runs to the end and ends the connection
+//!   (warm; the relay is hot).
 //! - `observer.rs`: `ConnObserver`, what listens to a running connection (hot).
 //! - `io.rs`: `Io`, a relayed side: a bare tokio socket (so the relay can splice, and an idle
 //!   connection holds no wrapper), anything else as Pingora made it (warm).
@@ -20,15 +21,17 @@
 //!   endpoint, its verdict applied to the request or passed on to the client (warm).
 //!   `proxied.rs`: which listeners expect a PROXY header, and reading it before TLS (warm).
 //!
-//! - `listen.rs`: the plain-TCP listeners, weir's own accept loop (cold: binding; warm: one
-//!   accept and spawn per connection).
+//! - `listen.rs`: the plain-TCP listeners, weir's own accept loop and a connection's one task,
+//!   its handshake then its relay (cold: binding; warm: one accept and spawn per connection).
 //!
 //! `Gateway::process` runs once per client connection and serves its requests: weir's own
 //! accept loop calls it for plain-TCP listeners (`listen.rs`), Pingora's listener for TLS
-//! listeners (`Tls`, after Pingora's TLS handshake). For an upgrade the handshake runs in the
-//! connection's first task, which (with the handshake's state) ends at the 101; the connection
-//! then lives in a small task of its own. A WebSocket therefore costs one parked task of 1 KB, no
-//! timer and no wakeup while idle (measured: README "Idle cost").
+//! listeners (`Tls`, after Pingora's TLS handshake); for an upgrade it returns the relay
+//! (`Running`). On a plain-TCP listener the handshake runs boxed in the connection's one task and
+//! the box is freed at the 101, where the relay takes the task over; on a TLS listener the relay
+//! gets a task of its own at the 101 (Pingora's task, with the handshake's state, then ends). A
+//! WebSocket therefore costs one parked task of about half a KB, no timer and no wakeup while
+//! idle (measured: README "Idle cost").
 
 // Bytes from the network never panic here: every failure is a value (see the module doc).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
