@@ -45,7 +45,7 @@ pub fn check_client(head: &RequestHead) -> Result<ClientHandshake, RejectReason>
     if !head.headers.has_token("connection", "upgrade") {
         return Err(RejectReason::ConnectionHeader);
     }
-    if head.headers.get("sec-websocket-version").as_deref() != Some("13")
+    if head.headers.value("sec-websocket-version") != Some(b"13".as_slice())
         || head.headers.all("sec-websocket-version").count() != 1
     {
         return Err(RejectReason::UnsupportedVersion);
@@ -55,8 +55,8 @@ pub fn check_client(head: &RequestHead) -> Result<ClientHandshake, RejectReason>
     if head.headers.all("sec-websocket-key").count() != 1 || !matches!(decoded, Ok(ref k) if k.len() == 16) {
         return Err(RejectReason::BadKey);
     }
-    let has_body =
-        head.headers.get("content-length").is_some_and(|v| v != "0") || head.headers.get("transfer-encoding").is_some();
+    let has_body = head.headers.value("content-length").is_some_and(|v| v != b"0")
+        || head.headers.value("transfer-encoding").is_some();
     if has_body {
         return Err(RejectReason::RequestBody);
     }

@@ -111,11 +111,11 @@ const END_TO_END: [&str; 8] = [
 
 /// True for headers that describe one connection only (RFC 9110 §7.6.1): the fixed ones, and
 /// those the client named in `Connection` unless they are `END_TO_END`.
-fn hop_by_hop(name: &str, nominated: &[&[u8]]) -> bool {
+fn hop_by_hop(name: &[u8], nominated: &[&[u8]]) -> bool {
     const FIXED: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"];
-    FIXED.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || (nominated.iter().any(|n| name.as_bytes().eq_ignore_ascii_case(n))
-            && !END_TO_END.iter().any(|h| name.eq_ignore_ascii_case(h)))
+    FIXED.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        || (nominated.iter().any(|n| name.eq_ignore_ascii_case(n))
+            && !END_TO_END.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes())))
 }
 
 /// True for request headers weir never forwards as the client sent them, on every route:
@@ -123,12 +123,17 @@ fn hop_by_hop(name: &str, nominated: &[&[u8]]) -> bool {
 /// sets its own from what it knows; there are no trusted proxies) and any name containing `_`
 /// (as NGINX does by default: CGI-style servers read `X_Forwarded_For` as `X-Forwarded-For`).
 pub fn forged(name: &str) -> bool {
-    let starts = |prefix: &str| name.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
-    name.contains('_')
-        || starts("x-weir-")
-        || starts("x-forwarded-")
-        || name.eq_ignore_ascii_case("forwarded")
-        || name.eq_ignore_ascii_case("x-real-ip")
+    forged_name(name.as_bytes())
+}
+
+/// `forged` on a name's bytes.
+fn forged_name(name: &[u8]) -> bool {
+    let starts = |prefix: &[u8]| name.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
+    name.contains(&b'_')
+        || starts(b"x-weir-")
+        || starts(b"x-forwarded-")
+        || name.eq_ignore_ascii_case(b"forwarded")
+        || name.eq_ignore_ascii_case(b"x-real-ip")
 }
 
 /// What an object host is told about the object a connection is for.
@@ -178,11 +183,11 @@ pub fn upgrade_request(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in head.headers.iter() {
-        if hop_by_hop(name, &nominated) || forged(name) {
+    for (name, value) in head.headers.iter_bytes() {
+        if hop_by_hop(name, &nominated) || forged_name(name) {
             continue;
         }
-        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");

@@ -85,6 +85,14 @@ impl Fields {
         self.spans.iter().map(|&s| self.field(s))
     }
 
+    /// Every field as `(name, value)` bytes, in order: `iter` without checking each name's UTF-8
+    /// again (it was a `&str` when stored), for loops that only compare and copy names.
+    pub fn iter_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.spans
+            .iter()
+            .map(|&[ns, ne, vs, ve]| (self.bytes.get(ns..ne).unwrap_or(&[]), self.bytes.get(vs..ve).unwrap_or(&[])))
+    }
+
     /// How many fields there are.
     pub fn len(&self) -> usize {
         self.spans.len()
@@ -130,6 +138,13 @@ impl Fields {
     /// Whether the field at `span` is named `name` (case-insensitive).
     fn is_named(&self, [ns, ne, _, _]: [usize; 4], name: &str) -> bool {
         self.bytes.get(ns..ne).is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+
+    /// The first field named `name`, trimmed of ASCII whitespace (HTTP's optional whitespace),
+    /// as bytes: `get` without the text and its allocation, for values only compared.
+    pub fn value(&self, name: &str) -> Option<&[u8]> {
+        let &[_, _, vs, ve] = self.spans.iter().find(|&&s| self.is_named(s, name))?;
+        Some(self.bytes.get(vs..ve).unwrap_or(&[]).trim_ascii())
     }
 
     /// The first field named `name`, as text (lossy), trimmed.
@@ -216,6 +231,23 @@ mod tests {
         assert!(f.has_token("upgrade", "WebSocket"));
         assert_eq!(f.get("upgrade").as_deref(), Some("\u{fffd}websocket, \u{fffd}, websocket\u{fffd}"));
         assert_eq!(f.get("connection").as_deref(), Some("keep-alive"));
+    }
+
+    /// `value` is the first field of the name, whatever the case, trimmed of ASCII whitespace
+    /// only (HTTP's optional whitespace), bytes that are not UTF-8 kept as they are; `iter_bytes`
+    /// is `iter` as bytes.
+    #[test]
+    fn a_value_is_the_first_field_s_bytes_trimmed() {
+        let f = Fields::from_pairs([
+            ("Sec-WebSocket-Version", &b" \t13 "[..]),
+            ("sec-websocket-version", b"8"),
+            ("X", b"\xff1\xc2\xa0"),
+        ]);
+        assert_eq!(f.value("SEC-WEBSOCKET-VERSION"), Some(&b"13"[..]));
+        assert_eq!(f.value("x"), Some(&b"\xff1\xc2\xa0"[..]), "U+00A0 is not HTTP whitespace");
+        assert_eq!(f.value("content-length"), None);
+        let as_bytes: Vec<(&[u8], &[u8])> = f.iter().map(|(n, v)| (n.as_bytes(), v)).collect();
+        assert_eq!(f.iter_bytes().collect::<Vec<_>>(), as_bytes);
     }
 
     /// Fields keep their order through pushes, removals and rewrites, and compare by content.

@@ -39,7 +39,7 @@ pub fn check_answer(answer: &ResponseHead, key: &str) -> Answer {
     if answer.status != 101 {
         return Answer::Refused(answer.status);
     }
-    let accepted = answer.headers.get("sec-websocket-accept").as_deref() == Some(accept_key(key).as_str());
+    let accepted = answer.headers.value("sec-websocket-accept") == Some(accept_key(key).as_bytes());
     if accepted && wants_websocket(&answer.headers) {
         Answer::Accepted
     } else {
