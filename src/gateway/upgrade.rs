@@ -89,26 +89,20 @@ impl Gateway {
                     let detail = e.to_string();
                     tracing::debug!(route = %req.route, namespace = %c.name, error = %detail, "bad object id");
                     let reason = RejectReason::BadObjectId;
-                    {
-                        self.refuse(&mut req.stream, reason, Some(&detail), &req.route, Some(&req.meter)).await;
-                        return None;
-                    }
+                    self.refuse(&mut req.stream, reason, Some(&detail), &req.route, Some(&req.meter)).await;
+                    return None;
                 }
             };
             req.meter.identity_mut().object = Some(Box::new(ObjectRef { namespace: c.name.clone(), id: id.clone() }));
             if !auth::object_allowed(&req.grant.objects, &id) {
                 tracing::debug!(route = %req.route, namespace = %c.name, "the credential may not open this object");
-                {
-                    self.reject(&mut req, RejectReason::Forbidden).await;
-                    return None;
-                }
+                self.reject(&mut req, RejectReason::Forbidden).await;
+                return None;
             }
             if self.cluster.as_ref().is_some_and(|cl| !cl.healthy()) {
                 // Without etcd no instance can tell who owns the object: refuse rather than risk two.
-                {
-                    self.reject(&mut req, RejectReason::ClusterUnavailable).await;
-                    return None;
-                }
+                self.reject(&mut req, RejectReason::ClusterUnavailable).await;
+                return None;
             }
             match &ns.builtin {
                 // Boxed: its state is the largest of an upgrade's (13.8 KB), and every upgrade's
@@ -139,10 +133,8 @@ impl Gateway {
                 }
                 Err(ClaimError::Unavailable(why)) => {
                     tracing::debug!(route = %req.route, namespace = %ns.config.name, %why, "cannot claim the object");
-                    {
-                        self.reject(&mut req, RejectReason::ClusterUnavailable).await;
-                        return None;
-                    }
+                    self.reject(&mut req, RejectReason::ClusterUnavailable).await;
+                    return None;
                 }
                 Err(ClaimError::Stale) => {
                     self.reject(&mut req, RejectReason::ObjectMoving).await;
@@ -232,10 +224,8 @@ impl Gateway {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(route = %req.route, backend = %addr, error = %e, "backend handshake failed");
-                    {
-                        self.reject(&mut req, upstream_reason(&e)).await;
-                        return None;
-                    }
+                    self.reject(&mut req, upstream_reason(&e)).await;
+                    return None;
                 }
             };
             drop(request);
@@ -247,10 +237,8 @@ impl Gateway {
                 }
                 Answer::BadHandshake => {
                     tracing::warn!(route = %req.route, backend = %addr, "backend answered 101 without a valid Sec-WebSocket-Accept/Upgrade");
-                    {
-                        self.reject(&mut req, RejectReason::BackendBadHandshake).await;
-                        return None;
-                    }
+                    self.reject(&mut req, RejectReason::BackendBadHandshake).await;
+                    return None;
                 }
             }
             let connect = started.elapsed().as_secs_f64();
