@@ -74,10 +74,15 @@ impl Fields {
         [start, mid, mid, self.bytes.len()]
     }
 
-    fn field(&self, [ns, ne, vs, ve]: [usize; 4]) -> (&str, &[u8]) {
-        // Spans are made by `store` from a `&str` name and always lie inside `bytes`.
-        let name = self.bytes.get(ns..ne).and_then(|n| std::str::from_utf8(n).ok()).unwrap_or("");
-        (name, self.bytes.get(vs..ve).unwrap_or(&[]))
+    fn field(&self, span: [usize; 4]) -> (&str, &[u8]) {
+        let (name, value) = self.field_bytes(span);
+        (std::str::from_utf8(name).unwrap_or(""), value)
+    }
+
+    /// The name and value at `span`, as bytes. Spans are made by `store` from a `&str` name and
+    /// always lie inside `bytes`.
+    fn field_bytes(&self, [ns, ne, vs, ve]: [usize; 4]) -> (&[u8], &[u8]) {
+        (self.bytes.get(ns..ne).unwrap_or(&[]), self.bytes.get(vs..ve).unwrap_or(&[]))
     }
 
     /// Every field as `(name, value)`, in order.
@@ -88,9 +93,7 @@ impl Fields {
     /// Every field as `(name, value)` bytes, in order: `iter` without checking each name's UTF-8
     /// again (it was a `&str` when stored), for loops that only compare and copy names.
     pub fn iter_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        self.spans
-            .iter()
-            .map(|&[ns, ne, vs, ve]| (self.bytes.get(ns..ne).unwrap_or(&[]), self.bytes.get(vs..ve).unwrap_or(&[])))
+        self.spans.iter().map(|&s| self.field_bytes(s))
     }
 
     /// How many fields there are.
@@ -117,7 +120,7 @@ impl Fields {
     pub fn rewrite(&mut self, name: &str, mut new: impl FnMut(&[u8]) -> Vec<u8>) {
         for i in 0..self.spans.len() {
             if self.is_named(self.spans[i], name) {
-                let (_, value) = self.field(self.spans[i]);
+                let (_, value) = self.field_bytes(self.spans[i]);
                 let value = new(value);
                 let start = self.bytes.len();
                 self.bytes.extend_from_slice(&value);
@@ -129,10 +132,7 @@ impl Fields {
     /// Values of every field named `name` (case-insensitive), in order. Names are compared as
     /// bytes: a lookup checks no name's UTF-8.
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.spans
-            .iter()
-            .filter(move |&&s| self.is_named(s, name))
-            .map(move |&[_, _, vs, ve]| self.bytes.get(vs..ve).unwrap_or(&[]))
+        self.spans.iter().filter(move |&&s| self.is_named(s, name)).map(move |&s| self.field_bytes(s).1)
     }
 
     /// Whether the field at `span` is named `name` (case-insensitive).
@@ -143,8 +143,8 @@ impl Fields {
     /// The first field named `name`, trimmed of ASCII whitespace (HTTP's optional whitespace),
     /// as bytes: `get` without the text and its allocation, for values only compared.
     pub fn value(&self, name: &str) -> Option<&[u8]> {
-        let &[_, _, vs, ve] = self.spans.iter().find(|&&s| self.is_named(s, name))?;
-        Some(self.bytes.get(vs..ve).unwrap_or(&[]).trim_ascii())
+        let &span = self.spans.iter().find(|&&s| self.is_named(s, name))?;
+        Some(self.field_bytes(span).1.trim_ascii())
     }
 
     /// The first field named `name`, as text (lossy), trimmed.
