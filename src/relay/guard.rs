@@ -336,10 +336,14 @@ impl Watch {
         self.guards.rates.get(d).copied().flatten().is_some()
     }
 
-    /// Whether direction `d` has a byte rate (`bandwidth`): the relay then moves at most one
-    /// read's worth between charges, spliced or not.
-    pub fn meters_bytes(&self, d: usize) -> bool {
-        self.guards.rates.get(d).copied().flatten().is_some_and(|r| r.bytes.is_some())
+    /// Bytes direction `d` may still send under its byte rate (`bandwidth`), as its bucket stood
+    /// at the last charge (a lower bound: it only fills until the next one); `None` without a
+    /// byte rate.
+    pub fn byte_allowance(&self, d: usize) -> Option<u64> {
+        self.guards.rates.get(d).copied().flatten()?.bytes?;
+        let tokens = self.rates.as_deref()?.tokens.get(d)?.bytes;
+        // Saturating: a negative balance (a sender over its rate) allows nothing.
+        Some(tokens as u64)
     }
 
     /// Directions whose pause is over at `now` (cleared here).
@@ -570,6 +574,25 @@ mod tests {
             }
         }
         assert_eq!(pings, 100, "one ping per interval over 10 s of silence");
+    }
+
+    /// What a fill may splice at once under a byte rate: the bucket as the last charge left it,
+    /// nothing once it is overdrawn, and no figure for a direction without a byte rate.
+    #[test]
+    fn the_byte_allowance_is_what_the_bucket_holds() {
+        let t0 = Instant::now();
+        let bytes = Bucket { per_second: 0.001, burst: 1_000_000.0 };
+        let rate = Rate { messages: None, bytes: Some(bytes), action: RateAction::Close };
+        let msgs =
+            Rate { messages: Some(Bucket { per_second: 1.0, burst: 5.0 }), bytes: None, action: RateAction::Close };
+        let mut w = Watch::new(Arc::new(Guards { rates: [Some(rate), Some(msgs)], ..Guards::default() }), 0.0, 0, t0);
+        assert_eq!((w.byte_allowance(0), w.byte_allowance(1)), (Some(1_000_000), None));
+        assert_eq!(w.charge(0, &counts(1, 400_000), t0, 1), Charge::Ok);
+        assert_eq!(w.byte_allowance(0), Some(600_000));
+        assert_eq!(w.charge(0, &counts(2, 1_100_000), t0, 2), Charge::Close);
+        assert_eq!(w.byte_allowance(0), Some(0), "overdrawn");
+        let none = Watch::new(Arc::new(Guards::default()), 0.0, 0, t0);
+        assert_eq!(none.byte_allowance(0), None);
     }
 
     #[test]

@@ -859,9 +859,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         h.spliced_frame = frame;
         let (Some(pipe), Some(src)) = (h.pipe(), self.io[s].tcp()) else { return false };
         let mut max = usize::try_from(rest).unwrap_or(usize::MAX);
-        if self.watch.as_ref().is_some_and(|w| w.meters_bytes(s)) {
-            // A byte rate is charged per wakeup: no more at once than a copied read.
-            max = max.min(SCRATCH_SIZE);
+        if let Some(allowed) = self.watch.as_ref().and_then(|w| w.byte_allowance(s)) {
+            // A byte rate is charged after each fill: no more at once than its bucket holds, or
+            // one copied read's worth, which is what the copy path may go over it by.
+            max = max.min(usize::try_from(allowed).unwrap_or(usize::MAX).max(SCRATCH_SIZE));
         }
         match pipe.poll_fill(src, max, cx) {
             Poll::Pending => {

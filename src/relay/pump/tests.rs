@@ -1018,11 +1018,19 @@ struct TcpHarness {
 }
 
 async fn start_tcp() -> TcpHarness {
+    start_tcp_guarded(None).await
+}
+
+/// `start_tcp`, with guards when given.
+async fn start_tcp_guarded(guards: Option<Arc<crate::relay::guard::Guards>>) -> TcpHarness {
     let ((client, relay_client), (relay_backend, backend)) = (tcp_pair().await, tcp_pair().await);
     let seen = Seen::default();
     let probe = Probe::new(seen.clone());
-    let relay =
+    let mut relay =
         Relay::new([relay_client, relay_backend], [CLIENT_POLICY, SERVER_POLICY], ScanLimits::NONE, [&[], &[]], probe);
+    if let Some(guards) = &guards {
+        relay = relay.with_guards(guards, 0.0);
+    }
     let relay = tokio::spawn(relay.run(GRACE, None));
     TcpHarness { client, backend, seen, relay }
 }
@@ -1094,6 +1102,44 @@ async fn spliced_frames_keep_their_order_and_every_byte_is_counted() {
     // Each big frame's rest after the first read (at most SCRATCH_SIZE) went through a pipe.
     let least = 2 * (2 << 20) as u64 - 7 + 300_000 - 3 * SCRATCH_SIZE as u64;
     assert!(spliced() - before >= least, "spliced {} bytes, expected at least {least}", spliced() - before);
+}
+
+/// Under a byte rate (`bandwidth`, throttle) a large frame is still spliced, a pipe's worth at
+/// once while the bucket holds that much, and the rate holds: 2 MiB at 4 MB/s with a 512 KiB
+/// burst take at least the time the bucket needs to refill what the burst did not cover (less
+/// the one read the relay may go over by).
+#[tokio::test]
+async fn a_spliced_frame_keeps_to_its_byte_rate() {
+    use crate::relay::guard::{Bucket, Guards, Rate, RateAction};
+    let bytes = Bucket { per_second: 4e6, burst: 512.0 * 1024.0 };
+    let rate = Rate { messages: None, bytes: Some(bytes), action: RateAction::Throttle };
+    let guards = Arc::new(Guards { rates: [Some(rate), None], ..Guards::default() });
+    let TcpHarness { mut client, mut backend, relay, .. } = start_tcp_guarded(Some(guards)).await;
+    let before = spliced();
+    let payload: Vec<u8> = (0..(2u32 << 20)).map(|i| (i * 11 + i / 131) as u8).collect();
+    let sent = [masked(BINARY, &payload), client_close(1000)].concat();
+    let started = Instant::now();
+    let to_send = sent.clone();
+    let writer = tokio::spawn(async move {
+        client.write_all(&to_send).await.unwrap();
+        client
+    });
+    let mut got = vec![0u8; sent.len()];
+    timeout(WAIT, backend.read_exact(&mut got)).await.expect("backend read").unwrap();
+    let took = started.elapsed();
+    assert!(got == sent, "the backend got other bytes than the client sent");
+    let least = (sent.len() as f64 - bytes.burst - SCRATCH_SIZE as f64) / bytes.per_second;
+    assert!(took.as_secs_f64() >= least, "2 MiB in {took:?}, under the rate's {least:.3} s");
+    let least_spliced = (payload.len() - SCRATCH_SIZE) as u64;
+    assert!(
+        spliced() - before >= least_spliced,
+        "spliced {} bytes, expected at least {least_spliced}",
+        spliced() - before
+    );
+    drop(writer.await.unwrap());
+    drop(backend);
+    let (report, _) = timeout(WAIT, relay).await.expect("the relay did not end").unwrap();
+    assert_eq!(report.counts[0].wire_bytes, sent.len() as u64);
 }
 
 /// The next read of `s` is EOF.
