@@ -291,13 +291,12 @@ impl Watch {
     }
 
     /// Debit direction `d`'s buckets with what it sent since the last call (`counts` grow from
-    /// zero at `begin_wakeup`).
-    pub fn charge(&mut self, d: usize, counts: &DirectionCounts, at: Instant, now: u64) -> Charge {
+    /// zero at `begin_wakeup`), at `at` (`mono::nanos`) in tick `now`.
+    pub fn charge(&mut self, d: usize, counts: &DirectionCounts, at: u64, now: u64) -> Charge {
         let Some(state) = self.rates.as_deref_mut() else { return Charge::Ok };
         let (Some(rate), Some(t)) = (self.guards.rates.get(d).copied().flatten(), state.tokens.get_mut(d)) else {
             return Charge::Ok;
         };
-        let at = super::mono::nanos(at);
         let elapsed = at.saturating_sub(t.at) as f64 / 1e9;
         t.at = at;
         let mut wait = 0.0f64;
@@ -601,9 +600,9 @@ mod tests {
             Rate { messages: Some(Bucket { per_second: 1.0, burst: 5.0 }), bytes: None, action: RateAction::Close };
         let mut w = Watch::new(Arc::new(Guards { rates: [Some(rate), Some(msgs)], ..Guards::default() }), 0.0, 0, t0);
         assert_eq!((w.byte_allowance(0), w.byte_allowance(1)), (Some(1_000_000), None));
-        assert_eq!(w.charge(0, &counts(1, 400_000), t0, 1), Charge::Ok);
+        assert_eq!(w.charge(0, &counts(1, 400_000), crate::relay::mono::nanos(t0), 1), Charge::Ok);
         assert_eq!(w.byte_allowance(0), Some(600_000));
-        assert_eq!(w.charge(0, &counts(2, 1_100_000), t0, 2), Charge::Close);
+        assert_eq!(w.charge(0, &counts(2, 1_100_000), crate::relay::mono::nanos(t0), 2), Charge::Close);
         assert_eq!(w.byte_allowance(0), Some(0), "overdrawn");
         let none = Watch::new(Arc::new(Guards::default()), 0.0, 0, t0);
         assert_eq!(none.byte_allowance(0), None);
@@ -622,11 +621,15 @@ mod tests {
         let mut w = Watch::new(Arc::new(guards), 0.0, 0, t0);
         let none = DirectionCounts::default();
         w.observe(1, [&counts(4, 40), &none], [false, false]);
-        assert_eq!(w.charge(0, &counts(4, 40), t0, 1), Charge::Ok, "4 of the burst of 6");
+        assert_eq!(w.charge(0, &counts(4, 40), crate::relay::mono::nanos(t0), 1), Charge::Ok, "4 of the burst of 6");
         w.begin_wakeup();
         w.observe(5, [&counts(4, 40), &none], [false, false]);
         assert_eq!(w.next(), Some(15), "heard at tick 5: the next ping is an interval after it");
-        assert_eq!(w.charge(0, &counts(4, 40), t0, 5), Charge::Close, "4 more: 8, over the burst");
+        assert_eq!(
+            w.charge(0, &counts(4, 40), crate::relay::mono::nanos(t0), 5),
+            Charge::Close,
+            "4 more: 8, over the burst"
+        );
     }
 
     #[test]
@@ -639,9 +642,13 @@ mod tests {
             0,
             t0,
         );
-        assert_eq!(w.charge(0, &counts(5, 0), t0, 0), Charge::Ok, "the burst");
-        assert_eq!(w.charge(1, &counts(500, 0), t0, 0), Charge::Ok, "the other direction is not limited");
-        assert_eq!(w.charge(0, &counts(6, 0), t0, 0), Charge::Close);
+        assert_eq!(w.charge(0, &counts(5, 0), crate::relay::mono::nanos(t0), 0), Charge::Ok, "the burst");
+        assert_eq!(
+            w.charge(1, &counts(500, 0), crate::relay::mono::nanos(t0), 0),
+            Charge::Ok,
+            "the other direction is not limited"
+        );
+        assert_eq!(w.charge(0, &counts(6, 0), crate::relay::mono::nanos(t0), 0), Charge::Close);
         let mut w = Watch::new(
             Arc::new(Guards { rates: [Some(rate(RateAction::Throttle)), None], ..Guards::default() }),
             0.0,
@@ -649,13 +656,13 @@ mod tests {
             t0,
         );
         // 10 over the burst at 10/s: a second's pause (100 ticks).
-        assert_eq!(w.charge(0, &counts(15, 0), t0, 0), Charge::PauseUntil(100));
+        assert_eq!(w.charge(0, &counts(15, 0), crate::relay::mono::nanos(t0), 0), Charge::PauseUntil(100));
         assert_eq!(w.next(), Some(100));
         assert_eq!(w.resume(99), [false, false]);
         assert_eq!(w.resume(100), [true, false]);
         // A second later the bucket has refilled what was borrowed.
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(w.charge(0, &counts(15, 0), t1, 100), Charge::Ok);
+        assert_eq!(w.charge(0, &counts(15, 0), crate::relay::mono::nanos(t1), 100), Charge::Ok);
     }
 
     #[test]

@@ -27,7 +27,13 @@ pub fn instant(n: u64) -> Instant {
 /// The tick `t` falls in, counting ticks of length `tick` from the epoch (rounded down): the
 /// timers' and the interim wheel's clock.
 pub fn ticks(t: Instant, tick: Duration) -> u64 {
-    nanos(t) / nanos_in(tick)
+    ticks_of(nanos(t), tick)
+}
+
+/// The tick the instant `n` nanoseconds after the epoch falls in (`ticks` for an instant already
+/// converted).
+pub fn ticks_of(n: u64, tick: Duration) -> u64 {
+    n / nanos_in(tick)
 }
 
 /// The instant tick `n` (of length `tick`, counted from the epoch) starts.

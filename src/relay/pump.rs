@@ -111,14 +111,28 @@ struct Queued {
 struct Fresh {
     /// Per direction (`Direction::index`).
     counts: [DirectionCounts; 2],
-    /// The wakeup's instant, read when first needed.
-    at: Option<Instant>,
+    /// The wakeup's instant and the same as `mono::nanos`, read when first needed.
+    at: Option<(Instant, u64)>,
 }
 
 impl Fresh {
     /// The wakeup's instant (read from the clock the first time it is asked for).
     fn now(&mut self) -> Instant {
-        *self.at.get_or_insert_with(Instant::now)
+        self.clock().0
+    }
+
+    /// The wakeup's instant as `mono::nanos`, converted once per wakeup (the rate buckets and
+    /// the timers' ticks take it: converting at each use was 3 % of a small message's
+    /// instructions).
+    fn nanos(&mut self) -> u64 {
+        self.clock().1
+    }
+
+    fn clock(&mut self) -> (Instant, u64) {
+        *self.at.get_or_insert_with(|| {
+            let at = Instant::now();
+            (at, super::mono::nanos(at))
+        })
     }
 }
 
@@ -547,11 +561,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     pub fn with_guards(mut self, guards: &std::sync::Arc<Guards>, share: f64) -> Relay<S, O> {
         if !guards.is_off() {
             let at = Instant::now();
-            let (now, rated) = (Timers::global().ticks(at), guards.rates.iter().any(Option::is_some));
+            let at_nanos = super::mono::nanos(at);
+            let (now, rated) = (Timers::ticks_of(at_nanos), guards.rates.iter().any(Option::is_some));
             self.watch = Some(Box::new(Watch::new(guards.clone(), share, now, at)));
             if rated {
                 // What came with the handshakes (counted in `new`) is charged like any read.
-                let mut early = Fresh { counts: self.observer.totals(), at: Some(at) };
+                let mut early = Fresh { counts: self.observer.totals(), at: Some((at, at_nanos)) };
                 for d in Direction::BOTH {
                     self.read_done(d, &mut early);
                 }
@@ -779,8 +794,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     /// load. A pause set here is armed by the guard at the end of the wakeup.
     fn read_done(&mut self, d: Direction, fresh: &mut Fresh) {
         let Some(w) = self.watch.as_mut().filter(|w| w.rated(d.index())) else { return };
-        let at = fresh.now();
-        let charge = w.charge(d.index(), &fresh[d.index()], at, Timers::global().ticks(at));
+        let at = fresh.nanos();
+        let charge = w.charge(d.index(), &fresh[d.index()], at, Timers::ticks_of(at));
         self.charged(d, charge);
     }
 
@@ -1072,14 +1087,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     fn guard(&mut self, cx: &mut Context<'_>, fresh: &mut Fresh) -> bool {
         let Some(mut w) = self.watch.take() else { return false };
         // The wakeup's one clock read: the tick is derived from the same instant.
-        let at = fresh.now();
-        let now = Timers::global().ticks(at);
+        let (at, at_nanos) = (fresh.now(), fresh.nanos());
+        let now = Timers::ticks_of(at_nanos);
         w.alarm.fired(now);
         let closes = [0, 1].map(|i| self.halves[i].scanner.close().is_some());
         w.observe(now, [&fresh[0], &fresh[1]], closes);
         let mut acted = false;
         for d in Direction::BOTH {
-            let charge = w.charge(d.index(), &fresh[d.index()], at, now);
+            let charge = w.charge(d.index(), &fresh[d.index()], at_nanos, now);
             if self.charged(d, charge) {
                 return true;
             }

@@ -134,6 +134,11 @@ impl Timers {
         mono::ticks(t, TICK)
     }
 
+    /// The tick of the instant `n` nanoseconds after the epoch (`mono::nanos`).
+    pub fn ticks_of(n: u64) -> u64 {
+        mono::ticks_of(n, TICK)
+    }
+
     /// Ticks in `d`, rounded up (a deadline is never early).
     pub fn ticks_in(d: Duration) -> u64 {
         d.as_nanos().div_ceil(TICK.as_nanos()).min(u64::MAX as u128) as u64
