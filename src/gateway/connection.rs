@@ -13,11 +13,12 @@ use super::Gateway;
 use crate::admission::caps::Permit;
 use crate::metering::live::Live;
 use crate::metering::quota::Tenant;
+use crate::metrics::ConnMetrics;
 use crate::objects::registry::{Lease, ObjectHandle};
 use crate::objects::session::{self, Object};
 use crate::relay::guard::Guards;
 use crate::relay::pump::{Relay, Run};
-use crate::relay::report::{code_class, Outcome, RelayReport};
+use crate::relay::report::{Outcome, RelayReport};
 use crate::relay::tap::Tap;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
@@ -131,6 +132,7 @@ impl Gateway {
             }
             Serve::Object { object, id, handle, join } => {
                 // Built-in objects touch their accounting per message themselves.
+                let route_metrics = metrics.clone();
                 let observer = ConnObserver::new(metrics, live.clone(), None, quota);
                 let stops = match ending.lease.as_deref() {
                     Some(lease) => session::Stops::of(lease, Some(live.clone())),
@@ -149,7 +151,7 @@ impl Gateway {
                             RelayReport::lost(live.counts())
                         }
                     };
-                    ending.end(&live, &report);
+                    ending.end(&live, &route_metrics, &report);
                 });
                 None
             }
@@ -173,10 +175,10 @@ impl Future for Running {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         let (report, observer) = std::task::ready!(Pin::new(&mut this.run).poll(cx));
-        let live = observer.live().clone();
+        let (live, metrics) = (observer.live().clone(), observer.metrics().clone());
         drop(observer);
         if let Some(ending) = this.ending.take() {
-            ending.end(&live, &report);
+            ending.end(&live, &metrics, &report);
         }
         Poll::Ready(())
     }
@@ -191,15 +193,13 @@ fn lifetime_share(id: u128) -> f64 {
 impl Ending {
     /// Count a finished connection (its live-set entry `live`), write its stop record and release
     /// its object lease.
-    fn end(self, live: &Arc<Live>, report: &RelayReport) {
+    fn end(self, live: &Arc<Live>, metrics: &ConnMetrics, report: &RelayReport) {
         let Ending { gateway, lease, _permit, _open, _peer } = self;
         let identity = live.meter.identity();
         let route = identity.route.as_deref().unwrap_or("");
-        // As `Place::labels`: the pool on pool routes, the namespace on object routes.
-        let (pool, ns) =
-            (identity.pool.as_deref().unwrap_or(""), identity.object.as_ref().map_or("", |o| &*o.namespace));
+        let ns = identity.object.as_ref().map_or("", |o| &*o.namespace);
         let m = &gateway.metrics;
-        m.connections_total.with_label_values(&[route, pool, ns, report.outcome.as_str()]).inc();
+        metrics.count_end(report.outcome, report.initiator, report.close_code, report.cause);
         let tenant = m.tenant(identity.tenant.as_deref());
         tenant.active.dec();
         tenant.connections.inc();
@@ -207,9 +207,6 @@ impl Ending {
             tenant.messages[i].inc_by(c.messages);
             tenant.wire_bytes[i].inc_by(c.wire_bytes);
         }
-        let (initiator, class, cause) =
-            (report.initiator.as_str(), code_class(report.close_code), report.cause.as_str());
-        m.closes.with_label_values(&[route, initiator, class, cause]).inc();
         if let Some((d, v)) = report.violation {
             m.protocol_violations.with_label_values(&[route, d.as_str(), v.as_str()]).inc();
             tracing::info!(

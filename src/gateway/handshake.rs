@@ -50,11 +50,16 @@ pub fn check_client(head: &RequestHead) -> Result<ClientHandshake, RejectReason>
     {
         return Err(RejectReason::UnsupportedVersion);
     }
-    let key = head.headers.get("sec-websocket-key").unwrap_or_default();
-    let decoded = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
-    if head.headers.all("sec-websocket-key").count() != 1 || !matches!(decoded, Ok(ref k) if k.len() == 16) {
+    // The key's 16 bytes decoded into a buffer on the stack (a 24-character key decodes to at
+    // most 18; a longer one does not fit and is refused as it should be).
+    let key = head.headers.value("sec-websocket-key").unwrap_or_default();
+    let mut decoded = [0u8; 18];
+    let sixteen = matches!(base64::engine::general_purpose::STANDARD.decode_slice(key, &mut decoded), Ok(16));
+    if head.headers.all("sec-websocket-key").count() != 1 || !sixteen {
         return Err(RejectReason::BadKey);
     }
+    // Valid base64 is ASCII.
+    let key = String::from_utf8_lossy(key).into_owned();
     let has_body = head.headers.value("content-length").is_some_and(|v| v != b"0")
         || head.headers.value("transfer-encoding").is_some();
     if has_body {

@@ -48,6 +48,11 @@ impl ConnObserver {
     pub fn live(&self) -> &Arc<Live> {
         &self.live
     }
+
+    /// Its route's metric handles.
+    pub fn metrics(&self) -> &ConnMetrics {
+        &self.metrics
+    }
 }
 
 impl Observer for ConnObserver {

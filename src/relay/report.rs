@@ -19,6 +19,11 @@ pub enum Party {
 }
 
 impl Party {
+    /// Its place in `ALL` (metric handles resolved per route are kept in that order).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Every party, for metrics set up at startup.
     pub const ALL: [Party; 3] = [Party::Client, Party::Backend, Party::Gateway];
 
@@ -61,6 +66,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Its place in `ALL` (metric handles resolved per route are kept in that order).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Every outcome, for metrics set up at startup.
     pub const ALL: [Outcome; 7] = [
         Outcome::Completed,
@@ -137,6 +147,11 @@ impl Cause {
                 | Cause::Quota
                 | Cause::Kicked
         )
+    }
+
+    /// Its place in `ALL` (metric handles resolved per route are kept in that order).
+    pub fn index(self) -> usize {
+        self as usize
     }
 
     /// Every cause, for metrics set up at startup.
@@ -306,13 +321,18 @@ pub const CODE_CLASSES: [&str; 6] = ["none", "normal", "going_away", "error", "a
 
 /// Class of a close code for the `code_class` label.
 pub fn code_class(code: Option<u16>) -> &'static str {
+    CODE_CLASSES[code_class_index(code)]
+}
+
+/// `code_class`'s place in `CODE_CLASSES`.
+pub fn code_class_index(code: Option<u16>) -> usize {
     match code {
-        None => "none",
-        Some(1000) => "normal",
-        Some(1001) => "going_away",
-        Some(1002..=1015) => "error",
-        Some(3000..=4999) => "app",
-        Some(_) => "other",
+        None => 0,
+        Some(1000) => 1,
+        Some(1001) => 2,
+        Some(1002..=1015) => 3,
+        Some(3000..=4999) => 4,
+        Some(_) => 5,
     }
 }
 
@@ -360,6 +380,13 @@ mod tests {
         let e = Ending { shutdown: true, gateway_code: Some(1001), ..Default::default() };
         assert_eq!(e.report(Default::default(), [None, None]).outcome, Outcome::Shutdown);
         assert_eq!(e.report(Default::default(), [close(1001), close(1001)]).outcome, Outcome::Completed);
+    }
+
+    #[test]
+    fn each_label_value_knows_its_place_in_all() {
+        assert!(Party::ALL.iter().enumerate().all(|(i, p)| p.index() == i));
+        assert!(Outcome::ALL.iter().enumerate().all(|(i, o)| o.index() == i));
+        assert!(Cause::ALL.iter().enumerate().all(|(i, c)| c.index() == i));
     }
 
     #[test]

@@ -85,36 +85,46 @@ impl BadPath {
 }
 
 /// Check a request path (the target before `?`) before it is routed: no dot segments (also
-/// percent-encoded), no encoded slash or backslash, no backslash, no NUL.
+/// percent-encoded), no encoded slash or backslash, no backslash, no NUL. One pass over the
+/// bytes (warm path, once per request); when a path breaks several rules, the first of NUL,
+/// backslash, the first bad escape, dot segment is reported.
 pub fn check_path(path: &str) -> Result<(), BadPath> {
     let bytes = path.as_bytes();
-    if bytes.contains(&0) {
-        return Err(BadPath::Nul);
-    }
-    if bytes.contains(&b'\\') {
-        return Err(BadPath::Backslash);
-    }
-    for (i, _) in path.match_indices('%') {
-        match bytes.get(i + 1..i + 3) {
-            Some(b"00") => return Err(BadPath::Nul),
-            Some(hex) if hex.eq_ignore_ascii_case(b"2f") || hex.eq_ignore_ascii_case(b"5c") => {
-                return Err(BadPath::EncodedSlash)
+    let (mut backslash, mut escape, mut dots) = (false, None, false);
+    let mut segment = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            0 => return Err(BadPath::Nul),
+            b'\\' => backslash = true,
+            b'%' if escape.is_none() => match bytes.get(i + 1..i + 3) {
+                Some(b"00") => escape = Some(BadPath::Nul),
+                Some(hex) if hex.eq_ignore_ascii_case(b"2f") || hex.eq_ignore_ascii_case(b"5c") => {
+                    escape = Some(BadPath::EncodedSlash)
+                }
+                _ => {}
+            },
+            b'/' => {
+                dots |= is_dot_segment(bytes.get(segment..i).unwrap_or_default());
+                segment = i + 1;
             }
             _ => {}
         }
     }
-    if path.split('/').any(is_dot_segment) {
-        return Err(BadPath::DotSegment);
+    dots |= is_dot_segment(bytes.get(segment..).unwrap_or_default());
+    match (backslash, escape, dots) {
+        (true, _, _) => Err(BadPath::Backslash),
+        (false, Some(bad), _) => Err(bad),
+        (false, None, true) => Err(BadPath::DotSegment),
+        (false, None, false) => Ok(()),
     }
-    Ok(())
 }
 
 /// `.` or `..`, each dot possibly written `%2e` / `%2E`.
-fn is_dot_segment(segment: &str) -> bool {
-    let mut rest = segment.as_bytes();
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let mut rest = segment;
     let mut dots = 0;
-    while !rest.is_empty() {
-        if rest[0] == b'.' {
+    while let Some(&first) = rest.first() {
+        if first == b'.' {
             rest = &rest[1..];
         } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
             rest = &rest[3..];
@@ -167,6 +177,15 @@ routes:
         assert_eq!(check_path("/raw\\..\\admin"), Err(BadPath::Backslash));
         assert_eq!(check_path("/raw%00.txt"), Err(BadPath::Nul));
         assert_eq!(check_path("/raw\0x"), Err(BadPath::Nul));
+    }
+
+    #[test]
+    fn a_path_breaking_several_rules_reports_the_first_of_them() {
+        assert_eq!(check_path("/../%2f\\x\0"), Err(BadPath::Nul));
+        assert_eq!(check_path("/../%2f\\x"), Err(BadPath::Backslash));
+        assert_eq!(check_path("/../%5c/%00"), Err(BadPath::EncodedSlash));
+        assert_eq!(check_path("/../%00/%2f"), Err(BadPath::Nul));
+        assert_eq!(check_path("/x/%2e%2E/y%20"), Err(BadPath::DotSegment));
     }
 
     #[test]
