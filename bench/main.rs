@@ -18,9 +18,10 @@
 //! connections to each built-in); without it a full run takes a few minutes. `--runs N` repeats
 //! every scenario N times (its targets in turn within each repetition, in reverse order in every
 //! second one): each cell is the best of
-//! the N, and with `--baseline-bin` a second table gives, per row, the median and range of the
-//! N `weir / baseline` ratios, each taken within one repetition (on a noisy shared host the
-//! paired ratio moves far less than either figure).
+//! the N, and a second table gives, per row and peer (the `--baseline-bin` weir, floor, NGINX,
+//! HAProxy: whichever ran), the median and range of the N `weir / peer` ratios, each taken
+//! within one repetition (on a noisy shared host the paired ratio moves far less than either
+//! figure).
 //! The exit status is 0 whenever the benchmark ran, whether or not weir meets its targets
 //! (this is a report, not a test); it is non-zero only if something failed.
 //!
@@ -245,8 +246,8 @@ struct Cli {
     /// Repetitions of every scenario, its targets run in turn within each, in reverse order in
     /// every second (a noisy host's drift, and what one target's run leaves behind for the next,
     /// then hit every column alike). Each cell is the best of the repetitions (highest rate,
-    /// lowest CPU, memory and latency), and with `--baseline-bin` the median of the repetitions'
-    /// `weir / baseline` ratios is printed too: the before/after figure that noise moves least.
+    /// lowest CPU, memory and latency), and the median of the repetitions' `weir / peer` ratios
+    /// is printed too (per peer: baseline, floor, NGINX, HAProxy): the figure noise moves least.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     runs: u32,
 
@@ -788,8 +789,9 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
             .filter(|t| targets.contains(t))
             .collect();
     let mut results: BTreeMap<(Row, Target), Cell> = BTreeMap::new();
-    // Per row, `weir / baseline` of each repetition in which both were measured.
-    let mut paired: BTreeMap<Row, Vec<f64>> = BTreeMap::new();
+    // Per row and peer (every target but weir and direct), `weir / peer` of each repetition in
+    // which both were measured.
+    let mut paired: BTreeMap<(Row, Target), Vec<f64>> = BTreeMap::new();
     let mut failures = 0usize;
     for &scenario in &scenarios {
         for run in 1..=ctx.runs {
@@ -835,10 +837,10 @@ async fn bench(cli: Cli, nofile: u64) -> Result<ExitCode> {
                 }
             }
             for row in scenario.rows() {
-                if let (Some(w), Some(b)) = (this_run.get(&(row, Target::Weir)), this_run.get(&(row, Target::Baseline)))
-                {
-                    if *b != 0.0 {
-                        paired.entry(row).or_default().push(w / b);
+                let Some(w) = this_run.get(&(row, Target::Weir)) else { continue };
+                for &peer in run_order.iter().filter(|t| !matches!(t, Target::Weir | Target::Direct)) {
+                    if let Some(b) = this_run.get(&(row, peer)).filter(|b| **b != 0.0) {
+                        paired.entry((row, peer)).or_default().push(w / b);
                     }
                 }
             }
@@ -2647,27 +2649,28 @@ fn report(ctx: &Ctx, targets: &[Target], scenarios: &[Scenario], results: &BTree
     out
 }
 
-/// The `--runs` summary: per row, the median of the repetitions' `weir / baseline` ratios, with
-/// their range and count.
-fn paired_report(p: &Params, runs: u32, paired: &BTreeMap<Row, Vec<f64>>) -> String {
+/// The `--runs` summary: per row and peer (baseline, floor, NGINX, HAProxy, whichever ran), the
+/// median of the repetitions' `weir / peer` ratios, with their range and count.
+fn paired_report(p: &Params, runs: u32, paired: &BTreeMap<(Row, Target), Vec<f64>>) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     if paired.is_empty() {
         return out;
     }
-    let _ = writeln!(out, "\nweir / baseline in each of {runs} runs (median, range, runs with both measured):\n");
-    let _ = writeln!(out, "| scenario | metric | median | lowest | highest | runs |");
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
-    for (row, ratios) in paired {
+    let _ = writeln!(out, "\nweir / peer within each of {runs} runs (median, range, runs with both measured):\n");
+    let _ = writeln!(out, "| scenario | metric | peer | median | lowest | highest | runs |");
+    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|");
+    for ((row, peer), ratios) in paired {
         let mut sorted = ratios.clone();
         sorted.sort_by(f64::total_cmp);
         let n = sorted.len();
         let median = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 };
         let _ = writeln!(
             out,
-            "| {} | {} | {median:.3} | {:.3} | {:.3} | {n} |",
+            "| {} | {} | {} | {median:.3} | {:.3} | {:.3} | {n} |",
             row.scenario(),
             row.metric(p),
+            peer.name(),
             sorted[0],
             sorted[n - 1]
         );
