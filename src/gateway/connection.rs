@@ -197,7 +197,6 @@ impl Ending {
         let Ending { gateway, lease, _permit, _open, _peer } = self;
         let identity = live.meter.identity();
         let route = identity.route.as_deref().unwrap_or("");
-        let ns = identity.object.as_ref().map_or("", |o| &*o.namespace);
         let m = &gateway.metrics;
         metrics.count_end(report.outcome, report.initiator, report.close_code, report.cause);
         let tenant = m.tenant(identity.tenant.as_deref());
@@ -217,6 +216,7 @@ impl Ending {
             );
         }
         if report.outcome == Outcome::Moved {
+            let ns = identity.object.as_ref().map_or("", |o| &*o.namespace);
             m.object_evictions.with_label_values(&[ns]).inc();
         }
         let record = gateway.live.end(live, report);

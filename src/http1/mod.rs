@@ -162,16 +162,7 @@ impl Fields {
     /// elements trimmed of ASCII whitespace, which covers HTTP's optional whitespace, space and
     /// tab). Compared as bytes: a token is ASCII, so bytes that are not UTF-8 never match it.
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        let token = token.as_bytes();
-        for &span in &self.spans {
-            if self.is_named(span, name) {
-                let (_, value) = self.field_bytes(span);
-                if value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token)) {
-                    return true;
-                }
-            }
-        }
-        false
+        self.all(name).any(|v| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
     }
 }
 
