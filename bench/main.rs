@@ -948,14 +948,19 @@ async fn run_one(ctx: &Ctx, scenario: Scenario, target: Target, label: &str) -> 
             vec![(Row::HugeRate, rate), (Row::HugeCpu, cpu)]
         }
         Scenario::Handshake => {
-            let cpu0 = cpu_time(ctx, dep.pid)?;
+            let (user0, kernel0) = cpu_times(ctx, dep.pid)?;
             let (n, elapsed) = run_handshakes(&dep, p).await?;
-            let cpu = cpu_time(ctx, dep.pid)?.saturating_sub(cpu0);
+            let (user1, kernel1) = cpu_times(ctx, dep.pid)?;
+            let (user, kernel) = (user1.saturating_sub(user0), kernel1.saturating_sub(kernel0));
+            let cpu = user + kernel;
             let rate = n as f64 / elapsed.as_secs_f64();
             let per = cpu.as_secs_f64() * 1e6 / n as f64;
+            let per_user = user.as_secs_f64() * 1e6 / n as f64;
             eprintln!(
-                "[{label}] {n} handshakes in {elapsed:.2?}: {rate:.0}/s, {} CPU {cpu:.2?} = {per:.1} µs/cycle",
-                dep.measured_name()
+                "[{label}] {n} handshakes in {elapsed:.2?}: {rate:.0}/s, {} CPU {cpu:.2?} = {per:.1} µs/cycle \
+                 ({per_user:.1} user, {:.1} kernel)",
+                dep.measured_name(),
+                per - per_user
             );
             vec![(Row::Handshakes, rate), (Row::HandshakeCpu, per)]
         }
@@ -1529,17 +1534,23 @@ impl Drop for TempDir {
 
 /// utime + stime of a process, all threads included.
 fn cpu_time(ctx: &Ctx, pid: u32) -> Result<Duration> {
+    let (user, kernel) = cpu_times(ctx, pid)?;
+    Ok(user + kernel)
+}
+
+/// utime and stime of a process (user, kernel), all threads included.
+fn cpu_times(ctx: &Ctx, pid: u32) -> Result<(Duration, Duration)> {
     let path = format!("/proc/{pid}/stat");
     let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) is in parentheses and may contain spaces: split after it.
     let rest = stat.rfind(')').and_then(|i| stat.get(i + 1..)).with_context(|| format!("malformed {path}"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
-    let ticks = |i: usize| -> Result<u64> {
-        fields.get(i - 3).and_then(|f| f.parse().ok()).with_context(|| format!("field {i} of {path}"))
+    let ticks = |i: usize| -> Result<Duration> {
+        let n: u64 = fields.get(i - 3).and_then(|f| f.parse().ok()).with_context(|| format!("field {i} of {path}"))?;
+        Ok(Duration::from_secs_f64(n as f64 / ctx.clk_tck))
     };
-    let total = ticks(14)? + ticks(15)?;
-    Ok(Duration::from_secs_f64(total as f64 / ctx.clk_tck))
+    Ok((ticks(14)?, ticks(15)?))
 }
 
 /// VmRSS of a process in KiB.

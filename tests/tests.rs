@@ -85,6 +85,9 @@ mod hardening_limits;
 // The admin listener through a SIGTERM drain: answers until exit, final counts, final scrape window.
 mod drain;
 
+// `server.threads: 1`: the single-threaded schedulers, through relaying, splicing, billing, drain.
+mod single_thread;
+
 // Transparency under protocol errors: data after a close, a close between fragments, a
 // violation after a valid message (issue 10).
 mod transparency;

@@ -10,7 +10,7 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Worker threads for the gateway listeners (count, ≥ 1; per kind: plain-TCP and TLS listeners
-    /// each run on a runtime of this many).
+    /// each run on a runtime of this many; with 1, every service's runtime is single-threaded).
     pub threads: usize,
     /// Time open WebSockets get after SIGTERM before weir closes them with 1001.
     pub grace_period: Duration,
