@@ -218,16 +218,16 @@ impl SinkLoop {
             return Step::CaughtUp;
         }
         let lines = batch.lines as u64;
-        let Some(first) = batch.records.first() else {
+        let Some(first) = batch.records.get(0) else {
             // Only damaged lines, all in quarantine: step over them.
             self.advance(batch.next);
             return Step::Delivered { records: 0, lines };
         };
         self.lag.set(age_of(first));
-        match self.sink.deliver(&batch.records).await {
+        let records = batch.records.len() as u64;
+        match self.sink.deliver(batch.records).await {
             Ok(()) => {
                 self.advance(batch.next);
-                let records = batch.records.len() as u64;
                 self.delivered.inc_by(records);
                 if std::mem::take(&mut self.failing) {
                     tracing::info!(sink = %self.name, "usage sink delivers again");

@@ -58,6 +58,7 @@
 //! the slot a process does not write is delivered by it once that slot is free (`Adopter`), so a
 //! record is never stranded in the slot of a process that exited.
 
+use super::sinks::Lines;
 use super::tail::Tail;
 use crate::sync::lock;
 use async_trait::async_trait;
@@ -286,7 +287,7 @@ pub struct Bad {
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Records to deliver, each exactly as it was appended.
-    pub records: Vec<Vec<u8>>,
+    pub records: Lines,
     /// Lines that are not records (to quarantine, never to deliver).
     pub bad: Vec<Bad>,
     /// Newline-terminated lines read (records and bad ones).
@@ -299,7 +300,7 @@ impl Batch {
     fn push_line(&mut self, offset: u64, segment: u64, line: &[u8]) {
         self.lines += 1;
         match decode_line(line) {
-            Ok(record) => self.records.push(record.to_vec()),
+            Ok(record) => self.records.push(record),
             Err(reason) => {
                 self.bad.push(Bad { offset, segment, len: line.len() as u64 + 1, bytes: sample(line), reason })
             }
@@ -1001,7 +1002,7 @@ pub fn read_lines(
     max_bytes: usize,
 ) -> io::Result<(Vec<Vec<u8>>, u64)> {
     let batch = read_batch(dir, offset, limit, max_lines, max_bytes)?;
-    Ok((batch.records, batch.next))
+    Ok((batch.records.to_vecs(), batch.next))
 }
 
 /// Position (from the start of `f`) of the first newline in `[from, to)`, if any.
@@ -1232,7 +1233,7 @@ mod tests {
         s.flush();
         assert_eq!((s.written(), *s.durable().borrow()), (4 * line, 4 * line));
         let b = s.read(0, 10, MAX_RECORD).unwrap();
-        assert_eq!(b.records, (0..4).map(record).collect::<Vec<_>>());
+        assert_eq!(b.records.to_vecs(), (0..4).map(record).collect::<Vec<_>>());
         // Off a runtime: at once.
         let t = std::thread::spawn(move || {
             s.append(record(4));
@@ -1250,7 +1251,7 @@ mod tests {
             br#"{"record":"stop","idempotency_key":"k:1","tenant":"\u00e9t\u00e9 \"q\"","units":{"a":1.5}}"#.to_vec();
         s.append(rec.clone());
         s.flush();
-        assert_eq!(s.read(0, 10, 1 << 20).unwrap().records, vec![rec.clone()], "exactly the bytes appended");
+        assert_eq!(s.read(0, 10, 1 << 20).unwrap().records.to_vecs(), vec![rec.clone()], "exactly the bytes appended");
         let text = fs::read_to_string(seg0(d.path())).unwrap();
         let framed: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
         assert_eq!(framed["data"], serde_json::from_slice::<serde_json::Value>(&rec).unwrap());
@@ -1273,7 +1274,7 @@ mod tests {
         s.append(record(4));
         s.flush();
         let b = everything(d.path(), 0);
-        assert_eq!(b.records, vec![legacy, record(4)]);
+        assert_eq!(b.records.to_vecs(), vec![legacy, record(4)]);
         assert_eq!(b.lines, 5);
         let reasons: Vec<&str> = b.bad.iter().map(|x| x.reason.as_str()).collect();
         assert!(reasons[0].contains("`at`"), "{reasons:?}");
@@ -1298,12 +1299,12 @@ mod tests {
         fs::write(seg0(d.path()), &bytes).unwrap();
         // The process that wrote them reads them from its tail: the bytes it wrote.
         let held = s.read(0, 10, MAX_RECORD).unwrap();
-        assert_eq!((held.records, held.bad.len()), (vec![record(0), record(1), record(2)], 0));
+        assert_eq!((held.records.to_vecs(), held.bad.len()), (vec![record(0), record(1), record(2)], 0));
         // The next process reads the disk, and meets the damage.
         drop(s);
         let s = Spool::open(d.path()).unwrap();
         let b = s.read(0, 10, MAX_RECORD).unwrap();
-        assert_eq!(b.records, vec![record(0), record(2)]);
+        assert_eq!(b.records.to_vecs(), vec![record(0), record(2)]);
         assert_eq!((b.lines, b.next, b.bad.len()), (3, s.written(), 1));
         let bad = &b.bad[0];
         assert_eq!((bad.offset, bad.len, bad.segment), (line as u64, line as u64, 0));
@@ -1364,7 +1365,7 @@ mod tests {
         s.flush();
         let b = s.read(cursor.offset, 100, MAX_RECORD).unwrap();
         assert!(b.bad.is_empty(), "{:?}", b.bad);
-        assert_eq!(b.records, vec![record(3), record(4), record(5)]);
+        assert_eq!(b.records.to_vecs(), vec![record(3), record(4), record(5)]);
     }
 
     #[test]
@@ -1382,7 +1383,7 @@ mod tests {
         let s = Spool::open(d.path()).unwrap();
         assert_eq!(Cursor::load(d.path(), "http", 0).offset, line);
         assert_eq!(Cursor::load(d.path(), "file", 0).offset, 2 * line, "a cursor at a boundary stays");
-        assert_eq!(s.read(line, 100, MAX_RECORD).unwrap().records, vec![record(1), record(2)]);
+        assert_eq!(s.read(line, 100, MAX_RECORD).unwrap().records.to_vecs(), vec![record(1), record(2)]);
     }
 
     #[test]
@@ -1425,7 +1426,7 @@ mod tests {
         fs::write(seg0(d.path()), &first).unwrap();
         fs::write(segment_path(d.path(), next), &b).unwrap();
         let batch = everything(d.path(), 0);
-        assert_eq!(batch.records, vec![record(0), record(1)]);
+        assert_eq!(batch.records.to_vecs(), vec![record(0), record(1)]);
         assert_eq!(batch.bad.len(), 1);
         assert_eq!((batch.bad[0].offset, batch.bad[0].len), (a.len() as u64, b.len() as u64));
         assert_eq!((batch.lines, batch.next), (2, next + b.len() as u64));
@@ -1451,7 +1452,7 @@ mod tests {
         assert_eq!(first.bad.len(), 1);
         assert_eq!((first.bad[0].len, first.bad[0].bytes.len()), ((MAX_RECORD + 11) as u64, QUARANTINE_SAMPLE));
         let rest = read_batch(d.path(), first.next, end, 100, MAX_RECORD).unwrap();
-        assert_eq!((rest.records, rest.next), (vec![record(1)], end));
+        assert_eq!((rest.records.to_vecs(), rest.next), (vec![record(1)], end));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Background path (a delivery loop). Blocking file I/O runs on the blocking pool.
 
-use super::Sink;
+use super::{Lines, Sink};
 use async_trait::async_trait;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -33,7 +33,7 @@ impl FileSink {
 }
 
 impl State {
-    fn write(&mut self, lines: &[Vec<u8>]) -> std::io::Result<()> {
+    fn write(&mut self, lines: &Lines) -> std::io::Result<()> {
         if let Some((_, size, opened)) = &self.file {
             if *size >= self.rotate_bytes || opened.elapsed() >= self.rotate_interval {
                 self.rotate()?;
@@ -47,14 +47,11 @@ impl State {
             let size = f.metadata()?.len();
             self.file = Some((f, size, Instant::now()));
         }
-        let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-        for l in lines {
-            buf.extend_from_slice(l);
-            buf.push(b'\n');
-        }
+        // The batch already is JSON lines, in one buffer: written as it is.
+        let buf = lines.as_json_lines();
         let Some((f, size, _)) = self.file.as_mut() else { return Ok(()) };
         let before = *size;
-        if let Err(e) = f.write_all(&buf).and_then(|()| f.sync_data()) {
+        if let Err(e) = f.write_all(buf).and_then(|()| f.sync_data()) {
             // Never leave half a batch: the whole batch is delivered again.
             let _ = f.set_len(before);
             return Err(e);
@@ -74,9 +71,8 @@ impl State {
 
 #[async_trait]
 impl Sink for FileSink {
-    async fn deliver(&self, lines: &[Vec<u8>]) -> Result<(), String> {
+    async fn deliver(&self, lines: Lines) -> Result<(), String> {
         let inner = self.inner.clone();
-        let lines = lines.to_vec();
         tokio::task::spawn_blocking(move || crate::sync::lock(&inner).write(&lines))
             .await
             .map_err(|e| e.to_string())?
@@ -115,7 +111,7 @@ mod tests {
         let sink = FileSink::new(&path, 4096, Duration::from_secs(3600));
         for i in 0..50 {
             let line = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(200)).into_bytes();
-            sink.deliver(&[line]).await.unwrap();
+            sink.deliver([line].into_iter().collect()).await.unwrap();
         }
         let all = files(&path);
         assert!(all.len() >= 2, "{all:?}");

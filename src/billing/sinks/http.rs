@@ -9,7 +9,7 @@
 //! (`tls_client`: system roots or `ca_file`, optional client certificate); an `auth_header` is
 //! sent as `Authorization` and never logged.
 
-use super::Sink;
+use super::{Lines, Sink};
 use crate::http1::head::read_response_head;
 use crate::tls_client::ClientTls;
 use async_trait::async_trait;
@@ -58,7 +58,7 @@ impl HttpSink {
     }
 
     /// The CloudEvents batch body for `lines`.
-    pub fn body(&self, lines: &[Vec<u8>]) -> Result<Vec<u8>, String> {
+    pub fn body(&self, lines: &Lines) -> Result<Vec<u8>, String> {
         let events: Vec<Value> = lines
             .iter()
             .map(|l| {
@@ -117,8 +117,8 @@ impl HttpSink {
 
 #[async_trait]
 impl Sink for HttpSink {
-    async fn deliver(&self, lines: &[Vec<u8>]) -> Result<(), String> {
-        let body = self.body(lines)?;
+    async fn deliver(&self, lines: Lines) -> Result<(), String> {
+        let body = self.body(&lines)?;
         match tokio::time::timeout(self.timeout, self.post(&body)).await {
             Ok(Ok(status)) if (200..300).contains(&status) => Ok(()),
             Ok(Ok(status)) => Err(format!("collector answered {status}")),
@@ -136,7 +136,7 @@ mod tests {
     fn events_carry_the_key_type_and_record() {
         let sink = HttpSink::new("127.0.0.1:1", "collector", "/e", Duration::from_secs(1), None, None);
         let line = br#"{"record":"stop","idempotency_key":"c1:3","connection_id":"c1","at":"2026-11-22T10:00:00.000Z","tenant":"acme"}"#.to_vec();
-        let body: Value = serde_json::from_slice(&sink.body(&[line]).unwrap()).unwrap();
+        let body: Value = serde_json::from_slice(&sink.body(&[line].into_iter().collect()).unwrap()).unwrap();
         let e = &body[0];
         assert_eq!(
             (e["specversion"].as_str(), e["id"].as_str(), e["type"].as_str()),

@@ -7,16 +7,20 @@
 
 pub mod file;
 pub mod http;
+mod lines;
 pub mod pg_tls;
 pub mod postgres;
+
+pub use lines::Lines;
 
 use async_trait::async_trait;
 
 /// A delivery target.
 #[async_trait]
 pub trait Sink: Send + Sync {
-    /// Deliver `lines` (JSON records, in spool order); `Ok` only when all are stored.
-    async fn deliver(&self, lines: &[Vec<u8>]) -> Result<(), String>;
+    /// Deliver `lines` (JSON records, in spool order); `Ok` only when all are stored. Taken by
+    /// value: a failed batch is read again from the spool for the retry.
+    async fn deliver(&self, lines: Lines) -> Result<(), String>;
 }
 
 /// Build the sink `config` describes.

@@ -9,7 +9,7 @@
 //! jsonb), `inserted_at`. TLS follows the connection string's `sslmode` (`pg_tls`).
 
 use super::pg_tls;
-use super::Sink;
+use super::{Lines, Sink};
 use async_trait::async_trait;
 use std::path::PathBuf;
 use tokio::sync::Mutex;
@@ -58,10 +58,10 @@ impl PostgresSink {
 
 #[async_trait]
 impl Sink for PostgresSink {
-    async fn deliver(&self, lines: &[Vec<u8>]) -> Result<(), String> {
+    async fn deliver(&self, lines: Lines) -> Result<(), String> {
         let mut keys = Vec::with_capacity(lines.len());
         let mut bodies = Vec::with_capacity(lines.len());
-        for l in lines {
+        for l in lines.iter() {
             let v: serde_json::Value =
                 serde_json::from_slice(l).map_err(|e| format!("spooled record is not JSON: {e}"))?;
             keys.push(v["idempotency_key"].as_str().unwrap_or_default().to_string());
