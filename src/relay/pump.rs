@@ -626,7 +626,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
                 self.stop(stop);
             }
         }
-        self.take_push(cx);
+        let asked = self.take_push(cx);
         let mut poll = self.poll_rounds(cx, &mut fresh);
         for _ in 0..MAX_GUARD_PASSES {
             if poll.is_ready() || !self.guard(cx, &mut fresh) {
@@ -635,8 +635,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             poll = self.poll_rounds(cx, &mut fresh);
         }
         // The backend may have finished its message in these rounds: a push waiting for that
-        // boundary goes out now, not at the next wakeup.
-        if poll.is_pending() && self.take_push(cx) {
+        // boundary goes out now, not at the next wakeup. Not asked again when the first ask
+        // found none: its waker is registered, and a push arriving since wakes the task.
+        if poll.is_pending() && asked != Some(false) && self.take_push(cx) == Some(true) {
             poll = self.poll_rounds(cx, &mut fresh);
         }
         // The observer hears once per wakeup, before the relay parks (or ends): counters still
@@ -647,20 +648,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
 
     /// Take weir's pushed messages for the client from the observer if the stream toward the
     /// client is at a message boundary (see `Half::can_push`) and the connection is not ending;
-    /// returns whether it took any. Mid-message nothing is asked: the backend's next bytes wake
-    /// the relay, and the push is taken at the boundary they reach.
-    fn take_push(&mut self, cx: &mut Context<'_>) -> bool {
+    /// returns whether it took any, `None` when it did not ask. Mid-message nothing is asked: the
+    /// backend's next bytes wake the relay, and the push is taken at the boundary they reach.
+    fn take_push(&mut self, cx: &mut Context<'_>) -> Option<bool> {
         let h = &self.halves[Direction::BackendToClient.index()];
         if self.linger.is_some() || h.src_done || !h.can_push() {
-            return false;
+            return None;
         }
         match self.observer.poll_push(cx) {
             Poll::Ready(frames) if !frames.is_empty() => {
                 let h = &mut self.halves[Direction::BackendToClient.index()];
                 h.backlog().push = Some(Queued { bytes: frames, sent: 0 });
-                true
+                Some(true)
             }
-            _ => false,
+            _ => Some(false),
         }
     }
 
