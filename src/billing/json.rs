@@ -156,11 +156,18 @@ fn opt_addr(out: &mut Vec<u8>, addr: Option<&SocketAddr>) {
 
 /// `s` as a JSON string, escaped as serde_json escapes: `"` and `\` with a backslash, the
 /// control characters below 0x20 as `\b \t \n \f \r` or `\u00XX`; everything else (DEL and
-/// non-ASCII included) as is. Eight bytes at a time are checked for anything to escape (record
-/// strings rarely have any), then copied at once.
+/// non-ASCII included) as is. Record strings rarely hold anything to escape: such a string is
+/// checked eight bytes at a time and copied at once.
 fn string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
     let bytes = s.as_bytes();
+    if !any_escape(bytes) {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    out.push(b'"');
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -198,6 +205,20 @@ fn string(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// Whether any byte of `bytes` needs escaping: eight at a time, the last (partial) eight as
+/// the word that ends the string (overlapping the one before it).
+fn any_escape(bytes: &[u8]) -> bool {
+    let (words, tail) = bytes.as_chunks::<8>();
+    if words.iter().any(|w| needs_escape(u64::from_le_bytes(*w))) {
+        return true;
+    }
+    match bytes.last_chunk::<8>() {
+        _ if tail.is_empty() => false,
+        Some(last) => needs_escape(u64::from_le_bytes(*last)),
+        None => tail.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\'),
+    }
 }
 
 /// Whether any of the eight bytes in `word` is below 0x20, `"` or `\` (exact: the "has a zero

@@ -161,8 +161,22 @@ impl Fields {
     /// Whether any `name` field contains `token` in its comma-separated list (case-insensitive;
     /// elements trimmed of ASCII whitespace, which covers HTTP's optional whitespace, space and
     /// tab). Compared as bytes: a token is ASCII, so bytes that are not UTF-8 never match it.
+    ///
+    /// A value exactly as long as `token` (trimmed) is compared whole: a list element is shorter
+    /// than its list, so such a value matches only as the one element (the common `Upgrade:
+    /// websocket`, `Connection: Upgrade`); a shorter value cannot hold it at all.
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.all(name).any(|v| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
+        let token = token.as_bytes();
+        self.all(name).any(|v| {
+            let v = v.trim_ascii();
+            match v.len().cmp(&token.len()) {
+                std::cmp::Ordering::Less => false,
+                std::cmp::Ordering::Equal => v.eq_ignore_ascii_case(token),
+                std::cmp::Ordering::Greater => {
+                    v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+                }
+            }
+        })
     }
 }
 

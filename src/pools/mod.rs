@@ -71,6 +71,9 @@ pub struct Pools {
 struct Backends {
     /// Backends an operator is draining: never selected for a new connection.
     draining: std::sync::RwLock<std::collections::HashSet<SocketAddr>>,
+    /// Whether `draining` holds any backend (set under its write lock): with none drained, a
+    /// selection takes no lock and hashes no address for it.
+    any_draining: std::sync::atomic::AtomicBool,
     /// Open connections per backend (from connect to end; `OpenCount`); an entry is added for
     /// every backend a snapshot names (cold), and only read on the warm path.
     open: std::sync::RwLock<std::collections::HashMap<SocketAddr, Arc<AtomicUsize>>>,
@@ -211,10 +214,12 @@ impl Pools {
         } else {
             d.remove(&addr);
         }
+        self.backends.any_draining.store(!d.is_empty(), Ordering::Release);
     }
 
     fn is_draining(&self, addr: &SocketAddr) -> bool {
-        self.backends.draining.read().unwrap_or_else(|p| p.into_inner()).contains(addr)
+        self.backends.any_draining.load(Ordering::Acquire)
+            && self.backends.draining.read().unwrap_or_else(|p| p.into_inner()).contains(addr)
     }
 
     /// The address of `backend` (its label or address) in the pool named `pool`.
@@ -273,6 +278,12 @@ impl Pools {
                 .map(|(_, a)| *a)
                 .filter(|a| !tried.contains(a) && !self.is_draining(a) && p.balancer.healthy(a))
                 .min_by_key(|a| self.open_count(*a));
+        }
+        // One backend: every algorithm picks it when it is eligible, so Pingora's selection (an
+        // `ArcSwap` load, a hash set of the backends tried, a hash per backend) is skipped.
+        if let [(_, addr)] = p.backends.as_slice() {
+            let eligible = !tried.contains(addr) && !self.is_draining(addr) && p.balancer.healthy(addr);
+            return eligible.then_some(*addr);
         }
         // Only `ip_hash` reads the key (the address as text: the same mapping as before); the
         // others ignore it, so they are not handed a formatted string per connection.
