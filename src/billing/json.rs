@@ -392,6 +392,29 @@ mod tests {
 
     /// Every control character, the two that need a backslash, DEL and non-ASCII text, one by
     /// one and together.
+    /// The fast path's check reads eight-byte words and then the last eight bytes again
+    /// (overlapping) or, below eight, byte by byte: a byte to escape at every position of every
+    /// length around those boundaries is found, and a string without one is copied as is.
+    #[test]
+    fn a_byte_to_escape_is_found_at_every_position_of_every_length() {
+        for len in 0..=25 {
+            let clean = "a".repeat(len);
+            let mut out = Vec::new();
+            string(&mut out, &clean);
+            assert_eq!(out, serde_json::to_vec(&clean).unwrap(), "{clean:?}");
+            for at in 0..len {
+                for escape in ['"', '\\', '\n', '\u{0}', '\u{1f}'] {
+                    let mut s = clean.clone();
+                    s.replace_range(at..=at, &escape.to_string());
+                    assert!(any_escape(s.as_bytes()), "{s:?}");
+                    let mut out = Vec::new();
+                    string(&mut out, &s);
+                    assert_eq!(out, serde_json::to_vec(&s).unwrap(), "{s:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn strings_are_escaped_as_serde_json_escapes_them() {
         let all: String = (0u8..0x80).map(char::from).chain("é€😀".chars()).collect();
