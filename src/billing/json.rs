@@ -207,18 +207,17 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Whether any byte of `bytes` needs escaping: eight at a time, the last (partial) eight as
-/// the word that ends the string (overlapping the one before it).
+/// Whether any byte of `bytes` needs escaping (`needs_escape`, eight at a time). A partial last
+/// word is checked as the string's last eight bytes (overlapping the word before it), or, in a
+/// string shorter than eight, as its bytes padded with bytes that need no escape.
 fn any_escape(bytes: &[u8]) -> bool {
     let (words, tail) = bytes.as_chunks::<8>();
-    if words.iter().any(|w| needs_escape(u64::from_le_bytes(*w))) {
-        return true;
-    }
-    match bytes.last_chunk::<8>() {
-        _ if tail.is_empty() => false,
-        Some(last) => needs_escape(u64::from_le_bytes(*last)),
-        None => tail.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\'),
-    }
+    let last = bytes.last_chunk::<8>().copied().unwrap_or_else(|| {
+        let mut padded = [b'a'; 8];
+        padded[..tail.len()].copy_from_slice(tail);
+        padded
+    });
+    words.iter().chain((!tail.is_empty()).then_some(&last)).any(|w| needs_escape(u64::from_le_bytes(*w)))
 }
 
 /// Whether any of the eight bytes in `word` is below 0x20, `"` or `\` (exact: the "has a zero
@@ -390,10 +389,8 @@ mod tests {
         }
     }
 
-    /// Every control character, the two that need a backslash, DEL and non-ASCII text, one by
-    /// one and together.
     /// The fast path's check reads eight-byte words and then the last eight bytes again
-    /// (overlapping) or, below eight, byte by byte: a byte to escape at every position of every
+    /// (overlapping) or, below eight, padded: a byte to escape at every position of every
     /// length around those boundaries is found, and a string without one is copied as is.
     #[test]
     fn a_byte_to_escape_is_found_at_every_position_of_every_length() {
@@ -415,6 +412,8 @@ mod tests {
         }
     }
 
+    /// Every control character, the two that need a backslash, DEL and non-ASCII text, one by
+    /// one and together.
     #[test]
     fn strings_are_escaped_as_serde_json_escapes_them() {
         let all: String = (0u8..0x80).map(char::from).chain("é€😀".chars()).collect();

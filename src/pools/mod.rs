@@ -271,19 +271,14 @@ impl Pools {
     /// Pick a healthy backend of pool `pool` not in `tried`; `client` keys `ip_hash`.
     pub fn select(&self, pool: usize, client: Option<IpAddr>, tried: &[SocketAddr]) -> Option<SocketAddr> {
         let p = self.pools.get(pool)?;
+        let eligible = |a: &SocketAddr| !tried.contains(a) && !self.is_draining(a) && p.balancer.healthy(a);
         if p.least {
-            return p
-                .backends
-                .iter()
-                .map(|(_, a)| *a)
-                .filter(|a| !tried.contains(a) && !self.is_draining(a) && p.balancer.healthy(a))
-                .min_by_key(|a| self.open_count(*a));
+            return p.backends.iter().map(|(_, a)| *a).filter(eligible).min_by_key(|a| self.open_count(*a));
         }
         // One backend: every algorithm picks it when it is eligible, so Pingora's selection (an
         // `ArcSwap` load, a hash set of the backends tried, a hash per backend) is skipped.
         if let [(_, addr)] = p.backends.as_slice() {
-            let eligible = !tried.contains(addr) && !self.is_draining(addr) && p.balancer.healthy(addr);
-            return eligible.then_some(*addr);
+            return Some(*addr).filter(eligible);
         }
         // Only `ip_hash` reads the key (the address as text: the same mapping as before); the
         // others ignore it, so they are not handed a formatted string per connection.
