@@ -28,7 +28,7 @@ pub fn push_socket_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
             let mut text = Text::<21>::default();
             text.ipv4(*a.ip());
             text.push(b':');
-            text.decimal(u64::from(a.port()));
+            text.decimal(a.port());
             out.extend_from_slice(text.as_bytes());
         }
         SocketAddr::V6(a) => {
@@ -65,19 +65,33 @@ impl<const N: usize> Text<N> {
         }
     }
 
-    /// `n` in decimal (`itoa`'s digits).
-    fn decimal(&mut self, n: u64) {
-        for &d in itoa::Buffer::new().format(n).as_bytes() {
-            self.push(d);
+    /// `n` in decimal, its digits written in place right to left (no `itoa` buffer, no copy of
+    /// a digit buffer: a copy of a length known only at run time is a `memcpy` call; about a
+    /// third fewer instructions per address, callgrind).
+    fn decimal(&mut self, n: u16) {
+        let digits = match n {
+            0..=9 => 1,
+            10..=99 => 2,
+            100..=999 => 3,
+            1_000..=9_999 => 4,
+            _ => 5,
+        };
+        if let Some(slot) = self.bytes.get_mut(self.len..self.len + digits) {
+            let mut n = n;
+            for digit in slot.iter_mut().rev() {
+                *digit = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+            self.len += digits;
         }
     }
 
     fn ipv4(&mut self, ip: Ipv4Addr) {
-        for (i, octet) in ip.octets().into_iter().enumerate() {
-            if i > 0 {
-                self.push(b'.');
-            }
-            self.decimal(u64::from(octet));
+        let [a, b, c, d] = ip.octets();
+        self.decimal(u16::from(a));
+        for octet in [b, c, d] {
+            self.push(b'.');
+            self.decimal(u16::from(octet));
         }
     }
 

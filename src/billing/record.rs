@@ -331,6 +331,9 @@ const RFC3339_MS_LEN: usize = "2026-11-22T14:05:06.123Z".len();
 /// (30 % fewer instructions than `humantime`'s `Display` through the formatter: 1 921 → 1 359
 /// per handshake cycle's five timestamps, callgrind); times outside 1970–9999 are written as the
 /// nearest end of that range (`humantime` panicked before 1970 and wrote nothing after 9999).
+/// The date and time of day of the second last written on this thread are kept
+/// (`LAST_SECOND`): a connection's records are written within a second of each other, and of
+/// the other connections' on the same worker, so most timestamps only add their milliseconds.
 pub fn write_rfc3339_ms(out: &mut Vec<u8>, t: SystemTime) {
     /// 9999-12-31T23:59:59.999Z, milliseconds since the epoch.
     const LAST_MS: u64 = 253_402_300_799_999;
@@ -339,9 +342,37 @@ pub fn write_rfc3339_ms(out: &mut Vec<u8>, t: SystemTime) {
         // Seconds and milliseconds apart: `as_millis` divides a u128 (a library call).
         .map_or(0, |d| d.as_secs().saturating_mul(1000).saturating_add(u64::from(d.subsec_millis())).min(LAST_MS));
     let (secs, millis) = (ms / 1000, (ms % 1000) as u32);
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let (cached, prefix) = LAST_SECOND.get();
+    let prefix = if cached == secs {
+        prefix
+    } else {
+        let prefix = second_text(secs);
+        LAST_SECOND.set((secs, prefix));
+        prefix
+    };
+    text[..SECOND_LEN].copy_from_slice(&prefix);
+    text[20] = b'0' + (millis / 100) as u8;
+    text[21] = b'0' + (millis / 10 % 10) as u8;
+    text[22] = b'0' + (millis % 10) as u8;
+    out.extend_from_slice(&text);
+}
+
+/// Length of `YYYY-MM-DDTHH:MM:SS`, bytes.
+const SECOND_LEN: usize = 19;
+
+thread_local! {
+    /// The second (since the epoch) `write_rfc3339_ms` last wrote on this thread and its
+    /// `YYYY-MM-DDTHH:MM:SS` text; `u64::MAX` (nothing written yet) is past every second that
+    /// is written (they end in 9999).
+    static LAST_SECOND: std::cell::Cell<(u64, [u8; SECOND_LEN])> = const { std::cell::Cell::new((u64::MAX, [0; SECOND_LEN])) };
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `secs` since the epoch (at most 9999-12-31T23:59:59).
+fn second_text(secs: u64) -> [u8; SECOND_LEN] {
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let second_of_day = (secs % 86_400) as u32;
-    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let mut text = *b"0000-00-00T00:00:00";
     // Two digits at a time (`n` < 100).
     let mut two = |at: usize, n: u32| {
         if let Some(pair) = text.get_mut(at..at + 2) {
@@ -356,9 +387,7 @@ pub fn write_rfc3339_ms(out: &mut Vec<u8>, t: SystemTime) {
     two(11, second_of_day / 3600);
     two(14, second_of_day / 60 % 60);
     two(17, second_of_day % 60);
-    two(21, millis % 100);
-    text[20] = b'0' + (millis / 100) as u8;
-    out.extend_from_slice(&text);
+    text
 }
 
 /// (year, month, day) of the day `days` after 1970-01-01 in the proleptic Gregorian calendar
@@ -410,6 +439,30 @@ mod tests {
         assert_eq!(rfc3339_ms(before), "1970-01-01T00:00:00.000Z");
         let after = SystemTime::UNIX_EPOCH + Duration::from_millis(last + 86_400_000);
         assert_eq!(rfc3339_ms(after), "9999-12-31T23:59:59.999Z");
+    }
+
+    /// The second kept per thread is reused only within its second: runs of consecutive
+    /// milliseconds across second, minute, day, leap-day and year ends, written in order and
+    /// then alternating between two seconds (every write a change), and a clamped time after
+    /// the last second written in range, are all `humantime`'s text.
+    #[test]
+    fn the_kept_second_is_reused_only_within_it() {
+        use std::time::Duration;
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let expected = |ms: u64| humantime::format_rfc3339_millis(at(ms)).to_string();
+        // 23:59:58.990 on 2000-02-28, 2000-02-29 (leap day), 2026-12-31 and 1970-01-01.
+        for base in [951_782_398_990u64, 951_868_798_990, 1_798_761_598_990, 0] {
+            for ms in base..base + 2_030 {
+                assert_eq!(rfc3339_ms(at(ms)), expected(ms), "{ms} ms in order");
+            }
+            for i in 0..40 {
+                let ms = if i % 2 == 0 { base + i } else { base + 1_000 + i };
+                assert_eq!(rfc3339_ms(at(ms)), expected(ms), "{ms} ms alternating");
+            }
+        }
+        rfc3339_ms(at(253_402_300_799_000));
+        assert_eq!(rfc3339_ms(at(253_402_300_799_999 + 5_000)), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(at(1_000)), "1970-01-01T00:00:01.000Z");
     }
 
     /// An identity holds values; its JSON is the record contract's text, and reads back equal.

@@ -166,17 +166,18 @@ impl Fields {
     /// than its list, so such a value matches only as the one element (the common `Upgrade:
     /// websocket`, `Connection: Upgrade`); a shorter value cannot hold it at all.
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        let token = token.as_bytes();
-        self.all(name).any(|v| {
-            let v = v.trim_ascii();
-            match v.len().cmp(&token.len()) {
-                std::cmp::Ordering::Less => false,
-                std::cmp::Ordering::Equal => v.eq_ignore_ascii_case(token),
-                std::cmp::Ordering::Greater => {
-                    v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-                }
-            }
-        })
+        self.all(name).any(|v| value_has_token(v, token))
+    }
+}
+
+/// Whether one field value contains `token` in its comma-separated list: `Fields::has_token`
+/// for a value already found (case-insensitive, elements trimmed of ASCII whitespace).
+pub fn value_has_token(value: &[u8], token: &str) -> bool {
+    let (v, token) = (value.trim_ascii(), token.as_bytes());
+    match v.len().cmp(&token.len()) {
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => v.eq_ignore_ascii_case(token),
+        std::cmp::Ordering::Greater => v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token)),
     }
 }
 
