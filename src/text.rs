@@ -65,9 +65,8 @@ impl<const N: usize> Text<N> {
         }
     }
 
-    /// `n` in decimal, its digits written in place right to left (no `itoa` buffer, no copy of
-    /// a digit buffer: a copy of a length known only at run time is a `memcpy` call; about a
-    /// third fewer instructions per address, callgrind).
+    /// `n` in decimal, its digits written in place right to left (no `itoa` buffer copied in:
+    /// a copy of a length known only at run time is a `memcpy` call).
     fn decimal(&mut self, n: u16) {
         let digits = match n {
             0..=9 => 1,
