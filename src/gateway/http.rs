@@ -309,7 +309,7 @@ impl HttpRoutes {
 fn host_of(session: &Session) -> Option<String> {
     let req = session.req_header();
     let host = req.headers.get("host").and_then(|h| h.to_str().ok()).or_else(|| req.uri.host())?;
-    Some(host_without_port(host))
+    Some(host_without_port(host).into_owned())
 }
 
 #[async_trait]

@@ -324,7 +324,10 @@ impl Gateway {
     async fn connect(&self, snap: &Snapshot, hop: Hop<'_>, meter: &Meter) -> Result<Connected, RejectReason> {
         let timeouts = snap.config.timeouts;
         let started = Instant::now();
-        let mut tried: Vec<SocketAddr> = Vec::new();
+        // The backends tried so far: `tried[..attempts]` (on the stack: no allocation per
+        // connection).
+        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_ATTEMPTS];
+        let mut attempts = 0;
         let mut tried_hosts: Vec<usize> = Vec::new();
         let mut last = RejectReason::NoHealthyBackend;
         if let Hop::Peer { addr, .. } = hop {
@@ -346,10 +349,11 @@ impl Gateway {
             },
             Hop::Peer { .. } => None,
         };
-        while tried.len() < MAX_CONNECT_ATTEMPTS {
+        while attempts < MAX_CONNECT_ATTEMPTS {
+            let tried_so_far = tried.get(..attempts).unwrap_or_default();
             let (addr, lease) = match hop {
                 Hop::Peer { .. } => break,
-                Hop::Pool(pool) => match snap.pools.select(pool, meter.client().map(|a| a.ip()), &tried) {
+                Hop::Pool(pool) => match snap.pools.select(pool, meter.client().map(|a| a.ip()), tried_so_far) {
                     Some(addr) => (addr, None),
                     None => break,
                 },
@@ -373,9 +377,15 @@ impl Gateway {
                     (addr, Some(lease))
                 }
             };
-            tried.push(addr);
+            if let Some(slot) = tried.get_mut(attempts) {
+                *slot = addr;
+            }
+            attempts += 1;
             // Counted from now: concurrent connects see each other (least_connections).
-            let open = if lease.is_none() { snap.pools.opened(addr) } else { None };
+            let open = match hop {
+                Hop::Pool(pool) => snap.pools.opened(pool, addr),
+                _ => None,
+            };
             match upstream::connect(addr, timeouts.backend_connect, tls).await {
                 Ok(stream) => return Ok(Connected { addr, stream, started, lease, open }),
                 Err(e) => {

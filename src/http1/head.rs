@@ -43,9 +43,13 @@ impl RequestHead {
         self.target.split('?').next().unwrap_or("")
     }
 
-    /// The `Host` header without its port, lower-cased.
-    pub fn host(&self) -> Option<String> {
-        self.headers.all("host").next().map(|h| super::host_without_port(String::from_utf8_lossy(h).trim()))
+    /// The `Host` header without its port, lower-cased (bytes that are not UTF-8 as U+FFFD).
+    pub fn host(&self) -> Option<std::borrow::Cow<'_, str>> {
+        let h = self.headers.all("host").next()?;
+        Some(match std::str::from_utf8(h) {
+            Ok(text) => super::host_without_port(text.trim()),
+            Err(_) => super::host_without_port(String::from_utf8_lossy(h).trim()).into_owned().into(),
+        })
     }
 
     /// Bytes the client sent after the head.

@@ -17,6 +17,8 @@ pub mod proxy;
 pub mod query;
 pub mod upgrade;
 
+use std::borrow::Cow;
+
 /// Header fields of a request or response head, in order, names as sent. Kept as one buffer of
 /// names and values plus their spans, so a head of N fields costs two allocations instead of
 /// 2N + 1 (issue 14: header fields were 11 of a handshake's 67 allocations).
@@ -196,20 +198,25 @@ impl std::fmt::Debug for Fields {
     }
 }
 
-/// A `Host` value without its port, lower-cased (`[::1]:80` → `[::1]`, `A.com:8080` → `a.com`).
-pub fn host_without_port(h: &str) -> String {
-    match h.strip_prefix('[') {
+/// A `Host` value without its port, lower-cased (`[::1]:80` → `[::1]`, `A.com:8080` → `a.com`):
+/// a part of `h` when that is already the answer (a lower-case host, the common case), else a
+/// new string.
+pub fn host_without_port(h: &str) -> Cow<'_, str> {
+    let host = match h.strip_prefix('[') {
         Some(rest) => {
             // Up to the first `]`, closed with one (also when the value has none).
             let inside = rest.split(']').next().unwrap_or(rest);
-            let mut host = String::with_capacity(inside.len() + 2);
-            host.push('[');
-            host.push_str(inside);
-            host.push(']');
-            host.make_ascii_lowercase();
-            host
+            match h.get(..inside.len() + 2) {
+                Some(bracketed) if bracketed.ends_with(']') => Cow::Borrowed(bracketed),
+                _ => Cow::Owned(format!("[{inside}]")),
+            }
         }
-        None => h.rsplit_once(':').map_or(h, |(a, _)| a).to_ascii_lowercase(),
+        None => Cow::Borrowed(h.rsplit_once(':').map_or(h, |(a, _)| a)),
+    };
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        host
     }
 }
 
@@ -229,6 +236,10 @@ mod tests {
             ("", ""),
         ] {
             assert_eq!(host_without_port(h), want, "{h}");
+        }
+        // What is already the answer is not copied.
+        for (h, want) in [("a.com:8080", "a.com"), ("a.com", "a.com"), ("[::1]:80", "[::1]"), ("", "")] {
+            assert!(matches!(host_without_port(h), Cow::Borrowed(b) if b == want), "{h}");
         }
     }
 

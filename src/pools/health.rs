@@ -31,6 +31,10 @@ pub struct Probe {
     place: Place,
     /// Each backend's address and its `backend` label (as configured).
     labels: Vec<(std::net::SocketAddr, String)>,
+    /// Each backend's readiness as weir reads it per connection (index-aligned with `labels`):
+    /// set here on every change Pingora reports, so a selection reads one atomic instead of
+    /// Pingora's two snapshot loads and two hashes.
+    ready: super::Ready,
     check: HealthCheck,
     tls: Option<crate::tls_client::ClientTls>,
     metrics: Metrics,
@@ -39,11 +43,13 @@ pub struct Probe {
 
 impl Probe {
     /// The probe configured for `pool`; `listener` hears every change of health.
-    /// `labels` name each backend address as configured.
+    /// `labels` name each backend address as configured; `ready` holds their readiness (by the
+    /// same index), which the probe keeps up to date.
     pub fn new(
         pool: &Pool,
         place: Place,
         labels: Vec<(std::net::SocketAddr, String)>,
+        ready: super::Ready,
         metrics: Metrics,
         listener: Option<super::HealthListener>,
     ) -> Probe {
@@ -51,6 +57,7 @@ impl Probe {
             pool: pool.name.clone(),
             place,
             labels,
+            ready,
             check: pool.health.clone(),
             tls: pool.tls.clone(),
             metrics,
@@ -141,6 +148,11 @@ impl pingora_load_balancing::health_check::HealthCheck for Probe {
 
     async fn health_status_change(&self, target: &Backend, healthy: bool) {
         let inet = target.addr.as_inet().copied();
+        for ((a, _), ready) in self.labels.iter().zip(self.ready.iter()) {
+            if Some(*a) == inet {
+                ready.store(healthy, std::sync::atomic::Ordering::Release);
+            }
+        }
         let addr = self
             .labels
             .iter()

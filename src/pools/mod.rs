@@ -44,6 +44,11 @@ enum Balancer {
     IpHash(Arc<LoadBalancer<Consistent>>),
 }
 
+/// Each backend's readiness (passing its health check; always without one), index-aligned with
+/// its pool's backends: written by the pool's probe on every change Pingora observes, read per
+/// connection.
+pub type Ready = Arc<[std::sync::atomic::AtomicBool]>;
+
 /// One pool at run time: its balancer, its backends and its running health check. Shared by
 /// every config snapshot that leaves the pool unchanged (a reload keeps its health state and
 /// its round-robin position); its health check stops when the last snapshot holding it goes.
@@ -52,6 +57,11 @@ struct PoolRt {
     balancer: Balancer,
     /// Its backends as (label, address), for the admin API.
     backends: Vec<(String, SocketAddr)>,
+    /// Their readiness, by the same index (Pingora's health as its probe last reported it).
+    ready: Ready,
+    /// Their open counts, by the same index: the entries of `Backends::open` (shared by every
+    /// snapshot), resolved once here so that a connection takes no lock and hashes nothing.
+    open: Vec<Arc<AtomicUsize>>,
     /// Picks the backend with the fewest open connections (`least_connections`).
     least: bool,
     /// What it was built from (config and resolved addresses): equal means reusable.
@@ -132,6 +142,7 @@ impl Pools {
         previous: Option<&Pools>,
         namespaces: bool,
     ) -> std::io::Result<Pools> {
+        let backends: Arc<Backends> = previous.map(|p| p.backends.clone()).unwrap_or_default();
         let mut built = Vec::new();
         for (i, pool) in pools.iter().enumerate() {
             let listener = listeners.get(i).cloned().flatten();
@@ -152,12 +163,20 @@ impl Pools {
             for (_, label) in &labels {
                 metrics.backend_healthy.with_label_values(&[pool_label, ns_label, label]).set(1);
             }
+            // Pingora starts every backend healthy, and so does this view of it.
+            let ready: Ready = labels.iter().map(|_| std::sync::atomic::AtomicBool::new(true)).collect();
             let mut health = None;
             macro_rules! lb {
                 ($variant:ident, $sel:ty) => {{
                     let mut lb = LoadBalancer::<$sel>::try_from_iter(addrs.iter().map(String::as_str))?;
-                    let probe =
-                        health::Probe::new(pool, place.clone(), labels.clone(), metrics.clone(), listener.clone());
+                    let probe = health::Probe::new(
+                        pool,
+                        place.clone(),
+                        labels.clone(),
+                        ready.clone(),
+                        metrics.clone(),
+                        listener.clone(),
+                    );
                     if let Some(interval) = probe.interval() {
                         lb.set_health_check(Box::new(probe));
                         lb.health_check_frequency = Some(interval);
@@ -175,23 +194,20 @@ impl Pools {
                 Selection::Random => lb!(Random, Random),
                 Selection::IpHash => lb!(IpHash, Consistent),
             };
+            let open = {
+                let mut open = backends.open.write().unwrap_or_else(|p| p.into_inner());
+                labels.iter().map(|(a, _)| open.entry(*a).or_default().clone()).collect()
+            };
             built.push(Arc::new(PoolRt {
                 name: pool.name.clone(),
                 balancer,
                 backends: labels.iter().map(|(a, l)| (l.clone(), *a)).collect(),
+                ready,
+                open,
                 least: pool.selection == Selection::LeastConnections,
                 built_from,
                 _health: health,
             }));
-        }
-        let backends: Arc<Backends> = previous.map(|p| p.backends.clone()).unwrap_or_default();
-        {
-            let mut open = backends.open.write().unwrap_or_else(|p| p.into_inner());
-            for p in &built {
-                for (_, a) in &p.backends {
-                    open.entry(*a).or_default();
-                }
-            }
         }
         Ok(Pools { pools: built, backends })
     }
@@ -239,7 +255,7 @@ impl Pools {
                     .map(|(label, addr)| BackendView {
                         label: label.clone(),
                         addr: *addr,
-                        healthy: p.balancer.healthy(addr),
+                        healthy: p.healthy(addr),
                         draining: self.is_draining(addr),
                     })
                     .collect();
@@ -248,19 +264,12 @@ impl Pools {
             .collect()
     }
 
-    /// Count one connection open to `addr` until the returned count drops (`None` for an
-    /// address of no pool).
-    pub fn opened(&self, addr: SocketAddr) -> Option<OpenCount> {
-        let open = self.backends.open.read().unwrap_or_else(|p| p.into_inner());
-        let c = open.get(&addr)?;
+    /// Count one connection open to backend `addr` of pool `pool` until the returned count
+    /// drops (`None` for an address that is not one of the pool's).
+    pub fn opened(&self, pool: usize, addr: SocketAddr) -> Option<OpenCount> {
+        let c = self.pools.get(pool)?.open_of(&addr)?;
         c.fetch_add(1, Ordering::Relaxed);
         Some(OpenCount(c.clone()))
-    }
-
-    /// Connections open to `addr` (connecting or relaying).
-    pub fn open_count(&self, addr: SocketAddr) -> usize {
-        let open = self.backends.open.read().unwrap_or_else(|p| p.into_inner());
-        open.get(&addr).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Whether the pool named `pool` selects by least connections.
@@ -271,9 +280,16 @@ impl Pools {
     /// Pick a healthy backend of pool `pool` not in `tried`; `client` keys `ip_hash`.
     pub fn select(&self, pool: usize, client: Option<IpAddr>, tried: &[SocketAddr]) -> Option<SocketAddr> {
         let p = self.pools.get(pool)?;
-        let eligible = |a: &SocketAddr| !tried.contains(a) && !self.is_draining(a) && p.balancer.healthy(a);
+        let eligible = |a: &SocketAddr| !tried.contains(a) && !self.is_draining(a) && p.healthy(a);
         if p.least {
-            return p.backends.iter().map(|(_, a)| *a).filter(eligible).min_by_key(|a| self.open_count(*a));
+            return p
+                .backends
+                .iter()
+                .zip(&p.open)
+                .map(|((_, a), open)| (*a, open.load(Ordering::Relaxed)))
+                .filter(|(a, _)| eligible(a))
+                .min_by_key(|(_, open)| *open)
+                .map(|(a, _)| a);
         }
         // One backend: every algorithm picks it when it is eligible, so Pingora's selection (an
         // `ArcSwap` load, a hash set of the backends tried, a hash per backend) is skipped.
@@ -298,24 +314,16 @@ impl Pools {
     }
 }
 
-impl Balancer {
-    /// Whether the backend at `addr` passes its health check.
+impl PoolRt {
+    /// The open count of backend `addr`.
+    fn open_of(&self, addr: &SocketAddr) -> Option<&Arc<AtomicUsize>> {
+        self.backends.iter().zip(&self.open).find(|((_, a), _)| a == addr).map(|(_, c)| c)
+    }
+
+    /// Whether the backend at `addr` passes its health check (a pool lists a few backends: a
+    /// scan of them and one atomic load).
     fn healthy(&self, addr: &SocketAddr) -> bool {
-        macro_rules! ready {
-            ($lb:expr) => {{
-                let backends = $lb.backends();
-                backends
-                    .get_backend()
-                    .iter()
-                    .find(|b| b.addr.as_inet() == Some(addr))
-                    .is_some_and(|b| backends.ready(b))
-            }};
-        }
-        match self {
-            Balancer::RoundRobin(lb) => ready!(lb),
-            Balancer::Random(lb) => ready!(lb),
-            Balancer::IpHash(lb) => ready!(lb),
-        }
+        self.backends.iter().zip(self.ready.iter()).any(|((_, a), ready)| a == addr && ready.load(Ordering::Acquire))
     }
 }
 
