@@ -9,20 +9,32 @@
 //! fails it.
 
 use super::record::{CloseUsage, DirectionUsage, Identity, UsageRecord};
+#[cfg(test)]
+use super::record::{ConnectionKey, Stamp};
 use std::net::SocketAddr;
 
 /// Append `record`'s JSON (no newline) to `out`.
 pub fn write_usage(out: &mut Vec<u8>, record: &UsageRecord) {
     out.extend_from_slice(b"{\"record\":\"");
     out.extend_from_slice(record.record.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"idempotency_key\":");
-    string(out, &record.idempotency_key);
+    // The key and the timestamps are digits, letters and punctuation: nothing to escape.
+    out.extend_from_slice(b"\",\"idempotency_key\":\"");
+    record.idempotency_key.write(out);
+    out.push(b'"');
     key_u64(out, b",\"seq\":", record.seq);
-    out.extend_from_slice(b",\"at\":");
-    string(out, &record.at);
+    out.extend_from_slice(b",\"at\":\"");
+    record.at.write(out);
+    out.push(b'"');
     identity(out, &record.identity);
     out.extend_from_slice(b",\"ended_at\":");
-    opt_string(out, record.ended_at.as_deref());
+    match record.ended_at {
+        Some(t) => {
+            out.push(b'"');
+            t.write(out);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
     key_u64(out, b",\"duration_ms\":", record.duration_ms);
     key_u64(out, b",\"active_ms\":", record.active_ms);
     key_u64(out, b",\"idle_ms\":", record.idle_ms);
@@ -315,6 +327,13 @@ mod tests {
             })
     }
 
+    /// Record times from 1970 to about 2600 (the text's range ends in 9999), to the nanosecond.
+    fn stamp() -> impl Strategy<Value = Stamp> {
+        (0u64..20_000_000_000_000_000).prop_map(|ns| {
+            Stamp::new(SystemTime::UNIX_EPOCH + Duration::from_micros(ns / 1000) + Duration::from_nanos(ns % 1000))
+        })
+    }
+
     fn record() -> impl Strategy<Value = UsageRecord> {
         let kind = prop_oneof![
             Just(RecordKind::Start),
@@ -333,13 +352,14 @@ mod tests {
                 })
             });
         (
-            (kind, text(), any::<u64>(), text(), identity(), proptest::option::of(text())),
+            (kind, any::<u128>(), any::<u64>(), stamp(), identity(), proptest::option::of(stamp())),
             (any::<[u64; 4]>(), any::<u16>(), proptest::option::of(text())),
             (direction_usage(), direction_usage(), direction_usage(), close),
             (text(), proptest::option::of(text()), proptest::collection::btree_map(text(), float(), 0..4)),
         )
             .prop_map(|(head, numbers, directions, tail)| {
-                let (record, idempotency_key, seq, at, identity, ended_at) = head;
+                let (record, key_id, seq, at, identity, ended_at) = head;
+                let idempotency_key = ConnectionKey { connection_id: uuid::Uuid::from_u128(key_id), seq };
                 let ([duration_ms, active_ms, idle_ms, requests], status, subprotocol) = numbers;
                 let (client_to_backend, backend_to_client, gateway, close) = directions;
                 let (outcome, reason, units) = tail;

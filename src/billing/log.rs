@@ -85,7 +85,7 @@ impl UsageLog {
     }
 
     /// Append the record `json` writes (its JSON, without a newline) as one spool line.
-    fn append(&self, kind: &str, key: &str, json: impl Fn(&mut Vec<u8>) -> serde_json::Result<()>) {
+    fn append(&self, kind: &str, key: &dyn std::fmt::Display, json: impl Fn(&mut Vec<u8>) -> serde_json::Result<()>) {
         let encode = |line: &mut Vec<u8>| {
             line.clear();
             super::spool::frame_into(line, &json)
@@ -111,7 +111,7 @@ impl UsageLog {
             },
             Err(e) => {
                 // Only a bug can get here (every field serialises); say which record it was.
-                tracing::error!(error = %e, key, "cannot serialise a usage record");
+                tracing::error!(error = %e, key = %key, "cannot serialise a usage record");
                 self.metrics.usage_write_errors.with_label_values(&[kind]).inc();
             }
         }

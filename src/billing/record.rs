@@ -130,16 +130,16 @@ pub struct UsageRecord {
     /// Record type: `start`, `interim` or `stop`.
     pub record: RecordKind,
     /// `<connection_id>:<seq>`: unique per record, for sinks that drop duplicates.
-    pub idempotency_key: String,
+    pub idempotency_key: ConnectionKey,
     /// 0 for `start` (and for the `stop` of a failed handshake), then 1, 2, … in order.
     pub seq: u64,
     /// When this record was made (RFC 3339 UTC, milliseconds).
-    pub at: String,
+    pub at: Stamp,
     /// Who the connection is (its fields appear at this level of the JSON object).
     #[serde(flatten)]
     pub identity: Arc<Identity>,
     /// When the connection ended (RFC 3339 UTC, milliseconds); null until `stop`.
-    pub ended_at: Option<String>,
+    pub ended_at: Option<Stamp>,
     /// Wall-clock lifetime so far, milliseconds (monotonic clock).
     pub duration_ms: u64,
     /// Time with relayed traffic so far, milliseconds: the union of `usage.idle_threshold` after
@@ -316,6 +316,92 @@ pub struct CloseUsage {
     pub cause: Cow<'static, str>,
 }
 
+/// A connection record's time (`at`, `ended_at`), to the millisecond: in JSON its RFC 3339 UTC
+/// text with milliseconds. A record keeps the number, not the text, so that making one costs no
+/// string per timestamp; the text is written straight into the record's line (issue 14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp(WallTime);
+
+impl Stamp {
+    /// `t`, to the millisecond (the text's precision: a stamp read back from its text is equal).
+    pub fn new(t: SystemTime) -> Stamp {
+        let WallTime(ns) = WallTime::from(t);
+        Stamp(WallTime(ns - ns % 1_000_000))
+    }
+
+    /// This time as a `SystemTime`.
+    pub fn system_time(self) -> SystemTime {
+        self.0.system_time()
+    }
+
+    /// Append its text (`rfc3339_ms`) to `out`.
+    pub fn write(self, out: &mut Vec<u8>) {
+        write_rfc3339_ms(out, self.system_time());
+    }
+}
+
+impl std::fmt::Display for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&rfc3339_ms(self.system_time()))
+    }
+}
+
+impl Serialize for Stamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&rfc3339_ms(self.system_time()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Stamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Stamp, D::Error> {
+        let text = Cow::<str>::deserialize(d)?;
+        humantime::parse_rfc3339(&text).map(Stamp::new).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A connection record's idempotency key, `<connection_id>:<seq>` in JSON: kept as its two
+/// parts, so that making a record costs no string for it (issue 14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionKey {
+    /// The connection's id.
+    pub connection_id: uuid::Uuid,
+    /// The record's sequence number.
+    pub seq: u64,
+}
+
+impl ConnectionKey {
+    /// Append its text (the hyphenated lower-case id, a colon, the number) to `out`.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(
+            self.connection_id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes(),
+        );
+        out.push(b':');
+        out.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
+    }
+}
+
+impl std::fmt::Display for ConnectionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.connection_id.hyphenated(), self.seq)
+    }
+}
+
+impl Serialize for ConnectionKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConnectionKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ConnectionKey, D::Error> {
+        let text = Cow::<str>::deserialize(d)?;
+        let parsed = text.rsplit_once(':').and_then(|(id, seq)| {
+            Some(ConnectionKey { connection_id: uuid::Uuid::parse_str(id).ok()?, seq: seq.parse().ok()? })
+        });
+        parsed.ok_or_else(|| serde::de::Error::custom(format!("not a `<connection_id>:<seq>` key: {text:?}")))
+    }
+}
+
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T14:05:06.123Z`.
 pub fn rfc3339_ms(t: SystemTime) -> String {
     let mut text = Vec::with_capacity(RFC3339_MS_LEN);
@@ -408,6 +494,35 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key's text is the hyphenated id, a colon and the number, written or displayed, and it
+    /// reads back; a stamp keeps milliseconds only, and its text reads back equal.
+    #[test]
+    fn keys_and_stamps_are_their_text_and_read_back() {
+        let id = uuid::Uuid::from_u128(0x0192_8e3a_0000_7000_8000_0000_0000_00ab);
+        for seq in [0, 7, 10, 99, 100, u64::MAX] {
+            let key = ConnectionKey { connection_id: id, seq };
+            let mut written = b"x".to_vec();
+            key.write(&mut written);
+            assert_eq!(written, format!("x{id}:{seq}").into_bytes());
+            assert_eq!(key.to_string(), format!("{id}:{seq}"));
+            let json = serde_json::to_string(&key).unwrap();
+            assert_eq!(json, format!("\"{id}:{seq}\""));
+            assert_eq!(serde_json::from_str::<ConnectionKey>(&json).unwrap(), key);
+        }
+        for bad in ["\"x:1\"", "\"0192\"", "\"0192:1:2\""] {
+            assert!(serde_json::from_str::<ConnectionKey>(bad).is_err(), "{bad}");
+        }
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(1_764_000_000_123_456_789);
+        let stamp = Stamp::new(t);
+        assert_eq!(stamp.system_time(), SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_000_000_123));
+        assert_eq!(stamp.to_string(), rfc3339_ms(t));
+        let mut written = Vec::new();
+        stamp.write(&mut written);
+        assert_eq!(written, rfc3339_ms(t).into_bytes());
+        let json = serde_json::to_string(&stamp).unwrap();
+        assert_eq!(serde_json::from_str::<Stamp>(&json).unwrap(), stamp);
+    }
 
     /// The digit-by-digit text is `humantime`'s (the text records had before) at 200 000 times
     /// spread over the range `humantime` writes, the last millisecond of every seventh day in it

@@ -238,7 +238,7 @@ impl Ending {
             let dir = |d: &crate::billing::DirectionUsage| serde_json::json!({"messages": d.messages, "wire_bytes": d.wire_bytes});
             let id = &record.identity;
             log.write(&serde_json::json!({
-                "time": record.ended_at.as_deref().unwrap_or(&record.at),
+                "time": record.ended_at.unwrap_or(record.at).to_string(),
                 "id": id.connection_id,
                 "client": id.client_addr,
                 "route": route,

@@ -22,7 +22,7 @@ pub mod rejections;
 pub mod standing;
 pub mod today;
 
-use crate::billing::record::rfc3339_ms;
+use crate::billing::record::{ConnectionKey, Stamp};
 use crate::billing::{CloseUsage, DirectionUsage, Identity, RecordKind, UsageRecord};
 use crate::relay::report::RelayReport;
 use crate::relay::scanner::DirectionCounts;
@@ -138,12 +138,12 @@ impl Meter {
         let now_wall = self.identity.started_at.system_time() + duration;
         let active = progress.active.min(duration);
         let stop = kind == RecordKind::Stop;
-        let at = rfc3339_ms(now_wall);
+        let at = Stamp::new(now_wall);
         UsageRecord {
             record: kind,
-            idempotency_key: idempotency_key(self.identity.connection_id, seq),
+            idempotency_key: ConnectionKey { connection_id: self.identity.connection_id, seq },
             seq,
-            ended_at: stop.then(|| at.clone()),
+            ended_at: stop.then_some(at),
             at,
             identity: self.identity.clone(),
             duration_ms: duration.as_millis() as u64,
@@ -159,32 +159,6 @@ impl Meter {
             outcome: if stop { "".into() } else { "open".into() },
             reason: None,
             units: Default::default(),
-        }
-    }
-}
-
-/// `<connection_id>:<seq>`, the idempotency key of a connection's record `seq`, in one
-/// allocation of its final size.
-fn idempotency_key(connection_id: uuid::Uuid, seq: u64) -> String {
-    let mut seq_text = itoa::Buffer::new();
-    let seq_text = seq_text.format(seq);
-    let mut key = String::with_capacity(uuid::fmt::Hyphenated::LENGTH + 1 + seq_text.len());
-    key.push_str(connection_id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
-    key.push(':');
-    key.push_str(seq_text);
-    key
-}
-
-#[cfg(test)]
-mod tests {
-    /// The key is the connection's hyphenated id, a colon and the sequence number.
-    #[test]
-    fn an_idempotency_key_is_the_id_and_the_sequence() {
-        let id = uuid::Uuid::from_u128(0x0192_8e3a_0000_7000_8000_0000_0000_00ab);
-        for seq in [0, 7, u64::MAX] {
-            let key = super::idempotency_key(id, seq);
-            assert_eq!(key, format!("{id}:{seq}"));
-            assert_eq!(key.capacity(), key.len());
         }
     }
 }
