@@ -35,7 +35,7 @@ impl Gateway {
             Verdict::Deny(d) => {
                 // Counted and recorded before the answer, like every refusal.
                 let reason = RejectReason::ExternalAuthDenied;
-                self.metrics.handshake_rejections.with_label_values(&[&req.route, reason.as_str()]).inc();
+                self.metrics.handshake_rejections.with_label_values(&[&*req.route, reason.as_str()]).inc();
                 tracing::debug!(route = %req.route, status = d.status, "external auth refused the upgrade");
                 let detail = format!("{}: {}", reason.as_str(), d.status);
                 let rejection = Rejection { status: d.status, outcome: reason.outcome(), reason: &detail };

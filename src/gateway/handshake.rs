@@ -126,7 +126,7 @@ mod tests {
 
     fn head(method: &str, minor: u8, headers: &[(&str, &str)]) -> RequestHead {
         RequestHead {
-            method: method.into(),
+            method: method.to_string().into(),
             target: "/".into(),
             minor_version: minor,
             headers: Fields::from_pairs(headers.iter().copied()),

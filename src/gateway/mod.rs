@@ -198,12 +198,10 @@ pub struct Request {
     pub tls: bool,
     /// The client certificate its listener verified (`listeners[].tls.client_auth`), if any.
     pub peer: Option<Arc<crate::client_cert::PeerCert>>,
-    /// Route name (the `route` label).
-    pub route: String,
-    /// Its index in `snap.routes` (and `snap.route_handles`).
+    /// Route name (the `route` label): the snapshot's, shared.
+    pub route: crate::billing::Name,
+    /// Its index in `snap.routes` (and `snap.route_handles`, `snap.route_names`).
     pub route_index: usize,
-    /// Its pool, or its namespace on object routes (the `pool` / `namespace` labels).
-    pub place: Place,
     /// The config snapshot the request is served with (to its 101).
     pub snap: Arc<Snapshot>,
     /// What admission granted: the object ids the credential may open (empty: any) and the
@@ -211,6 +209,14 @@ pub struct Request {
     pub grant: Grant,
     /// Turns true when weir shuts down.
     pub shutdown: ShutdownWatch,
+}
+
+impl Request {
+    /// Its pool, or its namespace on object routes (the `pool` / `namespace` labels): for the
+    /// metric families a route's handles do not hold already (cold: made when asked).
+    fn place(&self) -> Place {
+        self.snap.routes.get(self.route_index).map(|r| self.snap.place(r)).unwrap_or_default()
+    }
 }
 
 impl Gateway {
@@ -351,16 +357,14 @@ impl Gateway {
                 identity.tenant = names.tenant.clone();
             }
         }
-        let place = snap.place(route);
         let mut req = Request {
             stream,
             head,
             meter,
             tls,
             peer,
-            route: route.name.clone(),
+            route: names.map_or_else(|| route.name.as_str().into(), |n| n.route.clone()),
             route_index,
-            place,
             snap: snap.clone(),
             grant: Grant::default(),
             shutdown: shutdown.clone(),

@@ -165,7 +165,7 @@ impl Gateway {
     /// The peer hop's first line for `req`: who the client is, as admission established it.
     fn peer_line(&self, req: &Request, cluster: &Cluster, ns: &Namespace, id: &str, token: i64) -> Vec<u8> {
         let who = req.meter.identity();
-        let authenticated = req.snap.config.routes.iter().any(|r| r.name == req.route && r.auth.is_some());
+        let authenticated = req.snap.config.routes.iter().any(|r| *r.name == *req.route && r.auth.is_some());
         let identity = peer::Identity {
             from: cluster.instance().to_string(),
             namespace: ns.config.name.clone(),
@@ -173,7 +173,7 @@ impl Gateway {
             token,
             client: req.meter.client().map(|a| a.to_string()),
             tenant: who.tenant.as_deref().map(String::from),
-            route: req.route.clone(),
+            route: req.route.to_string(),
             connection_id: who.connection_id.to_string(),
             credential: if authenticated { "accepted" } else { "none" }.to_string(),
             at: 0,
@@ -244,7 +244,7 @@ impl Gateway {
             let connect = started.elapsed().as_secs_f64();
             match req.snap.route_handles.get(req.route_index) {
                 Some(handles) => handles.backend_connect.observe(connect),
-                None => self.metrics.backend_connect.with_label_values(&req.place.labels()).observe(connect),
+                None => self.metrics.backend_connect.with_label_values(&req.place().labels()).observe(connect),
             }
             req.meter.set_subprotocol(answer.headers.get("sec-websocket-protocol"));
             let rsv = allowed_rsv(answer.headers.get("sec-websocket-extensions").as_deref());
@@ -293,13 +293,13 @@ impl Gateway {
         lease: Option<Lease>,
         serve: Serve,
     ) -> Option<Running> {
-        let Request { stream, meter, route, route_index, place, shutdown, head, grant, snap, .. } = req;
+        let metrics = match req.snap.route_handles.get(req.route_index) {
+            Some(handles) => handles.connection(),
+            None => self.metrics.connection(&req.route, &req.place()),
+        };
+        let Request { stream, meter, route_index, shutdown, head, grant, snap, .. } = req;
         drop(head);
         let chunks = snap.chunks;
-        let metrics = match snap.route_handles.get(route_index) {
-            Some(handles) => handles.connection(),
-            None => self.metrics.connection(&route, &place),
-        };
         // Both built from the snapshot's one route table, so both are there; were they not, the
         // connection would run without guards or size limits rather than panic.
         let (guards, sizes) = match (snap.route_guards.get(route_index), snap.routes.get(route_index)) {
@@ -437,7 +437,7 @@ impl Gateway {
         tracing::debug!(route = %req.route, status, "backend refused the upgrade; passing its answer through");
         let timeout = req.snap.config.timeouts.backend_handshake;
         let _ = upstream::pass_through(answer, &mut backend, &mut req.stream, timeout).await;
-        self.metrics.handshake_rejections.with_label_values(&[&req.route, reject::BACKEND_REFUSED]).inc();
+        self.metrics.handshake_rejections.with_label_values(&[&*req.route, reject::BACKEND_REFUSED]).inc();
         let reason = format!("backend answered {status}");
         self.live.reject(&req.meter, Rejection { status, outcome: reject::BACKEND_REFUSED, reason: &reason });
     }

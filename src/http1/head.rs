@@ -9,6 +9,7 @@
 
 use super::Fields;
 use bytes::BytesMut;
+use std::borrow::Cow;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -22,8 +23,8 @@ const INITIAL_READ: usize = 2048;
 /// A parsed request head plus the bytes read after it.
 #[derive(Debug)]
 pub struct RequestHead {
-    /// Request method as sent.
-    pub method: String,
+    /// Request method as sent (`GET`, every upgrade's, without an allocation).
+    pub method: Cow<'static, str>,
     /// Request target in origin form (path and query): as sent, or the path and query of an
     /// absolute-form target (whose authority is then the `Host` field; see `origin_form`).
     pub target: String,
@@ -195,7 +196,7 @@ async fn read_head_inner<S: AsyncRead + Unpin>(stream: &mut S, already: &[u8]) -
     }
 }
 
-type Parsed = (String, String, u8, Fields, usize);
+type Parsed = (Cow<'static, str>, String, u8, Fields, usize);
 
 fn parse(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -203,7 +204,10 @@ fn parse(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
     match req.parse(buf) {
         Ok(httparse::Status::Partial) => Ok(None),
         Ok(httparse::Status::Complete(len)) => {
-            let method = req.method.unwrap_or("").to_string();
+            let method = match req.method {
+                Some("GET") => Cow::Borrowed("GET"),
+                m => Cow::Owned(m.unwrap_or("").to_string()),
+            };
             let mut headers = Fields::from_parsed(req.headers);
             let target = origin_form(req.path.unwrap_or(""), &mut headers);
             let minor = req.version.unwrap_or(0);
