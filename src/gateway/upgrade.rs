@@ -156,7 +156,8 @@ impl Gateway {
         if let Some(guard) = claim {
             lease.keep(guard);
         }
-        let answer = with_subprotocol(switching_protocols(&accept_key(key)), req.grant.key_entry.as_deref());
+        let plain = switching_protocols(&accept_key(key));
+        let answer = with_subprotocol(&plain, req.grant.key_entry.as_deref());
         let early = req.head.early().to_vec();
         let handle = lease.object().clone();
         self.established(req, &answer, early, Some(lease), Serve::Object { object, id, handle, join }).await
@@ -257,7 +258,7 @@ impl Gateway {
             // selected none (a browser that offered one fails a 101 without it).
             let entry =
                 req.grant.key_entry.as_deref().filter(|_| answer.headers.get("sec-websocket-protocol").is_none());
-            let head_101 = with_subprotocol(answer.head().to_vec(), entry);
+            let head_101 = with_subprotocol(answer.head(), entry);
             self.established(req, &head_101, early, lease, serve).await
         }
     }

@@ -57,15 +57,17 @@ pub fn switching_protocols(accept: &str) -> Vec<u8> {
 }
 
 /// A response head (`head`, ending in the blank line) with `Sec-WebSocket-Protocol: entry` added
-/// before the blank line; unchanged when `entry` is `None`.
-pub fn with_subprotocol(mut head: Vec<u8>, entry: Option<&str>) -> Vec<u8> {
-    if let Some(entry) = entry {
-        if head.ends_with(b"\r\n\r\n") {
-            head.truncate(head.len() - 2);
-            head.extend_from_slice(format!("Sec-WebSocket-Protocol: {entry}\r\n\r\n").as_bytes());
+/// before the blank line; `head` itself when `entry` is `None`.
+pub fn with_subprotocol<'a>(head: &'a [u8], entry: Option<&str>) -> std::borrow::Cow<'a, [u8]> {
+    match entry {
+        Some(entry) if head.ends_with(b"\r\n\r\n") => {
+            let mut with = head.get(..head.len() - 2).unwrap_or(head).to_vec();
+            with.extend_from_slice(format!("Sec-WebSocket-Protocol: {entry}\r\n\r\n").as_bytes());
+            with.into()
         }
+        // Unchanged: the head itself, not a copy (the usual 101).
+        _ => head.into(),
     }
-    head
 }
 
 /// In `allowed_rsv`'s answer: the bits may be set on every frame, not only a data message's
@@ -90,6 +92,21 @@ pub fn allowed_rsv(extensions: Option<&str>) -> u8 {
 mod tests {
     use super::*;
     use bytes::BytesMut;
+    use std::borrow::Cow;
+
+    /// A named entry goes before the blank line; without one the head is passed on as it is,
+    /// not copied; a head without its blank line is not touched.
+    #[test]
+    fn a_subprotocol_entry_is_added_before_the_blank_line() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+        assert!(matches!(with_subprotocol(head, None), Cow::Borrowed(h) if h == head));
+        assert_eq!(
+            &*with_subprotocol(head, Some("key.abc")),
+            &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: key.abc\r\n\r\n"[..]
+        );
+        let cut = &head[..head.len() - 2];
+        assert_eq!(&*with_subprotocol(cut, Some("key.abc")), cut);
+    }
 
     #[test]
     fn accept_key_matches_rfc_example() {
