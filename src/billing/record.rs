@@ -346,16 +346,16 @@ impl std::fmt::Display for Stamp {
     }
 }
 
+/// In JSON as `started_at` is (`rfc3339_millis`).
 impl Serialize for Stamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&rfc3339_ms(self.system_time()))
+        rfc3339_millis::serialize(&self.0, s)
     }
 }
 
 impl<'de> Deserialize<'de> for Stamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Stamp, D::Error> {
-        let text = Cow::<str>::deserialize(d)?;
-        humantime::parse_rfc3339(&text).map(Stamp::new).map_err(serde::de::Error::custom)
+        rfc3339_millis::deserialize(d).map(|t| Stamp::new(t.system_time()))
     }
 }
 
