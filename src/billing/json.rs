@@ -72,7 +72,7 @@ pub fn write_usage(out: &mut Vec<u8>, record: &UsageRecord) {
 /// The identity's fields, each preceded by a comma (they sit inside the record's object).
 fn identity(out: &mut Vec<u8>, id: &Identity) {
     out.extend_from_slice(b",\"connection_id\":\"");
-    out.extend_from_slice(id.connection_id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes());
+    crate::text::push_uuid(out, &id.connection_id);
     out.extend_from_slice(b"\",\"tenant\":");
     opt_string(out, id.tenant.as_deref());
     out.extend_from_slice(b",\"route\":");

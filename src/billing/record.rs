@@ -334,9 +334,9 @@ impl Stamp {
         self.0.system_time()
     }
 
-    /// Append its text (`rfc3339_ms`) to `out`.
+    /// Append its text (`rfc3339_ms`) to `out`, from its milliseconds (no `SystemTime` between).
     pub fn write(self, out: &mut Vec<u8>) {
-        write_rfc3339_ms(out, self.system_time());
+        write_ms_since_epoch(out, (self.0).0 / 1_000_000);
     }
 }
 
@@ -372,9 +372,7 @@ pub struct ConnectionKey {
 impl ConnectionKey {
     /// Append its text (the hyphenated lower-case id, a colon, the number) to `out`.
     pub fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(
-            self.connection_id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes(),
-        );
+        crate::text::push_uuid(out, &self.connection_id);
         out.push(b':');
         out.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
     }
@@ -421,12 +419,18 @@ const RFC3339_MS_LEN: usize = "2026-11-22T14:05:06.123Z".len();
 /// (`LAST_SECOND`): a connection's records are written within a second of each other, and of
 /// the other connections' on the same worker, so most timestamps only add their milliseconds.
 pub fn write_rfc3339_ms(out: &mut Vec<u8>, t: SystemTime) {
-    /// 9999-12-31T23:59:59.999Z, milliseconds since the epoch.
-    const LAST_MS: u64 = 253_402_300_799_999;
     let ms = t
         .duration_since(SystemTime::UNIX_EPOCH)
         // Seconds and milliseconds apart: `as_millis` divides a u128 (a library call).
-        .map_or(0, |d| d.as_secs().saturating_mul(1000).saturating_add(u64::from(d.subsec_millis())).min(LAST_MS));
+        .map_or(0, |d| d.as_secs().saturating_mul(1000).saturating_add(u64::from(d.subsec_millis())));
+    write_ms_since_epoch(out, ms);
+}
+
+/// `write_rfc3339_ms` of the time `ms` milliseconds after the epoch.
+fn write_ms_since_epoch(out: &mut Vec<u8>, ms: u64) {
+    /// 9999-12-31T23:59:59.999Z, milliseconds since the epoch.
+    const LAST_MS: u64 = 253_402_300_799_999;
+    let ms = ms.min(LAST_MS);
     let (secs, millis) = (ms / 1000, (ms % 1000) as u32);
     let mut text = *b"0000-00-00T00:00:00.000Z";
     let (cached, prefix) = LAST_SECOND.get();

@@ -204,7 +204,7 @@ pub fn upgrade_request(
     }
     out.extend_from_slice(if tls { b"X-Forwarded-Proto: https\r\n" } else { b"X-Forwarded-Proto: http\r\n" });
     out.extend_from_slice(b"X-Weir-Connection-Id: ");
-    out.extend_from_slice(connection_id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).as_bytes());
+    crate::text::push_uuid(&mut out, &connection_id);
     out.extend_from_slice(b"\r\n");
     if let Some(t) = tenant.filter(|t| t.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))) {
         out.extend_from_slice(b"X-Weir-Tenant: ");

@@ -208,7 +208,7 @@ fn parse(buf: &[u8]) -> Result<Option<Parsed>, HeadError> {
                 Some("GET") => Cow::Borrowed("GET"),
                 m => Cow::Owned(m.unwrap_or("").to_string()),
             };
-            let mut headers = Fields::from_parsed(req.headers);
+            let mut headers = Fields::from_parsed_in(buf, req.headers);
             let target = origin_form(req.path.unwrap_or(""), &mut headers);
             let minor = req.version.unwrap_or(0);
             Ok(Some((method, target, minor, headers, len)))
@@ -309,7 +309,8 @@ pub async fn read_response_head<S: AsyncRead + Unpin>(io: &mut S) -> Result<Resp
             Ok(httparse::Status::Partial) => continue,
             Ok(httparse::Status::Complete(head_len)) => {
                 let status = resp.code.unwrap_or(0);
-                return Ok(ResponseHead { status, headers: Fields::from_parsed(resp.headers), buf, head_len });
+                let headers = Fields::from_parsed_in(&buf, resp.headers);
+                return Ok(ResponseHead { status, headers, buf, head_len });
             }
             Err(e) => return Err(ResponseError::BadResponse(e.to_string())),
         }
