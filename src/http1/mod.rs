@@ -207,8 +207,8 @@ pub fn value_has_token(value: &[u8], token: &str) -> bool {
 }
 
 /// `a.eq_ignore_ascii_case(b)`, eight bytes at a time: the header names and tokens weir looks
-/// for are 7 to 22 bytes, where the byte-at-a-time loop of the standard library costs about
-/// 12 instructions a byte (callgrind: `value_has_token` was 200 a call).
+/// for are 7 to 22 bytes (callgrind, per handshake cycle: the token checks took 1 256
+/// instructions with the standard library's comparison, 1 046 with this).
 pub fn eq_ignore_ascii_case(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
