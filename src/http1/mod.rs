@@ -313,35 +313,31 @@ mod tests {
         }
     }
 
-    /// The word-wise comparison is the standard library's, for every length up to 40 and bytes
-    /// drawn around the letters' edges (`@`, `[`, `` ` ``, `{`, and with the high bit set).
-    #[test]
-    fn case_blind_comparison_is_the_standard_one() {
-        let edges = b"@AZ[`az{\xc0\xc1\xda\xdb\xe0\xe1\xfa\xfb09-";
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for len in 0..40 {
-            for _ in 0..400 {
-                let a: Vec<u8> = (0..len).map(|_| edges[next() as usize % edges.len()]).collect();
-                // b: a with some bytes' case flipped or replaced.
-                let b: Vec<u8> = a
-                    .iter()
-                    .map(|&c| match next() % 4 {
-                        0 => c ^ 0x20,
-                        1 => edges[next() as usize % edges.len()],
-                        _ => c,
-                    })
-                    .collect();
-                assert_eq!(eq_ignore_ascii_case(&a, &b), a.eq_ignore_ascii_case(&b), "{a:?} {b:?}");
-                assert!(eq_ignore_ascii_case(&a, &a.to_ascii_uppercase()));
-            }
+    /// Bytes around the letters' edges (`@`, `[`, `` ` ``, `{`, and with the high bit set).
+    const EDGES: &[u8] = b"@AZ[`az{\xc0\xc1\xda\xdb\xe0\xe1\xfa\xfb09-";
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        /// The word-wise comparison is the standard library's, for every length up to 40: `b`
+        /// is `a` with some bytes' case flipped (`edit` 0) or replaced by another edge byte (1).
+        #[test]
+        fn case_blind_comparison_is_the_standard_one(
+            pairs in proptest::collection::vec(
+                (proptest::sample::select(EDGES), 0u8..4, proptest::sample::select(EDGES)),
+                0..40,
+            ),
+        ) {
+            let a: Vec<u8> = pairs.iter().map(|&(c, _, _)| c).collect();
+            let b: Vec<u8> = pairs.iter().map(|&(c, edit, other)| match edit { 0 => c ^ 0x20, 1 => other, _ => c }).collect();
+            proptest::prop_assert_eq!(eq_ignore_ascii_case(&a, &b), a.eq_ignore_ascii_case(&b));
+            proptest::prop_assert!(eq_ignore_ascii_case(&a, &a.to_ascii_uppercase()));
         }
+    }
+
+    #[test]
+    fn lengths_differ_never_equal() {
         assert!(!eq_ignore_ascii_case(b"upgrade", b"upgrades"));
+        assert!(eq_ignore_ascii_case(b"Sec-WebSocket-Accept", b"sec-websocket-accept"));
     }
 
     /// One copy of the head up to its last field gives the same fields as copying each.
