@@ -1,5 +1,5 @@
-//! Addresses appended to byte buffers as `Display` prints them, without the formatter: the
-//! connection records (`billing::json`) and the backend's upgrade request
+//! Addresses and ids appended to byte buffers as `Display` prints them, without the formatter:
+//! the connection records (`billing::json`) and the backend's upgrade request
 //! (`gateway::upstream`) write a client or backend address per connection, and `Display` of an
 //! IPv4 address goes through `core::fmt` once per octet (about 1 400 instructions for an
 //! `a.b.c.d:port`, callgrind; this writes it in about 300).

@@ -206,9 +206,12 @@ pub fn value_has_token(value: &[u8], token: &str) -> bool {
     }
 }
 
-/// `a.eq_ignore_ascii_case(b)`, eight bytes at a time: the header names and tokens weir looks
-/// for are 7 to 22 bytes (callgrind, per handshake cycle: the token checks took 1 256
-/// instructions with the standard library's comparison, 1 046 with this).
+/// `a.eq_ignore_ascii_case(b)`, eight bytes at a time, for the fields' names and list tokens:
+/// they are 7 to 22 bytes (callgrind, per handshake cycle: the token checks took 1 256
+/// instructions with the standard library's comparison, 1 046 with this). The gateway's own
+/// per-field name filters (`handshake::Seen`, `upstream::hop_by_hop`, `forged_name`) keep the
+/// standard one: there it is inlined behind its length check, and this out-of-line call
+/// measured about 240 instructions a cycle more.
 pub fn eq_ignore_ascii_case(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -335,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn lengths_differ_never_equal() {
+    fn lengths_must_match_and_case_does_not() {
         assert!(!eq_ignore_ascii_case(b"upgrade", b"upgrades"));
         assert!(eq_ignore_ascii_case(b"Sec-WebSocket-Accept", b"sec-websocket-accept"));
     }
