@@ -129,6 +129,46 @@ async fn backend_that_never_answers_is_504() {
     assert_eq!((status, body.as_str()), (504, "Backend timed out"));
 }
 
+/// A client that does not finish its request head within `timeouts.request_head` is closed without
+/// an answer (it asked nothing yet), not before the timeout, and bytes trickling in do not extend
+/// it: the head's wait is bounded as a whole (by the connection's handshake deadline, which the
+/// backend's connect and answer share after it).
+#[tokio::test]
+async fn a_request_head_not_finished_in_time_is_closed() {
+    use std::time::{Duration, Instant};
+    let backend = echo_backend().await;
+    let weir = Weir::start_with(
+        &pool_and_route("p", &[backend.addr], "/ws"),
+        "timeouts:\n  request_head: 400ms\n  backend_connect: 2s\n  backend_handshake: 3s\n",
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(weir.addr).await.unwrap();
+    let start = Instant::now();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = [0u8; 256];
+    let mut trickled = 0;
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(10), "still open after 10 s");
+        tokio::select! {
+            r = s.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => panic!("weir answered a head it never got: {:?}", String::from_utf8_lossy(&buf[..n])),
+            },
+            // Paces the trickle (a header name's bytes, no line end): not a synchronisation.
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if s.write_all(b"X").await.is_ok() {
+                    trickled += 1;
+                }
+            }
+        }
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(400), "closed after {took:?}, before the head's 400 ms");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}, long after the head's 400 ms");
+    assert!(trickled >= 2, "the trickle ran ({trickled} bytes)");
+    assert!(backend.seen().is_empty(), "the backend must not see an unfinished head");
+}
+
 #[tokio::test]
 async fn backend_connect_timeout_is_504() {
     // A listener that never accepts, with its accept queue filled: the kernel drops further SYNs,

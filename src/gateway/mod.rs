@@ -61,6 +61,7 @@ use crate::metering::quota::{self, Quotas};
 use crate::metering::{Meter, Rejection};
 use crate::metrics::{Metrics, Place};
 use crate::relay::scanner::{Chunks, Role, ScanLimits, ScanPolicy};
+use crate::relay::timers::Deadline;
 use async_trait::async_trait;
 use connection::Running;
 use pingora_core::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
@@ -209,6 +210,8 @@ pub struct Request {
     pub grant: Grant,
     /// Turns true when weir shuts down.
     pub shutdown: ShutdownWatch,
+    /// Bounds the handshake's waits (head, connect, answer): one timer entry for all of them.
+    pub deadline: Deadline,
 }
 
 impl Request {
@@ -306,7 +309,10 @@ impl Gateway {
         }
         // A shutdown does not cut a head short: a connection accepted just before it (a binary
         // upgrade's old process, say) is answered; the head's own timeout bounds the wait.
-        let head = head::read_head_after(&mut stream, timeouts.request_head, &already).await;
+        // One deadline for the handshake's waits: the head, the backend's connect and answer.
+        let mut deadline = Deadline::default();
+        let head = deadline.within(timeouts.request_head, head::read_head_from(&mut stream, &already)).await;
+        let head = head.unwrap_or(Err(HeadError::TimedOut));
         drop(already);
         // The snapshot in force once the head is in: the request keeps it to its 101.
         let snap = self.current.load_full();
@@ -368,6 +374,7 @@ impl Gateway {
             snap: snap.clone(),
             grant: Grant::default(),
             shutdown: shutdown.clone(),
+            deadline,
         };
         if wants_ws {
             if let Err((reason, detail, retry)) = self.admit(&mut req, route_index, route).await {

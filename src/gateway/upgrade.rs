@@ -22,6 +22,7 @@ use crate::objects::registry::{Lease, PlaceError};
 use crate::objects::room::Join;
 use crate::objects::Namespace;
 use crate::pools::MAX_CONNECT_ATTEMPTS;
+use crate::relay::timers::Deadline;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -192,7 +193,7 @@ impl Gateway {
         let mut req = req;
         async move {
             let snap = req.snap.clone();
-            let connected = match self.connect(&snap, hop, &req.meter).await {
+            let connected = match self.connect(&snap, hop, &req.meter, &mut req.deadline).await {
                 Ok(c) => c,
                 Err(reason) => {
                     self.reject(&mut req, reason).await;
@@ -220,8 +221,8 @@ impl Gateway {
             if let Hop::Peer { line, .. } = hop {
                 request.splice(0..0, line.iter().copied());
             }
-            let answer = match upstream::handshake(&mut backend, &request, snap.config.timeouts.backend_handshake).await
-            {
+            let wait = snap.config.timeouts.backend_handshake;
+            let answer = match upstream::handshake(&mut backend, &request, wait, &mut req.deadline).await {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(route = %req.route, backend = %addr, error = %e, "backend handshake failed");
@@ -322,7 +323,13 @@ impl Gateway {
     /// Connect to `hop`: a backend picked from the pool, or the host the object id is placed on,
     /// trying up to `MAX_CONNECT_ATTEMPTS` of them (an object host that refuses is marked down
     /// and its ids move).
-    async fn connect(&self, snap: &Snapshot, hop: Hop<'_>, meter: &Meter) -> Result<Connected, RejectReason> {
+    async fn connect(
+        &self,
+        snap: &Snapshot,
+        hop: Hop<'_>,
+        meter: &Meter,
+        deadline: &mut Deadline,
+    ) -> Result<Connected, RejectReason> {
         let timeouts = snap.config.timeouts;
         let started = Instant::now();
         // The backends tried so far: `tried[..attempts]` (on the stack: no allocation per
@@ -334,7 +341,7 @@ impl Gateway {
         if let Hop::Peer { addr, .. } = hop {
             // One try: an owner that does not answer is dying; its claim goes with its lease,
             // and the client's retry finds the new owner.
-            return match upstream::connect(addr, timeouts.backend_connect, None).await {
+            return match upstream::connect(addr, timeouts.backend_connect, None, deadline).await {
                 Ok(stream) => Ok(Connected { addr, stream, started, lease: None, open: None }),
                 Err(e) => {
                     tracing::warn!(peer = %addr, error = %e, "cannot reach the owner instance");
@@ -387,7 +394,7 @@ impl Gateway {
                 Hop::Pool(pool) => snap.pools.opened(pool, addr),
                 _ => None,
             };
-            match upstream::connect(addr, timeouts.backend_connect, tls).await {
+            match upstream::connect(addr, timeouts.backend_connect, tls, deadline).await {
                 Ok(stream) => return Ok(Connected { addr, stream, started, lease, open }),
                 Err(e) => {
                     tracing::warn!(backend = %addr, error = %e, "cannot connect to backend");

@@ -22,6 +22,7 @@
 
 use super::io::Io;
 use crate::http1::head::{read_response_head, RequestHead, ResponseError, ResponseHead};
+use crate::relay::timers::Deadline;
 use crate::tls_client::ClientTls;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use std::net::{IpAddr, SocketAddr};
@@ -63,13 +64,20 @@ impl From<ResponseError> for UpstreamError {
 }
 
 /// Open a connection to `addr` within `timeout` (TCP, then the TLS handshake when `tls` is set,
-/// both within `timeout`): a plain socket is `Io::Tcp`, a TLS stream `Io::Other`.
-pub async fn connect(addr: SocketAddr, timeout: Duration, tls: Option<&ClientTls>) -> Result<Io, UpstreamError> {
-    let started = std::time::Instant::now();
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(UpstreamError::Unreachable(format!("connecting to {addr}: {e}"))),
-        Err(_) => return Err(UpstreamError::TimedOut(format!("no connection to {addr} within {timeout:?}"))),
+/// both within `timeout`, kept by `deadline`): a plain socket is `Io::Tcp`, a TLS stream
+/// `Io::Other`.
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+    deadline: &mut Deadline,
+) -> Result<Io, UpstreamError> {
+    let started = Deadline::now();
+    let due = started.saturating_add(crate::relay::mono::nanos_in(timeout));
+    let tcp = match deadline.until(started, due, TcpStream::connect(addr)).await {
+        Some(Ok(tcp)) => tcp,
+        Some(Err(e)) => return Err(UpstreamError::Unreachable(format!("connecting to {addr}: {e}"))),
+        None => return Err(UpstreamError::TimedOut(format!("no connection to {addr} within {timeout:?}"))),
     };
     tcp.set_nodelay(true).map_err(|e| UpstreamError::Unreachable(format!("connected to {addr}: {e}")))?;
     let Some(tls) = tls else { return Ok(Io::Tcp(tcp)) };
@@ -83,16 +91,15 @@ pub async fn connect(addr: SocketAddr, timeout: Duration, tls: Option<&ClientTls
     let connector = tls.connector();
     // Boxed: the handshake's state is 6.7 KB, and only TLS backends need it.
     let handshake = Box::pin(pingora_core::protocols::tls::client::handshake(&connector, &name, l4));
-    let left = timeout.saturating_sub(started.elapsed());
-    match tokio::time::timeout(left, handshake).await {
-        Ok(Ok(s)) => Ok(Io::Other(Box::new(s))),
-        Ok(Err(e)) => {
+    match deadline.until(Deadline::now(), due, handshake).await {
+        Some(Ok(s)) => Ok(Io::Other(Box::new(s))),
+        Some(Err(e)) => {
             // Pingora nests its contexts; the rustls cause (and the SNI) come last.
             let text = e.to_string();
             let cause = text.rsplit_once("cause: ").map_or(text.as_str(), |(_, c)| c);
             Err(UpstreamError::Tls(crate::tls_client::explain(cause)))
         }
-        Err(_) => Err(UpstreamError::TimedOut(format!("no TLS handshake within {timeout:?}"))),
+        None => Err(UpstreamError::TimedOut(format!("no TLS handshake within {timeout:?}"))),
     }
 }
 
@@ -223,11 +230,13 @@ pub fn upgrade_request(
     out
 }
 
-/// Send `request` and read the backend's response head, both within `timeout`.
+/// Send `request` and read the backend's response head, both within `timeout` (kept by
+/// `deadline`).
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     backend: &mut S,
     request: &[u8],
     timeout: Duration,
+    deadline: &mut Deadline,
 ) -> Result<ResponseHead, UpstreamError> {
     let io = async {
         backend
@@ -237,9 +246,9 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         backend.flush().await.map_err(|e| UpstreamError::Unreachable(format!("writing the upgrade: {e}")))?;
         read_response_head(backend).await.map_err(UpstreamError::from)
     };
-    match tokio::time::timeout(timeout, io).await {
-        Ok(r) => r,
-        Err(_) => Err(UpstreamError::TimedOut(format!("no answer to the upgrade within {timeout:?}"))),
+    match deadline.within(timeout, io).await {
+        Some(r) => r,
+        None => Err(UpstreamError::TimedOut(format!("no answer to the upgrade within {timeout:?}"))),
     }
 }
 

@@ -162,13 +162,15 @@ pub async fn read_head_after<S: AsyncRead + Unpin>(
     timeout: Duration,
     already: &[u8],
 ) -> Result<RequestHead, HeadError> {
-    match tokio::time::timeout(timeout, read_head_inner(stream, already)).await {
+    match tokio::time::timeout(timeout, read_head_from(stream, already)).await {
         Ok(r) => r,
         Err(_) => Err(HeadError::TimedOut),
     }
 }
 
-async fn read_head_inner<S: AsyncRead + Unpin>(stream: &mut S, already: &[u8]) -> Result<RequestHead, HeadError> {
+/// `read_head_after` without a timeout: the caller bounds the wait (the gateway, with the
+/// connection's handshake deadline).
+pub async fn read_head_from<S: AsyncRead + Unpin>(stream: &mut S, already: &[u8]) -> Result<RequestHead, HeadError> {
     let mut buf = BytesMut::with_capacity(INITIAL_READ.max(already.len()));
     buf.extend_from_slice(already);
     if !buf.is_empty() {

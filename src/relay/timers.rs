@@ -12,15 +12,30 @@
 //! driver sleeps until the wheel's next due tick (`Wheel::next_due`), so an idle process with
 //! idle connections wakes only when some deadline is due.
 //!
-//! Warm path: `arm`/`disarm`, at most once per connection wakeup that moved a deadline earlier.
-//! Cold path: the driver thread starts on first use.
+//! The driver is signalled only for an entry due before the tick it plans to wake at
+//! (`Timers::planned`), not for every entry that is the wheel's earliest: entries come and go
+//! (a handshake's deadline is removed milliseconds after it was set), and the driver, woken at
+//! its planned tick with nothing due, plans again. So a stream of short connections whose
+//! deadlines lie beyond the planned tick costs the driver no wakeup and the arming task no
+//! system call.
+//!
+//! `Deadline` bounds a task's successive waits with one `Alarm` (a connection's handshake: its
+//! request head, the backend's connect, the backend's answer), where tokio's `timeout` would
+//! register and remove an entry in the runtime's own timer per wait, and signal the runtime's
+//! driver (a `write(2)` to its eventfd) whenever that entry is its earliest (issue 14: half a
+//! write per handshake cycle).
+//!
+//! Warm path: `arm`/`disarm`, at most once per connection wakeup that moved a deadline earlier;
+//! `Deadline::within`, once per handshake step. Cold path: the driver thread starts on first use.
 //!
 //! Resolution: one tick is `TICK` (10 ms); a deadline fires within one tick after it is due.
 
 use super::mono;
 use super::wheel::{Key, Wheel};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
-use std::task::Waker;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// Length of one tick.
@@ -31,6 +46,9 @@ pub struct Timers {
     wheel: Mutex<Wheel<Waker>>,
     /// Signalled when an entry due earlier than the driver's planned wakeup is armed.
     wake: Condvar,
+    /// The tick the driver waits for (`u64::MAX`: none, it waits to be signalled; 0 while it
+    /// runs). Written and read under `wheel`'s lock only: the atomic just makes it shareable.
+    planned: AtomicU64,
 }
 
 /// A connection's one entry in the facility: armed for a tick, disarmed on drop.
@@ -76,12 +94,12 @@ impl Alarm {
         if let Some(key) = self.take() {
             wheel.remove(key);
         }
-        let earliest = wheel.next_due();
         self.key = wheel.insert(at, waker.clone());
         // A tick past the clock's reach is armed as the last one it reaches.
         self.at = at.max(wheel.now() + 1).min(UNARMED - 1);
+        let sooner = self.at < timers.planned.load(Ordering::Relaxed);
         drop(wheel);
-        if earliest.is_none_or(|e| at < e) {
+        if sooner {
             timers.wake.notify_one();
         }
     }
@@ -107,6 +125,50 @@ impl Drop for Alarm {
     }
 }
 
+/// A task's deadline for successive waits, on the process's timers (see the module doc): each
+/// `within` bounds one wait by its own timeout, and all of them share one wheel entry. Resolution
+/// one `TICK`: a wait times out within a tick after its timeout, never before it.
+#[derive(Debug, Default)]
+pub struct Deadline {
+    alarm: Alarm,
+}
+
+impl Deadline {
+    /// Run `fut` until it completes (`Some` of its output) or `timeout` from now has passed
+    /// (`None`; `fut` is dropped).
+    pub async fn within<F: Future>(&mut self, timeout: Duration, fut: F) -> Option<F::Output> {
+        let start = mono::now();
+        self.until(start, start.saturating_add(mono::nanos_in(timeout)), fut).await
+    }
+
+    /// `within`, for a deadline `due` nanoseconds after the epoch (`mono`), `start` being now.
+    pub async fn until<F: Future>(&mut self, start: u64, due: u64, fut: F) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        // The first poll uses `start` for now: one clock read per wait that completes at once.
+        let mut now = Some(start);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            let now = now.take().unwrap_or_else(mono::now);
+            if now >= due {
+                return Poll::Ready(None);
+            }
+            // An entry an earlier wait armed may have fired since: forget it, or `arm` keeps it.
+            self.alarm.fired(Timers::ticks_of(now));
+            // The first tick that starts at or after `due`: never early.
+            self.alarm.arm(due.div_ceil(mono::nanos_in(TICK)), cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Now, as `until` counts (nanoseconds after the epoch, `mono`).
+    pub fn now() -> u64 {
+        mono::now()
+    }
+}
+
 impl Timers {
     /// The process's facility; its driver thread starts on first use.
     pub fn global() -> &'static Timers {
@@ -114,7 +176,11 @@ impl Timers {
         GLOBAL.get_or_init(|| {
             // Ticks count from the process's epoch: fixed no later than now.
             mono::now();
-            let timers: &'static Timers = Box::leak(Box::new(Timers { wheel: Mutex::default(), wake: Condvar::new() }));
+            let timers: &'static Timers = Box::leak(Box::new(Timers {
+                wheel: Mutex::default(),
+                wake: Condvar::new(),
+                planned: AtomicU64::new(0),
+            }));
             let spawned = std::thread::Builder::new().name("weir-timers".into()).spawn(move || timers.drive());
             if let Err(e) = spawned {
                 // Without the driver no guard deadline fires; connections still end normally.
@@ -173,7 +239,9 @@ impl Timers {
                 wheel = self.lock();
                 continue;
             }
-            wheel = match wheel.next_due() {
+            let next = wheel.next_due();
+            self.planned.store(next.unwrap_or(u64::MAX), Ordering::Relaxed);
+            wheel = match next {
                 None => self.wake.wait(wheel).unwrap_or_else(|p| p.into_inner()),
                 Some(at) => {
                     let at = mono::tick_start(at, TICK);
@@ -181,6 +249,8 @@ impl Timers {
                     self.wake.wait_timeout(wheel, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0)
                 }
             };
+            // Running: whatever is armed now is seen when it plans again.
+            self.planned.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -215,5 +285,49 @@ mod tests {
         assert_eq!(other.at().map(|a| a > timers.now()), Some(true));
         drop(other);
         drop(alarm);
+    }
+    /// A future that is pending once (and wakes itself), then ready: a wait that arms the
+    /// deadline's alarm and completes.
+    async fn pending_once() {
+        let mut first = true;
+        poll_fn(|cx| {
+            if std::mem::take(&mut first) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    /// A deadline's successive waits: each times out after its own timeout, never before, whether
+    /// the entry an earlier wait armed is earlier (it fires, is forgotten, and the later tick is
+    /// armed) or later (the earlier tick replaces it); a wait that completes returns its output.
+    #[tokio::test]
+    async fn a_deadline_bounds_each_wait_by_its_own_timeout() {
+        // Only a bound for a broken deadline (the outer timeout polls it once more at 10 s, and
+        // then it times out: what the bound on `took` catches).
+        let hang = Duration::from_secs(10);
+        let mut deadline = Deadline::default();
+        assert_eq!(deadline.within(Duration::from_millis(40), async { 7 }).await, Some(7));
+        // Armed for ~40 ms from here, then a longer wait: the early entry fires first.
+        assert_eq!(deadline.within(Duration::from_millis(40), pending_once()).await, Some(()));
+        let start = Instant::now();
+        let waited =
+            tokio::time::timeout(hang, deadline.within(Duration::from_millis(150), std::future::pending::<()>()));
+        assert_eq!(waited.await.expect("the wait never timed out"), None);
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(150) && took < hang / 2, "timed out after {took:?}, not 150 ms");
+        // Armed for a minute, then a short wait: its earlier tick replaces the armed one.
+        assert_eq!(deadline.within(Duration::from_secs(60), pending_once()).await, Some(()));
+        let start = Instant::now();
+        let waited =
+            tokio::time::timeout(hang, deadline.within(Duration::from_millis(50), std::future::pending::<()>()));
+        assert_eq!(waited.await.expect("the short wait waited for the armed minute"), None);
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(50) && took < hang / 2, "timed out after {took:?}, not 50 ms");
+        // A zero timeout still lets a ready future through, and times out a pending one at once.
+        assert_eq!(deadline.within(Duration::ZERO, async { 1 }).await, Some(1));
+        assert_eq!(deadline.within(Duration::ZERO, std::future::pending::<()>()).await, None);
     }
 }
