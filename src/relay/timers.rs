@@ -41,6 +41,15 @@ use std::time::{Duration, Instant};
 /// Length of one tick.
 pub const TICK: Duration = Duration::from_millis(10);
 
+/// `TICK` in nanoseconds.
+const TICK_NANOS: u32 = TICK.subsec_nanos();
+
+/// Ticks in a second: `TICK` divides a second (checked below), so a duration's whole seconds are
+/// whole ticks.
+const TICKS_PER_SECOND: u64 = 1_000_000_000 / TICK_NANOS as u64;
+
+const _: () = assert!(TICK.as_secs() == 0 && 1_000_000_000 % TICK_NANOS == 0, "TICK must divide a second");
+
 /// The process's deadline facility (see the module doc). Get it with `Timers::global`.
 pub struct Timers {
     wheel: Mutex<Wheel<Waker>>,
@@ -205,9 +214,12 @@ impl Timers {
         mono::ticks_of(n, TICK)
     }
 
-    /// Ticks in `d`, rounded up (a deadline is never early).
+    /// Ticks in `d`, rounded up (a deadline is never early; saturated at `u64::MAX`). In whole
+    /// seconds and the rest, not in `u128` nanoseconds: a guard's deadlines are computed on
+    /// every wakeup of its connection, and a `u128` division is a library call (about 75
+    /// instructions; issue 14's handshake profile had 3 a cycle).
     pub fn ticks_in(d: Duration) -> u64 {
-        d.as_nanos().div_ceil(TICK.as_nanos()).min(u64::MAX as u128) as u64
+        d.as_secs().saturating_mul(TICKS_PER_SECOND).saturating_add(u64::from(d.subsec_nanos().div_ceil(TICK_NANOS)))
     }
 
     /// Entries waiting (for tests and metrics).
@@ -286,6 +298,20 @@ mod tests {
         drop(other);
         drop(alarm);
     }
+    proptest::proptest! {
+        /// Whole seconds and the rest, against the tick count of the duration's nanoseconds
+        /// (rounded up, saturated), for any duration.
+        #[test]
+        fn ticks_in_rounds_up_as_the_nanoseconds_do(secs in proptest::prelude::any::<u64>(), nanos in 0u32..1_000_000_000) {
+            let d = Duration::new(secs, nanos);
+            let want = d.as_nanos().div_ceil(TICK.as_nanos()).min(u128::from(u64::MAX));
+            proptest::prop_assert_eq!(u128::from(Timers::ticks_in(d)), want);
+            let small = Duration::new(secs % 100_000, nanos);
+            let want = small.as_nanos().div_ceil(TICK.as_nanos());
+            proptest::prop_assert_eq!(u128::from(Timers::ticks_in(small)), want);
+        }
+    }
+
     /// A future that is pending once (and wakes itself), then ready: a wait that arms the
     /// deadline's alarm and completes.
     async fn pending_once() {
