@@ -107,6 +107,10 @@ impl Alarm {
         // A tick past the clock's reach is armed as the last one it reaches.
         self.at = at.max(wheel.now() + 1).min(UNARMED - 1);
         let sooner = self.at < timers.planned.load(Ordering::Relaxed);
+        if sooner {
+            // Signalled: it plans again with every entry, so the arms until then need not signal.
+            timers.planned.store(0, Ordering::Relaxed);
+        }
         drop(wheel);
         if sooner {
             timers.wake.notify_one();
