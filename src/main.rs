@@ -30,7 +30,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// handshake cycle (callgrind, `bench/instructions.sh`: 146.7 k → 114.5 k instructions per cycle
 /// with this cache). jemalloc's default cache (blocks up to 32 KiB, up to 200 of each) kept about
 /// a megabyte per thread after a burst of handshakes, which an idle thread never gave back (2.6 MB
-/// at 9 900 idle connections, README "Issue 14, eighth part"); this one holds at most a few
+/// at 9 900 idle connections, docs/benchmarks.md, "Issue 14, eighth part"); this one holds at most a few
 /// hundred KiB per thread (weir-bench idle: 1.93 against 1.89 KiB per connection without a cache).
 /// 16 to 64 rather than 8 to 32: the cache's refills and flushes were 3.2 k instructions of an
 /// 86 k handshake cycle, and 2.1 % of the cycle went (idle: 1.94 against 1.92 KiB per connection;
