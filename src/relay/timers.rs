@@ -330,32 +330,31 @@ mod tests {
         .await
     }
 
+    /// A wait that never completes times out after `timeout`: not before, and well before 10 s
+    /// (the outer timeout only bounds a broken deadline: it polls the wait once more at 10 s,
+    /// and then it times out; the bound on the time taken catches that).
+    async fn times_out_after(deadline: &mut Deadline, timeout: Duration) {
+        let hang = Duration::from_secs(10);
+        let start = Instant::now();
+        let waited = tokio::time::timeout(hang, deadline.within(timeout, std::future::pending::<()>()));
+        assert_eq!(waited.await.expect("the wait never timed out"), None);
+        let took = start.elapsed();
+        assert!(took >= timeout && took < hang / 2, "timed out after {took:?}, not {timeout:?}");
+    }
+
     /// A deadline's successive waits: each times out after its own timeout, never before, whether
     /// the entry an earlier wait armed is earlier (it fires, is forgotten, and the later tick is
     /// armed) or later (the earlier tick replaces it); a wait that completes returns its output.
     #[tokio::test]
     async fn a_deadline_bounds_each_wait_by_its_own_timeout() {
-        // Only a bound for a broken deadline (the outer timeout polls it once more at 10 s, and
-        // then it times out: what the bound on `took` catches).
-        let hang = Duration::from_secs(10);
         let mut deadline = Deadline::default();
         assert_eq!(deadline.within(Duration::from_millis(40), async { 7 }).await, Some(7));
         // Armed for ~40 ms from here, then a longer wait: the early entry fires first.
         assert_eq!(deadline.within(Duration::from_millis(40), pending_once()).await, Some(()));
-        let start = Instant::now();
-        let waited =
-            tokio::time::timeout(hang, deadline.within(Duration::from_millis(150), std::future::pending::<()>()));
-        assert_eq!(waited.await.expect("the wait never timed out"), None);
-        let took = start.elapsed();
-        assert!(took >= Duration::from_millis(150) && took < hang / 2, "timed out after {took:?}, not 150 ms");
+        times_out_after(&mut deadline, Duration::from_millis(150)).await;
         // Armed for a minute, then a short wait: its earlier tick replaces the armed one.
         assert_eq!(deadline.within(Duration::from_secs(60), pending_once()).await, Some(()));
-        let start = Instant::now();
-        let waited =
-            tokio::time::timeout(hang, deadline.within(Duration::from_millis(50), std::future::pending::<()>()));
-        assert_eq!(waited.await.expect("the short wait waited for the armed minute"), None);
-        let took = start.elapsed();
-        assert!(took >= Duration::from_millis(50) && took < hang / 2, "timed out after {took:?}, not 50 ms");
+        times_out_after(&mut deadline, Duration::from_millis(50)).await;
         // A zero timeout still lets a ready future through, and times out a pending one at once.
         assert_eq!(deadline.within(Duration::ZERO, async { 1 }).await, Some(1));
         assert_eq!(deadline.within(Duration::ZERO, std::future::pending::<()>()).await, None);
