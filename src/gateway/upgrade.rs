@@ -475,7 +475,8 @@ mod tests {
     /// pass-through inline: 5 912, 4 632 and 2 304 bytes in a release build. Written as
     /// functions returning an `async move` block, with the pass-through boxed: 3 216, 2 536 and
     /// 904; and once the request stopped carrying a copy of its route's `limits:` (the 101 path
-    /// reads the two sizes it needs from the snapshot), 2 848, 2 344 and 728 (the test
+    /// reads the two sizes it needs from the snapshot), 2 848, 2 344 and 728; since the
+    /// handshake's timeouts became one `relay::timers::Deadline`, 2 800, 2 336 and 688 (the test
     /// profile's a few words more). Held to those with a little room, so growth is a decision;
     /// printed with `--nocapture`.
     #[test]
