@@ -113,8 +113,19 @@ async fn admin_answers_through_the_whole_drain_and_the_last_scrape_has_the_final
         assert_eq!(*status, 503, "{body}");
         assert!(body.contains("shutting down: draining "), "/readyz gives the reason: {body}");
     }
-    let open_line = format!("shutting down: draining {OPEN} connections");
-    assert!(ready.iter().any(|(_, b)| b.contains(&open_line)), "/readyz counted the open connections: {ready:?}");
+    // The count is of the connections still open. The drain closes them at points of its window
+    // spread by connection id, so the first may close before the first poll after the signal
+    // (a full suite's load delays the polls): the count may start below OPEN, then only falls.
+    let counts: Vec<usize> = ready[first_503..]
+        .iter()
+        .filter_map(|(_, b)| b.split("draining ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(counts.len(), ready.len() - first_503, "every 503 names a count: {ready:?}");
+    assert!(
+        counts.first().is_some_and(|&n| (1..=OPEN).contains(&n)),
+        "/readyz counted the open connections: {counts:?}"
+    );
+    assert!(counts.windows(2).all(|w| w[1] <= w[0]), "the count only falls: {counts:?}");
     assert!(
         ready.last().is_some_and(|(_, b)| b.contains("shutting down: draining 0 connections")),
         "the last /readyz saw every connection drained: {:?}",
