@@ -8,9 +8,11 @@
 use crate::support::etcd::Etcd;
 use crate::support::hosts::ObjectHost;
 use crate::support::postgres::Postgres;
+use crate::support::wire::trickle_until_closed;
 use crate::support::{connect, drain_until_end, eventually, free_port, metric, recv, signal, Client, Weir, DEADLINE};
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
 /// A room namespace and an echo pool, each behind a route.
@@ -573,4 +575,37 @@ async fn a_fenced_append_closes_the_room_with_1012_and_a_store_error_with_1011()
     let (mut other, _, _) = try_join_path(w, "/rooms/outage").await.expect("join");
     other.send(Message::text("two")).await.expect("send");
     assert_eq!(member_messages(&mut back, 1).await, vec!["two".to_string()]);
+}
+
+#[tokio::test]
+async fn a_peer_hop_gets_request_head_for_its_line_and_head_together() {
+    // One `request_head` bounds the signed line and the request head after it: a hop that took
+    // most of it for the line does not get a fresh one for the head.
+    let c = start_cluster_with(1, |_| CONFIG.to_string(), "timeouts:\n  request_head: 1s\n").await;
+    let identity = weir::cluster::peer::Identity {
+        from: "weir-x".into(),
+        namespace: "rooms".into(),
+        id: "slow".into(),
+        token: 1,
+        client: None,
+        tenant: None,
+        route: "rooms".into(),
+        connection_id: "c1".into(),
+        credential: "none".into(),
+        at: 0,
+    };
+    let line = weir::cluster::peer::line(b"cluster-test-secret-0123456789", &identity);
+    let (line, end) = line.split_at(line.len() - 2);
+    let mut s = tokio::net::TcpStream::connect(&c.peers[0]).await.unwrap();
+    let start = Instant::now();
+    s.write_all(line).await.unwrap();
+    // The stimulus: the line's end arrives 900 ms into the second; then a head that never ends.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    s.write_all(end).await.unwrap();
+    s.write_all(b"GET /rooms/slow HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let trickled = trickle_until_closed(&mut s, b'X').await;
+    let took = start.elapsed();
+    assert!(took >= Duration::from_secs(1), "closed after {took:?}, before the 1 s for line and head");
+    assert!(took < Duration::from_millis(1500), "closed after {took:?}: the head got a second `request_head`");
+    assert!(trickled >= 1, "the head was still arriving ({trickled} bytes)");
 }

@@ -1,6 +1,7 @@
 //! Handshake outcomes seen by a client: what weir answers, what it records, what it counts.
 
 use crate::support::backends::{dead_addr, echo_backend, raw_backend};
+use crate::support::wire::trickle_until_closed;
 use crate::support::{pool_and_route, raw_request, upgrade_request, Weir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -145,23 +146,8 @@ async fn a_request_head_not_finished_in_time_is_closed() {
     let mut s = tokio::net::TcpStream::connect(weir.addr).await.unwrap();
     let start = Instant::now();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-    let mut buf = [0u8; 256];
-    let mut trickled = 0;
-    loop {
-        assert!(start.elapsed() < Duration::from_secs(10), "still open after 10 s");
-        tokio::select! {
-            r = s.read(&mut buf) => match r {
-                Ok(0) | Err(_) => break,
-                Ok(n) => panic!("weir answered a head it never got: {:?}", String::from_utf8_lossy(&buf[..n])),
-            },
-            // Paces the trickle (a header name's bytes, no line end): not a synchronisation.
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                if s.write_all(b"X").await.is_ok() {
-                    trickled += 1;
-                }
-            }
-        }
-    }
+    // A header name's bytes, no line end.
+    let trickled = trickle_until_closed(&mut s, b'X').await;
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(400), "closed after {took:?}, before the head's 400 ms");
     assert!(took < Duration::from_secs(5), "closed after {took:?}, long after the head's 400 ms");

@@ -22,6 +22,7 @@ use crate::http1::upgrade::{accept_key, switching_protocols};
 use crate::objects::session;
 use crate::relay::scanner::{DirectionCounts, ScanLimits, ScanPolicy};
 use crate::relay::tap::Tap;
+use crate::relay::timers::Deadline;
 use crate::relay::Observer;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
@@ -140,30 +141,27 @@ struct Owner {
     grace: Duration,
 }
 
-/// Read the first line (up to `peer::MAX_LINE` bytes, ending in `\r\n`) within `timeout`:
-/// the line and the bytes read after it.
-async fn read_line(stream: &mut TcpStream, timeout: Duration) -> Option<(Vec<u8>, Vec<u8>)> {
-    let read = async {
-        let mut buf = Vec::with_capacity(512);
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            let from = buf.len().saturating_sub(1);
-            buf.extend_from_slice(chunk.get(..n)?);
-            if let Some(at) = buf.get(from..)?.windows(2).position(|w| w == b"\r\n") {
-                let end = from + at + 2;
-                let rest = buf.split_off(end);
-                return Some((buf, rest));
-            }
-            if buf.len() > peer::MAX_LINE {
-                return None;
-            }
+/// Read the first line (up to `peer::MAX_LINE` bytes, ending in `\r\n`): the line and the
+/// bytes read after it. The caller bounds the wait.
+async fn read_line(stream: &mut TcpStream) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
         }
-    };
-    tokio::time::timeout(timeout, read).await.ok().flatten()
+        let from = buf.len().saturating_sub(1);
+        buf.extend_from_slice(chunk.get(..n)?);
+        if let Some(at) = buf.get(from..)?.windows(2).position(|w| w == b"\r\n") {
+            let end = from + at + 2;
+            let rest = buf.split_off(end);
+            return Some((buf, rest));
+        }
+        if buf.len() > peer::MAX_LINE {
+            return None;
+        }
+    }
 }
 
 impl Owner {
@@ -175,7 +173,10 @@ impl Owner {
     /// Serve one relayed client: check the line, claim and place the object, answer 101, run it.
     async fn serve(self, mut stream: TcpStream, from: SocketAddr, shutdown: ShutdownWatch) {
         let timeouts = self.current.load().config.timeouts;
-        let Some((line, rest)) = read_line(&mut stream, timeouts.request_head).await else { return };
+        // The line and the head together within `request_head`, as a client's head alone.
+        let mut deadline = Deadline::default();
+        let (start, due) = Deadline::due_in(timeouts.request_head);
+        let Some(Some((line, rest))) = deadline.until(start, due, read_line(&mut stream)).await else { return };
         let identity = match peer::verify(&self.cluster.config().secret, &line) {
             Ok(i) => i,
             Err(e) => {
@@ -184,9 +185,9 @@ impl Owner {
                 return;
             }
         };
-        let head = match head::read_head_after(&mut stream, timeouts.request_head, &rest).await {
-            Ok(h) => h,
-            Err(_) => return,
+        let Some(Ok(head)) = deadline.until(Deadline::now(), due, head::read_head_from(&mut stream, &rest)).await
+        else {
+            return;
         };
         let key = match handshake::check_client(&head) {
             Ok(ws) => ws.key,

@@ -72,8 +72,7 @@ pub async fn connect(
     tls: Option<&ClientTls>,
     deadline: &mut Deadline,
 ) -> Result<Io, UpstreamError> {
-    let started = Deadline::now();
-    let due = started.saturating_add(crate::relay::mono::nanos_in(timeout));
+    let (started, due) = Deadline::due_in(timeout);
     let tcp = match deadline.until(started, due, TcpStream::connect(addr)).await {
         Some(Ok(tcp)) => tcp,
         Some(Err(e)) => return Err(UpstreamError::Unreachable(format!("connecting to {addr}: {e}"))),

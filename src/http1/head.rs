@@ -153,23 +153,14 @@ pub enum HeadError {
 
 /// Read and parse one request head, within `timeout`.
 pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, timeout: Duration) -> Result<RequestHead, HeadError> {
-    read_head_after(stream, timeout, &[]).await
-}
-
-/// `read_head` for a stream of which `already` was read (after a PROXY header, say).
-pub async fn read_head_after<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    timeout: Duration,
-    already: &[u8],
-) -> Result<RequestHead, HeadError> {
-    match tokio::time::timeout(timeout, read_head_from(stream, already)).await {
+    match tokio::time::timeout(timeout, read_head_from(stream, &[])).await {
         Ok(r) => r,
         Err(_) => Err(HeadError::TimedOut),
     }
 }
 
-/// `read_head_after` without a timeout: the caller bounds the wait (the gateway, with the
-/// connection's handshake deadline).
+/// `read_head` without a timeout, of a stream of which `already` was read (after a PROXY
+/// header, say): the caller bounds the wait (the gateway, with the connection's deadline).
 pub async fn read_head_from<S: AsyncRead + Unpin>(stream: &mut S, already: &[u8]) -> Result<RequestHead, HeadError> {
     let mut buf = BytesMut::with_capacity(INITIAL_READ.max(already.len()));
     buf.extend_from_slice(already);

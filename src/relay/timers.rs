@@ -151,8 +151,15 @@ impl Deadline {
     /// `fut` until it completes (`Some` of its output) or `timeout` from now has passed (`None`;
     /// `fut` is dropped).
     pub fn within<F: Future>(&mut self, timeout: Duration, fut: F) -> Within<'_, F> {
+        let (start, due) = Self::due_in(timeout);
+        self.until(start, due, fut)
+    }
+
+    /// Now and the moment `timeout` from now, as `until` takes them (nanoseconds after the
+    /// epoch, `mono`): for several waits that share one timeout.
+    pub fn due_in(timeout: Duration) -> (u64, u64) {
         let start = mono::now();
-        self.until(start, start.saturating_add(mono::nanos_in(timeout)), fut)
+        (start, start.saturating_add(mono::nanos_in(timeout)))
     }
 
     /// `within`, for a deadline `due` nanoseconds after the epoch (`mono`), `start` being now.

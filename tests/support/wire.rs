@@ -217,3 +217,27 @@ pub fn head_header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
 }
+
+/// Write `byte` to `stream` every 100 ms (a trickle that never finishes a line) until the peer
+/// closes or 10 s pass (a failure): how many bytes were written. Panics if the peer answers.
+pub async fn trickle_until_closed(stream: &mut TcpStream, byte: u8) -> usize {
+    use std::time::{Duration, Instant};
+    let start = Instant::now();
+    let mut buf = [0u8; 256];
+    let mut trickled = 0;
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(10), "still open after 10 s");
+        tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return trickled,
+                Ok(n) => panic!("answered a head it never got: {:?}", String::from_utf8_lossy(&buf[..n])),
+            },
+            // Paces the trickle: not a synchronisation.
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                if stream.write_all(&[byte]).await.is_ok() {
+                    trickled += 1;
+                }
+            }
+        }
+    }
+}
