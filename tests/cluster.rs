@@ -603,11 +603,10 @@ async fn a_peer_hop_gets_request_head_for_its_line_and_head_together() {
     tokio::time::sleep(Duration::from_millis(900)).await;
     s.write_all(end).await.unwrap();
     s.write_all(b"GET /rooms/slow HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-    let trickled = trickle_until_closed(&mut s, b'X').await;
+    trickle_until_closed(&mut s, b'X').await;
     let took = start.elapsed();
     assert!(took >= Duration::from_secs(1), "closed after {took:?}, before the 1 s for line and head");
     // A second `request_head` for the head would close it at 1.9 s at the earliest (900 ms +
     // 1 s, neither early); 1.8 s leaves a loaded machine 800 ms to deliver the close.
     assert!(took < Duration::from_millis(1800), "closed after {took:?}: the head got a second `request_head`");
-    assert!(trickled >= 1, "the head was still arriving ({trickled} bytes)");
 }
