@@ -1,8 +1,9 @@
 //! Fuzz target `request_head`: weir's HTTP/1 head readers in `weir::http1::head`,
 //! `read_head` (a client's request head: at most `MAX_HEAD_BYTES` and `MAX_HEADERS` fields,
 //! within a timeout) and `read_response_head` (a backend's answer), and on a `proxy_protocol`
-//! listener's path `http1::proxy::read` (a PROXY header, v1 or v2) then `read_head_after` with
-//! the bytes read past it, as the gateway does; fed from an in-memory stream whose reads are
+//! listener's path `http1::proxy::read` (a PROXY header, v1 or v2) then `read_head_from` with
+//! the bytes read past it, as the gateway does (bounded here by a tokio timeout where the gateway
+//! uses its connection's deadline); fed from an in-memory stream whose reads are
 //! split as the input says, and that ends with EOF, an I/O error or silence.
 //!
 //! Input layout (every byte string is a valid input):
@@ -32,7 +33,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
 use weir::http1::head::{
-    read_head, read_head_after, read_response_head, HeadError, MessageEnd, RequestHead, MAX_HEADERS, MAX_HEAD_BYTES,
+    read_head, read_head_from, read_response_head, HeadError, MessageEnd, RequestHead, MAX_HEADERS, MAX_HEAD_BYTES,
 };
 use weir::http1::proxy::{self, ProxyError};
 use weir::http1::upgrade::{allowed_rsv, check_answer, wants_websocket, Answer};
@@ -86,7 +87,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let reads_before = reader.boundaries.len();
     let result = if flags & 4 != 0 {
-        RT.with(|rt| rt.block_on(read_head_after(&mut reader, HEAD_TIMEOUT, &already)))
+        let bounded = async { tokio::time::timeout(HEAD_TIMEOUT, read_head_from(&mut reader, &already)).await };
+        RT.with(|rt| rt.block_on(bounded)).unwrap_or(Err(HeadError::TimedOut))
     } else {
         RT.with(|rt| rt.block_on(read_head(&mut reader, HEAD_TIMEOUT)))
     };
