@@ -330,3 +330,39 @@ async fn an_unknown_extension_s_rsv_bits_pass_on_every_frame_both_ways() {
     let seen = tokio::time::timeout(crate::support::DEADLINE, seen_rx.recv()).await.unwrap().unwrap();
     assert_eq!(seen, from_client, "the client's frames, byte for byte");
 }
+
+/// A backend that answers every close with 1000 and ends (as Autobahn's server does), a client
+/// that breaks a rule after a valid text: the client gets the echo and then 1002, what a server
+/// sends it directly, not the backend's 1000 (which answered weir's close, not the client's
+/// frame). Autobahn's fuzzingclient found this (cases 2.5, 3.x, 4.x, 5.x, 7.x: "wrong code").
+#[tokio::test]
+async fn a_rule_breaker_gets_1002_even_from_a_backend_that_answers_every_close_with_1000() {
+    use crate::support::backends::raw_backend;
+    use crate::support::wire::{accept_for, RawConn, KEY};
+    let backend = raw_backend(|s| async move {
+        let mut s = RawConn::new(s);
+        s.read_head().await;
+        let head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            accept_for(KEY)
+        );
+        s.write(head.as_bytes()).await;
+        while let Some(f) = s.read_frame().await {
+            if f.raw[0] & 0x0f == CLOSE {
+                s.write(&frame(FIN | CLOSE, None, &close_payload(1000))).await;
+                break;
+            }
+            s.write(&frame(f.raw[0], None, &f.payload)).await;
+        }
+    })
+    .await;
+    let weir = Weir::start(&pool_and_route("p", &[backend.addr], "/ws")).await;
+    let (mut c, head) = raw_client(weir.addr, "/ws", "", b"").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let bytes = [frame(FIN | TEXT, Some(MASK), b"echo me"), frame(FIN | 0x03, Some(MASK), b"reserved opcode")].concat();
+    c.write(&bytes).await;
+    let got = frames_until_eof(&mut c).await;
+    assert_eq!(got, vec![(FIN | TEXT, b"echo me".to_vec()), (FIN | CLOSE, close_payload(1002))]);
+    let r = weir.records_eventually(1).await.remove(0);
+    assert_eq!(r.outcome, "protocol_error", "{r:?}");
+}

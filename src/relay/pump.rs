@@ -433,6 +433,9 @@ pub struct Relay<S, O> {
     /// After a protocol violation or a limit: the half (by direction) whose destination, the
     /// sender, gets this close when the linger ends.
     close_on_linger: Option<(Direction, Close)>,
+    /// The other side of that sender got weir's close and owes its answer (it had sent no
+    /// close of its own): it is not shut down, and its close is withheld, until it answers.
+    answer_owed: bool,
     /// The guards' state, when any guard is on (boxed: a few hundred bytes, not every relay).
     watch: Option<Box<Watch>>,
     /// Both sockets are to be dropped now (an unanswered close frame timed out).
@@ -545,6 +548,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             linger: None,
             object: false,
             close_on_linger: None,
+            answer_owed: false,
             watch: None,
             abort: false,
             splice,
@@ -704,6 +708,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         let Some(linger) = self.linger.as_mut() else { return Poll::Pending };
         ready!(linger.as_mut().poll(cx));
+        self.answer_owed = false;
         let Some((t, close)) = self.close_on_linger.take() else { return Poll::Ready(false) };
         let h = &mut self.halves[t.index()];
         h.inject_close(close, t == Direction::ClientToBackend);
@@ -731,7 +736,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             return;
         }
         if h.src_done {
-            if !h.dst_shut && !h.dst_dead {
+            // Not while the destination still owes its answer to the close weir sent it for the
+            // other side's broken rule: a peer that reads a FIN may drop what it was about to
+            // send (Twisted does), and what it sends is the rule breaker's to see.
+            let awaited = self.answer_owed && self.close_on_linger.is_some_and(|(a, _)| a.index() == t);
+            if !h.dst_shut && !h.dst_dead && !awaited {
                 // The connection's last act on a plain TCP socket whose peer already ended its
                 // side (the other half has nothing more to read or write): the close(2) right
                 // after sends the same FIN, so the shutdown(2) is skipped. TLS streams always shut
@@ -965,6 +974,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         }
         match feed {
             Feed::Ok => chunk.len(),
+            Feed::CloseWithheld { valid_up_to } => {
+                // The answer to the close weir sent when the sender of the other direction broke
+                // a rule (`close_sender`): that sender gets weir's close (the same code) instead,
+                // after everything before this close; this side is read no more.
+                h.src_done = true;
+                self.answer_owed = false;
+                if let Some((t, close)) = self.close_on_linger.take() {
+                    self.halves[t.index()].inject_close(close, t == Direction::ClientToBackend);
+                }
+                valid_up_to.min(chunk.len())
+            }
             Feed::Violation { valid_up_to, violation: Violation::DataAfterClose } => {
                 // Data after the sender's own close: a conformant endpoint ignores it and answers
                 // the close, so weir drops it and everything after it (the poisoned scanner
@@ -1014,16 +1034,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
 
     /// `src` of direction `d` ended (EOF or error).
     fn src_ended(&mut self, d: Direction, error: bool) {
+        // The receiver sent its own close already and waits for the answer or the end: it gets
+        // the end, as it would directly (a close of weir's would be read as the answer).
+        let receiver_closed = self.halves[d.reverse().index()].scanner.close().is_some();
         let h = &mut self.halves[d.index()];
         h.src_done = true;
         if h.scanner.close().is_none() {
-            let close = match d {
-                Direction::BackendToClient if self.object => Close::ObjectMoved,
-                Direction::BackendToClient => Close::BackendGone,
-                Direction::ClientToBackend => Close::ClientGone,
-            };
-            if h.inject_close(close, d == Direction::ClientToBackend) {
-                self.ending.injected_code.get_or_insert(close.code());
+            if let Some((_, close)) = self.close_on_linger.take_if(|(a, _)| *a == d) {
+                self.answer_owed = false;
+                // It ended instead of answering the close weir sent it for the other side's
+                // broken rule: the rule breaker gets weir's close now.
+                h.inject_close(close, d == Direction::ClientToBackend);
+            } else {
+                let close = match d {
+                    Direction::BackendToClient if self.object => Close::ObjectMoved,
+                    Direction::BackendToClient => Close::BackendGone,
+                    Direction::ClientToBackend => Close::ClientGone,
+                };
+                if !receiver_closed && h.inject_close(close, d == Direction::ClientToBackend) {
+                    self.ending.injected_code.get_or_insert(close.code());
+                }
             }
         } else if !error {
             self.after_closing_handshake(d);
@@ -1084,9 +1114,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             self.ending.gateway_code = Some(close.code());
         }
         let h = &mut self.halves[d.index()];
-        h.inject_close(close, d == Direction::ClientToBackend);
+        let sent = h.inject_close(close, d == Direction::ClientToBackend);
         h.src_done = true;
         h.paused = false;
+        // The other side's close, when it comes, answers weir's: the sender gets weir's own
+        // close in its place (`ingest`), as it would get the other side's own close for the
+        // frame it broke if it talked to that side directly. Not when weir's close could not go
+        // out (mid-frame) or the other side had closed first: its close is its own then.
+        let other = &mut self.halves[d.reverse().index()];
+        self.answer_owed = sent && other.scanner.close().is_none();
+        if self.answer_owed {
+            other.scanner.withhold_close();
+        }
         self.close_on_linger = Some((d.reverse(), close));
         self.start_linger();
     }

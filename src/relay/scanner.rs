@@ -228,6 +228,14 @@ pub enum Feed {
         /// What was broken.
         violation: Violation,
     },
+    /// A close frame begins at `chunk[valid_up_to]` and the scanner was told to withhold it
+    /// ([`Scan::withhold_close`]): forward only `chunk[..valid_up_to]`. The scanner stops there
+    /// (at a frame boundary) and passes nothing more; the close is not counted.
+    CloseWithheld {
+        /// Bytes of this chunk before the close frame's first header byte (0 on every later
+        /// feed).
+        valid_up_to: usize,
+    },
 }
 
 /// Progress through the first two payload bytes of a close frame (its status code).
@@ -348,6 +356,10 @@ pub struct Scan {
     violation: Option<Violation>,
     /// Whether the forwarded bytes ended on a frame boundary when the violation was found.
     violation_at_boundary: bool,
+    /// Stop before the next close frame that starts in a chunk (`Feed::CloseWithheld`).
+    withhold_close: bool,
+    /// Stopped before a withheld close frame: nothing more is passed.
+    withheld: bool,
 }
 
 impl Scan {
@@ -367,7 +379,17 @@ impl Scan {
             close: None,
             violation: None,
             violation_at_boundary: false,
+            withhold_close: false,
+            withheld: false,
         }
+    }
+
+    /// From now on, stop before this direction's close frame instead of passing it
+    /// (`Feed::CloseWithheld`), unless its first bytes went out in an earlier chunk. The relay
+    /// asks this of the side it closed on its own when the other side broke a rule: that side's
+    /// close then answers weir's, not the rule breaker, who gets weir's close instead.
+    pub fn withhold_close(&mut self) {
+        self.withhold_close = true;
     }
 
     /// Scans the next chunk of the stream under `limits` (the connection's, the same at every
@@ -377,6 +399,9 @@ impl Scan {
     pub fn feed(&mut self, limits: &ScanLimits, c: &mut DirectionCounts, chunk: &[u8]) -> Feed {
         if let Some(violation) = self.violation {
             return Feed::Violation { valid_up_to: 0, violation };
+        }
+        if self.withheld {
+            return Feed::CloseWithheld { valid_up_to: 0 };
         }
         let mut pos = 0;
         loop {
@@ -407,6 +432,11 @@ impl Scan {
             };
             pos += used;
             if let Some(header) = header {
+                if let (true, Opcode::Close, Some(start)) = (self.withhold_close, header.opcode, frame_start) {
+                    add_wire(c, start);
+                    self.withheld = true;
+                    return Feed::CloseWithheld { valid_up_to: start };
+                }
                 let after = chunk.get(pos..).unwrap_or_default();
                 if let Err(violation) = self.accept(limits, c, &header, after) {
                     return self.fail(c, violation, frame_start);

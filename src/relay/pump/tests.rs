@@ -865,26 +865,69 @@ async fn a_close_between_fragments_then_the_last_fragment_is_answered_by_the_pee
 #[tokio::test(start_paused = true)]
 async fn the_peers_answer_to_valid_frames_reaches_the_violator_before_any_close() {
     // Issue 10, transparency 3: a valid text, then a frame with RSV2 (no extension), then a ping.
-    // Directly, the client would get the echo of its text before the server's close; through weir
-    // too: the backend gets the text and weir's 1002, and what it sends back (the echo, then its
-    // answer to the close) reaches the client before any close of weir's.
+    // Directly, the client would get the echo of its text, then the server's 1002; through weir
+    // too: the backend gets the text and weir's 1002, what it sends back before its answer to
+    // that close (the echo) reaches the client, and then weir's 1002 in place of the answer (which
+    // answered weir, not the client: here 1000, as Autobahn's server answers any close).
     let mut h = start(Setup::default()).await;
     let good = masked(TEXT, b"echo me");
     let rsv2 = masked(TEXT | 0x20, b"bad bits");
     let ping = masked(0x89, b"p");
     h.client.write_all(&[&good[..], &rsv2, &ping].concat()).await.unwrap();
-    let got = read_to_eof(&mut h.backend).await;
+    let got = read_n(&mut h.backend, good.len() + 8).await;
     assert_eq!(&got[..good.len()], &good[..]);
     assert_eq!(masked_close_code(&got[good.len()..]), 1002, "the backend never sees the bad frame or the ping");
+    // The backend is not shut down while it owes its answer (a peer that reads a FIN may drop
+    // what it was about to send).
+    let mut byte = [0u8; 1];
+    let read = timeout(Duration::from_millis(100), h.backend.read(&mut byte)).await;
+    assert!(read.is_err(), "no FIN toward the backend while it owes its answer: {read:?}");
     let echo = unmasked(TEXT, b"echo me");
-    let answer = backend_close(1002);
-    h.backend.write_all(&[&echo[..], &answer].concat()).await.unwrap();
+    h.backend.write_all(&echo).await.unwrap();
+    assert_eq!(read_n(&mut h.client, echo.len()).await, echo, "the echo first");
+    let answer = backend_close(1000);
+    h.backend.write_all(&answer).await.unwrap();
+    expect_eof(&mut h.backend).await;
     h.backend.shutdown().await.unwrap();
-    assert_eq!(read_to_eof(&mut h.client).await, [&echo[..], &answer].concat(), "echo first, then the backend's close");
+    let protocol_error = gateway_close_to_client(Close::ProtocolError);
+    assert_eq!(read_to_eof(&mut h.client).await, protocol_error, "then weir's 1002, not the backend's answer");
     let (report, _, took) = h.finish().await;
     assert!(took < LINGER, "{took:?}");
     assert_eq!(report.violation.map(|(d, _)| d), Some(Direction::ClientToBackend));
     assert_eq!(ending(&report), (Outcome::ProtocolError, Party::Gateway, Some(1002), false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_ends_instead_of_answering_weirs_close_gets_the_violator_weirs_1002() {
+    // Some servers drop the connection on a close they did not expect: the client, which broke
+    // the rule, gets weir's 1002 (what a server would send it directly), not the 1011 of a
+    // backend gone.
+    let mut h = start(Setup::default()).await;
+    let bad = unmasked(TEXT, b"not masked");
+    h.client.write_all(&bad).await.unwrap();
+    assert_eq!(masked_close_code(&read_n(&mut h.backend, 8).await), 1002);
+    vanish(&mut h.backend);
+    assert_eq!(read_to_eof(&mut h.client).await, gateway_close_to_client(Close::ProtocolError));
+    let (report, _, took) = h.finish().await;
+    assert!(took < LINGER, "{took:?}");
+    assert_eq!(ending(&report), (Outcome::ProtocolError, Party::Gateway, Some(1002), false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_closed_first_gets_the_end_not_a_close_when_the_backend_vanishes() {
+    // Directly, a server that drops the connection instead of answering a close leaves the
+    // client its TCP end and no close frame (1006 to its application); through weir the same,
+    // not a 1011 that would read as the server's answer.
+    let mut h = start(Setup::default()).await;
+    let cc = client_close(1000);
+    h.client.write_all(&cc).await.unwrap();
+    assert_eq!(read_n(&mut h.backend, cc.len()).await, cc);
+    vanish(&mut h.backend);
+    expect_eof(&mut h.client).await;
+    h.client.shutdown().await.unwrap();
+    let (report, _, took) = h.finish().await;
+    assert!(took < LINGER, "{took:?}");
+    assert_eq!(report.close_code, Some(1000), "{report:?}");
 }
 
 #[tokio::test(start_paused = true)]

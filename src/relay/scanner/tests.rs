@@ -1112,3 +1112,57 @@ fn runs_of_small_frames_count_as_fed_a_byte_at_a_time() {
         }
     }
 }
+
+/// `withhold_close` at every split of [text, close, text] in two chunks, both senders: the
+/// close is withheld (nothing of it or after it passes, it is not counted) when it starts at a
+/// chunk's frame boundary or its header completes within the chunk it starts in; when only part
+/// of its header came in the first chunk (already forwarded), it passes as any close (and the
+/// text after it is data after a close).
+#[test]
+fn a_withheld_close_stops_the_stream_at_its_first_byte_at_every_split() {
+    for policy in [SERVER, CLIENT] {
+        let key = key_for(policy);
+        let text = frame(0x81, key, b"before");
+        let close = frame(0x88, key, &close_payload(1000, b"bye"));
+        let bytes = [&text[..], &close, &frame(0x81, key, b"after")].concat();
+        let close_header = close.len() - 5;
+        for split in 0..=bytes.len() {
+            let mut s = Scan::new(policy);
+            s.withhold_close();
+            let mut c = DirectionCounts::default();
+            let (a, b) = bytes.split_at(split);
+            let passed: Vec<Feed> = [a, b].iter().map(|chunk| s.feed(&NONE, &mut c, chunk)).collect();
+            let forwarded: usize = passed
+                .iter()
+                .zip([a.len(), b.len()])
+                .map(|(f, len)| match *f {
+                    Feed::Ok => len,
+                    Feed::CloseWithheld { valid_up_to } | Feed::Violation { valid_up_to, .. } => valid_up_to,
+                })
+                .sum();
+            let partial_header = split > text.len() && split < text.len() + close_header;
+            if partial_header {
+                // The data after it is data after a close, as without the flag.
+                assert_eq!(forwarded, text.len() + close.len(), "split {split}: {passed:?}");
+                assert_eq!(s.close().map(|c| c.code), Some(Some(1000)), "split {split}");
+                assert_eq!(c.frames, 2, "split {split}");
+            } else {
+                assert_eq!(forwarded, text.len(), "split {split}: {passed:?}");
+                assert!(passed.iter().any(|f| matches!(f, Feed::CloseWithheld { .. })), "split {split}");
+                assert_eq!((s.close(), s.violation()), (None, None), "split {split}");
+                assert!(s.at_frame_boundary(), "split {split}");
+                assert_eq!((c.frames, c.wire_bytes), (1, text.len() as u64), "split {split}");
+                assert_eq!(s.feed(&NONE, &mut c, b"\x81\x00"), Feed::CloseWithheld { valid_up_to: 0 });
+            }
+        }
+    }
+}
+
+/// Without `withhold_close`, a close passes as before (the flag is the relay's to set).
+#[test]
+fn a_close_passes_unless_withheld() {
+    let mut s = Scan::new(SERVER);
+    let mut c = DirectionCounts::default();
+    assert_eq!(s.feed(&NONE, &mut c, &frame(0x88, None, &close_payload(1000, b""))), Feed::Ok);
+    assert_eq!(s.close().map(|c| c.code), Some(Some(1000)));
+}
