@@ -128,6 +128,8 @@ fn scan<'a>(policy: ScanPolicy, limits: ScanLimits, chunks: impl Iterator<Item =
                 assert_eq!(s.close(), close_before, "a poisoned scanner's close moved");
             }
             (Some(v), Feed::Ok) => panic!("poisoned by {v:?}, yet Feed::Ok"),
+            // Only the relay asks a scanner to withhold a close (`Scan::withhold_close`).
+            (_, Feed::CloseWithheld { .. }) => panic!("a close withheld that no one asked to withhold"),
         }
         assert_eq!(after.wire_bytes, forwarded, "wire_bytes is not the sum of the forwarded prefixes");
         if close_before.is_some() {
