@@ -1091,9 +1091,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     }
 
     /// Direction `d` broke RFC 6455. Its sender is read no more, and the other side gets 1002 at
-    /// once (it never sees the bad frame). What the other side already sent in answer still
-    /// reaches the sender, as it would without weir, until the other side's own close reaches it or
-    /// `LINGER` passes; then the sender gets 1002 too.
+    /// once (it never sees the bad frame). What the other side sends before its answer to that
+    /// close still reaches the sender, as it would without weir; its answer is withheld (it
+    /// answers weir), and the sender gets weir's 1002 in its place, or when the other side ends
+    /// or `LINGER` passes (see `close_sender`).
     fn on_violation(&mut self, d: Direction, v: Violation) {
         tracing::debug!(direction = d.as_str(), violation = v.as_str(), "protocol violation; closing with 1002");
         self.ending.violation = Some((d, v));
@@ -1107,8 +1108,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         self.close_sender(d, close);
     }
 
-    /// The sender of `d` is read no more; the other side gets `close` at once, the sender after
-    /// the other side's answers (or `LINGER`).
+    /// The sender of `d` is read no more; the other side gets `close` at once, the sender when
+    /// the other side answers it (its answer withheld), ends, or `LINGER` passes.
     fn close_sender(&mut self, d: Direction, close: Close) {
         if self.ending.first_close.is_none() && self.ending.gateway_code.is_none() {
             self.ending.gateway_code = Some(close.code());
