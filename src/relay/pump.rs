@@ -432,10 +432,10 @@ pub struct Relay<S, O> {
     object: bool,
     /// After a protocol violation or a limit: the half (by direction) whose destination, the
     /// sender, gets this close when the linger ends.
-    close_on_linger: Option<(Direction, Close)>,
-    /// The other side of that sender got weir's close and owes its answer (it had sent no
-    /// close of its own): it is not shut down, and its close is withheld, until it answers.
-    answer_owed: bool,
+    /// With it, whether the other side of that sender owes its answer to weir's close (it got
+    /// the close and had sent none of its own): it is not shut down, and its close is withheld,
+    /// until it answers or ends; both go with the close when it is taken.
+    close_on_linger: Option<(Direction, Close, bool)>,
     /// The guards' state, when any guard is on (boxed: a few hundred bytes, not every relay).
     watch: Option<Box<Watch>>,
     /// Both sockets are to be dropped now (an unanswered close frame timed out).
@@ -548,7 +548,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             linger: None,
             object: false,
             close_on_linger: None,
-            answer_owed: false,
             watch: None,
             abort: false,
             splice,
@@ -708,8 +707,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         let Some(linger) = self.linger.as_mut() else { return Poll::Pending };
         ready!(linger.as_mut().poll(cx));
-        self.answer_owed = false;
-        let Some((t, close)) = self.close_on_linger.take() else { return Poll::Ready(false) };
+        let Some((t, close, _)) = self.close_on_linger.take() else { return Poll::Ready(false) };
         let h = &mut self.halves[t.index()];
         h.inject_close(close, t == Direction::ClientToBackend);
         h.src_done = true;
@@ -739,7 +737,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
             // Not while the destination still owes its answer to the close weir sent it for the
             // other side's broken rule: a peer that reads a FIN may drop what it was about to
             // send (Twisted does), and what it sends is the rule breaker's to see.
-            let awaited = self.answer_owed && self.close_on_linger.is_some_and(|(a, _)| a.index() == t);
+            let awaited = self.close_on_linger.is_some_and(|(a, _, owed)| owed && a.index() == t);
             if !h.dst_shut && !h.dst_dead && !awaited {
                 // The connection's last act on a plain TCP socket whose peer already ended its
                 // side (the other half has nothing more to read or write): the close(2) right
@@ -979,8 +977,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
                 // a rule (`close_sender`): that sender gets weir's close (the same code) instead,
                 // after everything before this close; this side is read no more.
                 h.src_done = true;
-                self.answer_owed = false;
-                if let Some((t, close)) = self.close_on_linger.take() {
+                if let Some((t, close, _)) = self.close_on_linger.take() {
                     self.halves[t.index()].inject_close(close, t == Direction::ClientToBackend);
                 }
                 valid_up_to.min(chunk.len())
@@ -1040,8 +1037,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         let h = &mut self.halves[d.index()];
         h.src_done = true;
         if h.scanner.close().is_none() {
-            if let Some((_, close)) = self.close_on_linger.take_if(|(a, _)| *a == d) {
-                self.answer_owed = false;
+            if let Some((_, close, _)) = self.close_on_linger.take_if(|(a, _, _)| *a == d) {
                 // It ended instead of answering the close weir sent it for the other side's
                 // broken rule: the rule breaker gets weir's close now.
                 h.inject_close(close, d == Direction::ClientToBackend);
@@ -1123,11 +1119,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Splice, O: Observer> Relay<S, O> {
         // frame it broke if it talked to that side directly. Not when weir's close could not go
         // out (mid-frame) or the other side had closed first: its close is its own then.
         let other = &mut self.halves[d.reverse().index()];
-        self.answer_owed = sent && other.scanner.close().is_none();
-        if self.answer_owed {
+        let owed = sent && other.scanner.close().is_none();
+        if owed {
             other.scanner.withhold_close();
         }
-        self.close_on_linger = Some((d.reverse(), close));
+        self.close_on_linger = Some((d.reverse(), close, owed));
         self.start_linger();
     }
 
